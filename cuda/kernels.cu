@@ -1,0 +1,455 @@
+/*
+ * kernels.cu — the fused step on the GPU, one launch per stage for every variable.
+ *
+ * Work is a list of chunks (variable, chunk index) built at registration; one thread block
+ * handles one chunk of CUOPTIM_CHUNK elements. Each element is updated by the same functions
+ * the host backend calls (rules.h); per-step scalars come from device memory (prologue.h), so a
+ * step needs no host read and can be captured in a CUDA graph.
+ *
+ *   inspect   sums of squares of the gradient entering clipping, per chunk; non-finite flag
+ *   prologue  one block: learning rate, bias corrections, per-variable sums in chunk order,
+ *             clip scales, skip decision
+ *   update    unscale, accumulate, clip, weight decay, rule, EMA, master -> half copy
+ *             (Lamb: pass 1 moments + norms, per-variable trust ratio, pass 2 apply)
+ *   finish    iterations, loss scale, Nadam's u_product
+ *
+ * Deterministic: partial sums go to fixed slots and are added in a fixed order; no float atomics.
+ * Loads are 16-byte vectors where every buffer of the variable is 16-byte aligned (4 elements at
+ * a time), scalar otherwise and for the tail.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "launch.h"
+
+/* Threads of the prologue's single block: enough to sum many variables' chunks in parallel. */
+#define PROLOGUE_THREADS 1024
+
+/* ---- element access ----------------------------------------------------------------------- */
+
+__device__ __forceinline__ float load_scalar(const void *base, int dtype, uint64_t i) {
+  switch (dtype) {
+    case CUOPTIM_FLOAT16: return __half2float(((const __half *)base)[i]);
+    case CUOPTIM_BFLOAT16: return __bfloat162float(((const __nv_bfloat16 *)base)[i]);
+    default: return ((const float *)base)[i];
+  }
+}
+
+__device__ __forceinline__ void store_scalar(void *base, int dtype, uint64_t i, float value) {
+  switch (dtype) {
+    case CUOPTIM_FLOAT16: ((__half *)base)[i] = __float2half_rn(value); break;
+    case CUOPTIM_BFLOAT16: ((__nv_bfloat16 *)base)[i] = __float2bfloat16_rn(value); break;
+    default: ((float *)base)[i] = value; break;
+  }
+}
+
+/* Four consecutive elements starting at i (a multiple of 4, buffer 16-byte aligned for float32,
+ * 8-byte aligned for half types). */
+__device__ __forceinline__ void load4(const void *base, int dtype, uint64_t i, float out[4]) {
+  if (dtype == CUOPTIM_FLOAT32) {
+    float4 v = *(const float4 *)((const float *)base + i);
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  } else {
+    uint2 raw = *(const uint2 *)((const uint16_t *)base + i);
+    const uint16_t *h = (const uint16_t *)&raw;
+    for (int k = 0; k < 4; k++) {
+      if (dtype == CUOPTIM_FLOAT16) {
+        __half_raw hr;
+        hr.x = h[k];
+        out[k] = __half2float(__half(hr));
+      } else {
+        __nv_bfloat16_raw br;
+        br.x = h[k];
+        out[k] = __bfloat162float(__nv_bfloat16(br));
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ void store4(void *base, int dtype, uint64_t i, const float in[4]) {
+  if (dtype == CUOPTIM_FLOAT32) {
+    *(float4 *)((float *)base + i) = make_float4(in[0], in[1], in[2], in[3]);
+  } else {
+    uint2 raw;
+    uint16_t *h = (uint16_t *)&raw;
+    for (int k = 0; k < 4; k++) {
+      if (dtype == CUOPTIM_FLOAT16) {
+        __half_raw hr = __half_raw(__float2half_rn(in[k]));
+        h[k] = hr.x;
+      } else {
+        __nv_bfloat16_raw br = __nv_bfloat16_raw(__float2bfloat16_rn(in[k]));
+        h[k] = br.x;
+      }
+    }
+    *(uint2 *)((uint16_t *)base + i) = raw;
+  }
+}
+
+__device__ __forceinline__ void load4f(const float *base, uint64_t i, float out[4]) {
+  float4 v = *(const float4 *)(base + i);
+  out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+}
+
+__device__ __forceinline__ void store4f(float *base, uint64_t i, const float in[4]) {
+  *(float4 *)(base + i) = make_float4(in[0], in[1], in[2], in[3]);
+}
+
+__device__ __forceinline__ bool aligned_for(const void *p, int dtype) {
+  uintptr_t a = (uintptr_t)p;
+  return p == NULL || (a % (dtype == CUOPTIM_FLOAT32 ? 16 : 8)) == 0;
+}
+
+/* Whether every buffer of the variable allows 4-wide vector access (slots are 256-byte aligned). */
+__device__ __forceinline__ bool vectorizable(const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g) {
+  return aligned_for(v.param, v.param_dtype) && (g.grad == NULL || aligned_for(g.grad, g.dtype));
+}
+
+/* The float32 working copy: the caller's float32 parameters or the master of a half variable. */
+__device__ __forceinline__ float *working(const cuoptimDeviceVariable &v) {
+  return v.master ? v.master : (float *)v.param;
+}
+
+/* Block-wide copy of the step scalars into shared memory. */
+__device__ __forceinline__ void load_scalars(cuoptimStepScalars *dst, const cuoptimStepScalars *src) {
+  const int words = sizeof(cuoptimStepScalars) / sizeof(int);
+  for (int i = threadIdx.x; i < words; i += blockDim.x) ((int *)dst)[i] = ((const int *)src)[i];
+  __syncthreads();
+}
+
+/* Deterministic block sum of doubles: fixed tree over fixed thread slots. */
+__device__ double block_sum(double x, double *shared) {
+  shared[threadIdx.x] = x;
+  __syncthreads();
+  for (int width = blockDim.x / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width) shared[threadIdx.x] += shared[threadIdx.x + width];
+    __syncthreads();
+  }
+  double total = shared[0];
+  __syncthreads();
+  return total;
+}
+
+struct ChunkRange {
+  uint64_t begin, end;
+};
+
+__device__ __forceinline__ ChunkRange chunk_range(const cuoptimDeviceVariable &v, int chunk) {
+  ChunkRange r;
+  r.begin = (uint64_t)chunk * CUOPTIM_CHUNK;
+  r.end = r.begin + CUOPTIM_CHUNK < v.count ? r.begin + CUOPTIM_CHUNK : v.count;
+  return r;
+}
+
+/* ---- inspect ------------------------------------------------------------------------------ */
+
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) inspect_gradients_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+  __shared__ double shared[CUOPTIM_BLOCK];
+  const cuoptimChunk c = step.chunks[blockIdx.x];
+  const cuoptimDeviceVariable v = step.variables[c.variable];
+  const cuoptimDeviceGradient g = step.grads[c.variable];
+  const float loss_scale = step.state->loss_scale;
+  ChunkRange r = chunk_range(v, c.chunk);
+  double sumsq = 0.0;
+  int nonfinite = 0;
+  if (g.grad) {
+    for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+      float raw = load_scalar(g.grad, g.dtype, i);
+      nonfinite |= !isfinite(raw);
+      float x = cuoptim_inspect_gradient(&p, loss_scale, raw, v.accumulator ? v.accumulator[i] : 0.0f);
+      sumsq += (double)x * (double)x;
+    }
+  }
+  double total = block_sum(sumsq, shared);
+  int any = __syncthreads_or(nonfinite);
+  if (threadIdx.x == 0) {
+    step.partials[blockIdx.x].a = total;
+    step.partials[blockIdx.x].nonfinite = any;
+  }
+}
+
+/* ---- prologue ----------------------------------------------------------------------------- */
+
+/* Per variable, the sums of its chunks' partials in chunk order. Returns this thread's share of
+ * the totals (sum over its variables, OR of their non-finite flags). */
+__device__ double reduce_partials_per_variable(const cuoptimDeviceStep &step, int lamb, int *nonfinite_out) {
+  double total = 0.0;
+  int any = 0;
+  for (int k = threadIdx.x; k < step.num_variables; k += blockDim.x) {
+    int64_t first = step.variables[k].first_chunk;
+    int64_t last = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
+    double a = 0.0, b = 0.0;
+    int nonfinite = 0;
+    for (int64_t j = first; j < last; j++) {
+      a += step.partials[j].a;
+      b += step.partials[j].b;
+      nonfinite |= step.partials[j].nonfinite;
+    }
+    cuoptimTensorScalars *t = &step.tensors[k];
+    if (lamb) {
+      t->lamb_w_sumsq = a;
+      t->lamb_u_sumsq = b;
+      t->lamb_ratio = cuoptim_lamb_ratio(a, b);
+    } else {
+      t->grad_sumsq = a;
+      t->nonfinite = nonfinite;
+      cuoptim_prologue_tensor(step.prologue, t);
+    }
+    total += a;
+    any |= nonfinite;
+  }
+  *nonfinite_out = any;
+  return total;
+}
+
+__global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(cuoptimDeviceStep step, int inspected) {
+  __shared__ double shared[PROLOGUE_THREADS];
+  const cuoptimPrologueParams *q = step.prologue;
+  double total = 0.0;
+  int nonfinite = 0;
+  if (inspected) {
+    double mine = reduce_partials_per_variable(step, 0, &nonfinite);
+    total = block_sum(mine, shared);
+    nonfinite = __syncthreads_or(nonfinite);
+  }
+  if (threadIdx.x == 0) {
+    cuoptim_prologue_begin(q, step.state, step.scalars);
+    if (inspected) cuoptim_prologue_totals(q, total, nonfinite, step.scalars);
+  }
+}
+
+/* ---- update ------------------------------------------------------------------------------- */
+
+/* One element of a variable with or without a gradient: the update (when it has one), then EMA. */
+template <int KIND>
+__device__ __forceinline__ void update_one(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
+                                           const cuoptimTensorScalars &t, int has_grad, int use_wd, float g, float &w,
+                                           float &s0, float &s1, float &s2, float &acc, float &avg, int use_ema) {
+  cuoptimRuleParams pk = p;
+  pk.kind = KIND; /* lets the compiler drop the other rules */
+  if (has_grad) cuoptim_update_element(&pk, &s, &t, use_wd, g, &w, &s0, &s1, &s2, &acc);
+  if (use_ema) cuoptim_ema_element(&s, &w, &avg);
+}
+
+template <int KIND>
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+  __shared__ cuoptimStepScalars s;
+  load_scalars(&s, step.scalars);
+  if (s.skip) return;
+  const cuoptimChunk c = step.chunks[blockIdx.x];
+  const cuoptimDeviceVariable v = step.variables[c.variable];
+  const cuoptimDeviceGradient g = step.grads[c.variable];
+  const int has_grad = g.grad != NULL;
+  if (!has_grad && !p.use_ema) return;
+  const cuoptimTensorScalars t = step.tensors[c.variable];
+  float *w = working(v);
+  float *s0p = v.slots[0], *s1p = v.slots[1], *s2p = v.slots[2], *accp = v.accumulator, *avgp = v.average;
+  ChunkRange r = chunk_range(v, c.chunk);
+
+  uint64_t vector_end = r.begin;
+  if (vectorizable(v, g)) {
+    vector_end = r.begin + (r.end - r.begin) / 4 * 4;
+    for (uint64_t i = r.begin + 4 * threadIdx.x; i < vector_end; i += 4 * blockDim.x) {
+      float gv[4] = {0, 0, 0, 0}, wv[4], a0[4] = {0, 0, 0, 0}, a1[4] = {0, 0, 0, 0}, a2[4] = {0, 0, 0, 0};
+      float ac[4] = {0, 0, 0, 0}, av[4] = {0, 0, 0, 0};
+      if (has_grad) load4(g.grad, g.dtype, i, gv);
+      load4f(w, i, wv);
+      if (has_grad) {
+        if (s0p) load4f(s0p, i, a0);
+        if (s1p) load4f(s1p, i, a1);
+        if (s2p) load4f(s2p, i, a2);
+        if (accp) load4f(accp, i, ac);
+      }
+      if (avgp) load4f(avgp, i, av);
+#pragma unroll
+      for (int k = 0; k < 4; k++)
+        update_one<KIND>(p, s, t, has_grad, v.use_weight_decay, gv[k], wv[k], a0[k], a1[k], a2[k], ac[k], av[k],
+                         p.use_ema);
+      store4f(w, i, wv);
+      if (v.master) store4(v.param, v.param_dtype, i, wv);
+      if (has_grad) {
+        if (s0p) store4f(s0p, i, a0);
+        if (s1p) store4f(s1p, i, a1);
+        if (s2p) store4f(s2p, i, a2);
+        if (accp) store4f(accp, i, ac);
+      }
+      if (avgp) store4f(avgp, i, av);
+    }
+  }
+  for (uint64_t i = vector_end + threadIdx.x; i < r.end; i += blockDim.x) {
+    float gi = has_grad ? load_scalar(g.grad, g.dtype, i) : 0.0f;
+    float wi = w[i];
+    float a0 = s0p && has_grad ? s0p[i] : 0.0f, a1 = s1p && has_grad ? s1p[i] : 0.0f;
+    float a2 = s2p && has_grad ? s2p[i] : 0.0f, ac = accp && has_grad ? accp[i] : 0.0f;
+    float av = avgp ? avgp[i] : 0.0f;
+    update_one<KIND>(p, s, t, has_grad, v.use_weight_decay, gi, wi, a0, a1, a2, ac, av, p.use_ema);
+    w[i] = wi;
+    if (v.master) store_scalar(v.param, v.param_dtype, i, wi);
+    if (has_grad) {
+      if (s0p) s0p[i] = a0;
+      if (s1p) s1p[i] = a1;
+      if (s2p) s2p[i] = a2;
+      if (accp) accp[i] = ac;
+    }
+    if (avgp) avgp[i] = av;
+  }
+}
+
+/* ---- Lamb: pass 1 (moments, norms), ratio, pass 2 (apply, EMA) ---------------------------- */
+
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+  __shared__ cuoptimStepScalars s;
+  __shared__ double shared[CUOPTIM_BLOCK];
+  load_scalars(&s, step.scalars);
+  if (s.skip) return;
+  const cuoptimChunk c = step.chunks[blockIdx.x];
+  const cuoptimDeviceVariable v = step.variables[c.variable];
+  const cuoptimDeviceGradient g = step.grads[c.variable];
+  const cuoptimTensorScalars t = step.tensors[c.variable];
+  ChunkRange r = chunk_range(v, c.chunk);
+  const float *w = working(v);
+  double w_sumsq = 0.0, u_sumsq = 0.0;
+  if (g.grad) {
+    for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+      float acc_unused = 0.0f, w_decayed, update;
+      float *acc = v.accumulator ? &v.accumulator[i] : &acc_unused;
+      float raw = load_scalar(g.grad, g.dtype, i);
+      if (cuoptim_lamb_pass1_element(&p, &s, &t, v.use_weight_decay, raw, w[i], &v.slots[0][i], &v.slots[1][i], acc,
+                                     &w_decayed, &update)) {
+        w_sumsq += (double)w_decayed * (double)w_decayed;
+        u_sumsq += (double)update * (double)update;
+      }
+    }
+  }
+  double a = block_sum(w_sumsq, shared);
+  double b = block_sum(u_sumsq, shared);
+  if (threadIdx.x == 0) {
+    step.partials[blockIdx.x].a = a;
+    step.partials[blockIdx.x].b = b;
+    step.partials[blockIdx.x].nonfinite = 0;
+  }
+}
+
+__global__ void __launch_bounds__(PROLOGUE_THREADS) lamb_ratio_kernel(cuoptimDeviceStep step) {
+  int unused;
+  reduce_partials_per_variable(step, 1, &unused);
+}
+
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass2_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+  __shared__ cuoptimStepScalars s;
+  load_scalars(&s, step.scalars);
+  if (s.skip) return;
+  const cuoptimChunk c = step.chunks[blockIdx.x];
+  const cuoptimDeviceVariable v = step.variables[c.variable];
+  const cuoptimDeviceGradient g = step.grads[c.variable];
+  const cuoptimTensorScalars t = step.tensors[c.variable];
+  const int update = g.grad != NULL && s.apply_update;
+  if (!update && !p.use_ema) return;
+  ChunkRange r = chunk_range(v, c.chunk);
+  float *w = working(v);
+  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+    float wi = w[i];
+    if (update) wi = cuoptim_lamb_pass2_element(&p, &s, &t, v.use_weight_decay, wi, v.slots[0][i], v.slots[1][i]);
+    if (p.use_ema) cuoptim_ema_element(&s, &wi, &v.average[i]);
+    w[i] = wi;
+    if (v.master) store_scalar(v.param, v.param_dtype, i, wi);
+  }
+}
+
+/* ---- finish, finalize, build -------------------------------------------------------------- */
+
+__global__ void finish_kernel(cuoptimDeviceStep step) {
+  cuoptim_finish_step(step.prologue, step.scalars, step.state);
+}
+
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) finalize_kernel(cuoptimDeviceStep step) {
+  const cuoptimChunk c = step.chunks[blockIdx.x];
+  const cuoptimDeviceVariable v = step.variables[c.variable];
+  ChunkRange r = chunk_range(v, c.chunk);
+  float *w = working(v);
+  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+    w[i] = v.average[i];
+    if (v.master) store_scalar(v.param, v.param_dtype, i, v.average[i]);
+  }
+}
+
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) build_kernel(cuoptimDeviceStep step, float slot0_initial) {
+  const cuoptimChunk c = step.chunks[blockIdx.x];
+  const cuoptimDeviceVariable v = step.variables[c.variable];
+  ChunkRange r = chunk_range(v, c.chunk);
+  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+    if (v.slots[0]) v.slots[0][i] = slot0_initial;
+    if (v.slots[1]) v.slots[1][i] = 0.0f;
+    if (v.slots[2]) v.slots[2][i] = 0.0f;
+    if (v.average) v.average[i] = 0.0f;
+    if (v.accumulator) v.accumulator[i] = 0.0f;
+    if (v.master) v.master[i] = load_scalar(v.param, v.param_dtype, i);
+  }
+}
+
+__global__ void scatter_gradients_kernel(cuoptimDeviceGradient *table, const cuoptimGradientBatch batch) {
+  for (int i = threadIdx.x; i < batch.count; i += blockDim.x) table[batch.first + i] = batch.entries[i];
+}
+
+/* ---- launchers ---------------------------------------------------------------------------- */
+
+static dim3 chunk_grid(const cuoptimDeviceStep *step) { return dim3((unsigned)step->num_chunks); }
+
+extern "C" int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
+  inspect_gradients_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(*step, *p);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, void *stream) {
+  prologue_kernel<<<1, inspected ? PROLOGUE_THREADS : 32, 0, (cudaStream_t)stream>>>(*step, inspected);
+  return (int)cudaGetLastError();
+}
+
+template <int KIND>
+static void launch_update_kind(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, cudaStream_t stream) {
+  update_kernel<KIND><<<chunk_grid(step), CUOPTIM_BLOCK, 0, stream>>>(*step, *p);
+}
+
+extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
+  cudaStream_t st = (cudaStream_t)stream;
+  switch (p->kind) {
+    case CUOPTIM_SGD: launch_update_kind<CUOPTIM_SGD>(step, p, st); break;
+    case CUOPTIM_RMSPROP: launch_update_kind<CUOPTIM_RMSPROP>(step, p, st); break;
+    case CUOPTIM_ADAGRAD: launch_update_kind<CUOPTIM_ADAGRAD>(step, p, st); break;
+    case CUOPTIM_ADADELTA: launch_update_kind<CUOPTIM_ADADELTA>(step, p, st); break;
+    case CUOPTIM_ADAM:
+    case CUOPTIM_ADAMW: launch_update_kind<CUOPTIM_ADAM>(step, p, st); break;
+    case CUOPTIM_ADAMAX: launch_update_kind<CUOPTIM_ADAMAX>(step, p, st); break;
+    case CUOPTIM_NADAM: launch_update_kind<CUOPTIM_NADAM>(step, p, st); break;
+    case CUOPTIM_LION: launch_update_kind<CUOPTIM_LION>(step, p, st); break;
+    case CUOPTIM_FTRL: launch_update_kind<CUOPTIM_FTRL>(step, p, st); break;
+    case CUOPTIM_LAMB:
+      lamb_pass1_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, st>>>(*step, *p);
+      lamb_ratio_kernel<<<1, PROLOGUE_THREADS, 0, st>>>(*step);
+      lamb_pass2_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, st>>>(*step, *p);
+      break;
+    default: return (int)cudaErrorInvalidValue;
+  }
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream) {
+  finish_kernel<<<1, 1, 0, (cudaStream_t)stream>>>(*step);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_finalize(const cuoptimDeviceStep *step, void *stream) {
+  finalize_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(*step);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_build(const cuoptimDeviceStep *step, float slot0_initial, void *stream) {
+  build_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(*step, slot0_initial);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_scatter_gradients(cuoptimDeviceGradient *table, const cuoptimGradientBatch *batch,
+                                                void *stream) {
+  scatter_gradients_kernel<<<1, CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(table, *batch);
+  return (int)cudaGetLastError();
+}

@@ -1,0 +1,402 @@
+/*
+ * rules.h — the per-element math of every optimizer, once, for the host backend and the kernels.
+ *
+ * Plain C99 marked CUOPTIM_HD: `__host__ __device__ __forceinline__` under nvcc, `static inline`
+ * under a C compiler. Every formula follows ../shared/SEMANTICS.md (section given beside it) and
+ * rounds exactly as Keras 3 does for float32 variables: each Keras op is one float32 operation
+ * here, in Keras's order, and Python-float hyperparameters are combined in double and then rounded
+ * (cuoptim_rule_params_init). Build with contraction off (-ffp-contract=off, nvcc -fmad=false).
+ *
+ * Three layers:
+ *   cuoptimRuleParams   constant per optimizer (float32 casts of the config), by value;
+ *   cuoptimStepScalars  per step, written by the prologue from the device-resident
+ *                       cuoptimScalarState (iterations, lr variable, loss scale, u_product);
+ *   cuoptimTensorScalars per variable and step (norms, clip denominator, Lamb's ratio).
+ */
+#ifndef CUOPTIM_RULES_H
+#define CUOPTIM_RULES_H
+
+#include <stdint.h>
+
+#ifdef __CUDACC__
+#define CUOPTIM_HD __host__ __device__ __forceinline__
+#include <math.h>
+#else
+#define CUOPTIM_HD static inline
+#include <math.h>
+#endif
+
+#include "cuoptim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Which clip option is active (SEMANTICS.md §1.4; at most one). */
+enum { CUOPTIM_CLIP_NONE = 0, CUOPTIM_CLIP_NORM = 1, CUOPTIM_CLIP_GLOBAL_NORM = 2, CUOPTIM_CLIP_VALUE = 3 };
+
+/* Constant per optimizer: float32 values of the config, formed as Keras forms them. */
+typedef struct cuoptimRuleParams {
+  int32_t kind;             /* cuoptimOptimizerKind_t */
+  int32_t clip;             /* CUOPTIM_CLIP_* */
+  int32_t has_weight_decay; /* weight_decay is not None */
+  int32_t has_loss_scale_factor;
+  int32_t dynamic_loss_scale;
+  int32_t accumulation_steps; /* 0 = off */
+  int32_t use_ema;
+  int32_t nesterov, centered, amsgrad, has_momentum;
+  float weight_decay;
+  float clipnorm, clipvalue, global_clipnorm;
+  float loss_scale_factor;
+  float accumulation_steps_f;
+  float ema_momentum;
+  float beta_1, beta_2;                   /* float32(beta) */
+  float one_minus_beta_1, one_minus_beta_2; /* float32(1.0 - beta) formed in double */
+  float epsilon;
+  float rho, one_minus_rho;
+  float momentum;
+  float lr_power_neg;       /* Ftrl: float32(-learning_rate_power) */
+  float l1, l2, two_l2_shrinkage, ftrl_beta;
+} cuoptimRuleParams;
+
+/* Persistent scalar state, device-resident on the CUDA backend (Keras's scalar variables). */
+typedef struct cuoptimScalarState {
+  int64_t iterations;      /* Keras `_iterations`: raw apply() count, micro-steps included */
+  int64_t loss_scale_counter; /* LossScaleOptimizer step_counter */
+  float learning_rate;     /* the `learning_rate` variable (constant learning rate) */
+  float loss_scale;        /* LossScaleOptimizer dynamic_scale */
+  float u_product;         /* Nadam */
+  int32_t reserved;
+} cuoptimScalarState;
+
+/* Per step, written by the prologue, read by the update. */
+typedef struct cuoptimStepScalars {
+  int32_t skip;          /* LossScaleOptimizer: a gradient is not finite; nothing but the scale changes */
+  int32_t apply_update;  /* 0 on a gradient-accumulation micro-step */
+  int32_t ema_overwrite; /* copy averages into the variables after this step */
+  int32_t reserved;
+  int64_t iterations;    /* Keras `iterations` (floor-divided under accumulation) */
+  float lr;              /* learning rate of this step (schedule at the raw counter) */
+  float loss_scale;      /* dynamic scale the gradients are divided by */
+  float global_clip_scale;
+  float ema_momentum, ema_one_minus_momentum;
+  float beta_1_power, beta_2_power;
+  float adam_alpha;      /* lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) */
+  float one_minus_beta_1_power, one_minus_beta_2_power;
+  float nadam_u_t, nadam_u_t1, nadam_u_product, nadam_u_product_t1;
+  float nadam_one_minus_beta_1, nadam_one_minus_beta_2; /* (1 - float32 beta) in float32 */
+  float ftrl_l2;         /* l2 + beta / (2 lr) */
+} cuoptimStepScalars;
+
+/* Per variable and step. Sums are accumulated in double in a fixed order (deterministic). */
+typedef struct cuoptimTensorScalars {
+  double grad_sumsq;     /* sum of squares of the gradient entering the clip (inspect) */
+  double lamb_w_sumsq;   /* Lamb: ||w||^2 after weight decay */
+  double lamb_u_sumsq;   /* Lamb: ||update||^2 */
+  int32_t nonfinite;     /* raw gradient holds inf or NaN (inspect) */
+  float clip_denominator; /* clipnorm: max(||g||, clipnorm) */
+  float lamb_ratio;      /* Lamb trust ratio */
+  int32_t reserved;
+} cuoptimTensorScalars;
+
+/* ---- precision helpers ----------------------------------------------------------------------- */
+
+CUOPTIM_HD float cuoptim_sqrtf(float x) { return sqrtf(x); }
+
+/* numpy/XLA sign: -1, 0, 1, NaN for NaN. */
+CUOPTIM_HD float cuoptim_signf(float x) {
+  return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x);
+}
+
+/* maximum/minimum propagating NaN, as jnp.maximum/jnp.minimum do. */
+CUOPTIM_HD float cuoptim_maxf(float a, float b) {
+  if (a != a) return a;
+  if (b != b) return b;
+  return a > b ? a : b;
+}
+CUOPTIM_HD float cuoptim_minf(float a, float b) {
+  if (a != a) return a;
+  if (b != b) return b;
+  return a < b ? a : b;
+}
+
+/* ---- gradient preparation (SEMANTICS.md §1.3, §1.4, §1.7, §1.8, §4) ---------------------------- */
+
+/* Unscale: LossScaleOptimizer divides by its dynamic scale, then the inner optimizer by
+ * loss_scale_factor (both are divisions in Keras). */
+CUOPTIM_HD float cuoptim_unscale(const cuoptimRuleParams *p, float loss_scale, float g) {
+  if (p->dynamic_loss_scale) g = g / loss_scale;
+  if (p->has_loss_scale_factor) g = g / p->loss_scale_factor;
+  return g;
+}
+
+/* The gradient that reaches clipping on an update step: with accumulation (g + acc) / N. */
+CUOPTIM_HD float cuoptim_accumulated(const cuoptimRuleParams *p, float g, float acc) {
+  return p->accumulation_steps ? (g + acc) / p->accumulation_steps_f : g;
+}
+
+CUOPTIM_HD float cuoptim_clip(const cuoptimRuleParams *p, const cuoptimStepScalars *s,
+                              const cuoptimTensorScalars *t, float g) {
+  switch (p->clip) {
+    case CUOPTIM_CLIP_NORM: return (g * p->clipnorm) / t->clip_denominator;
+    case CUOPTIM_CLIP_GLOBAL_NORM: return g * s->global_clip_scale;
+    case CUOPTIM_CLIP_VALUE: {
+      /* jnp.clip = minimum(maximum(g, -v), v); NaN stays NaN. */
+      float lo = -p->clipvalue, hi = p->clipvalue;
+      return g < lo ? lo : (g > hi ? hi : g);
+    }
+    default: return g;
+  }
+}
+
+/* Decoupled weight decay, before the update: w - w * wd * lr (SEMANTICS.md §1.5). */
+CUOPTIM_HD float cuoptim_weight_decay(float w, float wd, float lr) { return w - w * wd * lr; }
+
+/* EMA of the variable after its update (SEMANTICS.md §1.6). */
+CUOPTIM_HD float cuoptim_ema(const cuoptimStepScalars *s, float average, float w) {
+  return s->ema_momentum * average + s->ema_one_minus_momentum * w;
+}
+
+/* ---- optimizer rules (SEMANTICS.md §2). Each updates w and its slots s0..s2 in place. -------- */
+
+/* §2.1 SGD. s0 = momentum. */
+CUOPTIM_HD void cuoptim_rule_sgd(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
+                                 float *w, float *s0) {
+  float lr = s->lr;
+  if (!p->has_momentum) {
+    *w = *w - g * lr;
+    return;
+  }
+  float m = *s0 * p->momentum - g * lr;
+  *s0 = m;
+  if (p->nesterov)
+    *w = *w + (m * p->momentum - g * lr);
+  else
+    *w = *w + m;
+}
+
+/* §2.2 RMSprop. s0 = velocity, s1 = momentum, s2 = average_gradient (Keras's slot order). */
+CUOPTIM_HD void cuoptim_rule_rmsprop(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
+                                     float *w, float *s0, float *s1, float *s2) {
+  float v = p->rho * *s0 + p->one_minus_rho * (g * g);
+  *s0 = v;
+  float denominator;
+  if (p->centered) {
+    float a = p->rho * *s2 + p->one_minus_rho * g;
+    *s2 = a;
+    denominator = v - a * a + p->epsilon;
+  } else {
+    denominator = v + p->epsilon;
+  }
+  float increment = (s->lr * g) / cuoptim_sqrtf(denominator);
+  if (p->has_momentum) {
+    float mom = p->momentum * *s1 + increment;
+    *s1 = mom;
+    *w = *w - mom;
+  } else {
+    *w = *w - increment;
+  }
+}
+
+/* §2.3 Adagrad. s0 = accumulator. */
+CUOPTIM_HD void cuoptim_rule_adagrad(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
+                                     float *w, float *s0) {
+  float acc = *s0 + g * g;
+  *s0 = acc;
+  *w = *w - (s->lr * g) / cuoptim_sqrtf(acc + p->epsilon);
+}
+
+/* §2.4 Adadelta. s0 = accumulated_grad, s1 = accumulated_delta_var. */
+CUOPTIM_HD void cuoptim_rule_adadelta(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
+                                      float *w, float *s0, float *s1) {
+  float eg2 = p->rho * *s0 + p->one_minus_rho * (g * g);
+  *s0 = eg2;
+  float delta = -((cuoptim_sqrtf(*s1 + p->epsilon) * g) / cuoptim_sqrtf(eg2 + p->epsilon));
+  *s1 = p->rho * *s1 + p->one_minus_rho * (delta * delta);
+  *w = *w + s->lr * delta;
+}
+
+/* §2.5 Adam / §2.6 AdamW. s0 = momentum, s1 = velocity, s2 = velocity_hat (amsgrad). */
+CUOPTIM_HD void cuoptim_rule_adam(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
+                                  float *w, float *s0, float *s1, float *s2) {
+  float m = *s0 + (g - *s0) * p->one_minus_beta_1;
+  float v = *s1 + (g * g - *s1) * p->one_minus_beta_2;
+  *s0 = m;
+  *s1 = v;
+  if (p->amsgrad) {
+    v = cuoptim_maxf(*s2, v);
+    *s2 = v;
+  }
+  *w = *w - (m * s->adam_alpha) / (cuoptim_sqrtf(v) + p->epsilon);
+}
+
+/* §2.7 Adamax. s0 = momentum (m), s1 = norm (u). */
+CUOPTIM_HD void cuoptim_rule_adamax(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
+                                    float *w, float *s0, float *s1) {
+  float m = *s0 + (g - *s0) * p->one_minus_beta_1;
+  float u = cuoptim_maxf(p->beta_2 * *s1, fabsf(g));
+  *s0 = m;
+  *s1 = u;
+  *w = *w - (s->lr * m) / (s->one_minus_beta_1_power * (u + p->epsilon));
+}
+
+/* §2.8 Nadam. s0 = momentum, s1 = velocity; u_product comes from the prologue. */
+CUOPTIM_HD void cuoptim_rule_nadam(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
+                                   float *w, float *s0, float *s1) {
+  float m = *s0 + (g - *s0) * s->nadam_one_minus_beta_1;
+  float v = *s1 + (g * g - *s1) * s->nadam_one_minus_beta_2;
+  *s0 = m;
+  *s1 = v;
+  float m_hat = (s->nadam_u_t1 * m) / (1.0f - s->nadam_u_product_t1) +
+                ((1.0f - s->nadam_u_t) * g) / (1.0f - s->nadam_u_product);
+  float v_hat = v / s->one_minus_beta_2_power;
+  *w = *w - (m_hat * s->lr) / (cuoptim_sqrtf(v_hat) + p->epsilon);
+}
+
+/* §2.9 Lion. s0 = momentum. */
+CUOPTIM_HD void cuoptim_rule_lion(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
+                                  float *w, float *s0) {
+  float m = *s0;
+  *w = *w - s->lr * cuoptim_signf(m * p->beta_1 + g * (1.0f - p->beta_1));
+  *s0 = m * p->beta_2 + g * (1.0f - p->beta_2);
+}
+
+/* §2.10 Lamb: the update direction from the new moments (recomputed in pass 2). */
+CUOPTIM_HD float cuoptim_rule_lamb_direction(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float m,
+                                             float v) {
+  float m_hat = m / s->one_minus_beta_1_power;
+  float v_sqrt = cuoptim_sqrtf(v / s->one_minus_beta_2_power) + p->epsilon;
+  return m_hat / v_sqrt;
+}
+
+/* §2.10 Lamb, pass 1: moments, and the update direction whose norm the trust ratio needs.
+ * s0 = momentum, s1 = velocity. */
+CUOPTIM_HD float cuoptim_rule_lamb_moments(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
+                                           float *s0, float *s1) {
+  float m = *s0 + (g - *s0) * p->one_minus_beta_1;
+  float v = *s1 + (g * g - *s1) * p->one_minus_beta_2;
+  *s0 = m;
+  *s1 = v;
+  return cuoptim_rule_lamb_direction(p, s, m, v);
+}
+
+/* §2.10 Lamb, pass 2: w -= ratio * lr * update. */
+CUOPTIM_HD float cuoptim_rule_lamb_apply(const cuoptimStepScalars *s, const cuoptimTensorScalars *t, float w,
+                                         float update) {
+  return w - (t->lamb_ratio * s->lr) * update;
+}
+
+/* Lamb's trust ratio from the two sums of squares (computed in float32 as Keras does). */
+CUOPTIM_HD float cuoptim_lamb_ratio(double w_sumsq, double u_sumsq) {
+  float w_norm = cuoptim_sqrtf((float)w_sumsq);
+  float u_norm = cuoptim_sqrtf((float)u_sumsq);
+  return (w_norm > 0.0f && u_norm > 0.0f) ? w_norm / u_norm : 1.0f;
+}
+
+/* §2.11 Ftrl. s0 = accumulator (n), s1 = linear (z). */
+CUOPTIM_HD void cuoptim_rule_ftrl(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
+                                  float *w, float *s0, float *s1) {
+  float lr = s->lr;
+  float n = *s0;
+  float x = *w;
+  float g_shrunk = g + p->two_l2_shrinkage * x;
+  float n_new = n + g * g;
+  float pow_new = powf(n_new, p->lr_power_neg);
+  float z = *s1 + (g_shrunk - ((pow_new - powf(n, p->lr_power_neg)) / lr) * x);
+  *s1 = z;
+  float quadratic = pow_new / lr + 2.0f * s->ftrl_l2;
+  float z_clipped = z < -p->l1 ? -p->l1 : (z > p->l1 ? p->l1 : z);
+  *w = (z_clipped - z) / quadratic;
+  *s0 = n_new;
+}
+
+
+/* ---- one element of the update stage: everything after the inspect pass ---------------------- */
+
+/* The gradient of one element as the optimizer rule sees it, or 0 when this is an accumulation
+ * micro-step (the accumulator was updated and nothing else happens). *acc is NULL without
+ * accumulation. */
+CUOPTIM_HD int cuoptim_prepare_gradient(const cuoptimRuleParams *p, const cuoptimStepScalars *s,
+                                        const cuoptimTensorScalars *t, float g_raw, float *acc,
+                                        float *g_out) {
+  float g = cuoptim_unscale(p, s->loss_scale, g_raw);
+  if (p->accumulation_steps) {
+    if (!s->apply_update) {
+      *acc = g + *acc;
+      return 0;
+    }
+    g = (g + *acc) / p->accumulation_steps_f;
+    *acc = 0.0f;
+  }
+  *g_out = cuoptim_clip(p, s, t, g);
+  return 1;
+}
+
+/* The gradient the inspect pass measures (before clipping). Reads the accumulator, writes nothing. */
+CUOPTIM_HD float cuoptim_inspect_gradient(const cuoptimRuleParams *p, float loss_scale, float g_raw, float acc) {
+  return cuoptim_accumulated(p, cuoptim_unscale(p, loss_scale, g_raw), acc);
+}
+
+/* The optimizer rule of every kind but Lamb on one element (weight decay already applied). */
+CUOPTIM_HD void cuoptim_rule(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g, float *w,
+                             float *s0, float *s1, float *s2) {
+  switch (p->kind) {
+    case CUOPTIM_SGD: cuoptim_rule_sgd(p, s, g, w, s0); break;
+    case CUOPTIM_RMSPROP: cuoptim_rule_rmsprop(p, s, g, w, s0, s1, s2); break;
+    case CUOPTIM_ADAGRAD: cuoptim_rule_adagrad(p, s, g, w, s0); break;
+    case CUOPTIM_ADADELTA: cuoptim_rule_adadelta(p, s, g, w, s0, s1); break;
+    case CUOPTIM_ADAM:
+    case CUOPTIM_ADAMW: cuoptim_rule_adam(p, s, g, w, s0, s1, s2); break;
+    case CUOPTIM_ADAMAX: cuoptim_rule_adamax(p, s, g, w, s0, s1); break;
+    case CUOPTIM_NADAM: cuoptim_rule_nadam(p, s, g, w, s0, s1); break;
+    case CUOPTIM_LION: cuoptim_rule_lion(p, s, g, w, s0); break;
+    case CUOPTIM_FTRL: cuoptim_rule_ftrl(p, s, g, w, s0, s1); break;
+    default: break;
+  }
+}
+
+/* Update stage, one element with a gradient (not Lamb): prepare, weight decay, rule.
+ * Returns 0 on an accumulation micro-step (only *acc changed). */
+CUOPTIM_HD int cuoptim_update_element(const cuoptimRuleParams *p, const cuoptimStepScalars *s,
+                                      const cuoptimTensorScalars *t, int use_weight_decay, float g_raw,
+                                      float *w, float *s0, float *s1, float *s2, float *acc) {
+  float g;
+  if (!cuoptim_prepare_gradient(p, s, t, g_raw, acc, &g)) return 0;
+  if (use_weight_decay) *w = cuoptim_weight_decay(*w, p->weight_decay, s->lr);
+  cuoptim_rule(p, s, g, w, s0, s1, s2);
+  return 1;
+}
+
+/* Lamb pass 1, one element: prepare, moments; returns 0 on a micro-step. Gives the decayed
+ * variable and the update direction whose squares the trust ratio sums. */
+CUOPTIM_HD int cuoptim_lamb_pass1_element(const cuoptimRuleParams *p, const cuoptimStepScalars *s,
+                                          const cuoptimTensorScalars *t, int use_weight_decay, float g_raw,
+                                          float w, float *s0, float *s1, float *acc, float *w_decayed,
+                                          float *update) {
+  float g;
+  if (!cuoptim_prepare_gradient(p, s, t, g_raw, acc, &g)) return 0;
+  *w_decayed = use_weight_decay ? cuoptim_weight_decay(w, p->weight_decay, s->lr) : w;
+  *update = cuoptim_rule_lamb_moments(p, s, g, s0, s1);
+  return 1;
+}
+
+/* Lamb pass 2, one element: the variable after decay and the trust-ratio step. */
+CUOPTIM_HD float cuoptim_lamb_pass2_element(const cuoptimRuleParams *p, const cuoptimStepScalars *s,
+                                            const cuoptimTensorScalars *t, int use_weight_decay, float w,
+                                            float m, float v) {
+  float w_decayed = use_weight_decay ? cuoptim_weight_decay(w, p->weight_decay, s->lr) : w;
+  return cuoptim_rule_lamb_apply(s, t, w_decayed, cuoptim_rule_lamb_direction(p, s, m, v));
+}
+
+/* EMA stage, one element (every variable, with or without a gradient this step). */
+CUOPTIM_HD void cuoptim_ema_element(const cuoptimStepScalars *s, float *w, float *average) {
+  float a = cuoptim_ema(s, *average, *w);
+  *average = a;
+  if (s->ema_overwrite) *w = a;
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CUOPTIM_RULES_H */

@@ -1,0 +1,222 @@
+/* CUOPTIM_BACKEND_HOST: every stage as plain C loops over host memory, calling the same
+ * per-element functions (cuda/rules.h, cuda/prologue.h) as the CUDA kernels. The reference
+ * implementation. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static cuoptimStatus_t host_init(cuoptimOptimizer_t opt) { return CUOPTIM_STATUS_SUCCESS; }
+
+static void host_release(cuoptimOptimizer_t opt) {}
+
+static cuoptimStatus_t host_check_pointer(cuoptimOptimizer_t opt, const void *ptr, const char *caller,
+                                          const char *what) {
+  return CUOPTIM_STATUS_SUCCESS; /* any host address is usable */
+}
+
+static cuoptimStatus_t host_alloc(cuoptimOptimizer_t opt, size_t bytes, void **ptr) {
+  *ptr = aligned_alloc(256, bytes ? (bytes + 255) / 256 * 256 : 256);
+  if (!*ptr) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: cannot allocate %zu bytes of host memory", bytes);
+  memset(*ptr, 0, bytes);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static void host_free(cuoptimOptimizer_t opt, void *ptr) { free(ptr); }
+
+static cuoptimStatus_t host_copy(cuoptimOptimizer_t opt, void *dst, const void *src, size_t bytes) {
+  memmove(dst, src, bytes);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static float load_element(const void *buffer, cuoptimDtype_t dtype, size_t i) {
+  switch (dtype) {
+    case CUOPTIM_FLOAT16: return cuoptim_half_to_float(((const uint16_t *)buffer)[i]);
+    case CUOPTIM_BFLOAT16: return cuoptim_bfloat16_to_float(((const uint16_t *)buffer)[i]);
+    default: return ((const float *)buffer)[i];
+  }
+}
+
+static void store_element(void *buffer, cuoptimDtype_t dtype, size_t i, float value) {
+  switch (dtype) {
+    case CUOPTIM_FLOAT16: ((uint16_t *)buffer)[i] = cuoptim_float_to_half(value); break;
+    case CUOPTIM_BFLOAT16: ((uint16_t *)buffer)[i] = cuoptim_float_to_bfloat16(value); break;
+    default: ((float *)buffer)[i] = value; break;
+  }
+}
+
+/* The float32 values the rules update: the caller's buffer, or the master copy of a half variable. */
+static float *working_copy(const cuoptimVariableRec *v) { return v->master ? v->master : (float *)v->param; }
+
+/* After the working copy changed: write the half parameter from the master. */
+static void publish(const cuoptimVariableRec *v, size_t i) {
+  if (v->master) store_element(v->param, v->dtype, i, v->master[i]);
+}
+
+static cuoptimStatus_t host_build(cuoptimOptimizer_t opt) {
+  for (int k = 0; k < opt->num_variables; k++) {
+    cuoptimVariableRec *v = &opt->variables[k];
+    for (int s = 0; s < opt->slots.count; s++) {
+      if (!v->slots[s]) continue;
+      float initial = cuoptim_slot_initial_value(&opt->config, s);
+      for (size_t i = 0; i < v->count; i++) v->slots[s][i] = initial;
+    }
+    if (v->master)
+      for (size_t i = 0; i < v->count; i++) v->master[i] = load_element(v->param, v->dtype, i);
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t host_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static void host_end_step(cuoptimOptimizer_t opt) {}
+
+static cuoptimStatus_t host_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  const cuoptimRuleParams *p = &opt->prologue.rule;
+  float loss_scale = opt->state->loss_scale;
+  for (int k = 0; k < opt->num_variables; k++) {
+    const cuoptimVariableRec *v = &opt->variables[k];
+    const cuoptimStepGradient *g = &opt->step_grads[k];
+    cuoptimTensorScalars *t = &opt->tensors[k];
+    t->grad_sumsq = 0.0;
+    t->nonfinite = 0;
+    if (!g->grad) continue;
+    double sumsq = 0.0;
+    int nonfinite = 0;
+    for (size_t i = 0; i < v->count; i++) {
+      float raw = load_element(g->grad, g->dtype, i);
+      nonfinite |= !isfinite(raw);
+      float x = cuoptim_inspect_gradient(p, loss_scale, raw, v->accumulator ? v->accumulator[i] : 0.0f);
+      sumsq += (double)x * (double)x;
+    }
+    t->grad_sumsq = sumsq;
+    t->nonfinite = nonfinite;
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t host_prologue(cuoptimOptimizer_t opt, int inspected, cuoptimStream_t stream) {
+  cuoptim_prologue_begin(&opt->prologue, opt->state, opt->scalars);
+  if (!inspected) return CUOPTIM_STATUS_SUCCESS;
+  double total = 0.0;
+  int nonfinite = 0;
+  for (int k = 0; k < opt->num_variables; k++) {
+    cuoptim_prologue_tensor(&opt->prologue, &opt->tensors[k]);
+    total += opt->tensors[k].grad_sumsq;
+    nonfinite |= opt->tensors[k].nonfinite;
+  }
+  cuoptim_prologue_totals(&opt->prologue, total, nonfinite, opt->scalars);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Every optimizer but Lamb: one pass. */
+static void update_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v, const cuoptimStepGradient *g,
+                            const cuoptimTensorScalars *t) {
+  const cuoptimRuleParams *p = &opt->prologue.rule;
+  const cuoptimStepScalars *s = opt->scalars;
+  float *w = working_copy(v);
+  float unused[3] = {0, 0, 0}, acc_unused = 0;
+  for (size_t i = 0; i < v->count; i++) {
+    float *s0 = v->slots[0] ? &v->slots[0][i] : &unused[0];
+    float *s1 = v->slots[1] ? &v->slots[1][i] : &unused[1];
+    float *s2 = v->slots[2] ? &v->slots[2][i] : &unused[2];
+    float *acc = v->accumulator ? &v->accumulator[i] : &acc_unused;
+    float raw = load_element(g->grad, g->dtype, i);
+    if (cuoptim_update_element(p, s, t, v->use_weight_decay, raw, &w[i], s0, s1, s2, acc)) publish(v, i);
+  }
+}
+
+/* Lamb: pass 1 (moments, norms), the trust ratio, pass 2 (apply). */
+static void update_variable_lamb(cuoptimOptimizer_t opt, cuoptimVariableRec *v, const cuoptimStepGradient *g,
+                                 cuoptimTensorScalars *t) {
+  const cuoptimRuleParams *p = &opt->prologue.rule;
+  const cuoptimStepScalars *s = opt->scalars;
+  float *w = working_copy(v);
+  float acc_unused = 0;
+  double w_sumsq = 0.0, u_sumsq = 0.0;
+  for (size_t i = 0; i < v->count; i++) {
+    float *acc = v->accumulator ? &v->accumulator[i] : &acc_unused;
+    float w_decayed, update;
+    float raw = load_element(g->grad, g->dtype, i);
+    if (!cuoptim_lamb_pass1_element(p, s, t, v->use_weight_decay, raw, w[i], &v->slots[0][i], &v->slots[1][i], acc,
+                                    &w_decayed, &update))
+      continue;
+    w_sumsq += (double)w_decayed * (double)w_decayed;
+    u_sumsq += (double)update * (double)update;
+  }
+  if (!s->apply_update) return;
+  t->lamb_w_sumsq = w_sumsq;
+  t->lamb_u_sumsq = u_sumsq;
+  t->lamb_ratio = cuoptim_lamb_ratio(w_sumsq, u_sumsq);
+  for (size_t i = 0; i < v->count; i++) {
+    w[i] = cuoptim_lamb_pass2_element(p, s, t, v->use_weight_decay, w[i], v->slots[0][i], v->slots[1][i]);
+    publish(v, i);
+  }
+}
+
+static void ema_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v) {
+  float *w = working_copy(v);
+  for (size_t i = 0; i < v->count; i++) {
+    cuoptim_ema_element(opt->scalars, &w[i], &v->average[i]);
+    publish(v, i);
+  }
+}
+
+static cuoptimStatus_t host_update(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  if (opt->scalars->skip) return CUOPTIM_STATUS_SUCCESS;
+  for (int k = 0; k < opt->num_variables; k++) {
+    cuoptimVariableRec *v = &opt->variables[k];
+    const cuoptimStepGradient *g = &opt->step_grads[k];
+    if (!g->grad) continue;
+    if (opt->config.kind == CUOPTIM_LAMB)
+      update_variable_lamb(opt, v, g, &opt->tensors[k]);
+    else
+      update_variable(opt, v, g, &opt->tensors[k]);
+  }
+  /* EMA after every update, for every variable (SEMANTICS.md §1.3). */
+  if (opt->config.use_ema)
+    for (int k = 0; k < opt->num_variables; k++) ema_variable(opt, &opt->variables[k]);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t host_finish(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  cuoptim_finish_step(&opt->prologue, opt->scalars, opt->state);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t host_finalize(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  for (int k = 0; k < opt->num_variables; k++) {
+    cuoptimVariableRec *v = &opt->variables[k];
+    float *w = working_copy(v);
+    for (size_t i = 0; i < v->count; i++) {
+      w[i] = v->average[i];
+      publish(v, i);
+    }
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t host_synchronize(cuoptimOptimizer_t opt) { return CUOPTIM_STATUS_SUCCESS; }
+
+const cuoptimBackendOps cuoptim_host_backend = {
+    .name = "host",
+    .init = host_init,
+    .release = host_release,
+    .check_pointer = host_check_pointer,
+    .alloc = host_alloc,
+    .free = host_free,
+    .upload = host_copy,
+    .download = host_copy,
+    .build = host_build,
+    .begin_step = host_begin_step,
+    .end_step = host_end_step,
+    .inspect = host_inspect,
+    .prologue = host_prologue,
+    .update = host_update,
+    .finish = host_finish,
+    .finalize = host_finalize,
+    .synchronize = host_synchronize,
+};

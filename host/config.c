@@ -1,0 +1,364 @@
+/* Keras's defaults, Keras's validation, and the float32 constants the rules use. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+static const char *const optimizer_class_names[CUOPTIM_OPTIMIZER_COUNT] = {
+    "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Lion", "Lamb", "Ftrl"};
+/* Keras's auto_name of each class (snake case of the class name). */
+static const char *const optimizer_default_names[CUOPTIM_OPTIMIZER_COUNT] = {
+    "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl"};
+
+const char *cuoptimOptimizerName(cuoptimOptimizerKind_t kind) {
+  if ((int)kind < 0 || kind >= CUOPTIM_OPTIMIZER_COUNT) return NULL;
+  return optimizer_class_names[kind];
+}
+
+cuoptimStatus_t cuoptimScheduleInit(cuoptimSchedule_t *schedule, cuoptimScheduleKind_t kind) {
+  CUOPTIM_REQUIRE_NOT_NULL("cuoptimScheduleInit", schedule);
+  if ((int)kind < CUOPTIM_SCHEDULE_CONSTANT || kind > CUOPTIM_SCHEDULE_COSINE_RESTARTS)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimScheduleInit: kind = %d is not a cuoptimScheduleKind_t",
+                         (int)kind);
+  memset(schedule, 0, sizeof *schedule);
+  schedule->kind = kind;
+  schedule->initial_learning_rate = 0.001;
+  schedule->decay_steps = 1;
+  schedule->decay_rate = 0.96;
+  schedule->end_learning_rate = 0.0001;
+  schedule->power = 1.0;
+  schedule->alpha = 0.0;
+  schedule->warmup_target = CUOPTIM_NONE;
+  schedule->warmup_steps = 0;
+  schedule->t_mul = 2.0;
+  schedule->m_mul = 1.0;
+  if (kind == CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT) {
+    schedule->num_boundaries = 1;
+    schedule->boundaries[0] = 1;
+    schedule->values[0] = 0.001;
+    schedule->values[1] = 0.0001;
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimConfigInit(cuoptimConfig_t *config, cuoptimOptimizerKind_t kind) {
+  CUOPTIM_REQUIRE_NOT_NULL("cuoptimConfigInit", config);
+  if ((int)kind < 0 || kind >= CUOPTIM_OPTIMIZER_COUNT)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "cuoptimConfigInit: kind = %d is not a cuoptimOptimizerKind_t", (int)kind);
+  cuoptimConfig_t c;
+  memset(&c, 0, sizeof c);
+  c.kind = kind;
+  snprintf(c.name, sizeof c.name, "%s", optimizer_default_names[kind]);
+  cuoptimScheduleInit(&c.learning_rate, CUOPTIM_SCHEDULE_CONSTANT);
+  c.learning_rate.initial_learning_rate = kind == CUOPTIM_SGD ? 0.01 : 0.001;
+  c.weight_decay = kind == CUOPTIM_ADAMW ? 0.004 : CUOPTIM_NONE;
+  c.clipnorm = c.clipvalue = c.global_clipnorm = CUOPTIM_NONE;
+  c.use_ema = 0;
+  c.ema_momentum = 0.99;
+  c.ema_overwrite_frequency = 0;
+  c.loss_scale_factor = CUOPTIM_NONE;
+  c.gradient_accumulation_steps = 0;
+  c.beta_1 = 0.9;
+  c.beta_2 = kind == CUOPTIM_LION ? 0.99 : 0.999;
+  c.epsilon = 1e-7;
+  c.rho = kind == CUOPTIM_ADADELTA ? 0.95 : 0.9;
+  c.momentum = 0.0;
+  c.initial_accumulator_value = 0.1;
+  c.learning_rate_power = -0.5;
+  c.dynamic_loss_scale = 0;
+  c.initial_scale = 32768.0;
+  c.dynamic_growth_steps = 2000;
+  *config = c;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+#define INVALID(...) cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, __VA_ARGS__)
+
+static int is_flag(int x) { return x == 0 || x == 1; }
+
+static int has_nul(const char *s, size_t n) { return memchr(s, '\0', n) != NULL; }
+
+static cuoptimStatus_t validate_schedule(const cuoptimSchedule_t *s, const char *caller) {
+  const char *f = "config->learning_rate";
+  if (!has_nul(s->name, sizeof s->name))
+    return INVALID("%s: %s.name is not NUL-terminated", caller, f);
+  switch (s->kind) {
+    case CUOPTIM_SCHEDULE_CONSTANT:
+      if (!isfinite(s->initial_learning_rate))
+        return INVALID("%s: %s.initial_learning_rate = %g: a constant learning rate must be finite", caller, f,
+                       s->initial_learning_rate);
+      return CUOPTIM_STATUS_SUCCESS;
+    case CUOPTIM_SCHEDULE_EXPONENTIAL:
+    case CUOPTIM_SCHEDULE_POLYNOMIAL:
+    case CUOPTIM_SCHEDULE_INVERSE_TIME:
+    case CUOPTIM_SCHEDULE_COSINE:
+    case CUOPTIM_SCHEDULE_COSINE_RESTARTS:
+      if (!(s->decay_steps > 0))
+        return INVALID("%s: %s.decay_steps = %g: must be > 0 (Keras: `decay_steps` must be > 0)", caller, f,
+                       s->decay_steps);
+      if (!isfinite(s->initial_learning_rate))
+        return INVALID("%s: %s.initial_learning_rate = %g: must be finite", caller, f, s->initial_learning_rate);
+      if ((s->kind == CUOPTIM_SCHEDULE_EXPONENTIAL || s->kind == CUOPTIM_SCHEDULE_INVERSE_TIME) &&
+          !is_flag(s->staircase))
+        return INVALID("%s: %s.staircase = %d: must be 0 or 1", caller, f, s->staircase);
+      if (s->kind == CUOPTIM_SCHEDULE_POLYNOMIAL && !is_flag(s->cycle))
+        return INVALID("%s: %s.cycle = %d: must be 0 or 1", caller, f, s->cycle);
+      if (s->kind == CUOPTIM_SCHEDULE_COSINE && !CUOPTIM_IS_NONE(s->warmup_target) && !(s->warmup_steps >= 0))
+        return INVALID("%s: %s.warmup_steps = %g: must be >= 0", caller, f, s->warmup_steps);
+      return CUOPTIM_STATUS_SUCCESS;
+    case CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT:
+      if (s->num_boundaries < 1 || s->num_boundaries > CUOPTIM_MAX_BOUNDARIES)
+        return INVALID("%s: %s.num_boundaries = %d: must lie in [1, %d] (Keras needs len(values) == "
+                       "len(boundaries) + 1 and at least one boundary)",
+                       caller, f, s->num_boundaries, CUOPTIM_MAX_BOUNDARIES);
+      for (int i = 0; i <= s->num_boundaries; i++)
+        if (!isfinite(s->values[i]))
+          return INVALID("%s: %s.values[%d] = %g: must be finite", caller, f, i, s->values[i]);
+      for (int i = 0; i < s->num_boundaries; i++)
+        if (!isfinite(s->boundaries[i]) || fabs(s->boundaries[i]) > 9.0e18)
+          return INVALID("%s: %s.boundaries[%d] = %g: must be a finite step number", caller, f, i,
+                         s->boundaries[i]);
+      return CUOPTIM_STATUS_SUCCESS;
+  }
+  return INVALID("%s: %s.kind = %d is not a cuoptimScheduleKind_t", caller, f, (int)s->kind);
+}
+
+/* Keras's `None or > 0` style options: NaN (None) or a finite number. */
+static int is_none_or_finite(double x) { return CUOPTIM_IS_NONE(x) || isfinite(x); }
+
+cuoptimStatus_t cuoptim_validate_config(const cuoptimConfig_t *c, const char *caller) {
+  CUOPTIM_REQUIRE_NOT_NULL(caller, c);
+  if ((int)c->kind < 0 || c->kind >= CUOPTIM_OPTIMIZER_COUNT)
+    return INVALID("%s: config->kind = %d is not a cuoptimOptimizerKind_t", caller, (int)c->kind);
+  if (!has_nul(c->name, sizeof c->name)) return INVALID("%s: config->name is not NUL-terminated", caller);
+  if (!has_nul(c->loss_scale_name, sizeof c->loss_scale_name))
+    return INVALID("%s: config->loss_scale_name is not NUL-terminated", caller);
+  CUOPTIM_CHECK(validate_schedule(&c->learning_rate, caller));
+
+  /* Base optimizer (SEMANTICS.md §1.1). */
+  if (c->gradient_accumulation_steps != 0 && c->gradient_accumulation_steps < 2)
+    return INVALID("%s: config->gradient_accumulation_steps = %lld: must be an integer >= 2 (or 0 for None)", caller,
+                   (long long)c->gradient_accumulation_steps);
+  if (c->gradient_accumulation_steps > INT32_MAX)
+    return INVALID("%s: config->gradient_accumulation_steps = %lld: too large", caller,
+                   (long long)c->gradient_accumulation_steps);
+  if (!is_flag(c->use_ema)) return INVALID("%s: config->use_ema = %d: must be 0 or 1", caller, c->use_ema);
+  if (c->use_ema) {
+    if (!(c->ema_momentum >= 0 && c->ema_momentum <= 1))
+      return INVALID("%s: config->ema_momentum = %g: must be in the range [0, 1]", caller, c->ema_momentum);
+    if (c->ema_overwrite_frequency < 0)
+      return INVALID("%s: config->ema_overwrite_frequency = %lld: must be an integer >= 1 or 0 (None)", caller,
+                     (long long)c->ema_overwrite_frequency);
+  }
+  int clips = !CUOPTIM_IS_NONE(c->clipnorm) + !CUOPTIM_IS_NONE(c->clipvalue) + !CUOPTIM_IS_NONE(c->global_clipnorm);
+  if (clips > 1)
+    return INVALID("%s: config->clipnorm, clipvalue, global_clipnorm: only one of them can be set (%d are)", caller,
+                   clips);
+  if (!is_none_or_finite(c->clipnorm)) return INVALID("%s: config->clipnorm = %g: must be finite", caller, c->clipnorm);
+  if (!is_none_or_finite(c->clipvalue))
+    return INVALID("%s: config->clipvalue = %g: must be finite", caller, c->clipvalue);
+  if (!is_none_or_finite(c->global_clipnorm))
+    return INVALID("%s: config->global_clipnorm = %g: must be finite", caller, c->global_clipnorm);
+  if (!is_none_or_finite(c->weight_decay))
+    return INVALID("%s: config->weight_decay = %g: must be finite", caller, c->weight_decay);
+  if (!is_none_or_finite(c->loss_scale_factor))
+    return INVALID("%s: config->loss_scale_factor = %g: must be finite", caller, c->loss_scale_factor);
+  if (c->loss_scale_factor == 0)
+    return INVALID("%s: config->loss_scale_factor = 0: gradients are divided by it", caller);
+
+  /* Per optimizer (the checks Keras's constructors make). */
+  switch (c->kind) {
+    case CUOPTIM_SGD:
+      if (!(c->momentum >= 0 && c->momentum <= 1))
+        return INVALID("%s: config->momentum = %g: must be a float between [0, 1]", caller, c->momentum);
+      if (!is_flag(c->nesterov)) return INVALID("%s: config->nesterov = %d: must be 0 or 1", caller, c->nesterov);
+      break;
+    case CUOPTIM_RMSPROP:
+      if (!is_flag(c->centered)) return INVALID("%s: config->centered = %d: must be 0 or 1", caller, c->centered);
+      break;
+    case CUOPTIM_ADAMW:
+      if (CUOPTIM_IS_NONE(c->weight_decay))
+        return INVALID("%s: config->weight_decay is None: AdamW requires a weight decay", caller);
+      /* fall through */
+    case CUOPTIM_ADAM:
+      if (!is_flag(c->amsgrad)) return INVALID("%s: config->amsgrad = %d: must be 0 or 1", caller, c->amsgrad);
+      break;
+    case CUOPTIM_LION:
+      if (!(c->beta_1 > 0 && c->beta_1 <= 1))
+        return INVALID("%s: config->beta_1 = %g: must be between (0, 1]", caller, c->beta_1);
+      break;
+    case CUOPTIM_FTRL:
+      if (!(c->initial_accumulator_value >= 0))
+        return INVALID("%s: config->initial_accumulator_value = %g: must be >= 0", caller,
+                       c->initial_accumulator_value);
+      if (!(c->learning_rate_power <= 0))
+        return INVALID("%s: config->learning_rate_power = %g: must be <= 0", caller, c->learning_rate_power);
+      if (!(c->l1_regularization_strength >= 0))
+        return INVALID("%s: config->l1_regularization_strength = %g: must be >= 0", caller,
+                       c->l1_regularization_strength);
+      if (!(c->l2_regularization_strength >= 0))
+        return INVALID("%s: config->l2_regularization_strength = %g: must be >= 0", caller,
+                       c->l2_regularization_strength);
+      if (!(c->l2_shrinkage_regularization_strength >= 0))
+        return INVALID("%s: config->l2_shrinkage_regularization_strength = %g: must be >= 0", caller,
+                       c->l2_shrinkage_regularization_strength);
+      break;
+    default: break;
+  }
+
+  /* LossScaleOptimizer (SEMANTICS.md §4). */
+  if (!is_flag(c->dynamic_loss_scale))
+    return INVALID("%s: config->dynamic_loss_scale = %d: must be 0 or 1", caller, c->dynamic_loss_scale);
+  if (c->dynamic_loss_scale) {
+    if (!(isfinite(c->initial_scale) && c->initial_scale > 0))
+      return INVALID("%s: config->initial_scale = %g: must be a finite number > 0", caller, c->initial_scale);
+    if (c->dynamic_growth_steps < 1)
+      return INVALID("%s: config->dynamic_growth_steps = %lld: must be >= 1", caller,
+                     (long long)c->dynamic_growth_steps);
+    if (!CUOPTIM_IS_NONE(c->loss_scale_factor))
+      return INVALID("%s: config->loss_scale_factor = %g: must be None with dynamic_loss_scale (the "
+                     "LossScaleOptimizer sets the inner optimizer's to None)",
+                     caller, c->loss_scale_factor);
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimConfigValidate(const cuoptimConfig_t *config) {
+  return cuoptim_validate_config(config, "cuoptimConfigValidate");
+}
+
+static int64_t to_step(double x) { return (int64_t)x; /* Keras casts boundaries to the step's int type */ }
+
+static void schedule_params_init(const cuoptimSchedule_t *s, cuoptimScheduleParams *q) {
+  memset(q, 0, sizeof *q);
+  q->kind = s->kind;
+  q->staircase = s->staircase;
+  q->cycle = s->cycle;
+  q->has_warmup = !CUOPTIM_IS_NONE(s->warmup_target);
+  q->initial_learning_rate = (float)s->initial_learning_rate;
+  q->decay_steps = (float)s->decay_steps;
+  q->decay_rate = (float)s->decay_rate;
+  q->end_learning_rate = (float)s->end_learning_rate;
+  q->power = (float)s->power;
+  q->alpha = (float)s->alpha;
+  q->one_minus_alpha_double = (float)(1.0 - s->alpha);
+  q->warmup_target = q->has_warmup ? (float)s->warmup_target : 0.0f;
+  q->warmup_steps = (float)s->warmup_steps;
+  q->t_mul = (float)s->t_mul;
+  q->m_mul = (float)s->m_mul;
+  q->num_boundaries = s->kind == CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT ? s->num_boundaries : 0;
+  for (int i = 0; i < q->num_boundaries; i++) q->boundaries[i] = to_step(s->boundaries[i]);
+  for (int i = 0; i <= q->num_boundaries; i++) q->values[i] = (float)s->values[i];
+}
+
+static int clip_kind(const cuoptimConfig_t *c) {
+  /* A value <= 0 disables the option (SEMANTICS.md §1.4). */
+  if (!CUOPTIM_IS_NONE(c->clipnorm) && c->clipnorm > 0) return CUOPTIM_CLIP_NORM;
+  if (!CUOPTIM_IS_NONE(c->global_clipnorm) && c->global_clipnorm > 0) return CUOPTIM_CLIP_GLOBAL_NORM;
+  if (!CUOPTIM_IS_NONE(c->clipvalue) && c->clipvalue > 0) return CUOPTIM_CLIP_VALUE;
+  return CUOPTIM_CLIP_NONE;
+}
+
+void cuoptim_prologue_params_init(const cuoptimConfig_t *c, cuoptimPrologueParams *q) {
+  memset(q, 0, sizeof *q);
+  cuoptimRuleParams *p = &q->rule;
+  p->kind = c->kind;
+  p->clip = clip_kind(c);
+  p->has_weight_decay = !CUOPTIM_IS_NONE(c->weight_decay);
+  p->has_loss_scale_factor = !CUOPTIM_IS_NONE(c->loss_scale_factor);
+  p->dynamic_loss_scale = c->dynamic_loss_scale;
+  p->accumulation_steps = (int32_t)c->gradient_accumulation_steps;
+  p->use_ema = c->use_ema;
+  p->nesterov = c->nesterov;
+  p->centered = c->centered;
+  p->amsgrad = c->amsgrad;
+  /* SGD keeps a momentum slot when momentum != 0, RMSprop when momentum > 0. */
+  p->has_momentum = c->kind == CUOPTIM_SGD ? c->momentum != 0 : (c->kind == CUOPTIM_RMSPROP && c->momentum > 0);
+  p->weight_decay = p->has_weight_decay ? (float)c->weight_decay : 0.0f;
+  p->clipnorm = (float)c->clipnorm;
+  p->clipvalue = (float)c->clipvalue;
+  p->global_clipnorm = (float)c->global_clipnorm;
+  p->loss_scale_factor = p->has_loss_scale_factor ? (float)c->loss_scale_factor : 1.0f;
+  p->accumulation_steps_f = (float)c->gradient_accumulation_steps;
+  p->ema_momentum = (float)c->ema_momentum;
+  p->beta_1 = (float)c->beta_1;
+  p->beta_2 = (float)c->beta_2;
+  p->one_minus_beta_1 = (float)(1.0 - c->beta_1);
+  p->one_minus_beta_2 = (float)(1.0 - c->beta_2);
+  p->epsilon = (float)c->epsilon;
+  p->rho = (float)c->rho;
+  p->one_minus_rho = (float)(1.0 - c->rho);
+  p->momentum = (float)c->momentum;
+  p->lr_power_neg = (float)(-c->learning_rate_power);
+  p->l1 = (float)c->l1_regularization_strength;
+  p->l2 = (float)c->l2_regularization_strength;
+  p->two_l2_shrinkage = (float)(2.0 * c->l2_shrinkage_regularization_strength);
+  p->ftrl_beta = (float)c->beta;
+  schedule_params_init(&c->learning_rate, &q->schedule);
+  q->ema_overwrite_frequency = c->use_ema ? c->ema_overwrite_frequency : 0;
+  q->dynamic_growth_steps = c->dynamic_growth_steps;
+  q->global_clipnorm_inverse = (float)(1.0 / c->global_clipnorm);
+  q->nadam_decay = 0.96f;
+}
+
+int cuoptim_slot_layout(const cuoptimConfig_t *c, cuoptimSlotLayout *layout) {
+  memset(layout, 0, sizeof *layout);
+  const char **names = layout->names;
+  int n = 0;
+  switch (c->kind) {
+    case CUOPTIM_SGD: names[n++] = "momentum"; break;
+    case CUOPTIM_RMSPROP:
+      names[n++] = "velocity";
+      names[n++] = "momentum";
+      names[n++] = "average_gradient";
+      break;
+    case CUOPTIM_ADAGRAD: names[n++] = "accumulator"; break;
+    case CUOPTIM_ADADELTA:
+      names[n++] = "accumulated_grad";
+      names[n++] = "accumulated_delta_var";
+      break;
+    case CUOPTIM_ADAM:
+    case CUOPTIM_ADAMW:
+      names[n++] = "momentum";
+      names[n++] = "velocity";
+      names[n++] = "velocity_hat";
+      break;
+    case CUOPTIM_ADAMAX:
+      names[n++] = "momentum";
+      names[n++] = "norm";
+      break;
+    case CUOPTIM_NADAM:
+    case CUOPTIM_LAMB:
+      names[n++] = "momentum";
+      names[n++] = "velocity";
+      break;
+    case CUOPTIM_LION: names[n++] = "momentum"; break;
+    case CUOPTIM_FTRL:
+      names[n++] = "accumulator";
+      names[n++] = "linear";
+      break;
+    default: break;
+  }
+  for (int i = 0; i < n; i++) layout->present[i] = 1;
+  /* Optional slots, and Keras's separate add_optimizer_variables calls (one group each). */
+  if (c->kind == CUOPTIM_SGD) layout->present[0] = c->momentum != 0;
+  if (c->kind == CUOPTIM_RMSPROP) {
+    layout->present[1] = c->momentum > 0;
+    layout->present[2] = c->centered != 0;
+    layout->group[1] = 1;
+    layout->group[2] = 2;
+  }
+  if (c->kind == CUOPTIM_ADAM || c->kind == CUOPTIM_ADAMW) {
+    layout->present[2] = c->amsgrad != 0;
+    layout->group[2] = 1;
+  }
+  layout->count = n;
+  return n;
+}
+
+float cuoptim_slot_initial_value(const cuoptimConfig_t *c, int slot) {
+  if ((c->kind == CUOPTIM_ADAGRAD || c->kind == CUOPTIM_FTRL) && slot == 0) return (float)c->initial_accumulator_value;
+  return 0.0f;
+}

@@ -1,0 +1,190 @@
+/*
+ * internal.h — the optimizer object and the interface between the orchestration (host/step.c)
+ * and the two backends (host/backend_host.c, host/backend_cuda.c). Not installed.
+ */
+#ifndef CUOPTIM_INTERNAL_H
+#define CUOPTIM_INTERNAL_H
+
+#include <regex.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cuoptim.h"
+#include "prologue.h"
+#include "rules.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors (host/error.c) ---------------------------------------------------------------- */
+
+/* Formats the thread-local last-error message and returns `status`. */
+cuoptimStatus_t cuoptim_error(cuoptimStatus_t status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Debug log, enabled by CUOPTIM_DEBUG=WARN|INFO|TRACE (read once). */
+enum { CUOPTIM_LOG_NONE = 0, CUOPTIM_LOG_WARN = 1, CUOPTIM_LOG_INFO = 2, CUOPTIM_LOG_TRACE = 3 };
+void cuoptim_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define CUOPTIM_CHECK(call)                  \
+  do {                                       \
+    cuoptimStatus_t check_status_ = (call);  \
+    if (check_status_ != CUOPTIM_STATUS_SUCCESS) return check_status_; \
+  } while (0)
+
+#define CUOPTIM_CHECK_GOTO(call, status_var, label) \
+  do {                                              \
+    (status_var) = (call);                          \
+    if ((status_var) != CUOPTIM_STATUS_SUCCESS) goto label; \
+  } while (0)
+
+#define CUOPTIM_REQUIRE_NOT_NULL(caller, ptr)                                              \
+  do {                                                                                     \
+    if ((ptr) == NULL)                                                                     \
+      return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, "%s: %s is NULL", caller, #ptr);   \
+  } while (0)
+
+/* ---- config (host/config.c) ----------------------------------------------------------------- */
+
+/* cuoptimConfigValidate with `caller` naming the public call in the message. */
+cuoptimStatus_t cuoptim_validate_config(const cuoptimConfig_t *config, const char *caller);
+
+/* The float32 constants of the rules and the prologue, formed as Keras forms them. */
+void cuoptim_prologue_params_init(const cuoptimConfig_t *config, cuoptimPrologueParams *q);
+
+/* The optimizer's slots: fixed positions s0..s2 as cuda/rules.h uses them, which are present,
+ * their Keras names, and the group of each: Keras lists one group after the other, each group
+ * interleaved per variable (m0, v0, m1, v1, ... then velocity_hat0, velocity_hat1, ...). */
+typedef struct cuoptimSlotLayout {
+  int count;            /* positions used, 0..3 */
+  const char *names[3];
+  int present[3];
+  int group[3];
+} cuoptimSlotLayout;
+int cuoptim_slot_layout(const cuoptimConfig_t *config, cuoptimSlotLayout *layout);
+
+/* Initial value of slot `slot` (Adagrad's and Ftrl's accumulators start at
+ * initial_accumulator_value, everything else at 0). */
+float cuoptim_slot_initial_value(const cuoptimConfig_t *config, int slot);
+
+/* ---- the optimizer object -------------------------------------------------------------------- */
+
+typedef struct cuoptimVariableRec {
+  char name[CUOPTIM_MAX_NAME];
+  void *param;          /* caller's buffer, pointer of the backend */
+  cuoptimDtype_t dtype;
+  size_t count;
+  int use_weight_decay; /* weight_decay set and not excluded */
+  /* Owned by cuoptim, pointers of the backend into the arenas (NULL when absent). */
+  float *master;        /* fp32 copy of a float16/bfloat16 variable */
+  float *slots[3];
+  float *average;       /* EMA */
+  float *accumulator;   /* gradient accumulation */
+} cuoptimVariableRec;
+
+/* One entry of the Keras-ordered optimizer state (cuoptimGetWeights). */
+typedef enum {
+  CUOPTIM_WEIGHT_ITERATION,
+  CUOPTIM_WEIGHT_LEARNING_RATE,
+  CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER,
+  CUOPTIM_WEIGHT_LOSS_SCALE,
+  CUOPTIM_WEIGHT_U_PRODUCT,
+  CUOPTIM_WEIGHT_BUFFER /* a float32 array of the backend: slot, average or accumulator */
+} cuoptimWeightKind;
+
+typedef struct cuoptimWeightEntry {
+  cuoptimWeightInfo_t info;
+  cuoptimWeightKind kind;
+  float *buffer; /* CUOPTIM_WEIGHT_BUFFER */
+} cuoptimWeightEntry;
+
+/* The gradient of each variable for the step in progress (NULL: none). */
+typedef struct cuoptimStepGradient {
+  const void *grad;
+  cuoptimDtype_t dtype;
+} cuoptimStepGradient;
+
+typedef struct cuoptimBackendOps cuoptimBackendOps;
+
+struct cuoptimOptimizer {
+  cuoptimConfig_t config;
+  cuoptimBackend_t backend;
+  int device;
+  const cuoptimBackendOps *ops;
+  void *backend_data;      /* the backend's own state */
+
+  cuoptimPrologueParams prologue; /* constants; prologue.rule for the update */
+  cuoptimSlotLayout slots;
+
+  int num_variables, variable_capacity;
+  cuoptimVariableRec *variables;
+  int num_excludes;
+  regex_t *excludes;
+
+  int built;               /* arenas allocated, state initialised (first step or state access) */
+  void *arena;             /* one allocation: every float buffer cuoptim owns, 256-byte regions */
+  size_t arena_bytes;
+  /* Backend memory. */
+  cuoptimScalarState *state;
+  cuoptimStepScalars *scalars;
+  cuoptimTensorScalars *tensors; /* num_variables */
+
+  int num_weights;
+  cuoptimWeightEntry *weights;
+
+  cuoptimStepGradient *step_grads; /* host array, num_variables */
+};
+
+/* What a backend provides. Every function returns a status and sets the message on failure. */
+struct cuoptimBackendOps {
+  const char *name;
+  cuoptimStatus_t (*init)(cuoptimOptimizer_t opt);
+  void (*release)(cuoptimOptimizer_t opt);
+  /* Rejects a pointer the backend cannot use (host pointer given to the CUDA backend). */
+  cuoptimStatus_t (*check_pointer)(cuoptimOptimizer_t opt, const void *ptr, const char *caller, const char *what);
+  cuoptimStatus_t (*alloc)(cuoptimOptimizer_t opt, size_t bytes, void **ptr);
+  void (*free)(cuoptimOptimizer_t opt, void *ptr);
+  /* Synchronous copies between host memory and backend memory. */
+  cuoptimStatus_t (*upload)(cuoptimOptimizer_t opt, void *dst, const void *src, size_t bytes);
+  cuoptimStatus_t (*download)(cuoptimOptimizer_t opt, void *dst, const void *src, size_t bytes);
+  /* After the arena exists: fill slots, copy half parameters into their masters, build tables. */
+  cuoptimStatus_t (*build)(cuoptimOptimizer_t opt);
+  /* Before the stages of a step (step_grads is set) and after them, also after a failure. */
+  cuoptimStatus_t (*begin_step)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  void (*end_step)(cuoptimOptimizer_t opt);
+  /* The stages of one step (DESIGN.md "One step, as data flows"), on `stream`. step_grads is set. */
+  cuoptimStatus_t (*inspect)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  cuoptimStatus_t (*prologue)(cuoptimOptimizer_t opt, int inspected, cuoptimStream_t stream);
+  cuoptimStatus_t (*update)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  cuoptimStatus_t (*finish)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* EMA swap of cuoptimFinalizeVariableValues. */
+  cuoptimStatus_t (*finalize)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* Copies masters into half parameters after a state change made by SetWeights (none yet). */
+  cuoptimStatus_t (*synchronize)(cuoptimOptimizer_t opt);
+};
+
+extern const cuoptimBackendOps cuoptim_host_backend;
+/* NULL when the library was built without CUDA kernels. */
+extern const cuoptimBackendOps *const cuoptim_cuda_backend;
+
+/* Allocates the arena, lays out every buffer, fills the state and the weight list, calls
+ * ops->build. Idempotent. (host/optimizer.c) */
+cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller);
+
+/* Whether the inspect pass is needed this step (clip by norm or loss-scale check). */
+int cuoptim_needs_inspect(const cuoptimOptimizer_t opt);
+
+/* Element conversion of parameters and gradients. */
+float cuoptim_half_to_float(uint16_t h);
+uint16_t cuoptim_float_to_half(float f);
+float cuoptim_bfloat16_to_float(uint16_t h);
+uint16_t cuoptim_float_to_bfloat16(float f);
+size_t cuoptim_dtype_size(cuoptimDtype_t dtype);
+const char *cuoptim_dtype_name(cuoptimDtype_t dtype);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CUOPTIM_INTERNAL_H */

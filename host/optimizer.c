@@ -1,0 +1,500 @@
+/* The optimizer handle: creation, variables, weight-decay exclusion, building the state (one
+ * arena), the Keras-ordered state list, and the scalar getters. Backend-independent. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define ARENA_ALIGNMENT 256
+/* Above this a count is a caller's bug (2^40 elements = 4 TiB of float32). */
+#define MAX_VARIABLE_COUNT (((size_t)1) << 40)
+
+static const cuoptimBackendOps *backend_ops(cuoptimBackend_t backend) {
+  if (backend == CUOPTIM_BACKEND_HOST) return &cuoptim_host_backend;
+  if (backend == CUOPTIM_BACKEND_CUDA) return cuoptim_cuda_backend;
+  return NULL;
+}
+
+cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig_t *config, cuoptimBackend_t backend,
+                              int device) {
+  static const char *caller = "cuoptimCreate";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, optimizer);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, config);
+  CUOPTIM_CHECK(cuoptim_validate_config(config, caller));
+  if (backend != CUOPTIM_BACKEND_HOST && backend != CUOPTIM_BACKEND_CUDA)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: backend = %d is not a cuoptimBackend_t", caller,
+                         (int)backend);
+  const cuoptimBackendOps *ops = backend_ops(backend);
+  if (!ops)
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "%s: backend = CUOPTIM_BACKEND_CUDA: this build has no CUDA backend",
+                         caller);
+  if (backend == CUOPTIM_BACKEND_CUDA && device < 0)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: device = %d: must be a CUDA device ordinal >= 0", caller,
+                         device);
+
+  cuoptimOptimizer_t opt = calloc(1, sizeof *opt);
+  if (!opt) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  opt->config = *config;
+  opt->backend = backend;
+  opt->device = device;
+  opt->ops = ops;
+  cuoptim_prologue_params_init(config, &opt->prologue);
+  cuoptim_slot_layout(config, &opt->slots);
+  cuoptimStatus_t status = ops->init(opt);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    free(opt);
+    return status;
+  }
+  *optimizer = opt;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
+  if (!opt) return CUOPTIM_STATUS_SUCCESS;
+  if (opt->arena) opt->ops->free(opt, opt->arena);
+  opt->ops->release(opt);
+  for (int i = 0; i < opt->num_excludes; i++) regfree(&opt->excludes[i]);
+  free(opt->excludes);
+  free(opt->variables);
+  free(opt->weights);
+  free(opt->step_grads);
+  free(opt);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t opt, cuoptimConfig_t *config) {
+  CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetConfig", opt);
+  CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetConfig", config);
+  *config = opt->config;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static int excluded(const cuoptimOptimizer_t opt, const char *name) {
+  for (int i = 0; i < opt->num_excludes; i++)
+    if (regexec(&opt->excludes[i], name, 0, NULL, 0) == 0) return 1;
+  return 0;
+}
+
+static void refresh_weight_decay(cuoptimOptimizer_t opt) {
+  for (int i = 0; i < opt->num_variables; i++) {
+    cuoptimVariableRec *v = &opt->variables[i];
+    v->use_weight_decay = opt->prologue.rule.has_weight_decay && !excluded(opt, v->name);
+  }
+}
+
+cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, void *param, cuoptimDtype_t dtype,
+                                   size_t count, cuoptimVariable_t *variable) {
+  static const char *caller = "cuoptimAddVariable";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, name);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, param);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, variable);
+  size_t length = strlen(name);
+  if (length == 0) return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: name is empty", caller);
+  /* Slot names append "_" + the longest slot name ("accumulated_delta_var", 21 bytes). */
+  if (length + 32 >= CUOPTIM_MAX_NAME)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: name \"%.40s...\" is %zu bytes long: at most %d", caller,
+                         name, length, CUOPTIM_MAX_NAME - 33);
+  if (dtype != CUOPTIM_FLOAT32 && dtype != CUOPTIM_FLOAT16 && dtype != CUOPTIM_BFLOAT16)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: dtype = %d is not a cuoptimDtype_t", caller, (int)dtype);
+  if (count == 0) return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: count = 0: a variable needs elements", caller);
+  if (count > MAX_VARIABLE_COUNT)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: count = %zu: larger than 2^40 elements", caller, count);
+  if (opt->built)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: the optimizer state is already built (a step or a state access happened): "
+                         "add every variable before",
+                         caller);
+  for (int i = 0; i < opt->num_variables; i++)
+    if (strcmp(opt->variables[i].name, name) == 0)
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: name \"%s\" is already variable %d", caller, name, i);
+  if (opt->num_variables == INT32_MAX)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: too many variables", caller);
+  CUOPTIM_CHECK(opt->ops->check_pointer(opt, param, caller, "param"));
+
+  if (opt->num_variables == opt->variable_capacity) {
+    int capacity = opt->variable_capacity ? opt->variable_capacity * 2 : 16;
+    cuoptimVariableRec *grown = realloc(opt->variables, (size_t)capacity * sizeof *grown);
+    cuoptimStepGradient *grads = realloc(opt->step_grads, (size_t)capacity * sizeof *grads);
+    if (grown) opt->variables = grown;
+    if (grads) opt->step_grads = grads;
+    if (!grown || !grads) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+    opt->variable_capacity = capacity;
+  }
+  cuoptimVariableRec *v = &opt->variables[opt->num_variables];
+  memset(v, 0, sizeof *v);
+  memcpy(v->name, name, length + 1);
+  v->param = param;
+  v->dtype = dtype;
+  v->count = count;
+  v->use_weight_decay = opt->prologue.rule.has_weight_decay && !excluded(opt, name);
+  *variable = opt->num_variables++;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimGetVariableCount(cuoptimOptimizer_t opt, int *count) {
+  CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetVariableCount", opt);
+  CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetVariableCount", count);
+  *count = opt->num_variables;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimExcludeFromWeightDecay(cuoptimOptimizer_t opt, const char *pattern) {
+  static const char *caller = "cuoptimExcludeFromWeightDecay";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, pattern);
+  regex_t compiled;
+  int rc = regcomp(&compiled, pattern, REG_EXTENDED | REG_NOSUB);
+  if (rc != 0) {
+    char reason[256];
+    regerror(rc, &compiled, reason, sizeof reason);
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: regex \"%s\": %s", caller, pattern, reason);
+  }
+  regex_t *grown = realloc(opt->excludes, (size_t)(opt->num_excludes + 1) * sizeof *grown);
+  if (!grown) {
+    regfree(&compiled);
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  }
+  opt->excludes = grown;
+  opt->excludes[opt->num_excludes++] = compiled;
+  refresh_weight_decay(opt);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t check_variable(const cuoptimOptimizer_t opt, cuoptimVariable_t variable, const char *caller,
+                                      const char *what) {
+  if (variable < 0 || variable >= opt->num_variables)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: %s = %d: no such variable (%d registered)", caller, what,
+                         (int)variable, opt->num_variables);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimUsesWeightDecay(cuoptimOptimizer_t opt, cuoptimVariable_t variable, int *uses) {
+  static const char *caller = "cuoptimUsesWeightDecay";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, uses);
+  CUOPTIM_CHECK(check_variable(opt, variable, caller, "variable"));
+  *uses = opt->variables[variable].use_weight_decay;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* ---- building the state ----------------------------------------------------------------------- */
+
+static size_t aligned_bytes(size_t count) {
+  size_t bytes = count * sizeof(float);
+  return (bytes + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
+}
+
+/* Lays out every owned float buffer in one arena; returns its size. With base == NULL only
+ * measures. */
+static size_t layout_arena(cuoptimOptimizer_t opt, char *base) {
+  size_t offset = 0;
+  const cuoptimRuleParams *p = &opt->prologue.rule;
+#define PLACE(field, count)                                              \
+  do {                                                                   \
+    if (base) (field) = (float *)(base + offset);                        \
+    offset += aligned_bytes(count);                                      \
+  } while (0)
+  for (int i = 0; i < opt->num_variables; i++) {
+    cuoptimVariableRec *v = &opt->variables[i];
+    if (v->dtype != CUOPTIM_FLOAT32) PLACE(v->master, v->count);
+    for (int s = 0; s < opt->slots.count; s++)
+      if (opt->slots.present[s]) PLACE(v->slots[s], v->count);
+    if (p->use_ema) PLACE(v->average, v->count);
+    if (p->accumulation_steps) PLACE(v->accumulator, v->count);
+  }
+#undef PLACE
+  /* Scalars after the buffers, each 256-byte aligned. */
+  size_t state_offset = offset;
+  offset += (sizeof(cuoptimScalarState) + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
+  size_t scalars_offset = offset;
+  offset += (sizeof(cuoptimStepScalars) + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
+  size_t tensors_offset = offset;
+  offset += (size_t)opt->num_variables * sizeof(cuoptimTensorScalars);
+  if (base) {
+    opt->state = (cuoptimScalarState *)(base + state_offset);
+    opt->scalars = (cuoptimStepScalars *)(base + scalars_offset);
+    opt->tensors = (cuoptimTensorScalars *)(base + tensors_offset);
+  }
+  return offset;
+}
+
+static cuoptimWeightEntry *add_weight(cuoptimOptimizer_t opt, cuoptimWeightKind kind, size_t count, int is_integer) {
+  cuoptimWeightEntry *w = &opt->weights[opt->num_weights++];
+  memset(w, 0, sizeof *w);
+  w->kind = kind;
+  w->info.count = count;
+  w->info.is_integer = is_integer;
+  return w;
+}
+
+static void add_buffer_weight(cuoptimOptimizer_t opt, const cuoptimVariableRec *v, float *buffer, const char *suffix) {
+  cuoptimWeightEntry *w = add_weight(opt, CUOPTIM_WEIGHT_BUFFER, v->count, 0);
+  w->buffer = buffer;
+  snprintf(w->info.name, sizeof w->info.name, "%s_%s", v->name, suffix);
+}
+
+/* The state in Keras's `optimizer.variables` order (tests/data/README.md has the observed table). */
+static cuoptimStatus_t build_weight_list(cuoptimOptimizer_t opt) {
+  const cuoptimConfig_t *c = &opt->config;
+  int n = opt->num_variables;
+  size_t most = 6 + (size_t)n * 5;
+  opt->weights = calloc(most, sizeof *opt->weights);
+  if (!opt->weights) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: out of host memory");
+  opt->num_weights = 0;
+  if (c->dynamic_loss_scale) {
+    snprintf(add_weight(opt, CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER, 1, 1)->info.name, CUOPTIM_MAX_NAME, "step_counter");
+    snprintf(add_weight(opt, CUOPTIM_WEIGHT_LOSS_SCALE, 1, 0)->info.name, CUOPTIM_MAX_NAME, "dynamic_scale");
+  }
+  snprintf(add_weight(opt, CUOPTIM_WEIGHT_ITERATION, 1, 1)->info.name, CUOPTIM_MAX_NAME, "iteration");
+  if (c->learning_rate.kind == CUOPTIM_SCHEDULE_CONSTANT)
+    snprintf(add_weight(opt, CUOPTIM_WEIGHT_LEARNING_RATE, 1, 0)->info.name, CUOPTIM_MAX_NAME, "learning_rate");
+  if (c->use_ema)
+    for (int i = 0; i < n; i++) add_buffer_weight(opt, &opt->variables[i], opt->variables[i].average, "average");
+  if (c->gradient_accumulation_steps)
+    for (int i = 0; i < n; i++)
+      add_buffer_weight(opt, &opt->variables[i], opt->variables[i].accumulator, "gradient_accumulator");
+  for (int group = 0; group < 3; group++)
+    for (int i = 0; i < n; i++)
+      for (int s = 0; s < opt->slots.count; s++)
+        if (opt->slots.present[s] && opt->slots.group[s] == group)
+          add_buffer_weight(opt, &opt->variables[i], opt->variables[i].slots[s], opt->slots.names[s]);
+  if (c->kind == CUOPTIM_NADAM && n > 0)
+    snprintf(add_weight(opt, CUOPTIM_WEIGHT_U_PRODUCT, 1, 0)->info.name, CUOPTIM_MAX_NAME, "u_product");
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller) {
+  if (opt->built) return CUOPTIM_STATUS_SUCCESS;
+  size_t bytes = layout_arena(opt, NULL);
+  void *arena = NULL;
+  CUOPTIM_CHECK(opt->ops->alloc(opt, bytes, &arena));
+  opt->arena = arena;
+  opt->arena_bytes = bytes;
+  layout_arena(opt, arena);
+  cuoptimStatus_t status = build_weight_list(opt);
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    cuoptimScalarState initial;
+    memset(&initial, 0, sizeof initial);
+    initial.learning_rate = (float)opt->config.learning_rate.initial_learning_rate;
+    initial.loss_scale = (float)opt->config.initial_scale;
+    initial.u_product = 1.0f;
+    status = opt->ops->upload(opt, opt->state, &initial, sizeof initial);
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS) status = opt->ops->build(opt);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    opt->ops->free(opt, opt->arena);
+    opt->arena = NULL;
+    free(opt->weights);
+    opt->weights = NULL;
+    opt->num_weights = 0;
+    for (int i = 0; i < opt->num_variables; i++) {
+      cuoptimVariableRec *v = &opt->variables[i];
+      v->master = v->average = v->accumulator = NULL;
+      v->slots[0] = v->slots[1] = v->slots[2] = NULL;
+    }
+    opt->state = NULL;
+    opt->scalars = NULL;
+    opt->tensors = NULL;
+    cuoptim_log(CUOPTIM_LOG_WARN, "%s: building the optimizer state failed", caller);
+    return status;
+  }
+  opt->built = 1;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* ---- scalar state ----------------------------------------------------------------------------- */
+
+static cuoptimStatus_t read_state(cuoptimOptimizer_t opt, const char *caller, cuoptimScalarState *state) {
+  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  return opt->ops->download(opt, state, opt->state, sizeof *state);
+}
+
+static cuoptimStatus_t write_state(cuoptimOptimizer_t opt, const cuoptimScalarState *state) {
+  return opt->ops->upload(opt, opt->state, state, sizeof *state);
+}
+
+cuoptimStatus_t cuoptimGetIterations(cuoptimOptimizer_t opt, int64_t *iterations) {
+  static const char *caller = "cuoptimGetIterations";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, iterations);
+  cuoptimScalarState state;
+  CUOPTIM_CHECK(read_state(opt, caller, &state));
+  *iterations = cuoptim_public_iterations(&opt->prologue.rule, state.iterations);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimGetLearningRate(cuoptimOptimizer_t opt, float *learning_rate) {
+  static const char *caller = "cuoptimGetLearningRate";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, learning_rate);
+  cuoptimScalarState state;
+  CUOPTIM_CHECK(read_state(opt, caller, &state));
+  *learning_rate = cuoptim_learning_rate(&opt->prologue, &state);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimSetLearningRate(cuoptimOptimizer_t opt, double learning_rate) {
+  static const char *caller = "cuoptimSetLearningRate";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  if (!isfinite(learning_rate))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: learning_rate = %g: must be finite", caller, learning_rate);
+  if (opt->config.learning_rate.kind != CUOPTIM_SCHEDULE_CONSTANT)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: the optimizer uses a learning-rate schedule; its learning rate cannot be set", caller);
+  cuoptimScalarState state;
+  CUOPTIM_CHECK(read_state(opt, caller, &state));
+  state.learning_rate = (float)learning_rate;
+  CUOPTIM_CHECK(write_state(opt, &state));
+  opt->config.learning_rate.initial_learning_rate = (double)state.learning_rate;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimGetLossScale(cuoptimOptimizer_t opt, float *scale) {
+  static const char *caller = "cuoptimGetLossScale";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, scale);
+  if (!opt->config.dynamic_loss_scale)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE, "%s: the optimizer has no dynamic loss scale", caller);
+  cuoptimScalarState state;
+  CUOPTIM_CHECK(read_state(opt, caller, &state));
+  *scale = state.loss_scale;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* ---- the Keras-ordered state ------------------------------------------------------------------ */
+
+cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t opt, int *count) {
+  static const char *caller = "cuoptimGetWeightCount";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, count);
+  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  *count = opt->num_weights;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t find_weight(cuoptimOptimizer_t opt, int index, const char *caller, cuoptimWeightEntry **entry) {
+  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  if (index < 0 || index >= opt->num_weights)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: index = %d: the optimizer has %d state entries", caller,
+                         index, opt->num_weights);
+  *entry = &opt->weights[index];
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimGetWeightInfo(cuoptimOptimizer_t opt, int index, cuoptimWeightInfo_t *info) {
+  static const char *caller = "cuoptimGetWeightInfo";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, info);
+  cuoptimWeightEntry *entry;
+  CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
+  *info = entry->info;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t check_count(const cuoptimWeightEntry *entry, size_t count, const char *caller) {
+  if (count != entry->info.count)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: count = %zu: entry \"%s\" has %zu elements", caller, count,
+                         entry->info.name, entry->info.count);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Copies a float32 buffer of the backend to or from doubles, through a bounded host staging buffer. */
+#define STAGING_ELEMENTS ((size_t)1 << 20)
+
+static cuoptimStatus_t download_buffer(cuoptimOptimizer_t opt, const float *buffer, double *values, size_t count,
+                                       const char *caller) {
+  float *staging = malloc((count < STAGING_ELEMENTS ? count : STAGING_ELEMENTS) * sizeof(float));
+  if (!staging) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  for (size_t done = 0; done < count && status == CUOPTIM_STATUS_SUCCESS;) {
+    size_t chunk = count - done < STAGING_ELEMENTS ? count - done : STAGING_ELEMENTS;
+    status = opt->ops->download(opt, staging, buffer + done, chunk * sizeof(float));
+    for (size_t i = 0; status == CUOPTIM_STATUS_SUCCESS && i < chunk; i++) values[done + i] = staging[i];
+    done += chunk;
+  }
+  free(staging);
+  return status;
+}
+
+static cuoptimStatus_t upload_buffer(cuoptimOptimizer_t opt, float *buffer, const double *values, size_t count,
+                                     const char *caller) {
+  float *staging = malloc((count < STAGING_ELEMENTS ? count : STAGING_ELEMENTS) * sizeof(float));
+  if (!staging) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  for (size_t done = 0; done < count && status == CUOPTIM_STATUS_SUCCESS;) {
+    size_t chunk = count - done < STAGING_ELEMENTS ? count - done : STAGING_ELEMENTS;
+    for (size_t i = 0; i < chunk; i++) staging[i] = (float)values[done + i];
+    status = opt->ops->upload(opt, buffer + done, staging, chunk * sizeof(float));
+    done += chunk;
+  }
+  free(staging);
+  return status;
+}
+
+cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *values, size_t count) {
+  static const char *caller = "cuoptimGetWeights";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, values);
+  cuoptimWeightEntry *entry;
+  CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
+  CUOPTIM_CHECK(check_count(entry, count, caller));
+  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return download_buffer(opt, entry->buffer, values, count, caller);
+  cuoptimScalarState state;
+  CUOPTIM_CHECK(read_state(opt, caller, &state));
+  switch (entry->kind) {
+    case CUOPTIM_WEIGHT_ITERATION: values[0] = (double)state.iterations; break;
+    case CUOPTIM_WEIGHT_LEARNING_RATE: values[0] = state.learning_rate; break;
+    case CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER: values[0] = (double)state.loss_scale_counter; break;
+    case CUOPTIM_WEIGHT_LOSS_SCALE: values[0] = state.loss_scale; break;
+    case CUOPTIM_WEIGHT_U_PRODUCT: values[0] = state.u_product; break;
+    default: return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: unknown entry kind", caller);
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static int is_counter_value(double x) { return x >= 0 && x <= 9.0e15 && floor(x) == x; }
+
+cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const double *values, size_t count) {
+  static const char *caller = "cuoptimSetWeights";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, values);
+  cuoptimWeightEntry *entry;
+  CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
+  CUOPTIM_CHECK(check_count(entry, count, caller));
+  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return upload_buffer(opt, entry->buffer, values, count, caller);
+  if (entry->info.is_integer && !is_counter_value(values[0]))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: values[0] = %g: \"%s\" is a counter (an integer >= 0)",
+                         caller, values[0], entry->info.name);
+  if (!entry->info.is_integer && !isfinite(values[0]))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: values[0] = %g: \"%s\" must be finite", caller, values[0],
+                         entry->info.name);
+  cuoptimScalarState state;
+  CUOPTIM_CHECK(read_state(opt, caller, &state));
+  switch (entry->kind) {
+    case CUOPTIM_WEIGHT_ITERATION: state.iterations = (int64_t)values[0]; break;
+    case CUOPTIM_WEIGHT_LEARNING_RATE: state.learning_rate = (float)values[0]; break;
+    case CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER: state.loss_scale_counter = (int64_t)values[0]; break;
+    case CUOPTIM_WEIGHT_LOSS_SCALE: state.loss_scale = (float)values[0]; break;
+    case CUOPTIM_WEIGHT_U_PRODUCT: state.u_product = (float)values[0]; break;
+    default: return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: unknown entry kind", caller);
+  }
+  CUOPTIM_CHECK(write_state(opt, &state));
+  if (entry->kind == CUOPTIM_WEIGHT_LEARNING_RATE) opt->config.learning_rate.initial_learning_rate = state.learning_rate;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimFinalizeVariableValues";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  if (!opt->config.use_ema || opt->num_variables == 0) return CUOPTIM_STATUS_SUCCESS;
+  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  return opt->ops->finalize(opt, stream);
+}
+
+cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t opt) {
+  CUOPTIM_REQUIRE_NOT_NULL("cuoptimSynchronize", opt);
+  return opt->ops->synchronize(opt);
+}

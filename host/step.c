@@ -1,0 +1,117 @@
+/* One optimizer step, as DESIGN.md draws it: aggregate (later), inspect, prologue, update, finish.
+ * Backend-independent: each stage is run by the backend's executor, inside an NVTX range. */
+#include <string.h>
+
+#include <nvtx3/nvToolsExt.h>
+
+#include "internal.h"
+
+static nvtxDomainHandle_t nvtx_domain(void) {
+  static nvtxDomainHandle_t domain;
+  if (!domain) domain = nvtxDomainCreateA("cuoptim");
+  return domain;
+}
+
+static void range_push(const char *name) {
+  nvtxEventAttributes_t attributes;
+  memset(&attributes, 0, sizeof attributes);
+  attributes.version = NVTX_VERSION;
+  attributes.size = NVTX_EVENT_ATTRIB_STRUCT_SIZE;
+  attributes.messageType = NVTX_MESSAGE_TYPE_ASCII;
+  attributes.message.ascii = name;
+  nvtxDomainRangePushEx(nvtx_domain(), &attributes);
+}
+
+static void range_pop(void) { nvtxDomainRangePop(nvtx_domain()); }
+
+int cuoptim_needs_inspect(const cuoptimOptimizer_t opt) {
+  const cuoptimRuleParams *p = &opt->prologue.rule;
+  return p->clip == CUOPTIM_CLIP_NORM || p->clip == CUOPTIM_CLIP_GLOBAL_NORM || p->dynamic_loss_scale;
+}
+
+/* Checks the list and records each variable's gradient for this step. Nothing is modified on
+ * failure but opt->step_grads, which only a step reads. */
+static cuoptimStatus_t bind_gradients(cuoptimOptimizer_t opt, int n, const cuoptimGradient_t *grads, const char *caller,
+                                      int *with_gradient) {
+  for (int i = 0; i < opt->num_variables; i++) opt->step_grads[i].grad = NULL;
+  int count = 0;
+  for (int k = 0; k < n; k++) {
+    const cuoptimGradient_t *g = &grads[k];
+    if (g->variable < 0 || g->variable >= opt->num_variables)
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: grads[%d].variable = %d: no such variable (%d registered)",
+                           caller, k, (int)g->variable, opt->num_variables);
+    if (g->dtype != CUOPTIM_FLOAT32 && g->dtype != CUOPTIM_FLOAT16 && g->dtype != CUOPTIM_BFLOAT16)
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: grads[%d].dtype = %d is not a cuoptimDtype_t", caller, k,
+                           (int)g->dtype);
+    for (int j = 0; j < k; j++)
+      if (grads[j].variable == g->variable)
+        return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: grads[%d] and grads[%d] both name variable %d (\"%s\")",
+                             caller, j, k, (int)g->variable, opt->variables[g->variable].name);
+    if (!g->grad) continue; /* Keras drops None gradients */
+    CUOPTIM_CHECK(opt->ops->check_pointer(opt, g->grad, caller, "grads[].grad"));
+    opt->step_grads[g->variable].grad = g->grad;
+    opt->step_grads[g->variable].dtype = g->dtype;
+    count++;
+  }
+  if (count == 0)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: every gradient is NULL: no gradient to apply", caller);
+  *with_gradient = count;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t run_stage(const char *name, cuoptimStatus_t (*stage)(cuoptimOptimizer_t, cuoptimStream_t),
+                                 cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  range_push(name);
+  cuoptimStatus_t status = stage(opt, stream);
+  range_pop();
+  return status;
+}
+
+cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuoptimGradient_t *grads,
+                                      cuoptimStream_t stream) {
+  static const char *caller = "cuoptimApplyGradients";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  if (n < 0) return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: n = %d: must be >= 0", caller, n);
+  if (n == 0) return CUOPTIM_STATUS_SUCCESS; /* Keras returns early, iterations unchanged */
+  CUOPTIM_REQUIRE_NOT_NULL(caller, grads);
+  if (opt->num_variables == 0)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: the optimizer has no variables (cuoptimAddVariable)", caller);
+  int with_gradient = 0;
+  CUOPTIM_CHECK(bind_gradients(opt, n, grads, caller, &with_gradient));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+
+  range_push("cuoptim step");
+  cuoptimStatus_t status = opt->ops->begin_step(opt, stream);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    range_pop();
+    return status;
+  }
+  int inspected = cuoptim_needs_inspect(opt);
+  if (inspected) status = run_stage("inspect", opt->ops->inspect, opt, stream);
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    range_push("prologue");
+    status = opt->ops->prologue(opt, inspected, stream);
+    range_pop();
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("update", opt->ops->update, opt, stream);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("finish", opt->ops->finish, opt, stream);
+  opt->ops->end_step(opt);
+  range_pop();
+  return status;
+}
+
+cuoptimStatus_t cuoptimMinimize(cuoptimOptimizer_t opt, cuoptimGradientFn grad_fn, void *user, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimMinimize";
+  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, grad_fn);
+  int n = -1;
+  const cuoptimGradient_t *grads = NULL;
+  cuoptimStatus_t status = grad_fn(user, opt, stream, &n, &grads);
+  if (status != CUOPTIM_STATUS_SUCCESS) return status;
+  if (n < 0)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: grad_fn left *n = %d: it must set the gradient count",
+                         caller, n);
+  if (n > 0 && !grads)
+    return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, "%s: grad_fn set *n = %d but left *grads NULL", caller, n);
+  return cuoptimApplyGradients(opt, n, grads, stream);
+}

@@ -1,0 +1,382 @@
+/*
+ * cuoptim.h — the whole public API of cuoptim.
+ *
+ * cuoptim performs the optimizer step of neural-network training with the exact numerics of
+ * Keras 3 (tf.keras.optimizers): SGD, RMSprop, Adagrad, Adadelta, Adam, AdamW, Adamax, Nadam,
+ * Lion, Lamb and Ftrl, with learning-rate schedules, clipping, decoupled weight decay, EMA,
+ * gradient accumulation and loss scaling. The host owns its parameter and gradient buffers;
+ * cuoptim owns the optimizer state.
+ *
+ * Two backends run the same step:
+ *   CUOPTIM_BACKEND_HOST  host pointers, plain C loops: the reference implementation.
+ *   CUOPTIM_BACKEND_CUDA  device pointers, fused CUDA kernels on the caller's stream.
+ *
+ * Conventions
+ *   - Every call returns a cuoptimStatus_t. On failure cuoptimGetLastErrorMessage() returns a
+ *     thread-local text naming the call, the argument and the reason.
+ *   - A failed call changes nothing: no optimizer state, variable or counter is modified.
+ *   - Handles are not thread-safe: one thread at a time per optimizer. Different optimizers may be
+ *     used from different threads.
+ *   - Optional hyperparameters that Keras writes as `None` are NaN here (CUOPTIM_NONE) for
+ *     floating-point fields and 0 for integer fields; cuoptimConfigInit sets them that way.
+ *   - "Pointers of the backend": host memory for CUOPTIM_BACKEND_HOST, device memory (or managed
+ *     memory) for CUOPTIM_BACKEND_CUDA.
+ */
+#ifndef CUOPTIM_H
+#define CUOPTIM_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CUOPTIM_VERSION_MAJOR 0
+#define CUOPTIM_VERSION_MINOR 1
+#define CUOPTIM_VERSION_PATCH 0
+/* Encoded as major * 10000 + minor * 100 + patch; equals cuoptimGetVersion() of the library built
+ * from this header. */
+#define CUOPTIM_VERSION \
+  (CUOPTIM_VERSION_MAJOR * 10000 + CUOPTIM_VERSION_MINOR * 100 + CUOPTIM_VERSION_PATCH)
+
+#if defined(_WIN32)
+#define CUOPTIM_API __declspec(dllexport)
+#else
+#define CUOPTIM_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Same type as cudaStream_t, without requiring the CUDA headers. NULL is the legacy default
+ * stream. Ignored by the host backend. */
+struct CUstream_st;
+typedef struct CUstream_st *cuoptimStream_t;
+
+/* ---------------------------------------------------------------------------------------------
+ * Status codes. Values are fixed forever; new codes are only appended.
+ * ------------------------------------------------------------------------------------------- */
+#define CUOPTIM_STATUS_LIST(X)                                                          \
+  X(CUOPTIM_STATUS_SUCCESS, 0, "success")                                               \
+  X(CUOPTIM_STATUS_INVALID_VALUE, 1, "invalid value: an argument or a field is out of range") \
+  X(CUOPTIM_STATUS_NULL_POINTER, 2, "a required pointer argument is NULL")              \
+  X(CUOPTIM_STATUS_NOT_SUPPORTED, 3, "not supported by this build, backend or optimizer") \
+  X(CUOPTIM_STATUS_ALLOC_FAILED, 4, "memory allocation failed")                         \
+  X(CUOPTIM_STATUS_CUDA_ERROR, 5, "a CUDA runtime call failed")                         \
+  X(CUOPTIM_STATUS_NO_DEVICE, 6, "no usable CUDA device")                               \
+  X(CUOPTIM_STATUS_INVALID_STATE, 7, "the call is not allowed in the optimizer's current state") \
+  X(CUOPTIM_STATUS_PARSE_ERROR, 8, "malformed input text (JSON)")                       \
+  X(CUOPTIM_STATUS_NCCL_ERROR, 9, "an NCCL call failed")                                \
+  X(CUOPTIM_STATUS_MPI_ERROR, 10, "an MPI call failed")                                 \
+  X(CUOPTIM_STATUS_INTERNAL_ERROR, 11, "internal error (a bug in cuoptim)")
+
+typedef enum {
+#define CUOPTIM_STATUS_ENUM_(name, value, text) name = value,
+  CUOPTIM_STATUS_LIST(CUOPTIM_STATUS_ENUM_)
+#undef CUOPTIM_STATUS_ENUM_
+} cuoptimStatus_t;
+
+/* A fixed English sentence for the status; "unknown status" for a value outside the list.
+ * Never NULL. */
+CUOPTIM_API const char *cuoptimGetStatusString(cuoptimStatus_t status);
+
+/* The message of the last failed cuoptim call on this thread ("" if none failed yet), naming the
+ * call, the argument and the reason, e.g. "cuoptimCreate: config->beta_1 = 1.5: ...". Valid until
+ * the next failing call on the same thread. Never NULL. */
+CUOPTIM_API const char *cuoptimGetLastErrorMessage(void);
+
+/* CUOPTIM_VERSION of the library actually linked. */
+CUOPTIM_API int cuoptimGetVersion(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Enumerations
+ * ------------------------------------------------------------------------------------------- */
+typedef enum {
+  CUOPTIM_SGD = 0,
+  CUOPTIM_RMSPROP = 1,
+  CUOPTIM_ADAGRAD = 2,
+  CUOPTIM_ADADELTA = 3,
+  CUOPTIM_ADAM = 4,
+  CUOPTIM_ADAMW = 5,
+  CUOPTIM_ADAMAX = 6,
+  CUOPTIM_NADAM = 7,
+  CUOPTIM_LION = 8,
+  CUOPTIM_LAMB = 9,
+  CUOPTIM_FTRL = 10,
+  CUOPTIM_OPTIMIZER_COUNT
+} cuoptimOptimizerKind_t;
+
+/* The Keras class name ("SGD", "RMSprop", "Adam", ...) or NULL for an unknown kind. */
+CUOPTIM_API const char *cuoptimOptimizerName(cuoptimOptimizerKind_t kind);
+
+typedef enum {
+  CUOPTIM_BACKEND_HOST = 0,
+  CUOPTIM_BACKEND_CUDA = 1
+} cuoptimBackend_t;
+
+/* Element types of parameters and gradients. */
+typedef enum {
+  CUOPTIM_FLOAT32 = 0,
+  CUOPTIM_FLOAT16 = 1,
+  CUOPTIM_BFLOAT16 = 2
+} cuoptimDtype_t;
+
+/* Learning-rate schedules (keras.optimizers.schedules), SEMANTICS.md §5. */
+typedef enum {
+  CUOPTIM_SCHEDULE_CONSTANT = 0,         /* a float learning rate */
+  CUOPTIM_SCHEDULE_EXPONENTIAL = 1,      /* ExponentialDecay */
+  CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT = 2, /* PiecewiseConstantDecay */
+  CUOPTIM_SCHEDULE_POLYNOMIAL = 3,       /* PolynomialDecay */
+  CUOPTIM_SCHEDULE_INVERSE_TIME = 4,     /* InverseTimeDecay */
+  CUOPTIM_SCHEDULE_COSINE = 5,           /* CosineDecay (optional linear warm-up) */
+  CUOPTIM_SCHEDULE_COSINE_RESTARTS = 6   /* CosineDecayRestarts */
+} cuoptimScheduleKind_t;
+
+/* Optional values. NaN means Keras's None. */
+#define CUOPTIM_NONE ((double)NAN)
+#define CUOPTIM_IS_NONE(x) ((x) != (x))
+
+#define CUOPTIM_MAX_NAME 128        /* bytes, NUL included, of every name */
+#define CUOPTIM_MAX_BOUNDARIES 64   /* PiecewiseConstantDecay boundaries */
+
+/* A learning rate: a constant or a schedule evaluated at Keras's raw `_iterations` counter
+ * (before this step's increment). Fields not used by `kind` are ignored. All computation happens
+ * in float32, as Keras does. */
+typedef struct {
+  cuoptimScheduleKind_t kind;
+  double initial_learning_rate; /* CONSTANT: the learning rate itself. All but PIECEWISE. */
+  double decay_steps;           /* EXPONENTIAL, POLYNOMIAL, INVERSE_TIME, COSINE; and
+                                   COSINE_RESTARTS' first_decay_steps. */
+  double decay_rate;            /* EXPONENTIAL, INVERSE_TIME */
+  int staircase;                /* EXPONENTIAL, INVERSE_TIME: 0 or 1 */
+  double end_learning_rate;     /* POLYNOMIAL, default 0.0001 */
+  double power;                 /* POLYNOMIAL, default 1.0 */
+  int cycle;                    /* POLYNOMIAL: 0 or 1 */
+  double alpha;                 /* COSINE, COSINE_RESTARTS, default 0.0 */
+  double warmup_target;         /* COSINE: CUOPTIM_NONE for no warm-up */
+  double warmup_steps;          /* COSINE, default 0 */
+  double t_mul;                 /* COSINE_RESTARTS, default 2.0 */
+  double m_mul;                 /* COSINE_RESTARTS, default 1.0 */
+  int num_boundaries;           /* PIECEWISE: 0 .. CUOPTIM_MAX_BOUNDARIES */
+  double boundaries[CUOPTIM_MAX_BOUNDARIES];
+  double values[CUOPTIM_MAX_BOUNDARIES + 1]; /* PIECEWISE: num_boundaries + 1 values */
+  char name[CUOPTIM_MAX_NAME];  /* the schedule's Keras `name` ("" = Keras's default) */
+} cuoptimSchedule_t;
+
+/* Everything that defines an optimizer: Keras's constructor arguments. Fill it with
+ * cuoptimConfigInit (Keras's defaults for the kind), change fields, pass it to cuoptimCreate.
+ * Fields that do not apply to `kind` are ignored. */
+typedef struct {
+  cuoptimOptimizerKind_t kind;
+  char name[CUOPTIM_MAX_NAME]; /* Keras `name`; default the lower-case class name ("adam") */
+  cuoptimSchedule_t learning_rate;
+
+  /* Base optimizer (SEMANTICS.md §1). */
+  double weight_decay;      /* decoupled, w -= w * wd * lr before the update; NONE = off */
+  double clipnorm;          /* per variable; NONE = off (0 also disables) */
+  double clipvalue;         /* NONE = off */
+  double global_clipnorm;   /* NONE = off (0 also disables); at most one clip option is set */
+  int use_ema;              /* 0 or 1 */
+  double ema_momentum;      /* in [0, 1], default 0.99 */
+  int64_t ema_overwrite_frequency;      /* 0 = None, else >= 1 */
+  double loss_scale_factor;             /* NONE = off; gradients are divided by it */
+  int64_t gradient_accumulation_steps;  /* 0 = None, else >= 2 */
+
+  /* Per optimizer; defaults per kind from cuoptimConfigInit. */
+  double beta_1;   /* Adam, AdamW, Adamax, Nadam, Lamb 0.9; Lion 0.9 */
+  double beta_2;   /* Adam, AdamW, Adamax, Nadam, Lamb 0.999; Lion 0.99 */
+  double epsilon;  /* 1e-7 (RMSprop, Adagrad, Adadelta, Adam*, Nadam, Lamb) */
+  double rho;      /* RMSprop 0.9, Adadelta 0.95 */
+  double momentum; /* SGD 0.0 (must lie in [0, 1]), RMSprop 0.0 */
+  int nesterov;    /* SGD */
+  int centered;    /* RMSprop */
+  int amsgrad;     /* Adam, AdamW */
+  double initial_accumulator_value;          /* Adagrad, Ftrl 0.1 */
+  double learning_rate_power;                /* Ftrl -0.5 */
+  double l1_regularization_strength;         /* Ftrl 0.0 */
+  double l2_regularization_strength;         /* Ftrl 0.0 */
+  double l2_shrinkage_regularization_strength; /* Ftrl 0.0 */
+  double beta;                               /* Ftrl 0.0 */
+
+  /* Dynamic loss scaling, keras.optimizers.LossScaleOptimizer (SEMANTICS.md §4). When set, the
+   * gradients passed in are the scaled ones: a step whose gradients hold a non-finite value is
+   * skipped (nothing changes but the scale, halved); otherwise the gradients are divided by the
+   * scale, the step runs, and the scale doubles after dynamic_growth_steps good steps in a row.
+   * loss_scale_factor must then be NONE. */
+  int dynamic_loss_scale;        /* 0 or 1 */
+  double initial_scale;          /* default 32768.0 */
+  int64_t dynamic_growth_steps;  /* default 2000, >= 1 */
+  char loss_scale_name[CUOPTIM_MAX_NAME]; /* LossScaleOptimizer `name` ("" = Keras's default) */
+} cuoptimConfig_t;
+
+/* Fills *config with Keras's defaults for `kind` (constant learning rate included).
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (unknown kind). */
+CUOPTIM_API cuoptimStatus_t cuoptimConfigInit(cuoptimConfig_t *config, cuoptimOptimizerKind_t kind);
+
+/* Fills *schedule with the defaults of `kind` (Keras's constructor defaults; required arguments
+ * such as decay_steps are set to 1 and should be changed).
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE. */
+CUOPTIM_API cuoptimStatus_t cuoptimScheduleInit(cuoptimSchedule_t *schedule, cuoptimScheduleKind_t kind);
+
+/* Checks every field exactly as Keras's constructors do (plus what would make the step undefined
+ * here, such as a non-finite learning rate); the message names the first bad field.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE. */
+CUOPTIM_API cuoptimStatus_t cuoptimConfigValidate(const cuoptimConfig_t *config);
+
+/* Parses the output of `json.dumps(keras.optimizers.serialize(opt))` — any optimizer above, a
+ * learning-rate schedule or a LossScaleOptimizer around one — into *config. Unknown optimizer
+ * classes and unknown config keys are errors that name them. *config is written only on success.
+ * Statuses: SUCCESS, NULL_POINTER, PARSE_ERROR (not JSON), INVALID_VALUE (unknown class or key,
+ * wrong type, or a config that cuoptimConfigValidate rejects), NOT_SUPPORTED (a learning rate
+ * given as a serialized callable). */
+CUOPTIM_API cuoptimStatus_t cuoptimConfigFromKerasJSON(cuoptimConfig_t *config, const char *json);
+
+/* Writes *config in the form keras.optimizers.deserialize accepts (the same form as
+ * keras.optimizers.serialize writes) into buffer, NUL-terminated. *length (optional) receives the
+ * length the text needs without the NUL; a buffer too small (or NULL with capacity 0) writes
+ * nothing and returns INVALID_VALUE with *length set, so a caller may ask for the size first.
+ * Statuses: SUCCESS, NULL_POINTER (config), INVALID_VALUE (invalid config, small buffer). */
+CUOPTIM_API cuoptimStatus_t cuoptimConfigToKerasJSON(const cuoptimConfig_t *config, char *buffer,
+                                                     size_t capacity, size_t *length);
+
+/* ---------------------------------------------------------------------------------------------
+ * Optimizer
+ * ------------------------------------------------------------------------------------------- */
+typedef struct cuoptimOptimizer *cuoptimOptimizer_t;
+/* A registered variable: its registration index, 0, 1, 2, ... */
+typedef int32_t cuoptimVariable_t;
+
+/* Creates an optimizer. The config is validated (cuoptimConfigValidate) and copied. `device` is the
+ * CUDA device ordinal for CUOPTIM_BACKEND_CUDA (ignored by the host backend).
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE, NOT_SUPPORTED (a backend this build lacks),
+ * NO_DEVICE, CUDA_ERROR, ALLOC_FAILED. */
+CUOPTIM_API cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig_t *config,
+                                          cuoptimBackend_t backend, int device);
+
+/* Frees the optimizer and everything it owns (never the caller's buffers). NULL is a no-op.
+ * Synchronizes with the work the optimizer enqueued. Statuses: SUCCESS, CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t optimizer);
+
+/* A copy of the optimizer's config. Statuses: SUCCESS, NULL_POINTER. */
+CUOPTIM_API cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t optimizer, cuoptimConfig_t *config);
+
+/* Registers a parameter buffer the caller owns: `count` elements of `dtype` at `param` (pointers
+ * of the backend; any alignment). cuoptim allocates the variable's slots (zero or, for Adagrad
+ * and Ftrl accumulators, initial_accumulator_value), an fp32 master copy for float16/bfloat16
+ * parameters (initialised from `param`), and an EMA average when use_ema. `name` is the Keras
+ * variable name used for weight-decay exclusion and slot names; names must be unique.
+ * Variables may only be added before the first step (Keras builds its slots then).
+ * *variable receives the index (0 for the first variable, then 1, 2, ...).
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty or long or duplicate name, count 0 or
+ * above 2^40, unknown dtype, a host pointer given to the CUDA backend), INVALID_STATE (after the
+ * first step), ALLOC_FAILED, CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t optimizer, const char *name, void *param,
+                                               cuoptimDtype_t dtype, size_t count,
+                                               cuoptimVariable_t *variable);
+
+/* The number of registered variables. Statuses: SUCCESS, NULL_POINTER. */
+CUOPTIM_API cuoptimStatus_t cuoptimGetVariableCount(cuoptimOptimizer_t optimizer, int *count);
+
+/* Keras `exclude_from_weight_decay(var_names=[regex])`: variables whose name matches the POSIX
+ * extended regular expression (searched anywhere, like Python's re.search) get no weight decay.
+ * May be called several times; patterns accumulate. Applies to variables already added and to
+ * later ones. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (bad regex), ALLOC_FAILED. */
+CUOPTIM_API cuoptimStatus_t cuoptimExcludeFromWeightDecay(cuoptimOptimizer_t optimizer, const char *regex);
+
+/* Whether weight decay applies to `variable` (after exclusions and when weight_decay is set).
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (unknown variable). */
+CUOPTIM_API cuoptimStatus_t cuoptimUsesWeightDecay(cuoptimOptimizer_t optimizer, cuoptimVariable_t variable,
+                                                   int *uses);
+
+/* One gradient: the variable it belongs to, its buffer (pointer of the backend, `count` elements
+ * of the variable, any alignment) and its element type. grad == NULL means "no gradient" (Keras's
+ * None): the pair is dropped. A zero-initialised pair means float32. */
+typedef struct {
+  cuoptimVariable_t variable;
+  const void *grad;
+  cuoptimDtype_t dtype;
+} cuoptimGradient_t;
+
+/* Keras `apply_gradients(zip(grads, vars))`: one optimizer step, as SEMANTICS.md §1.3 orders it:
+ * (loss-scale check and unscale) -> (accumulate) -> clip -> weight decay -> update -> EMA ->
+ * iterations += 1. Only the listed variables are updated; EMA averages every variable.
+ * n == 0 is a no-op (iterations unchanged), as in Keras.
+ * CUDA backend: enqueued on `stream`, returns without waiting; no host synchronization happens
+ * inside, so the call can be captured in a CUDA graph. Parameters and gradients must stay valid
+ * until the step completes. Host backend: done when it returns.
+ * Statuses: SUCCESS, NULL_POINTER (grads with n > 0), INVALID_VALUE (unknown variable, a variable
+ * listed twice, every gradient NULL, unknown dtype, n < 0), CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t optimizer, int n,
+                                                  const cuoptimGradient_t *grads, cuoptimStream_t stream);
+
+/* Keras `minimize`: calls grad_fn(user, optimizer, stream) — which must write the gradients and
+ * describe them in *grads / *n (grads points at storage the callback owns and keeps valid until
+ * cuoptimMinimize returns) — then applies them. A non-SUCCESS status from the callback is returned
+ * as it is and nothing is applied. Statuses: those of cuoptimApplyGradients, and the callback's. */
+typedef cuoptimStatus_t (*cuoptimGradientFn)(void *user, cuoptimOptimizer_t optimizer, cuoptimStream_t stream,
+                                             int *n, const cuoptimGradient_t **grads);
+CUOPTIM_API cuoptimStatus_t cuoptimMinimize(cuoptimOptimizer_t optimizer, cuoptimGradientFn grad_fn, void *user,
+                                            cuoptimStream_t stream);
+
+/* Keras `optimizer.iterations`: the number of steps applied (with gradient accumulation, the raw
+ * counter divided by gradient_accumulation_steps; LossScaleOptimizer-skipped steps do not count).
+ * CUDA backend: waits for the optimizer's enqueued work. Statuses: SUCCESS, NULL_POINTER,
+ * CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimGetIterations(cuoptimOptimizer_t optimizer, int64_t *iterations);
+
+/* Keras `optimizer.learning_rate`: the value the next step will use (the schedule evaluated at
+ * the raw counter). Statuses: SUCCESS, NULL_POINTER, CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimGetLearningRate(cuoptimOptimizer_t optimizer, float *learning_rate);
+
+/* Keras `optimizer.learning_rate = value` for a constant learning rate (the float32 variable is
+ * assigned). Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (not finite), INVALID_STATE (the
+ * optimizer uses a schedule), CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimSetLearningRate(cuoptimOptimizer_t optimizer, double learning_rate);
+
+/* The current dynamic loss scale (LossScaleOptimizer `dynamic_scale`).
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_STATE (dynamic_loss_scale off), CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimGetLossScale(cuoptimOptimizer_t optimizer, float *scale);
+
+/* ---------------------------------------------------------------------------------------------
+ * Optimizer state, in Keras's `optimizer.variables` order: (LossScaleOptimizer: step_counter,
+ * dynamic_scale), iteration, learning_rate (constant learning rate only), then the EMA averages
+ * and gradient accumulators of every variable, then each optimizer's slots interleaved per
+ * variable (m0, v0, m1, v1, ...), Nadam's u_product where Keras puts it. Names are Keras's.
+ * Half-precision variables' fp32 master copies are not Keras state and are not listed.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct {
+  char name[CUOPTIM_MAX_NAME]; /* e.g. "iteration", "learning_rate", "dense_kernel_momentum" */
+  size_t count;                /* elements; 1 for scalars */
+  int is_integer;              /* 1 for the counters (iteration, step_counter) */
+} cuoptimWeightInfo_t;
+
+/* The number of state entries. Statuses: SUCCESS, NULL_POINTER. */
+CUOPTIM_API cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t optimizer, int *count);
+
+/* Name and size of entry `index`. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index). */
+CUOPTIM_API cuoptimStatus_t cuoptimGetWeightInfo(cuoptimOptimizer_t optimizer, int index, cuoptimWeightInfo_t *info);
+
+/* Copies entry `index` into host memory as `count` doubles (count must equal the entry's count;
+ * float32 state converts exactly; counters are exact below 2^53). Synchronous.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index, count), CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t optimizer, int index, double *values, size_t count);
+
+/* Sets entry `index` from `count` doubles in host memory (rounded to float32; counters must be
+ * non-negative integers). Synchronous. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index,
+ * count, a non-integer counter), INVALID_STATE (learning_rate with a schedule), CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t optimizer, int index, const double *values,
+                                              size_t count);
+
+/* Keras `finalize_variable_values`: with use_ema, overwrites every variable with its average
+ * (on `stream` for the CUDA backend). Without use_ema: nothing happens.
+ * Statuses: SUCCESS, NULL_POINTER, CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t optimizer, cuoptimStream_t stream);
+
+/* Waits for every step enqueued by the optimizer (CUDA backend); returns at once on the host
+ * backend. Statuses: SUCCESS, NULL_POINTER, CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t optimizer);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CUOPTIM_H */

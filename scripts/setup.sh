@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to build and test cuoptim (needs root or sudo).
+# The CUDA toolkit (nvcc, cudart, NVTX 3, NCCL headers) must already be installed: it is not an
+# apt package here. Idempotent: installs nothing when everything is present.
+set -euo pipefail
+
+packages=(cmake make gcc pkg-config libcriterion-dev libcjson-dev libopenmpi-dev openmpi-bin python3 python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v nvcc >/dev/null 2>&1; then
+  for d in /usr/local/cuda/bin /usr/local/cuda-*/bin; do
+    [ -x "$d/nvcc" ] && { echo "setup: nvcc found in $d (add it to PATH)"; exit 0; }
+  done
+  echo "setup: nvcc not found: install the CUDA toolkit (12.x or 13.x)" >&2
+  exit 1
+fi
