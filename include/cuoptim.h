@@ -222,18 +222,22 @@ CUOPTIM_API cuoptimStatus_t cuoptimScheduleInit(cuoptimSchedule_t *schedule, cuo
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE. */
 CUOPTIM_API cuoptimStatus_t cuoptimConfigValidate(const cuoptimConfig_t *config);
 
-/* Parses the output of `json.dumps(keras.optimizers.serialize(opt))` — any optimizer above, a
- * learning-rate schedule or a LossScaleOptimizer around one — into *config. Unknown optimizer
- * classes and unknown config keys are errors that name them. *config is written only on success.
- * Statuses: SUCCESS, NULL_POINTER, PARSE_ERROR (not JSON), INVALID_VALUE (unknown class or key,
- * wrong type, or a config that cuoptimConfigValidate rejects), NOT_SUPPORTED (a learning rate
- * given as a serialized callable). */
+/* Parses the output of `json.dumps(keras.optimizers.serialize(opt))` — any optimizer above
+ * (its learning_rate a float or a serialized schedule) or a LossScaleOptimizer around one — into
+ * *config. Unknown optimizer classes and unknown config keys are errors that name them; a bare
+ * schedule is not an optimizer. Keras's constant learning rate arrives as its float32 value.
+ * *config is written only on success.
+ * Statuses: SUCCESS, NULL_POINTER, PARSE_ERROR (not JSON, or NaN), INVALID_VALUE (unknown class
+ * or key, wrong type, or a config that cuoptimConfigValidate rejects), NOT_SUPPORTED (a learning
+ * rate given as a serialized callable), ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimConfigFromKerasJSON(cuoptimConfig_t *config, const char *json);
 
-/* Writes *config in the form keras.optimizers.deserialize accepts (the same form as
- * keras.optimizers.serialize writes) into buffer, NUL-terminated. *length (optional) receives the
- * length the text needs without the NUL; a buffer too small (or NULL with capacity 0) writes
- * nothing and returns INVALID_VALUE with *length set, so a caller may ask for the size first.
+/* Writes *config in the form keras.optimizers.deserialize accepts (the same text as
+ * keras.optimizers.serialize writes) into buffer, NUL-terminated. A constant learning rate is
+ * written as the stored double (so config -> JSON -> config is exact). *length (optional)
+ * receives the length the text needs without the NUL; a buffer too small (or NULL) writes nothing
+ * and returns INVALID_VALUE with *length set, so a caller may ask for the size first. *length is
+ * left alone when config is NULL or invalid.
  * Statuses: SUCCESS, NULL_POINTER (config), INVALID_VALUE (invalid config, small buffer). */
 CUOPTIM_API cuoptimStatus_t cuoptimConfigToKerasJSON(const cuoptimConfig_t *config, char *buffer,
                                                      size_t capacity, size_t *length);
@@ -361,8 +365,8 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetWeightInfo(cuoptimOptimizer_t optimizer, i
 CUOPTIM_API cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t optimizer, int index, double *values, size_t count);
 
 /* Sets entry `index` from `count` doubles in host memory (rounded to float32; counters must be
- * non-negative integers). Synchronous. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index,
- * count, a non-integer counter), INVALID_STATE (learning_rate with a schedule), CUDA_ERROR. */
+ * non-negative integers, scalars finite). Synchronous. Statuses: SUCCESS, NULL_POINTER,
+ * INVALID_VALUE (index, count, a non-integer counter, a non-finite scalar), CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t optimizer, int index, const double *values,
                                               size_t count);
 

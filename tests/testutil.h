@@ -14,7 +14,11 @@ int test_has_gpu(void);
  * number; NaN matches NaN), or -1 when all match. */
 long test_first_mismatch(const float *got, const float *want, size_t n, double rtol, double atol);
 
-/* Path of a file under tests/data (static buffer, valid until the next call). */
+/* Path of a file under tests/data (static buffer, valid until the next call). The environment
+ * variable CUOPTIM_TEST_DATA overrides the directory compiled in. */
 const char *test_data_path(const char *relative);
+
+/* Path of the cuoptim-replay binary; the environment variable CUOPTIM_REPLAY overrides it. */
+const char *test_replay_path(void);
 
 #endif

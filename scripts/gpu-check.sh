@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Runs everything that needs a GPU, in one command, on a machine with one (the device tool's):
+# every test suite (GPU suites included), every reference case on the CUDA backend, the
+# compute-sanitizer memcheck and racecheck passes on the GPU suites, and the benchmarks.
+#   scripts/gpu-check.sh [BUILD_DIR] [OUT_DIR]
+# BUILD_DIR is made by scripts/gpu-pack.sh on a machine with the build dependencies; if it is
+# missing and cmake + Criterion + cJSON are installed here, it is built here.
+# Exit status: 0 when every check passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+build=${1:-build-gpu}
+out=${2:-${OUT:-$root/gpu-results}}
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$root/$build/lib:${LD_LIBRARY_PATH:-}"
+export CUOPTIM_TEST_DATA="$root/tests/data"
+export CUOPTIM_REPLAY="$root/$build/cuoptim-replay"
+for d in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer; do [ -d "$d" ] && export PATH="$PATH:$d"; done
+
+if [ ! -x "$build/cuoptim-replay" ]; then
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build "$build" -j "$(nproc)" || exit 1
+fi
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+
+passed=0
+failed=0
+failures=()
+check() { # name, command...
+  local name=$1
+  shift
+  echo "=== $name"
+  if "$@" > "$out/$name.log" 2>&1; then
+    passed=$((passed + 1))
+    tail -n 3 "$out/$name.log"
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    tail -n 40 "$out/$name.log"
+  fi
+}
+
+for t in "$build"/test_*; do
+  [ -x "$t" ] || continue
+  check "$(basename "$t")" "$t" --jobs 4
+done
+
+cases_cuda() {
+  local bad=0
+  for c in tests/data/cases/*.json; do
+    "$build/cuoptim-replay" --check --backend cuda --quiet "$c" || { echo "FAIL $c"; bad=1; }
+  done
+  return $bad
+}
+check replay_cuda cases_cuda
+
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  for t in test_cuda test_cuda_graph; do
+    [ -x "$build/$t" ] || continue
+    check "memcheck_$t" compute-sanitizer --tool memcheck --error-exitcode 9 "$build/$t" --jobs 1
+    check "racecheck_$t" compute-sanitizer --tool racecheck --error-exitcode 9 "$build/$t" --jobs 1
+  done
+else
+  echo "compute-sanitizer not found: sanitizer passes not run"
+  failed=$((failed + 1))
+  failures+=("compute-sanitizer-missing")
+fi
+
+if [ -x "$build/cuoptim-bench" ] && [ "${CUOPTIM_SKIP_BENCH:-0}" != 1 ]; then
+  check bench bash scripts/bench.sh "$build" "$out"
+fi
+
+echo
+echo "gpu-check: $passed passed, $failed failed"
+[ $failed -eq 0 ] || { printf 'failed: %s\n' "${failures[@]}"; exit 1; }
