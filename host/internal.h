@@ -90,6 +90,8 @@ typedef enum {
   CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER,
   CUOPTIM_WEIGHT_LOSS_SCALE,
   CUOPTIM_WEIGHT_U_PRODUCT,
+  CUOPTIM_WEIGHT_OUTER_ITERATION,     /* LossScaleOptimizer's own `iteration` (Keras never steps it) */
+  CUOPTIM_WEIGHT_OUTER_LEARNING_RATE, /* LossScaleOptimizer's own `learning_rate` (0.0) */
   CUOPTIM_WEIGHT_BUFFER /* a float32 array of the backend: slot, average or accumulator */
 } cuoptimWeightKind;
 
@@ -132,6 +134,8 @@ struct cuoptimOptimizer {
 
   int num_weights;
   cuoptimWeightEntry *weights;
+  int64_t outer_iterations;  /* CUOPTIM_WEIGHT_OUTER_*: state that only travels through Get/SetWeights */
+  float outer_learning_rate;
 
   cuoptimStepGradient *step_grads; /* host array, num_variables */
 };

@@ -233,18 +233,24 @@ static cuoptimWeightEntry *add_weight(cuoptimOptimizer_t opt, cuoptimWeightKind 
 static void add_buffer_weight(cuoptimOptimizer_t opt, const cuoptimVariableRec *v, float *buffer, const char *suffix) {
   cuoptimWeightEntry *w = add_weight(opt, CUOPTIM_WEIGHT_BUFFER, v->count, 0);
   w->buffer = buffer;
-  snprintf(w->info.name, sizeof w->info.name, "%s_%s", v->name, suffix);
+  /* Fits: cuoptimAddVariable keeps names 33 bytes shorter than CUOPTIM_MAX_NAME. */
+  int written = snprintf(w->info.name, sizeof w->info.name, "%s_%s", v->name, suffix);
+  (void)written;
 }
 
 /* The state in Keras's `optimizer.variables` order (tests/data/README.md has the observed table). */
 static cuoptimStatus_t build_weight_list(cuoptimOptimizer_t opt) {
   const cuoptimConfig_t *c = &opt->config;
   int n = opt->num_variables;
-  size_t most = 6 + (size_t)n * 5;
+  size_t most = 8 + (size_t)n * 5;
   opt->weights = calloc(most, sizeof *opt->weights);
   if (!opt->weights) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: out of host memory");
   opt->num_weights = 0;
   if (c->dynamic_loss_scale) {
+    /* The LossScaleOptimizer's own base-class variables (built with learning_rate 0.0; never
+     * stepped), then its scale state, then the inner optimizer's variables. */
+    snprintf(add_weight(opt, CUOPTIM_WEIGHT_OUTER_ITERATION, 1, 1)->info.name, CUOPTIM_MAX_NAME, "iteration");
+    snprintf(add_weight(opt, CUOPTIM_WEIGHT_OUTER_LEARNING_RATE, 1, 0)->info.name, CUOPTIM_MAX_NAME, "learning_rate");
     snprintf(add_weight(opt, CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER, 1, 1)->info.name, CUOPTIM_MAX_NAME, "step_counter");
     snprintf(add_weight(opt, CUOPTIM_WEIGHT_LOSS_SCALE, 1, 0)->info.name, CUOPTIM_MAX_NAME, "dynamic_scale");
   }
@@ -261,8 +267,9 @@ static cuoptimStatus_t build_weight_list(cuoptimOptimizer_t opt) {
       for (int s = 0; s < opt->slots.count; s++)
         if (opt->slots.present[s] && opt->slots.group[s] == group)
           add_buffer_weight(opt, &opt->variables[i], opt->variables[i].slots[s], opt->slots.names[s]);
+  /* Nadam's u_product is an unnamed backend.Variable: Keras calls it "variable". */
   if (c->kind == CUOPTIM_NADAM && n > 0)
-    snprintf(add_weight(opt, CUOPTIM_WEIGHT_U_PRODUCT, 1, 0)->info.name, CUOPTIM_MAX_NAME, "u_product");
+    snprintf(add_weight(opt, CUOPTIM_WEIGHT_U_PRODUCT, 1, 0)->info.name, CUOPTIM_MAX_NAME, "variable");
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -450,6 +457,8 @@ cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *val
     case CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER: values[0] = (double)state.loss_scale_counter; break;
     case CUOPTIM_WEIGHT_LOSS_SCALE: values[0] = state.loss_scale; break;
     case CUOPTIM_WEIGHT_U_PRODUCT: values[0] = state.u_product; break;
+    case CUOPTIM_WEIGHT_OUTER_ITERATION: values[0] = (double)opt->outer_iterations; break;
+    case CUOPTIM_WEIGHT_OUTER_LEARNING_RATE: values[0] = opt->outer_learning_rate; break;
     default: return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: unknown entry kind", caller);
   }
   return CUOPTIM_STATUS_SUCCESS;
@@ -479,6 +488,8 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
     case CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER: state.loss_scale_counter = (int64_t)values[0]; break;
     case CUOPTIM_WEIGHT_LOSS_SCALE: state.loss_scale = (float)values[0]; break;
     case CUOPTIM_WEIGHT_U_PRODUCT: state.u_product = (float)values[0]; break;
+    case CUOPTIM_WEIGHT_OUTER_ITERATION: opt->outer_iterations = (int64_t)values[0]; return CUOPTIM_STATUS_SUCCESS;
+    case CUOPTIM_WEIGHT_OUTER_LEARNING_RATE: opt->outer_learning_rate = (float)values[0]; return CUOPTIM_STATUS_SUCCESS;
     default: return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: unknown entry kind", caller);
   }
   CUOPTIM_CHECK(write_state(opt, &state));

@@ -341,11 +341,14 @@ CUOPTIM_API cuoptimStatus_t cuoptimSetLearningRate(cuoptimOptimizer_t optimizer,
 CUOPTIM_API cuoptimStatus_t cuoptimGetLossScale(cuoptimOptimizer_t optimizer, float *scale);
 
 /* ---------------------------------------------------------------------------------------------
- * Optimizer state, in Keras's `optimizer.variables` order: (LossScaleOptimizer: step_counter,
- * dynamic_scale), iteration, learning_rate (constant learning rate only), then the EMA averages
- * and gradient accumulators of every variable, then each optimizer's slots interleaved per
- * variable (m0, v0, m1, v1, ...), Nadam's u_product where Keras puts it. Names are Keras's.
- * Half-precision variables' fp32 master copies are not Keras state and are not listed.
+ * Optimizer state, in Keras's `optimizer.variables` order (tests/data/README.md has the table):
+ * with dynamic_loss_scale first the LossScaleOptimizer's own iteration and learning_rate (Keras
+ * never steps them) and its step_counter and dynamic_scale; then iteration, learning_rate (constant
+ * learning rate only), the EMA averages of every variable, the gradient accumulators of every
+ * variable, each optimizer's slots interleaved per variable (m0, v0, m1, v1, ..., then optional
+ * slots such as velocity_hat0, velocity_hat1, ...), and Nadam's u_product (named "variable", as
+ * Keras names it). Slot names are "<variable name>_<slot>". Half-precision variables' fp32 master
+ * copies are not Keras state and are not listed.
  * ------------------------------------------------------------------------------------------- */
 typedef struct {
   char name[CUOPTIM_MAX_NAME]; /* e.g. "iteration", "learning_rate", "dense_kernel_momentum" */

@@ -1,0 +1,414 @@
+/*
+ * test_replay_cli.c — the cuoptim-replay command line: exit statuses (0 done / within tolerance,
+ * 1 beyond tolerance, 2 bad usage or input), its output, and a one-line message for every
+ * malformed file under tests/data/bad/.
+ */
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+#ifndef CUOPTIM_REPLAY_PATH
+#error "CUOPTIM_REPLAY_PATH must name the built cuoptim-replay"
+#endif
+
+/* A reference case that exercises the plain path (no slots beyond iteration/learning_rate). */
+#define REFERENCE_CASE "cases/sgd_defaults.json"
+
+typedef struct {
+  int status; /* exit status, or -1 when the program did not exit normally */
+  char *out;  /* stdout */
+  char *err;  /* stderr */
+} run_result;
+
+static char tmpdir[256];
+
+static void make_tmpdir(void) {
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/cuoptim-replay-test-XXXXXX");
+  cr_assert(mkdtemp(tmpdir) != NULL, "mkdtemp failed");
+}
+
+static void remove_tmpdir(void) {
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+  if (system(cmd) != 0) cr_log_warn("could not remove %s", tmpdir);
+}
+
+TestSuite(replay_cli, .init = make_tmpdir, .fini = remove_tmpdir);
+
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  cr_assert(f != NULL, "cannot open %s", path);
+  size_t cap = 4096, len = 0;
+  char *buf = malloc(cap);
+  size_t got;
+  while ((got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+    len += got;
+    if (len + 1 >= cap) {
+      cap *= 2;
+      buf = realloc(buf, cap);
+      cr_assert(buf != NULL);
+    }
+  }
+  buf[len] = '\0';
+  fclose(f);
+  return buf;
+}
+
+static void write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "wb");
+  cr_assert(f != NULL, "cannot write %s", path);
+  fputs(text, f);
+  fclose(f);
+}
+
+/* Runs cuoptim-replay with `args` (already shell-quoted where needed). */
+static run_result replay(const char *args) {
+  char out_path[512], err_path[512], cmd[4096];
+  snprintf(out_path, sizeof out_path, "%s/stdout", tmpdir);
+  snprintf(err_path, sizeof err_path, "%s/stderr", tmpdir);
+  snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s'", CUOPTIM_REPLAY_PATH, args, out_path, err_path);
+  int raw = system(cmd);
+  run_result r;
+  r.status = (raw != -1 && WIFEXITED(raw)) ? WEXITSTATUS(raw) : -1;
+  r.out = slurp(out_path);
+  r.err = slurp(err_path);
+  return r;
+}
+
+static void free_result(run_result *r) {
+  free(r->out);
+  free(r->err);
+}
+
+static int count_lines(const char *s) {
+  int n = 0;
+  for (; *s; s++)
+    if (*s == '\n') n++;
+  return n;
+}
+
+/* Exit status 2 with exactly one line on stderr (containing `needle` when given) and nothing on
+ * stdout. */
+static void expect_input_error(const char *args, const char *needle) {
+  run_result r = replay(args);
+  cr_expect_eq(r.status, 2, "cuoptim-replay %s: exit status %d, expected 2 (stderr: %s)", args, r.status, r.err);
+  cr_expect_eq(count_lines(r.err), 1, "cuoptim-replay %s: expected a one-line message, stderr: \"%s\"", args, r.err);
+  cr_expect(strlen(r.err) > 20, "cuoptim-replay %s: message too short: \"%s\"", args, r.err);
+  if (needle != NULL)
+    cr_expect(strstr(r.err, needle) != NULL, "cuoptim-replay %s: message \"%s\" does not mention \"%s\"", args,
+              r.err, needle);
+  cr_expect_eq(r.out[0], '\0', "cuoptim-replay %s: unexpected stdout \"%s\"", args, r.out);
+  free_result(&r);
+}
+
+static cJSON *load_json(const char *path) {
+  char *text = slurp(path);
+  cJSON *json = cJSON_Parse(text);
+  cr_assert(json != NULL, "%s does not parse", path);
+  free(text);
+  return json;
+}
+
+static void save_json(const char *path, const cJSON *json) {
+  char *text = cJSON_Print(json);
+  cr_assert(text != NULL);
+  write_text(path, text);
+  cJSON_free(text);
+}
+
+/* The element of expected.variables with the largest magnitude, multiplied by (1 + rel). */
+static void perturb_largest_expected(cJSON *root, double rel, char *where, size_t where_size) {
+  cJSON *vars = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "expected"), "variables");
+  cr_assert(cJSON_IsArray(vars));
+  cJSON *best = NULL;
+  int best_v = -1, best_i = -1, v = 0;
+  cJSON *arr;
+  cJSON_ArrayForEach(arr, vars) {
+    int i = 0;
+    cJSON *x;
+    cJSON_ArrayForEach(x, arr) {
+      if (cJSON_IsNumber(x) && (best == NULL || fabs(x->valuedouble) > fabs(best->valuedouble))) {
+        best = x;
+        best_v = v;
+        best_i = i;
+      }
+      i++;
+    }
+    v++;
+  }
+  cr_assert(best != NULL && best->valuedouble != 0);
+  cJSON_SetNumberValue(best, best->valuedouble * (1 + rel));
+  cJSON *name = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(root, "variables"), best_v), "name");
+  /* Single-element variables are reported by name alone. */
+  if (cJSON_GetArraySize(cJSON_GetArrayItem(vars, best_v)) == 1)
+    snprintf(where, where_size, "%s", name->valuestring);
+  else
+    snprintf(where, where_size, "%s[%d]", name->valuestring, best_i);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Good input
+ * ------------------------------------------------------------------------------------------- */
+
+Test(replay_cli, help_exits_0) {
+  run_result r = replay("--help");
+  cr_expect_eq(r.status, 0);
+  cr_expect(strstr(r.out, "usage:") != NULL && strstr(r.out, "--check") != NULL, "usage text: %s", r.out);
+  free_result(&r);
+}
+
+Test(replay_cli, check_on_reference_case_passes) {
+  char args[4200];
+  snprintf(args, sizeof args, "--check '%s'", test_data_path(REFERENCE_CASE));
+  run_result r = replay(args);
+  cr_expect_eq(r.status, 0, "exit %d; stdout:\n%s\nstderr:\n%s", r.status, r.out, r.err);
+  cr_expect(strstr(r.out, "iterations: ") != NULL, "%s", r.out);
+  cr_expect(strstr(r.out, "variables: ") != NULL, "%s", r.out);
+  cr_expect(strstr(r.out, "max abs err") != NULL && strstr(r.out, "max rel err") != NULL, "%s", r.out);
+  size_t n = strlen(r.out);
+  cr_expect(n >= 5 && strcmp(r.out + n - 5, "PASS\n") == 0, "last line is not PASS:\n%s", r.out);
+  free_result(&r);
+}
+
+Test(replay_cli, perturbed_expected_fails_with_status_1) {
+  cJSON *root = load_json(test_data_path(REFERENCE_CASE));
+  char where[256], path[512], args[600];
+  perturb_largest_expected(root, 1e-3, where, sizeof where);
+  snprintf(path, sizeof path, "%s/perturbed.json", tmpdir);
+  save_json(path, root);
+  cJSON_Delete(root);
+
+  snprintf(args, sizeof args, "--check '%s'", path);
+  run_result r = replay(args);
+  cr_expect_eq(r.status, 1, "exit %d; stdout:\n%s\nstderr:\n%s", r.status, r.out, r.err);
+  size_t n = strlen(r.out);
+  cr_expect(n >= 5 && strcmp(r.out + n - 5, "FAIL\n") == 0, "last line is not FAIL:\n%s", r.out);
+  cr_expect(strstr(r.out, where) != NULL, "the report does not point at %s:\n%s", where, r.out);
+  free_result(&r);
+
+  /* The same case passes when the tolerance covers the change. */
+  snprintf(args, sizeof args, "--check --rtol 2e-3 '%s'", path);
+  r = replay(args);
+  cr_expect_eq(r.status, 0, "with --rtol 2e-3: exit %d\n%s", r.status, r.out);
+  free_result(&r);
+}
+
+/* A small case covering a scalar, a null gradient and non-finite inputs; its own output, used as
+ * `expected`, must pass --check exactly (%.9g round-trips float32). */
+static const char *SMALL_CASE =
+    "{\"format\": \"cuoptim-case-1\", \"source\": \"test_replay_cli.c\", \"description\": \"small\",\n"
+    " \"optimizer\": {\"module\": \"keras.optimizers\", \"class_name\": \"Adam\", \"config\": {\"name\": \"adam\",\n"
+    "   \"learning_rate\": 0.01, \"weight_decay\": null, \"clipnorm\": null, \"global_clipnorm\": null,\n"
+    "   \"clipvalue\": null, \"use_ema\": false, \"ema_momentum\": 0.99, \"ema_overwrite_frequency\": null,\n"
+    "   \"loss_scale_factor\": null, \"gradient_accumulation_steps\": null, \"beta_1\": 0.9, \"beta_2\": 0.999,\n"
+    "   \"epsilon\": 1e-07, \"amsgrad\": false}, \"registered_name\": null},\n"
+    " \"variables\": [{\"name\": \"w\", \"shape\": [2, 2], \"value\": [0.1, -0.2, 0.3, 0.7]},\n"
+    "               {\"name\": \"s\", \"shape\": [], \"value\": [1.5]},\n"
+    "               {\"name\": \"n\", \"shape\": [3], \"value\": [1.0, 2.0, 3.0]}],\n"
+    " \"steps\": [[[0.5, -1.0, 0.25, 3.0], [0.1], [\"nan\", \"inf\", \"-inf\"]],\n"
+    "           [[0.4, -0.9, 0.2, 2.5], null, [1.0, 1.0, 1.0]],\n"
+    "           [[0.3, -0.8, 0.1, 2.0], [-0.2], null]]}\n";
+
+Test(replay_cli, output_is_json_and_round_trips) {
+  char path[512], args[600];
+  snprintf(path, sizeof path, "%s/small.json", tmpdir);
+  write_text(path, SMALL_CASE);
+  snprintf(args, sizeof args, "'%s'", path);
+  run_result r = replay(args);
+  cr_assert_eq(r.status, 0, "exit %d, stderr: %s", r.status, r.err);
+  cr_expect_eq(count_lines(r.out), 1, "expected one line of JSON:\n%s", r.out);
+  cJSON *out = cJSON_Parse(r.out);
+  cr_assert(out != NULL, "the output is not JSON: %s", r.out);
+  cJSON *it = cJSON_GetObjectItem(out, "iterations");
+  cr_expect(cJSON_IsNumber(it) && it->valuedouble == 3, "iterations: %s", r.out);
+  cJSON *vars = cJSON_GetObjectItem(out, "variables");
+  cr_assert(cJSON_IsArray(vars) && cJSON_GetArraySize(vars) == 3, "%s", r.out);
+  const char *names[] = {"w", "s", "n"};
+  const int sizes[] = {4, 1, 3};
+  for (int v = 0; v < 3; v++) {
+    cJSON *var = cJSON_GetArrayItem(vars, v);
+    cr_expect_str_eq(cJSON_GetObjectItem(var, "name")->valuestring, names[v]);
+    cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItem(var, "value")), sizes[v]);
+  }
+  /* A NaN or infinite gradient makes its variable non-finite, written as strings. */
+  cJSON *n_value = cJSON_GetObjectItem(cJSON_GetArrayItem(vars, 2), "value");
+  for (int i = 0; i < 3; i++) {
+    cJSON *x = cJSON_GetArrayItem(n_value, i);
+    cr_expect(cJSON_IsString(x) && (strcmp(x->valuestring, "nan") == 0 || strcmp(x->valuestring, "inf") == 0 ||
+                                    strcmp(x->valuestring, "-inf") == 0),
+              "n[%d] should be written as \"nan\", \"inf\" or \"-inf\": %s", i, r.out);
+  }
+  cr_expect(strstr(r.out, "\"nan\"") != NULL, "no \"nan\" in %s", r.out);
+  free_result(&r);
+
+  /* The output as `expected`: --check passes with zero error, even with zero tolerance. */
+  cJSON *root = cJSON_Parse(SMALL_CASE);
+  cr_assert(root != NULL);
+  cJSON *expected = cJSON_CreateObject();
+  cJSON_AddNumberToObject(expected, "iterations", it->valuedouble);
+  cJSON *values = cJSON_AddArrayToObject(expected, "variables");
+  cJSON *var;
+  cJSON_ArrayForEach(var, vars) cJSON_AddItemToArray(values, cJSON_Duplicate(cJSON_GetObjectItem(var, "value"), 1));
+  cJSON_AddItemToObject(root, "expected", expected);
+  snprintf(path, sizeof path, "%s/small_expected.json", tmpdir);
+  save_json(path, root);
+  snprintf(args, sizeof args, "--check --rtol 0 --atol 0 '%s'", path);
+  r = replay(args);
+  cr_expect_eq(r.status, 0, "exit %d\n%s%s", r.status, r.out, r.err);
+  cr_expect(strstr(r.out, "max abs err 0,") != NULL, "%s", r.out);
+  free_result(&r);
+
+  /* One expected value changed by 1e-3 relative: beyond the default tolerance. */
+  char where[256];
+  perturb_largest_expected(root, 1e-3, where, sizeof where);
+  save_json(path, root);
+  snprintf(args, sizeof args, "--check '%s'", path);
+  r = replay(args);
+  cr_expect_eq(r.status, 1, "exit %d\n%s%s", r.status, r.out, r.err);
+  cr_expect(strstr(r.out, where) != NULL, "the report does not point at %s:\n%s", where, r.out);
+  free_result(&r);
+
+  /* --quiet leaves only the verdict. */
+  snprintf(args, sizeof args, "--check --quiet '%s'", path);
+  r = replay(args);
+  cr_expect_eq(r.status, 1);
+  cr_expect_str_eq(r.out, "FAIL\n");
+  free_result(&r);
+  cJSON_Delete(root);
+  cJSON_Delete(out);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Bad input: exit 2 and a one-line message
+ * ------------------------------------------------------------------------------------------- */
+
+/* Every file under tests/data/bad/ and a phrase its message must contain. */
+static const struct {
+  const char *file;
+  const char *needle;
+} BAD_FILES[] = {
+    {"not_json.json", "not valid JSON"},
+    {"truncated.json", "not valid JSON"},
+    {"wrong_format.json", "format"},
+    {"value_length.json", "variables[0].value: expected 6 numbers, got 5"},
+    {"step_gradient_count.json", "steps[1]: expected 2 gradients"},
+    {"gradient_length.json", "steps[0][1]: expected 3 numbers, got 4"},
+    {"unknown_optimizer_class.json", "SuperAdam"},
+    {"unknown_optimizer_key.json", "betta_1"},
+    {"non_number_value.json", "variables[1].value[2]"},
+    {"expected_length.json", "expected.variables[1]: expected 3 numbers, got 2"},
+    {"no_expected.json", "expected"}, /* only with --check */
+};
+
+Test(replay_cli, each_bad_file_exits_2_with_a_message) {
+  for (size_t i = 0; i < sizeof BAD_FILES / sizeof BAD_FILES[0]; i++) {
+    char rel[256], args[4200];
+    snprintf(rel, sizeof rel, "bad/%s", BAD_FILES[i].file);
+    snprintf(args, sizeof args, "--check '%s'", test_data_path(rel));
+    expect_input_error(args, BAD_FILES[i].needle);
+  }
+}
+
+Test(replay_cli, every_file_under_bad_is_covered) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", test_data_path("bad"));
+  DIR *d = opendir(dir);
+  cr_assert(d != NULL, "cannot open %s", dir);
+  struct dirent *e;
+  int files = 0;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    files++;
+    int listed = 0;
+    for (size_t i = 0; i < sizeof BAD_FILES / sizeof BAD_FILES[0]; i++)
+      if (strcmp(BAD_FILES[i].file, e->d_name) == 0) listed = 1;
+    cr_expect(listed, "tests/data/bad/%s has no entry in BAD_FILES", e->d_name);
+  }
+  closedir(d);
+  cr_expect_eq(files, (int)(sizeof BAD_FILES / sizeof BAD_FILES[0]));
+}
+
+Test(replay_cli, case_without_expected_runs_without_check) {
+  char args[4200];
+  snprintf(args, sizeof args, "'%s'", test_data_path("bad/no_expected.json"));
+  run_result r = replay(args);
+  cr_expect_eq(r.status, 0, "exit %d, stderr: %s", r.status, r.err);
+  cr_expect(strstr(r.out, "\"iterations\": 2") != NULL, "%s", r.out);
+  free_result(&r);
+}
+
+Test(replay_cli, unknown_flag_exits_2) {
+  char args[4200];
+  snprintf(args, sizeof args, "--frobnicate '%s'", test_data_path(REFERENCE_CASE));
+  expect_input_error(args, "--frobnicate");
+}
+
+Test(replay_cli, missing_file_exits_2) {
+  char args[600];
+  snprintf(args, sizeof args, "--check '%s/no_such_case.json'", tmpdir);
+  expect_input_error(args, "no_such_case.json");
+}
+
+Test(replay_cli, bad_usage_exits_2) {
+  char args[4200];
+  expect_input_error("", "no case file");
+  expect_input_error("--check", "no case file");
+  snprintf(args, sizeof args, "--rtol abc '%s'", test_data_path(REFERENCE_CASE));
+  expect_input_error(args, "--rtol");
+  snprintf(args, sizeof args, "--atol -1 '%s'", test_data_path(REFERENCE_CASE));
+  expect_input_error(args, "--atol");
+  snprintf(args, sizeof args, "--backend tpu '%s'", test_data_path(REFERENCE_CASE));
+  expect_input_error(args, "--backend");
+  snprintf(args, sizeof args, "'%s' '%s'", test_data_path(REFERENCE_CASE), test_data_path(REFERENCE_CASE));
+  expect_input_error(args, "more than one");
+}
+
+Test(replay_cli, ranks_is_refused) {
+  char path[512], args[600];
+  snprintf(path, sizeof path, "%s/ranks.json", tmpdir);
+  cJSON *root = load_json(test_data_path("bad/no_expected.json"));
+  cJSON *steps = cJSON_GetObjectItem(root, "steps");
+  cJSON *rank_steps = cJSON_CreateArray();
+  cJSON *step;
+  cJSON_ArrayForEach(step, steps) {
+    cJSON *per_rank = cJSON_CreateArray();
+    cJSON_AddItemToArray(per_rank, cJSON_Duplicate(step, 1));
+    cJSON_AddItemToArray(per_rank, cJSON_Duplicate(step, 1));
+    cJSON_AddItemToArray(rank_steps, per_rank);
+  }
+  cJSON_AddItemToObject(root, "rank_steps", rank_steps);
+  save_json(path, root);
+  cJSON_Delete(root);
+
+  snprintf(args, sizeof args, "--ranks 2 '%s'", path);
+  expect_input_error(args, "rank_steps needs mpirun (not supported yet)");
+  /* Without --ranks the single-process steps still run. */
+  snprintf(args, sizeof args, "'%s'", path);
+  run_result r = replay(args);
+  cr_expect_eq(r.status, 0, "exit %d, stderr: %s", r.status, r.err);
+  free_result(&r);
+}
+
+Test(replay_cli, cuda_backend_without_gpu_exits_2) {
+  if (test_has_gpu()) cr_skip("a GPU is present; cases_cuda covers the CUDA backend");
+  char args[4200];
+  snprintf(args, sizeof args, "--backend cuda --check '%s'", test_data_path(REFERENCE_CASE));
+  expect_input_error(args, "GPU");
+}
+
+Test(replay_cli, cuda_backend_with_gpu_passes) {
+  if (!test_has_gpu()) cr_skip("no usable CUDA device");
+  char args[4200];
+  snprintf(args, sizeof args, "--backend cuda --check '%s'", test_data_path(REFERENCE_CASE));
+  run_result r = replay(args);
+  cr_expect_eq(r.status, 0, "exit %d\n%s%s", r.status, r.out, r.err);
+  free_result(&r);
+}

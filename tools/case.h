@@ -1,0 +1,141 @@
+/*
+ * case.h — case files (format "cuoptim-case-1", DESIGN.md "Case files and cuoptim-replay"):
+ * load and validate one, run it on a backend, compare the result with what Keras produced.
+ * Used by cuoptim-replay and by the test suites.
+ *
+ * Numbers are float32 values; non-finite ones are written as the strings "nan", "inf", "-inf".
+ */
+#ifndef CUOPTIM_CASE_H
+#define CUOPTIM_CASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cuoptim.h"
+
+#define CUOPTIM_CASE_FORMAT "cuoptim-case-1"
+#define CUOPTIM_CASE_MAX_DIMS 16
+
+/* A variable of the case: its name, shape and initial value (float32, `count` elements). */
+typedef struct {
+  char name[CUOPTIM_MAX_NAME];
+  int ndim;
+  int64_t shape[CUOPTIM_CASE_MAX_DIMS];
+  size_t count; /* product of the shape (1 for a scalar) */
+  float *value;
+} cuoptimCaseVariable;
+
+/* One entry of Keras's `optimizer.variables` as the case expects it. */
+typedef struct {
+  char name[CUOPTIM_MAX_NAME];
+  size_t count;
+  int is_integer; /* a counter (results only; compared exactly) */
+  double *value;
+} cuoptimCaseState;
+
+typedef struct {
+  char *path;
+  char *source;          /* "" when absent */
+  char *description;     /* "" when absent */
+  char *optimizer_json;  /* the "optimizer" object, printed back to text */
+  cuoptimConfig_t config; /* cuoptimConfigFromKerasJSON(optimizer_json) */
+
+  int num_exclude;
+  char **exclude; /* exclude_from_weight_decay regexes */
+
+  int num_variables;
+  cuoptimCaseVariable *variables;
+
+  int num_steps;
+  float ***steps; /* steps[s][v]: variables[v].count gradients, or NULL (no gradient) */
+
+  int has_rank_steps; /* present; not supported by the single-process runner */
+
+  int has_expected;
+  int64_t expected_iterations;
+  float **expected_variables; /* [num_variables][count] */
+  int has_expected_state;
+  int num_expected_state;
+  cuoptimCaseState *expected_state; /* expected.optimizer_variables */
+  int has_expected_finalized;
+  float **expected_finalized; /* [num_variables][count] */
+} cuoptimCase;
+
+/* What a run produced. */
+typedef struct {
+  int64_t iterations;
+  int num_variables;
+  float **variables; /* [num_variables][count] after the last step */
+  int num_state;
+  cuoptimCaseState *state; /* cuoptimGetWeights, every entry in order */
+  int has_finalized;       /* use_ema: variables after cuoptimFinalizeVariableValues */
+  float **finalized;
+} cuoptimCaseResult;
+
+/* Loads and validates the case at `path`. Returns 0, or non-zero with a one-line message in
+ * `error` that names the JSON path of the problem ("steps[3][1]: expected 12 numbers, got 11").
+ * *c is zeroed first and holds nothing to free on failure. */
+int cuoptim_case_load(const char *path, cuoptimCase *c, char *error, size_t error_size);
+
+/* Releases everything cuoptim_case_load allocated; NULL or a zeroed case is a no-op. */
+void cuoptim_case_free(cuoptimCase *c);
+
+/* Creates the optimizer on `backend` (device 0 for CUDA), registers the variables in order,
+ * applies the exclusions and every step, then reads back the variables, the iterations, every
+ * optimizer state entry and, with use_ema, the finalized variables. Returns 0 (CUOPTIM_STATUS_SUCCESS),
+ * or the cuoptimStatus_t of the failure with a message in `error` (the library's
+ * cuoptimGetLastErrorMessage text when the library failed). *r is zeroed first and holds nothing
+ * to free on failure. */
+int cuoptim_case_run(const cuoptimCase *c, cuoptimBackend_t backend, cuoptimCaseResult *r, char *error,
+                     size_t error_size);
+
+void cuoptim_case_result_free(cuoptimCaseResult *r);
+
+/* The comparison of one group of values (variables, optimizer_variables, ...). */
+typedef struct {
+  const char *group;       /* "iterations", "variables", "optimizer_variables", "finalized_variables" */
+  int compared;            /* 0: the case expects nothing for this group */
+  int pass;
+  size_t count;            /* values compared */
+  size_t failures;         /* values beyond the tolerance */
+  double max_abs;          /* largest |got - want| (inf for a NaN against a number) */
+  char max_abs_where[CUOPTIM_MAX_NAME + 32];
+  double max_rel;          /* largest |got - want| / |want| over want != 0 */
+  char max_rel_where[CUOPTIM_MAX_NAME + 32];
+  char first_failure[CUOPTIM_MAX_NAME + 128]; /* "dense_kernel[17]: got .., want .." or "" */
+  char message[512];       /* a structural mismatch (names, counts), or "" */
+  int64_t got_iterations;  /* the "iterations" group only */
+  int64_t want_iterations;
+} cuoptimCaseGroupComparison;
+
+enum {
+  CUOPTIM_CASE_GROUP_ITERATIONS = 0,
+  CUOPTIM_CASE_GROUP_VARIABLES,
+  CUOPTIM_CASE_GROUP_STATE,
+  CUOPTIM_CASE_GROUP_FINALIZED,
+  CUOPTIM_CASE_GROUP_COUNT
+};
+
+typedef struct {
+  cuoptimCaseGroupComparison groups[CUOPTIM_CASE_GROUP_COUNT];
+  int pass;
+  double max_abs; /* over all value groups */
+  double max_rel;
+} cuoptimCaseComparison;
+
+/* Compares a result with the case's `expected`: |got - want| <= atol + rtol * |want| per value
+ * (NaN equals NaN, an infinity equals the same infinity), iterations and integer counters
+ * exactly, optimizer_variables by position with equal names and counts. Returns 0 when everything
+ * is within tolerance, 1 otherwise (also when the case has no expected). */
+int cuoptim_case_compare(const cuoptimCase *c, const cuoptimCaseResult *r, double rtol, double atol,
+                         cuoptimCaseComparison *cmp);
+
+/* Compares two results of the same case (e.g. host against CUDA) the same way; `a` plays "got"
+ * and `b` "want". Returns 0 within tolerance, 1 otherwise. */
+int cuoptim_case_compare_results(const cuoptimCase *c, const cuoptimCaseResult *a, const cuoptimCaseResult *b,
+                                 double rtol, double atol, cuoptimCaseComparison *cmp);
+
+/* One line describing a group: "variables: 1234 values, max abs 1.2e-08 (dense_kernel[17]), ...". */
+void cuoptim_case_format_group(const cuoptimCaseGroupComparison *g, char *out, size_t out_size);
+
+#endif
