@@ -231,6 +231,26 @@ __device__ __forceinline__ void update_one(const cuoptimRuleParams &p, const cuo
   if (use_ema) cuoptim_ema_element(&s, &w, &avg);
 }
 
+/* A gradient-accumulation micro-step touches only the accumulator (12 B per element, PERF.md)
+ * and, with EMA, the variable and its average. */
+__device__ void accumulate_chunk(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
+                                 const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g, ChunkRange r) {
+  float *w = working(v);
+  const cuoptimTensorScalars unused = {};
+  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+    if (g.grad) {
+      float ignored;
+      cuoptim_prepare_gradient(&p, &s, &unused, load_scalar(g.grad, g.dtype, i), &v.accumulator[i], &ignored);
+    }
+    if (p.use_ema) {
+      float wi = w[i];
+      cuoptim_ema_element(&s, &wi, &v.average[i]);
+      w[i] = wi;
+      if (v.master) store_scalar(v.param, v.param_dtype, i, wi);
+    }
+  }
+}
+
 template <int KIND>
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
@@ -241,10 +261,14 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep
   const cuoptimDeviceGradient g = step.grads[c.variable];
   const int has_grad = g.grad != NULL;
   if (!has_grad && !p.use_ema) return;
+  ChunkRange r = chunk_range(v, c.chunk);
+  if (p.accumulation_steps && !s.apply_update) {
+    accumulate_chunk(p, s, v, g, r);
+    return;
+  }
   const cuoptimTensorScalars t = step.tensors[c.variable];
   float *w = working(v);
   float *s0p = v.slots[0], *s1p = v.slots[1], *s2p = v.slots[2], *accp = v.accumulator, *avgp = v.average;
-  ChunkRange r = chunk_range(v, c.chunk);
 
   uint64_t vector_end = r.begin;
   if (vectorizable(v, g)) {

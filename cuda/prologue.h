@@ -50,7 +50,7 @@ CUOPTIM_HD float cuoptim_schedule_value(const cuoptimScheduleParams *q, int64_t 
     case CUOPTIM_SCHEDULE_EXPONENTIAL: {
       float p = step / q->decay_steps;
       if (q->staircase) p = floorf(p);
-      return q->initial_learning_rate * powf(q->decay_rate, p);
+      return q->initial_learning_rate * cuoptim_powf(q->decay_rate, p);
     }
     case CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT: {
       /* Boundaries are cast to the step's integer type; upper bounds inclusive. */
@@ -69,7 +69,7 @@ CUOPTIM_HD float cuoptim_schedule_value(const cuoptimScheduleParams *q, int64_t 
         step = cuoptim_minf(step, decay_steps);
       }
       float p = step / decay_steps;
-      return (q->initial_learning_rate - q->end_learning_rate) * powf(1.0f - p, q->power) + q->end_learning_rate;
+      return (q->initial_learning_rate - q->end_learning_rate) * cuoptim_powf(1.0f - p, q->power) + q->end_learning_rate;
     }
     case CUOPTIM_SCHEDULE_INVERSE_TIME: {
       float p = step / q->decay_steps;
@@ -90,7 +90,7 @@ CUOPTIM_HD float cuoptim_schedule_value(const cuoptimScheduleParams *q, int64_t 
         step = cuoptim_minf(step, q->decay_steps);
       }
       float fraction = step / q->decay_steps;
-      float cosine = 0.5f * (1.0f + cosf(CUOPTIM_PI_F * fraction));
+      float cosine = 0.5f * (1.0f + cuoptim_cosf(CUOPTIM_PI_F * fraction));
       float decayed = q->one_minus_alpha_double * cosine + q->alpha;
       return from * decayed;
     }
@@ -101,12 +101,12 @@ CUOPTIM_HD float cuoptim_schedule_value(const cuoptimScheduleParams *q, int64_t 
         restart = floorf(fraction);
         fraction = fraction - restart;
       } else {
-        restart = floorf(logf(1.0f - fraction * (1.0f - q->t_mul)) / logf(q->t_mul));
-        float sum_r = (1.0f - powf(q->t_mul, restart)) / (1.0f - q->t_mul);
-        fraction = (fraction - sum_r) / powf(q->t_mul, restart);
+        restart = floorf(cuoptim_logf(1.0f - fraction * (1.0f - q->t_mul)) / cuoptim_logf(q->t_mul));
+        float sum_r = (1.0f - cuoptim_powf(q->t_mul, restart)) / (1.0f - q->t_mul);
+        fraction = (fraction - sum_r) / cuoptim_powf(q->t_mul, restart);
       }
-      float m_fac = powf(q->m_mul, restart);
-      float cosine = 0.5f * m_fac * (1.0f + cosf(CUOPTIM_PI_F * fraction));
+      float m_fac = cuoptim_powf(q->m_mul, restart);
+      float cosine = 0.5f * m_fac * (1.0f + cuoptim_cosf(CUOPTIM_PI_F * fraction));
       float decayed = (1.0f - q->alpha) * cosine + q->alpha;
       return q->initial_learning_rate * decayed;
     }
@@ -140,16 +140,16 @@ CUOPTIM_HD void cuoptim_prologue_begin(const cuoptimPrologueParams *q, const cuo
 
   /* Bias corrections: ops.power(float32(beta), float32(t)). */
   float t = (float)(it + 1);
-  s->beta_1_power = powf(p->beta_1, t);
-  s->beta_2_power = powf(p->beta_2, t);
+  s->beta_1_power = cuoptim_powf(p->beta_1, t);
+  s->beta_2_power = cuoptim_powf(p->beta_2, t);
   s->one_minus_beta_1_power = 1.0f - s->beta_1_power;
   s->one_minus_beta_2_power = 1.0f - s->beta_2_power;
   s->adam_alpha = s->lr * sqrtf(s->one_minus_beta_2_power) / s->one_minus_beta_1_power;
 
   /* Nadam (§2.8): u_product advances before the per-variable updates. */
-  float decay_t = powf(q->nadam_decay, t);
+  float decay_t = cuoptim_powf(q->nadam_decay, t);
   s->nadam_u_t = p->beta_1 * (1.0f - 0.5f * decay_t);
-  s->nadam_u_t1 = p->beta_1 * (1.0f - 0.5f * powf(q->nadam_decay, (float)(it + 2)));
+  s->nadam_u_t1 = p->beta_1 * (1.0f - 0.5f * cuoptim_powf(q->nadam_decay, (float)(it + 2)));
   s->nadam_u_product = (state->u_product * p->beta_1) * (1.0f - 0.5f * decay_t);
   s->nadam_u_product_t1 = s->nadam_u_product * s->nadam_u_t1;
   s->nadam_one_minus_beta_1 = 1.0f - p->beta_1;

@@ -103,6 +103,13 @@ typedef struct cuoptimTensorScalars {
 
 CUOPTIM_HD float cuoptim_sqrtf(float x) { return sqrtf(x); }
 
+/* float32 pow, cos and log, computed in double and rounded once: correctly rounded in all but
+ * rare double-rounding cases, and the same on the host (glibc) and the device (CUDA's libdevice),
+ * whose own powf/cosf/logf differ from each other by an ulp. Keras computes these in float32. */
+CUOPTIM_HD float cuoptim_powf(float x, float y) { return (float)pow((double)x, (double)y); }
+CUOPTIM_HD float cuoptim_cosf(float x) { return (float)cos((double)x); }
+CUOPTIM_HD float cuoptim_logf(float x) { return (float)log((double)x); }
+
 /* numpy/XLA sign: -1, 0, 1, NaN for NaN. */
 CUOPTIM_HD float cuoptim_signf(float x) {
   return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x);
@@ -301,8 +308,8 @@ CUOPTIM_HD void cuoptim_rule_ftrl(const cuoptimRuleParams *p, const cuoptimStepS
   float x = *w;
   float g_shrunk = g + p->two_l2_shrinkage * x;
   float n_new = n + g * g;
-  float pow_new = powf(n_new, p->lr_power_neg);
-  float z = *s1 + (g_shrunk - ((pow_new - powf(n, p->lr_power_neg)) / lr) * x);
+  float pow_new = cuoptim_powf(n_new, p->lr_power_neg);
+  float z = *s1 + (g_shrunk - ((pow_new - cuoptim_powf(n, p->lr_power_neg)) / lr) * x);
   *s1 = z;
   float quadratic = pow_new / lr + 2.0f * s->ftrl_l2;
   float z_clipped = z < -p->l1 ? -p->l1 : (z > p->l1 ? p->l1 : z);

@@ -83,17 +83,28 @@ static void cuda_free_ptr(void *p) {
   if (p) cudaFree(p);
 }
 
+static void free_tables(CudaBackend *b) {
+  cuda_free_ptr(b->variables);
+  cuda_free_ptr(b->grads);
+  cuda_free_ptr(b->chunks);
+  cuda_free_ptr(b->partials);
+  cuda_free_ptr(b->prologue);
+  b->variables = NULL;
+  b->grads = NULL;
+  b->chunks = NULL;
+  b->partials = NULL;
+  b->prologue = NULL;
+  free(b->uploaded);
+  b->uploaded = NULL;
+}
+
 static void cuda_release(cuoptimOptimizer_t opt) {
   CudaBackend *b = data_of(opt);
   if (!b) return;
   DeviceGuard guard;
   if (enter_device(opt, &guard) == CUOPTIM_STATUS_SUCCESS) {
     cudaDeviceSynchronize();
-    cuda_free_ptr(b->variables);
-    cuda_free_ptr(b->grads);
-    cuda_free_ptr(b->chunks);
-    cuda_free_ptr(b->partials);
-    cuda_free_ptr(b->prologue);
+    free_tables(b);
     leave_device(&guard);
   }
   free(b->uploaded);
@@ -168,6 +179,7 @@ static int64_t chunks_of(size_t count) { return (int64_t)((count + CUOPTIM_CHUNK
 
 /* Tables: variables, chunk list, prologue constants; then the build kernel fills the slots. */
 static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
+  free_tables(b); /* a retry after a failed build starts clean */
   int n = opt->num_variables;
   int64_t total_chunks = 0;
   for (int k = 0; k < n; k++) total_chunks += chunks_of(opt->variables[k].count);
@@ -243,19 +255,31 @@ static cuoptimStatus_t cuda_build(cuoptimOptimizer_t opt) {
     if (err == cudaSuccess) err = cudaDeviceSynchronize();
     if (err != cudaSuccess) status = cuda_fail(err, "cuoptim: initialising the optimizer state");
   }
+  if (status != CUOPTIM_STATUS_SUCCESS) free_tables(b);
   leave_device(&guard);
   return status;
 }
 
 /* Brings the device's gradient table up to date with opt->step_grads: only changed entries, in
  * batches carried by kernel arguments. */
+/* What the host mirror holds for an entry whose device value is unknown. */
+#define UNKNOWN_GRADIENT ((const void *)1)
+
 static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   CudaBackend *b = data_of(opt);
   int n = opt->num_variables;
+  /* Inside a stream capture the whole table is uploaded (the graph must restore it on every
+   * replay, whatever eager steps did in between), and the mirror forgets what the device holds
+   * (a replay may change it behind our back). */
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t err = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
+  if (err != cudaSuccess) return cuda_fail(err, "cuoptimApplyGradients: cudaStreamIsCapturing");
+  int capturing = capture != cudaStreamCaptureStatusNone;
   int k = 0;
   while (k < n) {
     const cuoptimStepGradient *g = &opt->step_grads[k];
-    if (b->uploaded[k].grad == g->grad && (g->grad == NULL || b->uploaded[k].dtype == (int32_t)g->dtype)) {
+    if (!capturing && b->uploaded[k].grad == g->grad &&
+        (g->grad == NULL || b->uploaded[k].dtype == (int32_t)g->dtype)) {
       k++;
       continue;
     }
@@ -268,11 +292,12 @@ static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStre
       e->dtype = opt->step_grads[k].grad ? (int32_t)opt->step_grads[k].dtype : 0;
       e->reserved = 0;
       b->uploaded[k] = *e;
+      if (capturing) b->uploaded[k].grad = UNKNOWN_GRADIENT;
       k++;
     }
-    cudaError_t err = (cudaError_t)cuoptim_launch_scatter_gradients(b->grads, batch, stream);
+    err = (cudaError_t)cuoptim_launch_scatter_gradients(b->grads, batch, stream);
     if (err != cudaSuccess) {
-      for (int j = batch->first; j < batch->first + batch->count; j++) b->uploaded[j].grad = (const void *)1;
+      for (int j = batch->first; j < batch->first + batch->count; j++) b->uploaded[j].grad = UNKNOWN_GRADIENT;
       return cuda_fail(err, "cuoptimApplyGradients: uploading the gradient table");
     }
   }
@@ -314,7 +339,12 @@ static cuoptimStatus_t cuda_finish(cuoptimOptimizer_t opt, cuoptimStream_t strea
 }
 
 static cuoptimStatus_t cuda_finalize(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
-  return launched(cuoptim_launch_finalize(&data_of(opt)->step, stream), "cuoptimFinalizeVariableValues: kernel");
+  DeviceGuard guard;
+  CUOPTIM_CHECK(enter_device(opt, &guard));
+  cuoptimStatus_t status =
+      launched(cuoptim_launch_finalize(&data_of(opt)->step, stream), "cuoptimFinalizeVariableValues: kernel");
+  leave_device(&guard);
+  return status;
 }
 
 static cuoptimStatus_t cuda_synchronize(cuoptimOptimizer_t opt) {

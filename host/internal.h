@@ -101,10 +101,14 @@ typedef struct cuoptimWeightEntry {
   float *buffer; /* CUOPTIM_WEIGHT_BUFFER */
 } cuoptimWeightEntry;
 
-/* The gradient of each variable for the step in progress (NULL: none). */
+/* The gradient of each variable for the step in progress (NULL: none), and what binding it needs
+ * to remember across steps. */
 typedef struct cuoptimStepGradient {
   const void *grad;
   cuoptimDtype_t dtype;
+  uint32_t listed_in;   /* the bind_round in which the variable was last listed */
+  int listed_at;        /* its position in that list */
+  const void *checked;  /* the last pointer that passed the backend's pointer check */
 } cuoptimStepGradient;
 
 typedef struct cuoptimBackendOps cuoptimBackendOps;
@@ -138,6 +142,7 @@ struct cuoptimOptimizer {
   float outer_learning_rate;
 
   cuoptimStepGradient *step_grads; /* host array, num_variables */
+  uint32_t bind_round;             /* counts cuoptimApplyGradients calls, for duplicate detection */
 };
 
 /* What a backend provides. Every function returns a status and sets the message on failure. */

@@ -130,6 +130,7 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
   v->dtype = dtype;
   v->count = count;
   v->use_weight_decay = opt->prologue.rule.has_weight_decay && !excluded(opt, name);
+  memset(&opt->step_grads[opt->num_variables], 0, sizeof *opt->step_grads);
   *variable = opt->num_variables++;
   return CUOPTIM_STATUS_SUCCESS;
 }

@@ -29,10 +29,16 @@ int cuoptim_needs_inspect(const cuoptimOptimizer_t opt) {
   return p->clip == CUOPTIM_CLIP_NORM || p->clip == CUOPTIM_CLIP_GLOBAL_NORM || p->dynamic_loss_scale;
 }
 
-/* Checks the list and records each variable's gradient for this step. Nothing is modified on
- * failure but opt->step_grads, which only a step reads. */
-static cuoptimStatus_t bind_gradients(cuoptimOptimizer_t opt, int n, const cuoptimGradient_t *grads, const char *caller,
-                                      int *with_gradient) {
+/* Checks the list and records each variable's gradient for this step, in O(n): duplicates are
+ * found through a per-call round number, and the backend checks a pointer only when it differs
+ * from the last one that passed. Nothing is modified on failure but opt->step_grads, which only a
+ * step reads. */
+static cuoptimStatus_t bind_gradients(cuoptimOptimizer_t opt, int n, const cuoptimGradient_t *grads,
+                                      const char *caller) {
+  if (++opt->bind_round == 0) { /* wrapped: forget every old round */
+    for (int i = 0; i < opt->num_variables; i++) opt->step_grads[i].listed_in = 0;
+    opt->bind_round = 1;
+  }
   for (int i = 0; i < opt->num_variables; i++) opt->step_grads[i].grad = NULL;
   int count = 0;
   for (int k = 0; k < n; k++) {
@@ -43,19 +49,23 @@ static cuoptimStatus_t bind_gradients(cuoptimOptimizer_t opt, int n, const cuopt
     if (g->dtype != CUOPTIM_FLOAT32 && g->dtype != CUOPTIM_FLOAT16 && g->dtype != CUOPTIM_BFLOAT16)
       return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: grads[%d].dtype = %d is not a cuoptimDtype_t", caller, k,
                            (int)g->dtype);
-    for (int j = 0; j < k; j++)
-      if (grads[j].variable == g->variable)
-        return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: grads[%d] and grads[%d] both name variable %d (\"%s\")",
-                             caller, j, k, (int)g->variable, opt->variables[g->variable].name);
+    cuoptimStepGradient *bound = &opt->step_grads[g->variable];
+    if (bound->listed_in == opt->bind_round)
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: grads[%d] and grads[%d] both name variable %d (\"%s\")",
+                           caller, bound->listed_at, k, (int)g->variable, opt->variables[g->variable].name);
+    bound->listed_in = opt->bind_round;
+    bound->listed_at = k;
     if (!g->grad) continue; /* Keras drops None gradients */
-    CUOPTIM_CHECK(opt->ops->check_pointer(opt, g->grad, caller, "grads[].grad"));
-    opt->step_grads[g->variable].grad = g->grad;
-    opt->step_grads[g->variable].dtype = g->dtype;
+    if (g->grad != bound->checked) {
+      CUOPTIM_CHECK(opt->ops->check_pointer(opt, g->grad, caller, "grads[].grad"));
+      bound->checked = g->grad;
+    }
+    bound->grad = g->grad;
+    bound->dtype = g->dtype;
     count++;
   }
   if (count == 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: every gradient is NULL: no gradient to apply", caller);
-  *with_gradient = count;
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -76,8 +86,7 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   CUOPTIM_REQUIRE_NOT_NULL(caller, grads);
   if (opt->num_variables == 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: the optimizer has no variables (cuoptimAddVariable)", caller);
-  int with_gradient = 0;
-  CUOPTIM_CHECK(bind_gradients(opt, n, grads, caller, &with_gradient));
+  CUOPTIM_CHECK(bind_gradients(opt, n, grads, caller));
   CUOPTIM_CHECK(cuoptim_build(opt, caller));
 
   range_push("cuoptim step");
