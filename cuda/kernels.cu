@@ -143,6 +143,13 @@ __device__ __forceinline__ ChunkRange chunk_range(const cuoptimDeviceVariable &v
 
 /* ---- inspect ------------------------------------------------------------------------------ */
 
+__device__ __forceinline__ void inspect_element(const cuoptimRuleParams &p, float loss_scale, float raw, float acc,
+                                                double &sumsq, int &nonfinite) {
+  nonfinite |= !isfinite(raw);
+  float x = cuoptim_inspect_gradient(&p, loss_scale, raw, acc);
+  sumsq += (double)x * (double)x;
+}
+
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) inspect_gradients_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ double shared[CUOPTIM_BLOCK];
   const cuoptimChunk c = step.chunks[blockIdx.x];
@@ -153,12 +160,20 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) inspect_gradients_kernel(cuopti
   double sumsq = 0.0;
   int nonfinite = 0;
   if (g.grad) {
-    for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-      float raw = load_scalar(g.grad, g.dtype, i);
-      nonfinite |= !isfinite(raw);
-      float x = cuoptim_inspect_gradient(&p, loss_scale, raw, v.accumulator ? v.accumulator[i] : 0.0f);
-      sumsq += (double)x * (double)x;
+    uint64_t vector_end = r.begin;
+    if (aligned_for(g.grad, g.dtype)) {
+      vector_end = r.begin + (r.end - r.begin) / 4 * 4;
+      for (uint64_t i = r.begin + 4 * threadIdx.x; i < vector_end; i += 4 * blockDim.x) {
+        float gv[4], av[4] = {0, 0, 0, 0};
+        load4(g.grad, g.dtype, i, gv);
+        if (v.accumulator) load4f(v.accumulator, i, av);
+#pragma unroll
+        for (int k = 0; k < 4; k++) inspect_element(p, loss_scale, gv[k], av[k], sumsq, nonfinite);
+      }
     }
+    for (uint64_t i = vector_end + threadIdx.x; i < r.end; i += blockDim.x)
+      inspect_element(p, loss_scale, load_scalar(g.grad, g.dtype, i), v.accumulator ? v.accumulator[i] : 0.0f, sumsq,
+                      nonfinite);
   }
   double total = block_sum(sumsq, shared);
   int any = __syncthreads_or(nonfinite);
@@ -170,33 +185,47 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) inspect_gradients_kernel(cuopti
 
 /* ---- prologue ----------------------------------------------------------------------------- */
 
-/* Per variable, the sums of its chunks' partials in chunk order. Returns this thread's share of
- * the totals (sum over its variables, OR of their non-finite flags). */
+/* Fixed-order warp sum (the same tree every run). */
+__device__ __forceinline__ double warp_sum(double x) {
+  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_down_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+/* Per variable, the sums of its chunks' partials: one warp per variable, lanes over its chunks,
+ * then a fixed tree — deterministic, and a 2^28-element variable (32,768 chunks) costs 1,024
+ * loads per lane instead of one thread's 32,768. Returns this thread's share of the totals (lane
+ * 0 of each warp holds its variables' sum) and sets *nonfinite_out to the OR of its flags. */
 __device__ double reduce_partials_per_variable(const cuoptimDeviceStep &step, int lamb, int *nonfinite_out) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   double total = 0.0;
   int any = 0;
-  for (int k = threadIdx.x; k < step.num_variables; k += blockDim.x) {
+  for (int k = warp; k < step.num_variables; k += warps) {
     int64_t first = step.variables[k].first_chunk;
     int64_t last = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
     double a = 0.0, b = 0.0;
     int nonfinite = 0;
-    for (int64_t j = first; j < last; j++) {
+    for (int64_t j = first + lane; j < last; j += 32) {
       a += step.partials[j].a;
       b += step.partials[j].b;
       nonfinite |= step.partials[j].nonfinite;
     }
-    cuoptimTensorScalars *t = &step.tensors[k];
-    if (lamb) {
-      t->lamb_w_sumsq = a;
-      t->lamb_u_sumsq = b;
-      t->lamb_ratio = cuoptim_lamb_ratio(a, b);
-    } else {
-      t->grad_sumsq = a;
-      t->nonfinite = nonfinite;
-      cuoptim_prologue_tensor(step.prologue, t);
+    a = warp_sum(a);
+    b = warp_sum(b);
+    nonfinite = __any_sync(0xffffffffu, nonfinite);
+    if (lane == 0) {
+      cuoptimTensorScalars *t = &step.tensors[k];
+      if (lamb) {
+        t->lamb_w_sumsq = a;
+        t->lamb_u_sumsq = b;
+        t->lamb_ratio = cuoptim_lamb_ratio(a, b);
+      } else {
+        t->grad_sumsq = a;
+        t->nonfinite = nonfinite;
+        cuoptim_prologue_tensor(step.prologue, t);
+      }
+      total += a;
+      any |= nonfinite;
     }
-    total += a;
-    any |= nonfinite;
   }
   *nonfinite_out = any;
   return total;

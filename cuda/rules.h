@@ -300,6 +300,14 @@ CUOPTIM_HD float cuoptim_lamb_ratio(double w_sumsq, double u_sumsq) {
   return (w_norm > 0.0f && u_norm > 0.0f) ? w_norm / u_norm : 1.0f;
 }
 
+/* Ftrl's n^(-learning_rate_power): the default power -0.5 is a square root (correctly rounded,
+ * as a correctly rounded pow gives), which keeps the common case off the double-precision path. */
+CUOPTIM_HD float cuoptim_ftrl_power(const cuoptimRuleParams *p, float n) {
+  if (p->lr_power_neg == 0.5f) return cuoptim_sqrtf(n);
+  if (p->lr_power_neg == 0.0f) return 1.0f;
+  return cuoptim_powf(n, p->lr_power_neg);
+}
+
 /* §2.11 Ftrl. s0 = accumulator (n), s1 = linear (z). */
 CUOPTIM_HD void cuoptim_rule_ftrl(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
                                   float *w, float *s0, float *s1) {
@@ -308,8 +316,8 @@ CUOPTIM_HD void cuoptim_rule_ftrl(const cuoptimRuleParams *p, const cuoptimStepS
   float x = *w;
   float g_shrunk = g + p->two_l2_shrinkage * x;
   float n_new = n + g * g;
-  float pow_new = cuoptim_powf(n_new, p->lr_power_neg);
-  float z = *s1 + (g_shrunk - ((pow_new - cuoptim_powf(n, p->lr_power_neg)) / lr) * x);
+  float pow_new = cuoptim_ftrl_power(p, n_new);
+  float z = *s1 + (g_shrunk - ((pow_new - cuoptim_ftrl_power(p, n)) / lr) * x);
   *s1 = z;
   float quadratic = pow_new / lr + 2.0f * s->ftrl_l2;
   float z_clipped = z < -p->l1 ? -p->l1 : (z > p->l1 ? p->l1 : z);

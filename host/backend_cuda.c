@@ -187,9 +187,10 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
     return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "cuoptim: %lld chunks of %d elements: more than a grid holds",
                          (long long)total_chunks, CUOPTIM_CHUNK);
 
-  cuoptimDeviceVariable *variables = calloc((size_t)n, sizeof *variables);
+  size_t table_count = n > 0 ? (size_t)n : 1; /* a build with no variable still gets valid tables */
+  cuoptimDeviceVariable *variables = calloc(table_count, sizeof *variables);
   cuoptimChunk *chunks = malloc((size_t)(total_chunks ? total_chunks : 1) * sizeof *chunks);
-  b->uploaded = calloc((size_t)n, sizeof *b->uploaded);
+  b->uploaded = calloc(table_count, sizeof *b->uploaded);
   if (!variables || !chunks || !b->uploaded) {
     free(variables);
     free(chunks);
@@ -216,13 +217,13 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   }
   cudaError_t err = cudaSuccess;
   size_t partial_count = (size_t)(total_chunks ? total_chunks : 1);
-  if (err == cudaSuccess) err = cudaMalloc((void **)&b->variables, (size_t)n * sizeof *variables);
-  if (err == cudaSuccess) err = cudaMalloc((void **)&b->grads, (size_t)n * sizeof(cuoptimDeviceGradient));
+  if (err == cudaSuccess) err = cudaMalloc((void **)&b->variables, table_count * sizeof *variables);
+  if (err == cudaSuccess) err = cudaMalloc((void **)&b->grads, table_count * sizeof(cuoptimDeviceGradient));
   if (err == cudaSuccess) err = cudaMalloc((void **)&b->chunks, partial_count * sizeof *chunks);
   if (err == cudaSuccess) err = cudaMalloc((void **)&b->partials, partial_count * sizeof(cuoptimChunkPartial));
   if (err == cudaSuccess) err = cudaMalloc((void **)&b->prologue, sizeof(cuoptimPrologueParams));
-  if (err == cudaSuccess) err = cudaMemcpy(b->variables, variables, (size_t)n * sizeof *variables, cudaMemcpyHostToDevice);
-  if (err == cudaSuccess) err = cudaMemset(b->grads, 0, (size_t)n * sizeof(cuoptimDeviceGradient));
+  if (err == cudaSuccess) err = cudaMemcpy(b->variables, variables, table_count * sizeof *variables, cudaMemcpyHostToDevice);
+  if (err == cudaSuccess) err = cudaMemset(b->grads, 0, table_count * sizeof(cuoptimDeviceGradient));
   if (err == cudaSuccess) err = cudaMemcpy(b->chunks, chunks, (size_t)total_chunks * sizeof *chunks, cudaMemcpyHostToDevice);
   if (err == cudaSuccess) err = cudaMemset(b->partials, 0, partial_count * sizeof(cuoptimChunkPartial));
   if (err == cudaSuccess)

@@ -396,7 +396,7 @@ cuoptimStatus_t cuoptimGetWeightInfo(cuoptimOptimizer_t opt, int index, cuoptimW
   static const char *caller = "cuoptimGetWeightInfo";
   CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, info);
-  cuoptimWeightEntry *entry;
+  cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
   *info = entry->info;
   return CUOPTIM_STATUS_SUCCESS;
@@ -446,7 +446,7 @@ cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *val
   static const char *caller = "cuoptimGetWeights";
   CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, values);
-  cuoptimWeightEntry *entry;
+  cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
   CUOPTIM_CHECK(check_count(entry, count, caller));
   if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return download_buffer(opt, entry->buffer, values, count, caller);
@@ -471,7 +471,7 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
   static const char *caller = "cuoptimSetWeights";
   CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, values);
-  cuoptimWeightEntry *entry;
+  cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
   CUOPTIM_CHECK(check_count(entry, count, caller));
   if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return upload_buffer(opt, entry->buffer, values, count, caller);

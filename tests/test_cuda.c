@@ -1,0 +1,1508 @@
+/*
+ * test_cuda.c — the CUDA backend gives the results of the host backend (the reference).
+ *
+ * Every test runs one problem on CUOPTIM_BACKEND_HOST and on CUOPTIM_BACKEND_CUDA and compares all
+ * that the API lets a caller observe: the parameters, every optimizer state entry
+ * (cuoptimGetWeightCount/Info/Weights: names, sizes, values), cuoptimGetIterations,
+ * cuoptimGetLearningRate, the dynamic loss scale and the weight-decay decision per variable.
+ *
+ * The problem (run_problem): variables of 1, 3, 4095, 65537 and 100001 elements (not multiples of
+ * the block, the 4-wide vectors or the 8192-element chunk), deterministic pseudo-random parameters
+ * and gradients of magnitudes 1e-3 .. 6 (never zero), about six steps. Every caller buffer sits in a
+ * pool between guard bands filled with 0xff bytes (NaN in every dtype): a kernel that reads outside
+ * a buffer pulls NaN into the results, one that writes outside is caught by the guard check, and the
+ * gradients must come back unmodified.
+ *
+ * Tolerance: |cuda - host| <= RTOL * |host| + atol, RTOL = 1e-6.
+ *   Where the backends may legitimately differ, the difference comes from a per-step scalar a few
+ *   float32 ulps apart: device powf/cosf/logf against glibc's in bias corrections, Nadam's
+ *   momentum schedule and learning-rate schedules, or the (fixed but different) order in which the
+ *   double-precision sums behind clipnorm, global_clipnorm and Lamb's trust ratio are added. Such a
+ *   scalar scales a whole update or a whole gradient.
+ *   - Parameters (magnitude 1e-3 .. 6): atol = 1e-7. A few ulps (< 1e-6 relative) of at most six
+ *     updates of at most ~0.05 each stay below 1e-7 even for a parameter that cancelled to ~0,
+ *     while a wrong rule, a skipped element or a wrong step moves a parameter by a whole update
+ *     (>= 1e-5 here).
+ *   - State entries: atol = 1e-7 x the entry's largest magnitude. A fixed atol would leave small
+ *     entries unchecked (Adam's velocity of 1e-3-sized gradients is ~1e-9) and mean nothing for
+ *     large ones (Ftrl's linear reaches ~1e3); an element of an entry that cancelled to ~0 keeps an
+ *     error of the order of the entry's scale times those few ulps.
+ *   - Integer counters, the loss scale (a power of two times the initial one) and the variable
+ *     names/sizes: exact.
+ * Bitwise: optimizers whose step uses only +, -, *, /, sqrt and comparisons (SGD, RMSprop, Adagrad,
+ * Adadelta, Lion, Ftrl with learning_rate_power 0), with a constant or piecewise-constant learning
+ * rate and no norm-based clipping, must agree bit for bit: the same IEEE float32 operations in the
+ * same order on both sides (host C with -ffp-contract=off, kernels with -fmad=false, correctly
+ * rounded division and sqrtf on both). Those tests run with MATCH_BITWISE.
+ *
+ * Without a usable CUDA device every test calls cr_skip.
+ */
+#include <criterion/criterion.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuoptim.h"
+#include "testutil.h"
+
+/* ---- checks ------------------------------------------------------------------------------------ */
+
+#define NEED_GPU()                                                                 \
+  do {                                                                             \
+    if (!test_has_gpu()) cr_skip("no usable CUDA device: CUDA backend test skipped"); \
+  } while (0)
+
+#define OK(call)                                                                                         \
+  do {                                                                                                   \
+    cuoptimStatus_t ok_status_ = (call);                                                                 \
+    cr_assert_eq(ok_status_, CUOPTIM_STATUS_SUCCESS, "%s returned %d (%s): %s", #call, (int)ok_status_, \
+                 cuoptimGetStatusString(ok_status_), cuoptimGetLastErrorMessage());                      \
+  } while (0)
+
+#define CUDA_OK(call)                                                                                   \
+  do {                                                                                                  \
+    cudaError_t cuda_ok_err_ = (call);                                                                  \
+    cr_assert_eq(cuda_ok_err_, cudaSuccess, "%s: %s (%s)", #call, cudaGetErrorString(cuda_ok_err_),     \
+                 cudaGetErrorName(cuda_ok_err_));                                                       \
+  } while (0)
+
+#define RTOL 1e-6
+#define PARAM_ATOL 1e-7
+#define STATE_ATOL_RELATIVE 1e-7
+
+enum { MATCH_CLOSE = 0, MATCH_BITWISE = 1 };
+
+/* ---- data: deterministic pseudo-random values, float16/bfloat16 ------------------------------- */
+
+static uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+/* Element i of the sequence `stream`: magnitude 5e-4 .. 6 in five decades, random sign, never 0. */
+static float pseudo_random(uint64_t seed, uint64_t stream, uint64_t i) {
+  static const float scales[5] = {1e-3f, 3e-2f, 0.25f, 1.0f, 4.0f};
+  uint64_t h = mix64(seed ^ mix64(stream ^ mix64(i)));
+  float mantissa = 0.5f + (float)(h >> 40) / 16777216.0f; /* [0.5, 1.5) */
+  float value = mantissa * scales[(h >> 8) % 5];
+  return (h & 1) ? -value : value;
+}
+
+static uint32_t float_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+static float bits_float(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* float32 -> float16, round to nearest even (what __float2half_rn does). */
+static uint16_t to_half(float f) {
+  uint32_t u = float_bits(f);
+  uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
+  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf */
+  if (a < 0x38800000u) /* subnormal: a multiple of 2^-24, rounded to nearest even */
+    return (uint16_t)(sign | (uint16_t)nearbyintf(bits_float(a) * 16777216.0f));
+  a += 0xfffu + ((a >> 13) & 1u);
+  return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
+}
+
+static float from_half(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+  if (exponent == 0x1f) return bits_float(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent == 0) {
+    float v = (float)mantissa / 16777216.0f;
+    return sign ? -v : v;
+  }
+  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+/* float32 -> bfloat16, round to nearest even (what __float2bfloat16_rn does). */
+static uint16_t to_bfloat16(float f) {
+  uint32_t u = float_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+static float from_bfloat16(uint16_t h) { return bits_float((uint32_t)h << 16); }
+
+static size_t dtype_bytes(cuoptimDtype_t dtype) { return dtype == CUOPTIM_FLOAT32 ? 4 : 2; }
+
+static const char *dtype_text(cuoptimDtype_t dtype) {
+  return dtype == CUOPTIM_FLOAT16 ? "float16" : dtype == CUOPTIM_BFLOAT16 ? "bfloat16" : "float32";
+}
+
+static void store_element(void *base, cuoptimDtype_t dtype, size_t i, float value) {
+  if (dtype == CUOPTIM_FLOAT32) {
+    memcpy((char *)base + i * 4, &value, 4);
+  } else {
+    uint16_t h = dtype == CUOPTIM_FLOAT16 ? to_half(value) : to_bfloat16(value);
+    memcpy((char *)base + i * 2, &h, 2);
+  }
+}
+
+static float load_element(const void *base, cuoptimDtype_t dtype, size_t i) {
+  if (dtype == CUOPTIM_FLOAT32) {
+    float f;
+    memcpy(&f, (const char *)base + i * 4, 4);
+    return f;
+  }
+  uint16_t h;
+  memcpy(&h, (const char *)base + i * 2, 2);
+  return dtype == CUOPTIM_FLOAT16 ? from_half(h) : from_bfloat16(h);
+}
+
+static uint16_t load_bits16(const void *base, size_t i) {
+  uint16_t h;
+  memcpy(&h, (const char *)base + i * 2, 2);
+  return h;
+}
+
+static int half_is_nan(cuoptimDtype_t dtype, uint16_t h) {
+  return dtype == CUOPTIM_FLOAT16 ? (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) : (h & 0x7f80u) == 0x7f80u && (h & 0x7fu);
+}
+
+/* Distance in units in the last place between two 16-bit floats of the same type (sign-magnitude
+ * mapped to a line; +0 and -0 coincide). */
+static int half_ulps(uint16_t a, uint16_t b) {
+  int ia = (a & 0x8000u) ? -(int)(a & 0x7fffu) : (int)(a & 0x7fffu);
+  int ib = (b & 0x8000u) ? -(int)(b & 0x7fffu) : (int)(b & 0x7fffu);
+  return ia > ib ? ia - ib : ib - ia;
+}
+
+/* ---- the problem ------------------------------------------------------------------------------- */
+
+typedef struct {
+  int num_vars;
+  const size_t *sizes;       /* elements of each variable */
+  const char *const *names;  /* NULL: "t00000", "t00001", ... */
+  cuoptimDtype_t param_dtype, grad_dtype;
+  int steps;
+  int offset;                /* elements from an aligned address to every buffer; -1: variable k at k % 4 */
+  uint64_t seed;
+  const char *exclude;       /* cuoptimExcludeFromWeightDecay regex, or NULL */
+  int partial;               /* each step gives gradients to some variables only (see has_gradient) */
+  int inf_step, nan_step;    /* the step whose gradients hold +inf / NaN, or -1 */
+  int finalize;              /* cuoptimFinalizeVariableValues after the steps (read before and after) */
+  int default_stream;        /* the legacy default stream instead of a created non-blocking stream */
+} problem_t;
+
+static const size_t STANDARD_SIZES[5] = {1, 3, 4095, 65537, 100001};
+static const char *const STANDARD_NAMES[5] = {"dense/bias", "dense/kernel", "conv/bias", "conv/kernel",
+                                              "embedding/embeddings"};
+/* Gradient magnitude per variable (index % 5): with clipnorm 1 the 65537-element variable (norm
+ * ~0.5) is not clipped while the 4095- and 100001-element ones (norms ~120 and ~600) are. */
+static const float GRAD_FACTOR[5] = {1.0f, 0.3f, 1.0f, 0.001f, 1.0f};
+
+static problem_t standard_problem(void) {
+  problem_t p;
+  memset(&p, 0, sizeof p);
+  p.num_vars = 5;
+  p.sizes = STANDARD_SIZES;
+  p.names = STANDARD_NAMES;
+  p.param_dtype = p.grad_dtype = CUOPTIM_FLOAT32;
+  p.steps = 6;
+  p.seed = 20240611;
+  p.inf_step = p.nan_step = -1;
+  return p;
+}
+
+static void name_of(const problem_t *pb, int k, char *buffer, size_t size) {
+  if (pb->names)
+    snprintf(buffer, size, "%s", pb->names[k]);
+  else
+    snprintf(buffer, size, "t%05d", k);
+}
+
+static size_t offset_of(const problem_t *pb, int k) { return pb->offset >= 0 ? (size_t)pb->offset : (size_t)(k % 4); }
+
+static float param_value(const problem_t *pb, int k, size_t i) {
+  return pseudo_random(pb->seed, ((uint64_t)k << 20) | 0xfffffu, i);
+}
+
+/* The variable whose gradient holds +inf on inf_step (NaN goes into the last variable's last
+ * element, in the scalar tail of the update kernel). */
+static int inf_variable(const problem_t *pb) { return pb->num_vars > 3 ? 3 : 0; }
+
+static float grad_value(const problem_t *pb, int k, int step, size_t i) {
+  if (step == pb->inf_step && k == inf_variable(pb) && i == pb->sizes[k] / 2) return INFINITY;
+  if (step == pb->nan_step && k == pb->num_vars - 1 && i == pb->sizes[k] - 1) return NAN;
+  return pseudo_random(pb->seed, ((uint64_t)k << 20) | (uint64_t)step, i) * GRAD_FACTOR[k % 5];
+}
+
+static int has_gradient(const problem_t *pb, int k, int step) { return !pb->partial || (k + step) % 3 != 0; }
+
+/* Poisoned elements before and after every buffer. */
+#define GUARD 64
+
+/* Places every variable in a pool (element indices, the same for parameters and gradients): a
+ * guard band, the offset, the variable, a guard band, rounded up to 64 elements so that with
+ * offset 0 every buffer starts on a 128-byte (16-bit types) or 256-byte (float32) boundary of a
+ * cudaMalloc'd pool. Returns the pool's size in elements. */
+static size_t layout_pool(const problem_t *pb, size_t *start) {
+  size_t cursor = 0;
+  for (int k = 0; k < pb->num_vars; k++) {
+    start[k] = cursor + GUARD + offset_of(pb, k);
+    cursor = (start[k] + pb->sizes[k] + GUARD + 63) / 64 * 64;
+  }
+  return cursor;
+}
+
+/* The gradient list of a step: with `partial`, variables without a gradient are left out on even
+ * steps and listed with grad = NULL (Keras's None) on odd ones, where the list also runs backwards. */
+static int gradient_list(const problem_t *pb, int step, const unsigned char *grad_pool, const size_t *start,
+                         cuoptimGradient_t *list) {
+  const size_t es = dtype_bytes(pb->grad_dtype);
+  int m = 0;
+  for (int j = 0; j < pb->num_vars; j++) {
+    int k = (pb->partial && step % 2) ? pb->num_vars - 1 - j : j;
+    cuoptimGradient_t g;
+    memset(&g, 0, sizeof g);
+    g.variable = k;
+    g.dtype = pb->grad_dtype;
+    if (has_gradient(pb, k, step))
+      g.grad = grad_pool + start[k] * es;
+    else if (step % 2)
+      g.grad = NULL;
+    else
+      continue;
+    list[m++] = g;
+  }
+  return m;
+}
+
+/* ---- running a problem ------------------------------------------------------------------------- */
+
+typedef struct {
+  int num_vars;
+  const size_t *sizes;
+  cuoptimDtype_t param_dtype;
+  unsigned char **params; /* raw elements of each variable after the steps */
+  unsigned char **finals; /* after cuoptimFinalizeVariableValues, or NULL */
+  int num_weights;
+  cuoptimWeightInfo_t *infos;
+  double **weights;
+  int64_t iterations;
+  float learning_rate;
+  int has_loss_scale;
+  float loss_scale;
+  int *uses_weight_decay;
+} result_t;
+
+static void free_result(result_t *r) {
+  for (int k = 0; k < r->num_vars; k++) {
+    free(r->params[k]);
+    if (r->finals) free(r->finals[k]);
+  }
+  free(r->params);
+  free(r->finals);
+  for (int i = 0; i < r->num_weights; i++) free(r->weights[i]);
+  free(r->weights);
+  free(r->infos);
+  free(r->uses_weight_decay);
+  memset(r, 0, sizeof *r);
+}
+
+static const char *backend_text(cuoptimBackend_t backend) {
+  return backend == CUOPTIM_BACKEND_CUDA ? "CUDA" : "host";
+}
+
+/* Every byte of the pool outside the variables still holds the 0xff poison. */
+static void expect_guards_intact(const unsigned char *bytes, size_t pool_elements, size_t es, const problem_t *pb,
+                                 const size_t *start, const char *what, cuoptimBackend_t backend) {
+  size_t bad = 0, first = 0, position = 0;
+  for (int k = 0; k <= pb->num_vars; k++) {
+    size_t end = k < pb->num_vars ? start[k] : pool_elements;
+    for (size_t b = position * es; b < end * es; b++)
+      if (bytes[b] != 0xff) {
+        if (!bad) first = b;
+        bad++;
+      }
+    if (k < pb->num_vars) position = start[k] + pb->sizes[k];
+  }
+  cr_expect_eq(bad, 0, "%s backend: %zu guard bytes around the %s buffers were overwritten (first at byte %zu)",
+               backend_text(backend), bad, what, first);
+}
+
+/* Copies a pool of the backend into host memory, after the optimizer's work is done. */
+static void read_pool(cuoptimBackend_t backend, unsigned char *dst, const unsigned char *pool, size_t bytes,
+                      cudaStream_t stream) {
+  if (backend == CUOPTIM_BACKEND_CUDA) {
+    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaMemcpy(dst, pool, bytes, cudaMemcpyDeviceToHost));
+  } else {
+    memcpy(dst, pool, bytes);
+  }
+}
+
+static unsigned char **split_variables(const problem_t *pb, const unsigned char *bytes, const size_t *start) {
+  const size_t es = dtype_bytes(pb->param_dtype);
+  unsigned char **out = calloc((size_t)pb->num_vars, sizeof *out);
+  cr_assert(out);
+  for (int k = 0; k < pb->num_vars; k++) {
+    out[k] = malloc(pb->sizes[k] * es);
+    cr_assert(out[k]);
+    memcpy(out[k], bytes + start[k] * es, pb->sizes[k] * es);
+  }
+  return out;
+}
+
+/* Runs `pb` with `cfg` on `backend` (device 0) and collects everything observable. */
+static void run_problem(const cuoptimConfig_t *cfg, cuoptimBackend_t backend, const problem_t *pb, result_t *out) {
+  const int cuda = backend == CUOPTIM_BACKEND_CUDA;
+  const int n = pb->num_vars;
+  const size_t pes = dtype_bytes(pb->param_dtype), ges = dtype_bytes(pb->grad_dtype);
+  size_t *start = malloc((size_t)n * sizeof *start);
+  cuoptimGradient_t *list = malloc((size_t)n * sizeof *list);
+  cr_assert(start && list);
+  const size_t pool_elements = layout_pool(pb, start);
+  const size_t param_bytes = pool_elements * pes, grad_bytes = pool_elements * ges;
+
+  /* Host images of the two pools: 0xff everywhere but the variables. */
+  unsigned char *param_image = malloc(param_bytes), *grad_image = malloc(grad_bytes);
+  unsigned char *readback = malloc(param_bytes > grad_bytes ? param_bytes : grad_bytes);
+  cr_assert(param_image && grad_image && readback);
+  memset(param_image, 0xff, param_bytes);
+  memset(grad_image, 0xff, grad_bytes);
+  for (int k = 0; k < n; k++)
+    for (size_t i = 0; i < pb->sizes[k]; i++)
+      store_element(param_image + start[k] * pes, pb->param_dtype, i, param_value(pb, k, i));
+
+  /* The pools themselves, memory of the backend. */
+  unsigned char *param_pool = NULL, *grad_pool = NULL;
+  cudaStream_t stream = NULL;
+  if (cuda) {
+    CUDA_OK(cudaSetDevice(0));
+    CUDA_OK(cudaMalloc((void **)&param_pool, param_bytes));
+    CUDA_OK(cudaMalloc((void **)&grad_pool, grad_bytes));
+    CUDA_OK(cudaMemcpy(param_pool, param_image, param_bytes, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(grad_pool, grad_image, grad_bytes, cudaMemcpyHostToDevice));
+    if (!pb->default_stream) CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  } else {
+    param_pool = malloc(param_bytes);
+    grad_pool = malloc(grad_bytes);
+    cr_assert(param_pool && grad_pool);
+    memcpy(param_pool, param_image, param_bytes);
+    memcpy(grad_pool, grad_image, grad_bytes);
+  }
+
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, cfg, backend, 0));
+  if (pb->exclude) OK(cuoptimExcludeFromWeightDecay(opt, pb->exclude));
+  for (int k = 0; k < n; k++) {
+    char name[64];
+    name_of(pb, k, name, sizeof name);
+    cuoptimVariable_t variable = -1;
+    OK(cuoptimAddVariable(opt, name, param_pool + start[k] * pes, pb->param_dtype, pb->sizes[k], &variable));
+    cr_assert_eq(variable, k, "variable %d registered as %d", k, (int)variable);
+  }
+
+  for (int step = 0; step < pb->steps; step++) {
+    for (int k = 0; k < n; k++)
+      if (has_gradient(pb, k, step))
+        for (size_t i = 0; i < pb->sizes[k]; i++)
+          store_element(grad_image + start[k] * ges, pb->grad_dtype, i, grad_value(pb, k, step, i));
+    if (cuda) {
+      /* Ordered after the previous step on the same stream; the synchronize lets the image be
+       * rewritten for the next step. */
+      CUDA_OK(cudaMemcpyAsync(grad_pool, grad_image, grad_bytes, cudaMemcpyHostToDevice, stream));
+      CUDA_OK(cudaStreamSynchronize(stream));
+    } else {
+      memcpy(grad_pool, grad_image, grad_bytes);
+    }
+    int m = gradient_list(pb, step, grad_pool, start, list);
+    OK(cuoptimApplyGradients(opt, m, list, stream));
+  }
+  OK(cuoptimSynchronize(opt));
+
+  memset(out, 0, sizeof *out);
+  out->num_vars = n;
+  out->sizes = pb->sizes;
+  out->param_dtype = pb->param_dtype;
+
+  read_pool(backend, readback, param_pool, param_bytes, stream);
+  expect_guards_intact(readback, pool_elements, pes, pb, start, "parameter", backend);
+  out->params = split_variables(pb, readback, start);
+
+  read_pool(backend, readback, grad_pool, grad_bytes, stream);
+  cr_expect(memcmp(readback, grad_image, grad_bytes) == 0, "%s backend: the gradient buffers were modified",
+            backend_text(backend));
+
+  if (pb->finalize) {
+    OK(cuoptimFinalizeVariableValues(opt, stream));
+    read_pool(backend, readback, param_pool, param_bytes, stream);
+    expect_guards_intact(readback, pool_elements, pes, pb, start, "parameter (after finalize)", backend);
+    out->finals = split_variables(pb, readback, start);
+  }
+
+  OK(cuoptimGetWeightCount(opt, &out->num_weights));
+  out->infos = calloc((size_t)out->num_weights, sizeof *out->infos);
+  out->weights = calloc((size_t)out->num_weights, sizeof *out->weights);
+  cr_assert(out->num_weights == 0 || (out->infos && out->weights));
+  for (int i = 0; i < out->num_weights; i++) {
+    OK(cuoptimGetWeightInfo(opt, i, &out->infos[i]));
+    out->weights[i] = malloc(out->infos[i].count * sizeof(double));
+    cr_assert(out->weights[i]);
+    OK(cuoptimGetWeights(opt, i, out->weights[i], out->infos[i].count));
+  }
+  OK(cuoptimGetIterations(opt, &out->iterations));
+  OK(cuoptimGetLearningRate(opt, &out->learning_rate));
+  out->has_loss_scale = cfg->dynamic_loss_scale;
+  if (cfg->dynamic_loss_scale) OK(cuoptimGetLossScale(opt, &out->loss_scale));
+  out->uses_weight_decay = calloc((size_t)n, sizeof *out->uses_weight_decay);
+  cr_assert(out->uses_weight_decay);
+  for (int k = 0; k < n; k++) OK(cuoptimUsesWeightDecay(opt, k, &out->uses_weight_decay[k]));
+
+  OK(cuoptimDestroy(opt));
+  if (cuda) {
+    CUDA_OK(cudaFree(param_pool));
+    CUDA_OK(cudaFree(grad_pool));
+    if (stream) CUDA_OK(cudaStreamDestroy(stream));
+  } else {
+    free(param_pool);
+    free(grad_pool);
+  }
+  free(param_image);
+  free(grad_image);
+  free(readback);
+  free(list);
+  free(start);
+}
+
+/* ---- comparing ----------------------------------------------------------------------------------- */
+
+static int identical(double a, double b) {
+  if (isnan(a) && isnan(b)) return 1;
+  return memcmp(&a, &b, sizeof a) == 0;
+}
+
+static int close_enough(double got, double want, double rtol, double atol) {
+  if (isnan(got) || isnan(want)) return isnan(got) && isnan(want);
+  if (isinf(got) || isinf(want)) return got == want;
+  return fabs(got - want) <= atol + rtol * fabs(want);
+}
+
+static double largest_magnitude(const double *v, size_t n) {
+  double m = 0.0;
+  for (size_t i = 0; i < n; i++)
+    if (isfinite(v[i]) && fabs(v[i]) > m) m = fabs(v[i]);
+  return m;
+}
+
+/* Elements of got[] (CUDA) that miss want[] (host); logs the first and the worst. */
+static size_t compare_values(const char *label, const char *what, const double *got, const double *want, size_t n,
+                             int bitwise, double atol) {
+  size_t bad = 0, first = 0, worst = 0;
+  double worst_error = -1.0;
+  for (size_t i = 0; i < n; i++) {
+    if (bitwise ? identical(got[i], want[i]) : close_enough(got[i], want[i], RTOL, atol)) continue;
+    if (!bad) first = i;
+    bad++;
+    double error = fabs(got[i] - want[i]);
+    if (isnan(error)) error = INFINITY;
+    if (error > worst_error) {
+      worst_error = error;
+      worst = i;
+    }
+  }
+  if (bad)
+    cr_log_error("%s: %s: %zu of %zu elements differ (%s); first [%zu] cuda %.9g host %.9g; worst [%zu] cuda %.9g "
+                 "host %.9g",
+                 label, what, bad, n, bitwise ? "bitwise" : "tolerance", first, got[first], want[first], worst,
+                 got[worst], want[worst]);
+  return bad;
+}
+
+/* One variable's parameters: float32 by value, 16-bit types by ulps (0 when bitwise, else 1). */
+static size_t compare_params(const char *label, const char *what, const unsigned char *got, const unsigned char *want,
+                             size_t n, cuoptimDtype_t dtype, int bitwise) {
+  if (dtype == CUOPTIM_FLOAT32) {
+    double *g = malloc(n * sizeof *g), *w = malloc(n * sizeof *w);
+    cr_assert(g && w);
+    for (size_t i = 0; i < n; i++) {
+      g[i] = load_element(got, dtype, i);
+      w[i] = load_element(want, dtype, i);
+    }
+    size_t bad = compare_values(label, what, g, w, n, bitwise, PARAM_ATOL);
+    free(g);
+    free(w);
+    return bad;
+  }
+  const int allowed = bitwise ? 0 : 1;
+  size_t bad = 0, first = 0;
+  int worst = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint16_t a = load_bits16(got, i), b = load_bits16(want, i);
+    int ok = (half_is_nan(dtype, a) || half_is_nan(dtype, b)) ? half_is_nan(dtype, a) && half_is_nan(dtype, b)
+                                                               : half_ulps(a, b) <= allowed;
+    if (ok) continue;
+    if (!bad) first = i;
+    bad++;
+    int d = half_ulps(a, b);
+    if (d > worst) worst = d;
+  }
+  if (bad)
+    cr_log_error("%s: %s (%s): %zu of %zu elements more than %d ulp apart (worst %d ulp); first [%zu] cuda 0x%04x "
+                 "(%.6g) host 0x%04x (%.6g)",
+                 label, what, dtype_text(dtype), bad, n, allowed, worst, first, load_bits16(got, first),
+                 load_element(got, dtype, first), load_bits16(want, first), load_element(want, dtype, first));
+  return bad;
+}
+
+/* Asserts that `got` (CUDA, or a second run) matches `want` (host, or a first run). */
+static void compare_results(const result_t *got, const result_t *want, int bitwise, const char *label) {
+  size_t bad = 0;
+  char what[256];
+  cr_assert_eq(got->num_vars, want->num_vars, "%s: variable counts differ", label);
+  if (got->iterations != want->iterations) {
+    cr_log_error("%s: cuoptimGetIterations: cuda %lld host %lld", label, (long long)got->iterations,
+                 (long long)want->iterations);
+    bad++;
+  }
+  if (bitwise ? !identical(got->learning_rate, want->learning_rate)
+              : !close_enough(got->learning_rate, want->learning_rate, RTOL, 0.0)) {
+    cr_log_error("%s: cuoptimGetLearningRate: cuda %.9g host %.9g", label, got->learning_rate, want->learning_rate);
+    bad++;
+  }
+  if (got->has_loss_scale && got->loss_scale != want->loss_scale) {
+    cr_log_error("%s: cuoptimGetLossScale: cuda %.9g host %.9g", label, got->loss_scale, want->loss_scale);
+    bad++;
+  }
+  for (int k = 0; k < got->num_vars; k++) {
+    if (got->uses_weight_decay[k] != want->uses_weight_decay[k]) {
+      cr_log_error("%s: cuoptimUsesWeightDecay(%d): cuda %d host %d", label, k, got->uses_weight_decay[k],
+                   want->uses_weight_decay[k]);
+      bad++;
+    }
+    snprintf(what, sizeof what, "parameters of variable %d", k);
+    bad += compare_params(label, what, got->params[k], want->params[k], got->sizes[k], got->param_dtype, bitwise);
+    if (got->finals && want->finals) {
+      snprintf(what, sizeof what, "parameters of variable %d after cuoptimFinalizeVariableValues", k);
+      bad += compare_params(label, what, got->finals[k], want->finals[k], got->sizes[k], got->param_dtype, bitwise);
+    }
+  }
+  cr_assert_eq(got->num_weights, want->num_weights, "%s: cuoptimGetWeightCount: cuda %d host %d", label,
+               got->num_weights, want->num_weights);
+  for (int i = 0; i < got->num_weights; i++) {
+    const cuoptimWeightInfo_t *a = &got->infos[i], *b = &want->infos[i];
+    if (strcmp(a->name, b->name) != 0 || a->count != b->count || a->is_integer != b->is_integer) {
+      cr_log_error("%s: state entry %d: cuda \"%s\" (%zu, integer %d), host \"%s\" (%zu, integer %d)", label, i, a->name,
+                   a->count, a->is_integer, b->name, b->count, b->is_integer);
+      bad++;
+      continue;
+    }
+    snprintf(what, sizeof what, "state entry %d \"%s\"", i, a->name);
+    if (a->is_integer)
+      bad += compare_values(label, what, got->weights[i], want->weights[i], a->count, MATCH_BITWISE, 0.0);
+    else
+      bad += compare_values(label, what, got->weights[i], want->weights[i], a->count, bitwise,
+                            STATE_ATOL_RELATIVE * largest_magnitude(want->weights[i], b->count));
+  }
+  cr_assert_eq(bad, 0, "%s: %zu mismatches between the two runs (details in the log above)", label, bad);
+}
+
+
+/* The reference run must have moved the parameters: otherwise agreement proves nothing. */
+static void expect_progress(const problem_t *pb, const result_t *host, const char *label) {
+  const size_t es = dtype_bytes(pb->param_dtype);
+  size_t changed = 0;
+  unsigned char initial[4];
+  for (int k = 0; k < pb->num_vars; k++)
+    for (size_t i = 0; i < pb->sizes[k]; i++) {
+      store_element(initial, pb->param_dtype, 0, param_value(pb, k, i));
+      if (memcmp(initial, host->params[k] + i * es, es) != 0) changed++;
+    }
+  cr_assert_gt(changed, 0, "%s: the host run changed no parameter: the comparison would prove nothing", label);
+}
+
+/* Runs `pb` on both backends and asserts they agree (within the tolerance; bit for bit as well
+ * with MATCH_BITWISE). */
+static void check_matches_host(const cuoptimConfig_t *cfg, const problem_t *pb, int bitwise, const char *label) {
+  NEED_GPU();
+  OK(cuoptimConfigValidate(cfg));
+  result_t host, cuda;
+  run_problem(cfg, CUOPTIM_BACKEND_HOST, pb, &host);
+  expect_progress(pb, &host, label);
+  run_problem(cfg, CUOPTIM_BACKEND_CUDA, pb, &cuda);
+  compare_results(&cuda, &host, MATCH_CLOSE, label);
+  if (bitwise) compare_results(&cuda, &host, MATCH_BITWISE, label);
+  free_result(&host);
+  free_result(&cuda);
+}
+
+static cuoptimConfig_t config_of(cuoptimOptimizerKind_t kind) {
+  cuoptimConfig_t c;
+  OK(cuoptimConfigInit(&c, kind));
+  return c;
+}
+
+static void check_standard(const cuoptimConfig_t *cfg, int bitwise, const char *label) {
+  problem_t p = standard_problem();
+  check_matches_host(cfg, &p, bitwise, label);
+}
+
+/* The value of the state entry called `name` (first element). */
+static double weight_named(const result_t *r, const char *name) {
+  for (int i = 0; i < r->num_weights; i++)
+    if (strcmp(r->infos[i].name, name) == 0) return r->weights[i][0];
+  cr_assert_fail("no state entry \"%s\"", name);
+  return NAN;
+}
+
+/* ---- every optimizer ------------------------------------------------------------------------------- */
+
+Test(cuda_optimizers, sgd_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  check_standard(&c, MATCH_BITWISE, "SGD");
+}
+
+Test(cuda_optimizers, sgd_momentum_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  check_standard(&c, MATCH_BITWISE, "SGD momentum");
+}
+
+Test(cuda_optimizers, sgd_nesterov_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  c.nesterov = 1;
+  check_standard(&c, MATCH_BITWISE, "SGD nesterov");
+}
+
+Test(cuda_optimizers, rmsprop_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_RMSPROP);
+  check_standard(&c, MATCH_BITWISE, "RMSprop");
+}
+
+Test(cuda_optimizers, rmsprop_momentum_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_RMSPROP);
+  c.momentum = 0.5;
+  check_standard(&c, MATCH_BITWISE, "RMSprop momentum");
+}
+
+Test(cuda_optimizers, rmsprop_centered_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_RMSPROP);
+  c.centered = 1;
+  check_standard(&c, MATCH_BITWISE, "RMSprop centered");
+}
+
+Test(cuda_optimizers, rmsprop_centered_momentum_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_RMSPROP);
+  c.centered = 1;
+  c.momentum = 0.3;
+  check_standard(&c, MATCH_BITWISE, "RMSprop centered momentum");
+}
+
+Test(cuda_optimizers, adagrad_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAGRAD);
+  check_standard(&c, MATCH_BITWISE, "Adagrad");
+}
+
+Test(cuda_optimizers, adadelta_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADADELTA);
+  c.learning_rate.initial_learning_rate = 1.0; /* Adadelta's steps are ~1e-3 of lr: make them visible */
+  check_standard(&c, MATCH_BITWISE, "Adadelta");
+}
+
+Test(cuda_optimizers, adam_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  check_standard(&c, MATCH_CLOSE, "Adam");
+}
+
+Test(cuda_optimizers, adam_amsgrad_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.amsgrad = 1;
+  check_standard(&c, MATCH_CLOSE, "Adam amsgrad");
+}
+
+Test(cuda_optimizers, adamw_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAMW);
+  c.weight_decay = 0.05;
+  check_standard(&c, MATCH_CLOSE, "AdamW");
+}
+
+Test(cuda_optimizers, adamw_amsgrad_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAMW);
+  c.amsgrad = 1;
+  check_standard(&c, MATCH_CLOSE, "AdamW amsgrad");
+}
+
+Test(cuda_optimizers, adamax_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAMAX);
+  check_standard(&c, MATCH_CLOSE, "Adamax");
+}
+
+Test(cuda_optimizers, nadam_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_NADAM);
+  check_standard(&c, MATCH_CLOSE, "Nadam");
+}
+
+Test(cuda_optimizers, lion_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_LION);
+  check_standard(&c, MATCH_BITWISE, "Lion");
+}
+
+Test(cuda_optimizers, lamb_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  check_standard(&c, MATCH_CLOSE, "Lamb");
+}
+
+static cuoptimConfig_t ftrl_config(void) {
+  cuoptimConfig_t c = config_of(CUOPTIM_FTRL);
+  c.learning_rate.initial_learning_rate = 0.05;
+  c.l1_regularization_strength = 0.01;
+  c.l2_regularization_strength = 0.02;
+  c.l2_shrinkage_regularization_strength = 0.03;
+  c.beta = 0.1;
+  return c;
+}
+
+/* learning_rate_power -0.5: the rule calls powf per element, on the device and in glibc. */
+Test(cuda_optimizers, ftrl_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = ftrl_config();
+  check_standard(&c, MATCH_CLOSE, "Ftrl");
+}
+
+/* learning_rate_power 0: powf(n, -0) = 1 exactly, so l1, l2, shrinkage and beta are checked bit
+ * for bit without the powf of the default power. */
+Test(cuda_optimizers, ftrl_learning_rate_power_zero_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = ftrl_config();
+  c.learning_rate_power = 0.0;
+  check_standard(&c, MATCH_BITWISE, "Ftrl learning_rate_power 0");
+}
+
+/* ---- every feature --------------------------------------------------------------------------------- */
+
+Test(cuda_features, clipnorm_adam_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.clipnorm = 1.0;
+  check_standard(&c, MATCH_CLOSE, "Adam clipnorm");
+}
+
+Test(cuda_features, clipnorm_sgd_momentum_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  c.clipnorm = 1.0;
+  check_standard(&c, MATCH_CLOSE, "SGD momentum clipnorm");
+}
+
+Test(cuda_features, clipnorm_lamb_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  c.clipnorm = 1.0;
+  check_standard(&c, MATCH_CLOSE, "Lamb clipnorm");
+}
+
+Test(cuda_features, clipvalue_adam_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.clipvalue = 0.5;
+  check_standard(&c, MATCH_CLOSE, "Adam clipvalue");
+}
+
+Test(cuda_features, clipvalue_sgd_momentum_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  c.clipvalue = 0.5;
+  check_standard(&c, MATCH_BITWISE, "SGD momentum clipvalue");
+}
+
+Test(cuda_features, global_clipnorm_adam_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.global_clipnorm = 5.0; /* the global norm is ~600: every step is scaled */
+  check_standard(&c, MATCH_CLOSE, "Adam global_clipnorm");
+}
+
+Test(cuda_features, global_clipnorm_above_norm_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  c.global_clipnorm = 1e4; /* above the global norm: the min(1/norm, 1/clip) branch of 1/clip */
+  check_standard(&c, MATCH_CLOSE, "SGD momentum global_clipnorm above the norm");
+}
+
+Test(cuda_features, global_clipnorm_nadam_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_NADAM);
+  c.global_clipnorm = 5.0;
+  check_standard(&c, MATCH_CLOSE, "Nadam global_clipnorm");
+}
+
+/* weight_decay on every optimizer's path, with "bias$" excluding dense/bias and conv/bias. */
+static void check_weight_decay(cuoptimConfig_t *c, int bitwise, const char *label) {
+  problem_t p = standard_problem();
+  p.exclude = "bias$";
+  check_matches_host(c, &p, bitwise, label);
+  /* The exclusion itself, asked of the CUDA backend directly. */
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, c, CUOPTIM_BACKEND_CUDA, 0));
+  OK(cuoptimExcludeFromWeightDecay(opt, "bias$"));
+  float *buffer = NULL;
+  CUDA_OK(cudaMalloc((void **)&buffer, 16));
+  static const int expected[5] = {0, 1, 0, 1, 1};
+  for (int k = 0; k < 5; k++) {
+    cuoptimVariable_t v;
+    int uses = -1;
+    OK(cuoptimAddVariable(opt, STANDARD_NAMES[k], buffer, CUOPTIM_FLOAT32, 4, &v));
+    OK(cuoptimUsesWeightDecay(opt, v, &uses));
+    cr_expect_eq(uses, expected[k], "%s: cuoptimUsesWeightDecay(\"%s\") = %d, want %d", label, STANDARD_NAMES[k], uses,
+                 expected[k]);
+  }
+  OK(cuoptimDestroy(opt));
+  CUDA_OK(cudaFree(buffer));
+}
+
+Test(cuda_features, weight_decay_with_exclusion_adamw_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAMW);
+  c.weight_decay = 0.1;
+  c.learning_rate.initial_learning_rate = 0.01;
+  check_weight_decay(&c, MATCH_CLOSE, "AdamW weight_decay excluding bias$");
+}
+
+Test(cuda_features, weight_decay_with_exclusion_sgd_momentum_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  c.weight_decay = 0.5;
+  check_weight_decay(&c, MATCH_BITWISE, "SGD momentum weight_decay excluding bias$");
+}
+
+Test(cuda_features, weight_decay_with_exclusion_lamb_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  c.weight_decay = 0.1;
+  check_weight_decay(&c, MATCH_CLOSE, "Lamb weight_decay excluding bias$");
+}
+
+/* EMA with ema_overwrite_frequency 4: step 4 copies the averages into the variables. */
+Test(cuda_features, ema_overwrite_adam_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.use_ema = 1;
+  c.ema_momentum = 0.9;
+  c.ema_overwrite_frequency = 4;
+  check_standard(&c, MATCH_CLOSE, "Adam EMA overwrite every 4");
+}
+
+Test(cuda_features, ema_overwrite_sgd_momentum_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  c.use_ema = 1;
+  c.ema_momentum = 0.9;
+  c.ema_overwrite_frequency = 4;
+  check_standard(&c, MATCH_BITWISE, "SGD momentum EMA overwrite every 4");
+}
+
+/* EMA without overwrite, then cuoptimFinalizeVariableValues (parameters compared before and after). */
+Test(cuda_features, ema_finalize_adam_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.use_ema = 1;
+  c.ema_momentum = 0.8;
+  problem_t p = standard_problem();
+  p.finalize = 1;
+  check_matches_host(&c, &p, MATCH_CLOSE, "Adam EMA + cuoptimFinalizeVariableValues");
+}
+
+Test(cuda_features, ema_finalize_sgd_momentum_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  c.use_ema = 1;
+  c.ema_momentum = 0.8;
+  c.ema_overwrite_frequency = 5;
+  problem_t p = standard_problem();
+  p.finalize = 1;
+  check_matches_host(&c, &p, MATCH_BITWISE, "SGD momentum EMA (overwrite every 5) + finalize");
+}
+
+Test(cuda_features, ema_finalize_lamb_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  c.use_ema = 1;
+  c.ema_momentum = 0.8;
+  problem_t p = standard_problem();
+  p.finalize = 1;
+  check_matches_host(&c, &p, MATCH_CLOSE, "Lamb EMA + cuoptimFinalizeVariableValues");
+}
+
+/* gradient_accumulation_steps 3 over 7 steps: updates at raw steps 2 and 5, and the run ends on a
+ * micro-step, so non-zero accumulators are compared too. */
+static problem_t accumulation_problem(void) {
+  problem_t p = standard_problem();
+  p.steps = 7;
+  return p;
+}
+
+Test(cuda_features, gradient_accumulation_adam_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.gradient_accumulation_steps = 3;
+  problem_t p = accumulation_problem();
+  check_matches_host(&c, &p, MATCH_CLOSE, "Adam gradient_accumulation_steps 3");
+}
+
+Test(cuda_features, gradient_accumulation_sgd_momentum_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  c.gradient_accumulation_steps = 3;
+  problem_t p = accumulation_problem();
+  check_matches_host(&c, &p, MATCH_BITWISE, "SGD momentum gradient_accumulation_steps 3");
+}
+
+Test(cuda_features, gradient_accumulation_lamb_clipnorm_ema_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  c.gradient_accumulation_steps = 3;
+  c.clipnorm = 1.0;
+  c.use_ema = 1;
+  problem_t p = accumulation_problem();
+  check_matches_host(&c, &p, MATCH_CLOSE, "Lamb gradient_accumulation_steps 3 + clipnorm + EMA");
+}
+
+Test(cuda_features, loss_scale_factor_adam_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.loss_scale_factor = 128.0;
+  check_standard(&c, MATCH_CLOSE, "Adam loss_scale_factor 128");
+}
+
+Test(cuda_features, loss_scale_factor_sgd_momentum_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  c.loss_scale_factor = 3.0; /* not a power of two: the division rounds */
+  check_standard(&c, MATCH_BITWISE, "SGD momentum loss_scale_factor 3");
+}
+
+/* LossScaleOptimizer, initial scale 1024, growth every 2 good steps; step 1 holds +inf (middle of
+ * conv/kernel), step 4 NaN (last element of embedding/embeddings). Scale: 1024 -> (s1 skip) 512 ->
+ * (s2, s3 good) 1024 -> (s4 skip) 512 -> (s5 good, counter 1). Four steps applied. */
+static void check_dynamic_loss_scale(cuoptimConfig_t *c, int bitwise, const char *label) {
+  c->dynamic_loss_scale = 1;
+  c->initial_scale = 1024.0;
+  c->dynamic_growth_steps = 2;
+  problem_t p = standard_problem();
+  p.inf_step = 1;
+  p.nan_step = 4;
+  NEED_GPU();
+  OK(cuoptimConfigValidate(c));
+  result_t host, cuda;
+  run_problem(c, CUOPTIM_BACKEND_HOST, &p, &host);
+  expect_progress(&p, &host, label);
+  run_problem(c, CUOPTIM_BACKEND_CUDA, &p, &cuda);
+  const result_t *both[2] = {&host, &cuda};
+  for (int b = 0; b < 2; b++) {
+    const char *which = b ? "CUDA" : "host";
+    cr_expect_eq(both[b]->iterations, 4, "%s: %s: iterations %lld, want 4 (two steps skipped)", label, which,
+                 (long long)both[b]->iterations);
+    cr_expect_eq(both[b]->loss_scale, 512.0f, "%s: %s: loss scale %g, want 512", label, which, both[b]->loss_scale);
+    cr_expect_eq(weight_named(both[b], "dynamic_scale"), 512.0, "%s: %s: dynamic_scale entry", label, which);
+    cr_expect_eq(weight_named(both[b], "step_counter"), 1.0, "%s: %s: step_counter entry", label, which);
+  }
+  compare_results(&cuda, &host, MATCH_CLOSE, label);
+  if (bitwise) compare_results(&cuda, &host, MATCH_BITWISE, label);
+  free_result(&host);
+  free_result(&cuda);
+}
+
+Test(cuda_features, dynamic_loss_scale_adam_skips_inf_and_nan_steps) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  check_dynamic_loss_scale(&c, MATCH_CLOSE, "Adam dynamic loss scale");
+}
+
+Test(cuda_features, dynamic_loss_scale_sgd_momentum_skips_inf_and_nan_steps) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  check_dynamic_loss_scale(&c, MATCH_BITWISE, "SGD momentum dynamic loss scale");
+}
+
+Test(cuda_features, dynamic_loss_scale_lamb_global_clipnorm_skips_inf_and_nan_steps) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  c.global_clipnorm = 1.0;
+  check_dynamic_loss_scale(&c, MATCH_CLOSE, "Lamb global_clipnorm dynamic loss scale");
+}
+
+/* The six schedules, with Adam; the learning rate the next step would use is compared as well.
+ * Six steps evaluate the schedules at raw steps 0..5 (CosineDecayRestarts with first_decay_steps 2
+ * stays clear of step 6, where floor(log(4) / log(2)) would sit exactly on an integer). */
+static cuoptimConfig_t schedule_config(cuoptimOptimizerKind_t kind, cuoptimScheduleKind_t schedule) {
+  cuoptimConfig_t c = config_of(kind);
+  cuoptimSchedule_t *s = &c.learning_rate;
+  OK(cuoptimScheduleInit(s, schedule));
+  switch (schedule) {
+    case CUOPTIM_SCHEDULE_EXPONENTIAL:
+      s->initial_learning_rate = 0.01;
+      s->decay_steps = 2;
+      s->decay_rate = 0.5;
+      break;
+    case CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT:
+      s->num_boundaries = 2;
+      s->boundaries[0] = 1;
+      s->boundaries[1] = 4;
+      s->values[0] = 0.02;
+      s->values[1] = 0.01;
+      s->values[2] = 0.005;
+      break;
+    case CUOPTIM_SCHEDULE_POLYNOMIAL:
+      s->initial_learning_rate = 0.02;
+      s->decay_steps = 3;
+      s->end_learning_rate = 0.001;
+      s->power = 2.0;
+      s->cycle = 1;
+      break;
+    case CUOPTIM_SCHEDULE_INVERSE_TIME:
+      s->initial_learning_rate = 0.02;
+      s->decay_steps = 2;
+      s->decay_rate = 0.5;
+      s->staircase = 1;
+      break;
+    case CUOPTIM_SCHEDULE_COSINE:
+      s->initial_learning_rate = 0.001;
+      s->decay_steps = 4;
+      s->alpha = 0.1;
+      s->warmup_target = 0.02;
+      s->warmup_steps = 2;
+      break;
+    case CUOPTIM_SCHEDULE_COSINE_RESTARTS:
+      s->initial_learning_rate = 0.02;
+      s->decay_steps = 2;
+      s->t_mul = 2.0;
+      s->m_mul = 0.5;
+      s->alpha = 0.05;
+      break;
+    default: break;
+  }
+  return c;
+}
+
+Test(cuda_features, schedule_exponential_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = schedule_config(CUOPTIM_ADAM, CUOPTIM_SCHEDULE_EXPONENTIAL);
+  check_standard(&c, MATCH_CLOSE, "Adam ExponentialDecay");
+}
+
+Test(cuda_features, schedule_piecewise_constant_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = schedule_config(CUOPTIM_ADAM, CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT);
+  check_standard(&c, MATCH_CLOSE, "Adam PiecewiseConstantDecay");
+}
+
+Test(cuda_features, schedule_piecewise_constant_sgd_momentum_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = schedule_config(CUOPTIM_SGD, CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT);
+  c.momentum = 0.9;
+  check_standard(&c, MATCH_BITWISE, "SGD momentum PiecewiseConstantDecay");
+}
+
+Test(cuda_features, schedule_polynomial_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = schedule_config(CUOPTIM_ADAM, CUOPTIM_SCHEDULE_POLYNOMIAL);
+  check_standard(&c, MATCH_CLOSE, "Adam PolynomialDecay (cycle)");
+}
+
+Test(cuda_features, schedule_inverse_time_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = schedule_config(CUOPTIM_ADAM, CUOPTIM_SCHEDULE_INVERSE_TIME);
+  check_standard(&c, MATCH_CLOSE, "Adam InverseTimeDecay (staircase)");
+}
+
+Test(cuda_features, schedule_cosine_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = schedule_config(CUOPTIM_ADAM, CUOPTIM_SCHEDULE_COSINE);
+  check_standard(&c, MATCH_CLOSE, "Adam CosineDecay (warm-up)");
+}
+
+Test(cuda_features, schedule_cosine_restarts_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = schedule_config(CUOPTIM_ADAM, CUOPTIM_SCHEDULE_COSINE_RESTARTS);
+  check_standard(&c, MATCH_CLOSE, "Adam CosineDecayRestarts");
+}
+
+/* Gradient lists covering some variables only (omitted, or listed with grad NULL), in varying
+ * order: only those variables are updated, EMA still averages all of them, and variables without a
+ * gradient contribute nothing to the global norm. */
+Test(cuda_features, partial_gradients_adam_ema_global_clipnorm_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.use_ema = 1;
+  c.ema_momentum = 0.9;
+  c.global_clipnorm = 5.0;
+  problem_t p = standard_problem();
+  p.partial = 1;
+  check_matches_host(&c, &p, MATCH_CLOSE, "Adam partial gradients + EMA + global_clipnorm");
+}
+
+Test(cuda_features, partial_gradients_sgd_momentum_ema_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  c.use_ema = 1;
+  c.ema_momentum = 0.9;
+  problem_t p = standard_problem();
+  p.partial = 1;
+  check_matches_host(&c, &p, MATCH_BITWISE, "SGD momentum partial gradients + EMA");
+}
+
+Test(cuda_features, partial_gradients_lamb_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  problem_t p = standard_problem();
+  p.partial = 1;
+  check_matches_host(&c, &p, MATCH_CLOSE, "Lamb partial gradients");
+}
+
+Test(cuda_features, partial_gradients_nadam_clipnorm_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_NADAM);
+  c.clipnorm = 1.0;
+  problem_t p = standard_problem();
+  p.partial = 1;
+  check_matches_host(&c, &p, MATCH_CLOSE, "Nadam partial gradients + clipnorm");
+}
+
+/* Steps enqueued on the legacy default stream (stream NULL) rather than a created stream. */
+Test(cuda_features, default_stream_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.clipnorm = 1.0;
+  problem_t p = standard_problem();
+  p.default_stream = 1;
+  check_matches_host(&c, &p, MATCH_CLOSE, "Adam clipnorm on the default stream");
+}
+
+/* ---- any alignment ----------------------------------------------------------------------------------- */
+
+/* Parameters and gradients `offset` elements past an aligned address (misaligned for the kernels'
+ * 16-byte float32 and 8-byte 16-bit vector loads) give bit for bit what aligned buffers give: only
+ * the load width differs, the per-element arithmetic and the reductions do not. And both match the
+ * host backend. Adam + clipnorm + weight decay + EMA + partial gradients cover the update kernel's
+ * vector and scalar paths, with and without a gradient. */
+static void check_offset(cuoptimDtype_t param_dtype, cuoptimDtype_t grad_dtype, int offset) {
+  NEED_GPU();
+  char label[128];
+  snprintf(label, sizeof label, "%s parameters, %s gradients at element offset %d", dtype_text(param_dtype),
+           dtype_text(grad_dtype), offset);
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.learning_rate.initial_learning_rate = 0.01;
+  c.clipnorm = 1.0;
+  c.weight_decay = 0.1;
+  c.use_ema = 1;
+  c.ema_momentum = 0.9;
+  c.ema_overwrite_frequency = 5;
+  problem_t aligned = standard_problem();
+  aligned.param_dtype = param_dtype;
+  aligned.grad_dtype = grad_dtype;
+  aligned.partial = 1;
+  problem_t shifted = aligned;
+  shifted.offset = offset;
+
+  result_t host, reference, got;
+  run_problem(&c, CUOPTIM_BACKEND_HOST, &shifted, &host);
+  expect_progress(&shifted, &host, label);
+  run_problem(&c, CUOPTIM_BACKEND_CUDA, &aligned, &reference);
+  run_problem(&c, CUOPTIM_BACKEND_CUDA, &shifted, &got);
+  compare_results(&got, &reference, MATCH_BITWISE, label);
+  compare_results(&got, &host, MATCH_CLOSE, label);
+  free_result(&host);
+  free_result(&reference);
+  free_result(&got);
+}
+
+Test(cuda_alignment, float32_offset_1_matches_aligned) {
+  NEED_GPU();
+  check_offset(CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1);
+}
+
+Test(cuda_alignment, float32_offset_2_matches_aligned) {
+  NEED_GPU();
+  check_offset(CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 2);
+}
+
+Test(cuda_alignment, float32_offset_3_matches_aligned) {
+  NEED_GPU();
+  check_offset(CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 3);
+}
+
+Test(cuda_alignment, float16_offset_1_matches_aligned) {
+  NEED_GPU();
+  check_offset(CUOPTIM_FLOAT16, CUOPTIM_BFLOAT16, 1);
+}
+
+Test(cuda_alignment, bfloat16_offset_2_matches_aligned) {
+  NEED_GPU();
+  check_offset(CUOPTIM_BFLOAT16, CUOPTIM_FLOAT16, 2);
+}
+
+Test(cuda_alignment, float16_offset_3_matches_aligned) {
+  NEED_GPU();
+  check_offset(CUOPTIM_FLOAT16, CUOPTIM_FLOAT32, 3);
+}
+
+/* ---- mixed precision ---------------------------------------------------------------------------------- */
+
+/* Parameters of one dtype, gradients of another, against the host backend with the same dtypes.
+ * The fp32 state (and fp32 parameters) within the tolerance above. 16-bit parameters: at most 1
+ * ulp of their type apart, not bitwise: both backends round the fp32 master to the 16-bit type the
+ * same way (round to nearest even), but the masters themselves may differ by a few float32 ulps
+ * (Adam's bias correction uses device powf vs glibc powf; clipnorm's sum order differs), and a
+ * master sitting next to a rounding boundary of the 16-bit type can round to either neighbour.
+ * Adam with lr 0.01 so that the 16-bit parameters actually move; clipnorm reads the 16-bit
+ * gradients in the inspect pass; EMA overwrite writes the 16-bit copy from the average. */
+static void check_mixed(cuoptimDtype_t param_dtype, cuoptimDtype_t grad_dtype) {
+  NEED_GPU();
+  char label[128];
+  snprintf(label, sizeof label, "Adam, %s parameters, %s gradients", dtype_text(param_dtype), dtype_text(grad_dtype));
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.learning_rate.initial_learning_rate = 0.01;
+  c.clipnorm = 1.0;
+  c.use_ema = 1;
+  c.ema_momentum = 0.9;
+  c.ema_overwrite_frequency = 3;
+  problem_t p = standard_problem();
+  p.param_dtype = param_dtype;
+  p.grad_dtype = grad_dtype;
+  check_matches_host(&c, &p, MATCH_CLOSE, label);
+}
+
+Test(cuda_mixed_precision, float32_params_float32_grads) { NEED_GPU(); check_mixed(CUOPTIM_FLOAT32, CUOPTIM_FLOAT32); }
+Test(cuda_mixed_precision, float32_params_float16_grads) { NEED_GPU(); check_mixed(CUOPTIM_FLOAT32, CUOPTIM_FLOAT16); }
+Test(cuda_mixed_precision, float32_params_bfloat16_grads) { NEED_GPU(); check_mixed(CUOPTIM_FLOAT32, CUOPTIM_BFLOAT16); }
+Test(cuda_mixed_precision, float16_params_float32_grads) { NEED_GPU(); check_mixed(CUOPTIM_FLOAT16, CUOPTIM_FLOAT32); }
+Test(cuda_mixed_precision, float16_params_float16_grads) { NEED_GPU(); check_mixed(CUOPTIM_FLOAT16, CUOPTIM_FLOAT16); }
+Test(cuda_mixed_precision, float16_params_bfloat16_grads) { NEED_GPU(); check_mixed(CUOPTIM_FLOAT16, CUOPTIM_BFLOAT16); }
+Test(cuda_mixed_precision, bfloat16_params_float32_grads) { NEED_GPU(); check_mixed(CUOPTIM_BFLOAT16, CUOPTIM_FLOAT32); }
+Test(cuda_mixed_precision, bfloat16_params_float16_grads) { NEED_GPU(); check_mixed(CUOPTIM_BFLOAT16, CUOPTIM_FLOAT16); }
+Test(cuda_mixed_precision, bfloat16_params_bfloat16_grads) { NEED_GPU(); check_mixed(CUOPTIM_BFLOAT16, CUOPTIM_BFLOAT16); }
+
+/* ---- determinism ------------------------------------------------------------------------------------ */
+
+/* global_clipnorm and Lamb reduce across elements (per-chunk partial sums, then per variable and
+ * over variables); with no float atomics, two runs give the same bits. 100 tensors, several of
+ * them spanning many 8192-element chunks. */
+Test(cuda_determinism, lamb_global_clipnorm_runs_are_bitwise_identical) {
+  NEED_GPU();
+  enum { N = 100 };
+  static size_t sizes[N];
+  for (int k = 0; k < N; k++) sizes[k] = (size_t)(k * 7919) % 40000 + 1;
+  problem_t p = standard_problem();
+  p.num_vars = N;
+  p.sizes = sizes;
+  p.names = NULL;
+  p.steps = 4;
+  p.offset = -1;
+  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  c.global_clipnorm = 1.0;
+  result_t first, second, host;
+  run_problem(&c, CUOPTIM_BACKEND_CUDA, &p, &first);
+  run_problem(&c, CUOPTIM_BACKEND_CUDA, &p, &second);
+  compare_results(&second, &first, MATCH_BITWISE, "Lamb + global_clipnorm, second CUDA run vs first");
+  run_problem(&c, CUOPTIM_BACKEND_HOST, &p, &host);
+  expect_progress(&p, &host, "Lamb + global_clipnorm, 100 tensors");
+  compare_results(&first, &host, MATCH_CLOSE, "Lamb + global_clipnorm, 100 tensors, CUDA vs host");
+  free_result(&first);
+  free_result(&second);
+  free_result(&host);
+}
+
+/* ---- many tensors -------------------------------------------------------------------------------------- */
+
+/* 10,000 tensors of 1..300 elements at mixed alignments: the variable table, the chunk list, the
+ * batched gradient-table upload (several scatter launches) and the per-variable clipnorm sums. */
+Test(cuda_many_tensors, ten_thousand_tensors_adam_clipnorm_match_host) {
+  NEED_GPU();
+  enum { N = 10000 };
+  static size_t sizes[N];
+  for (int k = 0; k < N; k++) sizes[k] = (size_t)(k * 37) % 300 + 1;
+  problem_t p = standard_problem();
+  p.num_vars = N;
+  p.sizes = sizes;
+  p.names = NULL;
+  p.steps = 3;
+  p.offset = -1;
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.clipnorm = 1.0;
+  check_matches_host(&c, &p, MATCH_CLOSE, "Adam + clipnorm, 10000 tensors");
+}
+
+/* ---- bad input ---------------------------------------------------------------------------------------- */
+
+Test(cuda_bad_input, add_variable_rejects_host_pointer) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
+  float *host = malloc(16 * sizeof *host);
+  cr_assert(host);
+  cuoptimVariable_t v = -7;
+  cuoptimStatus_t status = cuoptimAddVariable(opt, "w", host, CUOPTIM_FLOAT32, 16, &v);
+  cr_expect_eq(status, CUOPTIM_STATUS_INVALID_VALUE, "malloc'd param: status %d (%s), want INVALID_VALUE", (int)status,
+               cuoptimGetStatusString(status));
+  const char *message = cuoptimGetLastErrorMessage();
+  cr_expect(strstr(message, "cuoptimAddVariable") && strstr(message, "param"),
+            "the message should name the call and the argument: \"%s\"", message);
+  cr_expect_eq(v, -7, "*variable written on failure");
+  int count = -1;
+  OK(cuoptimGetVariableCount(opt, &count));
+  cr_expect_eq(count, 0, "a rejected variable was registered");
+  /* The optimizer is still usable. */
+  float *device = NULL;
+  CUDA_OK(cudaMalloc((void **)&device, 16 * sizeof *device));
+  OK(cuoptimAddVariable(opt, "w", device, CUOPTIM_FLOAT32, 16, &v));
+  cr_expect_eq(v, 0);
+  OK(cuoptimDestroy(opt));
+  CUDA_OK(cudaFree(device));
+  free(host);
+}
+
+/* Page-locked host memory is reachable from the device, but the contract asks for device or
+ * managed memory. */
+Test(cuda_bad_input, add_variable_rejects_pinned_host_pointer) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
+  float *pinned = NULL;
+  CUDA_OK(cudaMallocHost((void **)&pinned, 16 * sizeof *pinned));
+  cuoptimVariable_t v;
+  cuoptimStatus_t status = cuoptimAddVariable(opt, "w", pinned, CUOPTIM_FLOAT32, 16, &v);
+  cr_expect_eq(status, CUOPTIM_STATUS_INVALID_VALUE, "cudaMallocHost param: status %d (%s), want INVALID_VALUE",
+               (int)status, cuoptimGetStatusString(status));
+  cr_expect(strstr(cuoptimGetLastErrorMessage(), "param"), "message: \"%s\"", cuoptimGetLastErrorMessage());
+  OK(cuoptimDestroy(opt));
+  CUDA_OK(cudaFreeHost(pinned));
+}
+
+Test(cuda_bad_input, apply_gradients_rejects_host_gradient) {
+  NEED_GPU();
+  enum { COUNT = 1000 };
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
+  float initial[COUNT], after[COUNT];
+  for (int i = 0; i < COUNT; i++) initial[i] = pseudo_random(7, 1, (uint64_t)i);
+  float *param = NULL;
+  CUDA_OK(cudaMalloc((void **)&param, sizeof initial));
+  CUDA_OK(cudaMemcpy(param, initial, sizeof initial, cudaMemcpyHostToDevice));
+  cuoptimVariable_t v;
+  OK(cuoptimAddVariable(opt, "w", param, CUOPTIM_FLOAT32, COUNT, &v));
+  float *host_grad = malloc(sizeof initial);
+  cr_assert(host_grad);
+  for (int i = 0; i < COUNT; i++) host_grad[i] = pseudo_random(7, 2, (uint64_t)i);
+  cuoptimGradient_t g;
+  memset(&g, 0, sizeof g);
+  g.variable = v;
+  g.grad = host_grad;
+  g.dtype = CUOPTIM_FLOAT32;
+  cuoptimStatus_t status = cuoptimApplyGradients(opt, 1, &g, NULL);
+  cr_expect_eq(status, CUOPTIM_STATUS_INVALID_VALUE, "malloc'd gradient: status %d (%s), want INVALID_VALUE",
+               (int)status, cuoptimGetStatusString(status));
+  const char *message = cuoptimGetLastErrorMessage();
+  cr_expect(strstr(message, "cuoptimApplyGradients") && strstr(message, "grad"),
+            "the message should name the call and the argument: \"%s\"", message);
+  /* A failed call changes nothing. */
+  int64_t iterations = -1;
+  OK(cuoptimGetIterations(opt, &iterations));
+  cr_expect_eq(iterations, 0, "iterations %lld after a rejected step", (long long)iterations);
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaMemcpy(after, param, sizeof after, cudaMemcpyDeviceToHost));
+  cr_expect(memcmp(after, initial, sizeof initial) == 0, "the parameters changed after a rejected step");
+  OK(cuoptimDestroy(opt));
+  CUDA_OK(cudaFree(param));
+  free(host_grad);
+}
+
+Test(cuda_bad_input, create_rejects_device_99) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimOptimizer_t opt = NULL;
+  cuoptimStatus_t status = cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 99);
+  cr_expect_eq(status, CUOPTIM_STATUS_INVALID_VALUE, "device 99: status %d (%s), want INVALID_VALUE", (int)status,
+               cuoptimGetStatusString(status));
+  cr_expect(strstr(cuoptimGetLastErrorMessage(), "device"), "the message should name the device: \"%s\"",
+            cuoptimGetLastErrorMessage());
+  cr_expect_null(opt, "*optimizer written on failure");
+  if (opt) cuoptimDestroy(opt);
+}
+
+/* Managed memory is a pointer of the CUDA backend too (cuoptim.h); it gives the host's result. */
+Test(cuda_bad_input, managed_memory_is_accepted) {
+  NEED_GPU();
+  enum { COUNT = 5000 };
+  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  float *managed_param = NULL, *managed_grad = NULL;
+  float host_param[COUNT], host_grad[COUNT];
+  CUDA_OK(cudaMallocManaged((void **)&managed_param, COUNT * sizeof(float), cudaMemAttachGlobal));
+  CUDA_OK(cudaMallocManaged((void **)&managed_grad, COUNT * sizeof(float), cudaMemAttachGlobal));
+  for (int i = 0; i < COUNT; i++) {
+    managed_param[i] = host_param[i] = pseudo_random(9, 1, (uint64_t)i);
+    managed_grad[i] = host_grad[i] = pseudo_random(9, 2, (uint64_t)i);
+  }
+  cuoptimOptimizer_t on_device = NULL, on_host = NULL;
+  OK(cuoptimCreate(&on_device, &c, CUOPTIM_BACKEND_CUDA, 0));
+  OK(cuoptimCreate(&on_host, &c, CUOPTIM_BACKEND_HOST, 0));
+  cuoptimVariable_t v;
+  OK(cuoptimAddVariable(on_device, "w", managed_param, CUOPTIM_FLOAT32, COUNT, &v));
+  OK(cuoptimAddVariable(on_host, "w", host_param, CUOPTIM_FLOAT32, COUNT, &v));
+  cuoptimGradient_t g;
+  memset(&g, 0, sizeof g);
+  g.variable = v;
+  g.dtype = CUOPTIM_FLOAT32;
+  for (int step = 0; step < 3; step++) {
+    g.grad = managed_grad;
+    OK(cuoptimApplyGradients(on_device, 1, &g, NULL));
+    g.grad = host_grad;
+    OK(cuoptimApplyGradients(on_host, 1, &g, NULL));
+  }
+  OK(cuoptimSynchronize(on_device));
+  CUDA_OK(cudaDeviceSynchronize());
+  cr_expect(memcmp(managed_param, host_param, sizeof host_param) == 0,
+            "SGD momentum on managed memory differs from the host backend");
+  OK(cuoptimDestroy(on_device));
+  OK(cuoptimDestroy(on_host));
+  CUDA_OK(cudaFree(managed_param));
+  CUDA_OK(cudaFree(managed_grad));
+}

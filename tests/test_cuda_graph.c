@@ -1,0 +1,489 @@
+/*
+ * test_cuda_graph.c — an optimizer step captured in a CUDA graph and replayed gives, bit for bit,
+ * what the same number of eager steps gives.
+ *
+ * Protocol (check_graph_replay): two identical optimizers on the CUDA backend, `eager` and
+ * `graphed`, each with its own parameter and gradient buffers holding the same values.
+ *   1. One eager step on both. The first step builds the optimizer state (cuoptim_build: cudaMalloc
+ *      of the arena, cudaMemset, a synchronous upload of the scalar state, the build kernel and a
+ *      cudaDeviceSynchronize) — synchronous work that stream capture forbids — and uploads the
+ *      gradient table. From the second step on, a step with the same gradient pointers only
+ *      enqueues kernels on the stream, so it can be captured.
+ *   2. One cuoptimApplyGradients of `graphed` captured (cudaStreamBeginCapture, global mode,
+ *      cudaStreamEndCapture, cudaGraphInstantiate).
+ *   3. REPLAYS times: new gradient values copied with cudaMemcpyAsync on the same stream into the
+ *      same device buffers of both optimizers (outside the graph), one eager step of `eager`, one
+ *      cudaGraphLaunch.
+ * Then the parameters, every state entry, cuoptimGetIterations, the learning rate and the loss
+ * scale of the two must be identical, and the iteration count the eager count.
+ *
+ * What capturing the very first step does is tested too (capturing_the_first_step_...): see there.
+ * Without a usable CUDA device every test calls cr_skip.
+ */
+#include <criterion/criterion.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuoptim.h"
+#include "testutil.h"
+
+#define NEED_GPU()                                                               \
+  do {                                                                           \
+    if (!test_has_gpu()) cr_skip("no usable CUDA device: CUDA graph test skipped"); \
+  } while (0)
+
+#define OK(call)                                                                                         \
+  do {                                                                                                   \
+    cuoptimStatus_t ok_status_ = (call);                                                                 \
+    cr_assert_eq(ok_status_, CUOPTIM_STATUS_SUCCESS, "%s returned %d (%s): %s", #call, (int)ok_status_, \
+                 cuoptimGetStatusString(ok_status_), cuoptimGetLastErrorMessage());                      \
+  } while (0)
+
+#define CUDA_OK(call)                                                                                   \
+  do {                                                                                                  \
+    cudaError_t cuda_ok_err_ = (call);                                                                  \
+    cr_assert_eq(cuda_ok_err_, cudaSuccess, "%s: %s (%s)", #call, cudaGetErrorString(cuda_ok_err_),     \
+                 cudaGetErrorName(cuda_ok_err_));                                                       \
+  } while (0)
+
+#define REPLAYS 7
+
+/* ---- the problem: five variables, deterministic values of varied magnitude ---------------------- */
+
+#define NUM_VARS 5
+static const size_t SIZES[NUM_VARS] = {1, 3, 4095, 65537, 100001};
+static const char *const NAMES[NUM_VARS] = {"dense/bias", "dense/kernel", "conv/bias", "conv/kernel",
+                                            "embedding/embeddings"};
+static const float GRAD_FACTOR[NUM_VARS] = {1.0f, 0.3f, 1.0f, 0.001f, 1.0f};
+
+static uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+/* Magnitude 5e-4 .. 6 in five decades, random sign, never 0, never inf or NaN. */
+static float pseudo_random(uint64_t stream, uint64_t i) {
+  static const float scales[5] = {1e-3f, 3e-2f, 0.25f, 1.0f, 4.0f};
+  uint64_t h = mix64(0x5eed ^ mix64(stream ^ mix64(i)));
+  float mantissa = 0.5f + (float)(h >> 40) / 16777216.0f;
+  float value = mantissa * scales[(h >> 8) % 5];
+  return (h & 1) ? -value : value;
+}
+
+/* float32 -> float16 / bfloat16, round to nearest even (what __float2half_rn and __float2bfloat16_rn
+ * do); the values here are finite and below float16's overflow. */
+static uint16_t to_half(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  uint32_t a = u & 0x7fffffffu;
+  if (a < 0x38800000u) /* below 2^-14: a float16 subnormal, a multiple of 2^-24 */
+    return (uint16_t)(sign | (uint16_t)nearbyintf(fabsf(f) * 16777216.0f));
+  a += 0xfffu + ((a >> 13) & 1u);
+  return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
+}
+
+static uint16_t to_bfloat16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+static size_t dtype_bytes(cuoptimDtype_t dtype) { return dtype == CUOPTIM_FLOAT32 ? 4 : 2; }
+
+static void store_element(unsigned char *base, cuoptimDtype_t dtype, size_t i, float value) {
+  if (dtype == CUOPTIM_FLOAT32) {
+    memcpy(base + i * 4, &value, 4);
+  } else {
+    uint16_t h = dtype == CUOPTIM_FLOAT16 ? to_half(value) : to_bfloat16(value);
+    memcpy(base + i * 2, &h, 2);
+  }
+}
+
+/* Element index of each variable in a pool: 64-element aligned, conv/bias one element further
+ * (misaligned for vector loads, so both paths of the update kernel are captured). */
+static size_t layout(size_t *start) {
+  size_t cursor = 0;
+  for (int k = 0; k < NUM_VARS; k++) {
+    start[k] = cursor + (k == 2 ? 1 : 0);
+    cursor = (start[k] + SIZES[k] + 63) / 64 * 64;
+  }
+  return cursor;
+}
+
+static float param_value(int k, size_t i) { return pseudo_random(((uint64_t)k << 20) | 0xfffffu, i); }
+
+static float grad_value(int k, int step, size_t i) {
+  return pseudo_random(((uint64_t)k << 20) | (uint64_t)step, i) * GRAD_FACTOR[k];
+}
+
+/* ---- one optimizer with its buffers ------------------------------------------------------------- */
+
+typedef struct {
+  cuoptimDtype_t param_dtype, grad_dtype;
+  size_t start[NUM_VARS];
+  size_t pool; /* elements */
+  unsigned char *params, *grads; /* device pools */
+  cuoptimOptimizer_t opt;
+} side_t;
+
+static void make_side(side_t *s, const cuoptimConfig_t *cfg, cuoptimDtype_t param_dtype, cuoptimDtype_t grad_dtype) {
+  memset(s, 0, sizeof *s);
+  s->param_dtype = param_dtype;
+  s->grad_dtype = grad_dtype;
+  s->pool = layout(s->start);
+  const size_t pbytes = s->pool * dtype_bytes(param_dtype), gbytes = s->pool * dtype_bytes(grad_dtype);
+  unsigned char *image = calloc(1, pbytes);
+  cr_assert(image);
+  for (int k = 0; k < NUM_VARS; k++)
+    for (size_t i = 0; i < SIZES[k]; i++)
+      store_element(image + s->start[k] * dtype_bytes(param_dtype), param_dtype, i, param_value(k, i));
+  CUDA_OK(cudaMalloc((void **)&s->params, pbytes));
+  CUDA_OK(cudaMalloc((void **)&s->grads, gbytes));
+  CUDA_OK(cudaMemcpy(s->params, image, pbytes, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemset(s->grads, 0, gbytes));
+  free(image);
+  OK(cuoptimCreate(&s->opt, cfg, CUOPTIM_BACKEND_CUDA, 0));
+  OK(cuoptimExcludeFromWeightDecay(s->opt, "bias$"));
+  for (int k = 0; k < NUM_VARS; k++) {
+    cuoptimVariable_t v;
+    OK(cuoptimAddVariable(s->opt, NAMES[k], s->params + s->start[k] * dtype_bytes(param_dtype), param_dtype,
+                          SIZES[k], &v));
+  }
+}
+
+static void free_side(side_t *s) {
+  OK(cuoptimDestroy(s->opt));
+  CUDA_OK(cudaFree(s->params));
+  CUDA_OK(cudaFree(s->grads));
+}
+
+/* The host image of a step's gradients (in `grad_dtype`, laid out like the pools). */
+static void fill_gradients(unsigned char *staging, const side_t *s, int step) {
+  const size_t es = dtype_bytes(s->grad_dtype);
+  for (int k = 0; k < NUM_VARS; k++)
+    for (size_t i = 0; i < SIZES[k]; i++) store_element(staging + s->start[k] * es, s->grad_dtype, i, grad_value(k, step, i));
+}
+
+/* Into the side's gradient buffers, ordered on `stream` after the work already enqueued there. */
+static void upload_gradients(const side_t *s, const unsigned char *staging, cudaStream_t stream) {
+  CUDA_OK(cudaMemcpyAsync(s->grads, staging, s->pool * dtype_bytes(s->grad_dtype), cudaMemcpyHostToDevice, stream));
+}
+
+/* One step with every variable's gradient, always the same device pointers. */
+static cuoptimStatus_t apply(const side_t *s, cudaStream_t stream) {
+  cuoptimGradient_t list[NUM_VARS];
+  memset(list, 0, sizeof list);
+  for (int k = 0; k < NUM_VARS; k++) {
+    list[k].variable = k;
+    list[k].grad = s->grads + s->start[k] * dtype_bytes(s->grad_dtype);
+    list[k].dtype = s->grad_dtype;
+  }
+  return cuoptimApplyGradients(s->opt, NUM_VARS, list, stream);
+}
+
+/* ---- what a caller observes ----------------------------------------------------------------------- */
+
+typedef struct {
+  unsigned char *params; /* the whole pool */
+  size_t param_bytes;
+  int num_weights;
+  cuoptimWeightInfo_t *infos;
+  double **weights;
+  int64_t iterations;
+  float learning_rate;
+  int has_loss_scale;
+  float loss_scale;
+} snapshot_t;
+
+static void take_snapshot(const side_t *s, const cuoptimConfig_t *cfg, snapshot_t *out) {
+  memset(out, 0, sizeof *out);
+  OK(cuoptimSynchronize(s->opt));
+  out->param_bytes = s->pool * dtype_bytes(s->param_dtype);
+  out->params = malloc(out->param_bytes);
+  cr_assert(out->params);
+  CUDA_OK(cudaMemcpy(out->params, s->params, out->param_bytes, cudaMemcpyDeviceToHost));
+  OK(cuoptimGetWeightCount(s->opt, &out->num_weights));
+  out->infos = calloc((size_t)out->num_weights, sizeof *out->infos);
+  out->weights = calloc((size_t)out->num_weights, sizeof *out->weights);
+  cr_assert(out->infos && out->weights);
+  for (int i = 0; i < out->num_weights; i++) {
+    OK(cuoptimGetWeightInfo(s->opt, i, &out->infos[i]));
+    out->weights[i] = malloc(out->infos[i].count * sizeof(double));
+    cr_assert(out->weights[i]);
+    OK(cuoptimGetWeights(s->opt, i, out->weights[i], out->infos[i].count));
+  }
+  OK(cuoptimGetIterations(s->opt, &out->iterations));
+  OK(cuoptimGetLearningRate(s->opt, &out->learning_rate));
+  out->has_loss_scale = cfg->dynamic_loss_scale;
+  if (cfg->dynamic_loss_scale) OK(cuoptimGetLossScale(s->opt, &out->loss_scale));
+}
+
+static void free_snapshot(snapshot_t *s) {
+  for (int i = 0; i < s->num_weights; i++) free(s->weights[i]);
+  free(s->weights);
+  free(s->infos);
+  free(s->params);
+  memset(s, 0, sizeof *s);
+}
+
+/* Bit for bit (NaN payloads aside, which no finite problem produces). */
+static void expect_identical(const snapshot_t *got, const snapshot_t *want, const char *label) {
+  cr_expect_eq(got->iterations, want->iterations, "%s: iterations: graph %lld, eager %lld", label,
+               (long long)got->iterations, (long long)want->iterations);
+  cr_expect(memcmp(&got->learning_rate, &want->learning_rate, sizeof(float)) == 0,
+            "%s: learning rate: graph %.9g, eager %.9g", label, got->learning_rate, want->learning_rate);
+  if (want->has_loss_scale)
+    cr_expect(memcmp(&got->loss_scale, &want->loss_scale, sizeof(float)) == 0, "%s: loss scale: graph %g, eager %g",
+              label, got->loss_scale, want->loss_scale);
+  cr_assert_eq(got->param_bytes, want->param_bytes);
+  size_t differing = 0, first = 0;
+  for (size_t b = 0; b < want->param_bytes; b++)
+    if (got->params[b] != want->params[b]) {
+      if (!differing) first = b;
+      differing++;
+    }
+  cr_expect_eq(differing, 0, "%s: %zu parameter bytes differ between graph replays and eager steps (first: byte %zu)",
+               label, differing, first);
+  cr_assert_eq(got->num_weights, want->num_weights, "%s: state entry counts differ", label);
+  for (int i = 0; i < want->num_weights; i++) {
+    const cuoptimWeightInfo_t *a = &got->infos[i], *b = &want->infos[i];
+    cr_assert(strcmp(a->name, b->name) == 0 && a->count == b->count, "%s: state entry %d: \"%s\" (%zu) vs \"%s\" (%zu)",
+              label, i, a->name, a->count, b->name, b->count);
+    size_t bad = 0, at = 0;
+    for (size_t j = 0; j < b->count; j++)
+      if (memcmp(&got->weights[i][j], &want->weights[i][j], sizeof(double)) != 0) {
+        if (!bad) at = j;
+        bad++;
+      }
+    cr_expect_eq(bad, 0, "%s: state entry \"%s\": %zu of %zu elements differ (first [%zu]: graph %.9g, eager %.9g)",
+                 label, b->name, bad, b->count, at, bad ? got->weights[i][at] : 0.0, bad ? want->weights[i][at] : 0.0);
+  }
+}
+
+/* ---- the protocol ------------------------------------------------------------------------------------ */
+
+/* want_loss_scale: the dynamic loss scale both must end with (0: no dynamic loss scale). */
+static void check_graph_replay(const cuoptimConfig_t *cfg, cuoptimDtype_t param_dtype, cuoptimDtype_t grad_dtype,
+                               int64_t want_iterations, float want_loss_scale, const char *label) {
+  NEED_GPU();
+  OK(cuoptimConfigValidate(cfg));
+  CUDA_OK(cudaSetDevice(0));
+  cudaStream_t stream = NULL;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  side_t eager, graphed;
+  make_side(&eager, cfg, param_dtype, grad_dtype);
+  make_side(&graphed, cfg, param_dtype, grad_dtype);
+  unsigned char *staging = NULL; /* pinned: the copies are truly asynchronous */
+  CUDA_OK(cudaMallocHost((void **)&staging, eager.pool * dtype_bytes(grad_dtype)));
+  memset(staging, 0, eager.pool * dtype_bytes(grad_dtype));
+
+  /* Step 0, eager on both (see the file comment: the first step builds the state). */
+  fill_gradients(staging, &eager, 0);
+  upload_gradients(&eager, staging, stream);
+  upload_gradients(&graphed, staging, stream);
+  OK(apply(&eager, stream));
+  OK(apply(&graphed, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+
+  /* Capture one step of `graphed`: nothing runs now. */
+  cudaGraph_t graph = NULL;
+  cudaGraphExec_t exec = NULL;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  cuoptimStatus_t captured = apply(&graphed, stream);
+  char message[1024];
+  snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
+  cudaError_t ended = cudaStreamEndCapture(stream, &graph); /* always leave capture mode first */
+  cr_assert_eq(captured, CUOPTIM_STATUS_SUCCESS, "%s: cuoptimApplyGradients under stream capture: %d (%s): %s", label,
+               (int)captured, cuoptimGetStatusString(captured), message);
+  CUDA_OK(ended);
+  cr_assert_not_null(graph);
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+
+  for (int step = 1; step <= REPLAYS; step++) {
+    CUDA_OK(cudaStreamSynchronize(stream)); /* the previous copies have left the staging buffer */
+    fill_gradients(staging, &eager, step);
+    upload_gradients(&eager, staging, stream);
+    upload_gradients(&graphed, staging, stream);
+    OK(apply(&eager, stream));
+    CUDA_OK(cudaGraphLaunch(exec, stream));
+  }
+  CUDA_OK(cudaStreamSynchronize(stream));
+
+  snapshot_t want, got;
+  take_snapshot(&eager, cfg, &want);
+  take_snapshot(&graphed, cfg, &got);
+  cr_expect_eq(want.iterations, want_iterations, "%s: eager iterations %lld, want %lld", label,
+               (long long)want.iterations, (long long)want_iterations);
+  cr_expect_eq(got.iterations, want_iterations, "%s: iterations after %d replays %lld, want %lld (the eager count)",
+               label, REPLAYS, (long long)got.iterations, (long long)want_iterations);
+  if (want_loss_scale != 0.0f)
+    cr_expect_eq(got.loss_scale, want_loss_scale, "%s: loss scale after %d replays %g, want %g", label, REPLAYS,
+                 got.loss_scale, want_loss_scale);
+  expect_identical(&got, &want, label);
+
+  free_snapshot(&want);
+  free_snapshot(&got);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaFreeHost(staging));
+  free_side(&eager);
+  free_side(&graphed);
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
+static cuoptimConfig_t config_of(cuoptimOptimizerKind_t kind) {
+  cuoptimConfig_t c;
+  OK(cuoptimConfigInit(&c, kind));
+  return c;
+}
+
+/* CosineDecay with a linear warm-up over raw steps 0..2, then decay over 5 steps, then the floor:
+ * the 8 steps cover all three pieces, evaluated on the device from the iteration counter. */
+static void set_cosine_warmup(cuoptimConfig_t *c) {
+  OK(cuoptimScheduleInit(&c->learning_rate, CUOPTIM_SCHEDULE_COSINE));
+  c->learning_rate.initial_learning_rate = 0.001;
+  c->learning_rate.decay_steps = 4;
+  c->learning_rate.alpha = 0.1;
+  c->learning_rate.warmup_target = 0.01;
+  c->learning_rate.warmup_steps = 3;
+}
+
+Test(cuda_graph, replay_with_cosine_warmup_schedule_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  set_cosine_warmup(&c);
+  check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 0.0f, "Adam + CosineDecay warm-up");
+}
+
+/* Finite gradients: every step is good, so with dynamic_growth_steps 2 the scale doubles on steps
+ * 2, 4, 6 and 8: 1024 -> 16384, all on the device. */
+Test(cuda_graph, replay_with_growing_dynamic_loss_scale_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.dynamic_loss_scale = 1;
+  c.initial_scale = 1024.0;
+  c.dynamic_growth_steps = 2;
+  check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 16384.0f, "Adam + dynamic loss scale");
+}
+
+Test(cuda_graph, replay_with_global_clipnorm_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.global_clipnorm = 1.0;
+  check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 0.0f, "Adam + global_clipnorm");
+}
+
+/* 8 raw steps with accumulation 2: 4 updates, public iterations 4. */
+Test(cuda_graph, replay_with_gradient_accumulation_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.gradient_accumulation_steps = 2;
+  check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, (1 + REPLAYS) / 2, 0.0f, "Adam + gradient accumulation 2");
+}
+
+/* Nadam's u_product lives on the device and advances in the finish kernel. */
+Test(cuda_graph, replay_nadam_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_NADAM);
+  check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 0.0f, "Nadam");
+}
+
+/* Lamb: three kernels per update (moments and norms, trust ratio, apply). */
+Test(cuda_graph, replay_lamb_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 0.0f, "Lamb");
+}
+
+Test(cuda_graph, replay_lamb_with_every_feature_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  set_cosine_warmup(&c);
+  c.gradient_accumulation_steps = 2;
+  c.global_clipnorm = 1.0;
+  c.weight_decay = 0.01;
+  c.use_ema = 1;
+  c.ema_momentum = 0.9;
+  c.ema_overwrite_frequency = 3;
+  check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, (1 + REPLAYS) / 2, 0.0f,
+                     "Lamb + schedule + accumulation + global_clipnorm + weight decay + EMA");
+}
+
+/* The usual mixed-precision loop: float16 parameters (fp32 masters inside), float16 gradients,
+ * dynamic loss scaling, AdamW. */
+Test(cuda_graph, replay_float16_adamw_dynamic_loss_scale_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAMW);
+  c.learning_rate.initial_learning_rate = 0.01;
+  c.dynamic_loss_scale = 1;
+  c.initial_scale = 1024.0;
+  c.dynamic_growth_steps = 2;
+  check_graph_replay(&c, CUOPTIM_FLOAT16, CUOPTIM_FLOAT16, 1 + REPLAYS, 16384.0f, "AdamW float16 + dynamic loss scale");
+}
+
+/* Capturing the very first step. Reading the code: cuoptimApplyGradients checks the gradients
+ * (cudaPointerGetAttributes, a query that capture allows), then builds the state
+ * (cuoptim_build -> cuda_alloc -> cudaMalloc). cudaMalloc is a "potentially unsafe" call that a
+ * capture in cudaStreamCaptureModeGlobal forbids: it fails with cudaErrorStreamCaptureUnsupported
+ * and invalidates the capture. cuda_alloc returns before anything is allocated or recorded, so
+ * cuoptimApplyGradients returns CUOPTIM_STATUS_CUDA_ERROR with a message naming the CUDA error,
+ * nothing is enqueued or kept, cudaStreamEndCapture reports the invalidated capture, and the
+ * optimizer is as it was: a later eager step is its first step, identical to a fresh optimizer's. */
+Test(cuda_graph, capturing_the_first_step_fails_cleanly_and_leaves_the_optimizer_usable) {
+  NEED_GPU();
+  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  c.global_clipnorm = 1.0;
+  CUDA_OK(cudaSetDevice(0));
+  cudaStream_t stream = NULL;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  side_t first, fresh;
+  make_side(&first, &c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32);
+  make_side(&fresh, &c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32);
+  unsigned char *staging = NULL;
+  CUDA_OK(cudaMallocHost((void **)&staging, first.pool * 4));
+  memset(staging, 0, first.pool * 4);
+  fill_gradients(staging, &first, 0);
+  upload_gradients(&first, staging, stream);
+  upload_gradients(&fresh, staging, stream);
+  CUDA_OK(cudaStreamSynchronize(stream));
+
+  cudaGraph_t graph = NULL;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  cuoptimStatus_t status = apply(&first, stream);
+  char message[1024];
+  snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
+  cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  (void)cudaGetLastError();
+  if (graph) CUDA_OK(cudaGraphDestroy(graph));
+  cr_expect_eq(status, CUOPTIM_STATUS_CUDA_ERROR, "capturing the first step: status %d (%s), want CUDA_ERROR: %s",
+               (int)status, cuoptimGetStatusString(status), message);
+  cr_expect(strstr(message, "cudaErrorStreamCapture") != NULL,
+            "the message should name the capture error: \"%s\"", message);
+  cr_expect_eq(ended, cudaErrorStreamCaptureInvalidated, "cudaStreamEndCapture: %s, want cudaErrorStreamCaptureInvalidated",
+               cudaGetErrorName(ended));
+
+  /* Out of capture: the optimizer still works, and its first real step is a first step. */
+  OK(apply(&first, stream));
+  OK(apply(&fresh, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  snapshot_t got, want;
+  take_snapshot(&first, &c, &got);
+  take_snapshot(&fresh, &c, &want);
+  cr_expect_eq(got.iterations, 1, "iterations after the failed capture and one eager step: %lld",
+               (long long)got.iterations);
+  expect_identical(&got, &want, "first step after a failed capture vs a fresh optimizer");
+  free_snapshot(&got);
+  free_snapshot(&want);
+  CUDA_OK(cudaFreeHost(staging));
+  free_side(&first);
+  free_side(&fresh);
+  CUDA_OK(cudaStreamDestroy(stream));
+}
