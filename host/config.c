@@ -128,8 +128,9 @@ static cuoptimStatus_t validate_schedule(const cuoptimSchedule_t *s, const char 
 /* Keras's `None or > 0` style options: NaN (None) or a finite number. */
 static int is_none_or_finite(double x) { return CUOPTIM_IS_NONE(x) || isfinite(x); }
 
-cuoptimStatus_t cuoptim_validate_config(const cuoptimConfig_t *c, const char *caller) {
-  CUOPTIM_REQUIRE_NOT_NULL(caller, c);
+cuoptimStatus_t cuoptim_validate_config(const cuoptimConfig_t *config, const char *caller) {
+  CUOPTIM_REQUIRE_NOT_NULL(caller, config);
+  const cuoptimConfig_t *c = config;
   if ((int)c->kind < 0 || c->kind >= CUOPTIM_OPTIMIZER_COUNT)
     return INVALID("%s: config->kind = %d is not a cuoptimOptimizerKind_t", caller, (int)c->kind);
   if (!has_nul(c->name, sizeof c->name)) return INVALID("%s: config->name is not NUL-terminated", caller);

@@ -45,6 +45,13 @@ void cuoptim_log(int level, const char *fmt, ...) __attribute__((format(printf, 
       return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, "%s: %s is NULL", caller, #ptr);   \
   } while (0)
 
+/* The public calls name their handle argument `optimizer`. */
+#define CUOPTIM_REQUIRE_OPTIMIZER(caller, opt)                                                  \
+  do {                                                                                          \
+    if ((opt) == NULL)                                                                          \
+      return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, "%s: optimizer is NULL", caller);       \
+  } while (0)
+
 /* ---- config (host/config.c) ----------------------------------------------------------------- */
 
 /* cuoptimConfigValidate with `caller` naming the public call in the message. */
@@ -131,6 +138,7 @@ struct cuoptimOptimizer {
   int built;               /* arenas allocated, state initialised (first step or state access) */
   void *arena;             /* one allocation: every float buffer cuoptim owns, 256-byte regions */
   size_t arena_bytes;
+  void *scalar_block;      /* state + scalars, allocated at creation */
   /* Backend memory. */
   cuoptimScalarState *state;
   cuoptimStepScalars *scalars;

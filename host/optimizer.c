@@ -17,6 +17,23 @@ static const cuoptimBackendOps *backend_ops(cuoptimBackend_t backend) {
   return NULL;
 }
 
+/* The scalar state (Keras's iteration, learning_rate, loss scale, u_product) and the step's
+ * scalars, in backend memory from creation on: one 256-byte-aligned block. */
+static cuoptimStatus_t allocate_scalars(cuoptimOptimizer_t opt) {
+  size_t state_bytes = (sizeof(cuoptimScalarState) + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
+  void *block = NULL;
+  CUOPTIM_CHECK(opt->ops->alloc(opt, state_bytes + sizeof(cuoptimStepScalars), &block));
+  opt->scalar_block = block;
+  opt->state = (cuoptimScalarState *)block;
+  opt->scalars = (cuoptimStepScalars *)((char *)block + state_bytes);
+  cuoptimScalarState initial;
+  memset(&initial, 0, sizeof initial);
+  initial.learning_rate = (float)opt->config.learning_rate.initial_learning_rate;
+  initial.loss_scale = (float)opt->config.initial_scale;
+  initial.u_product = 1.0f;
+  return opt->ops->upload(opt, opt->state, &initial, sizeof initial);
+}
+
 cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig_t *config, cuoptimBackend_t backend,
                               int device) {
   static const char *caller = "cuoptimCreate";
@@ -47,6 +64,11 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
     free(opt);
     return status;
   }
+  status = allocate_scalars(opt);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    cuoptimDestroy(opt);
+    return status;
+  }
   *optimizer = opt;
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -54,6 +76,7 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
 cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
   if (!opt) return CUOPTIM_STATUS_SUCCESS;
   if (opt->arena) opt->ops->free(opt, opt->arena);
+  if (opt->scalar_block) opt->ops->free(opt, opt->scalar_block);
   opt->ops->release(opt);
   for (int i = 0; i < opt->num_excludes; i++) regfree(&opt->excludes[i]);
   free(opt->excludes);
@@ -65,7 +88,7 @@ cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
 }
 
 cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t opt, cuoptimConfig_t *config) {
-  CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetConfig", opt);
+  CUOPTIM_REQUIRE_OPTIMIZER("cuoptimGetConfig", opt);
   CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetConfig", config);
   *config = opt->config;
   return CUOPTIM_STATUS_SUCCESS;
@@ -87,7 +110,7 @@ static void refresh_weight_decay(cuoptimOptimizer_t opt) {
 cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, void *param, cuoptimDtype_t dtype,
                                    size_t count, cuoptimVariable_t *variable) {
   static const char *caller = "cuoptimAddVariable";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, name);
   CUOPTIM_REQUIRE_NOT_NULL(caller, param);
   CUOPTIM_REQUIRE_NOT_NULL(caller, variable);
@@ -136,16 +159,17 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
 }
 
 cuoptimStatus_t cuoptimGetVariableCount(cuoptimOptimizer_t opt, int *count) {
-  CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetVariableCount", opt);
+  CUOPTIM_REQUIRE_OPTIMIZER("cuoptimGetVariableCount", opt);
   CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetVariableCount", count);
   *count = opt->num_variables;
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-cuoptimStatus_t cuoptimExcludeFromWeightDecay(cuoptimOptimizer_t opt, const char *pattern) {
+cuoptimStatus_t cuoptimExcludeFromWeightDecay(cuoptimOptimizer_t opt, const char *regex) {
   static const char *caller = "cuoptimExcludeFromWeightDecay";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
-  CUOPTIM_REQUIRE_NOT_NULL(caller, pattern);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, regex);
+  const char *pattern = regex;
   regex_t compiled;
   int rc = regcomp(&compiled, pattern, REG_EXTENDED | REG_NOSUB);
   if (rc != 0) {
@@ -174,7 +198,7 @@ static cuoptimStatus_t check_variable(const cuoptimOptimizer_t opt, cuoptimVaria
 
 cuoptimStatus_t cuoptimUsesWeightDecay(cuoptimOptimizer_t opt, cuoptimVariable_t variable, int *uses) {
   static const char *caller = "cuoptimUsesWeightDecay";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, uses);
   CUOPTIM_CHECK(check_variable(opt, variable, caller, "variable"));
   *uses = opt->variables[variable].use_weight_decay;
@@ -207,18 +231,10 @@ static size_t layout_arena(cuoptimOptimizer_t opt, char *base) {
     if (p->accumulation_steps) PLACE(v->accumulator, v->count);
   }
 #undef PLACE
-  /* Scalars after the buffers, each 256-byte aligned. */
-  size_t state_offset = offset;
-  offset += (sizeof(cuoptimScalarState) + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
-  size_t scalars_offset = offset;
-  offset += (sizeof(cuoptimStepScalars) + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
+  /* The per-variable scalars after the buffers. */
   size_t tensors_offset = offset;
   offset += (size_t)opt->num_variables * sizeof(cuoptimTensorScalars);
-  if (base) {
-    opt->state = (cuoptimScalarState *)(base + state_offset);
-    opt->scalars = (cuoptimStepScalars *)(base + scalars_offset);
-    opt->tensors = (cuoptimTensorScalars *)(base + tensors_offset);
-  }
+  if (base) opt->tensors = (cuoptimTensorScalars *)(base + tensors_offset);
   return offset;
 }
 
@@ -283,14 +299,6 @@ cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller) {
   opt->arena_bytes = bytes;
   layout_arena(opt, arena);
   cuoptimStatus_t status = build_weight_list(opt);
-  if (status == CUOPTIM_STATUS_SUCCESS) {
-    cuoptimScalarState initial;
-    memset(&initial, 0, sizeof initial);
-    initial.learning_rate = (float)opt->config.learning_rate.initial_learning_rate;
-    initial.loss_scale = (float)opt->config.initial_scale;
-    initial.u_product = 1.0f;
-    status = opt->ops->upload(opt, opt->state, &initial, sizeof initial);
-  }
   if (status == CUOPTIM_STATUS_SUCCESS) status = opt->ops->build(opt);
   if (status != CUOPTIM_STATUS_SUCCESS) {
     opt->ops->free(opt, opt->arena);
@@ -303,8 +311,6 @@ cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller) {
       v->master = v->average = v->accumulator = NULL;
       v->slots[0] = v->slots[1] = v->slots[2] = NULL;
     }
-    opt->state = NULL;
-    opt->scalars = NULL;
     opt->tensors = NULL;
     cuoptim_log(CUOPTIM_LOG_WARN, "%s: building the optimizer state failed", caller);
     return status;
@@ -315,8 +321,8 @@ cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller) {
 
 /* ---- scalar state ----------------------------------------------------------------------------- */
 
+/* The scalar state exists from creation on, so reading it does not build (freeze) the variables. */
 static cuoptimStatus_t read_state(cuoptimOptimizer_t opt, const char *caller, cuoptimScalarState *state) {
-  CUOPTIM_CHECK(cuoptim_build(opt, caller));
   return opt->ops->download(opt, state, opt->state, sizeof *state);
 }
 
@@ -326,7 +332,7 @@ static cuoptimStatus_t write_state(cuoptimOptimizer_t opt, const cuoptimScalarSt
 
 cuoptimStatus_t cuoptimGetIterations(cuoptimOptimizer_t opt, int64_t *iterations) {
   static const char *caller = "cuoptimGetIterations";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, iterations);
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
@@ -336,7 +342,7 @@ cuoptimStatus_t cuoptimGetIterations(cuoptimOptimizer_t opt, int64_t *iterations
 
 cuoptimStatus_t cuoptimGetLearningRate(cuoptimOptimizer_t opt, float *learning_rate) {
   static const char *caller = "cuoptimGetLearningRate";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, learning_rate);
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
@@ -346,7 +352,7 @@ cuoptimStatus_t cuoptimGetLearningRate(cuoptimOptimizer_t opt, float *learning_r
 
 cuoptimStatus_t cuoptimSetLearningRate(cuoptimOptimizer_t opt, double learning_rate) {
   static const char *caller = "cuoptimSetLearningRate";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   if (!isfinite(learning_rate))
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: learning_rate = %g: must be finite", caller, learning_rate);
   if (opt->config.learning_rate.kind != CUOPTIM_SCHEDULE_CONSTANT)
@@ -362,7 +368,7 @@ cuoptimStatus_t cuoptimSetLearningRate(cuoptimOptimizer_t opt, double learning_r
 
 cuoptimStatus_t cuoptimGetLossScale(cuoptimOptimizer_t opt, float *scale) {
   static const char *caller = "cuoptimGetLossScale";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, scale);
   if (!opt->config.dynamic_loss_scale)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE, "%s: the optimizer has no dynamic loss scale", caller);
@@ -376,7 +382,7 @@ cuoptimStatus_t cuoptimGetLossScale(cuoptimOptimizer_t opt, float *scale) {
 
 cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t opt, int *count) {
   static const char *caller = "cuoptimGetWeightCount";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, count);
   CUOPTIM_CHECK(cuoptim_build(opt, caller));
   *count = opt->num_weights;
@@ -394,7 +400,7 @@ static cuoptimStatus_t find_weight(cuoptimOptimizer_t opt, int index, const char
 
 cuoptimStatus_t cuoptimGetWeightInfo(cuoptimOptimizer_t opt, int index, cuoptimWeightInfo_t *info) {
   static const char *caller = "cuoptimGetWeightInfo";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, info);
   cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
@@ -444,7 +450,7 @@ static cuoptimStatus_t upload_buffer(cuoptimOptimizer_t opt, float *buffer, cons
 
 cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *values, size_t count) {
   static const char *caller = "cuoptimGetWeights";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, values);
   cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
@@ -469,7 +475,7 @@ static int is_counter_value(double x) { return x >= 0 && x <= 9.0e15 && floor(x)
 
 cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const double *values, size_t count) {
   static const char *caller = "cuoptimSetWeights";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, values);
   cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
@@ -500,13 +506,13 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
 
 cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   static const char *caller = "cuoptimFinalizeVariableValues";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   if (!opt->config.use_ema || opt->num_variables == 0) return CUOPTIM_STATUS_SUCCESS;
   CUOPTIM_CHECK(cuoptim_build(opt, caller));
   return opt->ops->finalize(opt, stream);
 }
 
 cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t opt) {
-  CUOPTIM_REQUIRE_NOT_NULL("cuoptimSynchronize", opt);
+  CUOPTIM_REQUIRE_OPTIMIZER("cuoptimSynchronize", opt);
   return opt->ops->synchronize(opt);
 }

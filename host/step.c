@@ -80,7 +80,7 @@ static cuoptimStatus_t run_stage(const char *name, cuoptimStatus_t (*stage)(cuop
 cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuoptimGradient_t *grads,
                                       cuoptimStream_t stream) {
   static const char *caller = "cuoptimApplyGradients";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   if (n < 0) return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: n = %d: must be >= 0", caller, n);
   if (n == 0) return CUOPTIM_STATUS_SUCCESS; /* Keras returns early, iterations unchanged */
   CUOPTIM_REQUIRE_NOT_NULL(caller, grads);
@@ -111,7 +111,7 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
 
 cuoptimStatus_t cuoptimMinimize(cuoptimOptimizer_t opt, cuoptimGradientFn grad_fn, void *user, cuoptimStream_t stream) {
   static const char *caller = "cuoptimMinimize";
-  CUOPTIM_REQUIRE_NOT_NULL(caller, opt);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, grad_fn);
   int n = -1;
   const cuoptimGradient_t *grads = NULL;
