@@ -30,28 +30,36 @@ static cuoptimStatus_t host_copy(cuoptimOptimizer_t opt, void *dst, const void *
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* Caller buffers may have any alignment: their elements are copied, never dereferenced in place. */
 static float load_element(const void *buffer, cuoptimDtype_t dtype, size_t i) {
-  switch (dtype) {
-    case CUOPTIM_FLOAT16: return cuoptim_half_to_float(((const uint16_t *)buffer)[i]);
-    case CUOPTIM_BFLOAT16: return cuoptim_bfloat16_to_float(((const uint16_t *)buffer)[i]);
-    default: return ((const float *)buffer)[i];
+  if (dtype == CUOPTIM_FLOAT32) {
+    float value;
+    memcpy(&value, (const char *)buffer + i * sizeof value, sizeof value);
+    return value;
   }
+  uint16_t bits;
+  memcpy(&bits, (const char *)buffer + i * sizeof bits, sizeof bits);
+  return dtype == CUOPTIM_FLOAT16 ? cuoptim_half_to_float(bits) : cuoptim_bfloat16_to_float(bits);
 }
 
 static void store_element(void *buffer, cuoptimDtype_t dtype, size_t i, float value) {
-  switch (dtype) {
-    case CUOPTIM_FLOAT16: ((uint16_t *)buffer)[i] = cuoptim_float_to_half(value); break;
-    case CUOPTIM_BFLOAT16: ((uint16_t *)buffer)[i] = cuoptim_float_to_bfloat16(value); break;
-    default: ((float *)buffer)[i] = value; break;
+  if (dtype == CUOPTIM_FLOAT32) {
+    memcpy((char *)buffer + i * sizeof value, &value, sizeof value);
+    return;
   }
+  uint16_t bits = dtype == CUOPTIM_FLOAT16 ? cuoptim_float_to_half(value) : cuoptim_float_to_bfloat16(value);
+  memcpy((char *)buffer + i * sizeof bits, &bits, sizeof bits);
 }
 
-/* The float32 values the rules update: the caller's buffer, or the master copy of a half variable. */
-static float *working_copy(const cuoptimVariableRec *v) { return v->master ? v->master : (float *)v->param; }
+/* The float32 value the rules update: the master of a half variable, or the caller's float32. */
+static float load_working(const cuoptimVariableRec *v, size_t i) {
+  return v->master ? v->master[i] : load_element(v->param, CUOPTIM_FLOAT32, i);
+}
 
-/* After the working copy changed: write the half parameter from the master. */
-static void publish(const cuoptimVariableRec *v, size_t i) {
-  if (v->master) store_element(v->param, v->dtype, i, v->master[i]);
+/* Stores the updated value: into the master and the half parameter, or the caller's float32. */
+static void store_working(const cuoptimVariableRec *v, size_t i, float value) {
+  if (v->master) v->master[i] = value;
+  store_element(v->param, v->dtype, i, value);
 }
 
 static cuoptimStatus_t host_build(cuoptimOptimizer_t opt) {
@@ -117,7 +125,6 @@ static void update_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v, const
                             const cuoptimTensorScalars *t) {
   const cuoptimRuleParams *p = &opt->prologue.rule;
   const cuoptimStepScalars *s = opt->scalars;
-  float *w = working_copy(v);
   float unused[3] = {0, 0, 0}, acc_unused = 0;
   for (size_t i = 0; i < v->count; i++) {
     float *s0 = v->slots[0] ? &v->slots[0][i] : &unused[0];
@@ -125,7 +132,8 @@ static void update_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v, const
     float *s2 = v->slots[2] ? &v->slots[2][i] : &unused[2];
     float *acc = v->accumulator ? &v->accumulator[i] : &acc_unused;
     float raw = load_element(g->grad, g->dtype, i);
-    if (cuoptim_update_element(p, s, t, v->use_weight_decay, raw, &w[i], s0, s1, s2, acc)) publish(v, i);
+    float w = load_working(v, i);
+    if (cuoptim_update_element(p, s, t, v->use_weight_decay, raw, &w, s0, s1, s2, acc)) store_working(v, i, w);
   }
 }
 
@@ -134,14 +142,13 @@ static void update_variable_lamb(cuoptimOptimizer_t opt, cuoptimVariableRec *v, 
                                  cuoptimTensorScalars *t) {
   const cuoptimRuleParams *p = &opt->prologue.rule;
   const cuoptimStepScalars *s = opt->scalars;
-  float *w = working_copy(v);
   float acc_unused = 0;
   double w_sumsq = 0.0, u_sumsq = 0.0;
   for (size_t i = 0; i < v->count; i++) {
     float *acc = v->accumulator ? &v->accumulator[i] : &acc_unused;
     float w_decayed, update;
     float raw = load_element(g->grad, g->dtype, i);
-    if (!cuoptim_lamb_pass1_element(p, s, t, v->use_weight_decay, raw, w[i], &v->slots[0][i], &v->slots[1][i], acc,
+    if (!cuoptim_lamb_pass1_element(p, s, t, v->use_weight_decay, raw, load_working(v, i), &v->slots[0][i], &v->slots[1][i], acc,
                                     &w_decayed, &update))
       continue;
     w_sumsq += (double)w_decayed * (double)w_decayed;
@@ -152,16 +159,17 @@ static void update_variable_lamb(cuoptimOptimizer_t opt, cuoptimVariableRec *v, 
   t->lamb_u_sumsq = u_sumsq;
   t->lamb_ratio = cuoptim_lamb_ratio(w_sumsq, u_sumsq);
   for (size_t i = 0; i < v->count; i++) {
-    w[i] = cuoptim_lamb_pass2_element(p, s, t, v->use_weight_decay, w[i], v->slots[0][i], v->slots[1][i]);
-    publish(v, i);
+    store_working(v, i,
+                  cuoptim_lamb_pass2_element(p, s, t, v->use_weight_decay, load_working(v, i), v->slots[0][i],
+                                             v->slots[1][i]));
   }
 }
 
 static void ema_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v) {
-  float *w = working_copy(v);
   for (size_t i = 0; i < v->count; i++) {
-    cuoptim_ema_element(opt->scalars, &w[i], &v->average[i]);
-    publish(v, i);
+    float w = load_working(v, i);
+    cuoptim_ema_element(opt->scalars, &w, &v->average[i]);
+    store_working(v, i, w);
   }
 }
 
@@ -190,11 +198,7 @@ static cuoptimStatus_t host_finish(cuoptimOptimizer_t opt, cuoptimStream_t strea
 static cuoptimStatus_t host_finalize(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   for (int k = 0; k < opt->num_variables; k++) {
     cuoptimVariableRec *v = &opt->variables[k];
-    float *w = working_copy(v);
-    for (size_t i = 0; i < v->count; i++) {
-      w[i] = v->average[i];
-      publish(v, i);
-    }
+    for (size_t i = 0; i < v->count; i++) store_working(v, i, v->average[i]);
   }
   return CUOPTIM_STATUS_SUCCESS;
 }

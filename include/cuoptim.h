@@ -268,11 +268,14 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t optimizer, cuopt
  * and Ftrl accumulators, initial_accumulator_value), an fp32 master copy for float16/bfloat16
  * parameters (initialised from `param`), and an EMA average when use_ema. `name` is the Keras
  * variable name used for weight-decay exclusion and slot names; names must be unique.
- * Variables may only be added before the first step (Keras builds its slots then).
+ * Variables may only be added before the optimizer state is built: by the first step, or by the
+ * first call that reaches the state (cuoptimGetWeightCount/Info, cuoptimGetWeights/SetWeights,
+ * cuoptimFinalizeVariableValues). Scalar queries (iterations, learning rate, loss scale) do not
+ * build it.
  * *variable receives the index (0 for the first variable, then 1, 2, ...).
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty or long or duplicate name, count 0 or
- * above 2^40, unknown dtype, a host pointer given to the CUDA backend), INVALID_STATE (after the
- * first step), ALLOC_FAILED, CUDA_ERROR. */
+ * above 2^40, unknown dtype, a host pointer given to the CUDA backend), INVALID_STATE (the state
+ * is built), ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t optimizer, const char *name, void *param,
                                                cuoptimDtype_t dtype, size_t count,
                                                cuoptimVariable_t *variable);
