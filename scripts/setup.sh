@@ -4,7 +4,7 @@
 # apt package here. Idempotent: installs nothing when everything is present.
 set -euo pipefail
 
-packages=(cmake make gcc pkg-config libcriterion-dev libcjson-dev libopenmpi-dev openmpi-bin python3 python3-venv)
+packages=(cmake make gcc pkg-config libcriterion-dev libcjson-dev python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
