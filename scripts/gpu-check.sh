@@ -3,13 +3,13 @@
 # every test suite (GPU suites included), every reference case on the CUDA backend, the
 # compute-sanitizer memcheck and racecheck passes on the GPU suites, and the benchmarks.
 #   scripts/gpu-check.sh [BUILD_DIR] [OUT_DIR]
-# BUILD_DIR is made by scripts/gpu-pack.sh on a machine with the build dependencies; if it is
-# missing and cmake + Criterion + cJSON are installed here, it is built here.
+# BUILD_DIR is the bundle scripts/gpu-pack.sh makes on a machine with the build dependencies; if it
+# is missing and cmake + Criterion + cJSON are installed here, a build is made here instead.
 # Exit status: 0 when every check passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-build=${1:-build-gpu}
+build=${1:-build-gpu-bundle}
 out=${2:-${OUT:-$root/gpu-results}}
 mkdir -p "$out"
 export LD_LIBRARY_PATH="$root/$build/lib:${LD_LIBRARY_PATH:-}"
