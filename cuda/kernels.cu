@@ -448,7 +448,14 @@ __global__ void scatter_gradients_kernel(cuoptimDeviceGradient *table, const cuo
 
 static dim3 chunk_grid(const cuoptimDeviceStep *step) { return dim3((unsigned)step->num_chunks); }
 
+/* An optimizer without variables has no chunk: nothing to launch (a grid of 0 is an error). */
+#define RETURN_IF_NO_CHUNKS(step) \
+  do {                            \
+    if ((step)->num_chunks == 0) return (int)cudaSuccess; \
+  } while (0)
+
 extern "C" int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
+  RETURN_IF_NO_CHUNKS(step);
   inspect_gradients_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(*step, *p);
   return (int)cudaGetLastError();
 }
@@ -464,6 +471,7 @@ static void launch_update_kind(const cuoptimDeviceStep *step, const cuoptimRuleP
 }
 
 extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
+  RETURN_IF_NO_CHUNKS(step);
   cudaStream_t st = (cudaStream_t)stream;
   switch (p->kind) {
     case CUOPTIM_SGD: launch_update_kind<CUOPTIM_SGD>(step, p, st); break;
@@ -492,11 +500,13 @@ extern "C" int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream
 }
 
 extern "C" int cuoptim_launch_finalize(const cuoptimDeviceStep *step, void *stream) {
+  RETURN_IF_NO_CHUNKS(step);
   finalize_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(*step);
   return (int)cudaGetLastError();
 }
 
 extern "C" int cuoptim_launch_build(const cuoptimDeviceStep *step, float slot0_initial, void *stream) {
+  RETURN_IF_NO_CHUNKS(step);
   build_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(*step, slot0_initial);
   return (int)cudaGetLastError();
 }

@@ -252,7 +252,10 @@ static cuoptimStatus_t cuda_build(cuoptimOptimizer_t opt) {
   CUOPTIM_CHECK(enter_device(opt, &guard));
   cuoptimStatus_t status = build_tables(opt, b);
   if (status == CUOPTIM_STATUS_SUCCESS) {
-    cudaError_t err = (cudaError_t)cuoptim_launch_build(&b->step, cuoptim_slot_initial_value(&opt->config, 0), NULL);
+    /* The masters copy the caller's parameters: wait for whatever stream wrote them. */
+    cudaError_t err = cudaDeviceSynchronize();
+    if (err == cudaSuccess)
+      err = (cudaError_t)cuoptim_launch_build(&b->step, cuoptim_slot_initial_value(&opt->config, 0), NULL);
     if (err == cudaSuccess) err = cudaDeviceSynchronize();
     if (err != cudaSuccess) status = cuda_fail(err, "cuoptim: initialising the optimizer state");
   }
