@@ -21,13 +21,6 @@
 #include "cuoptim.h"
 #include "testutil.h"
 
-#define OK(call)                                                                                        \
-  do {                                                                                                  \
-    cuoptimStatus_t ok_status_ = (call);                                                                \
-    cr_assert_eq(ok_status_, CUOPTIM_STATUS_SUCCESS, "%s returned %d (%s): %s", #call, (int)ok_status_, \
-                 cuoptimGetStatusString(ok_status_), cuoptimGetLastErrorMessage());                     \
-  } while (0)
-
 /* Sets the thread's last message to one that names neither `call` nor most arguments. */
 static void prime_error(const char *call) {
   if (strcmp(call, "cuoptimScheduleInit") == 0)
@@ -68,12 +61,6 @@ static int names_word(const char *text, const char *word) {
     cr_assert(names_word(msg_, (arg)), "%s: message \"%s\" does not name \"%s\"", #expr, msg_, arg);            \
   } while (0)
 
-static cuoptimConfig_t config_for(cuoptimOptimizerKind_t kind) {
-  cuoptimConfig_t c;
-  OK(cuoptimConfigInit(&c, kind));
-  return c;
-}
-
 static cuoptimOptimizer_t create_host(const cuoptimConfig_t *c) {
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, c, CUOPTIM_BACKEND_HOST, 0));
@@ -82,14 +69,8 @@ static cuoptimOptimizer_t create_host(const cuoptimConfig_t *c) {
 }
 
 static cuoptimOptimizer_t create_kind(cuoptimOptimizerKind_t kind) {
-  cuoptimConfig_t c = config_for(kind);
+  cuoptimConfig_t c = test_config(kind);
   return create_host(&c);
-}
-
-static int64_t iterations_of(cuoptimOptimizer_t opt) {
-  int64_t it = -1;
-  OK(cuoptimGetIterations(opt, &it));
-  return it;
 }
 
 /* A sentinel handle value that no successful cuoptimCreate returns. */
@@ -170,7 +151,7 @@ Test(api, successful_calls_keep_the_last_message) {
   (void)cuoptimScheduleInit(NULL, CUOPTIM_SCHEDULE_CONSTANT);
   char before[1024];
   snprintf(before, sizeof before, "%s", cuoptimGetLastErrorMessage());
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   cuoptimOptimizer_t opt = create_host(&c);
   OK(cuoptimDestroy(opt));
   cr_assert_str_eq(cuoptimGetLastErrorMessage(), before);
@@ -202,7 +183,7 @@ Test(api, config_init_gives_keras_defaults) {
   static const char *const names[CUOPTIM_OPTIMIZER_COUNT] = {
       "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl"};
   for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++) {
-    cuoptimConfig_t c = config_for((cuoptimOptimizerKind_t)k);
+    cuoptimConfig_t c = test_config((cuoptimOptimizerKind_t)k);
     const char *kn = cuoptimOptimizerName((cuoptimOptimizerKind_t)k);
     cr_assert_eq(c.kind, (cuoptimOptimizerKind_t)k);
     cr_assert_str_eq(c.name, names[k], "%s name", kn);
@@ -260,7 +241,7 @@ Test(api, schedule_init_unknown_kind) {
 
 Test(api, schedule_init_defaults_validate) {
   for (int k = CUOPTIM_SCHEDULE_CONSTANT; k <= CUOPTIM_SCHEDULE_COSINE_RESTARTS; k++) {
-    cuoptimConfig_t c = config_for(CUOPTIM_SGD);
+    cuoptimConfig_t c = test_config(CUOPTIM_SGD);
     OK(cuoptimScheduleInit(&c.learning_rate, (cuoptimScheduleKind_t)k));
     OK(cuoptimConfigValidate(&c));
   }
@@ -405,7 +386,7 @@ static const invalid_case INVALID_CASES[] = {
 Test(api, create_rejects_what_keras_rejects) {
   for (size_t i = 0; i < sizeof INVALID_CASES / sizeof INVALID_CASES[0]; i++) {
     const invalid_case *k = &INVALID_CASES[i];
-    cuoptimConfig_t c = config_for(k->kind);
+    cuoptimConfig_t c = test_config(k->kind);
     k->mutate(&c);
     cuoptimOptimizer_t opt = SENTINEL_HANDLE;
     prime_error("cuoptimCreate");
@@ -436,44 +417,44 @@ static void check_accepted(const char *what, const cuoptimConfig_t *c) {
 }
 
 Test(api, create_accepts_what_keras_accepts) {
-  cuoptimConfig_t c = config_for(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.0;
   check_accepted("SGD(momentum=0.0)", &c);
   c.momentum = 1.0;
   check_accepted("SGD(momentum=1.0)", &c);
-  c = config_for(CUOPTIM_LION);
+  c = test_config(CUOPTIM_LION);
   c.beta_1 = 1.0;
   check_accepted("Lion(beta_1=1.0)", &c);
-  c = config_for(CUOPTIM_FTRL);
+  c = test_config(CUOPTIM_FTRL);
   c.initial_accumulator_value = 0.0;
   c.learning_rate_power = 0.0;
   c.l1_regularization_strength = c.l2_regularization_strength = c.l2_shrinkage_regularization_strength = 0.0;
   check_accepted("Ftrl(zeros)", &c);
-  c = config_for(CUOPTIM_ADAM);
+  c = test_config(CUOPTIM_ADAM);
   c.use_ema = 1;
   c.ema_momentum = 0.0;
   check_accepted("Adam(use_ema=True, ema_momentum=0.0)", &c);
   c.ema_momentum = 1.0;
   c.ema_overwrite_frequency = 1;
   check_accepted("Adam(use_ema=True, ema_momentum=1.0, ema_overwrite_frequency=1)", &c);
-  c = config_for(CUOPTIM_ADAM);
+  c = test_config(CUOPTIM_ADAM);
   c.use_ema = 0;
   c.ema_momentum = 1.5; /* Keras checks ema_momentum only with use_ema */
   check_accepted("Adam(use_ema=False, ema_momentum=1.5)", &c);
-  c = config_for(CUOPTIM_ADAM);
+  c = test_config(CUOPTIM_ADAM);
   c.gradient_accumulation_steps = 2;
   check_accepted("Adam(gradient_accumulation_steps=2)", &c);
-  c = config_for(CUOPTIM_ADAM);
+  c = test_config(CUOPTIM_ADAM);
   c.clipnorm = 0.0; /* one clip option, disabled by 0 */
   check_accepted("Adam(clipnorm=0.0)", &c);
-  c = config_for(CUOPTIM_SGD);
+  c = test_config(CUOPTIM_SGD);
   c.dynamic_loss_scale = 1;
   c.dynamic_growth_steps = 1;
   check_accepted("LossScaleOptimizer(SGD(), dynamic_growth_steps=1)", &c);
 }
 
 Test(api, create_null_pointers) {
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   cuoptimOptimizer_t opt = SENTINEL_HANDLE;
   EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimCreate", "optimizer",
               cuoptimCreate(NULL, &c, CUOPTIM_BACKEND_HOST, 0));
@@ -483,7 +464,7 @@ Test(api, create_null_pointers) {
 }
 
 Test(api, create_unknown_backend) {
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   static const int backends[] = {2, -1, 77};
   for (size_t i = 0; i < 3; i++) {
     cuoptimOptimizer_t opt = SENTINEL_HANDLE;
@@ -494,7 +475,7 @@ Test(api, create_unknown_backend) {
 }
 
 Test(api, create_copies_the_config) {
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.learning_rate.initial_learning_rate = 0.25;
   c.beta_1 = 0.8;
   snprintf(c.name, sizeof c.name, "my_adam");
@@ -616,7 +597,7 @@ Test(api, add_variable_after_first_step_is_invalid_state) {
  * the optimizer. */
 Test(api, add_variable_after_scalar_queries_before_first_step) {
   cuoptimOptimizer_t opt = create_kind(CUOPTIM_ADAM);
-  cr_assert_eq(iterations_of(opt), 0);
+  cr_assert_eq(test_iterations(opt), 0);
   float lr = 0;
   OK(cuoptimGetLearningRate(opt, &lr));
   cr_assert_eq(lr, 0.001f);
@@ -629,7 +610,7 @@ Test(api, add_variable_after_scalar_queries_before_first_step) {
                cuoptimGetStatusString(st), cuoptimGetLastErrorMessage());
   cuoptimGradient_t g = {.variable = var, .grad = GRAD, .dtype = CUOPTIM_FLOAT32};
   OK(cuoptimApplyGradients(opt, 1, &g, NULL));
-  cr_assert_eq(iterations_of(opt), 1);
+  cr_assert_eq(test_iterations(opt), 1);
   OK(cuoptimDestroy(opt));
 }
 
@@ -754,7 +735,7 @@ static void take_snapshot(adam2_t *a, snapshot_t *s) {
     OK(cuoptimGetWeights(a->opt, i, s->state + at, info.count));
     at += (int)info.count;
   }
-  s->iterations = iterations_of(a->opt);
+  s->iterations = test_iterations(a->opt);
 }
 
 static void expect_unchanged(adam2_t *a, const snapshot_t *before, const char *what) {
@@ -774,7 +755,7 @@ Test(api, apply_gradients_null_pointers) {
               cuoptimApplyGradients(NULL, 1, &g, NULL));
   EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimApplyGradients", "grads",
               cuoptimApplyGradients(a.opt, 1, NULL, NULL));
-  cr_assert_eq(iterations_of(a.opt), 0);
+  cr_assert_eq(test_iterations(a.opt), 0);
   OK(cuoptimDestroy(a.opt));
 }
 
@@ -827,7 +808,7 @@ Test(api, apply_gradients_bad_lists_change_nothing) {
   apply_both(&twin);
   apply_both(&a);
   cr_assert_eq(memcmp(a.w, twin.w, sizeof a.w), 0, "rejected calls changed the next step");
-  cr_assert_eq(iterations_of(a.opt), 2);
+  cr_assert_eq(test_iterations(a.opt), 2);
   OK(cuoptimDestroy(a.opt));
   OK(cuoptimDestroy(twin.opt));
 }
@@ -840,7 +821,7 @@ Test(api, apply_gradients_n_zero_is_a_no_op) {
   OK(cuoptimApplyGradients(a.opt, 0, NULL, NULL));
   cuoptimGradient_t g = {.variable = 0, .grad = a.g[0], .dtype = CUOPTIM_FLOAT32};
   OK(cuoptimApplyGradients(a.opt, 0, &g, NULL));
-  cr_assert_eq(iterations_of(a.opt), 0);
+  cr_assert_eq(test_iterations(a.opt), 0);
   cr_assert_eq(memcmp(a.w, before.w, sizeof a.w), 0);
   apply_both(&a);
   take_snapshot(&a, &before);
@@ -856,7 +837,7 @@ Test(api, apply_gradients_without_variables) {
   cuoptimStatus_t st = cuoptimApplyGradients(opt, 1, &g, NULL);
   cr_assert_eq(st, CUOPTIM_STATUS_INVALID_VALUE, "%s", cuoptimGetStatusString(st));
   cr_assert(strstr(cuoptimGetLastErrorMessage(), "cuoptimApplyGradients") != NULL);
-  cr_assert_eq(iterations_of(opt), 0);
+  cr_assert_eq(test_iterations(opt), 0);
   OK(cuoptimDestroy(opt));
 }
 
@@ -944,13 +925,13 @@ Test(api, minimize_callback_leaving_n_unset) {
   minimize_t m = {.a = &a, .mode = 1};
   EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimMinimize", "grad_fn",
               cuoptimMinimize(a.opt, test_grad_fn, &m, NULL));
-  cr_assert_eq(iterations_of(a.opt), 0);
+  cr_assert_eq(test_iterations(a.opt), 0);
   m.mode = 2;
   EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimMinimize", "grads", cuoptimMinimize(a.opt, test_grad_fn, &m, NULL));
-  cr_assert_eq(iterations_of(a.opt), 0);
+  cr_assert_eq(test_iterations(a.opt), 0);
   m.mode = 3;
   OK(cuoptimMinimize(a.opt, test_grad_fn, &m, NULL)); /* n == 0: no-op, as apply_gradients([]) */
-  cr_assert_eq(iterations_of(a.opt), 0);
+  cr_assert_eq(test_iterations(a.opt), 0);
   OK(cuoptimDestroy(a.opt));
 }
 
@@ -967,7 +948,7 @@ Test(api, minimize_calls_back_with_its_arguments_and_applies) {
   cr_assert_eq(m.seen_stream, stream);
   apply_both(&twin);
   cr_assert_eq(memcmp(a.w, twin.w, sizeof a.w), 0, "cuoptimMinimize differs from cuoptimApplyGradients");
-  cr_assert_eq(iterations_of(a.opt), 1);
+  cr_assert_eq(test_iterations(a.opt), 1);
   OK(cuoptimDestroy(a.opt));
   OK(cuoptimDestroy(twin.opt));
 }
@@ -1013,7 +994,7 @@ Test(api, set_learning_rate_bad_input) {
 }
 
 Test(api, set_learning_rate_with_a_schedule_is_invalid_state) {
-  cuoptimConfig_t c = config_for(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   OK(cuoptimScheduleInit(&c.learning_rate, CUOPTIM_SCHEDULE_EXPONENTIAL));
   c.learning_rate.decay_steps = 10;
   cuoptimOptimizer_t opt = create_host(&c);
@@ -1034,7 +1015,7 @@ Test(api, get_loss_scale_bad_input) {
               cuoptimGetLossScale(opt, &scale));
   cr_assert_eq(scale, 7.0f, "a failed cuoptimGetLossScale wrote *scale");
   OK(cuoptimDestroy(opt));
-  cuoptimConfig_t c = config_for(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.dynamic_loss_scale = 1;
   c.initial_scale = 1024.0;
   opt = create_host(&c);
@@ -1116,7 +1097,7 @@ Test(api, set_weights_bad_input_changes_nothing) {
   expect_unchanged(&a, &before, "rejected cuoptimSetWeights calls");
   double seven = 7.0;
   OK(cuoptimSetWeights(a.opt, 0, &seven, 1));
-  cr_assert_eq(iterations_of(a.opt), 7);
+  cr_assert_eq(test_iterations(a.opt), 7);
   OK(cuoptimDestroy(a.opt));
 }
 
@@ -1147,7 +1128,7 @@ Test(api, finalize_without_ema_changes_nothing) {
  * ================================================================================================= */
 
 Test(api, config_json_null_pointers) {
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   char buffer[16];
   size_t length = 0;
   EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimConfigFromKerasJSON", "config",
@@ -1158,14 +1139,14 @@ Test(api, config_json_null_pointers) {
 }
 
 Test(api, config_from_malformed_json_changes_nothing) {
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM), copy = c;
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM), copy = c;
   EXPECT_FAIL(CUOPTIM_STATUS_PARSE_ERROR, "cuoptimConfigFromKerasJSON", "cuoptimConfigFromKerasJSON",
               cuoptimConfigFromKerasJSON(&c, "{\"class_name\": \"Adam\", "));
   cr_assert_eq(memcmp(&c, &copy, sizeof c), 0, "a failed cuoptimConfigFromKerasJSON wrote *config");
 }
 
 Test(api, config_to_json_size_query) {
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   size_t length = 0;
   prime_error("cuoptimConfigToKerasJSON");
   cuoptimStatus_t st = cuoptimConfigToKerasJSON(&c, NULL, 0, &length);
@@ -1189,7 +1170,7 @@ Test(api, config_to_json_size_query) {
 
 Test(api, cuda_backend_without_gpu_fails_cleanly) {
   if (test_has_gpu()) cr_skip_test("a CUDA device is present");
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   cuoptimOptimizer_t opt = SENTINEL_HANDLE;
   prime_error("cuoptimCreate");
   cuoptimStatus_t st = cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0);
@@ -1205,7 +1186,7 @@ Test(api, cuda_backend_without_gpu_fails_cleanly) {
 }
 
 Test(api, cuda_backend_bad_device_ordinal) {
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   cuoptimOptimizer_t opt = SENTINEL_HANDLE;
   prime_error("cuoptimCreate");
   cuoptimStatus_t st = cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, -1);
@@ -1223,7 +1204,7 @@ Test(api, cuda_backend_bad_device_ordinal) {
 
 Test(api, cuda_backend_rejects_host_pointers) {
   if (!test_has_gpu()) cr_skip_test("no CUDA device");
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   cuoptimOptimizer_t opt = NULL;
   cuoptimStatus_t st = cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0);
   cr_assert_eq(st, CUOPTIM_STATUS_SUCCESS, "cuoptimCreate(CUDA, 0) with a GPU: %s (%s)", cuoptimGetStatusString(st),

@@ -55,20 +55,6 @@
     if (!test_has_gpu()) cr_skip("no usable CUDA device: CUDA backend test skipped"); \
   } while (0)
 
-#define OK(call)                                                                                         \
-  do {                                                                                                   \
-    cuoptimStatus_t ok_status_ = (call);                                                                 \
-    cr_assert_eq(ok_status_, CUOPTIM_STATUS_SUCCESS, "%s returned %d (%s): %s", #call, (int)ok_status_, \
-                 cuoptimGetStatusString(ok_status_), cuoptimGetLastErrorMessage());                      \
-  } while (0)
-
-#define CUDA_OK(call)                                                                                   \
-  do {                                                                                                  \
-    cudaError_t cuda_ok_err_ = (call);                                                                  \
-    cr_assert_eq(cuda_ok_err_, cudaSuccess, "%s: %s (%s)", #call, cudaGetErrorString(cuda_ok_err_),     \
-                 cudaGetErrorName(cuda_ok_err_));                                                       \
-  } while (0)
-
 #define RTOL 1e-6
 #define PARAM_ATOL 1e-7
 #define STATE_ATOL_RELATIVE 1e-7
@@ -77,81 +63,8 @@ enum { MATCH_CLOSE = 0, MATCH_BITWISE = 1 };
 
 /* ---- data: deterministic pseudo-random values, float16/bfloat16 ------------------------------- */
 
-static uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-/* Element i of the sequence `stream`: magnitude 5e-4 .. 6 in five decades, random sign, never 0. */
-static float pseudo_random(uint64_t seed, uint64_t stream, uint64_t i) {
-  static const float scales[5] = {1e-3f, 3e-2f, 0.25f, 1.0f, 4.0f};
-  uint64_t h = mix64(seed ^ mix64(stream ^ mix64(i)));
-  float mantissa = 0.5f + (float)(h >> 40) / 16777216.0f; /* [0.5, 1.5) */
-  float value = mantissa * scales[(h >> 8) % 5];
-  return (h & 1) ? -value : value;
-}
-
-static uint32_t float_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  return u;
-}
-
-static float bits_float(uint32_t u) {
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-/* float32 -> float16, round to nearest even (what __float2half_rn does). */
-static uint16_t to_half(float f) {
-  uint32_t u = float_bits(f);
-  uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-  uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
-  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf */
-  if (a < 0x38800000u) /* subnormal: a multiple of 2^-24, rounded to nearest even */
-    return (uint16_t)(sign | (uint16_t)nearbyintf(bits_float(a) * 16777216.0f));
-  a += 0xfffu + ((a >> 13) & 1u);
-  return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
-}
-
-static float from_half(uint16_t h) {
-  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-  uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
-  if (exponent == 0x1f) return bits_float(sign | 0x7f800000u | (mantissa << 13));
-  if (exponent == 0) {
-    float v = (float)mantissa / 16777216.0f;
-    return sign ? -v : v;
-  }
-  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
-}
-
-/* float32 -> bfloat16, round to nearest even (what __float2bfloat16_rn does). */
-static uint16_t to_bfloat16(float f) {
-  uint32_t u = float_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-
-static float from_bfloat16(uint16_t h) { return bits_float((uint32_t)h << 16); }
-
-static size_t dtype_bytes(cuoptimDtype_t dtype) { return dtype == CUOPTIM_FLOAT32 ? 4 : 2; }
-
 static const char *dtype_text(cuoptimDtype_t dtype) {
   return dtype == CUOPTIM_FLOAT16 ? "float16" : dtype == CUOPTIM_BFLOAT16 ? "bfloat16" : "float32";
-}
-
-static void store_element(void *base, cuoptimDtype_t dtype, size_t i, float value) {
-  if (dtype == CUOPTIM_FLOAT32) {
-    memcpy((char *)base + i * 4, &value, 4);
-  } else {
-    uint16_t h = dtype == CUOPTIM_FLOAT16 ? to_half(value) : to_bfloat16(value);
-    memcpy((char *)base + i * 2, &h, 2);
-  }
 }
 
 static float load_element(const void *base, cuoptimDtype_t dtype, size_t i) {
@@ -162,7 +75,7 @@ static float load_element(const void *base, cuoptimDtype_t dtype, size_t i) {
   }
   uint16_t h;
   memcpy(&h, (const char *)base + i * 2, 2);
-  return dtype == CUOPTIM_FLOAT16 ? from_half(h) : from_bfloat16(h);
+  return dtype == CUOPTIM_FLOAT16 ? test_from_half(h) : test_from_bfloat16(h);
 }
 
 static uint16_t load_bits16(const void *base, size_t i) {
@@ -230,7 +143,7 @@ static void name_of(const problem_t *pb, int k, char *buffer, size_t size) {
 static size_t offset_of(const problem_t *pb, int k) { return pb->offset >= 0 ? (size_t)pb->offset : (size_t)(k % 4); }
 
 static float param_value(const problem_t *pb, int k, size_t i) {
-  return pseudo_random(pb->seed, ((uint64_t)k << 20) | 0xfffffu, i);
+  return test_pseudo_random(pb->seed, ((uint64_t)k << 20) | 0xfffffu, i);
 }
 
 /* The variable whose gradient holds +inf on inf_step (NaN goes into the last variable's last
@@ -240,7 +153,7 @@ static int inf_variable(const problem_t *pb) { return pb->num_vars > 3 ? 3 : 0; 
 static float grad_value(const problem_t *pb, int k, int step, size_t i) {
   if (step == pb->inf_step && k == inf_variable(pb) && i == pb->sizes[k] / 2) return INFINITY;
   if (step == pb->nan_step && k == pb->num_vars - 1 && i == pb->sizes[k] - 1) return NAN;
-  return pseudo_random(pb->seed, ((uint64_t)k << 20) | (uint64_t)step, i) * GRAD_FACTOR[k % 5];
+  return test_pseudo_random(pb->seed, ((uint64_t)k << 20) | (uint64_t)step, i) * GRAD_FACTOR[k % 5];
 }
 
 static int has_gradient(const problem_t *pb, int k, int step) { return !pb->partial || (k + step) % 3 != 0; }
@@ -265,7 +178,7 @@ static size_t layout_pool(const problem_t *pb, size_t *start) {
  * steps and listed with grad = NULL (Keras's None) on odd ones, where the list also runs backwards. */
 static int gradient_list(const problem_t *pb, int step, const unsigned char *grad_pool, const size_t *start,
                          cuoptimGradient_t *list) {
-  const size_t es = dtype_bytes(pb->grad_dtype);
+  const size_t es = test_dtype_bytes(pb->grad_dtype);
   int m = 0;
   for (int j = 0; j < pb->num_vars; j++) {
     int k = (pb->partial && step % 2) ? pb->num_vars - 1 - j : j;
@@ -349,7 +262,7 @@ static void read_pool(cuoptimBackend_t backend, unsigned char *dst, const unsign
 }
 
 static unsigned char **split_variables(const problem_t *pb, const unsigned char *bytes, const size_t *start) {
-  const size_t es = dtype_bytes(pb->param_dtype);
+  const size_t es = test_dtype_bytes(pb->param_dtype);
   unsigned char **out = calloc((size_t)pb->num_vars, sizeof *out);
   cr_assert(out);
   for (int k = 0; k < pb->num_vars; k++) {
@@ -364,7 +277,7 @@ static unsigned char **split_variables(const problem_t *pb, const unsigned char 
 static void run_problem(const cuoptimConfig_t *cfg, cuoptimBackend_t backend, const problem_t *pb, result_t *out) {
   const int cuda = backend == CUOPTIM_BACKEND_CUDA;
   const int n = pb->num_vars;
-  const size_t pes = dtype_bytes(pb->param_dtype), ges = dtype_bytes(pb->grad_dtype);
+  const size_t pes = test_dtype_bytes(pb->param_dtype), ges = test_dtype_bytes(pb->grad_dtype);
   size_t *start = malloc((size_t)n * sizeof *start);
   cuoptimGradient_t *list = malloc((size_t)n * sizeof *list);
   cr_assert(start && list);
@@ -379,7 +292,7 @@ static void run_problem(const cuoptimConfig_t *cfg, cuoptimBackend_t backend, co
   memset(grad_image, 0xff, grad_bytes);
   for (int k = 0; k < n; k++)
     for (size_t i = 0; i < pb->sizes[k]; i++)
-      store_element(param_image + start[k] * pes, pb->param_dtype, i, param_value(pb, k, i));
+      test_store_element(param_image + start[k] * pes, pb->param_dtype, i, param_value(pb, k, i));
 
   /* The pools themselves, memory of the backend. */
   unsigned char *param_pool = NULL, *grad_pool = NULL;
@@ -414,7 +327,7 @@ static void run_problem(const cuoptimConfig_t *cfg, cuoptimBackend_t backend, co
     for (int k = 0; k < n; k++)
       if (has_gradient(pb, k, step))
         for (size_t i = 0; i < pb->sizes[k]; i++)
-          store_element(grad_image + start[k] * ges, pb->grad_dtype, i, grad_value(pb, k, step, i));
+          test_store_element(grad_image + start[k] * ges, pb->grad_dtype, i, grad_value(pb, k, step, i));
     if (cuda) {
       /* Ordered after the previous step on the same stream; the synchronize lets the image be
        * rewritten for the next step. */
@@ -617,12 +530,12 @@ static void compare_results(const result_t *got, const result_t *want, int bitwi
 
 /* The reference run must have moved the parameters: otherwise agreement proves nothing. */
 static void expect_progress(const problem_t *pb, const result_t *host, const char *label) {
-  const size_t es = dtype_bytes(pb->param_dtype);
+  const size_t es = test_dtype_bytes(pb->param_dtype);
   size_t changed = 0;
   unsigned char initial[4];
   for (int k = 0; k < pb->num_vars; k++)
     for (size_t i = 0; i < pb->sizes[k]; i++) {
-      store_element(initial, pb->param_dtype, 0, param_value(pb, k, i));
+      test_store_element(initial, pb->param_dtype, 0, param_value(pb, k, i));
       if (memcmp(initial, host->params[k] + i * es, es) != 0) changed++;
     }
   cr_assert_gt(changed, 0, "%s: the host run changed no parameter: the comparison would prove nothing", label);
@@ -643,12 +556,6 @@ static void check_matches_host(const cuoptimConfig_t *cfg, const problem_t *pb, 
   free_result(&cuda);
 }
 
-static cuoptimConfig_t config_of(cuoptimOptimizerKind_t kind) {
-  cuoptimConfig_t c;
-  OK(cuoptimConfigInit(&c, kind));
-  return c;
-}
-
 static void check_standard(const cuoptimConfig_t *cfg, int bitwise, const char *label) {
   problem_t p = standard_problem();
   check_matches_host(cfg, &p, bitwise, label);
@@ -666,20 +573,20 @@ static double weight_named(const result_t *r, const char *name) {
 
 Test(cuda_optimizers, sgd_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   check_standard(&c, MATCH_BITWISE, "SGD");
 }
 
 Test(cuda_optimizers, sgd_momentum_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   check_standard(&c, MATCH_BITWISE, "SGD momentum");
 }
 
 Test(cuda_optimizers, sgd_nesterov_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   c.nesterov = 1;
   check_standard(&c, MATCH_BITWISE, "SGD nesterov");
@@ -687,27 +594,27 @@ Test(cuda_optimizers, sgd_nesterov_matches_host) {
 
 Test(cuda_optimizers, rmsprop_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_RMSPROP);
+  cuoptimConfig_t c = test_config(CUOPTIM_RMSPROP);
   check_standard(&c, MATCH_BITWISE, "RMSprop");
 }
 
 Test(cuda_optimizers, rmsprop_momentum_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_RMSPROP);
+  cuoptimConfig_t c = test_config(CUOPTIM_RMSPROP);
   c.momentum = 0.5;
   check_standard(&c, MATCH_BITWISE, "RMSprop momentum");
 }
 
 Test(cuda_optimizers, rmsprop_centered_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_RMSPROP);
+  cuoptimConfig_t c = test_config(CUOPTIM_RMSPROP);
   c.centered = 1;
   check_standard(&c, MATCH_BITWISE, "RMSprop centered");
 }
 
 Test(cuda_optimizers, rmsprop_centered_momentum_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_RMSPROP);
+  cuoptimConfig_t c = test_config(CUOPTIM_RMSPROP);
   c.centered = 1;
   c.momentum = 0.3;
   check_standard(&c, MATCH_BITWISE, "RMSprop centered momentum");
@@ -715,70 +622,70 @@ Test(cuda_optimizers, rmsprop_centered_momentum_matches_host) {
 
 Test(cuda_optimizers, adagrad_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAGRAD);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAGRAD);
   check_standard(&c, MATCH_BITWISE, "Adagrad");
 }
 
 Test(cuda_optimizers, adadelta_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADADELTA);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADADELTA);
   c.learning_rate.initial_learning_rate = 1.0; /* Adadelta's steps are ~1e-3 of lr: make them visible */
   check_standard(&c, MATCH_BITWISE, "Adadelta");
 }
 
 Test(cuda_optimizers, adam_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   check_standard(&c, MATCH_CLOSE, "Adam");
 }
 
 Test(cuda_optimizers, adam_amsgrad_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.amsgrad = 1;
   check_standard(&c, MATCH_CLOSE, "Adam amsgrad");
 }
 
 Test(cuda_optimizers, adamw_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAMW);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAMW);
   c.weight_decay = 0.05;
   check_standard(&c, MATCH_CLOSE, "AdamW");
 }
 
 Test(cuda_optimizers, adamw_amsgrad_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAMW);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAMW);
   c.amsgrad = 1;
   check_standard(&c, MATCH_CLOSE, "AdamW amsgrad");
 }
 
 Test(cuda_optimizers, adamax_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAMAX);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAMAX);
   check_standard(&c, MATCH_CLOSE, "Adamax");
 }
 
 Test(cuda_optimizers, nadam_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_NADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_NADAM);
   check_standard(&c, MATCH_CLOSE, "Nadam");
 }
 
 Test(cuda_optimizers, lion_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_LION);
+  cuoptimConfig_t c = test_config(CUOPTIM_LION);
   check_standard(&c, MATCH_BITWISE, "Lion");
 }
 
 Test(cuda_optimizers, lamb_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   check_standard(&c, MATCH_CLOSE, "Lamb");
 }
 
 static cuoptimConfig_t ftrl_config(void) {
-  cuoptimConfig_t c = config_of(CUOPTIM_FTRL);
+  cuoptimConfig_t c = test_config(CUOPTIM_FTRL);
   c.learning_rate.initial_learning_rate = 0.05;
   c.l1_regularization_strength = 0.01;
   c.l2_regularization_strength = 0.02;
@@ -807,14 +714,14 @@ Test(cuda_optimizers, ftrl_learning_rate_power_zero_matches_host) {
 
 Test(cuda_features, clipnorm_adam_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.clipnorm = 1.0;
   check_standard(&c, MATCH_CLOSE, "Adam clipnorm");
 }
 
 Test(cuda_features, clipnorm_sgd_momentum_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   c.clipnorm = 1.0;
   check_standard(&c, MATCH_CLOSE, "SGD momentum clipnorm");
@@ -822,21 +729,21 @@ Test(cuda_features, clipnorm_sgd_momentum_matches_host) {
 
 Test(cuda_features, clipnorm_lamb_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   c.clipnorm = 1.0;
   check_standard(&c, MATCH_CLOSE, "Lamb clipnorm");
 }
 
 Test(cuda_features, clipvalue_adam_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.clipvalue = 0.5;
   check_standard(&c, MATCH_CLOSE, "Adam clipvalue");
 }
 
 Test(cuda_features, clipvalue_sgd_momentum_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   c.clipvalue = 0.5;
   check_standard(&c, MATCH_BITWISE, "SGD momentum clipvalue");
@@ -844,14 +751,14 @@ Test(cuda_features, clipvalue_sgd_momentum_matches_host) {
 
 Test(cuda_features, global_clipnorm_adam_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.global_clipnorm = 5.0; /* the global norm is ~600: every step is scaled */
   check_standard(&c, MATCH_CLOSE, "Adam global_clipnorm");
 }
 
 Test(cuda_features, global_clipnorm_above_norm_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   c.global_clipnorm = 1e4; /* above the global norm: the min(1/norm, 1/clip) branch of 1/clip */
   check_standard(&c, MATCH_CLOSE, "SGD momentum global_clipnorm above the norm");
@@ -859,7 +766,7 @@ Test(cuda_features, global_clipnorm_above_norm_matches_host) {
 
 Test(cuda_features, global_clipnorm_nadam_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_NADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_NADAM);
   c.global_clipnorm = 5.0;
   check_standard(&c, MATCH_CLOSE, "Nadam global_clipnorm");
 }
@@ -890,7 +797,7 @@ static void check_weight_decay(cuoptimConfig_t *c, int bitwise, const char *labe
 
 Test(cuda_features, weight_decay_with_exclusion_adamw_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAMW);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAMW);
   c.weight_decay = 0.1;
   c.learning_rate.initial_learning_rate = 0.01;
   check_weight_decay(&c, MATCH_CLOSE, "AdamW weight_decay excluding bias$");
@@ -898,7 +805,7 @@ Test(cuda_features, weight_decay_with_exclusion_adamw_matches_host) {
 
 Test(cuda_features, weight_decay_with_exclusion_sgd_momentum_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   c.weight_decay = 0.5;
   check_weight_decay(&c, MATCH_BITWISE, "SGD momentum weight_decay excluding bias$");
@@ -906,7 +813,7 @@ Test(cuda_features, weight_decay_with_exclusion_sgd_momentum_matches_host) {
 
 Test(cuda_features, weight_decay_with_exclusion_lamb_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   c.weight_decay = 0.1;
   check_weight_decay(&c, MATCH_CLOSE, "Lamb weight_decay excluding bias$");
 }
@@ -914,7 +821,7 @@ Test(cuda_features, weight_decay_with_exclusion_lamb_matches_host) {
 /* EMA with ema_overwrite_frequency 4: step 4 copies the averages into the variables. */
 Test(cuda_features, ema_overwrite_adam_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.use_ema = 1;
   c.ema_momentum = 0.9;
   c.ema_overwrite_frequency = 4;
@@ -923,7 +830,7 @@ Test(cuda_features, ema_overwrite_adam_matches_host) {
 
 Test(cuda_features, ema_overwrite_sgd_momentum_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   c.use_ema = 1;
   c.ema_momentum = 0.9;
@@ -934,7 +841,7 @@ Test(cuda_features, ema_overwrite_sgd_momentum_matches_host) {
 /* EMA without overwrite, then cuoptimFinalizeVariableValues (parameters compared before and after). */
 Test(cuda_features, ema_finalize_adam_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.use_ema = 1;
   c.ema_momentum = 0.8;
   problem_t p = standard_problem();
@@ -944,7 +851,7 @@ Test(cuda_features, ema_finalize_adam_matches_host) {
 
 Test(cuda_features, ema_finalize_sgd_momentum_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   c.use_ema = 1;
   c.ema_momentum = 0.8;
@@ -956,7 +863,7 @@ Test(cuda_features, ema_finalize_sgd_momentum_matches_host) {
 
 Test(cuda_features, ema_finalize_lamb_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   c.use_ema = 1;
   c.ema_momentum = 0.8;
   problem_t p = standard_problem();
@@ -974,7 +881,7 @@ static problem_t accumulation_problem(void) {
 
 Test(cuda_features, gradient_accumulation_adam_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.gradient_accumulation_steps = 3;
   problem_t p = accumulation_problem();
   check_matches_host(&c, &p, MATCH_CLOSE, "Adam gradient_accumulation_steps 3");
@@ -982,7 +889,7 @@ Test(cuda_features, gradient_accumulation_adam_matches_host) {
 
 Test(cuda_features, gradient_accumulation_sgd_momentum_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   c.gradient_accumulation_steps = 3;
   problem_t p = accumulation_problem();
@@ -991,7 +898,7 @@ Test(cuda_features, gradient_accumulation_sgd_momentum_matches_host) {
 
 Test(cuda_features, gradient_accumulation_lamb_clipnorm_ema_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   c.gradient_accumulation_steps = 3;
   c.clipnorm = 1.0;
   c.use_ema = 1;
@@ -1001,14 +908,14 @@ Test(cuda_features, gradient_accumulation_lamb_clipnorm_ema_matches_host) {
 
 Test(cuda_features, loss_scale_factor_adam_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.loss_scale_factor = 128.0;
   check_standard(&c, MATCH_CLOSE, "Adam loss_scale_factor 128");
 }
 
 Test(cuda_features, loss_scale_factor_sgd_momentum_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   c.loss_scale_factor = 3.0; /* not a power of two: the division rounds */
   check_standard(&c, MATCH_BITWISE, "SGD momentum loss_scale_factor 3");
@@ -1047,20 +954,20 @@ static void check_dynamic_loss_scale(cuoptimConfig_t *c, int bitwise, const char
 
 Test(cuda_features, dynamic_loss_scale_adam_skips_inf_and_nan_steps) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   check_dynamic_loss_scale(&c, MATCH_CLOSE, "Adam dynamic loss scale");
 }
 
 Test(cuda_features, dynamic_loss_scale_sgd_momentum_skips_inf_and_nan_steps) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   check_dynamic_loss_scale(&c, MATCH_BITWISE, "SGD momentum dynamic loss scale");
 }
 
 Test(cuda_features, dynamic_loss_scale_lamb_global_clipnorm_skips_inf_and_nan_steps) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   c.global_clipnorm = 1.0;
   check_dynamic_loss_scale(&c, MATCH_CLOSE, "Lamb global_clipnorm dynamic loss scale");
 }
@@ -1069,7 +976,7 @@ Test(cuda_features, dynamic_loss_scale_lamb_global_clipnorm_skips_inf_and_nan_st
  * Six steps evaluate the schedules at raw steps 0..5 (CosineDecayRestarts with first_decay_steps 2
  * stays clear of step 6, where floor(log(4) / log(2)) would sit exactly on an integer). */
 static cuoptimConfig_t schedule_config(cuoptimOptimizerKind_t kind, cuoptimScheduleKind_t schedule) {
-  cuoptimConfig_t c = config_of(kind);
+  cuoptimConfig_t c = test_config(kind);
   cuoptimSchedule_t *s = &c.learning_rate;
   OK(cuoptimScheduleInit(s, schedule));
   switch (schedule) {
@@ -1166,7 +1073,7 @@ Test(cuda_features, schedule_cosine_restarts_matches_host) {
  * gradient contribute nothing to the global norm. */
 Test(cuda_features, partial_gradients_adam_ema_global_clipnorm_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.use_ema = 1;
   c.ema_momentum = 0.9;
   c.global_clipnorm = 5.0;
@@ -1177,7 +1084,7 @@ Test(cuda_features, partial_gradients_adam_ema_global_clipnorm_matches_host) {
 
 Test(cuda_features, partial_gradients_sgd_momentum_ema_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   c.use_ema = 1;
   c.ema_momentum = 0.9;
@@ -1188,7 +1095,7 @@ Test(cuda_features, partial_gradients_sgd_momentum_ema_matches_host) {
 
 Test(cuda_features, partial_gradients_lamb_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   problem_t p = standard_problem();
   p.partial = 1;
   check_matches_host(&c, &p, MATCH_CLOSE, "Lamb partial gradients");
@@ -1196,7 +1103,7 @@ Test(cuda_features, partial_gradients_lamb_matches_host) {
 
 Test(cuda_features, partial_gradients_nadam_clipnorm_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_NADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_NADAM);
   c.clipnorm = 1.0;
   problem_t p = standard_problem();
   p.partial = 1;
@@ -1206,7 +1113,7 @@ Test(cuda_features, partial_gradients_nadam_clipnorm_matches_host) {
 /* Steps enqueued on the legacy default stream (stream NULL) rather than a created stream. */
 Test(cuda_features, default_stream_matches_host) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.clipnorm = 1.0;
   problem_t p = standard_problem();
   p.default_stream = 1;
@@ -1225,7 +1132,7 @@ static void check_offset(cuoptimDtype_t param_dtype, cuoptimDtype_t grad_dtype, 
   char label[128];
   snprintf(label, sizeof label, "%s parameters, %s gradients at element offset %d", dtype_text(param_dtype),
            dtype_text(grad_dtype), offset);
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.learning_rate.initial_learning_rate = 0.01;
   c.clipnorm = 1.0;
   c.weight_decay = 0.1;
@@ -1295,7 +1202,7 @@ static void check_mixed(cuoptimDtype_t param_dtype, cuoptimDtype_t grad_dtype) {
   NEED_GPU();
   char label[128];
   snprintf(label, sizeof label, "Adam, %s parameters, %s gradients", dtype_text(param_dtype), dtype_text(grad_dtype));
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.learning_rate.initial_learning_rate = 0.01;
   c.clipnorm = 1.0;
   c.use_ema = 1;
@@ -1333,7 +1240,7 @@ Test(cuda_determinism, lamb_global_clipnorm_runs_are_bitwise_identical) {
   p.names = NULL;
   p.steps = 4;
   p.offset = -1;
-  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   c.global_clipnorm = 1.0;
   result_t first, second, host;
   run_problem(&c, CUOPTIM_BACKEND_CUDA, &p, &first);
@@ -1362,7 +1269,7 @@ Test(cuda_many_tensors, ten_thousand_tensors_adam_clipnorm_match_host) {
   p.names = NULL;
   p.steps = 3;
   p.offset = -1;
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.clipnorm = 1.0;
   check_matches_host(&c, &p, MATCH_CLOSE, "Adam + clipnorm, 10000 tensors");
 }
@@ -1371,7 +1278,7 @@ Test(cuda_many_tensors, ten_thousand_tensors_adam_clipnorm_match_host) {
 
 Test(cuda_bad_input, add_variable_rejects_host_pointer) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
   float *host = malloc(16 * sizeof *host);
@@ -1401,7 +1308,7 @@ Test(cuda_bad_input, add_variable_rejects_host_pointer) {
  * managed memory. */
 Test(cuda_bad_input, add_variable_rejects_pinned_host_pointer) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
   float *pinned = NULL;
@@ -1418,11 +1325,11 @@ Test(cuda_bad_input, add_variable_rejects_pinned_host_pointer) {
 Test(cuda_bad_input, apply_gradients_rejects_host_gradient) {
   NEED_GPU();
   enum { COUNT = 1000 };
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
   float initial[COUNT], after[COUNT];
-  for (int i = 0; i < COUNT; i++) initial[i] = pseudo_random(7, 1, (uint64_t)i);
+  for (int i = 0; i < COUNT; i++) initial[i] = test_pseudo_random(7, 1, (uint64_t)i);
   float *param = NULL;
   CUDA_OK(cudaMalloc((void **)&param, sizeof initial));
   CUDA_OK(cudaMemcpy(param, initial, sizeof initial, cudaMemcpyHostToDevice));
@@ -1430,7 +1337,7 @@ Test(cuda_bad_input, apply_gradients_rejects_host_gradient) {
   OK(cuoptimAddVariable(opt, "w", param, CUOPTIM_FLOAT32, COUNT, &v));
   float *host_grad = malloc(sizeof initial);
   cr_assert(host_grad);
-  for (int i = 0; i < COUNT; i++) host_grad[i] = pseudo_random(7, 2, (uint64_t)i);
+  for (int i = 0; i < COUNT; i++) host_grad[i] = test_pseudo_random(7, 2, (uint64_t)i);
   cuoptimGradient_t g;
   memset(&g, 0, sizeof g);
   g.variable = v;
@@ -1456,7 +1363,7 @@ Test(cuda_bad_input, apply_gradients_rejects_host_gradient) {
 
 Test(cuda_bad_input, create_rejects_device_99) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   cuoptimOptimizer_t opt = NULL;
   cuoptimStatus_t status = cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 99);
   cr_expect_eq(status, CUOPTIM_STATUS_INVALID_VALUE, "device 99: status %d (%s), want INVALID_VALUE", (int)status,
@@ -1471,15 +1378,15 @@ Test(cuda_bad_input, create_rejects_device_99) {
 Test(cuda_bad_input, managed_memory_is_accepted) {
   NEED_GPU();
   enum { COUNT = 5000 };
-  cuoptimConfig_t c = config_of(CUOPTIM_SGD);
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
   c.momentum = 0.9;
   float *managed_param = NULL, *managed_grad = NULL;
   float host_param[COUNT], host_grad[COUNT];
   CUDA_OK(cudaMallocManaged((void **)&managed_param, COUNT * sizeof(float), cudaMemAttachGlobal));
   CUDA_OK(cudaMallocManaged((void **)&managed_grad, COUNT * sizeof(float), cudaMemAttachGlobal));
   for (int i = 0; i < COUNT; i++) {
-    managed_param[i] = host_param[i] = pseudo_random(9, 1, (uint64_t)i);
-    managed_grad[i] = host_grad[i] = pseudo_random(9, 2, (uint64_t)i);
+    managed_param[i] = host_param[i] = test_pseudo_random(9, 1, (uint64_t)i);
+    managed_grad[i] = host_grad[i] = test_pseudo_random(9, 2, (uint64_t)i);
   }
   cuoptimOptimizer_t on_device = NULL, on_host = NULL;
   OK(cuoptimCreate(&on_device, &c, CUOPTIM_BACKEND_CUDA, 0));

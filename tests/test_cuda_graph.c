@@ -36,20 +36,6 @@
     if (!test_has_gpu()) cr_skip("no usable CUDA device: CUDA graph test skipped"); \
   } while (0)
 
-#define OK(call)                                                                                         \
-  do {                                                                                                   \
-    cuoptimStatus_t ok_status_ = (call);                                                                 \
-    cr_assert_eq(ok_status_, CUOPTIM_STATUS_SUCCESS, "%s returned %d (%s): %s", #call, (int)ok_status_, \
-                 cuoptimGetStatusString(ok_status_), cuoptimGetLastErrorMessage());                      \
-  } while (0)
-
-#define CUDA_OK(call)                                                                                   \
-  do {                                                                                                  \
-    cudaError_t cuda_ok_err_ = (call);                                                                  \
-    cr_assert_eq(cuda_ok_err_, cudaSuccess, "%s: %s (%s)", #call, cudaGetErrorString(cuda_ok_err_),     \
-                 cudaGetErrorName(cuda_ok_err_));                                                       \
-  } while (0)
-
 #define REPLAYS 7
 
 /* ---- the problem: five variables, deterministic values of varied magnitude ---------------------- */
@@ -59,53 +45,8 @@ static const size_t SIZES[NUM_VARS] = {1, 3, 4095, 65537, 100001};
 static const char *const NAMES[NUM_VARS] = {"dense/bias", "dense/kernel", "conv/bias", "conv/kernel",
                                             "embedding/embeddings"};
 static const float GRAD_FACTOR[NUM_VARS] = {1.0f, 0.3f, 1.0f, 0.001f, 1.0f};
-
-static uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-/* Magnitude 5e-4 .. 6 in five decades, random sign, never 0, never inf or NaN. */
-static float pseudo_random(uint64_t stream, uint64_t i) {
-  static const float scales[5] = {1e-3f, 3e-2f, 0.25f, 1.0f, 4.0f};
-  uint64_t h = mix64(0x5eed ^ mix64(stream ^ mix64(i)));
-  float mantissa = 0.5f + (float)(h >> 40) / 16777216.0f;
-  float value = mantissa * scales[(h >> 8) % 5];
-  return (h & 1) ? -value : value;
-}
-
-/* float32 -> float16 / bfloat16, round to nearest even (what __float2half_rn and __float2bfloat16_rn
- * do); the values here are finite and below float16's overflow. */
-static uint16_t to_half(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-  uint32_t a = u & 0x7fffffffu;
-  if (a < 0x38800000u) /* below 2^-14: a float16 subnormal, a multiple of 2^-24 */
-    return (uint16_t)(sign | (uint16_t)nearbyintf(fabsf(f) * 16777216.0f));
-  a += 0xfffu + ((a >> 13) & 1u);
-  return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
-}
-
-static uint16_t to_bfloat16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-
-static size_t dtype_bytes(cuoptimDtype_t dtype) { return dtype == CUOPTIM_FLOAT32 ? 4 : 2; }
-
-static void store_element(unsigned char *base, cuoptimDtype_t dtype, size_t i, float value) {
-  if (dtype == CUOPTIM_FLOAT32) {
-    memcpy(base + i * 4, &value, 4);
-  } else {
-    uint16_t h = dtype == CUOPTIM_FLOAT16 ? to_half(value) : to_bfloat16(value);
-    memcpy(base + i * 2, &h, 2);
-  }
-}
+/* Seed of test_pseudo_random for every value of the problem. */
+#define SEED 0x5eed
 
 /* Element index of each variable in a pool: 64-element aligned, conv/bias one element further
  * (misaligned for vector loads, so both paths of the update kernel are captured). */
@@ -118,10 +59,10 @@ static size_t layout(size_t *start) {
   return cursor;
 }
 
-static float param_value(int k, size_t i) { return pseudo_random(((uint64_t)k << 20) | 0xfffffu, i); }
+static float param_value(int k, size_t i) { return test_pseudo_random(SEED, ((uint64_t)k << 20) | 0xfffffu, i); }
 
 static float grad_value(int k, int step, size_t i) {
-  return pseudo_random(((uint64_t)k << 20) | (uint64_t)step, i) * GRAD_FACTOR[k];
+  return test_pseudo_random(SEED, ((uint64_t)k << 20) | (uint64_t)step, i) * GRAD_FACTOR[k];
 }
 
 /* ---- one optimizer with its buffers ------------------------------------------------------------- */
@@ -139,12 +80,12 @@ static void make_side(side_t *s, const cuoptimConfig_t *cfg, cuoptimDtype_t para
   s->param_dtype = param_dtype;
   s->grad_dtype = grad_dtype;
   s->pool = layout(s->start);
-  const size_t pbytes = s->pool * dtype_bytes(param_dtype), gbytes = s->pool * dtype_bytes(grad_dtype);
+  const size_t pbytes = s->pool * test_dtype_bytes(param_dtype), gbytes = s->pool * test_dtype_bytes(grad_dtype);
   unsigned char *image = calloc(1, pbytes);
   cr_assert(image);
   for (int k = 0; k < NUM_VARS; k++)
     for (size_t i = 0; i < SIZES[k]; i++)
-      store_element(image + s->start[k] * dtype_bytes(param_dtype), param_dtype, i, param_value(k, i));
+      test_store_element(image + s->start[k] * test_dtype_bytes(param_dtype), param_dtype, i, param_value(k, i));
   CUDA_OK(cudaMalloc((void **)&s->params, pbytes));
   CUDA_OK(cudaMalloc((void **)&s->grads, gbytes));
   CUDA_OK(cudaMemcpy(s->params, image, pbytes, cudaMemcpyHostToDevice));
@@ -154,7 +95,7 @@ static void make_side(side_t *s, const cuoptimConfig_t *cfg, cuoptimDtype_t para
   OK(cuoptimExcludeFromWeightDecay(s->opt, "bias$"));
   for (int k = 0; k < NUM_VARS; k++) {
     cuoptimVariable_t v;
-    OK(cuoptimAddVariable(s->opt, NAMES[k], s->params + s->start[k] * dtype_bytes(param_dtype), param_dtype,
+    OK(cuoptimAddVariable(s->opt, NAMES[k], s->params + s->start[k] * test_dtype_bytes(param_dtype), param_dtype,
                           SIZES[k], &v));
   }
 }
@@ -167,14 +108,14 @@ static void free_side(side_t *s) {
 
 /* The host image of a step's gradients (in `grad_dtype`, laid out like the pools). */
 static void fill_gradients(unsigned char *staging, const side_t *s, int step) {
-  const size_t es = dtype_bytes(s->grad_dtype);
+  const size_t es = test_dtype_bytes(s->grad_dtype);
   for (int k = 0; k < NUM_VARS; k++)
-    for (size_t i = 0; i < SIZES[k]; i++) store_element(staging + s->start[k] * es, s->grad_dtype, i, grad_value(k, step, i));
+    for (size_t i = 0; i < SIZES[k]; i++) test_store_element(staging + s->start[k] * es, s->grad_dtype, i, grad_value(k, step, i));
 }
 
 /* Into the side's gradient buffers, ordered on `stream` after the work already enqueued there. */
 static void upload_gradients(const side_t *s, const unsigned char *staging, cudaStream_t stream) {
-  CUDA_OK(cudaMemcpyAsync(s->grads, staging, s->pool * dtype_bytes(s->grad_dtype), cudaMemcpyHostToDevice, stream));
+  CUDA_OK(cudaMemcpyAsync(s->grads, staging, s->pool * test_dtype_bytes(s->grad_dtype), cudaMemcpyHostToDevice, stream));
 }
 
 /* One step with every variable's gradient, always the same device pointers. */
@@ -183,7 +124,7 @@ static cuoptimStatus_t apply(const side_t *s, cudaStream_t stream) {
   memset(list, 0, sizeof list);
   for (int k = 0; k < NUM_VARS; k++) {
     list[k].variable = k;
-    list[k].grad = s->grads + s->start[k] * dtype_bytes(s->grad_dtype);
+    list[k].grad = s->grads + s->start[k] * test_dtype_bytes(s->grad_dtype);
     list[k].dtype = s->grad_dtype;
   }
   return cuoptimApplyGradients(s->opt, NUM_VARS, list, stream);
@@ -206,7 +147,7 @@ typedef struct {
 static void take_snapshot(const side_t *s, const cuoptimConfig_t *cfg, snapshot_t *out) {
   memset(out, 0, sizeof *out);
   OK(cuoptimSynchronize(s->opt));
-  out->param_bytes = s->pool * dtype_bytes(s->param_dtype);
+  out->param_bytes = s->pool * test_dtype_bytes(s->param_dtype);
   out->params = malloc(out->param_bytes);
   cr_assert(out->params);
   CUDA_OK(cudaMemcpy(out->params, s->params, out->param_bytes, cudaMemcpyDeviceToHost));
@@ -282,8 +223,8 @@ static void check_graph_replay(const cuoptimConfig_t *cfg, cuoptimDtype_t param_
   make_side(&eager, cfg, param_dtype, grad_dtype);
   make_side(&graphed, cfg, param_dtype, grad_dtype);
   unsigned char *staging = NULL; /* pinned: the copies are truly asynchronous */
-  CUDA_OK(cudaMallocHost((void **)&staging, eager.pool * dtype_bytes(grad_dtype)));
-  memset(staging, 0, eager.pool * dtype_bytes(grad_dtype));
+  CUDA_OK(cudaMallocHost((void **)&staging, eager.pool * test_dtype_bytes(grad_dtype)));
+  memset(staging, 0, eager.pool * test_dtype_bytes(grad_dtype));
 
   /* Step 0, eager on both (see the file comment: the first step builds the state). */
   fill_gradients(staging, &eager, 0);
@@ -339,12 +280,6 @@ static void check_graph_replay(const cuoptimConfig_t *cfg, cuoptimDtype_t param_
   CUDA_OK(cudaStreamDestroy(stream));
 }
 
-static cuoptimConfig_t config_of(cuoptimOptimizerKind_t kind) {
-  cuoptimConfig_t c;
-  OK(cuoptimConfigInit(&c, kind));
-  return c;
-}
-
 /* CosineDecay with a linear warm-up over raw steps 0..2, then decay over 5 steps, then the floor:
  * the 8 steps cover all three pieces, evaluated on the device from the iteration counter. */
 static void set_cosine_warmup(cuoptimConfig_t *c) {
@@ -358,7 +293,7 @@ static void set_cosine_warmup(cuoptimConfig_t *c) {
 
 Test(cuda_graph, replay_with_cosine_warmup_schedule_matches_eager) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   set_cosine_warmup(&c);
   check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 0.0f, "Adam + CosineDecay warm-up");
 }
@@ -367,7 +302,7 @@ Test(cuda_graph, replay_with_cosine_warmup_schedule_matches_eager) {
  * 2, 4, 6 and 8: 1024 -> 16384, all on the device. */
 Test(cuda_graph, replay_with_growing_dynamic_loss_scale_matches_eager) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.dynamic_loss_scale = 1;
   c.initial_scale = 1024.0;
   c.dynamic_growth_steps = 2;
@@ -376,7 +311,7 @@ Test(cuda_graph, replay_with_growing_dynamic_loss_scale_matches_eager) {
 
 Test(cuda_graph, replay_with_global_clipnorm_matches_eager) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.global_clipnorm = 1.0;
   check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 0.0f, "Adam + global_clipnorm");
 }
@@ -384,7 +319,7 @@ Test(cuda_graph, replay_with_global_clipnorm_matches_eager) {
 /* 8 raw steps with accumulation 2: 4 updates, public iterations 4. */
 Test(cuda_graph, replay_with_gradient_accumulation_matches_eager) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.gradient_accumulation_steps = 2;
   check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, (1 + REPLAYS) / 2, 0.0f, "Adam + gradient accumulation 2");
 }
@@ -392,20 +327,20 @@ Test(cuda_graph, replay_with_gradient_accumulation_matches_eager) {
 /* Nadam's u_product lives on the device and advances in the finish kernel. */
 Test(cuda_graph, replay_nadam_matches_eager) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_NADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_NADAM);
   check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 0.0f, "Nadam");
 }
 
 /* Lamb: three kernels per update (moments and norms, trust ratio, apply). */
 Test(cuda_graph, replay_lamb_matches_eager) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 0.0f, "Lamb");
 }
 
 Test(cuda_graph, replay_lamb_with_every_feature_matches_eager) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_LAMB);
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   set_cosine_warmup(&c);
   c.gradient_accumulation_steps = 2;
   c.global_clipnorm = 1.0;
@@ -421,7 +356,7 @@ Test(cuda_graph, replay_lamb_with_every_feature_matches_eager) {
  * dynamic loss scaling, AdamW. */
 Test(cuda_graph, replay_float16_adamw_dynamic_loss_scale_matches_eager) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAMW);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAMW);
   c.learning_rate.initial_learning_rate = 0.01;
   c.dynamic_loss_scale = 1;
   c.initial_scale = 1024.0;
@@ -439,7 +374,7 @@ Test(cuda_graph, replay_float16_adamw_dynamic_loss_scale_matches_eager) {
  * optimizer is as it was: a later eager step is its first step, identical to a fresh optimizer's. */
 Test(cuda_graph, capturing_the_first_step_fails_cleanly_and_leaves_the_optimizer_usable) {
   NEED_GPU();
-  cuoptimConfig_t c = config_of(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.global_clipnorm = 1.0;
   CUDA_OK(cudaSetDevice(0));
   cudaStream_t stream = NULL;

@@ -25,13 +25,6 @@
 #include "cuoptim.h"
 #include "testutil.h"
 
-#define OK(call)                                                                                        \
-  do {                                                                                                  \
-    cuoptimStatus_t ok_status_ = (call);                                                                \
-    cr_assert_eq(ok_status_, CUOPTIM_STATUS_SUCCESS, "%s returned %d (%s): %s", #call, (int)ok_status_, \
-                 cuoptimGetStatusString(ok_status_), cuoptimGetLastErrorMessage());                     \
-  } while (0)
-
 #define RTOL 1e-6
 #define ATOL 1e-7
 
@@ -39,122 +32,17 @@
   Test(features, test_name) { fn(CUOPTIM_BACKEND_HOST); } \
   Test(features_cuda, test_name) { fn(CUOPTIM_BACKEND_CUDA); }
 
-static const char *backend_name(cuoptimBackend_t backend) { return backend == CUOPTIM_BACKEND_CUDA ? "CUDA" : "host"; }
-
-static void require_backend(cuoptimBackend_t backend) {
-  if (backend == CUOPTIM_BACKEND_CUDA && !test_has_gpu()) cr_skip_test("no CUDA device: CUDA variant skipped");
-}
-
-static void *mem_alloc(cuoptimBackend_t backend, size_t bytes) {
-  void *p = NULL;
-  if (backend == CUOPTIM_BACKEND_CUDA) {
-    cudaError_t err = cudaMalloc(&p, bytes);
-    cr_assert_eq(err, cudaSuccess, "cudaMalloc: %s", cudaGetErrorString(err));
-  } else {
-    p = calloc(1, bytes ? bytes : 1);
-    cr_assert_not_null(p);
-  }
-  return p;
-}
-
-static void mem_upload(cuoptimBackend_t backend, void *dst, const void *src, size_t bytes) {
-  if (backend == CUOPTIM_BACKEND_CUDA) {
-    cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
-    cr_assert_eq(err, cudaSuccess, "cudaMemcpy: %s", cudaGetErrorString(err));
-  } else {
-    memcpy(dst, src, bytes);
-  }
-}
-
-static void mem_download(cuoptimBackend_t backend, void *dst, const void *src, size_t bytes) {
-  if (backend == CUOPTIM_BACKEND_CUDA) {
-    cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
-    cr_assert_eq(err, cudaSuccess, "cudaMemcpy: %s", cudaGetErrorString(err));
-  } else {
-    memcpy(dst, src, bytes);
-  }
-}
-
-static void mem_free(cuoptimBackend_t backend, void *p) {
-  if (!p) return;
-  if (backend == CUOPTIM_BACKEND_CUDA)
-    cudaFree(p);
-  else
-    free(p);
-}
-
-/* An optimizer with float32 variables in backend memory and a gradient buffer per variable. */
-#define RIG_MAX_VARS 8
-typedef struct {
-  cuoptimBackend_t backend;
-  cuoptimOptimizer_t opt;
-  int num_vars;
-  size_t count[RIG_MAX_VARS];
-  float *param[RIG_MAX_VARS];
-  float *grad[RIG_MAX_VARS];
-} rig_t;
-
-static void rig_init(rig_t *r, const cuoptimConfig_t *config, cuoptimBackend_t backend) {
-  memset(r, 0, sizeof *r);
-  r->backend = backend;
-  OK(cuoptimCreate(&r->opt, config, backend, 0));
-}
-
-static int rig_add(rig_t *r, const char *name, const float *init, size_t count) {
-  cr_assert_lt(r->num_vars, RIG_MAX_VARS);
-  int k = r->num_vars;
-  r->param[k] = mem_alloc(r->backend, count * sizeof(float));
-  r->grad[k] = mem_alloc(r->backend, count * sizeof(float));
-  mem_upload(r->backend, r->param[k], init, count * sizeof(float));
-  cuoptimVariable_t index = -1;
-  OK(cuoptimAddVariable(r->opt, name, r->param[k], CUOPTIM_FLOAT32, count, &index));
-  cr_assert_eq(index, k);
-  r->count[k] = count;
-  r->num_vars++;
-  return k;
-}
-
-static void rig_destroy(rig_t *r) {
-  OK(cuoptimDestroy(r->opt));
-  for (int k = 0; k < r->num_vars; k++) {
-    mem_free(r->backend, r->param[k]);
-    mem_free(r->backend, r->grad[k]);
-  }
-  memset(r, 0, sizeof *r);
-}
-
 /* grads[k]: host values for variable k, or NULL for "no gradient" (the pair is not listed). */
-static cuoptimStatus_t rig_try_apply(rig_t *r, const float *const *grads) {
-  cuoptimGradient_t list[RIG_MAX_VARS];
-  int n = 0;
-  for (int k = 0; k < r->num_vars; k++) {
-    if (!grads[k]) continue;
-    mem_upload(r->backend, r->grad[k], grads[k], r->count[k] * sizeof(float));
-    list[n++] = (cuoptimGradient_t){.variable = k, .grad = r->grad[k], .dtype = CUOPTIM_FLOAT32};
-  }
-  return cuoptimApplyGradients(r->opt, n, list, NULL);
-}
+static void rig_apply(test_rig_t *r, const float *const *grads) { OK(test_rig_try_apply(r, grads)); }
 
-static void rig_apply(rig_t *r, const float *const *grads) { OK(rig_try_apply(r, grads)); }
-
-static void rig_apply1(rig_t *r, const float *grad) {
+static void rig_apply1(test_rig_t *r, const float *grad) {
   const float *grads[1] = {grad};
   rig_apply(r, grads);
 }
 
-static void rig_get(rig_t *r, int k, float *out) {
-  OK(cuoptimSynchronize(r->opt));
-  mem_download(r->backend, out, r->param[k], r->count[k] * sizeof(float));
-}
-
-static int64_t iterations_of(cuoptimOptimizer_t opt) {
-  int64_t it = -1;
-  OK(cuoptimGetIterations(opt, &it));
-  return it;
-}
-
 /* The last state entry named `name` (with dynamic_loss_scale, "iteration" and "learning_rate"
- * occur twice: the LossScaleOptimizer's own first, the inner optimizer's later), or -1. */
+ * occur twice: the LossScaleOptimizer's own first, the inner optimizer's later), or -1.
+ * (test_weight_index gives the first.) */
 static int weight_index(cuoptimOptimizer_t opt, const char *name) {
   int count = 0, found = -1;
   OK(cuoptimGetWeightCount(opt, &count));
@@ -196,13 +84,6 @@ static void expect_close(const float *got, const float *want, size_t n, double r
   va_end(args);
   cr_assert_fail("%s: element %ld is %.9g, Keras gives %.9g (rtol %g, atol %g)", what, i, (double)got[i],
                  (double)want[i], rtol, atol);
-}
-
-static cuoptimConfig_t config_lr(cuoptimOptimizerKind_t kind, double learning_rate) {
-  cuoptimConfig_t c;
-  OK(cuoptimConfigInit(&c, kind));
-  c.learning_rate.initial_learning_rate = learning_rate;
-  return c;
 }
 
 /* ---- real Keras 3.15.1 values (KERAS_BACKEND=jax, float32) ------------------------------------------ */
@@ -412,13 +293,13 @@ static const float *wd_after(int var, int step) {
 /* Keras: one exclude_from_weight_decay(var_names=["bias", "norm_gamma$"]). cuoptim: patterns
  * accumulate over calls and apply to variables added before and after the call. */
 static void weight_decay_exclusion(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAMW, 0.01);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAMW, 0.01);
   c.weight_decay = 0.1;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   OK(cuoptimExcludeFromWeightDecay(r.opt, "bias")); /* before the variables exist */
-  for (int k = 0; k < 4; k++) rig_add(&r, WD_NAMES[k], WD_INITS[k], WD_COUNTS[k]);
+  for (int k = 0; k < 4; k++) test_rig_add(&r, WD_NAMES[k], WD_INITS[k], WD_COUNTS[k]);
   OK(cuoptimExcludeFromWeightDecay(r.opt, "norm_gamma$")); /* after */
   for (int k = 0; k < 4; k++) {
     int uses = -1;
@@ -431,17 +312,17 @@ static void weight_decay_exclusion(cuoptimBackend_t b) {
     rig_apply(&r, grads);
     for (int k = 0; k < 4; k++) {
       float got[3];
-      rig_get(&r, k, got);
+      test_rig_get(&r, k, got);
       expect_close(got, wd_after(k, s), WD_COUNTS[k], RTOL, ATOL, "%s after step %d (%s)", WD_NAMES[k], s + 1,
-                   backend_name(b));
+                   test_backend_name(b));
     }
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* Regexes are searched anywhere in the name (re.search), not matched from the start. */
 Test(features, weight_decay_exclusion_regex_semantics) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 0.1);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.1);
   c.weight_decay = 0.01;
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
@@ -464,7 +345,7 @@ Test(features, weight_decay_exclusion_regex_semantics) {
 
 /* weight_decay None: no variable is decayed. */
 Test(features, no_weight_decay_means_no_variable_uses_it) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAM, 0.1);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAM, 0.1);
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
   static float buffer[2];
@@ -478,24 +359,24 @@ Test(features, no_weight_decay_means_no_variable_uses_it) {
 
 /* The decay multiplies the scheduled learning rate of the step. */
 static void weight_decay_with_schedule(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAMW, 0.1);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAMW, 0.1);
   OK(cuoptimScheduleInit(&c.learning_rate, CUOPTIM_SCHEDULE_EXPONENTIAL));
   c.learning_rate.initial_learning_rate = 0.1;
   c.learning_rate.decay_steps = 1;
   c.learning_rate.decay_rate = 0.5;
   c.weight_decay = 0.2;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float w0[2] = {2.0f, -4.0f}, zeros[2] = {0.0f, 0.0f};
-  rig_add(&r, "w", w0, 2);
+  test_rig_add(&r, "w", w0, 2);
   for (int s = 0; s < 4; s++) {
     rig_apply1(&r, zeros);
     float got[2];
-    rig_get(&r, 0, got);
+    test_rig_get(&r, 0, got);
     expect_close(got, WD_SCHEDULE_AFTER[s], 2, RTOL, ATOL, "AdamW decay with a schedule, step %d", s + 1);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 BOTH_BACKENDS(weight_decay_exclusion_matches_keras, weight_decay_exclusion)
@@ -506,23 +387,23 @@ BOTH_BACKENDS(weight_decay_with_schedule_matches_keras, weight_decay_with_schedu
  * ================================================================================================= */
 
 static void ema_overwrite_and_finalize(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 0.1);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.1);
   c.momentum = 0.9;
   c.use_ema = 1;
   c.ema_momentum = 0.8;
   c.ema_overwrite_frequency = 3;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float a0[3] = {1.0f, 2.0f, 3.0f}, b0[2] = {-1.0f, 0.5f};
-  rig_add(&r, "a", a0, 3);
-  rig_add(&r, "b", b0, 2);
+  test_rig_add(&r, "a", a0, 3);
+  test_rig_add(&r, "b", b0, 2);
   for (int s = 0; s < 7; s++) {
     const float *grads[2] = {EMA_GRADS_A[s], EMA_GRADS_B[s]};
     rig_apply(&r, grads);
     float va[3], vb[2], aa[3], ab[2];
-    rig_get(&r, 0, va);
-    rig_get(&r, 1, vb);
+    test_rig_get(&r, 0, va);
+    test_rig_get(&r, 1, vb);
     weight_floats(r.opt, "a_average", aa, 3);
     weight_floats(r.opt, "b_average", ab, 2);
     expect_close(va, EMA_VAR_A[s], 3, RTOL, ATOL, "a after step %d", s + 1);
@@ -532,12 +413,12 @@ static void ema_overwrite_and_finalize(cuoptimBackend_t b) {
   }
   OK(cuoptimFinalizeVariableValues(r.opt, NULL));
   float va[3], vb[2];
-  rig_get(&r, 0, va);
-  rig_get(&r, 1, vb);
+  test_rig_get(&r, 0, va);
+  test_rig_get(&r, 1, vb);
   expect_close(va, EMA_FINAL_A, 3, RTOL, ATOL, "a after finalize_variable_values");
   expect_close(vb, EMA_FINAL_B, 2, RTOL, ATOL, "b after finalize_variable_values");
-  cr_assert_eq(iterations_of(r.opt), 7, "finalizing is not a step");
-  rig_destroy(&r);
+  cr_assert_eq(test_iterations(r.opt), 7, "finalizing is not a step");
+  test_rig_destroy(&r);
 }
 BOTH_BACKENDS(ema_overwrite_frequency_and_finalize_match_keras, ema_overwrite_and_finalize)
 
@@ -547,57 +428,57 @@ BOTH_BACKENDS(ema_overwrite_frequency_and_finalize_match_keras, ema_overwrite_an
 
 /* iterations floor-divided; the schedule sees the raw micro-step counter. */
 static void accumulation_with_schedule(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAM, 0.1);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAM, 0.1);
   OK(cuoptimScheduleInit(&c.learning_rate, CUOPTIM_SCHEDULE_EXPONENTIAL));
   c.learning_rate.initial_learning_rate = 0.1;
   c.learning_rate.decay_steps = 2;
   c.learning_rate.decay_rate = 0.5;
   c.gradient_accumulation_steps = 3;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float w0[2] = {1.0f, 2.0f};
-  rig_add(&r, "w", w0, 2);
+  test_rig_add(&r, "w", w0, 2);
   float lr = NAN;
   OK(cuoptimGetLearningRate(r.opt, &lr));
   cr_assert_eq(lr, ACC_LR0);
   for (int s = 0; s < 8; s++) {
     rig_apply1(&r, ACC_GRADS[s]);
     float w[2], acc[2];
-    rig_get(&r, 0, w);
+    test_rig_get(&r, 0, w);
     expect_close(w, ACC_W[s], 2, RTOL, ATOL, "w after micro-step %d", s + 1);
     weight_floats(r.opt, "w_gradient_accumulator", acc, 2);
     expect_close(acc, ACC_ACCUMULATOR[s], 2, RTOL, ATOL, "accumulator after micro-step %d", s + 1);
-    cr_assert_eq(iterations_of(r.opt), ACC_ITERATIONS[s], "optimizer.iterations after micro-step %d", s + 1);
+    cr_assert_eq(test_iterations(r.opt), ACC_ITERATIONS[s], "optimizer.iterations after micro-step %d", s + 1);
     cr_assert_eq(weight_scalar(r.opt, "iteration"), (double)ACC_RAW[s], "_iterations after micro-step %d", s + 1);
     OK(cuoptimGetLearningRate(r.opt, &lr));
     cr_assert(fabs(lr - ACC_LR[s]) <= RTOL * ACC_LR[s], "learning rate after micro-step %d: %.9g, Keras %.9g", s + 1,
               (double)lr, (double)ACC_LR[s]);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* EMA runs on every micro-step, with the floor-divided iterations. */
 static void accumulation_with_ema(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 0.5);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.5);
   c.momentum = 0.5;
   c.gradient_accumulation_steps = 2;
   c.use_ema = 1;
   c.ema_momentum = 0.5;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float w0[2] = {1.0f, -1.0f};
-  rig_add(&r, "w", w0, 2);
+  test_rig_add(&r, "w", w0, 2);
   for (int s = 0; s < 6; s++) {
     rig_apply1(&r, ACC_GRADS[s]);
     float w[2], avg[2];
-    rig_get(&r, 0, w);
+    test_rig_get(&r, 0, w);
     weight_floats(r.opt, "w_average", avg, 2);
     expect_close(w, ACC_EMA_W[s], 2, RTOL, ATOL, "w after micro-step %d", s + 1);
     expect_close(avg, ACC_EMA_AVG[s], 2, RTOL, ATOL, "w_average after micro-step %d", s + 1);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 BOTH_BACKENDS(gradient_accumulation_with_schedule_matches_keras, accumulation_with_schedule)
@@ -608,27 +489,27 @@ BOTH_BACKENDS(gradient_accumulation_with_ema_matches_keras, accumulation_with_em
  * ================================================================================================= */
 
 static void loss_scale_factor(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAM, 0.1);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAM, 0.1);
   c.loss_scale_factor = 100.0;
-  cuoptimConfig_t plain = config_lr(CUOPTIM_ADAM, 0.1);
-  rig_t r, q;
-  rig_init(&r, &c, b);
-  rig_init(&q, &plain, b);
+  cuoptimConfig_t plain = test_config_lr(CUOPTIM_ADAM, 0.1);
+  test_rig_t r, q;
+  test_rig_init(&r, &c, b);
+  test_rig_init(&q, &plain, b);
   static const float w0[3] = {1.0f, 2.0f, 3.0f};
-  rig_add(&r, "w", w0, 3);
-  rig_add(&q, "w", w0, 3);
+  test_rig_add(&r, "w", w0, 3);
+  test_rig_add(&q, "w", w0, 3);
   for (int s = 0; s < 3; s++) {
     rig_apply1(&r, LSF_SCALED_GRADS[s]);
     rig_apply1(&q, LSF_GRADS[s]);
     float w[3], unscaled[3];
-    rig_get(&r, 0, w);
-    rig_get(&q, 0, unscaled);
+    test_rig_get(&r, 0, w);
+    test_rig_get(&q, 0, unscaled);
     expect_close(w, LSF_W[s], 3, RTOL, ATOL, "loss_scale_factor=100: w after step %d", s + 1);
     expect_close(w, unscaled, 3, 1e-5, 1e-6, "loss_scale_factor=100 vs unscaled gradients, step %d", s + 1);
   }
-  rig_destroy(&r);
-  rig_destroy(&q);
+  test_rig_destroy(&r);
+  test_rig_destroy(&q);
 }
 BOTH_BACKENDS(loss_scale_factor_matches_keras, loss_scale_factor)
 
@@ -642,26 +523,26 @@ typedef struct {
   int64_t iterations;
 } lso_state_t;
 
-static void lso_read(rig_t *r, lso_state_t *s) {
-  rig_get(r, 0, s->w);
+static void lso_read(test_rig_t *r, lso_state_t *s) {
+  test_rig_get(r, 0, s->w);
   weight_floats(r->opt, "w_momentum", s->m, 2);
   weight_floats(r->opt, "w_velocity", s->v, 2);
   s->counter = weight_scalar(r->opt, "step_counter");
   s->scale = weight_scalar(r->opt, "dynamic_scale");
   s->raw = weight_scalar(r->opt, "iteration");
-  s->iterations = iterations_of(r->opt);
+  s->iterations = test_iterations(r->opt);
 }
 
 static void loss_scale_optimizer(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAM, 0.1);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAM, 0.1);
   c.dynamic_loss_scale = 1;
   c.initial_scale = 8.0;
   c.dynamic_growth_steps = 2;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float w0[2] = {1.0f, 2.0f};
-  rig_add(&r, "w", w0, 2);
+  test_rig_add(&r, "w", w0, 2);
   /* Keras's LossScaleOptimizer.variables: its own iteration and learning_rate (never stepped),
    * step_counter, dynamic_scale, then the inner Adam's iteration, learning_rate, slots. */
   static const char *const first[8] = {"iteration", "learning_rate", "step_counter", "dynamic_scale",
@@ -711,22 +592,22 @@ static void loss_scale_optimizer(cuoptimBackend_t b) {
     cr_assert_eq(outer, 0.0, "the LossScaleOptimizer's own learning_rate is 0.0 in Keras");
     before = after;
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 BOTH_BACKENDS(loss_scale_optimizer_matches_keras, loss_scale_optimizer)
 
 /* The scale doubles after dynamic_growth_steps good steps in a row, and is halved without bound. */
 static void loss_scale_growth_and_backoff(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 0.0);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.0);
   c.dynamic_loss_scale = 1;
   c.initial_scale = 1.0;
   c.dynamic_growth_steps = 3;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float w0[1] = {1.0f}, good[1] = {1.0f};
   const float bad[1] = {NAN};
-  rig_add(&r, "w", w0, 1);
+  test_rig_add(&r, "w", w0, 1);
   float scale;
   for (int s = 1; s <= 9; s++) {
     rig_apply1(&r, good);
@@ -743,8 +624,8 @@ static void loss_scale_growth_and_backoff(cuoptimBackend_t b) {
   for (int s = 0; s < 200; s++) rig_apply1(&r, bad);
   OK(cuoptimGetLossScale(r.opt, &scale));
   cr_assert_eq(scale, 0.0f, "no lower bound: 4 * 0.5^200 underflows to 0, got %g", (double)scale);
-  cr_assert_eq(iterations_of(r.opt), 13);
-  rig_destroy(&r);
+  cr_assert_eq(test_iterations(r.opt), 13);
+  test_rig_destroy(&r);
 }
 BOTH_BACKENDS(loss_scale_growth_and_backoff_match_keras, loss_scale_growth_and_backoff)
 
@@ -752,17 +633,22 @@ BOTH_BACKENDS(loss_scale_growth_and_backoff_match_keras, loss_scale_growth_and_b
  * F. A gradient list covering only some variables
  * ================================================================================================= */
 
-static void partial_gradients(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAM, 0.1);
+/* Adam(learning_rate=0.1, use_ema=True, ema_momentum=0.9) with the variables v0, v1, v2. */
+static void partial_rig_init(test_rig_t *r, cuoptimBackend_t b) {
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAM, 0.1);
   c.use_ema = 1;
   c.ema_momentum = 0.9;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_init(r, &c, b);
   static const float v0[2] = {1.0f, 2.0f}, v1[2] = {3.0f, 4.0f}, v2[2] = {-1.0f, 1.0f};
-  rig_add(&r, "v0", v0, 2);
-  rig_add(&r, "v1", v1, 2);
-  rig_add(&r, "v2", v2, 2);
+  test_rig_add(r, "v0", v0, 2);
+  test_rig_add(r, "v1", v1, 2);
+  test_rig_add(r, "v2", v2, 2);
+}
+
+static void partial_gradients(cuoptimBackend_t b) {
+  test_rig_t r;
+  partial_rig_init(&r, b);
   static const char *const names[3] = {"v0", "v1", "v2"};
   for (int s = 0; s < 4; s++) {
     const float *grads[3];
@@ -771,7 +657,7 @@ static void partial_gradients(cuoptimBackend_t b) {
     for (int k = 0; k < 3; k++) {
       float got[2];
       char slot[64];
-      rig_get(&r, k, got);
+      test_rig_get(&r, k, got);
       expect_close(got, &PART_VALUES[s][2 * k], 2, RTOL, ATOL, "%s after step %d", names[k], s + 1);
       snprintf(slot, sizeof slot, "%s_average", names[k]);
       weight_floats(r.opt, slot, got, 2);
@@ -783,28 +669,20 @@ static void partial_gradients(cuoptimBackend_t b) {
       weight_floats(r.opt, slot, got, 2);
       expect_close(got, &PART_VELOCITY[s][2 * k], 2, RTOL, ATOL, "%s after step %d", slot, s + 1);
     }
-    cr_assert_eq(iterations_of(r.opt), s + 1);
+    cr_assert_eq(test_iterations(r.opt), s + 1);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 BOTH_BACKENDS(partial_gradient_list_matches_keras, partial_gradients)
 
 /* A listed pair whose gradient is NULL is dropped like an unlisted one (Keras's None gradient). */
 static void null_gradient_pairs(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAM, 0.1);
-  c.use_ema = 1;
-  c.ema_momentum = 0.9;
-  rig_t r;
-  rig_init(&r, &c, b);
-  static const float v0[2] = {1.0f, 2.0f}, v1[2] = {3.0f, 4.0f}, v2[2] = {-1.0f, 1.0f};
-  rig_add(&r, "v0", v0, 2);
-  rig_add(&r, "v1", v1, 2);
-  rig_add(&r, "v2", v2, 2);
+  test_rig_t r;
+  partial_rig_init(&r, b);
   for (int s = 0; s < 4; s++) {
     cuoptimGradient_t list[3];
     for (int k = 0; k < 3; k++) {
-      mem_upload(b, r.grad[k], PART_GRADS[s][k], 2 * sizeof(float));
+      test_mem_upload(b, r.grad[k], PART_GRADS[s][k], 2 * sizeof(float));
       list[k] = (cuoptimGradient_t){.variable = 2 - k, /* any order */
                                     .grad = PART_HAS_GRAD[s][2 - k] ? r.grad[2 - k] : NULL,
                                     .dtype = CUOPTIM_FLOAT32};
@@ -813,10 +691,10 @@ static void null_gradient_pairs(cuoptimBackend_t b) {
   }
   for (int k = 0; k < 3; k++) {
     float got[2];
-    rig_get(&r, k, got);
+    test_rig_get(&r, k, got);
     expect_close(got, &PART_VALUES[3][2 * k], 2, RTOL, ATOL, "variable %d after 4 steps", k);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 BOTH_BACKENDS(null_gradient_pairs_are_dropped_like_keras, null_gradient_pairs)
 
@@ -825,7 +703,7 @@ BOTH_BACKENDS(null_gradient_pairs_are_dropped_like_keras, null_gradient_pairs)
  * ================================================================================================= */
 
 typedef struct {
-  rig_t *rig;
+  test_rig_t *rig;
   const float *target;
   cuoptimGradient_t grads[1];
   int calls;
@@ -837,9 +715,9 @@ static cuoptimStatus_t quadratic_gradient(void *user, cuoptimOptimizer_t opt, cu
   quadratic_t *q = user;
   cr_assert_eq(opt, q->rig->opt);
   float w[3], g[3];
-  rig_get(q->rig, 0, w);
+  test_rig_get(q->rig, 0, w);
   for (int i = 0; i < 3; i++) g[i] = w[i] - q->target[i];
-  mem_upload(q->rig->backend, q->rig->grad[0], g, sizeof g);
+  test_mem_upload(q->rig->backend, q->rig->grad[0], g, sizeof g);
   q->grads[0] = (cuoptimGradient_t){.variable = 0, .grad = q->rig->grad[0], .dtype = CUOPTIM_FLOAT32};
   *n = 1;
   *grads = q->grads;
@@ -848,21 +726,21 @@ static cuoptimStatus_t quadratic_gradient(void *user, cuoptimOptimizer_t opt, cu
 }
 
 static void minimize(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_NADAM, 0.1);
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_NADAM, 0.1);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float w0[3] = {1.0f, -2.0f, 3.0f}, target[3] = {0.5f, 0.5f, -1.0f};
-  rig_add(&r, "w", w0, 3);
+  test_rig_add(&r, "w", w0, 3);
   quadratic_t q = {.rig = &r, .target = target};
   for (int s = 0; s < 4; s++) {
     OK(cuoptimMinimize(r.opt, quadratic_gradient, &q, NULL));
     float w[3];
-    rig_get(&r, 0, w);
+    test_rig_get(&r, 0, w);
     expect_close(w, MIN_W[s], 3, RTOL, ATOL, "Nadam minimize: w after step %d", s + 1);
   }
   cr_assert_eq(q.calls, 4);
-  cr_assert_eq(iterations_of(r.opt), 4);
+  cr_assert_eq(test_iterations(r.opt), 4);
   /* Nadam's u_product: the last state entry (Keras: an unnamed scalar variable, "variable"). */
   int count = 0;
   OK(cuoptimGetWeightCount(r.opt, &count));
@@ -870,7 +748,7 @@ static void minimize(cuoptimBackend_t b) {
   OK(cuoptimGetWeights(r.opt, count - 1, &u, 1));
   float uf = (float)u;
   expect_close(&uf, &MIN_U_PRODUCT, 1, RTOL, ATOL, "Nadam u_product after 4 steps");
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 BOTH_BACKENDS(minimize_matches_keras, minimize)
 
@@ -879,28 +757,28 @@ BOTH_BACKENDS(minimize_matches_keras, minimize)
  * ================================================================================================= */
 
 static void run_clip_across(cuoptimBackend_t b, int global, const float want[2][3]) {
-  require_backend(b);
-  cuoptimConfig_t c = global ? config_lr(CUOPTIM_ADAM, 0.1) : config_lr(CUOPTIM_SGD, 1.0);
+  test_require_backend(b);
+  cuoptimConfig_t c = global ? test_config_lr(CUOPTIM_ADAM, 0.1) : test_config_lr(CUOPTIM_SGD, 1.0);
   if (global)
     c.global_clipnorm = 1.0;
   else
     c.clipnorm = 1.0;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float a0[2] = {1.0f, 1.0f}, b0[1] = {1.0f};
-  rig_add(&r, "a", a0, 2);
-  rig_add(&r, "b", b0, 1);
+  test_rig_add(&r, "a", a0, 2);
+  test_rig_add(&r, "b", b0, 1);
   static const float ga1[2] = {3.0f, 4.0f}, gb1[1] = {12.0f}, ga2[2] = {0.3f, 0.4f};
   const float *step1[2] = {ga1, gb1}, *step2[2] = {ga2, NULL};
   const float *const *steps[2] = {step1, step2};
   for (int s = 0; s < 2; s++) {
     rig_apply(&r, steps[s]);
     float got[3];
-    rig_get(&r, 0, got);
-    rig_get(&r, 1, got + 2);
+    test_rig_get(&r, 0, got);
+    test_rig_get(&r, 1, got + 2);
     expect_close(got, want[s], 3, RTOL, ATOL, "%s: a, b after step %d", global ? "global_clipnorm" : "clipnorm", s + 1);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 static void clip_global(cuoptimBackend_t b) { run_clip_across(b, 1, CLIP_GLOBAL); }
 static void clip_per_variable(cuoptimBackend_t b) { run_clip_across(b, 0, CLIP_CLIPNORM); }
@@ -1032,7 +910,7 @@ Test(features, state_names_and_order_match_keras) {
  * zero, u_product 1, the learning rate variable, the loss-scale counters. */
 Test(features, initial_state_matches_keras) {
   static float kernel[2];
-  cuoptimConfig_t c = config_lr(CUOPTIM_FTRL, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_FTRL, 0.5);
   c.initial_accumulator_value = 0.25;
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
@@ -1046,7 +924,7 @@ Test(features, initial_state_matches_keras) {
   cr_assert_eq(weight_scalar(opt, "iteration"), 0.0);
   OK(cuoptimDestroy(opt));
 
-  c = config_lr(CUOPTIM_NADAM, 0.001);
+  c = test_config_lr(CUOPTIM_NADAM, 0.001);
   c.dynamic_loss_scale = 1;
   c.initial_scale = 512.0;
   OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
@@ -1120,7 +998,7 @@ static void roundtrip_grads(int step, float *g, float scale) {
 }
 
 static void set_weights_roundtrip(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   static const float k0[3] = {0.5f, -1.0f, 2.0f}, b0[2] = {0.25f, -0.125f};
   for (size_t i = 0; i < sizeof ROUNDTRIP_CASES / sizeof ROUNDTRIP_CASES[0]; i++) {
     const roundtrip_case *rc = &ROUNDTRIP_CASES[i];
@@ -1128,10 +1006,10 @@ static void set_weights_roundtrip(cuoptimBackend_t b) {
     OK(cuoptimConfigInit(&c, rc->kind));
     rc->configure(&c);
     float scale = c.dynamic_loss_scale ? 4.0f : 1.0f;
-    rig_t a, f;
-    rig_init(&a, &c, b);
-    rig_add(&a, "kernel", k0, 3);
-    rig_add(&a, "bias", b0, 2);
+    test_rig_t a, f;
+    test_rig_init(&a, &c, b);
+    test_rig_add(&a, "kernel", k0, 3);
+    test_rig_add(&a, "bias", b0, 2);
     float g[5];
     for (int s = 0; s < 3; s++) {
       roundtrip_grads(s, g, scale);
@@ -1139,11 +1017,11 @@ static void set_weights_roundtrip(cuoptimBackend_t b) {
       rig_apply(&a, grads);
     }
     float ka[3], ba[2];
-    rig_get(&a, 0, ka);
-    rig_get(&a, 1, ba);
-    rig_init(&f, &c, b);
-    rig_add(&f, "kernel", ka, 3);
-    rig_add(&f, "bias", ba, 2);
+    test_rig_get(&a, 0, ka);
+    test_rig_get(&a, 1, ba);
+    test_rig_init(&f, &c, b);
+    test_rig_add(&f, "kernel", ka, 3);
+    test_rig_add(&f, "bias", ba, 2);
     int na = 0, nf = 0;
     OK(cuoptimGetWeightCount(a.opt, &na));
     OK(cuoptimGetWeightCount(f.opt, &nf));
@@ -1155,7 +1033,7 @@ static void set_weights_roundtrip(cuoptimBackend_t b) {
       OK(cuoptimGetWeights(a.opt, w, values, info.count));
       OK(cuoptimSetWeights(f.opt, w, values, info.count));
     }
-    cr_assert_eq(iterations_of(f.opt), iterations_of(a.opt), "%s: iterations after the copy", rc->what);
+    cr_assert_eq(test_iterations(f.opt), test_iterations(a.opt), "%s: iterations after the copy", rc->what);
     float lr_a, lr_f;
     OK(cuoptimGetLearningRate(a.opt, &lr_a));
     OK(cuoptimGetLearningRate(f.opt, &lr_f));
@@ -1167,10 +1045,10 @@ static void set_weights_roundtrip(cuoptimBackend_t b) {
       rig_apply(&f, grads);
     }
     float kf[3], bf[2];
-    rig_get(&a, 0, ka);
-    rig_get(&a, 1, ba);
-    rig_get(&f, 0, kf);
-    rig_get(&f, 1, bf);
+    test_rig_get(&a, 0, ka);
+    test_rig_get(&a, 1, ba);
+    test_rig_get(&f, 0, kf);
+    test_rig_get(&f, 1, bf);
     cr_assert_eq(memcmp(ka, kf, sizeof ka), 0, "%s: kernel differs after the round trip", rc->what);
     cr_assert_eq(memcmp(ba, bf, sizeof ba), 0, "%s: bias differs after the round trip", rc->what);
     for (int w = 0; w < na; w++) {
@@ -1182,8 +1060,8 @@ static void set_weights_roundtrip(cuoptimBackend_t b) {
       cr_assert_eq(memcmp(values, other, info.count * sizeof(double)), 0, "%s: state entry %s differs", rc->what,
                    info.name);
     }
-    rig_destroy(&a);
-    rig_destroy(&f);
+    test_rig_destroy(&a);
+    test_rig_destroy(&f);
   }
 }
 BOTH_BACKENDS(set_weights_round_trip_gives_identical_steps, set_weights_roundtrip)
@@ -1359,7 +1237,7 @@ Test(features, half_precision_matches_float32_master_weights) {
                        (double)param32[i], (double)ref_param[i]);
       }
       compare_states(opt, ref, hc->what, s + 1);
-      cr_assert_eq(iterations_of(opt), iterations_of(ref));
+      cr_assert_eq(test_iterations(opt), test_iterations(ref));
     }
     if (c.use_ema) {
       OK(cuoptimFinalizeVariableValues(opt, NULL));
@@ -1378,7 +1256,7 @@ Test(features, half_precision_matches_float32_master_weights) {
 Test(features, half_master_accumulates_sub_ulp_updates) {
   uint16_t param[1] = {to_half(2048.0f)};
   uint16_t grad[1] = {to_half(-0.25f)};
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 1.0);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 1.0);
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
   cuoptimVariable_t v;
@@ -1396,30 +1274,30 @@ Test(features, half_master_accumulates_sub_ulp_updates) {
 /* Every optimizer (with EMA) on a float32 variable and gradient at addresses that are not 4-byte
  * aligned gives the same steps as on aligned buffers; and float16 at an odd address. */
 static void unaligned_buffers(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   static const float w0[5] = {0.5f, -1.0f, 2.0f, 0.25f, -3.0f};
   static const float g[3][5] = {
       {0.1f, -0.2f, 0.3f, 0.0f, 1.0f}, {-0.5f, 0.5f, 0.1f, 0.2f, -0.3f}, {1.0f, 1.0f, -1.0f, 0.5f, 0.0f}};
   const size_t bytes = sizeof w0;
-  unsigned char *mem = mem_alloc(b, 4 * (bytes + 16));
+  unsigned char *mem = test_mem_alloc(b, 4 * (bytes + 16));
   float *wa = (float *)mem, *ga = (float *)(mem + bytes + 16);             /* aligned */
   void *wo = mem + 2 * (bytes + 16) + 1, *go = mem + 3 * (bytes + 16) + 3; /* not 4-byte aligned */
   for (int kind = 0; kind < CUOPTIM_OPTIMIZER_COUNT; kind++) {
-    cuoptimConfig_t c = config_lr((cuoptimOptimizerKind_t)kind, 0.1);
+    cuoptimConfig_t c = test_config_lr((cuoptimOptimizerKind_t)kind, 0.1);
     c.use_ema = 1;
     if (kind == CUOPTIM_ADAM) c.global_clipnorm = 0.5; /* the inspect pass reads the gradient too */
     if (kind == CUOPTIM_SGD) c.clipnorm = 0.5;
     cuoptimOptimizer_t aligned = NULL, odd = NULL;
     OK(cuoptimCreate(&aligned, &c, b, 0));
     OK(cuoptimCreate(&odd, &c, b, 0));
-    mem_upload(b, wa, w0, bytes);
-    mem_upload(b, wo, w0, bytes);
+    test_mem_upload(b, wa, w0, bytes);
+    test_mem_upload(b, wo, w0, bytes);
     cuoptimVariable_t v;
     OK(cuoptimAddVariable(aligned, "w", wa, CUOPTIM_FLOAT32, 5, &v));
     OK(cuoptimAddVariable(odd, "w", wo, CUOPTIM_FLOAT32, 5, &v));
     for (int s = 0; s < 3; s++) {
-      mem_upload(b, ga, g[s], bytes);
-      mem_upload(b, go, g[s], bytes);
+      test_mem_upload(b, ga, g[s], bytes);
+      test_mem_upload(b, go, g[s], bytes);
       cuoptimGradient_t a = {.variable = 0, .grad = ga, .dtype = CUOPTIM_FLOAT32};
       cuoptimGradient_t o = {.variable = 0, .grad = go, .dtype = CUOPTIM_FLOAT32};
       OK(cuoptimApplyGradients(aligned, 1, &a, NULL));
@@ -1432,10 +1310,10 @@ static void unaligned_buffers(cuoptimBackend_t b) {
     OK(cuoptimSynchronize(aligned));
     OK(cuoptimSynchronize(odd));
     float ra[5], ro[5];
-    mem_download(b, ra, wa, bytes);
-    mem_download(b, ro, wo, bytes);
+    test_mem_download(b, ra, wa, bytes);
+    test_mem_download(b, ro, wo, bytes);
     cr_assert_eq(memcmp(ra, ro, bytes), 0, "%s (%s): an unaligned buffer gives another result",
-                 cuoptimOptimizerName((cuoptimOptimizerKind_t)kind), backend_name(b));
+                 cuoptimOptimizerName((cuoptimOptimizerKind_t)kind), test_backend_name(b));
     OK(cuoptimDestroy(aligned));
     OK(cuoptimDestroy(odd));
   }
@@ -1443,9 +1321,9 @@ static void unaligned_buffers(cuoptimBackend_t b) {
   uint16_t h[4] = {to_half(1.0f), to_half(-2.0f), to_half(0.5f), to_half(3.0f)};
   uint16_t hg[4] = {to_half(0.5f), to_half(0.5f), to_half(-0.5f), to_half(1.0f)};
   void *ho = mem + 1, *hgo = mem + 64 + 3;
-  mem_upload(b, ho, h, sizeof h);
-  mem_upload(b, hgo, hg, sizeof hg);
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 1.0);
+  test_mem_upload(b, ho, h, sizeof h);
+  test_mem_upload(b, hgo, hg, sizeof hg);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 1.0);
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, &c, b, 0));
   cuoptimVariable_t v;
@@ -1453,11 +1331,11 @@ static void unaligned_buffers(cuoptimBackend_t b) {
   cuoptimGradient_t gr = {.variable = v, .grad = hgo, .dtype = CUOPTIM_FLOAT16};
   OK(cuoptimApplyGradients(opt, 1, &gr, NULL));
   OK(cuoptimSynchronize(opt));
-  mem_download(b, h, ho, sizeof h);
+  test_mem_download(b, h, ho, sizeof h);
   cr_assert(from_half(h[0]) == 0.5f && from_half(h[1]) == -2.5f && from_half(h[2]) == 1.0f && from_half(h[3]) == 2.0f,
-            "float16 at an odd address (%s): %g %g %g %g", backend_name(b), (double)from_half(h[0]),
+            "float16 at an odd address (%s): %g %g %g %g", test_backend_name(b), (double)from_half(h[0]),
             (double)from_half(h[1]), (double)from_half(h[2]), (double)from_half(h[3]));
   OK(cuoptimDestroy(opt));
-  mem_free(b, mem);
+  test_mem_free(b, mem);
 }
 BOTH_BACKENDS(unaligned_buffers_give_the_same_steps, unaligned_buffers)

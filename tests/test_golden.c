@@ -27,13 +27,6 @@
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
 
-#define OK(call)                                                                                        \
-  do {                                                                                                  \
-    cuoptimStatus_t ok_status_ = (call);                                                                \
-    cr_assert_eq(ok_status_, CUOPTIM_STATUS_SUCCESS, "%s returned %d (%s): %s", #call, (int)ok_status_, \
-                 cuoptimGetStatusString(ok_status_), cuoptimGetLastErrorMessage());                     \
-  } while (0)
-
 /* Keras's test tolerances. */
 #define KERAS_SINGLE_STEP_TOL 1e-4 /* assertAllClose(..., rtol=1e-4, atol=1e-4) */
 #define KERAS_GOLDEN_TOL 5e-4      /* assertAllClose(..., rtol=5e-4, atol=5e-4) */
@@ -42,156 +35,19 @@
 #define F32_RTOL 1e-6
 #define F32_ATOL 1e-7
 
-static const char *backend_name(cuoptimBackend_t backend) { return backend == CUOPTIM_BACKEND_CUDA ? "CUDA" : "host"; }
-
-static void require_backend(cuoptimBackend_t backend) {
-  if (backend == CUOPTIM_BACKEND_CUDA && !test_has_gpu()) cr_skip_test("no CUDA device: CUDA variant skipped");
-}
-
-/* Memory of the backend: host heap or cudaMalloc. */
-static void *mem_alloc(cuoptimBackend_t backend, size_t bytes) {
-  void *p = NULL;
-  if (backend == CUOPTIM_BACKEND_CUDA) {
-    cudaError_t err = cudaMalloc(&p, bytes);
-    cr_assert_eq(err, cudaSuccess, "cudaMalloc(%zu): %s", bytes, cudaGetErrorString(err));
-  } else {
-    p = calloc(1, bytes ? bytes : 1);
-    cr_assert_not_null(p);
-  }
-  return p;
-}
-
-static void mem_upload(cuoptimBackend_t backend, void *dst, const void *src, size_t bytes) {
-  if (backend == CUOPTIM_BACKEND_CUDA) {
-    cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
-    cr_assert_eq(err, cudaSuccess, "cudaMemcpy to device: %s", cudaGetErrorString(err));
-  } else {
-    memcpy(dst, src, bytes);
-  }
-}
-
-static void mem_download(cuoptimBackend_t backend, void *dst, const void *src, size_t bytes) {
-  if (backend == CUOPTIM_BACKEND_CUDA) {
-    cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
-    cr_assert_eq(err, cudaSuccess, "cudaMemcpy to host: %s", cudaGetErrorString(err));
-  } else {
-    memcpy(dst, src, bytes);
-  }
-}
-
-static void mem_free(cuoptimBackend_t backend, void *p) {
-  if (!p) return;
-  if (backend == CUOPTIM_BACKEND_CUDA)
-    cudaFree(p);
-  else
-    free(p);
-}
-
-static float *mem_from(cuoptimBackend_t backend, const float *values, size_t count) {
-  float *p = mem_alloc(backend, count * sizeof(float));
-  mem_upload(backend, p, values, count * sizeof(float));
-  return p;
-}
-
-/* An optimizer with its variables (in backend memory) and one gradient buffer per variable. */
-#define RIG_MAX_VARS 8
-typedef struct {
-  cuoptimBackend_t backend;
-  cuoptimOptimizer_t opt;
-  int num_vars;
-  size_t count[RIG_MAX_VARS];
-  float *param[RIG_MAX_VARS];
-  float *grad[RIG_MAX_VARS];
-  int owns_param[RIG_MAX_VARS];
-} rig_t;
-
-static void rig_init(rig_t *r, const cuoptimConfig_t *config, cuoptimBackend_t backend) {
-  memset(r, 0, sizeof *r);
-  r->backend = backend;
-  OK(cuoptimCreate(&r->opt, config, backend, 0));
-}
-
-static int rig_add_external(rig_t *r, const char *name, float *param, size_t count) {
-  cr_assert_lt(r->num_vars, RIG_MAX_VARS);
-  int k = r->num_vars;
-  cuoptimVariable_t index = -1;
-  OK(cuoptimAddVariable(r->opt, name, param, CUOPTIM_FLOAT32, count, &index));
-  cr_assert_eq(index, k, "cuoptimAddVariable gave index %d for the variable number %d", (int)index, k);
-  r->count[k] = count;
-  r->param[k] = param;
-  r->grad[k] = mem_alloc(r->backend, count * sizeof(float));
-  r->num_vars++;
-  return k;
-}
-
-static int rig_add(rig_t *r, const char *name, const float *init, size_t count) {
-  float *param = mem_from(r->backend, init, count);
-  int k = rig_add_external(r, name, param, count);
-  r->owns_param[k] = 1;
-  return k;
-}
-
-static void rig_destroy(rig_t *r) {
-  OK(cuoptimDestroy(r->opt));
-  for (int k = 0; k < r->num_vars; k++) {
-    if (r->owns_param[k]) mem_free(r->backend, r->param[k]);
-    mem_free(r->backend, r->grad[k]);
-  }
-  memset(r, 0, sizeof *r);
-}
-
 /* Applies grads[k] (host memory, NULL = no gradient) to variable k for k < r->num_vars. */
-static cuoptimStatus_t rig_try_apply(rig_t *r, const float *const *grads) {
-  cuoptimGradient_t list[RIG_MAX_VARS];
-  int n = 0;
-  for (int k = 0; k < r->num_vars; k++) {
-    list[n].variable = k;
-    list[n].dtype = CUOPTIM_FLOAT32;
-    list[n].grad = NULL;
-    if (grads[k]) {
-      mem_upload(r->backend, r->grad[k], grads[k], r->count[k] * sizeof(float));
-      list[n].grad = r->grad[k];
-    }
-    n++;
-  }
-  return cuoptimApplyGradients(r->opt, n, list, NULL);
-}
-
-static void rig_apply(rig_t *r, const float *const *grads) { OK(rig_try_apply(r, grads)); }
+static void rig_apply(test_rig_t *r, const float *const *grads) { OK(test_rig_try_apply_all(r, grads)); }
 
 /* One-variable optimizers. */
-static void rig_apply1(rig_t *r, const float *grad) {
+static void rig_apply1(test_rig_t *r, const float *grad) {
   const float *grads[1] = {grad};
   cr_assert_eq(r->num_vars, 1);
   rig_apply(r, grads);
 }
 
-static void rig_get(rig_t *r, int k, float *out) {
-  OK(cuoptimSynchronize(r->opt));
-  mem_download(r->backend, out, r->param[k], r->count[k] * sizeof(float));
-}
-
-static int64_t rig_iterations(rig_t *r) {
-  int64_t it = -1;
-  OK(cuoptimGetIterations(r->opt, &it));
-  return it;
-}
-
-/* Index of the optimizer state entry named `name`, or -1. */
-static int weight_index(cuoptimOptimizer_t opt, const char *name) {
-  int count = 0;
-  OK(cuoptimGetWeightCount(opt, &count));
-  for (int i = 0; i < count; i++) {
-    cuoptimWeightInfo_t info;
-    OK(cuoptimGetWeightInfo(opt, i, &info));
-    if (strcmp(info.name, name) == 0) return i;
-  }
-  return -1;
-}
-
 /* The state entry `name` as floats. */
-static void rig_weight(rig_t *r, const char *name, float *out, size_t count) {
-  int index = weight_index(r->opt, name);
+static void rig_weight(test_rig_t *r, const char *name, float *out, size_t count) {
+  int index = test_weight_index(r->opt, name);
   cr_assert_geq(index, 0, "the optimizer has no state entry named \"%s\"", name);
   double values[64];
   cr_assert_leq(count, 64);
@@ -199,8 +55,8 @@ static void rig_weight(rig_t *r, const char *name, float *out, size_t count) {
   for (size_t i = 0; i < count; i++) out[i] = (float)values[i];
 }
 
-static double rig_weight_scalar(rig_t *r, const char *name) {
-  int index = weight_index(r->opt, name);
+static double rig_weight_scalar(test_rig_t *r, const char *name) {
+  int index = test_weight_index(r->opt, name);
   cr_assert_geq(index, 0, "the optimizer has no state entry named \"%s\"", name);
   double value = NAN;
   OK(cuoptimGetWeights(r->opt, index, &value, 1));
@@ -214,18 +70,6 @@ static void expect_close(const float *got, const float *want, size_t n, double r
             (double)want[k], rtol, atol);
 }
 
-static cuoptimConfig_t config_for(cuoptimOptimizerKind_t kind) {
-  cuoptimConfig_t c;
-  OK(cuoptimConfigInit(&c, kind));
-  return c;
-}
-
-static cuoptimConfig_t config_lr(cuoptimOptimizerKind_t kind, double learning_rate) {
-  cuoptimConfig_t c = config_for(kind);
-  c.learning_rate.initial_learning_rate = learning_rate;
-  return c;
-}
-
 /* Defines the host and the CUDA variant of a test whose body is fn(backend). */
 #define BOTH_BACKENDS(test_name, fn)                    \
   Test(golden, test_name) { fn(CUOPTIM_BACKEND_HOST); } \
@@ -236,20 +80,20 @@ static cuoptimConfig_t config_lr(cuoptimOptimizerKind_t kind, double learning_ra
 /* test_single_step: w = [1, 2, 3, 4], g = [1, 6, 7, 2], one apply_gradients. */
 static void run_single_step(cuoptimBackend_t backend, const cuoptimConfig_t *config, const float want[4], double rtol,
                             double atol) {
-  require_backend(backend);
+  test_require_backend(backend);
   static const float w0[4] = {1.0f, 2.0f, 3.0f, 4.0f};
   static const float g[4] = {1.0f, 6.0f, 7.0f, 2.0f};
-  rig_t r;
-  rig_init(&r, config, backend);
-  rig_add(&r, "variable", w0, 4);
+  test_rig_t r;
+  test_rig_init(&r, config, backend);
+  test_rig_add(&r, "variable", w0, 4);
   rig_apply1(&r, g);
   float got[4];
-  rig_get(&r, 0, got);
+  test_rig_get(&r, 0, got);
   char what[128];
-  snprintf(what, sizeof what, "%s single step (%s)", cuoptimOptimizerName(config->kind), backend_name(backend));
+  snprintf(what, sizeof what, "%s single step (%s)", cuoptimOptimizerName(config->kind), test_backend_name(backend));
   expect_close(got, want, 4, rtol, atol, what);
-  cr_assert_eq(rig_iterations(&r), 1);
-  rig_destroy(&r);
+  cr_assert_eq(test_iterations(r.opt), 1);
+  test_rig_destroy(&r);
 }
 
 /* test_correctness_with_golden: x = ones(10); apply full(10, 0.01); then for i in 0..4: compare
@@ -470,99 +314,99 @@ static const float ADAM_PLAIN_GOLDEN_F32[5][10] = {
 
 static void run_golden_rows(cuoptimBackend_t backend, const cuoptimConfig_t *config, const float want[5][10],
                             double rtol, double atol) {
-  require_backend(backend);
-  rig_t r;
-  rig_init(&r, config, backend);
-  rig_add(&r, "x", ONES10, 10);
+  test_require_backend(backend);
+  test_rig_t r;
+  test_rig_init(&r, config, backend);
+  test_rig_add(&r, "x", ONES10, 10);
   rig_apply1(&r, FIRST_GRADS);
   for (int i = 0; i < 5; i++) {
     float got[10];
-    rig_get(&r, 0, got);
+    test_rig_get(&r, 0, got);
     char what[128];
-    snprintf(what, sizeof what, "%s golden row %d (%s)", cuoptimOptimizerName(config->kind), i, backend_name(backend));
+    snprintf(what, sizeof what, "%s golden row %d (%s)", cuoptimOptimizerName(config->kind), i, test_backend_name(backend));
     expect_close(got, want[i], 10, rtol, atol, what);
     rig_apply1(&r, ARANGE_GRADS);
   }
-  cr_assert_eq(rig_iterations(&r), 6);
-  rig_destroy(&r);
+  cr_assert_eq(test_iterations(r.opt), 6);
+  test_rig_destroy(&r);
 }
 
 static cuoptimConfig_t weight_decay_config(cuoptimOptimizerKind_t kind) {
-  cuoptimConfig_t c = config_lr(kind, 1.0);
+  cuoptimConfig_t c = test_config_lr(kind, 1.0);
   c.weight_decay = 0.004;
   return c;
 }
 
 static void run_weight_decay(cuoptimBackend_t backend, cuoptimOptimizerKind_t kind) {
-  require_backend(backend);
+  test_require_backend(backend);
   static const float two = 2.0f, zero = 0.0f;
-  float *var1 = mem_from(backend, &two, 1);
-  float *var2 = mem_from(backend, &two, 1);
-  float *var3 = mem_from(backend, &two, 1);
+  float *var1 = test_mem_from(backend, &two, 1);
+  float *var2 = test_mem_from(backend, &two, 1);
+  float *var3 = test_mem_from(backend, &two, 1);
   cuoptimConfig_t c = weight_decay_config(kind);
   const float *grads[2] = {&zero, &zero};
 
   /* optimizer_1.apply_gradients(zip([grads], [var1])) */
-  rig_t r1;
-  rig_init(&r1, &c, backend);
-  rig_add_external(&r1, "variable", var1, 1);
+  test_rig_t r1;
+  test_rig_init(&r1, &c, backend);
+  test_rig_add_external(&r1, "variable", var1, 1);
   rig_apply(&r1, grads);
 
   /* optimizer_2.exclude_from_weight_decay(var_names=["exclude"]) before the variables exist. */
-  rig_t r2;
-  rig_init(&r2, &c, backend);
+  test_rig_t r2;
+  test_rig_init(&r2, &c, backend);
   OK(cuoptimExcludeFromWeightDecay(r2.opt, "exclude"));
-  rig_add_external(&r2, "variable", var1, 1);
-  rig_add_external(&r2, "exclude", var2, 1);
+  test_rig_add_external(&r2, "variable", var1, 1);
+  test_rig_add_external(&r2, "exclude", var2, 1);
   rig_apply(&r2, grads);
 
   /* optimizer_3.exclude_from_weight_decay(var_list=[var3]): by its exact name, after adding it. */
-  rig_t r3;
-  rig_init(&r3, &c, backend);
-  rig_add_external(&r3, "variable", var1, 1);
-  rig_add_external(&r3, "variable_3", var3, 1);
+  test_rig_t r3;
+  test_rig_init(&r3, &c, backend);
+  test_rig_add_external(&r3, "variable", var1, 1);
+  test_rig_add_external(&r3, "variable_3", var3, 1);
   OK(cuoptimExcludeFromWeightDecay(r3.opt, "^variable_3$"));
   rig_apply(&r3, grads);
 
   float v1, v2, v3;
-  rig_get(&r3, 0, &v1);
-  rig_get(&r2, 1, &v2);
-  rig_get(&r3, 1, &v3);
+  test_rig_get(&r3, 0, &v1);
+  test_rig_get(&r2, 1, &v2);
+  test_rig_get(&r3, 1, &v3);
   /* assertAlmostEqual(..., decimal=6): |x - want| < 1.5e-6 */
   cr_assert(fabs(v1 - 1.9760959) < 1.5e-6, "%s (%s): var1 = %.9g, Keras: 1.9760959", cuoptimOptimizerName(kind),
-            backend_name(backend), (double)v1);
+            test_backend_name(backend), (double)v1);
   cr_assert(fabs(v2 - 2.0) < 1.5e-6, "%s (%s): var2 (excluded by name) = %.9g, Keras: 2.0", cuoptimOptimizerName(kind),
-            backend_name(backend), (double)v2);
+            test_backend_name(backend), (double)v2);
   cr_assert(fabs(v3 - 2.0) < 1.5e-6, "%s (%s): var3 (excluded) = %.9g, Keras: 2.0", cuoptimOptimizerName(kind),
-            backend_name(backend), (double)v3);
-  rig_destroy(&r1);
-  rig_destroy(&r2);
-  rig_destroy(&r3);
-  mem_free(backend, var1);
-  mem_free(backend, var2);
-  mem_free(backend, var3);
+            test_backend_name(backend), (double)v3);
+  test_rig_destroy(&r1);
+  test_rig_destroy(&r2);
+  test_rig_destroy(&r3);
+  test_mem_free(backend, var1);
+  test_mem_free(backend, var2);
+  test_mem_free(backend, var3);
 }
 
 static void run_clip(cuoptimBackend_t backend, cuoptimOptimizerKind_t kind, int clip_value, const float want[2]) {
-  require_backend(backend);
+  test_require_backend(backend);
   static const float w0[2] = {1.0f, 2.0f};
   static const float g[2] = {100.0f, 100.0f};
-  cuoptimConfig_t c = config_for(kind);
+  cuoptimConfig_t c = test_config(kind);
   if (clip_value)
     c.clipvalue = 1.0;
   else
     c.clipnorm = 1.0;
-  rig_t r;
-  rig_init(&r, &c, backend);
-  rig_add(&r, "variable", w0, 2);
+  test_rig_t r;
+  test_rig_init(&r, &c, backend);
+  test_rig_add(&r, "variable", w0, 2);
   rig_apply1(&r, g);
   float got[2];
-  rig_get(&r, 0, got);
+  test_rig_get(&r, 0, got);
   char what[128];
   snprintf(what, sizeof what, "%s(%s=1) (%s)", cuoptimOptimizerName(kind), clip_value ? "clipvalue" : "clipnorm",
-           backend_name(backend));
+           test_backend_name(backend));
   expect_close(got, want, 2, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, what);
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* =================================================================================================
@@ -580,24 +424,24 @@ static const float SGD_GOLDEN[5][10] = {
     {0.9959f, 0.9919f, 0.9879f, 0.9839f, 0.9799f, 0.9759f, 0.9719f, 0.9679f, 0.9639f, 0.9599f}};
 
 static cuoptimConfig_t sgd_golden_config(void) {
-  cuoptimConfig_t c = config_for(CUOPTIM_SGD); /* SGD(nesterov=True) */
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD); /* SGD(nesterov=True) */
   c.nesterov = 1;
   return c;
 }
 
 static void sgd_single_step(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.5);
   run_single_step(b, &c, SGD_SINGLE, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL);
 }
 /* test_single_step also checks optimizer.variables: [iteration = 1, learning_rate = 0.5]. */
 static void sgd_single_step_variables(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 0.5);
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.5);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float w0[4] = {1.0f, 2.0f, 3.0f, 4.0f};
   static const float g[4] = {1.0f, 6.0f, 7.0f, 2.0f};
-  rig_add(&r, "variable", w0, 4);
+  test_rig_add(&r, "variable", w0, 4);
   int count = -1;
   OK(cuoptimGetWeightCount(r.opt, &count));
   cr_assert_eq(count, 2, "len(optimizer.variables) is 2 in Keras, cuoptim lists %d", count);
@@ -614,10 +458,10 @@ static void sgd_single_step_variables(cuoptimBackend_t b) {
   cr_assert_eq(v, 1.0);
   OK(cuoptimGetWeights(r.opt, 1, &v, 1));
   cr_assert_eq(v, 0.5);
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 static void sgd_single_step_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.5);
   run_single_step(b, &c, SGD_SINGLE_F32, F32_RTOL, F32_ATOL);
 }
 static void sgd_golden_rows(cuoptimBackend_t b) {
@@ -646,23 +490,23 @@ BOTH_BACKENDS(sgd_clip_value_matches_keras, sgd_clip_value)
  * w = [1, 2, 3, 4] with g = [1, 6, 7, 2], then [0.5, -1, 2, 0], then [1, 6, 7, 2]. */
 static const float SGD_MOMENTUM_GRADS[3][4] = {{1, 6, 7, 2}, {0.5f, -1, 2, 0}, {1, 6, 7, 2}};
 static void run_sgd_momentum(cuoptimBackend_t b, int nesterov, const float want[3][4]) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 0.1);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.1);
   c.momentum = 0.9;
   c.nesterov = nesterov;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float w0[4] = {1.0f, 2.0f, 3.0f, 4.0f};
-  rig_add(&r, "variable", w0, 4);
+  test_rig_add(&r, "variable", w0, 4);
   for (int s = 0; s < 3; s++) {
     rig_apply1(&r, SGD_MOMENTUM_GRADS[s]);
     float got[4];
-    rig_get(&r, 0, got);
+    test_rig_get(&r, 0, got);
     char what[96];
-    snprintf(what, sizeof what, "SGD momentum%s step %d (%s)", nesterov ? " nesterov" : "", s + 1, backend_name(b));
+    snprintf(what, sizeof what, "SGD momentum%s step %d (%s)", nesterov ? " nesterov" : "", s + 1, test_backend_name(b));
     expect_close(got, want[s], 4, F32_RTOL, F32_ATOL, what);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 static void sgd_momentum(cuoptimBackend_t b) { run_sgd_momentum(b, 0, SGD_MOMENTUM_F32); }
 static void sgd_nesterov(cuoptimBackend_t b) { run_sgd_momentum(b, 1, SGD_NESTEROV_F32); }
@@ -680,16 +524,16 @@ static const float RMSPROP_GOLDEN[5][10] = {
     {0.9864f, 0.9864f, 0.9864f, 0.9864f, 0.9864f, 0.9864f, 0.9864f, 0.9864f, 0.9864f, 0.9864f}};
 
 static cuoptimConfig_t rmsprop_golden_config(void) {
-  cuoptimConfig_t c = config_for(CUOPTIM_RMSPROP); /* RMSprop(centered=True) */
+  cuoptimConfig_t c = test_config(CUOPTIM_RMSPROP); /* RMSprop(centered=True) */
   c.centered = 1;
   return c;
 }
 static void rmsprop_single_step(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_RMSPROP, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_RMSPROP, 0.5);
   run_single_step(b, &c, RMSPROP_SINGLE, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL);
 }
 static void rmsprop_single_step_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_RMSPROP, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_RMSPROP, 0.5);
   run_single_step(b, &c, RMSPROP_SINGLE_F32, F32_RTOL, F32_ATOL);
 }
 static void rmsprop_golden_rows(cuoptimBackend_t b) {
@@ -715,12 +559,12 @@ BOTH_BACKENDS(rmsprop_clip_value_matches_keras, rmsprop_clip_value)
 /* RMSprop with momentum (the momentum slot; not in Keras's tests): real Keras values of
  * RMSprop(learning_rate=0.1, momentum=0.5[, centered=True]) on the golden protocol. */
 static void rmsprop_momentum_rows(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_RMSPROP, 0.1);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_RMSPROP, 0.1);
   c.momentum = 0.5;
   run_golden_rows(b, &c, RMSPROP_MOMENTUM_GOLDEN_F32, F32_RTOL, F32_ATOL);
 }
 static void rmsprop_centered_momentum_rows(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_RMSPROP, 0.1);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_RMSPROP, 0.1);
   c.momentum = 0.5;
   c.centered = 1;
   run_golden_rows(b, &c, RMSPROP_CENTERED_MOMENTUM_GOLDEN_F32, F32_RTOL, F32_ATOL);
@@ -740,17 +584,17 @@ static const float ADAGRAD_GOLDEN[5][10] = {
 
 static cuoptimConfig_t adagrad_golden_config(void) {
   /* Adagrad(learning_rate=0.2, initial_accumulator_value=0.3, epsilon=1e-6) */
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAGRAD, 0.2);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAGRAD, 0.2);
   c.initial_accumulator_value = 0.3;
   c.epsilon = 1e-6;
   return c;
 }
 static void adagrad_single_step(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAGRAD, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAGRAD, 0.5);
   run_single_step(b, &c, ADAGRAD_SINGLE, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL);
 }
 static void adagrad_single_step_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAGRAD, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAGRAD, 0.5);
   run_single_step(b, &c, ADAGRAD_SINGLE_F32, F32_RTOL, F32_ATOL);
 }
 static void adagrad_golden_rows(cuoptimBackend_t b) {
@@ -785,17 +629,17 @@ static const float ADADELTA_GOLDEN[5][10] = {
 
 static cuoptimConfig_t adadelta_golden_config(void) {
   /* Adadelta(learning_rate=1.0, rho=0.8, epsilon=1e-6) */
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADADELTA, 1.0);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADADELTA, 1.0);
   c.rho = 0.8;
   c.epsilon = 1e-6;
   return c;
 }
 static void adadelta_single_step(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADADELTA, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADADELTA, 0.5);
   run_single_step(b, &c, ADADELTA_SINGLE, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL);
 }
 static void adadelta_single_step_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADADELTA, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADADELTA, 0.5);
   run_single_step(b, &c, ADADELTA_SINGLE_F32, F32_RTOL, F32_ATOL);
 }
 static void adadelta_golden_rows(cuoptimBackend_t b) {
@@ -829,16 +673,16 @@ static const float ADAM_GOLDEN[5][10] = {
     {0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f}};
 
 static cuoptimConfig_t adam_golden_config(void) {
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM); /* Adam(amsgrad=True) */
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM); /* Adam(amsgrad=True) */
   c.amsgrad = 1;
   return c;
 }
 static void adam_single_step(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAM, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAM, 0.5);
   run_single_step(b, &c, ADAM_SINGLE, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL);
 }
 static void adam_single_step_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAM, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAM, 0.5);
   run_single_step(b, &c, ADAM_SINGLE_F32, F32_RTOL, F32_ATOL);
 }
 static void adam_golden_rows(cuoptimBackend_t b) {
@@ -851,7 +695,7 @@ static void adam_golden_rows_f32(cuoptimBackend_t b) {
 }
 /* Adam without amsgrad on the golden protocol (real Keras: Adam()). */
 static void adam_plain_golden_rows_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   run_golden_rows(b, &c, ADAM_PLAIN_GOLDEN_F32, F32_RTOL, F32_ATOL);
 }
 static void adam_weight_decay(cuoptimBackend_t b) { run_weight_decay(b, CUOPTIM_ADAM); }
@@ -867,32 +711,32 @@ static const float ADAM_EMA_A2[2] = {-0.0999585092f, 0.900024593f};
 static const float ADAM_EMA_G[2] = {0.1f, 0.2f};
 
 static void adam_ema(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAM, 1.0);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAM, 1.0);
   c.use_ema = 1;
   c.ema_momentum = 0.9;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float w0[2] = {1.0f, 2.0f};
-  rig_add(&r, "var", w0, 2);
+  test_rig_add(&r, "var", w0, 2);
   float v[2], a[2];
   rig_apply1(&r, ADAM_EMA_G);
-  rig_get(&r, 0, v);
+  test_rig_get(&r, 0, v);
   rig_weight(&r, "var_average", a, 2);
   expect_close(v, ADAM_EMA_V1, 2, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "Adam EMA: variable after step 1");
   expect_close(a, v, 2, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "Adam EMA: average after step 1 == variable");
   float v1[2] = {v[0], v[1]};
   rig_apply1(&r, ADAM_EMA_G);
-  rig_get(&r, 0, v);
+  test_rig_get(&r, 0, v);
   expect_close(v, ADAM_EMA_V2, 2, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "Adam EMA: variable after step 2");
   float expected[2] = {0.9f * v1[0] + 0.1f * v[0], 0.9f * v1[1] + 0.1f * v[1]};
   rig_weight(&r, "var_average", a, 2);
   expect_close(a, expected, 2, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "Adam EMA: average == 0.9 v1 + 0.1 v2");
   expect_close(a, ADAM_EMA_A2, 2, F32_RTOL, F32_ATOL, "Adam EMA: average (real Keras float32)");
   OK(cuoptimFinalizeVariableValues(r.opt, NULL));
-  rig_get(&r, 0, v);
+  test_rig_get(&r, 0, v);
   expect_close(v, expected, 2, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "Adam EMA: finalize_variable_values");
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* The model.fit part of test_ema: Dense(10, kernel_initializer="ones", use_bias=False) on
@@ -900,7 +744,7 @@ static void adam_ema(cuoptimBackend_t b) {
  * fit() finalizes, so the kernel equals its average. Ported with cuoptimMinimize: the callback is
  * the forward/backward pass, dL/dk_ij = 2 * (sum_i x_i k_ij - y_j) / 10 * x_i. */
 typedef struct {
-  rig_t *rig;
+  test_rig_t *rig;
   int rows, cols; /* kernel shape */
   const float *x; /* one sample, `rows` inputs */
   const float *y; /* `cols` targets */
@@ -911,18 +755,18 @@ typedef struct {
 static cuoptimStatus_t dense_mse_gradient(void *user, cuoptimOptimizer_t opt, cuoptimStream_t stream, int *n,
                                           const cuoptimGradient_t **grads) {
   dense_fit_t *fit = user;
-  rig_t *r = fit->rig;
+  test_rig_t *r = fit->rig;
   cr_assert_eq(opt, r->opt, "cuoptimMinimize passes the optimizer to the callback");
   float kernel[64], grad[64];
   cr_assert_leq((size_t)fit->rows * fit->cols, 64);
-  rig_get(r, 0, kernel);
+  test_rig_get(r, 0, kernel);
   for (int j = 0; j < fit->cols; j++) {
     float pred = 0.0f;
     for (int i = 0; i < fit->rows; i++) pred += fit->x[i] * kernel[i * fit->cols + j];
     float d = 2.0f * (pred - fit->y[j]) / (float)fit->cols;
     for (int i = 0; i < fit->rows; i++) grad[i * fit->cols + j] = d * fit->x[i];
   }
-  mem_upload(r->backend, r->grad[0], grad, (size_t)fit->rows * fit->cols * sizeof(float));
+  test_mem_upload(r->backend, r->grad[0], grad, (size_t)fit->rows * fit->cols * sizeof(float));
   fit->grads[0].variable = 0;
   fit->grads[0].grad = r->grad[0];
   fit->grads[0].dtype = CUOPTIM_FLOAT32;
@@ -933,28 +777,28 @@ static cuoptimStatus_t dense_mse_gradient(void *user, cuoptimOptimizer_t opt, cu
 }
 
 static void adam_ema_fit(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
   c.use_ema = 1;
   c.ema_momentum = 0.9;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   float kernel[50], x[5], y[10];
   for (int i = 0; i < 50; i++) kernel[i] = 1.0f;
   for (int i = 0; i < 5; i++) x[i] = 1.0f;
   for (int i = 0; i < 10; i++) y[i] = 0.0f;
-  rig_add(&r, "kernel", kernel, 50);
+  test_rig_add(&r, "kernel", kernel, 50);
   dense_fit_t fit = {.rig = &r, .rows = 5, .cols = 10, .x = x, .y = y};
   OK(cuoptimMinimize(r.opt, dense_mse_gradient, &fit, NULL));
   cr_assert_eq(fit.calls, 1);
   OK(cuoptimFinalizeVariableValues(r.opt, NULL));
   float w[50], a[50];
-  rig_get(&r, 0, w);
+  test_rig_get(&r, 0, w);
   rig_weight(&r, "kernel_average", a, 50);
   expect_close(w, a, 50, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "Adam EMA fit: model weights == EMA weights");
   /* One Adam step of lr 0.001 on gradient 1: every weight is 1 - 0.001 (within epsilon-hat). */
   for (int i = 0; i < 50; i++) cr_assert(fabsf(w[i] - 0.999f) < 1e-5f, "kernel[%d] = %.9g", i, (double)w[i]);
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* test_ema_overwrite_frequency: Adam(learning_rate=1.0, use_ema=True, ema_momentum=0.9,
@@ -970,43 +814,43 @@ static const float ADAM_EMA_OW_AVG[4][2] = {{3.82661819e-05f, 1.00002253f},
                                             {-0.389951825f, 0.610028684f}};
 
 static void adam_ema_overwrite_frequency(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAM, 1.0);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAM, 1.0);
   c.use_ema = 1;
   c.ema_momentum = 0.9;
   c.ema_overwrite_frequency = 2;
-  cuoptimConfig_t c_no_ema = config_lr(CUOPTIM_ADAM, 1.0);
+  cuoptimConfig_t c_no_ema = test_config_lr(CUOPTIM_ADAM, 1.0);
   static const float w0[2] = {1.0f, 2.0f};
-  rig_t r, q;
-  rig_init(&r, &c, b);
-  rig_add(&r, "var", w0, 2);
-  rig_init(&q, &c_no_ema, b);
-  rig_add(&q, "var", w0, 2);
+  test_rig_t r, q;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "var", w0, 2);
+  test_rig_init(&q, &c_no_ema, b);
+  test_rig_add(&q, "var", w0, 2);
   float v[2], a[2], v1[2], v2[2];
   /* First step: not overwritten yet. */
   rig_apply1(&r, ADAM_EMA_G);
   rig_apply1(&q, ADAM_EMA_G);
-  rig_get(&q, 0, v1);
-  rig_get(&r, 0, v);
+  test_rig_get(&q, 0, v1);
+  test_rig_get(&r, 0, v);
   expect_close(v, v1, 2, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "EMA overwrite: step 1 variable == no-EMA variable");
   /* Second step: (1 + 1) % 2 == 0, overwritten by the average. */
   rig_apply1(&r, ADAM_EMA_G);
   rig_apply1(&q, ADAM_EMA_G);
-  rig_get(&q, 0, v2);
+  test_rig_get(&q, 0, v2);
   float expected[2] = {0.9f * v1[0] + 0.1f * v2[0], 0.9f * v1[1] + 0.1f * v2[1]};
-  rig_get(&r, 0, v);
+  test_rig_get(&r, 0, v);
   rig_weight(&r, "var_average", a, 2);
   expect_close(v, expected, 2, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "EMA overwrite: step 2 variable == average");
   expect_close(a, expected, 2, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "EMA overwrite: step 2 average");
-  rig_destroy(&r);
-  rig_destroy(&q);
+  test_rig_destroy(&r);
+  test_rig_destroy(&q);
 
   /* Steps 1..4 against real Keras. */
-  rig_init(&r, &c, b);
-  rig_add(&r, "var", w0, 2);
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "var", w0, 2);
   for (int s = 0; s < 4; s++) {
     rig_apply1(&r, ADAM_EMA_G);
-    rig_get(&r, 0, v);
+    test_rig_get(&r, 0, v);
     rig_weight(&r, "var_average", a, 2);
     char what[96];
     snprintf(what, sizeof what, "EMA overwrite: variable after step %d", s + 1);
@@ -1014,7 +858,7 @@ static void adam_ema_overwrite_frequency(cuoptimBackend_t b) {
     snprintf(what, sizeof what, "EMA overwrite: average after step %d", s + 1);
     expect_close(a, ADAM_EMA_OW_AVG[s], 2, F32_RTOL, F32_ATOL, what);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 BOTH_BACKENDS(adam_single_step_matches_keras, adam_single_step)
@@ -1041,17 +885,17 @@ static const float ADAMW_GOLDEN[5][10] = {
 
 static cuoptimConfig_t adamw_golden_config(void) {
   /* AdamW(learning_rate=1.0, weight_decay=0.5, epsilon=2) */
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAMW, 1.0);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAMW, 1.0);
   c.weight_decay = 0.5;
   c.epsilon = 2.0;
   return c;
 }
 static void adamw_single_step(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAMW, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAMW, 0.5);
   run_single_step(b, &c, ADAMW_SINGLE, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL);
 }
 static void adamw_single_step_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAMW, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAMW, 0.5);
   run_single_step(b, &c, ADAMW_SINGLE_F32, F32_RTOL, F32_ATOL);
 }
 static void adamw_golden_rows(cuoptimBackend_t b) {
@@ -1086,18 +930,18 @@ static const float ADAMAX_GOLDEN[5][10] = {
 
 static cuoptimConfig_t adamax_golden_config(void) {
   /* Adamax(learning_rate=0.2, beta_1=0.85, beta_2=0.95, epsilon=1e-6) */
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAMAX, 0.2);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAMAX, 0.2);
   c.beta_1 = 0.85;
   c.beta_2 = 0.95;
   c.epsilon = 1e-6;
   return c;
 }
 static void adamax_single_step(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAMAX, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAMAX, 0.5);
   run_single_step(b, &c, ADAMAX_SINGLE, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL);
 }
 static void adamax_single_step_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAMAX, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAMAX, 0.5);
   run_single_step(b, &c, ADAMAX_SINGLE_F32, F32_RTOL, F32_ATOL);
 }
 static void adamax_golden_rows(cuoptimBackend_t b) {
@@ -1132,18 +976,18 @@ static const float NADAM_GOLDEN[5][10] = {
 
 static cuoptimConfig_t nadam_golden_config(void) {
   /* Nadam(learning_rate=0.5, beta_1=0.5, beta_2=0.67, epsilon=1e-5) */
-  cuoptimConfig_t c = config_lr(CUOPTIM_NADAM, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_NADAM, 0.5);
   c.beta_1 = 0.5;
   c.beta_2 = 0.67;
   c.epsilon = 1e-5;
   return c;
 }
 static void nadam_single_step(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_NADAM, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_NADAM, 0.5);
   run_single_step(b, &c, NADAM_SINGLE, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL);
 }
 static void nadam_single_step_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_NADAM, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_NADAM, 0.5);
   run_single_step(b, &c, NADAM_SINGLE_F32, F32_RTOL, F32_ATOL);
 }
 static void nadam_golden_rows(cuoptimBackend_t b) {
@@ -1177,19 +1021,19 @@ static const float LION_GOLDEN[5][10] = {
     {0.995f, 0.995f, 0.995f, 0.995f, 0.995f, 0.995f, 0.995f, 0.995f, 0.995f, 0.995f}};
 
 static void lion_single_step(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_LION, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_LION, 0.5);
   run_single_step(b, &c, LION_SINGLE, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL);
 }
 static void lion_single_step_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_LION, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_LION, 0.5);
   run_single_step(b, &c, LION_SINGLE_F32, F32_RTOL, F32_ATOL);
 }
 static void lion_golden_rows(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_for(CUOPTIM_LION); /* Lion() */
+  cuoptimConfig_t c = test_config(CUOPTIM_LION); /* Lion() */
   run_golden_rows(b, &c, LION_GOLDEN, KERAS_GOLDEN_TOL, KERAS_GOLDEN_TOL);
 }
 static void lion_golden_rows_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_for(CUOPTIM_LION);
+  cuoptimConfig_t c = test_config(CUOPTIM_LION);
   run_golden_rows(b, &c, LION_GOLDEN_F32, F32_RTOL, F32_ATOL);
 }
 static void lion_weight_decay(cuoptimBackend_t b) { run_weight_decay(b, CUOPTIM_LION); }
@@ -1215,19 +1059,19 @@ static const float LAMB_GOLDEN[5][10] = {
     {0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f, 0.9955f}};
 
 static void lamb_single_step(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_LAMB, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_LAMB, 0.5);
   run_single_step(b, &c, LAMB_SINGLE, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL);
 }
 static void lamb_single_step_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_LAMB, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_LAMB, 0.5);
   run_single_step(b, &c, LAMB_SINGLE_F32, F32_RTOL, F32_ATOL);
 }
 static void lamb_golden_rows(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_for(CUOPTIM_LAMB); /* Lamb() */
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB); /* Lamb() */
   run_golden_rows(b, &c, LAMB_GOLDEN, KERAS_GOLDEN_TOL, KERAS_GOLDEN_TOL);
 }
 static void lamb_golden_rows_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_for(CUOPTIM_LAMB);
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   run_golden_rows(b, &c, LAMB_GOLDEN_F32, F32_RTOL, F32_ATOL);
 }
 static void lamb_weight_decay(cuoptimBackend_t b) { run_weight_decay(b, CUOPTIM_LAMB); }
@@ -1256,7 +1100,7 @@ static cuoptimConfig_t ftrl_golden_config(void) {
   /* Ftrl(learning_rate=0.05, learning_rate_power=-0.2, initial_accumulator_value=0.4,
    *      l1_regularization_strength=0.05, l2_regularization_strength=0.15,
    *      l2_shrinkage_regularization_strength=0.01, beta=0.3) */
-  cuoptimConfig_t c = config_lr(CUOPTIM_FTRL, 0.05);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_FTRL, 0.05);
   c.learning_rate_power = -0.2;
   c.initial_accumulator_value = 0.4;
   c.l1_regularization_strength = 0.05;
@@ -1266,11 +1110,11 @@ static cuoptimConfig_t ftrl_golden_config(void) {
   return c;
 }
 static void ftrl_single_step(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_FTRL, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_FTRL, 0.5);
   run_single_step(b, &c, FTRL_SINGLE, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL);
 }
 static void ftrl_single_step_f32(cuoptimBackend_t b) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_FTRL, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_FTRL, 0.5);
   run_single_step(b, &c, FTRL_SINGLE_F32, F32_RTOL, F32_ATOL);
 }
 static void ftrl_golden_rows(cuoptimBackend_t b) {
@@ -1397,20 +1241,20 @@ static const float FTRL_MIXED_F32[6][8] = {
     {0.39235577f, -1.36244321f, 0.364513814f, 0.295369834f, -0.12805669f, 0.132398784f, 0.856258452f, -0.7064417f}};
 
 static void run_mixed(cuoptimBackend_t b, cuoptimOptimizerKind_t kind, const float want[6][8]) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(kind, 0.1);
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "variable", MIXED_W0, 8);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(kind, 0.1);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "variable", MIXED_W0, 8);
   for (int s = 0; s < 6; s++) {
     rig_apply1(&r, MIXED_GRADS[s]);
     float got[8];
-    rig_get(&r, 0, got);
+    test_rig_get(&r, 0, got);
     char what[96];
-    snprintf(what, sizeof what, "%s mixed-sign step %d (%s)", cuoptimOptimizerName(kind), s + 1, backend_name(b));
+    snprintf(what, sizeof what, "%s mixed-sign step %d (%s)", cuoptimOptimizerName(kind), s + 1, test_backend_name(b));
     expect_close(got, want[s], 8, F32_RTOL, F32_ATOL, what);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 static void mixed_sgd(cuoptimBackend_t b) { run_mixed(b, CUOPTIM_SGD, SGD_MIXED_F32); }
 static void mixed_rmsprop(cuoptimBackend_t b) { run_mixed(b, CUOPTIM_RMSPROP, RMSPROP_MIXED_F32); }
@@ -1444,79 +1288,79 @@ static const float ONES4[4] = {1.0f, 1.0f, 1.0f, 1.0f};
 
 /* test_iterations_counter: Adam(learning_rate=1.0): iterations 0, 1, 2. */
 static void optimizer_iterations_counter(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_ADAM, 1.0);
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "v", V22, 4);
-  cr_assert_eq(rig_iterations(&r), 0);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAM, 1.0);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "v", V22, 4);
+  cr_assert_eq(test_iterations(r.opt), 0);
   rig_apply1(&r, ONES4);
-  cr_assert_eq(rig_iterations(&r), 1);
+  cr_assert_eq(test_iterations(r.opt), 1);
   rig_apply1(&r, ONES4);
-  cr_assert_eq(rig_iterations(&r), 2);
-  rig_destroy(&r);
+  cr_assert_eq(test_iterations(r.opt), 2);
+  test_rig_destroy(&r);
 }
 
 /* test_empty_gradients: no valid gradient -> ValueError ("No gradients provided for any
  * variable."); a None gradient is filtered and the other variable is updated. */
 static void optimizer_empty_gradients(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   static const float v0[4] = {3.0f, 4.0f, 5.0f, 6.0f};
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 1.0);
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "v", v0, 4);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 1.0);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "v", v0, 4);
   const float *none[1] = {NULL};
-  cuoptimStatus_t status = rig_try_apply(&r, none);
+  cuoptimStatus_t status = test_rig_try_apply_all(&r, none);
   cr_assert_eq(status, CUOPTIM_STATUS_INVALID_VALUE, "all-None gradients: got %s", cuoptimGetStatusString(status));
   cr_assert_neq(cuoptimGetLastErrorMessage()[0], '\0');
-  cr_assert_eq(rig_iterations(&r), 0);
-  rig_destroy(&r);
+  cr_assert_eq(test_iterations(r.opt), 0);
+  test_rig_destroy(&r);
 
-  rig_init(&r, &c, b);
-  rig_add(&r, "v", v0, 4);
-  rig_add(&r, "v2", v0, 4);
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "v", v0, 4);
+  test_rig_add(&r, "v2", v0, 4);
   const float *grads[2] = {NULL, ONES4};
   rig_apply(&r, grads);
   float got[4];
   static const float v2_want[4] = {2.0f, 3.0f, 4.0f, 5.0f};
-  rig_get(&r, 0, got);
+  test_rig_get(&r, 0, got);
   expect_close(got, v0, 4, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "variable without gradient");
-  rig_get(&r, 1, got);
+  test_rig_get(&r, 1, got);
   expect_close(got, v2_want, 4, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "variable with gradient");
-  cr_assert_eq(rig_iterations(&r), 1);
-  rig_destroy(&r);
+  cr_assert_eq(test_iterations(r.opt), 1);
+  test_rig_destroy(&r);
 }
 
 /* test_clip_args: each clip option alone is kept; two together -> ValueError. */
 static void optimizer_clip_args(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 1.0), got;
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 1.0), got;
   cuoptimOptimizer_t opt = NULL;
   c.clipnorm = 0.1;
   OK(cuoptimCreate(&opt, &c, b, 0));
   OK(cuoptimGetConfig(opt, &got));
   cr_assert_eq(got.clipnorm, 0.1);
   OK(cuoptimDestroy(opt));
-  c = config_lr(CUOPTIM_SGD, 1.0);
+  c = test_config_lr(CUOPTIM_SGD, 1.0);
   c.clipvalue = 0.1;
   OK(cuoptimCreate(&opt, &c, b, 0));
   OK(cuoptimGetConfig(opt, &got));
   cr_assert_eq(got.clipvalue, 0.1);
   OK(cuoptimDestroy(opt));
-  c = config_lr(CUOPTIM_SGD, 1.0);
+  c = test_config_lr(CUOPTIM_SGD, 1.0);
   c.global_clipnorm = 0.1;
   OK(cuoptimCreate(&opt, &c, b, 0));
   OK(cuoptimGetConfig(opt, &got));
   cr_assert_eq(got.global_clipnorm, 0.1);
   OK(cuoptimDestroy(opt));
 
-  c = config_lr(CUOPTIM_SGD, 1.0);
+  c = test_config_lr(CUOPTIM_SGD, 1.0);
   c.clipnorm = 0.1;
   c.clipvalue = 0.1;
   cr_assert_eq(cuoptimCreate(&opt, &c, b, 0), CUOPTIM_STATUS_INVALID_VALUE);
   cr_assert_neq(cuoptimGetLastErrorMessage()[0], '\0');
-  c = config_lr(CUOPTIM_SGD, 1.0);
+  c = test_config_lr(CUOPTIM_SGD, 1.0);
   c.clipnorm = 0.1;
   c.global_clipnorm = 0.1;
   cr_assert_eq(cuoptimCreate(&opt, &c, b, 0), CUOPTIM_STATUS_INVALID_VALUE);
@@ -1526,21 +1370,21 @@ static void optimizer_clip_args(cuoptimBackend_t b) {
 /* test_clip_norm / test_clip_value / test_global_clip_norm on SGD: Keras checks the clipped
  * gradient; with learning_rate=1.0 and w = 0 the variable after one step is minus that gradient. */
 static void run_sgd_clip(cuoptimBackend_t b, int which, const float g[2], const float clipped[2]) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 1.0);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 1.0);
   if (which == 0) c.clipnorm = 1.0;
   if (which == 1) c.clipvalue = 1.0;
   if (which == 2) c.global_clipnorm = 1.0;
   static const float zeros[2] = {0.0f, 0.0f};
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "v", zeros, 2);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "v", zeros, 2);
   rig_apply1(&r, g);
   float got[2];
-  rig_get(&r, 0, got);
+  test_rig_get(&r, 0, got);
   float want[2] = {-clipped[0], -clipped[1]};
   expect_close(got, want, 2, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "SGD clipped gradient");
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 static void optimizer_clip_norm(cuoptimBackend_t b) {
   static const float g[2] = {100.0f, 100.0f};
@@ -1561,21 +1405,21 @@ static void optimizer_global_clip_norm(cuoptimBackend_t b) {
 
 /* test_ema: SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=3). */
 static void optimizer_ema(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   static const float v0[4] = {3.0f, 4.0f, 5.0f, 6.0f};
   static const float want_v[3][4] = {{2, 3, 4, 5}, {1, 2, 3, 4}, {1.71f, 2.71f, 3.71f, 4.71f}};
   static const float want_a[3][4] = {{2, 3, 4, 5}, {1.9f, 2.9f, 3.9f, 4.9f}, {1.71f, 2.71f, 3.71f, 4.71f}};
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 1.0);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 1.0);
   c.use_ema = 1;
   c.ema_momentum = 0.9;
   c.ema_overwrite_frequency = 3;
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "v", v0, 4);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "v", v0, 4);
   for (int s = 0; s < 3; s++) {
     rig_apply1(&r, ONES4);
     float v[4], a[4];
-    rig_get(&r, 0, v);
+    test_rig_get(&r, 0, v);
     rig_weight(&r, "v_average", a, 4);
     char what[64];
     snprintf(what, sizeof what, "SGD EMA: variable after step %d", s + 1);
@@ -1583,21 +1427,21 @@ static void optimizer_ema(cuoptimBackend_t b) {
     snprintf(what, sizeof what, "SGD EMA: average after step %d", s + 1);
     expect_close(a, want_a[s], 4, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, what);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* test_ema_with_model_fit: Dense(2, kernel_initializer="ones", use_bias=False), x = [[1]],
  * y = [[0]], loss "mse", SGD(learning_rate=0.1, use_ema=True, ema_momentum=0.9), 2 epochs of one
  * batch: average and (finalized) kernel are [[0.891, 0.891]] (atol=1e-5). */
 static void optimizer_ema_with_model_fit(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 0.1);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.1);
   c.use_ema = 1;
   c.ema_momentum = 0.9;
-  rig_t r;
-  rig_init(&r, &c, b);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
   static const float kernel[2] = {1.0f, 1.0f}, x[1] = {1.0f}, y[2] = {0.0f, 0.0f};
-  rig_add(&r, "kernel", kernel, 2);
+  test_rig_add(&r, "kernel", kernel, 2);
   dense_fit_t fit = {.rig = &r, .rows = 1, .cols = 2, .x = x, .y = y};
   for (int epoch = 0; epoch < 2; epoch++) OK(cuoptimMinimize(r.opt, dense_mse_gradient, &fit, NULL));
   OK(cuoptimFinalizeVariableValues(r.opt, NULL));
@@ -1605,44 +1449,44 @@ static void optimizer_ema_with_model_fit(cuoptimBackend_t b) {
   float got[2];
   rig_weight(&r, "kernel_average", got, 2);
   expect_close(got, want, 2, KERAS_DEFAULT_TOL, 1e-5, "EMA average after fit");
-  rig_get(&r, 0, got);
+  test_rig_get(&r, 0, got);
   expect_close(got, want, 2, KERAS_DEFAULT_TOL, 1e-5, "kernel after fit (finalized)");
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* test_static_loss_scaling: SGD(learning_rate=1.0, loss_scale_factor=1024.0) with gradients
  * [[1, 2], [3, 4]] * 1024 on v = [[1, 2], [3, 4]] -> zeros. */
 static void optimizer_static_loss_scaling(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 1.0);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 1.0);
   c.loss_scale_factor = 1024.0;
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "v", V22, 4);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "v", V22, 4);
   float g[4];
   for (int i = 0; i < 4; i++) g[i] = V22[i] * 1024.0f;
   rig_apply1(&r, g);
   float got[4];
   static const float zeros[4] = {0, 0, 0, 0};
-  rig_get(&r, 0, got);
+  test_rig_get(&r, 0, got);
   expect_close(got, zeros, 4, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, "static loss scaling");
   cuoptimConfig_t back;
   OK(cuoptimGetConfig(r.opt, &back));
   cr_assert_eq(back.loss_scale_factor, 1024.0); /* scale_loss(1.0) == 1024.0 */
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* test_set_weights: Adam() steps once on x = [[1, 2], [3, 4]] with the same gradient; a second
  * Adam() built on x receives set_weights(optimizer_1.variables): every variable equal. */
 static void optimizer_set_weights(cuoptimBackend_t b) {
-  require_backend(b);
-  cuoptimConfig_t c = config_for(CUOPTIM_ADAM);
-  rig_t r1, r2;
-  rig_init(&r1, &c, b);
-  rig_add(&r1, "x", V22, 4);
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  test_rig_t r1, r2;
+  test_rig_init(&r1, &c, b);
+  test_rig_add(&r1, "x", V22, 4);
   rig_apply1(&r1, V22);
-  rig_init(&r2, &c, b);
-  rig_add(&r2, "x", V22, 4);
+  test_rig_init(&r2, &c, b);
+  test_rig_add(&r2, "x", V22, 4);
   int n1 = 0, n2 = 0;
   OK(cuoptimGetWeightCount(r1.opt, &n1));
   OK(cuoptimGetWeightCount(r2.opt, &n2));
@@ -1663,23 +1507,23 @@ static void optimizer_set_weights(cuoptimBackend_t b) {
     for (size_t k = 0; k < info.count; k++)
       cr_assert_eq(values[k], other[k], "entry %d (%s)[%zu]: %.9g vs %.9g", i, info.name, k, values[k], other[k]);
   }
-  cr_assert_eq(rig_iterations(&r2), 1);
-  rig_destroy(&r1);
-  rig_destroy(&r2);
+  cr_assert_eq(test_iterations(r2.opt), 1);
+  test_rig_destroy(&r1);
+  test_rig_destroy(&r2);
 }
 
 /* test_gradient_accumulation: SGD(learning_rate=1.0, gradient_accumulation_steps=3), gradients of
  * ones on v = [[1, 2], [3, 4]]; v, the accumulator, _iterations and iterations after each apply. */
 static void optimizer_gradient_accumulation(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   static const float want_v[4][4] = {{1, 2, 3, 4}, {1, 2, 3, 4}, {0, 1, 2, 3}, {0, 1, 2, 3}};
   static const float want_acc[4] = {1.0f, 2.0f, 0.0f, 1.0f};
   static const int64_t want_raw[4] = {1, 2, 3, 4}, want_iterations[4] = {0, 0, 1, 1};
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 1.0);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 1.0);
   c.gradient_accumulation_steps = 3;
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "v", V22, 4);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "v", V22, 4);
   cuoptimConfig_t back;
   OK(cuoptimGetConfig(r.opt, &back));
   cr_assert_eq(back.gradient_accumulation_steps, 3);
@@ -1687,16 +1531,16 @@ static void optimizer_gradient_accumulation(cuoptimBackend_t b) {
     rig_apply1(&r, ONES4);
     float v[4], acc[4], acc_want[4] = {want_acc[s], want_acc[s], want_acc[s], want_acc[s]};
     char what[64];
-    rig_get(&r, 0, v);
+    test_rig_get(&r, 0, v);
     snprintf(what, sizeof what, "accumulation: v after apply %d", s + 1);
     expect_close(v, want_v[s], 4, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, what);
     rig_weight(&r, "v_gradient_accumulator", acc, 4);
     snprintf(what, sizeof what, "accumulation: accumulator after apply %d", s + 1);
     expect_close(acc, acc_want, 4, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, what);
     cr_assert_eq(rig_weight_scalar(&r, "iteration"), (double)want_raw[s], "_iterations after apply %d", s + 1);
-    cr_assert_eq(rig_iterations(&r), want_iterations[s], "iterations after apply %d", s + 1);
+    cr_assert_eq(test_iterations(r.opt), want_iterations[s], "iterations after apply %d", s + 1);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* test_gradient_accumulation_with_weigth_decay (parameterized over optimizers): weight_decay=0.05;
@@ -1709,17 +1553,17 @@ static float next_random(uint32_t *state) {
 }
 
 static void run_accumulation_with_weight_decay(cuoptimBackend_t b, cuoptimOptimizerKind_t kind) {
-  require_backend(b);
-  cuoptimConfig_t c1 = config_for(kind);
+  test_require_backend(b);
+  cuoptimConfig_t c1 = test_config(kind);
   c1.weight_decay = 0.05;
   cuoptimConfig_t c3 = c1;
   c3.gradient_accumulation_steps = 3;
   static const float v0[2] = {0.9f, 0.5f};
-  rig_t r1, r3;
-  rig_init(&r1, &c1, b);
-  rig_add(&r1, "variable", v0, 2);
-  rig_init(&r3, &c3, b);
-  rig_add(&r3, "variable", v0, 2);
+  test_rig_t r1, r3;
+  test_rig_init(&r1, &c1, b);
+  test_rig_add(&r1, "variable", v0, 2);
+  test_rig_init(&r3, &c3, b);
+  test_rig_add(&r3, "variable", v0, 2);
   uint32_t seed = 12345u + (uint32_t)kind;
   for (int epoch = 0; epoch < 8; epoch++) {
     float g3[3][2], mean[2];
@@ -1734,16 +1578,16 @@ static void run_accumulation_with_weight_decay(cuoptimBackend_t b, cuoptimOptimi
     for (int k = 0; k < 3; k++) rig_apply1(&r3, g3[k]);
   }
   float v1[2], v3[2];
-  rig_get(&r1, 0, v1);
-  rig_get(&r3, 0, v3);
+  test_rig_get(&r1, 0, v1);
+  test_rig_get(&r3, 0, v3);
   char what[96];
   snprintf(what, sizeof what, "%s: accumulated (3 micro-steps) vs mean gradient (%s)", cuoptimOptimizerName(kind),
-           backend_name(b));
+           test_backend_name(b));
   expect_close(v3, v1, 2, KERAS_DEFAULT_TOL, KERAS_DEFAULT_TOL, what);
-  cr_assert_eq(rig_iterations(&r1), 8);
-  cr_assert_eq(rig_iterations(&r3), 8);
-  rig_destroy(&r1);
-  rig_destroy(&r3);
+  cr_assert_eq(test_iterations(r1.opt), 8);
+  cr_assert_eq(test_iterations(r3.opt), 8);
+  test_rig_destroy(&r1);
+  test_rig_destroy(&r3);
 }
 static void accumulation_wd_adam(cuoptimBackend_t b) { run_accumulation_with_weight_decay(b, CUOPTIM_ADAM); }
 static void accumulation_wd_sgd(cuoptimBackend_t b) { run_accumulation_with_weight_decay(b, CUOPTIM_SGD); }
@@ -1796,14 +1640,14 @@ static const float LSO_W0[4] = {1.0f, 2.0f, 3.0f, 4.0f};
 static const float LSO_G[4] = {1.0f, 6.0f, 7.0f, 2.0f};
 
 static cuoptimConfig_t lso_config(double initial_scale, int64_t dynamic_growth_steps) {
-  cuoptimConfig_t c = config_lr(CUOPTIM_SGD, 0.5);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.5);
   c.dynamic_loss_scale = 1;
   c.initial_scale = initial_scale;
   c.dynamic_growth_steps = dynamic_growth_steps;
   return c;
 }
 
-static float rig_loss_scale(rig_t *r) {
+static float rig_loss_scale(test_rig_t *r) {
   float scale = NAN;
   OK(cuoptimGetLossScale(r->opt, &scale));
   return scale;
@@ -1812,78 +1656,78 @@ static float rig_loss_scale(rig_t *r) {
 /* test_finite_step (and test_apply_with_no_vars, the same step through apply(grads)): gradients
  * [1, 6, 7, 2] * initial_scale -> [0.5, -1.0, -0.5, 3.0]. */
 static void lso_finite_step(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   cuoptimConfig_t c = lso_config(32768.0, 2000); /* Keras's defaults: 2**15, 2000 */
-  cuoptimConfig_t defaults = config_for(CUOPTIM_SGD);
+  cuoptimConfig_t defaults = test_config(CUOPTIM_SGD);
   cr_assert_eq(defaults.initial_scale, 32768.0);
   cr_assert_eq(defaults.dynamic_growth_steps, 2000);
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "variable", LSO_W0, 4);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "variable", LSO_W0, 4);
   float g[4];
   for (int i = 0; i < 4; i++) g[i] = LSO_G[i] * 32768.0f;
   rig_apply1(&r, g);
   float got[4];
   static const float want[4] = {0.5f, -1.0f, -0.5f, 3.0f};
-  rig_get(&r, 0, got);
+  test_rig_get(&r, 0, got);
   expect_close(got, want, 4, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL, "LossScaleOptimizer finite step");
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* test_infinite_step: gradients [inf, inf, inf, inf] -> the variable is unchanged. */
 static void lso_infinite_step(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   cuoptimConfig_t c = lso_config(32768.0, 2000);
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "variable", LSO_W0, 4);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "variable", LSO_W0, 4);
   const float g[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
   rig_apply1(&r, g);
   float got[4];
-  rig_get(&r, 0, got);
+  test_rig_get(&r, 0, got);
   expect_close(got, LSO_W0, 4, KERAS_SINGLE_STEP_TOL, KERAS_SINGLE_STEP_TOL, "LossScaleOptimizer infinite step");
-  cr_assert_eq(rig_iterations(&r), 0, "a skipped step does not count");
-  rig_destroy(&r);
+  cr_assert_eq(test_iterations(r.opt), 0, "a skipped step does not count");
+  test_rig_destroy(&r);
 }
 
 /* test_downscaling: initial_scale=400, four infinite steps -> scale_loss(1.0) == 25. */
 static void lso_downscaling(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   cuoptimConfig_t c = lso_config(400.0, 2000);
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "variable", LSO_W0, 4);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "variable", LSO_W0, 4);
   const float g[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
   for (int i = 0; i < 4; i++) rig_apply1(&r, g);
   cr_assert_float_eq(rig_loss_scale(&r), 25.0f, 1e-6f, "scale after 4 infinite steps");
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* test_upscaling: initial_scale=2.0, dynamic_growth_steps=2, 8 finite steps -> 32. */
 static void lso_upscaling(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   cuoptimConfig_t c = lso_config(2.0, 2);
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "variable", LSO_W0, 4);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "variable", LSO_W0, 4);
   for (int i = 0; i < 8; i++) rig_apply1(&r, LSO_G);
   cr_assert_float_eq(rig_loss_scale(&r), 32.0f, 1e-6f, "scale after 8 finite steps");
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 /* test_iterations_update: iterations == i + 1 after each finite step. */
 static void lso_iterations_update(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   cuoptimConfig_t c = lso_config(32768.0, 2000);
-  rig_t r;
-  rig_init(&r, &c, b);
-  rig_add(&r, "variable", LSO_W0, 4);
-  cr_assert_eq(rig_iterations(&r), 0);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "variable", LSO_W0, 4);
+  cr_assert_eq(test_iterations(r.opt), 0);
   for (int i = 0; i < 3; i++) {
     rig_apply1(&r, LSO_G);
-    cr_assert_eq(rig_iterations(&r), i + 1);
+    cr_assert_eq(test_iterations(r.opt), i + 1);
   }
-  rig_destroy(&r);
+  test_rig_destroy(&r);
 }
 
 BOTH_BACKENDS(loss_scale_optimizer_finite_step_matches_keras, lso_finite_step)

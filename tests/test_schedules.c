@@ -25,51 +25,12 @@
 #include "cuoptim.h"
 #include "testutil.h"
 
-#define OK(call)                                                                                        \
-  do {                                                                                                  \
-    cuoptimStatus_t ok_status_ = (call);                                                                \
-    cr_assert_eq(ok_status_, CUOPTIM_STATUS_SUCCESS, "%s returned %d (%s): %s", #call, (int)ok_status_, \
-                 cuoptimGetStatusString(ok_status_), cuoptimGetLastErrorMessage());                     \
-  } while (0)
-
 #define SWEEP_STEPS 41
 #define SWEEP_RTOL 1e-6
 
 #define BOTH_BACKENDS(test_name, fn)                       \
   Test(schedules, test_name) { fn(CUOPTIM_BACKEND_HOST); } \
   Test(schedules_cuda, test_name) { fn(CUOPTIM_BACKEND_CUDA); }
-
-static void require_backend(cuoptimBackend_t backend) {
-  if (backend == CUOPTIM_BACKEND_CUDA && !test_has_gpu()) cr_skip_test("no CUDA device: CUDA variant skipped");
-}
-
-static void *mem_alloc(cuoptimBackend_t backend, size_t bytes) {
-  void *p = NULL;
-  if (backend == CUOPTIM_BACKEND_CUDA) {
-    cudaError_t err = cudaMalloc(&p, bytes);
-    cr_assert_eq(err, cudaSuccess, "cudaMalloc: %s", cudaGetErrorString(err));
-  } else {
-    p = calloc(1, bytes);
-    cr_assert_not_null(p);
-  }
-  return p;
-}
-
-static void mem_copy(cuoptimBackend_t backend, void *dst, const void *src, size_t bytes, int to_backend) {
-  if (backend == CUOPTIM_BACKEND_CUDA) {
-    cudaError_t err = cudaMemcpy(dst, src, bytes, to_backend ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost);
-    cr_assert_eq(err, cudaSuccess, "cudaMemcpy: %s", cudaGetErrorString(err));
-  } else {
-    memcpy(dst, src, bytes);
-  }
-}
-
-static void mem_free(cuoptimBackend_t backend, void *p) {
-  if (backend == CUOPTIM_BACKEND_CUDA)
-    cudaFree(p);
-  else
-    free(p);
-}
 
 static cuoptimSchedule_t schedule_of(cuoptimScheduleKind_t kind) {
   cuoptimSchedule_t s;
@@ -78,8 +39,7 @@ static cuoptimSchedule_t schedule_of(cuoptimScheduleKind_t kind) {
 }
 
 static cuoptimConfig_t config_with(cuoptimOptimizerKind_t kind, const cuoptimSchedule_t *s) {
-  cuoptimConfig_t c;
-  OK(cuoptimConfigInit(&c, kind));
+  cuoptimConfig_t c = test_config(kind);
   c.learning_rate = *s;
   return c;
 }
@@ -90,12 +50,6 @@ static float learning_rate_of(cuoptimOptimizer_t opt) {
   return lr;
 }
 
-static int64_t iterations_of(cuoptimOptimizer_t opt) {
-  int64_t it = -1;
-  OK(cuoptimGetIterations(opt, &it));
-  return it;
-}
-
 static int close_to(double got, double want, double rtol, double atol) {
   return fabs(got - want) <= atol + rtol * fabs(want);
 }
@@ -103,15 +57,15 @@ static int close_to(double got, double want, double rtol, double atol) {
 /* ---- 1. sweeps over steps 0..40 ------------------------------------------------------------------ */
 
 static void run_sweep(cuoptimBackend_t b, const cuoptimSchedule_t *s, const float want[SWEEP_STEPS], const char *what) {
-  require_backend(b);
+  test_require_backend(b);
   cuoptimConfig_t c = config_with(CUOPTIM_SGD, s);
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, &c, b, 0));
   const float zero = 0.0f, one = 1.0f;
-  float *w = mem_alloc(b, sizeof(float));
-  float *g = mem_alloc(b, sizeof(float));
-  mem_copy(b, g, &one, sizeof one, 1);
-  mem_copy(b, w, &zero, sizeof zero, 1);
+  float *w = test_mem_alloc(b, sizeof(float));
+  float *g = test_mem_alloc(b, sizeof(float));
+  test_mem_upload(b, g, &one, sizeof one);
+  test_mem_upload(b, w, &zero, sizeof zero);
   cuoptimVariable_t var = -1;
   OK(cuoptimAddVariable(opt, "w", w, CUOPTIM_FLOAT32, 1, &var));
   cuoptimGradient_t grad = {.variable = var, .grad = g, .dtype = CUOPTIM_FLOAT32};
@@ -119,18 +73,18 @@ static void run_sweep(cuoptimBackend_t b, const cuoptimSchedule_t *s, const floa
     float lr = learning_rate_of(opt);
     cr_assert(close_to(lr, want[k], SWEEP_RTOL, 0.0), "%s: learning rate before step %d is %.9g, Keras: %.9g", what, k,
               (double)lr, (double)want[k]);
-    mem_copy(b, w, &zero, sizeof zero, 1);
+    test_mem_upload(b, w, &zero, sizeof zero);
     OK(cuoptimApplyGradients(opt, 1, &grad, NULL));
     OK(cuoptimSynchronize(opt));
     float after = NAN;
-    mem_copy(b, &after, w, sizeof after, 0);
+    test_mem_download(b, &after, w, sizeof after);
     cr_assert(close_to(-after, want[k], SWEEP_RTOL, 0.0), "%s: step %d moved w = 0 by g = 1 to %.9g, Keras: -%.9g",
               what, k, (double)after, (double)want[k]);
-    cr_assert_eq(iterations_of(opt), k + 1);
+    cr_assert_eq(test_iterations(opt), k + 1);
   }
   OK(cuoptimDestroy(opt));
-  mem_free(b, w);
-  mem_free(b, g);
+  test_mem_free(b, w);
+  test_mem_free(b, g);
 }
 
 /* ---- real Keras 3.15.1 float32 schedule values (generated with KERAS_BACKEND=jax) ------------------ */
@@ -496,7 +450,7 @@ static double lr_at(cuoptimBackend_t b, const cuoptimSchedule_t *s, int64_t step
   cuoptimConfig_t c = config_with(CUOPTIM_SGD, s);
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, &c, b, 0));
-  float *w = mem_alloc(b, sizeof(float));
+  float *w = test_mem_alloc(b, sizeof(float));
   cuoptimVariable_t var;
   OK(cuoptimAddVariable(opt, "w", w, CUOPTIM_FLOAT32, 1, &var));
   cuoptimWeightInfo_t info;
@@ -506,7 +460,7 @@ static double lr_at(cuoptimBackend_t b, const cuoptimSchedule_t *s, int64_t step
   OK(cuoptimSetWeights(opt, 0, &raw, 1));
   double lr = learning_rate_of(opt);
   OK(cuoptimDestroy(opt));
-  mem_free(b, w);
+  test_mem_free(b, w);
   return lr;
 }
 
@@ -522,12 +476,12 @@ static double lr_at(cuoptimBackend_t b, const cuoptimSchedule_t *s, int64_t step
 
 /* ExponentialDecayTest */
 static void exponential_continuous(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   cuoptimSchedule_t decayed_lr = exponential(0.05, 10, 0.96, 0);
   EXPECT_LR(b, decayed_lr, 5, 0.05 * pow(0.96, 5.0 / 10.0));
 }
 static void exponential_staircase(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   cuoptimSchedule_t decayed_lr = exponential(0.1, 3, 0.96, 1);
   EXPECT_LR(b, decayed_lr, 1, 0.1);
   EXPECT_LR(b, decayed_lr, 2, 0.1);
@@ -538,7 +492,7 @@ static void exponential_variables(cuoptimBackend_t b) { exponential_staircase(b)
 
 /* PiecewiseConstantDecayTest */
 static void piecewise_values(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   static const double boundaries[3] = {100, 110, 120}, values[4] = {1.0, 0.1, 0.01, 0.001};
   cuoptimSchedule_t decayed_lr = piecewise(3, boundaries, values);
   /* Keras also checks step -999 -> 1.0; cuoptim's counter cannot be negative. Step 0 instead. */
@@ -550,7 +504,7 @@ static void piecewise_values(cuoptimBackend_t b) {
   EXPECT_LR(b, decayed_lr, 999, 0.001);
 }
 static void piecewise_boundary_values(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   static const double boundaries[3] = {1, 2, 3}, values[4] = {0.4, 0.5, 0.6, 0.7};
   cuoptimSchedule_t decayed_lr = piecewise(3, boundaries, values);
   EXPECT_LR(b, decayed_lr, 0, 0.4);
@@ -562,31 +516,31 @@ static void piecewise_boundary_values(cuoptimBackend_t b) {
 
 /* LinearDecayTest (PolynomialDecay, power 1) */
 static void linear_halfway(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double lr = 0.05, end_lr = 0.0;
   cuoptimSchedule_t decayed_lr = polynomial(lr, 10, end_lr, 1.0, 0);
   EXPECT_LR(b, decayed_lr, 5, lr * 0.5);
 }
 static void linear_end(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double lr = 0.05, end_lr = 0.001;
   cuoptimSchedule_t decayed_lr = polynomial(lr, 10, end_lr, 1.0, 0);
   EXPECT_LR(b, decayed_lr, 10, end_lr);
 }
 static void linear_halfway_with_end(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double lr = 0.05, end_lr = 0.001;
   cuoptimSchedule_t decayed_lr = polynomial(lr, 10, end_lr, 1.0, 0);
   EXPECT_LR(b, decayed_lr, 5, (lr + end_lr) * 0.5);
 }
 static void linear_beyond_end(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double lr = 0.05, end_lr = 0.001;
   cuoptimSchedule_t decayed_lr = polynomial(lr, 10, end_lr, 1.0, 0);
   EXPECT_LR(b, decayed_lr, 15, end_lr);
 }
 static void linear_beyond_end_with_cycle(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double lr = 0.05, end_lr = 0.001;
   cuoptimSchedule_t decayed_lr = polynomial(lr, 10, end_lr, 1.0, 1);
   EXPECT_LR(b, decayed_lr, 15, (lr - end_lr) * 0.25 + end_lr);
@@ -594,37 +548,37 @@ static void linear_beyond_end_with_cycle(cuoptimBackend_t b) {
 
 /* SqrtDecayTest (PolynomialDecay, power 0.5) */
 static void sqrt_halfway(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double lr = 0.05, end_lr = 0.0, power = 0.5;
   cuoptimSchedule_t decayed_lr = polynomial(lr, 10, end_lr, power, 0);
   EXPECT_LR(b, decayed_lr, 5, lr * pow(0.5, power));
 }
 static void sqrt_end(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double lr = 0.05, end_lr = 0.001, power = 0.5;
   cuoptimSchedule_t decayed_lr = polynomial(lr, 10, end_lr, power, 0);
   EXPECT_LR(b, decayed_lr, 10, end_lr);
 }
 static void sqrt_halfway_with_end(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double lr = 0.05, end_lr = 0.001, power = 0.5;
   cuoptimSchedule_t decayed_lr = polynomial(lr, 10, end_lr, power, 0);
   EXPECT_LR(b, decayed_lr, 5, (lr - end_lr) * pow(0.5, power) + end_lr);
 }
 static void sqrt_beyond_end(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double lr = 0.05, end_lr = 0.001, power = 0.5;
   cuoptimSchedule_t decayed_lr = polynomial(lr, 10, end_lr, power, 0);
   EXPECT_LR(b, decayed_lr, 15, end_lr);
 }
 static void sqrt_beyond_end_with_cycle(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double lr = 0.05, end_lr = 0.001, power = 0.5;
   cuoptimSchedule_t decayed_lr = polynomial(lr, 10, end_lr, power, 1);
   EXPECT_LR(b, decayed_lr, 15, (lr - end_lr) * pow(0.25, power) + end_lr);
 }
 static void sqrt_begin_with_cycle(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double lr = 0.001;
   /* PolynomialDecay(lr, decay_steps, cycle=True): end_learning_rate and power at their defaults. */
   cuoptimSchedule_t decayed_lr = polynomial(lr, 10, 0.0001, 1.0, 1);
@@ -633,14 +587,14 @@ static void sqrt_begin_with_cycle(cuoptimBackend_t b) {
 
 /* InverseTimeDecayTest */
 static void inverse_time_decay(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double initial_lr = 0.1, decay_rate = 0.96;
   int k = 10;
   cuoptimSchedule_t decayed_lr = inverse_time(initial_lr, k, decay_rate, 0);
   for (int i = 0; i < k + 1; i++) EXPECT_LR(b, decayed_lr, i, initial_lr / (1 + (double)i / k * decay_rate));
 }
 static void inverse_time_staircase(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double initial_lr = 0.1, decay_rate = 0.96;
   int k = 10;
   cuoptimSchedule_t decayed_lr = inverse_time(initial_lr, k, decay_rate, 1);
@@ -658,28 +612,28 @@ static double linear_warmup(double step, double warmup_steps, double initial_lr,
   return step / warmup_steps * (target_lr - initial_lr);
 }
 static void cosine_decay(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   for (int step = 0; step < 1500; step += 250) {
     cuoptimSchedule_t decayed_lr = cosine(1.0, 1000, 0.0, CUOPTIM_NONE, 0);
     EXPECT_LR(b, decayed_lr, step, np_cosine_decay(step, 1000, 0.0));
   }
 }
 static void cosine_warmup(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   for (int step = 0; step < 1500; step += 250) {
     cuoptimSchedule_t lr = cosine(0.0, 10, 0.0, 10.0, 1500);
     EXPECT_LR(b, lr, step, linear_warmup(step, 1500, 0.0, 10.0));
   }
 }
 static void cosine_alpha(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   for (int step = 0; step < 1500; step += 250) {
     cuoptimSchedule_t decayed_lr = cosine(1.0, 1000, 0.1, CUOPTIM_NONE, 0);
     EXPECT_LR(b, decayed_lr, step, np_cosine_decay(step, 1000, 0.1));
   }
 }
 static void cosine_warmup_decay(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   double warmup_steps = 2000, decay_steps = 1000, initial_lr = 0.0, target_lr = 10.0;
   for (int step = 0; step < 3000; step += 250) {
     cuoptimSchedule_t lr = cosine(initial_lr, decay_steps, 0.0, target_lr, warmup_steps);
@@ -702,28 +656,28 @@ static double np_cosine_decay_restarts(double step, double decay_steps, double t
   return (1.0 - alpha) * decay + alpha;
 }
 static void restarts_decay(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   for (int step = 0; step < 1500; step += 250) {
     cuoptimSchedule_t decayed_lr = cosine_restarts(1.0, 1000, 2.0, 1.0, 0.0);
     EXPECT_LR(b, decayed_lr, step, np_cosine_decay_restarts(step, 1000, 2.0, 1.0, 0.0));
   }
 }
 static void restarts_alpha(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   for (int step = 0; step < 1500; step += 250) {
     cuoptimSchedule_t decayed_lr = cosine_restarts(1.0, 1000, 2.0, 1.0, 0.1);
     EXPECT_LR(b, decayed_lr, step, np_cosine_decay_restarts(step, 1000, 2.0, 1.0, 0.1));
   }
 }
 static void restarts_mmul(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   for (int step = 0; step < 1500; step += 250) {
     cuoptimSchedule_t decayed_lr = cosine_restarts(1.0, 1000, 2.0, 0.9, 0.0);
     EXPECT_LR(b, decayed_lr, step, np_cosine_decay_restarts(step, 1000, 2.0, 0.9, 0.0));
   }
 }
 static void restarts_tmul(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   for (int step = 0; step < 1500; step += 250) {
     cuoptimSchedule_t decayed_lr = cosine_restarts(1.0, 1000, 1.0, 1.0, 0.0);
     EXPECT_LR(b, decayed_lr, step, np_cosine_decay_restarts(step, 1000, 1.0, 1.0, 0.0));
@@ -780,8 +734,8 @@ static cuoptimStatus_t dense_batch_gradient(void *user, cuoptimOptimizer_t opt, 
   fit_t *fit = user;
   OK(cuoptimSynchronize(opt));
   float k[4], bias[2];
-  mem_copy(fit->backend, k, fit->kernel, sizeof k, 0);
-  mem_copy(fit->backend, bias, fit->bias, sizeof bias, 0);
+  test_mem_download(fit->backend, k, fit->kernel, sizeof k);
+  test_mem_download(fit->backend, bias, fit->bias, sizeof bias);
   int first = (fit->batch % 4) * 4; /* 4 samples per batch, 4 batches per epoch */
   float gk[4] = {0, 0, 0, 0}, gb[2] = {0, 0};
   float loss = 0.0f;
@@ -799,8 +753,8 @@ static cuoptimStatus_t dense_batch_gradient(void *user, cuoptimOptimizer_t opt, 
   }
   fit->epoch_loss[fit->batch / 4] += (loss / 8.0f) / 4.0; /* the epoch's mean of 4 batch losses */
   fit->batch++;
-  mem_copy(fit->backend, fit->grad_kernel, gk, sizeof gk, 1);
-  mem_copy(fit->backend, fit->grad_bias, gb, sizeof gb, 1);
+  test_mem_upload(fit->backend, fit->grad_kernel, gk, sizeof gk);
+  test_mem_upload(fit->backend, fit->grad_bias, gb, sizeof gb);
   fit->grads[0] = (cuoptimGradient_t){.variable = 0, .grad = fit->grad_kernel, .dtype = CUOPTIM_FLOAT32};
   fit->grads[1] = (cuoptimGradient_t){.variable = 1, .grad = fit->grad_bias, .dtype = CUOPTIM_FLOAT32};
   *n = 2;
@@ -809,7 +763,7 @@ static cuoptimStatus_t dense_batch_gradient(void *user, cuoptimOptimizer_t opt, 
 }
 
 static void fit_lr_correctness(cuoptimBackend_t b) {
-  require_backend(b);
+  test_require_backend(b);
   cuoptimSchedule_t s = exponential(0.05, 1, 0.9, 0);
   cuoptimConfig_t c = config_with(CUOPTIM_ADAM, &s);
 
@@ -828,12 +782,12 @@ static void fit_lr_correctness(cuoptimBackend_t b) {
   OK(cuoptimCreate(&opt, &c, b, 0));
   static const float ones[4] = {1, 1, 1, 1};
   fit_t fit = {.backend = b};
-  fit.kernel = mem_alloc(b, 4 * sizeof(float));
-  fit.bias = mem_alloc(b, 2 * sizeof(float));
-  fit.grad_kernel = mem_alloc(b, 4 * sizeof(float));
-  fit.grad_bias = mem_alloc(b, 2 * sizeof(float));
-  mem_copy(b, fit.kernel, ones, 4 * sizeof(float), 1);
-  mem_copy(b, fit.bias, ones, 2 * sizeof(float), 1);
+  fit.kernel = test_mem_alloc(b, 4 * sizeof(float));
+  fit.bias = test_mem_alloc(b, 2 * sizeof(float));
+  fit.grad_kernel = test_mem_alloc(b, 4 * sizeof(float));
+  fit.grad_bias = test_mem_alloc(b, 2 * sizeof(float));
+  test_mem_upload(b, fit.kernel, ones, 4 * sizeof(float));
+  test_mem_upload(b, fit.bias, ones, 2 * sizeof(float));
   cuoptimVariable_t var;
   OK(cuoptimAddVariable(opt, "kernel", fit.kernel, CUOPTIM_FLOAT32, 4, &var));
   OK(cuoptimAddVariable(opt, "bias", fit.bias, CUOPTIM_FLOAT32, 2, &var));
@@ -845,10 +799,10 @@ static void fit_lr_correctness(cuoptimBackend_t b) {
     cr_assert(close_to(fit.epoch_loss[e], want[e], 5e-5, 1e-6), "epoch %d loss %.9g, Keras history: %.9g", e,
               fit.epoch_loss[e], want[e]);
   OK(cuoptimDestroy(opt));
-  mem_free(b, fit.kernel);
-  mem_free(b, fit.bias);
-  mem_free(b, fit.grad_kernel);
-  mem_free(b, fit.grad_bias);
+  test_mem_free(b, fit.kernel);
+  test_mem_free(b, fit.bias);
+  test_mem_free(b, fit.grad_kernel);
+  test_mem_free(b, fit.grad_bias);
 }
 
 BOTH_BACKENDS(fit_lr_correctness_matches_keras, fit_lr_correctness)
