@@ -418,31 +418,24 @@ static cuoptimStatus_t check_count(const cuoptimWeightEntry *entry, size_t count
 /* Copies a float32 buffer of the backend to or from doubles, through a bounded host staging buffer. */
 #define STAGING_ELEMENTS ((size_t)1 << 20)
 
-static cuoptimStatus_t download_buffer(cuoptimOptimizer_t opt, const float *buffer, double *values, size_t count,
-                                       const char *caller) {
-  float *staging = malloc((count < STAGING_ELEMENTS ? count : STAGING_ELEMENTS) * sizeof(float));
+/* Copies `count` elements between a float32 buffer of the backend and host doubles: from `in`
+ * to the buffer when `in` is given, else from the buffer to `out`; through a bounded host staging
+ * buffer (float32 converts to double exactly). */
+static cuoptimStatus_t transfer_buffer(cuoptimOptimizer_t opt, float *buffer, const double *in, double *out,
+                                       size_t count, const char *caller) {
+  size_t capacity = count < STAGING_ELEMENTS ? count : STAGING_ELEMENTS;
+  float *staging = malloc(capacity * sizeof(float));
   if (!staging) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
   cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
-  for (size_t done = 0; done < count && status == CUOPTIM_STATUS_SUCCESS;) {
-    size_t chunk = count - done < STAGING_ELEMENTS ? count - done : STAGING_ELEMENTS;
-    status = opt->ops->download(opt, staging, buffer + done, chunk * sizeof(float));
-    for (size_t i = 0; status == CUOPTIM_STATUS_SUCCESS && i < chunk; i++) values[done + i] = staging[i];
-    done += chunk;
-  }
-  free(staging);
-  return status;
-}
-
-static cuoptimStatus_t upload_buffer(cuoptimOptimizer_t opt, float *buffer, const double *values, size_t count,
-                                     const char *caller) {
-  float *staging = malloc((count < STAGING_ELEMENTS ? count : STAGING_ELEMENTS) * sizeof(float));
-  if (!staging) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
-  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
-  for (size_t done = 0; done < count && status == CUOPTIM_STATUS_SUCCESS;) {
-    size_t chunk = count - done < STAGING_ELEMENTS ? count - done : STAGING_ELEMENTS;
-    for (size_t i = 0; i < chunk; i++) staging[i] = (float)values[done + i];
-    status = opt->ops->upload(opt, buffer + done, staging, chunk * sizeof(float));
-    done += chunk;
+  for (size_t done = 0; done < count && status == CUOPTIM_STATUS_SUCCESS; done += capacity) {
+    size_t chunk = count - done < capacity ? count - done : capacity;
+    if (in) {
+      for (size_t i = 0; i < chunk; i++) staging[i] = (float)in[done + i];
+      status = opt->ops->upload(opt, buffer + done, staging, chunk * sizeof(float));
+    } else {
+      status = opt->ops->download(opt, staging, buffer + done, chunk * sizeof(float));
+      for (size_t i = 0; status == CUOPTIM_STATUS_SUCCESS && i < chunk; i++) out[done + i] = staging[i];
+    }
   }
   free(staging);
   return status;
@@ -455,7 +448,7 @@ cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *val
   cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
   CUOPTIM_CHECK(check_count(entry, count, caller));
-  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return download_buffer(opt, entry->buffer, values, count, caller);
+  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return transfer_buffer(opt, entry->buffer, NULL, values, count, caller);
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
   switch (entry->kind) {
@@ -480,7 +473,8 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
   cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
   CUOPTIM_CHECK(check_count(entry, count, caller));
-  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return upload_buffer(opt, entry->buffer, values, count, caller);
+  if (entry->kind == CUOPTIM_WEIGHT_BUFFER)
+    return transfer_buffer(opt, entry->buffer, values, NULL, count, caller);
   if (entry->info.is_integer && !is_counter_value(values[0]))
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: values[0] = %g: \"%s\" is a counter (an integer >= 0)",
                          caller, values[0], entry->info.name);
