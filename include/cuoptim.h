@@ -359,7 +359,9 @@ typedef struct {
   int is_integer;              /* 1 for the counters (iteration, step_counter) */
 } cuoptimWeightInfo_t;
 
-/* The number of state entries. Statuses: SUCCESS, NULL_POINTER. */
+/* The number of state entries. This and every call below build the optimizer state if no step did
+ * yet (slots allocated and initialised, as Keras's build); cuoptimAddVariable is refused after.
+ * Statuses: SUCCESS, NULL_POINTER, ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t optimizer, int *count);
 
 /* Name and size of entry `index`. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index). */
