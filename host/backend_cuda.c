@@ -21,6 +21,11 @@ typedef struct {
 
 typedef struct {
   DeviceGuard guard;                /* the caller's device during a step */
+  int ever_captured;                /* a graph may rewrite the gradient table: always upload it */
+  int capturing;                    /* the step in progress is being captured */
+  cudaEvent_t step_done;            /* recorded after each eager step on its stream */
+  cuoptimStream_t last_stream;      /* the stream of the last eager step */
+  int has_last_stream;
   cuoptimDeviceStep step;           /* device pointers the kernels read */
   cuoptimDeviceVariable *variables; /* device */
   cuoptimDeviceGradient *grads;     /* device */
@@ -75,6 +80,18 @@ static cuoptimStatus_t cuda_init(cuoptimOptimizer_t opt) {
     free(b);
     return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimCreate: out of host memory");
   }
+  DeviceGuard guard;
+  cuoptimStatus_t status = enter_device(opt, &guard);
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    err = cudaEventCreateWithFlags(&b->step_done, cudaEventDisableTiming);
+    leave_device(&guard);
+    if (err != cudaSuccess) status = cuda_fail(err, "cuoptimCreate: cudaEventCreate");
+  }
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    free(b->batch);
+    free(b);
+    return status;
+  }
   opt->backend_data = b;
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -105,6 +122,7 @@ static void cuda_release(cuoptimOptimizer_t opt) {
   if (enter_device(opt, &guard) == CUOPTIM_STATUS_SUCCESS) {
     cudaDeviceSynchronize();
     free_tables(b);
+    if (b->step_done) cudaEventDestroy(b->step_done);
     leave_device(&guard);
   }
   free(b->uploaded);
@@ -113,8 +131,14 @@ static void cuda_release(cuoptimOptimizer_t opt) {
   opt->backend_data = NULL;
 }
 
-static cuoptimStatus_t cuda_check_pointer(cuoptimOptimizer_t opt, const void *ptr, const char *caller,
-                                          const char *what) {
+static cuoptimStatus_t cuda_check_pointer(cuoptimOptimizer_t opt, const void *ptr, cuoptimDtype_t dtype,
+                                          const char *caller, const char *what) {
+  /* Kernels access elements in place: a buffer must be aligned to its element size. */
+  if ((uintptr_t)ptr % cuoptim_dtype_size(dtype) != 0)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: %s = %p is not aligned to its %zu-byte %s elements (the CUDA backend needs "
+                         "element-aligned buffers)",
+                         caller, what, ptr, cuoptim_dtype_size(dtype), cuoptim_dtype_name(dtype));
   struct cudaPointerAttributes attributes;
   cudaError_t err = cudaPointerGetAttributes(&attributes, ptr);
   if (err != cudaSuccess) {
@@ -279,10 +303,12 @@ static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStre
   cudaError_t err = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
   if (err != cudaSuccess) return cuda_fail(err, "cuoptimApplyGradients: cudaStreamIsCapturing");
   int capturing = capture != cudaStreamCaptureStatusNone;
+  b->capturing = capturing;
+  if (capturing) b->ever_captured = 1;
   int k = 0;
   while (k < n) {
     const cuoptimStepGradient *g = &opt->step_grads[k];
-    if (!capturing && b->uploaded[k].grad == g->grad &&
+    if (!b->ever_captured && b->uploaded[k].grad == g->grad &&
         (g->grad == NULL || b->uploaded[k].dtype == (int32_t)g->dtype)) {
       k++;
       continue;
@@ -312,6 +338,12 @@ static cuoptimStatus_t cuda_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t s
   CudaBackend *b = data_of(opt);
   CUOPTIM_CHECK(enter_device(opt, &b->guard));
   cuoptimStatus_t status = upload_gradient_table(opt, stream);
+  /* Steps share the optimizer's device buffers: a step on another stream than the last one waits
+   * for it (eager steps; a captured step is ordered by the graph's launch stream). */
+  if (status == CUOPTIM_STATUS_SUCCESS && !b->capturing && b->has_last_stream && stream != b->last_stream) {
+    cudaError_t err = cudaStreamWaitEvent((cudaStream_t)stream, b->step_done, 0);
+    if (err != cudaSuccess) status = cuda_fail(err, "cuoptimApplyGradients: cudaStreamWaitEvent");
+  }
   if (status != CUOPTIM_STATUS_SUCCESS) leave_device(&b->guard);
   return status;
 }
@@ -339,7 +371,14 @@ static cuoptimStatus_t cuda_update(cuoptimOptimizer_t opt, cuoptimStream_t strea
 }
 
 static cuoptimStatus_t cuda_finish(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
-  return launched(cuoptim_launch_finish(&data_of(opt)->step, stream), "cuoptimApplyGradients: finish kernel");
+  CudaBackend *b = data_of(opt);
+  CUOPTIM_CHECK(launched(cuoptim_launch_finish(&b->step, stream), "cuoptimApplyGradients: finish kernel"));
+  if (b->capturing) return CUOPTIM_STATUS_SUCCESS;
+  cudaError_t err = cudaEventRecord(b->step_done, (cudaStream_t)stream);
+  if (err != cudaSuccess) return cuda_fail(err, "cuoptimApplyGradients: cudaEventRecord");
+  b->last_stream = stream;
+  b->has_last_stream = 1;
+  return CUOPTIM_STATUS_SUCCESS;
 }
 
 static cuoptimStatus_t cuda_finalize(cuoptimOptimizer_t opt, cuoptimStream_t stream) {

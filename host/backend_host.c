@@ -11,7 +11,8 @@ static cuoptimStatus_t host_init(cuoptimOptimizer_t opt) { return CUOPTIM_STATUS
 
 static void host_release(cuoptimOptimizer_t opt) {}
 
-static cuoptimStatus_t host_check_pointer(cuoptimOptimizer_t opt, const void *ptr, const char *caller,
+static cuoptimStatus_t host_check_pointer(cuoptimOptimizer_t opt, const void *ptr, cuoptimDtype_t dtype,
+                                          const char *caller,
                                           const char *what) {
   return CUOPTIM_STATUS_SUCCESS; /* any host address is usable */
 }

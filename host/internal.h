@@ -116,6 +116,7 @@ typedef struct cuoptimStepGradient {
   uint32_t listed_in;   /* the bind_round in which the variable was last listed */
   int listed_at;        /* its position in that list */
   const void *checked;  /* the last pointer that passed the backend's pointer check */
+  cuoptimDtype_t checked_dtype; /* and the element type it was checked for */
 } cuoptimStepGradient;
 
 typedef struct cuoptimBackendOps cuoptimBackendOps;
@@ -159,7 +160,8 @@ struct cuoptimBackendOps {
   cuoptimStatus_t (*init)(cuoptimOptimizer_t opt);
   void (*release)(cuoptimOptimizer_t opt);
   /* Rejects a pointer the backend cannot use (host pointer given to the CUDA backend). */
-  cuoptimStatus_t (*check_pointer)(cuoptimOptimizer_t opt, const void *ptr, const char *caller, const char *what);
+  cuoptimStatus_t (*check_pointer)(cuoptimOptimizer_t opt, const void *ptr, cuoptimDtype_t dtype, const char *caller,
+                                   const char *what);
   cuoptimStatus_t (*alloc)(cuoptimOptimizer_t opt, size_t bytes, void **ptr);
   void (*free)(cuoptimOptimizer_t opt, void *ptr);
   /* Synchronous copies between host memory and backend memory. */

@@ -135,7 +135,7 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
       return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: name \"%s\" is already variable %d", caller, name, i);
   if (opt->num_variables == INT32_MAX)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: too many variables", caller);
-  CUOPTIM_CHECK(opt->ops->check_pointer(opt, param, caller, "param"));
+  CUOPTIM_CHECK(opt->ops->check_pointer(opt, param, dtype, caller, "param"));
 
   if (opt->num_variables == opt->variable_capacity) {
     int capacity = opt->variable_capacity ? opt->variable_capacity * 2 : 16;

@@ -56,9 +56,10 @@ static cuoptimStatus_t bind_gradients(cuoptimOptimizer_t opt, int n, const cuopt
     bound->listed_in = opt->bind_round;
     bound->listed_at = k;
     if (!g->grad) continue; /* Keras drops None gradients */
-    if (g->grad != bound->checked) {
-      CUOPTIM_CHECK(opt->ops->check_pointer(opt, g->grad, caller, "grads[].grad"));
+    if (g->grad != bound->checked || g->dtype != bound->checked_dtype) {
+      CUOPTIM_CHECK(opt->ops->check_pointer(opt, g->grad, g->dtype, caller, "grads[].grad"));
       bound->checked = g->grad;
+      bound->checked_dtype = g->dtype;
     }
     bound->grad = g->grad;
     bound->dtype = g->dtype;

@@ -264,7 +264,8 @@ CUOPTIM_API cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t optimizer);
 CUOPTIM_API cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t optimizer, cuoptimConfig_t *config);
 
 /* Registers a parameter buffer the caller owns: `count` elements of `dtype` at `param` (pointers
- * of the backend; any alignment). cuoptim allocates the variable's slots (zero or, for Adagrad
+ * of the backend; any alignment on the host backend, aligned to the element size on the CUDA
+ * backend). cuoptim allocates the variable's slots (zero or, for Adagrad
  * and Ftrl accumulators, initial_accumulator_value), an fp32 master copy for float16/bfloat16
  * parameters (initialised from `param`), and an EMA average when use_ema. `name` is the Keras
  * variable name used for weight-decay exclusion and slot names; names must be unique.
@@ -295,7 +296,7 @@ CUOPTIM_API cuoptimStatus_t cuoptimUsesWeightDecay(cuoptimOptimizer_t optimizer,
                                                    int *uses);
 
 /* One gradient: the variable it belongs to, its buffer (pointer of the backend, `count` elements
- * of the variable, any alignment) and its element type. grad == NULL means "no gradient" (Keras's
+ * of the variable, alignment as for parameters) and its element type. grad == NULL means "no gradient" (Keras's
  * None): the pair is dropped. A zero-initialised pair means float32. */
 typedef struct {
   cuoptimVariable_t variable;
@@ -308,8 +309,11 @@ typedef struct {
  * iterations += 1. Only the listed variables are updated; EMA averages every variable.
  * n == 0 is a no-op (iterations unchanged), as in Keras.
  * CUDA backend: enqueued on `stream`, returns without waiting; no host synchronization happens
- * inside, so the call can be captured in a CUDA graph. Parameters and gradients must stay valid
- * until the step completes. Host backend: done when it returns.
+ * inside once the state is built, so every step after the first (or after cuoptimGetWeightCount)
+ * can be captured in a CUDA graph; capturing the very first step fails with CUDA_ERROR, because
+ * building allocates. A step on another stream than the previous eager step waits for it.
+ * Parameters and gradients must stay valid until the step completes, and, on the CUDA backend,
+ * be aligned to their element size. Host backend: done when it returns.
  * Statuses: SUCCESS, NULL_POINTER (grads with n > 0), INVALID_VALUE (unknown variable, a variable
  * listed twice, every gradient NULL, unknown dtype, n < 0), CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t optimizer, int n,

@@ -1338,4 +1338,30 @@ static void unaligned_buffers(cuoptimBackend_t b) {
   OK(cuoptimDestroy(opt));
   test_mem_free(b, mem);
 }
-BOTH_BACKENDS(unaligned_buffers_give_the_same_steps, unaligned_buffers)
+Test(features, unaligned_buffers_give_the_same_steps) { unaligned_buffers(CUOPTIM_BACKEND_HOST); }
+
+/* The CUDA backend accesses elements in place: buffers not aligned to their element size are
+ * refused with a message naming the argument (cuoptim.h), and nothing changes. */
+Test(features_cuda, unaligned_buffers_are_rejected) {
+  test_require_backend(CUOPTIM_BACKEND_CUDA);
+  unsigned char *mem = test_mem_alloc(CUOPTIM_BACKEND_CUDA, 256);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAM, 0.1);
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
+  cuoptimVariable_t v = -1;
+  cr_assert_eq(cuoptimAddVariable(opt, "odd", mem + 2, CUOPTIM_FLOAT32, 4, &v), CUOPTIM_STATUS_INVALID_VALUE);
+  cr_assert(strstr(cuoptimGetLastErrorMessage(), "param") != NULL, "%s", cuoptimGetLastErrorMessage());
+  cr_assert_eq(cuoptimAddVariable(opt, "odd_half", mem + 1, CUOPTIM_FLOAT16, 4, &v), CUOPTIM_STATUS_INVALID_VALUE);
+  int count = -1;
+  OK(cuoptimGetVariableCount(opt, &count));
+  cr_assert_eq(count, 0);
+  OK(cuoptimAddVariable(opt, "w", mem, CUOPTIM_FLOAT32, 4, &v));
+  cuoptimGradient_t g = {v, mem + 64 + 3, CUOPTIM_FLOAT32};
+  cr_assert_eq(cuoptimApplyGradients(opt, 1, &g, NULL), CUOPTIM_STATUS_INVALID_VALUE);
+  cr_assert(strstr(cuoptimGetLastErrorMessage(), "grads[].grad") != NULL, "%s", cuoptimGetLastErrorMessage());
+  int64_t iterations = -1;
+  OK(cuoptimGetIterations(opt, &iterations));
+  cr_assert_eq(iterations, 0);
+  OK(cuoptimDestroy(opt));
+  test_mem_free(CUOPTIM_BACKEND_CUDA, mem);
+}
