@@ -298,6 +298,8 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep
   const cuoptimTensorScalars t = step.tensors[c.variable];
   float *w = working(v);
   float *s0p = v.slots[0], *s1p = v.slots[1], *s2p = v.slots[2], *accp = v.accumulator, *avgp = v.average;
+  /* A variable without a gradient changes only when the EMA overwrites it. */
+  const bool writes_variable = has_grad || s.ema_overwrite;
 
   uint64_t vector_end = r.begin;
   if (vectorizable(v, g)) {
@@ -318,8 +320,10 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep
       for (int k = 0; k < 4; k++)
         update_one<KIND>(p, s, t, has_grad, v.use_weight_decay, gv[k], wv[k], a0[k], a1[k], a2[k], ac[k], av[k],
                          p.use_ema);
-      store4f(w, i, wv);
-      if (v.master) store4(v.param, v.param_dtype, i, wv);
+      if (writes_variable) {
+        store4f(w, i, wv);
+        if (v.master) store4(v.param, v.param_dtype, i, wv);
+      }
       if (has_grad) {
         if (s0p) store4f(s0p, i, a0);
         if (s1p) store4f(s1p, i, a1);
@@ -336,8 +340,10 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep
     float a2 = s2p && has_grad ? s2p[i] : 0.0f, ac = accp && has_grad ? accp[i] : 0.0f;
     float av = avgp ? avgp[i] : 0.0f;
     update_one<KIND>(p, s, t, has_grad, v.use_weight_decay, gi, wi, a0, a1, a2, ac, av, p.use_ema);
-    w[i] = wi;
-    if (v.master) store_scalar(v.param, v.param_dtype, i, wi);
+    if (writes_variable) {
+      w[i] = wi;
+      if (v.master) store_scalar(v.param, v.param_dtype, i, wi);
+    }
     if (has_grad) {
       if (s0p) s0p[i] = a0;
       if (s1p) s1p[i] = a1;
