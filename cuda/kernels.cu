@@ -28,7 +28,12 @@
 
 /* ---- element access ----------------------------------------------------------------------- */
 
+/* Every buffer cuoptim touches is global memory (cudaMalloc'd or managed; AddVariable checks).
+ * Saying so lets the compiler emit global loads and stores (LDG/STG) instead of generic ones. */
+#define ASSUME_GLOBAL(p) __builtin_assume(__isGlobal(p))
+
 __device__ __forceinline__ float load_scalar(const void *base, int dtype, uint64_t i) {
+  ASSUME_GLOBAL(base);
   switch (dtype) {
     case CUOPTIM_FLOAT16: return __half2float(((const __half *)base)[i]);
     case CUOPTIM_BFLOAT16: return __bfloat162float(((const __nv_bfloat16 *)base)[i]);
@@ -37,6 +42,7 @@ __device__ __forceinline__ float load_scalar(const void *base, int dtype, uint64
 }
 
 __device__ __forceinline__ void store_scalar(void *base, int dtype, uint64_t i, float value) {
+  ASSUME_GLOBAL(base);
   switch (dtype) {
     case CUOPTIM_FLOAT16: ((__half *)base)[i] = __float2half_rn(value); break;
     case CUOPTIM_BFLOAT16: ((__nv_bfloat16 *)base)[i] = __float2bfloat16_rn(value); break;
@@ -47,6 +53,7 @@ __device__ __forceinline__ void store_scalar(void *base, int dtype, uint64_t i, 
 /* Four consecutive elements starting at i (a multiple of 4, buffer 16-byte aligned for float32,
  * 8-byte aligned for half types). */
 __device__ __forceinline__ void load4(const void *base, int dtype, uint64_t i, float out[4]) {
+  ASSUME_GLOBAL(base);
   if (dtype == CUOPTIM_FLOAT32) {
     float4 v = *(const float4 *)((const float *)base + i);
     out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
@@ -68,6 +75,7 @@ __device__ __forceinline__ void load4(const void *base, int dtype, uint64_t i, f
 }
 
 __device__ __forceinline__ void store4(void *base, int dtype, uint64_t i, const float in[4]) {
+  ASSUME_GLOBAL(base);
   if (dtype == CUOPTIM_FLOAT32) {
     *(float4 *)((float *)base + i) = make_float4(in[0], in[1], in[2], in[3]);
   } else {
@@ -87,11 +95,13 @@ __device__ __forceinline__ void store4(void *base, int dtype, uint64_t i, const 
 }
 
 __device__ __forceinline__ void load4f(const float *base, uint64_t i, float out[4]) {
+  ASSUME_GLOBAL(base);
   float4 v = *(const float4 *)(base + i);
   out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
 }
 
 __device__ __forceinline__ void store4f(float *base, uint64_t i, const float in[4]) {
+  ASSUME_GLOBAL(base);
   *(float4 *)(base + i) = make_float4(in[0], in[1], in[2], in[3]);
 }
 
