@@ -118,17 +118,20 @@ static void upload_gradients(const side_t *s, const unsigned char *staging, cuda
   CUDA_OK(cudaMemcpyAsync(s->grads, staging, s->pool * test_dtype_bytes(s->grad_dtype), cudaMemcpyHostToDevice, stream));
 }
 
-/* One step with every variable's gradient, always the same device pointers. */
-static cuoptimStatus_t apply(const side_t *s, cudaStream_t stream) {
+/* One step with every variable's gradient taken from the pool `grads` (laid out like s->grads). */
+static cuoptimStatus_t apply_from(const side_t *s, const unsigned char *grads, cudaStream_t stream) {
   cuoptimGradient_t list[NUM_VARS];
   memset(list, 0, sizeof list);
   for (int k = 0; k < NUM_VARS; k++) {
     list[k].variable = k;
-    list[k].grad = s->grads + s->start[k] * test_dtype_bytes(s->grad_dtype);
+    list[k].grad = grads + s->start[k] * test_dtype_bytes(s->grad_dtype);
     list[k].dtype = s->grad_dtype;
   }
   return cuoptimApplyGradients(s->opt, NUM_VARS, list, stream);
 }
+
+/* One step with every variable's gradient, always the same device pointers. */
+static cuoptimStatus_t apply(const side_t *s, cudaStream_t stream) { return apply_from(s, s->grads, stream); }
 
 /* ---- what a caller observes ----------------------------------------------------------------------- */
 
@@ -420,5 +423,69 @@ Test(cuda_graph, capturing_the_first_step_fails_cleanly_and_leaves_the_optimizer
   CUDA_OK(cudaFreeHost(staging));
   free_side(&first);
   free_side(&fresh);
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
+/* Graph replays and eager steps with OTHER gradient pointers on the same optimizer: the graph was
+ * captured with pool P; eager steps use pool Q. A replay rewrites the device's gradient table with
+ * P's pointers, so the eager step after it must upload Q's again — the same sequence run eagerly
+ * (P, then Q, P, Q, ...) must give identical bits. */
+Test(cuda_graph, replays_interleaved_with_eager_steps_on_other_pointers_match_eager) {
+  NEED_GPU();
+  cuoptimConfig_t cfg = test_config(CUOPTIM_ADAM);
+  cfg.learning_rate.initial_learning_rate = 0.01;
+  CUDA_OK(cudaSetDevice(0));
+  cudaStream_t stream = NULL;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  side_t eager, graphed;
+  make_side(&eager, &cfg, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32);
+  make_side(&graphed, &cfg, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32);
+  const size_t bytes = eager.pool * sizeof(float);
+  unsigned char *q_eager = NULL, *q_graphed = NULL, *staging = NULL;
+  CUDA_OK(cudaMalloc((void **)&q_eager, bytes));
+  CUDA_OK(cudaMalloc((void **)&q_graphed, bytes));
+  CUDA_OK(cudaMallocHost((void **)&staging, bytes));
+  memset(staging, 0, bytes);
+  fill_gradients(staging, &eager, 1); /* pool P: step-1 values */
+  CUDA_OK(cudaMemcpy(eager.grads, staging, bytes, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(graphed.grads, staging, bytes, cudaMemcpyHostToDevice));
+  fill_gradients(staging, &eager, 2); /* pool Q: step-2 values */
+  CUDA_OK(cudaMemcpy(q_eager, staging, bytes, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(q_graphed, staging, bytes, cudaMemcpyHostToDevice));
+
+  OK(apply(&eager, stream));
+  OK(apply(&graphed, stream));
+  cudaGraph_t graph = NULL;
+  cudaGraphExec_t exec = NULL;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  cuoptimStatus_t captured = apply(&graphed, stream);
+  cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  OK(captured);
+  CUDA_OK(ended);
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int round = 0; round < 3; round++) {
+    OK(apply_from(&eager, q_eager, stream));
+    OK(apply(&eager, stream));
+    OK(apply_from(&graphed, q_graphed, stream));
+    CUDA_OK(cudaGraphLaunch(exec, stream));
+  }
+  OK(apply_from(&eager, q_eager, stream));
+  OK(apply_from(&graphed, q_graphed, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+
+  snapshot_t want, got;
+  take_snapshot(&eager, &cfg, &want);
+  take_snapshot(&graphed, &cfg, &got);
+  cr_expect_eq(want.iterations, 8);
+  expect_identical(&got, &want, "replays interleaved with eager steps on other pointers");
+  free_snapshot(&want);
+  free_snapshot(&got);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaFreeHost(staging));
+  CUDA_OK(cudaFree(q_eager));
+  CUDA_OK(cudaFree(q_graphed));
+  free_side(&eager);
+  free_side(&graphed);
   CUDA_OK(cudaStreamDestroy(stream));
 }
