@@ -7,7 +7,8 @@
  * step needs no host read and can be captured in a CUDA graph.
  *
  *   inspect   sums of squares of the gradient entering clipping, per chunk; non-finite flag
- *   prologue  one block: learning rate, bias corrections, per-variable sums in chunk order,
+ *   prologue  per-variable sums in chunk order (one warp per variable, many blocks), then one
+ *             block: learning rate, bias corrections, global sum,
  *             clip scales, skip decision
  *   update    unscale, accumulate, clip, weight decay, rule, EMA, master -> half copy
  *             (Lamb: pass 1 moments + norms, per-variable trust ratio, pass 2 apply)
@@ -201,53 +202,55 @@ __device__ __forceinline__ double warp_sum(double x) {
   return x;
 }
 
-/* Per variable, the sums of its chunks' partials: one warp per variable, lanes over its chunks,
- * then a fixed tree — deterministic, and a 2^28-element variable (32,768 chunks) costs 1,024
- * loads per lane instead of one thread's 32,768. Returns this thread's share of the totals (lane
- * 0 of each warp holds its variables' sum) and sets *nonfinite_out to the OR of its flags. */
-__device__ double reduce_partials_per_variable(const cuoptimDeviceStep &step, int lamb, int *nonfinite_out) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  double total = 0.0;
-  int any = 0;
-  for (int k = warp; k < step.num_variables; k += warps) {
-    int64_t first = step.variables[k].first_chunk;
-    int64_t last = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
-    double a = 0.0, b = 0.0;
-    int nonfinite = 0;
-    for (int64_t j = first + lane; j < last; j += 32) {
-      a += step.partials[j].a;
-      b += step.partials[j].b;
-      nonfinite |= step.partials[j].nonfinite;
-    }
-    a = warp_sum(a);
-    b = warp_sum(b);
-    nonfinite = __any_sync(0xffffffffu, nonfinite);
-    if (lane == 0) {
-      cuoptimTensorScalars *t = &step.tensors[k];
-      if (lamb) {
-        t->lamb_w_sumsq = a;
-        t->lamb_u_sumsq = b;
-        t->lamb_ratio = cuoptim_lamb_ratio(a, b);
-      } else {
-        t->grad_sumsq = a;
-        t->nonfinite = nonfinite;
-        cuoptim_prologue_tensor(step.prologue, t);
-      }
-      total += a;
-      any |= nonfinite;
-    }
+/* Per variable, the sums of its chunks' partials, in many blocks: one warp per variable, lanes
+ * over its chunks, then a fixed tree — deterministic, and 10,000 variables cost one wave instead
+ * of one block's serial walk; a 2^28-element variable (32,768 chunks) costs 1,024 loads per lane.
+ * lamb = 0: gradient sums and non-finite flags (then the clip denominator); lamb = 1: Lamb's two
+ * sums and its trust ratio. */
+#define REDUCE_WARPS_PER_BLOCK (CUOPTIM_BLOCK / 32)
+
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) reduce_variables_kernel(cuoptimDeviceStep step, int lamb) {
+  const int lane = threadIdx.x % 32;
+  const int k = blockIdx.x * REDUCE_WARPS_PER_BLOCK + threadIdx.x / 32;
+  if (k >= step.num_variables) return; /* whole warps leave together */
+  int64_t first = step.variables[k].first_chunk;
+  int64_t last = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
+  double a = 0.0, b = 0.0;
+  int nonfinite = 0;
+  for (int64_t j = first + lane; j < last; j += 32) {
+    a += step.partials[j].a;
+    b += step.partials[j].b;
+    nonfinite |= step.partials[j].nonfinite;
   }
-  *nonfinite_out = any;
-  return total;
+  a = warp_sum(a);
+  b = warp_sum(b);
+  nonfinite = __any_sync(0xffffffffu, nonfinite);
+  if (lane != 0) return;
+  cuoptimTensorScalars *t = &step.tensors[k];
+  if (lamb) {
+    t->lamb_w_sumsq = a;
+    t->lamb_u_sumsq = b;
+    t->lamb_ratio = cuoptim_lamb_ratio(a, b);
+  } else {
+    t->grad_sumsq = a;
+    t->nonfinite = nonfinite;
+    cuoptim_prologue_tensor(step.prologue, t);
+  }
 }
 
+/* One block: the per-step scalars; after an inspect pass also the global sum of squares (each
+ * thread a fixed stride of variables, then a fixed tree) and the non-finite decision. */
 __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(cuoptimDeviceStep step, int inspected) {
   __shared__ double shared[PROLOGUE_THREADS];
   const cuoptimPrologueParams *q = step.prologue;
   double total = 0.0;
   int nonfinite = 0;
   if (inspected) {
-    double mine = reduce_partials_per_variable(step, 0, &nonfinite);
+    double mine = 0.0;
+    for (int k = threadIdx.x; k < step.num_variables; k += blockDim.x) {
+      mine += step.tensors[k].grad_sumsq;
+      nonfinite |= step.tensors[k].nonfinite;
+    }
     total = block_sum(mine, shared);
     nonfinite = __syncthreads_or(nonfinite);
   }
@@ -399,11 +402,6 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDevice
   }
 }
 
-__global__ void __launch_bounds__(PROLOGUE_THREADS) lamb_ratio_kernel(cuoptimDeviceStep step) {
-  int unused;
-  reduce_partials_per_variable(step, 1, &unused);
-}
-
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass2_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
   load_scalars(&s, step.scalars);
@@ -476,7 +474,13 @@ extern "C" int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuopt
   return (int)cudaGetLastError();
 }
 
+static dim3 variable_grid(const cuoptimDeviceStep *step) {
+  return dim3((unsigned)((step->num_variables + REDUCE_WARPS_PER_BLOCK - 1) / REDUCE_WARPS_PER_BLOCK));
+}
+
 extern "C" int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, void *stream) {
+  if (inspected && step->num_variables > 0)
+    reduce_variables_kernel<<<variable_grid(step), CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(*step, 0);
   prologue_kernel<<<1, inspected ? PROLOGUE_THREADS : 32, 0, (cudaStream_t)stream>>>(*step, inspected);
   return (int)cudaGetLastError();
 }
@@ -502,7 +506,7 @@ extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuopti
     case CUOPTIM_FTRL: launch_update_kind<CUOPTIM_FTRL>(step, p, st); break;
     case CUOPTIM_LAMB:
       lamb_pass1_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, st>>>(*step, *p);
-      lamb_ratio_kernel<<<1, PROLOGUE_THREADS, 0, st>>>(*step);
+      reduce_variables_kernel<<<variable_grid(step), CUOPTIM_BLOCK, 0, st>>>(*step, 1);
       lamb_pass2_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, st>>>(*step, *p);
       break;
     default: return (int)cudaErrorInvalidValue;
