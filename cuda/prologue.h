@@ -133,7 +133,6 @@ CUOPTIM_HD void cuoptim_prologue_begin(const cuoptimPrologueParams *q, const cuo
   int64_t it = cuoptim_public_iterations(p, raw);
   s->skip = 0;
   s->apply_update = p->accumulation_steps ? ((raw + 1) % p->accumulation_steps == 0) : 1;
-  s->iterations = it;
   s->lr = cuoptim_learning_rate(q, state);
   s->loss_scale = state->loss_scale;
   s->global_clip_scale = 1.0f;

@@ -75,7 +75,6 @@ typedef struct cuoptimStepScalars {
   int32_t apply_update;  /* 0 on a gradient-accumulation micro-step */
   int32_t ema_overwrite; /* copy averages into the variables after this step */
   int32_t reserved;
-  int64_t iterations;    /* Keras `iterations` (floor-divided under accumulation) */
   float lr;              /* learning rate of this step (schedule at the raw counter) */
   float loss_scale;      /* dynamic scale the gradients are divided by */
   float global_clip_scale;

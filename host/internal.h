@@ -33,12 +33,6 @@ void cuoptim_log(int level, const char *fmt, ...) __attribute__((format(printf, 
     if (check_status_ != CUOPTIM_STATUS_SUCCESS) return check_status_; \
   } while (0)
 
-#define CUOPTIM_CHECK_GOTO(call, status_var, label) \
-  do {                                              \
-    (status_var) = (call);                          \
-    if ((status_var) != CUOPTIM_STATUS_SUCCESS) goto label; \
-  } while (0)
-
 #define CUOPTIM_REQUIRE_NOT_NULL(caller, ptr)                                              \
   do {                                                                                     \
     if ((ptr) == NULL)                                                                     \
@@ -179,7 +173,7 @@ struct cuoptimBackendOps {
   cuoptimStatus_t (*finish)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   /* EMA swap of cuoptimFinalizeVariableValues. */
   cuoptimStatus_t (*finalize)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
-  /* Copies masters into half parameters after a state change made by SetWeights (none yet). */
+  /* Waits for every step the optimizer enqueued (cuoptimSynchronize). */
   cuoptimStatus_t (*synchronize)(cuoptimOptimizer_t opt);
 };
 

@@ -142,7 +142,7 @@ static const optimizer_class_t OPTIMIZER_CLASSES[CUOPTIM_OPTIMIZER_COUNT] = {
     [CUOPTIM_FTRL] = {"Ftrl", "ftrl", FTRL_FIELDS, COUNT_OF(FTRL_FIELDS)},
 };
 
-/* Each schedule's get_config, in its order. */
+/* Each schedule's get_config, in its order (ExponentialDecay and InverseTimeDecay share theirs). */
 static const field_t EXPONENTIAL_FIELDS[] = {
     SCH("initial_learning_rate", FT_NUMBER, initial_learning_rate, 1),
     SCH("decay_steps", FT_STEPS, decay_steps, 1),
@@ -161,13 +161,6 @@ static const field_t POLYNOMIAL_FIELDS[] = {
     SCH("end_learning_rate", FT_NUMBER, end_learning_rate, 0),
     SCH("power", FT_NUMBER, power, 0),
     SCH("cycle", FT_BOOL, cycle, 0),
-    SCH("name", FT_NAME, name, 0),
-};
-static const field_t INVERSE_TIME_FIELDS[] = {
-    SCH("initial_learning_rate", FT_NUMBER, initial_learning_rate, 1),
-    SCH("decay_steps", FT_STEPS, decay_steps, 1),
-    SCH("decay_rate", FT_NUMBER, decay_rate, 1),
-    SCH("staircase", FT_BOOL, staircase, 0),
     SCH("name", FT_NAME, name, 0),
 };
 static const field_t COSINE_FIELDS[] = {
@@ -203,8 +196,8 @@ static const schedule_class_t SCHEDULE_CLASSES[] = {
                                              PIECEWISE_FIELDS, COUNT_OF(PIECEWISE_FIELDS)},
     [CUOPTIM_SCHEDULE_POLYNOMIAL] = {"PolynomialDecay", "PolynomialDecay", POLYNOMIAL_FIELDS,
                                      COUNT_OF(POLYNOMIAL_FIELDS)},
-    [CUOPTIM_SCHEDULE_INVERSE_TIME] = {"InverseTimeDecay", "InverseTimeDecay", INVERSE_TIME_FIELDS,
-                                       COUNT_OF(INVERSE_TIME_FIELDS)},
+    [CUOPTIM_SCHEDULE_INVERSE_TIME] = {"InverseTimeDecay", "InverseTimeDecay", EXPONENTIAL_FIELDS,
+                                       COUNT_OF(EXPONENTIAL_FIELDS)},
     [CUOPTIM_SCHEDULE_COSINE] = {"CosineDecay", "CosineDecay", COSINE_FIELDS, COUNT_OF(COSINE_FIELDS)},
     [CUOPTIM_SCHEDULE_COSINE_RESTARTS] = {"CosineDecayRestarts", "SGDRDecay", COSINE_RESTARTS_FIELDS,
                                           COUNT_OF(COSINE_RESTARTS_FIELDS)},
