@@ -24,6 +24,11 @@
 
 #include "launch.h"
 
+/* A launch, written once for nvcc and for the emulated device (emu/device.h defines its own). */
+#ifndef CUOPTIM_LAUNCH
+#define CUOPTIM_LAUNCH(kernel, grid, block, stream, ...) kernel<<<grid, block, 0, stream>>>(__VA_ARGS__)
+#endif
+
 /* Threads of the prologue's single block: enough to sum many variables' chunks in parallel. */
 #define PROLOGUE_THREADS 1024
 
@@ -31,7 +36,11 @@
 
 /* Every buffer cuoptim touches is global memory (cudaMalloc'd or managed; AddVariable checks).
  * Saying so lets the compiler emit global loads and stores (LDG/STG) instead of generic ones. */
+#ifdef CUOPTIM_EMULATED_DEVICE
+#define ASSUME_GLOBAL(p) ((void)(p))
+#else
 #define ASSUME_GLOBAL(p) __builtin_assume(__isGlobal(p))
+#endif
 
 __device__ __forceinline__ float load_scalar(const void *base, int dtype, uint64_t i) {
   ASSUME_GLOBAL(base);
@@ -60,7 +69,10 @@ __device__ __forceinline__ void load4(const void *base, int dtype, uint64_t i, f
     out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
   } else {
     uint2 raw = *(const uint2 *)((const uint16_t *)base + i);
-    const uint16_t *h = (const uint16_t *)&raw;
+    /* Halves taken by shifts, not through a uint16_t pointer into raw (that would break
+     * strict aliasing: the compiler may then read raw before it is loaded). Little-endian. */
+    const uint16_t h[4] = {(uint16_t)(raw.x & 0xffffu), (uint16_t)(raw.x >> 16), (uint16_t)(raw.y & 0xffffu),
+                           (uint16_t)(raw.y >> 16)};
     for (int k = 0; k < 4; k++) {
       if (dtype == CUOPTIM_FLOAT16) {
         __half_raw hr;
@@ -80,8 +92,7 @@ __device__ __forceinline__ void store4(void *base, int dtype, uint64_t i, const 
   if (dtype == CUOPTIM_FLOAT32) {
     *(float4 *)((float *)base + i) = make_float4(in[0], in[1], in[2], in[3]);
   } else {
-    uint2 raw;
-    uint16_t *h = (uint16_t *)&raw;
+    uint16_t h[4];
     for (int k = 0; k < 4; k++) {
       if (dtype == CUOPTIM_FLOAT16) {
         __half_raw hr = __half_raw(__float2half_rn(in[k]));
@@ -91,6 +102,9 @@ __device__ __forceinline__ void store4(void *base, int dtype, uint64_t i, const 
         h[k] = br.x;
       }
     }
+    uint2 raw;
+    raw.x = (uint32_t)h[0] | ((uint32_t)h[1] << 16);
+    raw.y = (uint32_t)h[2] | ((uint32_t)h[3] << 16);
     *(uint2 *)((uint16_t *)base + i) = raw;
   }
 }
@@ -470,7 +484,7 @@ static dim3 chunk_grid(const cuoptimDeviceStep *step) { return dim3((unsigned)st
 
 extern "C" int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
   RETURN_IF_NO_CHUNKS(step);
-  inspect_gradients_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(*step, *p);
+  CUOPTIM_LAUNCH(inspect_gradients_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p);
   return (int)cudaGetLastError();
 }
 
@@ -480,14 +494,14 @@ static dim3 variable_grid(const cuoptimDeviceStep *step) {
 
 extern "C" int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, void *stream) {
   if (inspected && step->num_variables > 0)
-    reduce_variables_kernel<<<variable_grid(step), CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(*step, 0);
-  prologue_kernel<<<1, inspected ? PROLOGUE_THREADS : 32, 0, (cudaStream_t)stream>>>(*step, inspected);
+    CUOPTIM_LAUNCH(reduce_variables_kernel, variable_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, 0);
+  CUOPTIM_LAUNCH(prologue_kernel, 1, inspected ? PROLOGUE_THREADS : 32, (cudaStream_t)stream, *step, inspected);
   return (int)cudaGetLastError();
 }
 
 template <int KIND>
 static void launch_update_kind(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, cudaStream_t stream) {
-  update_kernel<KIND><<<chunk_grid(step), CUOPTIM_BLOCK, 0, stream>>>(*step, *p);
+  CUOPTIM_LAUNCH(update_kernel<KIND>, chunk_grid(step), CUOPTIM_BLOCK, stream, *step, *p);
 }
 
 extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
@@ -505,9 +519,9 @@ extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuopti
     case CUOPTIM_LION: launch_update_kind<CUOPTIM_LION>(step, p, st); break;
     case CUOPTIM_FTRL: launch_update_kind<CUOPTIM_FTRL>(step, p, st); break;
     case CUOPTIM_LAMB:
-      lamb_pass1_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, st>>>(*step, *p);
-      reduce_variables_kernel<<<variable_grid(step), CUOPTIM_BLOCK, 0, st>>>(*step, 1);
-      lamb_pass2_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, st>>>(*step, *p);
+      CUOPTIM_LAUNCH(lamb_pass1_kernel, chunk_grid(step), CUOPTIM_BLOCK, st, *step, *p);
+      CUOPTIM_LAUNCH(reduce_variables_kernel, variable_grid(step), CUOPTIM_BLOCK, st, *step, 1);
+      CUOPTIM_LAUNCH(lamb_pass2_kernel, chunk_grid(step), CUOPTIM_BLOCK, st, *step, *p);
       break;
     default: return (int)cudaErrorInvalidValue;
   }
@@ -515,24 +529,24 @@ extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuopti
 }
 
 extern "C" int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream) {
-  finish_kernel<<<1, 1, 0, (cudaStream_t)stream>>>(*step);
+  CUOPTIM_LAUNCH(finish_kernel, 1, 1, (cudaStream_t)stream, *step);
   return (int)cudaGetLastError();
 }
 
 extern "C" int cuoptim_launch_finalize(const cuoptimDeviceStep *step, void *stream) {
   RETURN_IF_NO_CHUNKS(step);
-  finalize_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(*step);
+  CUOPTIM_LAUNCH(finalize_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step);
   return (int)cudaGetLastError();
 }
 
 extern "C" int cuoptim_launch_build(const cuoptimDeviceStep *step, float slot0_initial, void *stream) {
   RETURN_IF_NO_CHUNKS(step);
-  build_kernel<<<chunk_grid(step), CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(*step, slot0_initial);
+  CUOPTIM_LAUNCH(build_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, slot0_initial);
   return (int)cudaGetLastError();
 }
 
 extern "C" int cuoptim_launch_scatter_gradients(cuoptimDeviceGradient *table, const cuoptimGradientBatch *batch,
                                                 void *stream) {
-  scatter_gradients_kernel<<<1, CUOPTIM_BLOCK, 0, (cudaStream_t)stream>>>(table, *batch);
+  CUOPTIM_LAUNCH(scatter_gradients_kernel, 1, CUOPTIM_BLOCK, (cudaStream_t)stream, table, *batch);
   return (int)cudaGetLastError();
 }

@@ -1,0 +1,649 @@
+/*
+ * runtime.cc — the emulated device: the part of the CUDA runtime API that cuoptim, its tests and
+ * its tools call, on host memory, and a scheduler that runs kernels thread by thread.
+ *
+ * One device (0). Memory from cudaMalloc is host memory of exactly the requested size (256-byte
+ * aligned), so AddressSanitizer sees every out-of-bounds kernel access. Streams run their work
+ * at once, in call order; events are markers. Stream capture records launches, asynchronous
+ * copies and memsets into a graph that cudaGraphLaunch replays; the calls a global-mode capture
+ * forbids (cudaMalloc, cudaMemcpy, cudaMemset, cudaDeviceSynchronize, ...) fail with
+ * cudaErrorStreamCaptureUnsupported and invalidate the capture, as on a device.
+ *
+ * Kernels: blocks run one after another; a block's threads are fibers switched only at barriers.
+ * Each fiber is made once (ucontext) and reused by every block; switches are _setjmp/_longjmp,
+ * no system call. A barrier that cannot complete (threads of one block waiting at different
+ * barriers, a full-mask warp operation with an exited lane) is a kernel bug: the emulator prints
+ * the kernel's name and aborts.
+ */
+#include <cuda_runtime_api.h>
+#include <setjmp.h>
+#include <ucontext.h>
+#include <sys/mman.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "device.h"
+
+/* ---- errors ------------------------------------------------------------------------------- */
+
+static thread_local cudaError_t last_error = cudaSuccess;
+
+static cudaError_t fail(cudaError_t err) {
+  if (err != cudaSuccess) last_error = err;
+  return err;
+}
+
+extern "C" cudaError_t cudaGetLastError(void) {
+  cudaError_t err = last_error;
+  last_error = cudaSuccess;
+  return err;
+}
+
+extern "C" cudaError_t cudaPeekAtLastError(void) { return last_error; }
+
+struct ErrorText {
+  cudaError_t err;
+  const char *name, *text;
+};
+
+static const ErrorText ERROR_TEXTS[] = {
+    {cudaSuccess, "cudaSuccess", "no error"},
+    {cudaErrorInvalidValue, "cudaErrorInvalidValue", "invalid argument"},
+    {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory"},
+    {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration", "invalid configuration argument"},
+    {cudaErrorInvalidDevice, "cudaErrorInvalidDevice", "invalid device ordinal"},
+    {cudaErrorInvalidDevicePointer, "cudaErrorInvalidDevicePointer", "invalid device pointer"},
+    {cudaErrorInvalidResourceHandle, "cudaErrorInvalidResourceHandle", "invalid resource handle"},
+    {cudaErrorNoDevice, "cudaErrorNoDevice", "no CUDA-capable device is detected"},
+    {cudaErrorStreamCaptureUnsupported, "cudaErrorStreamCaptureUnsupported",
+     "operation not permitted when stream is capturing"},
+    {cudaErrorStreamCaptureInvalidated, "cudaErrorStreamCaptureInvalidated",
+     "operation failed due to a previous error during capture"},
+    {cudaErrorStreamCaptureImplicit, "cudaErrorStreamCaptureImplicit",
+     "operation would make the legacy stream depend on a capturing blocking stream"},
+    {cudaErrorStreamCaptureWrongThread, "cudaErrorStreamCaptureWrongThread",
+     "attempt to terminate a thread-local capture sequence from another thread"},
+    {cudaErrorIllegalState, "cudaErrorIllegalState", "operation not permitted in the current state"},
+    {cudaErrorNotSupported, "cudaErrorNotSupported", "operation not supported"},
+};
+
+static const ErrorText *error_text(cudaError_t err) {
+  for (const ErrorText &e : ERROR_TEXTS)
+    if (e.err == err) return &e;
+  return NULL;
+}
+
+extern "C" const char *cudaGetErrorName(cudaError_t err) {
+  const ErrorText *e = error_text(err);
+  return e ? e->name : "cudaErrorUnknown";
+}
+
+extern "C" const char *cudaGetErrorString(cudaError_t err) {
+  const ErrorText *e = error_text(err);
+  return e ? e->text : "unrecognized error code (emulated device)";
+}
+
+/* ---- device ------------------------------------------------------------------------------- */
+
+static thread_local int current_device = 0;
+
+extern "C" cudaError_t cudaGetDeviceCount(int *count) {
+  if (!count) return fail(cudaErrorInvalidValue);
+  *count = 1;
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaGetDevice(int *device) {
+  if (!device) return fail(cudaErrorInvalidValue);
+  *device = current_device;
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaSetDevice(int device) {
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  current_device = device;
+  return cudaSuccess;
+}
+
+/* ---- streams, capture, graphs ------------------------------------------------------------- */
+
+using Operation = std::function<void()>;
+
+struct CUstream_st {
+  unsigned flags = 0;
+  bool capturing = false;
+  bool invalidated = false;
+  enum cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+  std::vector<Operation> recorded;
+};
+
+struct CUgraph_st {
+  std::vector<Operation> operations;
+};
+
+struct CUgraphExec_st {
+  std::vector<Operation> operations;
+};
+
+struct CUevent_st {
+  unsigned flags = 0;
+};
+
+/* Streams now capturing (a forbidden call invalidates them all). */
+static std::vector<cudaStream_t> &capturing_streams() {
+  static std::vector<cudaStream_t> streams;
+  return streams;
+}
+
+static bool global_capture_active(void) {
+  for (cudaStream_t s : capturing_streams())
+    if (s->mode != cudaStreamCaptureModeRelaxed) return true;
+  return false;
+}
+
+/* A call that a global-mode capture forbids: it fails and every capture in progress is lost. */
+static bool forbidden_during_capture(void) {
+  if (!global_capture_active()) return false;
+  for (cudaStream_t s : capturing_streams()) s->invalidated = true;
+  return true;
+}
+
+#define FORBIDDEN_DURING_CAPTURE()                                             \
+  do {                                                                         \
+    if (forbidden_during_capture()) return fail(cudaErrorStreamCaptureUnsupported); \
+  } while (0)
+
+/* The legacy default stream (NULL) synchronizes with blocking streams: using it while one of
+ * them is capturing is an error. */
+static bool legacy_stream_blocked(cudaStream_t stream) {
+  if (stream != NULL) return false;
+  for (cudaStream_t s : capturing_streams())
+    if (!(s->flags & cudaStreamNonBlocking)) return true;
+  return false;
+}
+
+/* Runs an operation on a stream now, or records it when the stream is capturing. */
+static cudaError_t enqueue(cudaStream_t stream, Operation op) {
+  if (legacy_stream_blocked(stream)) {
+    for (cudaStream_t s : capturing_streams()) s->invalidated = true;
+    return fail(cudaErrorStreamCaptureImplicit);
+  }
+  if (stream && stream->capturing) {
+    if (stream->invalidated) return fail(cudaErrorStreamCaptureInvalidated);
+    stream->recorded.push_back(std::move(op));
+    return cudaSuccess;
+  }
+  op();
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) {
+  if (!stream) return fail(cudaErrorInvalidValue);
+  *stream = new CUstream_st();
+  (*stream)->flags = flags;
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamCreate(cudaStream_t *stream) { return cudaStreamCreateWithFlags(stream, 0); }
+
+extern "C" cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  if (!stream) return fail(cudaErrorInvalidResourceHandle);
+  if (stream->capturing) return fail(cudaErrorIllegalState);
+  delete stream;
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  if (stream && stream->capturing) return fail(cudaErrorStreamCaptureUnsupported);
+  if (legacy_stream_blocked(stream)) return fail(cudaErrorStreamCaptureImplicit);
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
+  if (!event) return fail(cudaErrorInvalidResourceHandle);
+  if (legacy_stream_blocked(stream)) return fail(cudaErrorStreamCaptureImplicit);
+  return cudaSuccess; /* work runs in call order: every event recorded so far has happened */
+}
+
+extern "C" cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus *status) {
+  if (!status) return fail(cudaErrorInvalidValue);
+  if (legacy_stream_blocked(stream)) return fail(cudaErrorStreamCaptureImplicit);
+  if (stream && stream->capturing)
+    *status = stream->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive;
+  else
+    *status = cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode) {
+  if (!stream) return fail(cudaErrorStreamCaptureUnsupported); /* the legacy stream cannot be captured */
+  if (stream->capturing) return fail(cudaErrorIllegalState);
+  stream->capturing = true;
+  stream->invalidated = false;
+  stream->mode = mode;
+  stream->recorded.clear();
+  capturing_streams().push_back(stream);
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph) {
+  if (!graph) return fail(cudaErrorInvalidValue);
+  *graph = NULL;
+  if (!stream || !stream->capturing) return fail(cudaErrorIllegalState);
+  std::vector<cudaStream_t> &active = capturing_streams();
+  for (size_t i = 0; i < active.size(); i++)
+    if (active[i] == stream) active.erase(active.begin() + (long)i);
+  stream->capturing = false;
+  std::vector<Operation> recorded;
+  recorded.swap(stream->recorded);
+  if (stream->invalidated) return fail(cudaErrorStreamCaptureInvalidated);
+  *graph = new CUgraph_st();
+  (*graph)->operations = std::move(recorded);
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  if (!graph) return fail(cudaErrorInvalidValue);
+  delete graph;
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags) {
+  if (!exec || !graph) return fail(cudaErrorInvalidValue);
+  *exec = new CUgraphExec_st();
+  (*exec)->operations = graph->operations;
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  if (!exec) return fail(cudaErrorInvalidValue);
+  delete exec;
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  if (!exec) return fail(cudaErrorInvalidValue);
+  if (stream && stream->capturing) return fail(cudaErrorNotSupported); /* not needed by cuoptim */
+  for (const Operation &op : exec->operations) {
+    cudaError_t err = enqueue(stream, op);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags) {
+  if (!event) return fail(cudaErrorInvalidValue);
+  *event = new CUevent_st();
+  (*event)->flags = flags;
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaEventCreate(cudaEvent_t *event) { return cudaEventCreateWithFlags(event, 0); }
+
+extern "C" cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  if (!event) return fail(cudaErrorInvalidResourceHandle);
+  delete event;
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  if (!event) return fail(cudaErrorInvalidResourceHandle);
+  return enqueue(stream, [] {});
+}
+
+extern "C" cudaError_t cudaDeviceSynchronize(void) {
+  FORBIDDEN_DURING_CAPTURE();
+  return cudaSuccess;
+}
+
+/* ---- memory ------------------------------------------------------------------------------- */
+
+struct Allocation {
+  size_t bytes;
+  enum cudaMemoryType type;
+};
+
+static std::map<uintptr_t, Allocation> &allocations() {
+  static std::map<uintptr_t, Allocation> map;
+  return map;
+}
+
+/* The allocation holding p, or end(). */
+static std::map<uintptr_t, Allocation>::iterator find_allocation(const void *p) {
+  std::map<uintptr_t, Allocation> &map = allocations();
+  uintptr_t a = (uintptr_t)p;
+  auto it = map.upper_bound(a);
+  if (it == map.begin()) return map.end();
+  --it;
+  if (a < it->first || a >= it->first + (it->second.bytes ? it->second.bytes : 1)) return map.end();
+  return it;
+}
+
+static cudaError_t allocate(void **ptr, size_t bytes, enum cudaMemoryType type) {
+  if (!ptr) return fail(cudaErrorInvalidValue);
+  FORBIDDEN_DURING_CAPTURE();
+  *ptr = NULL;
+  void *p = NULL;
+  if (bytes > ((size_t)1 << 40) || posix_memalign(&p, 256, bytes ? bytes : 1) != 0) return fail(cudaErrorMemoryAllocation);
+  allocations()[(uintptr_t)p] = Allocation{bytes, type};
+  *ptr = p;
+  return cudaSuccess;
+}
+
+static cudaError_t release(void *ptr, enum cudaMemoryType type) {
+  if (!ptr) return cudaSuccess;
+  FORBIDDEN_DURING_CAPTURE();
+  auto it = allocations().find((uintptr_t)ptr);
+  if (it == allocations().end() || (it->second.type == cudaMemoryTypeHost) != (type == cudaMemoryTypeHost))
+    return fail(type == cudaMemoryTypeHost ? cudaErrorInvalidValue : cudaErrorInvalidDevicePointer);
+  allocations().erase(it);
+  free(ptr);
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaMalloc(void **ptr, size_t bytes) { return allocate(ptr, bytes, cudaMemoryTypeDevice); }
+
+extern "C" cudaError_t cudaMallocManaged(void **ptr, size_t bytes, unsigned int flags) {
+  return allocate(ptr, bytes, cudaMemoryTypeManaged);
+}
+
+extern "C" cudaError_t cudaMallocHost(void **ptr, size_t bytes) { return allocate(ptr, bytes, cudaMemoryTypeHost); }
+
+extern "C" cudaError_t cudaFree(void *ptr) { return release(ptr, cudaMemoryTypeDevice); }
+
+extern "C" cudaError_t cudaFreeHost(void *ptr) { return release(ptr, cudaMemoryTypeHost); }
+
+extern "C" cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attributes, const void *ptr) {
+  if (!attributes) return fail(cudaErrorInvalidValue);
+  memset(attributes, 0, sizeof *attributes);
+  auto it = find_allocation(ptr);
+  if (it == allocations().end()) {
+    attributes->type = cudaMemoryTypeUnregistered;
+    attributes->device = -2;
+    return cudaSuccess;
+  }
+  attributes->type = it->second.type;
+  attributes->device = 0;
+  if (it->second.type != cudaMemoryTypeHost) attributes->devicePointer = (void *)ptr;
+  if (it->second.type != cudaMemoryTypeDevice) attributes->hostPointer = (void *)ptr;
+  return cudaSuccess;
+}
+
+/* Device memory may only be reached through the runtime: a copy whose device side is not an
+ * allocation of ours (or is too short) is an error, as an invalid device pointer is. */
+static bool device_range_ok(const void *p, size_t bytes) {
+  auto it = find_allocation(p);
+  if (it == allocations().end()) return false;
+  return (uintptr_t)p + bytes <= it->first + it->second.bytes;
+}
+
+static cudaError_t check_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+  if (bytes == 0) return cudaSuccess;
+  if (!dst || !src) return fail(cudaErrorInvalidValue);
+  bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if ((dst_device && !device_range_ok(dst, bytes)) || (src_device && !device_range_ok(src, bytes)))
+    return fail(cudaErrorInvalidValue);
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+  FORBIDDEN_DURING_CAPTURE();
+  cudaError_t err = check_copy(dst, src, bytes, kind);
+  if (err != cudaSuccess || bytes == 0) return err;
+  memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                                       cudaStream_t stream) {
+  cudaError_t err = check_copy(dst, src, bytes, kind);
+  if (err != cudaSuccess || bytes == 0) return err;
+  return enqueue(stream, [dst, src, bytes] { memmove(dst, src, bytes); });
+}
+
+extern "C" cudaError_t cudaMemset(void *dst, int value, size_t bytes) {
+  FORBIDDEN_DURING_CAPTURE();
+  if (bytes == 0) return cudaSuccess;
+  if (!device_range_ok(dst, bytes)) return fail(cudaErrorInvalidValue);
+  memset(dst, value, bytes);
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t stream) {
+  if (bytes == 0) return cudaSuccess;
+  if (!device_range_ok(dst, bytes)) return fail(cudaErrorInvalidValue);
+  return enqueue(stream, [dst, value, bytes] { memset(dst, value, bytes); });
+}
+
+/* ---- kernels: blocks of fibers ------------------------------------------------------------ */
+
+#define MAX_THREADS 1024
+#define WARP 32
+#define FIBER_STACK_BYTES (256 * 1024)
+
+enum FiberState { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
+
+struct Fiber {
+  jmp_buf context;
+  char *stack;
+  FiberState state;
+  cuoptimEmuThread thread;
+  uint64_t exchange; /* this lane's value in a warp exchange */
+  int flag;          /* this thread's value in an OR barrier */
+};
+
+struct BlockRun {
+  const char *kernel;
+  const std::function<void()> *body;
+  int threads;
+  int block_or; /* the OR of the last completed block barrier */
+  jmp_buf scheduler;
+  Fiber *current;
+  Fiber fibers[MAX_THREADS];
+};
+
+static BlockRun *block_run(void);
+
+static void die(const BlockRun *run, const char *why) {
+  const Fiber *f = run->current;
+  fprintf(stderr, "cuoptim emulated device: kernel %s, block %u: %s\n", run->kernel ? run->kernel : "?",
+          f ? f->thread.block_idx.x : 0u, why);
+  abort();
+}
+
+/* The running fiber gives control back to the scheduler; returns when the scheduler resumes it. */
+static void yield_to_scheduler(BlockRun *run, Fiber *f) {
+  if (_setjmp(f->context) == 0) _longjmp(run->scheduler, 1);
+}
+
+/* The scheduler runs fiber f until it yields. */
+static void resume(BlockRun *run, Fiber *f) {
+  run->current = f;
+  if (_setjmp(run->scheduler) == 0) _longjmp(f->context, 1);
+}
+
+/* A fiber's whole life: parked at once, then one kernel thread per resume-to-DONE cycle. */
+static ucontext_t boot_return;
+static ucontext_t boot_fiber;
+
+static void fiber_main(void) {
+  BlockRun *run = block_run();
+  Fiber *f = run->current;
+  if (_setjmp(f->context) == 0) setcontext(&boot_return); /* made: park */
+  for (;;) {
+    (*run->body)();
+    f = run->current;
+    f->state = DONE;
+    yield_to_scheduler(run, f);
+  }
+}
+
+static void make_fiber(BlockRun *run, Fiber *f) {
+  void *stack =
+      mmap(NULL, FIBER_STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (stack == MAP_FAILED) die(run, "cannot map a fiber stack");
+  mprotect(stack, 4096, PROT_NONE); /* guard page: a stack overflow faults */
+  f->stack = (char *)stack;
+  getcontext(&boot_fiber);
+  boot_fiber.uc_stack.ss_sp = f->stack;
+  boot_fiber.uc_stack.ss_size = FIBER_STACK_BYTES;
+  boot_fiber.uc_link = NULL;
+  makecontext(&boot_fiber, fiber_main, 0);
+  run->current = f;
+  swapcontext(&boot_return, &boot_fiber);
+  run->current = NULL;
+}
+
+static BlockRun *block_run(void) {
+  static BlockRun *run = NULL;
+  if (!run) {
+    run = new BlockRun();
+    for (int t = 0; t < MAX_THREADS; t++) make_fiber(run, &run->fibers[t]);
+  }
+  return run;
+}
+
+const cuoptimEmuThread *cuoptim_emu_thread(void) {
+  BlockRun *run = block_run();
+  if (!run->current) {
+    fprintf(stderr, "cuoptim emulated device: thread coordinates read outside a kernel\n");
+    abort();
+  }
+  return &run->current->thread;
+}
+
+/* Leaves the running fiber in `state` and returns to the scheduler; back here when released. */
+static void wait_in(FiberState state) {
+  BlockRun *run = block_run();
+  Fiber *f = run->current;
+  f->state = state;
+  yield_to_scheduler(run, f);
+}
+
+int cuoptim_emu_block_barrier(int value) {
+  BlockRun *run = block_run();
+  run->current->flag = value;
+  wait_in(AT_BLOCK_BARRIER);
+  return run->block_or;
+}
+
+/* Arrive at a warp barrier with this lane's value; returns when every lane of the warp is there. */
+static Fiber *warp_arrive(uint64_t mine, int flag, unsigned mask) {
+  BlockRun *run = block_run();
+  Fiber *f = run->current;
+  if (mask != 0xffffffffu) die(run, "warp operation with a partial mask (not emulated)");
+  f->exchange = mine;
+  f->flag = flag;
+  wait_in(AT_WARP_BARRIER);
+  return f;
+}
+
+static Fiber *warp_base(Fiber *f) {
+  BlockRun *run = block_run();
+  return &run->fibers[(f - run->fibers) / WARP * WARP];
+}
+
+uint64_t cuoptim_emu_warp_exchange(uint64_t mine, int source_lane, unsigned mask) {
+  Fiber *f = warp_arrive(mine, 0, mask);
+  uint64_t value = warp_base(f)[source_lane].exchange;
+  warp_arrive(value, 0, mask); /* nobody publishes again before every lane has read */
+  return value;
+}
+
+int cuoptim_emu_warp_any(int value, unsigned mask) {
+  Fiber *f = warp_arrive(0, value, mask);
+  const Fiber *base = warp_base(f);
+  int any = 0;
+  for (int lane = 0; lane < WARP; lane++) any |= base[lane].flag;
+  warp_arrive(0, 0, mask);
+  return any;
+}
+
+/* Releases the warps whose every lane waits at a warp barrier; false when none can go on. */
+static bool release_warps(BlockRun *run) {
+  bool released = false;
+  for (int base = 0; base < run->threads; base += WARP) {
+    int lanes = run->threads - base < WARP ? run->threads - base : WARP;
+    int waiting = 0, done = 0;
+    for (int l = 0; l < lanes; l++) {
+      waiting += run->fibers[base + l].state == AT_WARP_BARRIER;
+      done += run->fibers[base + l].state == DONE;
+    }
+    if (waiting == 0) continue;
+    if (lanes < WARP || done > 0) die(run, "full-mask warp operation in a warp with missing or exited lanes");
+    if (waiting < lanes) continue;
+    for (int l = 0; l < lanes; l++) run->fibers[base + l].state = RUNNABLE;
+    released = true;
+  }
+  return released;
+}
+
+/* Releases the block barrier when every live thread waits at it. */
+static bool release_block(BlockRun *run) {
+  int live = 0, waiting = 0, any = 0;
+  for (int t = 0; t < run->threads; t++) {
+    const Fiber *f = &run->fibers[t];
+    if (f->state == DONE) continue;
+    live++;
+    if (f->state == AT_BLOCK_BARRIER) {
+      waiting++;
+      any |= f->flag;
+    }
+  }
+  if (live == 0 || waiting < live) return false;
+  run->block_or = any;
+  for (int t = 0; t < run->threads; t++)
+    if (run->fibers[t].state == AT_BLOCK_BARRIER) run->fibers[t].state = RUNNABLE;
+  return true;
+}
+
+static bool all_done(const BlockRun *run) {
+  for (int t = 0; t < run->threads; t++)
+    if (run->fibers[t].state != DONE) return false;
+  return true;
+}
+
+static void run_block(BlockRun *run, dim3 grid, dim3 block, unsigned block_x) {
+  for (int t = 0; t < run->threads; t++) {
+    Fiber *f = &run->fibers[t];
+    f->state = RUNNABLE;
+    f->thread.thread_idx = make_uint3((unsigned)t, 0, 0);
+    f->thread.block_idx = make_uint3(block_x, 0, 0);
+    f->thread.block_dim = block;
+    f->thread.grid_dim = grid;
+  }
+  for (;;) {
+    for (int t = 0; t < run->threads; t++)
+      if (run->fibers[t].state == RUNNABLE) resume(run, &run->fibers[t]);
+    run->current = NULL;
+    if (all_done(run)) return;
+    if (release_warps(run) || release_block(run)) continue;
+    die(run, "threads wait at different barriers (a barrier in divergent code)");
+  }
+}
+
+void cuoptim_emu_launch_body(dim3 grid, dim3 block, cudaStream_t stream, const char *name,
+                             std::function<void()> body) {
+  if (grid.x == 0 || grid.y != 1 || grid.z != 1 || block.x == 0 || block.x > MAX_THREADS || block.y != 1 ||
+      block.z != 1) {
+    fail(cudaErrorInvalidConfiguration);
+    return;
+  }
+  auto kernel = std::make_shared<std::function<void()>>(std::move(body));
+  cudaError_t err = enqueue(stream, [grid, block, name, kernel] {
+    BlockRun *run = block_run();
+    run->kernel = name;
+    run->body = kernel.get();
+    run->threads = (int)block.x;
+    for (unsigned b = 0; b < grid.x; b++) run_block(run, grid, block, b);
+  });
+  (void)err; /* enqueue recorded it as the last error */
+}
