@@ -135,10 +135,10 @@ __device__ __forceinline__ float *working(const cuoptimDeviceVariable &v) {
   return v.master ? v.master : (float *)v.param;
 }
 
-/* Block-wide copy of the step scalars into shared memory. */
+/* The step scalars into shared memory: one struct copy by thread 0 (88 bytes, one round trip;
+ * copying them as ints across threads would read floats through an int lvalue). */
 __device__ __forceinline__ void load_scalars(cuoptimStepScalars *dst, const cuoptimStepScalars *src) {
-  const int words = sizeof(cuoptimStepScalars) / sizeof(int);
-  for (int i = threadIdx.x; i < words; i += blockDim.x) ((int *)dst)[i] = ((const int *)src)[i];
+  if (threadIdx.x == 0) *dst = *src;
   __syncthreads();
 }
 

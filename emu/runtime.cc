@@ -438,6 +438,7 @@ struct Fiber {
   cuoptimEmuThread thread;
   uint64_t exchange; /* this lane's value in a warp exchange */
   int flag;          /* this thread's value in an OR barrier */
+  void *fake_stack;  /* AddressSanitizer's, while switched away */
 };
 
 struct BlockRun {
@@ -459,15 +460,41 @@ static void die(const BlockRun *run, const char *why) {
   abort();
 }
 
+/* AddressSanitizer must be told when the stack changes (a sanitizer build of the emulation
+ * checks the kernels' memory accesses). */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+static void *scheduler_fake_stack;
+static const void *scheduler_stack_bottom;
+static size_t scheduler_stack_size;
+#define TO_FIBER(f) __sanitizer_start_switch_fiber(&scheduler_fake_stack, (f)->stack, FIBER_STACK_BYTES)
+#define IN_FIBER(f) __sanitizer_finish_switch_fiber((f)->fake_stack, &scheduler_stack_bottom, &scheduler_stack_size)
+#define TO_SCHEDULER(f) __sanitizer_start_switch_fiber(&(f)->fake_stack, scheduler_stack_bottom, scheduler_stack_size)
+#define IN_SCHEDULER() __sanitizer_finish_switch_fiber(scheduler_fake_stack, NULL, NULL)
+#else
+#define TO_FIBER(f) ((void)0)
+#define IN_FIBER(f) ((void)0)
+#define TO_SCHEDULER(f) ((void)0)
+#define IN_SCHEDULER() ((void)0)
+#endif
+
 /* The running fiber gives control back to the scheduler; returns when the scheduler resumes it. */
 static void yield_to_scheduler(BlockRun *run, Fiber *f) {
-  if (_setjmp(f->context) == 0) _longjmp(run->scheduler, 1);
+  if (_setjmp(f->context) == 0) {
+    TO_SCHEDULER(f);
+    _longjmp(run->scheduler, 1);
+  }
+  IN_FIBER(f);
 }
 
 /* The scheduler runs fiber f until it yields. */
 static void resume(BlockRun *run, Fiber *f) {
   run->current = f;
-  if (_setjmp(run->scheduler) == 0) _longjmp(f->context, 1);
+  if (_setjmp(run->scheduler) == 0) {
+    TO_FIBER(f);
+    _longjmp(f->context, 1);
+  }
+  IN_SCHEDULER();
 }
 
 /* A fiber's whole life: parked at once, then one kernel thread per resume-to-DONE cycle. */
@@ -477,7 +504,12 @@ static ucontext_t boot_fiber;
 static void fiber_main(void) {
   BlockRun *run = block_run();
   Fiber *f = run->current;
-  if (_setjmp(f->context) == 0) setcontext(&boot_return); /* made: park */
+  IN_FIBER(f);
+  if (_setjmp(f->context) == 0) { /* made: park */
+    TO_SCHEDULER(f);
+    setcontext(&boot_return);
+  }
+  IN_FIBER(f);
   for (;;) {
     (*run->body)();
     f = run->current;
@@ -498,7 +530,9 @@ static void make_fiber(BlockRun *run, Fiber *f) {
   boot_fiber.uc_link = NULL;
   makecontext(&boot_fiber, fiber_main, 0);
   run->current = f;
+  TO_FIBER(f);
   swapcontext(&boot_return, &boot_fiber);
+  IN_SCHEDULER();
   run->current = NULL;
 }
 
