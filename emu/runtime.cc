@@ -11,7 +11,7 @@
  *
  * Kernels: blocks run one after another; a block's threads are fibers switched only at barriers.
  * Each fiber is made once (ucontext) and reused by every block; switches are _setjmp/_longjmp,
- * no system call. A barrier that cannot complete (threads of one block waiting at different
+ * no system call. CUOPTIM_EMU_SCHEDULE=reverse runs blocks and threads in the opposite order. A barrier that cannot complete (threads of one block waiting at different
  * barriers, a full-mask warp operation with an exited lane) is a kernel bug: the emulator prints
  * the kernel's name and aborts.
  */
@@ -569,15 +569,22 @@ int cuoptim_emu_block_barrier(int value) {
   return run->block_or;
 }
 
-/* Arrive at a warp barrier with this lane's value; returns when every lane of the warp is there. */
-static Fiber *warp_arrive(uint64_t mine, int flag, unsigned mask) {
+/* A warp operation in two barriers: every lane publishes its value and waits for the others
+ * (publish), reads what it needs, then waits again so that no lane publishes its next value
+ * before every lane has read this one (wait_for_lanes, which leaves the published values alone). */
+static Fiber *wait_for_lanes(unsigned mask) {
   BlockRun *run = block_run();
   Fiber *f = run->current;
   if (mask != 0xffffffffu) die(run, "warp operation with a partial mask (not emulated)");
-  f->exchange = mine;
-  f->flag = flag;
   wait_in(AT_WARP_BARRIER);
   return f;
+}
+
+static Fiber *publish(uint64_t mine, int flag, unsigned mask) {
+  Fiber *f = block_run()->current;
+  f->exchange = mine;
+  f->flag = flag;
+  return wait_for_lanes(mask);
 }
 
 static Fiber *warp_base(Fiber *f) {
@@ -586,18 +593,18 @@ static Fiber *warp_base(Fiber *f) {
 }
 
 uint64_t cuoptim_emu_warp_exchange(uint64_t mine, int source_lane, unsigned mask) {
-  Fiber *f = warp_arrive(mine, 0, mask);
+  Fiber *f = publish(mine, 0, mask);
   uint64_t value = warp_base(f)[source_lane].exchange;
-  warp_arrive(value, 0, mask); /* nobody publishes again before every lane has read */
+  wait_for_lanes(mask);
   return value;
 }
 
 int cuoptim_emu_warp_any(int value, unsigned mask) {
-  Fiber *f = warp_arrive(0, value, mask);
+  Fiber *f = publish(0, value, mask);
   const Fiber *base = warp_base(f);
   int any = 0;
   for (int lane = 0; lane < WARP; lane++) any |= base[lane].flag;
-  warp_arrive(0, 0, mask);
+  wait_for_lanes(mask);
   return any;
 }
 
@@ -645,6 +652,18 @@ static bool all_done(const BlockRun *run) {
   return true;
 }
 
+/* CUOPTIM_EMU_SCHEDULE=reverse runs blocks, and threads between barriers, last first. A kernel
+ * whose result depends on the order (a missing barrier, one block reading what another writes)
+ * then gives other results than in the default order. */
+static bool schedule_reversed(void) {
+  static int reversed = -1;
+  if (reversed < 0) {
+    const char *v = getenv("CUOPTIM_EMU_SCHEDULE");
+    reversed = v && strcmp(v, "reverse") == 0;
+  }
+  return reversed != 0;
+}
+
 static void run_block(BlockRun *run, dim3 grid, dim3 block, unsigned block_x) {
   for (int t = 0; t < run->threads; t++) {
     Fiber *f = &run->fibers[t];
@@ -654,9 +673,12 @@ static void run_block(BlockRun *run, dim3 grid, dim3 block, unsigned block_x) {
     f->thread.block_dim = block;
     f->thread.grid_dim = grid;
   }
+  const bool reverse = schedule_reversed();
   for (;;) {
-    for (int t = 0; t < run->threads; t++)
+    for (int i = 0; i < run->threads; i++) {
+      int t = reverse ? run->threads - 1 - i : i;
       if (run->fibers[t].state == RUNNABLE) resume(run, &run->fibers[t]);
+    }
     run->current = NULL;
     if (all_done(run)) return;
     if (release_warps(run) || release_block(run)) continue;
@@ -677,7 +699,7 @@ void cuoptim_emu_launch_body(dim3 grid, dim3 block, cudaStream_t stream, const c
     run->kernel = name;
     run->body = kernel.get();
     run->threads = (int)block.x;
-    for (unsigned b = 0; b < grid.x; b++) run_block(run, grid, block, b);
+    for (unsigned i = 0; i < grid.x; i++) run_block(run, grid, block, schedule_reversed() ? grid.x - 1 - i : i);
   });
   (void)err; /* enqueue recorded it as the last error */
 }

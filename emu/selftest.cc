@@ -18,16 +18,16 @@ __global__ void barrier_sum_kernel(int *out) {
   }
 }
 
-/* Per warp: the sum of the lanes by a shuffle tree, and whether any lane is `lane == pick`. */
+/* Per warp: the sum of the lanes by a shuffle tree; per thread: whether any lane of its warp is
+ * `lane == pick`. */
 __global__ void warp_ops_kernel(int *sums, int *any, int pick) {
   int lane = (int)threadIdx.x % 32;
   int x = lane;
   for (int offset = 16; offset > 0; offset /= 2) x += __shfl_down_sync(0xffffffffu, x, offset);
   int hit = __any_sync(0xffffffffu, lane == pick);
-  if (lane == 0) {
-    sums[threadIdx.x / 32] = x;
-    any[threadIdx.x / 32] = hit;
-  }
+  /* Lane 0 holds the sum; every lane gets the vote. */
+  if (lane == 0) sums[threadIdx.x / 32] = x;
+  any[threadIdx.x] = hit;
 }
 
 /* __syncthreads_or of "thread == pick". */

@@ -42,19 +42,19 @@ Test(emu_threads, a_block_barrier_makes_every_write_visible) {
   CUDA_OK(cudaFree(d));
 }
 
+/* Every shuffle of the tree reads the source lane's value of that round; every lane gets the
+ * vote. In both schedules (the reverse one runs the high lanes first). */
 Test(emu_threads, shuffle_tree_sums_each_warp_and_any_votes_per_warp) {
   enum { THREADS = 128, WARPS = THREADS / 32 };
-  int *sums = device_ints(WARPS), *any = device_ints(WARPS), hs[WARPS], ha[WARPS];
+  int *sums = device_ints(WARPS), *any = device_ints(THREADS), hs[WARPS], ha[THREADS];
   cr_assert_eq(emu_selftest_warp_ops(sums, any, THREADS, 5), cudaSuccess);
   download_ints(hs, sums, WARPS);
-  download_ints(ha, any, WARPS);
-  for (int w = 0; w < WARPS; w++) {
-    cr_expect_eq(hs[w], 31 * 32 / 2, "warp %d sum", w);
-    cr_expect_eq(ha[w], 1, "warp %d any(lane == 5)", w);
-  }
+  download_ints(ha, any, THREADS);
+  for (int w = 0; w < WARPS; w++) cr_expect_eq(hs[w], 31 * 32 / 2, "warp %d sum", w);
+  for (int t = 0; t < THREADS; t++) cr_expect_eq(ha[t], 1, "thread %d any(lane == 5)", t);
   cr_assert_eq(emu_selftest_warp_ops(sums, any, THREADS, 40), cudaSuccess); /* no lane is 40 */
-  download_ints(ha, any, WARPS);
-  for (int w = 0; w < WARPS; w++) cr_expect_eq(ha[w], 0, "warp %d any(lane == 40)", w);
+  download_ints(ha, any, THREADS);
+  for (int t = 0; t < THREADS; t++) cr_expect_eq(ha[t], 0, "thread %d any(lane == 40)", t);
   CUDA_OK(cudaFree(sums));
   CUDA_OK(cudaFree(any));
 }
