@@ -10,10 +10,12 @@
  * cudaErrorStreamCaptureUnsupported and invalidate the capture, as on a device.
  *
  * Kernels: blocks run one after another; a block's threads are fibers switched only at barriers.
- * Each fiber is made once (ucontext) and reused by every block; switches are _setjmp/_longjmp,
- * no system call. CUOPTIM_EMU_SCHEDULE=reverse runs blocks and threads in the opposite order. A barrier that cannot complete (threads of one block waiting at different
- * barriers, a full-mask warp operation with an exited lane) is a kernel bug: the emulator prints
- * the kernel's name and aborts.
+ * Each fiber is made once (ucontext) and reused by every block; switches are _setjmp/_longjmp
+ * (no system call; swapcontext would make two per switch).
+ * CUOPTIM_EMU_SCHEDULE=reverse runs blocks and threads in the opposite order. A barrier that
+ * cannot complete (threads of one block waiting at different barriers, a full-mask warp
+ * operation with an exited lane) is a kernel bug: the emulator prints the kernel's name and
+ * aborts.
  */
 #include <cuda_runtime_api.h>
 #include <setjmp.h>
@@ -431,13 +433,16 @@ extern "C" cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaS
 
 enum FiberState { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
 
+/* A saved point of execution. */
+typedef jmp_buf JumpBuffer;
+
 struct Fiber {
-  jmp_buf context;
+  JumpBuffer context;
   char *stack;
   FiberState state;
   cuoptimEmuThread thread;
   uint64_t exchange; /* this lane's value in a warp exchange */
-  int flag;          /* this thread's value in an OR barrier */
+  int flag;          /* this lane's value in a warp vote */
   void *fake_stack;  /* AddressSanitizer's, while switched away */
 };
 
@@ -445,8 +450,12 @@ struct BlockRun {
   const char *kernel;
   const std::function<void()> *body;
   int threads;
-  int block_or; /* the OR of the last completed block barrier */
-  jmp_buf scheduler;
+  int block_or;     /* the OR of the last completed block barrier */
+  int pending_or;   /* the OR of the arrivals at the block barrier so far */
+  int at_block;     /* threads waiting at the block barrier */
+  int at_warp;      /* threads waiting at a warp barrier */
+  int done;         /* threads finished */
+  JumpBuffer scheduler;
   Fiber *current;
   Fiber fibers[MAX_THREADS];
 };
@@ -478,11 +487,14 @@ static size_t scheduler_stack_size;
 #define IN_SCHEDULER() ((void)0)
 #endif
 
+/* Continues where `to` was saved. */
+__attribute__((noinline, noreturn)) static void jump(JumpBuffer to) { _longjmp(to, 1); }
+
 /* The running fiber gives control back to the scheduler; returns when the scheduler resumes it. */
 static void yield_to_scheduler(BlockRun *run, Fiber *f) {
   if (_setjmp(f->context) == 0) {
     TO_SCHEDULER(f);
-    _longjmp(run->scheduler, 1);
+    jump(run->scheduler);
   }
   IN_FIBER(f);
 }
@@ -492,7 +504,7 @@ static void resume(BlockRun *run, Fiber *f) {
   run->current = f;
   if (_setjmp(run->scheduler) == 0) {
     TO_FIBER(f);
-    _longjmp(f->context, 1);
+    jump(f->context);
   }
   IN_SCHEDULER();
 }
@@ -514,6 +526,7 @@ static void fiber_main(void) {
     (*run->body)();
     f = run->current;
     f->state = DONE;
+    run->done++;
     yield_to_scheduler(run, f);
   }
 }
@@ -559,12 +572,14 @@ static void wait_in(FiberState state) {
   BlockRun *run = block_run();
   Fiber *f = run->current;
   f->state = state;
+  if (state == AT_BLOCK_BARRIER) run->at_block++;
+  if (state == AT_WARP_BARRIER) run->at_warp++;
   yield_to_scheduler(run, f);
 }
 
 int cuoptim_emu_block_barrier(int value) {
   BlockRun *run = block_run();
-  run->current->flag = value;
+  run->pending_or |= value;
   wait_in(AT_BLOCK_BARRIER);
   return run->block_or;
 }
@@ -610,6 +625,7 @@ int cuoptim_emu_warp_any(int value, unsigned mask) {
 
 /* Releases the warps whose every lane waits at a warp barrier; false when none can go on. */
 static bool release_warps(BlockRun *run) {
+  if (run->at_warp == 0) return false;
   bool released = false;
   for (int base = 0; base < run->threads; base += WARP) {
     int lanes = run->threads - base < WARP ? run->threads - base : WARP;
@@ -622,6 +638,7 @@ static bool release_warps(BlockRun *run) {
     if (lanes < WARP || done > 0) die(run, "full-mask warp operation in a warp with missing or exited lanes");
     if (waiting < lanes) continue;
     for (int l = 0; l < lanes; l++) run->fibers[base + l].state = RUNNABLE;
+    run->at_warp -= lanes;
     released = true;
   }
   return released;
@@ -629,26 +646,12 @@ static bool release_warps(BlockRun *run) {
 
 /* Releases the block barrier when every live thread waits at it. */
 static bool release_block(BlockRun *run) {
-  int live = 0, waiting = 0, any = 0;
-  for (int t = 0; t < run->threads; t++) {
-    const Fiber *f = &run->fibers[t];
-    if (f->state == DONE) continue;
-    live++;
-    if (f->state == AT_BLOCK_BARRIER) {
-      waiting++;
-      any |= f->flag;
-    }
-  }
-  if (live == 0 || waiting < live) return false;
-  run->block_or = any;
+  if (run->at_block == 0 || run->at_block + run->done < run->threads) return false;
+  run->block_or = run->pending_or;
+  run->pending_or = 0;
+  run->at_block = 0;
   for (int t = 0; t < run->threads; t++)
     if (run->fibers[t].state == AT_BLOCK_BARRIER) run->fibers[t].state = RUNNABLE;
-  return true;
-}
-
-static bool all_done(const BlockRun *run) {
-  for (int t = 0; t < run->threads; t++)
-    if (run->fibers[t].state != DONE) return false;
   return true;
 }
 
@@ -673,6 +676,7 @@ static void run_block(BlockRun *run, dim3 grid, dim3 block, unsigned block_x) {
     f->thread.block_dim = block;
     f->thread.grid_dim = grid;
   }
+  run->pending_or = run->at_block = run->at_warp = run->done = 0;
   const bool reverse = schedule_reversed();
   for (;;) {
     for (int i = 0; i < run->threads; i++) {
@@ -680,7 +684,7 @@ static void run_block(BlockRun *run, dim3 grid, dim3 block, unsigned block_x) {
       if (run->fibers[t].state == RUNNABLE) resume(run, &run->fibers[t]);
     }
     run->current = NULL;
-    if (all_done(run)) return;
+    if (run->done == run->threads) return;
     if (release_warps(run) || release_block(run)) continue;
     die(run, "threads wait at different barriers (a barrier in divergent code)");
   }

@@ -127,6 +127,8 @@ struct cuoptimOptimizer {
 
   int num_variables, variable_capacity;
   cuoptimVariableRec *variables;
+  int32_t *name_index;     /* open addressing: variable index + 1 per slot, 0 = empty */
+  uint32_t name_index_size; /* a power of two, at least twice num_variables; 0 before the first */
   int num_excludes;
   regex_t *excludes;
 

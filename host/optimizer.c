@@ -81,6 +81,7 @@ cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
   for (int i = 0; i < opt->num_excludes; i++) regfree(&opt->excludes[i]);
   free(opt->excludes);
   free(opt->variables);
+  free(opt->name_index);
   free(opt->weights);
   free(opt->step_grads);
   free(opt);
@@ -107,6 +108,42 @@ static void refresh_weight_decay(cuoptimOptimizer_t opt) {
   }
 }
 
+/* ---- variable names: a hash index, so registering n variables costs O(n), not O(n^2) ---------- */
+
+static uint32_t name_hash(const char *name) { /* FNV-1a */
+  uint32_t h = 2166136261u;
+  for (const unsigned char *c = (const unsigned char *)name; *c; c++) h = (h ^ *c) * 16777619u;
+  return h;
+}
+
+/* The slot holding `name`, or the empty slot where it would go. */
+static uint32_t name_slot(const int32_t *index, uint32_t size, const cuoptimVariableRec *variables, const char *name) {
+  uint32_t mask = size - 1, slot = name_hash(name) & mask;
+  while (index[slot] != 0 && strcmp(variables[index[slot] - 1].name, name) != 0) slot = (slot + 1) & mask;
+  return slot;
+}
+
+/* The variable named `name`, or -1. */
+static int find_variable(const struct cuoptimOptimizer *opt, const char *name) {
+  if (opt->name_index_size == 0) return -1;
+  uint32_t slot = name_slot(opt->name_index, opt->name_index_size, opt->variables, name);
+  return opt->name_index[slot] - 1;
+}
+
+/* Room for one more name (load at most one half); 0 when out of memory. */
+static int reserve_name(cuoptimOptimizer_t opt) {
+  if ((uint64_t)(opt->num_variables + 1) * 2 <= opt->name_index_size) return 1;
+  uint32_t size = opt->name_index_size ? opt->name_index_size * 2 : 64;
+  int32_t *index = calloc(size, sizeof *index);
+  if (!index) return 0;
+  for (int i = 0; i < opt->num_variables; i++)
+    index[name_slot(index, size, opt->variables, opt->variables[i].name)] = i + 1;
+  free(opt->name_index);
+  opt->name_index = index;
+  opt->name_index_size = size;
+  return 1;
+}
+
 cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, void *param, cuoptimDtype_t dtype,
                                    size_t count, cuoptimVariable_t *variable) {
   static const char *caller = "cuoptimAddVariable";
@@ -130,12 +167,14 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
                          "%s: the optimizer state is already built (a step or a state access happened): "
                          "add every variable before",
                          caller);
-  for (int i = 0; i < opt->num_variables; i++)
-    if (strcmp(opt->variables[i].name, name) == 0)
-      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: name \"%s\" is already variable %d", caller, name, i);
-  if (opt->num_variables == INT32_MAX)
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: too many variables", caller);
+  int existing = find_variable(opt, name);
+  if (existing >= 0)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: name \"%s\" is already variable %d", caller, name,
+                         existing);
+  if (opt->num_variables >= INT32_MAX / 4)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: too many variables (at most %d)", caller, INT32_MAX / 4 - 1);
   CUOPTIM_CHECK(opt->ops->check_pointer(opt, param, dtype, caller, "param"));
+  if (!reserve_name(opt)) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
 
   if (opt->num_variables == opt->variable_capacity) {
     int capacity = opt->variable_capacity ? opt->variable_capacity * 2 : 16;
@@ -154,6 +193,7 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
   v->count = count;
   v->use_weight_decay = opt->prologue.rule.has_weight_decay && !excluded(opt, name);
   memset(&opt->step_grads[opt->num_variables], 0, sizeof *opt->step_grads);
+  opt->name_index[name_slot(opt->name_index, opt->name_index_size, opt->variables, name)] = opt->num_variables + 1;
   *variable = opt->num_variables++;
   return CUOPTIM_STATUS_SUCCESS;
 }

@@ -1274,6 +1274,24 @@ Test(cuda_many_tensors, ten_thousand_tensors_adam_clipnorm_match_host) {
   check_matches_host(&c, &p, MATCH_CLOSE, "Adam + clipnorm, 10000 tensors");
 }
 
+/* 100,000 tensors of 1..8 elements (the issue's upper end): 51 gradient-table batches, a grid of
+ * 100,000 chunks per stage, 12,500 blocks of per-variable sums and the global sum over them. */
+Test(cuda_many_tensors, hundred_thousand_tensors_adam_global_clipnorm_match_host, .timeout = 600) {
+  NEED_GPU();
+  enum { N = 100000 };
+  static size_t sizes[N];
+  for (int k = 0; k < N; k++) sizes[k] = (size_t)(k * 5) % 8 + 1;
+  problem_t p = standard_problem();
+  p.num_vars = N;
+  p.sizes = sizes;
+  p.names = NULL;
+  p.steps = 2;
+  p.offset = -1;
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  c.global_clipnorm = 1.0;
+  check_matches_host(&c, &p, MATCH_CLOSE, "Adam + global_clipnorm, 100000 tensors");
+}
+
 /* ---- bad input ---------------------------------------------------------------------------------------- */
 
 Test(cuda_bad_input, add_variable_rejects_host_pointer) {
