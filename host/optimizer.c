@@ -108,6 +108,9 @@ static void refresh_weight_decay(cuoptimOptimizer_t opt) {
   }
 }
 
+/* Variables per optimizer: the name index (twice as many slots) stays within 32 bits. */
+#define MAX_VARIABLES (1 << 29)
+
 /* ---- variable names: a hash index, so registering n variables costs O(n), not O(n^2) ---------- */
 
 static uint32_t name_hash(const char *name) { /* FNV-1a */
@@ -171,8 +174,8 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
   if (existing >= 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: name \"%s\" is already variable %d", caller, name,
                          existing);
-  if (opt->num_variables >= INT32_MAX / 4)
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: too many variables (at most %d)", caller, INT32_MAX / 4 - 1);
+  if (opt->num_variables >= MAX_VARIABLES)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: too many variables (at most %d)", caller, MAX_VARIABLES);
   CUOPTIM_CHECK(opt->ops->check_pointer(opt, param, dtype, caller, "param"));
   if (!reserve_name(opt)) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
 

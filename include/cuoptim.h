@@ -274,9 +274,10 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t optimizer, cuopt
  * cuoptimFinalizeVariableValues). Scalar queries (iterations, learning rate, loss scale) do not
  * build it.
  * *variable receives the index (0 for the first variable, then 1, 2, ...).
+ * Registering n variables costs O(n) in all (names are hashed).
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty or long or duplicate name, count 0 or
- * above 2^40, unknown dtype, a host pointer given to the CUDA backend), INVALID_STATE (the state
- * is built), ALLOC_FAILED, CUDA_ERROR. */
+ * above 2^40, unknown dtype, a host pointer given to the CUDA backend, more than 2^29
+ * variables), INVALID_STATE (the state is built), ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t optimizer, const char *name, void *param,
                                                cuoptimDtype_t dtype, size_t count,
                                                cuoptimVariable_t *variable);

@@ -570,6 +570,36 @@ Test(api, add_variable_bad_values) {
   OK(cuoptimDestroy(opt));
 }
 
+/* Duplicates are found among many names (the index grows and rehashes several times), and the
+ * message names the variable that holds the name. */
+Test(api, add_variable_finds_a_duplicate_among_many_names) {
+  cuoptimOptimizer_t opt = create_kind(CUOPTIM_SGD);
+  enum { N = 5000 };
+  char name[32];
+  for (int i = 0; i < N; i++) {
+    cuoptimVariable_t var = -1;
+    snprintf(name, sizeof name, "layer_%d/kernel", i);
+    OK(cuoptimAddVariable(opt, name, PARAM, CUOPTIM_FLOAT32, 4, &var));
+    cr_assert_eq(var, i);
+  }
+  for (int i = 0; i < N; i += 977) {
+    cuoptimVariable_t var = 77;
+    snprintf(name, sizeof name, "layer_%d/kernel", i);
+    EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimAddVariable", "name",
+                cuoptimAddVariable(opt, name, PARAM, CUOPTIM_FLOAT32, 4, &var));
+    char expected[64];
+    snprintf(expected, sizeof expected, "is already variable %d", i);
+    cr_expect(strstr(cuoptimGetLastErrorMessage(), expected), "\"%s\" should say \"%s\"",
+              cuoptimGetLastErrorMessage(), expected);
+    cr_assert_eq(var, 77);
+  }
+  cuoptimVariable_t var = -1;
+  OK(cuoptimAddVariable(opt, "layer_5000/kernel", PARAM, CUOPTIM_FLOAT32, 4, &var));
+  cr_assert_eq(var, N);
+  cr_assert_eq(variable_count(opt), N + 1);
+  OK(cuoptimDestroy(opt));
+}
+
 Test(api, add_variable_count_two_to_the_40_is_accepted) {
   cuoptimOptimizer_t opt = create_kind(CUOPTIM_SGD);
   cuoptimVariable_t var = -1;
