@@ -23,11 +23,8 @@
 #include <cuda_runtime.h>
 
 #include "launch.h"
+#include "launch_syntax.h"
 
-/* A launch, written once for nvcc and for the emulated device (emu/device.h defines its own). */
-#ifndef CUOPTIM_LAUNCH
-#define CUOPTIM_LAUNCH(kernel, grid, block, stream, ...) kernel<<<grid, block, 0, stream>>>(__VA_ARGS__)
-#endif
 
 /* Threads of the prologue's single block: enough to sum many variables' chunks in parallel. */
 #define PROLOGUE_THREADS 1024

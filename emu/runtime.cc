@@ -21,6 +21,8 @@
 #include <setjmp.h>
 #include <ucontext.h>
 #include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,6 +116,38 @@ extern "C" cudaError_t cudaSetDevice(int device) {
   return cudaSuccess;
 }
 
+/* The emulated device says what it is wherever a GPU's name would be printed. */
+extern "C" cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device) {
+  if (!prop) return fail(cudaErrorInvalidValue);
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  memset(prop, 0, sizeof *prop);
+  snprintf(prop->name, sizeof prop->name, "cuoptim emulated device (CPU; timings mean nothing)");
+  prop->multiProcessorCount = 1;
+  prop->maxThreadsPerBlock = 1024;
+  prop->warpSize = 32;
+  prop->totalGlobalMem = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
+  if (!free_bytes || !total_bytes) return fail(cudaErrorInvalidValue);
+  *total_bytes = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
+  *free_bytes = (size_t)sysconf(_SC_AVPHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaDriverGetVersion(int *version) {
+  if (!version) return fail(cudaErrorInvalidValue);
+  *version = CUDART_VERSION;
+  return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaRuntimeGetVersion(int *version) {
+  if (!version) return fail(cudaErrorInvalidValue);
+  *version = CUDART_VERSION;
+  return cudaSuccess;
+}
+
 /* ---- streams, capture, graphs ------------------------------------------------------------- */
 
 using Operation = std::function<void()>;
@@ -136,6 +170,8 @@ struct CUgraphExec_st {
 
 struct CUevent_st {
   unsigned flags = 0;
+  bool recorded = false;
+  double host_ms = 0.0; /* when the record ran on the host clock (the emulation's only clock) */
 };
 
 /* Streams now capturing (a forbidden call invalidates them all). */
@@ -264,6 +300,16 @@ extern "C" cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t g
   return cudaSuccess;
 }
 
+extern "C" cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t *exec, cudaGraph_t graph,
+                                                     unsigned long long flags) {
+  return cudaGraphInstantiate(exec, graph, flags);
+}
+
+extern "C" cudaError_t cudaGraphUpload(cudaGraphExec_t exec, cudaStream_t stream) {
+  if (!exec) return fail(cudaErrorInvalidValue);
+  return cudaSuccess;
+}
+
 extern "C" cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
   if (!exec) return fail(cudaErrorInvalidValue);
   delete exec;
@@ -295,9 +341,27 @@ extern "C" cudaError_t cudaEventDestroy(cudaEvent_t event) {
   return cudaSuccess;
 }
 
+static double host_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
 extern "C" cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (!event) return fail(cudaErrorInvalidResourceHandle);
-  return enqueue(stream, [] {});
+  return enqueue(stream, [event] {
+    event->recorded = true;
+    event->host_ms = host_ms();
+  });
+}
+
+/* The host time between the two records: what the emulation took, nothing about a GPU. */
+extern "C" cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
+  if (!ms) return fail(cudaErrorInvalidValue);
+  if (!start || !end || !start->recorded || !end->recorded) return fail(cudaErrorInvalidResourceHandle);
+  if ((start->flags | end->flags) & cudaEventDisableTiming) return fail(cudaErrorInvalidResourceHandle);
+  *ms = (float)(end->host_ms - start->host_ms);
+  return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaDeviceSynchronize(void) {
