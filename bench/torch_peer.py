@@ -339,7 +339,8 @@ def targets(cu, tj):
         for which in ("eager", "graph"):
             t = (r or {}).get(which)
             x = t.get("time_over_floor") if t else None
-            rows.append(("10,000 x 4096 %s within %.0fx of the byte floor (%s)" % (opt, TARGET_MANY_FLOOR, which),
+            rows.append(("%s x 4096 %s within %.0fx of the byte floor (%s)"
+                         % ("100" if quick else "10,000", opt, TARGET_MANY_FLOOR, which),
                          "%s (%s ms, floor %s ms)" % (fmt(x, "%.2fx"), fmt(median_ms(r, which)),
                                                       fmt(t.get("floor_ms") if t else None)),
                          status_text(None if x is None else x <= TARGET_MANY_FLOOR, quick)))
