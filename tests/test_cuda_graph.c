@@ -17,7 +17,9 @@
  * Then the parameters, every state entry, cuoptimGetIterations, the learning rate and the loss
  * scale of the two must be identical, and the iteration count the eager count.
  *
- * What capturing the very first step does is tested too (capturing_the_first_step_...): see there.
+ * What capturing the very first step does is tested too (capturing_the_first_step_...): see there;
+ * and a capture of 5,000 variables (replay_with_five_thousand_variables_...), whose gradient-table
+ * upload takes several scatter launches.
  * Without a usable CUDA device every test calls cr_skip.
  */
 #include <criterion/criterion.h>
@@ -485,6 +487,100 @@ Test(cuda_graph, replays_interleaved_with_eager_steps_on_other_pointers_match_ea
   CUDA_OK(cudaFreeHost(staging));
   CUDA_OK(cudaFree(q_eager));
   CUDA_OK(cudaFree(q_graphed));
+  free_side(&eager);
+  free_side(&graphed);
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
+/* ---- many variables: the captured gradient-table upload spans several scatter launches ------------- */
+
+#define MANY_VARS 5000 /* three batches of the gradient table (1,984 entries each) */
+#define MANY_REPLAYS 3
+
+static size_t many_size(int k) { return (size_t)(k % 7) + 1; }
+
+/* A side of MANY_VARS float32 variables packed one after another (most of them unaligned for
+ * vector loads), in the side_t shape take_snapshot reads (pool, params, param_dtype, opt). */
+static void make_many_side(side_t *s, const cuoptimConfig_t *cfg, size_t *offsets) {
+  memset(s, 0, sizeof *s);
+  s->param_dtype = s->grad_dtype = CUOPTIM_FLOAT32;
+  for (int k = 0; k < MANY_VARS; k++) {
+    offsets[k] = s->pool;
+    s->pool += many_size(k);
+  }
+  float *image = malloc(s->pool * sizeof *image);
+  cr_assert(image);
+  for (int k = 0; k < MANY_VARS; k++)
+    for (size_t i = 0; i < many_size(k); i++) image[offsets[k] + i] = param_value(k % 5, (size_t)k * 8 + i);
+  CUDA_OK(cudaMalloc((void **)&s->params, s->pool * sizeof(float)));
+  CUDA_OK(cudaMalloc((void **)&s->grads, s->pool * sizeof(float)));
+  CUDA_OK(cudaMemcpy(s->params, image, s->pool * sizeof(float), cudaMemcpyHostToDevice));
+  free(image);
+  OK(cuoptimCreate(&s->opt, cfg, CUOPTIM_BACKEND_CUDA, 0));
+  char name[32];
+  for (int k = 0; k < MANY_VARS; k++) {
+    cuoptimVariable_t v;
+    snprintf(name, sizeof name, "layer_%d/kernel", k);
+    OK(cuoptimAddVariable(s->opt, name, s->params + offsets[k] * sizeof(float), CUOPTIM_FLOAT32, many_size(k), &v));
+  }
+}
+
+static cuoptimStatus_t apply_many(const side_t *s, const size_t *offsets, cudaStream_t stream) {
+  static cuoptimGradient_t list[MANY_VARS];
+  for (int k = 0; k < MANY_VARS; k++) {
+    list[k].variable = k;
+    list[k].grad = s->grads + offsets[k] * sizeof(float);
+    list[k].dtype = CUOPTIM_FLOAT32;
+  }
+  return cuoptimApplyGradients(s->opt, MANY_VARS, list, stream);
+}
+
+Test(cuda_graph, replay_with_five_thousand_variables_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t cfg = test_config(CUOPTIM_ADAM);
+  cfg.learning_rate.initial_learning_rate = 0.01;
+  cfg.global_clipnorm = 1.0;
+  CUDA_OK(cudaSetDevice(0));
+  cudaStream_t stream = NULL;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  static size_t offsets[MANY_VARS];
+  side_t eager, graphed;
+  make_many_side(&eager, &cfg, offsets);
+  make_many_side(&graphed, &cfg, offsets);
+  float *staging = NULL;
+  CUDA_OK(cudaMallocHost((void **)&staging, eager.pool * sizeof(float)));
+  for (int step = 0; step <= MANY_REPLAYS; step++) {
+    for (size_t i = 0; i < eager.pool; i++) staging[i] = grad_value((int)(i % 5), step, i);
+    CUDA_OK(cudaMemcpyAsync(eager.grads, staging, eager.pool * sizeof(float), cudaMemcpyHostToDevice, stream));
+    CUDA_OK(cudaMemcpyAsync(graphed.grads, staging, graphed.pool * sizeof(float), cudaMemcpyHostToDevice, stream));
+    OK(apply_many(&eager, offsets, stream));
+    if (step == 0) {
+      OK(apply_many(&graphed, offsets, stream)); /* the first step builds the state: eager */
+    } else {
+      static cudaGraphExec_t exec;
+      if (step == 1) {
+        cudaGraph_t graph = NULL;
+        CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+        cuoptimStatus_t captured = apply_many(&graphed, offsets, stream);
+        cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+        cr_assert_eq(captured, CUOPTIM_STATUS_SUCCESS, "captured step: %s", cuoptimGetLastErrorMessage());
+        CUDA_OK(ended);
+        CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+        CUDA_OK(cudaGraphDestroy(graph));
+      }
+      CUDA_OK(cudaGraphLaunch(exec, stream));
+      if (step == MANY_REPLAYS) CUDA_OK(cudaGraphExecDestroy(exec));
+    }
+    CUDA_OK(cudaStreamSynchronize(stream));
+  }
+  snapshot_t got, want;
+  take_snapshot(&graphed, &cfg, &got);
+  take_snapshot(&eager, &cfg, &want);
+  cr_expect_eq(want.iterations, MANY_REPLAYS + 1);
+  expect_identical(&got, &want, "5,000 variables, Adam + global_clipnorm");
+  free_snapshot(&got);
+  free_snapshot(&want);
+  CUDA_OK(cudaFreeHost(staging));
   free_side(&eager);
   free_side(&graphed);
   CUDA_OK(cudaStreamDestroy(stream));
