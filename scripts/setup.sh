@@ -4,7 +4,8 @@
 # apt package here. Idempotent: installs nothing when everything is present.
 set -euo pipefail
 
-packages=(cmake make gcc pkg-config libcriterion-dev libcjson-dev python3)
+# g++: the emulated-device build (emu/) compiles the kernels as host C++.
+packages=(cmake make gcc g++ pkg-config libcriterion-dev libcjson-dev python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
