@@ -25,7 +25,6 @@
 #include "launch.h"
 #include "launch_syntax.h"
 
-
 /* Threads of the prologue's single block: enough to sum many variables' chunks in parallel. */
 #define PROLOGUE_THREADS 1024
 

@@ -761,13 +761,12 @@ void cuoptim_emu_launch_body(dim3 grid, dim3 block, cudaStream_t stream, const c
     fail(cudaErrorInvalidConfiguration);
     return;
   }
-  auto kernel = std::make_shared<std::function<void()>>(std::move(body));
-  cudaError_t err = enqueue(stream, [grid, block, name, kernel] {
+  /* A failed enqueue (an invalidated capture) is already the last error, as for a launch. */
+  (void)enqueue(stream, [grid, block, name, body = std::move(body)] {
     BlockRun *run = block_run();
     run->kernel = name;
-    run->body = kernel.get();
+    run->body = &body;
     run->threads = (int)block.x;
     for (unsigned i = 0; i < grid.x; i++) run_block(run, grid, block, schedule_reversed() ? grid.x - 1 - i : i);
   });
-  (void)err; /* enqueue recorded it as the last error */
 }

@@ -549,6 +549,7 @@ Test(cuda_graph, replay_with_five_thousand_variables_matches_eager) {
   make_many_side(&graphed, &cfg, offsets);
   float *staging = NULL;
   CUDA_OK(cudaMallocHost((void **)&staging, eager.pool * sizeof(float)));
+  cudaGraphExec_t exec = NULL;
   for (int step = 0; step <= MANY_REPLAYS; step++) {
     for (size_t i = 0; i < eager.pool; i++) staging[i] = grad_value((int)(i % 5), step, i);
     CUDA_OK(cudaMemcpyAsync(eager.grads, staging, eager.pool * sizeof(float), cudaMemcpyHostToDevice, stream));
@@ -557,7 +558,6 @@ Test(cuda_graph, replay_with_five_thousand_variables_matches_eager) {
     if (step == 0) {
       OK(apply_many(&graphed, offsets, stream)); /* the first step builds the state: eager */
     } else {
-      static cudaGraphExec_t exec;
       if (step == 1) {
         cudaGraph_t graph = NULL;
         CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
