@@ -99,7 +99,7 @@ typedef enum {
 typedef struct cuoptimWeightEntry {
   cuoptimWeightInfo_t info;
   cuoptimWeightKind kind;
-  float *buffer; /* CUOPTIM_WEIGHT_BUFFER */
+  float **buffer; /* CUOPTIM_WEIGHT_BUFFER: the variable's field that points into the arena once built */
 } cuoptimWeightEntry;
 
 /* The gradient of each variable for the step in progress (NULL: none), and what binding it needs
@@ -143,6 +143,8 @@ struct cuoptimOptimizer {
 
   int num_weights;
   cuoptimWeightEntry *weights;
+  int described_variables;   /* num_variables when `weights` was listed */
+  size_t state_bytes;        /* arena bytes the registered variables need, at most 2^60 */
   int64_t outer_iterations;  /* CUOPTIM_WEIGHT_OUTER_*: state that only travels through Get/SetWeights */
   float outer_learning_rate;
 

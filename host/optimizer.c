@@ -10,6 +10,9 @@
 #define ARENA_ALIGNMENT 256
 /* Above this a count is a caller's bug (2^40 elements = 4 TiB of float32). */
 #define MAX_VARIABLE_COUNT (((size_t)1) << 40)
+/* Above this the state of all variables together is (1 EiB): every size sum over variables then
+ * stays far from SIZE_MAX, whatever the number of variables. */
+#define MAX_STATE_BYTES (((size_t)1) << 60)
 
 static const cuoptimBackendOps *backend_ops(cuoptimBackend_t backend) {
   if (backend == CUOPTIM_BACKEND_HOST) return &cuoptim_host_backend;
@@ -147,6 +150,34 @@ static int reserve_name(cuoptimOptimizer_t opt) {
   return 1;
 }
 
+/* ---- sizes: every sum over variables is bounded (MAX_STATE_BYTES) or checked ------------------ */
+
+static size_t aligned_bytes(size_t count) {
+  size_t bytes = count * sizeof(float); /* count <= 2^40: no overflow */
+  return (bytes + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
+}
+
+/* The float buffers the optimizer owns for a variable of `dtype`: master, slots, EMA, accumulator. */
+static int owned_buffers(const struct cuoptimOptimizer *opt, cuoptimDtype_t dtype) {
+  int buffers = dtype != CUOPTIM_FLOAT32;
+  for (int s = 0; s < opt->slots.count; s++) buffers += opt->slots.present[s];
+  buffers += opt->prologue.rule.use_ema != 0;
+  buffers += opt->prologue.rule.accumulation_steps != 0;
+  return buffers;
+}
+
+/* Arena bytes of one variable of `count` elements (count <= 2^40, so no overflow). */
+static size_t variable_state_bytes(const struct cuoptimOptimizer *opt, cuoptimDtype_t dtype, size_t count) {
+  return (size_t)owned_buffers(opt, dtype) * aligned_bytes(count) + sizeof(cuoptimTensorScalars);
+}
+
+/* *total += bytes; 0 when the sum would not fit. */
+static int add_size(size_t *total, size_t bytes) {
+  if (bytes > SIZE_MAX - *total) return 0;
+  *total += bytes;
+  return 1;
+}
+
 cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, void *param, cuoptimDtype_t dtype,
                                    size_t count, cuoptimVariable_t *variable) {
   static const char *caller = "cuoptimAddVariable";
@@ -156,10 +187,9 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
   CUOPTIM_REQUIRE_NOT_NULL(caller, variable);
   size_t length = strlen(name);
   if (length == 0) return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: name is empty", caller);
-  /* Slot names append "_" + the longest slot name ("accumulated_delta_var", 21 bytes). */
-  if (length + 32 >= CUOPTIM_MAX_NAME)
+  if (length >= CUOPTIM_MAX_NAME)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: name \"%.40s...\" is %zu bytes long: at most %d", caller,
-                         name, length, CUOPTIM_MAX_NAME - 33);
+                         name, length, CUOPTIM_MAX_NAME - 1);
   if (dtype != CUOPTIM_FLOAT32 && dtype != CUOPTIM_FLOAT16 && dtype != CUOPTIM_BFLOAT16)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: dtype = %d is not a cuoptimDtype_t", caller, (int)dtype);
   if (count == 0) return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: count = 0: a variable needs elements", caller);
@@ -176,6 +206,12 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
                          existing);
   if (opt->num_variables >= MAX_VARIABLES)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: too many variables (at most %d)", caller, MAX_VARIABLES);
+  size_t state_bytes = variable_state_bytes(opt, dtype, count);
+  if (state_bytes > MAX_STATE_BYTES - opt->state_bytes)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: count = %zu: the optimizer state of all variables would exceed 2^60 bytes (%zu bytes "
+                         "registered, this variable needs %zu)",
+                         caller, count, opt->state_bytes, state_bytes);
   CUOPTIM_CHECK(opt->ops->check_pointer(opt, param, dtype, caller, "param"));
   if (!reserve_name(opt)) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
 
@@ -197,6 +233,7 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
   v->use_weight_decay = opt->prologue.rule.has_weight_decay && !excluded(opt, name);
   memset(&opt->step_grads[opt->num_variables], 0, sizeof *opt->step_grads);
   opt->name_index[name_slot(opt->name_index, opt->name_index_size, opt->variables, name)] = opt->num_variables + 1;
+  opt->state_bytes += state_bytes;
   *variable = opt->num_variables++;
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -250,20 +287,16 @@ cuoptimStatus_t cuoptimUsesWeightDecay(cuoptimOptimizer_t opt, cuoptimVariable_t
 
 /* ---- building the state ----------------------------------------------------------------------- */
 
-static size_t aligned_bytes(size_t count) {
-  size_t bytes = count * sizeof(float);
-  return (bytes + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
-}
-
-/* Lays out every owned float buffer in one arena; returns its size. With base == NULL only
- * measures. */
-static size_t layout_arena(cuoptimOptimizer_t opt, char *base) {
+/* Lays out every owned float buffer in one arena and sets *bytes to its size; with base == NULL only
+ * measures. 0 when the size does not fit in a size_t (AddVariable's bound makes that impossible;
+ * checked all the same, since a wrapped size would lay buffers past a small allocation). */
+static int layout_arena(cuoptimOptimizer_t opt, char *base, size_t *bytes) {
   size_t offset = 0;
   const cuoptimRuleParams *p = &opt->prologue.rule;
 #define PLACE(field, count)                                              \
   do {                                                                   \
     if (base) (field) = (float *)(base + offset);                        \
-    offset += aligned_bytes(count);                                      \
+    if (!add_size(&offset, aligned_bytes(count))) return 0;              \
   } while (0)
   for (int i = 0; i < opt->num_variables; i++) {
     cuoptimVariableRec *v = &opt->variables[i];
@@ -276,9 +309,10 @@ static size_t layout_arena(cuoptimOptimizer_t opt, char *base) {
 #undef PLACE
   /* The per-variable scalars after the buffers. */
   size_t tensors_offset = offset;
-  offset += (size_t)opt->num_variables * sizeof(cuoptimTensorScalars);
+  if (!add_size(&offset, (size_t)opt->num_variables * sizeof(cuoptimTensorScalars))) return 0;
   if (base) opt->tensors = (cuoptimTensorScalars *)(base + tensors_offset);
-  return offset;
+  *bytes = offset;
+  return 1;
 }
 
 static cuoptimWeightEntry *add_weight(cuoptimOptimizer_t opt, cuoptimWeightKind kind, size_t count, int is_integer) {
@@ -290,71 +324,85 @@ static cuoptimWeightEntry *add_weight(cuoptimOptimizer_t opt, cuoptimWeightKind 
   return w;
 }
 
-static void add_buffer_weight(cuoptimOptimizer_t opt, const cuoptimVariableRec *v, float *buffer, const char *suffix) {
-  cuoptimWeightEntry *w = add_weight(opt, CUOPTIM_WEIGHT_BUFFER, v->count, 0);
-  w->buffer = buffer;
-  /* Fits: cuoptimAddVariable keeps names 33 bytes shorter than CUOPTIM_MAX_NAME. */
-  int written = snprintf(w->info.name, sizeof w->info.name, "%s_%s", v->name, suffix);
-  (void)written;
+static void add_scalar_weight(cuoptimOptimizer_t opt, cuoptimWeightKind kind, int is_integer, const char *name) {
+  snprintf(add_weight(opt, kind, 1, is_integer)->info.name, CUOPTIM_MAX_WEIGHT_NAME, "%s", name);
 }
 
-/* The state in Keras's `optimizer.variables` order (tests/data/README.md has the observed table). */
-static cuoptimStatus_t build_weight_list(cuoptimOptimizer_t opt) {
+/* `buffer` is the variable's field that will point into the arena once the state is built. */
+static void add_buffer_weight(cuoptimOptimizer_t opt, cuoptimVariableRec *v, float **buffer, const char *suffix) {
+  cuoptimWeightEntry *w = add_weight(opt, CUOPTIM_WEIGHT_BUFFER, v->count, 0);
+  w->buffer = buffer;
+  /* Fits: a name has at most CUOPTIM_MAX_NAME - 1 bytes, a suffix at most 21 ("accumulated_delta_var"). */
+  snprintf(w->info.name, sizeof w->info.name, "%.*s_%.24s", CUOPTIM_MAX_NAME - 1, v->name, suffix);
+}
+
+/* The state in Keras's `optimizer.variables` order (tests/data/README.md has the observed table),
+ * described from the config and the variables alone: describing it allocates no state, so a
+ * call that fails its argument checks leaves the optimizer unbuilt. */
+static cuoptimStatus_t describe_weights(cuoptimOptimizer_t opt) {
+  /* Variables are only ever appended, so the list is current while their number is unchanged. */
+  if (opt->weights && opt->described_variables == opt->num_variables) return CUOPTIM_STATUS_SUCCESS;
   const cuoptimConfig_t *c = &opt->config;
   int n = opt->num_variables;
-  size_t most = 8 + (size_t)n * 5;
-  opt->weights = calloc(most, sizeof *opt->weights);
-  if (!opt->weights) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: out of host memory");
+  size_t most = 8 + (size_t)n * 5; /* n <= 2^29: no overflow */
+  cuoptimWeightEntry *weights = calloc(most, sizeof *weights);
+  if (!weights) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: out of host memory");
+  free(opt->weights);
+  opt->weights = weights;
   opt->num_weights = 0;
+  opt->described_variables = n;
   if (c->dynamic_loss_scale) {
     /* The LossScaleOptimizer's own base-class variables (built with learning_rate 0.0; never
      * stepped), then its scale state, then the inner optimizer's variables. */
-    snprintf(add_weight(opt, CUOPTIM_WEIGHT_OUTER_ITERATION, 1, 1)->info.name, CUOPTIM_MAX_NAME, "iteration");
-    snprintf(add_weight(opt, CUOPTIM_WEIGHT_OUTER_LEARNING_RATE, 1, 0)->info.name, CUOPTIM_MAX_NAME, "learning_rate");
-    snprintf(add_weight(opt, CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER, 1, 1)->info.name, CUOPTIM_MAX_NAME, "step_counter");
-    snprintf(add_weight(opt, CUOPTIM_WEIGHT_LOSS_SCALE, 1, 0)->info.name, CUOPTIM_MAX_NAME, "dynamic_scale");
+    add_scalar_weight(opt, CUOPTIM_WEIGHT_OUTER_ITERATION, 1, "iteration");
+    add_scalar_weight(opt, CUOPTIM_WEIGHT_OUTER_LEARNING_RATE, 0, "learning_rate");
+    add_scalar_weight(opt, CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER, 1, "step_counter");
+    add_scalar_weight(opt, CUOPTIM_WEIGHT_LOSS_SCALE, 0, "dynamic_scale");
   }
-  snprintf(add_weight(opt, CUOPTIM_WEIGHT_ITERATION, 1, 1)->info.name, CUOPTIM_MAX_NAME, "iteration");
+  add_scalar_weight(opt, CUOPTIM_WEIGHT_ITERATION, 1, "iteration");
   if (c->learning_rate.kind == CUOPTIM_SCHEDULE_CONSTANT)
-    snprintf(add_weight(opt, CUOPTIM_WEIGHT_LEARNING_RATE, 1, 0)->info.name, CUOPTIM_MAX_NAME, "learning_rate");
+    add_scalar_weight(opt, CUOPTIM_WEIGHT_LEARNING_RATE, 0, "learning_rate");
   if (c->use_ema)
-    for (int i = 0; i < n; i++) add_buffer_weight(opt, &opt->variables[i], opt->variables[i].average, "average");
+    for (int i = 0; i < n; i++) add_buffer_weight(opt, &opt->variables[i], &opt->variables[i].average, "average");
   if (c->gradient_accumulation_steps)
     for (int i = 0; i < n; i++)
-      add_buffer_weight(opt, &opt->variables[i], opt->variables[i].accumulator, "gradient_accumulator");
+      add_buffer_weight(opt, &opt->variables[i], &opt->variables[i].accumulator, "gradient_accumulator");
   for (int group = 0; group < 3; group++)
     for (int i = 0; i < n; i++)
       for (int s = 0; s < opt->slots.count; s++)
         if (opt->slots.present[s] && opt->slots.group[s] == group)
-          add_buffer_weight(opt, &opt->variables[i], opt->variables[i].slots[s], opt->slots.names[s]);
+          add_buffer_weight(opt, &opt->variables[i], &opt->variables[i].slots[s], opt->slots.names[s]);
   /* Nadam's u_product is an unnamed backend.Variable: Keras calls it "variable". */
-  if (c->kind == CUOPTIM_NADAM && n > 0)
-    snprintf(add_weight(opt, CUOPTIM_WEIGHT_U_PRODUCT, 1, 0)->info.name, CUOPTIM_MAX_NAME, "variable");
+  if (c->kind == CUOPTIM_NADAM && n > 0) add_scalar_weight(opt, CUOPTIM_WEIGHT_U_PRODUCT, 0, "variable");
   return CUOPTIM_STATUS_SUCCESS;
+}
+
+static void forget_layout(cuoptimOptimizer_t opt) {
+  for (int i = 0; i < opt->num_variables; i++) {
+    cuoptimVariableRec *v = &opt->variables[i];
+    v->master = v->average = v->accumulator = NULL;
+    v->slots[0] = v->slots[1] = v->slots[2] = NULL;
+  }
+  opt->tensors = NULL;
 }
 
 cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller) {
   if (opt->built) return CUOPTIM_STATUS_SUCCESS;
-  size_t bytes = layout_arena(opt, NULL);
+  size_t bytes = 0;
+  if (!layout_arena(opt, NULL, &bytes))
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: the optimizer state of %d variables exceeds the address space",
+                         caller, opt->num_variables);
+  CUOPTIM_CHECK(describe_weights(opt));
   void *arena = NULL;
   CUOPTIM_CHECK(opt->ops->alloc(opt, bytes, &arena));
   opt->arena = arena;
   opt->arena_bytes = bytes;
-  layout_arena(opt, arena);
-  cuoptimStatus_t status = build_weight_list(opt);
-  if (status == CUOPTIM_STATUS_SUCCESS) status = opt->ops->build(opt);
+  layout_arena(opt, arena, &bytes);
+  cuoptimStatus_t status = opt->ops->build(opt);
   if (status != CUOPTIM_STATUS_SUCCESS) {
     opt->ops->free(opt, opt->arena);
     opt->arena = NULL;
-    free(opt->weights);
-    opt->weights = NULL;
-    opt->num_weights = 0;
-    for (int i = 0; i < opt->num_variables; i++) {
-      cuoptimVariableRec *v = &opt->variables[i];
-      v->master = v->average = v->accumulator = NULL;
-      v->slots[0] = v->slots[1] = v->slots[2] = NULL;
-    }
-    opt->tensors = NULL;
+    forget_layout(opt);
     cuoptim_log(CUOPTIM_LOG_WARN, "%s: building the optimizer state failed", caller);
     return status;
   }
@@ -396,8 +444,10 @@ cuoptimStatus_t cuoptimGetLearningRate(cuoptimOptimizer_t opt, float *learning_r
 cuoptimStatus_t cuoptimSetLearningRate(cuoptimOptimizer_t opt, double learning_rate) {
   static const char *caller = "cuoptimSetLearningRate";
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
-  if (!isfinite(learning_rate))
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: learning_rate = %g: must be finite", caller, learning_rate);
+  /* The step computes with the float32 value: 1e308 is finite as a double, infinite there. */
+  if (!isfinite((float)learning_rate))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: learning_rate = %g: must be finite in float32", caller,
+                         learning_rate);
   if (opt->config.learning_rate.kind != CUOPTIM_SCHEDULE_CONSTANT)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
                          "%s: the optimizer uses a learning-rate schedule; its learning rate cannot be set", caller);
@@ -432,8 +482,10 @@ cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t opt, int *count) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* Entry `index` of the state list, checked without building the state (a failed call builds
+ * nothing). The pointer is valid until the next describe_weights or cuoptim_build. */
 static cuoptimStatus_t find_weight(cuoptimOptimizer_t opt, int index, const char *caller, cuoptimWeightEntry **entry) {
-  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  CUOPTIM_CHECK(describe_weights(opt));
   if (index < 0 || index >= opt->num_weights)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: index = %d: the optimizer has %d state entries", caller,
                          index, opt->num_weights);
@@ -447,6 +499,7 @@ cuoptimStatus_t cuoptimGetWeightInfo(cuoptimOptimizer_t opt, int index, cuoptimW
   CUOPTIM_REQUIRE_NOT_NULL(caller, info);
   cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller));
   *info = entry->info;
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -491,7 +544,8 @@ cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *val
   cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
   CUOPTIM_CHECK(check_count(entry, count, caller));
-  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return transfer_buffer(opt, entry->buffer, NULL, values, count, caller);
+  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return transfer_buffer(opt, *entry->buffer, NULL, values, count, caller);
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
   switch (entry->kind) {
@@ -509,6 +563,32 @@ cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *val
 
 static int is_counter_value(double x) { return x >= 0 && x <= 9.0e15 && floor(x) == x; }
 
+/* Whether float32 holds x without turning a finite value into an infinity. */
+static int fits_float(double x) { return !isfinite(x) || isfinite((float)x); }
+
+/* The values SetWeights would store, checked before anything is written: counters are integers
+ * >= 0, scalars finite in float32 (the step computes with them), buffer elements not finite
+ * values that overflow float32. */
+static cuoptimStatus_t check_weight_values(const cuoptimWeightEntry *entry, const double *values, size_t count,
+                                           const char *caller) {
+  const char *name = entry->info.name;
+  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) {
+    for (size_t i = 0; i < count; i++)
+      if (!fits_float(values[i]))
+        return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                             "%s: values[%zu] = %g: outside float32's range (entry \"%s\" is float32)", caller, i,
+                             values[i], name);
+    return CUOPTIM_STATUS_SUCCESS;
+  }
+  if (entry->info.is_integer && !is_counter_value(values[0]))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: values[0] = %g: \"%s\" is a counter (an integer >= 0)",
+                         caller, values[0], name);
+  if (!entry->info.is_integer && !isfinite((float)values[0]))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: values[0] = %g: \"%s\" must be finite in float32", caller,
+                         values[0], name);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const double *values, size_t count) {
   static const char *caller = "cuoptimSetWeights";
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
@@ -516,14 +596,9 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
   cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
   CUOPTIM_CHECK(check_count(entry, count, caller));
-  if (entry->kind == CUOPTIM_WEIGHT_BUFFER)
-    return transfer_buffer(opt, entry->buffer, values, NULL, count, caller);
-  if (entry->info.is_integer && !is_counter_value(values[0]))
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: values[0] = %g: \"%s\" is a counter (an integer >= 0)",
-                         caller, values[0], entry->info.name);
-  if (!entry->info.is_integer && !isfinite(values[0]))
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: values[0] = %g: \"%s\" must be finite", caller, values[0],
-                         entry->info.name);
+  CUOPTIM_CHECK(check_weight_values(entry, values, count, caller));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return transfer_buffer(opt, *entry->buffer, values, NULL, count, caller);
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
   switch (entry->kind) {

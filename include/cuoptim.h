@@ -135,7 +135,9 @@ typedef enum {
 #define CUOPTIM_NONE ((double)NAN)
 #define CUOPTIM_IS_NONE(x) ((x) != (x))
 
-#define CUOPTIM_MAX_NAME 128        /* bytes, NUL included, of every name */
+#define CUOPTIM_MAX_NAME 128        /* bytes, NUL included, of every name given to cuoptim */
+/* bytes, NUL included, of a state entry's name: "<variable name>_<slot>" (cuoptimWeightInfo_t) */
+#define CUOPTIM_MAX_WEIGHT_NAME (CUOPTIM_MAX_NAME + 32)
 #define CUOPTIM_MAX_BOUNDARIES 64   /* PiecewiseConstantDecay boundaries */
 
 /* A learning rate: a constant or a schedule evaluated at Keras's raw `_iterations` counter
@@ -275,9 +277,13 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t optimizer, cuopt
  * build it.
  * *variable receives the index (0 for the first variable, then 1, 2, ...).
  * Registering n variables costs O(n) in all (names are hashed).
+ * Limits: a name has 1 to CUOPTIM_MAX_NAME - 1 bytes; a variable at most 2^40 elements; at most
+ * 2^29 variables; the state cuoptim owns for all of them (slots, masters, EMA, accumulators,
+ * float32) at most 2^60 bytes, so no size computed over the variables can overflow.
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty or long or duplicate name, count 0 or
  * above 2^40, unknown dtype, a host pointer given to the CUDA backend, more than 2^29
- * variables), INVALID_STATE (the state is built), ALLOC_FAILED, CUDA_ERROR. */
+ * variables, a state above 2^60 bytes), INVALID_STATE (the state is built), ALLOC_FAILED,
+ * CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t optimizer, const char *name, void *param,
                                                cuoptimDtype_t dtype, size_t count,
                                                cuoptimVariable_t *variable);
@@ -316,7 +322,8 @@ typedef struct {
  * Parameters and gradients must stay valid until the step completes, and, on the CUDA backend,
  * be aligned to their element size. Host backend: done when it returns.
  * Statuses: SUCCESS, NULL_POINTER (grads with n > 0), INVALID_VALUE (unknown variable, a variable
- * listed twice, every gradient NULL, unknown dtype, n < 0), CUDA_ERROR. */
+ * listed twice, every gradient NULL, unknown dtype, n < 0), ALLOC_FAILED (building the state on
+ * the first step), CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t optimizer, int n,
                                                   const cuoptimGradient_t *grads, cuoptimStream_t stream);
 
@@ -340,8 +347,8 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetIterations(cuoptimOptimizer_t optimizer, i
 CUOPTIM_API cuoptimStatus_t cuoptimGetLearningRate(cuoptimOptimizer_t optimizer, float *learning_rate);
 
 /* Keras `optimizer.learning_rate = value` for a constant learning rate (the float32 variable is
- * assigned). Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (not finite), INVALID_STATE (the
- * optimizer uses a schedule), CUDA_ERROR. */
+ * assigned). Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (not finite once rounded to float32,
+ * e.g. 1e308), INVALID_STATE (the optimizer uses a schedule), CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetLearningRate(cuoptimOptimizer_t optimizer, double learning_rate);
 
 /* The current dynamic loss scale (LossScaleOptimizer `dynamic_scale`).
@@ -359,33 +366,38 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetLossScale(cuoptimOptimizer_t optimizer, fl
  * copies are not Keras state and are not listed.
  * ------------------------------------------------------------------------------------------- */
 typedef struct {
-  char name[CUOPTIM_MAX_NAME]; /* e.g. "iteration", "learning_rate", "dense_kernel_momentum" */
+  char name[CUOPTIM_MAX_WEIGHT_NAME]; /* e.g. "iteration", "learning_rate", "dense_kernel_momentum" */
   size_t count;                /* elements; 1 for scalars */
   int is_integer;              /* 1 for the counters (iteration, step_counter) */
 } cuoptimWeightInfo_t;
 
 /* The number of state entries. This and every call below build the optimizer state if no step did
  * yet (slots allocated and initialised, as Keras's build); cuoptimAddVariable is refused after.
+ * A call that fails its argument checks (index, count, values) builds nothing.
  * Statuses: SUCCESS, NULL_POINTER, ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t optimizer, int *count);
 
-/* Name and size of entry `index`. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index). */
+/* Name and size of entry `index`. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index),
+ * ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetWeightInfo(cuoptimOptimizer_t optimizer, int index, cuoptimWeightInfo_t *info);
 
 /* Copies entry `index` into host memory as `count` doubles (count must equal the entry's count;
  * float32 state converts exactly; counters are exact below 2^53). Synchronous.
- * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index, count), CUDA_ERROR. */
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index, count), ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t optimizer, int index, double *values, size_t count);
 
 /* Sets entry `index` from `count` doubles in host memory (rounded to float32; counters must be
- * non-negative integers, scalars finite). Synchronous. Statuses: SUCCESS, NULL_POINTER,
- * INVALID_VALUE (index, count, a non-integer counter, a non-finite scalar), CUDA_ERROR. */
+ * integers in [0, 9e15], scalars finite in float32; an array element may be inf or NaN but not a
+ * finite value beyond float32's range, such as 1e300). Every value is checked before any is
+ * written. Synchronous. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index, count, a
+ * non-integer counter, a scalar not finite in float32, an element outside float32's range),
+ * ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t optimizer, int index, const double *values,
                                               size_t count);
 
 /* Keras `finalize_variable_values`: with use_ema, overwrites every variable with its average
  * (on `stream` for the CUDA backend). Without use_ema: nothing happens.
- * Statuses: SUCCESS, NULL_POINTER, CUDA_ERROR. */
+ * Statuses: SUCCESS, NULL_POINTER, ALLOC_FAILED (building the state), CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t optimizer, cuoptimStream_t stream);
 
 /* Waits for every step enqueued by the optimizer (CUDA backend); returns at once on the host

@@ -1131,6 +1131,132 @@ Test(api, set_weights_bad_input_changes_nothing) {
   OK(cuoptimDestroy(a.opt));
 }
 
+/* A failed state call is checked before the state is built: variables can still be added. */
+static void expect_still_unbuilt(cuoptimOptimizer_t opt, const char *what) {
+  static int serial;
+  char name[32];
+  snprintf(name, sizeof name, "late_%d", serial++);
+  cuoptimVariable_t var;
+  cuoptimStatus_t st = cuoptimAddVariable(opt, name, PARAM, CUOPTIM_FLOAT32, 4, &var);
+  cr_assert_eq(st, CUOPTIM_STATUS_SUCCESS, "after a failed %s, cuoptimAddVariable returned %s: %s", what,
+               cuoptimGetStatusString(st), cuoptimGetLastErrorMessage());
+}
+
+Test(api, failed_state_calls_build_nothing) {
+  cuoptimOptimizer_t opt = create_kind(CUOPTIM_ADAM);
+  cuoptimVariable_t var;
+  OK(cuoptimAddVariable(opt, "w", PARAM, CUOPTIM_FLOAT32, 4, &var));
+  cuoptimWeightInfo_t info;
+  double values[8] = {0};
+  /* Entries: iteration, learning_rate, w_momentum, w_velocity (and more as variables are added). */
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimGetWeightInfo", "index", cuoptimGetWeightInfo(opt, 99, &info));
+  expect_still_unbuilt(opt, "cuoptimGetWeightInfo");
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimGetWeights", "index", cuoptimGetWeights(opt, -1, values, 1));
+  expect_still_unbuilt(opt, "cuoptimGetWeights (index)");
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimGetWeights", "count", cuoptimGetWeights(opt, 2, values, 3));
+  expect_still_unbuilt(opt, "cuoptimGetWeights (count)");
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetWeights", "index", cuoptimSetWeights(opt, 99, values, 1));
+  expect_still_unbuilt(opt, "cuoptimSetWeights (index)");
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetWeights", "count", cuoptimSetWeights(opt, 0, values, 2));
+  expect_still_unbuilt(opt, "cuoptimSetWeights (count)");
+  double half = 0.5, huge = 1e300;
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetWeights", "iteration", cuoptimSetWeights(opt, 0, &half, 1));
+  expect_still_unbuilt(opt, "cuoptimSetWeights (counter value)");
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetWeights", "learning_rate", cuoptimSetWeights(opt, 1, &huge, 1));
+  expect_still_unbuilt(opt, "cuoptimSetWeights (scalar value)");
+  /* The list the failed calls checked against follows the variables added since. */
+  int count = 0;
+  OK(cuoptimGetWeightCount(opt, &count));
+  cr_assert_eq(count, 2 + 2 * 8, "Adam with 8 variables has %d entries, expected 18", count);
+  OK(cuoptimGetWeightInfo(opt, count - 1, &info));
+  cr_assert_str_eq(info.name, "late_6_velocity");
+  OK(cuoptimDestroy(opt));
+}
+
+Test(api, float32_overflow_is_refused_where_the_step_computes) {
+  adam2_t a;
+  adam2_init(&a);
+  apply_both(&a);
+  snapshot_t before;
+  take_snapshot(&a, &before);
+  /* Finite as doubles, infinite as the float32 the step uses. */
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetLearningRate", "learning_rate",
+              cuoptimSetLearningRate(a.opt, 1e308));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetLearningRate", "learning_rate",
+              cuoptimSetLearningRate(a.opt, -3.5e38));
+  double huge = 1e300;
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetWeights", "learning_rate", cuoptimSetWeights(a.opt, 1, &huge, 1));
+  /* An array is checked whole before any element is written. */
+  double slot[4] = {1, 2, 3, 1e39};
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetWeights", "values", cuoptimSetWeights(a.opt, 2, slot, 4));
+  expect_unchanged(&a, &before, "float32-overflowing values");
+  /* The largest float32 and an explicit infinity in an array are representable: accepted. */
+  OK(cuoptimSetLearningRate(a.opt, 3.4028234663852886e38));
+  slot[3] = INFINITY;
+  OK(cuoptimSetWeights(a.opt, 2, slot, 4));
+  double back[4];
+  OK(cuoptimGetWeights(a.opt, 2, back, 4));
+  cr_assert(back[0] == 1 && back[3] == INFINITY);
+  OK(cuoptimDestroy(a.opt));
+}
+
+Test(api, names_may_use_every_byte_of_cuoptim_max_name) {
+  cuoptimOptimizer_t opt = create_kind(CUOPTIM_ADADELTA); /* the longest slot: accumulated_delta_var */
+  char name[CUOPTIM_MAX_NAME + 1];
+  memset(name, 'n', sizeof name);
+  name[CUOPTIM_MAX_NAME] = '\0';
+  cuoptimVariable_t var;
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimAddVariable", "name",
+              cuoptimAddVariable(opt, name, PARAM, CUOPTIM_FLOAT32, 4, &var));
+  name[CUOPTIM_MAX_NAME - 1] = '\0';
+  OK(cuoptimAddVariable(opt, name, PARAM, CUOPTIM_FLOAT32, 4, &var));
+  int count = 0;
+  OK(cuoptimGetWeightCount(opt, &count));
+  cuoptimWeightInfo_t info;
+  OK(cuoptimGetWeightInfo(opt, count - 1, &info));
+  char expected[CUOPTIM_MAX_WEIGHT_NAME];
+  snprintf(expected, sizeof expected, "%s_accumulated_delta_var", name);
+  cr_assert_str_eq(info.name, expected, "the slot name of a %d-byte variable name is cut", CUOPTIM_MAX_NAME - 1);
+  OK(cuoptimDestroy(opt));
+}
+
+/* Many variables, each within the 2^40-element limit, whose state sizes sum past 2^64: the sum
+ * must be refused, not wrapped to a small arena that the build then overruns. */
+Test(api, state_size_sums_are_bounded, .timeout = 120) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  c.amsgrad = 1;                      /* three slots */
+  c.use_ema = 1;                      /* an average */
+  c.gradient_accumulation_steps = 2;  /* an accumulator */
+  cuoptimOptimizer_t opt = create_host(&c);
+  /* float16: plus a master copy, six float32 buffers of 2^42 bytes per variable. */
+  const size_t max_count = (size_t)1 << 40, per_variable = 6 * (max_count * 4);
+  const int wrap_after = (int)(UINT64_MAX / per_variable) + 1; /* variables to pass 2^64 */
+  int refused_at = -1;
+  cuoptimStatus_t refusal = CUOPTIM_STATUS_SUCCESS;
+  for (int i = 0; i <= wrap_after && refused_at < 0; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "v%d", i);
+    /* The last one is sized so the unchecked sum would wrap to a few kilobytes. */
+    size_t count = max_count;
+    if (i == wrap_after) count = ((size_t)0 - (size_t)wrap_after * per_variable) / 24 + 256;
+    cuoptimVariable_t var;
+    cuoptimStatus_t st = cuoptimAddVariable(opt, name, PARAM, CUOPTIM_FLOAT16, count, &var);
+    if (st != CUOPTIM_STATUS_SUCCESS) {
+      refused_at = i;
+      refusal = st;
+    }
+  }
+  cr_assert_eq(refusal, CUOPTIM_STATUS_INVALID_VALUE, "a state beyond 2^60 bytes was not refused (%d variables added)",
+               refused_at < 0 ? wrap_after + 1 : refused_at);
+  cr_assert(strstr(cuoptimGetLastErrorMessage(), "count") != NULL, "message: %s", cuoptimGetLastErrorMessage());
+  /* What was accepted is still below the bound: building it fails cleanly for lack of memory. */
+  int entries = 0;
+  cuoptimStatus_t st = cuoptimGetWeightCount(opt, &entries);
+  cr_assert_eq(st, CUOPTIM_STATUS_ALLOC_FAILED, "building ~2^60 bytes of state returned %s",
+               cuoptimGetStatusString(st));
+  OK(cuoptimDestroy(opt));
+}
+
 /* =================================================================================================
  * cuoptimFinalizeVariableValues, cuoptimSynchronize
  * ================================================================================================= */
