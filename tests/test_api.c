@@ -1228,26 +1228,27 @@ Test(api, state_size_sums_are_bounded, .timeout = 120) {
   c.use_ema = 1;                      /* an average */
   c.gradient_accumulation_steps = 2;  /* an accumulator */
   cuoptimOptimizer_t opt = create_host(&c);
-  /* float16: plus a master copy, six float32 buffers of 2^42 bytes per variable. */
+  /* float16: plus a master copy, six float32 buffers of up to 2^42 bytes per variable. */
   const size_t max_count = (size_t)1 << 40, per_variable = 6 * (max_count * 4);
-  const int wrap_after = (int)(UINT64_MAX / per_variable) + 1; /* variables to pass 2^64 */
+  const int full = (int)(SIZE_MAX / per_variable); /* this many largest variables stay below 2^64 */
+  /* One more variable, sized so the unchecked sum wraps past 2^64 to a few hundred bytes. */
+  const size_t rest = (size_t)0 - (size_t)full * per_variable;
+  const size_t last_count = (rest + 6 * 256 - 1) / (6 * 256) * 256 / 4;
+  cr_assert_leq(last_count, max_count);
   int refused_at = -1;
   cuoptimStatus_t refusal = CUOPTIM_STATUS_SUCCESS;
-  for (int i = 0; i <= wrap_after && refused_at < 0; i++) {
+  for (int i = 0; i <= full && refused_at < 0; i++) {
     char name[32];
     snprintf(name, sizeof name, "v%d", i);
-    /* The last one is sized so the unchecked sum would wrap to a few kilobytes. */
-    size_t count = max_count;
-    if (i == wrap_after) count = ((size_t)0 - (size_t)wrap_after * per_variable) / 24 + 256;
     cuoptimVariable_t var;
-    cuoptimStatus_t st = cuoptimAddVariable(opt, name, PARAM, CUOPTIM_FLOAT16, count, &var);
+    cuoptimStatus_t st = cuoptimAddVariable(opt, name, PARAM, CUOPTIM_FLOAT16, i < full ? max_count : last_count, &var);
     if (st != CUOPTIM_STATUS_SUCCESS) {
       refused_at = i;
       refusal = st;
     }
   }
   cr_assert_eq(refusal, CUOPTIM_STATUS_INVALID_VALUE, "a state beyond 2^60 bytes was not refused (%d variables added)",
-               refused_at < 0 ? wrap_after + 1 : refused_at);
+               refused_at < 0 ? full + 1 : refused_at);
   cr_assert(strstr(cuoptimGetLastErrorMessage(), "count") != NULL, "message: %s", cuoptimGetLastErrorMessage());
   /* What was accepted is still below the bound: building it fails cleanly for lack of memory. */
   int entries = 0;
