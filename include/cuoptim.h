@@ -156,8 +156,9 @@ typedef struct {
   double warmup_steps;          /* COSINE, default 0 */
   double t_mul;                 /* COSINE_RESTARTS, default 2.0 */
   double m_mul;                 /* COSINE_RESTARTS, default 1.0 */
-  int num_boundaries;           /* PIECEWISE: 0 .. CUOPTIM_MAX_BOUNDARIES */
-  double boundaries[CUOPTIM_MAX_BOUNDARIES];
+  int num_boundaries;           /* PIECEWISE: 1 .. CUOPTIM_MAX_BOUNDARIES */
+  double boundaries[CUOPTIM_MAX_BOUNDARIES]; /* PIECEWISE: strictly increasing step numbers, as Keras
+                                                documents them (|b| <= 9e18) */
   double values[CUOPTIM_MAX_BOUNDARIES + 1]; /* PIECEWISE: num_boundaries + 1 values */
   char name[CUOPTIM_MAX_NAME];  /* the schedule's Keras `name` ("" = Keras's default) */
 } cuoptimSchedule_t;
@@ -179,7 +180,7 @@ typedef struct {
   double ema_momentum;      /* in [0, 1], default 0.99 */
   int64_t ema_overwrite_frequency;      /* 0 = None, else >= 1 */
   double loss_scale_factor;             /* NONE = off; gradients are divided by it */
-  int64_t gradient_accumulation_steps;  /* 0 = None, else >= 2 */
+  int64_t gradient_accumulation_steps;  /* 0 = None, else >= 2 (any int64, as Keras's int) */
 
   /* Per optimizer; defaults per kind from cuoptimConfigInit. */
   double beta_1;   /* Adam, AdamW, Adamax, Nadam, Lamb 0.9; Lion 0.9 */
@@ -217,8 +218,20 @@ CUOPTIM_API cuoptimStatus_t cuoptimConfigInit(cuoptimConfig_t *config, cuoptimOp
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE. */
 CUOPTIM_API cuoptimStatus_t cuoptimScheduleInit(cuoptimSchedule_t *schedule, cuoptimScheduleKind_t kind);
 
-/* Checks every field exactly as Keras's constructors do (plus what would make the step undefined
- * here, such as a non-finite learning rate); the message names the first bad field.
+/* Checks every field exactly as Keras's constructors do, plus what would make the float32 step
+ * undefined; the message names the first bad field and the reason. Fields that do not apply to the
+ * kind (or schedule kind) are not checked. Refused beyond Keras:
+ *   - a value the step uses as a float32 that is NaN or not finite once rounded to float32 (1e39
+ *     included), and such a constant formed from it (1 - beta_1, 1 - beta_2, 1 - rho, 1 - alpha,
+ *     2 * l2_shrinkage_regularization_strength, 1 / global_clipnorm). NaN stays None in the
+ *     optional fields (weight_decay, clip options, loss_scale_factor, warmup_target); an unused
+ *     field that is written to JSON (ema_momentum without use_ema, warmup_steps without warm-up)
+ *     may be any number but NaN;
+ *   - a positive value the step divides by that rounds to float32 0: decay_steps, an active
+ *     clipnorm or global_clipnorm, loss_scale_factor, initial_scale. decay_steps and warmup_steps
+ *     may be +infinity (Keras accepts it; the schedule then stays where it starts);
+ *   - PiecewiseConstantDecay boundaries that are not strictly increasing (Keras documents them so;
+ *     its sum of ranges gives other values for the rest).
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE. */
 CUOPTIM_API cuoptimStatus_t cuoptimConfigValidate(const cuoptimConfig_t *config);
 
