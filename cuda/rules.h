@@ -42,9 +42,10 @@ typedef struct cuoptimRuleParams {
   int32_t has_weight_decay; /* weight_decay is not None */
   int32_t has_loss_scale_factor;
   int32_t dynamic_loss_scale;
-  int32_t accumulation_steps; /* 0 = off */
   int32_t use_ema;
   int32_t nesterov, centered, amsgrad, has_momentum;
+  int32_t reserved;
+  int64_t accumulation_steps; /* gradient_accumulation_steps, 0 = off: any int64, as the counter */
   float weight_decay;
   float clipnorm, clipvalue, global_clipnorm;
   float loss_scale_factor;

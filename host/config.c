@@ -80,53 +80,281 @@ static int is_flag(int x) { return x == 0 || x == 1; }
 
 static int has_nul(const char *s, size_t n) { return memchr(s, '\0', n) != NULL; }
 
+/* The step computes in float32: a hyperparameter that is finite in double may
+ * still overflow, or a positive one vanish, once rounded. These checks look at the value the step
+ * will see. */
+
+/* A field without a None meaning: NaN is refused (it would also make a config whose JSON cannot
+ * be read back, JSON having no NaN). */
+static cuoptimStatus_t require_number(double x, const char *caller, const char *field) {
+  if (isnan(x))
+    return INVALID("%s: %s = nan: must be a number (NaN stands for None only in the optional fields)", caller,
+                   field);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* A value the step uses as a float32: a number that stays finite once rounded to float32. */
+static cuoptimStatus_t require_float32(double x, const char *caller, const char *field) {
+  CUOPTIM_CHECK(require_number(x, caller, field));
+  if (!isfinite((float)x))
+    return INVALID("%s: %s = %g: not finite in float32, the precision the step computes in", caller, field, x);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* A constant formed from field x in double and then rounded to float32 (`what`, e.g. "1 - beta_1"). */
+static cuoptimStatus_t require_float32_derived(double derived, double x, const char *caller, const char *field,
+                                               const char *what) {
+  if (!isfinite((float)derived))
+    return INVALID("%s: %s = %g: %s is not finite in float32, the precision the step computes in", caller, field, x,
+                   what);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* A positive value the step divides by must not round to float32 zero. */
+static cuoptimStatus_t require_float32_nonzero(double x, const char *caller, const char *field) {
+  if ((float)x == 0.0f)
+    return INVALID("%s: %s = %g: rounds to 0 in float32, and the step divides by it", caller, field, x);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+#define SCHEDULE_FIELD(member) "config->learning_rate." #member
+#define CONFIG_FIELD(member) "config->" #member
+
+/* decay_steps (first_decay_steps): > 0 as Keras requires, and not 0 in float32, where the schedule
+ * divides the step by it. Infinity is accepted, as Keras does: the schedule then stays at its
+ * initial value. */
+static cuoptimStatus_t validate_decay_steps(const cuoptimSchedule_t *s, const char *caller) {
+  if (!(s->decay_steps > 0))
+    return INVALID("%s: %s = %g: must be > 0 (Keras: `decay_steps` must be > 0)", caller, SCHEDULE_FIELD(decay_steps),
+                   s->decay_steps);
+  return require_float32_nonzero(s->decay_steps, caller, SCHEDULE_FIELD(decay_steps));
+}
+
+/* Keras documents PiecewiseConstantDecay's boundaries as strictly increasing: only then does its
+ * sum of (indicator x value) pick one value per step. */
+static cuoptimStatus_t validate_piecewise(const cuoptimSchedule_t *s, const char *caller) {
+  const char *f = "config->learning_rate";
+  if (s->num_boundaries < 1 || s->num_boundaries > CUOPTIM_MAX_BOUNDARIES)
+    return INVALID("%s: %s.num_boundaries = %d: must lie in [1, %d] (Keras needs len(values) == "
+                   "len(boundaries) + 1 and at least one boundary)",
+                   caller, f, s->num_boundaries, CUOPTIM_MAX_BOUNDARIES);
+  char field[64];
+  for (int i = 0; i <= s->num_boundaries; i++) {
+    snprintf(field, sizeof field, "%s.values[%d]", f, i);
+    CUOPTIM_CHECK(require_float32(s->values[i], caller, field));
+  }
+  for (int i = 0; i < s->num_boundaries; i++) {
+    if (!isfinite(s->boundaries[i]) || fabs(s->boundaries[i]) > 9.0e18)
+      return INVALID("%s: %s.boundaries[%d] = %g: must be a finite step number", caller, f, i, s->boundaries[i]);
+    if (i > 0 && !(s->boundaries[i] > s->boundaries[i - 1]))
+      return INVALID("%s: %s.boundaries[%d] = %.17g: not greater than boundaries[%d] = %.17g (Keras requires "
+                     "strictly increasing boundaries)",
+                     caller, f, i, s->boundaries[i], i - 1, s->boundaries[i - 1]);
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 static cuoptimStatus_t validate_schedule(const cuoptimSchedule_t *s, const char *caller) {
   const char *f = "config->learning_rate";
   if (!has_nul(s->name, sizeof s->name))
     return INVALID("%s: %s.name is not NUL-terminated", caller, f);
   switch (s->kind) {
     case CUOPTIM_SCHEDULE_CONSTANT:
-      if (!isfinite(s->initial_learning_rate))
-        return INVALID("%s: %s.initial_learning_rate = %g: a constant learning rate must be finite", caller, f,
-                       s->initial_learning_rate);
-      return CUOPTIM_STATUS_SUCCESS;
+      return require_float32(s->initial_learning_rate, caller, SCHEDULE_FIELD(initial_learning_rate));
     case CUOPTIM_SCHEDULE_EXPONENTIAL:
-    case CUOPTIM_SCHEDULE_POLYNOMIAL:
     case CUOPTIM_SCHEDULE_INVERSE_TIME:
+      CUOPTIM_CHECK(validate_decay_steps(s, caller));
+      CUOPTIM_CHECK(require_float32(s->initial_learning_rate, caller, SCHEDULE_FIELD(initial_learning_rate)));
+      CUOPTIM_CHECK(require_float32(s->decay_rate, caller, SCHEDULE_FIELD(decay_rate)));
+      if (!is_flag(s->staircase)) return INVALID("%s: %s.staircase = %d: must be 0 or 1", caller, f, s->staircase);
+      return CUOPTIM_STATUS_SUCCESS;
+    case CUOPTIM_SCHEDULE_POLYNOMIAL:
+      CUOPTIM_CHECK(validate_decay_steps(s, caller));
+      CUOPTIM_CHECK(require_float32(s->initial_learning_rate, caller, SCHEDULE_FIELD(initial_learning_rate)));
+      CUOPTIM_CHECK(require_float32(s->end_learning_rate, caller, SCHEDULE_FIELD(end_learning_rate)));
+      CUOPTIM_CHECK(require_float32(s->power, caller, SCHEDULE_FIELD(power)));
+      if (!is_flag(s->cycle)) return INVALID("%s: %s.cycle = %d: must be 0 or 1", caller, f, s->cycle);
+      return CUOPTIM_STATUS_SUCCESS;
     case CUOPTIM_SCHEDULE_COSINE:
+      CUOPTIM_CHECK(validate_decay_steps(s, caller));
+      CUOPTIM_CHECK(require_float32(s->initial_learning_rate, caller, SCHEDULE_FIELD(initial_learning_rate)));
+      CUOPTIM_CHECK(require_float32(s->alpha, caller, SCHEDULE_FIELD(alpha)));
+      CUOPTIM_CHECK(require_float32_derived(1.0 - s->alpha, s->alpha, caller, SCHEDULE_FIELD(alpha), "1 - alpha"));
+      /* warmup_steps is a step count: infinity means the warm-up never ends. */
+      CUOPTIM_CHECK(require_number(s->warmup_steps, caller, SCHEDULE_FIELD(warmup_steps)));
+      if (!CUOPTIM_IS_NONE(s->warmup_target)) {
+        CUOPTIM_CHECK(require_float32(s->warmup_target, caller, SCHEDULE_FIELD(warmup_target)));
+        if (!(s->warmup_steps >= 0))
+          return INVALID("%s: %s.warmup_steps = %g: must be >= 0", caller, f, s->warmup_steps);
+      }
+      return CUOPTIM_STATUS_SUCCESS;
     case CUOPTIM_SCHEDULE_COSINE_RESTARTS:
-      if (!(s->decay_steps > 0))
-        return INVALID("%s: %s.decay_steps = %g: must be > 0 (Keras: `decay_steps` must be > 0)", caller, f,
-                       s->decay_steps);
-      if (!isfinite(s->initial_learning_rate))
-        return INVALID("%s: %s.initial_learning_rate = %g: must be finite", caller, f, s->initial_learning_rate);
-      if ((s->kind == CUOPTIM_SCHEDULE_EXPONENTIAL || s->kind == CUOPTIM_SCHEDULE_INVERSE_TIME) &&
-          !is_flag(s->staircase))
-        return INVALID("%s: %s.staircase = %d: must be 0 or 1", caller, f, s->staircase);
-      if (s->kind == CUOPTIM_SCHEDULE_POLYNOMIAL && !is_flag(s->cycle))
-        return INVALID("%s: %s.cycle = %d: must be 0 or 1", caller, f, s->cycle);
-      if (s->kind == CUOPTIM_SCHEDULE_COSINE && !CUOPTIM_IS_NONE(s->warmup_target) && !(s->warmup_steps >= 0))
-        return INVALID("%s: %s.warmup_steps = %g: must be >= 0", caller, f, s->warmup_steps);
+      CUOPTIM_CHECK(validate_decay_steps(s, caller));
+      CUOPTIM_CHECK(require_float32(s->initial_learning_rate, caller, SCHEDULE_FIELD(initial_learning_rate)));
+      CUOPTIM_CHECK(require_float32(s->t_mul, caller, SCHEDULE_FIELD(t_mul)));
+      CUOPTIM_CHECK(require_float32(s->m_mul, caller, SCHEDULE_FIELD(m_mul)));
+      CUOPTIM_CHECK(require_float32(s->alpha, caller, SCHEDULE_FIELD(alpha)));
       return CUOPTIM_STATUS_SUCCESS;
     case CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT:
-      if (s->num_boundaries < 1 || s->num_boundaries > CUOPTIM_MAX_BOUNDARIES)
-        return INVALID("%s: %s.num_boundaries = %d: must lie in [1, %d] (Keras needs len(values) == "
-                       "len(boundaries) + 1 and at least one boundary)",
-                       caller, f, s->num_boundaries, CUOPTIM_MAX_BOUNDARIES);
-      for (int i = 0; i <= s->num_boundaries; i++)
-        if (!isfinite(s->values[i]))
-          return INVALID("%s: %s.values[%d] = %g: must be finite", caller, f, i, s->values[i]);
-      for (int i = 0; i < s->num_boundaries; i++)
-        if (!isfinite(s->boundaries[i]) || fabs(s->boundaries[i]) > 9.0e18)
-          return INVALID("%s: %s.boundaries[%d] = %g: must be a finite step number", caller, f, i,
-                         s->boundaries[i]);
-      return CUOPTIM_STATUS_SUCCESS;
+      return validate_piecewise(s, caller);
   }
   return INVALID("%s: %s.kind = %d is not a cuoptimScheduleKind_t", caller, f, (int)s->kind);
 }
 
 /* Keras's `None or > 0` style options: NaN (None) or a finite number. */
 static int is_none_or_finite(double x) { return CUOPTIM_IS_NONE(x) || isfinite(x); }
+
+/* The clip options: at most one set; a value <= 0 disables the option (SEMANTICS.md §1.4); an
+ * active one must stay finite and nonzero in float32 (clipnorm divides by max(norm, clipnorm),
+ * global_clipnorm's scale uses float32(1 / global_clipnorm)). */
+static cuoptimStatus_t validate_clip(const cuoptimConfig_t *c, const char *caller) {
+  int clips = !CUOPTIM_IS_NONE(c->clipnorm) + !CUOPTIM_IS_NONE(c->clipvalue) + !CUOPTIM_IS_NONE(c->global_clipnorm);
+  if (clips > 1)
+    return INVALID("%s: config->clipnorm, clipvalue, global_clipnorm: only one of them can be set (%d are)", caller,
+                   clips);
+  if (!is_none_or_finite(c->clipnorm)) return INVALID("%s: config->clipnorm = %g: must be finite", caller, c->clipnorm);
+  if (!is_none_or_finite(c->clipvalue))
+    return INVALID("%s: config->clipvalue = %g: must be finite", caller, c->clipvalue);
+  if (!is_none_or_finite(c->global_clipnorm))
+    return INVALID("%s: config->global_clipnorm = %g: must be finite", caller, c->global_clipnorm);
+  if (c->clipnorm > 0) {
+    CUOPTIM_CHECK(require_float32(c->clipnorm, caller, CONFIG_FIELD(clipnorm)));
+    CUOPTIM_CHECK(require_float32_nonzero(c->clipnorm, caller, CONFIG_FIELD(clipnorm)));
+  }
+  if (c->clipvalue > 0) CUOPTIM_CHECK(require_float32(c->clipvalue, caller, CONFIG_FIELD(clipvalue)));
+  if (c->global_clipnorm > 0) {
+    CUOPTIM_CHECK(require_float32(c->global_clipnorm, caller, CONFIG_FIELD(global_clipnorm)));
+    CUOPTIM_CHECK(require_float32_nonzero(c->global_clipnorm, caller, CONFIG_FIELD(global_clipnorm)));
+    CUOPTIM_CHECK(require_float32_derived(1.0 / c->global_clipnorm, c->global_clipnorm, caller,
+                                          CONFIG_FIELD(global_clipnorm), "1 / global_clipnorm"));
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The base optimizer's options (SEMANTICS.md §1.1). */
+static cuoptimStatus_t validate_base(const cuoptimConfig_t *c, const char *caller) {
+  /* Every int64 >= 2 works: the step divides and takes remainders of the int64 counter by it. */
+  if (c->gradient_accumulation_steps != 0 && c->gradient_accumulation_steps < 2)
+    return INVALID("%s: config->gradient_accumulation_steps = %lld: must be an integer >= 2 (or 0 for None)", caller,
+                   (long long)c->gradient_accumulation_steps);
+  if (!is_flag(c->use_ema)) return INVALID("%s: config->use_ema = %d: must be 0 or 1", caller, c->use_ema);
+  if (c->use_ema) {
+    if (!(c->ema_momentum >= 0 && c->ema_momentum <= 1))
+      return INVALID("%s: config->ema_momentum = %g: must be in the range [0, 1]", caller, c->ema_momentum);
+    if (c->ema_overwrite_frequency < 0)
+      return INVALID("%s: config->ema_overwrite_frequency = %lld: must be an integer >= 1 or 0 (None)", caller,
+                     (long long)c->ema_overwrite_frequency);
+  }
+  /* Unused without use_ema, but written to JSON, which cannot hold NaN. */
+  CUOPTIM_CHECK(require_number(c->ema_momentum, caller, CONFIG_FIELD(ema_momentum)));
+  CUOPTIM_CHECK(validate_clip(c, caller));
+  if (!CUOPTIM_IS_NONE(c->weight_decay))
+    CUOPTIM_CHECK(require_float32(c->weight_decay, caller, CONFIG_FIELD(weight_decay)));
+  if (!CUOPTIM_IS_NONE(c->loss_scale_factor)) {
+    CUOPTIM_CHECK(require_float32(c->loss_scale_factor, caller, CONFIG_FIELD(loss_scale_factor)));
+    if (c->loss_scale_factor == 0)
+      return INVALID("%s: config->loss_scale_factor = 0: gradients are divided by it", caller);
+    CUOPTIM_CHECK(require_float32_nonzero(c->loss_scale_factor, caller, CONFIG_FIELD(loss_scale_factor)));
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* beta (beta_1 or beta_2): the step uses float32(beta) and float32(1 - beta). */
+static cuoptimStatus_t validate_beta(double beta, const char *caller, const char *field, const char *one_minus) {
+  CUOPTIM_CHECK(require_float32(beta, caller, field));
+  return require_float32_derived(1.0 - beta, beta, caller, field, one_minus);
+}
+
+static cuoptimStatus_t validate_betas_epsilon(const cuoptimConfig_t *c, const char *caller) {
+  CUOPTIM_CHECK(validate_beta(c->beta_1, caller, CONFIG_FIELD(beta_1), "1 - beta_1"));
+  CUOPTIM_CHECK(validate_beta(c->beta_2, caller, CONFIG_FIELD(beta_2), "1 - beta_2"));
+  return require_float32(c->epsilon, caller, CONFIG_FIELD(epsilon));
+}
+
+static cuoptimStatus_t validate_rho_epsilon(const cuoptimConfig_t *c, const char *caller) {
+  CUOPTIM_CHECK(validate_beta(c->rho, caller, CONFIG_FIELD(rho), "1 - rho"));
+  return require_float32(c->epsilon, caller, CONFIG_FIELD(epsilon));
+}
+
+/* Keras's Ftrl constructor checks; every field then reaches the step as a float32. */
+static cuoptimStatus_t validate_ftrl(const cuoptimConfig_t *c, const char *caller) {
+  if (!(c->initial_accumulator_value >= 0))
+    return INVALID("%s: config->initial_accumulator_value = %g: must be >= 0", caller, c->initial_accumulator_value);
+  if (!(c->learning_rate_power <= 0))
+    return INVALID("%s: config->learning_rate_power = %g: must be <= 0", caller, c->learning_rate_power);
+  if (!(c->l1_regularization_strength >= 0))
+    return INVALID("%s: config->l1_regularization_strength = %g: must be >= 0", caller, c->l1_regularization_strength);
+  if (!(c->l2_regularization_strength >= 0))
+    return INVALID("%s: config->l2_regularization_strength = %g: must be >= 0", caller, c->l2_regularization_strength);
+  if (!(c->l2_shrinkage_regularization_strength >= 0))
+    return INVALID("%s: config->l2_shrinkage_regularization_strength = %g: must be >= 0", caller,
+                   c->l2_shrinkage_regularization_strength);
+  CUOPTIM_CHECK(require_float32(c->initial_accumulator_value, caller, CONFIG_FIELD(initial_accumulator_value)));
+  CUOPTIM_CHECK(require_float32(c->learning_rate_power, caller, CONFIG_FIELD(learning_rate_power)));
+  CUOPTIM_CHECK(require_float32(c->l1_regularization_strength, caller, CONFIG_FIELD(l1_regularization_strength)));
+  CUOPTIM_CHECK(require_float32(c->l2_regularization_strength, caller, CONFIG_FIELD(l2_regularization_strength)));
+  CUOPTIM_CHECK(require_float32_derived(2.0 * c->l2_shrinkage_regularization_strength,
+                                        c->l2_shrinkage_regularization_strength, caller,
+                                        CONFIG_FIELD(l2_shrinkage_regularization_strength),
+                                        "2 * l2_shrinkage_regularization_strength"));
+  return require_float32(c->beta, caller, CONFIG_FIELD(beta));
+}
+
+/* Per optimizer: the checks Keras's constructors make, and float32 finiteness of the fields the
+ * kind uses (the others are ignored, and not written to JSON). */
+static cuoptimStatus_t validate_rule(const cuoptimConfig_t *c, const char *caller) {
+  switch (c->kind) {
+    case CUOPTIM_SGD:
+      if (!(c->momentum >= 0 && c->momentum <= 1))
+        return INVALID("%s: config->momentum = %g: must be a float between [0, 1]", caller, c->momentum);
+      if (!is_flag(c->nesterov)) return INVALID("%s: config->nesterov = %d: must be 0 or 1", caller, c->nesterov);
+      return CUOPTIM_STATUS_SUCCESS;
+    case CUOPTIM_RMSPROP:
+      CUOPTIM_CHECK(validate_rho_epsilon(c, caller));
+      CUOPTIM_CHECK(require_float32(c->momentum, caller, CONFIG_FIELD(momentum)));
+      if (!is_flag(c->centered)) return INVALID("%s: config->centered = %d: must be 0 or 1", caller, c->centered);
+      return CUOPTIM_STATUS_SUCCESS;
+    case CUOPTIM_ADAGRAD:
+      CUOPTIM_CHECK(require_float32(c->initial_accumulator_value, caller, CONFIG_FIELD(initial_accumulator_value)));
+      return require_float32(c->epsilon, caller, CONFIG_FIELD(epsilon));
+    case CUOPTIM_ADADELTA: return validate_rho_epsilon(c, caller);
+    case CUOPTIM_ADAMW:
+      if (CUOPTIM_IS_NONE(c->weight_decay))
+        return INVALID("%s: config->weight_decay is None: AdamW requires a weight decay", caller);
+      /* fall through */
+    case CUOPTIM_ADAM:
+      CUOPTIM_CHECK(validate_betas_epsilon(c, caller));
+      if (!is_flag(c->amsgrad)) return INVALID("%s: config->amsgrad = %d: must be 0 or 1", caller, c->amsgrad);
+      return CUOPTIM_STATUS_SUCCESS;
+    case CUOPTIM_ADAMAX:
+    case CUOPTIM_NADAM:
+    case CUOPTIM_LAMB: return validate_betas_epsilon(c, caller);
+    case CUOPTIM_LION:
+      if (!(c->beta_1 > 0 && c->beta_1 <= 1))
+        return INVALID("%s: config->beta_1 = %g: must be between (0, 1]", caller, c->beta_1);
+      return validate_beta(c->beta_2, caller, CONFIG_FIELD(beta_2), "1 - beta_2");
+    case CUOPTIM_FTRL: return validate_ftrl(c, caller);
+    default: return CUOPTIM_STATUS_SUCCESS;
+  }
+}
+
+/* LossScaleOptimizer (SEMANTICS.md §4): the gradients are divided by the float32 scale. */
+static cuoptimStatus_t validate_loss_scale(const cuoptimConfig_t *c, const char *caller) {
+  if (!is_flag(c->dynamic_loss_scale))
+    return INVALID("%s: config->dynamic_loss_scale = %d: must be 0 or 1", caller, c->dynamic_loss_scale);
+  if (!c->dynamic_loss_scale) return CUOPTIM_STATUS_SUCCESS;
+  if (!(isfinite(c->initial_scale) && c->initial_scale > 0))
+    return INVALID("%s: config->initial_scale = %g: must be a finite number > 0", caller, c->initial_scale);
+  CUOPTIM_CHECK(require_float32(c->initial_scale, caller, CONFIG_FIELD(initial_scale)));
+  CUOPTIM_CHECK(require_float32_nonzero(c->initial_scale, caller, CONFIG_FIELD(initial_scale)));
+  if (c->dynamic_growth_steps < 1)
+    return INVALID("%s: config->dynamic_growth_steps = %lld: must be >= 1", caller, (long long)c->dynamic_growth_steps);
+  if (!CUOPTIM_IS_NONE(c->loss_scale_factor))
+    return INVALID("%s: config->loss_scale_factor = %g: must be None with dynamic_loss_scale (the "
+                   "LossScaleOptimizer sets the inner optimizer's to None)",
+                   caller, c->loss_scale_factor);
+  return CUOPTIM_STATUS_SUCCESS;
+}
 
 cuoptimStatus_t cuoptim_validate_config(const cuoptimConfig_t *config, const char *caller) {
   CUOPTIM_REQUIRE_NOT_NULL(caller, config);
@@ -137,93 +365,9 @@ cuoptimStatus_t cuoptim_validate_config(const cuoptimConfig_t *config, const cha
   if (!has_nul(c->loss_scale_name, sizeof c->loss_scale_name))
     return INVALID("%s: config->loss_scale_name is not NUL-terminated", caller);
   CUOPTIM_CHECK(validate_schedule(&c->learning_rate, caller));
-
-  /* Base optimizer (SEMANTICS.md §1.1). */
-  if (c->gradient_accumulation_steps != 0 && c->gradient_accumulation_steps < 2)
-    return INVALID("%s: config->gradient_accumulation_steps = %lld: must be an integer >= 2 (or 0 for None)", caller,
-                   (long long)c->gradient_accumulation_steps);
-  if (c->gradient_accumulation_steps > INT32_MAX)
-    return INVALID("%s: config->gradient_accumulation_steps = %lld: too large", caller,
-                   (long long)c->gradient_accumulation_steps);
-  if (!is_flag(c->use_ema)) return INVALID("%s: config->use_ema = %d: must be 0 or 1", caller, c->use_ema);
-  if (c->use_ema) {
-    if (!(c->ema_momentum >= 0 && c->ema_momentum <= 1))
-      return INVALID("%s: config->ema_momentum = %g: must be in the range [0, 1]", caller, c->ema_momentum);
-    if (c->ema_overwrite_frequency < 0)
-      return INVALID("%s: config->ema_overwrite_frequency = %lld: must be an integer >= 1 or 0 (None)", caller,
-                     (long long)c->ema_overwrite_frequency);
-  }
-  int clips = !CUOPTIM_IS_NONE(c->clipnorm) + !CUOPTIM_IS_NONE(c->clipvalue) + !CUOPTIM_IS_NONE(c->global_clipnorm);
-  if (clips > 1)
-    return INVALID("%s: config->clipnorm, clipvalue, global_clipnorm: only one of them can be set (%d are)", caller,
-                   clips);
-  if (!is_none_or_finite(c->clipnorm)) return INVALID("%s: config->clipnorm = %g: must be finite", caller, c->clipnorm);
-  if (!is_none_or_finite(c->clipvalue))
-    return INVALID("%s: config->clipvalue = %g: must be finite", caller, c->clipvalue);
-  if (!is_none_or_finite(c->global_clipnorm))
-    return INVALID("%s: config->global_clipnorm = %g: must be finite", caller, c->global_clipnorm);
-  if (!is_none_or_finite(c->weight_decay))
-    return INVALID("%s: config->weight_decay = %g: must be finite", caller, c->weight_decay);
-  if (!is_none_or_finite(c->loss_scale_factor))
-    return INVALID("%s: config->loss_scale_factor = %g: must be finite", caller, c->loss_scale_factor);
-  if (c->loss_scale_factor == 0)
-    return INVALID("%s: config->loss_scale_factor = 0: gradients are divided by it", caller);
-
-  /* Per optimizer (the checks Keras's constructors make). */
-  switch (c->kind) {
-    case CUOPTIM_SGD:
-      if (!(c->momentum >= 0 && c->momentum <= 1))
-        return INVALID("%s: config->momentum = %g: must be a float between [0, 1]", caller, c->momentum);
-      if (!is_flag(c->nesterov)) return INVALID("%s: config->nesterov = %d: must be 0 or 1", caller, c->nesterov);
-      break;
-    case CUOPTIM_RMSPROP:
-      if (!is_flag(c->centered)) return INVALID("%s: config->centered = %d: must be 0 or 1", caller, c->centered);
-      break;
-    case CUOPTIM_ADAMW:
-      if (CUOPTIM_IS_NONE(c->weight_decay))
-        return INVALID("%s: config->weight_decay is None: AdamW requires a weight decay", caller);
-      /* fall through */
-    case CUOPTIM_ADAM:
-      if (!is_flag(c->amsgrad)) return INVALID("%s: config->amsgrad = %d: must be 0 or 1", caller, c->amsgrad);
-      break;
-    case CUOPTIM_LION:
-      if (!(c->beta_1 > 0 && c->beta_1 <= 1))
-        return INVALID("%s: config->beta_1 = %g: must be between (0, 1]", caller, c->beta_1);
-      break;
-    case CUOPTIM_FTRL:
-      if (!(c->initial_accumulator_value >= 0))
-        return INVALID("%s: config->initial_accumulator_value = %g: must be >= 0", caller,
-                       c->initial_accumulator_value);
-      if (!(c->learning_rate_power <= 0))
-        return INVALID("%s: config->learning_rate_power = %g: must be <= 0", caller, c->learning_rate_power);
-      if (!(c->l1_regularization_strength >= 0))
-        return INVALID("%s: config->l1_regularization_strength = %g: must be >= 0", caller,
-                       c->l1_regularization_strength);
-      if (!(c->l2_regularization_strength >= 0))
-        return INVALID("%s: config->l2_regularization_strength = %g: must be >= 0", caller,
-                       c->l2_regularization_strength);
-      if (!(c->l2_shrinkage_regularization_strength >= 0))
-        return INVALID("%s: config->l2_shrinkage_regularization_strength = %g: must be >= 0", caller,
-                       c->l2_shrinkage_regularization_strength);
-      break;
-    default: break;
-  }
-
-  /* LossScaleOptimizer (SEMANTICS.md §4). */
-  if (!is_flag(c->dynamic_loss_scale))
-    return INVALID("%s: config->dynamic_loss_scale = %d: must be 0 or 1", caller, c->dynamic_loss_scale);
-  if (c->dynamic_loss_scale) {
-    if (!(isfinite(c->initial_scale) && c->initial_scale > 0))
-      return INVALID("%s: config->initial_scale = %g: must be a finite number > 0", caller, c->initial_scale);
-    if (c->dynamic_growth_steps < 1)
-      return INVALID("%s: config->dynamic_growth_steps = %lld: must be >= 1", caller,
-                     (long long)c->dynamic_growth_steps);
-    if (!CUOPTIM_IS_NONE(c->loss_scale_factor))
-      return INVALID("%s: config->loss_scale_factor = %g: must be None with dynamic_loss_scale (the "
-                     "LossScaleOptimizer sets the inner optimizer's to None)",
-                     caller, c->loss_scale_factor);
-  }
-  return CUOPTIM_STATUS_SUCCESS;
+  CUOPTIM_CHECK(validate_base(c, caller));
+  CUOPTIM_CHECK(validate_rule(c, caller));
+  return validate_loss_scale(c, caller);
 }
 
 cuoptimStatus_t cuoptimConfigValidate(const cuoptimConfig_t *config) {
@@ -270,7 +414,7 @@ void cuoptim_prologue_params_init(const cuoptimConfig_t *c, cuoptimPrologueParam
   p->has_weight_decay = !CUOPTIM_IS_NONE(c->weight_decay);
   p->has_loss_scale_factor = !CUOPTIM_IS_NONE(c->loss_scale_factor);
   p->dynamic_loss_scale = c->dynamic_loss_scale;
-  p->accumulation_steps = (int32_t)c->gradient_accumulation_steps;
+  p->accumulation_steps = c->gradient_accumulation_steps;
   p->use_ema = c->use_ema;
   p->nesterov = c->nesterov;
   p->centered = c->centered;

@@ -9,6 +9,7 @@
  * order. The key tables below are the single description of both directions.
  */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
@@ -239,14 +240,194 @@ static cuoptimStatus_t type_error(const char *path, const char *expected, const 
                        json_type_name(item));
 }
 
-/* dst = prefix + "." + key (or key alone at the top), truncated to PATH_MAX_LEN: only used in
- * messages. */
+/* ---------------------------------------------------------------------------------------------
+ * Input text in messages: messages are one line of ASCII, so text taken from the input is escaped
+ * (quote, backslash, control and non-ASCII bytes as \" \\ \xNN) and cut after QUOTE_SOURCE_MAX
+ * bytes.
+ * ------------------------------------------------------------------------------------------- */
+#define QUOTE_SOURCE_MAX 48
+#define QUOTED_MAX (QUOTE_SOURCE_MAX * 4 + 8) /* the quotes, "..." and the NUL included */
+
+/* Appends the escaped form of at most QUOTE_SOURCE_MAX bytes of src at dst[*n], keeping
+ * dst[0..cap) NUL-terminated. */
+static void append_escaped(char *dst, size_t *n, size_t cap, const char *src) {
+  size_t i = 0;
+  for (; src[i] != '\0' && i < QUOTE_SOURCE_MAX; i++) {
+    unsigned char ch = (unsigned char)src[i];
+    char piece[8];
+    if (ch == '"' || ch == '\\') {
+      snprintf(piece, sizeof piece, "\\%c", ch);
+    } else if (ch < 0x20 || ch >= 0x7f) {
+      snprintf(piece, sizeof piece, "\\x%02x", ch);
+    } else {
+      piece[0] = (char)ch;
+      piece[1] = '\0';
+    }
+    size_t len = strlen(piece);
+    if (*n + len >= cap) break;
+    memcpy(dst + *n, piece, len);
+    *n += len;
+  }
+  if (src[i] != '\0' && *n + 3 < cap) {
+    memcpy(dst + *n, "...", 3);
+    *n += 3;
+  }
+  dst[*n] = '\0';
+}
+
+/* "text" as a message shows an input string. Returns out. */
+static const char *quoted(char out[QUOTED_MAX], const char *text) {
+  size_t n = 0;
+  out[n++] = '"';
+  append_escaped(out, &n, QUOTED_MAX - 1, text);
+  out[n++] = '"';
+  out[n] = '\0';
+  return out;
+}
+
+/* dst = prefix + "." + key (or key alone at the top), the key escaped, truncated to PATH_MAX_LEN:
+ * only used in messages. */
 static void path_join(char *dst, const char *prefix, const char *key) {
   size_t n = 0;
   for (const char *p = prefix; *p != '\0' && n + 1 < PATH_MAX_LEN; p++) dst[n++] = *p;
   if (prefix[0] != '\0' && n + 1 < PATH_MAX_LEN) dst[n++] = '.';
-  for (const char *p = key; *p != '\0' && n + 1 < PATH_MAX_LEN; p++) dst[n++] = *p;
   dst[n] = '\0';
+  append_escaped(dst, &n, PATH_MAX_LEN, key);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The text itself
+ * ------------------------------------------------------------------------------------------- */
+/* The length (1 to 4) of the UTF-8 sequence at p if it is valid: shortest form, no surrogate,
+ * at most U+10FFFF, as Python's utf-8 codec requires; 0 if it is not. */
+static size_t utf8_sequence_length(const unsigned char *p) {
+  if (p[0] < 0x80) return 1;
+  size_t n;
+  uint32_t cp, min;
+  if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+    n = 2, cp = p[0] & 0x1fu, min = 0x80;
+  } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+    n = 3, cp = p[0] & 0x0fu, min = 0x800;
+  } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+    n = 4, cp = p[0] & 0x07u, min = 0x10000;
+  } else {
+    return 0;
+  }
+  for (size_t i = 1; i < n; i++) {
+    if ((p[i] & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (p[i] & 0x3fu);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+  return n;
+}
+
+/* The offset of the first byte of s that does not start a valid UTF-8 sequence, or -1. */
+static ptrdiff_t invalid_utf8_offset(const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  for (size_t i = 0; p[i] != '\0';) {
+    size_t n = utf8_sequence_length(p + i);
+    if (n == 0) return (ptrdiff_t)i;
+    i += n;
+  }
+  return -1;
+}
+
+/* What cJSON lets through and Python's json.loads does not, or what a C string cannot hold: text
+ * that is not UTF-8 (Python's json reads text, Keras cannot have written it), raw control
+ * characters inside strings (JSON writes them escaped), and \u0000 (a NUL would cut a name or a
+ * key short: "Adam\u0000x" is not Adam). Called on text cJSON parsed. */
+static cuoptimStatus_t check_text(const char *json) {
+  ptrdiff_t bad = invalid_utf8_offset(json);
+  if (bad >= 0) {
+    return cuoptim_error(CUOPTIM_STATUS_PARSE_ERROR,
+                         FROM_JSON ": json: not valid UTF-8 at byte %td (byte 0x%02x); JSON text is UTF-8", bad,
+                         (unsigned char)json[bad]);
+  }
+  size_t string_start = 0;
+  int in_string = 0;
+  for (size_t i = 0; json[i] != '\0'; i++) {
+    unsigned char ch = (unsigned char)json[i];
+    if (!in_string) {
+      if (ch == '"') {
+        in_string = 1;
+        string_start = i;
+      }
+    } else if (ch == '"') {
+      in_string = 0;
+    } else if (ch < 0x20) {
+      return cuoptim_error(CUOPTIM_STATUS_PARSE_ERROR,
+                           FROM_JSON ": json: control character 0x%02x at byte %zu inside the string that starts "
+                                     "at byte %zu (JSON writes it as an escape)",
+                           ch, i, string_start);
+    } else if (ch == '\\') {
+      if (strncmp(json + i + 1, "u0000", 5) == 0) {
+        return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                             FROM_JSON ": json: the string that starts at byte %zu holds \\u0000 (a NUL character) "
+                                       "at byte %zu; cuoptim's names and keys cannot hold one",
+                             string_start, i);
+      }
+      if (json[i + 1] != '\0') i++; /* the escaped character (ASCII in text cJSON accepted) */
+    }
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The next number token at or after *cursor, outside strings (text cJSON parsed: a number is the
+ * run of number characters that starts with '-' or a digit); its length in *length; *cursor moves
+ * past it. NULL when there is none. */
+static const char *next_number_token(const char **cursor, size_t *length) {
+  int in_string = 0;
+  for (const char *p = *cursor; *p != '\0'; p++) {
+    if (in_string) {
+      if (*p == '\\' && p[1] != '\0') {
+        p++;
+      } else if (*p == '"') {
+        in_string = 0;
+      }
+    } else if (*p == '"') {
+      in_string = 1;
+    } else if (*p == '-' || (*p >= '0' && *p <= '9')) {
+      *length = strspn(p, "0123456789+-eE.");
+      *cursor = p + *length;
+      return p;
+    }
+  }
+  return NULL;
+}
+
+/* cJSON keeps a number only as a double, which holds integers exactly only up to 2^53. Each number
+ * item gets the text of its token as valuestring (allocated with cJSON's allocator, so cJSON_Delete
+ * frees it), so that integer fields are read exactly. The tree is walked in document order, which is
+ * the order of the number tokens in `text`. */
+static cuoptimStatus_t keep_number_texts(cJSON *item, const char **cursor) {
+  for (; item != NULL; item = item->next) {
+    if (cJSON_IsNumber(item)) {
+      size_t n = 0;
+      const char *token = next_number_token(cursor, &n);
+      if (token == NULL) {
+        return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR,
+                             FROM_JSON ": json: fewer number tokens in the text than numbers parsed");
+      }
+      char *copy = cJSON_malloc(n + 1);
+      if (copy == NULL) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, FROM_JSON ": out of memory");
+      memcpy(copy, token, n);
+      copy[n] = '\0';
+      item->valuestring = copy;
+    } else if (item->child != NULL) {
+      CUOPTIM_CHECK(keep_number_texts(item->child, cursor));
+    }
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The member `key` of object obj; when the key repeats, the last one, as Python's json.loads keeps
+ * it (and so Keras). NULL when absent. */
+static const cJSON *member(const cJSON *obj, const char *key) {
+  const cJSON *found = NULL;
+  for (const cJSON *c = obj->child; c != NULL; c = c->next) {
+    if (c->string != NULL && strcmp(c->string, key) == 0) found = c;
+  }
+  return found;
 }
 
 static cuoptimStatus_t read_number(const cJSON *item, const char *path, double *out) {
@@ -255,8 +436,29 @@ static cuoptimStatus_t read_number(const cJSON *item, const char *path, double *
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* -?[0-9]+: a JSON integer (cJSON also lets leading zeros through; Python does not, Keras never
+ * writes them). */
+static int is_integer_literal(const char *text) {
+  if (*text == '-') text++;
+  if (*text == '\0') return 0;
+  return text[strspn(text, "0123456789")] == '\0';
+}
+
+/* An integer field. An integer token is read exactly from its text (keep_number_texts); another
+ * number (5.0, 1e3) must be an integral double in int64 range, as a Python float Keras accepts. */
 static cuoptimStatus_t read_integer(const cJSON *item, const char *path, int64_t *out) {
   if (!cJSON_IsNumber(item)) return type_error(path, "an integer", item);
+  const char *text = item->valuestring;
+  if (text != NULL && is_integer_literal(text)) {
+    errno = 0;
+    long long v = strtoll(text, NULL, 10);
+    if (errno == ERANGE) {
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                           FROM_JSON ": %s = %s: out of the range of a 64-bit integer [-2^63, 2^63)", path, text);
+    }
+    *out = (int64_t)v;
+    return CUOPTIM_STATUS_SUCCESS;
+  }
   double v = item->valuedouble;
   /* [-2^63, 2^63): every double in it converts exactly. */
   if (!(v == floor(v)) || !(v >= -9223372036854775808.0) || !(v < 9223372036854775808.0)) {
@@ -266,9 +468,11 @@ static cuoptimStatus_t read_integer(const cJSON *item, const char *path, int64_t
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-static cuoptimStatus_t read_name(const cJSON *item, const char *path, char *dst, const char *if_null) {
-  if (cJSON_IsNull(item)) {
-    snprintf(dst, CUOPTIM_MAX_NAME, "%s", if_null);
+/* A name. None and "" both mean the default name, which is stored itself, so that parsing what
+ * cuoptimConfigToKerasJSON writes (the default for an empty name) gives the same config again. */
+static cuoptimStatus_t read_name(const cJSON *item, const char *path, char *dst, const char *default_name) {
+  if (cJSON_IsNull(item) || (cJSON_IsString(item) && item->valuestring != NULL && item->valuestring[0] == '\0')) {
+    snprintf(dst, CUOPTIM_MAX_NAME, "%s", default_name);
     return CUOPTIM_STATUS_SUCCESS;
   }
   if (!cJSON_IsString(item) || item->valuestring == NULL) return type_error(path, "a string or null", item);
@@ -305,10 +509,10 @@ static cuoptimStatus_t read_number_array(const cJSON *item, const char *path, do
 static cuoptimStatus_t parse_learning_rate(cuoptimSchedule_t *schedule, const cJSON *item, const char *path);
 
 /* Applies one key of a config dict. `base` is the cuoptimConfig_t or cuoptimSchedule_t the offsets
- * refer to; `null_name` is what a None name becomes; `num_values` receives the length of a
- * PiecewiseConstantDecay `values` list. */
+ * refer to; `default_name` is what a None or empty name becomes; `num_values` receives the length
+ * of a PiecewiseConstantDecay `values` list. */
 static cuoptimStatus_t apply_field(void *base, const field_t *field, const cJSON *item, const char *path,
-                                   const char *null_name, int *num_values) {
+                                   const char *default_name, int *num_values) {
   char *p = (char *)base + field->offset;
   switch (field->type) {
     case FT_NUMBER:
@@ -334,7 +538,7 @@ static cuoptimStatus_t apply_field(void *base, const field_t *field, const cJSON
       if (!cJSON_IsNumber(item)) return type_error(path, "an integer or null", item);
       return read_integer(item, path, (int64_t *)p);
     case FT_NAME:
-      return read_name(item, path, p, null_name);
+      return read_name(item, path, p, default_name);
     case FT_LEARNING_RATE:
       return parse_learning_rate((cuoptimSchedule_t *)p, item, path);
     case FT_BOUNDARIES: {
@@ -425,21 +629,22 @@ static int envelope_is_callable(const envelope_t *env) {
  * registered_name null; anything else is a user class that merely shares the name. */
 static cuoptimStatus_t check_builtin(const envelope_t *env, const char *path, const char *what) {
   char where[PATH_MAX_LEN];
+  char q1[QUOTED_MAX], q2[QUOTED_MAX];
   if (env->module != NULL && cJSON_IsString(env->module)) {
     const char *m = env->module->valuestring;
     if (strcmp(m, "keras") != 0 && strncmp(m, "keras.", 6) != 0) {
       path_join(where, path, "module");
       return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
-                           FROM_JSON ": %s = \"%s\": unknown %s class \"%s\" (not a built-in Keras class)",
-                           where, m, what, env->class_name->valuestring);
+                           FROM_JSON ": %s = %s: unknown %s class %s (not a built-in Keras class)", where,
+                           quoted(q1, m), what, quoted(q2, env->class_name->valuestring));
     }
   }
   if (env->registered_name != NULL && cJSON_IsString(env->registered_name) &&
       strcmp(env->registered_name->valuestring, env->class_name->valuestring) != 0) {
     path_join(where, path, "registered_name");
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
-                         FROM_JSON ": %s = \"%s\": unknown %s class (a registered custom object)", where,
-                         env->registered_name->valuestring, what);
+                         FROM_JSON ": %s = %s: unknown %s class (a registered custom object)", where,
+                         quoted(q1, env->registered_name->valuestring), what);
   }
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -459,23 +664,39 @@ static int find_schedule_class(const char *name) {
   return -1;
 }
 
+/* The first key of obj that none of `fields`, `more_fields` (may be NULL) and the NULL-terminated
+ * `extra` (may be NULL) names; NULL when every key is known. */
+static const cJSON *first_unknown_key(const cJSON *obj, const field_t *fields, size_t num_fields,
+                                      const field_t *more_fields, size_t num_more, const char *const *extra) {
+  for (const cJSON *c = obj->child; c != NULL; c = c->next) {
+    const char *key = c->string ? c->string : "";
+    if (find_field(fields, num_fields, key) != NULL) continue;
+    if (more_fields != NULL && find_field(more_fields, num_more, key) != NULL) continue;
+    int known = 0;
+    for (size_t i = 0; extra != NULL && extra[i] != NULL && !known; i++) known = strcmp(extra[i], key) == 0;
+    if (!known) return c;
+  }
+  return NULL;
+}
+
 static cuoptimStatus_t parse_schedule(cuoptimSchedule_t *out, const cJSON *obj, const char *path) {
   envelope_t env;
   cuoptimStatus_t st = read_envelope(obj, path, &env);
   if (st != CUOPTIM_STATUS_SUCCESS) return st;
+  char q[QUOTED_MAX];
   if (envelope_is_callable(&env)) {
     return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
                          FROM_JSON ": %s: a learning rate given as a serialized Python callable (class_name "
-                                   "\"%s\") is not supported; use a number or a built-in schedule",
-                         path, env.class_name->valuestring);
+                                   "%s) is not supported; use a number or a built-in schedule",
+                         path, quoted(q, env.class_name->valuestring));
   }
   const char *cls = env.class_name->valuestring;
   int kind = find_schedule_class(cls);
   char where[PATH_MAX_LEN];
   if (kind < 0) {
     path_join(where, path, "class_name");
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
-                         FROM_JSON ": %s: unknown learning-rate schedule class \"%s\"", where, cls);
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: unknown learning-rate schedule class %s",
+                         where, quoted(q, cls));
   }
   st = check_builtin(&env, path, "learning-rate schedule");
   if (st != CUOPTIM_STATUS_SUCCESS) return st;
@@ -487,29 +708,27 @@ static cuoptimStatus_t parse_schedule(cuoptimSchedule_t *out, const cJSON *obj, 
   memset(&tmp, 0, sizeof tmp);
   st = cuoptimScheduleInit(&tmp, (cuoptimScheduleKind_t)kind);
   if (st != CUOPTIM_STATUS_SUCCESS) return st;
-  tmp.name[0] = '\0';
+  snprintf(tmp.name, sizeof tmp.name, "%s", sc->default_name);
 
   char config_path[PATH_MAX_LEN];
   path_join(config_path, path, "config");
-  unsigned seen = 0;
-  int num_values = -1;
-  for (const cJSON *c = env.config->child; c != NULL; c = c->next) {
-    const char *key = c->string ? c->string : "";
-    path_join(where, config_path, key);
-    const field_t *f = find_field(sc->fields, sc->num_fields, key);
-    if (f == NULL) {
-      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: unknown key for %s", where, cls);
-    }
-    st = apply_field(&tmp, f, c, where, "", &num_values);
-    if (st != CUOPTIM_STATUS_SUCCESS) return st;
-    seen |= 1u << (unsigned)(f - sc->fields);
+  const cJSON *unknown = first_unknown_key(env.config, sc->fields, sc->num_fields, NULL, 0, NULL);
+  if (unknown != NULL) {
+    path_join(where, config_path, unknown->string ? unknown->string : "");
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: unknown key for %s", where, sc->class_name);
   }
+  int num_values = -1;
   for (size_t i = 0; i < sc->num_fields; i++) {
-    if (sc->fields[i].required && !(seen & (1u << i))) {
-      path_join(where, config_path, sc->fields[i].key);
+    const field_t *f = &sc->fields[i];
+    const cJSON *item = member(env.config, f->key);
+    path_join(where, config_path, f->key);
+    if (item == NULL) {
+      if (!f->required) continue;
       return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: missing (a required argument of %s)",
-                           where, cls);
+                           where, sc->class_name);
     }
+    st = apply_field(&tmp, f, item, where, sc->default_name, &num_values);
+    if (st != CUOPTIM_STATUS_SUCCESS) return st;
   }
   if (kind == CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT && num_values != tmp.num_boundaries + 1) {
     path_join(where, config_path, "values");
@@ -546,10 +765,38 @@ static int find_optimizer_class(const char *name) {
 
 static cuoptimStatus_t parse_optimizer(cuoptimConfig_t *cfg, const cJSON *obj, const char *path, int allow_lso);
 
+/* One of the base-optimizer keys LossScaleOptimizer accepts only at its default. */
+static cuoptimStatus_t check_lso_legacy_key(const lso_legacy_key_t *legacy, const cJSON *item, const char *where) {
+  int is_default;
+  if (legacy->default_is_bool) {
+    is_default = cJSON_IsFalse(item);
+  } else if (isnan(legacy->default_number)) {
+    is_default = cJSON_IsNull(item);
+  } else {
+    is_default = cJSON_IsNumber(item) && item->valuedouble == legacy->default_number;
+  }
+  if (is_default) return CUOPTIM_STATUS_SUCCESS;
+  return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                       FROM_JSON ": %s: LossScaleOptimizer does not support `%s`; set it on the inner_optimizer",
+                       where, legacy->key);
+}
+
 static cuoptimStatus_t parse_loss_scale_optimizer(cuoptimConfig_t *cfg, const envelope_t *env, const char *path) {
+  static const char *const LSO_KEYS[] = {"inner_optimizer", "name", "initial_scale", "dynamic_growth_steps",
+                                         "dynamic", NULL};
   char config_path[PATH_MAX_LEN], where[PATH_MAX_LEN];
   path_join(config_path, path, "config");
-  const cJSON *inner = cJSON_GetObjectItemCaseSensitive(env->config, "inner_optimizer");
+  for (const cJSON *c = env->config->child; c != NULL; c = c->next) {
+    const char *key = c->string ? c->string : "";
+    int known = 0;
+    for (size_t i = 0; LSO_KEYS[i] != NULL; i++) known |= strcmp(LSO_KEYS[i], key) == 0;
+    for (size_t i = 0; i < COUNT_OF(LSO_LEGACY_KEYS); i++) known |= strcmp(LSO_LEGACY_KEYS[i].key, key) == 0;
+    if (!known) {
+      path_join(where, config_path, key);
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: unknown key for %s", where, LSO_CLASS);
+    }
+  }
+  const cJSON *inner = member(env->config, "inner_optimizer");
   path_join(where, config_path, "inner_optimizer");
   if (inner == NULL) {
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: missing (a required argument of %s)",
@@ -561,53 +808,34 @@ static cuoptimStatus_t parse_loss_scale_optimizer(cuoptimConfig_t *cfg, const en
   cfg->dynamic_loss_scale = 1;
   cfg->initial_scale = LSO_DEFAULT_INITIAL_SCALE;
   cfg->dynamic_growth_steps = LSO_DEFAULT_GROWTH_STEPS;
-  cfg->loss_scale_name[0] = '\0';
+  snprintf(cfg->loss_scale_name, sizeof cfg->loss_scale_name, "%s", LSO_DEFAULT_NAME);
   /* LossScaleOptimizer's constructor sets inner_optimizer.loss_scale_factor = None. */
   cfg->loss_scale_factor = CUOPTIM_NONE;
 
-  for (const cJSON *c = env->config->child; c != NULL; c = c->next) {
-    const char *key = c->string ? c->string : "";
-    path_join(where, config_path, key);
-    if (strcmp(key, "inner_optimizer") == 0) continue;
-    if (strcmp(key, "name") == 0) {
-      st = read_name(c, where, cfg->loss_scale_name, "");
-    } else if (strcmp(key, "initial_scale") == 0) {
-      st = read_number(c, where, &cfg->initial_scale);
-    } else if (strcmp(key, "dynamic_growth_steps") == 0) {
-      st = read_integer(c, where, &cfg->dynamic_growth_steps);
-    } else if (strcmp(key, "dynamic") == 0) {
-      if (!cJSON_IsBool(c)) return type_error(where, "a boolean", c);
-      if (!cJSON_IsTrue(c)) {
-        return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
-                             FROM_JSON ": %s = false: LossScaleOptimizer no longer supports dynamic=False; "
-                                       "set loss_scale_factor on the inner optimizer instead",
-                             where);
-      }
-    } else {
-      const lso_legacy_key_t *legacy = NULL;
-      for (size_t i = 0; i < COUNT_OF(LSO_LEGACY_KEYS); i++) {
-        if (strcmp(LSO_LEGACY_KEYS[i].key, key) == 0) legacy = &LSO_LEGACY_KEYS[i];
-      }
-      if (legacy == NULL) {
-        return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: unknown key for %s", where, LSO_CLASS);
-      }
-      int is_default;
-      if (legacy->default_is_bool) {
-        is_default = cJSON_IsFalse(c);
-      } else if (isnan(legacy->default_number)) {
-        is_default = cJSON_IsNull(c);
-      } else {
-        is_default = cJSON_IsNumber(c) && c->valuedouble == legacy->default_number;
-      }
-      if (!is_default) {
-        return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
-                             FROM_JSON ": %s: LossScaleOptimizer does not support `%s`; set it on the "
-                                       "inner_optimizer",
-                             where, key);
-      }
-      st = CUOPTIM_STATUS_SUCCESS;
+  const cJSON *c = member(env->config, "name");
+  path_join(where, config_path, "name");
+  if (c != NULL) CUOPTIM_CHECK(read_name(c, where, cfg->loss_scale_name, LSO_DEFAULT_NAME));
+  c = member(env->config, "initial_scale");
+  path_join(where, config_path, "initial_scale");
+  if (c != NULL) CUOPTIM_CHECK(read_number(c, where, &cfg->initial_scale));
+  c = member(env->config, "dynamic_growth_steps");
+  path_join(where, config_path, "dynamic_growth_steps");
+  if (c != NULL) CUOPTIM_CHECK(read_integer(c, where, &cfg->dynamic_growth_steps));
+  c = member(env->config, "dynamic");
+  path_join(where, config_path, "dynamic");
+  if (c != NULL) {
+    if (!cJSON_IsBool(c)) return type_error(where, "a boolean", c);
+    if (!cJSON_IsTrue(c)) {
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                           FROM_JSON ": %s = false: LossScaleOptimizer no longer supports dynamic=False; "
+                                     "set loss_scale_factor on the inner optimizer instead",
+                           where);
     }
-    if (st != CUOPTIM_STATUS_SUCCESS) return st;
+  }
+  for (size_t i = 0; i < COUNT_OF(LSO_LEGACY_KEYS); i++) {
+    c = member(env->config, LSO_LEGACY_KEYS[i].key);
+    path_join(where, config_path, LSO_LEGACY_KEYS[i].key);
+    if (c != NULL) CUOPTIM_CHECK(check_lso_legacy_key(&LSO_LEGACY_KEYS[i], c, where));
   }
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -637,14 +865,15 @@ static cuoptimStatus_t parse_optimizer(cuoptimConfig_t *cfg, const cJSON *obj, c
   }
 
   int kind = find_optimizer_class(cls);
+  char q[QUOTED_MAX];
   if (kind < 0) {
     if (find_schedule_class(cls) >= 0) {
       return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
-                           FROM_JSON ": %s: \"%s\" is a learning-rate schedule, not an optimizer class", where,
-                           cls);
+                           FROM_JSON ": %s: %s is a learning-rate schedule, not an optimizer class", where,
+                           quoted(q, cls));
     }
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: unknown optimizer class \"%s\"", where,
-                         cls);
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: unknown optimizer class %s", where,
+                         quoted(q, cls));
   }
   st = check_builtin(&env, path, "optimizer");
   if (st != CUOPTIM_STATUS_SUCCESS) return st;
@@ -659,21 +888,25 @@ static cuoptimStatus_t parse_optimizer(cuoptimConfig_t *cfg, const cJSON *obj, c
 
   char config_path[PATH_MAX_LEN];
   path_join(config_path, path, "config");
-  for (const cJSON *c = env.config->child; c != NULL; c = c->next) {
-    const char *key = c->string ? c->string : "";
-    path_join(where, config_path, key);
-    if (strcmp(key, "decay") == 0) {
-      /* Keras 3 pops `decay` and ignores it (with a warning when it is not None). */
-      if (!cJSON_IsNumber(c) && !cJSON_IsNull(c)) return type_error(where, "a number or null", c);
-      continue;
-    }
-    const field_t *f = find_field(BASE_FIELDS, COUNT_OF(BASE_FIELDS), key);
-    if (f == NULL) f = find_field(oc->fields, oc->num_fields, key);
-    if (f == NULL) {
-      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: unknown key for %s", where,
-                           oc->class_name);
-    }
-    st = apply_field(cfg, f, c, where, default_name, NULL);
+  static const char *const LEGACY_KEYS[] = {"decay", NULL};
+  const cJSON *unknown =
+      first_unknown_key(env.config, BASE_FIELDS, COUNT_OF(BASE_FIELDS), oc->fields, oc->num_fields, LEGACY_KEYS);
+  if (unknown != NULL) {
+    path_join(where, config_path, unknown->string ? unknown->string : "");
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: unknown key for %s", where, oc->class_name);
+  }
+  /* Keras 3 pops `decay` and ignores it (with a warning when it is not None). */
+  const cJSON *decay = member(env.config, "decay");
+  path_join(where, config_path, "decay");
+  if (decay != NULL && !cJSON_IsNumber(decay) && !cJSON_IsNull(decay)) {
+    return type_error(where, "a number or null", decay);
+  }
+  for (size_t i = 0; i < COUNT_OF(BASE_FIELDS) + oc->num_fields; i++) {
+    const field_t *f = i < COUNT_OF(BASE_FIELDS) ? &BASE_FIELDS[i] : &oc->fields[i - COUNT_OF(BASE_FIELDS)];
+    const cJSON *item = member(env.config, f->key);
+    if (item == NULL) continue;
+    path_join(where, config_path, f->key);
+    st = apply_field(cfg, f, item, where, default_name, NULL);
     if (st != CUOPTIM_STATUS_SUCCESS) return st;
   }
   return CUOPTIM_STATUS_SUCCESS;
@@ -749,9 +982,12 @@ CUOPTIM_API cuoptimStatus_t cuoptimConfigFromKerasJSON(cuoptimConfig_t *config, 
     return st;
   }
 
+  cuoptimStatus_t st = check_text(json);
+  const char *cursor = text;
+  if (st == CUOPTIM_STATUS_SUCCESS) st = keep_number_texts(root, &cursor);
   cuoptimConfig_t tmp;
   memset(&tmp, 0, sizeof tmp);
-  cuoptimStatus_t st = parse_optimizer(&tmp, root, "", 1);
+  if (st == CUOPTIM_STATUS_SUCCESS) st = parse_optimizer(&tmp, root, "", 1);
   cJSON_Delete(root);
   free(owned);
   if (st != CUOPTIM_STATUS_SUCCESS) return st;
@@ -855,9 +1091,10 @@ static void put_float(text_t *t, double x) {
   put(t, buf);
 }
 
-/* Step counts: Keras users pass ints and Keras writes them back as ints. */
+/* Step counts: Keras users pass ints and Keras writes them back as ints (-0.0 stays a float: as
+ * an int it would read back as +0.0). */
 static void put_steps(text_t *t, double x) {
-  if (x == floor(x) && fabs(x) < 9007199254740992.0) {
+  if (x == floor(x) && fabs(x) < 9007199254740992.0 && !(x == 0 && signbit(x))) {
     char buf[32];
     snprintf(buf, sizeof buf, "%" PRId64, (int64_t)x);
     put(t, buf);
@@ -872,72 +1109,40 @@ static void put_int64(text_t *t, int64_t v) {
   put(t, buf);
 }
 
+/* json.dumps's two-character escapes; NULL for other characters. */
+static const char *short_escape(unsigned char c) {
+  switch (c) {
+    case '"': return "\\\"";
+    case '\\': return "\\\\";
+    case '\n': return "\\n";
+    case '\r': return "\\r";
+    case '\t': return "\\t";
+    case '\b': return "\\b";
+    case '\f': return "\\f";
+    default: return NULL;
+  }
+}
+
 /* A JSON string as json.dumps writes it (ensure_ascii): control characters, DEL and non-ASCII as
- * \uXXXX (UTF-16 surrogate pairs beyond the BMP). A byte that is not valid UTF-8 is written as
- * the code point of that byte. */
+ * \uXXXX (UTF-16 surrogate pairs beyond the BMP). s is valid UTF-8 (cuoptimConfigToKerasJSON
+ * checks the names first). */
 static void put_string(text_t *t, const char *s) {
   put(t, "\"");
   const unsigned char *p = (const unsigned char *)s;
   while (*p != '\0') {
     unsigned char c = *p;
     char esc[16];
-    if (c == '"') {
-      put(t, "\\\"");
+    if (short_escape(c) != NULL) {
+      put(t, short_escape(c));
       p++;
-    } else if (c == '\\') {
-      put(t, "\\\\");
-      p++;
-    } else if (c == '\n') {
-      put(t, "\\n");
-      p++;
-    } else if (c == '\r') {
-      put(t, "\\r");
-      p++;
-    } else if (c == '\t') {
-      put(t, "\\t");
-      p++;
-    } else if (c == '\b') {
-      put(t, "\\b");
-      p++;
-    } else if (c == '\f') {
-      put(t, "\\f");
-      p++;
-    } else if (c < 0x20 || c == 0x7f) {
-      snprintf(esc, sizeof esc, "\\u%04x", c);
-      put(t, esc);
-      p++;
-    } else if (c < 0x80) {
+    } else if (c >= 0x20 && c < 0x7f) {
       put_bytes(t, (const char *)p, 1);
       p++;
     } else {
-      uint32_t cp = 0;
-      int extra = 0;
-      if (c >= 0xc2 && c <= 0xdf) {
-        cp = c & 0x1f;
-        extra = 1;
-      } else if (c >= 0xe0 && c <= 0xef) {
-        cp = c & 0x0f;
-        extra = 2;
-      } else if (c >= 0xf0 && c <= 0xf4) {
-        cp = c & 0x07;
-        extra = 3;
-      }
-      int ok = extra > 0;
-      for (int i = 1; ok && i <= extra; i++) {
-        if ((p[i] & 0xc0) != 0x80) {
-          ok = 0;
-        } else {
-          cp = (cp << 6) | (p[i] & 0x3f);
-        }
-      }
-      if (ok && ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-                 (extra == 3 && (cp < 0x10000 || cp > 0x10ffff)))) {
-        ok = 0;
-      }
-      if (!ok) {
-        cp = c;
-        extra = 0;
-      }
+      size_t n = utf8_sequence_length(p);
+      if (n == 0) n = 1; /* not reached: names are checked */
+      uint32_t cp = n == 1 ? c : (uint32_t)(c & (0x7fu >> n));
+      for (size_t i = 1; i < n; i++) cp = (cp << 6) | (p[i] & 0x3fu);
       if (cp >= 0x10000) {
         uint32_t v = cp - 0x10000;
         snprintf(esc, sizeof esc, "\\u%04x\\u%04x", 0xd800 + (v >> 10), 0xdc00 + (v & 0x3ff));
@@ -945,7 +1150,7 @@ static void put_string(text_t *t, const char *s) {
         snprintf(esc, sizeof esc, "\\u%04x", cp);
       }
       put(t, esc);
-      p += 1 + extra;
+      p += n;
     }
   }
   put(t, "\"");
@@ -1085,6 +1290,24 @@ static void put_config(text_t *t, const cuoptimConfig_t *cfg) {
   put_envelope_end(t);
 }
 
+/* A Keras name is a Python str: text that is not UTF-8 has no JSON form that reads back as the same
+ * bytes. Only the names that are written are checked. */
+static cuoptimStatus_t check_name_is_text(const char *name, const char *field) {
+  ptrdiff_t bad = invalid_utf8_offset(name);
+  if (bad < 0) return CUOPTIM_STATUS_SUCCESS;
+  return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                       TO_JSON ": config->%s is not valid UTF-8 (byte %td is 0x%02x); a Keras name is text", field, bad,
+                       (unsigned char)name[bad]);
+}
+
+static cuoptimStatus_t check_names_are_text(const cuoptimConfig_t *config) {
+  CUOPTIM_CHECK(check_name_is_text(config->name, "name"));
+  if (config->learning_rate.kind != CUOPTIM_SCHEDULE_CONSTANT)
+    CUOPTIM_CHECK(check_name_is_text(config->learning_rate.name, "learning_rate.name"));
+  if (config->dynamic_loss_scale) CUOPTIM_CHECK(check_name_is_text(config->loss_scale_name, "loss_scale_name"));
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 CUOPTIM_API cuoptimStatus_t cuoptimConfigToKerasJSON(const cuoptimConfig_t *config, char *buffer, size_t capacity,
                                                      size_t *length) {
   if (config == NULL) return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, TO_JSON ": config is NULL");
@@ -1098,6 +1321,9 @@ CUOPTIM_API cuoptimStatus_t cuoptimConfigToKerasJSON(const cuoptimConfig_t *conf
     return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, TO_JSON ": config passed validation with an out-of-range "
                                                                  "kind or boundary count");
   }
+
+  st = check_names_are_text(config);
+  if (st != CUOPTIM_STATUS_SUCCESS) return st;
 
   text_t count = {NULL, 0};
   put_config(&count, config);

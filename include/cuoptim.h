@@ -158,8 +158,9 @@ typedef struct {
   double warmup_steps;          /* COSINE, default 0 */
   double t_mul;                 /* COSINE_RESTARTS, default 2.0 */
   double m_mul;                 /* COSINE_RESTARTS, default 1.0 */
-  int num_boundaries;           /* PIECEWISE: 0 .. CUOPTIM_MAX_BOUNDARIES */
-  double boundaries[CUOPTIM_MAX_BOUNDARIES];
+  int num_boundaries;           /* PIECEWISE: 1 .. CUOPTIM_MAX_BOUNDARIES */
+  double boundaries[CUOPTIM_MAX_BOUNDARIES]; /* PIECEWISE: strictly increasing step numbers, as Keras
+                                                documents them (|b| <= 9e18) */
   double values[CUOPTIM_MAX_BOUNDARIES + 1]; /* PIECEWISE: num_boundaries + 1 values */
   char name[CUOPTIM_MAX_NAME];  /* the schedule's Keras `name` ("" = Keras's default) */
 } cuoptimSchedule_t;
@@ -181,7 +182,7 @@ typedef struct {
   double ema_momentum;      /* in [0, 1], default 0.99 */
   int64_t ema_overwrite_frequency;      /* 0 = None, else >= 1 */
   double loss_scale_factor;             /* NONE = off; gradients are divided by it */
-  int64_t gradient_accumulation_steps;  /* 0 = None, else >= 2 */
+  int64_t gradient_accumulation_steps;  /* 0 = None, else >= 2 (any int64, as Keras's int) */
 
   /* Per optimizer; defaults per kind from cuoptimConfigInit. */
   double beta_1;   /* Adam, AdamW, Adamax, Nadam, Lamb 0.9; Lion 0.9 */
@@ -219,8 +220,20 @@ CUOPTIM_API cuoptimStatus_t cuoptimConfigInit(cuoptimConfig_t *config, cuoptimOp
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE. */
 CUOPTIM_API cuoptimStatus_t cuoptimScheduleInit(cuoptimSchedule_t *schedule, cuoptimScheduleKind_t kind);
 
-/* Checks every field exactly as Keras's constructors do (plus what would make the step undefined
- * here, such as a non-finite learning rate); the message names the first bad field.
+/* Checks every field exactly as Keras's constructors do, plus what would make the float32 step
+ * undefined; the message names the first bad field and the reason. Fields that do not apply to the
+ * kind (or schedule kind) are not checked. Refused beyond Keras:
+ *   - a value the step uses as a float32 that is NaN or not finite once rounded to float32 (such
+ *     as 1e39), and such a constant formed from it (1 - beta_1, 1 - beta_2, 1 - rho, 1 - alpha,
+ *     2 * l2_shrinkage_regularization_strength, 1 / global_clipnorm). NaN stays None in the
+ *     optional fields (weight_decay, clip options, loss_scale_factor, warmup_target); an unused
+ *     field that is written to JSON (ema_momentum without use_ema, warmup_steps without warm-up)
+ *     may be any number but NaN;
+ *   - a positive value the step divides by that rounds to float32 0: decay_steps, an active
+ *     clipnorm or global_clipnorm, loss_scale_factor, initial_scale. decay_steps and warmup_steps
+ *     may be +infinity (Keras accepts it; the schedule then stays where it starts);
+ *   - PiecewiseConstantDecay boundaries that are not strictly increasing (Keras documents them so;
+ *     its sum of ranges gives other values for the rest).
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE. */
 CUOPTIM_API cuoptimStatus_t cuoptimConfigValidate(const cuoptimConfig_t *config);
 
@@ -228,19 +241,26 @@ CUOPTIM_API cuoptimStatus_t cuoptimConfigValidate(const cuoptimConfig_t *config)
  * (its learning_rate a float or a serialized schedule) or a LossScaleOptimizer around one — into
  * *config. Unknown optimizer classes and unknown config keys are errors that name them; a bare
  * schedule is not an optimizer. Keras's constant learning rate arrives as its float32 value.
+ * As Python's json.loads: a key repeated in an object takes its last value; Infinity is read.
+ * Integers are read exactly (all of int64). A name given as null or "" becomes the default name
+ * itself, so that cuoptimConfigToKerasJSON then cuoptimConfigFromKerasJSON gives back the same
+ * config for every config this call returns. Messages quote input text escaped, on one line.
  * *config is written only on success.
- * Statuses: SUCCESS, NULL_POINTER, PARSE_ERROR (not JSON, or NaN), INVALID_VALUE (unknown class
- * or key, wrong type, or a config that cuoptimConfigValidate rejects), NOT_SUPPORTED (a learning
- * rate given as a serialized callable), ALLOC_FAILED. */
+ * Statuses: SUCCESS, NULL_POINTER, PARSE_ERROR (not JSON, NaN, text that is not UTF-8, a raw
+ * control character inside a string), INVALID_VALUE (unknown class or key, wrong type, a string
+ * holding U+0000 (NUL), an integer outside int64, or a config that cuoptimConfigValidate rejects),
+ * NOT_SUPPORTED (a learning rate given as a serialized callable), ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimConfigFromKerasJSON(cuoptimConfig_t *config, const char *json);
 
 /* Writes *config in the form keras.optimizers.deserialize accepts (the same text as
- * keras.optimizers.serialize writes) into buffer, NUL-terminated. A constant learning rate is
- * written as the stored double (so config -> JSON -> config is exact). *length (optional)
- * receives the length the text needs without the NUL; a buffer too small (or NULL) writes nothing
- * and returns INVALID_VALUE with *length set, so a caller may ask for the size first. *length is
- * left alone when config is NULL or invalid.
- * Statuses: SUCCESS, NULL_POINTER (config), INVALID_VALUE (invalid config, small buffer). */
+ * keras.optimizers.serialize writes) into buffer, NUL-terminated. Every double is written with the
+ * shortest digits that read back as the same bits (a constant learning rate too), so config ->
+ * JSON -> config is exact, except that an empty name is written as Keras's default name.
+ * *length (optional) receives the length the text needs without the NUL; a buffer too small (or
+ * NULL) writes nothing and returns INVALID_VALUE with *length set, so a caller may ask for the
+ * size first. *length is left alone when config is NULL or invalid.
+ * Statuses: SUCCESS, NULL_POINTER (config), INVALID_VALUE (invalid config, a written name that is
+ * not valid UTF-8, small buffer). */
 CUOPTIM_API cuoptimStatus_t cuoptimConfigToKerasJSON(const cuoptimConfig_t *config, char *buffer,
                                                      size_t capacity, size_t *length);
 

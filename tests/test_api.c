@@ -1379,3 +1379,231 @@ Test(api, cuda_backend_rejects_host_pointers) {
   cudaFree(device);
   free(host);
 }
+
+/* =================================================================================================
+ * cuoptimCreate: what the float32 step sees
+ * ================================================================================================= */
+
+/* The step computes in float32: values finite in double but not in float32 (or positive ones that
+ * round to 0 where the step divides) would turn every parameter into inf or NaN. NaN is None only
+ * in the optional fields; elsewhere it would also make a config whose JSON cannot be read back. */
+static void lr_above_float32(cuoptimConfig_t *c) { c->learning_rate.initial_learning_rate = 1e39; }
+static void clipnorm_above_float32(cuoptimConfig_t *c) { c->clipnorm = 1e39; }
+static void clipnorm_rounds_to_zero(cuoptimConfig_t *c) { c->clipnorm = 1e-50; }
+static void clipvalue_above_float32(cuoptimConfig_t *c) { c->clipvalue = 1e39; }
+static void global_clipnorm_above_float32(cuoptimConfig_t *c) { c->global_clipnorm = 1e39; }
+static void global_clipnorm_inverse_above_float32(cuoptimConfig_t *c) { c->global_clipnorm = 1e-40; }
+static void weight_decay_above_float32(cuoptimConfig_t *c) { c->weight_decay = 1e39; }
+static void loss_scale_factor_rounds_to_zero(cuoptimConfig_t *c) { c->loss_scale_factor = 1e-50; }
+static void loss_scale_factor_above_float32(cuoptimConfig_t *c) { c->loss_scale_factor = -1e39; }
+static void initial_scale_rounds_to_zero(cuoptimConfig_t *c) {
+  c->dynamic_loss_scale = 1;
+  c->initial_scale = 1e-50;
+}
+static void initial_scale_above_float32(cuoptimConfig_t *c) {
+  c->dynamic_loss_scale = 1;
+  c->initial_scale = 1e39;
+}
+static void beta_1_above_float32(cuoptimConfig_t *c) { c->beta_1 = 1e39; }
+static void beta_2_nan(cuoptimConfig_t *c) { c->beta_2 = NAN; }
+static void epsilon_nan(cuoptimConfig_t *c) { c->epsilon = NAN; }
+static void epsilon_above_float32(cuoptimConfig_t *c) { c->epsilon = 1e39; }
+static void rho_nan(cuoptimConfig_t *c) { c->rho = NAN; }
+static void momentum_nan(cuoptimConfig_t *c) { c->momentum = NAN; }
+static void initial_accumulator_nan(cuoptimConfig_t *c) { c->initial_accumulator_value = NAN; }
+static void ftrl_beta_nan(cuoptimConfig_t *c) { c->beta = NAN; }
+static void ftrl_l1_above_float32(cuoptimConfig_t *c) { c->l1_regularization_strength = 1e39; }
+static void ftrl_lr_power_minus_inf(cuoptimConfig_t *c) { c->learning_rate_power = -INFINITY; }
+static void ftrl_two_l2_shrinkage_above_float32(cuoptimConfig_t *c) { c->l2_shrinkage_regularization_strength = 2e38; }
+static void ema_momentum_nan_without_ema(cuoptimConfig_t *c) { c->ema_momentum = NAN; }
+static void exponential_decay_rate_above_float32(cuoptimConfig_t *c) {
+  set_schedule(c, CUOPTIM_SCHEDULE_EXPONENTIAL, 10);
+  c->learning_rate.decay_rate = 1e39;
+}
+static void exponential_decay_steps_rounds_to_zero(cuoptimConfig_t *c) {
+  set_schedule(c, CUOPTIM_SCHEDULE_EXPONENTIAL, 1e-50);
+}
+static void polynomial_power_nan(cuoptimConfig_t *c) {
+  set_schedule(c, CUOPTIM_SCHEDULE_POLYNOMIAL, 10);
+  c->learning_rate.power = NAN;
+}
+static void polynomial_end_above_float32(cuoptimConfig_t *c) {
+  set_schedule(c, CUOPTIM_SCHEDULE_POLYNOMIAL, 10);
+  c->learning_rate.end_learning_rate = 1e39;
+}
+static void cosine_alpha_nan(cuoptimConfig_t *c) {
+  set_schedule(c, CUOPTIM_SCHEDULE_COSINE, 10);
+  c->learning_rate.alpha = NAN;
+}
+static void cosine_warmup_steps_nan_without_warmup(cuoptimConfig_t *c) {
+  set_schedule(c, CUOPTIM_SCHEDULE_COSINE, 10);
+  c->learning_rate.warmup_steps = NAN;
+}
+static void cosine_warmup_target_above_float32(cuoptimConfig_t *c) {
+  set_schedule(c, CUOPTIM_SCHEDULE_COSINE, 10);
+  c->learning_rate.warmup_target = 1e39;
+}
+static void restarts_t_mul_nan(cuoptimConfig_t *c) {
+  set_schedule(c, CUOPTIM_SCHEDULE_COSINE_RESTARTS, 10);
+  c->learning_rate.t_mul = NAN;
+}
+static void restarts_initial_above_float32(cuoptimConfig_t *c) {
+  set_schedule(c, CUOPTIM_SCHEDULE_COSINE_RESTARTS, 10);
+  c->learning_rate.initial_learning_rate = 1e39;
+}
+static void piecewise_value_above_float32(cuoptimConfig_t *c) {
+  cuoptimScheduleInit(&c->learning_rate, CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT);
+  c->learning_rate.values[1] = 1e39;
+}
+
+static const invalid_case FLOAT32_CASES[] = {
+    {"SGD(learning_rate=1e39)", CUOPTIM_SGD, lr_above_float32, "initial_learning_rate"},
+    {"SGD(clipnorm=1e39)", CUOPTIM_SGD, clipnorm_above_float32, "clipnorm"},
+    {"SGD(clipnorm=1e-50)", CUOPTIM_SGD, clipnorm_rounds_to_zero, "clipnorm"},
+    {"SGD(clipvalue=1e39)", CUOPTIM_SGD, clipvalue_above_float32, "clipvalue"},
+    {"SGD(global_clipnorm=1e39)", CUOPTIM_SGD, global_clipnorm_above_float32, "global_clipnorm"},
+    {"SGD(global_clipnorm=1e-40)", CUOPTIM_SGD, global_clipnorm_inverse_above_float32, "global_clipnorm"},
+    {"Adam(weight_decay=1e39)", CUOPTIM_ADAM, weight_decay_above_float32, "weight_decay"},
+    {"SGD(loss_scale_factor=1e-50)", CUOPTIM_SGD, loss_scale_factor_rounds_to_zero, "loss_scale_factor"},
+    {"SGD(loss_scale_factor=-1e39)", CUOPTIM_SGD, loss_scale_factor_above_float32, "loss_scale_factor"},
+    {"LossScaleOptimizer(initial_scale=1e-50)", CUOPTIM_SGD, initial_scale_rounds_to_zero, "initial_scale"},
+    {"LossScaleOptimizer(initial_scale=1e39)", CUOPTIM_SGD, initial_scale_above_float32, "initial_scale"},
+    {"Adam(beta_1=1e39)", CUOPTIM_ADAM, beta_1_above_float32, "beta_1"},
+    {"Nadam(beta_2=nan)", CUOPTIM_NADAM, beta_2_nan, "beta_2"},
+    {"Lion(beta_2=nan)", CUOPTIM_LION, beta_2_nan, "beta_2"},
+    {"Adamax(epsilon=nan)", CUOPTIM_ADAMAX, epsilon_nan, "epsilon"},
+    {"Lamb(epsilon=1e39)", CUOPTIM_LAMB, epsilon_above_float32, "epsilon"},
+    {"RMSprop(rho=nan)", CUOPTIM_RMSPROP, rho_nan, "rho"},
+    {"Adadelta(rho=nan)", CUOPTIM_ADADELTA, rho_nan, "rho"},
+    {"RMSprop(momentum=nan)", CUOPTIM_RMSPROP, momentum_nan, "momentum"},
+    {"Adagrad(initial_accumulator_value=nan)", CUOPTIM_ADAGRAD, initial_accumulator_nan, "initial_accumulator_value"},
+    {"Ftrl(beta=nan)", CUOPTIM_FTRL, ftrl_beta_nan, "beta"},
+    {"Ftrl(l1_regularization_strength=1e39)", CUOPTIM_FTRL, ftrl_l1_above_float32, "l1_regularization_strength"},
+    {"Ftrl(learning_rate_power=-inf)", CUOPTIM_FTRL, ftrl_lr_power_minus_inf, "learning_rate_power"},
+    {"Ftrl(l2_shrinkage_regularization_strength=2e38)", CUOPTIM_FTRL, ftrl_two_l2_shrinkage_above_float32,
+     "l2_shrinkage_regularization_strength"},
+    {"Adam(use_ema=False, ema_momentum=nan)", CUOPTIM_ADAM, ema_momentum_nan_without_ema, "ema_momentum"},
+    {"ExponentialDecay(decay_rate=1e39)", CUOPTIM_SGD, exponential_decay_rate_above_float32, "decay_rate"},
+    {"ExponentialDecay(decay_steps=1e-50)", CUOPTIM_SGD, exponential_decay_steps_rounds_to_zero, "decay_steps"},
+    {"PolynomialDecay(power=nan)", CUOPTIM_SGD, polynomial_power_nan, "power"},
+    {"PolynomialDecay(end_learning_rate=1e39)", CUOPTIM_SGD, polynomial_end_above_float32, "end_learning_rate"},
+    {"CosineDecay(alpha=nan)", CUOPTIM_SGD, cosine_alpha_nan, "alpha"},
+    {"CosineDecay(warmup_steps=nan)", CUOPTIM_SGD, cosine_warmup_steps_nan_without_warmup, "warmup_steps"},
+    {"CosineDecay(warmup_target=1e39)", CUOPTIM_SGD, cosine_warmup_target_above_float32, "warmup_target"},
+    {"CosineDecayRestarts(t_mul=nan)", CUOPTIM_SGD, restarts_t_mul_nan, "t_mul"},
+    {"CosineDecayRestarts(initial_learning_rate=1e39)", CUOPTIM_SGD, restarts_initial_above_float32,
+     "initial_learning_rate"},
+    {"PiecewiseConstantDecay(values=[.., 1e39])", CUOPTIM_SGD, piecewise_value_above_float32, "values"},
+};
+
+Test(api, create_rejects_what_the_float32_step_cannot_compute) {
+  for (size_t i = 0; i < sizeof FLOAT32_CASES / sizeof FLOAT32_CASES[0]; i++) {
+    const invalid_case *k = &FLOAT32_CASES[i];
+    cuoptimConfig_t c = test_config(k->kind);
+    k->mutate(&c);
+    cuoptimOptimizer_t opt = SENTINEL_HANDLE;
+    prime_error("cuoptimCreate");
+    cuoptimStatus_t st = cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0);
+    const char *m = cuoptimGetLastErrorMessage();
+    cr_expect_eq(st, CUOPTIM_STATUS_INVALID_VALUE, "%s: cuoptimCreate returned %s (%s)", k->what,
+                 cuoptimGetStatusString(st), m);
+    if (st == CUOPTIM_STATUS_SUCCESS) {
+      OK(cuoptimDestroy(opt));
+      continue;
+    }
+    cr_expect(strstr(m, "cuoptimCreate") != NULL && names_word(m, k->arg), "%s: message \"%s\" does not name %s",
+              k->what, m, k->arg);
+    cr_expect_eq(opt, SENTINEL_HANDLE, "%s: a failed cuoptimCreate wrote *optimizer", k->what);
+    prime_error("cuoptimConfigValidate");
+    cr_expect_eq(cuoptimConfigValidate(&c), CUOPTIM_STATUS_INVALID_VALUE, "%s: cuoptimConfigValidate accepted it",
+                 k->what);
+    cr_expect(names_word(cuoptimGetLastErrorMessage(), k->arg), "%s: \"%s\"", k->what, cuoptimGetLastErrorMessage());
+  }
+}
+
+/* What stays finite in float32 is accepted, however odd (Keras validates little). */
+Test(api, create_accepts_values_the_float32_step_can_compute) {
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, -0.01);
+  check_accepted("SGD(learning_rate=-0.01)", &c);
+  c = test_config_lr(CUOPTIM_SGD, 1e-45); /* a float32 denormal */
+  check_accepted("SGD(learning_rate=1e-45)", &c);
+  c = test_config_lr(CUOPTIM_SGD, 3.4028234663852886e38); /* FLT_MAX */
+  check_accepted("SGD(learning_rate=FLT_MAX)", &c);
+  c = test_config(CUOPTIM_SGD);
+  set_schedule(&c, CUOPTIM_SCHEDULE_POLYNOMIAL, INFINITY); /* the schedule stays at its start */
+  check_accepted("PolynomialDecay(decay_steps=inf)", &c);
+  set_schedule(&c, CUOPTIM_SCHEDULE_COSINE, 1e-45);
+  c.learning_rate.warmup_target = 0.5;
+  c.learning_rate.warmup_steps = INFINITY;
+  check_accepted("CosineDecay(decay_steps=1e-45, warmup_target=0.5, warmup_steps=inf)", &c);
+  c = test_config(CUOPTIM_SGD);
+  c.clipvalue = 1e-50; /* clips to 0: defined */
+  check_accepted("SGD(clipvalue=1e-50)", &c);
+  c = test_config(CUOPTIM_SGD);
+  c.clipnorm = -1e300; /* <= 0 disables it */
+  check_accepted("SGD(clipnorm=-1e300)", &c);
+  c = test_config(CUOPTIM_SGD);
+  c.global_clipnorm = 1e-30;
+  check_accepted("SGD(global_clipnorm=1e-30)", &c);
+  c = test_config(CUOPTIM_SGD);
+  c.loss_scale_factor = -2.0;
+  check_accepted("SGD(loss_scale_factor=-2.0)", &c);
+  c = test_config(CUOPTIM_ADAM);
+  c.ema_momentum = INFINITY; /* unused without use_ema */
+  check_accepted("Adam(use_ema=False, ema_momentum=inf)", &c);
+  c = test_config(CUOPTIM_ADAM);
+  c.beta_1 = -5.0;
+  c.epsilon = -1e-7;
+  check_accepted("Adam(beta_1=-5.0, epsilon=-1e-7)", &c);
+  c = test_config(CUOPTIM_SGD);
+  c.beta_1 = NAN; /* not an SGD field: ignored */
+  check_accepted("SGD with beta_1 = NaN", &c);
+}
+
+/* gradient_accumulation_steps: any int64 >= 2, as Keras's Python int. G = 2^32 + 2 would become 2
+ * in 32 bits. */
+static void accumulation_above_int32(cuoptimBackend_t backend) {
+  const int64_t G = (INT64_C(1) << 32) + 2;
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 1.0);
+  c.gradient_accumulation_steps = G;
+  OK(cuoptimConfigValidate(&c));
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, backend, 0));
+  static const float start[2] = {1.0f, 2.0f};
+  /* The step divides by float32(G) = 2^32. */
+  static const float grad[2] = {2147483648.0f, 4294967296.0f};
+  float *w = test_mem_from(backend, start, 2);
+  float *g = test_mem_from(backend, grad, 2);
+  cuoptimVariable_t var;
+  OK(cuoptimAddVariable(opt, "w", w, CUOPTIM_FLOAT32, 2, &var));
+  cuoptimGradient_t pair = {var, g, CUOPTIM_FLOAT32};
+  /* Raw step 0: a micro-step. */
+  OK(cuoptimApplyGradients(opt, 1, &pair, NULL));
+  float out[2];
+  OK(cuoptimSynchronize(opt));
+  test_mem_download(backend, out, w, sizeof out);
+  cr_expect(out[0] == 1.0f && out[1] == 2.0f, "%s: a micro-step changed w: %g %g", test_backend_name(backend),
+            out[0], out[1]);
+  cr_expect_eq(test_iterations(opt), 0);
+  /* Raw step G - 1: the G-th micro-step applies (g + acc) / 2^32 = (1, 2). */
+  double raw = (double)(G - 1);
+  OK(cuoptimSetWeights(opt, 0, &raw, 1));
+  OK(cuoptimApplyGradients(opt, 1, &pair, NULL));
+  OK(cuoptimSynchronize(opt));
+  test_mem_download(backend, out, w, sizeof out);
+  cr_expect(out[0] == 0.0f && out[1] == 0.0f, "%s: w = %g %g after the G-th micro-step, expected 0 0",
+            test_backend_name(backend), out[0], out[1]);
+  cr_expect_eq(test_iterations(opt), 1, "%s: iterations %lld", test_backend_name(backend),
+               (long long)test_iterations(opt));
+  OK(cuoptimDestroy(opt));
+  test_mem_free(backend, w);
+  test_mem_free(backend, g);
+
+  c.gradient_accumulation_steps = INT64_MAX;
+  OK(cuoptimConfigValidate(&c));
+}
+
+Test(api, create_accepts_gradient_accumulation_steps_above_int32) {
+  accumulation_above_int32(CUOPTIM_BACKEND_HOST);
+  if (test_has_gpu()) accumulation_above_int32(CUOPTIM_BACKEND_CUDA);
+}

@@ -7,12 +7,14 @@
  * casts in the expectations.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "case.h"
 #include "cuoptim.h"
 #include "testutil.h"
 
@@ -988,15 +990,17 @@ Test(keras_json, to_json_formats_floats_like_python_repr) {
       {0.0, "0.0"},
       {(double)0.001f, "0.0010000000474974513"},
   };
+  /* Written through ema_momentum, which takes any number without use_ema (a learning rate must stay
+   * finite in float32). */
   cuoptimConfig_t c = init_config(CUOPTIM_ADAM);
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    c.learning_rate.initial_learning_rate = cases[i].value;
+    c.ema_momentum = cases[i].value;
     char *text = to_json(&c);
     char want[64];
-    snprintf(want, sizeof want, "\"learning_rate\": %s, ", cases[i].text);
+    snprintf(want, sizeof want, "\"ema_momentum\": %s, ", cases[i].text);
     cr_expect(strstr(text, want) != NULL, "%.17g: %s lacks %s", cases[i].value, text, want);
     cuoptimConfig_t back = parse_ok(text);
-    EXPECT_D(back.learning_rate.initial_learning_rate, cases[i].value);
+    EXPECT_D(back.ema_momentum, cases[i].value);
     free(text);
   }
 }
@@ -1064,12 +1068,12 @@ Test(keras_json, from_json_null_names_mean_keras_defaults) {
   char *json2 = replace_once(json, "\"name\": \"exp\"", "\"name\": null");
   cuoptimConfig_t c = parse_ok(json2);
   EXPECT_S(c.name, "adam");
-  EXPECT_S(c.learning_rate.name, "");
+  EXPECT_S(c.learning_rate.name, "ExponentialDecay");
   free(json2);
   free(json);
   json = replace_once(KERAS_LSO, "\"name\": \"lso\"", "\"name\": null");
   c = parse_ok(json);
-  EXPECT_S(c.loss_scale_name, "");
+  EXPECT_S(c.loss_scale_name, "loss_scale_optimizer");
   free(json);
 }
 
@@ -1396,4 +1400,269 @@ Test(keras_json, to_json_length_is_optional) {
   cr_expect(strncmp(buffer, "{\"module\": \"keras.optimizers\", \"class_name\": \"Nadam\", ", 52) == 0, "%s",
             buffer);
   cr_expect_eq(cuoptimConfigToKerasJSON(&c, buffer, 10, NULL), CUOPTIM_STATUS_INVALID_VALUE);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Exactness of the text: integers, strings, duplicate keys, messages, parse -> write -> parse
+ * ------------------------------------------------------------------------------------------- */
+/* parse(json), written and parsed again, gives the same bytes, and the second text equals the first
+ * written text. Returns the first config. */
+static cuoptimConfig_t expect_exact_round_trip(const char *json) {
+  cuoptimConfig_t first;
+  cuoptimStatus_t st = cuoptimConfigFromKerasJSON(&first, json);
+  cr_assert_eq(st, CUOPTIM_STATUS_SUCCESS, "%s\n  for %s", last_message(), json);
+  char *text = to_json(&first);
+  cuoptimConfig_t second;
+  st = cuoptimConfigFromKerasJSON(&second, text);
+  cr_assert_eq(st, CUOPTIM_STATUS_SUCCESS, "the written text does not parse: %s\n  %s", last_message(), text);
+  expect_config_equal(&second, &first, 1);
+  cr_expect(memcmp(&first, &second, sizeof first) == 0, "parse -> write -> parse changed the config:\n  %s\n  %s",
+            json, text);
+  char *again = to_json(&second);
+  cr_expect_str_eq(again, text);
+  free(again);
+  free(text);
+  return first;
+}
+
+Test(keras_json, from_json_reads_integers_above_2_to_the_53_exactly) {
+  /* 2^53 + 1 and INT64_MAX have no double; Keras's Python ints hold them. */
+  char *json = replace_once(KERAS_DEFAULT_ADAM, "\"gradient_accumulation_steps\": null",
+                            "\"gradient_accumulation_steps\": 9007199254740993");
+  cuoptimConfig_t c = expect_exact_round_trip(json);
+  EXPECT_I(c.gradient_accumulation_steps, INT64_C(9007199254740993));
+  free(json);
+
+  json = replace_once(KERAS_DEFAULT_ADAM,
+                      "\"use_ema\": false, \"ema_momentum\": 0.99, \"ema_overwrite_frequency\": null",
+                      "\"use_ema\": true, \"ema_momentum\": 0.99, \"ema_overwrite_frequency\": 9223372036854775807");
+  c = expect_exact_round_trip(json);
+  EXPECT_I(c.ema_overwrite_frequency, INT64_MAX);
+  free(json);
+
+  json = replace_once(KERAS_LSO, "\"dynamic_growth_steps\": 10", "\"dynamic_growth_steps\": 9223372036854775807");
+  c = expect_exact_round_trip(json);
+  EXPECT_I(c.dynamic_growth_steps, INT64_MAX);
+  free(json);
+
+  /* An integral float still counts (Keras accepts 4.0), and 2^63 does not fit. */
+  json = replace_once(KERAS_DEFAULT_ADAM, "\"gradient_accumulation_steps\": null",
+                      "\"gradient_accumulation_steps\": 4e0");
+  c = parse_ok(json);
+  EXPECT_I(c.gradient_accumulation_steps, 4);
+  free(json);
+  expect_edit_error(KERAS_DEFAULT_ADAM, "\"gradient_accumulation_steps\": null",
+                    "\"gradient_accumulation_steps\": 9223372036854775808", CUOPTIM_STATUS_INVALID_VALUE,
+                    "config.gradient_accumulation_steps = 9223372036854775808: out of the range of a 64-bit integer");
+}
+
+Test(keras_json, from_json_rejects_strings_holding_nul) {
+  /* A NUL would cut the string short: "Adam\u0000junk" is not the class Adam. */
+  expect_edit_error(KERAS_DEFAULT_ADAM, "\"class_name\": \"Adam\"", "\"class_name\": \"Adam\\u0000junk\"",
+                    CUOPTIM_STATUS_INVALID_VALUE, "holds \\u0000 (a NUL character)");
+  expect_edit_error(KERAS_DEFAULT_ADAM, "\"name\": \"adam\"", "\"name\": \"ad\\u0000am\"", CUOPTIM_STATUS_INVALID_VALUE,
+                    "\\u0000");
+  expect_edit_error(KERAS_DEFAULT_ADAM, "\"beta_1\"", "\"beta_1\\u0000x\"", CUOPTIM_STATUS_INVALID_VALUE, "\\u0000");
+  /* An escaped backslash followed by u0000 is no NUL. */
+  char *json = replace_once(KERAS_DEFAULT_ADAM, "\"name\": \"adam\"", "\"name\": \"a\\\\u0000\"");
+  cuoptimConfig_t c = parse_ok(json);
+  EXPECT_S(c.name, "a\\u0000");
+  free(json);
+}
+
+Test(keras_json, from_json_rejects_text_that_is_not_utf8) {
+  /* Python's json reads text: bytes that are not UTF-8 cannot come from Keras, and would be
+   * written back as other characters. */
+  static const char *const names[] = {
+      "\"name\": \"caf\xe9\"",          /* Latin-1 */
+      "\"name\": \"\xc0\xaf\"",         /* overlong "/" */
+      "\"name\": \"\xed\xa0\x80\"",     /* a UTF-16 surrogate */
+      "\"name\": \"\xf4\x90\x80\x80\"", /* above U+10FFFF */
+      "\"name\": \"\xc3\"",             /* cut short */
+  };
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    expect_edit_error(KERAS_DEFAULT_ADAM, "\"name\": \"adam\"", names[i], CUOPTIM_STATUS_PARSE_ERROR,
+                      "json: not valid UTF-8 at byte");
+  }
+  /* Valid UTF-8 is kept as it is. */
+  char *json = replace_once(KERAS_DEFAULT_ADAM, "\"name\": \"adam\"", "\"name\": \"caf\xc3\xa9 \xf0\x9f\x98\x80\"");
+  cuoptimConfig_t c = expect_exact_round_trip(json);
+  EXPECT_S(c.name, "caf\xc3\xa9 \xf0\x9f\x98\x80");
+  free(json);
+}
+
+Test(keras_json, from_json_rejects_raw_control_characters_in_strings) {
+  /* json.loads refuses them (strict); json.dumps writes them as escapes. */
+  expect_edit_error(KERAS_DEFAULT_ADAM, "\"name\": \"adam\"", "\"name\": \"ad\nam\"", CUOPTIM_STATUS_PARSE_ERROR,
+                    "control character 0x0a");
+  char *json = replace_once(KERAS_DEFAULT_ADAM, "\"name\": \"adam\"", "\"name\": \"ad\\nam\"");
+  cuoptimConfig_t c = expect_exact_round_trip(json);
+  EXPECT_S(c.name, "ad\nam");
+  free(json);
+}
+
+Test(keras_json, to_json_rejects_names_that_are_not_utf8) {
+  cuoptimConfig_t c = init_config(CUOPTIM_ADAM);
+  strcpy(c.name, "caf\xe9");
+  char buffer[4096];
+  cr_expect_eq(cuoptimConfigToKerasJSON(&c, buffer, sizeof buffer, NULL), CUOPTIM_STATUS_INVALID_VALUE);
+  cr_expect(strstr(last_message(), "config->name is not valid UTF-8") != NULL, "%s", last_message());
+  c = init_config(CUOPTIM_ADAM);
+  cr_assert_eq(cuoptimScheduleInit(&c.learning_rate, CUOPTIM_SCHEDULE_EXPONENTIAL), CUOPTIM_STATUS_SUCCESS);
+  strcpy(c.learning_rate.name, "\xff");
+  cr_expect_eq(cuoptimConfigToKerasJSON(&c, buffer, sizeof buffer, NULL), CUOPTIM_STATUS_INVALID_VALUE);
+  cr_expect(strstr(last_message(), "config->learning_rate.name") != NULL, "%s", last_message());
+  c = init_config(CUOPTIM_ADAM);
+  c.dynamic_loss_scale = 1;
+  strcpy(c.loss_scale_name, "x\x80");
+  cr_expect_eq(cuoptimConfigToKerasJSON(&c, buffer, sizeof buffer, NULL), CUOPTIM_STATUS_INVALID_VALUE);
+  cr_expect(strstr(last_message(), "config->loss_scale_name") != NULL, "%s", last_message());
+}
+
+Test(keras_json, from_json_takes_the_last_of_duplicate_keys_like_python) {
+  /* json.loads keeps the last value of a repeated key, in every object. */
+  char *inner = replace_once(KERAS_LSO, "\"inner_optimizer\": {",
+                             "\"inner_optimizer\": {\"class_name\": \"Nope\"}, \"inner_optimizer\": {");
+  cuoptimConfig_t c = parse_ok(inner);
+  EXPECT_I(c.kind, CUOPTIM_LION);
+  free(inner);
+  inner = replace_once(KERAS_LSO, "\"initial_scale\": 1024.0",
+                       "\"initial_scale\": 1024.0, \"inner_optimizer\": {\"class_name\": \"SGD\", \"config\": {}}");
+  c = parse_ok(inner);
+  EXPECT_I(c.kind, CUOPTIM_SGD);
+  free(inner);
+
+  /* A config key: the first value would even be refused. */
+  char *json = replace_once(KERAS_DEFAULT_ADAM, "\"beta_1\": 0.9", "\"beta_1\": \"x\", \"beta_1\": 0.5");
+  c = parse_ok(json);
+  EXPECT_D(c.beta_1, 0.5);
+  free(json);
+  json = replace_once(KERAS_ADAM, "\"decay_rate\": 0.96", "\"decay_rate\": null, \"decay_rate\": 0.25");
+  c = parse_ok(json);
+  EXPECT_D(c.learning_rate.decay_rate, 0.25);
+  free(json);
+  json = replace_once(KERAS_LSO, "\"dynamic_growth_steps\": 10}",
+                      "\"dynamic_growth_steps\": 10, \"clipnorm\": 1.0, \"dynamic\": false, \"clipnorm\": null, "
+                      "\"dynamic\": true, \"dynamic_growth_steps\": 20}");
+  c = parse_ok(json);
+  EXPECT_I(c.dynamic_growth_steps, 20);
+  free(json);
+  json = replace_once(KERAS_DEFAULT_ADAM, "\"amsgrad\": false", "\"amsgrad\": false, \"decay\": \"x\", \"decay\": 0.5");
+  c = parse_ok(json);
+  EXPECT_I(c.kind, CUOPTIM_ADAM);
+  free(json);
+  /* The envelope. */
+  json = replace_once(KERAS_DEFAULT_ADAM, "\"class_name\": \"Adam\"",
+                      "\"class_name\": \"SGD\", \"class_name\": \"Adam\"");
+  c = parse_ok(json);
+  EXPECT_I(c.kind, CUOPTIM_ADAM);
+  free(json);
+  /* The last value is the one that must be valid. */
+  expect_edit_error(KERAS_DEFAULT_ADAM, "\"beta_1\": 0.9", "\"beta_1\": 0.9, \"beta_1\": \"x\"",
+                    CUOPTIM_STATUS_INVALID_VALUE, "config.beta_1: expected a number, got a string");
+}
+
+/* The last error message is one line of printable ASCII. */
+static void expect_one_line_message(void) {
+  for (const char *p = last_message(); *p != '\0'; p++) {
+    cr_expect(*p >= 0x20 && *p < 0x7f, "byte 0x%02x in the message \"%s\"", (unsigned char)*p, last_message());
+    if (!(*p >= 0x20 && *p < 0x7f)) break;
+  }
+}
+
+Test(keras_json, from_json_messages_quote_input_text_on_one_line) {
+  expect_edit_error(KERAS_DEFAULT_ADAM, "\"class_name\": \"Adam\"", "\"class_name\": \"Ad\\nam\\u001b[31m\\u00e9\"",
+                    CUOPTIM_STATUS_INVALID_VALUE, "unknown optimizer class \"Ad\\x0aam\\x1b[31m\\xc3\\xa9\"");
+  expect_one_line_message();
+  expect_edit_error(KERAS_DEFAULT_ADAM, "\"beta_1\"", "\"be\\r\\nta\\\"\"", CUOPTIM_STATUS_INVALID_VALUE,
+                    "config.be\\x0d\\x0ata\\\": unknown key for Adam");
+  expect_one_line_message();
+  expect_edit_error(KERAS_ADAM, "\"class_name\": \"ExponentialDecay\"", "\"class_name\": \"Exp\\tDecay\"",
+                    CUOPTIM_STATUS_INVALID_VALUE, "unknown learning-rate schedule class \"Exp\\x09Decay\"");
+  expect_one_line_message();
+  expect_edit_error(KERAS_DEFAULT_ADAM, "\"module\": \"keras.optimizers\"", "\"module\": \"my\\nmodule\"",
+                    CUOPTIM_STATUS_INVALID_VALUE, "module = \"my\\x0amodule\"");
+  expect_one_line_message();
+  /* A long class name is cut. */
+  char long_class[600] = "\"class_name\": \"";
+  for (int i = 0; i < 500; i++) strcat(long_class, "A");
+  strcat(long_class, "\"");
+  expect_edit_error(KERAS_DEFAULT_ADAM, "\"class_name\": \"Adam\"", long_class, CUOPTIM_STATUS_INVALID_VALUE,
+                    "AAAA...\"");
+  cr_expect_lt(strlen(last_message()), 200, "%s", last_message());
+}
+
+Test(keras_json, round_trip_parse_write_parse_is_exact_for_edge_values) {
+  char name127[CUOPTIM_MAX_NAME];
+  memset(name127, 'n', sizeof name127 - 1);
+  name127[sizeof name127 - 1] = '\0';
+  char name_edit[CUOPTIM_MAX_NAME + 32];
+  snprintf(name_edit, sizeof name_edit, "\"name\": \"%s\"", name127);
+  const struct {
+    const char *src, *from, *to;
+  } edits[] = {
+      /* Float32 extremes of the learning rate, negative zero, a negative learning rate. */
+      {KERAS_DEFAULT_ADAM, "\"learning_rate\": 0.0010000000474974513", "\"learning_rate\": 1e-45"},
+      {KERAS_DEFAULT_ADAM, "\"learning_rate\": 0.0010000000474974513", "\"learning_rate\": 1.401298464324817e-45"},
+      {KERAS_DEFAULT_ADAM, "\"learning_rate\": 0.0010000000474974513", "\"learning_rate\": 3.4028234663852886e+38"},
+      {KERAS_DEFAULT_ADAM, "\"learning_rate\": 0.0010000000474974513", "\"learning_rate\": -0.0"},
+      {KERAS_DEFAULT_ADAM, "\"learning_rate\": 0.0010000000474974513", "\"learning_rate\": -0.01"},
+      {KERAS_DEFAULT_ADAM, "\"weight_decay\": null", "\"weight_decay\": -0.0"},
+      {KERAS_DEFAULT_ADAM, "\"ema_momentum\": 0.99", "\"ema_momentum\": 1.7976931348623157e+308"},
+      {KERAS_DEFAULT_ADAM, "\"ema_momentum\": 0.99", "\"ema_momentum\": -Infinity"},
+      {KERAS_DEFAULT_ADAM, "\"clipnorm\": null", "\"clipnorm\": -1e+300"},
+      /* Step counts: -0.0, fractions, values above 2^53, infinity. */
+      {KERAS_S_COS, "\"warmup_steps\": 0", "\"warmup_steps\": -0.0"},
+      {KERAS_S_COSW, "\"warmup_steps\": 100", "\"warmup_steps\": Infinity"},
+      {KERAS_S_COS, "\"decay_steps\": 1000", "\"decay_steps\": 9007199254740993"},
+      {KERAS_S_COS, "\"decay_steps\": 1000", "\"decay_steps\": 1e-45"},
+      {KERAS_S_POLY, "\"decay_steps\": 500", "\"decay_steps\": Infinity"},
+      {KERAS_S_PIECE, "[100, 200]", "[-0.0, 0.5]"},
+      {KERAS_S_PIECE, "[100, 200]", "[-9e+18, 9e+18]"},
+      /* Integers. */
+      {KERAS_DEFAULT_ADAM, "\"gradient_accumulation_steps\": null",
+       "\"gradient_accumulation_steps\": 9223372036854775807"},
+      {KERAS_DEFAULT_ADAM, "\"ema_overwrite_frequency\": null", "\"ema_overwrite_frequency\": -9223372036854775808"},
+      /* Names: the longest, escapes, null and "" (the default). */
+      {KERAS_DEFAULT_ADAM, "\"name\": \"adam\"", name_edit},
+      {KERAS_DEFAULT_ADAM, "\"name\": \"adam\"", "\"name\": \"\\u00e9\\ud83d\\ude00\\\"\\\\\\/\\b\\f\\t\\u007f\""},
+      {KERAS_DEFAULT_ADAM, "\"name\": \"adam\"", "\"name\": \"\""},
+      {KERAS_ADAM, "\"name\": \"exp\"", "\"name\": \"\""},
+      {KERAS_ADAM, "\"name\": \"exp\"", "\"name\": null"},
+      {KERAS_LSO, "\"name\": \"lso\"", "\"name\": \"\""},
+      {KERAS_LSO, "\"name\": \"lso\"", "\"name\": null"},
+  };
+  for (size_t i = 0; i < sizeof edits / sizeof edits[0]; i++) {
+    char *json = replace_once(edits[i].src, edits[i].from, edits[i].to);
+    expect_exact_round_trip(json);
+    free(json);
+  }
+  /* Every Keras text of this suite. */
+  static const char *const texts[] = {KERAS_SGD,   KERAS_RMS,    KERAS_ADAGRAD, KERAS_ADADELTA, KERAS_ADAM,
+                                      KERAS_ADAMW, KERAS_ADAMAX, KERAS_NADAM,   KERAS_LION,     KERAS_LAMB,
+                                      KERAS_FTRL,  KERAS_S_PIECE, KERAS_S_POLY, KERAS_S_INV,    KERAS_S_COS,
+                                      KERAS_S_COSW, KERAS_S_COSR, KERAS_LSO,    KERAS_DEFAULT_LSO_ADAM};
+  for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) expect_exact_round_trip(texts[i]);
+  for (size_t i = 0; i < NUM_KERAS_DEFAULTS; i++) expect_exact_round_trip(KERAS_DEFAULTS[i].json);
+}
+
+Test(keras_json, round_trip_parse_write_parse_is_exact_for_every_reference_case) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", test_data_path("cases"));
+  DIR *d = opendir(dir);
+  cr_assert_not_null(d, "cannot read %s", dir);
+  int count = 0;
+  for (struct dirent *e = readdir(d); e != NULL; e = readdir(d)) {
+    size_t n = strlen(e->d_name);
+    if (n < 6 || strcmp(e->d_name + n - 5, ".json") != 0) continue;
+    char path[8192], error[512];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    cuoptimCase kase;
+    cr_assert_eq(cuoptim_case_load(path, &kase, error, sizeof error), 0, "%s: %s", e->d_name, error);
+    expect_exact_round_trip(kase.optimizer_json);
+    cuoptim_case_free(&kase);
+    count++;
+  }
+  closedir(d);
+  cr_expect_gt(count, 40);
 }

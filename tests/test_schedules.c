@@ -806,3 +806,76 @@ static void fit_lr_correctness(cuoptimBackend_t b) {
 }
 
 BOTH_BACKENDS(fit_lr_correctness_matches_keras, fit_lr_correctness)
+
+/* ---- 4. PiecewiseConstantDecay's boundaries ------------------------------------------------------ */
+
+/* Keras's PiecewiseConstantDecay.__call__: the sum over the ranges of (step in range) x value, with
+ * the boundaries cast to the step's integer type. */
+static double keras_piecewise(int64_t step, int n, const double *boundaries, const double *values) {
+  int64_t b[CUOPTIM_MAX_BOUNDARIES];
+  for (int i = 0; i < n; i++) b[i] = (int64_t)(float)boundaries[i];
+  float sum = 0.0f;
+  sum += (float)(step <= b[0]) * (float)values[0];
+  sum += (float)(step > b[n - 1]) * (float)values[n];
+  for (int i = 1; i < n; i++) sum += (float)(step > b[i - 1] && step <= b[i]) * (float)values[i];
+  return sum;
+}
+
+/* Boundaries that do not increase give Keras's sum other values than any one range's: Keras
+ * documents them as strictly increasing, and cuoptim refuses the rest. */
+Test(schedules, piecewise_constant_decay_refuses_boundaries_that_do_not_increase) {
+  static const double values[3] = {1.0, 2.0, 3.0};
+  static const struct {
+    double boundaries[2];
+    const char *message;
+  } cases[] = {
+      {{10, 5}, "config->learning_rate.boundaries[1] = 5: not greater than boundaries[0] = 10"},
+      {{5, 5}, "config->learning_rate.boundaries[1] = 5: not greater than boundaries[0] = 5"},
+      {{-0.0, 0.0}, "config->learning_rate.boundaries[1] = 0: not greater than boundaries[0] = -0"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    cuoptimSchedule_t s = piecewise(2, cases[i].boundaries, values);
+    /* What Keras would compute at step 6 for {10, 5}: 1 + 2 + 3 would be summed partly. */
+    cuoptimConfig_t c = config_with(CUOPTIM_SGD, &s);
+    cr_assert_eq(cuoptimConfigValidate(&c), CUOPTIM_STATUS_INVALID_VALUE, "boundaries {%g, %g} accepted",
+                 cases[i].boundaries[0], cases[i].boundaries[1]);
+    const char *m = cuoptimGetLastErrorMessage();
+    cr_expect(strstr(m, cases[i].message) != NULL, "message \"%s\" lacks \"%s\"", m, cases[i].message);
+    cr_expect(strstr(m, "strictly increasing") != NULL, "%s", m);
+    cuoptimOptimizer_t opt = (cuoptimOptimizer_t)(uintptr_t)0x5a5a5a5a;
+    cr_expect_eq(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0), CUOPTIM_STATUS_INVALID_VALUE);
+    cr_expect(strstr(cuoptimGetLastErrorMessage(), "cuoptimCreate: config->learning_rate.boundaries[1]") != NULL,
+              "%s", cuoptimGetLastErrorMessage());
+    cr_expect_eq(opt, (cuoptimOptimizer_t)(uintptr_t)0x5a5a5a5a);
+  }
+  /* Keras's sum at step 6 for {10, 5}: 1 (6 <= 10) + 3 (6 > 5) = 4, which no range holds. */
+  static const double decreasing[2] = {10, 5};
+  cr_expect_eq(keras_piecewise(6, 2, decreasing, values), 4.0);
+
+  /* The JSON parser refuses them too. */
+  cuoptimConfig_t parsed;
+  const char *json =
+      "{\"class_name\": \"SGD\", \"config\": {\"learning_rate\": {\"class_name\": \"PiecewiseConstantDecay\", "
+      "\"config\": {\"boundaries\": [10, 5], \"values\": [1.0, 2.0, 3.0]}}}}";
+  cr_expect_eq(cuoptimConfigFromKerasJSON(&parsed, json), CUOPTIM_STATUS_INVALID_VALUE);
+  cr_expect(strstr(cuoptimGetLastErrorMessage(), "learning_rate.boundaries[1]") != NULL, "%s",
+            cuoptimGetLastErrorMessage());
+}
+
+/* Strictly increasing boundaries, fractional ones included (equal once cast to the step's type),
+ * give Keras's sum at every step. */
+Test(schedules, piecewise_constant_decay_increasing_boundaries_match_keras_sum) {
+  static const struct {
+    int n;
+    double boundaries[4];
+  } cases[] = {{3, {2, 5, 9}}, {2, {1.2, 1.7}}, {4, {0.5, 1.5, 2.5, 7}}, {1, {-3}}};
+  static const double values[5] = {0.5, 0.25, 0.125, 0.0625, 0.03125};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    cuoptimSchedule_t s = piecewise(cases[i].n, cases[i].boundaries, values);
+    for (int64_t step = 0; step <= 12; step++) {
+      double want = keras_piecewise(step, cases[i].n, cases[i].boundaries, values);
+      double got = lr_at(CUOPTIM_BACKEND_HOST, &s, step);
+      cr_expect_eq(got, want, "case %zu step %lld: %g, Keras %g", i, (long long)step, got, want);
+    }
+  }
+}
