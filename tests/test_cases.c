@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "case.h"
 #include "testutil.h"
@@ -220,4 +221,148 @@ Test(cases, host_and_cuda_agree) {
   }
   report_finish(&report, "CUDA vs host backend", list.n);
   free_cases(&list);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The loader: the optimizer's own text, quoting, state alignment
+ * ------------------------------------------------------------------------------------------- */
+
+/* Writes `text` to a new temporary file; its path in path[]. */
+static void write_temp_case(const char *text, char *path, size_t path_size) {
+  snprintf(path, path_size, "/tmp/cuoptim-case-XXXXXX");
+  int fd = mkstemp(path);
+  cr_assert(fd >= 0, "mkstemp failed");
+  FILE *f = fdopen(fd, "wb");
+  cr_assert(f != NULL);
+  fputs(text, f);
+  fclose(f);
+}
+
+/* 0.9000000000000001 is the double after 0.9; cJSON prints it with %1.15g as 0.9, so a case
+ * printed back through cJSON gave the library 0.9. The optimizer also sits after members whose
+ * strings hold braces, quotes and backslashes, under a key spelled with an escape, with a
+ * string escape of its own. */
+#define EXACT_OPTIMIZER                                                                             \
+  "{\"module\": \"keras.optimizers\",\t\"class_name\": \"SGD\",\n  \"config\": {\"name\": \"sg\\u0064\", " \
+  "\"learning_rate\": 0.0010000000000000002, \"momentum\": 0.9000000000000001},  \"registered_name\": null}"
+
+Test(cases, optimizer_reaches_the_library_byte_for_byte) {
+  const char *layouts[] = {
+      "{\"format\": \"cuoptim-case-1\", \"description\": \"a } { [ \\\" \\\\\", \"source\": \"\\\\\",\n"
+      " \"variables\": [{\"name\": \"w\", \"shape\": [1], \"value\": [1.0]}], \"steps\": [[[-0.5]]],\n"
+      " \"optimi\\u007aer\" :\n " EXACT_OPTIMIZER "\n}\n",
+      /* a byte order mark, the optimizer first */
+      "\xEF\xBB\xBF {\"optimizer\":" EXACT_OPTIMIZER ",\"format\":\"cuoptim-case-1\",\"steps\":[],"
+      "\"variables\":[{\"name\":\"optimizer\",\"shape\":[],\"value\":2}]}",
+  };
+  for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) {
+    char path[64], error[2048];
+    write_temp_case(layouts[i], path, sizeof path);
+    cuoptimCase c;
+    int rc = cuoptim_case_load(path, &c, error, sizeof error);
+    unlink(path);
+    cr_assert_eq(rc, 0, "layout %zu does not load: %s", i, error);
+    cr_expect_str_eq(c.optimizer_json, EXACT_OPTIMIZER, "layout %zu", i);
+    cuoptimConfig_t want;
+    cr_assert_eq(cuoptimConfigFromKerasJSON(&want, EXACT_OPTIMIZER), CUOPTIM_STATUS_SUCCESS, "%s",
+                 cuoptimGetLastErrorMessage());
+    cr_expect(c.config.momentum == strtod("0.9000000000000001", NULL) && c.config.momentum != 0.9,
+              "layout %zu: momentum %.17g", i, c.config.momentum);
+    cr_expect(c.config.momentum == want.momentum);
+    cr_expect(c.config.learning_rate.initial_learning_rate == want.learning_rate.initial_learning_rate,
+              "layout %zu: learning rate %.17g", i, c.config.learning_rate.initial_learning_rate);
+    cr_expect_str_eq(c.config.name, "sgd");
+    cuoptim_case_free(&c);
+  }
+}
+
+/* Printed back by cJSON, 1e999 became null: SGD without weight decay. */
+Test(cases, infinite_hyperparameter_does_not_load) {
+  char path[64], error[2048];
+  write_temp_case("{\"format\": \"cuoptim-case-1\", \"optimizer\": {\"class_name\": \"SGD\", \"config\": "
+                  "{\"weight_decay\": 1e999}}, \"variables\": [{\"name\": \"w\", \"shape\": [], \"value\": 1}], "
+                  "\"steps\": []}",
+                  path, sizeof path);
+  cuoptimCase c;
+  int rc = cuoptim_case_load(path, &c, error, sizeof error);
+  unlink(path);
+  cr_assert_neq(rc, 0, "a case with weight_decay 1e999 loads (weight decay %g)", c.config.weight_decay);
+  cr_expect(strstr(error, "optimizer: ") != NULL && strstr(error, "weight_decay") != NULL, "%s", error);
+}
+
+Test(cases, quote_escapes_and_bounds) {
+  char out[CUOPTIM_CASE_QUOTED_SIZE];
+  cuoptim_case_quote("a\"b\\c\n\t\x1b\x7f\xc2\x9b\xe2\x80\xa8\xff \xc3\xa9", out, sizeof out);
+  cr_expect_str_eq(out, "\"a\\\"b\\\\c\\n\\t\\u001b\\u007f\\u009b\\u2028\\xff \xc3\xa9\"");
+  /* Cut at CUOPTIM_CASE_QUOTE_BYTES, never inside a character. */
+  char text[CUOPTIM_CASE_QUOTE_BYTES + 8];
+  memset(text, 'x', CUOPTIM_CASE_QUOTE_BYTES - 1);
+  strcpy(text + CUOPTIM_CASE_QUOTE_BYTES - 1, "\xc3\xa9yz");
+  cuoptim_case_quote(text, out, sizeof out);
+  size_t n = strlen(out);
+  cr_expect(n == CUOPTIM_CASE_QUOTE_BYTES - 1 + 5 && strcmp(out + n - 4, "\"...") == 0 && out[n - 5] == 'x', "%s", out);
+  /* The worst case fits its buffer; a small buffer gets whole escapes only. */
+  char worst[CUOPTIM_CASE_QUOTE_BYTES + 2];
+  memset(worst, 0x01, sizeof worst - 1);
+  worst[sizeof worst - 1] = '\0';
+  cuoptim_case_quote(worst, out, sizeof out);
+  cr_expect_eq(strlen(out), (size_t)CUOPTIM_CASE_QUOTE_BYTES * 6 + 5, "%s", out);
+  char small[10];
+  cuoptim_case_quote("\x01\x02", small, sizeof small);
+  cr_expect_str_eq(small, "\"\\u0001");
+  cuoptim_case_printable("say \"a\\b\"\n", out, sizeof out);
+  cr_expect_str_eq(out, "say \"a\\b\"\\n");
+}
+
+/* Entries named `names` (space-separated), entry k holding the value k. */
+static void make_state(cuoptimCaseResult *r, const char *names) {
+  memset(r, 0, sizeof *r);
+  r->has_finalized = 1;
+  r->state = calloc(32, sizeof *r->state);
+  cr_assert(r->state != NULL);
+  char copy[256];
+  snprintf(copy, sizeof copy, "%s", names);
+  for (char *save = NULL, *name = strtok_r(copy, " ", &save); name != NULL; name = strtok_r(NULL, " ", &save)) {
+    cuoptimCaseState *e = &r->state[r->num_state];
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->count = 1;
+    e->value = malloc(sizeof *e->value);
+    cr_assert(e->value != NULL);
+    e->value[0] = r->num_state++;
+  }
+}
+
+/* Entries that differ in name are aligned on the longest common subsequence of the names: what
+ * is left over on either side is listed, the rest compared by value. */
+Test(cases, state_alignment_lists_missing_and_extra) {
+  cuoptimCase c;
+  memset(&c, 0, sizeof c);
+  static const struct {
+    const char *got, *want;
+    const char *message;
+    size_t compared;
+  } cases[] = {
+      {"a b c d e", "a c x d e",
+       "entries differ from the reference's (5 vs 5); missing the reference's [2] \"x\"; extra [1] \"b\"", 4},
+      {"a b", "a b c d e f g",
+       "entries differ from the reference's (2 vs 7); missing the reference's [2] \"c\", [3] \"d\", [4] \"e\", "
+       "[5] \"f\", ...", 2},
+      {"z a b", "a b", "entries differ from the reference's (3 vs 2); extra [0] \"z\"", 2},
+      {"a a b", "a b b", NULL, 2}, /* repeated names: either "a" may be the extra one */
+      {"c b a", "a b c", NULL, 1},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    cuoptimCaseResult got, want;
+    make_state(&got, cases[i].got);
+    make_state(&want, cases[i].want);
+    cuoptimCaseComparison cmp;
+    cr_expect_eq(cuoptim_case_compare_results(&c, &got, &want, 0, 1e9, &cmp), 1, "%s vs %s", cases[i].got,
+                 cases[i].want);
+    const cuoptimCaseGroupComparison *g = &cmp.groups[CUOPTIM_CASE_GROUP_STATE];
+    if (cases[i].message != NULL) cr_expect_str_eq(g->message, cases[i].message, "%s vs %s", cases[i].got, cases[i].want);
+    cr_expect_eq(g->count, cases[i].compared, "%s vs %s: %zu values compared (%s)", cases[i].got, cases[i].want,
+                 g->count, g->message);
+    cuoptim_case_result_free(&got);
+    cuoptim_case_result_free(&want);
+  }
 }

@@ -69,12 +69,13 @@ static void write_text(const char *path, const char *text) {
   fclose(f);
 }
 
-/* Runs cuoptim-replay with `args` (already shell-quoted where needed). */
-static run_result replay(const char *args) {
+/* Runs cuoptim-replay with `args` (already shell-quoted where needed), after the shell commands
+ * `prefix` ("" or e.g. "ulimit -v N;"). */
+static run_result replay_after(const char *prefix, const char *args) {
   char out_path[512], err_path[512], cmd[4096];
   snprintf(out_path, sizeof out_path, "%s/stdout", tmpdir);
   snprintf(err_path, sizeof err_path, "%s/stderr", tmpdir);
-  snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s'", CUOPTIM_REPLAY_PATH, args, out_path, err_path);
+  snprintf(cmd, sizeof cmd, "%s '%s' %s >'%s' 2>'%s'", prefix, CUOPTIM_REPLAY_PATH, args, out_path, err_path);
   int raw = system(cmd);
   run_result r;
   r.status = (raw != -1 && WIFEXITED(raw)) ? WEXITSTATUS(raw) : -1;
@@ -82,6 +83,8 @@ static run_result replay(const char *args) {
   r.err = slurp(err_path);
   return r;
 }
+
+static run_result replay(const char *args) { return replay_after("", args); }
 
 static void free_result(run_result *r) {
   free(r->out);
@@ -410,5 +413,218 @@ Test(replay_cli, cuda_backend_with_gpu_passes) {
   snprintf(args, sizeof args, "--backend cuda --check '%s'", test_data_path(REFERENCE_CASE));
   run_result r = replay(args);
   cr_expect_eq(r.status, 0, "exit %d\n%s%s", r.status, r.out, r.err);
+  free_result(&r);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The optimizer reaches the library as the file writes it
+ * ------------------------------------------------------------------------------------------- */
+
+/* A one-variable SGD case; `config_extra` goes into the optimizer's config. */
+static void write_sgd_case(const char *path, const char *config_extra) {
+  char text[2048];
+  snprintf(text, sizeof text,
+           "{\"format\": \"cuoptim-case-1\",\n"
+           " \"optimizer\": {\"module\": \"keras.optimizers\", \"class_name\": \"SGD\",\n"
+           "   \"config\": {\"name\": \"sgd\", \"learning_rate\": 0.01%s}, \"registered_name\": null},\n"
+           " \"variables\": [{\"name\": \"w\", \"shape\": [2], \"value\": [0.5, -0.5]}],\n"
+           " \"steps\": [[[0.25, 0.125]]]}\n",
+           config_extra);
+  write_text(path, text);
+}
+
+/* Printed back by cJSON, 1e999 became null (None): the case ran without weight decay. */
+Test(replay_cli, infinite_hyperparameter_is_refused) {
+  static const struct {
+    const char *extra;
+    const char *needle;
+  } cases[] = {
+      {", \"weight_decay\": 1e999", "weight_decay"},
+      {", \"clipnorm\": 1E+999", "clipnorm"},
+      {", \"momentum\": -1e999", "momentum"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char path[512], args[600];
+    snprintf(path, sizeof path, "%s/infinite_%zu.json", tmpdir, i);
+    write_sgd_case(path, cases[i].extra);
+    snprintf(args, sizeof args, "'%s'", path);
+    expect_input_error(args, cases[i].needle);
+  }
+  /* The same case with a finite value runs. */
+  char path[512], args[600];
+  snprintf(path, sizeof path, "%s/finite.json", tmpdir);
+  write_sgd_case(path, ", \"weight_decay\": 1e9");
+  snprintf(args, sizeof args, "'%s'", path);
+  run_result r = replay(args);
+  cr_expect_eq(r.status, 0, "exit %d, stderr: %s", r.status, r.err);
+  free_result(&r);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Messages stay on one line whatever the input holds
+ * ------------------------------------------------------------------------------------------- */
+
+/* Exit 2 and one printable line on stderr: no control byte but its final newline, no DEL, and
+ * (when given) `escaped` written out in it. */
+static void expect_printable_error(const char *args, const char *escaped) {
+  run_result r = replay(args);
+  cr_expect_eq(r.status, 2, "%s: exit status %d, expected 2 (stderr: %s)", args, r.status, r.err);
+  size_t n = strlen(r.err);
+  cr_expect(n > 1 && r.err[n - 1] == '\n', "%s: stderr does not end with a newline: \"%s\"", args, r.err);
+  for (size_t i = 0; i + 1 < n; i++)
+    cr_expect((unsigned char)r.err[i] >= 0x20 && (unsigned char)r.err[i] != 0x7f,
+              "%s: stderr holds the raw byte 0x%02x at %zu: \"%s\"", args, (unsigned char)r.err[i], i, r.err);
+  if (escaped != NULL)
+    cr_expect(strstr(r.err, escaped) != NULL, "%s: stderr does not show %s: \"%s\"", args, escaped, r.err);
+  free_result(&r);
+}
+
+Test(replay_cli, messages_escape_control_bytes_of_the_input) {
+  /* Each case file is JSON text: \n and \u001b are JSON escapes that cJSON turns into the bytes. */
+  static const struct {
+    const char *file;
+    const char *escaped; /* how the message must show the bytes */
+  } cases[] = {
+      /* a variable name, repeated */
+      {"{\"format\": \"cuoptim-case-1\", \"optimizer\": {\"class_name\": \"SGD\", \"config\": {}},\n"
+       " \"variables\": [{\"name\": \"a\\n\\u001b[31mb\", \"shape\": [], \"value\": 1},\n"
+       "               {\"name\": \"a\\n\\u001b[31mb\", \"shape\": [], \"value\": 2}], \"steps\": []}",
+       "\"a\\n\\u001b[31mb\""},
+      /* an unknown key at the top */
+      {"{\"format\": \"cuoptim-case-1\", \"k\\n\\u001b]0;x\\u0007\": 1}", "\"k\\n\\u001b]0;x\\u0007\""},
+      /* an unknown key of a variable */
+      {"{\"format\": \"cuoptim-case-1\", \"optimizer\": {\"class_name\": \"SGD\", \"config\": {}},\n"
+       " \"variables\": [{\"name\": \"w\", \"shape\": [], \"value\": 1, \"\\r\\u001b[2K\\u007f\": 0}], \"steps\": []}",
+       "\"\\r\\u001b[2K\\u007f\""},
+      /* a string where a number belongs */
+      {"{\"format\": \"cuoptim-case-1\", \"optimizer\": {\"class_name\": \"SGD\", \"config\": {}},\n"
+       " \"variables\": [{\"name\": \"w\", \"shape\": [2], \"value\": [1, \"x\\ny\\u009b\"]}], \"steps\": []}",
+       "\"x\\ny\\u009b\""},
+      /* the format string */
+      {"{\"format\": \"cuoptim-case-1\\n\\u001b\"}", "\"cuoptim-case-1\\n\\u001b\""},
+      /* an unknown key of the optimizer's config: the library's message echoes it */
+      {"{\"format\": \"cuoptim-case-1\", \"optimizer\": {\"class_name\": \"SGD\", \"config\": {\"x\\ny\\u001b\": 1}},\n"
+       " \"variables\": [{\"name\": \"w\", \"shape\": [], \"value\": 1}], \"steps\": []}",
+       NULL},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char path[512], args[600];
+    snprintf(path, sizeof path, "%s/control_%zu.json", tmpdir, i);
+    write_text(path, cases[i].file);
+    snprintf(args, sizeof args, "'%s'", path);
+    expect_printable_error(args, cases[i].escaped);
+  }
+  /* A case path and an argument holding a newline and an escape. */
+  char args[600];
+  snprintf(args, sizeof args, "'%s/no\nsuch\033[1m.json'", tmpdir);
+  expect_printable_error(args, "no\\nsuch\\u001b[1m.json");
+  expect_printable_error("--backend 'x\ny' case.json", "\"x\\ny\"");
+  expect_printable_error("'--x\n\033[31m' case.json", "\"--x\\n\\u001b[31m\"");
+}
+
+/* A name longer than a message shows is cut, and says so. */
+Test(replay_cli, messages_bound_the_input_they_quote) {
+  char name[121], text[1024], path[512], args[600];
+  memset(name, 'n', sizeof name - 1);
+  name[sizeof name - 1] = '\0';
+  snprintf(text, sizeof text,
+           "{\"format\": \"cuoptim-case-1\", \"optimizer\": {\"class_name\": \"SGD\", \"config\": {}},\n"
+           " \"variables\": [{\"name\": \"%s\", \"shape\": [], \"value\": 1}, {\"name\": \"%s\", \"shape\": [],"
+           " \"value\": 2}], \"steps\": []}",
+           name, name);
+  snprintf(path, sizeof path, "%s/long_name.json", tmpdir);
+  write_text(path, text);
+  snprintf(args, sizeof args, "'%s'", path);
+  run_result r = replay(args);
+  cr_expect_eq(r.status, 2);
+  cr_expect(strstr(r.err, name) == NULL, "the whole name is in the message: %s", r.err);
+  cr_expect(strstr(r.err, "nnnnnnnnnn\"... is also the name of variables[0]") != NULL, "%s", r.err);
+  free_result(&r);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * --check on a large case
+ * ------------------------------------------------------------------------------------------- */
+
+#define LARGE_VARIABLES 20000
+
+/* SGD with momentum: one state entry per variable, after "iteration" and "learning_rate". */
+static void write_large_case(const char *path) {
+  FILE *f = fopen(path, "wb");
+  cr_assert(f != NULL, "cannot write %s", path);
+  fputs("{\"format\": \"cuoptim-case-1\", \"optimizer\": {\"module\": \"keras.optimizers\", \"class_name\": \"SGD\", "
+        "\"config\": {\"name\": \"sgd\", \"learning_rate\": 0.01, \"momentum\": 0.9}, \"registered_name\": null},\n"
+        "\"variables\": [",
+        f);
+  for (int v = 0; v < LARGE_VARIABLES; v++)
+    fprintf(f, "%s{\"name\": \"v%d\", \"shape\": [1], \"value\": [%d.5]}", v ? ", " : "", v, v % 7);
+  fputs("],\n\"steps\": [[", f);
+  for (int v = 0; v < LARGE_VARIABLES; v++) fprintf(f, "%s[0.%d]", v ? ", " : "", 1 + v % 9);
+  fputs("]]}\n", f);
+  fclose(f);
+}
+
+/* The alignment of state entries whose names differ took a table of (n+1) x (m+1) integers:
+ * 20,000 variables took 1.6 GB and many seconds. Under a 1 GiB address-space limit it must still
+ * list what is missing and compare the values of the rest. */
+Test(replay_cli, check_aligns_20000_state_entries_in_little_time_and_memory, .timeout = 20) {
+  char path[512], args[600];
+  snprintf(path, sizeof path, "%s/large.json", tmpdir);
+  write_large_case(path);
+  snprintf(args, sizeof args, "--state '%s'", path);
+  run_result r = replay(args);
+  cr_assert_eq(r.status, 0, "exit %d, stderr: %s", r.status, r.err);
+  cJSON *out = cJSON_Parse(r.out);
+  cr_assert(out != NULL, "the output is not JSON");
+  free_result(&r);
+
+  /* Expected: the run's own result, with one state entry left out and one value changed. */
+  cJSON *state = cJSON_DetachItemFromObject(out, "optimizer_variables");
+  cr_assert(cJSON_GetArraySize(state) == LARGE_VARIABLES + 2, "%d state entries", cJSON_GetArraySize(state));
+  const int dropped = 5000, changed = 100;
+  char dropped_name[64], changed_name[64];
+  snprintf(dropped_name, sizeof dropped_name, "%s", cJSON_GetObjectItem(cJSON_GetArrayItem(state, dropped), "name")->valuestring);
+  snprintf(changed_name, sizeof changed_name, "%s", cJSON_GetObjectItem(cJSON_GetArrayItem(state, changed), "name")->valuestring);
+  cJSON *entry;
+  int k = 0;
+  cJSON_ArrayForEach(entry, state) {
+    int count = cJSON_GetArraySize(cJSON_GetObjectItem(entry, "value"));
+    cJSON *shape = cJSON_AddArrayToObject(entry, "shape");
+    if (k >= 2) cJSON_AddItemToArray(shape, cJSON_CreateNumber(count)); /* the counters are scalars */
+    if (k == changed) {
+      cJSON *x = cJSON_GetArrayItem(cJSON_GetObjectItem(entry, "value"), 0);
+      cJSON_SetNumberValue(x, x->valuedouble * 1.01);
+    }
+    k++;
+  }
+  cJSON_DeleteItemFromArray(state, dropped);
+  cJSON *expected = cJSON_CreateObject();
+  cJSON_AddItemToObject(expected, "iterations", cJSON_Duplicate(cJSON_GetObjectItem(out, "iterations"), 1));
+  cJSON *values = cJSON_AddArrayToObject(expected, "variables");
+  cJSON *var;
+  cJSON_ArrayForEach(var, cJSON_GetObjectItem(out, "variables"))
+      cJSON_AddItemToArray(values, cJSON_Duplicate(cJSON_GetObjectItem(var, "value"), 1));
+  cJSON_AddItemToObject(expected, "optimizer_variables", state);
+  cJSON_Delete(out);
+
+  cJSON *root = load_json(path);
+  cJSON_AddItemToObject(root, "expected", expected);
+  char *text = cJSON_PrintUnformatted(root);
+  cr_assert(text != NULL);
+  write_text(path, text);
+  cJSON_free(text);
+  cJSON_Delete(root);
+
+  snprintf(args, sizeof args, "--check '%s'", path);
+  r = replay_after("ulimit -v 1048576;", args);
+  cr_expect_eq(r.status, 1, "exit %d\n%s%s", r.status, r.out, r.err);
+  char want[256];
+  snprintf(want, sizeof want, "(%d vs %d); extra [%d] \"%s\"", LARGE_VARIABLES + 2, LARGE_VARIABLES + 1, dropped,
+           dropped_name);
+  cr_expect(strstr(r.out, want) != NULL, "the report does not say %s:\n%s", want, r.out);
+  snprintf(want, sizeof want, "optimizer_variables: %d values", LARGE_VARIABLES + 1);
+  cr_expect(strstr(r.out, want) != NULL, "the entries both sides have are not all compared:\n%s", r.out);
+  snprintf(want, sizeof want, "1 values beyond tolerance, first %s:", changed_name);
+  cr_expect(strstr(r.out, want) != NULL, "the changed value of %s is not reported:\n%s", changed_name, r.out);
   free_result(&r);
 }

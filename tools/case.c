@@ -15,6 +15,7 @@
 #include <math.h>
 #include <regex.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,130 @@ static char *dup_string(const char *s) {
   char *p = malloc(n);
   if (p != NULL) memcpy(p, s, n);
   return p;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Input text in messages: one line, printable, bounded
+ * ------------------------------------------------------------------------------------------- */
+
+/* A NUL-terminated text being filled; once a piece does not fit, nothing more goes in (so an
+ * escape is never cut in half). */
+typedef struct {
+  char *out;
+  size_t size;
+  size_t len;
+  int full;
+} sink_t;
+
+static void sink_put(sink_t *s, const char *piece, size_t n) {
+  if (s->full || s->len + n >= s->size) {
+    s->full = 1;
+    return;
+  }
+  memcpy(s->out + s->len, piece, n);
+  s->len += n;
+  s->out[s->len] = '\0';
+}
+
+static int is_continuation(unsigned char ch) { return (ch & 0xC0) == 0x80; }
+
+/* The length of the valid UTF-8 sequence at p (no overlong forms, surrogates or code points past
+ * U+10FFFF), or 0; its code point in *cp. */
+static size_t utf8_sequence(const unsigned char *p, unsigned *cp) {
+  unsigned char b0 = p[0];
+  if (b0 >= 0xC2 && b0 <= 0xDF && is_continuation(p[1])) {
+    *cp = (unsigned)(b0 & 0x1F) << 6 | (p[1] & 0x3F);
+    return 2;
+  }
+  if (b0 >= 0xE0 && b0 <= 0xEF && is_continuation(p[1]) && is_continuation(p[2])) {
+    if ((b0 == 0xE0 && p[1] < 0xA0) || (b0 == 0xED && p[1] > 0x9F)) return 0;
+    *cp = (unsigned)(b0 & 0x0F) << 12 | (unsigned)(p[1] & 0x3F) << 6 | (p[2] & 0x3F);
+    return 3;
+  }
+  if (b0 >= 0xF0 && b0 <= 0xF4 && is_continuation(p[1]) && is_continuation(p[2]) && is_continuation(p[3])) {
+    if ((b0 == 0xF0 && p[1] < 0x90) || (b0 == 0xF4 && p[1] > 0x8F)) return 0;
+    *cp = (unsigned)(b0 & 0x07) << 18 | (unsigned)(p[1] & 0x3F) << 12 | (unsigned)(p[2] & 0x3F) << 6 | (p[3] & 0x3F);
+    return 4;
+  }
+  return 0;
+}
+
+/* Writes `text` to `s` with what a terminal would act on instead of printing escaped: C0 and C1
+ * controls, DEL, the Unicode line and paragraph separators, bytes that are not UTF-8; with
+ * quote_chars, also " and \ (the text then sits between quotes). Stops before the character that
+ * would take it past max_bytes bytes of `text`; returns whether it stopped early. */
+static int put_escaped(sink_t *s, const char *text, size_t max_bytes, int quote_chars) {
+  const unsigned char *p = (const unsigned char *)text;
+  size_t used = 0;
+  while (p[used] != '\0') {
+    unsigned char ch = p[used];
+    unsigned cp = ch;
+    size_t n = ch < 0x80 ? 1 : utf8_sequence(p + used, &cp);
+    if (used + (n ? n : 1) > max_bytes) return 1;
+    char esc[16];
+    if (n == 0) {
+      snprintf(esc, sizeof esc, "\\x%02x", ch);
+      sink_put(s, esc, strlen(esc));
+      used++;
+      continue;
+    }
+    if (quote_chars && (ch == '"' || ch == '\\')) {
+      esc[0] = '\\';
+      esc[1] = (char)ch;
+      sink_put(s, esc, 2);
+    } else if (ch == '\n' || ch == '\r' || ch == '\t') {
+      esc[0] = '\\';
+      esc[1] = ch == '\n' ? 'n' : ch == '\r' ? 'r' : 't';
+      sink_put(s, esc, 2);
+    } else if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x2028 || cp == 0x2029) {
+      snprintf(esc, sizeof esc, "\\u%04x", cp);
+      sink_put(s, esc, strlen(esc));
+    } else {
+      sink_put(s, (const char *)p + used, n);
+    }
+    used += n;
+  }
+  return 0;
+}
+
+void cuoptim_case_quote(const char *text, char *out, size_t out_size) {
+  if (out == NULL || out_size == 0) return;
+  out[0] = '\0';
+  sink_t s = {out, out_size, 0, 0};
+  sink_put(&s, "\"", 1);
+  int cut = put_escaped(&s, text != NULL ? text : "", CUOPTIM_CASE_QUOTE_BYTES, 1);
+  sink_put(&s, cut ? "\"..." : "\"", cut ? 4 : 1);
+}
+
+void cuoptim_case_printable(const char *text, char *out, size_t out_size) {
+  if (out == NULL || out_size == 0) return;
+  out[0] = '\0';
+  sink_t s = {out, out_size, 0, 0};
+  put_escaped(&s, text != NULL ? text : "", (size_t)-1, 0);
+}
+
+/* Rewrites the message in error[] with cuoptim_case_printable (a library message may echo input). */
+static void make_printable(char *error, size_t size) {
+  if (error == NULL || size == 0) return;
+  char *copy = dup_string(error);
+  if (copy == NULL) {
+    for (char *p = error; *p != '\0'; p++)
+      if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7F) *p = '?';
+    return;
+  }
+  cuoptim_case_printable(copy, error, size);
+  free(copy);
+}
+
+/* A quoted copy of input text for a message (cuoptim_case_quote). */
+typedef struct {
+  char text[CUOPTIM_CASE_QUOTED_SIZE];
+} quoted_t;
+
+static quoted_t quoted(const char *text) {
+  quoted_t q;
+  cuoptim_case_quote(text, q.text, sizeof q.text);
+  return q;
 }
 
 static const char *type_name(const cJSON *item) {
@@ -84,9 +209,11 @@ static int read_number(const cJSON *item, double *out) {
 }
 
 static int number_error(const cJSON *item, const char *path, size_t index, char *error, size_t size) {
-  if (cJSON_IsString(item))
-    return set_error(error, size, "%s[%zu]: expected a number, got the string \"%.40s\" (only \"nan\", \"inf\" and "
-                     "\"-inf\" stand for numbers)", path, index, item->valuestring);
+  if (cJSON_IsString(item)) {
+    quoted_t q = quoted(item->valuestring);
+    return set_error(error, size, "%s[%zu]: expected a number, got the string %s (only \"nan\", \"inf\" and "
+                     "\"-inf\" stand for numbers)", path, index, q.text);
+  }
   return set_error(error, size, "%s[%zu]: expected a number, got %s", path, index, type_name(item));
 }
 
@@ -180,11 +307,14 @@ static int check_keys(const cJSON *obj, const char *const *allowed, const char *
         if (list[0] != '\0') strncat(list, ", ", sizeof list - strlen(list) - 1);
         strncat(list, *a, sizeof list - strlen(list) - 1);
       }
-      return set_error(error, size, "%s%sunknown key \"%.60s\" (expected: %s)", path, path[0] ? ": " : "", key, list);
+      quoted_t q = quoted(key);
+      return set_error(error, size, "%s%sunknown key %s (expected: %s)", path, path[0] ? ": " : "", q.text, list);
     }
     for (const cJSON *prev = obj->child; prev != item; prev = prev->next)
-      if (prev->string != NULL && strcmp(prev->string, key) == 0)
-        return set_error(error, size, "%s%skey \"%.60s\" appears twice", path, path[0] ? ": " : "", key);
+      if (prev->string != NULL && strcmp(prev->string, key) == 0) {
+        quoted_t q = quoted(key);
+        return set_error(error, size, "%s%skey %s appears twice", path, path[0] ? ": " : "", q.text);
+      }
   }
   return 0;
 }
@@ -192,7 +322,7 @@ static int check_keys(const cJSON *obj, const char *const *allowed, const char *
 static char *read_file(const char *path, size_t *length, char *error, size_t size) {
   FILE *f = fopen(path, "rb");
   if (f == NULL) {
-    set_error(error, size, "%s: cannot open: %s", path, strerror(errno));
+    set_error(error, size, "cannot open: %s", strerror(errno));
     return NULL;
   }
   size_t cap = 1 << 16, len = 0;
@@ -213,9 +343,9 @@ static char *read_file(const char *path, size_t *length, char *error, size_t siz
     if (got == 0) break;
   }
   if (buf == NULL) {
-    set_error(error, size, "%s: out of memory", path);
+    set_error(error, size, "out of memory");
   } else if (ferror(f)) {
-    set_error(error, size, "%s: read error", path);
+    set_error(error, size, "read error");
     free(buf);
     buf = NULL;
   } else {
@@ -224,6 +354,70 @@ static char *read_file(const char *path, size_t *length, char *error, size_t siz
   }
   fclose(f);
   return buf;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Names: an index from an entry's name to the first entry of that name
+ * ------------------------------------------------------------------------------------------- */
+
+/* An open-addressing hash table of entry indices, so that a case with many variables or state
+ * entries is checked and aligned in linear time. It indexes an array of structs that each hold
+ * a NUL-terminated name. */
+typedef struct {
+  const char *base; /* the array */
+  size_t stride;    /* sizeof one struct */
+  size_t offset;    /* offsetof its name */
+  int *slots;       /* -1, or the index of the first entry added with a name */
+  size_t mask;      /* number of slots - 1 (a power of two, at least twice the entries) */
+} name_index_t;
+
+static const char *name_at(const name_index_t *ix, int i) {
+  return ix->base + (size_t)i * ix->stride + ix->offset;
+}
+
+static size_t hash_name(const char *s) {
+  uint64_t h = 1469598103934665603ull; /* FNV-1a */
+  for (; *s != '\0'; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return (size_t)h;
+}
+
+/* An empty index for at most `n` entries of `array`. Returns 0, or -1 when out of memory. */
+static int name_index_init(name_index_t *ix, const void *array, size_t stride, size_t offset, int n) {
+  ix->base = array;
+  ix->stride = stride;
+  ix->offset = offset;
+  size_t slots = 16;
+  while (slots < 2 * (size_t)(n > 0 ? n : 0)) slots *= 2;
+  ix->mask = slots - 1;
+  ix->slots = malloc(slots * sizeof *ix->slots);
+  if (ix->slots == NULL) return -1;
+  for (size_t k = 0; k < slots; k++) ix->slots[k] = -1;
+  return 0;
+}
+
+static void name_index_free(name_index_t *ix) {
+  free(ix->slots);
+  ix->slots = NULL;
+}
+
+/* The slot that holds `name`, or the empty slot where it would go. */
+static size_t name_index_slot(const name_index_t *ix, const char *name) {
+  size_t k = hash_name(name) & ix->mask;
+  while (ix->slots[k] >= 0 && strcmp(name_at(ix, ix->slots[k]), name) != 0) k = (k + 1) & ix->mask;
+  return k;
+}
+
+/* The first entry added with `name`, or -1. */
+static int name_index_find(const name_index_t *ix, const char *name) {
+  return ix->slots[name_index_slot(ix, name)];
+}
+
+/* Adds entry i unless an entry of its name is there already: returns that entry, else -1. */
+static int name_index_add(name_index_t *ix, int i) {
+  size_t k = name_index_slot(ix, name_at(ix, i));
+  if (ix->slots[k] >= 0) return ix->slots[k];
+  ix->slots[k] = i;
+  return -1;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -271,14 +465,14 @@ static int load_per_variable(cuoptimCase *c, const cJSON *arr, const char *path,
   return 0;
 }
 
-static int load_variables(cuoptimCase *c, const cJSON *arr, char *error, size_t size) {
+static int duplicate_name(const char *path, const char *name, int first, char *error, size_t size) {
+  quoted_t q = quoted(name);
+  return set_error(error, size, "%s.name: %s is also the name of variables[%d]", path, q.text, first);
+}
+
+/* `names` indexes c->variables as they are read, to find a repeated name in linear time. */
+static int read_variables(cuoptimCase *c, const cJSON *arr, name_index_t *names, char *error, size_t size) {
   static const char *const keys[] = {"name", "shape", "value", NULL};
-  if (!cJSON_IsArray(arr)) return set_error(error, size, "variables: expected an array, got %s", type_name(arr));
-  int n = cJSON_GetArraySize(arr);
-  if (n == 0) return set_error(error, size, "variables: the case has no variables");
-  c->variables = calloc((size_t)n, sizeof *c->variables);
-  if (c->variables == NULL) return set_error(error, size, "variables: out of memory");
-  c->num_variables = n;
   int v = 0;
   const cJSON *item;
   cJSON_ArrayForEach(item, arr) {
@@ -293,9 +487,8 @@ static int load_variables(cuoptimCase *c, const cJSON *arr, char *error, size_t 
     if (len == 0 || len >= CUOPTIM_MAX_NAME)
       return set_error(error, size, "%s.name: length %zu, expected 1 to %d characters", path, len, CUOPTIM_MAX_NAME - 1);
     memcpy(var->name, name->valuestring, len + 1);
-    for (int k = 0; k < v; k++)
-      if (strcmp(c->variables[k].name, var->name) == 0)
-        return set_error(error, size, "%s.name: \"%s\" is also the name of variables[%d]", path, var->name, k);
+    int first = name_index_add(names, v);
+    if (first >= 0) return duplicate_name(path, var->name, first, error, size);
     snprintf(sub, sizeof sub, "%s.shape", path);
     if (read_shape(cJSON_GetObjectItemCaseSensitive(item, "shape"), &var->ndim, var->shape, &var->count, sub, error,
                    size) != 0)
@@ -309,6 +502,21 @@ static int load_variables(cuoptimCase *c, const cJSON *arr, char *error, size_t 
     v++;
   }
   return 0;
+}
+
+static int load_variables(cuoptimCase *c, const cJSON *arr, char *error, size_t size) {
+  if (!cJSON_IsArray(arr)) return set_error(error, size, "variables: expected an array, got %s", type_name(arr));
+  int n = cJSON_GetArraySize(arr);
+  if (n == 0) return set_error(error, size, "variables: the case has no variables");
+  c->variables = calloc((size_t)n, sizeof *c->variables);
+  if (c->variables == NULL) return set_error(error, size, "variables: out of memory");
+  c->num_variables = n;
+  name_index_t names;
+  if (name_index_init(&names, c->variables, sizeof *c->variables, offsetof(cuoptimCaseVariable, name), n) != 0)
+    return set_error(error, size, "variables: out of memory");
+  int rc = read_variables(c, arr, &names, error, size);
+  name_index_free(&names);
+  return rc;
 }
 
 static int load_steps(cuoptimCase *c, const cJSON *arr, char *error, size_t size) {
@@ -337,9 +545,11 @@ static int load_steps(cuoptimCase *c, const cJSON *arr, char *error, size_t size
         const cuoptimCaseVariable *var = &c->variables[v];
         c->steps[s][v] = malloc((var->count ? var->count : 1) * sizeof(float));
         if (c->steps[s][v] == NULL) return set_error(error, size, "%s: out of memory", path);
-        if (!cJSON_IsArray(grad) && !(var->ndim == 0 && (cJSON_IsNumber(grad) || cJSON_IsString(grad))))
+        if (!cJSON_IsArray(grad) && !(var->ndim == 0 && (cJSON_IsNumber(grad) || cJSON_IsString(grad)))) {
+          quoted_t q = quoted(var->name);
           return set_error(error, size, "%s: expected null or an array of %zu numbers (gradient of %s), got %s", path,
-                           var->count, var->name, type_name(grad));
+                           var->count, q.text, type_name(grad));
+        }
         if (read_floats(grad, var->count, var->ndim == 0, c->steps[s][v], path, error, size) != 0) return -1;
       }
       v++;
@@ -457,16 +667,120 @@ static void line_column(const char *text, size_t offset, int *line, int *column)
   }
 }
 
-static int load_root(cuoptimCase *c, const cJSON *root, char *error, size_t size) {
+/* ---------------------------------------------------------------------------------------------
+ * The optimizer's own text
+ *
+ * The library gets the "optimizer" object exactly as the file writes it: printed back by cJSON,
+ * an infinite number would become null (None) and some doubles would move by an ulp. cJSON keeps
+ * no offsets, so the scanner below finds the value's bytes; it runs on text that cJSON has parsed
+ * already, so it only has to agree with cJSON on where tokens end.
+ * ------------------------------------------------------------------------------------------- */
+
+/* cJSON skips every byte up to the space as white space. */
+static const char *skip_space(const char *p) {
+  while (*p != '\0' && (unsigned char)*p <= ' ') p++;
+  return p;
+}
+
+/* Past the string that starts at p (at its '"'), or NULL. */
+static const char *skip_string(const char *p) {
+  for (p++; *p != '"'; p++) {
+    if (*p == '\0') return NULL;
+    if (*p == '\\' && *++p == '\0') return NULL;
+  }
+  return p + 1;
+}
+
+/* Past the value that starts at p, or NULL. */
+static const char *skip_value(const char *p) {
+  if (*p == '"') return skip_string(p);
+  if (*p == '{' || *p == '[') {
+    int depth = 0;
+    while (*p != '\0') {
+      if (*p == '"') {
+        p = skip_string(p);
+        if (p == NULL) return NULL;
+        continue;
+      }
+      if (*p == '{' || *p == '[') depth++;
+      if ((*p == '}' || *p == ']') && --depth == 0) return p + 1;
+      p++;
+    }
+    return NULL;
+  }
+  /* A number, true, false or null: up to the space or the delimiter after it. */
+  const char *start = p;
+  while ((unsigned char)*p > ' ' && *p != ',' && *p != '}' && *p != ']') p++;
+  return p > start ? p : NULL;
+}
+
+/* Whether the key token [token, token + length) (quotes included) reads as `key`, escapes
+ * decoded by cJSON itself so that this finds the member cJSON_GetObjectItemCaseSensitive finds. */
+static int key_is(const char *token, size_t length, const char *key) {
+  cJSON *decoded = cJSON_ParseWithLength(token, length);
+  int same = cJSON_IsString(decoded) && strcmp(decoded->valuestring, key) == 0;
+  cJSON_Delete(decoded);
+  return same;
+}
+
+/* The bytes [*begin, *end) of the value of the first top-level member `key` of `text`, a JSON
+ * object that cJSON has parsed. Returns 0, or -1 when not found. */
+static int find_member_text(const char *text, const char *key, const char **begin, const char **end) {
+  const char *p = text;
+  if (strncmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3; /* cJSON skips a UTF-8 byte order mark */
+  p = skip_space(p);
+  if (*p != '{') return -1;
+  for (p = skip_space(p + 1); *p == '"'; p = skip_space(p + 1)) {
+    const char *name = p;
+    p = skip_string(p);
+    if (p == NULL) return -1;
+    size_t name_length = (size_t)(p - name);
+    p = skip_space(p);
+    if (*p != ':') return -1;
+    const char *value = skip_space(p + 1);
+    p = skip_value(value);
+    if (p == NULL) return -1;
+    if (key_is(name, name_length, key)) {
+      *begin = value;
+      *end = p;
+      return 0;
+    }
+    p = skip_space(p);
+    if (*p != ',') return -1;
+  }
+  return -1;
+}
+
+/* A malloc'ed copy of the "optimizer" member's text, or NULL (message in error[]). */
+static char *optimizer_text(const char *text, char *error, size_t size) {
+  const char *begin = NULL, *end = NULL;
+  if (find_member_text(text, "optimizer", &begin, &end) != 0) {
+    set_error(error, size, "optimizer: its text was not found in the file (the case loader is out of step with cJSON)");
+    return NULL;
+  }
+  size_t n = (size_t)(end - begin);
+  char *copy = malloc(n + 1);
+  if (copy == NULL) {
+    set_error(error, size, "optimizer: out of memory");
+    return NULL;
+  }
+  memcpy(copy, begin, n);
+  copy[n] = '\0';
+  return copy;
+}
+
+/* `text` is the file, `root` what cJSON made of it. */
+static int load_root(cuoptimCase *c, const cJSON *root, const char *text, char *error, size_t size) {
   static const char *const keys[] = {"format", "source", "description", "optimizer", "exclude_from_weight_decay",
                                      "variables", "steps", "rank_steps", "expected", NULL};
   if (!cJSON_IsObject(root)) return set_error(error, size, "the case is %s, expected an object", type_name(root));
   const cJSON *format = cJSON_GetObjectItemCaseSensitive(root, "format");
   if (format == NULL) return set_error(error, size, "format: missing (expected \"" CUOPTIM_CASE_FORMAT "\")");
-  if (!cJSON_IsString(format) || strcmp(format->valuestring, CUOPTIM_CASE_FORMAT) != 0)
-    return set_error(error, size, "format: expected \"" CUOPTIM_CASE_FORMAT "\", got %s%.60s%s",
-                     cJSON_IsString(format) ? "\"" : "", cJSON_IsString(format) ? format->valuestring : type_name(format),
-                     cJSON_IsString(format) ? "\"" : "");
+  if (!cJSON_IsString(format) || strcmp(format->valuestring, CUOPTIM_CASE_FORMAT) != 0) {
+    quoted_t q = quoted(cJSON_IsString(format) ? format->valuestring : "");
+    return set_error(error, size, "format: expected \"" CUOPTIM_CASE_FORMAT "\", got %s",
+                     cJSON_IsString(format) ? q.text : type_name(format));
+  }
   if (check_keys(root, keys, "", error, size) != 0) return -1;
   if (optional_string(root, "source", &c->source, error, size) != 0) return -1;
   if (optional_string(root, "description", &c->description, error, size) != 0) return -1;
@@ -474,8 +788,8 @@ static int load_root(cuoptimCase *c, const cJSON *root, char *error, size_t size
   const cJSON *opt = cJSON_GetObjectItemCaseSensitive(root, "optimizer");
   if (opt == NULL) return set_error(error, size, "optimizer: missing");
   if (!cJSON_IsObject(opt)) return set_error(error, size, "optimizer: expected an object, got %s", type_name(opt));
-  c->optimizer_json = cJSON_PrintUnformatted(opt);
-  if (c->optimizer_json == NULL) return set_error(error, size, "optimizer: out of memory");
+  c->optimizer_json = optimizer_text(text, error, size);
+  if (c->optimizer_json == NULL) return -1;
   cuoptimStatus_t st = cuoptimConfigFromKerasJSON(&c->config, c->optimizer_json);
   if (st != CUOPTIM_STATUS_SUCCESS)
     return set_error(error, size, "optimizer: %s (%s)", cuoptimGetLastErrorMessage(), cuoptimGetStatusString(st));
@@ -502,16 +816,14 @@ static int load_root(cuoptimCase *c, const cJSON *root, char *error, size_t size
   return 0;
 }
 
-int cuoptim_case_load(const char *path, cuoptimCase *c, char *error, size_t error_size) {
-  if (c == NULL) return set_error(error, error_size, "cuoptim_case_load: case is NULL");
-  memset(c, 0, sizeof *c);
-  if (path == NULL) return set_error(error, error_size, "cuoptim_case_load: path is NULL");
+/* Reads and parses the file: *text (the file, NUL-terminated) and *root on success. */
+static int parse_file(const char *path, char **text_out, cJSON **root_out, char *error, size_t size) {
   size_t length = 0;
-  char *text = read_file(path, &length, error, error_size);
+  char *text = read_file(path, &length, error, size);
   if (text == NULL) return -1;
   if (strlen(text) != length) {
     free(text);
-    return set_error(error, error_size, "%s: not JSON (the file contains a NUL byte)", path);
+    return set_error(error, size, "not JSON (the file contains a NUL byte)");
   }
   const char *end = NULL;
   /* With require_null_terminated, cJSON counts the terminating NUL in the length. */
@@ -521,20 +833,36 @@ int cuoptim_case_load(const char *path, cuoptimCase *c, char *error, size_t erro
     int line, column;
     line_column(text, offset, &line, &column);
     if (offset >= length)
-      set_error(error, error_size, "%s: not valid JSON: unexpected end of the file (truncated?)", path);
+      set_error(error, size, "not valid JSON: unexpected end of the file (truncated?)");
     else
-      set_error(error, error_size, "%s: not valid JSON: syntax error at line %d, column %d", path, line, column);
+      set_error(error, size, "not valid JSON: syntax error at line %d, column %d", line, column);
     free(text);
     return -1;
   }
-  free(text);
-  c->path = dup_string(path);
+  *text_out = text;
+  *root_out = root;
+  return 0;
+}
+
+int cuoptim_case_load(const char *path, cuoptimCase *c, char *error, size_t error_size) {
+  if (c == NULL) return set_error(error, error_size, "cuoptim_case_load: case is NULL");
+  memset(c, 0, sizeof *c);
+  if (path == NULL) return set_error(error, error_size, "cuoptim_case_load: path is NULL");
   char message[1024];
-  int rc = c->path == NULL ? set_error(message, sizeof message, "out of memory")
-                           : load_root(c, root, message, sizeof message);
+  char *text = NULL;
+  cJSON *root = NULL;
+  int rc = parse_file(path, &text, &root, message, sizeof message);
+  if (rc == 0) {
+    c->path = dup_string(path);
+    rc = c->path == NULL ? set_error(message, sizeof message, "out of memory")
+                         : load_root(c, root, text, message, sizeof message);
+  }
   cJSON_Delete(root);
+  free(text);
   if (rc != 0) {
+    /* The path and library messages (which may echo the file) made printable on one line. */
     set_error(error, error_size, "%s: %s", path, message);
+    make_printable(error, error_size);
     cuoptim_case_free(c);
     return -1;
   }
@@ -546,7 +874,7 @@ void cuoptim_case_free(cuoptimCase *c) {
   free(c->path);
   free(c->source);
   free(c->description);
-  cJSON_free(c->optimizer_json);
+  free(c->optimizer_json);
   if (c->exclude != NULL)
     for (int i = 0; i < c->num_exclude; i++) free(c->exclude[i]);
   free(c->exclude);
@@ -624,7 +952,7 @@ static int alloc_buffers(const cuoptimCase *c, buffers_t *b, char *error, size_t
       if (err == cudaSuccess)
         err = cudaMemcpy(b->params[v], c->variables[v].value, c->variables[v].count * sizeof(float),
                          cudaMemcpyHostToDevice);
-      if (err != cudaSuccess) return cuda_failed(err, c->variables[v].name, error, size);
+      if (err != cudaSuccess) return cuda_failed(err, quoted(c->variables[v].name).text, error, size);
     } else {
       b->params[v] = malloc(bytes);
       if (b->params[v] == NULL) {
@@ -643,7 +971,7 @@ static int read_params(const cuoptimCase *c, const buffers_t *b, float **out, ch
     size_t bytes = c->variables[v].count * sizeof(float);
     if (b->backend == CUOPTIM_BACKEND_CUDA) {
       cudaError_t err = cudaMemcpy(out[v], b->params[v], bytes, cudaMemcpyDeviceToHost);
-      if (err != cudaSuccess) return cuda_failed(err, c->variables[v].name, error, size);
+      if (err != cudaSuccess) return cuda_failed(err, quoted(c->variables[v].name).text, error, size);
     } else {
       memcpy(out[v], b->params[v], bytes);
     }
@@ -808,7 +1136,10 @@ done:
     if (st != CUOPTIM_STATUS_SUCCESS && rc == 0) rc = library_failed(st, NULL, error, error_size);
   }
   free_buffers(&b);
-  if (rc != 0) cuoptim_case_result_free(r);
+  if (rc != 0) {
+    make_printable(error, error_size); /* library messages may echo names */
+    cuoptim_case_result_free(r);
+  }
   return rc;
 }
 
@@ -826,11 +1157,14 @@ void cuoptim_case_result_free(cuoptimCaseResult *r) {
  * Comparing
  * ------------------------------------------------------------------------------------------- */
 
+/* "name" or "name[index]", the name made printable (it comes from the case or the library). */
 static void where_of(char *out, size_t size, const char *name, size_t index, size_t count) {
+  char shown[CUOPTIM_MAX_NAME * 6];
+  cuoptim_case_printable(name, shown, sizeof shown);
   if (count == 1)
-    snprintf(out, size, "%s", name);
+    snprintf(out, size, "%s", shown);
   else
-    snprintf(out, size, "%s[%zu]", name, index);
+    snprintf(out, size, "%s[%zu]", shown, index);
 }
 
 static void group_begin(cuoptimCaseGroupComparison *g, const char *group) {
@@ -902,7 +1236,8 @@ static void add_message(cuoptimCaseGroupComparison *g, const char *fmt, ...) {
 static void compare_entry(cuoptimCaseGroupComparison *g, const cuoptimCaseState *got, const cuoptimCaseState *want,
                           const char *want_label, double rtol, double atol) {
   if (got->count != want->count) {
-    add_message(g, "\"%s\" has %zu elements, %s has %zu", got->name, got->count, want_label, want->count);
+    quoted_t q = quoted(got->name);
+    add_message(g, "%s has %zu elements, %s has %zu", q.text, got->count, want_label, want->count);
     return;
   }
   /* Keras writes float32 state with the shortest decimal that reads back as that float32
@@ -925,41 +1260,108 @@ static void append(char *buf, size_t size, const char *fmt, ...) {
   va_end(ap);
 }
 
-/* When the names differ, the entries are aligned by name (longest common subsequence) so that
- * the message lists exactly what is missing or extra, and the values of the entries both sides
- * have are still compared. */
+/* pair[i]: the entry of `want` that got[i] is matched with by name, or -1. The k-th entry of a
+ * name on one side is matched with the k-th of that name on the other. */
+static int match_by_name(const cuoptimCaseState *got, int num_got, const cuoptimCaseState *want, int num_want,
+                         int *pair) {
+  name_index_t names;
+  if (name_index_init(&names, want, sizeof *want, offsetof(cuoptimCaseState, name), num_want) != 0) return -1;
+  /* next[j]: the next entry of want named like want[j]; unused[f], for the first entry f of a
+   * name: the first of its entries not matched yet; last[f]: the last of its entries. */
+  int *next = malloc(((size_t)num_want + 1) * sizeof *next);
+  int *unused = malloc(((size_t)num_want + 1) * sizeof *unused);
+  int *last = malloc(((size_t)num_want + 1) * sizeof *last);
+  int rc = next != NULL && unused != NULL && last != NULL ? 0 : -1;
+  for (int j = 0; rc == 0 && j < num_want; j++) {
+    next[j] = -1;
+    int first = name_index_add(&names, j);
+    if (first < 0) {
+      unused[j] = last[j] = j;
+    } else {
+      next[last[first]] = j;
+      last[first] = j;
+    }
+  }
+  for (int i = 0; rc == 0 && i < num_got; i++) {
+    int first = name_index_find(&names, got[i].name);
+    pair[i] = first < 0 ? -1 : unused[first];
+    if (pair[i] >= 0) unused[first] = next[pair[i]];
+  }
+  free(next);
+  free(unused);
+  free(last);
+  name_index_free(&names);
+  return rc;
+}
+
+/* Keeps in pair[] only a longest run of matches whose `want` positions increase with the `got`
+ * positions (the others become -1): with unique names, that is the longest common subsequence of
+ * the two name lists, found in n log n (patience sorting). */
+static int keep_longest_ordered(int *pair, int num_got) {
+  int *tail = malloc(((size_t)num_got + 1) * sizeof *tail); /* tail[k]: got index ending the best run of k+1 */
+  int *prev = malloc(((size_t)num_got + 1) * sizeof *prev); /* the got index before i in its run */
+  if (tail == NULL || prev == NULL) {
+    free(tail);
+    free(prev);
+    return -1;
+  }
+  int length = 0;
+  for (int i = 0; i < num_got; i++) {
+    if (pair[i] < 0) continue;
+    int lo = 0, hi = length; /* the first run whose end is not below pair[i] */
+    while (lo < hi) {
+      int mid = lo + (hi - lo) / 2;
+      if (pair[tail[mid]] < pair[i])
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    prev[i] = lo > 0 ? tail[lo - 1] : -1;
+    tail[lo] = i;
+    if (lo == length) length++;
+  }
+  /* Marks the run by negating pair + 2 (so that -1 stays free), then unmarks it. */
+  for (int i = length > 0 ? tail[length - 1] : -1; i >= 0; i = prev[i]) pair[i] = -(pair[i] + 2);
+  for (int i = 0; i < num_got; i++) pair[i] = pair[i] <= -2 ? -pair[i] - 2 : -1;
+  free(tail);
+  free(prev);
+  return 0;
+}
+
+/* When the names differ, the entries are aligned by name (the longest common subsequence of the
+ * two name lists) so that the message lists exactly what is missing or extra, and the values of
+ * the entries both sides have are still compared. */
 static void compare_state_aligned(cuoptimCaseGroupComparison *g, const cuoptimCaseState *got, int num_got,
                                   const cuoptimCaseState *want, int num_want, const char *want_label,
                                   double rtol, double atol) {
-  size_t cols = (size_t)num_want + 1;
-  int *lcs = calloc(((size_t)num_got + 1) * cols, sizeof *lcs);
-  if (lcs == NULL) {
+  int *pair = malloc(((size_t)num_got + 1) * sizeof *pair);
+  char *wanted = calloc((size_t)num_want + 1, 1); /* want[j] is matched */
+  if (pair == NULL || wanted == NULL || match_by_name(got, num_got, want, num_want, pair) != 0 ||
+      keep_longest_ordered(pair, num_got) != 0) {
+    free(pair);
+    free(wanted);
     add_message(g, "entry names differ from %s's (out of memory aligning them)", want_label);
     return;
   }
-  for (int i = num_got - 1; i >= 0; i--)
-    for (int j = num_want - 1; j >= 0; j--)
-      lcs[i * cols + j] = strcmp(got[i].name, want[j].name) == 0
-                              ? 1 + lcs[(i + 1) * cols + j + 1]
-                              : (lcs[(i + 1) * cols + j] > lcs[i * cols + j + 1] ? lcs[(i + 1) * cols + j]
-                                                                                : lcs[i * cols + j + 1]);
   char missing[200] = "", extra[200] = "";
-  int num_missing = 0, num_extra = 0;
-  int i = 0, j = 0;
-  while (i < num_got || j < num_want) {
-    if (i < num_got && j < num_want && strcmp(got[i].name, want[j].name) == 0) {
-      compare_entry(g, &got[i], &want[j], want_label, rtol, atol);
-      i++;
-      j++;
-    } else if (j < num_want && (i == num_got || lcs[i * cols + j + 1] >= lcs[(i + 1) * cols + j])) {
-      if (num_missing++ < 4) append(missing, sizeof missing, "%s[%d] \"%s\"", num_missing > 1 ? ", " : "", j, want[j].name);
-      j++;
-    } else {
-      if (num_extra++ < 4) append(extra, sizeof extra, "%s[%d] \"%s\"", num_extra > 1 ? ", " : "", i, got[i].name);
-      i++;
+  int num_extra = 0;
+  for (int i = 0; i < num_got; i++) {
+    if (pair[i] >= 0) {
+      compare_entry(g, &got[i], &want[pair[i]], want_label, rtol, atol);
+      wanted[pair[i]] = 1;
+    } else if (num_extra++ < 4) {
+      quoted_t q = quoted(got[i].name);
+      append(extra, sizeof extra, "%s[%d] %s", num_extra > 1 ? ", " : "", i, q.text);
     }
   }
-  free(lcs);
+  int num_missing = 0;
+  for (int j = 0; j < num_want; j++) {
+    if (wanted[j] || num_missing++ >= 4) continue;
+    quoted_t q = quoted(want[j].name);
+    append(missing, sizeof missing, "%s[%d] %s", num_missing > 1 ? ", " : "", j, q.text);
+  }
+  free(pair);
+  free(wanted);
   char message[512];
   snprintf(message, sizeof message, "entries differ from %s's (%d vs %d)", want_label, num_got, num_want);
   if (num_missing > 0)

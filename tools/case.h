@@ -37,7 +37,7 @@ typedef struct {
   char *path;
   char *source;          /* "" when absent */
   char *description;     /* "" when absent */
-  char *optimizer_json;  /* the "optimizer" object, printed back to text */
+  char *optimizer_json;  /* the "optimizer" object, byte for byte as the file writes it */
   cuoptimConfig_t config; /* cuoptimConfigFromKerasJSON(optimizer_json) */
 
   int num_exclude;
@@ -73,8 +73,9 @@ typedef struct {
 } cuoptimCaseResult;
 
 /* Loads and validates the case at `path`. Returns 0, or non-zero with a one-line message in
- * `error` that names the JSON path of the problem ("steps[3][1]: expected 12 numbers, got 11").
- * *c is zeroed first and holds nothing to free on failure. */
+ * `error` that names the JSON path of the problem ("steps[3][1]: expected 12 numbers, got 11");
+ * text of the file in it is quoted as cuoptim_case_quote does, and the message holds no control
+ * byte. *c is zeroed first and holds nothing to free on failure. */
 int cuoptim_case_load(const char *path, cuoptimCase *c, char *error, size_t error_size);
 
 /* Releases everything cuoptim_case_load allocated; NULL or a zeroed case is a no-op. */
@@ -134,6 +135,24 @@ int cuoptim_case_compare(const cuoptimCase *c, const cuoptimCaseResult *r, doubl
  * and `b` "want". Returns 0 within tolerance, 1 otherwise. */
 int cuoptim_case_compare_results(const cuoptimCase *c, const cuoptimCaseResult *a, const cuoptimCaseResult *b,
                                  double rtol, double atol, cuoptimCaseComparison *cmp);
+
+/* At most this many bytes of a text go into a message (cuoptim_case_quote). */
+#define CUOPTIM_CASE_QUOTE_BYTES 60
+/* Room for any cuoptim_case_quote result: each byte may take 6 ("\u001b"), plus the quotes,
+ * "..." and the NUL. */
+#define CUOPTIM_CASE_QUOTED_SIZE (CUOPTIM_CASE_QUOTE_BYTES * 6 + 8)
+
+/* `text` (input: a name, a key, a string of the file) as it goes into a one-line message: in
+ * double quotes, its first CUOPTIM_CASE_QUOTE_BYTES bytes at most (cut at a character boundary,
+ * "..." after the closing quote when cut), with " and \ escaped and every byte a terminal would
+ * not print as itself written the way JSON writes it (\n, \t, \u001b, \u0085, \u2028), or as
+ * \xHH when it is not part of valid UTF-8. `out` gets as much as fits, always NUL-terminated. */
+void cuoptim_case_quote(const char *text, char *out, size_t out_size);
+
+/* `text` (a whole message) made printable on one line: control bytes, C1 controls, line
+ * separators and bytes outside valid UTF-8 escaped as cuoptim_case_quote does; " and \ are kept,
+ * as they are the message's own. `out` (not `text`) gets as much as fits, NUL-terminated. */
+void cuoptim_case_printable(const char *text, char *out, size_t out_size);
 
 /* One line describing a group: "variables: 1234 values, max abs 1.2e-08 (dense_kernel[17]), ...". */
 void cuoptim_case_format_group(const cuoptimCaseGroupComparison *g, char *out, size_t out_size);

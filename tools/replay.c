@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,11 +44,28 @@ static void usage(FILE *out) {
           program);
 }
 
+/* `fmt` has one %s, for `arg` quoted (an argument may hold any byte; the message is one line). */
 static int bad_usage(const char *fmt, const char *arg) {
+  char q[CUOPTIM_CASE_QUOTED_SIZE];
+  cuoptim_case_quote(arg, q, sizeof q);
   fprintf(stderr, "%s: ", program);
-  fprintf(stderr, fmt, arg);
+  fprintf(stderr, fmt, q);
   fprintf(stderr, " (see --help)\n");
   return EXIT_INPUT;
+}
+
+/* One line on stderr: "cuoptim-replay: " and the message, made printable (it may hold the case's
+ * path or text). */
+static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void report(const char *fmt, ...) {
+  char message[2048], shown[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(message, sizeof message, fmt, ap);
+  va_end(ap);
+  cuoptim_case_printable(message, shown, sizeof shown);
+  fprintf(stderr, "%s: %s\n", program, shown);
 }
 
 /* A tolerance: a finite non-negative number, the whole argument. */
@@ -173,54 +191,56 @@ int main(int argc, char **argv) {
     } else if (strcmp(arg, "--state") == 0) {
       state = 1;
     } else if (strcmp(name, "--rtol") == 0) {
-      if (parse_tolerance(value, &rtol) != 0) return bad_usage("--rtol: \"%s\" is not a finite number >= 0", value);
+      if (parse_tolerance(value, &rtol) != 0) return bad_usage("--rtol: %s is not a finite number >= 0", value);
     } else if (strcmp(name, "--atol") == 0) {
-      if (parse_tolerance(value, &atol) != 0) return bad_usage("--atol: \"%s\" is not a finite number >= 0", value);
+      if (parse_tolerance(value, &atol) != 0) return bad_usage("--atol: %s is not a finite number >= 0", value);
     } else if (strcmp(name, "--backend") == 0) {
       if (strcmp(value, "host") == 0)
         backend = CUOPTIM_BACKEND_HOST;
       else if (strcmp(value, "cuda") == 0)
         backend = CUOPTIM_BACKEND_CUDA;
       else
-        return bad_usage("--backend: \"%s\" is not host or cuda", value);
+        return bad_usage("--backend: %s is not host or cuda", value);
     } else if (strcmp(name, "--ranks") == 0) {
       char *end = NULL;
       long r = strtol(value, &end, 10);
-      if (end == value || *end != '\0' || r < 1 || r > 1 << 20) return bad_usage("--ranks: \"%s\" is not a positive integer", value);
+      if (end == value || *end != '\0' || r < 1 || r > 1 << 20) return bad_usage("--ranks: %s is not a positive integer", value);
       ranks = (int)r;
     } else if (arg[0] == '-' && arg[1] != '\0') {
-      return bad_usage("unknown option \"%s\"", arg);
+      return bad_usage("unknown option %s", arg);
     } else if (path != NULL) {
-      return bad_usage("more than one case file (\"%s\")", arg);
+      return bad_usage("more than one case file (%s)", arg);
     } else {
       path = arg;
     }
   }
-  if (path == NULL) return bad_usage("%s", "no case file given");
+  if (path == NULL) {
+    report("no case file given (see --help)");
+    return EXIT_INPUT;
+  }
 
   char why[256];
   if (backend == CUOPTIM_BACKEND_CUDA && !have_gpu(why, sizeof why)) {
-    fprintf(stderr, "%s: --backend cuda: no usable GPU on this machine (%s)\n", program, why);
+    report("--backend cuda: no usable GPU on this machine (%s)", why);
     return EXIT_INPUT;
   }
 
   char error[2048];
   cuoptimCase c;
   if (cuoptim_case_load(path, &c, error, sizeof error) != 0) {
-    fprintf(stderr, "%s: %s\n", program, error);
+    report("%s", error);
     return EXIT_INPUT;
   }
   if (ranks > 0) {
     if (c.has_rank_steps)
-      fprintf(stderr, "%s: %s: rank_steps needs mpirun (not supported yet)\n", program, path);
+      report("%s: rank_steps needs mpirun (not supported yet)", path);
     else
-      fprintf(stderr, "%s: %s: --ranks %d: the case has no rank_steps (and rank_steps needs mpirun, not supported yet)\n",
-              program, path, ranks);
+      report("%s: --ranks %d: the case has no rank_steps (and rank_steps needs mpirun, not supported yet)", path, ranks);
     cuoptim_case_free(&c);
     return EXIT_INPUT;
   }
   if (check && !c.has_expected) {
-    fprintf(stderr, "%s: %s: --check: the case has no \"expected\" to compare with\n", program, path);
+    report("%s: --check: the case has no \"expected\" to compare with", path);
     cuoptim_case_free(&c);
     return EXIT_INPUT;
   }
@@ -228,7 +248,7 @@ int main(int argc, char **argv) {
   cuoptimCaseResult r;
   int rc = cuoptim_case_run(&c, backend, &r, error, sizeof error);
   if (rc != 0) {
-    fprintf(stderr, "%s: %s: %s\n", program, path, error);
+    report("%s: %s", path, error);
     cuoptim_case_free(&c);
     /* What the case asks for cannot be done here (as Keras would refuse it, or this build or
      * machine lacks it) vs the library failing on a valid request. */
@@ -253,7 +273,7 @@ int main(int argc, char **argv) {
     print_result(&c, &r, state);
   }
   if (fflush(stdout) != 0) {
-    fprintf(stderr, "%s: writing the output failed: %s\n", program, strerror(errno));
+    report("writing the output failed: %s", strerror(errno));
     status = EXIT_INPUT;
   }
   cuoptim_case_result_free(&r);
