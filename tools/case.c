@@ -577,8 +577,8 @@ static int load_expected_state(cuoptimCase *c, const cJSON *arr, char *error, si
     if (check_keys(item, keys, path, error, size) != 0) return -1;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(item, "name");
     if (!cJSON_IsString(name)) return set_error(error, size, "%s.name: expected a string, got %s", path, type_name(name));
-    if (strlen(name->valuestring) >= CUOPTIM_MAX_NAME)
-      return set_error(error, size, "%s.name: longer than %d characters", path, CUOPTIM_MAX_NAME - 1);
+    if (strlen(name->valuestring) >= CUOPTIM_MAX_WEIGHT_NAME)
+      return set_error(error, size, "%s.name: longer than %d characters", path, CUOPTIM_MAX_WEIGHT_NAME - 1);
     strcpy(st->name, name->valuestring);
     int ndim;
     int64_t shape[CUOPTIM_CASE_MAX_DIMS];
@@ -1159,7 +1159,7 @@ void cuoptim_case_result_free(cuoptimCaseResult *r) {
 
 /* "name" or "name[index]", the name made printable (it comes from the case or the library). */
 static void where_of(char *out, size_t size, const char *name, size_t index, size_t count) {
-  char shown[CUOPTIM_MAX_NAME * 6];
+  char shown[CUOPTIM_MAX_WEIGHT_NAME * 6];
   cuoptim_case_printable(name, shown, sizeof shown);
   if (count == 1)
     snprintf(out, size, "%s", shown);
@@ -1204,7 +1204,7 @@ static void check_value(cuoptimCaseGroupComparison *g, double got, double want, 
   }
   if (!ok) {
     if (g->failures == 0) {
-      char where[CUOPTIM_MAX_NAME + 32];
+      char where[CUOPTIM_MAX_WEIGHT_NAME + 32];
       where_of(where, sizeof where, name, index, count);
       snprintf(g->first_failure, sizeof g->first_failure, "%s: got %.9g, want %.9g", where, got, want);
     }

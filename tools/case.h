@@ -27,7 +27,7 @@ typedef struct {
 
 /* One entry of Keras's `optimizer.variables` as the case expects it. */
 typedef struct {
-  char name[CUOPTIM_MAX_NAME];
+  char name[CUOPTIM_MAX_WEIGHT_NAME]; /* "<variable name>_<slot>" can be longer than a variable name */
   size_t count;
   int is_integer; /* a counter (results only; compared exactly) */
   double *value;
@@ -100,10 +100,10 @@ typedef struct {
   size_t count;            /* values compared */
   size_t failures;         /* values beyond the tolerance */
   double max_abs;          /* largest |got - want| (inf for a NaN against a number) */
-  char max_abs_where[CUOPTIM_MAX_NAME + 32];
+  char max_abs_where[CUOPTIM_MAX_WEIGHT_NAME + 32];
   double max_rel;          /* largest |got - want| / |want| over want != 0 */
-  char max_rel_where[CUOPTIM_MAX_NAME + 32];
-  char first_failure[CUOPTIM_MAX_NAME + 128]; /* "dense_kernel[17]: got .., want .." or "" */
+  char max_rel_where[CUOPTIM_MAX_WEIGHT_NAME + 32];
+  char first_failure[CUOPTIM_MAX_WEIGHT_NAME + 128]; /* "dense_kernel[17]: got .., want .." or "" */
   char message[512];       /* a structural mismatch (names, counts), or "" */
   int64_t got_iterations;  /* the "iterations" group only */
   int64_t want_iterations;
