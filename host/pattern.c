@@ -1727,7 +1727,7 @@ cuoptimStatus_t cuoptim_pattern_search(cuoptimPattern *p, const char *subject, i
   if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT ||
       (rc == PCRE2_ERROR_NOMEMORY && p->budget.exceeded))
     return refuse(why, why_size, CUOPTIM_STATUS_INVALID_VALUE,
-                  "searching it backtracks beyond cuoptim's limits (%u steps, %u KiB): rewrite the pattern "
+                  "the search backtracks beyond cuoptim's limits (%u steps, %u KiB): rewrite the pattern "
                   "without nested or ambiguous repeats",
                   MATCH_LIMIT, HEAP_LIMIT_KIB);
   if (rc == PCRE2_ERROR_NOMEMORY) return refuse(why, why_size, CUOPTIM_STATUS_ALLOC_FAILED, "out of host memory");

@@ -701,8 +701,9 @@ Test(api, exclude_from_weight_decay_invalid_regex) {
 }
 
 /* Keras: "This method must be called before the optimizer's `build` method is called." Once the
- * state is built (here by a step) a new pattern is refused and changes nothing, on either backend
- * (the CUDA backend's tables hold each variable's flag from the build on). */
+ * state is built (by a step or a state access) a new pattern is refused and changes nothing. The
+ * check precedes any backend code: the CUDA backend's tables hold each variable's flag from the
+ * build on, so a later exclusion would have reached the host backend only. */
 Test(api, exclude_from_weight_decay_after_build_is_refused) {
   cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.1);
   c.weight_decay = 0.5;
