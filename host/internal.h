@@ -5,11 +5,11 @@
 #ifndef CUOPTIM_INTERNAL_H
 #define CUOPTIM_INTERNAL_H
 
-#include <regex.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "cuoptim.h"
+#include "pattern.h"
 #include "prologue.h"
 #include "rules.h"
 
@@ -129,8 +129,12 @@ struct cuoptimOptimizer {
   cuoptimVariableRec *variables;
   int32_t *name_index;     /* open addressing: variable index + 1 per slot, 0 = empty */
   uint32_t name_index_size; /* a power of two, at least twice num_variables; 0 before the first */
+  /* Weight-decay exclusion: the patterns given, in call order, and all of them joined with "|"
+   * into one Python `re` pattern (as Keras joins them), compiled (host/pattern.c). */
   int num_excludes;
-  regex_t *excludes;
+  char **excludes;
+  char *exclude_joined;
+  cuoptimPattern *exclude_pattern;
 
   int built;               /* arenas allocated, state initialised (first step or state access) */
   void *arena;             /* one allocation: every float buffer cuoptim owns, 256-byte regions */

@@ -81,7 +81,9 @@ cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
   if (opt->arena) opt->ops->free(opt, opt->arena);
   if (opt->scalar_block) opt->ops->free(opt, opt->scalar_block);
   opt->ops->release(opt);
-  for (int i = 0; i < opt->num_excludes; i++) regfree(&opt->excludes[i]);
+  cuoptim_pattern_free(opt->exclude_pattern);
+  free(opt->exclude_joined);
+  for (int i = 0; i < opt->num_excludes; i++) free(opt->excludes[i]);
   free(opt->excludes);
   free(opt->variables);
   free(opt->name_index);
@@ -98,17 +100,24 @@ cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t opt, cuoptimConfig_t *config
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-static int excluded(const cuoptimOptimizer_t opt, const char *name) {
-  for (int i = 0; i < opt->num_excludes; i++)
-    if (regexec(&opt->excludes[i], name, 0, NULL, 0) == 0) return 1;
-  return 0;
-}
-
-static void refresh_weight_decay(cuoptimOptimizer_t opt) {
-  for (int i = 0; i < opt->num_variables; i++) {
-    cuoptimVariableRec *v = &opt->variables[i];
-    v->use_weight_decay = opt->prologue.rule.has_weight_decay && !excluded(opt, v->name);
-  }
+/* Keras's _use_weight_decay for a variable called `name`, with the exclusion pattern `pattern`
+ * (the patterns joined, `joined`; NULL when none): weight decay is set and re.search finds nothing.
+ * Only asked when weight decay is set, as Keras only searches then. A search that exceeds the
+ * limits is INVALID_VALUE: it has no answer, and "not excluded" would be a guess. */
+static cuoptimStatus_t weight_decay_applies(const cuoptimOptimizer_t opt, cuoptimPattern *pattern, const char *joined,
+                                            const char *name, const char *caller, const char *argument,
+                                            int *applies) {
+  *applies = opt->prologue.rule.has_weight_decay;
+  if (!*applies || !pattern) return CUOPTIM_STATUS_SUCCESS;
+  char why[256];
+  int found = 0;
+  cuoptimStatus_t status = cuoptim_pattern_search(pattern, name, &found, why, sizeof why);
+  if (status != CUOPTIM_STATUS_SUCCESS)
+    return cuoptim_error(status,
+                         "%s: %s: searching variable name \"%s\" with the weight-decay exclusion regex \"%.300s\": %s",
+                         caller, argument, name, joined, why);
+  *applies = !found;
+  return CUOPTIM_STATUS_SUCCESS;
 }
 
 /* Variables per optimizer: the name index (twice as many slots) stays within 32 bits. */
@@ -213,6 +222,8 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
                          "registered, this variable needs %zu)",
                          caller, count, opt->state_bytes, state_bytes);
   CUOPTIM_CHECK(opt->ops->check_pointer(opt, param, dtype, caller, "param"));
+  int applies = 0;
+  CUOPTIM_CHECK(weight_decay_applies(opt, opt->exclude_pattern, opt->exclude_joined, name, caller, "name", &applies));
   if (!reserve_name(opt)) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
 
   if (opt->num_variables == opt->variable_capacity) {
@@ -230,7 +241,7 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
   v->param = param;
   v->dtype = dtype;
   v->count = count;
-  v->use_weight_decay = opt->prologue.rule.has_weight_decay && !excluded(opt, name);
+  v->use_weight_decay = applies;
   memset(&opt->step_grads[opt->num_variables], 0, sizeof *opt->step_grads);
   opt->name_index[name_slot(opt->name_index, opt->name_index_size, opt->variables, name)] = opt->num_variables + 1;
   opt->state_bytes += state_bytes;
@@ -245,27 +256,98 @@ cuoptimStatus_t cuoptimGetVariableCount(cuoptimOptimizer_t opt, int *count) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* The number of code points of UTF-8 text. */
+static long code_points(const char *text) {
+  long n = 0;
+  for (const unsigned char *c = (const unsigned char *)text; *c; c++) n += (*c & 0xC0) != 0x80;
+  return n;
+}
+
+/* The patterns joined with "|" once `regex` is added, as Keras joins them; NULL when out of memory. */
+static char *join_patterns(const char *joined, const char *regex) {
+  size_t before = joined ? strlen(joined) + 1 : 0, length = strlen(regex);
+  char *text = malloc(before + length + 1);
+  if (!text) return NULL;
+  if (joined) {
+    memcpy(text, joined, before - 1);
+    text[before - 1] = '|';
+  }
+  memcpy(text + before, regex, length + 1);
+  return text;
+}
+
+/* The refusal of `regex` by cuoptim_pattern_compile, its position counted in `regex` itself. */
+static cuoptimStatus_t refuse_regex(cuoptimStatus_t status, const char *caller, const char *regex, const char *joined,
+                                    const char *why, long position) {
+  long start = joined ? code_points(joined) + 1 : 0;
+  if (position >= start)
+    return cuoptim_error(status, "%s: regex \"%.300s\": %s at position %ld", caller, regex, why, position - start);
+  if (position >= 0)
+    return cuoptim_error(status, "%s: regex \"%.300s\": %s at position %ld of the earlier patterns joined with it "
+                         "(\"%.300s\")", caller, regex, why, position, joined);
+  return cuoptim_error(status, "%s: regex \"%.300s\": %s", caller, regex, why);
+}
+
+/* Adds `regex` to the list and installs the joined pattern and each variable's flag. */
+static cuoptimStatus_t install_exclusion(cuoptimOptimizer_t opt, const char *regex, char *joined,
+                                         cuoptimPattern *pattern, const int *applies, const char *caller) {
+  char **grown = realloc(opt->excludes, (size_t)(opt->num_excludes + 1) * sizeof *grown);
+  if (grown) opt->excludes = grown;
+  char *copy = grown ? malloc(strlen(regex) + 1) : NULL;
+  if (!copy) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  strcpy(copy, regex);
+  opt->excludes[opt->num_excludes++] = copy;
+  cuoptim_pattern_free(opt->exclude_pattern);
+  free(opt->exclude_joined);
+  opt->exclude_pattern = pattern;
+  opt->exclude_joined = joined;
+  for (int i = 0; i < opt->num_variables; i++) opt->variables[i].use_weight_decay = applies[i];
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 cuoptimStatus_t cuoptimExcludeFromWeightDecay(cuoptimOptimizer_t opt, const char *regex) {
   static const char *caller = "cuoptimExcludeFromWeightDecay";
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, regex);
-  const char *pattern = regex;
-  regex_t compiled;
-  int rc = regcomp(&compiled, pattern, REG_EXTENDED | REG_NOSUB);
-  if (rc != 0) {
-    char reason[256];
-    regerror(rc, &compiled, reason, sizeof reason);
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: regex \"%s\": %s", caller, pattern, reason);
+  /* Keras: "This method must be called before the optimizer's `build` method is called." The
+   * backends copy each variable's flag into their tables when the state is built. */
+  if (opt->built)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: regex \"%.300s\": the optimizer state is already built (a step or a state access "
+                         "happened): exclude variables from weight decay before, as Keras requires",
+                         caller, regex);
+  /* Keras joins set(var_names): a pattern given again changes nothing. */
+  for (int i = 0; i < opt->num_excludes; i++)
+    if (strcmp(opt->excludes[i], regex) == 0) return CUOPTIM_STATUS_SUCCESS;
+  char *joined = join_patterns(opt->exclude_joined, regex);
+  if (!joined) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  if (strlen(joined) > CUOPTIM_PATTERN_MAX_BYTES) {
+    size_t length = strlen(joined);
+    free(joined);
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: regex \"%.300s\": the patterns joined with \"|\" would be %zu bytes long: at most %d",
+                         caller, regex, length, CUOPTIM_PATTERN_MAX_BYTES);
   }
-  regex_t *grown = realloc(opt->excludes, (size_t)(opt->num_excludes + 1) * sizeof *grown);
-  if (!grown) {
-    regfree(&compiled);
-    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimPattern *pattern = NULL;
+  char why[512];
+  long position = -1;
+  cuoptimStatus_t status = cuoptim_pattern_compile(joined, &pattern, why, sizeof why, &position);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    free(joined);
+    return refuse_regex(status, caller, regex, opt->exclude_joined, why, position);
   }
-  opt->excludes = grown;
-  opt->excludes[opt->num_excludes++] = compiled;
-  refresh_weight_decay(opt);
-  return CUOPTIM_STATUS_SUCCESS;
+  /* Every variable's answer first: a search that fails leaves everything as it was. */
+  int *applies = malloc(((size_t)opt->num_variables + 1) * sizeof *applies);
+  if (!applies) status = cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  for (int i = 0; status == CUOPTIM_STATUS_SUCCESS && i < opt->num_variables; i++)
+    status = weight_decay_applies(opt, pattern, joined, opt->variables[i].name, caller, "regex", &applies[i]);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = install_exclusion(opt, regex, joined, pattern, applies, caller);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    cuoptim_pattern_free(pattern);
+    free(joined);
+  }
+  free(applies);
+  return status;
 }
 
 static cuoptimStatus_t check_variable(const cuoptimOptimizer_t opt, cuoptimVariable_t variable, const char *caller,

@@ -300,10 +300,13 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t optimizer, cuopt
  * Limits: a name has 1 to CUOPTIM_MAX_NAME - 1 bytes; a variable at most 2^40 elements; at most
  * 2^29 variables; the state cuoptim owns for all of them (slots, masters, EMA, accumulators,
  * float32) at most 2^60 bytes, so no size computed over the variables can overflow.
+ * With weight decay set, the name is searched with the exclusion patterns here
+ * (cuoptimExcludeFromWeightDecay).
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty or long or duplicate name, count 0 or
  * above 2^40, unknown dtype, a host pointer given to the CUDA backend, more than 2^29
- * variables, a state above 2^60 bytes), INVALID_STATE (the state is built), ALLOC_FAILED,
- * CUDA_ERROR. */
+ * variables, a state above 2^60 bytes, a search of the name by the exclusion patterns that
+ * exceeds its limits or meets a name that is not UTF-8), INVALID_STATE (the state is built),
+ * ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t optimizer, const char *name, void *param,
                                                cuoptimDtype_t dtype, size_t count,
                                                cuoptimVariable_t *variable);
@@ -311,10 +314,40 @@ CUOPTIM_API cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t optimizer, con
 /* The number of registered variables. Statuses: SUCCESS, NULL_POINTER. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetVariableCount(cuoptimOptimizer_t optimizer, int *count);
 
-/* Keras `exclude_from_weight_decay(var_names=[regex])`: variables whose name matches the POSIX
- * extended regular expression (searched anywhere, like Python's re.search) get no weight decay.
- * May be called several times; patterns accumulate. Applies to variables already added and to
- * later ones. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (bad regex), ALLOC_FAILED. */
+/* Keras `exclude_from_weight_decay(var_names=[...])`: variables whose name the pattern finds get
+ * no weight decay. Patterns are Python `re` expressions (UTF-8), as Keras reads them: Keras joins
+ * the names with "|" into one expression and searches each variable name with re.search. Here
+ * the calls accumulate and every pattern given so far is joined, in call order, into that one
+ * expression, which must be valid at each call (so "a(" then ")" is refused); a pattern given
+ * again changes nothing (Keras joins a set). Joined, patterns act on each other as in Python: a
+ * global flag such as (?i) must open the first pattern and then applies to all (elsewhere Python
+ * refuses it), and groups are numbered across all the patterns (Keras's set has no fixed order,
+ * so numbered references between patterns are best avoided). Applies to variables already added
+ * and to later ones. Must be called before the optimizer state is built (the first step or state
+ * access): Keras documents that rule (its check never fires in Keras 3.15.1); cuoptim enforces it.
+ *
+ * Syntax: Python 3.11's `re`, read by a parser that follows Python's own (same grammar, same
+ * errors, e.g. "nothing to repeat", "look-behind requires fixed-width pattern"), run on PCRE2
+ * with Python's meaning: \d \w \s \b are Unicode (\s is str.isspace, with \x1c-\x1f), (?a) makes
+ * them ASCII, \Z is the very end, $ also matches before a final newline, "{,n}", "{}" and an
+ * unclosed "{" mean what Python says; lazy and possessive repeats, atomic groups, lookarounds,
+ * (?P<name>...) and (?P=name), conditionals (?(1)...), inline flags i m s x a u and scoped ones
+ * (?i:...), \xhh \uXXXX \UXXXXXXXX and octal escapes; sets as Python reads them ("[[:alpha:]]" is
+ * a set of characters, not a POSIX class). \d and \w follow PCRE2's Unicode tables (Unicode 14 in
+ * PCRE2 10.42, as in Python 3.11).
+ * Refused (INVALID_VALUE, "not supported"), as they cannot be run with Python's meaning:
+ * \N{name}; under (?i), non-ASCII characters in the pattern and back-references; scoped
+ * (?a:...) or (?u:...) that switch between ASCII and Unicode rules (Python's own search applies
+ * them inconsistently); a condition (?(n)...) on a group not closed before it; the flag (?t);
+ * non-ASCII group names; repeat counts above 65535.
+ * Limits: the joined patterns at most 16384 bytes, 200 groups within each other, a compiled form
+ * within 64 MiB and PCRE2's size limit; each search of a name at most 10^6 backtracking steps
+ * (about 15 ms) and 16 MiB. A pattern over a limit is refused; a search that hits one (nested or
+ * ambiguous repeats such as "(a*)*b" on a long name) has no answer and is refused with the
+ * pattern and the variable named: here for the variables already added, by cuoptimAddVariable
+ * for later ones. Names are searched only when weight decay is set, as in Keras.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (Python refuses the joined expression, a refused
+ * construct, a limit, a name that is not UTF-8), INVALID_STATE (the state is built), ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimExcludeFromWeightDecay(cuoptimOptimizer_t optimizer, const char *regex);
 
 /* Whether weight decay applies to `variable` (after exclusions and when weight_decay is set).

@@ -221,7 +221,7 @@ class Ctx:
     # --- data --------------------------------------------------------------------------------
     def data(self, steps=10, steps_range=(10, 14), need_bias=False, null_frac=0.0,
              null_first_steps=0, grad_exp=(-3.0, 1.0), grad_mult=None, nonfinite=None,
-             lso_scaled=False):
+             lso_scaled=False, names=None):
         """Variables (3-5, including a >1000-element one, a [7,5] one, a tiny one) with random
         initial values, and per-step gradients of varied scale per variable and per step.
 
@@ -229,22 +229,28 @@ class Ctx:
         when > 0, never all in one step). null_first_steps: variable with index 1 gets no
         gradient in the first k steps. grad_mult: gradients multiplied by this (loss scaling).
         nonfinite: {step: "inf"|"nan"|"-inf"} injected (LossScaleOptimizer cases).
-        lso_scaled: gradients are multiplied by the LSO's current dynamic scale at run time."""
+        lso_scaled: gradients are multiplied by the LSO's current dynamic scale at run time.
+        names: [(name, shape), ...] to use instead of variables drawn from VAR_POOL (cases whose
+        exclusion patterns need particular names)."""
         rng = self.rng
         n_steps = steps if not self.randomize else int(rng.integers(steps_range[0],
                                                                     steps_range[1] + 1))
-        names = ["dense_kernel", "embedding"]
-        names.append(["norm_gamma", "norm_bias"][int(rng.integers(0, 2))])
-        extras = [n for n, _ in VAR_POOL if n not in names]
-        n_extra = int(rng.integers(0, 3))
-        for n in rng.permutation(extras)[:n_extra]:
-            names.append(str(n))
-        if need_bias and not any(n.endswith("bias") for n in names):
-            if len(names) == 5:
-                names.pop()   # an optional extra; keep 3-5 variables
-            names.append("dense_bias")
-        names = [n for n, _ in VAR_POOL if n in names]
-        shapes = dict(VAR_POOL)
+        if names is not None:
+            shapes = dict(names)
+            names = [n for n, _ in names]
+        else:
+            names = ["dense_kernel", "embedding"]
+            names.append(["norm_gamma", "norm_bias"][int(rng.integers(0, 2))])
+            extras = [n for n, _ in VAR_POOL if n not in names]
+            n_extra = int(rng.integers(0, 3))
+            for n in rng.permutation(extras)[:n_extra]:
+                names.append(str(n))
+            if need_bias and not any(n.endswith("bias") for n in names):
+                if len(names) == 5:
+                    names.pop()   # an optional extra; keep 3-5 variables
+                names.append("dense_bias")
+            names = [n for n, _ in VAR_POOL if n in names]
+            shapes = dict(VAR_POOL)
         self.vars = []
         for n in names:
             shape = shapes[n]
@@ -820,6 +826,48 @@ def _(c):
     c.data(need_bias=True)
     return (O.AdamW(learning_rate=lr(c, 0.01), weight_decay=c.h(0.05, 0.005, 0.2)),
             "AdamW with weight_decay; 'bias$' excluded.", ["bias$"])
+
+
+# Exclusion patterns in Python `re` syntax (Keras joins them with "|" and re.search-es each
+# variable name): constructs that POSIX regcomp reads otherwise, on names where that matters.
+# (A global flag such as (?i) stays alone in its list: Keras joins a set, in no fixed order, and
+# Python refuses a global flag after the first alternative.)
+@case("adam_wd_exclude_python_digit")
+def _(c):
+    c.data(names=[("dense_kernel_1", (31, 33)), ("dense_kernel", (5, 4)), ("embed", (7, 5)),
+                  ("conv_bias_2", (4,)), ("norm_gamma", (3,))])
+    return (O.Adam(learning_rate=lr(c, 0.01), weight_decay=c.h(0.05, 0.005, 0.2)),
+            "Adam with weight_decay; r'\\d$' excludes the names ending in a digit (POSIX reads \\d "
+            "as 'd' and would exclude 'embed' instead).", [r"\d$"])
+
+
+@case("adamw_wd_exclude_python_ignorecase")
+def _(c):
+    c.data(names=[("dense_kernel", (31, 33)), ("Dense_Bias", (33,)), ("OUT_BIAS_1", (5,)),
+                  ("embedding", (7, 5)), ("norm_bias", (3,))])
+    return (O.AdamW(learning_rate=lr(c, 0.01), weight_decay=c.h(0.05, 0.005, 0.2)),
+            "AdamW with weight_decay; r'(?i)BIAS' excludes every name holding 'bias' in any case.",
+            [r"(?i)BIAS"])
+
+
+@case("sgd_wd_exclude_python_lazy_anchor")
+def _(c):
+    c.data(names=[("dense_1_bias", (33,)), ("dense_bias_1", (6,)), ("dense_kernel", (31, 33)),
+                  ("norm_gamma_2", (3,)), ("conv_kernel_7", (3, 3, 2, 4))])
+    return (O.SGD(learning_rate=lr(c, 0.05), momentum=c.h(0.9, 0.1, 0.95),
+                  weight_decay=c.h(0.01, 0.001, 0.2)),
+            "SGD momentum with weight_decay; r'^dense.*?bias\\Z' (lazy repeat, \\Z the very end) and "
+            "r'(?:kernel|gamma)_\\d+' (non-capturing group) are excluded.",
+            [r"^dense.*?bias\Z", r"(?:kernel|gamma)_\d+"])
+
+
+@case("lion_wd_exclude_python_boundary")
+def _(c):
+    c.data(names=[("bias", (4,)), ("out.bias", (5,)), ("dense_bias", (33,)),
+                  ("norm_gamma12", (3,)), ("norm_gamma123", (3,)), ("dense_kernel", (31, 33))])
+    return (O.Lion(learning_rate=lr(c, 0.001), weight_decay=c.h(0.1, 0.01, 0.5)),
+            "Lion with weight_decay; r'\\bbias\\b' (word boundaries: '_' is a word character) and "
+            "r'gamma\\d{,2}$' (Python's {,n}) are excluded.", [r"\bbias\b", r"gamma\d{,2}$"])
 
 
 @case("rmsprop_wd")

@@ -689,7 +689,8 @@ Test(api, exclude_from_weight_decay_invalid_regex) {
   cuoptimOptimizer_t opt = create_kind(CUOPTIM_ADAMW);
   cuoptimVariable_t var;
   OK(cuoptimAddVariable(opt, "bias(", PARAM, CUOPTIM_FLOAT32, 4, &var));
-  static const char *const bad[] = {"(", "bias(", "[a-", "a{1"};
+  /* Errors for Python's re.compile ("a{1" is no error there: a literal "{"). */
+  static const char *const bad[] = {"(", "bias(", "[a-", "a{2,1}", "*a", "\\p{L}", "(?<n>a)", "a)"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimExcludeFromWeightDecay", "regex",
                 cuoptimExcludeFromWeightDecay(opt, bad[i]));
@@ -697,6 +698,156 @@ Test(api, exclude_from_weight_decay_invalid_regex) {
   OK(cuoptimUsesWeightDecay(opt, var, &uses));
   cr_assert_eq(uses, 1, "a rejected regex excluded the variable");
   OK(cuoptimDestroy(opt));
+}
+
+/* Keras: "This method must be called before the optimizer's `build` method is called." Once the
+ * state is built (by a step or a state access) a new pattern is refused and changes nothing. The
+ * check precedes any backend code: the CUDA backend's tables hold each variable's flag from the
+ * build on, so a later exclusion would have reached the host backend only. */
+Test(api, exclude_from_weight_decay_after_build_is_refused) {
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.1);
+  c.weight_decay = 0.5;
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
+  float bias[1] = {1.0f}, zero[1] = {0.0f};
+  cuoptimVariable_t var;
+  OK(cuoptimAddVariable(opt, "bias", bias, CUOPTIM_FLOAT32, 1, &var));
+  cuoptimGradient_t g = {var, zero, CUOPTIM_FLOAT32};
+  OK(cuoptimApplyGradients(opt, 1, &g, NULL));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_STATE, "cuoptimExcludeFromWeightDecay", "regex",
+              cuoptimExcludeFromWeightDecay(opt, "bias"));
+  int uses = -1;
+  OK(cuoptimUsesWeightDecay(opt, var, &uses));
+  cr_assert_eq(uses, 1, "a refused exclusion changed the variable's weight decay");
+  float before = bias[0];
+  OK(cuoptimApplyGradients(opt, 1, &g, NULL));
+  cr_assert_lt(bias[0], before, "the second step did not decay the variable (%.9g, was %.9g)", bias[0], before);
+  OK(cuoptimDestroy(opt));
+
+  /* A state access builds the state too. */
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
+  OK(cuoptimAddVariable(opt, "bias", bias, CUOPTIM_FLOAT32, 1, &var));
+  int count = 0;
+  OK(cuoptimGetWeightCount(opt, &count));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_STATE, "cuoptimExcludeFromWeightDecay", "regex",
+              cuoptimExcludeFromWeightDecay(opt, "bias"));
+  OK(cuoptimDestroy(opt));
+}
+
+/* Constructs Python's re accepts whose meaning cuoptim cannot reproduce exactly on PCRE2: refused,
+ * never run with another meaning; and the Python errors that a joined pattern raises. */
+Test(api, exclude_from_weight_decay_refuses_what_it_cannot_match_as_python) {
+  static const char *const refused[] = {
+      "\\N{EM DASH}",    /* a character by its Unicode name */
+      "(?i)caf\xc3\xa9", /* case-insensitive non-ASCII: Python's case tables */
+      "(?i)(a)\\1",      /* case-insensitive back-reference */
+      "(?a:\\W)x",       /* ASCII rules inside a Unicode pattern */
+      "(a)?(?(2)b)(c)",  /* a condition on a later group */
+      "(?t)a",           /* the deprecated template flag */
+      "(?P<\xc3\xa9>a)", /* a non-ASCII group name */
+      "a{65536}",        /* beyond PCRE2's largest repeat */
+  };
+  for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+    cuoptimOptimizer_t opt = create_kind(CUOPTIM_ADAMW);
+    cuoptimVariable_t var;
+    OK(cuoptimAddVariable(opt, "dense_bias", PARAM, CUOPTIM_FLOAT32, 4, &var));
+    EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimExcludeFromWeightDecay", "regex",
+                cuoptimExcludeFromWeightDecay(opt, refused[i]));
+    cr_assert(strstr(cuoptimGetLastErrorMessage(), "not supported") != NULL, "%s: message \"%s\"", refused[i],
+              cuoptimGetLastErrorMessage());
+    OK(cuoptimDestroy(opt));
+  }
+  /* re.compile("bias|(?i)kernel"): "global flags not at the start of the expression". */
+  cuoptimOptimizer_t opt = create_kind(CUOPTIM_ADAMW);
+  OK(cuoptimExcludeFromWeightDecay(opt, "bias"));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimExcludeFromWeightDecay", "regex",
+              cuoptimExcludeFromWeightDecay(opt, "(?i)kernel"));
+  cr_assert(strstr(cuoptimGetLastErrorMessage(), "global flags not at the start") != NULL, "message \"%s\"",
+            cuoptimGetLastErrorMessage());
+  /* The earlier pattern still holds, alone. */
+  cuoptimVariable_t kernel, bias;
+  OK(cuoptimAddVariable(opt, "KERNEL", PARAM, CUOPTIM_FLOAT32, 4, &kernel));
+  OK(cuoptimAddVariable(opt, "dense_bias", PARAM + 4, CUOPTIM_FLOAT32, 4, &bias));
+  int uses_kernel = -1, uses_bias = -1;
+  OK(cuoptimUsesWeightDecay(opt, kernel, &uses_kernel));
+  OK(cuoptimUsesWeightDecay(opt, bias, &uses_bias));
+  cr_assert(uses_kernel == 1 && uses_bias == 0, "KERNEL uses weight decay: %d (want 1), dense_bias: %d (want 0)",
+            uses_kernel, uses_bias);
+  OK(cuoptimDestroy(opt));
+}
+
+/* Patterns whose compilation blows up (POSIX regcomp: 79 s and 20 GB for the first) are refused
+ * at once with a message; patterns too deep or too long likewise. */
+Test(api, exclude_from_weight_decay_refuses_explosive_patterns_quickly, .timeout = 20) {
+  char deep[1024] = "", long_pattern[20000];
+  for (int i = 0; i < 300; i++) strcat(deep, "(");
+  strcat(deep, "a");
+  for (int i = 0; i < 300; i++) strcat(deep, ")");
+  memset(long_pattern, 'a', sizeof long_pattern - 1);
+  long_pattern[sizeof long_pattern - 1] = '\0';
+  const char *const explosive[] = {"((a{1,100}){1,100}){1,100}", "(a{1,65535}){1,65535}",
+                                   "((((a{1,1000}){1,1000}){1,1000}){1,1000})", deep, long_pattern};
+  for (size_t i = 0; i < sizeof explosive / sizeof explosive[0]; i++) {
+    cuoptimOptimizer_t opt = create_kind(CUOPTIM_ADAMW);
+    EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimExcludeFromWeightDecay", "regex",
+                cuoptimExcludeFromWeightDecay(opt, explosive[i]));
+    OK(cuoptimDestroy(opt));
+  }
+}
+
+/* Searches that backtrack without end (POSIX regexec: 53 s per name for the back-reference) stop at
+ * the match limit and are errors that name the pattern and the variable, never "no match": from
+ * cuoptimAddVariable for a name added after the pattern, from cuoptimExcludeFromWeightDecay for
+ * one added before. Either failed call changes nothing. */
+static const char *const BACKTRACKING[] = {"(a*)*b", "(a+)+\\1b", "^(a|aa)+$", "(x+x+)+y", "(.*a){20}b"};
+
+static void long_name(char *name, char c, const char *tail) {
+  memset(name, c, 80);
+  strcpy(name + 80, tail);
+}
+
+Test(api, backtracking_search_on_add_variable_is_an_error, .timeout = 20) {
+  for (size_t i = 0; i < sizeof BACKTRACKING / sizeof BACKTRACKING[0]; i++) {
+    char name[128];
+    long_name(name, BACKTRACKING[i][1] == 'x' ? 'x' : 'a', BACKTRACKING[i][1] == 'x' ? "_y" : "c_b!");
+    cuoptimOptimizer_t opt = create_kind(CUOPTIM_ADAMW);
+    OK(cuoptimExcludeFromWeightDecay(opt, BACKTRACKING[i]));
+    cuoptimVariable_t var = -7;
+    EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimAddVariable", "name",
+                cuoptimAddVariable(opt, name, PARAM, CUOPTIM_FLOAT32, 4, &var));
+    const char *message = cuoptimGetLastErrorMessage();
+    cr_assert(strstr(message, BACKTRACKING[i]) != NULL && strstr(message, name) != NULL,
+              "the message names neither the pattern %s nor the variable: \"%s\"", BACKTRACKING[i], message);
+    cr_assert_eq(var, -7, "a failed cuoptimAddVariable wrote *variable");
+    int count = -1;
+    OK(cuoptimGetVariableCount(opt, &count));
+    cr_assert_eq(count, 0, "a failed cuoptimAddVariable registered the variable");
+    OK(cuoptimDestroy(opt));
+  }
+}
+
+Test(api, backtracking_search_on_exclude_is_an_error, .timeout = 20) {
+  for (size_t i = 0; i < sizeof BACKTRACKING / sizeof BACKTRACKING[0]; i++) {
+    char name[128];
+    long_name(name, BACKTRACKING[i][1] == 'x' ? 'x' : 'a', BACKTRACKING[i][1] == 'x' ? "_y" : "c_b!");
+    cuoptimOptimizer_t opt = create_kind(CUOPTIM_ADAMW);
+    cuoptimVariable_t plain, hard;
+    OK(cuoptimAddVariable(opt, "dense_bias", PARAM, CUOPTIM_FLOAT32, 4, &plain));
+    OK(cuoptimAddVariable(opt, name, PARAM + 4, CUOPTIM_FLOAT32, 4, &hard));
+    EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimExcludeFromWeightDecay", "regex",
+                cuoptimExcludeFromWeightDecay(opt, BACKTRACKING[i]));
+    const char *message = cuoptimGetLastErrorMessage();
+    cr_assert(strstr(message, BACKTRACKING[i]) != NULL && strstr(message, name) != NULL,
+              "the message names neither the pattern %s nor the variable: \"%s\"", BACKTRACKING[i], message);
+    /* Nothing changed: a later pattern is joined with the earlier ones only. */
+    OK(cuoptimExcludeFromWeightDecay(opt, "bias$"));
+    int uses_plain = -1, uses_hard = -1;
+    OK(cuoptimUsesWeightDecay(opt, plain, &uses_plain));
+    OK(cuoptimUsesWeightDecay(opt, hard, &uses_hard));
+    cr_assert(uses_plain == 0 && uses_hard == 1, "dense_bias uses weight decay: %d (want 0), %s: %d (want 1)",
+              uses_plain, name, uses_hard);
+    OK(cuoptimDestroy(opt));
+  }
 }
 
 Test(api, uses_weight_decay_bad_input) {

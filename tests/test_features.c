@@ -1365,3 +1365,156 @@ Test(features_cuda, unaligned_buffers_are_rejected) {
   OK(cuoptimDestroy(opt));
   test_mem_free(CUOPTIM_BACKEND_CUDA, mem);
 }
+
+/* =================================================================================================
+ * Weight-decay exclusion patterns are Python `re` expressions (Keras: re.search(pattern, name))
+ * ================================================================================================= */
+
+/* An SGD optimizer with weight decay on the host backend. */
+static cuoptimOptimizer_t create_decaying(void) {
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.1);
+  c.weight_decay = 0.01;
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
+  return opt;
+}
+
+/* Whether `name` is excluded by `patterns` given in that order; `before`: the variable is added
+ * before the patterns instead of after. */
+static int excluded_by(const char *const *patterns, int num_patterns, const char *name, int before) {
+  static float buffer[1];
+  cuoptimOptimizer_t opt = create_decaying();
+  cuoptimVariable_t v = -1;
+  if (before) OK(cuoptimAddVariable(opt, name, buffer, CUOPTIM_FLOAT32, 1, &v));
+  for (int i = 0; i < num_patterns; i++) OK(cuoptimExcludeFromWeightDecay(opt, patterns[i]));
+  if (!before) OK(cuoptimAddVariable(opt, name, buffer, CUOPTIM_FLOAT32, 1, &v));
+  int uses = -1;
+  OK(cuoptimUsesWeightDecay(opt, v, &uses));
+  OK(cuoptimDestroy(opt));
+  return !uses;
+}
+
+/* Expected: bool(re.search(pattern, name)) printed by Python 3.11.7 (the interpreter of Keras
+ * 3.15.1 here). Each row is a construct that POSIX regcomp or PCRE2 as such reads differently. */
+static const struct {
+  const char *pattern, *name;
+  int python;
+} PYTHON_SEARCH[] = {
+    {"\\d$", "dense_1", 1},
+    {"\\d$", "dense_one", 0},
+    {"\\d$", "conv_\xd9\xa3", 1},
+    {"kernel\\Z", "kernel\n", 0},
+    {"kernel$", "kernel\n", 1},
+    {"kernel\\Z", "dense_kernel", 1},
+    {"\\Abias", "bias_add", 1},
+    {"\\Abias", "dense_bias", 0},
+    {"(?i)BIAS", "dense_bias", 1},
+    {"(?i)BIAS", "dense_kernel", 0},
+    {"(?i)bias", "dense_B\xc4\xb0" "AS", 1},
+    {"(?i)k", "\xe2\x84\xaa", 1},
+    {"(?i)s", "\xc5\xbf", 1},
+    {"(?i)[h-j]", "\xc4\xb1", 1},
+    {"(?:kernel|gamma)_\\d+", "norm_gamma_12", 1},
+    {"(?:kernel|gamma)_\\d+", "norm_gamma_x", 0},
+    {"^dense.*?bias\\Z", "dense_1_bias", 1},
+    {"^dense.*?bias\\Z", "dense_1_bias_1", 0},
+    {"^a{,2}b", "aab", 1},
+    {"^a{,2}b", "aaab", 0},
+    {"a{}", "a{}", 1},
+    {"a{}", "aaa", 0},
+    {"a{1", "a{1", 1},
+    {"x{,}y", "xxxy", 1},
+    {"\\x41", "A", 1},
+    {"\\u00e9", "caf\xc3\xa9", 1},
+    {"\\s", "a\x1c" "b", 1},
+    {"\\s", "a\xe1\xa0\x8e" "b", 0},
+    {"\\S\\s", "a b", 1},
+    {"[[:alpha:]]", "a", 0},
+    {"[[:alpha:]]", "x:]", 1},
+    {"\\bbias\\b", "dense/bias", 1},
+    {"\\bbias\\b", "dense_bias", 0},
+    {"\\bbias\\b", "\xc3\xa9" "bias", 0},
+    {"(?a)\\w$", "caf\xc3\xa9", 0},
+    {"\\w$", "caf\xc3\xa9", 1},
+    {"(?a)\\bbias", "\xc3\xa9" "bias", 1},
+    {"(?x) dense \\d  # a comment", "dense1", 1},
+    {"(?x) dense \\d  # a comment", "dense 1", 0},
+    {"(?P<l>ab)(?P=l)", "xabab", 1},
+    {"(?P<l>ab)(?P=l)", "xabba", 0},
+    {"(a)\\1", "aa", 1},
+    {"(?<=dense_)kernel", "dense_kernel", 1},
+    {"(?<!dense_)kernel", "dense_kernel", 0},
+    {"^(?>a+)ab", "aaab", 0},
+    {"^a++b", "aab", 1},
+    {"^a*+a", "aaa", 0},
+    {"\\0", "x", 0},
+    {"[^\\S\\d]", "1 ", 1},
+    {"[^\\S\\d]", "1a", 0},
+    {"[\\W\\d]x", "_x", 0},
+    {"[\\W\\d]x", "1x", 1},
+    {"(?s)a.b", "a\nb", 1},
+    {"a.b", "a\nb", 0},
+    {"(?m)^b", "a\nb", 1},
+    {"^b", "a\nb", 0},
+    {"(?m)a$", "a\nb", 1},
+    {"(a)?(?(1)b|c)$", "ab", 1},
+    {"(a)?(?(1)b|c)$", "c", 1},
+    {"(a)?(?(1)b|c)$", "ac", 1},
+    {"[]a]", "]", 1},
+};
+
+Test(features, weight_decay_exclusion_uses_python_re_syntax) {
+  for (size_t k = 0; k < sizeof PYTHON_SEARCH / sizeof PYTHON_SEARCH[0]; k++)
+    for (int before = 0; before < 2; before++) {
+      int got = excluded_by(&PYTHON_SEARCH[k].pattern, 1, PYTHON_SEARCH[k].name, before);
+      cr_expect_eq(got, PYTHON_SEARCH[k].python, "re.search(%s, %s) is %s in Python, cuoptim %s it (variable added %s)",
+                   PYTHON_SEARCH[k].pattern, PYTHON_SEARCH[k].name, PYTHON_SEARCH[k].python ? "a match" : "None",
+                   got ? "excludes" : "does not exclude", before ? "before" : "after");
+    }
+}
+
+/* Keras joins the names with "|" into one pattern: a global flag at the start of the first applies
+ * to all, groups are numbered across all (cuoptim joins in call order), a pattern given twice
+ * counts once (Keras joins a set; twice, the group name would be defined twice). Expected values
+ * from Python's re.search on "(?i)BIAS|kernel", "(a)|(b)\1", "^dense|bias$", "(?P<n>a)". */
+Test(features, weight_decay_exclusion_patterns_are_joined_as_keras_joins_them) {
+  static const char *const flag_first[] = {"(?i)BIAS", "kernel"};
+  cr_expect_eq(excluded_by(flag_first, 2, "KERNEL", 0), 1);
+  cr_expect_eq(excluded_by(flag_first, 2, "dense_Bias", 1), 1);
+  cr_expect_eq(excluded_by(flag_first, 2, "gamma", 0), 0);
+  static const char *const numbered[] = {"(a)", "(b)\\1"};
+  cr_expect_eq(excluded_by(numbered, 2, "bb", 0), 0, "\\1 is the first pattern's group once joined");
+  cr_expect_eq(excluded_by(numbered, 2, "xa", 1), 1);
+  cr_expect_eq(excluded_by(numbered + 1, 1, "bb", 0), 1);
+  static const char *const anchors[] = {"^dense", "bias$"};
+  cr_expect_eq(excluded_by(anchors, 2, "dense_kernel", 0), 1);
+  cr_expect_eq(excluded_by(anchors, 2, "conv_bias", 1), 1);
+  cr_expect_eq(excluded_by(anchors, 2, "conv_kernel", 0), 0);
+  static const char *const twice[] = {"(?P<n>a)", "(?P<n>a)"};
+  cr_expect_eq(excluded_by(twice, 2, "a", 0), 1);
+}
+
+/* Weight decay is decided when variables and patterns are added, so the steps use it: after
+ * r"\d$" excludes "dense_1" but not "dense_one", one SGD step with zero gradients decays only the
+ * latter: w * (1 - lr * wd) = 2 * (1 - 0.1 * 0.01) in float32. */
+static void python_pattern_reaches_the_step(cuoptimBackend_t b) {
+  test_require_backend(b);
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SGD, 0.1);
+  c.weight_decay = 0.01;
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  static const float two[1] = {2.0f}, zero[1] = {0.0f};
+  test_rig_add(&r, "dense_1", two, 1);
+  test_rig_add(&r, "dense_one", two, 1);
+  OK(cuoptimExcludeFromWeightDecay(r.opt, "\\d$"));
+  const float *grads[2] = {zero, zero};
+  rig_apply(&r, grads);
+  float excluded = 0.0f, decayed = 0.0f;
+  test_rig_get(&r, 0, &excluded);
+  test_rig_get(&r, 1, &decayed);
+  float want = 2.0f - 2.0f * 0.01f * 0.1f;
+  cr_expect_eq(excluded, 2.0f, "dense_1 (matches \\d$) = %.9g, Keras: 2", excluded);
+  cr_expect(fabsf(decayed - want) <= 1e-6f, "dense_one = %.9g, Keras: %.9g", decayed, want);
+  test_rig_destroy(&r);
+}
+BOTH_BACKENDS(python_pattern_reaches_the_step, python_pattern_reaches_the_step)

@@ -13,7 +13,6 @@
 #include <float.h>
 #include <inttypes.h>
 #include <math.h>
-#include <regex.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -616,6 +615,8 @@ static int load_expected(cuoptimCase *c, const cJSON *obj, char *error, size_t s
   return 0;
 }
 
+/* The patterns are Python `re` expressions, joined with "|" as Keras joins them: the library's
+ * own cuoptimExcludeFromWeightDecay judges them, on a scratch host optimizer, in file order. */
 static int load_exclusions(cuoptimCase *c, const cJSON *arr, char *error, size_t size) {
   if (!cJSON_IsArray(arr))
     return set_error(error, size, "exclude_from_weight_decay: expected an array of regular expressions, got %s", type_name(arr));
@@ -623,25 +624,31 @@ static int load_exclusions(cuoptimCase *c, const cJSON *arr, char *error, size_t
   c->exclude = calloc((size_t)n + 1, sizeof *c->exclude);
   if (c->exclude == NULL) return set_error(error, size, "exclude_from_weight_decay: out of memory");
   c->num_exclude = n;
-  int i = 0;
+  cuoptimConfig_t config;
+  cuoptimOptimizer_t judge = NULL;
+  if (cuoptimConfigInit(&config, CUOPTIM_SGD) != CUOPTIM_STATUS_SUCCESS ||
+      cuoptimCreate(&judge, &config, CUOPTIM_BACKEND_HOST, 0) != CUOPTIM_STATUS_SUCCESS)
+    return set_error(error, size, "exclude_from_weight_decay: %s", cuoptimGetLastErrorMessage());
+  int i = 0, rc = 0;
   const cJSON *item;
   cJSON_ArrayForEach(item, arr) {
-    if (!cJSON_IsString(item))
-      return set_error(error, size, "exclude_from_weight_decay[%d]: expected a string, got %s", i, type_name(item));
-    regex_t re;
-    int rc = regcomp(&re, item->valuestring, REG_EXTENDED | REG_NOSUB);
-    if (rc != 0) {
-      char why[128];
-      regerror(rc, &re, why, sizeof why);
-      return set_error(error, size, "exclude_from_weight_decay[%d]: \"%.60s\" is not a POSIX extended regex: %s", i,
-                       item->valuestring, why);
+    if (!cJSON_IsString(item)) {
+      rc = set_error(error, size, "exclude_from_weight_decay[%d]: expected a string, got %s", i, type_name(item));
+      break;
     }
-    regfree(&re);
+    if (cuoptimExcludeFromWeightDecay(judge, item->valuestring) != CUOPTIM_STATUS_SUCCESS) {
+      rc = set_error(error, size, "exclude_from_weight_decay[%d]: %s", i, cuoptimGetLastErrorMessage());
+      break;
+    }
     c->exclude[i] = dup_string(item->valuestring);
-    if (c->exclude[i] == NULL) return set_error(error, size, "exclude_from_weight_decay: out of memory");
+    if (c->exclude[i] == NULL) {
+      rc = set_error(error, size, "exclude_from_weight_decay: out of memory");
+      break;
+    }
     i++;
   }
-  return 0;
+  cuoptimDestroy(judge);
+  return rc;
 }
 
 static int optional_string(const cJSON *root, const char *key, char **out, char *error, size_t size) {
