@@ -533,6 +533,44 @@ static void seq_width(const Parser *P, const Seq *s, uint64_t *lo_out, uint64_t 
 static Seq parse_sub(Parser *P, int verbose, int nested);
 static Seq parse_seq(Parser *P, int verbose, int nested, int first);
 
+/* The escapes that stand for one character alike inside and outside a set: the control letters,
+ * \x, \u, \U (and \N, refused). 1: *value is the character; 0: `c` is none of these; -1: failed. */
+static int code_escape(Parser *P, uint32_t c, long start, uint32_t *value) {
+  static const char letters[] = "afnrtv\\";
+  static const uint32_t codes[] = {7, 12, 10, 13, 9, 11, '\\'};
+  for (int k = 0; letters[k]; k++)
+    if (c == (uint32_t)letters[k]) {
+      *value = codes[k];
+      return 1;
+    }
+  if (c == 'x' || c == 'u' || c == 'U') {
+    uint32_t digits[8];
+    int want = c == 'x' ? 2 : c == 'u' ? 4 : 8;
+    int got = get_while(P, want, is_hex, digits);
+    uint32_t code = 0;
+    for (int k = 0; k < got; k++) code = code * 16 + (uint32_t)hex_value(digits[k]);
+    if (got != want) {
+      fail_at(P, start, "incomplete escape \\%c", (char)c);
+      return -1;
+    }
+    if (code > 0x10FFFF) {
+      fail_at(P, start, "bad escape \\U%08X", code);
+      return -1;
+    }
+    *value = code;
+    return 1;
+  }
+  if (c == 'N') {
+    if (!match(P, '{'))
+      fail_at(P, tell(P), "missing {");
+    else
+      fail_at(P, start, "\\N{...} (a character by its Unicode name): not supported (cuoptim has no Unicode name "
+                        "table; write \\uXXXX)");
+    return -1;
+  }
+  return 0;
+}
+
 /* _escape: an escape outside a set. `start`: the position of the backslash. */
 static Node *parse_escape(Parser *P, uint32_t c, long start) {
   switch (c) {
@@ -546,39 +584,12 @@ static Node *parse_escape(Parser *P, uint32_t c, long start) {
     case 'S': return category_node(P, CAT_NOT_SPACE, start);
     case 'w': return category_node(P, CAT_WORD, start);
     case 'W': return category_node(P, CAT_NOT_WORD, start);
-    case 'a': return literal_node(P, 7, start);
-    case 'f': return literal_node(P, 12, start);
-    case 'n': return literal_node(P, 10, start);
-    case 'r': return literal_node(P, 13, start);
-    case 't': return literal_node(P, 9, start);
-    case 'v': return literal_node(P, 11, start);
-    case '\\': return literal_node(P, '\\', start);
     default: break;
   }
+  uint32_t code;
+  int coded = code_escape(P, c, start, &code);
+  if (coded != 0) return coded > 0 ? literal_node(P, code, start) : NULL;
   uint32_t digits[8];
-  if (c == 'x' || c == 'u' || c == 'U') {
-    int want = c == 'x' ? 2 : c == 'u' ? 4 : 8;
-    int got = get_while(P, want, is_hex, digits);
-    uint32_t value = 0;
-    for (int k = 0; k < got; k++) value = value * 16 + (uint32_t)hex_value(digits[k]);
-    if (got != want) {
-      fail_at(P, start, "incomplete escape \\%c", (char)c);
-      return NULL;
-    }
-    if (value > 0x10FFFF) {
-      fail_at(P, start, "bad escape \\U%08X", value);
-      return NULL;
-    }
-    return literal_node(P, value, start);
-  }
-  if (c == 'N') {
-    if (!match(P, '{'))
-      fail_at(P, tell(P), "missing {");
-    else
-      fail_at(P, start, "\\N{...} (a character by its Unicode name): not supported (cuoptim has no Unicode name "
-                        "table; write \\uXXXX)");
-    return NULL;
-  }
   if (c == '0') {
     int got = get_while(P, 2, is_octal, digits);
     uint32_t value = 0;
@@ -625,14 +636,7 @@ static Node *parse_escape(Parser *P, uint32_t c, long start) {
 /* _class_escape: an escape inside a set; a literal (lo == hi) or a category. */
 static SetItem *parse_class_escape(Parser *P, uint32_t c, long start) {
   switch (c) {
-    case 'a': return range_item(P, 7, 7);
-    case 'b': return range_item(P, 8, 8);
-    case 'f': return range_item(P, 12, 12);
-    case 'n': return range_item(P, 10, 10);
-    case 'r': return range_item(P, 13, 13);
-    case 't': return range_item(P, 9, 9);
-    case 'v': return range_item(P, 11, 11);
-    case '\\': return range_item(P, '\\', '\\');
+    case 'b': return range_item(P, 8, 8); /* backspace inside a set only */
     case 'd': return category_item(P, CAT_DIGIT);
     case 'D': return category_item(P, CAT_NOT_DIGIT);
     case 's': return category_item(P, CAT_SPACE);
@@ -641,30 +645,10 @@ static SetItem *parse_class_escape(Parser *P, uint32_t c, long start) {
     case 'W': return category_item(P, CAT_NOT_WORD);
     default: break;
   }
+  uint32_t code;
+  int coded = code_escape(P, c, start, &code);
+  if (coded != 0) return coded > 0 ? range_item(P, code, code) : NULL;
   uint32_t digits[8];
-  if (c == 'x' || c == 'u' || c == 'U') {
-    int want = c == 'x' ? 2 : c == 'u' ? 4 : 8;
-    int got = get_while(P, want, is_hex, digits);
-    uint32_t value = 0;
-    for (int k = 0; k < got; k++) value = value * 16 + (uint32_t)hex_value(digits[k]);
-    if (got != want) {
-      fail_at(P, start, "incomplete escape \\%c", (char)c);
-      return NULL;
-    }
-    if (value > 0x10FFFF) {
-      fail_at(P, start, "bad escape \\U%08X", value);
-      return NULL;
-    }
-    return range_item(P, value, value);
-  }
-  if (c == 'N') {
-    if (!match(P, '{'))
-      fail_at(P, tell(P), "missing {");
-    else
-      fail_at(P, start, "\\N{...} (a character by its Unicode name): not supported (cuoptim has no Unicode name "
-                        "table; write \\uXXXX)");
-    return NULL;
-  }
   if (is_octal(c)) {
     int got = get_while(P, 2, is_octal, digits);
     uint32_t value = c - '0';

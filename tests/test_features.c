@@ -1461,6 +1461,16 @@ static const struct {
     {"(a)?(?(1)b|c)$", "c", 1},
     {"(a)?(?(1)b|c)$", "ac", 1},
     {"[]a]", "]", 1},
+    {"[\\x41-\\x43]", "B", 1},
+    {"[\\x41-\\x43]", "D", 0},
+    {"[\\t]", "a\tb", 1},
+    {"a\\tb", "a\tb", 1},
+    {"[\\u00e9]", "caf\xc3\xa9", 1},
+    {"[\\b]", "a\bb", 1},
+    {"\\U0001F600", "x\xf0\x9f\x98\x80", 1},
+    {"[\\\\]", "a\\b", 1},
+    {"\\n", "a\nb", 1},
+    {"[\\v\\f]", "x\f", 1},
 };
 
 Test(features, weight_decay_exclusion_uses_python_re_syntax) {
