@@ -628,3 +628,31 @@ Test(replay_cli, check_aligns_20000_state_entries_in_little_time_and_memory, .ti
   cr_expect(strstr(r.out, want) != NULL, "the changed value of %s is not reported:\n%s", changed_name, r.out);
   free_result(&r);
 }
+
+/* A shape that promises billions of elements beside a short value array is refused by its length,
+ * before anything is allocated for it (under a 1 GiB address-space limit, so an allocation of the
+ * promised 16 GiB would fail as "out of memory" instead). */
+Test(replay_cli, huge_shapes_with_short_values_are_refused_before_allocating) {
+  static const char *const variants[][2] = {
+      {"[{\"name\": \"w\", \"shape\": [65536, 65536], \"value\": [1.0]}]", "[[[0.5]]]"},
+      {"[{\"name\": \"w\", \"shape\": [1], \"value\": [1.0]}, {\"name\": \"v\", \"shape\": [65536, 65536], "
+       "\"value\": [0.0]}]",
+       "[[[0.5], null]]"},
+  };
+  for (size_t k = 0; k < sizeof variants / sizeof variants[0]; k++) {
+    char path[512], args[600], text[2048];
+    snprintf(path, sizeof path, "%s/huge_shape_%zu.json", tmpdir, k);
+    snprintf(text, sizeof text,
+             "{\"format\": \"cuoptim-case-1\", \"optimizer\": {\"module\": \"keras.optimizers\", \"class_name\": "
+             "\"SGD\", \"config\": {\"learning_rate\": 0.1}, \"registered_name\": null}, \"variables\": %s, "
+             "\"steps\": %s}",
+             variants[k][0], variants[k][1]);
+    write_text(path, text);
+    snprintf(args, sizeof args, "'%s'", path);
+    run_result r = replay_after("ulimit -v 1048576;", args);
+    cr_expect_eq(r.status, 2, "variant %zu: exit %d, stderr: %s", k, r.status, r.err);
+    cr_expect(strstr(r.err, "expected 4294967296 numbers, got 1") != NULL,
+              "variant %zu: not refused by its length: %s", k, r.err);
+    free_result(&r);
+  }
+}

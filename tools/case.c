@@ -218,43 +218,60 @@ static int number_error(const cJSON *item, const char *path, size_t index, char 
 
 /* `count` float32 values from the array `arr` (a bare number is accepted for a scalar when
  * scalar_ok). */
-static int read_floats(const cJSON *arr, size_t count, int scalar_ok, float *out, const char *path, char *error,
-                       size_t size) {
-  double x;
-  if (scalar_ok && count == 1 && !cJSON_IsArray(arr) && read_number(arr, &x) == 0) {
-    float f = (float)x;
-    if (isinf(f) && isfinite(x)) return set_error(error, size, "%s: %g is not a float32 value", path, x);
-    out[0] = f;
-    return 0;
-  }
+/* Checks that `arr` holds `count` numbers (or, where `scalar_ok` and count is 1, is one number)
+ * before anything is allocated for them: a shape promising 2^40 elements next to a short array
+ * is refused without allocating 4 TiB. */
+static int check_length(const cJSON *arr, size_t count, int scalar_ok, const char *path, char *error, size_t size) {
+  if (scalar_ok && count == 1 && !cJSON_IsArray(arr)) return 0; /* the number itself is read next */
   if (!cJSON_IsArray(arr)) return set_error(error, size, "%s: expected an array of %zu numbers, got %s", path, count, type_name(arr));
   size_t n = (size_t)cJSON_GetArraySize(arr);
   if (n != count) return set_error(error, size, "%s: expected %zu numbers, got %zu", path, count, n);
+  return 0;
+}
+
+/* A malloc'ed array of the `count` numbers of `arr` as float32, in *out (freed by the caller). */
+static int read_floats(const cJSON *arr, size_t count, int scalar_ok, float **out, const char *path, char *error,
+                       size_t size) {
+  if (check_length(arr, count, scalar_ok, path, error, size) != 0) return -1;
+  float *values = malloc((count ? count : 1) * sizeof *values);
+  if (values == NULL) return set_error(error, size, "%s: out of memory", path);
+  *out = values;
+  double x;
+  if (!cJSON_IsArray(arr)) {
+    if (read_number(arr, &x) != 0) return set_error(error, size, "%s: expected an array of %zu numbers, got %s", path, count, type_name(arr));
+    float f = (float)x;
+    if (isinf(f) && isfinite(x)) return set_error(error, size, "%s: %g is not a float32 value", path, x);
+    values[0] = f;
+    return 0;
+  }
   size_t i = 0;
   const cJSON *item;
   cJSON_ArrayForEach(item, arr) {
     if (read_number(item, &x) != 0) return number_error(item, path, i, error, size);
     float f = (float)x;
     if (isinf(f) && isfinite(x)) return set_error(error, size, "%s[%zu]: %g is not a float32 value", path, i, x);
-    out[i++] = f;
+    values[i++] = f;
   }
   return 0;
 }
 
-static int read_doubles(const cJSON *arr, size_t count, double *out, const char *path, char *error, size_t size) {
+/* The same as doubles. */
+static int read_doubles(const cJSON *arr, size_t count, double **out, const char *path, char *error, size_t size) {
+  if (check_length(arr, count, 1, path, error, size) != 0) return -1;
+  double *values = malloc((count ? count : 1) * sizeof *values);
+  if (values == NULL) return set_error(error, size, "%s: out of memory", path);
+  *out = values;
   double x;
-  if (count == 1 && !cJSON_IsArray(arr) && read_number(arr, &x) == 0) {
-    out[0] = x;
+  if (!cJSON_IsArray(arr)) {
+    if (read_number(arr, &x) != 0) return set_error(error, size, "%s: expected an array of %zu numbers, got %s", path, count, type_name(arr));
+    values[0] = x;
     return 0;
   }
-  if (!cJSON_IsArray(arr)) return set_error(error, size, "%s: expected an array of %zu numbers, got %s", path, count, type_name(arr));
-  size_t n = (size_t)cJSON_GetArraySize(arr);
-  if (n != count) return set_error(error, size, "%s: expected %zu numbers, got %zu", path, count, n);
   size_t i = 0;
   const cJSON *item;
   cJSON_ArrayForEach(item, arr) {
     if (read_number(item, &x) != 0) return number_error(item, path, i, error, size);
-    out[i++] = x;
+    values[i++] = x;
   }
   return 0;
 }
@@ -451,14 +468,14 @@ static int load_per_variable(cuoptimCase *c, const cJSON *arr, const char *path,
   int n = cJSON_GetArraySize(arr);
   if (n != c->num_variables)
     return set_error(error, size, "%s: expected %d arrays (one per variable), got %d", path, c->num_variables, n);
-  *out = alloc_per_variable(c);
+  *out = calloc((size_t)c->num_variables + 1, sizeof **out); /* read_floats allocates each array */
   if (*out == NULL) return set_error(error, size, "%s: out of memory", path);
   int v = 0;
   const cJSON *item;
   cJSON_ArrayForEach(item, arr) {
     char sub[PATH_LEN];
     snprintf(sub, sizeof sub, "%s[%d]", path, v);
-    if (read_floats(item, c->variables[v].count, c->variables[v].ndim == 0, (*out)[v], sub, error, size) != 0) return -1;
+    if (read_floats(item, c->variables[v].count, c->variables[v].ndim == 0, &(*out)[v], sub, error, size) != 0) return -1;
     v++;
   }
   return 0;
@@ -492,10 +509,8 @@ static int read_variables(cuoptimCase *c, const cJSON *arr, name_index_t *names,
     if (read_shape(cJSON_GetObjectItemCaseSensitive(item, "shape"), &var->ndim, var->shape, &var->count, sub, error,
                    size) != 0)
       return -1;
-    var->value = malloc((var->count ? var->count : 1) * sizeof(float));
-    if (var->value == NULL) return set_error(error, size, "%s: out of memory", path);
     snprintf(sub, sizeof sub, "%s.value", path);
-    if (read_floats(cJSON_GetObjectItemCaseSensitive(item, "value"), var->count, var->ndim == 0, var->value, sub,
+    if (read_floats(cJSON_GetObjectItemCaseSensitive(item, "value"), var->count, var->ndim == 0, &var->value, sub,
                     error, size) != 0)
       return -1;
     v++;
@@ -542,14 +557,12 @@ static int load_steps(cuoptimCase *c, const cJSON *arr, char *error, size_t size
         char path[PATH_LEN];
         snprintf(path, sizeof path, "steps[%d][%d]", s, v);
         const cuoptimCaseVariable *var = &c->variables[v];
-        c->steps[s][v] = malloc((var->count ? var->count : 1) * sizeof(float));
-        if (c->steps[s][v] == NULL) return set_error(error, size, "%s: out of memory", path);
         if (!cJSON_IsArray(grad) && !(var->ndim == 0 && (cJSON_IsNumber(grad) || cJSON_IsString(grad)))) {
           quoted_t q = quoted(var->name);
           return set_error(error, size, "%s: expected null or an array of %zu numbers (gradient of %s), got %s", path,
                            var->count, q.text, type_name(grad));
         }
-        if (read_floats(grad, var->count, var->ndim == 0, c->steps[s][v], path, error, size) != 0) return -1;
+        if (read_floats(grad, var->count, var->ndim == 0, &c->steps[s][v], path, error, size) != 0) return -1;
       }
       v++;
     }
@@ -584,10 +597,8 @@ static int load_expected_state(cuoptimCase *c, const cJSON *arr, char *error, si
     snprintf(sub, sizeof sub, "%s.shape", path);
     if (read_shape(cJSON_GetObjectItemCaseSensitive(item, "shape"), &ndim, shape, &st->count, sub, error, size) != 0)
       return -1;
-    st->value = malloc((st->count ? st->count : 1) * sizeof(double));
-    if (st->value == NULL) return set_error(error, size, "%s: out of memory", path);
     snprintf(sub, sizeof sub, "%s.value", path);
-    if (read_doubles(cJSON_GetObjectItemCaseSensitive(item, "value"), st->count, st->value, sub, error, size) != 0)
+    if (read_doubles(cJSON_GetObjectItemCaseSensitive(item, "value"), st->count, &st->value, sub, error, size) != 0)
       return -1;
     i++;
   }
