@@ -5,7 +5,8 @@
 set -euo pipefail
 
 # g++: the emulated-device build (emu/) compiles the kernels as host C++.
-packages=(cmake make gcc g++ pkg-config libcriterion-dev libcjson-dev libpcre2-dev python3)
+# clang + libclang-rt-dev (libFuzzer and the sanitizer runtimes): the fuzz targets (tests/fuzz/).
+packages=(cmake make gcc g++ pkg-config libcriterion-dev libcjson-dev libpcre2-dev python3 clang libclang-rt-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

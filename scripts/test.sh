@@ -2,11 +2,15 @@
 # Builds cuoptim and runs every test: installs what is missing (scripts/setup.sh), configures,
 # builds, runs ctest (Criterion suites; GPU suites skip without a GPU); then builds the same
 # sources against the emulated CUDA device (emu/, in BUILD_DIR-emu) and runs every suite again
-# there, so the kernels and the CUDA backend are exercised on machines without a GPU. Usage:
+# there, so the kernels and the CUDA backend are exercised on machines without a GPU; then builds
+# the real build again with host code under AddressSanitizer + UBSan (BUILD_DIR-asan) and runs
+# every suite there; then runs each fuzz target of tests/fuzz/ briefly on its committed corpus
+# (scripts/fuzz.sh, BUILD_DIR-fuzz). Any sanitizer report fails the run. Usage:
 #   scripts/test.sh                 build in ./build and run all tests
 #   BUILD_DIR=dir scripts/test.sh   another build directory
-#   CUOPTIM_SANITIZE=ON scripts/test.sh   host code under AddressSanitizer + UBSan
-#   CUOPTIM_SKIP_EMULATED=1 scripts/test.sh   the real build only
+#   CUOPTIM_SANITIZE=ON scripts/test.sh   host code under AddressSanitizer + UBSan in every build
+#   CUOPTIM_SKIP_EMULATED=1 scripts/test.sh   no emulated-device build
+#   CUOPTIM_FUZZ_SECONDS=n scripts/test.sh    seconds per fuzz target (default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -18,14 +22,48 @@ build=${BUILD_DIR:-build}
 sanitize=${CUOPTIM_SANITIZE:-OFF}
 jobs=$(nproc 2>/dev/null || echo 2)
 
+# Runs ctest in build directory $1. In a sanitizer build every report fails the run: UBSan aborts
+# (-fno-sanitize-recover), and every report is written under $1/sanitizer-logs, because Criterion
+# runs each test in a child process whose leak report at exit would not fail the test.
+# protect_shadow_gap=0: the CUDA driver maps memory where ASan would reserve its shadow gap.
+run_ctest() {
+  local logs status=0
+  logs="$(cd "$1" && pwd)/sanitizer-logs"
+  rm -rf "$logs" && mkdir -p "$logs"
+  (cd "$1" &&
+    ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:protect_shadow_gap=0:log_path=$logs/asan" \
+    UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan" \
+    ctest --output-on-failure --timeout 1800 -j "$jobs") || status=$?
+  # Warnings (such as the emulated device's stack switches) are shown; reports fail the run.
+  if [ -n "$(ls -A "$logs")" ]; then
+    cat "$logs"/*
+    if grep -qE 'ERROR: [A-Za-z]+Sanitizer|runtime error:' "$logs"/*; then
+      echo "test: sanitizer reports in $1 (above; files in $logs)" >&2
+      status=1
+    fi
+  fi
+  return $status
+}
+
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCUOPTIM_SANITIZE="$sanitize"
 cmake --build "$build" -j "$jobs"
-(cd "$build" && ctest --output-on-failure --timeout 1800 -j "$jobs")
+run_ctest "$build"
 
 if [ "${CUOPTIM_SKIP_EMULATED:-0}" != 1 ]; then
   echo "== the same suites on the emulated CUDA device (emu/: kernels run on the CPU) =="
   cmake -S "$root" -B "$build-emu" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCUOPTIM_EMULATE_DEVICE=ON \
     -DCUOPTIM_SANITIZE="$sanitize"
   cmake --build "$build-emu" -j "$jobs"
-  (cd "$build-emu" && ctest --output-on-failure --timeout 1800 -j "$jobs")
+  run_ctest "$build-emu"
 fi
+
+if [ "$sanitize" != ON ]; then
+  echo "== the same suites with host code under AddressSanitizer + UBSan (in $build-asan) =="
+  cmake -S "$root" -B "$build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCUOPTIM_SANITIZE=ON
+  cmake --build "$build-asan" -j "$jobs"
+  run_ctest "$build-asan"
+fi
+
+echo "== each fuzz target of tests/fuzz/ for ${CUOPTIM_FUZZ_SECONDS:-20} s on its committed corpus =="
+rm -rf "$build-fuzz/check"
+FUZZ_BUILD_DIR="$build-fuzz" FUZZ_WORK="$build-fuzz/check" bash scripts/fuzz.sh "${CUOPTIM_FUZZ_SECONDS:-20}"
