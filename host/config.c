@@ -154,6 +154,23 @@ static cuoptimStatus_t validate_piecewise(const cuoptimSchedule_t *s, const char
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* A Keras name is a Python str: bytes that are not UTF-8 have no Keras (or JSON) form. Only the
+ * names Keras would hold are checked: the schedule's with a schedule, LossScaleOptimizer's with it. */
+static cuoptimStatus_t validate_name_is_text(const char *name, const char *field, const char *caller) {
+  ptrdiff_t bad = cuoptim_invalid_utf8_offset(name);
+  if (bad < 0) return CUOPTIM_STATUS_SUCCESS;
+  return INVALID("%s: config->%s is not valid UTF-8 (byte %td is 0x%02x); a Keras name is text", caller, field, bad,
+                 (unsigned char)name[bad]);
+}
+
+static cuoptimStatus_t validate_names_are_text(const cuoptimConfig_t *c, const char *caller) {
+  CUOPTIM_CHECK(validate_name_is_text(c->name, "name", caller));
+  if (c->learning_rate.kind != CUOPTIM_SCHEDULE_CONSTANT && has_nul(c->learning_rate.name, sizeof c->learning_rate.name))
+    CUOPTIM_CHECK(validate_name_is_text(c->learning_rate.name, "learning_rate.name", caller));
+  if (c->dynamic_loss_scale) CUOPTIM_CHECK(validate_name_is_text(c->loss_scale_name, "loss_scale_name", caller));
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 static cuoptimStatus_t validate_schedule(const cuoptimSchedule_t *s, const char *caller) {
   const char *f = "config->learning_rate";
   if (!has_nul(s->name, sizeof s->name))
@@ -364,6 +381,7 @@ cuoptimStatus_t cuoptim_validate_config(const cuoptimConfig_t *config, const cha
   if (!has_nul(c->name, sizeof c->name)) return INVALID("%s: config->name is not NUL-terminated", caller);
   if (!has_nul(c->loss_scale_name, sizeof c->loss_scale_name))
     return INVALID("%s: config->loss_scale_name is not NUL-terminated", caller);
+  CUOPTIM_CHECK(validate_names_are_text(c, caller));
   CUOPTIM_CHECK(validate_schedule(&c->learning_rate, caller));
   CUOPTIM_CHECK(validate_base(c, caller));
   CUOPTIM_CHECK(validate_rule(c, caller));

@@ -51,6 +51,10 @@ void cuoptim_log(int level, const char *fmt, ...) __attribute__((format(printf, 
 /* cuoptimConfigValidate with `caller` naming the public call in the message. */
 cuoptimStatus_t cuoptim_validate_config(const cuoptimConfig_t *config, const char *caller);
 
+/* The offset of the first byte of NUL-terminated `s` that does not start a valid UTF-8 sequence
+ * (shortest form, no surrogates), or -1 (host/keras_json.c). */
+ptrdiff_t cuoptim_invalid_utf8_offset(const char *s);
+
 /* The float32 constants of the rules and the prologue, formed as Keras forms them. */
 void cuoptim_prologue_params_init(const cuoptimConfig_t *config, cuoptimPrologueParams *q);
 

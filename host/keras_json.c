@@ -322,7 +322,7 @@ static size_t utf8_sequence_length(const unsigned char *p) {
 }
 
 /* The offset of the first byte of s that does not start a valid UTF-8 sequence, or -1. */
-static ptrdiff_t invalid_utf8_offset(const char *s) {
+ptrdiff_t cuoptim_invalid_utf8_offset(const char *s) {
   const unsigned char *p = (const unsigned char *)s;
   for (size_t i = 0; p[i] != '\0';) {
     size_t n = utf8_sequence_length(p + i);
@@ -337,7 +337,7 @@ static ptrdiff_t invalid_utf8_offset(const char *s) {
  * characters inside strings (JSON writes them escaped), and \u0000 (a NUL would cut a name or a
  * key short: "Adam\u0000x" is not Adam). Called on text cJSON parsed. */
 static cuoptimStatus_t check_text(const char *json) {
-  ptrdiff_t bad = invalid_utf8_offset(json);
+  ptrdiff_t bad = cuoptim_invalid_utf8_offset(json);
   if (bad >= 0) {
     return cuoptim_error(CUOPTIM_STATUS_PARSE_ERROR,
                          FROM_JSON ": json: not valid UTF-8 at byte %td (byte 0x%02x); JSON text is UTF-8", bad,
@@ -1290,24 +1290,6 @@ static void put_config(text_t *t, const cuoptimConfig_t *cfg) {
   put_envelope_end(t);
 }
 
-/* A Keras name is a Python str: text that is not UTF-8 has no JSON form that reads back as the same
- * bytes. Only the names that are written are checked. */
-static cuoptimStatus_t check_name_is_text(const char *name, const char *field) {
-  ptrdiff_t bad = invalid_utf8_offset(name);
-  if (bad < 0) return CUOPTIM_STATUS_SUCCESS;
-  return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
-                       TO_JSON ": config->%s is not valid UTF-8 (byte %td is 0x%02x); a Keras name is text", field, bad,
-                       (unsigned char)name[bad]);
-}
-
-static cuoptimStatus_t check_names_are_text(const cuoptimConfig_t *config) {
-  CUOPTIM_CHECK(check_name_is_text(config->name, "name"));
-  if (config->learning_rate.kind != CUOPTIM_SCHEDULE_CONSTANT)
-    CUOPTIM_CHECK(check_name_is_text(config->learning_rate.name, "learning_rate.name"));
-  if (config->dynamic_loss_scale) CUOPTIM_CHECK(check_name_is_text(config->loss_scale_name, "loss_scale_name"));
-  return CUOPTIM_STATUS_SUCCESS;
-}
-
 CUOPTIM_API cuoptimStatus_t cuoptimConfigToKerasJSON(const cuoptimConfig_t *config, char *buffer, size_t capacity,
                                                      size_t *length) {
   if (config == NULL) return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, TO_JSON ": config is NULL");
@@ -1321,9 +1303,6 @@ CUOPTIM_API cuoptimStatus_t cuoptimConfigToKerasJSON(const cuoptimConfig_t *conf
     return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, TO_JSON ": config passed validation with an out-of-range "
                                                                  "kind or boundary count");
   }
-
-  st = check_names_are_text(config);
-  if (st != CUOPTIM_STATUS_SUCCESS) return st;
 
   text_t count = {NULL, 0};
   put_config(&count, config);

@@ -1519,6 +1519,20 @@ Test(keras_json, to_json_rejects_names_that_are_not_utf8) {
   cr_expect(strstr(last_message(), "config->loss_scale_name") != NULL, "%s", last_message());
 }
 
+Test(keras_json, validate_rejects_names_that_are_not_utf8) {
+  /* The writer could not write them: a config cuoptimCreate accepts always has a JSON form. */
+  cuoptimConfig_t c = init_config(CUOPTIM_ADAM);
+  strcpy(c.name, "caf\xe9");
+  cr_expect_eq(cuoptimConfigValidate(&c), CUOPTIM_STATUS_INVALID_VALUE);
+  cr_expect(strstr(last_message(), "cuoptimConfigValidate: config->name is not valid UTF-8") != NULL, "%s",
+            last_message());
+  cuoptimOptimizer_t opt = NULL;
+  cr_expect_eq(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0), CUOPTIM_STATUS_INVALID_VALUE);
+  cr_expect_null(opt);
+  strcpy(c.name, "caf\xc3\xa9"); /* UTF-8 */
+  cr_expect_eq(cuoptimConfigValidate(&c), CUOPTIM_STATUS_SUCCESS, "%s", last_message());
+}
+
 Test(keras_json, from_json_takes_the_last_of_duplicate_keys_like_python) {
   /* json.loads keeps the last value of a repeated key, in every object. */
   char *inner = replace_once(KERAS_LSO, "\"inner_optimizer\": {",

@@ -17,13 +17,13 @@
  * LSan catch memory errors and leaks.
  */
 #include <math.h>
-#include <regex.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cuoptim.h"
 #include "fuzz_util.h"
+#include "pattern.h"
 
 #define MAX_OPS 48
 #define MAX_VARS 8
@@ -170,9 +170,9 @@ typedef struct {
   int tame;
   int num_vars;
   Var vars[MAX_VARS];
-  int built; /* 0, 1, or -1: unknown (see known_bug_failed_access_builds) */
+  int built; /* the optimizer state is built: 0 or 1 */
   int num_patterns;
-  regex_t patterns[MAX_PATTERNS];
+  char patterns[MAX_PATTERNS][32]; /* the accepted exclusions, each once, in call order */
 } Model;
 
 /* What a failure must leave as it was. */
@@ -205,13 +205,13 @@ static void take_snapshot(const Model *m, Snapshot *s) {
     must_succeed("cuoptimUsesWeightDecay", cuoptimUsesWeightDecay(m->opt, v, &s->uses_weight_decay[v]));
     memcpy(s->params[v], m->vars[v].param, m->vars[v].count * element_size(m->vars[v].dtype));
   }
-  if (m->built != 1) return; /* reading the state would build it */
+  if (!m->built) return; /* reading the state would build it */
   s->has_weights = 1;
   must_succeed("cuoptimGetWeightCount", cuoptimGetWeightCount(m->opt, &s->num_weights));
   if (s->num_weights > MAX_WEIGHTS) fuzz_fail("%d state entries, more than %d", s->num_weights, MAX_WEIGHTS);
   for (int i = 0; i < s->num_weights; i++) {
     must_succeed("cuoptimGetWeightInfo", cuoptimGetWeightInfo(m->opt, i, &s->info[i]));
-    if (s->info[i].count < 1 || s->info[i].count > MAX_ELEMENTS || memchr(s->info[i].name, 0, CUOPTIM_MAX_NAME) == NULL ||
+    if (s->info[i].count < 1 || s->info[i].count > MAX_ELEMENTS || memchr(s->info[i].name, 0, CUOPTIM_MAX_WEIGHT_NAME) == NULL ||
         s->info[i].name[0] == '\0')
       fuzz_fail("state entry %d: bad info (count %zu)", i, s->info[i].count);
     must_succeed("cuoptimGetWeights", cuoptimGetWeights(m->opt, i, s->weights[i], s->info[i].count));
@@ -267,17 +267,29 @@ static void check_finite(const Model *m, const char *after_call) {
       if (!isfinite(s.weights[k][i])) fuzz_fail("tame inputs: after %s, %s[%zu] is not finite", after_call, s.info[k].name, i);
 }
 
+/* Keras's _use_weight_decay for `name`: weight decay set and re.search of the accepted patterns
+ * joined with "|" (Keras's re.compile("|".join(names))) finds nothing. The search is the
+ * library's own pattern module, called directly: what is checked is that every variable's flag,
+ * whenever it was added, is the answer for the whole joined pattern. -1: the search has no
+ * answer (a limit), and the library must then have refused. */
 static int model_uses_weight_decay(const Model *m, const char *name) {
   if (CUOPTIM_IS_NONE(m->config.weight_decay)) return 0;
-  for (int k = 0; k < m->num_patterns; k++)
-    if (regexec(&m->patterns[k], name, 0, NULL, 0) == 0) return 0;
-  return 1;
-}
-
-/* KNOWN BUG (remove with its fix): cuoptimGetWeightInfo, cuoptimGetWeights and cuoptimSetWeights
- * build the state before they check their index and count, so a failed one may have built it. */
-static void known_bug_failed_access_builds(Model *m, cuoptimStatus_t st) {
-  if (st != CUOPTIM_STATUS_SUCCESS && m->built == 0) m->built = -1;
+  if (m->num_patterns == 0) return 1;
+  char joined[MAX_PATTERNS * 33] = "";
+  for (int k = 0; k < m->num_patterns; k++) {
+    if (k > 0) strcat(joined, "|");
+    strcat(joined, m->patterns[k]);
+  }
+  cuoptimPattern *pattern = NULL;
+  char why[256];
+  long position = -1;
+  if (cuoptim_pattern_compile(joined, &pattern, why, sizeof why, &position) != CUOPTIM_STATUS_SUCCESS)
+    fuzz_fail("the accepted patterns joined, \"%s\", do not compile: %s", joined, why);
+  int found = 0;
+  cuoptimStatus_t st = cuoptim_pattern_search(pattern, name, &found, why, sizeof why);
+  cuoptim_pattern_free(pattern);
+  if (st != CUOPTIM_STATUS_SUCCESS) return -1;
+  return !found;
 }
 
 /* ---- the calls -------------------------------------------------------------------------------- */
@@ -333,16 +345,16 @@ static cuoptimStatus_t op_add_variable(Model *m, Input *in) {
   size_t length = strlen(name);
   int duplicate = 0;
   for (int v = 0; v < m->num_vars; v++) duplicate |= strcmp(m->vars[v].name, name) == 0;
-  int bad = length == 0 || length + 32 >= CUOPTIM_MAX_NAME || d >= 3 || count == 0 || count > ((size_t)1 << 40) ||
+  int bad = length == 0 || length >= CUOPTIM_MAX_NAME || d >= 3 || count == 0 || count > ((size_t)1 << 40) ||
             duplicate;
   unsigned allowed = bad ? S(INVALID_VALUE) : S(SUCCESS);
-  if (m->built == 1) allowed = S(INVALID_STATE) | (bad ? S(INVALID_VALUE) : 0);
-  if (m->built == -1) allowed |= S(INVALID_STATE);
+  /* A name the exclusion search cannot answer within its limits is refused. */
+  if (!bad && model_uses_weight_decay(m, name) < 0) allowed = S(INVALID_VALUE);
+  if (m->built) allowed = S(INVALID_STATE) | (bad ? S(INVALID_VALUE) : 0);
 
   cuoptimVariable_t index = -1;
   cuoptimStatus_t st = cuoptimAddVariable(m->opt, name, param, dtype, count, &index);
   fuzz_check_status("cuoptimAddVariable", st, allowed);
-  if (m->built == -1 && !bad) m->built = st == CUOPTIM_STATUS_INVALID_STATE;
   if (st != CUOPTIM_STATUS_SUCCESS) {
     free(param);
     return st;
@@ -369,13 +381,15 @@ static cuoptimStatus_t op_exclude(Model *m, Input *in) {
   } else {
     read_name(in, pattern, 21);
   }
-  if (!fuzz_regex_is_tame(pattern, strlen(pattern))) return CUOPTIM_STATUS_SUCCESS;
+  int repeated = 0;
+  for (int k = 0; k < m->num_patterns; k++) repeated |= strcmp(m->patterns[k], pattern) == 0;
+  /* Keras refuses exclusions once the optimizer is built; a bad pattern or a search that meets a
+   * limit is INVALID_VALUE; a pattern given again changes nothing. */
+  unsigned allowed = m->built ? S(INVALID_STATE) : repeated ? S(SUCCESS) : S(SUCCESS) | S(INVALID_VALUE);
   cuoptimStatus_t st = cuoptimExcludeFromWeightDecay(m->opt, pattern);
-  fuzz_check_status("cuoptimExcludeFromWeightDecay", st, S(SUCCESS) | S(INVALID_VALUE));
-  if (st != CUOPTIM_STATUS_SUCCESS) return st;
-  if (regcomp(&m->patterns[m->num_patterns], pattern, REG_EXTENDED | REG_NOSUB) != 0)
-    fuzz_fail("cuoptimExcludeFromWeightDecay accepted \"%s\", which regcomp refuses", pattern);
-  m->num_patterns++;
+  fuzz_check_status("cuoptimExcludeFromWeightDecay", st, allowed);
+  if (st != CUOPTIM_STATUS_SUCCESS || repeated) return st;
+  strcpy(m->patterns[m->num_patterns++], pattern);
   for (int v = 0; v < m->num_vars; v++) {
     int uses = -1;
     must_succeed("cuoptimUsesWeightDecay", cuoptimUsesWeightDecay(m->opt, v, &uses));
@@ -483,20 +497,19 @@ static int read_weight_index(Input *in, int num_weights) {
 
 static cuoptimStatus_t op_weights(Model *m, Input *in, const Snapshot *before, int set) {
   int index = read_weight_index(in, before->num_weights);
-  int known = m->built == 1 && index >= 0 && index < before->num_weights;
+  int known = m->built && index >= 0 && index < before->num_weights;
   size_t count = known && take(in) < 224 ? before->info[index].count : take(in) % (MAX_ELEMENTS + 2);
   double values[MAX_ELEMENTS + 2];
   if (set && m->tame && !known) return CUOPTIM_STATUS_SUCCESS; /* tame mode sets only what it read */
   for (size_t i = 0; i < count; i++)
     values[i] = !set ? NAN : !m->tame ? wild_double(in) : i < MAX_ELEMENTS ? before->weights[index][i] : 0.0;
   unsigned allowed = S(SUCCESS) | S(INVALID_VALUE);
-  if (m->built == 1 && (!known || count != before->info[index].count)) allowed = S(INVALID_VALUE);
-  if (m->built == 1 && known && count == before->info[index].count && !set) allowed = S(SUCCESS);
+  if (m->built && (!known || count != before->info[index].count)) allowed = S(INVALID_VALUE);
+  if (m->built && known && count == before->info[index].count && !set) allowed = S(SUCCESS);
   const char *call = set ? "cuoptimSetWeights" : "cuoptimGetWeights";
   cuoptimStatus_t st = set ? cuoptimSetWeights(m->opt, index, values, count)
                            : cuoptimGetWeights(m->opt, index, values, count);
   fuzz_check_status(call, st, allowed);
-  known_bug_failed_access_builds(m, st);
   if (st != CUOPTIM_STATUS_SUCCESS) return st;
   m->built = 1;
   if (set) { /* what was set reads back, rounded to float32 */
@@ -518,10 +531,9 @@ static cuoptimStatus_t op_weight_info(Model *m, Input *in, const Snapshot *befor
   int index = read_weight_index(in, before->num_weights);
   cuoptimWeightInfo_t info;
   unsigned allowed = S(SUCCESS) | S(INVALID_VALUE);
-  if (m->built == 1) allowed = index >= 0 && index < before->num_weights ? S(SUCCESS) : S(INVALID_VALUE);
+  if (m->built) allowed = index >= 0 && index < before->num_weights ? S(SUCCESS) : S(INVALID_VALUE);
   cuoptimStatus_t st = cuoptimGetWeightInfo(m->opt, index, &info);
   fuzz_check_status("cuoptimGetWeightInfo", st, allowed);
-  known_bug_failed_access_builds(m, st);
   if (st == CUOPTIM_STATUS_SUCCESS) m->built = 1;
   return st;
 }
@@ -529,7 +541,7 @@ static cuoptimStatus_t op_weight_info(Model *m, Input *in, const Snapshot *befor
 static cuoptimStatus_t op_learning_rate(Model *m, Input *in) {
   double lr = m->tame ? TAME_LEARNING_RATES[take(in) % COUNT_OF(TAME_LEARNING_RATES)] : wild_double(in);
   unsigned allowed = 0;
-  if (!isfinite(lr)) allowed |= S(INVALID_VALUE);
+  if (!isfinite((float)lr)) allowed |= S(INVALID_VALUE); /* the step computes in float32 */
   if (m->config.learning_rate.kind != CUOPTIM_SCHEDULE_CONSTANT) allowed |= S(INVALID_STATE);
   cuoptimStatus_t st = cuoptimSetLearningRate(m->opt, lr);
   fuzz_check_status("cuoptimSetLearningRate", st, allowed ? allowed : S(SUCCESS));
@@ -680,6 +692,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   must_succeed("cuoptimDestroy", cuoptimDestroy(m.opt));
   for (int v = 0; v < m.num_vars; v++) free(m.vars[v].param);
-  for (int k = 0; k < m.num_patterns; k++) regfree(&m.patterns[k]);
   return 0;
 }

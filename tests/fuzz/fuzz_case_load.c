@@ -9,8 +9,6 @@
  * must not crash.
  */
 #define _GNU_SOURCE
-#include <cjson/cJSON.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,62 +22,11 @@
 #define RUN_MAX_ELEMENTS 256
 #define RUN_MAX_STEPS 32
 
-/* KNOWN BUG (remove with its fix): see fuzz_regex_is_tame; the loader compiles the case's
- * exclusion patterns. 1 when every pattern of the case is tame. */
-static int exclusions_are_tame(const cJSON *root) {
-  const cJSON *item, *pattern;
-  cJSON_ArrayForEach(item, root) {
-    if (item->string == NULL || strcmp(item->string, "exclude_from_weight_decay") != 0) continue;
-    cJSON_ArrayForEach(pattern, item) {
-      if (cJSON_IsString(pattern) && !fuzz_regex_is_tame(pattern->valuestring, strlen(pattern->valuestring)))
-        return 0;
-    }
-  }
-  return 1;
-}
-
-/* FOUND BUG (remove with its fix): the loader allocates a variable's (or an expected state
- * entry's) values from its "shape" before it checks that "value" holds that many numbers, so a
- * file of a few bytes asks for up to 2^40 floats. 1 when some "shape" in the text holds more than
- * 2^24 elements (more numbers than a fuzz input can hold). */
-static int found_bug_huge_shape(const cJSON *item) {
-  const cJSON *child, *dim;
-  cJSON_ArrayForEach(child, item) {
-    if (child->string != NULL && strcmp(child->string, "shape") == 0 && cJSON_IsArray(child)) {
-      double elements = 1;
-      cJSON_ArrayForEach(dim, child) elements *= cJSON_IsNumber(dim) ? fabs(dim->valuedouble) : 1;
-      if (elements > 16777216.0) return 1;
-    }
-    if (found_bug_huge_shape(child)) return 1;
-  }
-  return 0;
-}
-
-/* 1 when the loader may be given the text: no input of the bugs above. */
-static int input_avoids_open_bugs(const char *text, size_t size) {
-  cJSON *root = cJSON_ParseWithLength(text, size);
-  int ok = exclusions_are_tame(root) && !found_bug_huge_shape(root);
-  cJSON_Delete(root);
-  return ok;
-}
-
-/* FOUND BUG (remove with its fix): messages quote keys and strings of the input as they are, so a
- * key holding a newline (raw, which cJSON accepts, or escaped) breaks the message's one line. 1
- * when a string of the input holds a control character or an escape. */
-static int found_bug_input_may_break_lines(const uint8_t *data, size_t size) {
-  int in_string = 0;
-  for (size_t i = 0; i < size; i++) {
-    if (in_string && (data[i] < 0x20 || data[i] == '\\')) return 1;
-    if (data[i] == '"') in_string = !in_string;
-  }
-  return 0;
-}
-
-static void check_failure(const cuoptimCase *c, const char *error, int may_break_lines) {
+static void check_failure(const cuoptimCase *c, const char *error) {
   static const cuoptimCase zero;
   if (error[0] == '\0') fuzz_fail("cuoptim_case_load failed without a message");
-  if (strchr(error, '\n') != NULL && !may_break_lines)
-    fuzz_fail("cuoptim_case_load's message is not one line: %s", error);
+  for (const unsigned char *e = (const unsigned char *)error; *e; e++)
+    if (*e < 0x20 || *e == 0x7f) fuzz_fail("cuoptim_case_load's message holds the control byte 0x%02x: %s", *e, error);
   if (memcmp(c, &zero, sizeof zero) != 0) fuzz_fail("cuoptim_case_load failed and left the case non-zero: %s", error);
 }
 
@@ -139,7 +86,6 @@ static void run_case(const cuoptimCase *c) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  if (!input_avoids_open_bugs((const char *)data, size)) return 0;
   int fd = memfd_create("case", 0);
   if (fd < 0 || write(fd, data, size) != (ssize_t)size) abort();
   char path[64];
@@ -148,7 +94,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cuoptimCase c;
   char error[1024] = "";
   if (cuoptim_case_load(path, &c, error, sizeof error) != 0) {
-    check_failure(&c, error, found_bug_input_may_break_lines(data, size));
+    check_failure(&c, error);
   } else {
     check_loaded(&c);
     if (small_enough_to_run(&c)) run_case(&c);

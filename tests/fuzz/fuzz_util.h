@@ -33,9 +33,5 @@ int fuzz_configs_equal(const cuoptimConfig_t *a, const cuoptimConfig_t *b, int a
  * must equal `config` as written (fuzz_configs_equal). */
 void fuzz_check_json_round_trip(const cuoptimConfig_t *config, int compare_fields);
 
-/* KNOWN BUG (remove with its fix): POSIX regcomp/regexec blow up in time and memory on nested
- * or large repetition counts. 1 when `pattern` is short (at most 20 bytes) with at most one
- * bounded repetition, the exclusion patterns the targets pass on for now. */
-int fuzz_regex_is_tame(const char *pattern, size_t length);
 
 #endif
