@@ -26,12 +26,14 @@ jobs=$(nproc 2>/dev/null || echo 2)
 # (-fno-sanitize-recover), and every report is written under $1/sanitizer-logs, because Criterion
 # runs each test in a child process whose leak report at exit would not fail the test.
 # protect_shadow_gap=0: the CUDA driver maps memory where ASan would reserve its shadow gap.
+# allocator_may_return_null=1: an allocation too large to serve returns NULL, as malloc does,
+# so the tests of cuoptim's ALLOC_FAILED paths run under ASan too.
 run_ctest() {
   local logs status=0
   logs="$(cd "$1" && pwd)/sanitizer-logs"
   rm -rf "$logs" && mkdir -p "$logs"
   (cd "$1" &&
-    ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:protect_shadow_gap=0:log_path=$logs/asan" \
+    ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:protect_shadow_gap=0:allocator_may_return_null=1:log_path=$logs/asan" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan" \
     ctest --output-on-failure --timeout 1800 -j "$jobs") || status=$?
   # Warnings (such as the emulated device's stack switches) are shown; reports fail the run.

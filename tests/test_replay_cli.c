@@ -69,6 +69,15 @@ static void write_text(const char *path, const char *text) {
   fclose(f);
 }
 
+/* A shell prefix that makes the replay fail any allocation beyond 1 GiB. An address-space limit
+ * does it, except under AddressSanitizer, which reserves terabytes of shadow memory at start; its
+ * own per-allocation limit does it there (ASAN_OPTIONS from the environment kept). */
+#ifdef CUOPTIM_TEST_SANITIZED
+#define MEMORY_LIMIT_1GIB "ASAN_OPTIONS=\"$ASAN_OPTIONS:max_allocation_size_mb=1024:allocator_may_return_null=1\""
+#else
+#define MEMORY_LIMIT_1GIB "ulimit -v 1048576;"
+#endif
+
 /* Runs cuoptim-replay with `args` (already shell-quoted where needed), after the shell commands
  * `prefix` ("" or e.g. "ulimit -v N;"). */
 static run_result replay_after(const char *prefix, const char *args) {
@@ -616,7 +625,7 @@ Test(replay_cli, check_aligns_20000_state_entries_in_little_time_and_memory, .ti
   cJSON_Delete(root);
 
   snprintf(args, sizeof args, "--check '%s'", path);
-  r = replay_after("ulimit -v 1048576;", args);
+  r = replay_after(MEMORY_LIMIT_1GIB, args);
   cr_expect_eq(r.status, 1, "exit %d\n%s%s", r.status, r.out, r.err);
   char want[256];
   snprintf(want, sizeof want, "(%d vs %d); extra [%d] \"%s\"", LARGE_VARIABLES + 2, LARGE_VARIABLES + 1, dropped,
@@ -649,7 +658,7 @@ Test(replay_cli, huge_shapes_with_short_values_are_refused_before_allocating) {
              variants[k][0], variants[k][1]);
     write_text(path, text);
     snprintf(args, sizeof args, "'%s'", path);
-    run_result r = replay_after("ulimit -v 1048576;", args);
+    run_result r = replay_after(MEMORY_LIMIT_1GIB, args);
     cr_expect_eq(r.status, 2, "variant %zu: exit %d, stderr: %s", k, r.status, r.err);
     cr_expect(strstr(r.err, "expected 4294967296 numbers, got 1") != NULL,
               "variant %zu: not refused by its length: %s", k, r.err);
