@@ -18,6 +18,7 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -153,6 +154,10 @@ static void read_config(Input *in, int tame, cuoptimConfig_t *c) {
       set_field(c, &FIELDS[take(in) % COUNT_OF(FIELDS)], 0, in, 0);
     }
   }
+  /* Ftrl divides by the learning rate, in Keras as here: a cosine schedule that decays to 0
+   * (alpha 0) makes its parameters infinite after decay_steps, which tame inputs promise not to. */
+  int cosine = c->learning_rate.kind == CUOPTIM_SCHEDULE_COSINE || c->learning_rate.kind == CUOPTIM_SCHEDULE_COSINE_RESTARTS;
+  if (tame && c->kind == CUOPTIM_FTRL && cosine) c->learning_rate.alpha = 0.1;
 }
 
 /* ---- the harness's model of the optimizer ----------------------------------------------------- */
@@ -253,12 +258,22 @@ static int value_is_finite(const unsigned char *p, cuoptimDtype_t dtype) {
   return dtype == CUOPTIM_FLOAT16 ? (bits & 0x7c00) != 0x7c00 : (bits & 0x7f80) != 0x7f80;
 }
 
+/* The optimizer's config on stderr, for the report of a finding. */
+static void print_config(const Model *m) {
+  char text[8192];
+  if (cuoptimConfigToKerasJSON(&m->config, text, sizeof text, NULL) == CUOPTIM_STATUS_SUCCESS)
+    fprintf(stderr, "config: %s\n", text);
+}
+
 /* Tame mode: finite inputs and moderate hyperparameters give finite parameters and state. */
 static void check_finite(const Model *m, const char *after_call) {
   for (int v = 0; v < m->num_vars; v++)
     for (size_t i = 0; i < m->vars[v].count; i++)
-      if (!value_is_finite(m->vars[v].param + i * element_size(m->vars[v].dtype), m->vars[v].dtype))
-        fuzz_fail("tame inputs: after %s, %s[%zu] is not finite", after_call, m->vars[v].name, i);
+      if (!value_is_finite(m->vars[v].param + i * element_size(m->vars[v].dtype), m->vars[v].dtype)) {
+        print_config(m);
+        fuzz_fail("tame inputs: after %s, %s[%zu] (dtype %d) is not finite", after_call, m->vars[v].name, i,
+                  (int)m->vars[v].dtype);
+      }
   Snapshot s;
   take_snapshot(m, &s);
   if (!isfinite(s.learning_rate)) fuzz_fail("tame inputs: after %s, the learning rate is not finite", after_call);
