@@ -139,6 +139,9 @@ static void set_field(cuoptimConfig_t *c, const Field *f, double value, Input *i
       int kind = tame ? (int)value : (int)(take(in) % 8);
       cuoptimSchedule_t *s = &c->learning_rate;
       if (cuoptimScheduleInit(s, (cuoptimScheduleKind_t)kind) != CUOPTIM_STATUS_SUCCESS) s->kind = kind;
+      /* The cosine schedules reach a learning rate of 0 with alpha 0, which Ftrl divides by (as
+       * Keras does): tame schedules stay above it. */
+      if (tame) s->alpha = 0.1;
       break;
     }
   }
