@@ -37,10 +37,10 @@ run_ctest() {
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan" \
     ctest --output-on-failure --timeout 1800 -j "$jobs") || status=$?
   # Reports fail the run; warnings (ASan's about the emulated device's stack switches) do not.
-  local reports
-  reports=$(grep -lE 'ERROR: [A-Za-z]+Sanitizer|runtime error:' "$logs"/* 2>/dev/null || true)
-  if [ -n "$reports" ]; then
-    cat $reports
+  local reports=()
+  mapfile -t reports < <(grep -lE 'ERROR: [A-Za-z]+Sanitizer|runtime error:' "$logs"/* 2>/dev/null || true)
+  if [ ${#reports[@]} -gt 0 ]; then
+    cat "${reports[@]}"
     echo "test: sanitizer reports in $1 (above; files in $logs)" >&2
     status=1
   fi

@@ -157,10 +157,6 @@ static void read_config(Input *in, int tame, cuoptimConfig_t *c) {
       set_field(c, &FIELDS[take(in) % COUNT_OF(FIELDS)], 0, in, 0);
     }
   }
-  /* Ftrl divides by the learning rate, in Keras as here: a cosine schedule that decays to 0
-   * (alpha 0) makes its parameters infinite after decay_steps, which tame inputs promise not to. */
-  int cosine = c->learning_rate.kind == CUOPTIM_SCHEDULE_COSINE || c->learning_rate.kind == CUOPTIM_SCHEDULE_COSINE_RESTARTS;
-  if (tame && c->kind == CUOPTIM_FTRL && cosine) c->learning_rate.alpha = 0.1;
 }
 
 /* ---- the harness's model of the optimizer ----------------------------------------------------- */
