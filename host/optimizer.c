@@ -565,7 +565,7 @@ cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t opt, int *count) {
 }
 
 /* Entry `index` of the state list, checked without building the state (a failed call builds
- * nothing). The pointer is valid until the next describe_weights or cuoptim_build. */
+ * nothing). The pointer stays valid while no variable is added (building keeps the list). */
 static cuoptimStatus_t find_weight(cuoptimOptimizer_t opt, int index, const char *caller, cuoptimWeightEntry **entry) {
   CUOPTIM_CHECK(describe_weights(opt));
   if (index < 0 || index >= opt->num_weights)
