@@ -44,12 +44,13 @@ typedef struct cuoptimRuleParams {
   int32_t dynamic_loss_scale;
   int32_t use_ema;
   int32_t nesterov, centered, amsgrad, has_momentum;
-  int32_t reserved;
+  int32_t mean_over_ranks;  /* data-parallel mean: the summed gradient is multiplied by inv_world */
   int64_t accumulation_steps; /* gradient_accumulation_steps, 0 = off: any int64, as the counter */
   float weight_decay;
   float clipnorm, clipvalue, global_clipnorm;
   float loss_scale_factor;
   float accumulation_steps_f;
+  float inv_world;          /* float32(1 / world size) */
   float ema_momentum;
   float beta_1, beta_2;                   /* float32(beta) */
   float one_minus_beta_1, one_minus_beta_2; /* float32(1.0 - beta) formed in double */
@@ -129,9 +130,11 @@ CUOPTIM_HD float cuoptim_minf(float a, float b) {
 
 /* ---- gradient preparation (SEMANTICS.md §1.3, §1.4, §1.7, §1.8, §4) ---------------------------- */
 
-/* Unscale: LossScaleOptimizer divides by its dynamic scale, then the inner optimizer by
- * loss_scale_factor (both are divisions in Keras). */
+/* Unscale: the mean over data-parallel ranks first (the gradient arrives summed), then the
+ * LossScaleOptimizer divides by its dynamic scale and the inner optimizer by loss_scale_factor
+ * (both are divisions in Keras). */
 CUOPTIM_HD float cuoptim_unscale(const cuoptimRuleParams *p, float loss_scale, float g) {
+  if (p->mean_over_ranks) g = g * p->inv_world;
   if (p->dynamic_loss_scale) g = g / loss_scale;
   if (p->has_loss_scale_factor) g = g / p->loss_scale_factor;
   return g;

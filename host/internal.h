@@ -119,6 +119,46 @@ typedef struct cuoptimStepGradient {
 
 typedef struct cuoptimBackendOps cuoptimBackendOps;
 
+/* ---- data-parallel communication (host/comm.c; MPI in host/comm_mpi.c) ----------------------- */
+
+typedef struct cuoptimComm cuoptimComm;
+
+/* What a communication library provides to the orchestration. Every function returns a status and
+ * sets the message on failure; a timeout returns CUOPTIM_STATUS_TIMEOUT naming `stage`. */
+typedef struct cuoptimCommOps {
+  const char *library; /* "MPI", "NCCL": named in messages */
+  /* Takes the caller's handle (pointed at by `handle`): sets comm->rank, comm->world, comm->impl. */
+  cuoptimStatus_t (*attach)(cuoptimOptimizer_t opt, cuoptimComm *comm, const void *handle, const char *caller);
+  void (*detach)(cuoptimOptimizer_t opt, cuoptimComm *comm);
+  /* Blocking: every rank contributes `bytes` host bytes; recv holds world * bytes, rank order. */
+  cuoptimStatus_t (*allgather_host)(cuoptimOptimizer_t opt, const void *send, void *recv, size_t bytes,
+                                    const char *stage);
+  /* The aggregate stage: every gradient of opt->step_grads summed across the ranks, in place, with
+   * every rank ending with the same bytes. */
+  cuoptimStatus_t (*aggregate)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+} cuoptimCommOps;
+
+struct cuoptimComm {
+  const cuoptimCommOps *ops;
+  cuoptimCommOptions_t options;
+  int rank, world;
+  int tables_checked; /* the ranks' variable tables were compared and agree */
+  int broken;         /* a collective timed out or failed: no further step may communicate */
+  void *impl;         /* the library's own state */
+};
+
+/* The data-parallel stage of a step, before inspect: the first-step table check, then the
+ * backend's aggregate when options.aggregate. No-op without communicator. */
+cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller);
+/* Whether a step has communication to do (an aggregate NVTX range is worth opening). */
+int cuoptim_comm_active(const cuoptimOptimizer_t opt);
+/* Frees the communicator (cuoptimDestroy). */
+void cuoptim_comm_release(cuoptimOptimizer_t opt);
+
+/* The share of rank `rank` among `world` ranks of `count` elements: the first count % world ranks
+ * take one element more. Every rank reduces its share (reduce-scatter), then all gather. */
+void cuoptim_comm_share(size_t count, int world, int rank, size_t *offset, size_t *length);
+
 struct cuoptimOptimizer {
   cuoptimConfig_t config;
   cuoptimBackend_t backend;
@@ -156,6 +196,8 @@ struct cuoptimOptimizer {
   int64_t outer_iterations;  /* CUOPTIM_WEIGHT_OUTER_*: state that only travels through Get/SetWeights */
   float outer_learning_rate;
 
+  cuoptimComm *comm;               /* NULL: a single process (cuoptimSetCommunicator) */
+
   cuoptimStepGradient *step_grads; /* host array, num_variables */
   uint32_t bind_round;             /* counts cuoptimApplyGradients calls, for duplicate detection */
 };
@@ -188,6 +230,11 @@ struct cuoptimBackendOps {
   /* Waits for every step the optimizer enqueued (cuoptimSynchronize). */
   cuoptimStatus_t (*synchronize)(cuoptimOptimizer_t opt);
 };
+
+/* The communication library of each backend: MPI for the host backend, NCCL for the CUDA
+ * backend; NULL when the library was built without it. */
+extern const cuoptimCommOps *const cuoptim_mpi_comm;
+extern const cuoptimCommOps *const cuoptim_nccl_comm;
 
 extern const cuoptimBackendOps cuoptim_host_backend;
 /* NULL when the library was built without CUDA kernels. */

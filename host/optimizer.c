@@ -78,6 +78,7 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
 
 cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
   if (!opt) return CUOPTIM_STATUS_SUCCESS;
+  cuoptim_comm_release(opt);
   if (opt->arena) opt->ops->free(opt, opt->arena);
   if (opt->scalar_block) opt->ops->free(opt, opt->scalar_block);
   opt->ops->release(opt);

@@ -1,4 +1,4 @@
-/* One optimizer step, as DESIGN.md draws it: aggregate (later), inspect, prologue, update, finish.
+/* One optimizer step, as DESIGN.md draws it: aggregate, inspect, prologue, update, finish.
  * Backend-independent: each stage is run by the backend's executor, inside an NVTX range. */
 #include <string.h>
 
@@ -96,8 +96,13 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
     range_pop();
     return status;
   }
+  if (cuoptim_comm_active(opt)) {
+    range_push("aggregate");
+    status = cuoptim_comm_begin_step(opt, stream, caller);
+    range_pop();
+  }
   int inspected = cuoptim_needs_inspect(opt);
-  if (inspected) status = run_stage("inspect", opt->ops->inspect, opt, stream);
+  if (inspected && status == CUOPTIM_STATUS_SUCCESS) status = run_stage("inspect", opt->ops->inspect, opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS) {
     range_push("prologue");
     status = opt->ops->prologue(opt, inspected, stream);

@@ -67,7 +67,8 @@ typedef struct CUstream_st *cuoptimStream_t;
   X(CUOPTIM_STATUS_PARSE_ERROR, 8, "malformed input text (JSON)")                       \
   X(CUOPTIM_STATUS_NCCL_ERROR, 9, "an NCCL call failed")                                \
   X(CUOPTIM_STATUS_MPI_ERROR, 10, "an MPI call failed")                                 \
-  X(CUOPTIM_STATUS_INTERNAL_ERROR, 11, "internal error (a bug in cuoptim)")
+  X(CUOPTIM_STATUS_INTERNAL_ERROR, 11, "internal error (a bug in cuoptim)")             \
+  X(CUOPTIM_STATUS_TIMEOUT, 12, "the wait ended before the work finished")
 
 typedef enum {
 #define CUOPTIM_STATUS_ENUM_(name, value, text) name = value,
@@ -456,6 +457,74 @@ CUOPTIM_API cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t opt
 /* Waits for every step enqueued by the optimizer (CUDA backend); returns at once on the host
  * backend. Statuses: SUCCESS, NULL_POINTER, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t optimizer);
+
+
+/* ---------------------------------------------------------------------------------------------
+ * Data-parallel training: one rank per device (or per process on the host backend), each with
+ * its own batch; cuoptim reduces the gradients across the ranks before the step, so every rank
+ * applies the same step and ends with the same bytes.
+ *
+ * The aggregate stage runs first in the step, before the loss-scale check, clipping and the skip
+ * decision (SEMANTICS.md §1.3), so every rank takes the same decisions. Gradients are summed
+ * (never averaged by the collective); with CUOPTIM_REDUCE_MEAN the update multiplies each summed
+ * element by float32(1 / world) before anything else reads it (no extra pass over memory). The
+ * sum is formed as a reduce-scatter followed by an all-gather: each element is summed by exactly
+ * one rank and copied to the others, so every rank holds the same bytes whatever reduction order
+ * the library picks. The caller's gradient buffers are overwritten with the sums (unscaled).
+ *
+ * Gradient accumulation: the gradients of every micro-step are reduced (the accumulators stay
+ * identical on every rank). The result equals the single-process run on the mean gradients
+ * within float32 rounding of the sum.
+ * ------------------------------------------------------------------------------------------- */
+typedef enum {
+  CUOPTIM_REDUCE_MEAN = 0, /* sum, then 1/world folded into the update (the default) */
+  CUOPTIM_REDUCE_SUM = 1   /* sum */
+} cuoptimReduceOp_t;
+
+typedef struct {
+  /* 1 (default): cuoptim reduces the gradients (Keras experimental_aggregate_gradients=True).
+   * 0: the caller passes gradients it already reduced; nothing is communicated for them and
+   * `reduce` is ignored. */
+  int aggregate;
+  cuoptimReduceOp_t reduce;
+  /* Gradients are reduced in groups of variables of about this many bytes (default 25 MiB). */
+  size_t bucket_bytes;
+  /* Sharded optimizer state (ZeRO-1). Not yet available: 1 is refused with NOT_SUPPORTED. */
+  int shard_state;
+  /* Host backend: how long a collective waits for the other ranks before the step fails with
+   * CUOPTIM_STATUS_TIMEOUT, in seconds; 0 (default) waits forever. After a timeout the
+   * communicator is in an unknown state: the optimizer refuses further steps (INVALID_STATE) and
+   * the caller should abort (MPI_Abort). The CUDA backend enqueues its collectives and never
+   * waits: use cuoptimSynchronizeTimeout there. */
+  double timeout_seconds;
+} cuoptimCommOptions_t;
+
+/* Fills the defaults: aggregate 1, CUOPTIM_REDUCE_MEAN, 25 MiB buckets, no sharding, no timeout.
+ * Statuses: SUCCESS, NULL_POINTER. */
+CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options);
+
+/* Makes the optimizer one rank of a data-parallel group. `communicator` points at the caller's
+ * handle: an `ncclComm_t` for CUOPTIM_BACKEND_CUDA, an `MPI_Comm` for CUOPTIM_BACKEND_HOST
+ * (pass &comm). Every rank must make this call, with the same options, before its optimizer
+ * state is built (first step or state access). The host backend duplicates the MPI
+ * communicator (a collective call: all ranks call it together) and frees its duplicate in
+ * cuoptimDestroy, which must then come before MPI_Finalize; the CUDA backend uses the caller's
+ * NCCL communicator, which must outlive the optimizer. communicator == NULL detaches: the
+ * optimizer is a single process again. A world of size 1 gives bit for bit the results of an
+ * optimizer without communicator.
+ * At the first step the ranks compare their variable tables (names, counts, dtypes, in order):
+ * a difference fails that step on every rank with INVALID_VALUE naming the first differing
+ * variable and the ranks that differ.
+ * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, a
+ * communicator MPI or NCCL refuses), INVALID_STATE (the state is built; MPI not initialized),
+ * NOT_SUPPORTED (this build has no MPI or no NCCL, shard_state), MPI_ERROR, NCCL_ERROR,
+ * ALLOC_FAILED. */
+CUOPTIM_API cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t optimizer, const void *communicator,
+                                                   const cuoptimCommOptions_t *options);
+
+/* This rank and the number of ranks (0 and 1 without communicator).
+ * Statuses: SUCCESS, NULL_POINTER. */
+CUOPTIM_API cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t optimizer, int *rank, int *world);
 
 #ifdef __cplusplus
 }

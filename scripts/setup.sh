@@ -6,7 +6,9 @@ set -euo pipefail
 
 # g++: the emulated-device build (emu/) compiles the kernels as host C++.
 # clang + libclang-rt-dev (libFuzzer and the sanitizer runtimes): the fuzz targets (tests/fuzz/).
-packages=(cmake make gcc g++ pkg-config libcriterion-dev libcjson-dev libpcre2-dev python3 clang libclang-rt-dev)
+# libopenmpi-dev + openmpi-bin: the host backend's data-parallel path and its multi-rank tests.
+packages=(cmake make gcc g++ pkg-config libcriterion-dev libcjson-dev libpcre2-dev python3 clang libclang-rt-dev
+          libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

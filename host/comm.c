@@ -1,0 +1,247 @@
+/* Data-parallel communication, independent of the library that carries it: the communicator
+ * options, attaching the caller's communicator, the first-step comparison of the ranks' variable
+ * tables, and the aggregate stage's entry point. MPI (host backend) is in host/comm_mpi.c. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define DEFAULT_BUCKET_BYTES ((size_t)25 << 20)
+#define TABLE_MAGIC 0x63756f7074696d31ull /* "cuoptim1": a rank that is not cuoptim's fails it */
+
+cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options) {
+  CUOPTIM_REQUIRE_NOT_NULL("cuoptimCommOptionsInit", options);
+  memset(options, 0, sizeof *options);
+  options->aggregate = 1;
+  options->reduce = CUOPTIM_REDUCE_MEAN;
+  options->bucket_bytes = DEFAULT_BUCKET_BYTES;
+  options->shard_state = 0;
+  options->timeout_seconds = 0.0;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t validate_options(const cuoptimCommOptions_t *o, const char *caller) {
+  if (o->aggregate != 0 && o->aggregate != 1)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: options->aggregate = %d: must be 0 or 1", caller,
+                         o->aggregate);
+  if (o->reduce != CUOPTIM_REDUCE_MEAN && o->reduce != CUOPTIM_REDUCE_SUM)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: options->reduce = %d is not a cuoptimReduceOp_t", caller,
+                         (int)o->reduce);
+  if (o->bucket_bytes == 0)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: options->bucket_bytes = 0: must be > 0", caller);
+  if (o->shard_state != 0 && o->shard_state != 1)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: options->shard_state = %d: must be 0 or 1", caller,
+                         o->shard_state);
+  if (o->shard_state)
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "%s: options->shard_state = 1: sharded state is not available yet",
+                         caller);
+  if (!(o->timeout_seconds >= 0.0) || isinf(o->timeout_seconds))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: options->timeout_seconds = %g: must be finite and >= 0 (0 waits forever)", caller,
+                         o->timeout_seconds);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+void cuoptim_comm_release(cuoptimOptimizer_t opt) {
+  if (!opt->comm) return;
+  opt->comm->ops->detach(opt, opt->comm);
+  free(opt->comm);
+  opt->comm = NULL;
+}
+
+/* The rule constants that depend on the world: the mean's 1/world. A world of 1 multiplies by
+ * nothing, so its steps are bit for bit those of an optimizer without communicator. */
+static void set_world_scale(cuoptimOptimizer_t opt) {
+  const cuoptimComm *c = opt->comm;
+  int mean = c && c->options.aggregate && c->options.reduce == CUOPTIM_REDUCE_MEAN && c->world > 1;
+  opt->prologue.rule.mean_over_ranks = mean;
+  opt->prologue.rule.inv_world = mean ? (float)(1.0 / (double)c->world) : 1.0f;
+}
+
+cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t opt, const void *communicator,
+                                       const cuoptimCommOptions_t *options) {
+  static const char *caller = "cuoptimSetCommunicator";
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  if (opt->built)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: the optimizer state is built: set the communicator before the first step or state access",
+                         caller);
+  if (!communicator) {
+    cuoptim_comm_release(opt);
+    set_world_scale(opt);
+    return CUOPTIM_STATUS_SUCCESS;
+  }
+  CUOPTIM_REQUIRE_NOT_NULL(caller, options);
+  CUOPTIM_CHECK(validate_options(options, caller));
+  const cuoptimCommOps *ops = opt->backend == CUOPTIM_BACKEND_CUDA ? cuoptim_nccl_comm : cuoptim_mpi_comm;
+  if (!ops)
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "%s: this build of cuoptim has no %s for the %s backend", caller,
+                         opt->backend == CUOPTIM_BACKEND_CUDA ? "NCCL" : "MPI", opt->ops->name);
+  cuoptimComm *comm = calloc(1, sizeof *comm);
+  if (!comm) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  comm->ops = ops;
+  comm->options = *options;
+  cuoptimStatus_t status = ops->attach(opt, comm, communicator, caller);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    free(comm);
+    return status;
+  }
+  cuoptim_comm_release(opt); /* the new one replaces the old, once it is attached */
+  opt->comm = comm;
+  set_world_scale(opt);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t opt, int *rank, int *world) {
+  CUOPTIM_REQUIRE_OPTIMIZER("cuoptimGetRank", opt);
+  CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetRank", rank);
+  CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetRank", world);
+  *rank = opt->comm ? opt->comm->rank : 0;
+  *world = opt->comm ? opt->comm->world : 1;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+void cuoptim_comm_share(size_t count, int world, int rank, size_t *offset, size_t *length) {
+  size_t base = count / (size_t)world, extra = count % (size_t)world, r = (size_t)rank;
+  *offset = r * base + (r < extra ? r : extra);
+  *length = base + (r < extra ? 1 : 0);
+}
+
+/* ---- the first-step comparison of the variable tables ---------------------------------------- */
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t bytes) {
+  const unsigned char *p = data;
+  for (size_t i = 0; i < bytes; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+#define FNV_OFFSET 0xcbf29ce484222325ull
+
+static uint64_t variable_hash(const cuoptimVariableRec *v) {
+  uint64_t count = v->count, dtype = (uint64_t)v->dtype;
+  uint64_t h = fnv1a(FNV_OFFSET, v->name, strlen(v->name) + 1);
+  h = fnv1a(h, &count, sizeof count);
+  return fnv1a(h, &dtype, sizeof dtype);
+}
+
+/* What every rank tells the others at the first step: everything that must agree. */
+enum {
+  ENTRY_MAGIC,
+  ENTRY_WORLD,
+  ENTRY_RANK,
+  ENTRY_VARIABLES,
+  ENTRY_TABLE_HASH,
+  ENTRY_OPTIMIZER,
+  ENTRY_AGGREGATE,
+  ENTRY_REDUCE,
+  ENTRY_BUCKET_BYTES,
+  ENTRY_SHARD,
+  ENTRY_COUNT
+};
+static const char *const entry_names[ENTRY_COUNT] = {
+    "cuoptim's handshake",   "world size",          "rank",
+    "number of variables",   "variable table",      "optimizer",
+    "options->aggregate",    "options->reduce",     "options->bucket_bytes",
+    "options->shard_state"};
+
+static void describe_rank(const cuoptimOptimizer_t opt, uint64_t *entry, uint64_t *hashes) {
+  const cuoptimComm *c = opt->comm;
+  uint64_t table = FNV_OFFSET;
+  for (int k = 0; k < opt->num_variables; k++) {
+    hashes[k] = variable_hash(&opt->variables[k]);
+    table = fnv1a(table, &hashes[k], sizeof hashes[k]);
+  }
+  entry[ENTRY_MAGIC] = TABLE_MAGIC;
+  entry[ENTRY_WORLD] = (uint64_t)c->world;
+  entry[ENTRY_RANK] = (uint64_t)c->rank;
+  entry[ENTRY_VARIABLES] = (uint64_t)opt->num_variables;
+  entry[ENTRY_TABLE_HASH] = table;
+  entry[ENTRY_OPTIMIZER] = (uint64_t)opt->config.kind;
+  entry[ENTRY_AGGREGATE] = (uint64_t)c->options.aggregate;
+  entry[ENTRY_REDUCE] = (uint64_t)c->options.reduce;
+  entry[ENTRY_BUCKET_BYTES] = (uint64_t)c->options.bucket_bytes;
+  entry[ENTRY_SHARD] = (uint64_t)c->options.shard_state;
+}
+
+/* Every rank holds the same gathered table, so every rank reaches the same verdict and they all
+ * take the same path (a second exchange, or none): a mismatch never leaves a rank waiting. */
+static cuoptimStatus_t name_differing_variable(cuoptimOptimizer_t opt, const uint64_t *hashes, const char *caller) {
+  const cuoptimComm *c = opt->comm;
+  size_t n = (size_t)opt->num_variables;
+  uint64_t *all = malloc((size_t)c->world * n * sizeof *all);
+  if (!all) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimStatus_t status = c->ops->allgather_host(opt, hashes, all, n * sizeof *all, "the variable table check");
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    free(all);
+    return status;
+  }
+  for (size_t k = 0; k < n; k++)
+    for (int r = 1; r < c->world; r++)
+      if (all[(size_t)r * n + k] != all[k]) {
+        free(all);
+        return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                             "%s: the ranks' variables differ: variable %zu (\"%s\" on rank %d) has another name, "
+                             "count or dtype on rank %d than on rank 0",
+                             caller, k, opt->variables[k].name, c->rank, r);
+      }
+  free(all);
+  return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: the table hashes differ but no variable does", caller);
+}
+
+static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, const char *caller) {
+  cuoptimComm *c = opt->comm;
+  uint64_t entry[ENTRY_COUNT];
+  uint64_t *hashes = malloc((size_t)(opt->num_variables ? opt->num_variables : 1) * sizeof *hashes);
+  uint64_t *all = malloc((size_t)c->world * sizeof entry);
+  if (!hashes || !all) {
+    free(hashes);
+    free(all);
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  }
+  describe_rank(opt, entry, hashes);
+  cuoptimStatus_t status = c->ops->allgather_host(opt, entry, all, sizeof entry, "the variable table check");
+  for (int r = 0; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++) {
+    const uint64_t *other = all + (size_t)r * ENTRY_COUNT;
+    for (int e = 0; e < ENTRY_COUNT; e++) {
+      uint64_t expected = e == ENTRY_RANK ? (uint64_t)r : all[e]; /* rank 0's, or its own position */
+      if (other[e] == expected) continue;
+      if (e == ENTRY_TABLE_HASH) {
+        status = name_differing_variable(opt, hashes, caller);
+      } else {
+        status = cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                               "%s: the ranks disagree on the %s: rank %d has %llu, rank %d has %llu (every rank must "
+                               "register the same variables and pass the same options)",
+                               caller, entry_names[e], r, (unsigned long long)other[e], e == ENTRY_RANK ? r : 0,
+                               (unsigned long long)expected);
+      }
+      break;
+    }
+  }
+  free(hashes);
+  free(all);
+  if (status == CUOPTIM_STATUS_SUCCESS) c->tables_checked = 1;
+  return status;
+}
+
+int cuoptim_comm_active(const cuoptimOptimizer_t opt) { return opt->comm != NULL; }
+
+#ifndef CUOPTIM_HAVE_NCCL
+const cuoptimCommOps *const cuoptim_nccl_comm = NULL;
+#endif
+
+cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller) {
+  cuoptimComm *c = opt->comm;
+  if (!c) return CUOPTIM_STATUS_SUCCESS;
+  if (c->broken)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: an earlier collective of this optimizer timed out or failed: its communicator is in an "
+                         "unknown state (abort it)",
+                         caller);
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  if (!c->tables_checked) status = check_tables(opt, caller);
+  if (status == CUOPTIM_STATUS_SUCCESS && c->options.aggregate && c->world > 1) status = c->ops->aggregate(opt, stream);
+  if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
+    c->broken = 1;
+  return status;
+}

@@ -1,0 +1,281 @@
+/* MPI for the host backend's data-parallel path. The optimizer works on its own duplicate of the
+ * caller's communicator, so its collectives never match the caller's. Each gradient is summed as
+ * a reduce-scatter (every rank sums its share, cuoptim_comm_share) followed by an all-gather into
+ * the gradient buffer: each element is summed by one rank only, so every rank ends with the same
+ * bytes whatever algorithm MPI picks. Waits poll non-blocking requests against the timeout. */
+#include "internal.h"
+
+#ifdef CUOPTIM_HAVE_MPI
+
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+  MPI_Comm comm;      /* cuoptim's duplicate */
+  MPI_Datatype half;  /* two bytes: float16 and bfloat16 elements */
+  MPI_Op sum_float16, sum_bfloat16;
+  void *scratch;      /* this rank's shares of a bucket */
+  size_t scratch_bytes;
+  int *counts, *displs; /* per rank, for the v-collectives */
+  MPI_Request *requests;
+  int request_capacity;
+} MpiComm;
+
+static MpiComm *mpi_of(cuoptimOptimizer_t opt) { return (MpiComm *)opt->comm->impl; }
+
+static cuoptimStatus_t mpi_fail(int code, const char *what) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) snprintf(text, sizeof text, "MPI error %d", code);
+  return cuoptim_error(CUOPTIM_STATUS_MPI_ERROR, "%s: %s", what, text);
+}
+
+/* Element sums of half-precision values, rounded to the element type after each addition (the
+ * sum a float16 all-reduce forms). */
+static void sum_float16(void *in, void *inout, int *len, MPI_Datatype *type) {
+  const uint16_t *a = in;
+  uint16_t *b = inout;
+  for (int i = 0; i < *len; i++) b[i] = cuoptim_float_to_half(cuoptim_half_to_float(a[i]) + cuoptim_half_to_float(b[i]));
+}
+
+static void sum_bfloat16(void *in, void *inout, int *len, MPI_Datatype *type) {
+  const uint16_t *a = in;
+  uint16_t *b = inout;
+  for (int i = 0; i < *len; i++)
+    b[i] = cuoptim_float_to_bfloat16(cuoptim_bfloat16_to_float(a[i]) + cuoptim_bfloat16_to_float(b[i]));
+}
+
+static void free_mpi(MpiComm *m) {
+  if (m->sum_float16 != MPI_OP_NULL) MPI_Op_free(&m->sum_float16);
+  if (m->sum_bfloat16 != MPI_OP_NULL) MPI_Op_free(&m->sum_bfloat16);
+  if (m->half != MPI_DATATYPE_NULL) MPI_Type_free(&m->half);
+  if (m->comm != MPI_COMM_NULL) MPI_Comm_free(&m->comm);
+  free(m->scratch);
+  free(m->counts);
+  free(m->displs);
+  free(m->requests);
+  free(m);
+}
+
+static cuoptimStatus_t mpi_attach(cuoptimOptimizer_t opt, cuoptimComm *c, const void *handle, const char *caller) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE, "%s: MPI is %s: call MPI_Init first", caller,
+                         finalized ? "finalized" : "not initialized");
+  MPI_Comm given = *(const MPI_Comm *)handle;
+  if (given == MPI_COMM_NULL)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: *communicator is MPI_COMM_NULL", caller);
+  MpiComm *m = calloc(1, sizeof *m);
+  if (!m) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  m->comm = MPI_COMM_NULL;
+  m->half = MPI_DATATYPE_NULL;
+  m->sum_float16 = m->sum_bfloat16 = MPI_OP_NULL;
+  /* Errors come back as codes (cuoptim turns them into statuses), not as an abort. */
+  int code = MPI_Comm_dup(given, &m->comm);
+  if (code == MPI_SUCCESS) code = MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN);
+  if (code == MPI_SUCCESS) code = MPI_Comm_rank(m->comm, &c->rank);
+  if (code == MPI_SUCCESS) code = MPI_Comm_size(m->comm, &c->world);
+  if (code == MPI_SUCCESS) code = MPI_Type_contiguous(2, MPI_BYTE, &m->half);
+  if (code == MPI_SUCCESS) code = MPI_Type_commit(&m->half);
+  if (code == MPI_SUCCESS) code = MPI_Op_create(sum_float16, 1, &m->sum_float16);
+  if (code == MPI_SUCCESS) code = MPI_Op_create(sum_bfloat16, 1, &m->sum_bfloat16);
+  if (code == MPI_SUCCESS) {
+    m->counts = calloc((size_t)c->world, sizeof *m->counts);
+    m->displs = calloc((size_t)c->world, sizeof *m->displs);
+  }
+  if (code != MPI_SUCCESS || !m->counts || !m->displs) {
+    free_mpi(m);
+    if (code != MPI_SUCCESS) return mpi_fail(code, caller);
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  }
+  c->impl = m;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static void mpi_detach(cuoptimOptimizer_t opt, cuoptimComm *c) {
+  MpiComm *m = c->impl;
+  if (!m) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  /* After a timeout a request may still write into the scratch: keep it (a bounded leak) rather
+   * than hand MPI freed memory. Without MPI any more, nothing can be freed through it. */
+  if (c->broken || finalized) return;
+  free_mpi(m);
+  c->impl = NULL;
+}
+
+static double now_seconds(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Waits for `n` requests, at most options.timeout_seconds (0: forever). */
+static cuoptimStatus_t wait_all(cuoptimOptimizer_t opt, int n, MPI_Request *requests, const char *stage) {
+  double timeout = opt->comm->options.timeout_seconds;
+  if (timeout == 0.0) {
+    int code = MPI_Waitall(n, requests, MPI_STATUSES_IGNORE);
+    return code == MPI_SUCCESS ? CUOPTIM_STATUS_SUCCESS : mpi_fail(code, stage);
+  }
+  double deadline = now_seconds() + timeout;
+  for (;;) {
+    int done = 0;
+    int code = MPI_Testall(n, requests, &done, MPI_STATUSES_IGNORE);
+    if (code != MPI_SUCCESS) return mpi_fail(code, stage);
+    if (done) return CUOPTIM_STATUS_SUCCESS;
+    if (now_seconds() > deadline)
+      return cuoptim_error(CUOPTIM_STATUS_TIMEOUT,
+                           "cuoptimApplyGradients: %s: the other ranks did not join within %g s (rank %d of %d); "
+                           "the communicator must be aborted",
+                           stage, timeout, opt->comm->rank, opt->comm->world);
+    struct timespec pause = {0, 20000}; /* 20 us: progress without a busy core */
+    nanosleep(&pause, NULL);
+  }
+}
+
+static cuoptimStatus_t mpi_allgather_host(cuoptimOptimizer_t opt, const void *send, void *recv, size_t bytes,
+                                          const char *stage) {
+  if (bytes > INT32_MAX)
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "cuoptim: %s: %zu bytes per rank is more than MPI counts", stage,
+                         bytes);
+  MPI_Request request;
+  int code = MPI_Iallgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, mpi_of(opt)->comm, &request);
+  if (code != MPI_SUCCESS) return mpi_fail(code, stage);
+  return wait_all(opt, 1, &request, stage);
+}
+
+static cuoptimStatus_t reserve(cuoptimOptimizer_t opt, size_t scratch_bytes, int requests) {
+  MpiComm *m = mpi_of(opt);
+  if (scratch_bytes > m->scratch_bytes) {
+    void *p = realloc(m->scratch, scratch_bytes);
+    if (!p) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
+    m->scratch = p;
+    m->scratch_bytes = scratch_bytes;
+  }
+  if (requests > m->request_capacity) {
+    MPI_Request *p = realloc(m->requests, (size_t)requests * sizeof *p);
+    if (!p) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
+    m->requests = p;
+    m->request_capacity = requests;
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static void element_type(const MpiComm *m, cuoptimDtype_t dtype, MPI_Datatype *type, MPI_Op *op) {
+  *type = dtype == CUOPTIM_FLOAT32 ? MPI_FLOAT : m->half;
+  *op = dtype == CUOPTIM_FLOAT32 ? MPI_SUM : dtype == CUOPTIM_FLOAT16 ? m->sum_float16 : m->sum_bfloat16;
+}
+
+/* The counts and offsets of every rank's share of `count` elements. */
+static cuoptimStatus_t fill_shares(cuoptimOptimizer_t opt, size_t count) {
+  MpiComm *m = mpi_of(opt);
+  int world = opt->comm->world;
+  if (count / (size_t)world + 1 > INT32_MAX || count > INT32_MAX)
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
+                         "cuoptimApplyGradients: a gradient of %zu elements is more than MPI counts (2^31 - 1)", count);
+  for (int r = 0; r < world; r++) {
+    size_t offset, length;
+    cuoptim_comm_share(count, world, r, &offset, &length);
+    m->counts[r] = (int)length;
+    m->displs[r] = (int)offset;
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* One bucket, variables [first, last): reduce-scatter every gradient into the scratch, then
+ * all-gather the sums back into the gradient buffers. */
+static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last) {
+  MpiComm *m = mpi_of(opt);
+  const cuoptimComm *c = opt->comm;
+  int n = 0;
+  size_t scratch_bytes = 0;
+  for (int k = first; k < last; k++) {
+    if (!opt->step_grads[k].grad) continue;
+    size_t offset, length;
+    cuoptim_comm_share(opt->variables[k].count, c->world, c->rank, &offset, &length);
+    scratch_bytes += length * cuoptim_dtype_size(opt->step_grads[k].dtype);
+    n++;
+  }
+  if (n == 0) return CUOPTIM_STATUS_SUCCESS;
+  CUOPTIM_CHECK(reserve(opt, scratch_bytes, n));
+  for (int pass = 0; pass < 2; pass++) {
+    const char *stage = pass == 0 ? "aggregate (reduce-scatter)" : "aggregate (all-gather)";
+    char *share = m->scratch;
+    int issued = 0;
+    for (int k = first; k < last; k++) {
+      const cuoptimStepGradient *g = &opt->step_grads[k];
+      if (!g->grad) continue;
+      CUOPTIM_CHECK(fill_shares(opt, opt->variables[k].count));
+      MPI_Datatype type;
+      MPI_Op op;
+      element_type(m, g->dtype, &type, &op);
+      int code = pass == 0 ? MPI_Ireduce_scatter(g->grad, share, m->counts, type, op, m->comm, &m->requests[issued])
+                           : MPI_Iallgatherv(share, m->counts[c->rank], type, (void *)g->grad, m->counts, m->displs,
+                                             type, m->comm, &m->requests[issued]);
+      if (code != MPI_SUCCESS) return mpi_fail(code, stage);
+      issued++;
+      share += (size_t)m->counts[c->rank] * cuoptim_dtype_size(g->dtype);
+    }
+    CUOPTIM_CHECK(wait_all(opt, issued, m->requests, stage));
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Before any gradient moves, the ranks compare which variables have one this step and of what
+ * type: a difference would pair unrelated collectives. One small exchange per step. */
+static cuoptimStatus_t check_step_gradients(cuoptimOptimizer_t opt) {
+  const cuoptimComm *c = opt->comm;
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (int k = 0; k < opt->num_variables; k++) {
+    const cuoptimStepGradient *g = &opt->step_grads[k];
+    uint64_t code = g->grad ? (uint64_t)g->dtype + 1 : 0;
+    for (int b = 0; b < 8; b++) h = (h ^ ((code >> (8 * b)) & 0xff)) * 0x100000001b3ull;
+  }
+  uint64_t *all = malloc((size_t)c->world * sizeof *all);
+  if (!all) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
+  cuoptimStatus_t status = mpi_allgather_host(opt, &h, all, sizeof h, "aggregate (gradient list check)");
+  for (int r = 1; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++)
+    if (all[r] != all[0])
+      status = cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                             "cuoptimApplyGradients: rank %d passes gradients for other variables (or of other dtypes) "
+                             "than rank 0 in this step: every rank must list the same non-NULL gradients",
+                             r);
+  free(all);
+  return status;
+}
+
+static cuoptimStatus_t mpi_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  CUOPTIM_CHECK(check_step_gradients(opt));
+  size_t bucket = opt->comm->options.bucket_bytes, filled = 0;
+  int first = 0;
+  for (int k = 0; k < opt->num_variables; k++) {
+    if (opt->step_grads[k].grad) filled += opt->variables[k].count * cuoptim_dtype_size(opt->step_grads[k].dtype);
+    if (filled >= bucket || k + 1 == opt->num_variables) {
+      CUOPTIM_CHECK(reduce_bucket(opt, first, k + 1));
+      first = k + 1;
+      filled = 0;
+    }
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static const cuoptimCommOps mpi_comm = {
+    .library = "MPI",
+    .attach = mpi_attach,
+    .detach = mpi_detach,
+    .allgather_host = mpi_allgather_host,
+    .aggregate = mpi_aggregate,
+};
+
+const cuoptimCommOps *const cuoptim_mpi_comm = &mpi_comm;
+
+#else
+
+const cuoptimCommOps *const cuoptim_mpi_comm = NULL;
+
+#endif
