@@ -206,7 +206,7 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   free_tables(b); /* a retry after a failed build starts clean */
   int n = opt->num_variables;
   int64_t total_chunks = 0;
-  for (int k = 0; k < n; k++) total_chunks += chunks_of(opt->variables[k].count);
+  for (int k = 0; k < n; k++) total_chunks += chunks_of(opt->variables[k].local_count);
   if (total_chunks > INT32_MAX)
     return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "cuoptim: %lld chunks of %d elements: more than a grid holds",
                          (long long)total_chunks, CUOPTIM_CHUNK);
@@ -224,16 +224,16 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   for (int k = 0; k < n; k++) {
     const cuoptimVariableRec *v = &opt->variables[k];
     cuoptimDeviceVariable *d = &variables[k];
-    d->param = v->param;
+    d->param = v->local_param;
     d->master = v->master;
     for (int s = 0; s < 3; s++) d->slots[s] = v->slots[s];
     d->average = v->average;
     d->accumulator = v->accumulator;
-    d->count = v->count;
+    d->count = v->local_count;
     d->param_dtype = v->dtype;
     d->use_weight_decay = v->use_weight_decay;
     d->first_chunk = next;
-    for (int64_t c = 0; c < chunks_of(v->count); c++) {
+    for (int64_t c = 0; c < chunks_of(v->local_count); c++) {
       chunks[next].variable = k;
       chunks[next].chunk = (int32_t)c;
       next++;

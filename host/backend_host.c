@@ -54,13 +54,13 @@ static void store_element(void *buffer, cuoptimDtype_t dtype, size_t i, float va
 
 /* The float32 value the rules update: the master of a half variable, or the caller's float32. */
 static float load_working(const cuoptimVariableRec *v, size_t i) {
-  return v->master ? v->master[i] : load_element(v->param, CUOPTIM_FLOAT32, i);
+  return v->master ? v->master[i] : load_element(v->local_param, CUOPTIM_FLOAT32, i);
 }
 
 /* Stores the updated value: into the master and the half parameter, or the caller's float32. */
 static void store_working(const cuoptimVariableRec *v, size_t i, float value) {
   if (v->master) v->master[i] = value;
-  store_element(v->param, v->dtype, i, value);
+  store_element(v->local_param, v->dtype, i, value);
 }
 
 static cuoptimStatus_t host_build(cuoptimOptimizer_t opt) {
@@ -69,10 +69,10 @@ static cuoptimStatus_t host_build(cuoptimOptimizer_t opt) {
     for (int s = 0; s < opt->slots.count; s++) {
       if (!v->slots[s]) continue;
       float initial = cuoptim_slot_initial_value(&opt->config, s);
-      for (size_t i = 0; i < v->count; i++) v->slots[s][i] = initial;
+      for (size_t i = 0; i < v->local_count; i++) v->slots[s][i] = initial;
     }
     if (v->master)
-      for (size_t i = 0; i < v->count; i++) v->master[i] = load_element(v->param, v->dtype, i);
+      for (size_t i = 0; i < v->local_count; i++) v->master[i] = load_element(v->local_param, v->dtype, i);
   }
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -95,7 +95,7 @@ static cuoptimStatus_t host_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stre
     if (!g->grad) continue;
     double sumsq = 0.0;
     int nonfinite = 0;
-    for (size_t i = 0; i < v->count; i++) {
+    for (size_t i = 0; i < v->local_count; i++) {
       float raw = load_element(g->grad, g->dtype, i);
       nonfinite |= !isfinite(raw);
       float x = cuoptim_inspect_gradient(p, loss_scale, raw, v->accumulator ? v->accumulator[i] : 0.0f);
@@ -127,7 +127,7 @@ static void update_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v, const
   const cuoptimRuleParams *p = &opt->prologue.rule;
   const cuoptimStepScalars *s = opt->scalars;
   float unused[3] = {0, 0, 0}, acc_unused = 0;
-  for (size_t i = 0; i < v->count; i++) {
+  for (size_t i = 0; i < v->local_count; i++) {
     float *s0 = v->slots[0] ? &v->slots[0][i] : &unused[0];
     float *s1 = v->slots[1] ? &v->slots[1][i] : &unused[1];
     float *s2 = v->slots[2] ? &v->slots[2][i] : &unused[2];
@@ -145,7 +145,7 @@ static void update_variable_lamb(cuoptimOptimizer_t opt, cuoptimVariableRec *v, 
   const cuoptimStepScalars *s = opt->scalars;
   float acc_unused = 0;
   double w_sumsq = 0.0, u_sumsq = 0.0;
-  for (size_t i = 0; i < v->count; i++) {
+  for (size_t i = 0; i < v->local_count; i++) {
     float *acc = v->accumulator ? &v->accumulator[i] : &acc_unused;
     float w_decayed, update;
     float raw = load_element(g->grad, g->dtype, i);
@@ -159,7 +159,7 @@ static void update_variable_lamb(cuoptimOptimizer_t opt, cuoptimVariableRec *v, 
   t->lamb_w_sumsq = w_sumsq;
   t->lamb_u_sumsq = u_sumsq;
   t->lamb_ratio = cuoptim_lamb_ratio(w_sumsq, u_sumsq);
-  for (size_t i = 0; i < v->count; i++) {
+  for (size_t i = 0; i < v->local_count; i++) {
     store_working(v, i,
                   cuoptim_lamb_pass2_element(p, s, t, v->use_weight_decay, load_working(v, i), v->slots[0][i],
                                              v->slots[1][i]));
@@ -167,7 +167,7 @@ static void update_variable_lamb(cuoptimOptimizer_t opt, cuoptimVariableRec *v, 
 }
 
 static void ema_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v) {
-  for (size_t i = 0; i < v->count; i++) {
+  for (size_t i = 0; i < v->local_count; i++) {
     float w = load_working(v, i);
     cuoptim_ema_element(opt->scalars, &w, &v->average[i]);
     store_working(v, i, w);
@@ -199,7 +199,7 @@ static cuoptimStatus_t host_finish(cuoptimOptimizer_t opt, cuoptimStream_t strea
 static cuoptimStatus_t host_finalize(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   for (int k = 0; k < opt->num_variables; k++) {
     cuoptimVariableRec *v = &opt->variables[k];
-    for (size_t i = 0; i < v->count; i++) store_working(v, i, v->average[i]);
+    for (size_t i = 0; i < v->local_count; i++) store_working(v, i, v->average[i]);
   }
   return CUOPTIM_STATUS_SUCCESS;
 }

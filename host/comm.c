@@ -33,9 +33,6 @@ static cuoptimStatus_t validate_options(const cuoptimCommOptions_t *o, const cha
   if (o->shard_state != 0 && o->shard_state != 1)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: options->shard_state = %d: must be 0 or 1", caller,
                          o->shard_state);
-  if (o->shard_state)
-    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "%s: options->shard_state = 1: sharded state is not available yet",
-                         caller);
   if (!(o->timeout_seconds >= 0.0) || isinf(o->timeout_seconds))
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
                          "%s: options->timeout_seconds = %g: must be finite and >= 0 (0 waits forever)", caller,
@@ -74,7 +71,14 @@ cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t opt, const void *commu
   }
   CUOPTIM_REQUIRE_NOT_NULL(caller, options);
   CUOPTIM_CHECK(validate_options(options, caller));
+  if (options->shard_state && opt->config.kind == CUOPTIM_LAMB)
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
+                         "%s: options->shard_state = 1 with Lamb: trust ratios over sharded state are not available yet",
+                         caller);
   const cuoptimCommOps *ops = opt->backend == CUOPTIM_BACKEND_CUDA ? cuoptim_nccl_comm : cuoptim_mpi_comm;
+  if (ops && options->shard_state && !ops->gather_parameters)
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "%s: options->shard_state = 1: the %s backend cannot shard yet",
+                         caller, opt->ops->name);
   if (!ops)
     return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "%s: this build of cuoptim has no %s for the %s backend", caller,
                          opt->backend == CUOPTIM_BACKEND_CUDA ? "NCCL" : "MPI", opt->ops->name);
@@ -240,8 +244,86 @@ cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t 
                          caller);
   cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
   if (!c->tables_checked) status = check_tables(opt, caller);
-  if (status == CUOPTIM_STATUS_SUCCESS && c->options.aggregate && c->world > 1) status = c->ops->aggregate(opt, stream);
+  if (status == CUOPTIM_STATUS_SUCCESS && c->options.aggregate && c->world > 1) {
+    status = c->ops->aggregate(opt, stream);
+  } else if (status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt)) {
+    /* Reduced by the caller: this rank reads its share of each gradient in place. */
+    for (int k = 0; k < opt->num_variables; k++) {
+      cuoptimStepGradient *g = &opt->step_grads[k];
+      if (g->grad) g->grad = (const char *)g->grad + opt->variables[k].local_offset * cuoptim_dtype_size(g->dtype);
+    }
+  }
   if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
     c->broken = 1;
+  return status;
+}
+
+/* ---- sharded state ----------------------------------------------------------------------------- */
+
+int cuoptim_comm_sharded(const cuoptimOptimizer_t opt) {
+  return opt->comm && opt->comm->options.shard_state && opt->comm->world > 1;
+}
+
+void cuoptim_comm_assign_shares(cuoptimOptimizer_t opt) {
+  int sharded = cuoptim_comm_sharded(opt);
+  for (int k = 0; k < opt->num_variables; k++) {
+    cuoptimVariableRec *v = &opt->variables[k];
+    v->local_offset = 0;
+    v->local_count = v->count;
+    if (sharded) cuoptim_comm_share(v->count, opt->comm->world, opt->comm->rank, &v->local_offset, &v->local_count);
+    v->local_param = (char *)v->param + v->local_offset * cuoptim_dtype_size(v->dtype);
+  }
+}
+
+/* What the inspect pass measured on one rank's shares, as the ranks exchange it. */
+typedef struct {
+  double grad_sumsq;
+  int64_t nonfinite;
+} InspectPartial;
+
+cuoptimStatus_t cuoptim_comm_combine_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  if (!cuoptim_comm_sharded(opt)) return CUOPTIM_STATUS_SUCCESS;
+  const cuoptimComm *c = opt->comm;
+  size_t n = (size_t)opt->num_variables;
+  InspectPartial *mine = calloc(n, sizeof *mine);
+  InspectPartial *all = calloc(n * (size_t)c->world, sizeof *all);
+  if (!mine || !all) {
+    free(mine);
+    free(all);
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
+  }
+  cuoptimTensorScalars *tensors = malloc(n * sizeof *tensors);
+  cuoptimStatus_t status = tensors ? opt->ops->download(opt, tensors, opt->tensors, n * sizeof *tensors)
+                                   : cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
+  for (size_t k = 0; status == CUOPTIM_STATUS_SUCCESS && k < n; k++) {
+    mine[k].grad_sumsq = tensors[k].grad_sumsq;
+    mine[k].nonfinite = tensors[k].nonfinite;
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS)
+    status = c->ops->allgather_host(opt, mine, all, n * sizeof *mine, "aggregate (combining the shards' norms)");
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    for (size_t k = 0; k < n; k++) {
+      double sumsq = 0.0;
+      int nonfinite = 0;
+      for (int r = 0; r < c->world; r++) { /* rank order: the same sum on every rank */
+        sumsq += all[(size_t)r * n + k].grad_sumsq;
+        nonfinite |= all[(size_t)r * n + k].nonfinite != 0;
+      }
+      tensors[k].grad_sumsq = sumsq;
+      tensors[k].nonfinite = nonfinite;
+    }
+    status = opt->ops->upload(opt, opt->tensors, tensors, n * sizeof *tensors);
+  }
+  free(tensors);
+  free(mine);
+  free(all);
+  return status;
+}
+
+cuoptimStatus_t cuoptim_comm_end_step(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  if (!cuoptim_comm_sharded(opt)) return CUOPTIM_STATUS_SUCCESS;
+  cuoptimStatus_t status = opt->comm->ops->gather_parameters(opt, stream);
+  if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
+    opt->comm->broken = 1;
   return status;
 }

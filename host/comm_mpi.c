@@ -19,6 +19,8 @@ typedef struct {
   MPI_Op sum_float16, sum_bfloat16;
   void *scratch;      /* this rank's shares of a bucket */
   size_t scratch_bytes;
+  char *shares;       /* sharded state: this rank's share of every gradient, 4 bytes per element */
+  size_t *share_offsets; /* byte offset of each variable's share in `shares` */
   int *counts, *displs; /* per rank, for the v-collectives */
   MPI_Request *requests;
   int request_capacity;
@@ -54,6 +56,8 @@ static void free_mpi(MpiComm *m) {
   if (m->half != MPI_DATATYPE_NULL) MPI_Type_free(&m->half);
   if (m->comm != MPI_COMM_NULL) MPI_Comm_free(&m->comm);
   free(m->scratch);
+  free(m->shares);
+  free(m->share_offsets);
   free(m->counts);
   free(m->displs);
   free(m->requests);
@@ -187,11 +191,34 @@ static cuoptimStatus_t fill_shares(cuoptimOptimizer_t opt, size_t count) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-/* One bucket, variables [first, last): reduce-scatter every gradient into the scratch, then
- * all-gather the sums back into the gradient buffers. */
+/* Sharded state: the buffer that holds this rank's share of every gradient, laid out once (the
+ * variables are fixed once the state is built). */
+static cuoptimStatus_t reserve_shares(cuoptimOptimizer_t opt) {
+  MpiComm *m = mpi_of(opt);
+  if (m->shares) return CUOPTIM_STATUS_SUCCESS;
+  size_t n = (size_t)opt->num_variables, total = 0;
+  m->share_offsets = malloc((n ? n : 1) * sizeof *m->share_offsets);
+  if (!m->share_offsets) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
+  for (size_t k = 0; k < n; k++) {
+    m->share_offsets[k] = total;
+    total += (opt->variables[k].local_count * sizeof(float) + 15) / 16 * 16;
+  }
+  m->shares = malloc(total ? total : 16);
+  if (!m->shares) {
+    free(m->share_offsets);
+    m->share_offsets = NULL;
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* One bucket, variables [first, last): reduce-scatter every gradient into this rank's shares;
+ * then, unsharded, all-gather the sums back into the gradient buffers, or, sharded, point the
+ * step's gradients at the shares. */
 static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last) {
   MpiComm *m = mpi_of(opt);
   const cuoptimComm *c = opt->comm;
+  int sharded = cuoptim_comm_sharded(opt);
   int n = 0;
   size_t scratch_bytes = 0;
   for (int k = first; k < last; k++) {
@@ -202,14 +229,15 @@ static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last
     n++;
   }
   if (n == 0) return CUOPTIM_STATUS_SUCCESS;
-  CUOPTIM_CHECK(reserve(opt, scratch_bytes, n));
-  for (int pass = 0; pass < 2; pass++) {
+  CUOPTIM_CHECK(reserve(opt, sharded ? 0 : scratch_bytes, n));
+  for (int pass = 0; pass < (sharded ? 1 : 2); pass++) {
     const char *stage = pass == 0 ? "aggregate (reduce-scatter)" : "aggregate (all-gather)";
     char *share = m->scratch;
     int issued = 0;
     for (int k = first; k < last; k++) {
       const cuoptimStepGradient *g = &opt->step_grads[k];
       if (!g->grad) continue;
+      if (sharded) share = m->shares + m->share_offsets[k];
       CUOPTIM_CHECK(fill_shares(opt, opt->variables[k].count));
       MPI_Datatype type;
       MPI_Op op;
@@ -223,7 +251,51 @@ static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last
     }
     CUOPTIM_CHECK(wait_all(opt, issued, m->requests, stage));
   }
+  if (sharded)
+    for (int k = first; k < last; k++)
+      if (opt->step_grads[k].grad) opt->step_grads[k].grad = m->shares + m->share_offsets[k];
   return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Sharded state: each rank updated its share of every parameter; all of them gathered in place,
+ * in the parameter's own type (half-precision parameters travel as half). */
+static cuoptimStatus_t mpi_gather_parameters(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  MpiComm *m = mpi_of(opt);
+  static const char *stage = "aggregate (all-gather of the parameters)";
+  int n = opt->num_variables, issued = 0;
+  CUOPTIM_CHECK(reserve(opt, 0, n));
+  for (int k = 0; k < n; k++) {
+    const cuoptimVariableRec *v = &opt->variables[k];
+    CUOPTIM_CHECK(fill_shares(opt, v->count));
+    MPI_Datatype type;
+    MPI_Op op;
+    element_type(m, v->dtype, &type, &op);
+    int code = MPI_Iallgatherv(MPI_IN_PLACE, 0, type, v->param, m->counts, m->displs, type, m->comm,
+                               &m->requests[issued]);
+    if (code != MPI_SUCCESS) return mpi_fail(code, stage);
+    issued++;
+  }
+  return wait_all(opt, issued, m->requests, stage);
+}
+
+static cuoptimStatus_t mpi_allgather_shares_host(cuoptimOptimizer_t opt, const void *share, void *full, size_t count,
+                                                 size_t element_bytes, const char *stage) {
+  MpiComm *m = mpi_of(opt);
+  const cuoptimComm *c = opt->comm;
+  if (count > INT32_MAX / element_bytes)
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "cuoptim: %s: %zu elements are more than MPI counts", stage,
+                         count);
+  for (int r = 0; r < c->world; r++) {
+    size_t offset, length;
+    cuoptim_comm_share(count, c->world, r, &offset, &length);
+    m->counts[r] = (int)(length * element_bytes);
+    m->displs[r] = (int)(offset * element_bytes);
+  }
+  MPI_Request request;
+  int code = MPI_Iallgatherv(share, m->counts[c->rank], MPI_BYTE, full, m->counts, m->displs, MPI_BYTE, m->comm,
+                             &request);
+  if (code != MPI_SUCCESS) return mpi_fail(code, stage);
+  return wait_all(opt, 1, &request, stage);
 }
 
 /* Before any gradient moves, the ranks compare which variables have one this step and of what
@@ -251,6 +323,7 @@ static cuoptimStatus_t check_step_gradients(cuoptimOptimizer_t opt) {
 
 static cuoptimStatus_t mpi_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   CUOPTIM_CHECK(check_step_gradients(opt));
+  if (cuoptim_comm_sharded(opt)) CUOPTIM_CHECK(reserve_shares(opt));
   size_t bucket = opt->comm->options.bucket_bytes, filled = 0;
   int first = 0;
   for (int k = 0; k < opt->num_variables; k++) {
@@ -269,7 +342,9 @@ static const cuoptimCommOps mpi_comm = {
     .attach = mpi_attach,
     .detach = mpi_detach,
     .allgather_host = mpi_allgather_host,
+    .allgather_shares_host = mpi_allgather_shares_host,
     .aggregate = mpi_aggregate,
+    .gather_parameters = mpi_gather_parameters,
 };
 
 const cuoptimCommOps *const cuoptim_mpi_comm = &mpi_comm;

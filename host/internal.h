@@ -81,7 +81,13 @@ typedef struct cuoptimVariableRec {
   cuoptimDtype_t dtype;
   size_t count;
   int use_weight_decay; /* weight_decay set and not excluded */
-  /* Owned by cuoptim, pointers of the backend into the arenas (NULL when absent). */
+  /* The elements this rank updates and keeps state for: all of them, or with sharded state its
+   * share [local_offset, local_offset + local_count) (cuoptim_comm_share). local_param is
+   * param + local_offset elements. Set when the state is built. */
+  size_t local_offset, local_count;
+  void *local_param;
+  /* Owned by cuoptim, pointers of the backend into the arenas (NULL when absent), local_count
+   * elements each. */
   float *master;        /* fp32 copy of a float16/bfloat16 variable */
   float *slots[3];
   float *average;       /* EMA */
@@ -104,6 +110,7 @@ typedef struct cuoptimWeightEntry {
   cuoptimWeightInfo_t info;
   cuoptimWeightKind kind;
   float **buffer; /* CUOPTIM_WEIGHT_BUFFER: the variable's field that points into the arena once built */
+  int variable;   /* CUOPTIM_WEIGHT_BUFFER: the variable it belongs to */
 } cuoptimWeightEntry;
 
 /* The gradient of each variable for the step in progress (NULL: none), and what binding it needs
@@ -133,9 +140,16 @@ typedef struct cuoptimCommOps {
   /* Blocking: every rank contributes `bytes` host bytes; recv holds world * bytes, rank order. */
   cuoptimStatus_t (*allgather_host)(cuoptimOptimizer_t opt, const void *send, void *recv, size_t bytes,
                                     const char *stage);
-  /* The aggregate stage: every gradient of opt->step_grads summed across the ranks, in place, with
-   * every rank ending with the same bytes. */
+  /* Blocking: every rank contributes its share (cuoptim_comm_share) of `count` elements of
+   * `element_bytes` each, in host memory; full receives all of them in order. */
+  cuoptimStatus_t (*allgather_shares_host)(cuoptimOptimizer_t opt, const void *share, void *full, size_t count,
+                                           size_t element_bytes, const char *stage);
+  /* The aggregate stage: every gradient of opt->step_grads summed across the ranks, every rank
+   * ending with the same bytes. Unsharded: in place. Sharded: only this rank's share is summed,
+   * into a buffer of the communicator, and step_grads[k].grad then points at that share. */
   cuoptimStatus_t (*aggregate)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* Sharded state, after the update: every rank's share of every parameter gathered in place. */
+  cuoptimStatus_t (*gather_parameters)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
 } cuoptimCommOps;
 
 struct cuoptimComm {
@@ -150,6 +164,14 @@ struct cuoptimComm {
 /* The data-parallel stage of a step, before inspect: the first-step table check, then the
  * backend's aggregate when options.aggregate. No-op without communicator. */
 cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller);
+/* Sharded state: the per-variable sums of squares and non-finite flags of the inspect pass, which
+ * cover this rank's shares, combined over the ranks in rank order (the same bytes on every rank,
+ * the same every run); after the update the parameters gathered. No-ops unless sharded. */
+cuoptimStatus_t cuoptim_comm_combine_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+cuoptimStatus_t cuoptim_comm_end_step(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+int cuoptim_comm_sharded(const cuoptimOptimizer_t opt);
+/* Sets each variable's local_offset/local_count/local_param for the state about to be built. */
+void cuoptim_comm_assign_shares(cuoptimOptimizer_t opt);
 /* Whether a step has communication to do (an aggregate NVTX range is worth opening). */
 int cuoptim_comm_active(const cuoptimOptimizer_t opt);
 /* Frees the communicator (cuoptimDestroy). */

@@ -383,11 +383,11 @@ static int layout_arena(cuoptimOptimizer_t opt, char *base, size_t *bytes) {
   } while (0)
   for (int i = 0; i < opt->num_variables; i++) {
     cuoptimVariableRec *v = &opt->variables[i];
-    if (v->dtype != CUOPTIM_FLOAT32) PLACE(v->master, v->count);
+    if (v->dtype != CUOPTIM_FLOAT32) PLACE(v->master, v->local_count);
     for (int s = 0; s < opt->slots.count; s++)
-      if (opt->slots.present[s]) PLACE(v->slots[s], v->count);
-    if (p->use_ema) PLACE(v->average, v->count);
-    if (p->accumulation_steps) PLACE(v->accumulator, v->count);
+      if (opt->slots.present[s]) PLACE(v->slots[s], v->local_count);
+    if (p->use_ema) PLACE(v->average, v->local_count);
+    if (p->accumulation_steps) PLACE(v->accumulator, v->local_count);
   }
 #undef PLACE
   /* The per-variable scalars after the buffers. */
@@ -415,6 +415,7 @@ static void add_scalar_weight(cuoptimOptimizer_t opt, cuoptimWeightKind kind, in
 static void add_buffer_weight(cuoptimOptimizer_t opt, cuoptimVariableRec *v, float **buffer, const char *suffix) {
   cuoptimWeightEntry *w = add_weight(opt, CUOPTIM_WEIGHT_BUFFER, v->count, 0);
   w->buffer = buffer;
+  w->variable = (int)(v - opt->variables);
   /* Fits: a name has at most CUOPTIM_MAX_NAME - 1 bytes, a suffix at most 21 ("accumulated_delta_var"). */
   snprintf(w->info.name, sizeof w->info.name, "%.*s_%.24s", CUOPTIM_MAX_NAME - 1, v->name, suffix);
 }
@@ -471,6 +472,7 @@ static void forget_layout(cuoptimOptimizer_t opt) {
 
 cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller) {
   if (opt->built) return CUOPTIM_STATUS_SUCCESS;
+  cuoptim_comm_assign_shares(opt);
   size_t bytes = 0;
   if (!layout_arena(opt, NULL, &bytes))
     return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: the optimizer state of %d variables exceeds the address space",
@@ -620,6 +622,23 @@ static cuoptimStatus_t transfer_buffer(cuoptimOptimizer_t opt, float *buffer, co
   return status;
 }
 
+/* A buffer entry into `values` (its full count): this rank's part, and with sharded state every
+ * other rank's, gathered (a collective: every rank makes the same call). */
+static cuoptimStatus_t get_buffer(cuoptimOptimizer_t opt, const cuoptimWeightEntry *entry, double *values,
+                                  const char *caller) {
+  const cuoptimVariableRec *v = &opt->variables[entry->variable];
+  if (!cuoptim_comm_sharded(opt)) return transfer_buffer(opt, *entry->buffer, NULL, values, v->count, caller);
+  float *full = malloc(v->count * sizeof *full);
+  if (!full) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimStatus_t status = opt->ops->download(opt, full + v->local_offset, *entry->buffer, v->local_count * sizeof *full);
+  if (status == CUOPTIM_STATUS_SUCCESS)
+    status = opt->comm->ops->allgather_shares_host(opt, full + v->local_offset, full, v->count, sizeof *full,
+                                                   "cuoptimGetWeights (gathering the shards)");
+  for (size_t i = 0; status == CUOPTIM_STATUS_SUCCESS && i < v->count; i++) values[i] = full[i];
+  free(full);
+  return status;
+}
+
 cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *values, size_t count) {
   static const char *caller = "cuoptimGetWeights";
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
@@ -628,7 +647,7 @@ cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *val
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
   CUOPTIM_CHECK(check_count(entry, count, caller));
   CUOPTIM_CHECK(cuoptim_build(opt, caller));
-  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return transfer_buffer(opt, *entry->buffer, NULL, values, count, caller);
+  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return get_buffer(opt, entry, values, caller);
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
   switch (entry->kind) {
@@ -681,7 +700,10 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
   CUOPTIM_CHECK(check_count(entry, count, caller));
   CUOPTIM_CHECK(check_weight_values(entry, values, count, caller));
   CUOPTIM_CHECK(cuoptim_build(opt, caller));
-  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return transfer_buffer(opt, *entry->buffer, values, NULL, count, caller);
+  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) {
+    const cuoptimVariableRec *v = &opt->variables[entry->variable];
+    return transfer_buffer(opt, *entry->buffer, values + v->local_offset, NULL, v->local_count, caller);
+  }
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
   switch (entry->kind) {
@@ -704,7 +726,8 @@ cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t opt, cuoptimStr
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   if (!opt->config.use_ema || opt->num_variables == 0) return CUOPTIM_STATUS_SUCCESS;
   CUOPTIM_CHECK(cuoptim_build(opt, caller));
-  return opt->ops->finalize(opt, stream);
+  CUOPTIM_CHECK(opt->ops->finalize(opt, stream));
+  return cuoptim_comm_end_step(opt, stream); /* sharded: every rank's share of the averages */
 }
 
 cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t opt) {

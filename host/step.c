@@ -103,6 +103,11 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   }
   int inspected = cuoptim_needs_inspect(opt);
   if (inspected && status == CUOPTIM_STATUS_SUCCESS) status = run_stage("inspect", opt->ops->inspect, opt, stream);
+  if (inspected && status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt)) {
+    range_push("aggregate");
+    status = cuoptim_comm_combine_inspect(opt, stream);
+    range_pop();
+  }
   if (status == CUOPTIM_STATUS_SUCCESS) {
     range_push("prologue");
     status = opt->ops->prologue(opt, inspected, stream);
@@ -110,6 +115,11 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   }
   if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("update", opt->ops->update, opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("finish", opt->ops->finish, opt, stream);
+  if (status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt)) {
+    range_push("aggregate");
+    status = cuoptim_comm_end_step(opt, stream);
+    range_pop();
+  }
   opt->ops->end_step(opt);
   range_pop();
   return status;

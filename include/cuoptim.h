@@ -436,8 +436,10 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t optimizer, 
 CUOPTIM_API cuoptimStatus_t cuoptimGetWeightInfo(cuoptimOptimizer_t optimizer, int index, cuoptimWeightInfo_t *info);
 
 /* Copies entry `index` into host memory as `count` doubles (count must equal the entry's count;
- * float32 state converts exactly; counters are exact below 2^53). Synchronous.
- * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index, count), ALLOC_FAILED, CUDA_ERROR. */
+ * float32 state converts exactly; counters are exact below 2^53). Synchronous. With sharded
+ * state (cuoptimSetCommunicator) an array entry is gathered from every rank: a collective call.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index, count), ALLOC_FAILED, CUDA_ERROR,
+ * MPI_ERROR, NCCL_ERROR, TIMEOUT (sharded). */
 CUOPTIM_API cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t optimizer, int index, double *values, size_t count);
 
 /* Sets entry `index` from `count` doubles in host memory (rounded to float32; counters must be
@@ -489,7 +491,20 @@ typedef struct {
   cuoptimReduceOp_t reduce;
   /* Gradients are reduced in groups of variables of about this many bytes (default 25 MiB). */
   size_t bucket_bytes;
-  /* Sharded optimizer state (ZeRO-1). Not yet available: 1 is refused with NOT_SUPPORTED. */
+  /* Sharded optimizer state (ZeRO-1): each rank keeps the slots, fp32 masters, EMA averages and
+   * accumulators of its share of every variable only (rank r of N: elements
+   * [r * (count / N) + min(r, count % N), ...) of count / N + (r < count % N) elements), the
+   * gradients are reduce-scattered (each rank receives the sum of its share), each rank updates
+   * its share of the parameters and then all ranks gather every parameter in its own type.
+   * Per-variable norms (clipnorm, global_clipnorm) and the non-finite check combine the shares'
+   * partial sums in rank order, so every rank takes the same decision, the same every run.
+   * Elementwise steps are bit for bit those of the unsharded run. cuoptimGetWeights of a slot,
+   * average or accumulator gathers it from every rank: with sharded state it is a collective call
+   * that every rank makes in the same order; cuoptimSetWeights takes the full values on every rank
+   * and keeps its share. State per rank for float32 Adam: 12 / N bytes per parameter (m, v and
+   * the gradient share) besides the caller's parameter and gradient.
+   * Available on the host backend; not yet for Lamb (refused with NOT_SUPPORTED) nor on the CUDA
+   * backend. */
   int shard_state;
   /* Host backend: how long a collective waits for the other ranks before the step fails with
    * CUOPTIM_STATUS_TIMEOUT, in seconds; 0 (default) waits forever. After a timeout the
@@ -517,7 +532,8 @@ CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options
  * variable and the ranks that differ.
  * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, a
  * communicator MPI or NCCL refuses), INVALID_STATE (the state is built; MPI not initialized),
- * NOT_SUPPORTED (this build has no MPI or no NCCL, shard_state), MPI_ERROR, NCCL_ERROR,
+ * NOT_SUPPORTED (this build has no MPI or no NCCL; shard_state with Lamb or on a backend that
+ * cannot shard yet), MPI_ERROR, NCCL_ERROR,
  * ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t optimizer, const void *communicator,
                                                    const cuoptimCommOptions_t *options);
