@@ -106,6 +106,14 @@ cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t opt, int *rank, int *world) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+cuoptimStatus_t cuoptimGetStateBytes(cuoptimOptimizer_t opt, size_t *bytes) {
+  CUOPTIM_REQUIRE_OPTIMIZER("cuoptimGetStateBytes", opt);
+  CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetStateBytes", bytes);
+  *bytes = (opt->built ? opt->arena_bytes : 0) +
+           (opt->comm && opt->comm->ops->buffer_bytes ? opt->comm->ops->buffer_bytes(opt) : 0);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 void cuoptim_comm_share(size_t count, int world, int rank, size_t *offset, size_t *length) {
   size_t base = count / (size_t)world, extra = count % (size_t)world, r = (size_t)rank;
   *offset = r * base + (r < extra ? r : extra);

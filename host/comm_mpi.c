@@ -337,6 +337,15 @@ static cuoptimStatus_t mpi_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t str
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+static size_t mpi_buffer_bytes(cuoptimOptimizer_t opt) {
+  const MpiComm *m = mpi_of(opt);
+  if (!m) return 0;
+  size_t shares = 0;
+  if (m->shares)
+    for (int k = 0; k < opt->num_variables; k++) shares += (opt->variables[k].local_count * sizeof(float) + 15) / 16 * 16;
+  return m->scratch_bytes + shares;
+}
+
 static const cuoptimCommOps mpi_comm = {
     .library = "MPI",
     .attach = mpi_attach,
@@ -345,6 +354,7 @@ static const cuoptimCommOps mpi_comm = {
     .allgather_shares_host = mpi_allgather_shares_host,
     .aggregate = mpi_aggregate,
     .gather_parameters = mpi_gather_parameters,
+    .buffer_bytes = mpi_buffer_bytes,
 };
 
 const cuoptimCommOps *const cuoptim_mpi_comm = &mpi_comm;

@@ -150,6 +150,8 @@ typedef struct cuoptimCommOps {
   cuoptimStatus_t (*aggregate)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   /* Sharded state, after the update: every rank's share of every parameter gathered in place. */
   cuoptimStatus_t (*gather_parameters)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* Bytes of the buffers the communicator holds for gradients. */
+  size_t (*buffer_bytes)(cuoptimOptimizer_t opt);
 } cuoptimCommOps;
 
 struct cuoptimComm {

@@ -538,6 +538,12 @@ CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options
 CUOPTIM_API cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t optimizer, const void *communicator,
                                                    const cuoptimCommOptions_t *options);
 
+/* The bytes of memory of the backend that the optimizer owns for its state: the arena of slots,
+ * fp32 masters, EMA averages and accumulators (0 before the state is built) and, with a
+ * communicator, its buffers for the gradients' shares. Parameters and gradients are the
+ * caller's and not counted. Statuses: SUCCESS, NULL_POINTER. */
+CUOPTIM_API cuoptimStatus_t cuoptimGetStateBytes(cuoptimOptimizer_t optimizer, size_t *bytes);
+
 /* This rank and the number of ranks (0 and 1 without communicator).
  * Statuses: SUCCESS, NULL_POINTER. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t optimizer, int *rank, int *world);
