@@ -238,6 +238,14 @@ static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, const char *caller) 
 
 int cuoptim_comm_active(const cuoptimOptimizer_t opt) { return opt->comm != NULL; }
 
+cuoptimStatus_t cuoptim_comm_check_tables(cuoptimOptimizer_t opt, const char *caller) {
+  if (!opt->comm || opt->comm->tables_checked) return CUOPTIM_STATUS_SUCCESS;
+  cuoptimStatus_t status = check_tables(opt, caller);
+  if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
+    opt->comm->broken = 1;
+  return status;
+}
+
 #ifndef CUOPTIM_HAVE_NCCL
 const cuoptimCommOps *const cuoptim_nccl_comm = NULL;
 #endif
@@ -250,8 +258,10 @@ cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t 
                          "%s: an earlier collective of this optimizer timed out or failed: its communicator is in an "
                          "unknown state (abort it)",
                          caller);
-  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
-  if (!c->tables_checked) status = check_tables(opt, caller);
+  cuoptimStatus_t status = cuoptim_comm_check_tables(opt, caller);
+  /* Gradient arena: the buckets the marks have not started, in their fixed order, before any
+   * other collective, so every rank issues the same sequence. */
+  if (status == CUOPTIM_STATUS_SUCCESS && opt->grad_arena) status = cuoptim_arena_start_all(opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS && c->options.aggregate && c->world > 1) {
     status = c->ops->aggregate(opt, stream);
   } else if (status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt)) {

@@ -24,6 +24,7 @@ typedef struct {
   int *counts, *displs; /* per rank, for the v-collectives */
   MPI_Request *requests;
   int request_capacity;
+  MPI_Request *arena_requests; /* gradient arena: each variable's reduce-scatter in flight */
 } MpiComm;
 
 static MpiComm *mpi_of(cuoptimOptimizer_t opt) { return (MpiComm *)opt->comm->impl; }
@@ -61,6 +62,7 @@ static void free_mpi(MpiComm *m) {
   free(m->counts);
   free(m->displs);
   free(m->requests);
+  free(m->arena_requests);
   free(m);
 }
 
@@ -321,8 +323,59 @@ static cuoptimStatus_t check_step_gradients(cuoptimOptimizer_t opt) {
   return status;
 }
 
+/* Gradient arena: the reduce-scatter of every gradient of bucket b (the whole arena region of
+ * each of its variables, listed in the step or not) into this rank's shares; the step finishes it. */
+static cuoptimStatus_t mpi_start_bucket(cuoptimOptimizer_t opt, int b, cuoptimStream_t stream) {
+  MpiComm *m = mpi_of(opt);
+  CUOPTIM_CHECK(reserve_shares(opt));
+  if (!m->arena_requests) {
+    m->arena_requests = malloc((size_t)opt->num_variables * sizeof *m->arena_requests);
+    if (!m->arena_requests) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimMarkGradientReady: out of host memory");
+    for (int k = 0; k < opt->num_variables; k++) m->arena_requests[k] = MPI_REQUEST_NULL;
+  }
+  for (int k = opt->bucket_first[b]; k < opt->bucket_first[b + 1]; k++) {
+    const cuoptimVariableRec *v = &opt->variables[k];
+    CUOPTIM_CHECK(fill_shares(opt, v->count));
+    MPI_Datatype type;
+    MPI_Op op;
+    element_type(m, v->dtype, &type, &op);
+    int code = MPI_Ireduce_scatter(v->arena_grad, m->shares + m->share_offsets[k], m->counts, type, op, m->comm,
+                                   &m->arena_requests[k]);
+    if (code != MPI_SUCCESS) return mpi_fail(code, "aggregate (reduce-scatter of a bucket)");
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Gradient arena: waits for every bucket's reduce-scatter, then gathers the sums back into the
+ * arena (unsharded) or points the step at this rank's shares (sharded). */
+static cuoptimStatus_t finish_arena(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  MpiComm *m = mpi_of(opt);
+  const cuoptimComm *c = opt->comm;
+  int n = opt->num_variables;
+  CUOPTIM_CHECK(wait_all(opt, n, m->arena_requests, "aggregate (reduce-scatter)"));
+  if (cuoptim_comm_sharded(opt)) {
+    for (int k = 0; k < n; k++)
+      if (opt->step_grads[k].grad) opt->step_grads[k].grad = m->shares + m->share_offsets[k];
+    return CUOPTIM_STATUS_SUCCESS;
+  }
+  for (int k = 0; k < n; k++) {
+    const cuoptimVariableRec *v = &opt->variables[k];
+    CUOPTIM_CHECK(fill_shares(opt, v->count));
+    MPI_Datatype type;
+    MPI_Op op;
+    element_type(m, v->dtype, &type, &op);
+    int code = MPI_Iallgatherv(m->shares + m->share_offsets[k], m->counts[c->rank], type, v->arena_grad, m->counts,
+                               m->displs, type, m->comm, &m->arena_requests[k]);
+    if (code != MPI_SUCCESS) return mpi_fail(code, "aggregate (all-gather)");
+  }
+  return wait_all(opt, n, m->arena_requests, "aggregate (all-gather)");
+}
+
 static cuoptimStatus_t mpi_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  /* With an arena every bucket's reduce-scatter was issued before (cuoptim_comm_begin_step), so
+   * this check comes after them on every rank. */
   CUOPTIM_CHECK(check_step_gradients(opt));
+  if (opt->grad_arena) return finish_arena(opt, stream);
   if (cuoptim_comm_sharded(opt)) CUOPTIM_CHECK(reserve_shares(opt));
   size_t bucket = opt->comm->options.bucket_bytes, filled = 0;
   int first = 0;
@@ -354,6 +407,7 @@ static const cuoptimCommOps mpi_comm = {
     .allgather_shares_host = mpi_allgather_shares_host,
     .aggregate = mpi_aggregate,
     .gather_parameters = mpi_gather_parameters,
+    .start_bucket = mpi_start_bucket,
     .buffer_bytes = mpi_buffer_bytes,
 };
 

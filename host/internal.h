@@ -86,6 +86,7 @@ typedef struct cuoptimVariableRec {
    * param + local_offset elements. Set when the state is built. */
   size_t local_offset, local_count;
   void *local_param;
+  void *arena_grad;     /* its gradient in the gradient arena (NULL without arena) */
   /* Owned by cuoptim, pointers of the backend into the arenas (NULL when absent), local_count
    * elements each. */
   float *master;        /* fp32 copy of a float16/bfloat16 variable */
@@ -150,6 +151,10 @@ typedef struct cuoptimCommOps {
   cuoptimStatus_t (*aggregate)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   /* Sharded state, after the update: every rank's share of every parameter gathered in place. */
   cuoptimStatus_t (*gather_parameters)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* Gradient arena: starts the reduction of bucket b (its variables all ready); NULL when the
+   * library reduces buckets in the aggregate stage only. The aggregate stage finishes what was
+   * started and starts the rest, in the same order. */
+  cuoptimStatus_t (*start_bucket)(cuoptimOptimizer_t opt, int bucket, cuoptimStream_t stream);
   /* Bytes of the buffers the communicator holds for gradients. */
   size_t (*buffer_bytes)(cuoptimOptimizer_t opt);
 } cuoptimCommOps;
@@ -174,8 +179,21 @@ cuoptimStatus_t cuoptim_comm_end_step(cuoptimOptimizer_t opt, cuoptimStream_t st
 int cuoptim_comm_sharded(const cuoptimOptimizer_t opt);
 /* Sets each variable's local_offset/local_count/local_param for the state about to be built. */
 void cuoptim_comm_assign_shares(cuoptimOptimizer_t opt);
+/* The first-step comparison of the ranks' variable tables, once (before the first collective that
+ * moves gradients: the first step or the first bucket a mark starts). */
+cuoptimStatus_t cuoptim_comm_check_tables(cuoptimOptimizer_t opt, const char *caller);
 /* Whether a step has communication to do (an aggregate NVTX range is worth opening). */
 int cuoptim_comm_active(const cuoptimOptimizer_t opt);
+/* Gradient arena (host/gradient_arena.c). Built with the state; released by cuoptimDestroy. */
+cuoptimStatus_t cuoptim_arena_build(cuoptimOptimizer_t opt, const char *caller);
+void cuoptim_arena_release(cuoptimOptimizer_t opt);
+/* Checks that the step's gradients are the arena's (when there is one); after the step, every
+ * variable is not ready again. */
+cuoptimStatus_t cuoptim_arena_check_step(cuoptimOptimizer_t opt, const char *caller);
+void cuoptim_arena_end_step(cuoptimOptimizer_t opt);
+/* The aggregate stage: every bucket not started yet is started, in the fixed order. */
+cuoptimStatus_t cuoptim_arena_start_all(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+
 /* Frees the communicator (cuoptimDestroy). */
 void cuoptim_comm_release(cuoptimOptimizer_t opt);
 
@@ -221,6 +239,16 @@ struct cuoptimOptimizer {
   float outer_learning_rate;
 
   cuoptimComm *comm;               /* NULL: a single process (cuoptimSetCommunicator) */
+  /* Gradient arena (host/gradient_arena.c): requested, then allocated at build. Buckets are runs
+   * of consecutive variables [first, last); they start from the last bucket down. */
+  int arena_requested;
+  void *grad_arena;
+  int num_buckets;
+  int *bucket_first;      /* num_buckets + 1 entries: bucket b is [bucket_first[b], bucket_first[b + 1]) */
+  int *bucket_of;         /* per variable */
+  int *bucket_pending;    /* per bucket: variables not yet ready */
+  unsigned char *ready;   /* per variable */
+  int next_bucket;        /* the next bucket to start, counting down; -1 when all have started */
 
   cuoptimStepGradient *step_grads; /* host array, num_variables */
   uint32_t bind_round;             /* counts cuoptimApplyGradients calls, for duplicate detection */

@@ -79,6 +79,7 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
 cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
   if (!opt) return CUOPTIM_STATUS_SUCCESS;
   cuoptim_comm_release(opt);
+  cuoptim_arena_release(opt);
   if (opt->arena) opt->ops->free(opt, opt->arena);
   if (opt->scalar_block) opt->ops->free(opt, opt->scalar_block);
   opt->ops->release(opt);
@@ -484,6 +485,7 @@ cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller) {
   opt->arena_bytes = bytes;
   layout_arena(opt, arena, &bytes);
   cuoptimStatus_t status = opt->ops->build(opt);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_arena_build(opt, caller);
   if (status != CUOPTIM_STATUS_SUCCESS) {
     opt->ops->free(opt, opt->arena);
     opt->arena = NULL;

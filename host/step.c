@@ -89,6 +89,7 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: the optimizer has no variables (cuoptimAddVariable)", caller);
   CUOPTIM_CHECK(bind_gradients(opt, n, grads, caller));
   CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  CUOPTIM_CHECK(cuoptim_arena_check_step(opt, caller));
 
   range_push("cuoptim step");
   cuoptimStatus_t status = opt->ops->begin_step(opt, stream);
@@ -101,6 +102,9 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
     status = cuoptim_comm_begin_step(opt, stream, caller);
     range_pop();
   }
+  /* Every bucket of the arena has been reduced (or there was nothing to reduce): the next step's
+   * gradients may be marked. */
+  if (status == CUOPTIM_STATUS_SUCCESS) cuoptim_arena_end_step(opt);
   int inspected = cuoptim_needs_inspect(opt);
   if (inspected && status == CUOPTIM_STATUS_SUCCESS) status = run_stage("inspect", opt->ops->inspect, opt, stream);
   if (inspected && status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt)) {

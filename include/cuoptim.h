@@ -538,10 +538,46 @@ CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options
 CUOPTIM_API cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t optimizer, const void *communicator,
                                                    const cuoptimCommOptions_t *options);
 
+/* Gradient arena: cuoptim owns every variable's gradient in one flat buffer (each variable's
+ * region 256-byte aligned, in the parameter's type), cut into buckets of consecutive variables of
+ * about options.bucket_bytes (without communicator, 25 MiB). The caller's backward writes each
+ * gradient straight into cuoptimGetGradientBuffer's pointer and then calls
+ * cuoptimMarkGradientReady; when every variable of a bucket is ready, that bucket's reduction can
+ * start while backward goes on. Buckets start in a fixed order, the last bucket first (backward
+ * produces the last layers' gradients first), so every rank issues the same collectives in the
+ * same order whatever order its variables become ready in: a bucket starts once it and every
+ * bucket after it are ready. cuoptimApplyGradients then starts what has not started, waits only
+ * for what is still in flight, and applies the listed gradients, which must be the arena's
+ * pointers. After the step every variable is "not ready" again. Without communicator the arena
+ * is simply cuoptim-owned gradient memory.
+ * Host backend: a bucket's reduce-scatter starts in MarkGradientReady; its all-gather (unsharded)
+ * in the step. CUDA backend: buckets are reduced in the step (MarkGradientReady records
+ * readiness only, for now). */
+
+/* Asks for the gradient arena; before the state is built. Statuses: SUCCESS, NULL_POINTER,
+ * INVALID_STATE (the state is built). */
+CUOPTIM_API cuoptimStatus_t cuoptimEnableGradientArena(cuoptimOptimizer_t optimizer);
+
+/* The arena's gradient buffer of `variable` (count elements of the variable's dtype, pointer of
+ * the backend, zero after the build), valid until cuoptimDestroy. Builds the state if needed.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (unknown variable), INVALID_STATE (no arena),
+ * ALLOC_FAILED, CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimGetGradientBuffer(cuoptimOptimizer_t optimizer, cuoptimVariable_t variable,
+                                                     void **grad);
+
+/* The gradient of `variable` in the arena is written (on `stream`, CUDA backend) and will not be
+ * written again before the step. Marking a variable twice before a step is refused. May start
+ * the reduction of the buckets that are now ready (a collective: all ranks mark the same
+ * variables before each step). Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (unknown variable,
+ * marked twice), INVALID_STATE (no arena; a communicator that failed earlier), MPI_ERROR,
+ * NCCL_ERROR, CUDA_ERROR, ALLOC_FAILED. */
+CUOPTIM_API cuoptimStatus_t cuoptimMarkGradientReady(cuoptimOptimizer_t optimizer, cuoptimVariable_t variable,
+                                                     cuoptimStream_t stream);
+
 /* The bytes of memory of the backend that the optimizer owns for its state: the arena of slots,
  * fp32 masters, EMA averages and accumulators (0 before the state is built) and, with a
- * communicator, its buffers for the gradients' shares. Parameters and gradients are the
- * caller's and not counted. Statuses: SUCCESS, NULL_POINTER. */
+ * communicator, its buffers for the gradients' shares. Parameters and gradients (the gradient
+ * arena too) are not counted. Statuses: SUCCESS, NULL_POINTER. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetStateBytes(cuoptimOptimizer_t optimizer, size_t *bytes);
 
 /* This rank and the number of ranks (0 and 1 without communicator).
