@@ -115,9 +115,9 @@ cuoptimStatus_t cuoptimGetStateBytes(cuoptimOptimizer_t opt, size_t *bytes) {
 }
 
 void cuoptim_comm_share(size_t count, int world, int rank, size_t *offset, size_t *length) {
-  size_t base = count / (size_t)world, extra = count % (size_t)world, r = (size_t)rank;
-  *offset = r * base + (r < extra ? r : extra);
-  *length = base + (r < extra ? 1 : 0);
+  size_t base = count / (size_t)world, r = (size_t)rank;
+  *offset = r * base;
+  *length = rank == world - 1 ? count - r * base : base;
 }
 
 /* ---- the first-step comparison of the variable tables ---------------------------------------- */

@@ -197,8 +197,9 @@ cuoptimStatus_t cuoptim_arena_start_all(cuoptimOptimizer_t opt, cuoptimStream_t 
 /* Frees the communicator (cuoptimDestroy). */
 void cuoptim_comm_release(cuoptimOptimizer_t opt);
 
-/* The share of rank `rank` among `world` ranks of `count` elements: the first count % world ranks
- * take one element more. Every rank reduces its share (reduce-scatter), then all gather. */
+/* The share of rank `rank` among `world` ranks of `count` elements: count / world elements each,
+ * the last rank also the count % world left over, so that every share is contiguous and the
+ * equal heads are what an equal-count reduce-scatter or all-gather (NCCL's) moves. */
 void cuoptim_comm_share(size_t count, int world, int rank, size_t *offset, size_t *length);
 
 struct cuoptimOptimizer {

@@ -492,8 +492,8 @@ typedef struct {
   /* Gradients are reduced in groups of variables of about this many bytes (default 25 MiB). */
   size_t bucket_bytes;
   /* Sharded optimizer state (ZeRO-1): each rank keeps the slots, fp32 masters, EMA averages and
-   * accumulators of its share of every variable only (rank r of N: elements
-   * [r * (count / N) + min(r, count % N), ...) of count / N + (r < count % N) elements), the
+   * accumulators of its share of every variable only (rank r of N: the count / N elements from
+   * r * (count / N) on, the last rank also the count % N after them), the
    * gradients are reduce-scattered (each rank receives the sum of its share), each rank updates
    * its share of the parameters and then all ranks gather every parameter in its own type.
    * Per-variable norms (clipnorm, global_clipnorm) and the non-finite check combine the shares'
