@@ -439,6 +439,23 @@ __global__ void finish_kernel(cuoptimDeviceStep step) {
   cuoptim_finish_step(step.prologue, step.scalars, step.state);
 }
 
+/* Sharded state: every rank's inspect partials of every variable ([rank][variable], gathered by
+ * the communicator) summed in rank order, so every rank forms the same totals, the same every run. */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) combine_shards_kernel(cuoptimTensorScalars *tensors,
+                                                                       const cuoptimTensorScalars *gathered,
+                                                                       int32_t num_variables, int32_t world) {
+  for (int32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < num_variables; k += gridDim.x * blockDim.x) {
+    double sumsq = 0.0;
+    int32_t nonfinite = 0;
+    for (int32_t r = 0; r < world; r++) {
+      sumsq += gathered[(int64_t)r * num_variables + k].grad_sumsq;
+      nonfinite |= gathered[(int64_t)r * num_variables + k].nonfinite;
+    }
+    tensors[k].grad_sumsq = sumsq;
+    tensors[k].nonfinite = nonfinite != 0;
+  }
+}
+
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) finalize_kernel(cuoptimDeviceStep step) {
   const cuoptimChunk c = step.chunks[blockIdx.x];
   const cuoptimDeviceVariable v = step.variables[c.variable];
@@ -526,6 +543,15 @@ extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuopti
 
 extern "C" int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream) {
   CUOPTIM_LAUNCH(finish_kernel, 1, 1, (cudaStream_t)stream, *step);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_combine_shards(cuoptimTensorScalars *tensors, const cuoptimTensorScalars *gathered,
+                                             int num_variables, int world, void *stream) {
+  if (num_variables <= 0) return (int)cudaSuccess;
+  int blocks = (num_variables + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK;
+  CUOPTIM_LAUNCH(combine_shards_kernel, blocks < 1024 ? blocks : 1024, CUOPTIM_BLOCK, (cudaStream_t)stream, tensors,
+                 gathered, (int32_t)num_variables, (int32_t)world);
   return (int)cudaGetLastError();
 }
 
