@@ -535,7 +535,9 @@ CUOPTIM_API cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t optimizer, const char
  * tensor missing, unknown or twice, another optimizer or config, other variables, a CRC-32 that
  * does not match, a counter or scalar out of range), PARSE_ERROR (the header is not UTF-8 JSON),
  * NOT_SUPPORTED (another format_version; two state entries with the same name, see cuoptimSave),
- * ALLOC_FAILED, CUDA_ERROR, IO_ERROR (the file cannot be opened or read). */
+ * ALLOC_FAILED, CUDA_ERROR, IO_ERROR (the file cannot be opened or read); a keras_config that
+ * cuoptimConfigFromKerasJSON refuses gives that call's status (PARSE_ERROR for text that is not
+ * JSON). */
 CUOPTIM_API cuoptimStatus_t cuoptimLoad(cuoptimOptimizer_t optimizer, const char *path);
 
 #ifdef __cplusplus
