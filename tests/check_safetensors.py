@@ -4,7 +4,10 @@
 (float32 as their bit patterns, so the comparison is exact), the order of the data, the metadata
 (format, versions, the Keras config, the variable table) and each tensor's CRC-32 (zlib.crc32).
 
-Usage: check_safetensors.py CHECKPOINT EXPECTED.json   (exit status 0 when everything matches)
+Usage: check_safetensors.py CHECKPOINT EXPECTED.json [REWRITTEN]
+Exit status 0 when everything matches. With REWRITTEN, also writes the same tensors and metadata
+there with safetensors.numpy.save_file (which orders the tensors its own way), as a Python tool
+that edits a checkpoint would.
 """
 import json
 import struct
@@ -13,7 +16,7 @@ import zlib
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 DTYPES = {"F32": np.float32, "I64": np.int64}
 
@@ -87,8 +90,8 @@ def check_metadata(path, tensors, expected):
 
 
 def main():
-    if len(sys.argv) != 3:
-        fail("usage: check_safetensors.py CHECKPOINT EXPECTED.json")
+    if len(sys.argv) not in (3, 4):
+        fail("usage: check_safetensors.py CHECKPOINT EXPECTED.json [REWRITTEN]")
     path = sys.argv[1]
     with open(sys.argv[2]) as f:
         expected = json.load(f)
@@ -96,6 +99,9 @@ def main():
     check_tensors(tensors, expected["tensors"])
     check_layout(path, expected["tensors"])
     check_metadata(path, tensors, expected)
+    if len(sys.argv) == 4:
+        with safe_open(path, framework="numpy") as f:
+            save_file(tensors, sys.argv[3], metadata=f.metadata())
     print("check_safetensors: checked %d tensors, %d variables, the metadata and every CRC-32"
           % (len(tensors), len(expected["variables"])))
 

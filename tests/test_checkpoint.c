@@ -16,7 +16,8 @@
  *   and a message naming the file and the reason, and the optimizer is compared before and after:
  *   every state entry, master, parameter and scalar unchanged, an unbuilt optimizer still unbuilt.
  * - Python: tests/check_safetensors.py opens a checkpoint with the `safetensors` package and checks
- *   names, shapes, dtypes, values, metadata and CRCs against a JSON dump written here.
+ *   names, shapes, dtypes, values, metadata and CRCs against a JSON dump written here; the file
+ *   rewritten by safetensors.numpy.save_file (tensors in its own order) loads back.
  *
  * The CUDA variants (suite checkpoint_cuda) skip without a usable device.
  */
@@ -1429,7 +1430,7 @@ static void dump_expected(Run *r, const char *checkpoint, const char *dump_path)
   cJSON_Delete(root);
 }
 
-Test(checkpoint, python_safetensors_reads_names_shapes_and_values) {
+Test(checkpoint, python_safetensors_reads_names_shapes_and_values_and_its_rewrite_loads) {
   const char *python = getenv("CUOPTIM_TEST_PYTHON") ? getenv("CUOPTIM_TEST_PYTHON") : CUOPTIM_TEST_PYTHON;
   char probe[1200];
   snprintf(probe, sizeof probe, "'%s' -c 'import safetensors, numpy' 2>&1", python);
@@ -1446,9 +1447,10 @@ Test(checkpoint, python_safetensors_reads_names_shapes_and_values) {
   const char *checkpoint = path_of("python.safetensors"), *dump = path_of("expected.json");
   OK(cuoptimSave(r.opt, checkpoint));
   dump_expected(&r, checkpoint, dump);
-  char command[2400];
-  snprintf(command, sizeof command, "'%s' '%s/check_safetensors.py' '%s' '%s' 2>&1", python, CUOPTIM_TEST_SCRIPTS,
-           checkpoint, dump);
+  const char *rewritten = path_of("rewritten.safetensors");
+  char command[3000];
+  snprintf(command, sizeof command, "'%s' '%s/check_safetensors.py' '%s' '%s' '%s' 2>&1", python, CUOPTIM_TEST_SCRIPTS,
+           checkpoint, dump, rewritten);
   FILE *out = popen(command, "r");
   cr_assert_not_null(out, "popen %s", command);
   char output[8192] = "";
@@ -1457,5 +1459,25 @@ Test(checkpoint, python_safetensors_reads_names_shapes_and_values) {
   int status = pclose(out);
   cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s failed:\n%s", command, output);
   cr_assert(strstr(output, "checked"), "the script reports what it checked:\n%s", output);
+
+  /* The file as Python's save_file writes it (its own tensor order) loads and gives the same state. */
+  Bytes ours = read_bytes(checkpoint), theirs = read_bytes(rewritten);
+  cr_assert(ours.size != theirs.size || memcmp(ours.bytes, theirs.bytes, ours.size) != 0,
+            "save_file wrote the very same bytes: the tensor order is not exercised");
+  free(ours.bytes);
+  free(theirs.bytes);
+  Run fresh;
+  unsigned char *params[MAX_VARS];
+  run_params(&r, params);
+  run_init(&fresh, &setup, CUOPTIM_BACKEND_HOST, CUOPTIM_BFLOAT16, params);
+  OK(cuoptimLoad(fresh.opt, rewritten));
+  Snapshot want, got;
+  snapshot_take(&r, &want);
+  snapshot_take(&fresh, &got);
+  snapshot_assert_equal(&got, &want, 1, "the checkpoint rewritten by safetensors.numpy.save_file");
+  snapshot_free(&want);
+  snapshot_free(&got);
+  free_params(params, MAX_VARS);
+  run_destroy(&fresh);
   run_destroy(&r);
 }
