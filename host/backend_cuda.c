@@ -399,6 +399,95 @@ static cuoptimStatus_t cuda_synchronize(cuoptimOptimizer_t opt) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* ---- checkpoint copies: a pinned staging buffer and a stream of their own ----------------------
+ * The stream waits for the optimizer's last eager step (step_done) and for nothing else; the
+ * scratch buffer is allocated and freed on that stream, so no call here waits for the device. */
+
+static cuoptimStatus_t cuda_transfer_fail(cudaError_t err, const char *what, size_t bytes) {
+  if (err == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: %s: cannot allocate %zu bytes", what, bytes);
+  }
+  return cuda_fail(err, what);
+}
+
+static cuoptimStatus_t cuda_transfer_begin(cuoptimOptimizer_t opt, size_t staging_bytes, size_t scratch_bytes,
+                                           cuoptimTransfer *t) {
+  memset(t, 0, sizeof *t);
+  DeviceGuard guard;
+  CUOPTIM_CHECK(enter_device(opt, &guard));
+  cudaStream_t stream = NULL;
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  cudaError_t err = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  if (err != cudaSuccess) status = cuda_fail(err, "cuoptim: cudaStreamCreateWithFlags");
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    t->backend_data = stream;
+    /* An event never recorded (no eager step yet) is complete: nothing to wait for. */
+    err = cudaStreamWaitEvent(stream, data_of(opt)->step_done, 0);
+    if (err != cudaSuccess) status = cuda_fail(err, "cuoptim: cudaStreamWaitEvent");
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    err = cudaMallocHost(&t->staging, staging_bytes);
+    if (err != cudaSuccess) {
+      t->staging = NULL;
+      status = cuda_transfer_fail(err, "cudaMallocHost (checkpoint staging buffer)", staging_bytes);
+    }
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS && scratch_bytes > 0) {
+    err = cudaMallocAsync(&t->scratch, scratch_bytes, stream);
+    if (err == cudaErrorNotSupported) { /* a device without memory pools */
+      (void)cudaGetLastError();
+      t->scratch_synchronous = 1;
+      err = cudaMalloc(&t->scratch, scratch_bytes);
+    }
+    if (err != cudaSuccess) {
+      t->scratch = NULL;
+      status = cuda_transfer_fail(err, "cudaMallocAsync (checkpoint scratch copy)", scratch_bytes);
+    }
+  }
+  leave_device(&guard);
+  return status;
+}
+
+static cuoptimStatus_t cuda_transfer_copy(cuoptimOptimizer_t opt, cuoptimTransfer *t, void *dst, const void *src,
+                                          size_t bytes, cuoptimCopyKind kind) {
+  enum cudaMemcpyKind direction = kind == CUOPTIM_COPY_TO_HOST      ? cudaMemcpyDeviceToHost
+                                  : kind == CUOPTIM_COPY_TO_BACKEND ? cudaMemcpyHostToDevice
+                                                                    : cudaMemcpyDeviceToDevice;
+  DeviceGuard guard;
+  CUOPTIM_CHECK(enter_device(opt, &guard));
+  cudaError_t err = cudaMemcpyAsync(dst, src, bytes, direction, (cudaStream_t)t->backend_data);
+  leave_device(&guard);
+  if (err != cudaSuccess) return cuda_fail(err, "cuoptim: cudaMemcpyAsync (checkpoint)");
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t cuda_transfer_wait(cuoptimOptimizer_t opt, cuoptimTransfer *t) {
+  DeviceGuard guard;
+  CUOPTIM_CHECK(enter_device(opt, &guard));
+  cudaError_t err = cudaStreamSynchronize((cudaStream_t)t->backend_data);
+  leave_device(&guard);
+  if (err != cudaSuccess) return cuda_fail(err, "cuoptim: cudaStreamSynchronize (checkpoint)");
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static void cuda_transfer_end(cuoptimOptimizer_t opt, cuoptimTransfer *t) {
+  DeviceGuard guard;
+  if (enter_device(opt, &guard) == CUOPTIM_STATUS_SUCCESS) {
+    cudaStream_t stream = (cudaStream_t)t->backend_data;
+    if (t->scratch && t->scratch_synchronous) cudaFree(t->scratch);
+    else if (t->scratch) cudaFreeAsync(t->scratch, stream);
+    if (stream) {
+      cudaStreamSynchronize(stream); /* the staging buffer may still be a copy's source */
+      cudaStreamDestroy(stream);
+    }
+    if (t->staging) cudaFreeHost(t->staging);
+    (void)cudaGetLastError();
+    leave_device(&guard);
+  }
+  memset(t, 0, sizeof *t);
+}
+
 static const cuoptimBackendOps cuda_backend = {
     .name = "cuda",
     .init = cuda_init,
@@ -417,6 +506,10 @@ static const cuoptimBackendOps cuda_backend = {
     .finish = cuda_finish,
     .finalize = cuda_finalize,
     .synchronize = cuda_synchronize,
+    .transfer_begin = cuda_transfer_begin,
+    .transfer_copy = cuda_transfer_copy,
+    .transfer_wait = cuda_transfer_wait,
+    .transfer_end = cuda_transfer_end,
 };
 
 const cuoptimBackendOps *const cuoptim_cuda_backend = &cuda_backend;

@@ -206,6 +206,37 @@ static cuoptimStatus_t host_finalize(cuoptimOptimizer_t opt, cuoptimStream_t str
 
 static cuoptimStatus_t host_synchronize(cuoptimOptimizer_t opt) { return CUOPTIM_STATUS_SUCCESS; }
 
+/* ---- checkpoint copies: plain memory, done when they return ----------------------------------- */
+
+static cuoptimStatus_t host_transfer_begin(cuoptimOptimizer_t opt, size_t staging_bytes, size_t scratch_bytes,
+                                           cuoptimTransfer *t) {
+  memset(t, 0, sizeof *t);
+  t->staging = malloc(staging_bytes);
+  if (!t->staging)
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: cannot allocate a %zu-byte staging buffer",
+                         staging_bytes);
+  if (scratch_bytes == 0) return CUOPTIM_STATUS_SUCCESS;
+  t->scratch = malloc(scratch_bytes);
+  if (!t->scratch)
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: cannot allocate %zu bytes of host memory",
+                         scratch_bytes);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t host_transfer_copy(cuoptimOptimizer_t opt, cuoptimTransfer *t, void *dst, const void *src,
+                                          size_t bytes, cuoptimCopyKind kind) {
+  memmove(dst, src, bytes);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t host_transfer_wait(cuoptimOptimizer_t opt, cuoptimTransfer *t) { return CUOPTIM_STATUS_SUCCESS; }
+
+static void host_transfer_end(cuoptimOptimizer_t opt, cuoptimTransfer *t) {
+  free(t->staging);
+  free(t->scratch);
+  memset(t, 0, sizeof *t);
+}
+
 const cuoptimBackendOps cuoptim_host_backend = {
     .name = "host",
     .init = host_init,
@@ -224,4 +255,8 @@ const cuoptimBackendOps cuoptim_host_backend = {
     .finish = host_finish,
     .finalize = host_finalize,
     .synchronize = host_synchronize,
+    .transfer_begin = host_transfer_begin,
+    .transfer_copy = host_transfer_copy,
+    .transfer_wait = host_transfer_wait,
+    .transfer_end = host_transfer_end,
 };

@@ -201,6 +201,20 @@ void cuoptim_comm_release(cuoptimOptimizer_t opt);
  * the last rank also the count % world left over, so that every share is contiguous and the
  * equal heads are what an equal-count reduce-scatter or all-gather (NCCL's) moves. */
 void cuoptim_comm_share(size_t count, int world, int rank, size_t *offset, size_t *length);
+/* The copies of a checkpoint (host/checkpoint.c): a bounded host staging buffer, an optional
+ * scratch buffer in backend memory, and what the backend needs to order the copies. */
+typedef struct cuoptimTransfer {
+  void *staging;      /* host memory (pinned on the CUDA backend) */
+  void *scratch;      /* backend memory, or NULL when none was asked for */
+  void *backend_data; /* the backend's own (the CUDA backend's stream) */
+  int scratch_synchronous; /* the CUDA backend: scratch from cudaMalloc, not stream-ordered */
+} cuoptimTransfer;
+
+typedef enum {
+  CUOPTIM_COPY_TO_HOST,       /* backend memory -> staging */
+  CUOPTIM_COPY_TO_BACKEND,    /* staging -> backend memory */
+  CUOPTIM_COPY_WITHIN_BACKEND /* backend memory -> backend memory */
+} cuoptimCopyKind;
 
 struct cuoptimOptimizer {
   cuoptimConfig_t config;
@@ -282,6 +296,17 @@ struct cuoptimBackendOps {
   cuoptimStatus_t (*finalize)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   /* Waits for every step the optimizer enqueued (cuoptimSynchronize). */
   cuoptimStatus_t (*synchronize)(cuoptimOptimizer_t opt);
+  /* Checkpoint copies. transfer_begin allocates t->staging (staging_bytes of host memory) and,
+   * when scratch_bytes > 0, t->scratch (backend memory, not initialised), and orders the copies
+   * after the optimizer's last step, waiting for nothing else. transfer_copy enqueues a copy, in
+   * order; transfer_wait returns when every copy enqueued is complete; transfer_end waits for
+   * them and frees what transfer_begin allocated (also after a failed transfer_begin). */
+  cuoptimStatus_t (*transfer_begin)(cuoptimOptimizer_t opt, size_t staging_bytes, size_t scratch_bytes,
+                                    cuoptimTransfer *t);
+  cuoptimStatus_t (*transfer_copy)(cuoptimOptimizer_t opt, cuoptimTransfer *t, void *dst, const void *src,
+                                   size_t bytes, cuoptimCopyKind kind);
+  cuoptimStatus_t (*transfer_wait)(cuoptimOptimizer_t opt, cuoptimTransfer *t);
+  void (*transfer_end)(cuoptimOptimizer_t opt, cuoptimTransfer *t);
 };
 
 /* The communication library of each backend: MPI for the host backend, NCCL for the CUDA
@@ -296,6 +321,20 @@ extern const cuoptimBackendOps *const cuoptim_cuda_backend;
 /* Allocates the arena, lays out every buffer, fills the state and the weight list, calls
  * ops->build. Idempotent. (host/optimizer.c) */
 cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller);
+
+/* Lists the Keras-ordered state entries (opt->weights) from the config and the variables, without
+ * building the state. (host/optimizer.c) */
+cuoptimStatus_t cuoptim_describe_weights(cuoptimOptimizer_t opt);
+
+/* Checkpoint test hooks (host/checkpoint.c), for the test suites only (not exported): from this
+ * call on, the n-th file operation of cuoptimSave and cuoptimLoad on this thread (a write, an
+ * fsync, a close, the rename, the directory's fsync, a read) fails with EIO; n = 0 turns it off.
+ * Returns how many file operations ran since the previous call. */
+long cuoptim_checkpoint_fail_io_at(long n);
+/* The staging buffer's size in bytes (default CUOPTIM_CHECKPOINT_STAGING_BYTES); 0 restores the
+ * default. */
+#define CUOPTIM_CHECKPOINT_STAGING_BYTES ((size_t)4 << 20)
+void cuoptim_checkpoint_set_staging_bytes(size_t bytes);
 
 /* Whether the inspect pass is needed this step (clip by norm or loss-scale check). */
 int cuoptim_needs_inspect(const cuoptimOptimizer_t opt);

@@ -736,3 +736,5 @@ cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t opt) {
   CUOPTIM_REQUIRE_OPTIMIZER("cuoptimSynchronize", opt);
   return opt->ops->synchronize(opt);
 }
+
+cuoptimStatus_t cuoptim_describe_weights(cuoptimOptimizer_t opt) { return describe_weights(opt); }

@@ -68,7 +68,8 @@ typedef struct CUstream_st *cuoptimStream_t;
   X(CUOPTIM_STATUS_NCCL_ERROR, 9, "an NCCL call failed")                                \
   X(CUOPTIM_STATUS_MPI_ERROR, 10, "an MPI call failed")                                 \
   X(CUOPTIM_STATUS_INTERNAL_ERROR, 11, "internal error (a bug in cuoptim)")             \
-  X(CUOPTIM_STATUS_TIMEOUT, 12, "the wait ended before the work finished")
+  X(CUOPTIM_STATUS_TIMEOUT, 12, "the wait ended before the work finished")              \
+  X(CUOPTIM_STATUS_IO_ERROR, 13, "a file operation failed")
 
 typedef enum {
 #define CUOPTIM_STATUS_ENUM_(name, value, text) name = value,
@@ -583,6 +584,88 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetStateBytes(cuoptimOptimizer_t optimizer, s
 /* This rank and the number of ranks (0 and 1 without communicator).
  * Statuses: SUCCESS, NULL_POINTER. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t optimizer, int *rank, int *world);
+/* ---------------------------------------------------------------------------------------------
+ * Checkpoints: the whole optimizer state in one safetensors file
+ *
+ * What is saved: every state entry of the list above (so the raw iteration counter, the
+ * learning-rate variable, slots, EMA averages, gradient accumulators, the loss scale and its
+ * counter, Nadam's u_product), each under its name, and the fp32 master copy of every
+ * float16/bfloat16 variable as "<variable name>/master" (not Keras state, but needed to resume
+ * exactly). The LossScaleOptimizer's own `iteration` and `learning_rate`, whose names the inner
+ * optimizer's entries also carry, are stored as "loss_scale_optimizer/iteration" and
+ * "loss_scale_optimizer/learning_rate". The parameters belong to the caller and are not saved.
+ *
+ * Format: safetensors, readable by Python's `safetensors` package (safetensors.numpy.load_file,
+ * safe_open): an 8-byte little-endian header length, a JSON header padded with spaces to a multiple
+ * of 8 bytes, then each tensor's raw little-endian bytes, end to end: the counters (iteration,
+ * step_counter: "I64", so that they stay 8-byte aligned) first, then the "F32" tensors, each group
+ * in the state list's order, the masters last in variable order. Scalars have shape [], arrays
+ * [count]. The header's "__metadata__" holds strings:
+ *   "format"          "cuoptim-checkpoint"
+ *   "format_version"  "1"
+ *   "cuoptim_version" "major.minor.patch" of the library that saved it
+ *   "keras_config"    the optimizer's config as cuoptimConfigToKerasJSON writes it
+ *   "variables"       JSON array, in registration order, of {"name", "dtype" ("float32",
+ *                     "float16", "bfloat16"), "count", "weight_decay" (whether it applies)}
+ *   "crc32"           JSON object: tensor name -> the CRC-32 of its bytes (Python's zlib.crc32)
+ *                     as 8 lower-case hex digits
+ * A tool that rewrites the file must keep the metadata and update "crc32"; the tensors may then
+ * come in any order.
+ *
+ * Resuming: cuoptimSave after step k, then, in a fresh optimizer created with the same config,
+ * the same variables (same names, dtypes, counts, same order) and the same weight-decay
+ * exclusions, with the caller's parameters restored as they were at step k, cuoptimLoad and the
+ * steps after k give bit for bit the parameters and state of training straight through, on
+ * either backend (a checkpoint saved by one backend loads into the other).
+ *
+ * Both calls use one host staging buffer of 4 MiB (pinned memory on the CUDA backend), whatever
+ * the state's size, and, on the CUDA backend, copy on a stream of their own that waits for the
+ * optimizer's last cuoptimApplyGradients step, whatever stream it ran on, and for no other work:
+ * steps replayed from a CUDA graph, and a cuoptimFinalizeVariableValues still running on another
+ * stream, must be complete (cudaStreamSynchronize) before either call. Allocating and freeing
+ * pinned memory may synchronize the device on some drivers. Both return when they are done.
+ * ------------------------------------------------------------------------------------------- */
+
+/* Saves the whole optimizer state into the safetensors file `path` (format above). Builds the
+ * state if no step did yet (as cuoptimGetWeights does).
+ * Crash-safe: the file is written as "<path>.tmp.<pid>" in the same directory, fsynced, renamed
+ * over `path`, then the directory is fsynced. A save that fails or is interrupted (a crash, a full
+ * disk) leaves the file that was at `path` as it was; a failed save removes its temporary file
+ * (after a crash one may remain, never read by cuoptimLoad). Only when the final fsync of the
+ * directory fails is the new checkpoint already in place: IO_ERROR says so.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty path), NOT_SUPPORTED (sharded state,
+ * cuoptimSetCommunicator; two state entries with the same name, as Adagrad's or Ftrl's slot of a variable "x_gradient" and the gradient
+ * accumulator of "x"; a header above safetensors' 100,000,000 bytes), ALLOC_FAILED (host, pinned or
+ * device memory), CUDA_ERROR, IO_ERROR (creating, writing, syncing or renaming the file; the
+ * message names the file and the reason). */
+CUOPTIM_API cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t optimizer, const char *path);
+
+/* Loads the whole optimizer state from the checkpoint `path` (written by cuoptimSave). Everything
+ * is checked before the optimizer is changed: the safetensors structure (header length, JSON,
+ * UTF-8, each tensor's dtype, shape and data_offsets, tensors end to end and exactly filling the
+ * file), the metadata (format, format_version), the Keras config (equal to the optimizer's,
+ * except the value of a constant learning rate, which is state: it is loaded, as
+ * cuoptimSetLearningRate would set it), the variable table (the optimizer's variables: names,
+ * dtypes, counts, weight decay, in order), every tensor of the state present once and no other,
+ * then all the data, read into a scratch copy in backend memory (for the duration of the call:
+ * as much memory as the checkpoint's tensors) while each tensor's CRC-32 is checked, and the
+ * counters and scalars as cuoptimSetWeights checks them. Only then is the state built (if no step
+ * did yet) and replaced. A mismatched, truncated or corrupted file, or a failed read, returns a
+ * status whose message names the file, the tensor or field and the reason, and changes nothing
+ * (not even building the state); only a CUDA error while the verified state is copied into place
+ * can leave it partly replaced. The caller's parameters are not touched: restore them from the
+ * caller's own checkpoint (a float16/bfloat16 parameter as its master rounded, as training left
+ * it).
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty path, not a regular file, not a cuoptim
+ * checkpoint, truncated or trailing bytes, a dtype, shape, size or offset that does not fit, a
+ * tensor missing, unknown or twice, another optimizer or config, other variables, a CRC-32 that
+ * does not match, a counter or scalar out of range), PARSE_ERROR (the header is not UTF-8 JSON),
+ * NOT_SUPPORTED (sharded state; another format_version; two state entries with the same name, see
+ * cuoptimSave),
+ * ALLOC_FAILED, CUDA_ERROR, IO_ERROR (the file cannot be opened or read); a keras_config that
+ * cuoptimConfigFromKerasJSON refuses gives that call's status (PARSE_ERROR for text that is not
+ * JSON). */
+CUOPTIM_API cuoptimStatus_t cuoptimLoad(cuoptimOptimizer_t optimizer, const char *path);
 
 #ifdef __cplusplus
 }
