@@ -95,11 +95,10 @@ for run in "${runs[@]}"; do
     exit 1
   fi
   final=$(grep '^final: ' "$log")
-  note=""
-  [ "$lr" != "$keras_lr" ] && note=" (Keras: $keras_lr)"
-  [ -n "$extra" ] && note="$note, ${extra#--set }"
+  shown_lr=$lr
+  [ "$lr" != "$keras_lr" ] && shown_lr="$lr (Keras $keras_lr)"
   echo "$name,$name lr $lr" >> "$out/data/mlp/labels.csv"
-  results+=("$name|$lr$note|$(field loss)|$(field test_loss)|$(field test_accuracy)|$(field ms_per_step)|$(field device)")
+  results+=("$name|$shown_lr|$(field loss)|$(field test_loss)|$(field test_accuracy)|$(field ms_per_step)|$(field device)|${extra//--set /}")
   printf '  %-9s test accuracy %5.1f%%  (%s s so far)\n' "$name" \
     "$(awk -v a="$(field test_accuracy)" 'BEGIN { print 100 * a }')" "$(elapsed)"
 done
@@ -118,19 +117,19 @@ pictures=$("$venv/bin/python" scripts/plot_demo.py "$out/data" "$out")
 
 echo
 echo "MLP 2-64-64-5 on 5 interleaved spirals (4000 training, 1000 held-out points), $epochs epochs, batch 32:"
-printf '%-9s  %-46s  %10s  %9s  %13s  %13s  %s\n' optimizer "learning rate" "final loss" "test loss" \
-  "test accuracy" "time per step" device
+printf '%-9s  %-20s  %10s  %9s  %13s  %13s  %-6s  %s\n' optimizer "learning rate" "final loss" "test loss" \
+  "test accuracy" "time per step" device "other settings"
 failed=()
 for r in "${results[@]}"; do
-  IFS='|' read -r name lr loss test_loss accuracy ms dev <<< "$r"
-  printf '%-9s  %-46s  %10.4f  %9.4f  %12.1f%%  %10.3f ms  %s\n' "$name" "$lr" "$loss" "$test_loss" \
-    "$(awk -v a="$accuracy" 'BEGIN { print 100 * a }')" "$ms" "$dev"
+  IFS='|' read -r name lr loss test_loss accuracy ms dev other <<< "$r"
+  printf '%-9s  %-20s  %10.4f  %9.4f  %12.1f%%  %10.3f ms  %-6s  %s\n' "$name" "$lr" "$loss" "$test_loss" \
+    "$(awk -v a="$accuracy" 'BEGIN { print 100 * a }')" "$ms" "$dev" "$other" | sed 's/ *$//'
   awk -v a="$accuracy" 'BEGIN { exit !(a < 0.5) }' && failed+=("$name")
 done
-echo "(final loss: the training split's mean cross-entropy after the last epoch; chance accuracy is 20%)"
+echo "(final loss: the mean cross-entropy on the training split after the last epoch; chance accuracy is 20%)"
 echo
 echo "Pictures:"
-sed 's/^/  /' <<< "$pictures"
+while IFS= read -r picture; do echo "  $picture"; done <<< "$pictures"
 echo "Data: $out/data (train_mlp logs and CSV, paths CSV)"
 echo "demo: done in $(elapsed) s"
 if [ ${#failed[@]} -gt 0 ]; then
