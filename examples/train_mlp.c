@@ -210,13 +210,15 @@ static int set_schedule_key(cuoptimSchedule_t *s, const char *key, const char *v
     const char *key;
     int *field;
   } flags[] = {{"staircase", &s->staircase}, {"cycle", &s->cycle}};
+  char option[64]; /* "--schedule KEY" for messages */
+  snprintf(option, sizeof option, "--schedule %s", key);
   for (size_t i = 0; i < sizeof doubles / sizeof doubles[0]; i++)
     if (strcmp(key, doubles[i].key) == 0) {
       if (strstr(key, "decay_steps")) *decay_steps_given = 1;
-      return parse_double("--schedule", value, doubles[i].field);
+      return parse_double(option, value, doubles[i].field);
     }
   for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
-    if (strcmp(key, flags[i].key) == 0) return parse_int("--schedule", value, 0, 1, flags[i].field);
+    if (strcmp(key, flags[i].key) == 0) return parse_int(option, value, 0, 1, flags[i].field);
   if (strcmp(key, "boundaries") == 0)
     return parse_list(key, value, s->boundaries, CUOPTIM_MAX_BOUNDARIES, &s->num_boundaries);
   if (strcmp(key, "values") == 0) {

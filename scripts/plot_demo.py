@@ -102,7 +102,7 @@ def plot_paths(paths_dir, function, out_dir):
     ax.plot(float(function["start_x"]), float(function["start_y"]), "o", color="black", markersize=8,
             label="start")
     ax.plot(float(function["minimum_x"]), float(function["minimum_y"]), "*", color="gold", markersize=16,
-            markeredgecolor="black", label="minimum")
+            markeredgecolor="black", label="minimum", zorder=6)
     ax.set_xlim(float(function["x_min"]), float(function["x_max"]))
     ax.set_ylim(float(function["y_min"]), float(function["y_max"]))
     ax.set_xlabel("x")
