@@ -1,0 +1,20 @@
+# The README's complete example must be examples/minimal.c itself (built and run as
+# example_minimal_runs), so that the code the README shows compiles and works.
+# Usage: cmake -DREADME=README.md -DMINIMAL=examples/minimal.c -P readme_minimal.cmake
+file(READ ${README} readme)
+file(READ ${MINIMAL} minimal)
+set(marker "<!-- examples/minimal.c -->\n```c\n")
+string(FIND "${readme}" "${marker}" start)
+if(start EQUAL -1)
+  message(FATAL_ERROR "README.md has no '<!-- examples/minimal.c -->' block")
+endif()
+string(LENGTH "${marker}" marker_length)
+math(EXPR start "${start} + ${marker_length}")
+string(SUBSTRING "${readme}" ${start} -1 rest)
+string(FIND "${rest}" "```" end)
+string(SUBSTRING "${rest}" 0 ${end} shown)
+if(NOT shown STREQUAL minimal)
+  file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/readme_minimal_shown.c "${shown}")
+  message(FATAL_ERROR "the README's block differs from ${MINIMAL} (it is in ${CMAKE_CURRENT_BINARY_DIR}/readme_minimal_shown.c)")
+endif()
+message("the README shows examples/minimal.c")
