@@ -13,9 +13,9 @@ static int failed(const char *what, cuoptimStatus_t status) {
   return 1;
 }
 
-#define CHECK(call)                                          \
-  do {                                                       \
-    cuoptimStatus_t check_status = (call);                   \
+#define CHECK(call)                                                                 \
+  do {                                                                              \
+    cuoptimStatus_t check_status = (call);                                          \
     if (check_status != CUOPTIM_STATUS_SUCCESS) return failed(#call, check_status); \
   } while (0)
 
