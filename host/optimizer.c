@@ -48,7 +48,9 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
                          (int)backend);
   const cuoptimBackendOps *ops = backend_ops(backend);
   if (!ops)
-    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "%s: backend = CUOPTIM_BACKEND_CUDA: this build has no CUDA backend",
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
+                         "%s: backend = CUOPTIM_BACKEND_CUDA: this build of cuoptim has no CUDA backend (built with "
+                         "CUOPTIM_WITH_CUDA=OFF); use CUOPTIM_BACKEND_HOST",
                          caller);
   if (backend == CUOPTIM_BACKEND_CUDA && device < 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: device = %d: must be a CUDA device ordinal >= 0", caller,

@@ -1,11 +1,15 @@
 /* One optimizer step, as DESIGN.md draws it: aggregate, inspect, prologue, update, finish.
- * Backend-independent: each stage is run by the backend's executor, inside an NVTX range. */
+ * Backend-independent: each stage is run by the backend's executor, inside an NVTX range (in builds
+ * with NVTX). */
 #include <string.h>
 
+#ifdef CUOPTIM_HAVE_NVTX
 #include <nvtx3/nvToolsExt.h>
+#endif
 
 #include "internal.h"
 
+#ifdef CUOPTIM_HAVE_NVTX
 static nvtxDomainHandle_t nvtx_domain(void) {
   static nvtxDomainHandle_t domain;
   if (!domain) domain = nvtxDomainCreateA("cuoptim");
@@ -23,6 +27,12 @@ static void range_push(const char *name) {
 }
 
 static void range_pop(void) { nvtxDomainRangePop(nvtx_domain()); }
+#else
+/* Built without NVTX (CUOPTIM_WITH_NVTX=OFF, or a host-only build that found no NVTX headers):
+ * the step runs without ranges. */
+static void range_push(const char *name) { (void)name; }
+static void range_pop(void) {}
+#endif
 
 int cuoptim_needs_inspect(const cuoptimOptimizer_t opt) {
   const cuoptimRuleParams *p = &opt->prologue.rule;

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Builds cuoptim and runs every test: installs what is missing (scripts/setup.sh), configures,
-# builds, runs ctest (Criterion suites; GPU suites skip without a GPU); then builds the same
-# sources against the emulated CUDA device (emu/, in BUILD_DIR-emu) and runs every suite again
-# there, so the kernels and the CUDA backend are exercised on machines without a GPU; then builds
-# the real build again with host code under AddressSanitizer + UBSan (BUILD_DIR-asan) and runs
-# every suite there; then runs each fuzz target of tests/fuzz/ briefly on its committed corpus
-# (scripts/fuzz.sh, BUILD_DIR-fuzz). Any sanitizer report fails the run. Usage:
+# builds, runs ctest (Criterion suites; GPU suites skip without a GPU); then the host-only build
+# (CUOPTIM_WITH_CUDA=OFF, in BUILD_DIR-host) with the CUDA toolkit hidden, and its suites; then
+# builds the same sources against the emulated CUDA device (emu/, in BUILD_DIR-emu) and runs every
+# suite again there, so the kernels and the CUDA backend are exercised on machines without a GPU;
+# then builds the real build again with host code under AddressSanitizer + UBSan (BUILD_DIR-asan)
+# and runs every suite there; then runs each fuzz target of tests/fuzz/ briefly on its committed
+# corpus (scripts/fuzz.sh, BUILD_DIR-fuzz). Any sanitizer report fails the run. Usage:
 #   scripts/test.sh                 build in ./build and run all tests
 #   BUILD_DIR=dir scripts/test.sh   another build directory
 #   CUOPTIM_SANITIZE=ON scripts/test.sh   host code under AddressSanitizer + UBSan in every build
 #   CUOPTIM_SKIP_EMULATED=1 scripts/test.sh   no emulated-device build
+#   CUOPTIM_SKIP_HOST_ONLY=1 scripts/test.sh  no host-only build
 #   CUOPTIM_FUZZ_SECONDS=n scripts/test.sh    seconds per fuzz target (default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +52,19 @@ run_ctest() {
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCUOPTIM_SANITIZE="$sanitize"
 cmake --build "$build" -j "$jobs"
 run_ctest "$build"
+
+if [ "${CUOPTIM_SKIP_HOST_ONLY:-0}" != 1 ]; then
+  echo "== the host-only build (CUOPTIM_WITH_CUDA=OFF, in $build-host), the CUDA toolkit hidden =="
+  # No CUDA directory on PATH, and a CUDA compiler and toolkit that do not exist: any use of them
+  # fails; host_only_build_uses_no_cuda checks the libraries and the headers the build used. NVTX
+  # off: a machine without the toolkit has no NVTX headers either.
+  host_path=$(printf '%s' "$PATH" | tr ':' '\n' | grep -v -i cuda | paste -sd: -)
+  without_cuda=(env PATH="$host_path" CUDACXX=/nonexistent/nvcc CUDAToolkit_ROOT=/nonexistent CUDA_PATH=/nonexistent)
+  "${without_cuda[@]}" cmake -S "$root" -B "$build-host" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCUOPTIM_WITH_CUDA=OFF \
+    -DCUOPTIM_WITH_NVTX=OFF -DCUOPTIM_SANITIZE="$sanitize"
+  "${without_cuda[@]}" cmake --build "$build-host" -j "$jobs"
+  PATH="$host_path" run_ctest "$build-host"
+fi
 
 if [ "${CUOPTIM_SKIP_EMULATED:-0}" != 1 ]; then
   echo "== the same suites on the emulated CUDA device (emu/: kernels run on the CPU) =="

@@ -10,7 +10,6 @@
  * left over from an earlier call cannot satisfy the check.
  */
 #include <criterion/criterion.h>
-#include <cuda_runtime_api.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -1511,8 +1510,8 @@ Test(api, cuda_backend_bad_device_ordinal) {
   cr_assert_neq(st, CUOPTIM_STATUS_SUCCESS);
   cr_assert(strstr(cuoptimGetLastErrorMessage(), "cuoptimCreate") != NULL);
   cr_assert_eq(opt, SENTINEL_HANDLE);
-  int devices = 0;
-  if (test_has_gpu() && cudaGetDeviceCount(&devices) == cudaSuccess) {
+  int devices = test_device_count();
+  if (devices > 0) {
     st = cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, devices);
     cr_assert(st == CUOPTIM_STATUS_INVALID_VALUE || st == CUOPTIM_STATUS_NO_DEVICE || st == CUOPTIM_STATUS_CUDA_ERROR,
               "device %d of %d: %s", devices, devices, cuoptimGetStatusString(st));
@@ -1532,13 +1531,34 @@ Test(api, cuda_backend_rejects_host_pointers) {
   EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimAddVariable", "param",
               cuoptimAddVariable(opt, "w", host, CUOPTIM_FLOAT32, 4, &var));
   cr_assert_eq(var, 77);
-  float *device = NULL;
-  cr_assert_eq(cudaMalloc((void **)&device, 4 * sizeof(float)), cudaSuccess);
+  float *device = test_mem_alloc(CUOPTIM_BACKEND_CUDA, 4 * sizeof(float));
   OK(cuoptimAddVariable(opt, "w", device, CUOPTIM_FLOAT32, 4, &var));
   cr_assert_eq(var, 0);
   OK(cuoptimDestroy(opt));
-  cudaFree(device);
+  test_mem_free(CUOPTIM_BACKEND_CUDA, device);
   free(host);
+}
+
+/* A host-only build (CUOPTIM_WITH_CUDA=OFF) has no CUDA backend: NOT_SUPPORTED whatever the device,
+ * with a message that says why and what to use instead. */
+Test(api, cuda_backend_of_a_host_only_build_is_not_supported) {
+#ifdef CUOPTIM_HAVE_CUDA
+  cr_skip_test("this build has the CUDA backend");
+#else
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  const int devices[] = {0, 3, -1};
+  for (size_t i = 0; i < sizeof devices / sizeof devices[0]; i++) {
+    cuoptimOptimizer_t opt = SENTINEL_HANDLE;
+    prime_error("cuoptimCreate");
+    cuoptimStatus_t st = cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, devices[i]);
+    cr_assert_eq(st, CUOPTIM_STATUS_NOT_SUPPORTED, "device %d: %s", devices[i], cuoptimGetStatusString(st));
+    const char *msg = cuoptimGetLastErrorMessage();
+    cr_assert(strstr(msg, "cuoptimCreate") && strstr(msg, "CUOPTIM_BACKEND_CUDA") && strstr(msg, "CUOPTIM_WITH_CUDA=OFF") &&
+                  strstr(msg, "CUOPTIM_BACKEND_HOST"),
+              "device %d: message \"%s\"", devices[i], msg);
+    cr_assert_eq(opt, SENTINEL_HANDLE);
+  }
+#endif
 }
 
 /* =================================================================================================

@@ -13,7 +13,6 @@
  * features_cuda) when a GPU is present.
  */
 #include <criterion/criterion.h>
-#include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>

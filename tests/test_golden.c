@@ -15,7 +15,6 @@
  * Tests are named after Keras's (keras test_single_step -> <optimizer>_single_step_matches_keras).
  */
 #include <criterion/criterion.h>
-#include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>

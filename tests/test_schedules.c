@@ -15,7 +15,6 @@
  * is present.
  */
 #include <criterion/criterion.h>
-#include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>

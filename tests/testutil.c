@@ -8,17 +8,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef CUOPTIM_HAVE_CUDA
 #include <cuda_runtime_api.h>
+#endif
 
-int test_has_gpu(void) {
+int test_device_count(void) {
+#ifdef CUOPTIM_HAVE_CUDA
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
     (void)cudaGetLastError();
     return 0;
   }
-  return count > 0;
+  return count;
+#else
+  return 0; /* a host-only build (CUOPTIM_WITH_CUDA=OFF): no CUDA backend to run */
+#endif
 }
+
+int test_has_gpu(void) { return test_device_count() > 0; }
 
 const char *test_backend_name(cuoptimBackend_t backend) { return backend == CUOPTIM_BACKEND_CUDA ? "CUDA" : "host"; }
 
@@ -50,40 +58,62 @@ int main(int argc, char *argv[]) {
 
 /* ---- backend memory ---------------------------------------------------------------------------- */
 
-void *test_mem_alloc(cuoptimBackend_t backend, size_t bytes) {
+#ifdef CUOPTIM_HAVE_CUDA
+static void *device_alloc(size_t bytes) {
   void *p = NULL;
-  if (backend == CUOPTIM_BACKEND_CUDA) {
-    cudaError_t err = cudaMalloc(&p, bytes);
-    cr_assert_eq(err, cudaSuccess, "cudaMalloc(%zu): %s", bytes, cudaGetErrorString(err));
-  } else {
-    p = calloc(1, bytes ? bytes : 1);
-    cr_assert_not_null(p);
-  }
+  cudaError_t err = cudaMalloc(&p, bytes);
+  cr_assert_eq(err, cudaSuccess, "cudaMalloc(%zu): %s", bytes, cudaGetErrorString(err));
   return p;
 }
 
-static void mem_copy(cuoptimBackend_t backend, void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
-  if (backend == CUOPTIM_BACKEND_CUDA) {
-    cudaError_t err = cudaMemcpy(dst, src, bytes, kind);
-    cr_assert_eq(err, cudaSuccess, "cudaMemcpy to %s: %s", kind == cudaMemcpyHostToDevice ? "device" : "host",
-                 cudaGetErrorString(err));
-  } else {
+static void device_copy(void *dst, const void *src, size_t bytes, int to_device) {
+  cudaError_t err = cudaMemcpy(dst, src, bytes, to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost);
+  cr_assert_eq(err, cudaSuccess, "cudaMemcpy to %s: %s", to_device ? "device" : "host", cudaGetErrorString(err));
+}
+
+static void device_free(void *p) { cudaFree(p); }
+#else
+/* A host-only build has no device memory: a CUDA variant skips (test_require_backend) before it
+ * asks for any, so reaching these is a bug of the test. */
+static void *device_alloc(size_t bytes) {
+  cr_assert_fail("device memory (%zu bytes) asked of a build without CUDA", bytes);
+  return NULL;
+}
+
+static void device_copy(void *dst, const void *src, size_t bytes, int to_device) {
+  cr_assert_fail("a copy to %s (%zu bytes, %p <- %p) asked of a build without CUDA", to_device ? "device" : "host",
+                 bytes, dst, src);
+}
+
+static void device_free(void *p) { cr_assert_fail("device memory (%p) freed in a build without CUDA", p); }
+#endif
+
+void *test_mem_alloc(cuoptimBackend_t backend, size_t bytes) {
+  if (backend == CUOPTIM_BACKEND_CUDA) return device_alloc(bytes);
+  void *p = calloc(1, bytes ? bytes : 1);
+  cr_assert_not_null(p);
+  return p;
+}
+
+static void mem_copy(cuoptimBackend_t backend, void *dst, const void *src, size_t bytes, int to_device) {
+  if (backend == CUOPTIM_BACKEND_CUDA)
+    device_copy(dst, src, bytes, to_device);
+  else
     memcpy(dst, src, bytes);
-  }
 }
 
 void test_mem_upload(cuoptimBackend_t backend, void *dst, const void *src, size_t bytes) {
-  mem_copy(backend, dst, src, bytes, cudaMemcpyHostToDevice);
+  mem_copy(backend, dst, src, bytes, 1);
 }
 
 void test_mem_download(cuoptimBackend_t backend, void *dst, const void *src, size_t bytes) {
-  mem_copy(backend, dst, src, bytes, cudaMemcpyDeviceToHost);
+  mem_copy(backend, dst, src, bytes, 0);
 }
 
 void test_mem_free(cuoptimBackend_t backend, void *p) {
   if (!p) return;
   if (backend == CUOPTIM_BACKEND_CUDA)
-    cudaFree(p);
+    device_free(p);
   else
     free(p);
 }

@@ -24,8 +24,11 @@
                  cudaGetErrorName(cuda_ok_err_));                                                   \
   } while (0)
 
-/* 1 when a CUDA device can be used; 0 when cudaGetDeviceCount reports no device or no driver
- * (GPU tests then call cr_skip). */
+/* The CUDA devices that can be used: 0 when cudaGetDeviceCount reports no device or no driver,
+ * and in a host-only build (CUOPTIM_WITH_CUDA=OFF). */
+int test_device_count(void);
+
+/* 1 when a CUDA device can be used (test_device_count() > 0); GPU tests otherwise call cr_skip. */
 int test_has_gpu(void);
 
 /* "CUDA" or "host", for messages. */

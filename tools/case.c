@@ -8,7 +8,9 @@
 #include "case.h"
 
 #include <cjson/cJSON.h>
+#ifdef CUOPTIM_HAVE_CUDA
 #include <cuda_runtime_api.h>
+#endif
 #include <errno.h>
 #include <float.h>
 #include <inttypes.h>
@@ -926,11 +928,47 @@ typedef struct {
   void **grads;  /* CUDA: one device gradient buffer per variable */
 } buffers_t;
 
+/* Device memory of the runs on the CUDA backend. Each returns 0 or, with the message in `error`
+ * (`what` first), a cuoptim status. */
+#ifdef CUOPTIM_HAVE_CUDA
 static int cuda_failed(cudaError_t err, const char *what, char *error, size_t size) {
   (void)cudaGetLastError();
   set_error(error, size, "%s: %s (%s)", what, cudaGetErrorString(err), cudaGetErrorName(err));
   return CUOPTIM_STATUS_CUDA_ERROR;
 }
+
+static int device_alloc(void **ptr, size_t bytes, const char *what, char *error, size_t size) {
+  cudaError_t err = cudaMalloc(ptr, bytes);
+  return err == cudaSuccess ? 0 : cuda_failed(err, what, error, size);
+}
+
+static int device_copy(void *dst, const void *src, size_t bytes, int to_device, const char *what, char *error,
+                       size_t size) {
+  cudaError_t err = cudaMemcpy(dst, src, bytes, to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost);
+  return err == cudaSuccess ? 0 : cuda_failed(err, what, error, size);
+}
+
+static void device_free(void *ptr) { cudaFree(ptr); }
+#else
+/* A host-only build (CUOPTIM_WITH_CUDA=OFF) has no device memory; cuoptimCreate refuses its CUDA
+ * backend before any is asked for. */
+static int no_device(const char *what, char *error, size_t size) {
+  set_error(error, size, "%s: this build has no CUDA backend (CUOPTIM_WITH_CUDA=OFF)", what);
+  return CUOPTIM_STATUS_NOT_SUPPORTED;
+}
+
+static int device_alloc(void **ptr, size_t bytes, const char *what, char *error, size_t size) {
+  *ptr = NULL;
+  return no_device(what, error, size);
+}
+
+static int device_copy(void *dst, const void *src, size_t bytes, int to_device, const char *what, char *error,
+                       size_t size) {
+  return no_device(what, error, size);
+}
+
+static void device_free(void *ptr) {}
+#endif
 
 static int library_failed(cuoptimStatus_t st, const char *where, char *error, size_t size) {
   const char *msg = cuoptimGetLastErrorMessage();
@@ -944,8 +982,8 @@ static int library_failed(cuoptimStatus_t st, const char *where, char *error, si
 static void free_buffers(buffers_t *b) {
   for (int v = 0; v < b->n; v++) {
     if (b->backend == CUOPTIM_BACKEND_CUDA) {
-      if (b->params != NULL && b->params[v] != NULL) cudaFree(b->params[v]);
-      if (b->grads != NULL && b->grads[v] != NULL) cudaFree(b->grads[v]);
+      if (b->params != NULL && b->params[v] != NULL) device_free(b->params[v]);
+      if (b->grads != NULL && b->grads[v] != NULL) device_free(b->grads[v]);
     } else if (b->params != NULL) {
       free(b->params[v]);
     }
@@ -965,12 +1003,13 @@ static int alloc_buffers(const cuoptimCase *c, buffers_t *b, char *error, size_t
   for (int v = 0; v < b->n; v++) {
     size_t bytes = (c->variables[v].count ? c->variables[v].count : 1) * sizeof(float);
     if (b->backend == CUOPTIM_BACKEND_CUDA) {
-      cudaError_t err = cudaMalloc(&b->params[v], bytes);
-      if (err == cudaSuccess) err = cudaMalloc(&b->grads[v], bytes);
-      if (err == cudaSuccess)
-        err = cudaMemcpy(b->params[v], c->variables[v].value, c->variables[v].count * sizeof(float),
-                         cudaMemcpyHostToDevice);
-      if (err != cudaSuccess) return cuda_failed(err, quoted(c->variables[v].name).text, error, size);
+      quoted_t name = quoted(c->variables[v].name);
+      int rc = device_alloc(&b->params[v], bytes, name.text, error, size);
+      if (rc == 0) rc = device_alloc(&b->grads[v], bytes, name.text, error, size);
+      if (rc == 0)
+        rc = device_copy(b->params[v], c->variables[v].value, c->variables[v].count * sizeof(float), 1, name.text,
+                         error, size);
+      if (rc != 0) return rc;
     } else {
       b->params[v] = malloc(bytes);
       if (b->params[v] == NULL) {
@@ -988,8 +1027,8 @@ static int read_params(const cuoptimCase *c, const buffers_t *b, float **out, ch
   for (int v = 0; v < b->n; v++) {
     size_t bytes = c->variables[v].count * sizeof(float);
     if (b->backend == CUOPTIM_BACKEND_CUDA) {
-      cudaError_t err = cudaMemcpy(out[v], b->params[v], bytes, cudaMemcpyDeviceToHost);
-      if (err != cudaSuccess) return cuda_failed(err, quoted(c->variables[v].name).text, error, size);
+      int rc = device_copy(out[v], b->params[v], bytes, 0, quoted(c->variables[v].name).text, error, size);
+      if (rc != 0) return rc;
     } else {
       memcpy(out[v], b->params[v], bytes);
     }
@@ -1052,8 +1091,7 @@ static int run_steps(const cuoptimCase *c, cuoptimOptimizer_t opt, const buffers
       const float *g = c->steps[s][v];
       if (g == NULL) continue;
       if (b->backend == CUOPTIM_BACKEND_CUDA) {
-        cudaError_t err = cudaMemcpy(b->grads[v], g, c->variables[v].count * sizeof(float), cudaMemcpyHostToDevice);
-        if (err != cudaSuccess) rc = cuda_failed(err, where, error, size);
+        rc = device_copy(b->grads[v], g, c->variables[v].count * sizeof(float), 1, where, error, size);
         pairs[v].grad = b->grads[v];
       } else {
         pairs[v].grad = g;

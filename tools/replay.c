@@ -5,7 +5,9 @@
  * Exit status: 0 done (within tolerance with --check), 1 beyond tolerance, 2 bad usage or input
  * (or a backend that cannot run here), 3 the library failed on a valid case.
  */
+#ifdef CUOPTIM_HAVE_CUDA
 #include <cuda_runtime_api.h>
+#endif
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -138,7 +140,9 @@ static void print_result(const cuoptimCase *c, const cuoptimCaseResult *r, int s
   printf("}\n");
 }
 
-/* Whether cudaGetDeviceCount finds a device; the reason in `why` when not. */
+/* Whether cudaGetDeviceCount finds a device (never in a host-only build); the reason in `why` when
+ * not. */
+#ifdef CUOPTIM_HAVE_CUDA
 static int have_gpu(char *why, size_t size) {
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
@@ -153,6 +157,12 @@ static int have_gpu(char *why, size_t size) {
   }
   return 1;
 }
+#else
+static int have_gpu(char *why, size_t size) {
+  snprintf(why, size, "this build has no CUDA backend (CUOPTIM_WITH_CUDA=OFF)");
+  return 0;
+}
+#endif
 
 int main(int argc, char **argv) {
   int check = 0, quiet = 0, ranks = 0, state = 0;
@@ -221,7 +231,7 @@ int main(int argc, char **argv) {
 
   char why[256];
   if (backend == CUOPTIM_BACKEND_CUDA && !have_gpu(why, sizeof why)) {
-    report("--backend cuda: no usable GPU on this machine (%s)", why);
+    report("--backend cuda: no usable GPU (%s)", why);
     return EXIT_INPUT;
   }
 
