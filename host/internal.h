@@ -119,7 +119,7 @@ typedef struct cuoptimStepGradient {
 
 typedef struct cuoptimBackendOps cuoptimBackendOps;
 
-/* ---- data-parallel communication (host/comm.c; MPI in host/comm_mpi.c) ----------------------- */
+/* ---- data-parallel communication (host/comm.c; MPI in host/comm_mpi.c, NCCL in host/comm_nccl.c) */
 
 typedef struct cuoptimComm cuoptimComm;
 
@@ -136,6 +136,11 @@ typedef struct cuoptimCommOps {
   /* The aggregate stage: every gradient of opt->step_grads summed across the ranks, in place, with
    * every rank ending with the same bytes. */
   cuoptimStatus_t (*aggregate)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* An error the library found after its calls returned (NCCL's ncclCommGetAsyncError: a failed
+   * kernel, a remote rank gone), as a status; SUCCESS while there is none. A host query that waits
+   * for nothing, so a step or a synchronize with timeout may call it. NULL: the library reports
+   * every error at the call (MPI). */
+  cuoptimStatus_t (*poll)(cuoptimOptimizer_t opt, const char *caller);
 } cuoptimCommOps;
 
 struct cuoptimComm {
