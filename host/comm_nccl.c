@@ -19,7 +19,7 @@
  *
  * The first-step comparison of the variable tables (host/comm.c) is the one blocking exchange:
  * an all-gather through a small device buffer on an internal stream, waited for on that stream
- * only. */
+ * only (NCCL serializes the operations of one communicator across streams). */
 #include "internal.h"
 
 #ifdef CUOPTIM_HAVE_NCCL
@@ -194,7 +194,10 @@ static cuoptimStatus_t reserve_exchange(NcclComm *m, size_t bytes, const char *s
   cudaError_t err = cudaMalloc(&m->exchange, bytes);
   if (err != cudaSuccess) {
     m->exchange = NULL;
-    return cuda_fail(err, "cuoptimApplyGradients", stage);
+    if (err != cudaErrorMemoryAllocation) return cuda_fail(err, "cuoptimApplyGradients", stage);
+    (void)cudaGetLastError();
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: %s: cannot allocate %zu bytes", stage,
+                         bytes);
   }
   m->exchange_bytes = bytes;
   return CUOPTIM_STATUS_SUCCESS;

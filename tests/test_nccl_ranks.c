@@ -35,6 +35,13 @@
 
 /* ---- N ranks under mpirun ----------------------------------------------------------------- */
 
+/* The environment variables CUOPTIM_MPIEXEC and CUOPTIM_NCCL_RANKS override the paths compiled in,
+ * for a build carried to another machine. */
+static const char *env_or(const char *name, const char *fallback) {
+  const char *value = getenv(name);
+  return value && *value ? value : fallback;
+}
+
 static void run_ranks(int np) {
 #ifndef CUOPTIM_TEST_NCCL_RANKS
   (void)np;
@@ -46,10 +53,14 @@ static void run_ranks(int np) {
   cr_assert_eq(cudaGetDeviceCount(&devices), cudaSuccess);
   if (devices < np) cr_skip("%d ranks need %d GPUs (one rank per GPU); this machine has %d", np, np, devices);
 #endif
+  const char *mpiexec = env_or("CUOPTIM_MPIEXEC", CUOPTIM_TEST_MPIEXEC);
+  const char *program = env_or("CUOPTIM_NCCL_RANKS", CUOPTIM_TEST_NCCL_RANKS);
+  if (access(mpiexec, X_OK) != 0 || access(program, X_OK) != 0)
+    cr_skip("%s or %s is not here (set CUOPTIM_MPIEXEC and CUOPTIM_NCCL_RANKS)", mpiexec, program);
   /* Root may run mpirun only when it says so; more ranks than cores need --oversubscribe. */
   char command[4096];
-  snprintf(command, sizeof command, "%s %s--oversubscribe -np %d --timeout 600 %s 2>&1", CUOPTIM_TEST_MPIEXEC,
-           geteuid() == 0 ? "--allow-run-as-root " : "", np, CUOPTIM_TEST_NCCL_RANKS);
+  snprintf(command, sizeof command, "%s %s--oversubscribe -np %d --timeout 600 %s 2>&1", mpiexec,
+           geteuid() == 0 ? "--allow-run-as-root " : "", np, program);
   FILE *pipe = popen(command, "r");
   cr_assert_not_null(pipe, "popen(%s)", command);
   char output[1 << 16];
