@@ -211,9 +211,10 @@ static cuoptimStatus_t nccl_allgather_host(cuoptimOptimizer_t opt, const void *s
   DeviceScope scope;
   CUOPTIM_CHECK(enter_device(opt->device, &scope, caller));
   cuoptimStatus_t status = reserve_exchange(m, bytes * (size_t)c->world, stage);
-  char *mine = (char *)m->exchange + bytes * (size_t)c->rank;
+  char *mine = NULL; /* this rank's place in the exchange buffer: in place for ncclAllGather */
   cudaError_t err = cudaSuccess;
   if (status == CUOPTIM_STATUS_SUCCESS) {
+    mine = (char *)m->exchange + bytes * (size_t)c->rank;
     err = cudaMemcpyAsync(mine, send, bytes, cudaMemcpyHostToDevice, m->exchange_stream);
     if (err != cudaSuccess) status = cuda_fail(err, caller, stage);
   }

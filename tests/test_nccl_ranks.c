@@ -28,6 +28,8 @@
 
 #ifdef CUOPTIM_TEST_HAVE_NCCL
 #include <nccl.h>
+
+#include "nccl_bootstrap.h"
 #endif
 #ifdef CUOPTIM_TEST_EMULATED_DEVICE
 #include "nccl_emu.h"
@@ -35,12 +37,14 @@
 
 /* ---- N ranks under mpirun ----------------------------------------------------------------- */
 
+#ifdef CUOPTIM_TEST_NCCL_RANKS
 /* The environment variables CUOPTIM_MPIEXEC and CUOPTIM_NCCL_RANKS override the paths compiled in,
  * for a build carried to another machine. */
 static const char *env_or(const char *name, const char *fallback) {
   const char *value = getenv(name);
   return value && *value ? value : fallback;
 }
+#endif
 
 static void run_ranks(int np) {
 #ifndef CUOPTIM_TEST_NCCL_RANKS
@@ -88,14 +92,27 @@ Test(nccl_ranks, four_ranks) { run_ranks(4); }
 
 #define COUNT 1000
 
+/* Through examples/nccl_bootstrap.h, as a single-process program makes its communicators. */
 static ncclComm_t one_rank_comm(void) {
   if (!test_has_gpu()) cr_skip("no usable CUDA device: NCCL test skipped");
   CUDA_OK(cudaSetDevice(0));
   ncclComm_t comm = NULL;
   int devices[1] = {0};
-  ncclResult_t result = ncclCommInitAll(&comm, 1, devices);
-  cr_assert_eq(result, ncclSuccess, "ncclCommInitAll: %s", ncclGetErrorString(result));
+  char err[512] = "";
+  cr_assert_eq(nccl_bootstrap_single_process(&comm, 1, devices, err, sizeof err), 0, "%s", err);
   return comm;
+}
+
+Test(nccl_comm, the_single_process_bootstrap_refuses_more_devices_than_the_host_has) {
+  if (!test_has_gpu()) cr_skip("no usable CUDA device: NCCL test skipped");
+  int count = 0;
+  CUDA_OK(cudaGetDeviceCount(&count));
+  ncclComm_t comms[64];
+  char err[512] = "";
+  cr_expect_eq(nccl_bootstrap_single_process(comms, count + 1, NULL, err, sizeof err), -1);
+  char want[64];
+  snprintf(want, sizeof want, "this host has %d CUDA devices", count);
+  cr_expect(strstr(err, want), "message: %s", err);
 }
 
 static cuoptimCommOptions_t default_options(void) {
@@ -278,5 +295,23 @@ Test(nccl_comm, an_asynchronous_nccl_error_fails_the_next_step) {
 }
 
 #endif /* CUOPTIM_TEST_EMULATED_DEVICE */
+
+#else /* no NCCL in this build */
+
+Test(nccl_comm, without_nccl_set_communicator_is_not_supported_on_the_cuda_backend) {
+  if (!test_has_gpu()) cr_skip("no usable CUDA device: NCCL test skipped");
+  cuoptimOptimizer_t opt = NULL;
+  cuoptimConfig_t config = test_config(CUOPTIM_SGD);
+  OK(cuoptimCreate(&opt, &config, CUOPTIM_BACKEND_CUDA, 0));
+  cuoptimCommOptions_t options;
+  OK(cuoptimCommOptionsInit(&options));
+  void *comm = &options; /* never read: the build has nothing to read it with */
+  cr_expect_eq(cuoptimSetCommunicator(opt, &comm, &options), CUOPTIM_STATUS_NOT_SUPPORTED);
+  cr_expect(strstr(cuoptimGetLastErrorMessage(), "no NCCL"), "message: %s", cuoptimGetLastErrorMessage());
+  int r = -1, w = -1;
+  OK(cuoptimGetRank(opt, &r, &w));
+  cr_expect(r == 0 && w == 1);
+  OK(cuoptimDestroy(opt));
+}
 
 #endif /* CUOPTIM_TEST_HAVE_NCCL */

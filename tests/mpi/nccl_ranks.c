@@ -192,7 +192,7 @@ typedef struct {
   int bitwise;     /* both backends do the same float32 operations: compare bits */
   int null_step;   /* the step in which NULL_VARIABLE has no gradient on any rank; -1: none */
   int inf_step;    /* the step in which the last rank's gradient of INF_VARIABLE holds an inf; -1: none */
-  int nonblocking; /* on a communicator made with config.blocking = 0 */
+  ncclComm_t *comm; /* NULL: the one from nccl_bootstrap_from_mpi */
 } scenario_t;
 #define NULL_VARIABLE 2
 
@@ -482,7 +482,7 @@ static void compare_across_ranks(const char *label, const blob_t *b) {
 
 /* ---- the scenarios -------------------------------------------------------------------------- */
 
-static ncclComm_t comm, nonblocking_comm;
+static ncclComm_t comm, nonblocking_comm, env_comm;
 static int device;
 
 static size_t staging_bytes(void) {
@@ -496,7 +496,7 @@ static void set_communicator(const scenario_t *sc, cuoptimOptimizer_t opt) {
   OK(cuoptimCommOptionsInit(&options));
   options.reduce = sc->reduce;
   options.bucket_bytes = sc->bucket_bytes;
-  OK(cuoptimSetCommunicator(opt, sc->nonblocking ? &nonblocking_comm : &comm, &options));
+  OK(cuoptimSetCommunicator(opt, sc->comm ? sc->comm : &comm, &options));
   int r = -1, n = -1;
   OK(cuoptimGetRank(opt, &r, &n));
   EXPECT(r == rank && n == world, "%s: cuoptimGetRank gives rank %d of %d, want %d of %d", sc->label, r, n, rank, world);
@@ -507,13 +507,15 @@ static void run_scenario(const scenario_t *sc) {
   make_side(&cuda, &sc->config, CUOPTIM_BACKEND_CUDA, sc->param_dtype, sc->grad_dtype, SIZES, device);
   make_side(&ref, &sc->config, CUOPTIM_BACKEND_HOST, sc->param_dtype, CUOPTIM_FLOAT32, SIZES, device);
   set_communicator(sc, cuda.opt);
-  cudaStream_t stream;
-  CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  /* Steps alternate between two streams: each waits for the previous step's event. */
+  cudaStream_t streams[2];
+  for (int i = 0; i < 2; i++) CUDA(cudaStreamCreateWithFlags(&streams[i], cudaStreamNonBlocking));
   unsigned char *staging = malloc(staging_bytes());
   if (!staging) fatal("malloc", "out of memory");
   blob_t observed = {0};
   cuoptimGradient_t list[NUM_VARS];
   for (int step = 0; step < sc->steps; step++) {
+    cudaStream_t stream = streams[step % 2];
     upload_rank_gradients(sc, &cuda, step, staging, stream);
     OK(cuoptimApplyGradients(cuda.opt, gradient_list(sc, &cuda, step, list), list, stream));
     CUDA(cudaStreamSynchronize(stream));
@@ -526,7 +528,7 @@ static void run_scenario(const scenario_t *sc) {
   compare_across_ranks(sc->label, &observed);
   free(observed.bytes);
   free(staging);
-  CUDA(cudaStreamDestroy(stream));
+  for (int i = 0; i < 2; i++) CUDA(cudaStreamDestroy(streams[i]));
   free_side(&cuda);
   free_side(&ref);
 }
@@ -674,7 +676,12 @@ static void run_all(void) {
 
   sc = base("SGD momentum, float32, mean, exact, non-blocking communicator", sgd);
   sc.exact = sc.bitwise = 1;
-  sc.nonblocking = 1;
+  sc.comm = &nonblocking_comm;
+  run_scenario(&sc);
+
+  sc = base("SGD momentum, float32, mean, exact, communicator from RANK / WORLD_SIZE / LOCAL_RANK", sgd);
+  sc.exact = sc.bitwise = 1;
+  sc.comm = &env_comm;
   run_scenario(&sc);
 
   cuoptimConfig_t adam = config_of(CUOPTIM_ADAM, 0.01);
@@ -723,6 +730,38 @@ static void make_nonblocking_comm(void) {
   if (result != ncclSuccess) fatal("ncclCommInitRankConfig", ncclGetErrorString(result));
 }
 
+/* nccl_bootstrap_from_env as a launcher would start it: the variables set from the MPI rank, the
+ * id through a file that must not exist before and is gone after. */
+static void make_env_comm(int devices) {
+  char path[256];
+  if (rank == 0) snprintf(path, sizeof path, "/tmp/cuoptim-nccl-id-%ld", (long)getpid());
+  MPI_Bcast(path, (int)sizeof path, MPI_CHAR, 0, MPI_COMM_WORLD);
+  char value[32];
+  snprintf(value, sizeof value, "%d", rank);
+  setenv("RANK", value, 1);
+  snprintf(value, sizeof value, "%d", world);
+  setenv("WORLD_SIZE", value, 1);
+  snprintf(value, sizeof value, "%d", devices >= world ? rank : 0); /* the GPU of this rank */
+  setenv("LOCAL_RANK", value, 1);
+  char err[512];
+  nccl_bootstrap_info_t where = {0, 0, 0, 0};
+  if (nccl_bootstrap_from_env(&env_comm, path, 60.0, &where, err, sizeof err) != 0) fatal("nccl_bootstrap_from_env", err);
+  EXPECT(where.rank == rank && where.world == world && where.device == device,
+         "bootstrap from the environment: rank %d of %d on device %d, want %d of %d on %d", where.rank, where.world,
+         where.device, rank, world, device);
+  if (rank == 0) { /* rank 0's init returns once every rank joined: the id file is gone */
+    EXPECT(access(path, F_OK) != 0, "bootstrap from the environment: %s is still there after every rank joined", path);
+    /* A file left by an earlier run is refused, not read. */
+    FILE *stale = fopen(path, "w");
+    if (stale) fclose(stale);
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    EXPECT(nccl_bootstrap_write_id(path, &id, err, sizeof err) != 0 && strstr(err, "exists"),
+           "bootstrap from the environment: an existing id file was not refused (%s)", err);
+    unlink(path);
+  }
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -738,9 +777,11 @@ int main(int argc, char **argv) {
   EXPECT(where.rank == rank && where.world == world, "bootstrap: rank %d of %d, want %d of %d", where.rank,
          where.world, rank, world);
   make_nonblocking_comm();
+  make_env_comm(devices);
 
   run_all();
 
+  ncclCommDestroy(env_comm);
   ncclCommDestroy(nonblocking_comm);
   ncclCommDestroy(comm);
   int total = 0;
