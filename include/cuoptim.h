@@ -514,8 +514,9 @@ typedef struct {
   /* Host backend: how long a collective waits for the other ranks before the step fails with
    * CUOPTIM_STATUS_TIMEOUT, in seconds; 0 (default) waits forever. After a timeout the
    * communicator is in an unknown state: the optimizer refuses further steps (INVALID_STATE) and
-   * the caller should abort (MPI_Abort). The CUDA backend enqueues its collectives and never
-   * waits: use cuoptimSynchronizeTimeout there. */
+   * the caller should abort (MPI_Abort). The CUDA backend enqueues its collectives and waits
+   * only at the first step, for the table comparison, without timeout: use
+   * cuoptimSynchronizeTimeout there. */
   double timeout_seconds;
 } cuoptimCommOptions_t;
 
