@@ -9,11 +9,11 @@
  *                                 WORLD_SIZE and LOCAL_RANK (torchrun does): rank 0 writes the id
  *                                 to a file every process can read.
  *   nccl_bootstrap_single_process one process driving several GPUs (ncclCommInitAll): one
- *                                 communicator, and one optimizer, per GPU.
+ *                                 communicator, one optimizer and one thread per GPU.
  *
  * Multi-node is the same code: mpirun -np 16 -H host1:8,host2:8 ./train, or the launcher on each
- * host with a file path on a file system both hosts share. Each function makes the chosen GPU
- * current (cudaSetDevice), which is the device to create the optimizer on. Each returns 0, or -1
+ * host with a file path on a file system both hosts share. The first two make this process's GPU
+ * current (cudaSetDevice): the device to create the optimizer on. Each returns 0, or -1
  * with a message in err (err_size bytes, may be NULL) that names the step and carries NCCL's
  * own text. Destroy the communicator with ncclCommDestroy after cuoptimDestroy.
  *
