@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "device.h"
+#include "host_work.h"
 
 /* ---- errors ------------------------------------------------------------------------------- */
 
@@ -777,4 +778,10 @@ void cuoptim_emu_launch_body(dim3 grid, dim3 block, cudaStream_t stream, const c
     run->threads = (int)block.x;
     for (unsigned i = 0; i < grid.x; i++) run_block(run, grid, block, schedule_reversed() ? grid.x - 1 - i : i);
   });
+}
+
+/* ---- host work in stream order (emu/host_work.h) ------------------------------------------ */
+
+cudaError_t cuoptim_emu_enqueue_host_work(cudaStream_t stream, std::function<void()> work) {
+  return enqueue(stream, std::move(work));
 }

@@ -1,6 +1,7 @@
 /* Data-parallel communication, independent of the library that carries it: the communicator
  * options, attaching the caller's communicator, the first-step comparison of the ranks' variable
- * tables, and the aggregate stage's entry point. MPI (host backend) is in host/comm_mpi.c. */
+ * tables, and the aggregate stage's entry point. MPI (host backend) is in host/comm_mpi.c, NCCL
+ * (CUDA backend) in host/comm_nccl.c. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,7 +259,9 @@ cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t 
                          "%s: an earlier collective of this optimizer timed out or failed: its communicator is in an "
                          "unknown state (abort it)",
                          caller);
-  cuoptimStatus_t status = cuoptim_comm_check_tables(opt, caller);
+  /* An error the library found since the last step: nothing more is enqueued on the communicator. */
+  cuoptimStatus_t status = c->ops->poll ? c->ops->poll(opt, caller) : CUOPTIM_STATUS_SUCCESS;
+  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_comm_check_tables(opt, caller);
   /* Gradient arena: the buckets the marks have not started, in their fixed order, before any
    * other collective, so every rank issues the same sequence. */
   if (status == CUOPTIM_STATUS_SUCCESS && opt->grad_arena) status = cuoptim_arena_start_all(opt, stream);

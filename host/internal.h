@@ -127,7 +127,7 @@ typedef struct cuoptimStepGradient {
 
 typedef struct cuoptimBackendOps cuoptimBackendOps;
 
-/* ---- data-parallel communication (host/comm.c; MPI in host/comm_mpi.c) ----------------------- */
+/* ---- data-parallel communication (host/comm.c; MPI in host/comm_mpi.c, NCCL in host/comm_nccl.c) */
 
 typedef struct cuoptimComm cuoptimComm;
 
@@ -157,6 +157,11 @@ typedef struct cuoptimCommOps {
   cuoptimStatus_t (*start_bucket)(cuoptimOptimizer_t opt, int bucket, cuoptimStream_t stream);
   /* Bytes of the buffers the communicator holds for gradients. */
   size_t (*buffer_bytes)(cuoptimOptimizer_t opt);
+  /* An error the library found after its calls returned (NCCL's ncclCommGetAsyncError: a failed
+   * kernel, a remote rank gone), as a status; SUCCESS while there is none. A host query that waits
+   * for nothing, so a step or a synchronize with timeout may call it. NULL: the library reports
+   * every error at the call (MPI). */
+  cuoptimStatus_t (*poll)(cuoptimOptimizer_t opt, const char *caller);
 } cuoptimCommOps;
 
 struct cuoptimComm {

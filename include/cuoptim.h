@@ -378,7 +378,11 @@ typedef struct {
  * be aligned to their element size. Host backend: done when it returns.
  * Statuses: SUCCESS, NULL_POINTER (grads with n > 0), INVALID_VALUE (unknown variable, a variable
  * listed twice, every gradient NULL, unknown dtype, n < 0), ALLOC_FAILED (building the state on
- * the first step), CUDA_ERROR. */
+ * the first step), CUDA_ERROR. With a communicator (cuoptimSetCommunicator) also: INVALID_VALUE
+ * (the ranks' variable tables or options differ; host backend: the ranks list other gradients),
+ * INVALID_STATE (an earlier collective failed or timed out), TIMEOUT (host backend), MPI_ERROR,
+ * NCCL_ERROR (an NCCL call failed, or NCCL reports an asynchronous error of earlier work; the
+ * message carries NCCL's text). */
 CUOPTIM_API cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t optimizer, int n,
                                                   const cuoptimGradient_t *grads, cuoptimStream_t stream);
 
@@ -478,6 +482,22 @@ CUOPTIM_API cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t optimizer);
  * Gradient accumulation: the gradients of every micro-step are reduced (the accumulators stay
  * identical on every rank). The result equals the single-process run on the mean gradients
  * within float32 rounding of the sum.
+ *
+ * Every rank must list the same non-NULL gradients, with the same dtypes, in every step. The host
+ * backend checks it (one small exchange per step); the CUDA backend cannot without a host read,
+ * which a captured step cannot make: there a difference pairs unrelated collectives (wrong sums
+ * or a hang).
+ *
+ * CUDA backend (NCCL): for a gradient of `count` elements and N ranks, the first (count / N) * N
+ * elements are reduce-scattered and all-gathered, the last count % N are reduced to one rank and
+ * broadcast from it: each element is summed on one rank and copied to the others. ncclSum, never
+ * ncclAvg. Gradients go in buckets of options.bucket_bytes, each bucket two NCCL groups (the
+ * reductions, then the copies), in place in the caller's buffers, on the step's stream: no copy,
+ * no allocation, no host read, so a whole step with its collectives can be captured in a CUDA
+ * graph and replayed (from the second step on: the first compares the ranks' tables with a
+ * blocking exchange). Do not call a step between your own ncclGroupStart and ncclGroupEnd (NCCL
+ * would merge cuoptim's two groups into one). After NCCL_ERROR the communicator is unusable:
+ * destroy the optimizer and ncclCommAbort the communicator.
  * ------------------------------------------------------------------------------------------- */
 typedef enum {
   CUOPTIM_REDUCE_MEAN = 0, /* sum, then 1/world folded into the update (the default) */
@@ -510,8 +530,9 @@ typedef struct {
   /* Host backend: how long a collective waits for the other ranks before the step fails with
    * CUOPTIM_STATUS_TIMEOUT, in seconds; 0 (default) waits forever. After a timeout the
    * communicator is in an unknown state: the optimizer refuses further steps (INVALID_STATE) and
-   * the caller should abort (MPI_Abort). The CUDA backend enqueues its collectives and never
-   * waits: use cuoptimSynchronizeTimeout there. */
+   * the caller should abort (MPI_Abort). The CUDA backend enqueues its collectives and waits
+   * only at the first step, for the table comparison, without timeout: use
+   * cuoptimSynchronizeTimeout there. */
   double timeout_seconds;
 } cuoptimCommOptions_t;
 
@@ -531,11 +552,15 @@ CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options
  * At the first step the ranks compare their variable tables (names, counts, dtypes, in order):
  * a difference fails that step on every rank with INVALID_VALUE naming the first differing
  * variable and the ranks that differ.
+ * The NCCL communicator must be on the optimizer's device and, if it is non-blocking
+ * (config.blocking = 0), initialized (ncclCommGetAsyncError gives ncclSuccess). The rank and the
+ * world are NCCL's (ncclCommUserRank, ncclCommCount). cuoptim never destroys it.
  * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, a
- * communicator MPI or NCCL refuses), INVALID_STATE (the state is built; MPI not initialized),
+ * communicator MPI or NCCL refuses, *communicator NULL for NCCL, an NCCL communicator on another
+ * device or still initializing), INVALID_STATE (the state is built; MPI not initialized),
  * NOT_SUPPORTED (this build has no MPI or no NCCL; shard_state with Lamb or on a backend that
- * cannot shard yet), MPI_ERROR, NCCL_ERROR,
- * ALLOC_FAILED. */
+ * cannot shard yet), MPI_ERROR, NCCL_ERROR (NCCL reports the communicator failed; NCCL's text in
+ * the message), CUDA_ERROR, ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t optimizer, const void *communicator,
                                                    const cuoptimCommOptions_t *options);
 

@@ -165,3 +165,132 @@ Test(emu_memory, a_copy_past_a_device_allocation_is_refused) {
   (void)cudaGetLastError();
   CUDA_OK(cudaFree(d));
 }
+
+/* ---- the emulated NCCL (emu/nccl.cc), one rank in this process --------------------------------- */
+
+#ifdef CUOPTIM_TEST_HAVE_NCCL
+#include <nccl.h>
+
+static ncclComm_t emu_comm(void) {
+  ncclComm_t comm = NULL;
+  cr_assert_eq(ncclCommInitAll(&comm, 1, NULL), ncclSuccess);
+  return comm;
+}
+
+static float *device_floats(const float *values, int n) {
+  float *p = NULL;
+  CUDA_OK(cudaMalloc((void **)&p, (size_t)n * sizeof *p));
+  CUDA_OK(cudaMemcpy(p, values, (size_t)n * sizeof *p, cudaMemcpyHostToDevice));
+  return p;
+}
+
+/* NCCL may run a group's operations concurrently: here every input is read before any output is
+ * written, so an operation that depends on another of its group sees the old data. */
+Test(emu_nccl, a_group_reads_every_input_before_it_writes_an_output) {
+  ncclComm_t comm = emu_comm();
+  float x[4] = {1, 2, 3, 4}, y[4] = {10, 20, 30, 40}, z[4] = {0};
+  float *dx = device_floats(x, 4), *dy = device_floats(y, 4), *dz = device_floats(z, 4);
+  cr_assert_eq(ncclGroupStart(), ncclSuccess);
+  cr_assert_eq(ncclAllReduce(dx, dy, 4, ncclFloat32, ncclSum, comm, NULL), ncclSuccess);
+  cr_assert_eq(ncclAllReduce(dy, dz, 4, ncclFloat32, ncclSum, comm, NULL), ncclSuccess);
+  cr_assert_eq(ncclGroupEnd(), ncclSuccess);
+  CUDA_OK(cudaMemcpy(y, dy, sizeof y, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(z, dz, sizeof z, cudaMemcpyDeviceToHost));
+  cr_expect(y[3] == 4 && z[3] == 40, "y[3] = %g (want 4), z[3] = %g (want the old 40)", y[3], z[3]);
+  CUDA_OK(cudaFree(dx));
+  CUDA_OK(cudaFree(dy));
+  CUDA_OK(cudaFree(dz));
+  cr_expect_eq(ncclCommDestroy(comm), ncclSuccess);
+}
+
+/* In stream order with the kernels: recorded by a capture, run at each replay, not at capture. */
+Test(emu_nccl, a_captured_collective_runs_at_each_replay) {
+  ncclComm_t comm = emu_comm();
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  float x[8] = {1, 2, 3, 4, 5, 6, 7, 8}, y[8] = {0};
+  float *dx = device_floats(y, 8), *dy = device_floats(y, 8);
+  cudaGraph_t graph = NULL;
+  cudaGraphExec_t exec = NULL;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  CUDA_OK(cudaMemcpyAsync(dx, x, sizeof x, cudaMemcpyHostToDevice, stream)); /* reads x when it runs */
+  cr_assert_eq(ncclAllGather(dx, dy, 8, ncclFloat32, comm, stream), ncclSuccess);
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  CUDA_OK(cudaMemcpy(y, dy, sizeof y, cudaMemcpyDeviceToHost));
+  cr_expect_eq(y[7], 0.0f, "the all-gather ran at capture time");
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  x[7] = 80; /* the copy before the all-gather in the stream brings it */
+  CUDA_OK(cudaGraphLaunch(exec, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  CUDA_OK(cudaMemcpy(y, dy, sizeof y, cudaMemcpyDeviceToHost));
+  cr_expect(y[0] == 1 && y[7] == 80, "after the replay y = {%g, ..., %g}, want {1, ..., 80}", y[0], y[7]);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaFree(dx));
+  CUDA_OK(cudaFree(dy));
+  CUDA_OK(cudaStreamDestroy(stream));
+  cr_expect_eq(ncclCommDestroy(comm), ncclSuccess);
+}
+
+/* NCCL's argument errors at the call, with a text for ncclGetLastError; a failed call makes its
+ * group fail, and nothing of the group runs. */
+Test(emu_nccl, a_bad_argument_fails_the_call_and_its_group) {
+  ncclComm_t comm = emu_comm();
+  float host[4] = {1, 2, 3, 4}, y[4] = {0};
+  float *dx = device_floats(host, 4), *dy = device_floats(y, 4);
+  cr_expect_eq(ncclAllReduce(host, dy, 4, ncclFloat32, ncclSum, comm, NULL), ncclInvalidArgument);
+  cr_expect(strstr(ncclGetLastError(comm), "sendbuff"), "last error: %s", ncclGetLastError(comm));
+  cr_expect_eq(ncclReduce(dx, dy, 4, ncclFloat32, ncclSum, 1, comm, NULL), ncclInvalidArgument, "root 1 of 1 rank");
+  cr_expect_eq(ncclAllReduce(dx, dy, 4, ncclFloat32, ncclMax, comm, NULL), ncclInvalidArgument, "not emulated");
+  cr_assert_eq(ncclGroupStart(), ncclSuccess);
+  cr_expect_eq(ncclAllGather(dx, dy, 4, ncclFloat32, comm, NULL), ncclSuccess);
+  cr_expect_eq(ncclBroadcast(dx, host, 4, ncclFloat32, 0, comm, NULL), ncclInvalidArgument);
+  cr_expect_eq(ncclGroupEnd(), ncclInvalidArgument);
+  CUDA_OK(cudaMemcpy(y, dy, sizeof y, cudaMemcpyDeviceToHost));
+  cr_expect_eq(y[0], 0.0f, "the all-gather of the failed group ran");
+  cr_expect_eq(ncclGroupEnd(), ncclInvalidUsage, "an end without a start");
+  CUDA_OK(cudaFree(dx));
+  CUDA_OK(cudaFree(dy));
+  cr_expect_eq(ncclCommDestroy(comm), ncclSuccess);
+}
+
+/* config.blocking = 0: the init and each group end answer ncclInProgress, and
+ * ncclCommGetAsyncError says ncclInProgress once more before ncclSuccess. */
+Test(emu_nccl, a_non_blocking_communicator_answers_in_progress) {
+  ncclUniqueId id;
+  cr_assert_eq(ncclGetUniqueId(&id), ncclSuccess);
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  ncclComm_t comm = NULL;
+  cr_assert_eq(ncclCommInitRankConfig(&comm, 1, id, 0, &config), ncclInProgress);
+  ncclResult_t state = ncclSuccess;
+  cr_expect_eq(ncclCommGetAsyncError(comm, &state), ncclSuccess);
+  cr_expect_eq(state, ncclInProgress);
+  cr_expect_eq(ncclCommGetAsyncError(comm, &state), ncclSuccess);
+  cr_expect_eq(state, ncclSuccess);
+  float x[2] = {1, 2}, y[2] = {0};
+  float *dx = device_floats(x, 2), *dy = device_floats(y, 2);
+  cr_assert_eq(ncclGroupStart(), ncclSuccess);
+  cr_expect_eq(ncclReduceScatter(dx, dy, 2, ncclFloat32, ncclSum, comm, NULL), ncclSuccess);
+  cr_expect_eq(ncclGroupEnd(), ncclInProgress);
+  cr_expect_eq(ncclCommGetAsyncError(comm, &state), ncclSuccess);
+  cr_expect_eq(state, ncclInProgress);
+  cr_expect_eq(ncclCommGetAsyncError(comm, &state), ncclSuccess);
+  cr_expect_eq(state, ncclSuccess);
+  CUDA_OK(cudaFree(dx));
+  CUDA_OK(cudaFree(dy));
+  cr_expect_eq(ncclCommDestroy(comm), ncclSuccess);
+}
+
+/* More than one rank needs the ranks' processes under MPI: refused, saying so, without it. */
+Test(emu_nccl, several_ranks_without_mpi_are_refused) {
+  ncclUniqueId id;
+  cr_assert_eq(ncclGetUniqueId(&id), ncclSuccess);
+  ncclComm_t comm = NULL;
+  cr_expect_eq(ncclCommInitRank(&comm, 2, id, 0), ncclInvalidUsage);
+  cr_expect(strstr(ncclGetLastError(NULL), "MPI_Init"), "last error: %s", ncclGetLastError(NULL));
+  ncclUniqueId forged;
+  memset(&forged, 0x5a, sizeof forged);
+  cr_expect_eq(ncclCommInitRank(&comm, 1, forged, 0), ncclInvalidArgument, "an id ncclGetUniqueId did not make");
+}
+#endif /* CUOPTIM_TEST_HAVE_NCCL */

@@ -4,8 +4,9 @@
  *
  * The test is its own NVTX tool: it defines InitializeInjectionNvtx2_fnptr (NVTX's static
  * injection, used when NVTX_INJECTION64_PATH is unset), and records the domain creations, pushes
- * and pops that cuoptim makes. Runs on the host backend and, where a GPU (or the emulated
- * device) is present, on the CUDA backend: the ranges are the same.
+ * and pops that cuoptim makes, and the CUDA streams it names. Runs on the host backend and, where
+ * a GPU (or the emulated device) is present, on the CUDA backend: the ranges are the same. With a
+ * communicator (NCCL on the CUDA backend) the step's first stage is "aggregate".
  */
 #include <criterion/criterion.h>
 #include <nvtx3/nvToolsExt.h>
@@ -25,6 +26,7 @@ static struct {
   int count;                   /* events recorded */
   char events[MAX_EVENTS][64]; /* "push NAME" or "pop" */
   int depth, max_depth, underflow, foreign_domain;
+  char stream_name[64];        /* the last CUDA stream named */
 } seen;
 
 static int domain_token; /* its address is the handle */
@@ -59,6 +61,10 @@ static int NVTX_API record_pop(nvtxDomainHandle_t domain) {
   return seen.depth;
 }
 
+static void NVTX_API record_stream_name(void *stream, const char *name) {
+  snprintf(seen.stream_name, sizeof seen.stream_name, "%s", name ? name : "(null)");
+}
+
 static int NVTX_API attach(NvtxGetExportTableFunc_t get_export_table) {
   const NvtxExportTableCallbacks *callbacks = (const NvtxExportTableCallbacks *)get_export_table(NVTX_ETID_CALLBACKS);
   if (!callbacks) return 0;
@@ -69,6 +75,8 @@ static int NVTX_API attach(NvtxGetExportTableFunc_t get_export_table) {
   *table[NVTX_CBID_CORE2_DomainCreateA] = (NvtxFunctionPointer)record_domain_create;
   *table[NVTX_CBID_CORE2_DomainRangePushEx] = (NvtxFunctionPointer)record_push;
   *table[NVTX_CBID_CORE2_DomainRangePop] = (NvtxFunctionPointer)record_pop;
+  if (callbacks->GetModuleFunctionTable(NVTX_CB_MODULE_CUDART, &table, &size) && size > NVTX_CBID_CUDART_NameCudaStreamA)
+    *table[NVTX_CBID_CUDART_NameCudaStreamA] = (NvtxFunctionPointer)record_stream_name;
   return 1;
 }
 
@@ -151,3 +159,46 @@ Test(nvtx, a_refused_step_opens_no_range) {
   cr_expect_eq(seen.underflow, 0);
   OK(cuoptimDestroy(opt));
 }
+
+#ifdef CUOPTIM_TEST_HAVE_NCCL
+#include <nccl.h>
+
+/* A communicator of one rank: the step still opens its aggregate range first (the first step
+ * compares the ranks' variable tables), and the stream of that exchange has a name. */
+Test(nvtx, a_step_with_a_communicator_opens_an_aggregate_range_first_cuda) {
+  test_require_backend(CUOPTIM_BACKEND_CUDA);
+  ncclComm_t comm = NULL;
+  int devices[1] = {0};
+  cr_assert_eq(ncclCommInitAll(&comm, 1, devices), ncclSuccess);
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  c.global_clipnorm = 1.0;
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
+  float values[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  void *w = test_mem_alloc(CUOPTIM_BACKEND_CUDA, sizeof values), *g = test_mem_alloc(CUOPTIM_BACKEND_CUDA, sizeof values);
+  test_mem_upload(CUOPTIM_BACKEND_CUDA, w, values, sizeof values);
+  test_mem_upload(CUOPTIM_BACKEND_CUDA, g, values, sizeof values);
+  cuoptimVariable_t v;
+  OK(cuoptimAddVariable(opt, "dense/kernel", w, CUOPTIM_FLOAT32, 8, &v));
+  memset(&seen, 0, sizeof seen);
+  cuoptimCommOptions_t options;
+  OK(cuoptimCommOptionsInit(&options));
+  OK(cuoptimSetCommunicator(opt, &comm, &options));
+  cr_expect_str_eq(seen.stream_name, "cuoptim NCCL table exchange", "the exchange stream's name");
+  cuoptimGradient_t grad = {v, g, CUOPTIM_FLOAT32};
+  OK(cuoptimApplyGradients(opt, 1, &grad, NULL));
+  OK(cuoptimApplyGradients(opt, 1, &grad, NULL));
+  OK(cuoptimSynchronize(opt));
+  static const char *const one_step[] = {"push cuoptim step", "push aggregate", "pop", "push inspect", "pop",
+                                         "push prologue",     "pop",            "push update", "pop", "push finish",
+                                         "pop",               "pop"};
+  const char *want[24];
+  for (int i = 0; i < 24; i++) want[i] = one_step[i % 12];
+  expect_events(want, 24, "CUDA with a communicator");
+  cr_expect_str_eq(seen.domain_name, "cuoptim");
+  OK(cuoptimDestroy(opt));
+  test_mem_free(CUOPTIM_BACKEND_CUDA, w);
+  test_mem_free(CUOPTIM_BACKEND_CUDA, g);
+  cr_expect_eq(ncclCommDestroy(comm), ncclSuccess);
+}
+#endif

@@ -1,0 +1,322 @@
+/* NCCL for the CUDA backend's data-parallel path, on the caller's communicator (cuoptim never
+ * destroys it).
+ *
+ * The aggregate stage sums each gradient in place, on the step's stream, with no host read and
+ * no allocation, so that a whole step, collectives included, can be captured in a CUDA graph.
+ * For a gradient of `count` elements and a world of N ranks, the head of (count / N) * N elements
+ * is reduce-scattered (rank r sums the r-th of N equal segments into that segment of its own
+ * buffer) and all-gathered back into the buffer; the tail of count % N < N elements is reduced to
+ * one root and broadcast from it (the root is the variable's index modulo N, which spreads the
+ * tails over the ranks). Each element is summed by one rank and copied to the others, so every
+ * rank ends with the same bytes whatever algorithm NCCL picks. ncclSum, never ncclAvg: the mean's
+ * 1/N is folded into the update kernel (NCCL before 2.29.7 drops tail elements with ncclAvg on
+ * one rank).
+ *
+ * Gradients go in buckets of about options.bucket_bytes (variables in index order). A bucket is
+ * two NCCL groups: every reduce-scatter and reduce of the bucket in the first, every all-gather
+ * and broadcast in the second, because the operations of one group may run concurrently and the
+ * second ones read what the first ones wrote.
+ *
+ * The first-step comparison of the variable tables (host/comm.c) is the one blocking exchange:
+ * an all-gather through a small device buffer on an internal stream, waited for on that stream
+ * only (NCCL serializes the operations of one communicator across streams). */
+#include "internal.h"
+
+#ifdef CUOPTIM_HAVE_NCCL
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <nvtx3/nvToolsExtCudaRt.h>
+
+typedef struct {
+  ncclComm_t comm;              /* the caller's */
+  cudaStream_t exchange_stream; /* the table check's exchange, apart from every caller's stream */
+  void *exchange;               /* its device buffer */
+  size_t exchange_bytes;
+} NcclComm;
+
+static NcclComm *nccl_of(cuoptimOptimizer_t opt) { return (NcclComm *)opt->comm->impl; }
+
+/* ---- errors ------------------------------------------------------------------------------- */
+
+/* NCCL's own words: the status text and the last error it recorded. */
+static cuoptimStatus_t nccl_fail(ncclResult_t result, const char *caller, const char *what) {
+  (void)cudaGetLastError(); /* a non-sticky CUDA error behind it must not fail the next launch */
+  const char *detail = ncclGetLastError(NULL);
+  return cuoptim_error(CUOPTIM_STATUS_NCCL_ERROR, "%s: %s: %s%s%s%s", caller, what, ncclGetErrorString(result),
+                       detail && *detail ? " (NCCL: " : "", detail && *detail ? detail : "",
+                       detail && *detail ? ")" : "");
+}
+
+static cuoptimStatus_t cuda_fail(cudaError_t err, const char *caller, const char *what) {
+  (void)cudaGetLastError();
+  return cuoptim_error(CUOPTIM_STATUS_CUDA_ERROR, "%s: %s: %s (%s)", caller, what, cudaGetErrorString(err),
+                       cudaGetErrorName(err));
+}
+
+/* A non-blocking communicator (config.blocking = 0) may answer ncclInProgress: the call is done
+ * once ncclCommGetAsyncError stops saying so. A host query of NCCL's state, not of the device. */
+static cuoptimStatus_t settle(ncclComm_t comm, ncclResult_t result, const char *caller, const char *what) {
+  while (result == ncclInProgress) {
+    ncclResult_t state = ncclSuccess;
+    ncclResult_t query = ncclCommGetAsyncError(comm, &state);
+    if (query != ncclSuccess) return nccl_fail(query, caller, "ncclCommGetAsyncError");
+    if (state != ncclInProgress) {
+      result = state;
+      break;
+    }
+    struct timespec pause = {0, 20000}; /* 20 us */
+    nanosleep(&pause, NULL);
+  }
+  return result == ncclSuccess ? CUOPTIM_STATUS_SUCCESS : nccl_fail(result, caller, what);
+}
+
+/* An error NCCL found after the calls returned (a failed kernel, a remote rank gone): the
+ * communicator is then unusable, and cuoptim stops enqueuing on it. */
+static cuoptimStatus_t check_async(ncclComm_t comm, const char *caller) {
+  ncclResult_t state = ncclSuccess;
+  ncclResult_t query = ncclCommGetAsyncError(comm, &state);
+  if (query != ncclSuccess) return nccl_fail(query, caller, "ncclCommGetAsyncError");
+  if (state == ncclSuccess || state == ncclInProgress) return CUOPTIM_STATUS_SUCCESS;
+  return nccl_fail(state, caller, "the NCCL communicator reports an asynchronous error (abort it: ncclCommAbort)");
+}
+
+static cuoptimStatus_t nccl_poll(cuoptimOptimizer_t opt, const char *caller) {
+  return check_async(nccl_of(opt)->comm, caller);
+}
+
+/* ---- the optimizer's device, current for the duration of a call ------------------------------ */
+
+typedef struct {
+  int previous, changed;
+} DeviceScope;
+
+static cuoptimStatus_t enter_device(int device, DeviceScope *scope, const char *caller) {
+  scope->changed = 0;
+  cudaError_t err = cudaGetDevice(&scope->previous);
+  if (err == cudaSuccess && scope->previous != device) {
+    err = cudaSetDevice(device);
+    scope->changed = err == cudaSuccess;
+  }
+  return err == cudaSuccess ? CUOPTIM_STATUS_SUCCESS : cuda_fail(err, caller, "cudaSetDevice");
+}
+
+static void leave_device(const DeviceScope *scope) {
+  if (scope->changed) cudaSetDevice(scope->previous);
+}
+
+/* ---- attach, detach ------------------------------------------------------------------------ */
+
+static cuoptimStatus_t read_comm(cuoptimOptimizer_t opt, cuoptimComm *c, ncclComm_t comm, const char *caller) {
+  ncclResult_t state = ncclSuccess;
+  ncclResult_t result = ncclCommGetAsyncError(comm, &state);
+  if (result != ncclSuccess) return nccl_fail(result, caller, "ncclCommGetAsyncError");
+  if (state == ncclInProgress)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: the NCCL communicator is still being initialized (non-blocking): wait until "
+                         "ncclCommGetAsyncError gives ncclSuccess",
+                         caller);
+  if (state != ncclSuccess) return nccl_fail(state, caller, "the NCCL communicator has failed");
+  int device = -1;
+  result = ncclCommCount(comm, &c->world);
+  if (result == ncclSuccess) result = ncclCommUserRank(comm, &c->rank);
+  if (result != ncclSuccess) return nccl_fail(result, caller, "ncclCommCount / ncclCommUserRank");
+  result = ncclCommCuDevice(comm, &device);
+  if (result != ncclSuccess) return nccl_fail(result, caller, "ncclCommCuDevice");
+  if (device != opt->device)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: the NCCL communicator is on device %d, the optimizer on device %d: each rank's "
+                         "communicator and optimizer must use the same GPU",
+                         caller, device, opt->device);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t nccl_attach(cuoptimOptimizer_t opt, cuoptimComm *c, const void *handle, const char *caller) {
+  ncclComm_t comm = *(const ncclComm_t *)handle;
+  if (!comm)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: *communicator is NULL: pass the address of an ncclComm_t from ncclCommInitRank", caller);
+  CUOPTIM_CHECK(read_comm(opt, c, comm, caller));
+  NcclComm *m = calloc(1, sizeof *m);
+  if (!m) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  m->comm = comm;
+  DeviceScope scope;
+  cuoptimStatus_t status = enter_device(opt->device, &scope, caller);
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    /* Non-blocking: it must not wait for the legacy stream a caller may be using. */
+    cudaError_t err = cudaStreamCreateWithFlags(&m->exchange_stream, cudaStreamNonBlocking);
+    leave_device(&scope);
+    if (err != cudaSuccess) status = cuda_fail(err, caller, "cudaStreamCreateWithFlags");
+  }
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    free(m);
+    return status;
+  }
+  nvtxNameCudaStreamA(m->exchange_stream, "cuoptim NCCL table exchange");
+  c->impl = m;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static void nccl_detach(cuoptimOptimizer_t opt, cuoptimComm *c) {
+  NcclComm *m = c->impl;
+  if (!m) return;
+  DeviceScope scope;
+  if (enter_device(opt->device, &scope, "cuoptimDestroy") == CUOPTIM_STATUS_SUCCESS) {
+    /* After a failure NCCL may never finish the exchange: keep its buffer (a bounded leak) rather
+     * than free memory a kernel may still write. The stream is released once its work ends. */
+    if (!c->broken) {
+      cudaStreamSynchronize(m->exchange_stream);
+      if (m->exchange) cudaFree(m->exchange);
+    }
+    cudaStreamDestroy(m->exchange_stream);
+    leave_device(&scope);
+  }
+  (void)cudaGetLastError();
+  free(m);
+  c->impl = NULL;
+}
+
+/* ---- the blocking exchange of the table check -------------------------------------------- */
+
+static cuoptimStatus_t reserve_exchange(NcclComm *m, size_t bytes, const char *stage) {
+  if (bytes <= m->exchange_bytes) return CUOPTIM_STATUS_SUCCESS;
+  if (m->exchange) {
+    cudaError_t err = cudaStreamSynchronize(m->exchange_stream);
+    if (err == cudaSuccess) err = cudaFree(m->exchange);
+    m->exchange = NULL;
+    m->exchange_bytes = 0;
+    if (err != cudaSuccess) return cuda_fail(err, "cuoptimApplyGradients", stage);
+  }
+  cudaError_t err = cudaMalloc(&m->exchange, bytes);
+  if (err != cudaSuccess) {
+    m->exchange = NULL;
+    if (err != cudaErrorMemoryAllocation) return cuda_fail(err, "cuoptimApplyGradients", stage);
+    (void)cudaGetLastError();
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: %s: cannot allocate %zu bytes", stage,
+                         bytes);
+  }
+  m->exchange_bytes = bytes;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t nccl_allgather_host(cuoptimOptimizer_t opt, const void *send, void *recv, size_t bytes,
+                                           const char *stage) {
+  static const char *caller = "cuoptimApplyGradients";
+  NcclComm *m = nccl_of(opt);
+  const cuoptimComm *c = opt->comm;
+  DeviceScope scope;
+  CUOPTIM_CHECK(enter_device(opt->device, &scope, caller));
+  cuoptimStatus_t status = reserve_exchange(m, bytes * (size_t)c->world, stage);
+  char *mine = NULL; /* this rank's place in the exchange buffer: in place for ncclAllGather */
+  cudaError_t err = cudaSuccess;
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    mine = (char *)m->exchange + bytes * (size_t)c->rank;
+    err = cudaMemcpyAsync(mine, send, bytes, cudaMemcpyHostToDevice, m->exchange_stream);
+    if (err != cudaSuccess) status = cuda_fail(err, caller, stage);
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS)
+    status = settle(m->comm, ncclAllGather(mine, m->exchange, bytes, ncclUint8, m->comm, m->exchange_stream), caller,
+                    "ncclAllGather (the variable table check)");
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    err = cudaMemcpyAsync(recv, m->exchange, bytes * (size_t)c->world, cudaMemcpyDeviceToHost, m->exchange_stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(m->exchange_stream);
+    if (err != cudaSuccess) status = cuda_fail(err, caller, stage);
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS) status = check_async(m->comm, caller);
+  leave_device(&scope);
+  return status;
+}
+
+/* ---- the aggregate stage ------------------------------------------------------------------ */
+
+static ncclDataType_t nccl_type(cuoptimDtype_t dtype) {
+  return dtype == CUOPTIM_FLOAT32 ? ncclFloat32 : dtype == CUOPTIM_FLOAT16 ? ncclFloat16 : ncclBfloat16;
+}
+
+enum { PASS_REDUCE, PASS_SPREAD };
+
+/* The calls of variable k in one pass: reduce-scatter and reduce, or all-gather and broadcast. */
+static cuoptimStatus_t issue(cuoptimOptimizer_t opt, int k, int pass, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimApplyGradients";
+  const cuoptimComm *c = opt->comm;
+  ncclComm_t comm = nccl_of(opt)->comm;
+  const cuoptimStepGradient *g = &opt->step_grads[k];
+  const size_t count = opt->variables[k].count, es = cuoptim_dtype_size(g->dtype);
+  const size_t share = count / (size_t)c->world, head = share * (size_t)c->world, tail = count - head;
+  const ncclDataType_t type = nccl_type(g->dtype);
+  const int root = k % c->world;
+  cudaStream_t s = (cudaStream_t)stream;
+  char *base = (char *)(uintptr_t)g->grad; /* the contract: the buffer receives the sum */
+  char *segment = base + (size_t)c->rank * share * es, *rest = base + head * es;
+  ncclResult_t result = ncclSuccess;
+  if (pass == PASS_REDUCE) {
+    if (share) result = ncclReduceScatter(base, segment, share, type, ncclSum, comm, s);
+    if (share && result != ncclSuccess) return nccl_fail(result, caller, "aggregate: ncclReduceScatter");
+    if (tail) result = ncclReduce(rest, rest, tail, type, ncclSum, root, comm, s);
+    if (tail && result != ncclSuccess) return nccl_fail(result, caller, "aggregate: ncclReduce");
+  } else {
+    if (share) result = ncclAllGather(segment, base, share, type, comm, s);
+    if (share && result != ncclSuccess) return nccl_fail(result, caller, "aggregate: ncclAllGather");
+    if (tail) result = ncclBroadcast(rest, rest, tail, type, root, comm, s);
+    if (tail && result != ncclSuccess) return nccl_fail(result, caller, "aggregate: ncclBroadcast");
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* One NCCL group: the calls of one pass for the gradients of variables [first, last). The group
+ * is ended even after a failed call, so that NCCL's group state stays balanced. */
+static cuoptimStatus_t run_pass(cuoptimOptimizer_t opt, int first, int last, int pass, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimApplyGradients";
+  ncclComm_t comm = nccl_of(opt)->comm;
+  ncclResult_t result = ncclGroupStart();
+  if (result != ncclSuccess) return nccl_fail(result, caller, "aggregate: ncclGroupStart");
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  for (int k = first; k < last && status == CUOPTIM_STATUS_SUCCESS; k++)
+    if (opt->step_grads[k].grad) status = issue(opt, k, pass, stream);
+  result = ncclGroupEnd();
+  if (status != CUOPTIM_STATUS_SUCCESS) return status;
+  return settle(comm, result, caller, pass == PASS_REDUCE ? "aggregate: ncclGroupEnd (reduce-scatter and reduce)"
+                                                          : "aggregate: ncclGroupEnd (all-gather and broadcast)");
+}
+
+static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last, cuoptimStream_t stream) {
+  int any = 0;
+  for (int k = first; k < last; k++) any |= opt->step_grads[k].grad != NULL;
+  if (!any) return CUOPTIM_STATUS_SUCCESS;
+  CUOPTIM_CHECK(run_pass(opt, first, last, PASS_REDUCE, stream));
+  return run_pass(opt, first, last, PASS_SPREAD, stream);
+}
+
+/* Every rank must list the same non-NULL gradients: unlike MPI's, this path cannot compare the
+ * lists per step without a host exchange, which a captured step cannot make. */
+static cuoptimStatus_t nccl_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  size_t bucket = opt->comm->options.bucket_bytes, filled = 0;
+  int first = 0;
+  for (int k = 0; k < opt->num_variables; k++) {
+    const cuoptimStepGradient *g = &opt->step_grads[k];
+    if (g->grad) filled += opt->variables[k].count * cuoptim_dtype_size(g->dtype);
+    if (filled >= bucket || k + 1 == opt->num_variables) {
+      CUOPTIM_CHECK(reduce_bucket(opt, first, k + 1, stream));
+      first = k + 1;
+      filled = 0;
+    }
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static const cuoptimCommOps nccl_comm = {
+    .library = "NCCL",
+    .attach = nccl_attach,
+    .detach = nccl_detach,
+    .allgather_host = nccl_allgather_host,
+    .aggregate = nccl_aggregate,
+    .poll = nccl_poll,
+};
+
+const cuoptimCommOps *const cuoptim_nccl_comm = &nccl_comm;
+
+#endif /* CUOPTIM_HAVE_NCCL */
