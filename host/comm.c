@@ -267,12 +267,6 @@ cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t 
   if (status == CUOPTIM_STATUS_SUCCESS && opt->grad_arena) status = cuoptim_arena_start_all(opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS && c->options.aggregate && c->world > 1) {
     status = c->ops->aggregate(opt, stream);
-  } else if (status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt)) {
-    /* Reduced by the caller: this rank reads its share of each gradient in place. */
-    for (int k = 0; k < opt->num_variables; k++) {
-      cuoptimStepGradient *g = &opt->step_grads[k];
-      if (g->grad) g->grad = (const char *)g->grad + opt->variables[k].local_offset * cuoptim_dtype_size(g->dtype);
-    }
   }
   if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
     c->broken = 1;
@@ -296,6 +290,18 @@ void cuoptim_comm_assign_shares(cuoptimOptimizer_t opt) {
   }
 }
 
+void cuoptim_comm_prepare_step(cuoptimOptimizer_t opt) {
+  if (!cuoptim_comm_sharded(opt)) return;
+  const cuoptimComm *c = opt->comm;
+  /* Reduced by the caller, or summed in place: this rank reads its share where it lies. */
+  if (c->options.aggregate && !c->ops->shares_in_place) return;
+  for (int k = 0; k < opt->num_variables; k++) {
+    cuoptimStepGradient *g = &opt->step_grads[k];
+    if (g->listed)
+      g->grad = (const char *)g->listed + opt->variables[k].local_offset * cuoptim_dtype_size(g->dtype);
+  }
+}
+
 /* What the inspect pass measured on one rank's shares, as the ranks exchange it. */
 typedef struct {
   double grad_sumsq;
@@ -305,6 +311,12 @@ typedef struct {
 cuoptimStatus_t cuoptim_comm_combine_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   if (!cuoptim_comm_sharded(opt)) return CUOPTIM_STATUS_SUCCESS;
   const cuoptimComm *c = opt->comm;
+  if (c->ops->combine_inspect) {
+    cuoptimStatus_t status = c->ops->combine_inspect(opt, stream);
+    if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
+      opt->comm->broken = 1;
+    return status;
+  }
   size_t n = (size_t)opt->num_variables;
   InspectPartial *mine = calloc(n, sizeof *mine);
   InspectPartial *all = calloc(n * (size_t)c->world, sizeof *all);

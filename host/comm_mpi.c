@@ -244,8 +244,8 @@ static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last
       MPI_Datatype type;
       MPI_Op op;
       element_type(m, g->dtype, &type, &op);
-      int code = pass == 0 ? MPI_Ireduce_scatter(g->grad, share, m->counts, type, op, m->comm, &m->requests[issued])
-                           : MPI_Iallgatherv(share, m->counts[c->rank], type, (void *)g->grad, m->counts, m->displs,
+      int code = pass == 0 ? MPI_Ireduce_scatter(g->listed, share, m->counts, type, op, m->comm, &m->requests[issued])
+                           : MPI_Iallgatherv(share, m->counts[c->rank], type, (void *)g->listed, m->counts, m->displs,
                                              type, m->comm, &m->requests[issued]);
       if (code != MPI_SUCCESS) return mpi_fail(code, stage);
       issued++;

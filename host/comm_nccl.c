@@ -24,6 +24,8 @@
 
 #ifdef CUOPTIM_HAVE_NCCL
 
+#include "launch.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,6 +39,7 @@ typedef struct {
   cudaStream_t exchange_stream; /* the table check's exchange, apart from every caller's stream */
   void *exchange;               /* its device buffer */
   size_t exchange_bytes;
+  cuoptimTensorScalars *gathered; /* sharded state: every rank's inspect partials, [rank][variable] */
 } NcclComm;
 
 static NcclComm *nccl_of(cuoptimOptimizer_t opt) { return (NcclComm *)opt->comm->impl; }
@@ -171,6 +174,7 @@ static void nccl_detach(cuoptimOptimizer_t opt, cuoptimComm *c) {
     if (!c->broken) {
       cudaStreamSynchronize(m->exchange_stream);
       if (m->exchange) cudaFree(m->exchange);
+      if (m->gathered) cudaFree(m->gathered); /* cuoptimDestroy waited for the steps */
     }
     cudaStreamDestroy(m->exchange_stream);
     leave_device(&scope);
@@ -248,9 +252,11 @@ static cuoptimStatus_t issue(cuoptimOptimizer_t opt, int k, int pass, cuoptimStr
   const size_t count = opt->variables[k].count, es = cuoptim_dtype_size(g->dtype);
   const size_t share = count / (size_t)c->world, head = share * (size_t)c->world, tail = count - head;
   const ncclDataType_t type = nccl_type(g->dtype);
-  const int root = k % c->world;
+  /* The tail's root: spread over the ranks, or with sharded state the last rank, whose share it
+   * is (cuoptim_comm_share). */
+  const int root = cuoptim_comm_sharded(opt) ? c->world - 1 : k % c->world;
   cudaStream_t s = (cudaStream_t)stream;
-  char *base = (char *)(uintptr_t)g->grad; /* the contract: the buffer receives the sum */
+  char *base = (char *)(uintptr_t)g->listed; /* the contract: the buffer receives the sum */
   char *segment = base + (size_t)c->rank * share * es, *rest = base + head * es;
   ncclResult_t result = ncclSuccess;
   if (pass == PASS_REDUCE) {
@@ -288,6 +294,9 @@ static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last
   for (int k = first; k < last; k++) any |= opt->step_grads[k].grad != NULL;
   if (!any) return CUOPTIM_STATUS_SUCCESS;
   CUOPTIM_CHECK(run_pass(opt, first, last, PASS_REDUCE, stream));
+  /* Sharded state: each rank updates from its own share of the sums, where the reduce-scatter put
+   * it (cuoptim_comm_prepare_step pointed the step there); nothing to spread. */
+  if (cuoptim_comm_sharded(opt)) return CUOPTIM_STATUS_SUCCESS;
   return run_pass(opt, first, last, PASS_SPREAD, stream);
 }
 
@@ -308,12 +317,123 @@ static cuoptimStatus_t nccl_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t st
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* ---- sharded state ------------------------------------------------------------------------- */
+
+/* In one group: every share of `count` elements of `dtype` at `base` gathered in place, the equal
+ * heads by all-gather, the last rank's rest by broadcast from it (cuoptim_comm_share). */
+static cuoptimStatus_t issue_gather(cuoptimOptimizer_t opt, void *base, size_t count, cuoptimDtype_t dtype,
+                                    cudaStream_t s, const char *caller) {
+  const cuoptimComm *c = opt->comm;
+  ncclComm_t comm = nccl_of(opt)->comm;
+  const size_t es = cuoptim_dtype_size(dtype), share = count / (size_t)c->world, head = share * (size_t)c->world;
+  char *b = base;
+  ncclResult_t result = ncclSuccess;
+  if (share) result = ncclAllGather(b + (size_t)c->rank * share * es, b, share, nccl_type(dtype), comm, s);
+  if (share && result != ncclSuccess) return nccl_fail(result, caller, "ncclAllGather (the shards)");
+  if (count > head) result = ncclBroadcast(b + head * es, b + head * es, count - head, nccl_type(dtype), c->world - 1, comm, s);
+  if (count > head && result != ncclSuccess) return nccl_fail(result, caller, "ncclBroadcast (the last shard's rest)");
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* After the update (or the EMA swap): every parameter gathered in its own type, on the step's
+ * stream, in one NCCL group. */
+static cuoptimStatus_t nccl_gather_parameters(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimApplyGradients";
+  DeviceScope scope;
+  CUOPTIM_CHECK(enter_device(opt->device, &scope, caller));
+  ncclResult_t result = ncclGroupStart();
+  cuoptimStatus_t status = result == ncclSuccess ? CUOPTIM_STATUS_SUCCESS
+                                                 : nccl_fail(result, caller, "ncclGroupStart (gathering the parameters)");
+  if (result == ncclSuccess) {
+    for (int k = 0; k < opt->num_variables && status == CUOPTIM_STATUS_SUCCESS; k++) {
+      const cuoptimVariableRec *v = &opt->variables[k];
+      status = issue_gather(opt, v->param, v->count, v->dtype, (cudaStream_t)stream, caller);
+    }
+    result = ncclGroupEnd();
+    if (status == CUOPTIM_STATUS_SUCCESS)
+      status = settle(nccl_of(opt)->comm, result, caller, "ncclGroupEnd (gathering the parameters)");
+  }
+  leave_device(&scope);
+  return status;
+}
+
+/* The inspect partials of every rank gathered on the step's stream, then summed in rank order by a
+ * kernel: no host read, so a sharded step stays capturable. */
+static cuoptimStatus_t nccl_combine_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimApplyGradients";
+  NcclComm *m = nccl_of(opt);
+  const cuoptimComm *c = opt->comm;
+  size_t bytes = (size_t)opt->num_variables * sizeof(cuoptimTensorScalars);
+  if (!m->gathered) { /* the first sharded step, which builds the state and is never captured */
+    cudaError_t err = cudaMalloc((void **)&m->gathered, bytes * (size_t)c->world);
+    if (err != cudaSuccess) {
+      m->gathered = NULL;
+      (void)cudaGetLastError();
+      return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: cannot allocate %zu bytes for the shards' norms", caller,
+                           bytes * (size_t)c->world);
+    }
+  }
+  ncclResult_t result = ncclAllGather(opt->tensors, m->gathered, bytes, ncclUint8, m->comm, (cudaStream_t)stream);
+  CUOPTIM_CHECK(settle(m->comm, result, caller, "ncclAllGather (the shards' norms)"));
+  int err = cuoptim_launch_combine_shards(opt->tensors, m->gathered, opt->num_variables, c->world, stream);
+  if (err != cudaSuccess) return cuda_fail((cudaError_t)err, caller, "the kernel combining the shards' norms");
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* cuoptimGetWeights of sharded state: the shares gathered through a device buffer on the exchange
+ * stream. */
+static cuoptimStatus_t nccl_allgather_shares_host(cuoptimOptimizer_t opt, const void *share, void *full, size_t count,
+                                                  size_t element_bytes, const char *stage) {
+  static const char *caller = "cuoptimGetWeights";
+  NcclComm *m = nccl_of(opt);
+  const cuoptimComm *c = opt->comm;
+  if (element_bytes != sizeof(float))
+    return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: %s: %zu-byte elements", caller, stage, element_bytes);
+  DeviceScope scope;
+  CUOPTIM_CHECK(enter_device(opt->device, &scope, caller));
+  size_t offset, length;
+  cuoptim_comm_share(count, c->world, c->rank, &offset, &length);
+  cuoptimStatus_t status = reserve_exchange(m, count * element_bytes, stage);
+  cudaError_t err = cudaSuccess;
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    err = cudaMemcpyAsync((char *)m->exchange + offset * element_bytes, share, length * element_bytes,
+                          cudaMemcpyHostToDevice, m->exchange_stream);
+    if (err != cudaSuccess) status = cuda_fail(err, caller, stage);
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    ncclResult_t result = ncclGroupStart();
+    if (result == ncclSuccess) {
+      status = issue_gather(opt, m->exchange, count, CUOPTIM_FLOAT32, m->exchange_stream, caller);
+      result = ncclGroupEnd();
+    }
+    if (status == CUOPTIM_STATUS_SUCCESS) status = settle(m->comm, result, caller, stage);
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    err = cudaMemcpyAsync(full, m->exchange, count * element_bytes, cudaMemcpyDeviceToHost, m->exchange_stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(m->exchange_stream);
+    if (err != cudaSuccess) status = cuda_fail(err, caller, stage);
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS) status = check_async(m->comm, caller);
+  leave_device(&scope);
+  return status;
+}
+
+static size_t nccl_buffer_bytes(cuoptimOptimizer_t opt) {
+  const NcclComm *m = nccl_of(opt);
+  return m && m->gathered ? (size_t)opt->num_variables * sizeof(cuoptimTensorScalars) * (size_t)opt->comm->world : 0;
+}
+
 static const cuoptimCommOps nccl_comm = {
     .library = "NCCL",
     .attach = nccl_attach,
     .detach = nccl_detach,
     .allgather_host = nccl_allgather_host,
+    .allgather_shares_host = nccl_allgather_shares_host,
     .aggregate = nccl_aggregate,
+    .gather_parameters = nccl_gather_parameters,
+    .shares_in_place = 1,
+    .combine_inspect = nccl_combine_inspect,
+    .buffer_bytes = nccl_buffer_bytes,
     .poll = nccl_poll,
 };
 

@@ -117,7 +117,9 @@ typedef struct cuoptimWeightEntry {
 /* The gradient of each variable for the step in progress (NULL: none), and what binding it needs
  * to remember across steps. */
 typedef struct cuoptimStepGradient {
-  const void *grad;
+  const void *grad;     /* what the step reads: the caller's buffer, or with sharded state this
+                           rank's share of the sum (cuoptim_comm_prepare_step, the aggregate) */
+  const void *listed;   /* the caller's buffer as listed (the collectives' buffer) */
   cuoptimDtype_t dtype;
   uint32_t listed_in;   /* the bind_round in which the variable was last listed */
   int listed_at;        /* its position in that list */
@@ -155,6 +157,12 @@ typedef struct cuoptimCommOps {
    * library reduces buckets in the aggregate stage only. The aggregate stage finishes what was
    * started and starts the rest, in the same order. */
   cuoptimStatus_t (*start_bucket)(cuoptimOptimizer_t opt, int bucket, cuoptimStream_t stream);
+  /* Sharded state: the gradients' shares are summed in place in the gradient buffers (NCCL), so
+   * the step reads each gradient from listed + its share's offset from the start. */
+  int shares_in_place;
+  /* Sharded state: cuoptim_comm_combine_inspect on the library's own terms (NULL: the generic
+   * exchange through host memory). */
+  cuoptimStatus_t (*combine_inspect)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   /* Bytes of the buffers the communicator holds for gradients. */
   size_t (*buffer_bytes)(cuoptimOptimizer_t opt);
   /* An error the library found after its calls returned (NCCL's ncclCommGetAsyncError: a failed
@@ -198,6 +206,10 @@ cuoptimStatus_t cuoptim_arena_check_step(cuoptimOptimizer_t opt, const char *cal
 void cuoptim_arena_end_step(cuoptimOptimizer_t opt);
 /* The aggregate stage: every bucket not started yet is started, in the fixed order. */
 cuoptimStatus_t cuoptim_arena_start_all(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+
+/* Before the backend's begin_step: with sharded state, points each listed gradient at the share
+ * this rank updates, where it will be (in place, or the caller's already reduced buffer). */
+void cuoptim_comm_prepare_step(cuoptimOptimizer_t opt);
 
 /* Frees the communicator (cuoptimDestroy). */
 void cuoptim_comm_release(cuoptimOptimizer_t opt);

@@ -80,6 +80,8 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
 
 cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
   if (!opt) return CUOPTIM_STATUS_SUCCESS;
+  /* The communicator's buffers may be in use by enqueued steps. */
+  if (opt->comm && opt->built) (void)opt->ops->synchronize(opt);
   cuoptim_comm_release(opt);
   cuoptim_arena_release(opt);
   if (opt->arena) opt->ops->free(opt, opt->arena);

@@ -49,7 +49,7 @@ static cuoptimStatus_t bind_gradients(cuoptimOptimizer_t opt, int n, const cuopt
     for (int i = 0; i < opt->num_variables; i++) opt->step_grads[i].listed_in = 0;
     opt->bind_round = 1;
   }
-  for (int i = 0; i < opt->num_variables; i++) opt->step_grads[i].grad = NULL;
+  for (int i = 0; i < opt->num_variables; i++) opt->step_grads[i].grad = opt->step_grads[i].listed = NULL;
   int count = 0;
   for (int k = 0; k < n; k++) {
     const cuoptimGradient_t *g = &grads[k];
@@ -72,6 +72,7 @@ static cuoptimStatus_t bind_gradients(cuoptimOptimizer_t opt, int n, const cuopt
       bound->checked_dtype = g->dtype;
     }
     bound->grad = g->grad;
+    bound->listed = g->grad;
     bound->dtype = g->dtype;
     count++;
   }
@@ -100,6 +101,7 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   CUOPTIM_CHECK(bind_gradients(opt, n, grads, caller));
   CUOPTIM_CHECK(cuoptim_build(opt, caller));
   CUOPTIM_CHECK(cuoptim_arena_check_step(opt, caller));
+  cuoptim_comm_prepare_step(opt);
 
   range_push("cuoptim step");
   cuoptimStatus_t status = opt->ops->begin_step(opt, stream);
