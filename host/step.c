@@ -70,12 +70,20 @@ static cuoptimStatus_t bind_gradients(cuoptimOptimizer_t opt, int n, const cuopt
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* One stage inside its NVTX range; once enqueued, the backend marks its end under the stage's
+ * name (what cuoptimSynchronizeTimeout names while the stage runs). A new stage is one more call. */
 static cuoptimStatus_t run_stage(const char *name, cuoptimStatus_t (*stage)(cuoptimOptimizer_t, cuoptimStream_t),
                                  cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   range_push(name);
   cuoptimStatus_t status = stage(opt, stream);
   range_pop();
+  if (status == CUOPTIM_STATUS_SUCCESS) status = opt->ops->stage_enqueued(opt, name, stream);
   return status;
+}
+
+/* The prologue reads the inspect pass's sums only when it ran. */
+static cuoptimStatus_t run_prologue(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  return opt->ops->prologue(opt, cuoptim_needs_inspect(opt), stream);
 }
 
 cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuoptimGradient_t *grads,
@@ -88,7 +96,7 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   if (opt->num_variables == 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: the optimizer has no variables (cuoptimAddVariable)", caller);
   CUOPTIM_CHECK(bind_gradients(opt, n, grads, caller));
-  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller, &stream));
 
   range_push("cuoptim step");
   cuoptimStatus_t status = opt->ops->begin_step(opt, stream);
@@ -96,16 +104,11 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
     range_pop();
     return status;
   }
-  int inspected = cuoptim_needs_inspect(opt);
-  if (inspected) status = run_stage("inspect", opt->ops->inspect, opt, stream);
-  if (status == CUOPTIM_STATUS_SUCCESS) {
-    range_push("prologue");
-    status = opt->ops->prologue(opt, inspected, stream);
-    range_pop();
-  }
+  if (cuoptim_needs_inspect(opt)) status = run_stage("inspect", opt->ops->inspect, opt, stream);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("prologue", run_prologue, opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("update", opt->ops->update, opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("finish", opt->ops->finish, opt, stream);
-  opt->ops->end_step(opt);
+  status = opt->ops->end_step(opt, stream, status);
   range_pop();
   return status;
 }

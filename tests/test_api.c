@@ -94,11 +94,11 @@ Test(api, every_status_has_its_string) {
   } while (0);
   CUOPTIM_STATUS_LIST(CHECK_STATUS_)
 #undef CHECK_STATUS_
-  cr_assert_eq(seen, 12);
+  cr_assert_eq(seen, 13);
 }
 
 Test(api, unknown_status_gives_unknown_status) {
-  static const int values[] = {12, 13, 100, -1, 0x7fffffff};
+  static const int values[] = {13, 14, 100, -1, 0x7fffffff};
   for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
     const char *s = cuoptimGetStatusString((cuoptimStatus_t)values[i]);
     cr_assert_not_null(s);
@@ -1417,6 +1417,32 @@ Test(api, finalize_and_synchronize_null_optimizer) {
   EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimFinalizeVariableValues", "optimizer",
               cuoptimFinalizeVariableValues(NULL, NULL));
   EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimSynchronize", "optimizer", cuoptimSynchronize(NULL));
+}
+
+Test(api, synchronize_timeout_rejects_null_optimizer_and_negative_timeout) {
+  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimSynchronizeTimeout", "optimizer", cuoptimSynchronizeTimeout(NULL, 0));
+  adam2_t a;
+  adam2_init(&a);
+  apply_both(&a);
+  snapshot_t before;
+  take_snapshot(&a, &before);
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSynchronizeTimeout", "timeout_ms",
+              cuoptimSynchronizeTimeout(a.opt, -1));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSynchronizeTimeout", "timeout_ms",
+              cuoptimSynchronizeTimeout(a.opt, INT64_MIN));
+  expect_unchanged(&a, &before, "cuoptimSynchronizeTimeout with a negative timeout");
+  OK(cuoptimDestroy(a.opt));
+}
+
+/* The host backend's work is done when each call returns: no timeout can pass, even 0 ms; the
+ * longest timeout does not overflow the deadline. */
+Test(api, synchronize_timeout_on_the_host_backend_succeeds_at_once) {
+  adam2_t a;
+  adam2_init(&a);
+  apply_both(&a);
+  OK(cuoptimSynchronizeTimeout(a.opt, 0));
+  OK(cuoptimSynchronizeTimeout(a.opt, INT64_MAX));
+  OK(cuoptimDestroy(a.opt));
 }
 
 Test(api, finalize_without_ema_changes_nothing) {
