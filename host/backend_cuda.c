@@ -49,7 +49,8 @@ typedef struct {
   DeviceGuard guard;                /* the caller's device during a step */
   cudaStream_t own;                 /* the optimizer's stream: its copies, allocations and frees */
   int stream_ordered_memory;        /* cudaMallocAsync/cudaFreeAsync on `own`; else cudaMalloc/cudaFree */
-  int ever_captured;                /* a graph may rewrite the gradient table: always upload it */
+  int ever_captured;                /* a graph may replay: always upload the gradient table (a
+                                       replay rewrites it), and wait for replay_done */
   int capturing;                    /* the step in progress is being captured */
   WorkMarks marks;
   cuoptimStream_t last_stream;      /* the stream of the newest mark */
@@ -119,7 +120,7 @@ static void destroy_events(WorkMarks *m) {
 }
 
 /* Forgets the marks that have completed: the oldest ones, found by bisection (marks complete in
- * order). */
+ * order), a few queries when the ring is full. */
 static void forget_completed(WorkMarks *m) {
   int low = 0, high = m->count;
   while (low < high) {
@@ -133,9 +134,12 @@ static void forget_completed(WorkMarks *m) {
   m->count -= low;
 }
 
+/* Marks to start with: 16 steps of four stages before the oldest are looked at again. */
+#define FIRST_MARK_CAPACITY 64
+
 /* Twice the slots, the marks kept in order at the start. */
 static cuoptimStatus_t grow_marks(WorkMarks *m) {
-  int capacity = m->capacity ? m->capacity * 2 : 16;
+  int capacity = m->capacity ? m->capacity * 2 : FIRST_MARK_CAPACITY;
   WorkMark *slots = calloc((size_t)capacity, sizeof *slots);
   if (!slots) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: out of host memory");
   for (int i = 0; i < m->capacity; i++) slots[i] = *mark_at(m, i);
@@ -171,9 +175,10 @@ static cuoptimStatus_t record_mark(CudaBackend *b, const char *what, uint64_t st
 
 /* Orders the next work on `stream` after the optimizer's work on other streams: the newest mark
  * (the chain holds the rest) and the latest replay of a captured step. A GPU-side wait: the host
- * goes on. */
+ * goes on. cudaStreamPerThread names another stream in each thread: it always waits. */
 static cuoptimStatus_t wait_for_optimizer_work(CudaBackend *b, cudaStream_t stream, const char *caller) {
-  if (b->marks.count > 0 && (cuoptimStream_t)stream != b->last_stream) {
+  int same_stream = (cuoptimStream_t)stream == b->last_stream && stream != cudaStreamPerThread;
+  if (b->marks.count > 0 && !same_stream) {
     cudaError_t err = cudaStreamWaitEvent(stream, mark_at(&b->marks, b->marks.count - 1)->event, 0);
     if (err != cudaSuccess) return cuda_fail(err, caller);
   }

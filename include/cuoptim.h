@@ -393,8 +393,9 @@ typedef struct {
  * anything is enqueued (building allocates and initialises, which a graph cannot hold). An eager
  * step waits, on the GPU, for the optimizer's enqueued work on other streams (its previous steps,
  * finalize, the latest replay of a captured step); the host waits for nothing, except on the
- * first step, for the optimizer's own stream while it uploads the tables. A captured step waits
- * for nothing: the stream its graph is launched on orders it.
+ * first step, which builds the state: it allocates and uploads it on the optimizer's stream and
+ * waits for that stream. A captured step waits for nothing: the stream its graph is launched on
+ * orders it.
  * Parameters and gradients must stay valid until the step completes, and, on the CUDA backend,
  * be aligned to their element size. Host backend: done when it returns.
  * Statuses: SUCCESS, NULL_POINTER (grads with n > 0), INVALID_VALUE (unknown variable, a variable
@@ -426,8 +427,9 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetLearningRate(cuoptimOptimizer_t optimizer,
 
 /* Keras `optimizer.learning_rate = value` for a constant learning rate (the float32 variable is
  * assigned). CUDA backend: waits for the optimizer's enqueued work, then writes on the optimizer's
- * stream and waits for that copy; the next step sees the value. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (not finite once rounded to float32,
- * e.g. 1e308), INVALID_STATE (the optimizer uses a schedule), CUDA_ERROR. */
+ * stream and waits for that copy; the next step sees the value.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (not finite once rounded to float32, e.g. 1e308),
+ * INVALID_STATE (the optimizer uses a schedule), CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetLearningRate(cuoptimOptimizer_t optimizer, double learning_rate);
 
 /* The current dynamic loss scale (LossScaleOptimizer `dynamic_scale`). CUDA backend: waits for the
@@ -454,8 +456,9 @@ typedef struct {
 /* The number of state entries. This and every call below build the optimizer state if no step did
  * yet (slots allocated and initialised, as Keras's build); cuoptimAddVariable is refused after.
  * A call that fails its argument checks (index, count, values) builds nothing. CUDA backend: the
- * build runs on the optimizer's stream (cuoptimFinalizeVariableValues: on its stream) and waits
- * for that stream only; see cuoptimAddVariable for the parameters it reads.
+ * build allocates, uploads and initialises on the optimizer's stream (cuoptimFinalizeVariableValues
+ * initialises on its own stream) and waits for the optimizer's stream only; cuoptimAddVariable
+ * says what it needs of the parameters.
  * Statuses: SUCCESS, NULL_POINTER, ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t optimizer, int *count);
 
@@ -473,9 +476,9 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t optimizer, int 
  * integers in [0, 9e15], scalars finite in float32; an array element may be inf or NaN but not a
  * finite value beyond float32's range, such as 1e300). Every value is checked before any is
  * written. Synchronous. CUDA backend: copies on the optimizer's stream after its enqueued work and
- * waits for that copy; the next step sees the values. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index, count, a
- * non-integer counter, a scalar not finite in float32, an element outside float32's range),
- * ALLOC_FAILED, CUDA_ERROR. */
+ * waits for that copy; the next step sees the values.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index, count, a non-integer counter, a scalar not
+ * finite in float32, an element outside float32's range), ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t optimizer, int index, const double *values,
                                               size_t count);
 
@@ -497,7 +500,8 @@ CUOPTIM_API cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t optimizer);
 
 /* cuoptimSynchronize with a deadline: waits at most `timeout_ms` milliseconds (0: looks once) for
  * the same work, polling its events from the host (every 50 us at first, then up to every 1 ms;
- * the deadline is not exceeded by more than a poll's length). SUCCESS when it has completed. Past
+ * a sleep between polls ends at the deadline, so the call returns right after it; any timeout
+ * >= 0 is accepted, a huge one is a wait without end). SUCCESS when it has completed. Past
  * the deadline: TIMEOUT, the work still enqueued and the optimizer unchanged, with a message
  * naming the earliest piece not complete, e.g. `stage "update" of step 12` (steps are counted per
  * optimizer from 1, each eager cuoptimApplyGradients that enqueued work), "building the optimizer

@@ -1420,7 +1420,8 @@ Test(api, finalize_and_synchronize_null_optimizer) {
 }
 
 Test(api, synchronize_timeout_rejects_null_optimizer_and_negative_timeout) {
-  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimSynchronizeTimeout", "optimizer", cuoptimSynchronizeTimeout(NULL, 0));
+  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimSynchronizeTimeout", "optimizer",
+              cuoptimSynchronizeTimeout(NULL, 0));
   adam2_t a;
   adam2_init(&a);
   apply_both(&a);

@@ -132,8 +132,8 @@ Test(cuda_sync, no_call_synchronizes_the_device) {
   make_optimizer(&p, &c);
   exercise_every_call(&p, a, NULL);
   OK(cuoptimDestroy(p.opt));
-  cr_expect_eq(cuoptim_emu_device_synchronize_calls() - device_syncs, 0, "cuoptim called cudaDeviceSynchronize %ld times",
-               cuoptim_emu_device_synchronize_calls() - device_syncs);
+  cr_expect_eq(cuoptim_emu_device_synchronize_calls() - device_syncs, 0,
+               "cuoptim called cudaDeviceSynchronize %ld times", cuoptim_emu_device_synchronize_calls() - device_syncs);
   cr_expect_eq(cuoptim_emu_implicit_synchronizations() - implicit, 0,
                "cuoptim called cudaMalloc, cudaFree, cudaMemcpy or cudaMemset %ld times",
                cuoptim_emu_implicit_synchronizations() - implicit);
