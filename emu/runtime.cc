@@ -4,7 +4,12 @@
  *
  * One device (0). Memory from cudaMalloc is host memory of exactly the requested size (256-byte
  * aligned), so AddressSanitizer sees every out-of-bounds kernel access. Streams run their work
- * at once, in call order; events are markers. Stream capture records launches, asynchronous
+ * at once, in call order, unless a test holds a stream (emu/control.h): its work then waits in
+ * the stream's queue, with the records of events and the work of other streams that wait for
+ * them, until the test runs it. A host wait for such work (cudaStreamSynchronize,
+ * cudaEventSynchronize, cudaDeviceSynchronize, cudaFree, cudaMemcpy behind the legacy stream)
+ * would never end: the emulator says so and aborts. cudaDeviceSynchronize and the calls that
+ * synchronize implicitly are counted. Stream capture records launches, asynchronous
  * copies and memsets into a graph that cudaGraphLaunch replays; the calls a global-mode capture
  * forbids (cudaMalloc, cudaMemcpy, cudaMemset, cudaDeviceSynchronize, ...) fail with
  * cudaErrorStreamCaptureUnsupported and invalidate the capture, as on a device.
@@ -28,11 +33,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <vector>
 
+#include "control.h"
 #include "device.h"
 #include "host_work.h"
 
@@ -153,27 +161,130 @@ extern "C" cudaError_t cudaRuntimeGetVersion(int *version) {
 
 using Operation = std::function<void()>;
 
+/* One piece of stream work as a graph keeps it. An event record is numbered when it is enqueued,
+ * so every launch of a graph records anew. */
+struct Work {
+  Operation run;
+  cudaEvent_t records = nullptr; /* set: the work records this event */
+};
+
+/* Work enqueued on a stream and not run yet (only while a test holds a stream, or while a stream
+ * waits for an event that such work records): it runs once its stream is not held and, for an
+ * event wait, once the record it waits for has run. */
+struct Pending {
+  Operation run;
+  cudaEvent_t waits_on = nullptr;
+  uint64_t record = 0;
+};
+
 struct CUstream_st {
   unsigned flags = 0;
   bool capturing = false;
   bool invalidated = false;
   enum cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
-  std::vector<Operation> recorded;
+  std::vector<Work> recorded;
+  bool held = false;      /* cuoptim_emu_hold_stream: work stays pending until the test runs it */
+  bool destroyed = false; /* cudaStreamDestroy with work pending: freed once that work has run */
+  std::deque<Pending> pending;
 };
 
 struct CUgraph_st {
-  std::vector<Operation> operations;
+  std::vector<Work> operations;
 };
 
 struct CUgraphExec_st {
-  std::vector<Operation> operations;
+  std::vector<Work> operations;
 };
 
 struct CUevent_st {
   unsigned flags = 0;
   bool recorded = false;
-  double host_ms = 0.0; /* when the record ran on the host clock (the emulation's only clock) */
+  double host_ms = 0.0;           /* when the record ran on the host clock (the emulation's only clock) */
+  uint64_t records = 0;           /* records enqueued so far; the latest one is the event's state */
+  std::set<uint64_t> unfinished;  /* records enqueued and not run yet */
+  int users = 0;                  /* pending records and waits that still refer to the event */
+  bool destroyed = false;         /* cudaEventDestroy while users remain: freed with the last one */
 };
+
+/* The legacy default stream (NULL) as a queue, and every stream with its queue. */
+static cudaStream_t legacy_queue(void) {
+  static CUstream_st legacy;
+  return &legacy;
+}
+
+static std::vector<cudaStream_t> &live_streams() {
+  static std::vector<cudaStream_t> streams{legacy_queue()};
+  return streams;
+}
+
+static cudaStream_t queue_of(cudaStream_t stream) { return stream ? stream : legacy_queue(); }
+
+static bool latest_record_unfinished(const CUevent_st *event) {
+  return event->records != 0 && event->unfinished.count(event->records) != 0;
+}
+
+static void release_event_use(cudaEvent_t event) {
+  if (--event->users == 0 && event->destroyed) delete event;
+}
+
+static bool ready(const Pending &p) { return !p.waits_on || p.waits_on->unfinished.count(p.record) == 0; }
+
+static void run_pending(cudaStream_t s) {
+  Pending p = std::move(s->pending.front());
+  s->pending.pop_front();
+  if (p.run) p.run();
+  if (p.waits_on) release_event_use(p.waits_on);
+}
+
+/* Runs every pending operation that can run, stream after stream, until none can. */
+static void pump(void) {
+  std::vector<cudaStream_t> &streams = live_streams();
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (cudaStream_t s : streams)
+      while (!s->held && !s->pending.empty() && ready(s->pending.front())) {
+        run_pending(s);
+        progress = true;
+      }
+  }
+  for (size_t i = 0; i < streams.size();)
+    if (streams[i]->destroyed && streams[i]->pending.empty()) {
+      delete streams[i];
+      streams.erase(streams.begin() + (long)i);
+    } else {
+      i++;
+    }
+}
+
+static bool has_pending(cudaStream_t stream) { return !queue_of(stream)->pending.empty(); }
+
+/* The legacy stream waits for itself and for every blocking stream. */
+static bool legacy_stream_busy(void) {
+  for (cudaStream_t s : live_streams())
+    if (!s->pending.empty() && (s == legacy_queue() || !(s->flags & cudaStreamNonBlocking))) return true;
+  return false;
+}
+
+static bool device_busy(void) {
+  for (cudaStream_t s : live_streams())
+    if (!s->pending.empty()) return true;
+  return false;
+}
+
+/* A host wait for work that only the test can release never ends: on a GPU the program would
+ * hang. The emulation says so and aborts. */
+[[noreturn]] static void waits_forever(const char *call, const char *what) {
+  fprintf(stderr,
+          "cuoptim emulated device: %s would wait forever: %s has work pending behind a stream held by "
+          "cuoptim_emu_hold_stream\n",
+          call, what);
+  abort();
+}
+
+/* Calls that synchronize more than the stream they name (emu/control.h). */
+static long device_synchronize_calls = 0;
+static long implicit_synchronizations = 0;
+static int memory_pools_supported = 1;
 
 /* Streams now capturing (a forbidden call invalidates them all). */
 static std::vector<cudaStream_t> &capturing_streams() {
@@ -208,47 +319,94 @@ static bool legacy_stream_blocked(cudaStream_t stream) {
   return false;
 }
 
-/* Runs an operation on a stream now, or records it when the stream is capturing. */
-static cudaError_t enqueue(cudaStream_t stream, Operation op) {
+static double host_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+/* The operation that runs a record of `event` numbered now. */
+static Operation numbered_record(cudaEvent_t event) {
+  uint64_t n = ++event->records;
+  event->unfinished.insert(n);
+  event->users++;
+  return [event, n] {
+    event->unfinished.erase(n);
+    event->recorded = true;
+    event->host_ms = host_ms();
+    release_event_use(event);
+  };
+}
+
+/* Runs work on a stream (now, unless the stream or what it waits for is held), or records it when
+ * the stream is capturing. */
+static cudaError_t enqueue(cudaStream_t stream, Work work) {
   if (legacy_stream_blocked(stream)) {
     for (cudaStream_t s : capturing_streams()) s->invalidated = true;
     return fail(cudaErrorStreamCaptureImplicit);
   }
   if (stream && stream->capturing) {
     if (stream->invalidated) return fail(cudaErrorStreamCaptureInvalidated);
-    stream->recorded.push_back(std::move(op));
+    stream->recorded.push_back(std::move(work));
     return cudaSuccess;
   }
-  op();
+  Pending p;
+  p.run = work.records ? numbered_record(work.records) : std::move(work.run);
+  queue_of(stream)->pending.push_back(std::move(p));
+  pump();
   return cudaSuccess;
+}
+
+static cudaError_t enqueue(cudaStream_t stream, Operation op) {
+  Work work;
+  work.run = std::move(op);
+  return enqueue(stream, std::move(work));
 }
 
 extern "C" cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) {
   if (!stream) return fail(cudaErrorInvalidValue);
   *stream = new CUstream_st();
   (*stream)->flags = flags;
+  live_streams().push_back(*stream);
   return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaStreamCreate(cudaStream_t *stream) { return cudaStreamCreateWithFlags(stream, 0); }
 
+/* As on a device, work still pending runs before the stream goes. */
 extern "C" cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   if (!stream) return fail(cudaErrorInvalidResourceHandle);
   if (stream->capturing) return fail(cudaErrorIllegalState);
-  delete stream;
+  stream->destroyed = true;
+  stream->held = false;
+  pump();
   return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (stream && stream->capturing) return fail(cudaErrorStreamCaptureUnsupported);
   if (legacy_stream_blocked(stream)) return fail(cudaErrorStreamCaptureImplicit);
+  if (stream ? has_pending(stream) : legacy_stream_busy()) waits_forever("cudaStreamSynchronize", "the stream");
   return cudaSuccess;
 }
 
+extern "C" cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  FORBIDDEN_DURING_CAPTURE();
+  return (stream ? has_pending(stream) : legacy_stream_busy()) ? cudaErrorNotReady : cudaSuccess;
+}
+
+/* The stream's later work waits for the event's latest record (when it has not run yet). */
 extern "C" cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
   if (!event) return fail(cudaErrorInvalidResourceHandle);
   if (legacy_stream_blocked(stream)) return fail(cudaErrorStreamCaptureImplicit);
-  return cudaSuccess; /* work runs in call order: every event recorded so far has happened */
+  if ((stream && stream->capturing) || !latest_record_unfinished(event)) return cudaSuccess;
+  Pending gate;
+  gate.waits_on = event;
+  gate.record = event->records;
+  event->users++;
+  queue_of(stream)->pending.push_back(std::move(gate));
+  pump();
+  return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus *status) {
@@ -280,7 +438,7 @@ extern "C" cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *gr
   for (size_t i = 0; i < active.size(); i++)
     if (active[i] == stream) active.erase(active.begin() + (long)i);
   stream->capturing = false;
-  std::vector<Operation> recorded;
+  std::vector<Work> recorded;
   recorded.swap(stream->recorded);
   if (stream->invalidated) return fail(cudaErrorStreamCaptureInvalidated);
   *graph = new CUgraph_st();
@@ -320,8 +478,8 @@ extern "C" cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
 extern "C" cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   if (!exec) return fail(cudaErrorInvalidValue);
   if (stream && stream->capturing) return fail(cudaErrorNotSupported); /* not needed by cuoptim */
-  for (const Operation &op : exec->operations) {
-    cudaError_t err = enqueue(stream, op);
+  for (const Work &work : exec->operations) {
+    cudaError_t err = enqueue(stream, work);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
@@ -336,24 +494,37 @@ extern "C" cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int
 
 extern "C" cudaError_t cudaEventCreate(cudaEvent_t *event) { return cudaEventCreateWithFlags(event, 0); }
 
+/* As on a device, pending records and waits of the event still complete. */
 extern "C" cudaError_t cudaEventDestroy(cudaEvent_t event) {
   if (!event) return fail(cudaErrorInvalidResourceHandle);
-  delete event;
+  event->destroyed = true;
+  if (event->users == 0) delete event;
   return cudaSuccess;
 }
 
-static double host_ms(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+/* Captured, a record is a node of the graph (what cudaEventRecordExternal asks for). */
+extern "C" cudaError_t cudaEventRecordWithFlags(cudaEvent_t event, cudaStream_t stream, unsigned int flags) {
+  if (!event) return fail(cudaErrorInvalidResourceHandle);
+  Work work;
+  work.records = event;
+  return enqueue(stream, std::move(work));
 }
 
 extern "C" cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  return cudaEventRecordWithFlags(event, stream, cudaEventRecordDefault);
+}
+
+extern "C" cudaError_t cudaEventQuery(cudaEvent_t event) {
   if (!event) return fail(cudaErrorInvalidResourceHandle);
-  return enqueue(stream, [event] {
-    event->recorded = true;
-    event->host_ms = host_ms();
-  });
+  FORBIDDEN_DURING_CAPTURE();
+  return latest_record_unfinished(event) ? cudaErrorNotReady : cudaSuccess;
+}
+
+extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  if (!event) return fail(cudaErrorInvalidResourceHandle);
+  FORBIDDEN_DURING_CAPTURE();
+  if (latest_record_unfinished(event)) waits_forever("cudaEventSynchronize", "the event's stream");
+  return cudaSuccess;
 }
 
 /* The host time between the two records: what the emulation took, nothing about a GPU. */
@@ -366,9 +537,44 @@ extern "C" cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEv
 }
 
 extern "C" cudaError_t cudaDeviceSynchronize(void) {
+  device_synchronize_calls++;
   FORBIDDEN_DURING_CAPTURE();
+  if (device_busy()) waits_forever("cudaDeviceSynchronize", "a stream");
   return cudaSuccess;
 }
+
+extern "C" cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attribute, int device) {
+  if (!value) return fail(cudaErrorInvalidValue);
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  if (attribute != cudaDevAttrMemoryPoolsSupported) return fail(cudaErrorInvalidValue); /* not emulated */
+  *value = memory_pools_supported;
+  return cudaSuccess;
+}
+
+/* ---- the test's controls (emu/control.h) -------------------------------------------------- */
+
+extern "C" void cuoptim_emu_hold_stream(cudaStream_t stream) { queue_of(stream)->held = true; }
+
+extern "C" int cuoptim_emu_run_one(cudaStream_t stream) {
+  cudaStream_t s = queue_of(stream);
+  if (s->pending.empty() || !ready(s->pending.front())) return 0;
+  run_pending(s);
+  pump();
+  return 1;
+}
+
+extern "C" void cuoptim_emu_release_stream(cudaStream_t stream) {
+  queue_of(stream)->held = false;
+  pump();
+}
+
+extern "C" int cuoptim_emu_pending_operations(cudaStream_t stream) { return (int)queue_of(stream)->pending.size(); }
+
+extern "C" long cuoptim_emu_device_synchronize_calls(void) { return device_synchronize_calls; }
+
+extern "C" long cuoptim_emu_implicit_synchronizations(void) { return implicit_synchronizations; }
+
+extern "C" void cuoptim_emu_set_memory_pools_supported(int supported) { memory_pools_supported = supported != 0; }
 
 /* ---- memory ------------------------------------------------------------------------------- */
 
@@ -404,18 +610,46 @@ static cudaError_t allocate(void **ptr, size_t bytes, enum cudaMemoryType type) 
   return cudaSuccess;
 }
 
+/* Whether ptr is an allocation of that type (device and managed memory are freed alike). */
+static bool is_allocation(void *ptr, enum cudaMemoryType type) {
+  auto it = allocations().find((uintptr_t)ptr);
+  return it != allocations().end() && (it->second.type == cudaMemoryTypeHost) == (type == cudaMemoryTypeHost);
+}
+
+static void release_now(void *ptr) {
+  allocations().erase((uintptr_t)ptr);
+  free(ptr);
+}
+
 static cudaError_t release(void *ptr, enum cudaMemoryType type) {
   if (!ptr) return cudaSuccess;
   FORBIDDEN_DURING_CAPTURE();
-  auto it = allocations().find((uintptr_t)ptr);
-  if (it == allocations().end() || (it->second.type == cudaMemoryTypeHost) != (type == cudaMemoryTypeHost))
+  if (!is_allocation(ptr, type))
     return fail(type == cudaMemoryTypeHost ? cudaErrorInvalidValue : cudaErrorInvalidDevicePointer);
-  allocations().erase(it);
-  free(ptr);
+  release_now(ptr);
   return cudaSuccess;
 }
 
-extern "C" cudaError_t cudaMalloc(void **ptr, size_t bytes) { return allocate(ptr, bytes, cudaMemoryTypeDevice); }
+/* cudaMalloc and cudaFree synchronize the device (CUDA Programming Guide, "Stream-Ordered Memory
+ * Allocator"): counted; a free with work pending would wait for it. */
+extern "C" cudaError_t cudaMalloc(void **ptr, size_t bytes) {
+  implicit_synchronizations++;
+  return allocate(ptr, bytes, cudaMemoryTypeDevice);
+}
+
+/* Stream-ordered: the memory is there at once (host memory), and freed when the stream reaches
+ * the free. */
+extern "C" cudaError_t cudaMallocAsync(void **ptr, size_t bytes, cudaStream_t stream) {
+  if (stream && stream->capturing) return fail(cudaErrorNotSupported); /* graph allocations: not emulated */
+  return allocate(ptr, bytes, cudaMemoryTypeDevice);
+}
+
+extern "C" cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream) {
+  if (!ptr) return cudaSuccess;
+  if (stream && stream->capturing) return fail(cudaErrorNotSupported);
+  if (!is_allocation(ptr, cudaMemoryTypeDevice)) return fail(cudaErrorInvalidDevicePointer);
+  return enqueue(stream, [ptr] { release_now(ptr); });
+}
 
 extern "C" cudaError_t cudaMallocManaged(void **ptr, size_t bytes, unsigned int flags) {
   return allocate(ptr, bytes, cudaMemoryTypeManaged);
@@ -423,7 +657,11 @@ extern "C" cudaError_t cudaMallocManaged(void **ptr, size_t bytes, unsigned int 
 
 extern "C" cudaError_t cudaMallocHost(void **ptr, size_t bytes) { return allocate(ptr, bytes, cudaMemoryTypeHost); }
 
-extern "C" cudaError_t cudaFree(void *ptr) { return release(ptr, cudaMemoryTypeDevice); }
+extern "C" cudaError_t cudaFree(void *ptr) {
+  implicit_synchronizations++;
+  if (ptr && device_busy()) waits_forever("cudaFree", "a stream");
+  return release(ptr, cudaMemoryTypeDevice);
+}
 
 extern "C" cudaError_t cudaFreeHost(void *ptr) { return release(ptr, cudaMemoryTypeHost); }
 
@@ -469,10 +707,14 @@ static cudaError_t check_copy(void *dst, const void *src, size_t bytes, enum cud
   return cudaSuccess;
 }
 
+/* cudaMemcpy and cudaMemset run on the legacy default stream, which synchronizes with every
+ * blocking stream: counted; the copy waits for that work. */
 extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+  implicit_synchronizations++;
   FORBIDDEN_DURING_CAPTURE();
   cudaError_t err = check_copy(dst, src, bytes, kind);
   if (err != cudaSuccess || bytes == 0) return err;
+  if (legacy_stream_busy()) waits_forever("cudaMemcpy", "the legacy default stream");
   memmove(dst, src, bytes);
   return cudaSuccess;
 }
@@ -485,11 +727,11 @@ extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes,
 }
 
 extern "C" cudaError_t cudaMemset(void *dst, int value, size_t bytes) {
+  implicit_synchronizations++;
   FORBIDDEN_DURING_CAPTURE();
   if (bytes == 0) return cudaSuccess;
   if (!device_range_ok(dst, bytes)) return fail(cudaErrorInvalidValue);
-  memset(dst, value, bytes);
-  return cudaSuccess;
+  return enqueue(NULL, [dst, value, bytes] { memset(dst, value, bytes); });
 }
 
 extern "C" cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t stream) {

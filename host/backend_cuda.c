@@ -4,7 +4,16 @@
  * constants. A step launches inspect (when needed), prologue, update and finish; the only
  * per-step upload is the gradient table, and only for entries whose pointer or dtype changed since
  * the last step — done by a kernel whose argument carries the new entries, so it is captured by
- * value in a CUDA graph and needs no host synchronization. */
+ * value in a CUDA graph and needs no host synchronization.
+ *
+ * Waits: never for the whole device, only for the optimizer's own work. The optimizer owns a
+ * non-blocking stream (`own`) for its copies, allocations and frees (stream-ordered where the
+ * device has memory pools). After each piece of eager work it enqueues on a caller's stream (each
+ * stage of a step, the build kernel, finalize) it records an event, a mark. Work on another stream
+ * waits for the newest mark on the GPU; a host wait (state reads and writes, scalar queries,
+ * cuoptimSynchronize, destroy) makes `own` wait for the newest mark and the latest graph replay,
+ * then waits for `own`; cuoptimSynchronizeTimeout polls the marks. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,13 +28,34 @@ typedef struct {
   int changed;
 } DeviceGuard;
 
+/* A piece of eager work the optimizer enqueued on a caller's stream, and the event recorded after
+ * it there. */
+typedef struct {
+  const char *what; /* a stage of a step ("update"), or what else it is */
+  uint64_t step;    /* the eager step it belongs to (1 for the first), 0 for work outside a step */
+  cudaEvent_t event;
+} WorkMark;
+
+/* The marks of the eager work not yet seen complete, oldest first: a ring of `capacity` slots
+ * holding `count` marks from `first`; every slot has its event. All eager work forms one chain
+ * (work on a stream waits for the newest mark when that mark is on another stream), so marks
+ * complete in order: the oldest incomplete one names the work in flight. */
+typedef struct {
+  WorkMark *slots;
+  int capacity, first, count;
+} WorkMarks;
+
 typedef struct {
   DeviceGuard guard;                /* the caller's device during a step */
-  int ever_captured;                /* a graph may rewrite the gradient table: always upload it */
+  cudaStream_t own;                 /* the optimizer's stream: its copies, allocations and frees */
+  int stream_ordered_memory;        /* cudaMallocAsync/cudaFreeAsync on `own`; else cudaMalloc/cudaFree */
+  int ever_captured;                /* a graph may replay: always upload the gradient table (a
+                                       replay rewrites it), and wait for replay_done */
   int capturing;                    /* the step in progress is being captured */
-  cudaEvent_t step_done;            /* recorded after each eager step on its stream */
-  cuoptimStream_t last_stream;      /* the stream of the last eager step */
-  int has_last_stream;
+  WorkMarks marks;
+  cuoptimStream_t last_stream;      /* the stream of the newest mark */
+  cudaEvent_t replay_done;          /* recorded by every replay of a captured step */
+  uint64_t steps;                   /* eager steps begun */
   cuoptimDeviceStep step;           /* device pointers the kernels read */
   cuoptimDeviceVariable *variables; /* device */
   cuoptimDeviceGradient *grads;     /* device */
@@ -33,7 +63,7 @@ typedef struct {
   cuoptimChunkPartial *partials;    /* device */
   cuoptimPrologueParams *prologue;  /* device */
   cuoptimDeviceGradient *uploaded;  /* host: what the device table holds */
-  cuoptimGradientBatch *batch;             /* host scratch of the scatter launch */
+  cuoptimGradientBatch *batch;      /* host scratch of the scatter launch */
 } CudaBackend;
 
 static CudaBackend *data_of(cuoptimOptimizer_t opt) { return (CudaBackend *)opt->backend_data; }
@@ -65,6 +95,148 @@ static void leave_device(const DeviceGuard *guard) {
   if (guard->changed) cudaSetDevice(guard->previous);
 }
 
+/* ---- events: what the optimizer waits for ------------------------------------------------------ */
+
+/* cudaEventQuery's "not yet": no error, but cleared in case the runtime kept it as the last one. */
+static cudaError_t query_event(cudaEvent_t event) {
+  cudaError_t err = cudaEventQuery(event);
+  if (err == cudaErrorNotReady && cudaPeekAtLastError() == cudaErrorNotReady) (void)cudaGetLastError();
+  return err;
+}
+
+static WorkMark *mark_at(WorkMarks *m, int i) { return &m->slots[(m->first + i) % m->capacity]; }
+
+static cuoptimStatus_t create_events(WorkMark *slots, int count) {
+  for (int i = 0; i < count; i++)
+    CUDA_CHECK(cudaEventCreateWithFlags(&slots[i].event, cudaEventDisableTiming), "cuoptim: cudaEventCreate");
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static void destroy_events(WorkMarks *m) {
+  for (int i = 0; m->slots && i < m->capacity; i++)
+    if (m->slots[i].event) cudaEventDestroy(m->slots[i].event);
+  free(m->slots);
+  memset(m, 0, sizeof *m);
+}
+
+/* Forgets the marks that have completed: the oldest ones, found by bisection (marks complete in
+ * order), a few queries when the ring is full. */
+static void forget_completed(WorkMarks *m) {
+  int low = 0, high = m->count;
+  while (low < high) {
+    int middle = low + (high - low) / 2;
+    if (query_event(mark_at(m, middle)->event) == cudaSuccess)
+      low = middle + 1;
+    else
+      high = middle;
+  }
+  m->first = (m->first + low) % m->capacity;
+  m->count -= low;
+}
+
+/* Marks to start with: 16 steps of four stages before the oldest are looked at again. */
+#define FIRST_MARK_CAPACITY 64
+
+/* Twice the slots, the marks kept in order at the start. */
+static cuoptimStatus_t grow_marks(WorkMarks *m) {
+  int capacity = m->capacity ? m->capacity * 2 : FIRST_MARK_CAPACITY;
+  WorkMark *slots = calloc((size_t)capacity, sizeof *slots);
+  if (!slots) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: out of host memory");
+  for (int i = 0; i < m->capacity; i++) slots[i] = *mark_at(m, i);
+  cuoptimStatus_t status = create_events(slots + m->capacity, capacity - m->capacity);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    for (int i = m->capacity; i < capacity; i++)
+      if (slots[i].event) cudaEventDestroy(slots[i].event);
+    free(slots);
+    return status;
+  }
+  free(m->slots);
+  m->slots = slots;
+  m->first = 0;
+  m->capacity = capacity;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Records a mark after the work just enqueued on `stream`. */
+static cuoptimStatus_t record_mark(CudaBackend *b, const char *what, uint64_t step, cuoptimStream_t stream,
+                                   const char *caller) {
+  WorkMarks *m = &b->marks;
+  if (m->count == m->capacity) forget_completed(m);
+  if (m->count == m->capacity) CUOPTIM_CHECK(grow_marks(m));
+  WorkMark *mark = mark_at(m, m->count);
+  cudaError_t err = cudaEventRecord(mark->event, (cudaStream_t)stream);
+  if (err != cudaSuccess) return cuda_fail(err, caller);
+  mark->what = what;
+  mark->step = step;
+  m->count++;
+  b->last_stream = stream;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Orders the next work on `stream` after the optimizer's work on other streams: the newest mark
+ * (the chain holds the rest) and the latest replay of a captured step. A GPU-side wait: the host
+ * goes on. cudaStreamPerThread names another stream in each thread: it always waits. */
+static cuoptimStatus_t wait_for_optimizer_work(CudaBackend *b, cudaStream_t stream, const char *caller) {
+  int same_stream = (cuoptimStream_t)stream == b->last_stream && stream != cudaStreamPerThread;
+  if (b->marks.count > 0 && !same_stream) {
+    cudaError_t err = cudaStreamWaitEvent(stream, mark_at(&b->marks, b->marks.count - 1)->event, 0);
+    if (err != cudaSuccess) return cuda_fail(err, caller);
+  }
+  if (b->ever_captured) {
+    cudaError_t err = cudaStreamWaitEvent(stream, b->replay_done, 0);
+    if (err != cudaSuccess) return cuda_fail(err, caller);
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The host waits for the optimizer's stream, made to wait for the optimizer's work before the
+ * work just enqueued on it: every mark has then completed. */
+static cuoptimStatus_t wait_for_own_stream(CudaBackend *b, const char *caller) {
+  cudaError_t err = cudaStreamSynchronize(b->own);
+  if (err != cudaSuccess) return cuda_fail(err, caller);
+  b->marks.count = 0;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Waits on the host until everything the optimizer enqueued has completed, and for nothing else. */
+static cuoptimStatus_t settle(CudaBackend *b, const char *caller) {
+  CUOPTIM_CHECK(wait_for_optimizer_work(b, b->own, caller));
+  return wait_for_own_stream(b, caller);
+}
+
+/* ---- memory: stream-ordered on the optimizer's stream where the device allows ------------------ */
+
+static cudaError_t device_malloc(CudaBackend *b, void **ptr, size_t bytes) {
+  return b->stream_ordered_memory ? cudaMallocAsync(ptr, bytes, b->own) : cudaMalloc(ptr, bytes);
+}
+
+static void device_free(CudaBackend *b, void *ptr) {
+  if (!ptr) return;
+  if (b->stream_ordered_memory)
+    cudaFreeAsync(ptr, b->own);
+  else
+    cudaFree(ptr);
+}
+
+static cuoptimStatus_t create_backend(cuoptimOptimizer_t opt, CudaBackend *b) {
+  CUDA_CHECK(cudaStreamCreateWithFlags(&b->own, cudaStreamNonBlocking), "cuoptimCreate: cudaStreamCreateWithFlags");
+  CUDA_CHECK(cudaEventCreateWithFlags(&b->replay_done, cudaEventDisableTiming), "cuoptimCreate: cudaEventCreate");
+  int pools = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, opt->device),
+             "cuoptimCreate: cudaDeviceGetAttribute");
+  b->stream_ordered_memory = pools != 0;
+  return grow_marks(&b->marks);
+}
+
+static void destroy_backend(CudaBackend *b) {
+  destroy_events(&b->marks);
+  if (b->replay_done) cudaEventDestroy(b->replay_done);
+  if (b->own) cudaStreamDestroy(b->own);
+  free(b->uploaded);
+  free(b->batch);
+  free(b);
+}
+
 static cuoptimStatus_t cuda_init(cuoptimOptimizer_t opt) {
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
@@ -83,29 +255,23 @@ static cuoptimStatus_t cuda_init(cuoptimOptimizer_t opt) {
   DeviceGuard guard;
   cuoptimStatus_t status = enter_device(opt, &guard);
   if (status == CUOPTIM_STATUS_SUCCESS) {
-    err = cudaEventCreateWithFlags(&b->step_done, cudaEventDisableTiming);
+    status = create_backend(opt, b);
+    if (status != CUOPTIM_STATUS_SUCCESS) destroy_backend(b);
     leave_device(&guard);
-    if (err != cudaSuccess) status = cuda_fail(err, "cuoptimCreate: cudaEventCreate");
+  } else {
+    destroy_backend(b);
   }
-  if (status != CUOPTIM_STATUS_SUCCESS) {
-    free(b->batch);
-    free(b);
-    return status;
-  }
+  if (status != CUOPTIM_STATUS_SUCCESS) return status;
   opt->backend_data = b;
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-static void cuda_free_ptr(void *p) {
-  if (p) cudaFree(p);
-}
-
 static void free_tables(CudaBackend *b) {
-  cuda_free_ptr(b->variables);
-  cuda_free_ptr(b->grads);
-  cuda_free_ptr(b->chunks);
-  cuda_free_ptr(b->partials);
-  cuda_free_ptr(b->prologue);
+  device_free(b, b->variables);
+  device_free(b, b->grads);
+  device_free(b, b->chunks);
+  device_free(b, b->partials);
+  device_free(b, b->prologue);
   b->variables = NULL;
   b->grads = NULL;
   b->chunks = NULL;
@@ -115,20 +281,27 @@ static void free_tables(CudaBackend *b) {
   b->uploaded = NULL;
 }
 
-static void cuda_release(cuoptimOptimizer_t opt) {
+/* The frees are ordered after the optimizer's work on its stream; the host then waits for that
+ * stream, so the optimizer's work has completed when cuoptimDestroy returns. */
+static cuoptimStatus_t cuda_release(cuoptimOptimizer_t opt) {
   CudaBackend *b = data_of(opt);
-  if (!b) return;
+  if (!b) return CUOPTIM_STATUS_SUCCESS;
   DeviceGuard guard;
-  if (enter_device(opt, &guard) == CUOPTIM_STATUS_SUCCESS) {
-    cudaDeviceSynchronize();
+  cuoptimStatus_t status = enter_device(opt, &guard);
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    status = wait_for_optimizer_work(b, b->own, "cuoptimDestroy");
     free_tables(b);
-    if (b->step_done) cudaEventDestroy(b->step_done);
+    cudaError_t err = cudaStreamSynchronize(b->own);
+    if (err != cudaSuccess && status == CUOPTIM_STATUS_SUCCESS) status = cuda_fail(err, "cuoptimDestroy");
+    destroy_backend(b);
     leave_device(&guard);
+  } else {
+    free(b->uploaded);
+    free(b->batch);
+    free(b);
   }
-  free(b->uploaded);
-  free(b->batch);
-  free(b);
   opt->backend_data = NULL;
+  return status;
 }
 
 static cuoptimStatus_t cuda_check_pointer(cuoptimOptimizer_t opt, const void *ptr, cuoptimDtype_t dtype,
@@ -156,39 +329,56 @@ static cuoptimStatus_t cuda_check_pointer(cuoptimOptimizer_t opt, const void *pt
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* Zeroed memory, ready for any stream when this returns: allocated and cleared on the optimizer's
+ * stream, which the host then waits for (it holds nothing else). */
 static cuoptimStatus_t cuda_alloc(cuoptimOptimizer_t opt, size_t bytes, void **ptr) {
+  CudaBackend *b = data_of(opt);
   DeviceGuard guard;
   CUOPTIM_CHECK(enter_device(opt, &guard));
-  cudaError_t err = cudaMalloc(ptr, bytes ? bytes : 256);
-  if (err == cudaSuccess) err = cudaMemset(*ptr, 0, bytes ? bytes : 256);
+  size_t size = bytes ? bytes : 256;
+  *ptr = NULL;
+  cudaError_t err = device_malloc(b, ptr, size);
+  if (err == cudaSuccess) err = cudaMemsetAsync(*ptr, 0, size, b->own);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(b->own);
+  if (err != cudaSuccess && *ptr) {
+    device_free(b, *ptr);
+    *ptr = NULL;
+  }
   leave_device(&guard);
   if (err == cudaErrorMemoryAllocation) {
     (void)cudaGetLastError();
     return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: cannot allocate %zu bytes on device %d", bytes,
                          opt->device);
   }
-  if (err != cudaSuccess) return cuda_fail(err, "cudaMalloc");
+  if (err != cudaSuccess) return cuda_fail(err, "cuoptim: allocating device memory");
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* Freed once the optimizer's work is done with it, without a host wait. */
 static void cuda_free(cuoptimOptimizer_t opt, void *ptr) {
+  CudaBackend *b = data_of(opt);
   DeviceGuard guard;
   if (enter_device(opt, &guard) != CUOPTIM_STATUS_SUCCESS) return;
-  cudaDeviceSynchronize();
-  cuda_free_ptr(ptr);
+  if (wait_for_optimizer_work(b, b->own, "cuoptim: freeing device memory") == CUOPTIM_STATUS_SUCCESS)
+    device_free(b, ptr);
   leave_device(&guard);
 }
 
-/* Synchronous copies wait for everything on the device first, so they see finished steps
- * whatever stream the caller used. */
+/* A copy on the optimizer's stream after the optimizer's work, waited for: it sees every step and
+ * finalize enqueued before, and the next step sees what it wrote. It waits for no other work. */
 static cuoptimStatus_t copy(cuoptimOptimizer_t opt, void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+  CudaBackend *b = data_of(opt);
   DeviceGuard guard;
   CUOPTIM_CHECK(enter_device(opt, &guard));
-  cudaError_t err = cudaDeviceSynchronize();
-  if (err == cudaSuccess) err = cudaMemcpy(dst, src, bytes, kind);
+  const char *what = kind == cudaMemcpyHostToDevice ? "cuoptim: writing the optimizer state"
+                                                    : "cuoptim: reading the optimizer state";
+  cuoptimStatus_t status = wait_for_optimizer_work(b, b->own, what);
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    cudaError_t err = cudaMemcpyAsync(dst, src, bytes, kind, b->own);
+    status = err == cudaSuccess ? wait_for_own_stream(b, what) : cuda_fail(err, what);
+  }
   leave_device(&guard);
-  if (err != cudaSuccess) return cuda_fail(err, "cudaMemcpy");
-  return CUOPTIM_STATUS_SUCCESS;
+  return status;
 }
 
 static cuoptimStatus_t cuda_upload(cuoptimOptimizer_t opt, void *dst, const void *src, size_t bytes) {
@@ -239,19 +429,26 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
       next++;
     }
   }
+  /* Allocated, filled and waited for on the optimizer's stream, which holds nothing else: the
+   * host arrays can go, and any stream can use the tables. */
   cudaError_t err = cudaSuccess;
   size_t partial_count = (size_t)(total_chunks ? total_chunks : 1);
-  if (err == cudaSuccess) err = cudaMalloc((void **)&b->variables, table_count * sizeof *variables);
-  if (err == cudaSuccess) err = cudaMalloc((void **)&b->grads, table_count * sizeof(cuoptimDeviceGradient));
-  if (err == cudaSuccess) err = cudaMalloc((void **)&b->chunks, partial_count * sizeof *chunks);
-  if (err == cudaSuccess) err = cudaMalloc((void **)&b->partials, partial_count * sizeof(cuoptimChunkPartial));
-  if (err == cudaSuccess) err = cudaMalloc((void **)&b->prologue, sizeof(cuoptimPrologueParams));
-  if (err == cudaSuccess) err = cudaMemcpy(b->variables, variables, table_count * sizeof *variables, cudaMemcpyHostToDevice);
-  if (err == cudaSuccess) err = cudaMemset(b->grads, 0, table_count * sizeof(cuoptimDeviceGradient));
-  if (err == cudaSuccess) err = cudaMemcpy(b->chunks, chunks, (size_t)total_chunks * sizeof *chunks, cudaMemcpyHostToDevice);
-  if (err == cudaSuccess) err = cudaMemset(b->partials, 0, partial_count * sizeof(cuoptimChunkPartial));
+  cudaStream_t own = b->own;
+  if (err == cudaSuccess) err = device_malloc(b, (void **)&b->variables, table_count * sizeof *variables);
+  if (err == cudaSuccess) err = device_malloc(b, (void **)&b->grads, table_count * sizeof(cuoptimDeviceGradient));
+  if (err == cudaSuccess) err = device_malloc(b, (void **)&b->chunks, partial_count * sizeof *chunks);
+  if (err == cudaSuccess) err = device_malloc(b, (void **)&b->partials, partial_count * sizeof(cuoptimChunkPartial));
+  if (err == cudaSuccess) err = device_malloc(b, (void **)&b->prologue, sizeof(cuoptimPrologueParams));
   if (err == cudaSuccess)
-    err = cudaMemcpy(b->prologue, &opt->prologue, sizeof(cuoptimPrologueParams), cudaMemcpyHostToDevice);
+    err = cudaMemcpyAsync(b->variables, variables, table_count * sizeof *variables, cudaMemcpyHostToDevice, own);
+  if (err == cudaSuccess) err = cudaMemsetAsync(b->grads, 0, table_count * sizeof(cuoptimDeviceGradient), own);
+  if (err == cudaSuccess)
+    err = cudaMemcpyAsync(b->chunks, chunks, (size_t)total_chunks * sizeof *chunks, cudaMemcpyHostToDevice, own);
+  if (err == cudaSuccess) err = cudaMemsetAsync(b->partials, 0, partial_count * sizeof(cuoptimChunkPartial), own);
+  if (err == cudaSuccess)
+    err = cudaMemcpyAsync(b->prologue, &opt->prologue, sizeof(cuoptimPrologueParams), cudaMemcpyHostToDevice, own);
+  cudaError_t waited = cudaStreamSynchronize(own); /* also after a failure: the copies read the host arrays */
+  if (err == cudaSuccess) err = waited;
   free(variables);
   free(chunks);
   if (err != cudaSuccess) return cuda_fail(err, "cuoptim: building the device tables");
@@ -270,19 +467,47 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-static cuoptimStatus_t cuda_build(cuoptimOptimizer_t opt) {
+/* A graph cannot hold what building does (allocations, host waits, work that must run once). */
+static cuoptimStatus_t cuda_check_build_stream(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller) {
+  DeviceGuard guard;
+  CUOPTIM_CHECK(enter_device(opt, &guard));
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t err = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
+  leave_device(&guard);
+  if (err != cudaSuccess) return cuda_fail(err, caller);
+  if (capture != cudaStreamCaptureStatusNone)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: stream %p is capturing a CUDA graph, and this call would build the optimizer state "
+                         "(allocations and its initialisation, which a graph cannot hold): build it first, with one "
+                         "eager step or cuoptimGetWeightCount",
+                         caller, (void *)stream);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The build kernel (slots filled, masters from the half parameters) runs on the stream of the call
+ * that builds, after the work the caller enqueued there, and is marked like a step's stage; without
+ * such a stream (a state call), on the optimizer's stream, waited for. */
+static cuoptimStatus_t launch_build(cuoptimOptimizer_t opt, CudaBackend *b, const cuoptimStream_t *stream) {
+  static const char *what = "cuoptim: initialising the optimizer state";
+  cudaStream_t target = stream ? (cudaStream_t)*stream : b->own;
+  cudaError_t err = (cudaError_t)cuoptim_launch_build(&b->step, cuoptim_slot_initial_value(&opt->config, 0), target);
+  if (err != cudaSuccess) return cuda_fail(err, what);
+  if (!stream) {
+    err = cudaStreamSynchronize(target);
+    return err == cudaSuccess ? CUOPTIM_STATUS_SUCCESS : cuda_fail(err, what);
+  }
+  cuoptimStatus_t status = record_mark(b, "building the optimizer state", 0, *stream, what);
+  /* Unmarked, the kernel would be waited for by nothing: the tables must outlive it. */
+  if (status != CUOPTIM_STATUS_SUCCESS) (void)cudaStreamSynchronize(target);
+  return status;
+}
+
+static cuoptimStatus_t cuda_build(cuoptimOptimizer_t opt, const cuoptimStream_t *stream) {
   CudaBackend *b = data_of(opt);
   DeviceGuard guard;
   CUOPTIM_CHECK(enter_device(opt, &guard));
   cuoptimStatus_t status = build_tables(opt, b);
-  if (status == CUOPTIM_STATUS_SUCCESS) {
-    /* The masters copy the caller's parameters: wait for whatever stream wrote them. */
-    cudaError_t err = cudaDeviceSynchronize();
-    if (err == cudaSuccess)
-      err = (cudaError_t)cuoptim_launch_build(&b->step, cuoptim_slot_initial_value(&opt->config, 0), NULL);
-    if (err == cudaSuccess) err = cudaDeviceSynchronize();
-    if (err != cudaSuccess) status = cuda_fail(err, "cuoptim: initialising the optimizer state");
-  }
+  if (status == CUOPTIM_STATUS_SUCCESS) status = launch_build(opt, b, stream);
   if (status != CUOPTIM_STATUS_SUCCESS) free_tables(b);
   leave_device(&guard);
   return status;
@@ -299,12 +524,8 @@ static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStre
   /* Inside a stream capture the whole table is uploaded (the graph must restore it on every
    * replay, whatever eager steps did in between), and the mirror forgets what the device holds
    * (a replay may change it behind our back). */
-  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  cudaError_t err = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
-  if (err != cudaSuccess) return cuda_fail(err, "cuoptimApplyGradients: cudaStreamIsCapturing");
-  int capturing = capture != cudaStreamCaptureStatusNone;
-  b->capturing = capturing;
-  if (capturing) b->ever_captured = 1;
+  int capturing = b->capturing;
+  cudaError_t err = cudaSuccess;
   int k = 0;
   while (k < n) {
     const cuoptimStepGradient *g = &opt->step_grads[k];
@@ -337,18 +558,46 @@ static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStre
 static cuoptimStatus_t cuda_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   CudaBackend *b = data_of(opt);
   CUOPTIM_CHECK(enter_device(opt, &b->guard));
-  cuoptimStatus_t status = upload_gradient_table(opt, stream);
-  /* Steps share the optimizer's device buffers: a step on another stream than the last one waits
-   * for it (eager steps; a captured step is ordered by the graph's launch stream). */
-  if (status == CUOPTIM_STATUS_SUCCESS && !b->capturing && b->has_last_stream && stream != b->last_stream) {
-    cudaError_t err = cudaStreamWaitEvent((cudaStream_t)stream, b->step_done, 0);
-    if (err != cudaSuccess) status = cuda_fail(err, "cuoptimApplyGradients: cudaStreamWaitEvent");
-  }
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t err = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
+  cuoptimStatus_t status =
+      err == cudaSuccess ? CUOPTIM_STATUS_SUCCESS : cuda_fail(err, "cuoptimApplyGradients: cudaStreamIsCapturing");
+  b->capturing = capture != cudaStreamCaptureStatusNone;
+  if (b->capturing) b->ever_captured = 1;
+  /* Steps share the optimizer's device buffers, the gradient table first: an eager step waits for
+   * the optimizer's work on other streams before it writes anything (a captured step is ordered by
+   * the stream its graph is launched on). */
+  if (status == CUOPTIM_STATUS_SUCCESS && !b->capturing)
+    status = wait_for_optimizer_work(b, (cudaStream_t)stream, "cuoptimApplyGradients: cudaStreamWaitEvent");
+  if (status == CUOPTIM_STATUS_SUCCESS) status = upload_gradient_table(opt, stream);
+  if (status == CUOPTIM_STATUS_SUCCESS && !b->capturing) b->steps++;
   if (status != CUOPTIM_STATUS_SUCCESS) leave_device(&b->guard);
   return status;
 }
 
-static void cuda_end_step(cuoptimOptimizer_t opt) { leave_device(&data_of(opt)->guard); }
+/* An eager stage is marked where it ends; a captured one is not (its graph may never run, or run
+ * many times): the replay's end is marked instead (cuda_end_step). */
+static cuoptimStatus_t cuda_stage_enqueued(cuoptimOptimizer_t opt, const char *stage, cuoptimStream_t stream) {
+  CudaBackend *b = data_of(opt);
+  if (b->capturing) return CUOPTIM_STATUS_SUCCESS;
+  return record_mark(b, stage, b->steps, stream, "cuoptimApplyGradients: cudaEventRecord");
+}
+
+/* A captured step ends with a record of replay_done in its graph (an external event node): each
+ * replay then records it, so the optimizer's waits see replays too. */
+static cuoptimStatus_t record_replay(CudaBackend *b, cuoptimStream_t stream, const char *caller) {
+  cudaError_t err = cudaEventRecordWithFlags(b->replay_done, (cudaStream_t)stream, cudaEventRecordExternal);
+  if (err != cudaSuccess) return cuda_fail(err, caller);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t cuda_end_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, cuoptimStatus_t status) {
+  CudaBackend *b = data_of(opt);
+  if (status == CUOPTIM_STATUS_SUCCESS && b->capturing)
+    status = record_replay(b, stream, "cuoptimApplyGradients: cudaEventRecordWithFlags");
+  leave_device(&b->guard);
+  return status;
+}
 
 static cuoptimStatus_t launched(int err, const char *stage) {
   if (err != cudaSuccess) return cuda_fail((cudaError_t)err, stage);
@@ -371,21 +620,30 @@ static cuoptimStatus_t cuda_update(cuoptimOptimizer_t opt, cuoptimStream_t strea
 }
 
 static cuoptimStatus_t cuda_finish(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
-  CudaBackend *b = data_of(opt);
-  CUOPTIM_CHECK(launched(cuoptim_launch_finish(&b->step, stream), "cuoptimApplyGradients: finish kernel"));
-  if (b->capturing) return CUOPTIM_STATUS_SUCCESS;
-  cudaError_t err = cudaEventRecord(b->step_done, (cudaStream_t)stream);
-  if (err != cudaSuccess) return cuda_fail(err, "cuoptimApplyGradients: cudaEventRecord");
-  b->last_stream = stream;
-  b->has_last_stream = 1;
-  return CUOPTIM_STATUS_SUCCESS;
+  return launched(cuoptim_launch_finish(&data_of(opt)->step, stream), "cuoptimApplyGradients: finish kernel");
 }
 
+/* Ordered and marked like a step (captured: like a captured step). */
 static cuoptimStatus_t cuda_finalize(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimFinalizeVariableValues";
+  CudaBackend *b = data_of(opt);
   DeviceGuard guard;
   CUOPTIM_CHECK(enter_device(opt, &guard));
-  cuoptimStatus_t status =
-      launched(cuoptim_launch_finalize(&data_of(opt)->step, stream), "cuoptimFinalizeVariableValues: kernel");
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t err = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
+  cuoptimStatus_t status = err == cudaSuccess ? CUOPTIM_STATUS_SUCCESS : cuda_fail(err, caller);
+  int capturing = capture != cudaStreamCaptureStatusNone;
+  if (status == CUOPTIM_STATUS_SUCCESS && !capturing) status = wait_for_optimizer_work(b, (cudaStream_t)stream, caller);
+  if (status == CUOPTIM_STATUS_SUCCESS)
+    status = launched(cuoptim_launch_finalize(&b->step, stream), "cuoptimFinalizeVariableValues: kernel");
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    if (capturing) {
+      b->ever_captured = 1;
+      status = record_replay(b, stream, caller);
+    } else {
+      status = record_mark(b, caller, 0, stream, caller);
+    }
+  }
   leave_device(&guard);
   return status;
 }
@@ -393,14 +651,51 @@ static cuoptimStatus_t cuda_finalize(cuoptimOptimizer_t opt, cuoptimStream_t str
 static cuoptimStatus_t cuda_synchronize(cuoptimOptimizer_t opt) {
   DeviceGuard guard;
   CUOPTIM_CHECK(enter_device(opt, &guard));
-  cudaError_t err = cudaDeviceSynchronize();
+  cuoptimStatus_t status = settle(data_of(opt), "cuoptimSynchronize");
   leave_device(&guard);
-  if (err != cudaSuccess) return cuda_fail(err, "cuoptimSynchronize");
-  return CUOPTIM_STATUS_SUCCESS;
+  return status;
+}
+
+static void describe_mark(const WorkMark *mark, char *text, size_t size) {
+  if (mark->step > 0)
+    snprintf(text, size, "stage \"%s\" of step %llu", mark->what, (unsigned long long)mark->step);
+  else
+    snprintf(text, size, "%s", mark->what);
+}
+
+/* The oldest mark not complete, or the latest replay; complete marks are forgotten on the way. */
+static cuoptimStatus_t cuda_query(cuoptimOptimizer_t opt, int *complete, char *in_flight, size_t size) {
+  static const char *caller = "cuoptimSynchronizeTimeout: cudaEventQuery";
+  CudaBackend *b = data_of(opt);
+  DeviceGuard guard;
+  CUOPTIM_CHECK(enter_device(opt, &guard));
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  *complete = 0;
+  WorkMarks *m = &b->marks;
+  cudaError_t err = cudaSuccess;
+  while (m->count > 0 && (err = query_event(mark_at(m, 0)->event)) == cudaSuccess) {
+    m->first = (m->first + 1) % m->capacity;
+    m->count--;
+  }
+  if (m->count > 0) {
+    if (err == cudaErrorNotReady)
+      describe_mark(mark_at(m, 0), in_flight, size);
+    else
+      status = cuda_fail(err, caller);
+  } else if (b->ever_captured && (err = query_event(b->replay_done)) != cudaSuccess) {
+    if (err == cudaErrorNotReady)
+      snprintf(in_flight, size, "the latest replay of a CUDA graph that captured a step");
+    else
+      status = cuda_fail(err, caller);
+  } else {
+    *complete = 1;
+  }
+  leave_device(&guard);
+  return status;
 }
 
 /* ---- checkpoint copies: a pinned staging buffer and a stream of their own ----------------------
- * The stream waits for the optimizer's last eager step (step_done) and for nothing else; the
+ * The stream waits for the optimizer's own work (wait_for_optimizer_work) and for nothing else; the
  * scratch buffer is allocated and freed on that stream, so no call here waits for the device. */
 
 static cuoptimStatus_t cuda_transfer_fail(cudaError_t err, const char *what, size_t bytes) {
@@ -422,9 +717,8 @@ static cuoptimStatus_t cuda_transfer_begin(cuoptimOptimizer_t opt, size_t stagin
   if (err != cudaSuccess) status = cuda_fail(err, "cuoptim: cudaStreamCreateWithFlags");
   if (status == CUOPTIM_STATUS_SUCCESS) {
     t->backend_data = stream;
-    /* An event never recorded (no eager step yet) is complete: nothing to wait for. */
-    err = cudaStreamWaitEvent(stream, data_of(opt)->step_done, 0);
-    if (err != cudaSuccess) status = cuda_fail(err, "cuoptim: cudaStreamWaitEvent");
+    /* Ordered after every piece of the optimizer's work (steps, finalize, copies, graph replays). */
+    status = wait_for_optimizer_work(data_of(opt), stream, "cuoptim: cudaStreamWaitEvent (checkpoint copies)");
   }
   if (status == CUOPTIM_STATUS_SUCCESS) {
     err = cudaMallocHost(&t->staging, staging_bytes);
@@ -497,8 +791,10 @@ static const cuoptimBackendOps cuda_backend = {
     .free = cuda_free,
     .upload = cuda_upload,
     .download = cuda_download,
+    .check_build_stream = cuda_check_build_stream,
     .build = cuda_build,
     .begin_step = cuda_begin_step,
+    .stage_enqueued = cuda_stage_enqueued,
     .end_step = cuda_end_step,
     .inspect = cuda_inspect,
     .prologue = cuda_prologue,
@@ -510,6 +806,7 @@ static const cuoptimBackendOps cuda_backend = {
     .transfer_copy = cuda_transfer_copy,
     .transfer_wait = cuda_transfer_wait,
     .transfer_end = cuda_transfer_end,
+    .query = cuda_query,
 };
 
 const cuoptimBackendOps *const cuoptim_cuda_backend = &cuda_backend;

@@ -9,7 +9,7 @@
 
 static cuoptimStatus_t host_init(cuoptimOptimizer_t opt) { return CUOPTIM_STATUS_SUCCESS; }
 
-static void host_release(cuoptimOptimizer_t opt) {}
+static cuoptimStatus_t host_release(cuoptimOptimizer_t opt) { return CUOPTIM_STATUS_SUCCESS; }
 
 static cuoptimStatus_t host_check_pointer(cuoptimOptimizer_t opt, const void *ptr, cuoptimDtype_t dtype,
                                           const char *caller,
@@ -63,7 +63,11 @@ static void store_working(const cuoptimVariableRec *v, size_t i, float value) {
   store_element(v->local_param, v->dtype, i, value);
 }
 
-static cuoptimStatus_t host_build(cuoptimOptimizer_t opt) {
+static cuoptimStatus_t host_check_build_stream(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller) {
+  return CUOPTIM_STATUS_SUCCESS; /* streams mean nothing here */
+}
+
+static cuoptimStatus_t host_build(cuoptimOptimizer_t opt, const cuoptimStream_t *stream) {
   for (int k = 0; k < opt->num_variables; k++) {
     cuoptimVariableRec *v = &opt->variables[k];
     for (int s = 0; s < opt->slots.count; s++) {
@@ -81,7 +85,13 @@ static cuoptimStatus_t host_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t s
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-static void host_end_step(cuoptimOptimizer_t opt) {}
+static cuoptimStatus_t host_end_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, cuoptimStatus_t status) {
+  return status;
+}
+
+static cuoptimStatus_t host_stage_enqueued(cuoptimOptimizer_t opt, const char *stage, cuoptimStream_t stream) {
+  return CUOPTIM_STATUS_SUCCESS; /* each stage is done when it returns */
+}
 
 static cuoptimStatus_t host_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   const cuoptimRuleParams *p = &opt->prologue.rule;
@@ -237,6 +247,11 @@ static void host_transfer_end(cuoptimOptimizer_t opt, cuoptimTransfer *t) {
   memset(t, 0, sizeof *t);
 }
 
+static cuoptimStatus_t host_query(cuoptimOptimizer_t opt, int *complete, char *in_flight, size_t size) {
+  *complete = 1;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 const cuoptimBackendOps cuoptim_host_backend = {
     .name = "host",
     .init = host_init,
@@ -246,8 +261,10 @@ const cuoptimBackendOps cuoptim_host_backend = {
     .free = host_free,
     .upload = host_copy,
     .download = host_copy,
+    .check_build_stream = host_check_build_stream,
     .build = host_build,
     .begin_step = host_begin_step,
+    .stage_enqueued = host_stage_enqueued,
     .end_step = host_end_step,
     .inspect = host_inspect,
     .prologue = host_prologue,
@@ -259,4 +276,5 @@ const cuoptimBackendOps cuoptim_host_backend = {
     .transfer_copy = host_transfer_copy,
     .transfer_wait = host_transfer_wait,
     .transfer_end = host_transfer_end,
+    .query = host_query,
 };

@@ -651,7 +651,7 @@ cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t opt, const char *path) {
   char *config = NULL, *temp = temporary_path(path);
   cuoptimStatus_t status = temp ? CUOPTIM_STATUS_SUCCESS
                                 : cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
-  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_build(opt, caller);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_build(opt, caller, NULL);
   if (status == CUOPTIM_STATUS_SUCCESS) status = config_text(&opt->config, caller, &config);
   cuoptimTransfer transfer;
   memset(&transfer, 0, sizeof transfer);
@@ -1173,7 +1173,7 @@ static cuoptimStatus_t check_data(const Loader *l) {
 /* Replaces the state with the verified copy: arrays from the scratch copy, then the scalars. */
 static cuoptimStatus_t install_state(Loader *l, cuoptimTransfer *t) {
   cuoptimOptimizer_t opt = l->opt;
-  CUOPTIM_CHECK(cuoptim_build(opt, l->caller));
+  CUOPTIM_CHECK(cuoptim_build(opt, l->caller, NULL));
   Scalars s = {.outer_iterations = opt->outer_iterations, .outer_learning_rate = opt->outer_learning_rate};
   CUOPTIM_CHECK(read_scalar_state(opt, t, &s.state));
   for (int i = 0; i < l->plan.count; i++) {

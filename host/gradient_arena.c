@@ -98,7 +98,7 @@ static cuoptimStatus_t check_arena_variable(cuoptimOptimizer_t opt, cuoptimVaria
   if (variable < 0 || variable >= opt->num_variables)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: variable = %d: no such variable (%d registered)", caller,
                          (int)variable, opt->num_variables);
-  return cuoptim_build(opt, caller);
+  return cuoptim_build(opt, caller, NULL);
 }
 
 cuoptimStatus_t cuoptimGetGradientBuffer(cuoptimOptimizer_t opt, cuoptimVariable_t variable, void **grad) {

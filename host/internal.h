@@ -290,28 +290,39 @@ struct cuoptimOptimizer {
 struct cuoptimBackendOps {
   const char *name;
   cuoptimStatus_t (*init)(cuoptimOptimizer_t opt);
-  void (*release)(cuoptimOptimizer_t opt);
+  /* Waits for the optimizer's work, then frees what init made. */
+  cuoptimStatus_t (*release)(cuoptimOptimizer_t opt);
   /* Rejects a pointer the backend cannot use (host pointer given to the CUDA backend). */
   cuoptimStatus_t (*check_pointer)(cuoptimOptimizer_t opt, const void *ptr, cuoptimDtype_t dtype, const char *caller,
                                    const char *what);
+  /* Zeroed backend memory, usable from any stream when it returns. */
   cuoptimStatus_t (*alloc)(cuoptimOptimizer_t opt, size_t bytes, void **ptr);
+  /* Frees once the optimizer's enqueued work no longer needs it. */
   void (*free)(cuoptimOptimizer_t opt, void *ptr);
-  /* Synchronous copies between host memory and backend memory. */
+  /* Synchronous copies between host memory and backend memory, ordered after the optimizer's
+   * enqueued work (and before its later work). */
   cuoptimStatus_t (*upload)(cuoptimOptimizer_t opt, void *dst, const void *src, size_t bytes);
   cuoptimStatus_t (*download)(cuoptimOptimizer_t opt, void *dst, const void *src, size_t bytes);
-  /* After the arena exists: fill slots, copy half parameters into their masters, build tables. */
-  cuoptimStatus_t (*build)(cuoptimOptimizer_t opt);
-  /* Before the stages of a step (step_grads is set) and after them, also after a failure. */
+  /* Refuses a stream the state cannot be built on (one capturing a CUDA graph). */
+  cuoptimStatus_t (*check_build_stream)(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller);
+  /* After the arena exists: fill slots, copy half parameters into their masters, build tables;
+   * on *stream when the call that builds has one, else on the backend's own. */
+  cuoptimStatus_t (*build)(cuoptimOptimizer_t opt, const cuoptimStream_t *stream);
+  /* Before the stages of a step (step_grads is set); end_step after them, also after a failure
+   * (`status`: the step's so far), returns the step's status. */
   cuoptimStatus_t (*begin_step)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
-  void (*end_step)(cuoptimOptimizer_t opt);
+  cuoptimStatus_t (*end_step)(cuoptimOptimizer_t opt, cuoptimStream_t stream, cuoptimStatus_t status);
   /* The stages of one step (DESIGN.md "One step, as data flows"), on `stream`. step_grads is set. */
   cuoptimStatus_t (*inspect)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   cuoptimStatus_t (*prologue)(cuoptimOptimizer_t opt, int inspected, cuoptimStream_t stream);
   cuoptimStatus_t (*update)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   cuoptimStatus_t (*finish)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* After each stage of a step is enqueued, under the stage's name (a string that lives forever):
+   * what `query` names while the stage runs. */
+  cuoptimStatus_t (*stage_enqueued)(cuoptimOptimizer_t opt, const char *stage, cuoptimStream_t stream);
   /* EMA swap of cuoptimFinalizeVariableValues. */
   cuoptimStatus_t (*finalize)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
-  /* Waits for every step the optimizer enqueued (cuoptimSynchronize). */
+  /* Waits for every piece of work the optimizer enqueued (cuoptimSynchronize), and nothing else. */
   cuoptimStatus_t (*synchronize)(cuoptimOptimizer_t opt);
   /* Checkpoint copies. transfer_begin allocates t->staging (staging_bytes of host memory) and,
    * when scratch_bytes > 0, t->scratch (backend memory, not initialised), and orders the copies
@@ -324,6 +335,9 @@ struct cuoptimBackendOps {
                                    size_t bytes, cuoptimCopyKind kind);
   cuoptimStatus_t (*transfer_wait)(cuoptimOptimizer_t opt, cuoptimTransfer *t);
   void (*transfer_end)(cuoptimOptimizer_t opt, cuoptimTransfer *t);
+  /* Without waiting: *complete = 1 when that work has completed, else 0 and `in_flight` (NUL-
+   * terminated, at most `size` bytes) names the earliest piece still running. */
+  cuoptimStatus_t (*query)(cuoptimOptimizer_t opt, int *complete, char *in_flight, size_t size);
 };
 
 /* The communication library of each backend: MPI for the host backend, NCCL for the CUDA
@@ -336,8 +350,9 @@ extern const cuoptimBackendOps cuoptim_host_backend;
 extern const cuoptimBackendOps *const cuoptim_cuda_backend;
 
 /* Allocates the arena, lays out every buffer, fills the state and the weight list, calls
- * ops->build. Idempotent. (host/optimizer.c) */
-cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller);
+ * ops->build: on *stream when the calling public call has a stream (a step, finalize), else NULL.
+ * Idempotent. (host/optimizer.c) */
+cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller, const cuoptimStream_t *stream);
 
 /* Lists the Keras-ordered state entries (opt->weights) from the config and the variables, without
  * building the state. (host/optimizer.c) */

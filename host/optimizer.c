@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -86,7 +87,7 @@ cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
   cuoptim_arena_release(opt);
   if (opt->arena) opt->ops->free(opt, opt->arena);
   if (opt->scalar_block) opt->ops->free(opt, opt->scalar_block);
-  opt->ops->release(opt);
+  cuoptimStatus_t status = opt->ops->release(opt);
   cuoptim_pattern_free(opt->exclude_pattern);
   free(opt->exclude_joined);
   for (int i = 0; i < opt->num_excludes; i++) free(opt->excludes[i]);
@@ -96,7 +97,7 @@ cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
   free(opt->weights);
   free(opt->step_grads);
   free(opt);
-  return CUOPTIM_STATUS_SUCCESS;
+  return status;
 }
 
 cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t opt, cuoptimConfig_t *config) {
@@ -475,9 +476,10 @@ static void forget_layout(cuoptimOptimizer_t opt) {
   opt->tensors = NULL;
 }
 
-cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller) {
+cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller, const cuoptimStream_t *stream) {
   if (opt->built) return CUOPTIM_STATUS_SUCCESS;
   cuoptim_comm_assign_shares(opt);
+  if (stream) CUOPTIM_CHECK(opt->ops->check_build_stream(opt, *stream, caller));
   size_t bytes = 0;
   if (!layout_arena(opt, NULL, &bytes))
     return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: the optimizer state of %d variables exceeds the address space",
@@ -488,7 +490,7 @@ cuoptimStatus_t cuoptim_build(cuoptimOptimizer_t opt, const char *caller) {
   opt->arena = arena;
   opt->arena_bytes = bytes;
   layout_arena(opt, arena, &bytes);
-  cuoptimStatus_t status = opt->ops->build(opt);
+  cuoptimStatus_t status = opt->ops->build(opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_arena_build(opt, caller);
   if (status != CUOPTIM_STATUS_SUCCESS) {
     opt->ops->free(opt, opt->arena);
@@ -568,7 +570,7 @@ cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t opt, int *count) {
   static const char *caller = "cuoptimGetWeightCount";
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, count);
-  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller, NULL));
   *count = opt->num_weights;
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -590,7 +592,7 @@ cuoptimStatus_t cuoptimGetWeightInfo(cuoptimOptimizer_t opt, int index, cuoptimW
   CUOPTIM_REQUIRE_NOT_NULL(caller, info);
   cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
-  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller, NULL));
   *info = entry->info;
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -652,7 +654,7 @@ cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *val
   cuoptimWeightEntry *entry = NULL;
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
   CUOPTIM_CHECK(check_count(entry, count, caller));
-  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller, NULL));
   if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return get_buffer(opt, entry, values, caller);
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
@@ -705,7 +707,7 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
   CUOPTIM_CHECK(find_weight(opt, index, caller, &entry));
   CUOPTIM_CHECK(check_count(entry, count, caller));
   CUOPTIM_CHECK(check_weight_values(entry, values, count, caller));
-  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller, NULL));
   if (entry->kind == CUOPTIM_WEIGHT_BUFFER) {
     const cuoptimVariableRec *v = &opt->variables[entry->variable];
     return transfer_buffer(opt, *entry->buffer, values + v->local_offset, NULL, v->local_count, caller);
@@ -731,9 +733,12 @@ cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t opt, cuoptimStr
   static const char *caller = "cuoptimFinalizeVariableValues";
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   if (!opt->config.use_ema || opt->num_variables == 0) return CUOPTIM_STATUS_SUCCESS;
-  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller, &stream));
   CUOPTIM_CHECK(opt->ops->finalize(opt, stream));
-  return cuoptim_comm_end_step(opt, stream); /* sharded: every rank's share of the averages */
+  if (!cuoptim_comm_sharded(opt)) return CUOPTIM_STATUS_SUCCESS;
+  /* Sharded: every rank's share of the averages gathered, and waited for by later state calls. */
+  CUOPTIM_CHECK(cuoptim_comm_end_step(opt, stream));
+  return opt->ops->stage_enqueued(opt, "gathering the shards after cuoptimFinalizeVariableValues", stream);
 }
 
 cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t opt) {
@@ -742,3 +747,59 @@ cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t opt) {
 }
 
 cuoptimStatus_t cuoptim_describe_weights(cuoptimOptimizer_t opt) { return describe_weights(opt); }
+
+/* ---- waiting with a deadline ------------------------------------------------------------------ */
+
+static int64_t monotonic_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* now + timeout_ms, saturating (a timeout of centuries is a wait without end). */
+static int64_t deadline_after(int64_t now_ns, int64_t timeout_ms) {
+  if (timeout_ms > (INT64_MAX - now_ns) / 1000000) return INT64_MAX;
+  return now_ns + timeout_ms * 1000000;
+}
+
+/* Sleeps `ns`, at most until `deadline`. */
+static void sleep_until_at_most(int64_t ns, int64_t deadline) {
+  int64_t now = monotonic_ns();
+  if (deadline - now < ns) ns = deadline - now;
+  if (ns <= 0) return;
+  struct timespec t = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+  nanosleep(&t, NULL);
+}
+
+/* What cuoptimSynchronizeTimeout polls, without waiting: *complete = 1 when all the optimizer waits
+ * for has completed, else `in_flight` names the earliest piece still running. Everything a wait
+ * with a deadline must watch is asked here, in each round: the backend's enqueued work, and, for
+ * an optimizer with a communicator, its asynchronous error, so that a failed peer ends the wait
+ * with that error rather than with the timeout. */
+static cuoptimStatus_t query_in_flight(cuoptimOptimizer_t opt, int *complete, char *in_flight, size_t size) {
+  return opt->ops->query(opt, complete, in_flight, size);
+}
+
+/* Polls from every 50 us up to every 1 ms: a step's stages take tens of microseconds and up. */
+#define POLL_FIRST_NS 50000
+#define POLL_LONGEST_NS 1000000
+
+cuoptimStatus_t cuoptimSynchronizeTimeout(cuoptimOptimizer_t opt, int64_t timeout_ms) {
+  static const char *caller = "cuoptimSynchronizeTimeout";
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  if (timeout_ms < 0)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: timeout_ms = %lld: must be >= 0", caller,
+                         (long long)timeout_ms);
+  const int64_t deadline = deadline_after(monotonic_ns(), timeout_ms);
+  char in_flight[256];
+  for (int64_t pause = POLL_FIRST_NS;; pause = pause * 2 < POLL_LONGEST_NS ? pause * 2 : POLL_LONGEST_NS) {
+    int complete = 0;
+    in_flight[0] = '\0';
+    CUOPTIM_CHECK(query_in_flight(opt, &complete, in_flight, sizeof in_flight));
+    if (complete) return CUOPTIM_STATUS_SUCCESS;
+    if (monotonic_ns() >= deadline)
+      return cuoptim_error(CUOPTIM_STATUS_TIMEOUT, "%s: timeout_ms = %lld passed and %s has not completed", caller,
+                           (long long)timeout_ms, in_flight);
+    sleep_until_at_most(pause, deadline);
+  }
+}

@@ -81,12 +81,25 @@ static cuoptimStatus_t bind_gradients(cuoptimOptimizer_t opt, int n, const cuopt
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* One stage inside its NVTX range; once enqueued, the backend marks its end under the stage's
+ * name (what cuoptimSynchronizeTimeout names while the stage runs). A new stage is one more call. */
 static cuoptimStatus_t run_stage(const char *name, cuoptimStatus_t (*stage)(cuoptimOptimizer_t, cuoptimStream_t),
                                  cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   range_push(name);
   cuoptimStatus_t status = stage(opt, stream);
   range_pop();
+  if (status == CUOPTIM_STATUS_SUCCESS) status = opt->ops->stage_enqueued(opt, name, stream);
   return status;
+}
+
+/* The data-parallel stage: the table check, the arena's buckets, the gradients' reduction. */
+static cuoptimStatus_t aggregate_stage(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  return cuoptim_comm_begin_step(opt, stream, "cuoptimApplyGradients");
+}
+
+/* The prologue reads the inspect pass's sums only when it ran. */
+static cuoptimStatus_t run_prologue(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  return opt->ops->prologue(opt, cuoptim_needs_inspect(opt), stream);
 }
 
 cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuoptimGradient_t *grads,
@@ -99,7 +112,7 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   if (opt->num_variables == 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: the optimizer has no variables (cuoptimAddVariable)", caller);
   CUOPTIM_CHECK(bind_gradients(opt, n, grads, caller));
-  CUOPTIM_CHECK(cuoptim_build(opt, caller));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller, &stream));
   CUOPTIM_CHECK(cuoptim_arena_check_step(opt, caller));
   cuoptim_comm_prepare_step(opt);
 
@@ -109,34 +122,22 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
     range_pop();
     return status;
   }
-  if (cuoptim_comm_active(opt)) {
-    range_push("aggregate");
-    status = cuoptim_comm_begin_step(opt, stream, caller);
-    range_pop();
-  }
+  if (cuoptim_comm_active(opt)) status = run_stage("aggregate", aggregate_stage, opt, stream);
   /* Every bucket of the arena has been reduced (or there was nothing to reduce): the next step's
    * gradients may be marked. */
   if (status == CUOPTIM_STATUS_SUCCESS) cuoptim_arena_end_step(opt);
   int inspected = cuoptim_needs_inspect(opt);
   if (inspected && status == CUOPTIM_STATUS_SUCCESS) status = run_stage("inspect", opt->ops->inspect, opt, stream);
-  if (inspected && status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt)) {
-    range_push("aggregate");
-    status = cuoptim_comm_combine_inspect(opt, stream);
-    range_pop();
-  }
-  if (status == CUOPTIM_STATUS_SUCCESS) {
-    range_push("prologue");
-    status = opt->ops->prologue(opt, inspected, stream);
-    range_pop();
-  }
+  /* Sharded state: the shards' partial sums combined into every variable's (the aggregate range). */
+  if (inspected && status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt))
+    status = run_stage("aggregate", cuoptim_comm_combine_inspect, opt, stream);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("prologue", run_prologue, opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("update", opt->ops->update, opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("finish", opt->ops->finish, opt, stream);
-  if (status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt)) {
-    range_push("aggregate");
-    status = cuoptim_comm_end_step(opt, stream);
-    range_pop();
-  }
-  opt->ops->end_step(opt);
+  /* Sharded state: every rank's share of the parameters gathered. */
+  if (status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt))
+    status = run_stage("aggregate", cuoptim_comm_end_step, opt, stream);
+  status = opt->ops->end_step(opt, stream, status);
   range_pop();
   return status;
 }

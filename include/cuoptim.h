@@ -21,6 +21,16 @@
  *     floating-point fields and 0 for integer fields; cuoptimConfigInit sets them that way.
  *   - "Pointers of the backend": host memory for CUOPTIM_BACKEND_HOST, device memory (or managed
  *     memory) for CUOPTIM_BACKEND_CUDA.
+ *   - Waits (CUDA backend): cuoptim never synchronizes the device (no cudaDeviceSynchronize) and
+ *     never uses the legacy default stream on its own. An optimizer has its own non-blocking
+ *     stream for its copies, allocations and frees, and records an event after each piece of work
+ *     it enqueues on a caller's stream: each stage of a step, the build of its state, finalize.
+ *     "The optimizer's enqueued work" is that work, plus the latest replay of a CUDA graph that
+ *     captured one of its steps. A call that waits waits for that work only, and so for what each
+ *     piece of it was ordered after on its stream (work the caller enqueued there before), never
+ *     for other work on those streams or for other streams. On a device without stream-ordered
+ *     memory pools (cudaDevAttrMemoryPoolsSupported 0) cuoptimCreate, the build of the state and
+ *     cuoptimDestroy fall back to cudaMalloc and cudaFree, which synchronize the device.
  */
 #ifndef CUOPTIM_H
 #define CUOPTIM_H
@@ -274,14 +284,18 @@ typedef struct cuoptimOptimizer *cuoptimOptimizer_t;
 typedef int32_t cuoptimVariable_t;
 
 /* Creates an optimizer. The config is validated (cuoptimConfigValidate) and copied. `device` is the
- * CUDA device ordinal for CUOPTIM_BACKEND_CUDA (ignored by the host backend).
+ * CUDA device ordinal for CUOPTIM_BACKEND_CUDA (ignored by the host backend). CUDA backend: creates
+ * the optimizer's stream and events, allocates and uploads the scalar state on that stream and
+ * waits for that stream only.
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE, NOT_SUPPORTED (a backend this build lacks),
  * NO_DEVICE, CUDA_ERROR, ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig_t *config,
                                           cuoptimBackend_t backend, int device);
 
 /* Frees the optimizer and everything it owns (never the caller's buffers). NULL is a no-op.
- * Synchronizes with the work the optimizer enqueued. Statuses: SUCCESS, CUDA_ERROR. */
+ * CUDA backend: waits for the optimizer's enqueued work (see Conventions) and for nothing else;
+ * its memory is freed in order after that work. Everything is freed even when it fails.
+ * Statuses: SUCCESS, CUDA_ERROR (a CUDA error met while waiting, such as a failed kernel's). */
 CUOPTIM_API cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t optimizer);
 
 /* A copy of the optimizer's config. Statuses: SUCCESS, NULL_POINTER. */
@@ -296,7 +310,11 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t optimizer, cuopt
  * Variables may only be added before the optimizer state is built: by the first step, or by the
  * first call that reaches the state (cuoptimGetWeightCount/Info, cuoptimGetWeights/SetWeights,
  * cuoptimFinalizeVariableValues). Scalar queries (iterations, learning rate, loss scale) do not
- * build it.
+ * build it. This call touches no device memory: the master copy is read from `param` when the
+ * state is built. CUDA backend: a step or cuoptimFinalizeVariableValues builds it on its stream,
+ * after the work enqueued there before it (so parameters written on that stream are seen); a
+ * state call builds it on the optimizer's stream, which waits for no other stream: the
+ * parameters' values must then be complete (e.g. the stream that wrote them synchronized).
  * *variable receives the index (0 for the first variable, then 1, 2, ...).
  * Registering n variables costs O(n) in all (names are hashed).
  * Limits: a name has 1 to CUOPTIM_MAX_NAME - 1 bytes; a variable at most 2^40 elements; at most
@@ -372,14 +390,20 @@ typedef struct {
  * n == 0 is a no-op (iterations unchanged), as in Keras.
  * CUDA backend: enqueued on `stream`, returns without waiting; no host synchronization happens
  * inside once the state is built, so every step after the first (or after cuoptimGetWeightCount)
- * can be captured in a CUDA graph; capturing the very first step fails with CUDA_ERROR, because
- * building allocates. A step on another stream than the previous eager step waits for it.
+ * can be captured in a CUDA graph; capturing the very first step fails with INVALID_STATE before
+ * anything is enqueued (building allocates and initialises, which a graph cannot hold). An eager
+ * step waits, on the GPU, for the optimizer's enqueued work on other streams (its previous steps,
+ * finalize, the latest replay of a captured step); the host waits for nothing, except on the
+ * first step, which builds the state: it allocates and uploads it on the optimizer's stream and
+ * waits for that stream. A captured step waits for nothing: the stream its graph is launched on
+ * orders it.
  * Parameters and gradients must stay valid until the step completes, and, on the CUDA backend,
  * be aligned to their element size. Host backend: done when it returns.
  * Statuses: SUCCESS, NULL_POINTER (grads with n > 0), INVALID_VALUE (unknown variable, a variable
- * listed twice, every gradient NULL, unknown dtype, n < 0), ALLOC_FAILED (building the state on
- * the first step), CUDA_ERROR. With a communicator (cuoptimSetCommunicator) also: INVALID_VALUE
- * (the ranks' variable tables or options differ; host backend: the ranks list other gradients),
+ * listed twice, every gradient NULL, unknown dtype, n < 0), INVALID_STATE (the first step, on a
+ * stream capturing a CUDA graph), ALLOC_FAILED (building the state on the first step),
+ * CUDA_ERROR. With a communicator (cuoptimSetCommunicator) also: INVALID_VALUE (the ranks'
+ * variable tables or options differ; host backend: the ranks list other gradients),
  * INVALID_STATE (an earlier collective failed or timed out), TIMEOUT (host backend), MPI_ERROR,
  * NCCL_ERROR (an NCCL call failed, or NCCL reports an asynchronous error of earlier work; the
  * message carries NCCL's text). */
@@ -397,20 +421,24 @@ CUOPTIM_API cuoptimStatus_t cuoptimMinimize(cuoptimOptimizer_t optimizer, cuopti
 
 /* Keras `optimizer.iterations`: the number of steps applied (with gradient accumulation, the raw
  * counter divided by gradient_accumulation_steps; LossScaleOptimizer-skipped steps do not count).
- * CUDA backend: waits for the optimizer's enqueued work. Statuses: SUCCESS, NULL_POINTER,
- * CUDA_ERROR. */
+ * CUDA backend: waits for the optimizer's enqueued work, not for other streams. Statuses:
+ * SUCCESS, NULL_POINTER, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetIterations(cuoptimOptimizer_t optimizer, int64_t *iterations);
 
 /* Keras `optimizer.learning_rate`: the value the next step will use (the schedule evaluated at
- * the raw counter). Statuses: SUCCESS, NULL_POINTER, CUDA_ERROR. */
+ * the raw counter). CUDA backend: waits for the optimizer's enqueued work, not for other streams.
+ * Statuses: SUCCESS, NULL_POINTER, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetLearningRate(cuoptimOptimizer_t optimizer, float *learning_rate);
 
 /* Keras `optimizer.learning_rate = value` for a constant learning rate (the float32 variable is
- * assigned). Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (not finite once rounded to float32,
- * e.g. 1e308), INVALID_STATE (the optimizer uses a schedule), CUDA_ERROR. */
+ * assigned). CUDA backend: waits for the optimizer's enqueued work, then writes on the optimizer's
+ * stream and waits for that copy; the next step sees the value.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (not finite once rounded to float32, e.g. 1e308),
+ * INVALID_STATE (the optimizer uses a schedule), CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetLearningRate(cuoptimOptimizer_t optimizer, double learning_rate);
 
-/* The current dynamic loss scale (LossScaleOptimizer `dynamic_scale`).
+/* The current dynamic loss scale (LossScaleOptimizer `dynamic_scale`). CUDA backend: waits for the
+ * optimizer's enqueued work, not for other streams.
  * Statuses: SUCCESS, NULL_POINTER, INVALID_STATE (dynamic_loss_scale off), CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetLossScale(cuoptimOptimizer_t optimizer, float *scale);
 
@@ -432,7 +460,10 @@ typedef struct {
 
 /* The number of state entries. This and every call below build the optimizer state if no step did
  * yet (slots allocated and initialised, as Keras's build); cuoptimAddVariable is refused after.
- * A call that fails its argument checks (index, count, values) builds nothing.
+ * A call that fails its argument checks (index, count, values) builds nothing. CUDA backend: the
+ * build allocates, uploads and initialises on the optimizer's stream (cuoptimFinalizeVariableValues
+ * initialises on its own stream) and waits for the optimizer's stream only; cuoptimAddVariable
+ * says what it needs of the parameters.
  * Statuses: SUCCESS, NULL_POINTER, ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t optimizer, int *count);
 
@@ -441,8 +472,10 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t optimizer, 
 CUOPTIM_API cuoptimStatus_t cuoptimGetWeightInfo(cuoptimOptimizer_t optimizer, int index, cuoptimWeightInfo_t *info);
 
 /* Copies entry `index` into host memory as `count` doubles (count must equal the entry's count;
- * float32 state converts exactly; counters are exact below 2^53). Synchronous. With sharded
- * state (cuoptimSetCommunicator) an array entry is gathered from every rank: a collective call.
+ * float32 state converts exactly; counters are exact below 2^53). Synchronous. CUDA backend:
+ * copies on the optimizer's stream after its enqueued work, and waits for that and nothing else.
+ * With sharded state (cuoptimSetCommunicator) an array entry is gathered from every rank: a
+ * collective call.
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index, count), ALLOC_FAILED, CUDA_ERROR,
  * MPI_ERROR, NCCL_ERROR, TIMEOUT (sharded). */
 CUOPTIM_API cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t optimizer, int index, double *values, size_t count);
@@ -450,21 +483,43 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t optimizer, int 
 /* Sets entry `index` from `count` doubles in host memory (rounded to float32; counters must be
  * integers in [0, 9e15], scalars finite in float32; an array element may be inf or NaN but not a
  * finite value beyond float32's range, such as 1e300). Every value is checked before any is
- * written. Synchronous. Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index, count, a
- * non-integer counter, a scalar not finite in float32, an element outside float32's range),
- * ALLOC_FAILED, CUDA_ERROR. */
+ * written. Synchronous. CUDA backend: copies on the optimizer's stream after its enqueued work and
+ * waits for that copy; the next step sees the values.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (index, count, a non-integer counter, a scalar not
+ * finite in float32, an element outside float32's range), ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t optimizer, int index, const double *values,
                                               size_t count);
 
-/* Keras `finalize_variable_values`: with use_ema, overwrites every variable with its average
- * (on `stream` for the CUDA backend). Without use_ema: nothing happens.
- * Statuses: SUCCESS, NULL_POINTER, ALLOC_FAILED (building the state), CUDA_ERROR. */
+/* Keras `finalize_variable_values`: with use_ema, overwrites every variable with its average.
+ * Without use_ema: nothing happens. CUDA backend: enqueued on `stream` after the optimizer's
+ * enqueued work on other streams (a GPU-side wait), returns without waiting, like a step; it is
+ * part of the optimizer's enqueued work from then on. Captured in a CUDA graph, it is ordered by
+ * the stream the graph is launched on.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_STATE (it would build the state on a stream capturing a
+ * CUDA graph), ALLOC_FAILED (building the state), CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t optimizer, cuoptimStream_t stream);
 
-/* Waits for every step enqueued by the optimizer (CUDA backend); returns at once on the host
- * backend. Statuses: SUCCESS, NULL_POINTER, CUDA_ERROR. */
+/* Waits for the optimizer's enqueued work (CUDA backend; see Conventions): its steps, finalize,
+ * the build of its state, its copies, and the latest replay of a graph that captured one of its
+ * steps; not for other work on those streams enqueued after it, nor for other streams. Returns at
+ * once on the host backend. Statuses: SUCCESS, NULL_POINTER, CUDA_ERROR (such as a failed
+ * kernel's error). */
 CUOPTIM_API cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t optimizer);
 
+/* cuoptimSynchronize with a deadline: waits at most `timeout_ms` milliseconds (0: looks once) for
+ * the same work, polling its events from the host (every 50 us at first, then up to every 1 ms;
+ * a sleep between polls ends at the deadline, so the call returns right after it; any timeout
+ * >= 0 is accepted, a huge one is a wait without end). SUCCESS when it has completed. Past
+ * the deadline: TIMEOUT, the work still enqueued and the optimizer unchanged, with a message
+ * naming the earliest piece not complete, e.g. `stage "update" of step 12` (steps are counted per
+ * optimizer from 1, each eager cuoptimApplyGradients that enqueued work), "building the optimizer
+ * state", "cuoptimFinalizeVariableValues" or "the latest replay of a CUDA graph that captured a
+ * step". A stage not complete may not have started: its stream may wait for earlier work (for a
+ * collective that waits for its peers). The caller may then, for instance, abort its
+ * communicator and destroy the optimizer, as PyTorch's NCCL watchdog does. Returns SUCCESS at once
+ * on the host backend.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (timeout_ms < 0), TIMEOUT, CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimSynchronizeTimeout(cuoptimOptimizer_t optimizer, int64_t timeout_ms);
 
 /* ---------------------------------------------------------------------------------------------
  * Data-parallel training: one rank per device (or per process on the host backend), each with

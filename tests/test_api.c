@@ -1428,6 +1428,33 @@ Test(api, finalize_and_synchronize_null_optimizer) {
   EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimSynchronize", "optimizer", cuoptimSynchronize(NULL));
 }
 
+Test(api, synchronize_timeout_rejects_null_optimizer_and_negative_timeout) {
+  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimSynchronizeTimeout", "optimizer",
+              cuoptimSynchronizeTimeout(NULL, 0));
+  adam2_t a;
+  adam2_init(&a);
+  apply_both(&a);
+  snapshot_t before;
+  take_snapshot(&a, &before);
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSynchronizeTimeout", "timeout_ms",
+              cuoptimSynchronizeTimeout(a.opt, -1));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSynchronizeTimeout", "timeout_ms",
+              cuoptimSynchronizeTimeout(a.opt, INT64_MIN));
+  expect_unchanged(&a, &before, "cuoptimSynchronizeTimeout with a negative timeout");
+  OK(cuoptimDestroy(a.opt));
+}
+
+/* The host backend's work is done when each call returns: no timeout can pass, even 0 ms; the
+ * longest timeout does not overflow the deadline. */
+Test(api, synchronize_timeout_on_the_host_backend_succeeds_at_once) {
+  adam2_t a;
+  adam2_init(&a);
+  apply_both(&a);
+  OK(cuoptimSynchronizeTimeout(a.opt, 0));
+  OK(cuoptimSynchronizeTimeout(a.opt, INT64_MAX));
+  OK(cuoptimDestroy(a.opt));
+}
+
 Test(api, finalize_without_ema_changes_nothing) {
   adam2_t a;
   adam2_init(&a);
