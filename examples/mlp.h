@@ -8,8 +8,10 @@
  *
  * The model: dense layers (y = x W + b, W of shape [in, out] as Keras stores a Dense kernel), ReLU
  * after every layer but the last, softmax cross-entropy on the last. Activations are row-major
- * [batch, features]. A training batch computes the gradients of the batch's mean loss, multiplied
- * by a loss scale (1 without loss scaling), in the parameters' element type.
+ * [batch, features]. A training batch computes the gradients of its examples' summed loss times a
+ * gradient scale (loss scale / batch size: the gradients of the batch's mean loss, multiplied by
+ * the loss scale; in a data-parallel run each rank passes the batch's size for its shard of it, so
+ * that the ranks' gradients sum to the batch's mean), in the parameters' element type.
  *
  * Every function returns 0 on success, or -1 after mlp_fail() recorded a message
  * (mlp_last_error()).
@@ -83,6 +85,14 @@ typedef struct mlp_model mlp_model_t;
 
 typedef enum { MLP_TRAIN = 0, MLP_TEST = 1 } mlp_split_kind_t;
 
+/* Called by train_batch as soon as layer `layer`'s kernel and bias gradients are written (on the
+ * GPU: enqueued on the model's stream), the last layer first, so that their reduction can start
+ * while the backward pass goes on. Returns 0, or -1 after mlp_fail(), which ends the batch. */
+typedef struct {
+  int (*layer_ready)(void *user, int layer);
+  void *user;
+} mlp_grad_hook_t;
+
 typedef struct {
   const char *name;          /* "host" or "cuda" */
   cuoptimBackend_t backend;  /* the cuoptim backend whose pointers param()/grad() return */
@@ -96,15 +106,20 @@ typedef struct {
    * backend, of the model's dtype. */
   void *(*param)(mlp_model_t *model, int layer, int which);
   const void *(*grad)(mlp_model_t *model, int layer, int which);
+  /* From now on the backward pass writes that gradient into `grad` (a pointer of the backend, of
+   * the model's dtype, as many elements as the parameter; cuoptim's gradient arena), which
+   * grad() then returns. */
+  void (*set_grad)(mlp_model_t *model, int layer, int which, void *grad);
   /* Every parameter from or to host float32 values, in mlp_param_count order. */
   int (*set_params)(mlp_model_t *model, const float *values);
   int (*get_params)(mlp_model_t *model, float *values);
   /* The order in which training examples are taken (a permutation of the training split). */
   int (*set_order)(mlp_model_t *model, const int32_t *order);
   /* Forward and backward over training examples order[first .. first + count): writes every
-   * gradient of the batch's mean loss times loss_scale, and adds the batch to the running training
-   * metrics. Enqueued on the model's stream on the GPU. */
-  int (*train_batch)(mlp_model_t *model, int first, int count, float loss_scale);
+   * gradient of the examples' summed loss times grad_scale, calls hook->layer_ready for each layer
+   * (hook may be NULL), and adds the examples to the running training metrics. count may be 0:
+   * every gradient is then zero. Enqueued on the model's stream on the GPU. */
+  int (*train_batch)(mlp_model_t *model, int first, int count, float grad_scale, const mlp_grad_hook_t *hook);
   /* The running training metrics since the last call (then reset): waits for the GPU. */
   int (*take_metrics)(mlp_model_t *model, mlp_metrics_t *metrics);
   /* Loss and accuracy of the current parameters on a whole split (forward only). */

@@ -252,6 +252,13 @@ static const void *cuda_grad(mlp_model_t *m, int layer, int which) {
   return which ? m->bias_grad[layer] : m->kernel_grad[layer];
 }
 
+static void cuda_set_grad(mlp_model_t *m, int layer, int which, void *grad) {
+  if (which)
+    m->bias_grad[layer] = grad;
+  else
+    m->kernel_grad[layer] = grad;
+}
+
 static int cuda_set_params(mlp_model_t *m, const float *values) {
   size_t n = mlp_param_count(&m->shape);
   CUDA_TRY(cudaMemcpyAsync(m->staging, values, n * sizeof(float), cudaMemcpyHostToDevice, m->stream));
@@ -327,7 +334,9 @@ template <typename T> static int forward(mlp_model_t *m, int count) {
   return 0;
 }
 
-template <typename T> static int backward(mlp_model_t *m, int count) {
+/* Layer l's parameter gradients first, then the hook (their reduction may start), then the
+ * gradient that flows on to layer l - 1. */
+template <typename T> static int backward(mlp_model_t *m, int count, const mlp_grad_hook_t *hook) {
   const mlp_shape_t *s = &m->shape;
   for (int l = s->num_layers - 1; l >= 0; l--) {
     int n_in = s->sizes[l], n_out = s->sizes[l + 1];
@@ -337,6 +346,7 @@ template <typename T> static int backward(mlp_model_t *m, int count) {
     bias_grad_kernel<<<blocks_for((size_t)n_out), kThreads, 0, m->stream>>>((const T *)m->delta[l], count, n_out,
                                                                            (T *)m->bias_grad[l]);
     LAUNCH_TRY();
+    if (hook && hook->layer_ready(hook->user, l)) return -1;
     if (!l) continue;
     if (gemm(m, CUBLAS_OP_T, CUBLAS_OP_N, n_in, count, n_out, m->kernel[l], n_out, m->delta[l], n_out, m->delta[l - 1],
              n_in))
@@ -352,7 +362,7 @@ template <typename T> static int backward(mlp_model_t *m, int count) {
  * by grad_scale) when `training`. */
 template <typename T>
 static int run_batch(mlp_model_t *m, mlp_split_kind_t split, const int32_t *order, int first, int count, int training,
-                     float grad_scale, mlp_metrics_t *metrics) {
+                     float grad_scale, const mlp_grad_hook_t *hook, mlp_metrics_t *metrics) {
   const mlp_shape_t *s = &m->shape;
   int last = s->num_layers - 1, classes = s->sizes[last + 1];
   size_t n = (size_t)count * m->dim;
@@ -363,25 +373,37 @@ static int run_batch(mlp_model_t *m, mlp_split_kind_t split, const int32_t *orde
   softmax_xent_kernel<<<1, kThreads, 0, m->stream>>>((const T *)m->act[last], m->labels, count, classes, grad_scale,
                                                      training ? (T *)m->delta[last] : (T *)NULL, metrics);
   LAUNCH_TRY();
-  return training ? backward<T>(m, count) : 0;
+  return training ? backward<T>(m, count, hook) : 0;
 }
 
 static int dispatch_batch(mlp_model_t *m, mlp_split_kind_t split, const int32_t *order, int first, int count,
-                          int training, float grad_scale, mlp_metrics_t *metrics) {
+                          int training, float grad_scale, const mlp_grad_hook_t *hook, mlp_metrics_t *metrics) {
   switch (m->dtype) {
-    case CUOPTIM_FLOAT16: return run_batch<__half>(m, split, order, first, count, training, grad_scale, metrics);
+    case CUOPTIM_FLOAT16: return run_batch<__half>(m, split, order, first, count, training, grad_scale, hook, metrics);
     case CUOPTIM_BFLOAT16:
-      return run_batch<__nv_bfloat16>(m, split, order, first, count, training, grad_scale, metrics);
-    default: return run_batch<float>(m, split, order, first, count, training, grad_scale, metrics);
+      return run_batch<__nv_bfloat16>(m, split, order, first, count, training, grad_scale, hook, metrics);
+    default: return run_batch<float>(m, split, order, first, count, training, grad_scale, hook, metrics);
   }
+}
+
+/* An empty shard of a batch (a data-parallel rank whose share of a short batch is nothing): zero
+ * gradients, and no kernel launched over zero elements. */
+static int zero_grads(mlp_model_t *m, const mlp_grad_hook_t *hook) {
+  const mlp_shape_t *s = &m->shape;
+  for (int l = s->num_layers - 1; l >= 0; l--) {
+    CUDA_TRY(cudaMemsetAsync(m->kernel_grad[l], 0, mlp_kernel_count(s, l) * m->elem, m->stream));
+    CUDA_TRY(cudaMemsetAsync(m->bias_grad[l], 0, mlp_bias_count(s, l) * m->elem, m->stream));
+    if (hook && hook->layer_ready(hook->user, l)) return -1;
+  }
+  return 0;
 }
 
 /* Device metric slots: the running training sums, and the sums of one evaluation. */
 enum { kRunningSlot = 0, kEvaluationSlot = 1 };
 
-static int cuda_train_batch(mlp_model_t *m, int first, int count, float loss_scale) {
-  return dispatch_batch(m, MLP_TRAIN, m->order, first, count, 1, loss_scale / (float)count,
-                        &m->metrics[kRunningSlot]);
+static int cuda_train_batch(mlp_model_t *m, int first, int count, float grad_scale, const mlp_grad_hook_t *hook) {
+  if (count == 0) return zero_grads(m, hook);
+  return dispatch_batch(m, MLP_TRAIN, m->order, first, count, 1, grad_scale, hook, &m->metrics[kRunningSlot]);
 }
 
 static int read_metrics(mlp_model_t *m, int slot, mlp_metrics_t *metrics) {
@@ -396,7 +418,7 @@ static int cuda_take_metrics(mlp_model_t *m, mlp_metrics_t *metrics) { return re
 static int cuda_evaluate(mlp_model_t *m, mlp_split_kind_t which, mlp_metrics_t *metrics) {
   for (int first = 0; first < m->n[which]; first += m->max_batch) {
     int count = m->n[which] - first < m->max_batch ? m->n[which] - first : m->max_batch;
-    if (dispatch_batch(m, which, NULL, first, count, 0, 0.0f, &m->metrics[kEvaluationSlot])) return -1;
+    if (dispatch_batch(m, which, NULL, first, count, 0, 0.0f, NULL, &m->metrics[kEvaluationSlot])) return -1;
   }
   return read_metrics(m, kEvaluationSlot, metrics);
 }
@@ -415,6 +437,6 @@ extern "C" int mlp_cuda_device_count(void) {
 /* In the order of mlp_backend_t's fields. */
 extern "C" const mlp_backend_t mlp_cuda_backend = {
     "cuda",           CUOPTIM_BACKEND_CUDA, cuda_create,     cuda_destroy,      cuda_param,
-    cuda_grad,        cuda_set_params,      cuda_get_params, cuda_set_order,    cuda_train_batch,
-    cuda_take_metrics, cuda_evaluate,       cuda_stream,
+    cuda_grad,        cuda_set_grad,        cuda_set_params, cuda_get_params,   cuda_set_order,
+    cuda_train_batch, cuda_take_metrics,    cuda_evaluate,   cuda_stream,
 };

@@ -84,6 +84,13 @@ static const void *host_grad(mlp_model_t *m, int layer, int which) {
   return which ? m->bias_grad[layer] : m->kernel_grad[layer];
 }
 
+static void host_set_grad(mlp_model_t *m, int layer, int which, void *grad) {
+  if (which)
+    m->bias_grad[layer] = grad;
+  else
+    m->kernel_grad[layer] = grad;
+}
+
 static int host_set_params(mlp_model_t *m, const float *values) {
   memcpy(m->params, values, mlp_param_count(&m->shape) * sizeof(float));
   return 0;
@@ -118,9 +125,9 @@ static void relu(float *restrict x, size_t n) {
   for (size_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
-/* Per example: loss = logsumexp(z) - z[label]; the gradient of the batch's mean loss times
- * loss_scale is (softmax(z) - onehot(label)) * loss_scale / count, written to delta (when not
- * NULL). A prediction is the first largest logit. */
+/* Per example: loss = logsumexp(z) - z[label]; its gradient times grad_scale is
+ * (softmax(z) - onehot(label)) * grad_scale, written to delta (when not NULL). A prediction is
+ * the first largest logit. */
 static void softmax_cross_entropy(const float *restrict logits, const int32_t *restrict labels, int count,
                                   int classes, float grad_scale, float *restrict delta, mlp_metrics_t *metrics) {
   for (int b = 0; b < count; b++) {
@@ -180,13 +187,17 @@ static void dense_input_grad(const float *restrict delta, const float *restrict 
   }
 }
 
-static void backward(mlp_model_t *m, int count) {
+/* Layer l's parameter gradients first, then the hook (their reduction may start), then the
+ * gradient that flows on to layer l - 1. */
+static int backward(mlp_model_t *m, int count, const mlp_grad_hook_t *hook) {
   for (int l = m->shape.num_layers - 1; l >= 0; l--) {
     const float *in = l ? m->act[l - 1] : m->input;
     int n_in = m->shape.sizes[l], n_out = m->shape.sizes[l + 1];
     dense_param_grads(in, m->delta[l], count, n_in, n_out, m->kernel_grad[l], m->bias_grad[l]);
+    if (hook && hook->layer_ready(hook->user, l)) return -1;
     if (l) dense_input_grad(m->delta[l], m->kernel[l], m->act[l - 1], count, n_in, n_out, m->delta[l - 1]);
   }
+  return 0;
 }
 
 static void gather(mlp_model_t *m, const mlp_split_t *split, const int32_t *order, int first, int count) {
@@ -198,14 +209,13 @@ static void gather(mlp_model_t *m, const mlp_split_t *split, const int32_t *orde
   }
 }
 
-static int host_train_batch(mlp_model_t *m, int first, int count, float loss_scale) {
+static int host_train_batch(mlp_model_t *m, int first, int count, float grad_scale, const mlp_grad_hook_t *hook) {
   int last = m->shape.num_layers - 1;
   gather(m, &m->data->train, m->order, first, count);
   forward(m, count);
-  softmax_cross_entropy(m->act[last], m->labels, count, m->shape.sizes[last + 1], loss_scale / (float)count,
-                        m->delta[last], &m->running);
-  backward(m, count);
-  return 0;
+  softmax_cross_entropy(m->act[last], m->labels, count, m->shape.sizes[last + 1], grad_scale, m->delta[last],
+                        &m->running);
+  return backward(m, count, hook);
 }
 
 static int host_take_metrics(mlp_model_t *m, mlp_metrics_t *metrics) {
@@ -239,6 +249,7 @@ const mlp_backend_t mlp_host_backend = {
     .destroy = host_destroy,
     .param = host_param,
     .grad = host_grad,
+    .set_grad = host_set_grad,
     .set_params = host_set_params,
     .get_params = host_get_params,
     .set_order = host_set_order,

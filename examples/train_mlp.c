@@ -11,6 +11,14 @@
  * parameters on the GPU. Checkpoints (--checkpoint, --checkpoint-every, --resume) hold the
  * parameters, the position and the optimizer's state (checkpoint.h).
  *
+ * Started by mpirun it trains data-parallel (data_parallel.h): every rank makes the same data,
+ * model and shuffles, computes the gradients of its own shard of every batch, and cuoptim sums them
+ * across the ranks (the aggregated-gradients path: MPI on the host backend, NCCL on the GPU) before
+ * each rank applies the same step. --shard-state shards the optimizer's state (ZeRO-1);
+ * --gradient-arena has the backward pass write into cuoptim's gradient buffers and mark each
+ * layer ready as soon as it is done, so that its reduction overlaps the rest of the backward pass.
+ * Rank 0 prints and writes the log and the checkpoints.
+ *
  * Output: a line per epoch (training loss and accuracy over the epoch, test loss and accuracy at
  * its end, steps per second, time left), a progress bar on a terminal, and a last line of
  * key=value pairs (`final: ...`) that scripts read. `train_mlp --help` lists the options.
@@ -30,6 +38,7 @@
 #include <cuoptim.h>
 
 #include "checkpoint.h"
+#include "data_parallel.h"
 #include "mlp.h"
 
 #define MAX_EXCLUSIONS 16
@@ -44,6 +53,8 @@ typedef struct {
   int num_settings;
   double learning_rate, clipnorm, clipvalue, global_clipnorm, weight_decay, ema_momentum;
   int quiet;
+  int shard_state, gradient_arena;
+  double bucket_mb;
   long long ema_overwrite_frequency, accumulation_steps, checkpoint_every, max_steps;
   cuoptimDtype_t dtype;
   int epochs, batch_size, points, classes, gpu;
@@ -97,7 +108,16 @@ static void usage(FILE *out) {
       "  --max-steps N           stop after N batches in all (an interrupted run)\n"
       "  --log-csv FILE          a row per epoch: epoch,step,loss,accuracy,test_loss,test_accuracy,\n"
       "                          learning_rate,seconds (epoch 0: before training)\n"
-      "  --quiet                 only the final line\n",
+      "  --quiet                 only the final line\n"
+      "\n"
+      "data-parallel (started by mpirun: each rank trains on its shard of every batch):\n"
+      "  --shard-state           each rank keeps its share of the optimizer's state only (ZeRO-1);\n"
+      "                          not with --checkpoint or --resume\n"
+      "  --gradient-arena        backward writes into cuoptim's gradient buffers and marks each\n"
+      "                          layer ready at once, so its reduction overlaps the rest of backward\n"
+      "                          (also without mpirun: cuoptim-owned gradient memory)\n"
+      "  --bucket-mb X           gradients reduced in buckets of about X MiB (default 25)\n"
+      "  under mpirun --gpu N is the first GPU: the rank of local rank r takes GPU N + r\n",
       out);
 }
 
@@ -259,7 +279,7 @@ enum {
   OPT_CLIPVALUE, OPT_GLOBAL_CLIPNORM, OPT_WEIGHT_DECAY, OPT_EXCLUDE, OPT_EMA, OPT_EMA_OVERWRITE, OPT_ACCUMULATE,
   OPT_LOSS_SCALE, OPT_DTYPE, OPT_EPOCHS, OPT_BATCH_SIZE, OPT_SEED, OPT_HIDDEN, OPT_POINTS, OPT_CLASSES, OPT_NOISE,
   OPT_TEST_FRACTION, OPT_DEVICE, OPT_GPU, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_RESUME, OPT_MAX_STEPS,
-  OPT_LOG_CSV, OPT_QUIET, OPT_HELP
+  OPT_LOG_CSV, OPT_QUIET, OPT_SHARD_STATE, OPT_GRADIENT_ARENA, OPT_BUCKET_MB, OPT_HELP
 };
 
 static const struct option long_options[] = {
@@ -294,6 +314,9 @@ static const struct option long_options[] = {
     {"max-steps", required_argument, NULL, OPT_MAX_STEPS},
     {"log-csv", required_argument, NULL, OPT_LOG_CSV},
     {"quiet", no_argument, NULL, OPT_QUIET},
+    {"shard-state", no_argument, NULL, OPT_SHARD_STATE},
+    {"gradient-arena", no_argument, NULL, OPT_GRADIENT_ARENA},
+    {"bucket-mb", required_argument, NULL, OPT_BUCKET_MB},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -306,6 +329,7 @@ static void default_options(options_t *o) {
   o->learning_rate = o->clipnorm = o->clipvalue = o->global_clipnorm = CUOPTIM_NONE;
   o->weight_decay = o->ema_momentum = CUOPTIM_NONE;
   o->ema_overwrite_frequency = o->accumulation_steps = -1;
+  o->bucket_mb = CUOPTIM_NONE;
   o->dtype = CUOPTIM_FLOAT32;
   o->epochs = 30;
   o->batch_size = 32;
@@ -378,6 +402,13 @@ static int parse_options(int argc, char **argv, options_t *o) {
       case OPT_MAX_STEPS: status = parse_int64("--max-steps", optarg, 0, INT64_MAX, &o->max_steps); break;
       case OPT_LOG_CSV: o->log_csv = optarg; break;
       case OPT_QUIET: o->quiet = 1; break;
+      case OPT_SHARD_STATE: o->shard_state = 1; break;
+      case OPT_GRADIENT_ARENA: o->gradient_arena = 1; break;
+      case OPT_BUCKET_MB:
+        status = parse_double("--bucket-mb", optarg, &o->bucket_mb);
+        if (!status && !(o->bucket_mb * 1048576.0 >= 1.0 && o->bucket_mb <= 1e6))
+          status = mlp_fail("--bucket-mb %s: must lie in [1 byte, 1e6 MiB]", optarg);
+        break;
       case OPT_HELP: return 1;
       default: status = mlp_fail("%s: unknown option or missing value (see --help)", name);
     }
@@ -385,6 +416,18 @@ static int parse_options(int argc, char **argv, options_t *o) {
   }
   if (optind < argc) return mlp_fail("%s: unexpected argument (see --help)", argv[optind]);
   if (o->checkpoint_every && !o->checkpoint) return mlp_fail("--checkpoint-every needs --checkpoint PATH");
+  if (o->shard_state && (o->checkpoint || o->resume))
+    return mlp_fail("%s with --shard-state: cuoptim cannot save or load sharded optimizer state yet (drop one of them)",
+                    o->checkpoint ? "--checkpoint" : "--resume");
+  return 0;
+}
+
+/* The options that only a data-parallel run has. */
+static int check_data_parallel_options(const options_t *o, const dp_world_t *world) {
+  if (world->active) return 0;
+  if (o->shard_state) return mlp_fail("--shard-state: only in a data-parallel run (start train_mlp with mpirun)");
+  if (!CUOPTIM_IS_NONE(o->bucket_mb))
+    return mlp_fail("--bucket-mb: only in a data-parallel run (start train_mlp with mpirun)");
   return 0;
 }
 
@@ -517,6 +560,10 @@ static double configured_learning_rate(const cuoptimConfig_t *cfg) {
 
 typedef struct {
   options_t options;
+  dp_world_t world;
+  int leader;   /* rank 0: prints, logs and writes the checkpoints */
+  int silent;   /* a failure that another rank reports */
+  int device;   /* the CUDA device of the GPU model */
   const mlp_backend_t *backend;
   mlp_dataset_t data;
   mlp_shape_t shape;
@@ -543,13 +590,17 @@ static double now_seconds(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* Under mpirun the ranks of a host take a GPU each, from --gpu on. */
 static int choose_backend(trainer_t *t) {
   const char *device = t->options.device;
   int gpus = 0;
 #ifdef TRAIN_MLP_HAVE_CUDA
   gpus = mlp_cuda_device_count();
   if (strcmp(device, "cuda") == 0 || (strcmp(device, "auto") == 0 && gpus > 0)) {
-    if (t->options.gpu >= gpus) return mlp_fail("--device cuda: no CUDA device %d (%d found)", t->options.gpu, gpus);
+    t->device = t->options.gpu + t->world.local_rank;
+    if (t->device >= gpus)
+      return mlp_fail("--device cuda: no CUDA device %d (%d found)%s", t->device, gpus,
+                      t->world.local_rank ? ": one GPU per rank of a host" : "");
     t->backend = &mlp_cuda_backend;
     return 0;
   }
@@ -598,7 +649,18 @@ static void fill_identity(trainer_t *t) {
   cuoptimConfigToKerasJSON(&t->config, id->optimizer_json, sizeof id->optimizer_json, NULL);
 }
 
-static int setup(trainer_t *t) {
+/* Collective: when a rank failed, every rank fails; the lowest failing rank reports its message
+ * and the others stay silent, so that a failure every rank meets is printed once. */
+static int agree(trainer_t *t, int status) {
+  int lowest = dp_lowest_failing_rank(&t->world, status != 0);
+  if (lowest < 0) return 0;
+  if (lowest != t->world.rank) t->silent = 1;
+  return -1;
+}
+
+/* What each rank makes alone: data, config, model, initial (or resumed) parameters, optimizer.
+ * Every rank makes the same from the same options and seed. */
+static int setup_local(trainer_t *t) {
   const options_t *o = &t->options;
   if (parse_hidden(o->hidden, o, &t->shape)) return -1;
   if (mlp_make_spirals(&t->data, o->points, o->classes, o->noise, o->test_fraction, o->seed)) return -1;
@@ -606,7 +668,7 @@ static int setup(trainer_t *t) {
   if (make_config(o, (double)t->batches_per_epoch * o->epochs, &t->config)) return -1;
   if (choose_backend(t)) return -1;
   int eval_batch = o->batch_size > 512 ? o->batch_size : 512;
-  if (t->backend->create(&t->model, &t->shape, o->dtype, eval_batch, &t->data, o->gpu)) return -1;
+  if (t->backend->create(&t->model, &t->shape, o->dtype, eval_batch, &t->data, t->device)) return -1;
   t->num_params = mlp_param_count(&t->shape);
   t->params = malloc(t->num_params * sizeof *t->params);
   if (!t->params) return mlp_fail("out of memory for %zu parameters", t->num_params);
@@ -619,11 +681,53 @@ static int setup(trainer_t *t) {
   }
   /* Parameters first: cuoptim's float32 masters of 16-bit parameters start from them. */
   if (t->backend->set_params(t->model, t->params)) return -1;
-  if (cuoptimCreate(&t->optimizer, &t->config, t->backend->backend, o->gpu) != CUOPTIM_STATUS_SUCCESS)
+  if (cuoptimCreate(&t->optimizer, &t->config, t->backend->backend, t->device) != CUOPTIM_STATUS_SUCCESS)
+    return mlp_fail("%s", cuoptimGetLastErrorMessage());
+  return 0;
+}
+
+/* Collective: the optimizer becomes one rank of the data-parallel group. Gradients are summed,
+ * not averaged: each rank's gradient already is its shard's part of the batch's mean (train_step). */
+static int attach_communicator(trainer_t *t) {
+  if (!t->world.active) return 0;
+  cuoptimCommOptions_t options;
+  cuoptimCommOptionsInit(&options);
+  options.reduce = CUOPTIM_REDUCE_SUM;
+  options.shard_state = t->options.shard_state;
+  if (!CUOPTIM_IS_NONE(t->options.bucket_mb)) options.bucket_bytes = (size_t)(t->options.bucket_mb * 1048576.0);
+  if (t->backend->backend == CUOPTIM_BACKEND_CUDA && dp_open_nccl(&t->world, t->device)) return -1;
+  return dp_attach(&t->world, t->optimizer, t->backend->backend, &options);
+}
+
+/* With the gradient arena the model's backward writes into cuoptim's gradient buffers, and the
+ * step gets those buffers. Getting them builds the optimizer state. */
+static int use_gradient_arena(trainer_t *t) {
+  for (int k = 0; k < t->num_grads; k++) {
+    void *grad = NULL;
+    if (cuoptimGetGradientBuffer(t->optimizer, t->grads[k].variable, &grad) != CUOPTIM_STATUS_SUCCESS)
+      return mlp_fail("%s", cuoptimGetLastErrorMessage());
+    t->backend->set_grad(t->model, k / 2, k % 2, grad); /* registered as kernel 0, bias 0, kernel 1, ... */
+    t->grads[k].grad = grad;
+  }
+  return 0;
+}
+
+static int setup_variables(trainer_t *t) {
+  const options_t *o = &t->options;
+  if (o->gradient_arena && cuoptimEnableGradientArena(t->optimizer) != CUOPTIM_STATUS_SUCCESS)
     return mlp_fail("%s", cuoptimGetLastErrorMessage());
   if (register_variables(t)) return -1;
+  if (o->gradient_arena && use_gradient_arena(t)) return -1;
   if (o->resume && checkpoint_load_optimizer(o->resume, t->optimizer)) return -1;
   return 0;
+}
+
+/* Each stage ends with every rank agreeing that it went well, so that no rank waits in a
+ * collective for one that has failed. */
+static int setup(trainer_t *t) {
+  if (agree(t, setup_local(t))) return -1;
+  if (agree(t, attach_communicator(t))) return -1;
+  return agree(t, setup_variables(t));
 }
 
 static void teardown(trainer_t *t) {
@@ -655,12 +759,34 @@ static int loss_scale(trainer_t *t, float *scale) {
 static void range_push(const char *name) { nvtxRangePushA(name); }
 static void range_pop(void) { nvtxRangePop(); }
 
-/* One mini-batch: forward, backward, the optimizer step. */
+/* The gradient arena's hook: layer l's kernel and bias gradients are written; marking them may
+ * start the reduction of their bucket while backward goes on with the layers before. */
+static int mark_layer_ready(void *user, int layer) {
+  trainer_t *t = user;
+  for (int which = 1; which >= 0; which--)
+    if (cuoptimMarkGradientReady(t->optimizer, t->grads[2 * layer + which].variable, t->backend->stream(t->model)) !=
+        CUOPTIM_STATUS_SUCCESS)
+      return mlp_fail("%s", cuoptimGetLastErrorMessage());
+  return 0;
+}
+
+/* One mini-batch: forward, backward, the optimizer step. In a data-parallel run this rank takes
+ * its shard of the batch (dp_shard: parts that differ by one example at most, or nothing of a
+ * batch shorter than the world). The loss is the mean over the whole batch, so every rank scales
+ * its shard's summed gradient by loss_scale / count, count being the whole batch's size, and the
+ * optimizer sums the ranks' gradients (CUOPTIM_REDUCE_SUM): the sum is the batch's mean gradient
+ * however the batch is cut. CUOPTIM_REDUCE_MEAN of each shard's own mean would weigh the examples
+ * of a smaller shard more, so it would need every batch, the epoch's last one too, to divide by
+ * the world. On one rank this is the plain run's loss_scale / count, bit for bit. */
 static int train_step(trainer_t *t, int first, int count) {
   float scale;
   if (loss_scale(t, &scale)) return -1;
+  int offset, length;
+  dp_shard(&t->world, count, &offset, &length);
+  mlp_grad_hook_t hook = {mark_layer_ready, t};
   range_push("forward+backward");
-  int status = t->backend->train_batch(t->model, first, count, scale);
+  int status = t->backend->train_batch(t->model, first + offset, length, scale / (float)count,
+                                       t->options.gradient_arena ? &hook : NULL);
   range_pop();
   if (status) return -1;
   if (cuoptimApplyGradients(t->optimizer, t->num_grads, t->grads, t->backend->stream(t->model)) !=
@@ -724,7 +850,7 @@ static void log_row(trainer_t *t, int epoch, const mlp_metrics_t *train, const m
 }
 
 static int open_log(trainer_t *t) {
-  if (!t->options.log_csv) return 0;
+  if (!t->options.log_csv || !t->leader) return 0;
   int fresh = t->position.global_step == 0;
   t->csv = fopen(t->options.log_csv, fresh ? "w" : "a");
   if (!t->csv) return mlp_fail("--log-csv %s: cannot write", t->options.log_csv);
@@ -736,22 +862,26 @@ static int open_log(trainer_t *t) {
   return 0;
 }
 
-/* Adds the model's running sums to the position's (reading them waits for the GPU). */
+/* Adds the model's running sums to the position's (reading them waits for the GPU). Collective: in
+ * a data-parallel run the sums of every rank's shards, the same on every rank. */
 static int collect_running(trainer_t *t) {
   mlp_metrics_t m;
   if (t->backend->take_metrics(t->model, &m)) return -1;
+  if (dp_sum_metrics(&t->world, &m)) return -1;
   t->position.running.loss_sum += m.loss_sum;
   t->position.running.correct += m.correct;
   t->position.running.count += m.count;
   return 0;
 }
 
+/* The parameters are the same on every rank: rank 0 alone evaluates them for its line. */
 static int end_epoch(trainer_t *t, int epoch) {
   if (collect_running(t)) return -1;
   mlp_metrics_t train = t->position.running, test;
-  if (evaluate(t, MLP_TEST, &test)) return -1;
+  memset(&test, 0, sizeof test);
+  if (t->leader && evaluate(t, MLP_TEST, &test)) return -1;
   clear_progress_bar(t);
-  if (!t->options.quiet) {
+  if (!t->options.quiet && t->leader) {
     char eta[32];
     format_duration(eta_seconds(t), eta, sizeof eta);
     double rate = t->train_seconds > 0 ? (double)t->steps_run / t->train_seconds : 0.0;
@@ -792,7 +922,7 @@ static int train(trainer_t *t) {
       if (!status && o->checkpoint_every && t->position.global_step % o->checkpoint_every == 0) {
         t->train_seconds += now_seconds() - started;
         status = collect_running(t);
-        if (!status) status = save_checkpoint(t);
+        if (!status && t->leader) status = save_checkpoint(t);
         started = now_seconds();
       }
       if (!status) draw_progress_bar(t, epoch);
@@ -815,33 +945,84 @@ static unsigned long long checksum(const float *values, size_t count) {
   return h;
 }
 
+/* The message of this rank's failure, on stderr. */
+static void report_failure(trainer_t *t) {
+  if (t->world.world > 1)
+    fprintf(stderr, "train_mlp: rank %d of %d: %s\n", t->world.rank, t->world.world, mlp_last_error());
+  else
+    fprintf(stderr, "train_mlp: %s\n", mlp_last_error());
+  t->silent = 1;
+}
+
+/* A failure in the middle of training, where the other ranks may be waiting in a collective for
+ * this one: reported, then every rank is ended (on one rank: returns -1). */
+static int fail_collectively(trainer_t *t) {
+  report_failure(t);
+  dp_abort(&t->world);
+  return -1;
+}
+
+/* cuoptim's reduction gives every rank the same bytes, so every rank must end with the same
+ * parameters: the ranks compare their checksums, and a difference fails the run (on every rank;
+ * rank 0 reports it). */
+static int check_ranks_agree(trainer_t *t, unsigned long long mine) {
+  unsigned long long *all = malloc((size_t)t->world.world * sizeof *all);
+  if (!all) return mlp_fail("out of memory for %d checksums", t->world.world);
+  int status = dp_gather_u64(&t->world, mine, all);
+  for (int r = 1; !status && r < t->world.world; r++)
+    if (all[r] != all[0])
+      status = mlp_fail("the ranks' parameters differ after training: rank %d's checksum is %016llx, rank 0's "
+                        "%016llx",
+                        r, all[r], all[0]);
+  free(all);
+  return status;
+}
+
 /* The EMA (when kept) replaces the parameters, as Keras's fit does at its end; then the final
- * parameters are evaluated on both splits. */
+ * parameters are evaluated on both splits (by rank 0: every rank holds the same). */
 static int finish(trainer_t *t) {
-  if (t->options.checkpoint && save_checkpoint(t)) return -1;
-  if (cuoptimFinalizeVariableValues(t->optimizer, t->backend->stream(t->model)) != CUOPTIM_STATUS_SUCCESS)
-    return mlp_fail("%s", cuoptimGetLastErrorMessage());
+  if (agree(t, t->options.checkpoint && t->leader ? save_checkpoint(t) : 0)) return -1;
+  if (cuoptimFinalizeVariableValues(t->optimizer, t->backend->stream(t->model)) != CUOPTIM_STATUS_SUCCESS) {
+    mlp_fail("%s", cuoptimGetLastErrorMessage());
+    return fail_collectively(t);
+  }
+  if (agree(t, t->backend->get_params(t->model, t->params))) return -1;
+  unsigned long long sum = checksum(t->params, t->num_params);
+  if (agree(t, check_ranks_agree(t, sum))) return -1;
   mlp_metrics_t train, test;
-  if (evaluate(t, MLP_TRAIN, &train) || evaluate(t, MLP_TEST, &test)) return -1;
-  if (t->backend->get_params(t->model, t->params)) return -1;
+  if (agree(t, t->leader ? evaluate(t, MLP_TRAIN, &train) || evaluate(t, MLP_TEST, &test) : 0)) return -1;
+  if (!t->leader) return 0;
   if (stop_requested(t) && !t->options.quiet) printf("stopped after %lld steps (--max-steps)\n", t->options.max_steps);
-  printf("final: optimizer=%s device=%s dtype=%s learning_rate=%g epochs=%d steps=%lld loss=%.6f accuracy=%.4f "
-         "test_loss=%.6f test_accuracy=%.4f ms_per_step=%.4f seconds=%.3f checksum=%016llx\n",
-         cuoptimOptimizerName(t->config.kind), t->backend->name, dtype_name(t->options.dtype),
+  printf("final: optimizer=%s device=%s ranks=%d dtype=%s learning_rate=%g epochs=%d steps=%lld loss=%.6f "
+         "accuracy=%.4f test_loss=%.6f test_accuracy=%.4f ms_per_step=%.4f seconds=%.3f checksum=%016llx\n",
+         cuoptimOptimizerName(t->config.kind), t->backend->name, t->world.world, dtype_name(t->options.dtype),
          configured_learning_rate(&t->config), t->position.epoch, (long long)t->position.global_step, mean_loss(&train),
          accuracy(&train), mean_loss(&test), accuracy(&test),
-         t->steps_run ? 1000.0 * t->train_seconds / (double)t->steps_run : 0.0, t->train_seconds,
-         checksum(t->params, t->num_params));
+         t->steps_run ? 1000.0 * t->train_seconds / (double)t->steps_run : 0.0, t->train_seconds, sum);
   return 0;
 }
 
 static void print_header(const trainer_t *t) {
-  if (t->options.quiet) return;
+  if (t->options.quiet || !t->leader) return;
   printf("train_mlp: %s (lr %g) on %s, %s, layers", cuoptimOptimizerName(t->config.kind),
          configured_learning_rate(&t->config), t->backend->name, dtype_name(t->options.dtype));
   for (int l = 0; l <= t->shape.num_layers; l++) printf("%s%d", l ? "-" : " ", t->shape.sizes[l]);
   printf(" (%zu parameters), %d training and %d test points, %d batches of %d per epoch\n", t->num_params,
          t->data.train.n, t->data.test.n, t->batches_per_epoch, t->options.batch_size);
+  if (t->world.active) {
+    int fewest = t->options.batch_size / t->world.world, most = fewest + (t->options.batch_size % t->world.world != 0);
+    printf("data-parallel on %d rank%s: each takes its shard of every batch (", t->world.world,
+           t->world.world > 1 ? "s" : "");
+    if (most != fewest) printf("%d or ", fewest);
+    printf("%d examples of %d), gradients summed by cuoptim over %s", most, t->options.batch_size,
+           t->backend->backend == CUOPTIM_BACKEND_CUDA ? "NCCL" : "MPI");
+    if (!CUOPTIM_IS_NONE(t->options.bucket_mb)) printf(" in buckets of %g MiB", t->options.bucket_mb);
+    printf("%s%s\n", t->options.shard_state ? ", optimizer state sharded" : "",
+           t->options.gradient_arena ? ", gradients in cuoptim's arena, each layer's reduction started as soon as "
+                                       "backward has it" : "");
+  } else if (t->options.gradient_arena) {
+    printf("gradients in cuoptim's gradient arena\n");
+  }
   if (t->options.resume)
     printf("resumed from %s at epoch %d, batch %d (%lld steps done)\n", t->options.resume, t->position.epoch + 1,
            t->position.batch, (long long)t->position.global_step);
@@ -850,25 +1031,31 @@ static void print_header(const trainer_t *t) {
 
 int main(int argc, char **argv) {
   static trainer_t t;
-  int parsed = parse_options(argc, argv, &t.options);
-  if (parsed == 1) {
-    usage(stdout);
-    return 0;
-  }
-  if (parsed < 0) {
+  if (dp_start(&t.world, &argc, &argv)) {
     fprintf(stderr, "train_mlp: %s\n", mlp_last_error());
-    return 2;
+    return 1;
+  }
+  t.leader = t.world.rank == 0;
+  /* Every rank parses the same command line: rank 0 alone speaks. */
+  int parsed = parse_options(argc, argv, &t.options);
+  if (parsed == 0) parsed = check_data_parallel_options(&t.options, &t.world);
+  if (parsed != 0) {
+    if (parsed == 1 && t.leader) usage(stdout);
+    if (parsed < 0 && t.leader) fprintf(stderr, "train_mlp: %s\n", mlp_last_error());
+    dp_stop(&t.world);
+    return parsed == 1 ? 0 : 2;
   }
   int status = setup(&t);
   if (!status) {
-    t.progress_bar = !t.options.quiet && isatty(STDERR_FILENO);
+    t.progress_bar = t.leader && !t.options.quiet && isatty(STDERR_FILENO);
     print_header(&t);
     t.start_wall = now_seconds();
-    status = open_log(&t);
+    status = agree(&t, open_log(&t));
   }
-  if (!status) status = train(&t);
+  if (!status && train(&t)) status = fail_collectively(&t);
   if (!status) status = finish(&t);
-  if (status) fprintf(stderr, "train_mlp: %s\n", mlp_last_error());
+  if (status && !t.silent) report_failure(&t);
   teardown(&t);
+  dp_stop(&t.world);
   return status ? 1 : 0;
 }

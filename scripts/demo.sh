@@ -103,6 +103,28 @@ for run in "${runs[@]}"; do
     "$(awk -v a="$(field test_accuracy)" 'BEGIN { print 100 * a }')" "$(elapsed)"
 done
 
+# The same Adam run data-parallel on 2 ranks (train_mlp under mpirun: each rank a shard of every
+# batch, cuoptim sums the gradients over MPI), on the host: the GPU data-parallel path needs one
+# GPU per rank. Open MPI needs to be told that root may run it, and that 2 ranks may share fewer
+# cores.
+echo "== train_mlp: Adam data-parallel on 2 ranks (mpirun -np 2, --device host) =="
+if command -v mpirun >/dev/null 2>&1; then
+  log=$out/data/mlp/Adam_2_ranks.txt
+  if OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
+      mpirun -np 2 "$build/examples/train_mlp" --device host --optimizer Adam --lr 0.001 --epochs "$epochs" \
+      > "$log" 2>&1; then
+    final=$(grep '^final: ' "$log")
+    printf '  Adam on %s ranks: test accuracy %5.1f%%, final loss %s, %s ms per step  (%s s so far)\n' "$(field ranks)" \
+      "$(awk -v a="$(field test_accuracy)" 'BEGIN { print 100 * a }')" "$(field loss)" "$(field ms_per_step)" "$(elapsed)"
+  else
+    cat "$log"
+    echo "demo: train_mlp under mpirun -np 2 failed" >&2
+    exit 1
+  fi
+else
+  echo "  skipped: no mpirun (scripts/setup.sh installs openmpi-bin)"
+fi
+
 echo "== paths: every optimizer on four 2-D problems =="
 "$build/examples/paths" --out "$out/data/paths" > "$out/paths.txt"
 echo "  final losses and distances to the minimum in demo/paths.txt"
