@@ -439,10 +439,12 @@ __global__ void finish_kernel(cuoptimDeviceStep step) {
   cuoptim_finish_step(step.prologue, step.scalars, step.state);
 }
 
-/* Sharded state: every rank's inspect partials of every variable ([rank][variable], gathered by
- * the communicator) summed in rank order, so every rank forms the same totals, the same every run. */
+/* Sharded state: every rank's per-variable inspect sums ([rank][variable], gathered by the
+ * communicator) added in rank order, so every rank forms the same totals, the same every run;
+ * then each variable's clip denominator from its total, as the single-process reduction does. */
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) combine_shards_kernel(cuoptimTensorScalars *tensors,
                                                                        const cuoptimTensorScalars *gathered,
+                                                                       const cuoptimPrologueParams *prologue,
                                                                        int32_t num_variables, int32_t world) {
   for (int32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < num_variables; k += gridDim.x * blockDim.x) {
     double sumsq = 0.0;
@@ -453,6 +455,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) combine_shards_kernel(cuoptimTe
     }
     tensors[k].grad_sumsq = sumsq;
     tensors[k].nonfinite = nonfinite != 0;
+    cuoptim_prologue_tensor(prologue, &tensors[k]);
   }
 }
 
@@ -495,19 +498,21 @@ static dim3 chunk_grid(const cuoptimDeviceStep *step) { return dim3((unsigned)st
     if ((step)->num_chunks == 0) return (int)cudaSuccess; \
   } while (0)
 
-extern "C" int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
-  RETURN_IF_NO_CHUNKS(step);
-  CUOPTIM_LAUNCH(inspect_gradients_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p);
-  return (int)cudaGetLastError();
-}
-
 static dim3 variable_grid(const cuoptimDeviceStep *step) {
   return dim3((unsigned)((step->num_variables + REDUCE_WARPS_PER_BLOCK - 1) / REDUCE_WARPS_PER_BLOCK));
 }
 
-extern "C" int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, void *stream) {
-  if (inspected && step->num_variables > 0)
+/* The chunks' sums, then each variable's (so that sharded state can combine them across ranks
+ * before the prologue). A variable with no chunk here sums to 0. */
+extern "C" int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
+  if (step->num_chunks > 0)
+    CUOPTIM_LAUNCH(inspect_gradients_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p);
+  if (step->num_variables > 0)
     CUOPTIM_LAUNCH(reduce_variables_kernel, variable_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, 0);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, void *stream) {
   CUOPTIM_LAUNCH(prologue_kernel, 1, inspected ? PROLOGUE_THREADS : 32, (cudaStream_t)stream, *step, inspected);
   return (int)cudaGetLastError();
 }
@@ -546,12 +551,12 @@ extern "C" int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream
   return (int)cudaGetLastError();
 }
 
-extern "C" int cuoptim_launch_combine_shards(cuoptimTensorScalars *tensors, const cuoptimTensorScalars *gathered,
-                                             int num_variables, int world, void *stream) {
-  if (num_variables <= 0) return (int)cudaSuccess;
-  int blocks = (num_variables + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK;
-  CUOPTIM_LAUNCH(combine_shards_kernel, blocks < 1024 ? blocks : 1024, CUOPTIM_BLOCK, (cudaStream_t)stream, tensors,
-                 gathered, (int32_t)num_variables, (int32_t)world);
+extern "C" int cuoptim_launch_combine_shards(const cuoptimDeviceStep *step, const cuoptimTensorScalars *gathered,
+                                             int world, void *stream) {
+  if (step->num_variables <= 0) return (int)cudaSuccess;
+  int blocks = (step->num_variables + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK;
+  CUOPTIM_LAUNCH(combine_shards_kernel, blocks < 1024 ? blocks : 1024, CUOPTIM_BLOCK, (cudaStream_t)stream,
+                 step->tensors, gathered, step->prologue, (int32_t)step->num_variables, (int32_t)world);
   return (int)cudaGetLastError();
 }
 

@@ -81,10 +81,14 @@ int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParam
 int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, void *stream);
 int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream);
 int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream);
-/* Sharded state: tensors[k] = the rank-ordered sum of gathered[r * num_variables + k] (the
- * squared norms; the OR of the non-finite flags). */
-int cuoptim_launch_combine_shards(cuoptimTensorScalars *tensors, const cuoptimTensorScalars *gathered,
-                                  int num_variables, int world, void *stream);
+/* Sharded state: step->tensors[k] = the rank-ordered sum of gathered[r * num_variables + k] (the
+ * squared norms; the OR of the non-finite flags), then its clip denominator. */
+/* The CUDA backend's tables of an optimizer, once built (host/backend_cuda.c). */
+struct cuoptimOptimizer;
+const cuoptimDeviceStep *cuoptim_cuda_device_step(struct cuoptimOptimizer *opt);
+
+int cuoptim_launch_combine_shards(const cuoptimDeviceStep *step, const cuoptimTensorScalars *gathered, int world,
+                                  void *stream);
 int cuoptim_launch_finalize(const cuoptimDeviceStep *step, void *stream);
 /* Writes batch->entries into table[first ...] (the batch travels as the kernel's argument). */
 int cuoptim_launch_scatter_gradients(cuoptimDeviceGradient *table, const cuoptimGradientBatch *batch, void *stream);

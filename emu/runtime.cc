@@ -665,14 +665,6 @@ extern "C" cudaError_t cudaFree(void *ptr) {
 
 extern "C" cudaError_t cudaFreeHost(void *ptr) { return release(ptr, cudaMemoryTypeHost); }
 
-/* Stream-ordered allocation: work runs in call order here, so the memory is ready at once and
- * every earlier use of it has finished when it is freed. */
-extern "C" cudaError_t cudaMallocAsync(void **ptr, size_t bytes, cudaStream_t stream) {
-  return allocate(ptr, bytes, cudaMemoryTypeDevice);
-}
-
-extern "C" cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream) { return release(ptr, cudaMemoryTypeDevice); }
-
 extern "C" cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attributes, const void *ptr) {
   if (!attributes) return fail(cudaErrorInvalidValue);
   memset(attributes, 0, sizeof *attributes);

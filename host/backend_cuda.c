@@ -782,6 +782,8 @@ static void cuda_transfer_end(cuoptimOptimizer_t opt, cuoptimTransfer *t) {
   memset(t, 0, sizeof *t);
 }
 
+const cuoptimDeviceStep *cuoptim_cuda_device_step(cuoptimOptimizer_t opt) { return &data_of(opt)->step; }
+
 static const cuoptimBackendOps cuda_backend = {
     .name = "cuda",
     .init = cuda_init,

@@ -375,7 +375,7 @@ static cuoptimStatus_t nccl_combine_inspect(cuoptimOptimizer_t opt, cuoptimStrea
   }
   ncclResult_t result = ncclAllGather(opt->tensors, m->gathered, bytes, ncclUint8, m->comm, (cudaStream_t)stream);
   CUOPTIM_CHECK(settle(m->comm, result, caller, "ncclAllGather (the shards' norms)"));
-  int err = cuoptim_launch_combine_shards(opt->tensors, m->gathered, opt->num_variables, c->world, stream);
+  int err = cuoptim_launch_combine_shards(cuoptim_cuda_device_step(opt), m->gathered, c->world, stream);
   if (err != cudaSuccess) return cuda_fail((cudaError_t)err, caller, "the kernel combining the shards' norms");
   return CUOPTIM_STATUS_SUCCESS;
 }

@@ -577,10 +577,13 @@ typedef struct {
    * Elementwise steps are bit for bit those of the unsharded run. cuoptimGetWeights of a slot,
    * average or accumulator gathers it from every rank: with sharded state it is a collective call
    * that every rank makes in the same order; cuoptimSetWeights takes the full values on every rank
-   * and keeps its share. State per rank for float32 Adam: 12 / N bytes per parameter (m, v and
-   * the gradient share) besides the caller's parameter and gradient.
-   * Available on the host backend; not yet for Lamb (refused with NOT_SUPPORTED) nor on the CUDA
-   * backend. */
+   * and keeps its share. State per rank for float32 Adam: 8 / N bytes per parameter (m, v) on
+   * the CUDA backend, whose reduce-scatter leaves each rank's share in place in its gradient
+   * buffer (the rest of that buffer then holds partial sums, not the gradient), 12 / N on the
+   * host backend, which receives the share in a buffer of its own; besides the caller's parameter
+   * and gradient. A variable of fewer elements than ranks is the last rank's alone.
+   * cuoptimSave/cuoptimLoad refuse sharded state for now. Not yet for Lamb (refused with
+   * NOT_SUPPORTED). */
   int shard_state;
   /* Host backend: how long a collective waits for the other ranks before the step fails with
    * CUOPTIM_STATUS_TIMEOUT, in seconds; 0 (default) waits forever. After a timeout the
