@@ -226,26 +226,69 @@ static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* What a rank has for variable k this step: 0 no gradient, else the gradient's dtype + 1. */
+static uint8_t gradient_code(const cuoptimOptimizer_t opt, int k) {
+  const cuoptimStepGradient *g = &opt->step_grads[k];
+  return g->grad ? (uint8_t)(g->dtype + 1) : 0;
+}
+
+/* "a float32 gradient", "a bfloat16 one" (after another rank's), "no gradient" or "none". */
+static void describe_gradient(char *out, size_t size, uint8_t code, int second, int other_has_one) {
+  if (code == 0)
+    snprintf(out, size, "%s", second ? "none" : "no gradient");
+  else
+    snprintf(out, size, "a %s %s", cuoptim_dtype_name((cuoptimDtype_t)(code - 1)),
+             second && other_has_one ? "one" : "gradient");
+}
+
+/* The ranks' lists differ: every rank learns every rank's codes and names the same first
+ * variable where a rank differs from rank 0. */
+static cuoptimStatus_t name_differing_gradient(cuoptimOptimizer_t opt) {
+  const cuoptimComm *c = opt->comm;
+  size_t n = (size_t)opt->num_variables; /* the same on every rank: the tables were checked */
+  uint8_t *mine = malloc(n), *all = malloc((size_t)c->world * n);
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  if (!mine || !all) status = cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
+  for (size_t k = 0; status == CUOPTIM_STATUS_SUCCESS && k < n; k++) mine[k] = gradient_code(opt, (int)k);
+  if (status == CUOPTIM_STATUS_SUCCESS)
+    status = mpi_allgather_host(opt, mine, all, n, "aggregate (gradient list check)");
+  for (size_t k = 0; status == CUOPTIM_STATUS_SUCCESS && k < n; k++)
+    for (int r = 1; r < c->world; r++) {
+      uint8_t first = all[k], other = all[(size_t)r * n + k];
+      if (other == first) continue;
+      char a[64], b[64];
+      describe_gradient(a, sizeof a, first, 0, 0);
+      describe_gradient(b, sizeof b, other, 1, first != 0);
+      status = cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                             "cuoptimApplyGradients: the ranks pass different gradients in this step: variable %zu "
+                             "(\"%s\") has %s on rank 0 but %s on rank %d (every rank must list the same non-NULL "
+                             "gradients, of the same dtypes)",
+                             k, opt->variables[k].name, a, b, r);
+      goto done;
+    }
+  if (status == CUOPTIM_STATUS_SUCCESS)
+    status = cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR,
+                           "cuoptimApplyGradients: the gradient list hashes differ but no gradient does");
+done:
+  free(mine);
+  free(all);
+  return status;
+}
+
 /* Before any gradient moves, the ranks compare which variables have one this step and of what
- * type: a difference would pair unrelated collectives. One small exchange per step. */
+ * type: a difference would pair unrelated collectives. One small exchange per step (and a second
+ * one, to name the variable, only when they differ). */
 static cuoptimStatus_t check_step_gradients(cuoptimOptimizer_t opt) {
   const cuoptimComm *c = opt->comm;
   uint64_t h = 0xcbf29ce484222325ull;
-  for (int k = 0; k < opt->num_variables; k++) {
-    const cuoptimStepGradient *g = &opt->step_grads[k];
-    uint64_t code = g->grad ? (uint64_t)g->dtype + 1 : 0;
-    for (int b = 0; b < 8; b++) h = (h ^ ((code >> (8 * b)) & 0xff)) * 0x100000001b3ull;
-  }
+  for (int k = 0; k < opt->num_variables; k++) h = (h ^ gradient_code(opt, k)) * 0x100000001b3ull;
   uint64_t *all = malloc((size_t)c->world * sizeof *all);
   if (!all) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
   cuoptimStatus_t status = mpi_allgather_host(opt, &h, all, sizeof h, "aggregate (gradient list check)");
-  for (int r = 1; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++)
-    if (all[r] != all[0])
-      status = cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
-                             "cuoptimApplyGradients: rank %d passes gradients for other variables (or of other dtypes) "
-                             "than rank 0 in this step: every rank must list the same non-NULL gradients",
-                             r);
+  int differ = 0;
+  for (int r = 1; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++) differ |= all[r] != all[0];
   free(all);
+  if (status == CUOPTIM_STATUS_SUCCESS && differ) status = name_differing_gradient(opt);
   return status;
 }
 
