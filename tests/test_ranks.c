@@ -11,6 +11,7 @@
  * options or gradient lists differ; a rank never steps) fails on every rank with a message that
  * says what differs, in bounded time.
  */
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
 #include <dirent.h>
@@ -36,6 +37,30 @@
 /* The collectives of the replays and of split_cases give up after this (their failure, not a
  * hang, then shows what waited). */
 #define COLLECTIVE_TIMEOUT "60"
+
+/* In the sanitizer build, leaks inside Open MPI are not cuoptim's (tests/mpi/lsan-openmpi.supp):
+ * every MPI process gets the suppressions and the complete stacks they need, this process through
+ * the sanitizer's hooks, the ones mpirun starts through their environment. Complete stacks make
+ * every allocation slow: split_cases, which loads every case of tests/data, runs without leak
+ * checks there (its memory errors are still caught); the rest, small programs and the small rank
+ * cases, with them. */
+#ifdef CUOPTIM_TEST_SANITIZED
+const char *__asan_default_options(void);
+const char *__lsan_default_suppressions(void);
+const char *__asan_default_options(void) { return "fast_unwind_on_malloc=0"; }
+/* The list of tests/mpi/lsan-openmpi.supp. */
+const char *__lsan_default_suppressions(void) {
+  return "leak:libmpi.so\nleak:libopen-pal.so\nleak:libopen-rte.so\nleak:libhwloc.so\nleak:libpmix.so\n"
+         "leak:libevent\nleak:mca_\n";
+}
+#define SANITIZER_ENVIRONMENT                                        \
+  "ASAN_OPTIONS=\"$ASAN_OPTIONS:fast_unwind_on_malloc=0\" "          \
+  "LSAN_OPTIONS=\"$LSAN_OPTIONS:suppressions=" CUOPTIM_MPI_LSAN_SUPPRESSIONS "\" "
+#define SANITIZER_ENVIRONMENT_NO_LEAKS "ASAN_OPTIONS=\"$ASAN_OPTIONS:detect_leaks=0\" "
+#else
+#define SANITIZER_ENVIRONMENT ""
+#define SANITIZER_ENVIRONMENT_NO_LEAKS ""
+#endif
 
 static char tmpdir[256];
 
@@ -88,14 +113,17 @@ static double now_seconds(void) {
 }
 
 /* `mpirun -np ranks program args` (args already shell-quoted), bounded by RUN_LIMIT_SECONDS. As
- * root, Open MPI also needs --allow-run-as-root. */
-static run_result mpirun(int ranks, const char *program, const char *args) {
+ * root, Open MPI also needs --allow-run-as-root. `check_leaks` 0: no leak check in a sanitizer
+ * build. */
+static run_result mpirun_checking(int ranks, const char *program, const char *args, int check_leaks) {
   char out_path[512], err_path[512], cmd[8192];
   snprintf(out_path, sizeof out_path, "%s/stdout", tmpdir);
   snprintf(err_path, sizeof err_path, "%s/stderr", tmpdir);
   const char *root_flag = geteuid() == 0 ? CUOPTIM_MPIEXEC_ROOT_FLAG : "";
-  snprintf(cmd, sizeof cmd, "timeout -k 5 %d '%s' %s %d %s %s '%s' %s >'%s' 2>'%s'", RUN_LIMIT_SECONDS, CUOPTIM_MPIEXEC,
-           CUOPTIM_MPIEXEC_NUMPROC_FLAG, ranks, CUOPTIM_MPIEXEC_FLAGS, root_flag, program, args, out_path, err_path);
+  const char *environment = check_leaks ? SANITIZER_ENVIRONMENT : SANITIZER_ENVIRONMENT_NO_LEAKS;
+  snprintf(cmd, sizeof cmd, "%stimeout -k 5 %d '%s' %s %d %s %s '%s' %s >'%s' 2>'%s'", environment, RUN_LIMIT_SECONDS,
+           CUOPTIM_MPIEXEC, CUOPTIM_MPIEXEC_NUMPROC_FLAG, ranks, CUOPTIM_MPIEXEC_FLAGS, root_flag, program, args,
+           out_path, err_path);
   double start = now_seconds();
   int raw = system(cmd);
   run_result r;
@@ -106,6 +134,10 @@ static run_result mpirun(int ranks, const char *program, const char *args) {
   cr_assert_neq(r.status, 124, "mpirun -np %d %s %s did not end within %d s:\n%s%s", ranks, program, args,
                 RUN_LIMIT_SECONDS, r.out, r.err);
   return r;
+}
+
+static run_result mpirun(int ranks, const char *program, const char *args) {
+  return mpirun_checking(ranks, program, args, 1);
 }
 
 static void free_result(run_result *r) {
@@ -176,6 +208,11 @@ static int list_rank_cases(rank_case **out) {
     snprintf(rc->path, sizeof rc->path, "%s/%s", dir, entries[i]->d_name);
     snprintf(rc->name, sizeof rc->name, "%s", entries[i]->d_name);
     free(entries[i]);
+    /* Only files that mention rank_steps are loaded (loading every case is slow under ASan). */
+    char *text = slurp(rc->path);
+    int mentions = strstr(text, "\"rank_steps\"") != NULL;
+    free(text);
+    if (!mentions) continue;
     cuoptimCase c;
     char error[2048];
     cr_assert_eq(cuoptim_case_load(rc->path, &c, error, sizeof error), 0, "%s", error);
@@ -238,10 +275,11 @@ Test(ranks, replay_check_passes_on_every_rank_case, .timeout = RUN_LIMIT_SECONDS
   rank_case *list = NULL;
   int n = list_rank_cases(&list);
   cr_assert(n >= 11, "only %d rank cases in tests/data/cases", n);
+  int leaks_checked[5] = {0}; /* in a sanitizer build: the first case of each world (MPI_Init is slow there) */
   for (int i = 0; i < n; i++) {
     char args[4400], ranks_line[128];
     snprintf(args, sizeof args, "--check --timeout " COLLECTIVE_TIMEOUT " '%s'", list[i].path);
-    run_result r = mpirun(list[i].ranks, CUOPTIM_REPLAY_PATH, args);
+    run_result r = mpirun_checking(list[i].ranks, CUOPTIM_REPLAY_PATH, args, !leaks_checked[list[i].ranks]++);
     snprintf(ranks_line, sizeof ranks_line,
              "ranks: %d ranks (rank_steps, mean of the gradients): every rank's result is bit for bit rank 0's: ok",
              list[i].ranks);
@@ -294,7 +332,7 @@ Test(ranks, replay_sharded_equals_unsharded, .timeout = RUN_LIMIT_SECONDS * 2) {
 static void split_cases_on(int ranks) {
   char args[4200], summary[64];
   snprintf(args, sizeof args, "--timeout " COLLECTIVE_TIMEOUT " '%s'", test_data_path("cases"));
-  run_result r = mpirun(ranks, CUOPTIM_MPI_SPLIT_CASES, args);
+  run_result r = mpirun_checking(ranks, CUOPTIM_MPI_SPLIT_CASES, args, 0);
   cr_log_info("%d ranks: %.1f s: %s", ranks, r.seconds, line_starting(r.out, "split_cases:"));
   snprintf(summary, sizeof summary, "split_cases: %d ranks: ", ranks);
   const char *line = line_starting(r.out, summary);
@@ -315,7 +353,7 @@ Test(ranks, every_case_split_over_4_ranks, .timeout = RUN_LIMIT_SECONDS) { split
 Test(ranks, every_case_split_sharded_equals_unsharded, .timeout = RUN_LIMIT_SECONDS) {
   char args[4200];
   snprintf(args, sizeof args, "--shard --timeout " COLLECTIVE_TIMEOUT " '%s'", test_data_path("cases"));
-  run_result r = mpirun(2, CUOPTIM_MPI_SPLIT_CASES, args);
+  run_result r = mpirun_checking(2, CUOPTIM_MPI_SPLIT_CASES, args, 0);
   if (r.status == 77 && strstr(r.out, "sharded state is not available yet") != NULL) {
     free_result(&r);
     cr_skip("sharded state is not implemented yet (cuoptimSetCommunicator refuses shard_state = 1): the split "
@@ -323,6 +361,28 @@ Test(ranks, every_case_split_sharded_equals_unsharded, .timeout = RUN_LIMIT_SECO
   }
   cr_expect_eq(r.status, 0, "exit %d\n%s%s", r.status, r.out, r.err);
   free_result(&r);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The aggregate itself: buckets, reduce ops, dtypes (tests/mpi/faults.c "sums")
+ * ------------------------------------------------------------------------------------------- */
+
+Test(ranks, sums_are_exact_over_buckets_reduce_ops_and_dtypes, .timeout = RUN_LIMIT_SECONDS) {
+  for (int ranks = 2; ranks <= 4; ranks++) {
+    run_result r = mpirun(ranks, CUOPTIM_MPI_FAULTS, "sums");
+    cr_expect_eq(r.status, 0, "%d ranks: exit %d\n%s%s", ranks, r.status, r.out, r.err);
+    for (int k = 0; k < ranks; k++) {
+      char prefix[64];
+      snprintf(prefix, sizeof prefix, "rank %d: sums: ", k);
+      cr_expect_eq(count_lines_starting(r.out, prefix), 7, "%d ranks, rank %d: 7 configurations\n%s", ranks, k, r.out);
+      for (const char *line = strstr(r.out, prefix); line != NULL; line = strstr(line + 1, prefix)) {
+        const char *end = strchr(line, '\n');
+        cr_expect(end != NULL && end - line >= 4 && strncmp(end - 4, ": ok", 4) == 0, "%d ranks: %.*s", ranks,
+                  end ? (int)(end - line) : 80, line);
+      }
+    }
+    free_result(&r);
+  }
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -340,7 +400,7 @@ Test(ranks, world_of_one_is_bit_for_bit_no_communicator, .timeout = RUN_LIMIT_SE
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char args[4200], cmd[8600], out_path[512];
     snprintf(args, sizeof args, "--state '%s'", test_data_path(cases[i]));
-    run_result ranked = mpirun(1, CUOPTIM_REPLAY_PATH, args);
+    run_result ranked = mpirun_checking(1, CUOPTIM_REPLAY_PATH, args, 0); /* large cases: slow with leak checks */
     snprintf(out_path, sizeof out_path, "%s/plain", tmpdir);
     snprintf(cmd, sizeof cmd, "'%s' %s >'%s'", CUOPTIM_REPLAY_PATH, args, out_path);
     cr_assert_eq(system(cmd), 0, "%s", cmd);
@@ -520,6 +580,63 @@ Test(ranks, replay_refuses_a_world_the_case_is_not_for, .timeout = RUN_LIMIT_SEC
   cr_expect_str_empty(r.out);
   free_result(&r);
   free(list);
+}
+
+/* The replay compares the ranks' results: with --no-aggregate each rank applies its own gradients,
+ * so ranks with different gradients end apart (exit 1, and the line says which rank), ranks with
+ * the same gradients end together, where one process ends. */
+Test(ranks, replay_reports_ranks_whose_results_differ, .timeout = RUN_LIMIT_SECONDS) {
+  char args[4400];
+  snprintf(args, sizeof args, "--check --no-aggregate '%s'", test_data_path("cases/ranks_adadelta_r2.json"));
+  run_result r = mpirun(2, CUOPTIM_REPLAY_PATH, args);
+  cr_expect_eq(r.status, 1, "exit %d\n%s%s", r.status, r.out, r.err);
+  cr_expect(strstr(r.out, "ranks: 2 ranks (rank_steps, each rank's own gradients): rank 1's result differs from rank "
+                          "0's (bit for bit): FAIL") != NULL,
+            "%s", r.out);
+  cr_expect_eq(count_lines_starting(r.out, "FAIL"), 1, "%s", r.out);
+  free_result(&r);
+  snprintf(args, sizeof args, "--no-aggregate '%s'", test_data_path("cases/ranks_adadelta_r2.json"));
+  r = mpirun(2, CUOPTIM_REPLAY_PATH, args);
+  cr_expect_eq(r.status, 1, "exit %d\n%s%s", r.status, r.out, r.err);
+  cr_expect(strstr(r.err, "rank 0 of 2: ") != NULL && strstr(r.err, "rank 1's result differs from rank 0's") != NULL,
+            "%s", r.err);
+  cr_expect_eq(r.out[0], '{', "rank 0's result is printed: %s", r.out);
+  free_result(&r);
+
+  /* Two ranks with the steps of bad/no_expected.json each: no reduction, the same bytes. */
+  char path[512];
+  snprintf(path, sizeof path, "%s/same.json", tmpdir);
+  char *text = slurp(test_data_path("bad/no_expected.json"));
+  cJSON *root = cJSON_Parse(text);
+  free(text);
+  cr_assert(root != NULL);
+  cJSON *rank_steps = cJSON_CreateArray(), *step;
+  cJSON_ArrayForEach(step, cJSON_GetObjectItem(root, "steps")) {
+    cJSON *per_rank = cJSON_CreateArray();
+    cJSON_AddItemToArray(per_rank, cJSON_Duplicate(step, 1));
+    cJSON_AddItemToArray(per_rank, cJSON_Duplicate(step, 1));
+    cJSON_AddItemToArray(rank_steps, per_rank);
+  }
+  cJSON_AddItemToObject(root, "rank_steps", rank_steps);
+  char *printed = cJSON_Print(root);
+  FILE *f = fopen(path, "wb");
+  cr_assert(f != NULL && printed != NULL);
+  fputs(printed, f);
+  fclose(f);
+  cJSON_free(printed);
+  cJSON_Delete(root);
+  snprintf(args, sizeof args, "--state --no-aggregate '%s'", path);
+  r = mpirun(2, CUOPTIM_REPLAY_PATH, args);
+  char cmd[8600], out_path[512];
+  snprintf(out_path, sizeof out_path, "%s/plain", tmpdir);
+  snprintf(cmd, sizeof cmd, "'%s' --state '%s' >'%s'", CUOPTIM_REPLAY_PATH, test_data_path("bad/no_expected.json"),
+           out_path);
+  cr_assert_eq(system(cmd), 0, "%s", cmd);
+  char *plain = slurp(out_path);
+  cr_expect_eq(r.status, 0, "exit %d\n%s", r.status, r.err);
+  cr_expect_str_eq(r.out, plain);
+  free(plain);
+  free_result(&r);
 }
 
 /* A case whose ranks list different gradients: the library's refusal on every rank, exit 2. */

@@ -439,10 +439,12 @@ Test(replay_cli, rank_steps_beside_steps_run_the_steps) {
   free_result(&without);
 }
 
-Test(replay_cli, shard_needs_mpirun) {
+Test(replay_cli, rank_options_need_mpirun) {
   char args[4200];
   snprintf(args, sizeof args, "--shard '%s'", test_data_path(REFERENCE_CASE));
-  expect_input_error(args, "--shard: sharding the optimizer state needs ranks: start cuoptim-replay under mpirun");
+  expect_input_error(args, "--shard: it concerns the ranks of a data-parallel run: start cuoptim-replay under mpirun");
+  snprintf(args, sizeof args, "--no-aggregate '%s'", test_data_path(REFERENCE_CASE));
+  expect_input_error(args, "--no-aggregate: it concerns the ranks of a data-parallel run");
   snprintf(args, sizeof args, "--timeout -1 '%s'", test_data_path(REFERENCE_CASE));
   expect_input_error(args, "--timeout");
 }

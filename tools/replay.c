@@ -44,7 +44,7 @@ static ranks_t ranks = {0, 0, 1};
 static void usage(FILE *out) {
   fprintf(out,
           "usage: %s [--check] [--rtol X] [--atol Y] [--backend host|cuda] [--state] [--quiet]\n"
-          "       [--shard] [--timeout S] CASE.json\n"
+          "       [--shard] [--no-aggregate] [--timeout S] CASE.json\n"
           "       mpirun -np R %s [options] CASE.json\n"
           "\n"
           "Applies the optimizer steps of a case file (format \"" CUOPTIM_CASE_FORMAT "\") with cuoptim.\n"
@@ -57,6 +57,9 @@ static void usage(FILE *out) {
           "                    a value passes when |got - want| <= atol + rtol * |want|\n"
           "  --backend B       host (default) or cuda (device 0)\n"
           "  --shard           with ranks: shard the optimizer state across them (ZeRO-1)\n"
+          "  --no-aggregate    with ranks: no reduction (options.aggregate = 0), each rank applies its\n"
+          "                    own gradients as if already reduced: the ranks' results differ unless\n"
+          "                    their gradients are equal\n"
           "  --timeout S       with ranks: seconds a collective waits for the other ranks before the\n"
           "                    step fails (default 0: forever)\n"
           "  --state           without --check, also print the optimizer state (\"optimizer_variables\",\n"
@@ -304,7 +307,7 @@ static const void *communicator_for(cuoptimBackend_t backend, char *why, size_t 
  * ------------------------------------------------------------------------------------------- */
 
 typedef struct {
-  int check, quiet, state, shard;
+  int check, quiet, state, shard, no_aggregate;
   double rtol, atol, timeout;
   cuoptimBackend_t backend;
   const char *path;
@@ -346,6 +349,8 @@ static int parse_options(int argc, char **argv, options_t *o) {
       o->state = 1;
     } else if (strcmp(arg, "--shard") == 0) {
       o->shard = 1;
+    } else if (strcmp(arg, "--no-aggregate") == 0) {
+      o->no_aggregate = 1;
     } else if (strcmp(name, "--rtol") == 0) {
       if (parse_tolerance(value, &o->rtol) != 0) return bad_usage("--rtol: %s is not a finite number >= 0", value);
     } else if (strcmp(name, "--atol") == 0) {
@@ -371,8 +376,9 @@ static int parse_options(int argc, char **argv, options_t *o) {
     report("no case file given (see --help)");
     return EXIT_INPUT;
   }
-  if (o->shard && !ranks.mpi) {
-    report("--shard: sharding the optimizer state needs ranks: start cuoptim-replay under mpirun");
+  if ((o->shard || o->no_aggregate) && !ranks.mpi) {
+    report("%s: it concerns the ranks of a data-parallel run: start cuoptim-replay under mpirun",
+           o->shard ? "--shard" : "--no-aggregate");
     return EXIT_INPUT;
   }
   return -1;
@@ -416,6 +422,7 @@ static int plan_run(const cuoptimCase *c, const options_t *o, cuoptimCaseRunOpti
   }
   cuoptimCommOptionsInit(&run->comm_options);
   run->comm_options.reduce = CUOPTIM_REDUCE_MEAN;
+  run->comm_options.aggregate = !o->no_aggregate;
   run->comm_options.shard_state = o->shard;
   run->comm_options.timeout_seconds = o->timeout;
   return EXIT_PASS;
@@ -431,8 +438,10 @@ static int run_failure_status(int rc) {
 
 /* The "ranks:" line of --check and the verdict over every rank: EXIT_PASS when every rank
  * passed with rank 0's bytes. */
-static int judge_ranks(const rank_outcome_t *outcomes, char *line, size_t size) {
-  const char *source = ranks.world > 1 ? "rank_steps, mean of the gradients" : "steps, with a communicator";
+static int judge_ranks(const rank_outcome_t *outcomes, int aggregate, char *line, size_t size) {
+  const char *source = ranks.world == 1 ? "steps, with a communicator"
+                       : aggregate      ? "rank_steps, mean of the gradients"
+                                        : "rank_steps, each rank's own gradients";
   for (int r = 1; r < ranks.world; r++)
     if (outcomes[r].hash != outcomes[0].hash) {
       snprintf(line, size, "ranks: %d ranks (%s): rank %d's result differs from rank 0's (bit for bit): FAIL",
@@ -481,7 +490,7 @@ static int run_and_print(const cuoptimCase *c, const options_t *o, const cuoptim
   char ranks_line[256] = "";
   int ranks_verdict = EXIT_PASS;
   if (ranks.mpi && failed_rank < 0) {
-    ranks_verdict = judge_ranks(outcomes, ranks_line, sizeof ranks_line);
+    ranks_verdict = judge_ranks(outcomes, !o->no_aggregate, ranks_line, sizeof ranks_line);
     if (ranks_verdict > worst) worst = ranks_verdict;
   }
   free(outcomes);
@@ -513,7 +522,7 @@ static int run_and_print(const cuoptimCase *c, const options_t *o, const cuoptim
 }
 
 static int replay(int argc, char **argv) {
-  options_t o = {0, 0, 0, 0, 1e-5, 1e-6, 0.0, CUOPTIM_BACKEND_HOST, NULL};
+  options_t o = {0, 0, 0, 0, 0, 1e-5, 1e-6, 0.0, CUOPTIM_BACKEND_HOST, NULL};
   int status = parse_options(argc, argv, &o);
   if (status >= 0) return status; /* the same arguments on every rank: the same verdict */
 

@@ -15,6 +15,14 @@
  *   timeout_first_step, timeout_later_step       the last rank never makes (its first, its second)
  *                                                step: the others time out, then abort
  *   world_of_one_is_plain                        (-np 1) a world of one is bit for bit no world
+ *   sums                                         not a fault: for bucket sizes of 1 byte, 64 bytes
+ *                                                and the default, CUOPTIM_REDUCE_SUM and _MEAN,
+ *                                                and aggregate 0, with float32, float16 and
+ *                                                bfloat16 gradients, a variable smaller than the
+ *                                                world and one without a gradient in a step: the
+ *                                                gradient buffers hold the exact sums, and the
+ *                                                parameters are those of one process given the
+ *                                                sums (or their float32 mean), on every rank
  * Options: --timeout S (default 0: wait forever).
  */
 #include <math.h>
@@ -195,6 +203,159 @@ static int world_of_one(void) {
   return same ? 0 : 1;
 }
 
+/* ---- sums --------------------------------------------------------------------------------------- */
+
+#define SUM_VARS 5
+static const size_t sum_counts[SUM_VARS] = {1, 7, 5, 300, 2};
+static const cuoptimDtype_t sum_dtypes[SUM_VARS] = {CUOPTIM_FLOAT32, CUOPTIM_FLOAT16, CUOPTIM_BFLOAT16,
+                                                    CUOPTIM_FLOAT32, CUOPTIM_FLOAT32};
+#define SUM_MAX 300
+
+/* Rank r's gradient element i in step s: a multiple of 1/4 small enough that every sum over up
+ * to 4 ranks is exact in bfloat16 (8-bit significand), float16 and float32. */
+static float rank_gradient(int r, int s, size_t i) { return (float)((r + 1) * (int)(i % 4 + 1) + s) * 0.25f - 1.0f; }
+
+static float sum_over_ranks(int s, size_t i) {
+  double total = 0;
+  for (int r = 0; r < world; r++) total += rank_gradient(r, s, i);
+  return (float)total;
+}
+
+static uint16_t to_half(float x, cuoptimDtype_t dtype) {
+  /* The values are exact in both formats: truncating the float32 bits is exact for bfloat16,
+   * and float16 is built from the exponent and the top 10 significand bits. */
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  if (dtype == CUOPTIM_BFLOAT16) return (uint16_t)(u >> 16);
+  if (x == 0.0f) return (uint16_t)((u >> 16) & 0x8000);
+  uint32_t sign = (u >> 16) & 0x8000, exponent = ((u >> 23) & 0xff) - 127 + 15, mantissa = (u >> 13) & 0x3ff;
+  return (uint16_t)(sign | exponent << 10 | mantissa);
+}
+
+static void store(void *buffer, cuoptimDtype_t dtype, size_t i, float x) {
+  if (dtype == CUOPTIM_FLOAT32)
+    ((float *)buffer)[i] = x;
+  else
+    ((uint16_t *)buffer)[i] = to_half(x, dtype);
+}
+
+static int stored_equals(const void *buffer, cuoptimDtype_t dtype, size_t i, float x) {
+  if (dtype == CUOPTIM_FLOAT32) return memcmp(&((const float *)buffer)[i], &x, sizeof x) == 0;
+  return ((const uint16_t *)buffer)[i] == to_half(x, dtype);
+}
+
+typedef struct {
+  cuoptimOptimizer_t opt;
+  float params[SUM_VARS][SUM_MAX];
+  uint32_t grads[SUM_VARS][SUM_MAX]; /* room for float32 or 16-bit elements */
+} sum_rig_t;
+
+static void sum_rig(sum_rig_t *g, const cuoptimCommOptions_t *options) {
+  memset(g, 0, sizeof *g);
+  cuoptimConfig_t config;
+  must("cuoptimConfigInit", cuoptimConfigInit(&config, CUOPTIM_SGD));
+  config.learning_rate.initial_learning_rate = 0.1;
+  must("cuoptimCreate", cuoptimCreate(&g->opt, &config, CUOPTIM_BACKEND_HOST, 0));
+  for (int v = 0; v < SUM_VARS; v++) {
+    char name[16];
+    snprintf(name, sizeof name, "v%d", v);
+    for (size_t i = 0; i < sum_counts[v]; i++) g->params[v][i] = 1.0f + 0.5f * (float)i;
+    cuoptimVariable_t handle;
+    must("cuoptimAddVariable", cuoptimAddVariable(g->opt, name, g->params[v], CUOPTIM_FLOAT32, sum_counts[v], &handle));
+  }
+  if (options) {
+    MPI_Comm comm = MPI_COMM_WORLD;
+    must("cuoptimSetCommunicator", cuoptimSetCommunicator(g->opt, &comm, options));
+  }
+}
+
+/* Step s of the rig: the last variable has no gradient in step 2. `value(s, i)` fills them. */
+static cuoptimStatus_t sum_step(sum_rig_t *g, int s, float (*value)(int, size_t), int as_float32) {
+  cuoptimGradient_t pairs[SUM_VARS];
+  int n = 0;
+  for (int v = 0; v < SUM_VARS; v++) {
+    if (v == SUM_VARS - 1 && s == 2) continue;
+    cuoptimDtype_t dtype = as_float32 ? CUOPTIM_FLOAT32 : sum_dtypes[v];
+    for (size_t i = 0; i < sum_counts[v]; i++) store(g->grads[v], dtype, i, value(s, i));
+    pairs[n].variable = v;
+    pairs[n].grad = g->grads[v];
+    pairs[n].dtype = dtype;
+    n++;
+  }
+  return cuoptimApplyGradients(g->opt, n, pairs, NULL);
+}
+
+static float this_ranks_gradient(int s, size_t i) { return rank_gradient(rank, s, i); }
+
+/* What one process is given to end where the ranks end: the sum, its float32 mean, or this
+ * rank's own gradient (aggregate 0). */
+static const cuoptimCommOptions_t *reference_mode;
+static float reference_gradient(int s, size_t i) {
+  if (!reference_mode->aggregate) return rank_gradient(rank, s, i);
+  float total = sum_over_ranks(s, i);
+  if (reference_mode->reduce == CUOPTIM_REDUCE_SUM || world == 1) return total;
+  return total * (float)(1.0 / (double)world);
+}
+
+static int sums_case(size_t bucket_bytes, cuoptimReduceOp_t reduce, int aggregate) {
+  cuoptimCommOptions_t options;
+  must("cuoptimCommOptionsInit", cuoptimCommOptionsInit(&options));
+  options.bucket_bytes = bucket_bytes;
+  options.reduce = reduce;
+  options.aggregate = aggregate;
+  options.timeout_seconds = timeout_seconds;
+  reference_mode = &options;
+  static sum_rig_t ranked, single;
+  sum_rig(&ranked, &options);
+  sum_rig(&single, NULL);
+  char problem[256] = "";
+  for (int s = 1; s <= 3; s++) {
+    must("step with the communicator", sum_step(&ranked, s, this_ranks_gradient, 0));
+    /* The gradient buffers hold the sums (or, without aggregation, the rank's own values). */
+    for (int v = 0; v < SUM_VARS && !problem[0]; v++) {
+      if (v == SUM_VARS - 1 && s == 2) continue;
+      for (size_t i = 0; i < sum_counts[v] && !problem[0]; i++) {
+        float want = aggregate ? sum_over_ranks(s, i) : rank_gradient(rank, s, i);
+        if (!stored_equals(ranked.grads[v], sum_dtypes[v], i, want))
+          snprintf(problem, sizeof problem, "step %d: v%d's gradient [%zu] is not %g after the step", s, v, i, want);
+      }
+    }
+    /* The reference gets float32 values: exact for the sums; for the mean, what the update
+     * computes from the (exact) summed element, float32 times float32(1/world). */
+    must("step without", sum_step(&single, s, reference_gradient, 1));
+  }
+  if (!problem[0] && memcmp(ranked.params, single.params, sizeof ranked.params) != 0)
+    snprintf(problem, sizeof problem, "the parameters differ from one process given the %s",
+             !aggregate ? "rank's own gradients" : reduce == CUOPTIM_REDUCE_SUM ? "sums" : "float32 means");
+  if (!problem[0] && aggregate) {
+    static float all[64][SUM_VARS][SUM_MAX];
+    if (world <= 64) {
+      int n = (int)(sizeof ranked.params / sizeof(float));
+      MPI_Allgather(ranked.params, n, MPI_FLOAT, all, n, MPI_FLOAT, MPI_COMM_WORLD);
+      for (int r = 1; r < world && !problem[0]; r++)
+        if (memcmp(all[r], all[0], sizeof ranked.params) != 0)
+          snprintf(problem, sizeof problem, "rank %d's parameters differ from rank 0's", r);
+    }
+  }
+  printf("rank %d: sums: bucket_bytes %zu, %s, aggregate %d: %s\n", rank, bucket_bytes,
+         reduce == CUOPTIM_REDUCE_SUM ? "REDUCE_SUM" : "REDUCE_MEAN", aggregate, problem[0] ? problem : "ok");
+  fflush(stdout);
+  cuoptimDestroy(ranked.opt);
+  cuoptimDestroy(single.opt);
+  return problem[0] ? 1 : 0;
+}
+
+static int sums(void) {
+  int failed = 0;
+  static const size_t buckets[] = {1, 64, (size_t)25 << 20};
+  for (size_t b = 0; b < sizeof buckets / sizeof buckets[0]; b++) {
+    failed |= sums_case(buckets[b], CUOPTIM_REDUCE_SUM, 1);
+    failed |= sums_case(buckets[b], CUOPTIM_REDUCE_MEAN, 1);
+  }
+  failed |= sums_case((size_t)25 << 20, CUOPTIM_REDUCE_MEAN, 0);
+  return failed;
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -206,6 +367,8 @@ int main(int argc, char **argv) {
   int status = 0;
   if (is("world_of_one_is_plain")) {
     status = world_of_one();
+  } else if (is("sums")) {
+    status = sums();
   } else if (is("timeout_first_step") || is("timeout_later_step")) {
     rig_t g;
     setup(&g, 1);
