@@ -171,20 +171,24 @@ static void element_type(const MpiComm *m, cuoptimDtype_t dtype, MPI_Datatype *t
   *op = dtype == CUOPTIM_FLOAT32 ? MPI_SUM : dtype == CUOPTIM_FLOAT16 ? m->sum_float16 : m->sum_bfloat16;
 }
 
-/* The counts and offsets of every rank's share of `count` elements. */
-static cuoptimStatus_t fill_shares(cuoptimOptimizer_t opt, size_t count) {
-  MpiComm *m = mpi_of(opt);
-  int world = opt->comm->world;
-  if (count / (size_t)world + 1 > INT32_MAX || count > INT32_MAX)
+/* Whether MPI can count a gradient of `count` elements (an int per collective). */
+static cuoptimStatus_t check_countable(size_t count) {
+  if (count > INT32_MAX)
     return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
                          "cuoptimApplyGradients: a gradient of %zu elements is more than MPI counts (2^31 - 1)", count);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The counts and offsets of every rank's share of `count` elements (check_countable passed). */
+static void fill_shares(cuoptimOptimizer_t opt, size_t count) {
+  MpiComm *m = mpi_of(opt);
+  int world = opt->comm->world;
   for (int r = 0; r < world; r++) {
     size_t offset, length;
     cuoptim_comm_share(count, world, r, &offset, &length);
     m->counts[r] = (int)length;
     m->displs[r] = (int)offset;
   }
-  return CUOPTIM_STATUS_SUCCESS;
 }
 
 /* One bucket, variables [first, last): reduce-scatter every gradient into the scratch, then
@@ -210,7 +214,7 @@ static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last
     for (int k = first; k < last; k++) {
       const cuoptimStepGradient *g = &opt->step_grads[k];
       if (!g->grad) continue;
-      CUOPTIM_CHECK(fill_shares(opt, opt->variables[k].count));
+      fill_shares(opt, opt->variables[k].count);
       MPI_Datatype type;
       MPI_Op op;
       element_type(m, g->dtype, &type, &op);
@@ -294,6 +298,10 @@ static cuoptimStatus_t check_step_gradients(cuoptimOptimizer_t opt) {
 
 static cuoptimStatus_t mpi_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   CUOPTIM_CHECK(check_step_gradients(opt));
+  /* Every gradient is checked before the first bucket moves: a step that fails changes nothing.
+   * The lists are the same on every rank now, so every rank reaches the same verdict. */
+  for (int k = 0; k < opt->num_variables; k++)
+    if (opt->step_grads[k].grad) CUOPTIM_CHECK(check_countable(opt->variables[k].count));
   size_t bucket = opt->comm->options.bucket_bytes, filled = 0;
   int first = 0;
   for (int k = 0; k < opt->num_variables; k++) {

@@ -2,7 +2,9 @@
 # Builds cuoptim and runs every test: installs what is missing (scripts/setup.sh), configures,
 # builds, runs ctest (Criterion suites; GPU suites skip without a GPU); then builds the same
 # sources against the emulated CUDA device (emu/, in BUILD_DIR-emu) and runs every suite again
-# there, so the kernels and the CUDA backend are exercised on machines without a GPU; then builds
+# there, so the kernels and the CUDA backend are exercised on machines without a GPU (test_ranks,
+# the multi-rank suite, runs the host backend under mpirun -np 1 to 4 in the real and the
+# sanitizer builds only: the emulated device adds nothing to it); then builds
 # the real build again with host code under AddressSanitizer + UBSan (BUILD_DIR-asan) and runs
 # every suite there; then runs each fuzz target of tests/fuzz/ briefly on its committed corpus
 # (scripts/fuzz.sh, BUILD_DIR-fuzz). Any sanitizer report fails the run. Usage:

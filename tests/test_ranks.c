@@ -32,8 +32,10 @@
 #error "CMakeLists.txt defines the launcher and the MPI programs for this suite"
 #endif
 
-/* Every run is bounded: a hang fails the test instead of stalling the suite. */
-#define RUN_LIMIT_SECONDS 240
+/* Every run is bounded: a hang fails the test (the launcher is stopped and the test says which
+ * run hung) instead of stalling the suite. A test gets more time than the runs it makes. */
+#define RUN_LIMIT_SECONDS 120
+#define TEST_LIMIT_SECONDS 600
 /* The collectives of the replays and of split_cases give up after this (their failure, not a
  * hang, then shows what waited). */
 #define COLLECTIVE_TIMEOUT "60"
@@ -271,7 +273,7 @@ Test(ranks, rank_cases_cover_every_optimizer_and_feature) {
 
 /* `mpirun -np R cuoptim-replay --check` on every rank case: Keras's mean-gradient result on every
  * rank, every rank's result bit for bit rank 0's. */
-Test(ranks, replay_check_passes_on_every_rank_case, .timeout = RUN_LIMIT_SECONDS * 2) {
+Test(ranks, replay_check_passes_on_every_rank_case, .timeout = TEST_LIMIT_SECONDS) {
   rank_case *list = NULL;
   int n = list_rank_cases(&list);
   cr_assert(n >= 11, "only %d rank cases in tests/data/cases", n);
@@ -294,7 +296,7 @@ Test(ranks, replay_check_passes_on_every_rank_case, .timeout = RUN_LIMIT_SECONDS
 
 /* The same with --shard: sharded == unsharded. Skipped while the library refuses sharded state
  * (the replay must then say so on every rank, exit 2). */
-Test(ranks, replay_sharded_equals_unsharded, .timeout = RUN_LIMIT_SECONDS * 2) {
+Test(ranks, replay_sharded_equals_unsharded, .timeout = TEST_LIMIT_SECONDS) {
   rank_case *list = NULL;
   int n = list_rank_cases(&list);
   cr_assert(n > 0);
@@ -345,12 +347,12 @@ static void split_cases_on(int ranks) {
   free_result(&r);
 }
 
-Test(ranks, every_case_split_over_1_rank, .timeout = RUN_LIMIT_SECONDS) { split_cases_on(1); }
-Test(ranks, every_case_split_over_2_ranks, .timeout = RUN_LIMIT_SECONDS) { split_cases_on(2); }
-Test(ranks, every_case_split_over_3_ranks, .timeout = RUN_LIMIT_SECONDS) { split_cases_on(3); }
-Test(ranks, every_case_split_over_4_ranks, .timeout = RUN_LIMIT_SECONDS) { split_cases_on(4); }
+Test(ranks, every_case_split_over_1_rank, .timeout = TEST_LIMIT_SECONDS) { split_cases_on(1); }
+Test(ranks, every_case_split_over_2_ranks, .timeout = TEST_LIMIT_SECONDS) { split_cases_on(2); }
+Test(ranks, every_case_split_over_3_ranks, .timeout = TEST_LIMIT_SECONDS) { split_cases_on(3); }
+Test(ranks, every_case_split_over_4_ranks, .timeout = TEST_LIMIT_SECONDS) { split_cases_on(4); }
 
-Test(ranks, every_case_split_sharded_equals_unsharded, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, every_case_split_sharded_equals_unsharded, .timeout = TEST_LIMIT_SECONDS) {
   char args[4200];
   snprintf(args, sizeof args, "--shard --timeout " COLLECTIVE_TIMEOUT " '%s'", test_data_path("cases"));
   run_result r = mpirun_checking(2, CUOPTIM_MPI_SPLIT_CASES, args, 0);
@@ -367,7 +369,7 @@ Test(ranks, every_case_split_sharded_equals_unsharded, .timeout = RUN_LIMIT_SECO
  * The aggregate itself: buckets, reduce ops, dtypes (tests/mpi/faults.c "sums")
  * ------------------------------------------------------------------------------------------- */
 
-Test(ranks, sums_are_exact_over_buckets_reduce_ops_and_dtypes, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, sums_are_exact_over_buckets_reduce_ops_and_dtypes, .timeout = TEST_LIMIT_SECONDS) {
   for (int ranks = 2; ranks <= 4; ranks++) {
     run_result r = mpirun(ranks, CUOPTIM_MPI_FAULTS, "sums");
     cr_expect_eq(r.status, 0, "%d ranks: exit %d\n%s%s", ranks, r.status, r.out, r.err);
@@ -385,11 +387,29 @@ Test(ranks, sums_are_exact_over_buckets_reduce_ops_and_dtypes, .timeout = RUN_LI
   }
 }
 
+/* A gradient MPI cannot count fails the step on every rank before anything is summed, also when
+ * an earlier bucket could have been (a failed step changes nothing), and the next step works. */
+Test(ranks, a_gradient_too_large_for_mpi_fails_before_summing_anything, .timeout = TEST_LIMIT_SECONDS) {
+  run_result r = mpirun(2, CUOPTIM_MPI_FAULTS, "huge_gradient --timeout " COLLECTIVE_TIMEOUT);
+  cr_expect_eq(r.status, 0, "exit %d\n%s%s", r.status, r.out, r.err);
+  for (int k = 0; k < 2; k++) {
+    char prefix[96];
+    snprintf(prefix, sizeof prefix, "rank %d: step with the huge gradient: CUOPTIM_STATUS_NOT_SUPPORTED: ", k);
+    cr_expect_eq(count_lines_starting(r.out, prefix), 2, "rank %d\n%s", k, r.out);
+    snprintf(prefix, sizeof prefix, "rank %d: the small gradient after the failed step: unchanged", k);
+    cr_expect_eq(count_lines_starting(r.out, prefix), 2, "rank %d: the failed step summed a gradient\n%s", k, r.out);
+    snprintf(prefix, sizeof prefix, "rank %d: the small gradient after the next step: the sum", k);
+    cr_expect_eq(count_lines_starting(r.out, prefix), 2, "rank %d\n%s", k, r.out);
+  }
+  cr_expect(strstr(r.out, "is more than MPI counts") != NULL, "%s", r.out);
+  free_result(&r);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * A world of one
  * ------------------------------------------------------------------------------------------- */
 
-Test(ranks, world_of_one_is_bit_for_bit_no_communicator, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, world_of_one_is_bit_for_bit_no_communicator, .timeout = TEST_LIMIT_SECONDS) {
   run_result r = mpirun(1, CUOPTIM_MPI_FAULTS, "world_of_one_is_plain");
   cr_expect_eq(r.status, 0, "exit %d\n%s%s", r.status, r.out, r.err);
   cr_expect(strstr(r.out, "rank 0: world of one: bit for bit as without a communicator") != NULL, "%s", r.out);
@@ -445,7 +465,7 @@ static void expect_every_rank_fails_step_1(const char *scenario, int ranks, cons
   free_result(&r);
 }
 
-Test(ranks, a_variable_name_that_differs_is_named_on_every_rank, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, a_variable_name_that_differs_is_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   expect_every_rank_fails_step_1("name_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE",
                                  "variable 1 is \"dense/bias\" (3 float32) on rank 0",
                                  "\"dense/bias_other\" (3 float32) on rank 2");
@@ -453,7 +473,7 @@ Test(ranks, a_variable_name_that_differs_is_named_on_every_rank, .timeout = RUN_
                                  "\"dense/bias_other\" (3 float32) on rank 1");
 }
 
-Test(ranks, a_variable_count_or_dtype_that_differs_is_named_on_every_rank, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, a_variable_count_or_dtype_that_differs_is_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   expect_every_rank_fails_step_1("count_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE",
                                  "variable 1 is \"dense/bias\" (3 float32) on rank 0",
                                  "\"dense/bias\" (4 float32) on rank 2");
@@ -462,7 +482,7 @@ Test(ranks, a_variable_count_or_dtype_that_differs_is_named_on_every_rank, .time
                                  "\"dense/bias\" (3 bfloat16) on rank 3");
 }
 
-Test(ranks, a_missing_or_extra_variable_is_named_on_every_rank, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, a_missing_or_extra_variable_is_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   /* Rank 2 registers kernel and embedding only: its variable 1 is the embedding. */
   expect_every_rank_fails_step_1("variable_missing", 3, "CUOPTIM_STATUS_INVALID_VALUE",
                                  "variable 1 is \"dense/bias\" (3 float32) on rank 0",
@@ -471,7 +491,7 @@ Test(ranks, a_missing_or_extra_variable_is_named_on_every_rank, .timeout = RUN_L
                                  "variable 3 is \"extra\" (5 float32) on rank 1", "rank 0 has 3 variables");
 }
 
-Test(ranks, options_that_differ_are_named_on_every_rank, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, options_that_differ_are_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   expect_every_rank_fails_step_1("bucket_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE", "options->bucket_bytes",
                                  "rank 1 has 64, rank 0 has 26214400");
   expect_every_rank_fails_step_1("reduce_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE", "options->reduce", "rank 2 has 1");
@@ -507,7 +527,7 @@ static void expect_step_2_fails_everywhere(const char *scenario, int ranks, cons
   free_result(&r);
 }
 
-Test(ranks, ranks_listing_other_gradients_fail_the_step_on_every_rank, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, ranks_listing_other_gradients_fail_the_step_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   expect_step_2_fails_everywhere("gradients_differ", 3, "variable 0 (\"dense/kernel\")",
                                  "a float32 gradient on rank 0 but none on rank 2");
   expect_step_2_fails_everywhere("gradient_dtype_differs", 4, "variable 0 (\"dense/kernel\")",
@@ -545,14 +565,14 @@ static void expect_timeout(const char *scenario, int ranks, int stuck, const cha
   free_result(&r);
 }
 
-Test(ranks, a_rank_that_never_steps_times_out_the_others, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, a_rank_that_never_steps_times_out_the_others, .timeout = TEST_LIMIT_SECONDS) {
   expect_timeout("timeout_first_step --timeout 1", 2, 1, "the variable table check");
   expect_timeout("timeout_later_step --timeout 1", 3, 2, "aggregate (gradient list check)");
 }
 
 /* A rank case on another number of ranks, and a case without rank_steps on several: exit 2 on
  * every rank, no hang, nothing on stdout. */
-Test(ranks, replay_refuses_a_world_the_case_is_not_for, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, replay_refuses_a_world_the_case_is_not_for, .timeout = TEST_LIMIT_SECONDS) {
   rank_case *list = NULL;
   int n = list_rank_cases(&list);
   cr_assert(n > 0);
@@ -585,7 +605,7 @@ Test(ranks, replay_refuses_a_world_the_case_is_not_for, .timeout = RUN_LIMIT_SEC
 /* The replay compares the ranks' results: with --no-aggregate each rank applies its own gradients,
  * so ranks with different gradients end apart (exit 1, and the line says which rank), ranks with
  * the same gradients end together, where one process ends. */
-Test(ranks, replay_reports_ranks_whose_results_differ, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, replay_reports_ranks_whose_results_differ, .timeout = TEST_LIMIT_SECONDS) {
   char args[4400];
   snprintf(args, sizeof args, "--check --no-aggregate '%s'", test_data_path("cases/ranks_adadelta_r2.json"));
   run_result r = mpirun(2, CUOPTIM_REPLAY_PATH, args);
@@ -640,7 +660,7 @@ Test(ranks, replay_reports_ranks_whose_results_differ, .timeout = RUN_LIMIT_SECO
 }
 
 /* A case whose ranks list different gradients: the library's refusal on every rank, exit 2. */
-Test(ranks, replay_reports_ranks_listing_other_gradients, .timeout = RUN_LIMIT_SECONDS) {
+Test(ranks, replay_reports_ranks_listing_other_gradients, .timeout = TEST_LIMIT_SECONDS) {
   char path[512];
   snprintf(path, sizeof path, "%s/uneven.json", tmpdir);
   char *text = slurp(test_data_path("cases/ranks_adadelta_r2.json"));

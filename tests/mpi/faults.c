@@ -23,6 +23,11 @@
  *                                                gradient buffers hold the exact sums, and the
  *                                                parameters are those of one process given the
  *                                                sums (or their float32 mean), on every rank
+ *   huge_gradient                                a gradient of 2^31 elements (more than MPI counts)
+ *                                                after a small one, in the same bucket and in the
+ *                                                bucket before: the step fails with NOT_SUPPORTED
+ *                                                on every rank having summed nothing, and the next
+ *                                                step works
  * Options: --timeout S (default 0: wait forever).
  */
 #include <math.h>
@@ -356,6 +361,50 @@ static int sums(void) {
   return failed;
 }
 
+/* ---- huge_gradient ----------------------------------------------------------------------------- */
+
+/* The huge variable's buffers are never read: the aggregate refuses it before any element moves. */
+static int huge_gradient_in(size_t bucket_bytes) {
+  cuoptimConfig_t config;
+  must("cuoptimConfigInit", cuoptimConfigInit(&config, CUOPTIM_SGD)); /* no slots: nothing allocated per element */
+  cuoptimOptimizer_t opt;
+  must("cuoptimCreate", cuoptimCreate(&opt, &config, CUOPTIM_BACKEND_HOST, 0));
+  static float small[4], small_grad[4], huge_stand_in[4];
+  cuoptimVariable_t a, b;
+  must("cuoptimAddVariable", cuoptimAddVariable(opt, "small", small, CUOPTIM_FLOAT32, 4, &a));
+  must("cuoptimAddVariable", cuoptimAddVariable(opt, "huge", huge_stand_in, CUOPTIM_FLOAT32, (size_t)1 << 31, &b));
+  cuoptimCommOptions_t options;
+  must("cuoptimCommOptionsInit", cuoptimCommOptionsInit(&options));
+  options.reduce = CUOPTIM_REDUCE_SUM;
+  options.timeout_seconds = timeout_seconds;
+  options.bucket_bytes = bucket_bytes;
+  MPI_Comm comm = MPI_COMM_WORLD;
+  must("cuoptimSetCommunicator", cuoptimSetCommunicator(opt, &comm, &options));
+  printf("rank %d: bucket_bytes %zu\n", rank, bucket_bytes);
+  for (int i = 0; i < 4; i++) small_grad[i] = (float)(rank + 1);
+  cuoptimGradient_t both[2] = {{a, small_grad, CUOPTIM_FLOAT32}, {b, huge_stand_in, CUOPTIM_FLOAT32}};
+  show("step with the huge gradient", cuoptimApplyGradients(opt, 2, both, NULL));
+  /* The small gradient was not summed by the failed step. */
+  int untouched = 1;
+  for (int i = 0; i < 4; i++) untouched &= small_grad[i] == (float)(rank + 1);
+  printf("rank %d: the small gradient after the failed step: %s\n", rank, untouched ? "unchanged" : "CHANGED");
+  /* A step without it: its sum alone, on every rank. */
+  cuoptimGradient_t one[1] = {{a, small_grad, CUOPTIM_FLOAT32}};
+  show("step without it", cuoptimApplyGradients(opt, 1, one, NULL));
+  float want = (float)(world * (world + 1) / 2);
+  int summed = 1;
+  for (int i = 0; i < 4; i++) summed &= small_grad[i] == want;
+  printf("rank %d: the small gradient after the next step: %s\n", rank, summed ? "the sum" : "NOT THE SUM");
+  fflush(stdout);
+  cuoptimDestroy(opt);
+  return untouched && summed ? 0 : 1;
+}
+
+static int huge_gradient(void) {
+  int failed = huge_gradient_in((size_t)25 << 20); /* one bucket */
+  return huge_gradient_in(16) | failed;           /* the small gradient fills a bucket of its own */
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -369,6 +418,8 @@ int main(int argc, char **argv) {
     status = world_of_one();
   } else if (is("sums")) {
     status = sums();
+  } else if (is("huge_gradient")) {
+    status = huge_gradient();
   } else if (is("timeout_first_step") || is("timeout_later_step")) {
     rig_t g;
     setup(&g, 1);
