@@ -794,3 +794,32 @@ Test(replay_cli, huge_shapes_with_short_values_are_refused_before_allocating) {
     free_result(&r);
   }
 }
+
+/* rank_steps whose first step lists many ranks and whose later steps are not arrays: refused by
+ * their shape before a pointer per rank and step is allocated (20000 x 20000 of them would be
+ * 3.2 GB). */
+Test(replay_cli, many_ranks_with_short_steps_are_refused_before_allocating) {
+  enum { N = 20000 };
+  size_t cap = 64 * (size_t)N + 1024, len = 0;
+  char *text = malloc(cap);
+  cr_assert(text != NULL);
+  len += (size_t)snprintf(text + len, cap - len,
+                          "{\"format\": \"cuoptim-case-1\", \"optimizer\": {\"module\": \"keras.optimizers\", "
+                          "\"class_name\": \"SGD\", \"config\": {\"learning_rate\": 0.1}, \"registered_name\": null}, "
+                          "\"variables\": [{\"name\": \"w\", \"shape\": [1], \"value\": [1.0]}], \"rank_steps\": [[");
+  for (int r = 0; r < N; r++) len += (size_t)snprintf(text + len, cap - len, "%snull", r ? "," : "");
+  len += (size_t)snprintf(text + len, cap - len, "]");
+  for (int s = 1; s < N; s++) len += (size_t)snprintf(text + len, cap - len, ",null");
+  snprintf(text + len, cap - len, "]}");
+  char path[512], args[600];
+  snprintf(path, sizeof path, "%s/many_ranks.json", tmpdir);
+  write_text(path, text);
+  free(text);
+  snprintf(args, sizeof args, "'%s'", path);
+  run_result r = replay_after(MEMORY_LIMIT_1GIB, args);
+  cr_expect_eq(r.status, 2, "exit %d, stderr: %s", r.status, r.err);
+  cr_expect(strstr(r.err, "rank_steps[1]: expected an array with the gradients of each of the 20000 ranks, got null") !=
+                NULL,
+            "not refused by its shape: %s", r.err);
+  free_result(&r);
+}

@@ -583,18 +583,39 @@ static int load_steps(cuoptimCase *c, const cJSON *arr, char *error, size_t size
   return 0;
 }
 
-/* rank_steps[s][r]: the gradients of rank r in step s, stored as c->rank_steps[r][s] so that each
- * rank's steps have the shape of c->steps. Every step lists the same number of ranks, at least 1. */
-static int load_rank_steps(cuoptimCase *c, const cJSON *arr, char *error, size_t size) {
+/* Checks that every step of rank_steps is an array of the same number of ranks (at least 1),
+ * before anything is allocated for them: the pointers allocated then number no more than the
+ * entries the file holds. Returns that number, or -1. */
+static int count_ranks(const cJSON *arr, char *error, size_t size) {
   if (!cJSON_IsArray(arr))
     return set_error(error, size, "rank_steps: expected an array of steps (each an array of ranks), got %s", type_name(arr));
-  int n = cJSON_GetArraySize(arr);
-  if (n == 0) return set_error(error, size, "rank_steps: expected at least one step, got an empty array");
+  if (cJSON_GetArraySize(arr) == 0) return set_error(error, size, "rank_steps: expected at least one step, got an empty array");
   const cJSON *first = cJSON_GetArrayItem(arr, 0);
   if (!cJSON_IsArray(first))
     return set_error(error, size, "rank_steps[0]: expected an array with the gradients of each rank, got %s", type_name(first));
   int ranks = cJSON_GetArraySize(first);
   if (ranks == 0) return set_error(error, size, "rank_steps[0]: expected the gradients of at least one rank, got an empty array");
+  int s = 0;
+  const cJSON *step;
+  cJSON_ArrayForEach(step, arr) {
+    if (!cJSON_IsArray(step))
+      return set_error(error, size, "rank_steps[%d]: expected an array with the gradients of each of the %d ranks, got %s",
+                       s, ranks, type_name(step));
+    int m = cJSON_GetArraySize(step);
+    if (m != ranks)
+      return set_error(error, size, "rank_steps[%d]: expected the gradients of %d ranks (as rank_steps[0]), got %d", s,
+                       ranks, m);
+    s++;
+  }
+  return ranks;
+}
+
+/* rank_steps[s][r]: the gradients of rank r in step s, stored as c->rank_steps[r][s] so that each
+ * rank's steps have the shape of c->steps. */
+static int load_rank_steps(cuoptimCase *c, const cJSON *arr, char *error, size_t size) {
+  int ranks = count_ranks(arr, error, size);
+  if (ranks < 0) return -1;
+  int n = cJSON_GetArraySize(arr);
   c->rank_steps = calloc((size_t)ranks + 1, sizeof *c->rank_steps);
   if (c->rank_steps == NULL) return set_error(error, size, "rank_steps: out of memory");
   c->num_ranks = ranks;
@@ -607,13 +628,6 @@ static int load_rank_steps(cuoptimCase *c, const cJSON *arr, char *error, size_t
   int s = 0;
   const cJSON *step;
   cJSON_ArrayForEach(step, arr) {
-    if (!cJSON_IsArray(step))
-      return set_error(error, size, "rank_steps[%d]: expected an array with the gradients of each of the %d ranks, got %s",
-                       s, ranks, type_name(step));
-    int m = cJSON_GetArraySize(step);
-    if (m != ranks)
-      return set_error(error, size, "rank_steps[%d]: expected the gradients of %d ranks (as rank_steps[0]), got %d", s,
-                       ranks, m);
     int r = 0;
     const cJSON *per_rank;
     cJSON_ArrayForEach(per_rank, step) {
