@@ -505,6 +505,8 @@ static void expect_step_2_fails_everywhere(const char *scenario, int ranks, cons
   cr_expect_eq(r.status, 0, "%s on %d ranks: exit %d\n%s%s", scenario, ranks, r.status, r.out, r.err);
   for (int k = 0; k < ranks; k++) {
     char prefix[64];
+    snprintf(prefix, sizeof prefix, "rank %d: cuoptimGetRank: rank %d of %d", k, k, ranks);
+    cr_expect_eq(count_lines_starting(r.out, prefix), 1, "%s: \"%s\" missing\n%s", scenario, prefix, r.out);
     snprintf(prefix, sizeof prefix, "rank %d: step 1: CUOPTIM_STATUS_SUCCESS", k);
     cr_expect_eq(count_lines_starting(r.out, prefix), 1, "%s, rank %d: step 1\n%s", scenario, k, r.out);
     snprintf(prefix, sizeof prefix, "rank %d: step 2: ", k);

@@ -127,6 +127,10 @@ static void setup(rig_t *g, int attach) {
   if (odd && is("aggregate_differs")) options.aggregate = 0;
   MPI_Comm comm = MPI_COMM_WORLD;
   must("cuoptimSetCommunicator", cuoptimSetCommunicator(g->opt, &comm, &options));
+  int my_rank = -1, my_world = -1;
+  must("cuoptimGetRank", cuoptimGetRank(g->opt, &my_rank, &my_world));
+  printf("rank %d: cuoptimGetRank: rank %d of %d\n", rank, my_rank, my_world);
+  fflush(stdout);
 }
 
 /* One step with gradients (rank + 1) * (i + 1) / 8 on every registered variable. */
