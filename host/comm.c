@@ -3,6 +3,7 @@
  * tables, and the aggregate stage's entry point. MPI (host backend) is in host/comm_mpi.c, NCCL
  * (CUDA backend) in host/comm_nccl.c. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -177,29 +178,92 @@ static void describe_rank(const cuoptimOptimizer_t opt, uint64_t *entry, uint64_
   entry[ENTRY_SHARD] = (uint64_t)c->options.shard_state;
 }
 
-/* Every rank holds the same gathered table, so every rank reaches the same verdict and they all
- * take the same path (a second exchange, or none): a mismatch never leaves a rank waiting. */
-static cuoptimStatus_t name_differing_variable(cuoptimOptimizer_t opt, const uint64_t *hashes, const char *caller) {
-  const cuoptimComm *c = opt->comm;
-  size_t n = (size_t)opt->num_variables;
-  uint64_t *all = malloc((size_t)c->world * n * sizeof *all);
-  if (!all) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
-  cuoptimStatus_t status = c->ops->allgather_host(opt, hashes, all, n * sizeof *all, "the variable table check");
-  if (status != CUOPTIM_STATUS_SUCCESS) {
-    free(all);
-    return status;
-  }
-  for (size_t k = 0; k < n; k++)
-    for (int r = 1; r < c->world; r++)
-      if (all[(size_t)r * n + k] != all[k]) {
-        free(all);
-        return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
-                             "%s: the ranks' variables differ: variable %zu (\"%s\" on rank %d) has another name, "
-                             "count or dtype on rank %d than on rank 0",
-                             caller, k, opt->variables[k].name, c->rank, r);
+/* One rank's variable at one position of its table, as the others are told when the tables
+ * differ. */
+typedef struct {
+  char name[CUOPTIM_MAX_NAME];
+  uint64_t count, dtype;
+  uint64_t present; /* 0: the rank has fewer variables */
+} variable_record;
+
+static void describe_variable(char *out, size_t size, const variable_record *v) {
+  snprintf(out, size, "\"%s\" (%llu %s)", v->name, (unsigned long long)v->count,
+           cuoptim_dtype_name((cuoptimDtype_t)v->dtype));
+}
+
+/* The first position `k` where rank `r`'s table differs from rank 0's (a variable with another
+ * name, count or dtype, or no variable on one of them), the smallest r at that position. */
+static int first_difference(const uint64_t *hashes, const uint64_t *lengths, int world, size_t stride, size_t *k,
+                            int *r) {
+  for (size_t i = 0; i < stride; i++)
+    for (int q = 1; q < world; q++) {
+      int here = i < lengths[0], there = i < lengths[q];
+      if (here != there || (here && hashes[(size_t)q * stride + i] != hashes[i])) {
+        *k = i;
+        *r = q;
+        return 1;
       }
+    }
+  return 0;
+}
+
+/* The ranks' tables differ (in length or in a variable): every rank learns every rank's variable
+ * hashes, finds the same first difference, and learns both ranks' variables there, so that every
+ * rank fails with the same message naming them. `lengths[q]` is rank q's number of variables. */
+static cuoptimStatus_t name_differing_variable(cuoptimOptimizer_t opt, const uint64_t *lengths, const char *caller) {
+  const cuoptimComm *c = opt->comm;
+  size_t stride = 1;
+  for (int q = 0; q < c->world; q++)
+    if (lengths[q] > stride) stride = (size_t)lengths[q];
+  uint64_t *mine = calloc(stride, sizeof *mine);
+  uint64_t *all = malloc((size_t)c->world * stride * sizeof *all);
+  variable_record *records = malloc((size_t)c->world * sizeof *records);
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  if (!mine || !all || !records) status = cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  for (int k = 0; status == CUOPTIM_STATUS_SUCCESS && k < opt->num_variables; k++)
+    mine[k] = variable_hash(&opt->variables[k]);
+  if (status == CUOPTIM_STATUS_SUCCESS)
+    status = c->ops->allgather_host(opt, mine, all, stride * sizeof *mine, "the variable table check");
+  size_t k = 0;
+  int r = 0;
+  if (status == CUOPTIM_STATUS_SUCCESS && !first_difference(all, lengths, c->world, stride, &k, &r))
+    status = cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: the table hashes differ but no variable does", caller);
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    variable_record record;
+    memset(&record, 0, sizeof record);
+    if (k < (size_t)opt->num_variables) {
+      const cuoptimVariableRec *v = &opt->variables[k];
+      snprintf(record.name, sizeof record.name, "%s", v->name);
+      record.count = v->count;
+      record.dtype = (uint64_t)v->dtype;
+      record.present = 1;
+    }
+    status = c->ops->allgather_host(opt, &record, records, sizeof record, "the variable table check");
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    char first[CUOPTIM_MAX_NAME + 64], other[CUOPTIM_MAX_NAME + 64];
+    describe_variable(first, sizeof first, &records[0]);
+    describe_variable(other, sizeof other, &records[r]);
+    static const char *const hint = "every rank must register the same variables, in the same order";
+    if (records[0].present && records[r].present)
+      status = cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                             "%s: the ranks' variables differ: variable %zu is %s on rank 0 but %s on rank %d (%s)", caller,
+                             k, first, other, r, hint);
+    else if (records[0].present)
+      status = cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                             "%s: the ranks' variables differ: variable %zu is %s on rank 0 but rank %d has %llu "
+                             "variables (%s)",
+                             caller, k, first, r, (unsigned long long)lengths[r], hint);
+    else
+      status = cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                             "%s: the ranks' variables differ: variable %zu is %s on rank %d but rank 0 has %llu "
+                             "variables (%s)",
+                             caller, k, other, r, (unsigned long long)lengths[0], hint);
+  }
+  free(mine);
   free(all);
-  return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: the table hashes differ but no variable does", caller);
+  free(records);
+  return status;
 }
 
 static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, const char *caller) {
@@ -207,20 +271,24 @@ static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, const char *caller) 
   uint64_t entry[ENTRY_COUNT];
   uint64_t *hashes = malloc((size_t)(opt->num_variables ? opt->num_variables : 1) * sizeof *hashes);
   uint64_t *all = malloc((size_t)c->world * sizeof entry);
-  if (!hashes || !all) {
+  uint64_t *lengths = malloc((size_t)c->world * sizeof *lengths);
+  if (!hashes || !all || !lengths) {
     free(hashes);
     free(all);
+    free(lengths);
     return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
   }
   describe_rank(opt, entry, hashes);
   cuoptimStatus_t status = c->ops->allgather_host(opt, entry, all, sizeof entry, "the variable table check");
+  for (int r = 0; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++)
+    lengths[r] = all[(size_t)r * ENTRY_COUNT + ENTRY_VARIABLES];
   for (int r = 0; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++) {
     const uint64_t *other = all + (size_t)r * ENTRY_COUNT;
     for (int e = 0; e < ENTRY_COUNT; e++) {
       uint64_t expected = e == ENTRY_RANK ? (uint64_t)r : all[e]; /* rank 0's, or its own position */
       if (other[e] == expected) continue;
-      if (e == ENTRY_TABLE_HASH) {
-        status = name_differing_variable(opt, hashes, caller);
+      if (e == ENTRY_VARIABLES || e == ENTRY_TABLE_HASH) {
+        status = name_differing_variable(opt, lengths, caller);
       } else {
         status = cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
                                "%s: the ranks disagree on the %s: rank %d has %llu, rank %d has %llu (every rank must "
@@ -233,6 +301,7 @@ static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, const char *caller) 
   }
   free(hashes);
   free(all);
+  free(lengths);
   if (status == CUOPTIM_STATUS_SUCCESS) c->tables_checked = 1;
   return status;
 }

@@ -177,20 +177,24 @@ static void element_type(const MpiComm *m, cuoptimDtype_t dtype, MPI_Datatype *t
   *op = dtype == CUOPTIM_FLOAT32 ? MPI_SUM : dtype == CUOPTIM_FLOAT16 ? m->sum_float16 : m->sum_bfloat16;
 }
 
-/* The counts and offsets of every rank's share of `count` elements. */
-static cuoptimStatus_t fill_shares(cuoptimOptimizer_t opt, size_t count) {
-  MpiComm *m = mpi_of(opt);
-  int world = opt->comm->world;
-  if (count / (size_t)world + 1 > INT32_MAX || count > INT32_MAX)
+/* Whether MPI can count a gradient of `count` elements (an int per collective). */
+static cuoptimStatus_t check_countable(size_t count) {
+  if (count > INT32_MAX)
     return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
                          "cuoptimApplyGradients: a gradient of %zu elements is more than MPI counts (2^31 - 1)", count);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The counts and offsets of every rank's share of `count` elements (check_countable passed). */
+static void fill_shares(cuoptimOptimizer_t opt, size_t count) {
+  MpiComm *m = mpi_of(opt);
+  int world = opt->comm->world;
   for (int r = 0; r < world; r++) {
     size_t offset, length;
     cuoptim_comm_share(count, world, r, &offset, &length);
     m->counts[r] = (int)length;
     m->displs[r] = (int)offset;
   }
-  return CUOPTIM_STATUS_SUCCESS;
 }
 
 /* Sharded state: the buffer that holds this rank's share of every gradient, laid out once (the
@@ -240,7 +244,7 @@ static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last
       const cuoptimStepGradient *g = &opt->step_grads[k];
       if (!g->grad) continue;
       if (sharded) share = m->shares + m->share_offsets[k];
-      CUOPTIM_CHECK(fill_shares(opt, opt->variables[k].count));
+      fill_shares(opt, opt->variables[k].count);
       MPI_Datatype type;
       MPI_Op op;
       element_type(m, g->dtype, &type, &op);
@@ -268,7 +272,8 @@ static cuoptimStatus_t mpi_gather_parameters(cuoptimOptimizer_t opt, cuoptimStre
   CUOPTIM_CHECK(reserve(opt, 0, n));
   for (int k = 0; k < n; k++) {
     const cuoptimVariableRec *v = &opt->variables[k];
-    CUOPTIM_CHECK(fill_shares(opt, v->count));
+    CUOPTIM_CHECK(check_countable(v->count));
+    fill_shares(opt, v->count);
     MPI_Datatype type;
     MPI_Op op;
     element_type(m, v->dtype, &type, &op);
@@ -300,26 +305,69 @@ static cuoptimStatus_t mpi_allgather_shares_host(cuoptimOptimizer_t opt, const v
   return wait_all(opt, 1, &request, stage);
 }
 
+/* What a rank has for variable k this step: 0 no gradient, else the gradient's dtype + 1. */
+static uint8_t gradient_code(const cuoptimOptimizer_t opt, int k) {
+  const cuoptimStepGradient *g = &opt->step_grads[k];
+  return g->grad ? (uint8_t)(g->dtype + 1) : 0;
+}
+
+/* "a float32 gradient", "a bfloat16 one" (after another rank's), "no gradient" or "none". */
+static void describe_gradient(char *out, size_t size, uint8_t code, int second, int other_has_one) {
+  if (code == 0)
+    snprintf(out, size, "%s", second ? "none" : "no gradient");
+  else
+    snprintf(out, size, "a %s %s", cuoptim_dtype_name((cuoptimDtype_t)(code - 1)),
+             second && other_has_one ? "one" : "gradient");
+}
+
+/* The ranks' lists differ: every rank learns every rank's codes and names the same first
+ * variable where a rank differs from rank 0. */
+static cuoptimStatus_t name_differing_gradient(cuoptimOptimizer_t opt) {
+  const cuoptimComm *c = opt->comm;
+  size_t n = (size_t)opt->num_variables; /* the same on every rank: the tables were checked */
+  uint8_t *mine = malloc(n), *all = malloc((size_t)c->world * n);
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  if (!mine || !all) status = cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
+  for (size_t k = 0; status == CUOPTIM_STATUS_SUCCESS && k < n; k++) mine[k] = gradient_code(opt, (int)k);
+  if (status == CUOPTIM_STATUS_SUCCESS)
+    status = mpi_allgather_host(opt, mine, all, n, "aggregate (gradient list check)");
+  for (size_t k = 0; status == CUOPTIM_STATUS_SUCCESS && k < n; k++)
+    for (int r = 1; r < c->world; r++) {
+      uint8_t first = all[k], other = all[(size_t)r * n + k];
+      if (other == first) continue;
+      char a[64], b[64];
+      describe_gradient(a, sizeof a, first, 0, 0);
+      describe_gradient(b, sizeof b, other, 1, first != 0);
+      status = cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                             "cuoptimApplyGradients: the ranks pass different gradients in this step: variable %zu "
+                             "(\"%s\") has %s on rank 0 but %s on rank %d (every rank must list the same non-NULL "
+                             "gradients, of the same dtypes)",
+                             k, opt->variables[k].name, a, b, r);
+      goto done;
+    }
+  if (status == CUOPTIM_STATUS_SUCCESS)
+    status = cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR,
+                           "cuoptimApplyGradients: the gradient list hashes differ but no gradient does");
+done:
+  free(mine);
+  free(all);
+  return status;
+}
+
 /* Before any gradient moves, the ranks compare which variables have one this step and of what
- * type: a difference would pair unrelated collectives. One small exchange per step. */
+ * type: a difference would pair unrelated collectives. One small exchange per step (and a second
+ * one, to name the variable, only when they differ). */
 static cuoptimStatus_t check_step_gradients(cuoptimOptimizer_t opt) {
   const cuoptimComm *c = opt->comm;
   uint64_t h = 0xcbf29ce484222325ull;
-  for (int k = 0; k < opt->num_variables; k++) {
-    const cuoptimStepGradient *g = &opt->step_grads[k];
-    uint64_t code = g->grad ? (uint64_t)g->dtype + 1 : 0;
-    for (int b = 0; b < 8; b++) h = (h ^ ((code >> (8 * b)) & 0xff)) * 0x100000001b3ull;
-  }
+  for (int k = 0; k < opt->num_variables; k++) h = (h ^ gradient_code(opt, k)) * 0x100000001b3ull;
   uint64_t *all = malloc((size_t)c->world * sizeof *all);
   if (!all) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
   cuoptimStatus_t status = mpi_allgather_host(opt, &h, all, sizeof h, "aggregate (gradient list check)");
-  for (int r = 1; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++)
-    if (all[r] != all[0])
-      status = cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
-                             "cuoptimApplyGradients: rank %d passes gradients for other variables (or of other dtypes) "
-                             "than rank 0 in this step: every rank must list the same non-NULL gradients",
-                             r);
+  int differ = 0;
+  for (int r = 1; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++) differ |= all[r] != all[0];
   free(all);
+  if (status == CUOPTIM_STATUS_SUCCESS && differ) status = name_differing_gradient(opt);
   return status;
 }
 
@@ -335,7 +383,8 @@ static cuoptimStatus_t mpi_start_bucket(cuoptimOptimizer_t opt, int b, cuoptimSt
   }
   for (int k = opt->bucket_first[b]; k < opt->bucket_first[b + 1]; k++) {
     const cuoptimVariableRec *v = &opt->variables[k];
-    CUOPTIM_CHECK(fill_shares(opt, v->count));
+    CUOPTIM_CHECK(check_countable(v->count));
+    fill_shares(opt, v->count);
     MPI_Datatype type;
     MPI_Op op;
     element_type(m, v->dtype, &type, &op);
@@ -360,7 +409,8 @@ static cuoptimStatus_t finish_arena(cuoptimOptimizer_t opt, cuoptimStream_t stre
   }
   for (int k = 0; k < n; k++) {
     const cuoptimVariableRec *v = &opt->variables[k];
-    CUOPTIM_CHECK(fill_shares(opt, v->count));
+    CUOPTIM_CHECK(check_countable(v->count));
+    fill_shares(opt, v->count);
     MPI_Datatype type;
     MPI_Op op;
     element_type(m, v->dtype, &type, &op);
@@ -375,6 +425,10 @@ static cuoptimStatus_t mpi_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t str
   /* With an arena every bucket's reduce-scatter was issued before (cuoptim_comm_begin_step), so
    * this check comes after them on every rank. */
   CUOPTIM_CHECK(check_step_gradients(opt));
+  /* Every gradient is checked before the first bucket moves: a step that fails changes nothing.
+   * The lists are the same on every rank now, so every rank reaches the same verdict. */
+  for (int k = 0; k < opt->num_variables; k++)
+    if (opt->step_grads[k].grad) CUOPTIM_CHECK(check_countable(opt->variables[k].count));
   if (opt->grad_arena) return finish_arena(opt, stream);
   if (cuoptim_comm_sharded(opt)) CUOPTIM_CHECK(reserve_shares(opt));
   size_t bucket = opt->comm->options.bucket_bytes, filled = 0;

@@ -402,11 +402,13 @@ typedef struct {
  * Statuses: SUCCESS, NULL_POINTER (grads with n > 0), INVALID_VALUE (unknown variable, a variable
  * listed twice, every gradient NULL, unknown dtype, n < 0), INVALID_STATE (the first step, on a
  * stream capturing a CUDA graph), ALLOC_FAILED (building the state on the first step),
- * CUDA_ERROR. With a communicator (cuoptimSetCommunicator) also: INVALID_VALUE (the ranks'
- * variable tables or options differ; host backend: the ranks list other gradients),
- * INVALID_STATE (an earlier collective failed or timed out), TIMEOUT (host backend), MPI_ERROR,
- * NCCL_ERROR (an NCCL call failed, or NCCL reports an asynchronous error of earlier work; the
- * message carries NCCL's text). */
+ * CUDA_ERROR. With a communicator (cuoptimSetCommunicator) also: INVALID_VALUE on every rank,
+ * the step not taken, when the ranks' variable tables or options differ (first step) or when
+ * they list different gradients (host backend); TIMEOUT (host backend: a collective waited
+ * longer than options.timeout_seconds, naming the stage); INVALID_STATE (an earlier collective
+ * timed out or failed); MPI_ERROR, NCCL_ERROR (an NCCL call failed, or NCCL reports an
+ * asynchronous error of earlier work; the message carries NCCL's text); NOT_SUPPORTED (over MPI,
+ * a gradient of 2^31 elements or more). */
 CUOPTIM_API cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t optimizer, int n,
                                                   const cuoptimGradient_t *grads, cuoptimStream_t stream);
 
@@ -607,9 +609,11 @@ CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options
  * NCCL communicator, which must outlive the optimizer. communicator == NULL detaches: the
  * optimizer is a single process again. A world of size 1 gives bit for bit the results of an
  * optimizer without communicator.
- * At the first step the ranks compare their variable tables (names, counts, dtypes, in order):
- * a difference fails that step on every rank with INVALID_VALUE naming the first differing
- * variable and the ranks that differ.
+ * At the first step the ranks compare their variable tables (names, counts, dtypes, in order)
+ * and their options: a difference fails that step on every rank with INVALID_VALUE and the same
+ * message, naming the first differing variable (or option) and what two ranks have there. On the
+ * host backend, every step, the ranks compare which variables they pass gradients for, and of
+ * which dtypes: a difference fails that step in the same way.
  * The NCCL communicator must be on the optimizer's device and, if it is non-blocking
  * (config.blocking = 0), initialized (ncclCommGetAsyncError gives ncclSuccess). The rank and the
  * world are NCCL's (ncclCommUserRank, ncclCommCount). cuoptim never destroys it.

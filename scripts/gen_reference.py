@@ -33,6 +33,14 @@ its lax.cond compiles the inner update with XLA (fused, FMA-contracted arithmeti
 
 All numbers in the cases are eager, op-by-op float32 results (no fused multiply-add); jitted Keras
 (model.fit) differs from them in the last bits (--verify DIR --jit shows by how much).
+
+Multi-rank cases (ranks_*.json): "rank_steps"[s][r] holds rank r's gradients of step s and "steps"
+their mean, which is what Keras applied ("expected" is Keras on the mean gradients). The mean is
+formed as cuoptim forms it: the float32 sum of the ranks' gradients, multiplied by float32(1/R).
+Each rank gradient lies on a binary grid coarse enough (2^-20 of the tensor's largest magnitude)
+that every partial sum of up to four of them is exact in float32, so the sum is the same in any
+order MPI adds the ranks in: `mpirun -np R cuoptim-replay` applies exactly the gradients Keras
+did, and the multi-rank replay is bit for bit the single-process replay of "steps".
 """
 
 import argparse
@@ -196,6 +204,8 @@ class Ctx:
         self.grads = None
         self.lso_scaled = False
         self.nonfinite = {}
+        self.rank_grads = None      # [step][rank][variable] (multi-rank cases), see ranks()
+        self.nonfinite_rank = {}    # step -> the rank whose gradient gets the non-finite value
 
     # --- hyperparameters -------------------------------------------------------------------
     def h(self, default, lo=None, hi=None, log=False, n=3):
@@ -343,6 +353,77 @@ class Ctx:
         self.notes.append("clipvalue=%g: %.0f%% of gradient elements are clipped"
                           % (t, 100.0 * np.mean(flat > t)))
         return t
+
+    # --- data-parallel ranks -------------------------------------------------------------------
+    def ranks(self, n_ranks, spread=1.0):
+        """Turns the gradients of data() into those of n_ranks data-parallel ranks: rank r's
+        gradient of a tensor g is g + spread * rms(g) * z_r (z_r standard normal), put on the
+        tensor's exact-sum grid (exact_sum_grid); an exact zero of g stays an exact zero of the
+        mean (ranks 0 and 1 hold a and -a there, the others 0). None gradients are None on every
+        rank. Afterwards self.grads holds the means (rank_mean), so thresholds (clipnorm, ...) are
+        drawn from what Keras applies; non-finite values (data(nonfinite=...)) go to one rank."""
+        assert 1 <= n_ranks <= 4, "the exact-sum grid holds up to four ranks"
+        rng = self.rng
+        self.rank_grads = []
+        for row in self.grads:
+            per_rank = [[] for _ in range(n_ranks)]
+            for g in row:
+                if g is None:
+                    for r in range(n_ranks):
+                        per_rank[r].append(None)
+                    continue
+                g64 = np.asarray(g, dtype=np.float64)
+                rms = math.sqrt(float(np.mean(g64 * g64))) or 1.0
+                z = rng.standard_normal((n_ranks,) + g64.shape)
+                x = g64[None] + spread * rms * z
+                zero = g64 == 0
+                if n_ranks >= 2:
+                    x[1][zero] = -x[0][zero]
+                    x[2:, zero] = 0.0
+                else:
+                    x[0][zero] = 0.0
+                q = exact_sum_grid(x)
+                for r in range(n_ranks):
+                    per_rank[r].append(q[r])
+            self.rank_grads.append(per_rank)
+        self.grads = [rank_mean(per_rank) for per_rank in self.rank_grads]
+        self.nonfinite_rank = {s: int(rng.integers(0, n_ranks)) for s in self.nonfinite}
+        self.notes.append("%d ranks: rank r's gradients are rank_steps[s][r], steps are their "
+                          "float32 mean (sum, then times float32(1/%d))" % (n_ranks, n_ranks))
+        return n_ranks
+
+
+def exact_sum_grid(x):
+    """x (ranks, ...) float64 -> float32 values on a grid of 2^(ceil(log2(max |x|)) - 20): every
+    value is an integer multiple k of the grid with |k| <= 2^20, so any partial sum of up to four
+    of them is below 2^22 grid units and exact in float32 (24-bit significand): the sum does not
+    depend on the order of the additions."""
+    amax = float(np.max(np.abs(x)))
+    if amax == 0.0:
+        return np.zeros(x.shape, dtype=np.float32)
+    grid = 2.0 ** (math.ceil(math.log2(amax)) - 20)
+    q = (np.round(x / grid) * grid).astype(np.float32)
+    assert np.array_equal(q.astype(np.float64), np.round(x / grid) * grid)
+    return q
+
+
+def rank_mean(per_rank):
+    """The gradients one step applies in a data-parallel run, per variable: the float32 sum of the
+    ranks' gradients in rank order (exact here, see exact_sum_grid) times float32(1/R), as
+    cuoptim's REDUCE_MEAN computes it. None where the ranks have no gradient."""
+    n = len(per_rank)
+    inv = np.float32(1.0 / n)
+    out = []
+    for i in range(len(per_rank[0])):
+        if per_rank[0][i] is None:
+            assert all(rr[i] is None for rr in per_rank)
+            out.append(None)
+            continue
+        total = np.asarray(per_rank[0][i], dtype=np.float32)
+        for rr in per_rank[1:]:
+            total = (total + rr[i]).astype(np.float32)
+        out.append((total * inv).astype(np.float32))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1175,6 +1256,148 @@ def _(c):
             "accumulation 3, EMA with overwrite.", ["bias$"])
 
 
+# 11. Data-parallel ranks: rank_steps, with steps = their mean ------------------------------------
+# Small variables and few steps: cuoptim-replay runs each of these under mpirun in CI.
+RANK_VARS = [("dense_kernel", (4, 3)), ("dense_bias", (3,)), ("embedding", (5, 2)),
+             ("norm_gamma", (2,))]
+
+
+@case("ranks_sgd_momentum_clipnorm_r2")
+def _(c):
+    c.data(steps=8, names=RANK_VARS)
+    c.ranks(2)
+    return (O.SGD(learning_rate=lr(c, 0.05), momentum=c.h(0.9, 0.5, 0.99), clipnorm=c.clipnorm()),
+            "2 ranks: SGD with momentum and clipnorm on the mean gradients.")
+
+
+@case("ranks_rmsprop_centered_r3")
+def _(c):
+    c.data(steps=8, names=RANK_VARS)
+    c.ranks(3)
+    return (O.RMSprop(learning_rate=lr(c, 0.01), momentum=c.h(0.5, 0.1, 0.95), centered=True),
+            "3 ranks: RMSprop centered with momentum.")
+
+
+@case("ranks_adagrad_clipvalue_r4")
+def _(c):
+    c.data(steps=8, names=RANK_VARS)
+    c.ranks(4)
+    return (O.Adagrad(learning_rate=lr(c, 0.1), clipvalue=c.clipvalue()),
+            "4 ranks: Adagrad with clipvalue.")
+
+
+@case("ranks_adadelta_r2")
+def _(c):
+    c.data(steps=8, names=RANK_VARS)
+    c.ranks(2)
+    return (O.Adadelta(learning_rate=lr(c, 1.0, 0.3, 3.0)), "2 ranks: Adadelta.")
+
+
+@case("ranks_adam_global_clipnorm_r3")
+def _(c):
+    c.data(steps=8, names=RANK_VARS)
+    c.ranks(3)
+    return (O.Adam(learning_rate=lr(c, 0.01), global_clipnorm=c.global_clipnorm()),
+            "3 ranks: Adam with global_clipnorm (the norm of the mean gradients).")
+
+
+@case("ranks_adamw_accum2_r4")
+def _(c):
+    c.data(steps=8, names=RANK_VARS)
+    c.ranks(4)
+    return (O.AdamW(learning_rate=lr(c, 0.01), weight_decay=c.h(0.05, 0.005, 0.2),
+                    gradient_accumulation_steps=2),
+            "4 ranks: AdamW with weight decay (exclusions) and gradient accumulation 2 (every "
+            "micro-step's gradients are averaged over the ranks).", ["bias$"])
+
+
+@case("ranks_adamax_loss_scale_factor_r2")
+def _(c):
+    f = c.hchoice(128.0, [8.0, 1024.0])
+    c.data(steps=8, names=RANK_VARS, grad_mult=f)
+    c.ranks(2)
+    return (O.Adamax(learning_rate=lr(c, 0.02), loss_scale_factor=f),
+            "2 ranks: Adamax with loss_scale_factor (the ranks' gradients are pre-scaled).")
+
+
+@case("ranks_nadam_null_grads_r3")
+def _(c):
+    c.data(steps=8, names=RANK_VARS, null_frac=0.2)
+    c.ranks(3)
+    return (O.Nadam(learning_rate=lr(c, 0.01)),
+            "3 ranks: Nadam with None gradients (the same variables on every rank).")
+
+
+@case("ranks_lion_clipnorm_r4")
+def _(c):
+    c.data(steps=8, names=RANK_VARS)
+    c.ranks(4)
+    return (O.Lion(learning_rate=lr(c, 0.003), clipnorm=c.clipnorm()),
+            "4 ranks: Lion with clipnorm (exact zeros of the mean: sign(0) = 0).")
+
+
+@case("ranks_lamb_accum3_r2")
+def _(c):
+    c.data(steps=9, names=RANK_VARS)
+    c.ranks(2)
+    return (O.Lamb(learning_rate=lr(c, 0.02), gradient_accumulation_steps=3),
+            "2 ranks: Lamb with gradient accumulation 3.")
+
+
+@case("ranks_ftrl_l1_l2_r3")
+def _(c):
+    c.data(steps=8, names=RANK_VARS)
+    c.ranks(3)
+    return (O.Ftrl(learning_rate=lr(c, 0.1), l1_regularization_strength=c.h(0.01, 0.001, 0.1),
+                   l2_regularization_strength=c.h(0.02, 0.001, 0.1)),
+            "3 ranks: Ftrl with l1 and l2 regularization.")
+
+
+@case("ranks_lso_adam_nonfinite_r4")
+def _(c):
+    c.data(steps=9, names=RANK_VARS, lso_scaled=True, nonfinite={2: "inf", 5: "nan"})
+    c.ranks(4)
+    inner = O.Adam(learning_rate=lr(c, 0.01))
+    return (O.LossScaleOptimizer(inner, initial_scale=c.hchoice(1024.0, [256.0, 4096.0]),
+                                 dynamic_growth_steps=c.hint(2, 2, 4)),
+            "4 ranks: LossScaleOptimizer(Adam); in some steps one rank's gradient holds inf or nan, "
+            "so the mean does and every rank skips the step together.")
+
+
+@case("ranks_lso_sgd_nonfinite_r2")
+def _(c):
+    c.data(steps=8, names=RANK_VARS, lso_scaled=True, nonfinite={3: "-inf"})
+    c.ranks(2)
+    inner = O.SGD(learning_rate=lr(c, 0.05), momentum=c.h(0.9, 0.1, 0.95))
+    return (O.LossScaleOptimizer(inner, initial_scale=c.hchoice(2.0**15, [2.0**10, 2.0**20]),
+                                 dynamic_growth_steps=c.hint(2, 2, 4)),
+            "2 ranks: LossScaleOptimizer(SGD momentum); one rank's gradient holds -inf in one step.")
+
+
+@case("ranks_sgd_combo_r3")
+def _(c):
+    f = c.h(1000.0, 10.0, 5000.0)
+    c.data(steps=8, names=RANK_VARS, grad_mult=f)
+    c.ranks(3)
+    flat = [math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in row if g is not None))
+            / f for row in c.grads]
+    t = sig(float(np.median(flat)))
+    c.notes.append("global_clipnorm=%g on the unscaled mean gradients" % t)
+    return (O.SGD(learning_rate=lr(c, 0.05), momentum=c.h(0.5, 0.1, 0.95), loss_scale_factor=f,
+                  global_clipnorm=t, gradient_accumulation_steps=2),
+            "3 ranks: SGD momentum with a non-power-of-two loss_scale_factor, global_clipnorm and "
+            "gradient accumulation 2.")
+
+
+@case("ranks_adam_ema_null_grads_r4")
+def _(c):
+    c.data(steps=8, names=RANK_VARS, null_frac=0.15)
+    c.ranks(4)
+    return (O.Adam(learning_rate=lr(c, 0.01), use_ema=True, ema_momentum=c.h(0.9, 0.5, 0.99),
+                   clipvalue=c.clipvalue()),
+            "4 ranks: Adam with EMA, clipvalue and None gradients.")
+
+
 # ----------------------------------------------------------------------------------------------
 # Running a case through Keras
 # ----------------------------------------------------------------------------------------------
@@ -1264,20 +1487,39 @@ def run_case(name, fn, seed, randomize):
         inner_of(opt).exclude_from_weight_decay(var_names=exclude)
 
     steps = []
+    rank_steps = [] if c.rank_grads is not None else None
     scales = []
     for s, row in enumerate(c.grads):
-        grads = list(row)
+        # Multi-rank: each rank's gradients get the scale and the non-finite value; the step
+        # applies their mean.
+        grads = list(row) if c.rank_grads is None else [list(rr) for rr in c.rank_grads[s]]
+        scale = None
         if c.lso_scaled:
             if not opt.built:
                 opt.build(variables)
             scale = np.float32(opt.dynamic_scale.numpy())
             scales.append(float(scale))
-            grads = [None if g is None else (g * scale).astype(np.float32) for g in grads]
-        if s in c.nonfinite:
+
+        def scaled(gs):
+            return gs if scale is None else [None if g is None else (g * scale).astype(np.float32)
+                                             for g in gs]
+
+        def inject(gs):
             kind, i, j = c.nonfinite[s]
-            g = grads[i].copy()
+            g = gs[i].copy()
             g.reshape(-1)[j] = np.float32(float(kind))
-            grads[i] = g
+            gs[i] = g
+
+        if rank_steps is None:
+            grads = scaled(grads)
+            if s in c.nonfinite:
+                inject(grads)
+        else:
+            grads = [scaled(gs) for gs in grads]
+            if s in c.nonfinite:
+                inject(grads[c.nonfinite_rank[s]])
+            rank_steps.append(grads)
+            grads = rank_mean(grads)
         steps.append(grads)
         apply_step(opt, grads, variables)
 
@@ -1293,7 +1535,9 @@ def run_case(name, fn, seed, randomize):
         notes.append("%d of %d step gradients are null" % (n_null, len(steps) * len(c.vars)))
     if c.nonfinite:
         notes.append("non-finite gradient at steps %s" % ", ".join(
-            "%d (%s)" % (s, c.nonfinite[s][0]) for s in sorted(c.nonfinite)))
+            "%d (%s%s)" % (s, c.nonfinite[s][0], "" if rank_steps is None else
+                           ", on rank %d only" % c.nonfinite_rank[s])
+            for s in sorted(c.nonfinite)))
     if scales:
         notes.append("dynamic_scale before each step: %s; after the last: %.9g" % (
             ", ".join("%.9g" % x for x in scales), float(opt.dynamic_scale.numpy())))
@@ -1307,6 +1551,7 @@ def run_case(name, fn, seed, randomize):
         "exclude": exclude,
         "variables": c.vars,
         "steps": steps,
+        "rank_steps": rank_steps,
         "expected": exp,
     }
 
@@ -1331,6 +1576,13 @@ def write_case(path, r):
             for row in r["steps"]]
     L.append(",\n".join(rows))
     L.append("],")
+    if r.get("rank_steps") is not None:
+        L.append('"rank_steps": [')
+        rows = ["[" + ",".join("[" + ",".join("null" if g is None else fmt_array(g) for g in rr) + "]"
+                               for rr in step) + "]"
+                for step in r["rank_steps"]]
+        L.append(",\n".join(rows))
+        L.append("],")
     e = r["expected"]
     L.append('"expected": {')
     L.append('"iterations": %d,' % e["iterations"])
@@ -1458,6 +1710,19 @@ def compare(case_, iterations, variables, opt_vars, finalized):
     return errs
 
 
+def check_rank_mean(case_, var_specs, steps):
+    """A multi-rank case's steps must be rank_mean of its rank_steps, bit for bit."""
+    errs = []
+    if len(case_["rank_steps"]) != len(steps):
+        return ["%d rank_steps but %d steps" % (len(case_["rank_steps"]), len(steps))]
+    for s, (per_rank, row) in enumerate(zip(case_["rank_steps"], steps)):
+        ranks = [[None if g is None else parse_array(g) for g in rr] for rr in per_rank]
+        for i, (want, got) in enumerate(zip(row, rank_mean(ranks))):
+            if (want is None) != (got is None) or (got is not None and not same_bits(got, want)):
+                errs.append("steps[%d][%d] is not the float32 mean of rank_steps[%d]" % (s, i, s))
+    return errs
+
+
 def replay_eager(case_, var_specs, steps, lso_stateless=False):
     keras.backend.clear_session()
     opt = deserialize_optimizer(case_["optimizer"])
@@ -1524,6 +1789,8 @@ def verify(directory, jit=False):
         case_, var_specs, steps = load_case(os.path.join(directory, fname))
         assert case_["format"] == FORMAT
         errs = compare(case_, *replay_eager(case_, var_specs, steps))
+        if "rank_steps" in case_:
+            errs += check_rank_mean(case_, var_specs, steps)
         status = "OK (bitwise)" if not errs else "MISMATCH: " + "; ".join(errs[:4])
         if errs:
             bad += 1

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds cuoptim and runs every test: installs what is missing (scripts/setup.sh), configures,
-# builds, runs ctest (Criterion suites; GPU suites skip without a GPU); then the host-only build
+# builds, runs ctest (Criterion suites; GPU suites skip without a GPU; test_ranks, the
+# multi-rank suite, runs the host backend under mpirun -np 1 to 4); then the host-only build
 # (CUOPTIM_WITH_CUDA=OFF, in BUILD_DIR-host) with the CUDA toolkit hidden, and its suites; then
 # builds the same sources against the emulated CUDA device (emu/, in BUILD_DIR-emu) and runs every
-# suite again there, so the kernels and the CUDA backend are exercised on machines without a GPU;
-# then builds the real build again with host code under AddressSanitizer + UBSan (BUILD_DIR-asan)
-# and runs every suite there; then runs each fuzz target of tests/fuzz/ briefly on its committed
-# corpus (scripts/fuzz.sh, BUILD_DIR-fuzz). Any sanitizer report fails the run. Usage:
+# suite again there, so the kernels and the CUDA backend (its NCCL path over an emulated NCCL
+# under mpirun included) are exercised on machines without a GPU; then builds the real build again
+# with host code under AddressSanitizer + UBSan (BUILD_DIR-asan) and runs every suite there; then
+# runs each fuzz target of tests/fuzz/ briefly on its committed corpus (scripts/fuzz.sh,
+# BUILD_DIR-fuzz). Any sanitizer report fails the run. Usage:
 #   scripts/test.sh                 build in ./build and run all tests
 #   BUILD_DIR=dir scripts/test.sh   another build directory
 #   CUOPTIM_SANITIZE=ON scripts/test.sh   host code under AddressSanitizer + UBSan in every build

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "case.h"
 #include "testutil.h"
 
 #ifndef CUOPTIM_REPLAY_PATH
@@ -383,30 +384,158 @@ Test(replay_cli, bad_usage_exits_2) {
   expect_input_error(args, "more than one");
 }
 
-Test(replay_cli, ranks_is_refused) {
-  char path[512], args[600];
-  snprintf(path, sizeof path, "%s/ranks.json", tmpdir);
+/* ---------------------------------------------------------------------------------------------
+ * rank_steps outside mpirun (tests/test_ranks.c runs them under mpirun)
+ * ------------------------------------------------------------------------------------------- */
+
+/* bad/no_expected.json (variables kernel [2,3] and bias [3], 2 steps, one null gradient) with
+ * rank_steps for `num_ranks` ranks: rank r's gradients are the step's times 2^r (exact);
+ * `keep_steps` 0 drops "steps". Written to tmpdir/name; the path in `path`. */
+static void write_rank_case(const char *name, int num_ranks, int keep_steps, char *path, size_t size) {
+  snprintf(path, size, "%s/%s", tmpdir, name);
   cJSON *root = load_json(test_data_path("bad/no_expected.json"));
   cJSON *steps = cJSON_GetObjectItem(root, "steps");
   cJSON *rank_steps = cJSON_CreateArray();
   cJSON *step;
   cJSON_ArrayForEach(step, steps) {
     cJSON *per_rank = cJSON_CreateArray();
-    cJSON_AddItemToArray(per_rank, cJSON_Duplicate(step, 1));
-    cJSON_AddItemToArray(per_rank, cJSON_Duplicate(step, 1));
+    for (int r = 0; r < num_ranks; r++) {
+      cJSON *grads = cJSON_Duplicate(step, 1);
+      cJSON *grad;
+      cJSON_ArrayForEach(grad, grads) {
+        cJSON *x;
+        cJSON_ArrayForEach(x, grad) cJSON_SetNumberValue(x, x->valuedouble * (1 << r));
+      }
+      cJSON_AddItemToArray(per_rank, grads);
+    }
     cJSON_AddItemToArray(rank_steps, per_rank);
   }
   cJSON_AddItemToObject(root, "rank_steps", rank_steps);
+  if (!keep_steps) cJSON_DeleteItemFromObject(root, "steps");
   save_json(path, root);
   cJSON_Delete(root);
+}
 
-  snprintf(args, sizeof args, "--ranks 2 '%s'", path);
-  expect_input_error(args, "rank_steps needs mpirun (not supported yet)");
-  /* Without --ranks the single-process steps still run. */
+Test(replay_cli, rank_steps_alone_need_mpirun) {
+  char path[512], args[600];
+  write_rank_case("ranks_only.json", 3, 0, path, sizeof path);
   snprintf(args, sizeof args, "'%s'", path);
-  run_result r = replay(args);
-  cr_expect_eq(r.status, 0, "exit %d, stderr: %s", r.status, r.err);
-  free_result(&r);
+  expect_input_error(args, "the case has only rank_steps (a data-parallel run of 3 ranks): run it with mpirun -np 3");
+}
+
+/* Without mpirun a case with both runs its steps, exactly as without rank_steps. */
+Test(replay_cli, rank_steps_beside_steps_run_the_steps) {
+  char path[512], args[600];
+  write_rank_case("ranks_and_steps.json", 2, 1, path, sizeof path);
+  snprintf(args, sizeof args, "--state '%s'", path);
+  run_result with = replay(args);
+  snprintf(args, sizeof args, "--state '%s'", test_data_path("bad/no_expected.json"));
+  run_result without = replay(args);
+  cr_expect_eq(with.status, 0, "exit %d, stderr: %s", with.status, with.err);
+  cr_expect_eq(without.status, 0, "exit %d, stderr: %s", without.status, without.err);
+  cr_expect_str_eq(with.out, without.out);
+  cr_expect_str_eq(with.err, "");
+  free_result(&with);
+  free_result(&without);
+}
+
+Test(replay_cli, rank_options_need_mpirun) {
+  char args[4200];
+  snprintf(args, sizeof args, "--shard '%s'", test_data_path(REFERENCE_CASE));
+  expect_input_error(args, "--shard: it concerns the ranks of a data-parallel run: start cuoptim-replay under mpirun");
+  snprintf(args, sizeof args, "--no-aggregate '%s'", test_data_path(REFERENCE_CASE));
+  expect_input_error(args, "--no-aggregate: it concerns the ranks of a data-parallel run");
+  snprintf(args, sizeof args, "--timeout -1 '%s'", test_data_path(REFERENCE_CASE));
+  expect_input_error(args, "--timeout");
+}
+
+/* Malformed rank_steps: exit 2 and the JSON path of the problem. `edit` changes the parsed case. */
+static void expect_bad_rank_steps(const char *label, void (*edit)(cJSON *root), const char *needle) {
+  char path[512], args[600];
+  write_rank_case("bad_ranks.json", 2, 1, path, sizeof path);
+  cJSON *root = load_json(path);
+  edit(root);
+  save_json(path, root);
+  cJSON_Delete(root);
+  snprintf(args, sizeof args, "'%s'", path);
+  cr_log_info("%s", label);
+  expect_input_error(args, needle);
+}
+
+static cJSON *rank_steps_of(cJSON *root) { return cJSON_GetObjectItem(root, "rank_steps"); }
+
+static void rank_steps_not_array(cJSON *root) {
+  cJSON_ReplaceItemInObject(root, "rank_steps", cJSON_CreateNumber(3));
+}
+static void rank_steps_empty(cJSON *root) { cJSON_ReplaceItemInObject(root, "rank_steps", cJSON_CreateArray()); }
+static void no_ranks_in_step_0(cJSON *root) { cJSON_ReplaceItemInArray(rank_steps_of(root), 0, cJSON_CreateArray()); }
+static void step_not_array(cJSON *root) { cJSON_ReplaceItemInArray(rank_steps_of(root), 1, cJSON_CreateNull()); }
+static void step_has_fewer_ranks(cJSON *root) {
+  cJSON_DeleteItemFromArray(cJSON_GetArrayItem(rank_steps_of(root), 1), 1);
+}
+static void rank_has_one_gradient(cJSON *root) {
+  cJSON_DeleteItemFromArray(cJSON_GetArrayItem(cJSON_GetArrayItem(rank_steps_of(root), 1), 1), 0);
+}
+static void gradient_too_long(cJSON *root) {
+  cJSON *grad = cJSON_GetArrayItem(cJSON_GetArrayItem(cJSON_GetArrayItem(rank_steps_of(root), 0), 1), 1);
+  cJSON_AddItemToArray(grad, cJSON_CreateNumber(1));
+}
+static void gradient_is_string(cJSON *root) {
+  cJSON *per_rank = cJSON_GetArrayItem(cJSON_GetArrayItem(rank_steps_of(root), 1), 0);
+  cJSON_ReplaceItemInArray(per_rank, 0, cJSON_CreateString("x"));
+}
+static void element_not_number(cJSON *root) {
+  cJSON *grad = cJSON_GetArrayItem(cJSON_GetArrayItem(cJSON_GetArrayItem(rank_steps_of(root), 1), 1), 0);
+  cJSON_ReplaceItemInArray(grad, 4, cJSON_CreateTrue());
+}
+static void neither_steps(cJSON *root) {
+  cJSON_DeleteItemFromObject(root, "steps");
+  cJSON_DeleteItemFromObject(root, "rank_steps");
+}
+
+Test(replay_cli, malformed_rank_steps_exit_2_naming_the_json_path) {
+  expect_bad_rank_steps("not an array", rank_steps_not_array, "rank_steps: expected an array of steps");
+  expect_bad_rank_steps("no steps", rank_steps_empty, "rank_steps: expected at least one step, got an empty array");
+  expect_bad_rank_steps("no ranks", no_ranks_in_step_0, "rank_steps[0]: expected the gradients of at least one rank");
+  expect_bad_rank_steps("step not an array", step_not_array,
+                        "rank_steps[1]: expected an array with the gradients of each of the 2 ranks, got null");
+  expect_bad_rank_steps("fewer ranks", step_has_fewer_ranks,
+                        "rank_steps[1]: expected the gradients of 2 ranks (as rank_steps[0]), got 1");
+  expect_bad_rank_steps("one gradient", rank_has_one_gradient,
+                        "rank_steps[1][1]: expected 2 gradients (one per variable, null for none), got 1");
+  expect_bad_rank_steps("too long", gradient_too_long, "rank_steps[0][1][1]: expected 3 numbers, got 4");
+  expect_bad_rank_steps("string", gradient_is_string,
+                        "rank_steps[1][0][0]: expected null or an array of 6 numbers (gradient of \"kernel\")");
+  expect_bad_rank_steps("boolean", element_not_number, "rank_steps[1][1][0][4]: expected a number, got a boolean");
+  expect_bad_rank_steps("neither", neither_steps, "steps: missing (and no rank_steps)");
+}
+
+/* The loader keeps rank r's gradients of step s as rank_steps[r][s], each the file's values. */
+Test(replay_cli, loader_stores_each_ranks_gradients) {
+  char path[512], error[2048];
+  write_rank_case("ranks_loaded.json", 3, 0, path, sizeof path);
+  cuoptimCase c;
+  cr_assert_eq(cuoptim_case_load(path, &c, error, sizeof error), 0, "%s", error);
+  cr_expect(!c.has_steps);
+  cr_expect(c.has_rank_steps);
+  cr_expect_eq(c.num_ranks, 3);
+  cr_expect_eq(c.num_rank_steps, 2);
+  cuoptimCase plain;
+  cr_assert_eq(cuoptim_case_load(test_data_path("bad/no_expected.json"), &plain, error, sizeof error), 0, "%s", error);
+  for (int r = 0; r < 3; r++)
+    for (int s = 0; s < 2; s++)
+      for (int v = 0; v < 2; v++) {
+        const float *want = plain.steps[s][v], *got = c.rank_steps[r][s][v];
+        cr_expect_eq(got == NULL, want == NULL, "rank_steps[%d][%d][%d]: null or not as steps[%d][%d]", s, r, v, s, v);
+        for (size_t i = 0; got != NULL && want != NULL && i < c.variables[v].count; i++)
+          cr_expect_eq(got[i], want[i] * (float)(1 << r), "rank_steps[%d][%d][%d][%zu]", s, r, v, i);
+      }
+  /* A case without steps runs only with steps given (the ranks'). */
+  cuoptimCaseResult result;
+  cr_expect_eq(cuoptim_case_run(&c, CUOPTIM_BACKEND_HOST, &result, error, sizeof error), CUOPTIM_STATUS_INVALID_VALUE);
+  cr_expect(strstr(error, "no \"steps\", only rank_steps for 3 ranks") != NULL, "%s", error);
+  cuoptim_case_free(&plain);
+  cuoptim_case_free(&c);
 }
 
 Test(replay_cli, cuda_backend_without_gpu_exits_2) {
@@ -664,4 +793,33 @@ Test(replay_cli, huge_shapes_with_short_values_are_refused_before_allocating) {
               "variant %zu: not refused by its length: %s", k, r.err);
     free_result(&r);
   }
+}
+
+/* rank_steps whose first step lists many ranks and whose later steps are not arrays: refused by
+ * their shape before a pointer per rank and step is allocated (20000 x 20000 of them would be
+ * 3.2 GB). */
+Test(replay_cli, many_ranks_with_short_steps_are_refused_before_allocating) {
+  enum { N = 20000 };
+  size_t cap = 64 * (size_t)N + 1024, len = 0;
+  char *text = malloc(cap);
+  cr_assert(text != NULL);
+  len += (size_t)snprintf(text + len, cap - len,
+                          "{\"format\": \"cuoptim-case-1\", \"optimizer\": {\"module\": \"keras.optimizers\", "
+                          "\"class_name\": \"SGD\", \"config\": {\"learning_rate\": 0.1}, \"registered_name\": null}, "
+                          "\"variables\": [{\"name\": \"w\", \"shape\": [1], \"value\": [1.0]}], \"rank_steps\": [[");
+  for (int r = 0; r < N; r++) len += (size_t)snprintf(text + len, cap - len, "%snull", r ? "," : "");
+  len += (size_t)snprintf(text + len, cap - len, "]");
+  for (int s = 1; s < N; s++) len += (size_t)snprintf(text + len, cap - len, ",null");
+  snprintf(text + len, cap - len, "]}");
+  char path[512], args[600];
+  snprintf(path, sizeof path, "%s/many_ranks.json", tmpdir);
+  write_text(path, text);
+  free(text);
+  snprintf(args, sizeof args, "'%s'", path);
+  run_result r = replay_after(MEMORY_LIMIT_1GIB, args);
+  cr_expect_eq(r.status, 2, "exit %d, stderr: %s", r.status, r.err);
+  cr_expect(strstr(r.err, "rank_steps[1]: expected an array with the gradients of each of the 20000 ranks, got null") !=
+                NULL,
+            "not refused by its shape: %s", r.err);
+  free_result(&r);
 }

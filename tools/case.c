@@ -535,38 +535,108 @@ static int load_variables(cuoptimCase *c, const cJSON *arr, char *error, size_t 
   return rc;
 }
 
+/* One step's gradients at `path` ("steps[3]", "rank_steps[3][1]"): an array of one gradient per
+ * variable, each null (no gradient) or the variable's count of numbers. *out gets one pointer per
+ * variable (NULL for none), freed by cuoptim_case_free through the array that holds it. */
+static int read_step(const cuoptimCase *c, const cJSON *step, const char *path, float ***out, char *error,
+                     size_t size) {
+  if (!cJSON_IsArray(step))
+    return set_error(error, size, "%s: expected an array of %d gradients, got %s", path, c->num_variables, type_name(step));
+  int m = cJSON_GetArraySize(step);
+  if (m != c->num_variables)
+    return set_error(error, size, "%s: expected %d gradients (one per variable, null for none), got %d", path,
+                     c->num_variables, m);
+  *out = calloc((size_t)m, sizeof **out);
+  if (*out == NULL) return set_error(error, size, "%s: out of memory", path);
+  int v = 0;
+  const cJSON *grad;
+  cJSON_ArrayForEach(grad, step) {
+    if (!cJSON_IsNull(grad)) {
+      char sub[PATH_LEN + 16];
+      snprintf(sub, sizeof sub, "%s[%d]", path, v);
+      const cuoptimCaseVariable *var = &c->variables[v];
+      if (!cJSON_IsArray(grad) && !(var->ndim == 0 && (cJSON_IsNumber(grad) || cJSON_IsString(grad)))) {
+        quoted_t q = quoted(var->name);
+        return set_error(error, size, "%s: expected null or an array of %zu numbers (gradient of %s), got %s", sub,
+                         var->count, q.text, type_name(grad));
+      }
+      if (read_floats(grad, var->count, var->ndim == 0, &(*out)[v], sub, error, size) != 0) return -1;
+    }
+    v++;
+  }
+  return 0;
+}
+
 static int load_steps(cuoptimCase *c, const cJSON *arr, char *error, size_t size) {
   if (!cJSON_IsArray(arr)) return set_error(error, size, "steps: expected an array, got %s", type_name(arr));
   int n = cJSON_GetArraySize(arr);
   c->steps = calloc((size_t)n + 1, sizeof *c->steps);
   if (c->steps == NULL) return set_error(error, size, "steps: out of memory");
   c->num_steps = n;
+  c->has_steps = 1;
+  int s = 0;
+  const cJSON *step;
+  cJSON_ArrayForEach(step, arr) {
+    char path[PATH_LEN];
+    snprintf(path, sizeof path, "steps[%d]", s);
+    if (read_step(c, step, path, &c->steps[s], error, size) != 0) return -1;
+    s++;
+  }
+  return 0;
+}
+
+/* Checks that every step of rank_steps is an array of the same number of ranks (at least 1),
+ * before anything is allocated for them: the pointers allocated then number no more than the
+ * entries the file holds. Returns that number, or -1. */
+static int count_ranks(const cJSON *arr, char *error, size_t size) {
+  if (!cJSON_IsArray(arr))
+    return set_error(error, size, "rank_steps: expected an array of steps (each an array of ranks), got %s", type_name(arr));
+  if (cJSON_GetArraySize(arr) == 0) return set_error(error, size, "rank_steps: expected at least one step, got an empty array");
+  const cJSON *first = cJSON_GetArrayItem(arr, 0);
+  if (!cJSON_IsArray(first))
+    return set_error(error, size, "rank_steps[0]: expected an array with the gradients of each rank, got %s", type_name(first));
+  int ranks = cJSON_GetArraySize(first);
+  if (ranks == 0) return set_error(error, size, "rank_steps[0]: expected the gradients of at least one rank, got an empty array");
   int s = 0;
   const cJSON *step;
   cJSON_ArrayForEach(step, arr) {
     if (!cJSON_IsArray(step))
-      return set_error(error, size, "steps[%d]: expected an array of %d gradients, got %s", s, c->num_variables, type_name(step));
+      return set_error(error, size, "rank_steps[%d]: expected an array with the gradients of each of the %d ranks, got %s",
+                       s, ranks, type_name(step));
     int m = cJSON_GetArraySize(step);
-    if (m != c->num_variables)
-      return set_error(error, size, "steps[%d]: expected %d gradients (one per variable, null for none), got %d", s,
-                       c->num_variables, m);
-    c->steps[s] = calloc((size_t)m, sizeof *c->steps[s]);
-    if (c->steps[s] == NULL) return set_error(error, size, "steps[%d]: out of memory", s);
-    int v = 0;
-    const cJSON *grad;
-    cJSON_ArrayForEach(grad, step) {
-      if (!cJSON_IsNull(grad)) {
-        char path[PATH_LEN];
-        snprintf(path, sizeof path, "steps[%d][%d]", s, v);
-        const cuoptimCaseVariable *var = &c->variables[v];
-        if (!cJSON_IsArray(grad) && !(var->ndim == 0 && (cJSON_IsNumber(grad) || cJSON_IsString(grad)))) {
-          quoted_t q = quoted(var->name);
-          return set_error(error, size, "%s: expected null or an array of %zu numbers (gradient of %s), got %s", path,
-                           var->count, q.text, type_name(grad));
-        }
-        if (read_floats(grad, var->count, var->ndim == 0, &c->steps[s][v], path, error, size) != 0) return -1;
-      }
-      v++;
+    if (m != ranks)
+      return set_error(error, size, "rank_steps[%d]: expected the gradients of %d ranks (as rank_steps[0]), got %d", s,
+                       ranks, m);
+    s++;
+  }
+  return ranks;
+}
+
+/* rank_steps[s][r]: the gradients of rank r in step s, stored as c->rank_steps[r][s] so that each
+ * rank's steps have the shape of c->steps. */
+static int load_rank_steps(cuoptimCase *c, const cJSON *arr, char *error, size_t size) {
+  int ranks = count_ranks(arr, error, size);
+  if (ranks < 0) return -1;
+  int n = cJSON_GetArraySize(arr);
+  c->rank_steps = calloc((size_t)ranks + 1, sizeof *c->rank_steps);
+  if (c->rank_steps == NULL) return set_error(error, size, "rank_steps: out of memory");
+  c->num_ranks = ranks;
+  c->num_rank_steps = n;
+  c->has_rank_steps = 1;
+  for (int r = 0; r < ranks; r++) {
+    c->rank_steps[r] = calloc((size_t)n + 1, sizeof *c->rank_steps[r]);
+    if (c->rank_steps[r] == NULL) return set_error(error, size, "rank_steps: out of memory");
+  }
+  int s = 0;
+  const cJSON *step;
+  cJSON_ArrayForEach(step, arr) {
+    int r = 0;
+    const cJSON *per_rank;
+    cJSON_ArrayForEach(per_rank, step) {
+      char path[PATH_LEN];
+      snprintf(path, sizeof path, "rank_steps[%d][%d]", s, r);
+      if (read_step(c, per_rank, path, &c->rank_steps[r][s], error, size) != 0) return -1;
+      r++;
     }
     s++;
   }
@@ -821,15 +891,12 @@ static int load_root(cuoptimCase *c, const cJSON *root, const char *text, char *
   if (vars == NULL) return set_error(error, size, "variables: missing");
   if (load_variables(c, vars, error, size) != 0) return -1;
 
+  /* A multi-rank case may leave out the single-process steps. */
   const cJSON *steps = cJSON_GetObjectItemCaseSensitive(root, "steps");
-  if (steps == NULL) return set_error(error, size, "steps: missing");
-  if (load_steps(c, steps, error, size) != 0) return -1;
-
   const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(root, "rank_steps");
-  if (ranks != NULL) {
-    if (!cJSON_IsArray(ranks)) return set_error(error, size, "rank_steps: expected an array, got %s", type_name(ranks));
-    c->has_rank_steps = 1;
-  }
+  if (steps == NULL && ranks == NULL) return set_error(error, size, "steps: missing (and no rank_steps)");
+  if (steps != NULL && load_steps(c, steps, error, size) != 0) return -1;
+  if (ranks != NULL && load_rank_steps(c, ranks, error, size) != 0) return -1;
 
   const cJSON *expected = cJSON_GetObjectItemCaseSensitive(root, "expected");
   if (expected != NULL && load_expected(c, expected, error, size) != 0) return -1;
@@ -889,6 +956,17 @@ int cuoptim_case_load(const char *path, cuoptimCase *c, char *error, size_t erro
   return 0;
 }
 
+/* steps[s][v] for s < num_steps (NULL entries skipped), and the array itself. */
+static void free_steps(float ***steps, int num_steps, int num_variables) {
+  if (steps == NULL) return;
+  for (int s = 0; s < num_steps; s++) {
+    if (steps[s] == NULL) continue;
+    for (int v = 0; v < num_variables; v++) free(steps[s][v]);
+    free(steps[s]);
+  }
+  free(steps);
+}
+
 void cuoptim_case_free(cuoptimCase *c) {
   if (c == NULL) return;
   free(c->path);
@@ -898,14 +976,11 @@ void cuoptim_case_free(cuoptimCase *c) {
   if (c->exclude != NULL)
     for (int i = 0; i < c->num_exclude; i++) free(c->exclude[i]);
   free(c->exclude);
-  if (c->steps != NULL) {
-    for (int s = 0; s < c->num_steps; s++) {
-      if (c->steps[s] == NULL) continue;
-      for (int v = 0; v < c->num_variables; v++) free(c->steps[s][v]);
-      free(c->steps[s]);
-    }
+  free_steps(c->steps, c->num_steps, c->num_variables);
+  if (c->rank_steps != NULL) {
+    for (int r = 0; r < c->num_ranks; r++) free_steps(c->rank_steps[r], c->num_rank_steps, c->num_variables);
+    free(c->rank_steps);
   }
-  free(c->steps);
   free_per_variable(c->expected_variables, c->num_variables);
   free_per_variable(c->expected_finalized, c->num_variables);
   if (c->expected_state != NULL)
@@ -925,7 +1000,7 @@ typedef struct {
   cuoptimBackend_t backend;
   int n;
   void **params; /* host or device buffers of the variables */
-  void **grads;  /* CUDA: one device gradient buffer per variable */
+  void **grads;  /* one gradient buffer per variable, in the backend's memory */
 } buffers_t;
 
 /* Device memory of the runs on the CUDA backend. Each returns 0 or, with the message in `error`
@@ -984,8 +1059,9 @@ static void free_buffers(buffers_t *b) {
     if (b->backend == CUOPTIM_BACKEND_CUDA) {
       if (b->params != NULL && b->params[v] != NULL) device_free(b->params[v]);
       if (b->grads != NULL && b->grads[v] != NULL) device_free(b->grads[v]);
-    } else if (b->params != NULL) {
-      free(b->params[v]);
+    } else {
+      if (b->params != NULL) free(b->params[v]);
+      if (b->grads != NULL) free(b->grads[v]);
     }
   }
   free(b->params);
@@ -1012,7 +1088,8 @@ static int alloc_buffers(const cuoptimCase *c, buffers_t *b, char *error, size_t
       if (rc != 0) return rc;
     } else {
       b->params[v] = malloc(bytes);
-      if (b->params[v] == NULL) {
+      b->grads[v] = malloc(bytes);
+      if (b->params[v] == NULL || b->grads[v] == NULL) {
         set_error(error, size, "out of memory");
         return CUOPTIM_STATUS_ALLOC_FAILED;
       }
@@ -1066,16 +1143,18 @@ static int read_state(cuoptimOptimizer_t opt, cuoptimCaseResult *r, char *error,
   return 0;
 }
 
-static int run_steps(const cuoptimCase *c, cuoptimOptimizer_t opt, const buffers_t *b, char *error, size_t size) {
+/* Applies steps[0 .. num_steps): each step's gradients are first copied into the run's buffers. */
+static int run_steps(const cuoptimCase *c, float ***steps, int num_steps, cuoptimOptimizer_t opt,
+                     const buffers_t *b, const char *label, char *error, size_t size) {
   cuoptimGradient_t *pairs = calloc((size_t)c->num_variables, sizeof *pairs);
   if (pairs == NULL) {
     set_error(error, size, "out of memory");
     return CUOPTIM_STATUS_ALLOC_FAILED;
   }
   int rc = 0;
-  for (int s = 0; s < c->num_steps && rc == 0; s++) {
+  for (int s = 0; s < num_steps && rc == 0; s++) {
     char where[64];
-    snprintf(where, sizeof where, "steps[%d]", s);
+    snprintf(where, sizeof where, "%s[%d]", label, s);
     if (b->backend == CUOPTIM_BACKEND_CUDA) {
       /* The previous step may still read the gradient buffers. */
       cuoptimStatus_t st = cuoptimSynchronize(opt);
@@ -1088,14 +1167,14 @@ static int run_steps(const cuoptimCase *c, cuoptimOptimizer_t opt, const buffers
       pairs[v].variable = v;
       pairs[v].dtype = CUOPTIM_FLOAT32;
       pairs[v].grad = NULL;
-      const float *g = c->steps[s][v];
+      const float *g = steps[s][v];
       if (g == NULL) continue;
       if (b->backend == CUOPTIM_BACKEND_CUDA) {
         rc = device_copy(b->grads[v], g, c->variables[v].count * sizeof(float), 1, where, error, size);
-        pairs[v].grad = b->grads[v];
       } else {
-        pairs[v].grad = g;
+        memcpy(b->grads[v], g, c->variables[v].count * sizeof(float));
       }
+      pairs[v].grad = b->grads[v];
     }
     if (rc != 0) break;
     cuoptimStatus_t st = cuoptimApplyGradients(opt, c->num_variables, pairs, NULL);
@@ -1107,11 +1186,28 @@ static int run_steps(const cuoptimCase *c, cuoptimOptimizer_t opt, const buffers
 
 int cuoptim_case_run(const cuoptimCase *c, cuoptimBackend_t backend, cuoptimCaseResult *r, char *error,
                      size_t error_size) {
+  return cuoptim_case_run_with(c, backend, NULL, r, error, error_size);
+}
+
+int cuoptim_case_run_with(const cuoptimCase *c, cuoptimBackend_t backend, const cuoptimCaseRunOptions *options,
+                          cuoptimCaseResult *r, char *error, size_t error_size) {
   if (r == NULL || c == NULL) {
     set_error(error, error_size, "cuoptim_case_run: NULL argument");
     return CUOPTIM_STATUS_NULL_POINTER;
   }
   memset(r, 0, sizeof *r);
+  float ***steps = c->steps;
+  int num_steps = c->num_steps;
+  const char *label = "steps";
+  if (options != NULL && options->steps != NULL) {
+    steps = options->steps;
+    num_steps = options->num_steps;
+    label = options->label != NULL ? options->label : "the given steps";
+  } else if (!c->has_steps) {
+    set_error(error, error_size, "the case has no \"steps\", only rank_steps for %d ranks (a data-parallel run)",
+              c->num_ranks);
+    return CUOPTIM_STATUS_INVALID_VALUE;
+  }
   cuoptimOptimizer_t opt = NULL;
   buffers_t b;
   memset(&b, 0, sizeof b);
@@ -1148,7 +1244,14 @@ int cuoptim_case_run(const cuoptimCase *c, cuoptimBackend_t backend, cuoptimCase
       goto done;
     }
   }
-  rc = run_steps(c, opt, &b, error, error_size);
+  if (options != NULL && options->communicator != NULL) {
+    st = cuoptimSetCommunicator(opt, options->communicator, &options->comm_options);
+    if (st != CUOPTIM_STATUS_SUCCESS) {
+      rc = library_failed(st, NULL, error, error_size);
+      goto done;
+    }
+  }
+  rc = run_steps(c, steps, num_steps, opt, &b, label, error, error_size);
   if (rc != 0) goto done;
   st = cuoptimSynchronize(opt);
   if (st != CUOPTIM_STATUS_SUCCESS) {
@@ -1197,6 +1300,31 @@ done:
     cuoptim_case_result_free(r);
   }
   return rc;
+}
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t bytes) {
+  const unsigned char *p = data;
+  for (size_t i = 0; i < bytes; i++) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+uint64_t cuoptim_case_result_hash(const cuoptimCase *c, const cuoptimCaseResult *r) {
+  uint64_t h = 1469598103934665603ull;
+  h = fnv1a(h, &r->iterations, sizeof r->iterations);
+  for (int v = 0; v < r->num_variables && r->variables != NULL; v++)
+    h = fnv1a(h, r->variables[v], c->variables[v].count * sizeof(float));
+  for (int i = 0; i < r->num_state && r->state != NULL; i++) {
+    const cuoptimCaseState *e = &r->state[i];
+    uint64_t count = e->count;
+    h = fnv1a(h, e->name, strlen(e->name) + 1);
+    h = fnv1a(h, &count, sizeof count);
+    h = fnv1a(h, e->value, e->count * sizeof(double));
+  }
+  int finalized = r->has_finalized && r->finalized != NULL;
+  h = fnv1a(h, &finalized, sizeof finalized);
+  for (int v = 0; finalized && v < r->num_variables; v++)
+    h = fnv1a(h, r->finalized[v], c->variables[v].count * sizeof(float));
+  return h;
 }
 
 void cuoptim_case_result_free(cuoptimCaseResult *r) {

@@ -46,10 +46,16 @@ typedef struct {
   int num_variables;
   cuoptimCaseVariable *variables;
 
+  int has_steps; /* "steps" is present (a multi-rank case may have only rank_steps) */
   int num_steps;
   float ***steps; /* steps[s][v]: variables[v].count gradients, or NULL (no gradient) */
 
-  int has_rank_steps; /* present; not supported by the single-process runner */
+  /* "rank_steps" (the file's rank_steps[s][r][v]): the gradients of each rank of a data-parallel
+   * run, stored per rank so that rank_steps[r] has the shape of `steps`: rank_steps[r][s][v]. */
+  int has_rank_steps;
+  int num_ranks;      /* ranks of every step, at least 1 */
+  int num_rank_steps;
+  float ****rank_steps;
 
   int has_expected;
   int64_t expected_iterations;
@@ -91,6 +97,32 @@ int cuoptim_case_run(const cuoptimCase *c, cuoptimBackend_t backend, cuoptimCase
                      size_t error_size);
 
 void cuoptim_case_result_free(cuoptimCaseResult *r);
+
+/* What cuoptim_case_run_with does differently from cuoptim_case_run. */
+typedef struct {
+  /* The gradients to apply, steps[s][v] as cuoptimCase.steps (e.g. rank_steps[r] of the case;
+   * not modified); NULL: the case's own steps. `label` names them in messages ("<label>[s]"). */
+  float ***steps;
+  int num_steps;
+  const char *label;
+  /* Non-NULL: cuoptimSetCommunicator(optimizer, communicator, &comm_options) after the variables
+   * are registered (an MPI_Comm * on the host backend, an ncclComm_t * on the CUDA backend). The
+   * call is collective: every rank of the communicator runs the case together. */
+  const void *communicator;
+  cuoptimCommOptions_t comm_options;
+} cuoptimCaseRunOptions;
+
+/* cuoptim_case_run with `options` (NULL: as cuoptim_case_run). The gradients of each step are
+ * copied into buffers of the run before the step, so the case is never modified (with a
+ * communicator the step overwrites them with the sums). A case without "steps" fails with
+ * CUOPTIM_STATUS_INVALID_VALUE unless options->steps is given. */
+int cuoptim_case_run_with(const cuoptimCase *c, cuoptimBackend_t backend, const cuoptimCaseRunOptions *options,
+                          cuoptimCaseResult *r, char *error, size_t error_size);
+
+/* FNV-1a (64 bits) of every bit of a result: iterations, variables, state entries (names,
+ * counts, values), finalized variables. Equal hashes: the same result bit for bit (up to a hash
+ * collision); used to check that every rank of a data-parallel run ends with the same bytes. */
+uint64_t cuoptim_case_result_hash(const cuoptimCase *c, const cuoptimCaseResult *r);
 
 /* The comparison of one group of values (variables, optimizer_variables, ...). */
 typedef struct {

@@ -3,10 +3,11 @@
  *
  * Properties: a failure leaves a one-line message and a zeroed case; a loaded case is consistent
  * (a count per variable equal to its shape's product, names unique and non-empty, a config that
- * validates and equals what its optimizer JSON reads to). A small loaded case is also run on the
- * host backend twice: a run fails with a cuoptimStatus_t and a message or succeeds, two runs agree
- * bit for bit, and a result compares equal to itself; comparing with the case's expected values
- * must not crash.
+ * validates and equals what its optimizer JSON reads to, rank_steps for at least one rank and
+ * step). A small loaded case is also run on the host backend twice: a run fails with a
+ * cuoptimStatus_t and a message or succeeds, two runs agree bit for bit, and a result compares
+ * equal to itself; comparing with the case's expected values must not crash. Its first rank's
+ * steps (rank_steps) run once in one process, with the same contract.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -43,6 +44,12 @@ static void check_loaded(const cuoptimCase *c) {
     for (int k = 0; k < v; k++)
       if (strcmp(c->variables[k].name, var->name) == 0) fuzz_fail("variables[%d] and [%d] share a name", k, v);
   }
+  if (!c->has_steps && !c->has_rank_steps) fuzz_fail("a loaded case has neither steps nor rank_steps");
+  if (c->has_rank_steps && (c->num_ranks < 1 || c->num_rank_steps < 1 || c->rank_steps == NULL))
+    fuzz_fail("a loaded case has rank_steps for %d ranks and %d steps", c->num_ranks, c->num_rank_steps);
+  for (int r = 0; c->has_rank_steps && r < c->num_ranks; r++)
+    for (int s = 0; s < c->num_rank_steps; s++)
+      if (c->rank_steps[r] == NULL || c->rank_steps[r][s] == NULL) fuzz_fail("rank_steps[%d][%d] is missing", s, r);
   if (cuoptimConfigValidate(&c->config) != CUOPTIM_STATUS_SUCCESS)
     fuzz_fail("a loaded case's config does not validate: %s", cuoptimGetLastErrorMessage());
   cuoptimConfig_t again;
@@ -55,7 +62,7 @@ static void check_loaded(const cuoptimCase *c) {
 static int small_enough_to_run(const cuoptimCase *c) {
   size_t elements = 0;
   for (int v = 0; v < c->num_variables; v++) elements += c->variables[v].count;
-  return elements <= RUN_MAX_ELEMENTS && c->num_steps <= RUN_MAX_STEPS;
+  return elements <= RUN_MAX_ELEMENTS && c->num_steps <= RUN_MAX_STEPS && c->num_rank_steps <= RUN_MAX_STEPS;
 }
 
 /* Runs the case; returns 1 with *r filled on success. */
@@ -67,7 +74,23 @@ static int run_once(const cuoptimCase *c, cuoptimCaseResult *r) {
   return rc == 0;
 }
 
+/* Rank 0's steps, in one process (no communicator). */
+static void run_first_rank(const cuoptimCase *c) {
+  cuoptimCaseRunOptions options;
+  memset(&options, 0, sizeof options);
+  options.steps = c->rank_steps[0];
+  options.num_steps = c->num_rank_steps;
+  options.label = "rank 0's rank_steps";
+  cuoptimCaseResult r;
+  char error[512] = "";
+  int rc = cuoptim_case_run_with(c, CUOPTIM_BACKEND_HOST, &options, &r, error, sizeof error);
+  if (rc < 0 || rc >= CUOPTIM_STATUS_INTERNAL_ERROR) fuzz_fail("cuoptim_case_run_with returned %d: %s", rc, error);
+  if (rc != 0 && error[0] == '\0') fuzz_fail("cuoptim_case_run_with failed (%d) without a message", rc);
+  if (rc == 0) cuoptim_case_result_free(&r);
+}
+
 static void run_case(const cuoptimCase *c) {
+  if (c->has_rank_steps) run_first_rank(c);
   cuoptimCaseResult first, second;
   if (!run_once(c, &first)) return;
   if (!run_once(c, &second)) fuzz_fail("cuoptim_case_run succeeded once and then failed");

@@ -4,7 +4,7 @@
   keras_json/  the "optimizer" object of every case in tests/data/cases, as json.dumps writes it
                (Keras's own text), plus a few hand-written variants of the accepted forms;
   case_load/   the malformed cases of tests/data/bad and small copies of a few real cases (only
-               their small variables, fewer steps, the matching expected values);
+               their small variables, fewer steps and rank steps, the matching expected values);
   api/         programs for fuzz_api (the byte layout is described at the top of fuzz_api.c).
 
 Files are named by the SHA-1 of their content, as libFuzzer names the inputs it adds, so the
@@ -59,6 +59,8 @@ def shrink(case, steps):
         out["exclude_from_weight_decay"] = case["exclude_from_weight_decay"]
     out["variables"] = [case["variables"][i] for i in keep]
     out["steps"] = [[s[i] for i in keep] for s in case["steps"][:steps]]
+    if "rank_steps" in case:
+        out["rank_steps"] = [[[g[i] for i in keep] for g in s] for s in case["rank_steps"][:steps]]
     exp = case["expected"]
     small = {"iterations": exp["iterations"], "variables": [exp["variables"][i] for i in keep]}
     if "optimizer_variables" in exp:
@@ -76,7 +78,8 @@ def case_load(cases):
     for p in sorted(glob.glob(os.path.join(DATA, "bad", "*.json"))):
         save("case_load", open(p, "rb").read())
     for name in ["adam_ema.json", "lso_sgd_nonfinite.json", "sgd_wd_exclude.json", "sgd_schedule_piecewise.json",
-                 "nadam_accum2.json", "ftrl_all.json", "rmsprop_centered_momentum.json", "adamw_combo.json"]:
+                 "nadam_accum2.json", "ftrl_all.json", "rmsprop_centered_momentum.json", "adamw_combo.json",
+                 "ranks_nadam_null_grads_r3.json", "ranks_lso_adam_nonfinite_r4.json"]:
         save("case_load", shrink(cases[name], 3))
 
 

@@ -1,0 +1,461 @@
+/*
+ * faults.c — run under `mpirun -np R` by tests/test_ranks.c: one data-parallel fault per run,
+ * committed by the last rank, and what every rank's cuoptim calls return. Each rank prints
+ *   rank <r>: <call>: <STATUS>: <message>
+ * for each call of interest (and "rank <r>: done" when it finishes); the test reads the lines.
+ *
+ * Scenarios (argv[1]):
+ *   name_differs, count_differs, dtype_differs   the last rank's variable 1 differs
+ *   variable_missing                             the last rank does not register variable 1
+ *   extra_variable                               the last rank registers a fourth variable
+ *   bucket_differs, reduce_differs, aggregate_differs   the last rank's options differ
+ *   gradients_differ                             in step 2 the last rank has no gradient for
+ *                                                variable 0; step 3 is whole again
+ *   gradient_dtype_differs                       in step 2 the last rank's gradient 0 is bfloat16
+ *   timeout_first_step, timeout_later_step       the last rank never makes (its first, its second)
+ *                                                step: the others time out, then abort
+ *   world_of_one_is_plain                        (-np 1) a world of one is bit for bit no world
+ *   sums                                         not a fault: for bucket sizes of 1 byte, 64 bytes
+ *                                                and the default, CUOPTIM_REDUCE_SUM and _MEAN,
+ *                                                and aggregate 0, with float32, float16 and
+ *                                                bfloat16 gradients, a variable smaller than the
+ *                                                world and one without a gradient in a step: the
+ *                                                gradient buffers hold the exact sums, and the
+ *                                                parameters are those of one process given the
+ *                                                sums (or their float32 mean), on every rank
+ *   huge_gradient                                a gradient of 2^31 elements (more than MPI counts)
+ *                                                after a small one, in the same bucket and in the
+ *                                                bucket before: the step fails with NOT_SUPPORTED
+ *                                                on every rank having summed nothing, and the next
+ *                                                step works
+ * Options: --timeout S (default 0: wait forever).
+ */
+#include <math.h>
+#include <mpi.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cuoptim.h"
+
+#define NUM_VARS 3
+static const char *const names[NUM_VARS] = {"dense/kernel", "dense/bias", "embedding"};
+static const size_t counts[NUM_VARS] = {12, 3, 10};
+#define MAX_COUNT 16
+
+static int rank, world, last;
+static const char *scenario;
+static double timeout_seconds;
+
+static const char *status_name(cuoptimStatus_t status) {
+  switch (status) {
+#define CUOPTIM_STATUS_NAME_(name, value, text) \
+  case name:                                     \
+    return #name;
+    CUOPTIM_STATUS_LIST(CUOPTIM_STATUS_NAME_)
+#undef CUOPTIM_STATUS_NAME_
+  }
+  return "(not a status)";
+}
+
+static int is(const char *name) { return strcmp(scenario, name) == 0; }
+
+/* Prints what a call returned on this rank. */
+static cuoptimStatus_t show(const char *call, cuoptimStatus_t status) {
+  printf("rank %d: %s: %s: %s\n", rank, call, status_name(status),
+         status == CUOPTIM_STATUS_SUCCESS ? "" : cuoptimGetLastErrorMessage());
+  fflush(stdout);
+  return status;
+}
+
+static void must(const char *call, cuoptimStatus_t status) {
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    show(call, status);
+    MPI_Abort(MPI_COMM_WORLD, 4);
+  }
+}
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+typedef struct {
+  cuoptimOptimizer_t opt;
+  float params[NUM_VARS + 1][MAX_COUNT];
+  float grads[NUM_VARS + 1][MAX_COUNT];
+  uint16_t half_grad[MAX_COUNT];
+  int num_vars; /* registered on this rank */
+  int index[NUM_VARS + 1]; /* handle of each variable here, -1 when not registered */
+} rig_t;
+
+/* The optimizer of this rank, with the scenario's difference on the last rank. */
+static void setup(rig_t *g, int attach) {
+  memset(g, 0, sizeof *g);
+  cuoptimConfig_t config;
+  must("cuoptimConfigInit", cuoptimConfigInit(&config, CUOPTIM_SGD));
+  config.momentum = 0.5;
+  must("cuoptimCreate", cuoptimCreate(&g->opt, &config, CUOPTIM_BACKEND_HOST, 0));
+  int odd = rank == last && world > 1;
+  for (int v = 0; v <= NUM_VARS; v++) {
+    g->index[v] = -1;
+    for (int i = 0; i < MAX_COUNT; i++) g->params[v][i] = 0.25f * (float)(i + 1) - (float)v;
+  }
+  for (int v = 0; v < NUM_VARS + (odd && is("extra_variable")); v++) {
+    if (odd && is("variable_missing") && v == 1) continue;
+    const char *name = v < NUM_VARS ? names[v] : "extra";
+    size_t count = v < NUM_VARS ? counts[v] : 5;
+    cuoptimDtype_t dtype = CUOPTIM_FLOAT32;
+    if (odd && v == 1 && is("name_differs")) name = "dense/bias_other";
+    if (odd && v == 1 && is("count_differs")) count = 4;
+    if (odd && v == 1 && is("dtype_differs")) dtype = CUOPTIM_BFLOAT16;
+    cuoptimVariable_t handle;
+    must("cuoptimAddVariable", cuoptimAddVariable(g->opt, name, g->params[v], dtype, count, &handle));
+    g->index[v] = (int)handle;
+    g->num_vars++;
+  }
+  if (!attach) return;
+  cuoptimCommOptions_t options;
+  must("cuoptimCommOptionsInit", cuoptimCommOptionsInit(&options));
+  options.timeout_seconds = timeout_seconds;
+  if (odd && is("bucket_differs")) options.bucket_bytes = 64;
+  if (odd && is("reduce_differs")) options.reduce = CUOPTIM_REDUCE_SUM;
+  if (odd && is("aggregate_differs")) options.aggregate = 0;
+  MPI_Comm comm = MPI_COMM_WORLD;
+  must("cuoptimSetCommunicator", cuoptimSetCommunicator(g->opt, &comm, &options));
+  int my_rank = -1, my_world = -1;
+  must("cuoptimGetRank", cuoptimGetRank(g->opt, &my_rank, &my_world));
+  printf("rank %d: cuoptimGetRank: rank %d of %d\n", rank, my_rank, my_world);
+  fflush(stdout);
+}
+
+/* One step with gradients (rank + 1) * (i + 1) / 8 on every registered variable. */
+static cuoptimStatus_t step(rig_t *g, int s) {
+  cuoptimGradient_t pairs[NUM_VARS + 1];
+  int n = 0;
+  int odd = rank == last && world > 1 && s == 2;
+  for (int v = 0; v <= NUM_VARS; v++) {
+    if (g->index[v] < 0) continue;
+    for (int i = 0; i < MAX_COUNT; i++) g->grads[v][i] = (float)(rank + 1) * (float)(i + 1) / 8.0f + (float)s;
+    pairs[n].variable = g->index[v];
+    pairs[n].grad = g->grads[v];
+    pairs[n].dtype = CUOPTIM_FLOAT32;
+    if (odd && v == 0 && is("gradients_differ")) pairs[n].grad = NULL;
+    if (odd && v == 0 && is("gradient_dtype_differs")) {
+      for (int i = 0; i < MAX_COUNT; i++) g->half_grad[i] = 0x3f80; /* bfloat16 1.0 */
+      pairs[n].grad = g->half_grad;
+      pairs[n].dtype = CUOPTIM_BFLOAT16;
+    }
+    n++;
+  }
+  return cuoptimApplyGradients(g->opt, n, pairs, NULL);
+}
+
+static void show_iterations(const rig_t *g) {
+  int64_t iterations = -1;
+  must("cuoptimGetIterations", cuoptimGetIterations(g->opt, &iterations));
+  printf("rank %d: iterations %lld\n", rank, (long long)iterations);
+  fflush(stdout);
+}
+
+/* The last rank stops taking part: the others' next step waits for it, times out, and aborts. */
+static void timeout_scenario(rig_t *g, int stuck_before) {
+  for (int s = 1;; s++) {
+    if (rank == last && s == stuck_before) {
+      printf("rank %d: stops before step %d\n", rank, s);
+      fflush(stdout);
+      for (;;) sleep(1); /* MPI_Abort of the others ends it */
+    }
+    double start = now();
+    cuoptimStatus_t status = step(g, s);
+    if (status == CUOPTIM_STATUS_SUCCESS) continue;
+    double waited = now() - start;
+    char call[64];
+    snprintf(call, sizeof call, "step %d", s);
+    show(call, status);
+    printf("rank %d: waited %.3f s\n", rank, waited);
+    show("the step after the timeout", step(g, s + 1));
+    fflush(stdout);
+    MPI_Abort(MPI_COMM_WORLD, 3);
+  }
+}
+
+/* A world of one with a communicator: every step and the state bit for bit as without one. */
+static int world_of_one(void) {
+  rig_t with, without;
+  setup(&with, 1);
+  setup(&without, 0);
+  for (int s = 1; s <= 4; s++) {
+    must("step with a communicator", step(&with, s));
+    must("step without", step(&without, s));
+  }
+  int same = memcmp(with.params, without.params, sizeof with.params) == 0;
+  int count = 0, count_without = 0;
+  must("cuoptimGetWeightCount", cuoptimGetWeightCount(with.opt, &count));
+  must("cuoptimGetWeightCount", cuoptimGetWeightCount(without.opt, &count_without));
+  same = same && count == count_without;
+  for (int k = 0; same && k < count; k++) {
+    double a[MAX_COUNT], b[MAX_COUNT];
+    cuoptimWeightInfo_t info;
+    must("cuoptimGetWeightInfo", cuoptimGetWeightInfo(with.opt, k, &info));
+    must("cuoptimGetWeights", cuoptimGetWeights(with.opt, k, a, info.count));
+    must("cuoptimGetWeights", cuoptimGetWeights(without.opt, k, b, info.count));
+    same = memcmp(a, b, info.count * sizeof *a) == 0;
+  }
+  printf("rank %d: world of one: %s\n", rank, same ? "bit for bit as without a communicator" : "DIFFERS");
+  cuoptimDestroy(with.opt);
+  cuoptimDestroy(without.opt);
+  return same ? 0 : 1;
+}
+
+/* ---- sums --------------------------------------------------------------------------------------- */
+
+#define SUM_VARS 5
+static const size_t sum_counts[SUM_VARS] = {1, 7, 5, 300, 2};
+static const cuoptimDtype_t sum_dtypes[SUM_VARS] = {CUOPTIM_FLOAT32, CUOPTIM_FLOAT16, CUOPTIM_BFLOAT16,
+                                                    CUOPTIM_FLOAT32, CUOPTIM_FLOAT32};
+#define SUM_MAX 300
+
+/* Rank r's gradient element i in step s: a multiple of 1/4 small enough that every sum over up
+ * to 4 ranks is exact in bfloat16 (8-bit significand), float16 and float32. */
+static float rank_gradient(int r, int s, size_t i) { return (float)((r + 1) * (int)(i % 4 + 1) + s) * 0.25f - 1.0f; }
+
+static float sum_over_ranks(int s, size_t i) {
+  double total = 0;
+  for (int r = 0; r < world; r++) total += rank_gradient(r, s, i);
+  return (float)total;
+}
+
+static uint16_t to_half(float x, cuoptimDtype_t dtype) {
+  /* The values are exact in both formats: truncating the float32 bits is exact for bfloat16,
+   * and float16 is built from the exponent and the top 10 significand bits. */
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  if (dtype == CUOPTIM_BFLOAT16) return (uint16_t)(u >> 16);
+  if (x == 0.0f) return (uint16_t)((u >> 16) & 0x8000);
+  uint32_t sign = (u >> 16) & 0x8000, exponent = ((u >> 23) & 0xff) - 127 + 15, mantissa = (u >> 13) & 0x3ff;
+  return (uint16_t)(sign | exponent << 10 | mantissa);
+}
+
+static void store(void *buffer, cuoptimDtype_t dtype, size_t i, float x) {
+  if (dtype == CUOPTIM_FLOAT32)
+    ((float *)buffer)[i] = x;
+  else
+    ((uint16_t *)buffer)[i] = to_half(x, dtype);
+}
+
+static int stored_equals(const void *buffer, cuoptimDtype_t dtype, size_t i, float x) {
+  if (dtype == CUOPTIM_FLOAT32) return memcmp(&((const float *)buffer)[i], &x, sizeof x) == 0;
+  return ((const uint16_t *)buffer)[i] == to_half(x, dtype);
+}
+
+typedef struct {
+  cuoptimOptimizer_t opt;
+  float params[SUM_VARS][SUM_MAX];
+  uint32_t grads[SUM_VARS][SUM_MAX]; /* room for float32 or 16-bit elements */
+} sum_rig_t;
+
+static void sum_rig(sum_rig_t *g, const cuoptimCommOptions_t *options) {
+  memset(g, 0, sizeof *g);
+  cuoptimConfig_t config;
+  must("cuoptimConfigInit", cuoptimConfigInit(&config, CUOPTIM_SGD));
+  config.learning_rate.initial_learning_rate = 0.1;
+  must("cuoptimCreate", cuoptimCreate(&g->opt, &config, CUOPTIM_BACKEND_HOST, 0));
+  for (int v = 0; v < SUM_VARS; v++) {
+    char name[16];
+    snprintf(name, sizeof name, "v%d", v);
+    for (size_t i = 0; i < sum_counts[v]; i++) g->params[v][i] = 1.0f + 0.5f * (float)i;
+    cuoptimVariable_t handle;
+    must("cuoptimAddVariable", cuoptimAddVariable(g->opt, name, g->params[v], CUOPTIM_FLOAT32, sum_counts[v], &handle));
+  }
+  if (options) {
+    MPI_Comm comm = MPI_COMM_WORLD;
+    must("cuoptimSetCommunicator", cuoptimSetCommunicator(g->opt, &comm, options));
+  }
+}
+
+/* Step s of the rig: the last variable has no gradient in step 2. `value(s, i)` fills them. */
+static cuoptimStatus_t sum_step(sum_rig_t *g, int s, float (*value)(int, size_t), int as_float32) {
+  cuoptimGradient_t pairs[SUM_VARS];
+  int n = 0;
+  for (int v = 0; v < SUM_VARS; v++) {
+    if (v == SUM_VARS - 1 && s == 2) continue;
+    cuoptimDtype_t dtype = as_float32 ? CUOPTIM_FLOAT32 : sum_dtypes[v];
+    for (size_t i = 0; i < sum_counts[v]; i++) store(g->grads[v], dtype, i, value(s, i));
+    pairs[n].variable = v;
+    pairs[n].grad = g->grads[v];
+    pairs[n].dtype = dtype;
+    n++;
+  }
+  return cuoptimApplyGradients(g->opt, n, pairs, NULL);
+}
+
+static float this_ranks_gradient(int s, size_t i) { return rank_gradient(rank, s, i); }
+
+/* What one process is given to end where the ranks end: the sum, its float32 mean, or this
+ * rank's own gradient (aggregate 0). */
+static const cuoptimCommOptions_t *reference_mode;
+static float reference_gradient(int s, size_t i) {
+  if (!reference_mode->aggregate) return rank_gradient(rank, s, i);
+  float total = sum_over_ranks(s, i);
+  if (reference_mode->reduce == CUOPTIM_REDUCE_SUM || world == 1) return total;
+  return total * (float)(1.0 / (double)world);
+}
+
+static int sums_case(size_t bucket_bytes, cuoptimReduceOp_t reduce, int aggregate) {
+  cuoptimCommOptions_t options;
+  must("cuoptimCommOptionsInit", cuoptimCommOptionsInit(&options));
+  options.bucket_bytes = bucket_bytes;
+  options.reduce = reduce;
+  options.aggregate = aggregate;
+  options.timeout_seconds = timeout_seconds;
+  reference_mode = &options;
+  static sum_rig_t ranked, single;
+  sum_rig(&ranked, &options);
+  sum_rig(&single, NULL);
+  char problem[256] = "";
+  for (int s = 1; s <= 3; s++) {
+    must("step with the communicator", sum_step(&ranked, s, this_ranks_gradient, 0));
+    /* The gradient buffers hold the sums (or, without aggregation, the rank's own values). */
+    for (int v = 0; v < SUM_VARS && !problem[0]; v++) {
+      if (v == SUM_VARS - 1 && s == 2) continue;
+      for (size_t i = 0; i < sum_counts[v] && !problem[0]; i++) {
+        float want = aggregate ? sum_over_ranks(s, i) : rank_gradient(rank, s, i);
+        if (!stored_equals(ranked.grads[v], sum_dtypes[v], i, want))
+          snprintf(problem, sizeof problem, "step %d: v%d's gradient [%zu] is not %g after the step", s, v, i, want);
+      }
+    }
+    /* The reference gets float32 values: exact for the sums; for the mean, what the update
+     * computes from the (exact) summed element, float32 times float32(1/world). */
+    must("step without", sum_step(&single, s, reference_gradient, 1));
+  }
+  if (!problem[0] && memcmp(ranked.params, single.params, sizeof ranked.params) != 0)
+    snprintf(problem, sizeof problem, "the parameters differ from one process given the %s",
+             !aggregate ? "rank's own gradients" : reduce == CUOPTIM_REDUCE_SUM ? "sums" : "float32 means");
+  if (!problem[0] && aggregate) {
+    static float all[64][SUM_VARS][SUM_MAX];
+    if (world <= 64) {
+      int n = (int)(sizeof ranked.params / sizeof(float));
+      MPI_Allgather(ranked.params, n, MPI_FLOAT, all, n, MPI_FLOAT, MPI_COMM_WORLD);
+      for (int r = 1; r < world && !problem[0]; r++)
+        if (memcmp(all[r], all[0], sizeof ranked.params) != 0)
+          snprintf(problem, sizeof problem, "rank %d's parameters differ from rank 0's", r);
+    }
+  }
+  printf("rank %d: sums: bucket_bytes %zu, %s, aggregate %d: %s\n", rank, bucket_bytes,
+         reduce == CUOPTIM_REDUCE_SUM ? "REDUCE_SUM" : "REDUCE_MEAN", aggregate, problem[0] ? problem : "ok");
+  fflush(stdout);
+  cuoptimDestroy(ranked.opt);
+  cuoptimDestroy(single.opt);
+  return problem[0] ? 1 : 0;
+}
+
+static int sums(void) {
+  int failed = 0;
+  static const size_t buckets[] = {1, 64, (size_t)25 << 20};
+  for (size_t b = 0; b < sizeof buckets / sizeof buckets[0]; b++) {
+    failed |= sums_case(buckets[b], CUOPTIM_REDUCE_SUM, 1);
+    failed |= sums_case(buckets[b], CUOPTIM_REDUCE_MEAN, 1);
+  }
+  failed |= sums_case((size_t)25 << 20, CUOPTIM_REDUCE_MEAN, 0);
+  return failed;
+}
+
+/* ---- huge_gradient ----------------------------------------------------------------------------- */
+
+/* The huge variable's buffers are never read: the aggregate refuses it before any element moves. */
+static int huge_gradient_in(size_t bucket_bytes) {
+  cuoptimConfig_t config;
+  must("cuoptimConfigInit", cuoptimConfigInit(&config, CUOPTIM_SGD)); /* no slots: nothing allocated per element */
+  cuoptimOptimizer_t opt;
+  must("cuoptimCreate", cuoptimCreate(&opt, &config, CUOPTIM_BACKEND_HOST, 0));
+  static float small[4], small_grad[4], huge_stand_in[4];
+  cuoptimVariable_t a, b;
+  must("cuoptimAddVariable", cuoptimAddVariable(opt, "small", small, CUOPTIM_FLOAT32, 4, &a));
+  must("cuoptimAddVariable", cuoptimAddVariable(opt, "huge", huge_stand_in, CUOPTIM_FLOAT32, (size_t)1 << 31, &b));
+  cuoptimCommOptions_t options;
+  must("cuoptimCommOptionsInit", cuoptimCommOptionsInit(&options));
+  options.reduce = CUOPTIM_REDUCE_SUM;
+  options.timeout_seconds = timeout_seconds;
+  options.bucket_bytes = bucket_bytes;
+  MPI_Comm comm = MPI_COMM_WORLD;
+  must("cuoptimSetCommunicator", cuoptimSetCommunicator(opt, &comm, &options));
+  printf("rank %d: bucket_bytes %zu\n", rank, bucket_bytes);
+  for (int i = 0; i < 4; i++) small_grad[i] = (float)(rank + 1);
+  cuoptimGradient_t both[2] = {{a, small_grad, CUOPTIM_FLOAT32}, {b, huge_stand_in, CUOPTIM_FLOAT32}};
+  show("step with the huge gradient", cuoptimApplyGradients(opt, 2, both, NULL));
+  /* The small gradient was not summed by the failed step. */
+  int untouched = 1;
+  for (int i = 0; i < 4; i++) untouched &= small_grad[i] == (float)(rank + 1);
+  printf("rank %d: the small gradient after the failed step: %s\n", rank, untouched ? "unchanged" : "CHANGED");
+  /* A step without it: its sum alone, on every rank. */
+  cuoptimGradient_t one[1] = {{a, small_grad, CUOPTIM_FLOAT32}};
+  show("step without it", cuoptimApplyGradients(opt, 1, one, NULL));
+  float want = (float)(world * (world + 1) / 2);
+  int summed = 1;
+  for (int i = 0; i < 4; i++) summed &= small_grad[i] == want;
+  printf("rank %d: the small gradient after the next step: %s\n", rank, summed ? "the sum" : "NOT THE SUM");
+  fflush(stdout);
+  cuoptimDestroy(opt);
+  return untouched && summed ? 0 : 1;
+}
+
+static int huge_gradient(void) {
+  int failed = huge_gradient_in((size_t)25 << 20); /* one bucket */
+  return huge_gradient_in(16) | failed;           /* the small gradient fills a bucket of its own */
+}
+
+int main(int argc, char **argv) {
+  MPI_Init(&argc, &argv);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  last = world - 1;
+  scenario = argc > 1 ? argv[1] : "";
+  for (int i = 2; i + 1 < argc; i++)
+    if (strcmp(argv[i], "--timeout") == 0) timeout_seconds = atof(argv[++i]);
+  int status = 0;
+  if (is("world_of_one_is_plain")) {
+    status = world_of_one();
+  } else if (is("sums")) {
+    status = sums();
+  } else if (is("huge_gradient")) {
+    status = huge_gradient();
+  } else if (is("timeout_first_step") || is("timeout_later_step")) {
+    rig_t g;
+    setup(&g, 1);
+    timeout_scenario(&g, is("timeout_first_step") ? 1 : 2);
+  } else if (is("gradients_differ") || is("gradient_dtype_differs")) {
+    rig_t g;
+    setup(&g, 1);
+    for (int s = 1; s <= 3; s++) {
+      char call[64];
+      snprintf(call, sizeof call, "step %d", s);
+      show(call, step(&g, s));
+    }
+    show_iterations(&g);
+    /* Every rank holds the same parameters after the steps that succeeded. */
+    float all[64][NUM_VARS + 1][MAX_COUNT];
+    if (world <= 64) {
+      MPI_Gather(g.params, (int)(sizeof g.params / sizeof(float)), MPI_FLOAT, all, (int)(sizeof g.params / sizeof(float)),
+                 MPI_FLOAT, 0, MPI_COMM_WORLD);
+      for (int r = 1; rank == 0 && r < world; r++)
+        printf("rank 0: rank %d's parameters %s rank 0's\n", r,
+               memcmp(all[r], all[0], sizeof g.params) == 0 ? "are bit for bit" : "DIFFER from");
+    }
+    cuoptimDestroy(g.opt);
+  } else {
+    rig_t g;
+    setup(&g, 1);
+    show("step 1", step(&g, 1));
+    show_iterations(&g);
+    cuoptimDestroy(g.opt);
+  }
+  printf("rank %d: done\n", rank);
+  fflush(stdout);
+  MPI_Finalize();
+  return status;
+}
