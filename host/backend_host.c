@@ -149,8 +149,9 @@ static void update_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v, const
 }
 
 /* Lamb: pass 1 (moments, norms), the trust ratio, pass 2 (apply). */
-static void update_variable_lamb(cuoptimOptimizer_t opt, cuoptimVariableRec *v, const cuoptimStepGradient *g,
-                                 cuoptimTensorScalars *t) {
+/* Lamb pass 1 (moments, this rank's part of the two norms) of one variable. */
+static void lamb_pass1(cuoptimOptimizer_t opt, cuoptimVariableRec *v, const cuoptimStepGradient *g,
+                       cuoptimTensorScalars *t) {
   const cuoptimRuleParams *p = &opt->prologue.rule;
   const cuoptimStepScalars *s = opt->scalars;
   float acc_unused = 0;
@@ -165,15 +166,35 @@ static void update_variable_lamb(cuoptimOptimizer_t opt, cuoptimVariableRec *v, 
     w_sumsq += (double)w_decayed * (double)w_decayed;
     u_sumsq += (double)update * (double)update;
   }
-  if (!s->apply_update) return;
   t->lamb_w_sumsq = w_sumsq;
   t->lamb_u_sumsq = u_sumsq;
-  t->lamb_ratio = cuoptim_lamb_ratio(w_sumsq, u_sumsq);
+}
+
+/* Lamb pass 2 of one variable: the trust ratio of its (whole) norms, then the step. */
+static void lamb_pass2(cuoptimOptimizer_t opt, cuoptimVariableRec *v, cuoptimTensorScalars *t) {
+  const cuoptimRuleParams *p = &opt->prologue.rule;
+  const cuoptimStepScalars *s = opt->scalars;
+  t->lamb_ratio = cuoptim_lamb_ratio(t->lamb_w_sumsq, t->lamb_u_sumsq);
   for (size_t i = 0; i < v->local_count; i++) {
     store_working(v, i,
                   cuoptim_lamb_pass2_element(p, s, t, v->use_weight_decay, load_working(v, i), v->slots[0][i],
                                              v->slots[1][i]));
   }
+}
+
+/* Lamb: pass 1 of every variable, then (sharded state) the norms' parts combined over the ranks,
+ * then pass 2; an accumulation micro-step ends after pass 1. */
+static cuoptimStatus_t update_lamb(cuoptimOptimizer_t opt) {
+  for (int k = 0; k < opt->num_variables; k++) {
+    cuoptimTensorScalars *t = &opt->tensors[k];
+    t->lamb_w_sumsq = t->lamb_u_sumsq = 0.0;
+    if (opt->step_grads[k].grad) lamb_pass1(opt, &opt->variables[k], &opt->step_grads[k], t);
+  }
+  if (!opt->scalars->apply_update) return CUOPTIM_STATUS_SUCCESS;
+  CUOPTIM_CHECK(cuoptim_comm_combine_lamb(opt));
+  for (int k = 0; k < opt->num_variables; k++)
+    if (opt->step_grads[k].grad) lamb_pass2(opt, &opt->variables[k], &opt->tensors[k]);
+  return CUOPTIM_STATUS_SUCCESS;
 }
 
 static void ema_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v) {
@@ -186,14 +207,11 @@ static void ema_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v) {
 
 static cuoptimStatus_t host_update(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   if (opt->scalars->skip) return CUOPTIM_STATUS_SUCCESS;
-  for (int k = 0; k < opt->num_variables; k++) {
-    cuoptimVariableRec *v = &opt->variables[k];
-    const cuoptimStepGradient *g = &opt->step_grads[k];
-    if (!g->grad) continue;
-    if (opt->config.kind == CUOPTIM_LAMB)
-      update_variable_lamb(opt, v, g, &opt->tensors[k]);
-    else
-      update_variable(opt, v, g, &opt->tensors[k]);
+  if (opt->config.kind == CUOPTIM_LAMB) {
+    CUOPTIM_CHECK(update_lamb(opt));
+  } else {
+    for (int k = 0; k < opt->num_variables; k++)
+      if (opt->step_grads[k].grad) update_variable(opt, &opt->variables[k], &opt->step_grads[k], &opt->tensors[k]);
   }
   /* EMA after every update, for every variable (SEMANTICS.md §1.3). */
   if (opt->config.use_ema)

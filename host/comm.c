@@ -73,9 +73,10 @@ cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t opt, const void *commu
   }
   CUOPTIM_REQUIRE_NOT_NULL(caller, options);
   CUOPTIM_CHECK(validate_options(options, caller));
-  if (options->shard_state && opt->config.kind == CUOPTIM_LAMB)
+  if (options->shard_state && opt->config.kind == CUOPTIM_LAMB && opt->backend == CUOPTIM_BACKEND_CUDA)
     return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
-                         "%s: options->shard_state = 1 with Lamb: trust ratios over sharded state are not available yet",
+                         "%s: options->shard_state = 1 with Lamb on the CUDA backend: trust ratios over sharded state "
+                         "are not available there yet",
                          caller);
   const cuoptimCommOps *ops = opt->backend == CUOPTIM_BACKEND_CUDA ? cuoptim_nccl_comm : cuoptim_mpi_comm;
   if (ops && options->shard_state && !ops->gather_parameters)
@@ -427,5 +428,38 @@ cuoptimStatus_t cuoptim_comm_end_step(cuoptimOptimizer_t opt, cuoptimStream_t st
   cuoptimStatus_t status = opt->comm->ops->gather_parameters(opt, stream);
   if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
     opt->comm->broken = 1;
+  return status;
+}
+
+/* Lamb's two norms per variable, as the ranks exchange their parts. */
+typedef struct {
+  double w_sumsq, u_sumsq;
+} LambPartial;
+
+cuoptimStatus_t cuoptim_comm_combine_lamb(cuoptimOptimizer_t opt) {
+  if (!cuoptim_comm_sharded(opt)) return CUOPTIM_STATUS_SUCCESS;
+  const cuoptimComm *c = opt->comm;
+  size_t n = (size_t)opt->num_variables;
+  LambPartial *mine = calloc(n ? n : 1, sizeof *mine), *all = calloc((n ? n : 1) * (size_t)c->world, sizeof *all);
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  if (!mine || !all) status = cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
+  for (size_t k = 0; status == CUOPTIM_STATUS_SUCCESS && k < n; k++) {
+    mine[k].w_sumsq = opt->tensors[k].lamb_w_sumsq;
+    mine[k].u_sumsq = opt->tensors[k].lamb_u_sumsq;
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS)
+    status = c->ops->allgather_host(opt, mine, all, n * sizeof *mine, "update (combining the shards' Lamb norms)");
+  for (size_t k = 0; status == CUOPTIM_STATUS_SUCCESS && k < n; k++) {
+    double w = 0.0, u = 0.0;
+    for (int r = 0; r < c->world; r++) { /* rank order: the same sums on every rank */
+      w += all[(size_t)r * n + k].w_sumsq;
+      u += all[(size_t)r * n + k].u_sumsq;
+    }
+    opt->tensors[k].lamb_w_sumsq = w;
+    opt->tensors[k].lamb_u_sumsq = u;
+  }
+  free(mine);
+  free(all);
+  if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR) opt->comm->broken = 1;
   return status;
 }

@@ -190,6 +190,9 @@ cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t 
 cuoptimStatus_t cuoptim_comm_combine_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream);
 cuoptimStatus_t cuoptim_comm_end_step(cuoptimOptimizer_t opt, cuoptimStream_t stream);
 int cuoptim_comm_sharded(const cuoptimOptimizer_t opt);
+/* Sharded state, host backend: Lamb's per-variable norms (tensors' lamb_w_sumsq, lamb_u_sumsq),
+ * which cover this rank's shares, summed over the ranks in rank order. No-op unless sharded. */
+cuoptimStatus_t cuoptim_comm_combine_lamb(cuoptimOptimizer_t opt);
 /* Sets each variable's local_offset/local_count/local_param for the state about to be built. */
 void cuoptim_comm_assign_shares(cuoptimOptimizer_t opt);
 /* The first-step comparison of the ranks' variable tables, once (before the first collective that

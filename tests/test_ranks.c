@@ -295,7 +295,7 @@ Test(ranks, replay_check_passes_on_every_rank_case, .timeout = TEST_LIMIT_SECOND
 }
 
 /* The same with --shard: sharded == unsharded, bit for bit (the printed state included: every
- * rank gathers it). Lamb, which cannot be sharded yet, is refused on every rank with exit 2. */
+ * rank gathers it). */
 Test(ranks, replay_sharded_equals_unsharded, .timeout = TEST_LIMIT_SECONDS) {
   rank_case *list = NULL;
   int n = list_rank_cases(&list);
@@ -304,20 +304,6 @@ Test(ranks, replay_sharded_equals_unsharded, .timeout = TEST_LIMIT_SECONDS) {
     char args[4400];
     snprintf(args, sizeof args, "--state --shard --timeout " COLLECTIVE_TIMEOUT " '%s'", list[i].path);
     run_result sharded = mpirun(list[i].ranks, CUOPTIM_REPLAY_PATH, args);
-    if (strstr(list[i].name, "lamb") != NULL) {
-      /* Sharded Lamb is refused (its trust ratios over shards are not available yet): on every rank,
-       * exit 2, nothing printed as a result. */
-      cr_expect_eq(sharded.status, 2, "%s --shard: exit %d\n%s", list[i].name, sharded.status, sharded.err);
-      char needle[64];
-      for (int r = 0; r < list[i].ranks; r++) {
-        snprintf(needle, sizeof needle, "rank %d of %d: ", r, list[i].ranks);
-        cr_expect(strstr(sharded.err, needle) != NULL && strstr(sharded.err, "with Lamb") != NULL,
-                  "rank %d does not report the refusal:\n%s", r, sharded.err);
-      }
-      cr_expect_str_empty(sharded.out, "nothing on stdout when the run is refused:\n%s", sharded.out);
-      free_result(&sharded);
-      continue;
-    }
     snprintf(args, sizeof args, "--state --timeout " COLLECTIVE_TIMEOUT " '%s'", list[i].path);
     run_result plain = mpirun(list[i].ranks, CUOPTIM_REPLAY_PATH, args);
     cr_expect_eq(sharded.status, 0, "%s --shard: exit %d\n%s", list[i].name, sharded.status, sharded.err);
@@ -784,17 +770,6 @@ Test(ranks, set_communicator_checks_its_arguments) {
   EXPECT_BAD(reduce = (cuoptimReduceOp_t)2, CUOPTIM_STATUS_INVALID_VALUE, "options->reduce = 2");
   EXPECT_BAD(bucket_bytes = 0, CUOPTIM_STATUS_INVALID_VALUE, "options->bucket_bytes = 0");
   EXPECT_BAD(shard_state = 2, CUOPTIM_STATUS_INVALID_VALUE, "options->shard_state = 2");
-  {
-    cuoptimConfig_t lamb = test_config(CUOPTIM_LAMB);
-    cuoptimOptimizer_t lamb_opt = NULL;
-    OK(cuoptimCreate(&lamb_opt, &lamb, CUOPTIM_BACKEND_HOST, 0));
-    OK(cuoptimCommOptionsInit(&b));
-    b.shard_state = 1;
-    expect_status(cuoptimSetCommunicator(lamb_opt, &comm, &b), CUOPTIM_STATUS_NOT_SUPPORTED, "sharded Lamb",
-                  "with Lamb");
-    expect_single_process(lamb_opt);
-    OK(cuoptimDestroy(lamb_opt));
-  }
   EXPECT_BAD(timeout_seconds = -1, CUOPTIM_STATUS_INVALID_VALUE, "options->timeout_seconds = -1");
   EXPECT_BAD(timeout_seconds = NAN, CUOPTIM_STATUS_INVALID_VALUE, "options->timeout_seconds");
   EXPECT_BAD(timeout_seconds = INFINITY, CUOPTIM_STATUS_INVALID_VALUE, "options->timeout_seconds = inf");

@@ -180,6 +180,9 @@ static void timeout_scenario(rig_t *g, int stuck_before) {
     printf("rank %d: waited %.3f s\n", rank, waited);
     show("the step after the timeout", step(g, s + 1));
     fflush(stdout);
+    /* The other waiting ranks time out at about the same moment: give them time to print before
+     * the abort ends every process (no barrier can help: the stuck rank would never join it). */
+    sleep(2);
     MPI_Abort(MPI_COMM_WORLD, 3);
   }
 }

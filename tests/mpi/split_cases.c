@@ -25,8 +25,7 @@
  *
  * Usage: split_cases [--shard] [--timeout S] DIR. Rank 0 prints failures and a summary. Exit 0
  * when every case passes, 1 when one fails, 2 on bad usage, 77 (every rank) when the library
- * refuses the options, with its message. Under --shard, Lamb cases are skipped (refused by the
- * library for now).
+ * refuses the options, with its message.
  */
 #include <dirent.h>
 #include <math.h>
@@ -322,8 +321,6 @@ int main(int argc, char **argv) {
     if (!loaded) fprintf(stderr, "FAIL: %s (rank %d): %s\n", entries[i]->d_name, rank, error);
     if (any_rank(!loaded)) {
       t.failed++;
-    } else if (base.comm_options.shard_state && c.config.kind == CUOPTIM_LAMB) {
-      t.skipped++; /* the library refuses sharded Lamb (trust ratios over shards): test_ranks checks that */
     } else if (c.has_rank_steps && c.num_ranks == world && c.has_steps) {
       if (check_rank_case(&c, entries[i]->d_name, &base, &t) == EXIT_SKIP) status = EXIT_SKIP;
     } else if (c.has_rank_steps || !c.has_steps) {
