@@ -777,6 +777,13 @@ static void sleep_until_at_most(int64_t ns, int64_t deadline) {
  * an optimizer with a communicator, its asynchronous error, so that a failed peer ends the wait
  * with that error rather than with the timeout. */
 static cuoptimStatus_t query_in_flight(cuoptimOptimizer_t opt, int *complete, char *in_flight, size_t size) {
+  if (opt->comm && opt->comm->ops->poll) {
+    cuoptimStatus_t status = opt->comm->ops->poll(opt, "cuoptimSynchronizeTimeout");
+    if (status != CUOPTIM_STATUS_SUCCESS) {
+      opt->comm->broken = 1; /* as after any failed collective: no further step communicates */
+      return status;
+    }
+  }
   return opt->ops->query(opt, complete, in_flight, size);
 }
 

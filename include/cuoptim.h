@@ -519,8 +519,11 @@ CUOPTIM_API cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t optimizer);
  * step". A stage not complete may not have started: its stream may wait for earlier work (for a
  * collective that waits for its peers). The caller may then, for instance, abort its
  * communicator and destroy the optimizer, as PyTorch's NCCL watchdog does. Returns SUCCESS at once
- * on the host backend.
- * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (timeout_ms < 0), TIMEOUT, CUDA_ERROR. */
+ * on the host backend. With an NCCL communicator each poll also asks ncclCommGetAsyncError: an
+ * error NCCL reports (a peer gone) ends the wait at once with NCCL_ERROR and NCCL's text, and the
+ * optimizer then refuses further steps (INVALID_STATE).
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (timeout_ms < 0), TIMEOUT, CUDA_ERROR,
+ * NCCL_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimSynchronizeTimeout(cuoptimOptimizer_t optimizer, int64_t timeout_ms);
 
 /* ---------------------------------------------------------------------------------------------

@@ -302,6 +302,26 @@ Test(nccl_comm, an_asynchronous_nccl_error_fails_the_next_step) {
   cr_expect_eq(ncclCommDestroy(comm), ncclSuccess);
 }
 
+/* A wait with a deadline watches NCCL's asynchronous error too: a failed peer ends it at once
+ * with NCCL's text, not at the deadline with TIMEOUT; the optimizer then refuses further steps. */
+Test(nccl_comm, synchronize_with_a_timeout_reports_an_asynchronous_nccl_error) {
+  ncclComm_t comm = one_rank_comm();
+  cuoptimConfig_t config = test_config(CUOPTIM_SGD);
+  single_t s;
+  make_single(&s, &config);
+  cuoptimCommOptions_t options = default_options();
+  OK(cuoptimSetCommunicator(s.opt, &comm, &options));
+  OK(step_single(&s, 0));
+  OK(cuoptimSynchronizeTimeout(s.opt, 1000));
+  cuoptim_emu_nccl_inject_async_error(comm, ncclRemoteError, "rank 3 exited");
+  cr_expect_eq(cuoptimSynchronizeTimeout(s.opt, 60000), CUOPTIM_STATUS_NCCL_ERROR);
+  const char *message = cuoptimGetLastErrorMessage();
+  cr_expect(strstr(message, "cuoptimSynchronizeTimeout") && strstr(message, "rank 3 exited"), "message: %s", message);
+  cr_expect_eq(step_single(&s, 1), CUOPTIM_STATUS_INVALID_STATE);
+  free_single(&s);
+  cr_expect_eq(ncclCommDestroy(comm), ncclSuccess);
+}
+
 #endif /* CUOPTIM_TEST_EMULATED_DEVICE */
 
 #else /* no NCCL in this build */
