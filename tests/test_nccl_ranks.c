@@ -17,6 +17,7 @@
  */
 #include <criterion/criterion.h>
 #include <cuda_runtime_api.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,57 @@ static void run_ranks(int np) {
   char want[64];
   snprintf(want, sizeof want, "nccl_ranks: %d ranks: passed", np);
   cr_expect(strstr(output, want) != NULL, "mpirun -np %d nccl_ranks did not report \"%s\"", np, want);
+#endif
+}
+
+#if defined(CUOPTIM_TEST_NCCL_RANKS) && defined(CUOPTIM_TEST_EMULATED_DEVICE)
+/* `mpirun -np R cuoptim-replay --backend cuda --check [--shard] CASE`: exit status and output. */
+static int replay_over_nccl(int ranks, const char *flags, const char *path, char *output, size_t size) {
+  char command[8192];
+  snprintf(command, sizeof command, "%s %s--oversubscribe -np %d --timeout 300 %s --backend cuda --check %s '%s' 2>&1",
+           env_or("CUOPTIM_MPIEXEC", CUOPTIM_TEST_MPIEXEC), geteuid() == 0 ? "--allow-run-as-root " : "", ranks,
+           CUOPTIM_REPLAY_PATH, flags, path);
+  FILE *pipe = popen(command, "r");
+  cr_assert_not_null(pipe, "popen(%s)", command);
+  size_t length = fread(output, 1, size - 1, pipe);
+  output[length] = '\0';
+  int status = pclose(pipe);
+  return status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+#endif
+
+/* Every rank case of tests/data (Keras on the mean gradients) replayed on the CUDA backend over
+ * NCCL, unsharded and sharded: PASS within the replay's tolerance, every rank's result bit for bit
+ * rank 0's. Sharded Lamb is refused on the CUDA backend (exit 2, on every rank). On the emulated
+ * device only: the replay puts every rank on device 0. */
+Test(nccl_ranks, every_rank_case_replays_over_nccl, .timeout = 1800) {
+#if !defined(CUOPTIM_TEST_NCCL_RANKS) || !defined(CUOPTIM_TEST_EMULATED_DEVICE)
+  cr_skip("the replay over NCCL runs every rank on device 0: tested on the emulated device");
+#else
+  DIR *dir = opendir(test_data_path("cases"));
+  cr_assert_not_null(dir);
+  int replayed = 0;
+  for (struct dirent *e; (e = readdir(dir)) != NULL;) {
+    int ranks = 0;
+    const char *suffix = strrchr(e->d_name, '_');
+    if (strncmp(e->d_name, "ranks_", 6) != 0 || !suffix || sscanf(suffix, "_r%d.json", &ranks) != 1) continue;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", test_data_path("cases"), e->d_name);
+    static char output[1 << 16];
+    for (int shard = 0; shard < 2; shard++) {
+      int status = replay_over_nccl(ranks, shard ? "--shard" : "", path, output, sizeof output);
+      if (shard && strstr(e->d_name, "lamb") != NULL) {
+        cr_expect(status == 2 && strstr(output, "with Lamb on the CUDA backend") != NULL,
+                  "%s --shard: exit %d, not the refusal:\n%s", e->d_name, status, output);
+        continue;
+      }
+      cr_expect(status == 0 && strstr(output, "\nPASS") != NULL && strstr(output, "bit for bit rank 0's: ok") != NULL,
+                "%s%s: exit %d:\n%s", e->d_name, shard ? " --shard" : "", status, output);
+      replayed++;
+    }
+  }
+  closedir(dir);
+  cr_expect(replayed >= 20, "only %d replays", replayed);
 #endif
 }
 

@@ -26,6 +26,11 @@
 #ifdef CUOPTIM_REPLAY_MPI
 #include <mpi.h>
 #endif
+#ifdef CUOPTIM_REPLAY_NCCL
+#include <nccl.h>
+
+#include "nccl_bootstrap.h"
+#endif
 
 #include "case.h"
 #include "cuoptim.h"
@@ -38,9 +43,13 @@ static const char *program = "cuoptim-replay";
 typedef struct {
   int mpi; /* MPI was initialized: this process is one rank of the launcher's world */
   int rank, world;
+#ifdef CUOPTIM_REPLAY_NCCL
+  int have_nccl; /* --backend cuda: the NCCL communicator of the ranks, made from MPI */
+  ncclComm_t nccl;
+#endif
 } ranks_t;
 
-static ranks_t ranks = {0, 0, 1};
+static ranks_t ranks = {.mpi = 0, .rank = 0, .world = 1};
 
 
 static void usage(FILE *out) {
@@ -72,7 +81,9 @@ static void usage(FILE *out) {
           "Under mpirun -np R, rank r applies the case's rank_steps[s][r] (R must be the case's number of\n"
           "ranks; a case without rank_steps runs its steps with R = 1) and the gradients are averaged\n"
           "over the ranks before each step. Rank 0 prints the result; the ranks compare theirs bit for\n"
-          "bit (with --check, a \"ranks:\" line says whether they agree).\n"
+          "bit (with --check, a \"ranks:\" line says whether they agree). The host backend reduces\n"
+          "over MPI; --backend cuda over NCCL, with a communicator made from MPI and every rank on\n"
+          "device 0 (the emulated device, or one GPU with NCCL 2.30+ and NCCL_MULTI_RANK_GPU_ENABLE=1).\n"
           "\n"
           "Exit status: 0 done (within tolerance), 1 beyond tolerance (or the ranks' results differ),\n"
           "2 bad usage or input, or a backend or feature that cannot run here, 3 the library failed on\n"
@@ -243,6 +254,9 @@ static int start_ranks(int *argc, char ***argv) {
 }
 
 static void finish_ranks(void) {
+#ifdef CUOPTIM_REPLAY_NCCL
+  if (ranks.have_nccl) ncclCommDestroy(ranks.nccl); /* after the case's optimizer is gone */
+#endif
 #ifdef CUOPTIM_REPLAY_MPI
   if (ranks.mpi) MPI_Finalize();
 #endif
@@ -303,10 +317,26 @@ static const void *communicator_for(cuoptimBackend_t backend, char *why, size_t 
     return &world;
   }
 #endif
+#ifdef CUOPTIM_REPLAY_NCCL
+  if (backend == CUOPTIM_BACKEND_CUDA) {
+    /* Every rank on device 0, where the case runs: the emulated device, or one GPU with NCCL
+     * 2.30+ (NCCL_MULTI_RANK_GPU_ENABLE=1). */
+    if (!ranks.have_nccl) {
+      char err[512];
+      nccl_bootstrap_info_t where = {0, 0, 0, 0};
+      if (nccl_bootstrap_from_mpi(&ranks.nccl, MPI_COMM_WORLD, 0, &where, err, sizeof err) != 0) {
+        snprintf(why, size, "--backend cuda with ranks: %.200s", err);
+        return NULL;
+      }
+      ranks.have_nccl = 1;
+    }
+    return &ranks.nccl;
+  }
+#endif
   if (backend == CUOPTIM_BACKEND_CUDA)
     snprintf(why, size,
-             "--backend cuda with ranks: a replay over NCCL is not supported yet (cuoptim-replay does not create NCCL "
-             "communicators); --backend host replays rank cases over MPI");
+             "--backend cuda with ranks: this build of cuoptim-replay has no NCCL; --backend host replays rank cases "
+             "over MPI");
   else
     snprintf(why, size, "this build of cuoptim-replay has no MPI");
   return NULL;
