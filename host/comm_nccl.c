@@ -40,6 +40,14 @@ typedef struct {
   void *exchange;               /* its device buffer */
   size_t exchange_bytes;
   cuoptimTensorScalars *gathered; /* sharded state: every rank's inspect partials, [rank][variable] */
+  /* Gradient arena: buckets reduced on a stream of their own while backward goes on. */
+  cudaStream_t bucket_stream;
+  cudaEvent_t *marked;       /* per variable: recorded on its mark's stream */
+  unsigned char *has_mark;   /* per variable: marked (not from a capturing stream) this step */
+  cudaEvent_t *bucket_done;  /* per bucket: recorded on bucket_stream after its collectives */
+  cudaEvent_t started_from;  /* recorded on the stream of the call that starts a bucket */
+  unsigned char *in_flight;  /* per bucket: started on bucket_stream, not yet waited for by a step */
+  int buckets;               /* the arena's, when the above exist */
 } NcclComm;
 
 static NcclComm *nccl_of(cuoptimOptimizer_t opt) { return (NcclComm *)opt->comm->impl; }
@@ -175,11 +183,22 @@ static void nccl_detach(cuoptimOptimizer_t opt, cuoptimComm *c) {
       cudaStreamSynchronize(m->exchange_stream);
       if (m->exchange) cudaFree(m->exchange);
       if (m->gathered) cudaFree(m->gathered); /* cuoptimDestroy waited for the steps */
+      if (m->buckets) cudaStreamSynchronize(m->bucket_stream);
     }
     cudaStreamDestroy(m->exchange_stream);
+    if (m->buckets) {
+      cudaStreamDestroy(m->bucket_stream);
+      cudaEventDestroy(m->started_from);
+      for (int k = 0; k < opt->num_variables; k++) cudaEventDestroy(m->marked[k]);
+      for (int b = 0; b < m->buckets; b++) cudaEventDestroy(m->bucket_done[b]);
+    }
     leave_device(&scope);
   }
   (void)cudaGetLastError();
+  free(m->marked);
+  free(m->has_mark);
+  free(m->bucket_done);
+  free(m->in_flight);
   free(m);
   c->impl = NULL;
 }
@@ -244,19 +263,19 @@ static ncclDataType_t nccl_type(cuoptimDtype_t dtype) {
 enum { PASS_REDUCE, PASS_SPREAD };
 
 /* The calls of variable k in one pass: reduce-scatter and reduce, or all-gather and broadcast. */
-static cuoptimStatus_t issue(cuoptimOptimizer_t opt, int k, int pass, cuoptimStream_t stream) {
+static cuoptimStatus_t issue(cuoptimOptimizer_t opt, int k, void *gradient, cuoptimDtype_t dtype, int pass,
+                             cuoptimStream_t stream) {
   static const char *caller = "cuoptimApplyGradients";
   const cuoptimComm *c = opt->comm;
   ncclComm_t comm = nccl_of(opt)->comm;
-  const cuoptimStepGradient *g = &opt->step_grads[k];
-  const size_t count = opt->variables[k].count, es = cuoptim_dtype_size(g->dtype);
+  const size_t count = opt->variables[k].count, es = cuoptim_dtype_size(dtype);
   const size_t share = count / (size_t)c->world, head = share * (size_t)c->world, tail = count - head;
-  const ncclDataType_t type = nccl_type(g->dtype);
+  const ncclDataType_t type = nccl_type(dtype);
   /* The tail's root: spread over the ranks, or with sharded state the last rank, whose share it
    * is (cuoptim_comm_share). */
   const int root = cuoptim_comm_sharded(opt) ? c->world - 1 : k % c->world;
   cudaStream_t s = (cudaStream_t)stream;
-  char *base = (char *)(uintptr_t)g->listed; /* the contract: the buffer receives the sum */
+  char *base = gradient; /* the contract: the buffer receives the sum */
   char *segment = base + (size_t)c->rank * share * es, *rest = base + head * es;
   ncclResult_t result = ncclSuccess;
   if (pass == PASS_REDUCE) {
@@ -273,43 +292,150 @@ static cuoptimStatus_t issue(cuoptimOptimizer_t opt, int k, int pass, cuoptimStr
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-/* One NCCL group: the calls of one pass for the gradients of variables [first, last). The group
- * is ended even after a failed call, so that NCCL's group state stays balanced. */
-static cuoptimStatus_t run_pass(cuoptimOptimizer_t opt, int first, int last, int pass, cuoptimStream_t stream) {
+/* One NCCL group: the calls of one pass for the gradients of variables [first, last): the step's
+ * listed ones, or (arena) every variable's arena region. The group is ended even after a failed
+ * call, so that NCCL's group state stays balanced. */
+static cuoptimStatus_t run_pass(cuoptimOptimizer_t opt, int first, int last, int pass, int arena,
+                                cuoptimStream_t stream) {
   static const char *caller = "cuoptimApplyGradients";
   ncclComm_t comm = nccl_of(opt)->comm;
   ncclResult_t result = ncclGroupStart();
   if (result != ncclSuccess) return nccl_fail(result, caller, "aggregate: ncclGroupStart");
   cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
-  for (int k = first; k < last && status == CUOPTIM_STATUS_SUCCESS; k++)
-    if (opt->step_grads[k].grad) status = issue(opt, k, pass, stream);
+  for (int k = first; k < last && status == CUOPTIM_STATUS_SUCCESS; k++) {
+    const cuoptimStepGradient *g = &opt->step_grads[k];
+    if (arena)
+      status = issue(opt, k, opt->variables[k].arena_grad, opt->variables[k].dtype, pass, stream);
+    else if (g->grad)
+      status = issue(opt, k, (void *)(uintptr_t)g->listed, g->dtype, pass, stream);
+  }
   result = ncclGroupEnd();
   if (status != CUOPTIM_STATUS_SUCCESS) return status;
   return settle(comm, result, caller, pass == PASS_REDUCE ? "aggregate: ncclGroupEnd (reduce-scatter and reduce)"
                                                           : "aggregate: ncclGroupEnd (all-gather and broadcast)");
 }
 
-static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last, cuoptimStream_t stream) {
-  int any = 0;
+static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last, int arena, cuoptimStream_t stream) {
+  int any = arena;
   for (int k = first; k < last; k++) any |= opt->step_grads[k].grad != NULL;
   if (!any) return CUOPTIM_STATUS_SUCCESS;
-  CUOPTIM_CHECK(run_pass(opt, first, last, PASS_REDUCE, stream));
+  CUOPTIM_CHECK(run_pass(opt, first, last, PASS_REDUCE, arena, stream));
   /* Sharded state: each rank updates from its own share of the sums, where the reduce-scatter put
    * it (cuoptim_comm_prepare_step pointed the step there); nothing to spread. */
   if (cuoptim_comm_sharded(opt)) return CUOPTIM_STATUS_SUCCESS;
-  return run_pass(opt, first, last, PASS_SPREAD, stream);
+  return run_pass(opt, first, last, PASS_SPREAD, arena, stream);
 }
 
 /* Every rank must list the same non-NULL gradients: unlike MPI's, this path cannot compare the
  * lists per step without a host exchange, which a captured step cannot make. */
+/* ---- the gradient arena's buckets ---------------------------------------------------------- */
+
+static int is_capturing(cuoptimStream_t stream) {
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing((cudaStream_t)stream, &capture) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return capture != cudaStreamCaptureStatusNone;
+}
+
+/* The bucket stream and the events, made at the first mark or bucket (never inside a capture:
+ * a mark from a capturing stream starts nothing of its own). */
+static cuoptimStatus_t reserve_buckets(cuoptimOptimizer_t opt, const char *caller) {
+  NcclComm *m = nccl_of(opt);
+  if (m->buckets) return CUOPTIM_STATUS_SUCCESS;
+  int n = opt->num_variables, b = opt->num_buckets;
+  m->marked = calloc((size_t)(n ? n : 1), sizeof *m->marked);
+  m->has_mark = calloc((size_t)(n ? n : 1), 1);
+  m->bucket_done = calloc((size_t)(b ? b : 1), sizeof *m->bucket_done);
+  m->in_flight = calloc((size_t)(b ? b : 1), 1);
+  if (!m->marked || !m->has_mark || !m->bucket_done || !m->in_flight)
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cudaError_t err = cudaStreamCreateWithFlags(&m->bucket_stream, cudaStreamNonBlocking);
+  if (err == cudaSuccess) err = cudaEventCreateWithFlags(&m->started_from, cudaEventDisableTiming);
+  for (int k = 0; k < n && err == cudaSuccess; k++) err = cudaEventCreateWithFlags(&m->marked[k], cudaEventDisableTiming);
+  for (int i = 0; i < b && err == cudaSuccess; i++)
+    err = cudaEventCreateWithFlags(&m->bucket_done[i], cudaEventDisableTiming);
+  if (err != cudaSuccess) return cuda_fail(err, caller, "creating the gradient arena's stream and events");
+  nvtxNameCudaStreamA(m->bucket_stream, "cuoptim NCCL gradient buckets");
+  m->buckets = b;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t nccl_mark(cuoptimOptimizer_t opt, int variable, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimMarkGradientReady";
+  if (opt->comm->world == 1 || !opt->comm->options.aggregate || is_capturing(stream)) return CUOPTIM_STATUS_SUCCESS;
+  DeviceScope scope;
+  CUOPTIM_CHECK(enter_device(opt->device, &scope, caller));
+  NcclComm *m = nccl_of(opt);
+  cuoptimStatus_t status = reserve_buckets(opt, caller);
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    cudaError_t err = cudaEventRecord(m->marked[variable], (cudaStream_t)stream);
+    if (err != cudaSuccess) status = cuda_fail(err, caller, "cudaEventRecord");
+    else m->has_mark[variable] = 1;
+  }
+  leave_device(&scope);
+  return status;
+}
+
+/* Bucket b's collectives: on the bucket stream, after every mark of its variables and the work
+ * before this call on `stream`, so that they overlap what the caller enqueues next; or, when
+ * `stream` is capturing a graph, on `stream` itself (the graph then holds them). */
+static cuoptimStatus_t nccl_start_bucket(cuoptimOptimizer_t opt, int b, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimMarkGradientReady";
+  int first = opt->bucket_first[b], last = opt->bucket_first[b + 1];
+  if (is_capturing(stream)) return reduce_bucket(opt, first, last, 1, stream);
+  DeviceScope scope;
+  CUOPTIM_CHECK(enter_device(opt->device, &scope, caller));
+  NcclComm *m = nccl_of(opt);
+  cuoptimStatus_t status = reserve_buckets(opt, caller);
+  cudaError_t err = cudaSuccess;
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    err = cudaEventRecord(m->started_from, (cudaStream_t)stream);
+    if (err == cudaSuccess) err = cudaStreamWaitEvent(m->bucket_stream, m->started_from, 0);
+    for (int k = first; k < last && err == cudaSuccess; k++)
+      if (m->has_mark[k]) err = cudaStreamWaitEvent(m->bucket_stream, m->marked[k], 0);
+    if (err != cudaSuccess) status = cuda_fail(err, caller, "ordering a bucket after its marks");
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS) status = reduce_bucket(opt, first, last, 1, m->bucket_stream);
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    err = cudaEventRecord(m->bucket_done[b], m->bucket_stream);
+    if (err != cudaSuccess) status = cuda_fail(err, caller, "cudaEventRecord");
+    else m->in_flight[b] = 1;
+  }
+  for (int k = first; k < last; k++) m->has_mark[k] = 0;
+  leave_device(&scope);
+  return status;
+}
+
+/* Gradient arena, in the step: every bucket has been started (cuoptim_comm_begin_step); the step
+ * waits for those still in flight on the bucket stream. */
+static cuoptimStatus_t finish_arena(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  NcclComm *m = nccl_of(opt);
+  if (!m->buckets) return CUOPTIM_STATUS_SUCCESS; /* every bucket ran on the step's capturing stream */
+  int capturing = is_capturing(stream);
+  for (int b = 0; b < m->buckets; b++) {
+    if (!m->in_flight[b]) continue;
+    if (capturing)
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                           "cuoptimApplyGradients: a bucket was started by a mark outside the graph this step is "
+                           "captured into: mark the gradients on the capturing stream");
+    cudaError_t err = cudaStreamWaitEvent((cudaStream_t)stream, m->bucket_done[b], 0);
+    if (err != cudaSuccess) return cuda_fail(err, "cuoptimApplyGradients", "waiting for a bucket's collectives");
+    m->in_flight[b] = 0;
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 static cuoptimStatus_t nccl_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  if (opt->grad_arena) return finish_arena(opt, stream);
   size_t bucket = opt->comm->options.bucket_bytes, filled = 0;
   int first = 0;
   for (int k = 0; k < opt->num_variables; k++) {
     const cuoptimStepGradient *g = &opt->step_grads[k];
     if (g->grad) filled += opt->variables[k].count * cuoptim_dtype_size(g->dtype);
     if (filled >= bucket || k + 1 == opt->num_variables) {
-      CUOPTIM_CHECK(reduce_bucket(opt, first, k + 1, stream));
+      CUOPTIM_CHECK(reduce_bucket(opt, first, k + 1, 0, stream));
       first = k + 1;
       filled = 0;
     }
@@ -431,6 +557,8 @@ static const cuoptimCommOps nccl_comm = {
     .allgather_shares_host = nccl_allgather_shares_host,
     .aggregate = nccl_aggregate,
     .gather_parameters = nccl_gather_parameters,
+    .start_bucket = nccl_start_bucket,
+    .mark = nccl_mark,
     .shares_in_place = 1,
     .combine_inspect = nccl_combine_inspect,
     .buffer_bytes = nccl_buffer_bytes,

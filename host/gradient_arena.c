@@ -142,6 +142,11 @@ cuoptimStatus_t cuoptimMarkGradientReady(cuoptimOptimizer_t opt, cuoptimVariable
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
                          "%s: variable = %d (\"%s\") is already marked ready for this step", caller, (int)variable,
                          opt->variables[variable].name);
+  const cuoptimComm *c = opt->comm;
+  if (c && c->options.aggregate && c->world > 1 && c->ops->mark) {
+    cuoptimStatus_t status = c->ops->mark(opt, variable, stream);
+    if (status != CUOPTIM_STATUS_SUCCESS) return status;
+  }
   opt->ready[variable] = 1;
   opt->bucket_pending[opt->bucket_of[variable]]--;
   return start_ready_buckets(opt, stream);

@@ -157,6 +157,9 @@ typedef struct cuoptimCommOps {
    * library reduces buckets in the aggregate stage only. The aggregate stage finishes what was
    * started and starts the rest, in the same order. */
   cuoptimStatus_t (*start_bucket)(cuoptimOptimizer_t opt, int bucket, cuoptimStream_t stream);
+  /* Gradient arena: variable's gradient is written on `stream` (before start_bucket of its
+   * bucket); NULL when the library needs nothing of it. */
+  cuoptimStatus_t (*mark)(cuoptimOptimizer_t opt, int variable, cuoptimStream_t stream);
   /* Sharded state: the gradients' shares are summed in place in the gradient buffers (NCCL), so
    * the step reads each gradient from listed + its share's offset from the start. */
   int shares_in_place;

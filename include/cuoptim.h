@@ -643,8 +643,13 @@ CUOPTIM_API cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t optimizer,
  * pointers. After the step every variable is "not ready" again. Without communicator the arena
  * is simply cuoptim-owned gradient memory.
  * Host backend: a bucket's reduce-scatter starts in MarkGradientReady; its all-gather (unsharded)
- * in the step. CUDA backend: buckets are reduced in the step (MarkGradientReady records
- * readiness only, for now). */
+ * in the step. CUDA backend: a mark records an event on its stream; a bucket that may start
+ * runs its collectives on a stream of cuoptim's (named "cuoptim NCCL gradient buckets" in
+ * Nsight), after the events of its variables' marks and the work before that call on its
+ * stream, so they overlap the rest of backward; the step waits for them on its own stream. A
+ * mark from a stream that is capturing a CUDA graph puts the bucket's collectives in that graph,
+ * on that stream; a captured step whose buckets were started by marks outside the capture is
+ * refused (INVALID_STATE). */
 
 /* Asks for the gradient arena; before the state is built. Statuses: SUCCESS, NULL_POINTER,
  * INVALID_STATE (the state is built). */

@@ -535,6 +535,63 @@ static void run_scenario(const scenario_t *sc) {
   free_side(&ref);
 }
 
+/* The gradient arena: `arena` writes its gradients into cuoptim's buffers and marks them ready
+ * in an order of its rank's own (a bucket starts on cuoptim's bucket stream once it and the
+ * buckets after it are ready), on a stream apart from the step's; `plain` steps the same
+ * gradients from buffers of its own. Both end with the same bytes, on every rank. */
+static void run_arena_scenario(const scenario_t *sc) {
+  side_t plain, arena;
+  make_side(&plain, &sc->config, CUOPTIM_BACKEND_CUDA, sc->param_dtype, sc->grad_dtype, SIZES, device);
+  make_side(&arena, &sc->config, CUOPTIM_BACKEND_CUDA, sc->param_dtype, sc->grad_dtype, SIZES, device);
+  set_communicator(sc, plain.opt);
+  set_communicator(sc, arena.opt);
+  OK(cuoptimEnableGradientArena(arena.opt));
+  void *own[NUM_VARS];
+  for (int k = 0; k < NUM_VARS; k++) {
+    own[k] = arena.grads[k];
+    OK(cuoptimGetGradientBuffer(arena.opt, k, &arena.grads[k]));
+  }
+  cudaStream_t backward, step_stream;
+  CUDA(cudaStreamCreateWithFlags(&backward, cudaStreamNonBlocking));
+  CUDA(cudaStreamCreateWithFlags(&step_stream, cudaStreamNonBlocking));
+  unsigned char *staging = malloc(2 * staging_bytes());
+  if (!staging) fatal("malloc", "out of memory");
+  cuoptimGradient_t list[NUM_VARS];
+  for (int step = 0; step < sc->steps; step++) {
+    upload_rank_gradients(sc, &plain, step, staging, step_stream);
+    OK(cuoptimApplyGradients(plain.opt, gradient_list(sc, &plain, step, list), list, step_stream));
+    /* "Backward": every gradient written on its stream, marked in an order of this rank's own. */
+    upload_rank_gradients(sc, &arena, step, staging + staging_bytes(), backward);
+    int order[NUM_VARS];
+    for (int k = 0; k < NUM_VARS; k++) order[k] = k;
+    for (int k = NUM_VARS - 1; k > 0; k--) {
+      int j = (int)(mix64((uint64_t)(rank * 1000 + step * 10 + k)) % (uint64_t)(k + 1)), t = order[k];
+      order[k] = order[j];
+      order[j] = t;
+    }
+    for (int k = 0; k < NUM_VARS; k++) OK(cuoptimMarkGradientReady(arena.opt, order[k], backward));
+    CUDA(cudaStreamSynchronize(backward)); /* the staging buffer is reused */
+    OK(cuoptimApplyGradients(arena.opt, gradient_list(sc, &arena, step, list), list, step_stream));
+    CUDA(cudaStreamSynchronize(step_stream));
+  }
+  blob_t a = {0}, b = {0};
+  observe(&plain, sc->config.dynamic_loss_scale, &a);
+  observe(&arena, sc->config.dynamic_loss_scale, &b);
+  size_t differing = 0;
+  for (size_t i = 0; i < a.size && i < b.size; i++) differing += a.bytes[i] != b.bytes[i];
+  EXPECT(a.size == b.size && differing == 0, "%s: the gradient arena and the caller's buffers differ in %zu of %zu bytes",
+         sc->label, differing, a.size);
+  compare_across_ranks(sc->label, &b);
+  free(a.bytes);
+  free(b.bytes);
+  free(staging);
+  CUDA(cudaStreamDestroy(backward));
+  CUDA(cudaStreamDestroy(step_stream));
+  for (int k = 0; k < NUM_VARS; k++) arena.grads[k] = own[k];
+  free_side(&arena);
+  free_side(&plain);
+}
+
 /* One step of `graphed` captured (its all-reduce included) and replayed, beside eager steps of an
  * identical optimizer on the same communicator: the same bytes, on every rank. */
 static void run_graph_scenario(const scenario_t *sc, int replays) {
@@ -747,6 +804,18 @@ static void run_all(void) {
   sc = base("sharded: Adam, float32, mean, global_clipnorm: CUDA graph replays", adam);
   sc.shard = 1;
   run_graph_scenario(&sc, 5);
+
+  /* The gradient arena, buckets started by the marks. */
+  sc = base("arena: Adam, float32, mean, global_clipnorm, 256-byte buckets", adam);
+  sc.null_step = 2;
+  run_arena_scenario(&sc);
+
+  sc = base("arena, sharded: AdamW, float16, dynamic loss scale, an inf on the last rank in step 2", adamw);
+  sc.param_dtype = sc.grad_dtype = CUOPTIM_FLOAT16;
+  sc.steps = 5;
+  sc.inf_step = 2;
+  sc.shard = 1;
+  run_arena_scenario(&sc);
 
   if (world > 1) {
     run_mismatch_scenario(1);
