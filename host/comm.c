@@ -148,6 +148,7 @@ enum {
   ENTRY_VARIABLES,
   ENTRY_TABLE_HASH,
   ENTRY_OPTIMIZER,
+  ENTRY_CONFIG,
   ENTRY_AGGREGATE,
   ENTRY_REDUCE,
   ENTRY_BUCKET_BYTES,
@@ -157,8 +158,23 @@ enum {
 static const char *const entry_names[ENTRY_COUNT] = {
     "cuoptim's handshake",   "world size",          "rank",
     "number of variables",   "variable table",      "optimizer",
+    "optimizer's config (its Keras JSON: hyperparameters, schedule, clipping, loss scaling; a hash)",
     "options->aggregate",    "options->reduce",     "options->bucket_bytes",
     "options->shard_state"};
+
+/* A hash of the config's Keras JSON: the hyperparameters every rank must share. */
+static uint64_t config_hash(const cuoptimOptimizer_t opt) {
+  static _Thread_local char text[16384];
+  size_t length = 0;
+  if (cuoptimConfigToKerasJSON(&opt->config, text, sizeof text, &length) == CUOPTIM_STATUS_SUCCESS)
+    return fnv1a(FNV_OFFSET, text, length);
+  char *big = length ? malloc(length + 1) : NULL;
+  uint64_t h = (uint64_t)opt->config.kind; /* no text (out of memory): the kind alone */
+  if (big && cuoptimConfigToKerasJSON(&opt->config, big, length + 1, &length) == CUOPTIM_STATUS_SUCCESS)
+    h = fnv1a(FNV_OFFSET, big, length);
+  free(big);
+  return h;
+}
 
 static void describe_rank(const cuoptimOptimizer_t opt, uint64_t *entry, uint64_t *hashes) {
   const cuoptimComm *c = opt->comm;
@@ -173,6 +189,7 @@ static void describe_rank(const cuoptimOptimizer_t opt, uint64_t *entry, uint64_
   entry[ENTRY_VARIABLES] = (uint64_t)opt->num_variables;
   entry[ENTRY_TABLE_HASH] = table;
   entry[ENTRY_OPTIMIZER] = (uint64_t)opt->config.kind;
+  entry[ENTRY_CONFIG] = config_hash(opt);
   entry[ENTRY_AGGREGATE] = (uint64_t)c->options.aggregate;
   entry[ENTRY_REDUCE] = (uint64_t)c->options.reduce;
   entry[ENTRY_BUCKET_BYTES] = (uint64_t)c->options.bucket_bytes;

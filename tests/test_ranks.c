@@ -480,6 +480,9 @@ Test(ranks, options_that_differ_are_named_on_every_rank, .timeout = TEST_LIMIT_S
   expect_every_rank_fails_step_1("reduce_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE", "options->reduce", "rank 2 has 1");
   expect_every_rank_fails_step_1("aggregate_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE", "options->aggregate",
                                  "rank 1 has 0");
+  /* A hyperparameter (SGD's momentum) that differs: the configs' Keras JSON differ. */
+  expect_every_rank_fails_step_1("config_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE", "optimizer's config",
+                                 "rank 2 has");
 }
 
 /* Step 2 differs on the last rank: every rank fails it, nothing changes, step 3 works. */

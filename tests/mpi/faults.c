@@ -9,6 +9,7 @@
  *   variable_missing                             the last rank does not register variable 1
  *   extra_variable                               the last rank registers a fourth variable
  *   bucket_differs, reduce_differs, aggregate_differs   the last rank's options differ
+ *   config_differs                               the last rank's momentum differs
  *   gradients_differ                             in step 2 the last rank has no gradient for
  *                                                variable 0; step 3 is whole again
  *   gradient_dtype_differs                       in step 2 the last rank's gradient 0 is bfloat16
@@ -99,6 +100,7 @@ static void setup(rig_t *g, int attach) {
   cuoptimConfig_t config;
   must("cuoptimConfigInit", cuoptimConfigInit(&config, CUOPTIM_SGD));
   config.momentum = 0.5;
+  if (rank == last && world > 1 && is("config_differs")) config.momentum = 0.25;
   must("cuoptimCreate", cuoptimCreate(&g->opt, &config, CUOPTIM_BACKEND_HOST, 0));
   int odd = rank == last && world > 1;
   for (int v = 0; v <= NUM_VARS; v++) {
