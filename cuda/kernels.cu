@@ -459,6 +459,23 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) combine_shards_kernel(cuoptimTe
   }
 }
 
+/* Sharded state: Lamb's two norms per variable added over the ranks in rank order, then its
+ * trust ratio, as the single-process reduction forms it. */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) combine_lamb_kernel(cuoptimTensorScalars *tensors,
+                                                                     const cuoptimTensorScalars *gathered,
+                                                                     int32_t num_variables, int32_t world) {
+  for (int32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < num_variables; k += gridDim.x * blockDim.x) {
+    double w = 0.0, u = 0.0;
+    for (int32_t r = 0; r < world; r++) {
+      w += gathered[(int64_t)r * num_variables + k].lamb_w_sumsq;
+      u += gathered[(int64_t)r * num_variables + k].lamb_u_sumsq;
+    }
+    tensors[k].lamb_w_sumsq = w;
+    tensors[k].lamb_u_sumsq = u;
+    tensors[k].lamb_ratio = cuoptim_lamb_ratio(w, u);
+  }
+}
+
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) finalize_kernel(cuoptimDeviceStep step) {
   const cuoptimChunk c = step.chunks[blockIdx.x];
   const cuoptimDeviceVariable v = step.variables[c.variable];
@@ -522,6 +539,22 @@ static void launch_update_kind(const cuoptimDeviceStep *step, const cuoptimRuleP
   CUOPTIM_LAUNCH(update_kernel<KIND>, chunk_grid(step), CUOPTIM_BLOCK, stream, *step, *p);
 }
 
+/* Lamb's pass 1 (moments; each variable's two norms over this rank's elements; a variable with no
+ * chunk here sums to 0) and pass 2, apart so that sharded state can combine the norms between. */
+extern "C" int cuoptim_launch_lamb_pass1(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
+  if (step->num_chunks > 0)
+    CUOPTIM_LAUNCH(lamb_pass1_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p);
+  if (step->num_variables > 0)
+    CUOPTIM_LAUNCH(reduce_variables_kernel, variable_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, 1);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_lamb_pass2(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
+  RETURN_IF_NO_CHUNKS(step);
+  CUOPTIM_LAUNCH(lamb_pass2_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p);
+  return (int)cudaGetLastError();
+}
+
 extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
   RETURN_IF_NO_CHUNKS(step);
   cudaStream_t st = (cudaStream_t)stream;
@@ -537,9 +570,8 @@ extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuopti
     case CUOPTIM_LION: launch_update_kind<CUOPTIM_LION>(step, p, st); break;
     case CUOPTIM_FTRL: launch_update_kind<CUOPTIM_FTRL>(step, p, st); break;
     case CUOPTIM_LAMB:
-      CUOPTIM_LAUNCH(lamb_pass1_kernel, chunk_grid(step), CUOPTIM_BLOCK, st, *step, *p);
-      CUOPTIM_LAUNCH(reduce_variables_kernel, variable_grid(step), CUOPTIM_BLOCK, st, *step, 1);
-      CUOPTIM_LAUNCH(lamb_pass2_kernel, chunk_grid(step), CUOPTIM_BLOCK, st, *step, *p);
+      cuoptim_launch_lamb_pass1(step, p, stream);
+      cuoptim_launch_lamb_pass2(step, p, stream);
       break;
     default: return (int)cudaErrorInvalidValue;
   }
@@ -548,6 +580,15 @@ extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuopti
 
 extern "C" int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream) {
   CUOPTIM_LAUNCH(finish_kernel, 1, 1, (cudaStream_t)stream, *step);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_combine_lamb(const cuoptimDeviceStep *step, const cuoptimTensorScalars *gathered,
+                                           int world, void *stream) {
+  if (step->num_variables <= 0) return (int)cudaSuccess;
+  int blocks = (step->num_variables + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK;
+  CUOPTIM_LAUNCH(combine_lamb_kernel, blocks < 1024 ? blocks : 1024, CUOPTIM_BLOCK, (cudaStream_t)stream,
+                 step->tensors, gathered, (int32_t)step->num_variables, (int32_t)world);
   return (int)cudaGetLastError();
 }
 

@@ -81,6 +81,14 @@ int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParam
 int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, void *stream);
 int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream);
 int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream);
+/* Lamb's update in two halves (cuoptim_launch_update runs both): pass 1 and the per-variable
+ * norms, then pass 2; sharded state combines the norms across ranks between them
+ * (cuoptim_launch_combine_lamb: rank-ordered sums of gathered[r * num_variables + k], then the
+ * trust ratio). */
+int cuoptim_launch_lamb_pass1(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream);
+int cuoptim_launch_lamb_pass2(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream);
+int cuoptim_launch_combine_lamb(const cuoptimDeviceStep *step, const cuoptimTensorScalars *gathered, int world,
+                                void *stream);
 /* Sharded state: step->tensors[k] = the rank-ordered sum of gathered[r * num_variables + k] (the
  * squared norms; the OR of the non-finite flags), then its clip denominator. */
 /* The CUDA backend's tables of an optimizer, once built (host/backend_cuda.c). */

@@ -615,6 +615,15 @@ static cuoptimStatus_t cuda_prologue(cuoptimOptimizer_t opt, int inspected, cuop
 }
 
 static cuoptimStatus_t cuda_update(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  if (opt->config.kind == CUOPTIM_LAMB && cuoptim_comm_sharded(opt)) {
+    /* Sharded: each rank's part of Lamb's norms, combined across the ranks before pass 2. */
+    const cuoptimDeviceStep *step = &data_of(opt)->step;
+    CUOPTIM_CHECK(launched(cuoptim_launch_lamb_pass1(step, &opt->prologue.rule, stream),
+                           "cuoptimApplyGradients: Lamb pass 1 kernel"));
+    CUOPTIM_CHECK(cuoptim_comm_combine_lamb(opt, stream));
+    return launched(cuoptim_launch_lamb_pass2(step, &opt->prologue.rule, stream),
+                    "cuoptimApplyGradients: Lamb pass 2 kernel");
+  }
   return launched(cuoptim_launch_update(&data_of(opt)->step, &opt->prologue.rule, stream),
                   "cuoptimApplyGradients: update kernel");
 }

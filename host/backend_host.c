@@ -191,7 +191,7 @@ static cuoptimStatus_t update_lamb(cuoptimOptimizer_t opt) {
     if (opt->step_grads[k].grad) lamb_pass1(opt, &opt->variables[k], &opt->step_grads[k], t);
   }
   if (!opt->scalars->apply_update) return CUOPTIM_STATUS_SUCCESS;
-  CUOPTIM_CHECK(cuoptim_comm_combine_lamb(opt));
+  CUOPTIM_CHECK(cuoptim_comm_combine_lamb(opt, NULL));
   for (int k = 0; k < opt->num_variables; k++)
     if (opt->step_grads[k].grad) lamb_pass2(opt, &opt->variables[k], &opt->tensors[k]);
   return CUOPTIM_STATUS_SUCCESS;

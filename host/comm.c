@@ -73,11 +73,6 @@ cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t opt, const void *commu
   }
   CUOPTIM_REQUIRE_NOT_NULL(caller, options);
   CUOPTIM_CHECK(validate_options(options, caller));
-  if (options->shard_state && opt->config.kind == CUOPTIM_LAMB && opt->backend == CUOPTIM_BACKEND_CUDA)
-    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
-                         "%s: options->shard_state = 1 with Lamb on the CUDA backend: trust ratios over sharded state "
-                         "are not available there yet",
-                         caller);
   const cuoptimCommOps *ops = opt->backend == CUOPTIM_BACKEND_CUDA ? cuoptim_nccl_comm : cuoptim_mpi_comm;
   if (ops && options->shard_state && !ops->gather_parameters)
     return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "%s: options->shard_state = 1: the %s backend cannot shard yet",
@@ -453,9 +448,15 @@ typedef struct {
   double w_sumsq, u_sumsq;
 } LambPartial;
 
-cuoptimStatus_t cuoptim_comm_combine_lamb(cuoptimOptimizer_t opt) {
+cuoptimStatus_t cuoptim_comm_combine_lamb(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   if (!cuoptim_comm_sharded(opt)) return CUOPTIM_STATUS_SUCCESS;
   const cuoptimComm *c = opt->comm;
+  if (c->ops->combine_lamb) {
+    cuoptimStatus_t status = c->ops->combine_lamb(opt, stream);
+    if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
+      opt->comm->broken = 1;
+    return status;
+  }
   size_t n = (size_t)opt->num_variables;
   LambPartial *mine = calloc(n ? n : 1, sizeof *mine), *all = calloc((n ? n : 1) * (size_t)c->world, sizeof *all);
   cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;

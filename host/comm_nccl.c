@@ -483,6 +483,22 @@ static cuoptimStatus_t nccl_gather_parameters(cuoptimOptimizer_t opt, cuoptimStr
   return status;
 }
 
+/* The buffer of every rank's per-variable sums, made at the first sharded step (which builds the
+ * state and is never captured). */
+static cuoptimStatus_t reserve_gathered(cuoptimOptimizer_t opt, const char *caller) {
+  NcclComm *m = nccl_of(opt);
+  if (m->gathered) return CUOPTIM_STATUS_SUCCESS;
+  size_t bytes = (size_t)opt->num_variables * sizeof(cuoptimTensorScalars) * (size_t)opt->comm->world;
+  cudaError_t err = cudaMalloc((void **)&m->gathered, bytes ? bytes : 1);
+  if (err != cudaSuccess) {
+    m->gathered = NULL;
+    (void)cudaGetLastError();
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: cannot allocate %zu bytes for the shards' norms", caller,
+                         bytes);
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 /* The inspect partials of every rank gathered on the step's stream, then summed in rank order by a
  * kernel: no host read, so a sharded step stays capturable. */
 static cuoptimStatus_t nccl_combine_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
@@ -490,19 +506,26 @@ static cuoptimStatus_t nccl_combine_inspect(cuoptimOptimizer_t opt, cuoptimStrea
   NcclComm *m = nccl_of(opt);
   const cuoptimComm *c = opt->comm;
   size_t bytes = (size_t)opt->num_variables * sizeof(cuoptimTensorScalars);
-  if (!m->gathered) { /* the first sharded step, which builds the state and is never captured */
-    cudaError_t err = cudaMalloc((void **)&m->gathered, bytes * (size_t)c->world);
-    if (err != cudaSuccess) {
-      m->gathered = NULL;
-      (void)cudaGetLastError();
-      return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: cannot allocate %zu bytes for the shards' norms", caller,
-                           bytes * (size_t)c->world);
-    }
-  }
+  CUOPTIM_CHECK(reserve_gathered(opt, caller));
   ncclResult_t result = ncclAllGather(opt->tensors, m->gathered, bytes, ncclUint8, m->comm, (cudaStream_t)stream);
   CUOPTIM_CHECK(settle(m->comm, result, caller, "ncclAllGather (the shards' norms)"));
   int err = cuoptim_launch_combine_shards(cuoptim_cuda_device_step(opt), m->gathered, c->world, stream);
   if (err != cudaSuccess) return cuda_fail((cudaError_t)err, caller, "the kernel combining the shards' norms");
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Lamb's norms: the same exchange as the inspect sums, then a kernel adds them and forms the
+ * trust ratios; no host read. */
+static cuoptimStatus_t nccl_combine_lamb(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimApplyGradients";
+  NcclComm *m = nccl_of(opt);
+  const cuoptimComm *c = opt->comm;
+  CUOPTIM_CHECK(reserve_gathered(opt, caller));
+  size_t bytes = (size_t)opt->num_variables * sizeof(cuoptimTensorScalars);
+  ncclResult_t result = ncclAllGather(opt->tensors, m->gathered, bytes, ncclUint8, m->comm, (cudaStream_t)stream);
+  CUOPTIM_CHECK(settle(m->comm, result, caller, "ncclAllGather (the shards' Lamb norms)"));
+  int err = cuoptim_launch_combine_lamb(cuoptim_cuda_device_step(opt), m->gathered, c->world, stream);
+  if (err != cudaSuccess) return cuda_fail((cudaError_t)err, caller, "the kernel combining the shards' Lamb norms");
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -561,6 +584,7 @@ static const cuoptimCommOps nccl_comm = {
     .mark = nccl_mark,
     .shares_in_place = 1,
     .combine_inspect = nccl_combine_inspect,
+    .combine_lamb = nccl_combine_lamb,
     .buffer_bytes = nccl_buffer_bytes,
     .poll = nccl_poll,
 };

@@ -166,6 +166,8 @@ typedef struct cuoptimCommOps {
   /* Sharded state: cuoptim_comm_combine_inspect on the library's own terms (NULL: the generic
    * exchange through host memory). */
   cuoptimStatus_t (*combine_inspect)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* Sharded state: cuoptim_comm_combine_lamb on the library's own terms (NULL: through host memory). */
+  cuoptimStatus_t (*combine_lamb)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   /* Bytes of the buffers the communicator holds for gradients. */
   size_t (*buffer_bytes)(cuoptimOptimizer_t opt);
   /* An error the library found after its calls returned (NCCL's ncclCommGetAsyncError: a failed
@@ -193,9 +195,10 @@ cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t 
 cuoptimStatus_t cuoptim_comm_combine_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream);
 cuoptimStatus_t cuoptim_comm_end_step(cuoptimOptimizer_t opt, cuoptimStream_t stream);
 int cuoptim_comm_sharded(const cuoptimOptimizer_t opt);
-/* Sharded state, host backend: Lamb's per-variable norms (tensors' lamb_w_sumsq, lamb_u_sumsq),
- * which cover this rank's shares, summed over the ranks in rank order. No-op unless sharded. */
-cuoptimStatus_t cuoptim_comm_combine_lamb(cuoptimOptimizer_t opt);
+/* Sharded state: Lamb's per-variable norms (tensors' lamb_w_sumsq, lamb_u_sumsq), which cover
+ * this rank's shares, summed over the ranks in rank order (and, on the device, the trust ratio).
+ * No-op unless sharded. */
+cuoptimStatus_t cuoptim_comm_combine_lamb(cuoptimOptimizer_t opt, cuoptimStream_t stream);
 /* Sets each variable's local_offset/local_count/local_param for the state about to be built. */
 void cuoptim_comm_assign_shares(cuoptimOptimizer_t opt);
 /* The first-step comparison of the ranks' variable tables, once (before the first collective that

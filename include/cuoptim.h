@@ -577,9 +577,9 @@ typedef struct {
    * r * (count / N) on, the last rank also the count % N after them), the
    * gradients are reduce-scattered (each rank receives the sum of its share), each rank updates
    * its share of the parameters and then all ranks gather every parameter in its own type.
-   * Per-variable norms (clipnorm, global_clipnorm, Lamb's trust ratios on the host backend) and
-   * the non-finite check combine the shares' partial sums in rank order, so every rank takes the
-   * same decision, the same every run.
+   * Per-variable norms (clipnorm, global_clipnorm, Lamb's trust ratios) and the non-finite check
+   * combine the shares' partial sums in rank order, so every rank takes the same decision, the
+   * same every run.
    * Elementwise steps are bit for bit those of the unsharded run. cuoptimGetWeights of a slot,
    * average or accumulator gathers it from every rank: with sharded state it is a collective call
    * that every rank makes in the same order; cuoptimSetWeights takes the full values on every rank
@@ -588,8 +588,7 @@ typedef struct {
    * buffer (the rest of that buffer then holds partial sums, not the gradient), 12 / N on the
    * host backend, which receives the share in a buffer of its own; besides the caller's parameter
    * and gradient. A variable of fewer elements than ranks is the last rank's alone.
-   * cuoptimSave/cuoptimLoad refuse sharded state for now. Lamb on the CUDA backend is refused
-   * with NOT_SUPPORTED for now. */
+   * cuoptimSave/cuoptimLoad refuse sharded state for now. */
   int shard_state;
   /* Host backend: how long a collective waits for the other ranks before the step fails with
    * CUOPTIM_STATUS_TIMEOUT, in seconds; 0 (default) waits forever. After a timeout the
@@ -624,7 +623,7 @@ CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options
  * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, a
  * communicator MPI or NCCL refuses, *communicator NULL for NCCL, an NCCL communicator on another
  * device or still initializing), INVALID_STATE (the state is built; MPI not initialized),
- * NOT_SUPPORTED (this build has no MPI or no NCCL; shard_state with Lamb on the CUDA backend),
+ * NOT_SUPPORTED (this build has no MPI or no NCCL),
  * MPI_ERROR, NCCL_ERROR (NCCL reports the communicator failed; NCCL's text in the message),
  * CUDA_ERROR, ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t optimizer, const void *communicator,

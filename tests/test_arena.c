@@ -218,19 +218,3 @@ Test(comm, options_and_queries_refuse_bad_input) {
   cr_assert_eq(world, 1);
   OK(cuoptimDestroy(opt));
 }
-
-/* The CUDA backend cannot shard Lamb yet (the host backend can: the mpirun suites run it). */
-Test(comm_cuda, sharded_lamb_is_refused_with_a_reason) {
-  test_require_backend(CUOPTIM_BACKEND_CUDA);
-  cuoptimConfig_t config;
-  OK(cuoptimConfigInit(&config, CUOPTIM_LAMB));
-  cuoptimOptimizer_t opt;
-  OK(cuoptimCreate(&opt, &config, CUOPTIM_BACKEND_CUDA, 0));
-  cuoptimCommOptions_t options;
-  OK(cuoptimCommOptionsInit(&options));
-  options.shard_state = 1;
-  void *handle = NULL; /* never read: refused before the communicator is looked at */
-  cr_assert_eq(cuoptimSetCommunicator(opt, &handle, &options), CUOPTIM_STATUS_NOT_SUPPORTED);
-  cr_assert(strstr(cuoptimGetLastErrorMessage(), "Lamb"), "%s", cuoptimGetLastErrorMessage());
-  OK(cuoptimDestroy(opt));
-}

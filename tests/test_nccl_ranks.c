@@ -108,8 +108,7 @@ static int replay_over_nccl(int ranks, const char *flags, const char *path, char
 
 /* Every rank case of tests/data (Keras on the mean gradients) replayed on the CUDA backend over
  * NCCL, unsharded and sharded: PASS within the replay's tolerance, every rank's result bit for bit
- * rank 0's. Sharded Lamb is refused on the CUDA backend (exit 2, on every rank). On the emulated
- * device only: the replay puts every rank on device 0. */
+ * rank 0's. On the emulated device only: the replay puts every rank on device 0. */
 Test(nccl_ranks, every_rank_case_replays_over_nccl, .timeout = 1800) {
 #if !defined(CUOPTIM_TEST_NCCL_RANKS) || !defined(CUOPTIM_TEST_EMULATED_DEVICE)
   cr_skip("the replay over NCCL runs every rank on device 0: tested on the emulated device");
@@ -126,11 +125,6 @@ Test(nccl_ranks, every_rank_case_replays_over_nccl, .timeout = 1800) {
     static char output[1 << 16];
     for (int shard = 0; shard < 2; shard++) {
       int status = replay_over_nccl(ranks, shard ? "--shard" : "", path, output, sizeof output);
-      if (shard && strstr(e->d_name, "lamb") != NULL) {
-        cr_expect(status == 2 && strstr(output, "with Lamb on the CUDA backend") != NULL,
-                  "%s --shard: exit %d, not the refusal:\n%s", e->d_name, status, output);
-        continue;
-      }
       cr_expect(status == 0 && strstr(output, "\nPASS") != NULL && strstr(output, "bit for bit rank 0's: ok") != NULL,
                 "%s%s: exit %d:\n%s", e->d_name, shard ? " --shard" : "", status, output);
       replayed++;

@@ -805,6 +805,11 @@ static void run_all(void) {
   sc.shard = 1;
   run_graph_scenario(&sc, 5);
 
+  sc = base("sharded: Lamb, float32, mean, weight decay, 4 KiB buckets", lamb);
+  sc.bucket_bytes = 4096;
+  sc.shard = 1;
+  run_scenario(&sc);
+
   /* The gradient arena, buckets started by the marks. */
   sc = base("arena: Adam, float32, mean, global_clipnorm, 256-byte buckets", adam);
   sc.null_step = 2;
