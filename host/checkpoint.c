@@ -636,8 +636,8 @@ static char *temporary_path(const char *path) {
   return temp;
 }
 
-cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t opt, const char *path) {
-  static const char *caller = "cuoptimSave";
+/* What cuoptimSave and cuoptimLoad both refuse before they touch a file. */
+static cuoptimStatus_t check_arguments(const cuoptimOptimizer_t opt, const char *path, const char *caller) {
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, path);
   if (path[0] == '\0') return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: path is empty", caller);
@@ -646,6 +646,12 @@ cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t opt, const char *path) {
                          "%s: the optimizer's state is sharded across ranks: checkpoints of sharded state are not "
                          "available yet",
                          caller);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t opt, const char *path) {
+  static const char *caller = "cuoptimSave";
+  CUOPTIM_CHECK(check_arguments(opt, path, caller));
   Plan plan;
   CUOPTIM_CHECK(plan_build(opt, caller, path, &plan));
   char *config = NULL, *temp = temporary_path(path);
@@ -1199,14 +1205,7 @@ static cuoptimStatus_t install_state(Loader *l, cuoptimTransfer *t) {
 
 cuoptimStatus_t cuoptimLoad(cuoptimOptimizer_t opt, const char *path) {
   static const char *caller = "cuoptimLoad";
-  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
-  CUOPTIM_REQUIRE_NOT_NULL(caller, path);
-  if (path[0] == '\0') return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: path is empty", caller);
-  if (cuoptim_comm_sharded(opt))
-    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
-                         "%s: the optimizer's state is sharded across ranks: checkpoints of sharded state are not "
-                         "available yet",
-                         caller);
+  CUOPTIM_CHECK(check_arguments(opt, path, caller));
   Loader l;
   memset(&l, 0, sizeof l);
   l.opt = opt;

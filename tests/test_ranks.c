@@ -474,6 +474,26 @@ Test(ranks, a_missing_or_extra_variable_is_named_on_every_rank, .timeout = TEST_
                                  "variable 3 is \"extra\" (5 float32) on rank 1", "rank 0 has 3 variables");
 }
 
+/* Checkpoints of sharded state are refused (NOT_SUPPORTED, before any file is touched) on every
+ * rank, after a sharded step that works. */
+Test(ranks, checkpoints_of_sharded_state_are_refused, .timeout = TEST_LIMIT_SECONDS) {
+  run_result r = mpirun(2, CUOPTIM_MPI_FAULTS, "sharded_checkpoint");
+  cr_expect_eq(r.status, 0, "exit %d\n%s%s", r.status, r.out, r.err);
+  const char *calls[] = {"cuoptimSave", "cuoptimLoad"};
+  for (int k = 0; k < 2; k++) {
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "rank %d: step 1: ", k);
+    cr_expect(strstr(line_starting(r.out, prefix), "CUOPTIM_STATUS_SUCCESS") != NULL, "rank %d:\n%s", k, r.out);
+    for (int c = 0; c < 2; c++) {
+      snprintf(prefix, sizeof prefix, "rank %d: %s: ", k, calls[c]);
+      const char *line = line_starting(r.out, prefix);
+      cr_expect(strstr(line, "CUOPTIM_STATUS_NOT_SUPPORTED") != NULL && strstr(line, "sharded") != NULL,
+                "rank %d, %s: \"%s\"\n%s", k, calls[c], line, r.out);
+    }
+  }
+  free_result(&r);
+}
+
 Test(ranks, options_that_differ_are_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   expect_every_rank_fails_step_1("bucket_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE", "options->bucket_bytes",
                                  "rank 1 has 64, rank 0 has 26214400");

@@ -10,6 +10,7 @@
  *   extra_variable                               the last rank registers a fourth variable
  *   bucket_differs, reduce_differs, aggregate_differs   the last rank's options differ
  *   config_differs                               the last rank's momentum differs
+ *   sharded_checkpoint                           sharded state: cuoptimSave and cuoptimLoad refused
  *   gradients_differ                             in step 2 the last rank has no gradient for
  *                                                variable 0; step 3 is whole again
  *   gradient_dtype_differs                       in step 2 the last rank's gradient 0 is bfloat16
@@ -127,6 +128,7 @@ static void setup(rig_t *g, int attach) {
   if (odd && is("bucket_differs")) options.bucket_bytes = 64;
   if (odd && is("reduce_differs")) options.reduce = CUOPTIM_REDUCE_SUM;
   if (odd && is("aggregate_differs")) options.aggregate = 0;
+  if (is("sharded_checkpoint")) options.shard_state = 1;
   MPI_Comm comm = MPI_COMM_WORLD;
   must("cuoptimSetCommunicator", cuoptimSetCommunicator(g->opt, &comm, &options));
   int my_rank = -1, my_world = -1;
@@ -433,6 +435,13 @@ int main(int argc, char **argv) {
     rig_t g;
     setup(&g, 1);
     timeout_scenario(&g, is("timeout_first_step") ? 1 : 2);
+  } else if (is("sharded_checkpoint")) {
+    rig_t g;
+    setup(&g, 1);
+    show("step 1", step(&g, 1));
+    show("cuoptimSave", cuoptimSave(g.opt, "/nonexistent-dir/sharded.safetensors"));
+    show("cuoptimLoad", cuoptimLoad(g.opt, "/nonexistent-dir/sharded.safetensors"));
+    cuoptimDestroy(g.opt);
   } else if (is("gradients_differ") || is("gradient_dtype_differs")) {
     rig_t g;
     setup(&g, 1);
