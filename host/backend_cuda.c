@@ -467,6 +467,21 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* Whether `stream` is capturing; a stream that cannot say counts as capturing (the caller then
+ * takes the path that holds either way). */
+static int cuda_capturing(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  DeviceGuard guard;
+  if (enter_device(opt, &guard) != CUOPTIM_STATUS_SUCCESS) return 1;
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t err = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
+  leave_device(&guard);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 1;
+  }
+  return capture != cudaStreamCaptureStatusNone;
+}
+
 /* A graph cannot hold what building does (allocations, host waits, work that must run once). */
 static cuoptimStatus_t cuda_check_build_stream(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller) {
   DeviceGuard guard;
@@ -795,6 +810,7 @@ const cuoptimDeviceStep *cuoptim_cuda_device_step(cuoptimOptimizer_t opt) { retu
 
 static const cuoptimBackendOps cuda_backend = {
     .name = "cuda",
+    .capturing = cuda_capturing,
     .init = cuda_init,
     .release = cuda_release,
     .check_pointer = cuda_check_pointer,

@@ -63,6 +63,8 @@ static void store_working(const cuoptimVariableRec *v, size_t i, float value) {
   store_element(v->local_param, v->dtype, i, value);
 }
 
+static int host_capturing(cuoptimOptimizer_t opt, cuoptimStream_t stream) { return 0; }
+
 static cuoptimStatus_t host_check_build_stream(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller) {
   return CUOPTIM_STATUS_SUCCESS; /* streams mean nothing here */
 }
@@ -272,6 +274,8 @@ static cuoptimStatus_t host_query(cuoptimOptimizer_t opt, int *complete, char *i
 
 const cuoptimBackendOps cuoptim_host_backend = {
     .name = "host",
+    .state_in_host_memory = 1,
+    .capturing = host_capturing,
     .init = host_init,
     .release = host_release,
     .check_pointer = host_check_pointer,

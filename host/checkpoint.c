@@ -652,6 +652,12 @@ static cuoptimStatus_t check_arguments(const cuoptimOptimizer_t opt, const char 
 cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t opt, const char *path) {
   static const char *caller = "cuoptimSave";
   CUOPTIM_CHECK(check_arguments(opt, path, caller));
+  if (cuoptim_comm_accumulators_partial(opt))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: between applied steps each rank's gradient accumulators hold only its own part of the "
+                         "sum (options.accumulate_locally): save after a step that applies (iterations a multiple of "
+                         "gradient_accumulation_steps)",
+                         caller);
   Plan plan;
   CUOPTIM_CHECK(plan_build(opt, caller, path, &plan));
   char *config = NULL, *temp = temporary_path(path);
@@ -1195,6 +1201,9 @@ static cuoptimStatus_t install_state(Loader *l, cuoptimTransfer *t) {
   CUOPTIM_CHECK(opt->ops->transfer_wait(opt, t));
   opt->outer_iterations = s.outer_iterations;
   opt->outer_learning_rate = s.outer_learning_rate;
+  cuoptim_note_iterations(opt, s.state.iterations);
+  /* Every rank loaded the same accumulators. */
+  if (cuoptim_comm_accumulates_locally(opt)) opt->accumulators = CUOPTIM_ACCUMULATORS_REPLICATED;
   /* As cuoptimSetLearningRate: the config reports the loaded value, kept as given when it is the
    * same float32. */
   double *configured = &opt->config.learning_rate.initial_learning_rate;

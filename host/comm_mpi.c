@@ -218,20 +218,32 @@ static cuoptimStatus_t reserve_shares(cuoptimOptimizer_t opt) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-/* One bucket, variables [first, last): reduce-scatter every gradient into this rank's shares;
- * then, unsharded, all-gather the sums back into the gradient buffers, or, sharded, point the
- * step's gradients at the shares. */
-static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last) {
+/* What a bucket sums for variable k: the step's gradient as listed, or (local accumulation) the
+ * accumulator; NULL when there is nothing. */
+static void *bucket_buffer(cuoptimOptimizer_t opt, int k, int accumulators, cuoptimDtype_t *dtype) {
+  if (accumulators) {
+    *dtype = CUOPTIM_FLOAT32;
+    return opt->variables[k].accumulator;
+  }
+  *dtype = opt->step_grads[k].dtype;
+  return opt->step_grads[k].grad ? (void *)(uintptr_t)opt->step_grads[k].listed : NULL;
+}
+
+/* One bucket, variables [first, last): reduce-scatter every gradient (or accumulator) into this
+ * rank's shares; then, unsharded, all-gather the sums back into the buffers, or, sharded, point
+ * the step's gradients at the shares. */
+static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last, int accumulators) {
   MpiComm *m = mpi_of(opt);
   const cuoptimComm *c = opt->comm;
   int sharded = cuoptim_comm_sharded(opt);
   int n = 0;
   size_t scratch_bytes = 0;
   for (int k = first; k < last; k++) {
-    if (!opt->step_grads[k].grad) continue;
+    cuoptimDtype_t dtype;
+    if (!bucket_buffer(opt, k, accumulators, &dtype)) continue;
     size_t offset, length;
     cuoptim_comm_share(opt->variables[k].count, c->world, c->rank, &offset, &length);
-    scratch_bytes += length * cuoptim_dtype_size(opt->step_grads[k].dtype);
+    scratch_bytes += length * cuoptim_dtype_size(dtype);
     n++;
   }
   if (n == 0) return CUOPTIM_STATUS_SUCCESS;
@@ -241,19 +253,20 @@ static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last
     char *share = m->scratch;
     int issued = 0;
     for (int k = first; k < last; k++) {
-      const cuoptimStepGradient *g = &opt->step_grads[k];
-      if (!g->grad) continue;
+      cuoptimDtype_t dtype;
+      void *buffer = bucket_buffer(opt, k, accumulators, &dtype);
+      if (!buffer) continue;
       if (sharded) share = m->shares + m->share_offsets[k];
       fill_shares(opt, opt->variables[k].count);
       MPI_Datatype type;
       MPI_Op op;
-      element_type(m, g->dtype, &type, &op);
-      int code = pass == 0 ? MPI_Ireduce_scatter(g->listed, share, m->counts, type, op, m->comm, &m->requests[issued])
-                           : MPI_Iallgatherv(share, m->counts[c->rank], type, (void *)g->listed, m->counts, m->displs,
-                                             type, m->comm, &m->requests[issued]);
+      element_type(m, dtype, &type, &op);
+      int code = pass == 0 ? MPI_Ireduce_scatter(buffer, share, m->counts, type, op, m->comm, &m->requests[issued])
+                           : MPI_Iallgatherv(share, m->counts[c->rank], type, buffer, m->counts, m->displs, type,
+                                             m->comm, &m->requests[issued]);
       if (code != MPI_SUCCESS) return mpi_fail(code, stage);
       issued++;
-      share += (size_t)m->counts[c->rank] * cuoptim_dtype_size(g->dtype);
+      share += (size_t)m->counts[c->rank] * cuoptim_dtype_size(dtype);
     }
     CUOPTIM_CHECK(wait_all(opt, issued, m->requests, stage));
   }
@@ -261,6 +274,28 @@ static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last
     for (int k = first; k < last; k++)
       if (opt->step_grads[k].grad) opt->step_grads[k].grad = m->shares + m->share_offsets[k];
   return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Every variable's buffer summed, in buckets of about options.bucket_bytes. */
+static cuoptimStatus_t reduce_in_buckets(cuoptimOptimizer_t opt, int accumulators) {
+  size_t bucket = opt->comm->options.bucket_bytes, filled = 0;
+  int first = 0;
+  for (int k = 0; k < opt->num_variables; k++) {
+    cuoptimDtype_t dtype;
+    if (bucket_buffer(opt, k, accumulators, &dtype)) filled += opt->variables[k].count * cuoptim_dtype_size(dtype);
+    if (filled >= bucket || k + 1 == opt->num_variables) {
+      CUOPTIM_CHECK(reduce_bucket(opt, first, k + 1, accumulators));
+      first = k + 1;
+      filled = 0;
+    }
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Local accumulation: the accumulators' sums, on every rank. */
+static cuoptimStatus_t mpi_reduce_accumulators(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  for (int k = 0; k < opt->num_variables; k++) CUOPTIM_CHECK(check_countable(opt->variables[k].count));
+  return reduce_in_buckets(opt, 1);
 }
 
 /* Sharded state: each rank updated its share of every parameter; all of them gathered in place,
@@ -431,17 +466,7 @@ static cuoptimStatus_t mpi_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t str
     if (opt->step_grads[k].grad) CUOPTIM_CHECK(check_countable(opt->variables[k].count));
   if (opt->grad_arena) return finish_arena(opt, stream);
   if (cuoptim_comm_sharded(opt)) CUOPTIM_CHECK(reserve_shares(opt));
-  size_t bucket = opt->comm->options.bucket_bytes, filled = 0;
-  int first = 0;
-  for (int k = 0; k < opt->num_variables; k++) {
-    if (opt->step_grads[k].grad) filled += opt->variables[k].count * cuoptim_dtype_size(opt->step_grads[k].dtype);
-    if (filled >= bucket || k + 1 == opt->num_variables) {
-      CUOPTIM_CHECK(reduce_bucket(opt, first, k + 1));
-      first = k + 1;
-      filled = 0;
-    }
-  }
-  return CUOPTIM_STATUS_SUCCESS;
+  return reduce_in_buckets(opt, 0);
 }
 
 static size_t mpi_buffer_bytes(cuoptimOptimizer_t opt) {
@@ -460,6 +485,7 @@ static const cuoptimCommOps mpi_comm = {
     .allgather_host = mpi_allgather_host,
     .allgather_shares_host = mpi_allgather_shares_host,
     .aggregate = mpi_aggregate,
+    .reduce_accumulators = mpi_reduce_accumulators,
     .gather_parameters = mpi_gather_parameters,
     .start_bucket = mpi_start_bucket,
     .buffer_bytes = mpi_buffer_bytes,

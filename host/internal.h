@@ -168,6 +168,10 @@ typedef struct cuoptimCommOps {
   cuoptimStatus_t (*combine_inspect)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   /* Sharded state: cuoptim_comm_combine_lamb on the library's own terms (NULL: through host memory). */
   cuoptimStatus_t (*combine_lamb)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* Local accumulation, on a step that may apply: every variable's accumulator (float32, all
+   * `count` elements) summed across the ranks in place, as `aggregate` sums gradients (every rank
+   * ends with the same bytes), on `stream`. */
+  cuoptimStatus_t (*reduce_accumulators)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   /* Bytes of the buffers the communicator holds for gradients. */
   size_t (*buffer_bytes)(cuoptimOptimizer_t opt);
   /* An error the library found after its calls returned (NCCL's ncclCommGetAsyncError: a failed
@@ -183,12 +187,52 @@ struct cuoptimComm {
   int rank, world;
   int tables_checked; /* the ranks' variable tables were compared and agree */
   int broken;         /* a collective timed out or failed: no further step may communicate */
+  int local_step;     /* the step in progress is a micro-step with local accumulators */
+  int64_t gradient_reductions, accumulator_reductions; /* steps that reduced them (a test hook) */
   void *impl;         /* the library's own state */
 };
 
-/* The data-parallel stage of a step, before inspect: the first-step table check, then the
- * backend's aggregate when options.aggregate. No-op without communicator. */
-cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller);
+/* Gradient accumulation with local accumulators (cuoptim.h, "Gradient accumulation"): what a step
+ * communicates. */
+typedef enum {
+  CUOPTIM_STEP_PLAIN,  /* no local accumulation: the gradients are reduced (when aggregating) */
+  CUOPTIM_STEP_LOCAL,  /* a micro-step, known on the host: nothing is reduced */
+  CUOPTIM_STEP_APPLY,  /* the step that applies, known on the host: accumulators, then gradients */
+  CUOPTIM_STEP_UNSURE  /* not known (or replicated accumulators): accumulators once, then gradients */
+} cuoptimStepKind;
+
+/* What the accumulators hold, across the ranks, with local accumulation. */
+enum {
+  CUOPTIM_ACCUMULATORS_ZERO,       /* zero on every rank (built, or after an applied step) */
+  CUOPTIM_ACCUMULATORS_PARTIAL,    /* each rank its own part: Keras's accumulator is their sum */
+  CUOPTIM_ACCUMULATORS_REPLICATED  /* the same on every rank: Keras's accumulator */
+};
+
+/* Whether this optimizer accumulates locally (options.accumulate_locally, unsharded, aggregating,
+ * a world > 1, gradient_accumulation_steps). */
+int cuoptim_comm_accumulates_locally(const cuoptimOptimizer_t opt);
+/* The kind of the step about to be enqueued on `stream` (or about to be marked ready). */
+cuoptimStepKind cuoptim_comm_step_kind(const cuoptimOptimizer_t opt, cuoptimStream_t stream);
+/* After a step of `kind` (status: the step's): the accumulators' state and the counter the host
+ * keeps. */
+void cuoptim_comm_end_accumulation(cuoptimOptimizer_t opt, cuoptimStepKind kind, cuoptimStream_t stream,
+                                   cuoptimStatus_t status);
+/* The raw counter was set to `iterations` (SetWeights, Load, the build): the host knows it again. */
+void cuoptim_note_iterations(cuoptimOptimizer_t opt, int64_t iterations);
+/* Whether the accumulators hold each rank's own part (state reads must sum them). */
+int cuoptim_comm_accumulators_partial(const cuoptimOptimizer_t opt);
+/* Blocking, every rank: `sum` = the sum over the ranks of their `mine` (count float32), in rank
+ * order. */
+cuoptimStatus_t cuoptim_comm_sum_accumulator(cuoptimOptimizer_t opt, const float *mine, size_t count, float *sum,
+                                             const char *caller);
+/* Test hook: steps that reduced gradients (accumulators = 0) or accumulators (1). */
+int64_t cuoptim_comm_reductions(const cuoptimOptimizer_t opt, int accumulators);
+
+/* The data-parallel stage of a step of `kind`, before inspect: the first-step table check, then
+ * the accumulators' and the gradients' reduction when the step needs them. No-op without
+ * communicator. */
+cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, cuoptimStepKind kind,
+                                        const char *caller);
 /* Sharded state: the per-variable sums of squares and non-finite flags of the inspect pass, which
  * cover this rank's shares, combined over the ranks in rank order (the same bytes on every rank,
  * the same every run); after the update the parameters gathered. No-ops unless sharded. */
@@ -291,6 +335,13 @@ struct cuoptimOptimizer {
   unsigned char *ready;   /* per variable */
   int next_bucket;        /* the next bucket to start, counting down; -1 when all have started */
 
+  /* Local accumulation (host/comm.c): what the accumulators hold (CUOPTIM_ACCUMULATORS_*), and the
+   * raw counter as the host counts the steps it enqueues (CUDA backend), when it knows it. */
+  int accumulators;
+  cuoptimStepKind step_kind; /* the step in progress */
+  int iterations_known;
+  int64_t enqueued_iterations;
+
   cuoptimStepGradient *step_grads; /* host array, num_variables */
   uint32_t bind_round;             /* counts cuoptimApplyGradients calls, for duplicate detection */
 };
@@ -298,6 +349,9 @@ struct cuoptimOptimizer {
 /* What a backend provides. Every function returns a status and sets the message on failure. */
 struct cuoptimBackendOps {
   const char *name;
+  int state_in_host_memory; /* opt->state and opt->scalars are host memory, current when a stage returns */
+  /* Whether `stream` is capturing a CUDA graph (0 on the host backend). */
+  int (*capturing)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   cuoptimStatus_t (*init)(cuoptimOptimizer_t opt);
   /* Waits for the optimizer's work, then frees what init made. */
   cuoptimStatus_t (*release)(cuoptimOptimizer_t opt);

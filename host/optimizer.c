@@ -75,6 +75,7 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
     cuoptimDestroy(opt);
     return status;
   }
+  cuoptim_note_iterations(opt, 0); /* a new optimizer's counter */
   *optimizer = opt;
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -630,11 +631,38 @@ static cuoptimStatus_t transfer_buffer(cuoptimOptimizer_t opt, float *buffer, co
   return status;
 }
 
+/* Local accumulation between applied steps: Keras's accumulator is the sum of the ranks' (a
+ * collective). */
+static cuoptimStatus_t get_partial_accumulator(cuoptimOptimizer_t opt, const cuoptimVariableRec *v, double *values,
+                                               const char *caller) {
+  float *mine = malloc((v->count ? v->count : 1) * sizeof *mine);
+  if (!mine) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimStatus_t status = opt->ops->download(opt, mine, v->accumulator, v->count * sizeof *mine);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_comm_sum_accumulator(opt, mine, v->count, mine, caller);
+  for (size_t i = 0; status == CUOPTIM_STATUS_SUCCESS && i < v->count; i++) values[i] = mine[i];
+  free(mine);
+  return status;
+}
+
+/* Local accumulation between applied steps: rank 0 keeps the values, the others zeros, so that
+ * the ranks' sum is the value. */
+static cuoptimStatus_t set_partial_accumulator(cuoptimOptimizer_t opt, const cuoptimVariableRec *v,
+                                               const double *values, const char *caller) {
+  if (opt->comm->rank == 0) return transfer_buffer(opt, v->accumulator, values, NULL, v->count, caller);
+  double *zeros = calloc(v->count ? v->count : 1, sizeof *zeros);
+  if (!zeros) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimStatus_t status = transfer_buffer(opt, v->accumulator, zeros, NULL, v->count, caller);
+  free(zeros);
+  return status;
+}
+
 /* A buffer entry into `values` (its full count): this rank's part, and with sharded state every
  * other rank's, gathered (a collective: every rank makes the same call). */
 static cuoptimStatus_t get_buffer(cuoptimOptimizer_t opt, const cuoptimWeightEntry *entry, double *values,
                                   const char *caller) {
   const cuoptimVariableRec *v = &opt->variables[entry->variable];
+  if (entry->buffer == &v->accumulator && cuoptim_comm_accumulators_partial(opt))
+    return get_partial_accumulator(opt, v, values, caller);
   if (!cuoptim_comm_sharded(opt)) return transfer_buffer(opt, *entry->buffer, NULL, values, v->count, caller);
   float *full = malloc(v->count * sizeof *full);
   if (!full) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
@@ -710,7 +738,12 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
   CUOPTIM_CHECK(cuoptim_build(opt, caller, NULL));
   if (entry->kind == CUOPTIM_WEIGHT_BUFFER) {
     const cuoptimVariableRec *v = &opt->variables[entry->variable];
-    return transfer_buffer(opt, *entry->buffer, values + v->local_offset, NULL, v->local_count, caller);
+    int accumulator = entry->buffer == &v->accumulator;
+    if (accumulator && cuoptim_comm_accumulators_partial(opt)) return set_partial_accumulator(opt, v, values, caller);
+    CUOPTIM_CHECK(transfer_buffer(opt, *entry->buffer, values + v->local_offset, NULL, v->local_count, caller));
+    /* The same values on every rank: this accumulator is replicated, the others still zero. */
+    if (accumulator && cuoptim_comm_accumulates_locally(opt)) opt->accumulators = CUOPTIM_ACCUMULATORS_REPLICATED;
+    return CUOPTIM_STATUS_SUCCESS;
   }
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
@@ -725,6 +758,7 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
     default: return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: unknown entry kind", caller);
   }
   CUOPTIM_CHECK(write_state(opt, &state));
+  if (entry->kind == CUOPTIM_WEIGHT_ITERATION) cuoptim_note_iterations(opt, state.iterations);
   if (entry->kind == CUOPTIM_WEIGHT_LEARNING_RATE) opt->config.learning_rate.initial_learning_rate = state.learning_rate;
   return CUOPTIM_STATUS_SUCCESS;
 }

@@ -539,9 +539,34 @@ CUOPTIM_API cuoptimStatus_t cuoptimSynchronizeTimeout(cuoptimOptimizer_t optimiz
  * one rank and copied to the others, so every rank holds the same bytes whatever reduction order
  * the library picks. The caller's gradient buffers are overwritten with the sums (unscaled).
  *
- * Gradient accumulation: the gradients of every micro-step are reduced (the accumulators stay
- * identical on every rank). The result equals the single-process run on the mean gradients
- * within float32 rounding of the sum.
+ * Gradient accumulation (gradient_accumulation_steps k): by default (options.accumulate_locally)
+ * the gradients are reduced once per applied step, not on every micro-step. On a micro-step each
+ * rank adds its own gradient (unscaled, and with CUOPTIM_REDUCE_MEAN times float32(1 / world)) to
+ * its own accumulators and nothing is communicated; on the step that applies, the accumulators
+ * and that step's gradients are reduced, and the update reads their sums. Keras's accumulator is
+ * then the sum over the ranks of theirs, and the result equals the single-process run on the mean
+ * gradients within float32 rounding (the sums are added in another order: not bit for bit).
+ * Which step applies must be known on the host when the step is enqueued:
+ *   - the host backend always knows it (its counter is in host memory);
+ *   - the CUDA backend counts the steps it enqueues: that count is lost when a step is captured
+ *     in a CUDA graph (its replays are not seen) and set again by cuoptimSetWeights of the
+ *     iteration counter or cuoptimLoad; with a LossScaleOptimizer (dynamic loss scaling) a
+ *     micro-step may be skipped on the device, so the CUDA backend never knows it there;
+ *   - where it is not known, a step reduces its gradients as with accumulate_locally = 0, after
+ *     the accumulators were reduced once (so they are the same on every rank again), until the
+ *     next applied step.
+ * With a LossScaleOptimizer the host backend exchanges each micro-step's non-finite flags (a few
+ * bytes per variable), so that every rank skips the same micro-steps. Sharded state always
+ * reduce-scatters every micro-step into the accumulators' shares (ZeRO-1 keeps 1 / N of them).
+ * Between applied steps, with local accumulators, reading an accumulator entry with
+ * cuoptimGetWeights is a collective call (every rank makes it, in the same order): it sums the
+ * accumulators across the ranks, which then hold the same values; cuoptimSetWeights of an
+ * accumulator then keeps the values on rank 0 and zeros on the others (every rank passes the same
+ * values, as always); cuoptimSave refuses (INVALID_STATE) until the next applied step.
+ * On micro-steps with local accumulators the ranks do not compare their gradient lists.
+ * options.accumulate_locally = 0: every micro-step's gradients are reduced, the accumulators stay
+ * identical on every rank, and the result is bit for bit the single-process run on the ranks'
+ * mean gradients wherever the sums are exact.
  *
  * Every rank must list the same non-NULL gradients, with the same dtypes, in every step. The host
  * backend checks it (one small exchange per step); the CUDA backend cannot without a host read,
@@ -597,9 +622,14 @@ typedef struct {
    * only at the first step, for the table comparison, without timeout: use
    * cuoptimSynchronizeTimeout there. */
   double timeout_seconds;
+  /* With gradient accumulation, 1 (default): each rank accumulates its own gradients and they are
+   * reduced once per applied step (see "Gradient accumulation" above); 0: reduced on every
+   * micro-step. */
+  int accumulate_locally;
 } cuoptimCommOptions_t;
 
-/* Fills the defaults: aggregate 1, CUOPTIM_REDUCE_MEAN, 25 MiB buckets, no sharding, no timeout.
+/* Fills the defaults: aggregate 1, CUOPTIM_REDUCE_MEAN, 25 MiB buckets, no sharding, no timeout,
+ * accumulate_locally 1.
  * Statuses: SUCCESS, NULL_POINTER. */
 CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options);
 
@@ -730,7 +760,9 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t optimizer, int *ra
  * directory fails is the new checkpoint already in place: IO_ERROR says so.
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty path), NOT_SUPPORTED (sharded state,
  * cuoptimSetCommunicator; two state entries with the same name, as Adagrad's or Ftrl's slot of a variable "x_gradient" and the gradient
- * accumulator of "x"; a header above safetensors' 100,000,000 bytes), ALLOC_FAILED (host, pinned or
+ * accumulator of "x"; a header above safetensors' 100,000,000 bytes), INVALID_STATE (data-parallel
+ * with local accumulators between applied steps: each rank holds only its part of them; see
+ * "Gradient accumulation" of the data-parallel section), ALLOC_FAILED (host, pinned or
  * device memory), CUDA_ERROR, IO_ERROR (creating, writing, syncing or renaming the file; the
  * message names the file and the reason). */
 CUOPTIM_API cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t optimizer, const char *path);

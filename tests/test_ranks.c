@@ -304,7 +304,8 @@ Test(ranks, replay_sharded_equals_unsharded, .timeout = TEST_LIMIT_SECONDS) {
     char args[4400];
     snprintf(args, sizeof args, "--state --shard --timeout " COLLECTIVE_TIMEOUT " '%s'", list[i].path);
     run_result sharded = mpirun(list[i].ranks, CUOPTIM_REPLAY_PATH, args);
-    snprintf(args, sizeof args, "--state --timeout " COLLECTIVE_TIMEOUT " '%s'", list[i].path);
+    /* Sharded state reduces every micro-step's gradients (into the accumulators' shares). */
+    snprintf(args, sizeof args, "--state --reduce-every-micro-step --timeout " COLLECTIVE_TIMEOUT " '%s'", list[i].path);
     run_result plain = mpirun(list[i].ranks, CUOPTIM_REPLAY_PATH, args);
     cr_expect_eq(sharded.status, 0, "%s --shard: exit %d\n%s", list[i].name, sharded.status, sharded.err);
     cr_expect_eq(plain.status, 0, "%s: exit %d\n%s", list[i].name, plain.status, plain.err);
@@ -319,9 +320,9 @@ Test(ranks, replay_sharded_equals_unsharded, .timeout = TEST_LIMIT_SECONDS) {
  * Every single-process case split over R ranks (tests/mpi/split_cases.c says how)
  * ------------------------------------------------------------------------------------------- */
 
-static void split_cases_on(int ranks) {
-  char args[4200], summary[64];
-  snprintf(args, sizeof args, "--timeout " COLLECTIVE_TIMEOUT " '%s'", test_data_path("cases"));
+static void split_cases_with(int ranks, const char *options) {
+  char args[4300], summary[64];
+  snprintf(args, sizeof args, "%s --timeout " COLLECTIVE_TIMEOUT " '%s'", options, test_data_path("cases"));
   run_result r = mpirun_checking(ranks, CUOPTIM_MPI_SPLIT_CASES, args, 0);
   cr_log_info("%d ranks: %.1f s: %s", ranks, r.seconds, line_starting(r.out, "split_cases:"));
   snprintf(summary, sizeof summary, "split_cases: %d ranks: ", ranks);
@@ -333,6 +334,18 @@ static void split_cases_on(int ranks) {
   cr_expect_eq(failed, 0, "%s\n%s", line, r.err);
   cr_expect(split >= 100, "only %d single-process cases split: %s", split, line);
   free_result(&r);
+}
+
+/* Local accumulators (the default): cases with gradient accumulation within tolerance, the
+ * others bit for bit. */
+static void split_cases_on(int ranks) { split_cases_with(ranks, ""); }
+
+/* Every micro-step reduced: bit for bit, accumulation too. */
+Test(ranks, every_case_split_over_2_ranks_reducing_every_micro_step, .timeout = TEST_LIMIT_SECONDS) {
+  split_cases_with(2, "--reduce-every-micro-step");
+}
+Test(ranks, every_case_split_over_3_ranks_reducing_every_micro_step, .timeout = TEST_LIMIT_SECONDS) {
+  split_cases_with(3, "--reduce-every-micro-step");
 }
 
 Test(ranks, every_case_split_over_1_rank, .timeout = TEST_LIMIT_SECONDS) { split_cases_on(1); }
@@ -351,6 +364,22 @@ Test(ranks, every_case_split_sharded_equals_unsharded, .timeout = TEST_LIMIT_SEC
 /* ---------------------------------------------------------------------------------------------
  * The aggregate itself: buckets, reduce ops, dtypes (tests/mpi/faults.c "sums")
  * ------------------------------------------------------------------------------------------- */
+
+/* Gradient accumulation with local accumulators (tests/mpi/faults.c "local_accumulation"): the
+ * gradients reduced once per applied step, within float32 rounding of every micro-step reduced,
+ * the ranks bit for bit alike, mid-cycle reads and writes and checkpoints as documented. */
+Test(ranks, local_accumulation_reduces_once_per_applied_step, .timeout = TEST_LIMIT_SECONDS) {
+  for (int ranks = 1; ranks <= 4; ranks++) {
+    run_result r = mpirun(ranks, CUOPTIM_MPI_FAULTS, "local_accumulation");
+    cr_expect_eq(r.status, 0, "%d ranks: exit %d\n%s%s", ranks, r.status, r.out, r.err);
+    for (int k = 0; k < ranks; k++) {
+      char line[96];
+      snprintf(line, sizeof line, "rank %d: local_accumulation: passed", k);
+      cr_expect(strstr(r.out, line) != NULL, "%d ranks: no \"%s\":\n%s", ranks, line, r.out);
+    }
+    free_result(&r);
+  }
+}
 
 Test(ranks, sums_are_exact_over_buckets_reduce_ops_and_dtypes, .timeout = TEST_LIMIT_SECONDS) {
   for (int ranks = 2; ranks <= 4; ranks++) {
@@ -500,6 +529,8 @@ Test(ranks, options_that_differ_are_named_on_every_rank, .timeout = TEST_LIMIT_S
   expect_every_rank_fails_step_1("reduce_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE", "options->reduce", "rank 2 has 1");
   expect_every_rank_fails_step_1("aggregate_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE", "options->aggregate",
                                  "rank 1 has 0");
+  expect_every_rank_fails_step_1("accumulate_locally_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE",
+                                 "options->accumulate_locally", "rank 1 has 0");
   /* A hyperparameter (SGD's momentum) that differs: the configs' Keras JSON differ. */
   expect_every_rank_fails_step_1("config_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE", "optimizer's config",
                                  "rank 2 has");
@@ -748,7 +779,7 @@ Test(ranks, options_init_and_get_rank_check_their_arguments) {
   memset(&o, 0x5a, sizeof o);
   OK(cuoptimCommOptionsInit(&o));
   cr_expect(o.aggregate == 1 && o.reduce == CUOPTIM_REDUCE_MEAN && o.bucket_bytes == (size_t)25 << 20 &&
-            o.shard_state == 0 && o.timeout_seconds == 0.0);
+            o.shard_state == 0 && o.timeout_seconds == 0.0 && o.accumulate_locally == 1);
   float param[4] = {1, 2, 3, 4};
   cuoptimOptimizer_t opt = host_optimizer(param);
   int rank = 7, world = 7;
@@ -793,6 +824,8 @@ Test(ranks, set_communicator_checks_its_arguments) {
   EXPECT_BAD(reduce = (cuoptimReduceOp_t)2, CUOPTIM_STATUS_INVALID_VALUE, "options->reduce = 2");
   EXPECT_BAD(bucket_bytes = 0, CUOPTIM_STATUS_INVALID_VALUE, "options->bucket_bytes = 0");
   EXPECT_BAD(shard_state = 2, CUOPTIM_STATUS_INVALID_VALUE, "options->shard_state = 2");
+  EXPECT_BAD(accumulate_locally = 2, CUOPTIM_STATUS_INVALID_VALUE, "options->accumulate_locally = 2");
+  EXPECT_BAD(accumulate_locally = -1, CUOPTIM_STATUS_INVALID_VALUE, "options->accumulate_locally = -1");
   EXPECT_BAD(timeout_seconds = -1, CUOPTIM_STATUS_INVALID_VALUE, "options->timeout_seconds = -1");
   EXPECT_BAD(timeout_seconds = NAN, CUOPTIM_STATUS_INVALID_VALUE, "options->timeout_seconds");
   EXPECT_BAD(timeout_seconds = INFINITY, CUOPTIM_STATUS_INVALID_VALUE, "options->timeout_seconds = inf");

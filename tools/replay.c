@@ -55,7 +55,7 @@ static ranks_t ranks = {.mpi = 0, .rank = 0, .world = 1};
 static void usage(FILE *out) {
   fprintf(out,
           "usage: %s [--check] [--rtol X] [--atol Y] [--backend host|cuda] [--state] [--quiet]\n"
-          "       [--shard] [--no-aggregate] [--timeout S] CASE.json\n"
+          "       [--shard] [--no-aggregate] [--reduce-every-micro-step] [--timeout S] CASE.json\n"
           "       mpirun -np R %s [options] CASE.json\n"
           "\n"
           "Applies the optimizer steps of a case file (format \"" CUOPTIM_CASE_FORMAT "\") with cuoptim.\n"
@@ -71,6 +71,10 @@ static void usage(FILE *out) {
           "  --no-aggregate    with ranks: no reduction (options.aggregate = 0), each rank applies its\n"
           "                    own gradients as if already reduced: the ranks' results differ unless\n"
           "                    their gradients are equal\n"
+          "  --reduce-every-micro-step\n"
+          "                    with ranks and gradient accumulation: reduce the gradients of every\n"
+          "                    micro-step (options.accumulate_locally = 0) instead of each rank\n"
+          "                    accumulating its own and the sums once per applied step\n"
           "  --timeout S       with ranks: seconds a collective waits for the other ranks before the\n"
           "                    step fails (default 0: forever)\n"
           "  --state           without --check, also print the optimizer state (\"optimizer_variables\",\n"
@@ -347,7 +351,7 @@ static const void *communicator_for(cuoptimBackend_t backend, char *why, size_t 
  * ------------------------------------------------------------------------------------------- */
 
 typedef struct {
-  int check, quiet, state, shard, no_aggregate;
+  int check, quiet, state, shard, no_aggregate, every_micro_step;
   double rtol, atol, timeout;
   cuoptimBackend_t backend;
   const char *path;
@@ -391,6 +395,8 @@ static int parse_options(int argc, char **argv, options_t *o) {
       o->shard = 1;
     } else if (strcmp(arg, "--no-aggregate") == 0) {
       o->no_aggregate = 1;
+    } else if (strcmp(arg, "--reduce-every-micro-step") == 0) {
+      o->every_micro_step = 1;
     } else if (strcmp(name, "--rtol") == 0) {
       if (parse_tolerance(value, &o->rtol) != 0) return bad_usage("--rtol: %s is not a finite number >= 0", value);
     } else if (strcmp(name, "--atol") == 0) {
@@ -416,9 +422,9 @@ static int parse_options(int argc, char **argv, options_t *o) {
     report("no case file given (see --help)");
     return EXIT_INPUT;
   }
-  if ((o->shard || o->no_aggregate) && !ranks.mpi) {
+  if ((o->shard || o->no_aggregate || o->every_micro_step) && !ranks.mpi) {
     report("%s: it concerns the ranks of a data-parallel run: start cuoptim-replay under mpirun",
-           o->shard ? "--shard" : "--no-aggregate");
+           o->shard ? "--shard" : o->no_aggregate ? "--no-aggregate" : "--reduce-every-micro-step");
     return EXIT_INPUT;
   }
   return -1;
@@ -464,6 +470,7 @@ static int plan_run(const cuoptimCase *c, const options_t *o, cuoptimCaseRunOpti
   run->comm_options.reduce = CUOPTIM_REDUCE_MEAN;
   run->comm_options.aggregate = !o->no_aggregate;
   run->comm_options.shard_state = o->shard;
+  run->comm_options.accumulate_locally = !o->every_micro_step;
   run->comm_options.timeout_seconds = o->timeout;
   return EXIT_PASS;
 }
@@ -562,7 +569,7 @@ static int run_and_print(const cuoptimCase *c, const options_t *o, const cuoptim
 }
 
 static int replay(int argc, char **argv) {
-  options_t o = {0, 0, 0, 0, 0, 1e-5, 1e-6, 0.0, CUOPTIM_BACKEND_HOST, NULL};
+  options_t o = {0, 0, 0, 0, 0, 0, 1e-5, 1e-6, 0.0, CUOPTIM_BACKEND_HOST, NULL};
   int status = parse_options(argc, argv, &o);
   if (status >= 0) return status; /* the same arguments on every rank: the same verdict */
 

@@ -8,7 +8,8 @@
  *   name_differs, count_differs, dtype_differs   the last rank's variable 1 differs
  *   variable_missing                             the last rank does not register variable 1
  *   extra_variable                               the last rank registers a fourth variable
- *   bucket_differs, reduce_differs, aggregate_differs   the last rank's options differ
+ *   bucket_differs, reduce_differs, aggregate_differs, accumulate_locally_differs
+ *                                                the last rank's options differ
  *   config_differs                               the last rank's momentum differs
  *   sharded_checkpoint                           sharded state: cuoptimSave and cuoptimLoad refused
  *   gradients_differ                             in step 2 the last rank has no gradient for
@@ -30,6 +31,14 @@
  *                                                bucket before: the step fails with NOT_SUPPORTED
  *                                                on every rank having summed nothing, and the next
  *                                                step works
+ *   local_accumulation                           not a fault: gradient accumulation 3 with local
+ *                                                accumulators against every micro-step reduced:
+ *                                                the gradients are reduced once per applied step,
+ *                                                the accumulators once per cycle, the results agree
+ *                                                within float32 rounding and across the ranks bit
+ *                                                for bit, reading an accumulator mid-cycle gives
+ *                                                the ranks' sum, cuoptimSave waits for the cycle's
+ *                                                end, and a written accumulator holds
  * Options: --timeout S (default 0: wait forever).
  */
 #include <math.h>
@@ -128,6 +137,7 @@ static void setup(rig_t *g, int attach) {
   if (odd && is("bucket_differs")) options.bucket_bytes = 64;
   if (odd && is("reduce_differs")) options.reduce = CUOPTIM_REDUCE_SUM;
   if (odd && is("aggregate_differs")) options.aggregate = 0;
+  if (odd && is("accumulate_locally_differs")) options.accumulate_locally = 0;
   if (is("sharded_checkpoint")) options.shard_state = 1;
   MPI_Comm comm = MPI_COMM_WORLD;
   must("cuoptimSetCommunicator", cuoptimSetCommunicator(g->opt, &comm, &options));
@@ -411,6 +421,124 @@ static int huge_gradient_in(size_t bucket_bytes) {
   return untouched && summed ? 0 : 1;
 }
 
+/* Test hook of the library (host/comm.c): steps that reduced gradients or accumulators. */
+int64_t cuoptim_comm_reductions(const struct cuoptimOptimizer *opt, int accumulators);
+
+/* An SGD optimizer with gradient accumulation 3 over `params`, on MPI_COMM_WORLD. */
+static cuoptimOptimizer_t accumulating(float params[NUM_VARS][MAX_COUNT], int accumulate_locally) {
+  cuoptimConfig_t config;
+  must("cuoptimConfigInit", cuoptimConfigInit(&config, CUOPTIM_SGD));
+  config.momentum = 0.5;
+  config.gradient_accumulation_steps = 3;
+  cuoptimOptimizer_t opt;
+  must("cuoptimCreate", cuoptimCreate(&opt, &config, CUOPTIM_BACKEND_HOST, 0));
+  for (int v = 0; v < NUM_VARS; v++) {
+    for (int i = 0; i < MAX_COUNT; i++) params[v][i] = 0.25f * (float)(i + 1) - (float)v;
+    cuoptimVariable_t handle;
+    must("cuoptimAddVariable", cuoptimAddVariable(opt, names[v], params[v], CUOPTIM_FLOAT32, counts[v], &handle));
+  }
+  cuoptimCommOptions_t options;
+  must("cuoptimCommOptionsInit", cuoptimCommOptionsInit(&options));
+  options.accumulate_locally = accumulate_locally;
+  options.timeout_seconds = timeout_seconds;
+  MPI_Comm comm = MPI_COMM_WORLD;
+  must("cuoptimSetCommunicator", cuoptimSetCommunicator(opt, &comm, &options));
+  return opt;
+}
+
+/* Step s of this rank: gradients that differ per rank, step and element. Variable 1 has none in
+ * step 2, an applied step: its accumulator keeps the ranks' sum, so the rest of that cycle
+ * reduces every micro-step. */
+static void accumulating_step(cuoptimOptimizer_t opt, int s) {
+  static float grads[NUM_VARS][MAX_COUNT];
+  cuoptimGradient_t pairs[NUM_VARS];
+  for (int v = 0; v < NUM_VARS; v++) {
+    for (int i = 0; i < MAX_COUNT; i++)
+      grads[v][i] = (float)(rank + 1) * 0.37f * (float)(i + 1) - 0.11f * (float)(s * (v + 2)) + 0.013f * (float)rank;
+    pairs[v] = (cuoptimGradient_t){v, v == 1 && s == 2 ? NULL : grads[v], CUOPTIM_FLOAT32};
+  }
+  must("cuoptimApplyGradients", cuoptimApplyGradients(opt, NUM_VARS, pairs, NULL));
+}
+
+static int close_enough(double got, double want) { return fabs(got - want) <= 1e-6 + 1e-5 * fabs(want); }
+
+/* Every state entry and parameter of `a` within float32 rounding of `b`'s; returns the number of
+ * values that are not. Reading `a`'s accumulators mid-cycle is a collective: every rank calls. */
+static int compare_accumulating(cuoptimOptimizer_t a, float pa[NUM_VARS][MAX_COUNT], cuoptimOptimizer_t b,
+                                float pb[NUM_VARS][MAX_COUNT], const char *when) {
+  int bad = 0, count = 0;
+  for (int v = 0; v < NUM_VARS; v++)
+    for (size_t i = 0; i < counts[v]; i++) bad += !close_enough(pa[v][i], pb[v][i]);
+  must("cuoptimGetWeightCount", cuoptimGetWeightCount(a, &count));
+  for (int w = 0; w < count; w++) {
+    cuoptimWeightInfo_t info;
+    must("cuoptimGetWeightInfo", cuoptimGetWeightInfo(a, w, &info));
+    double x[MAX_COUNT], y[MAX_COUNT];
+    must("cuoptimGetWeights", cuoptimGetWeights(a, w, x, info.count));
+    must("cuoptimGetWeights", cuoptimGetWeights(b, w, y, info.count));
+    for (size_t i = 0; i < info.count; i++) bad += !close_enough(x[i], y[i]);
+  }
+  printf("rank %d: local_accumulation: %s: %s\n", rank, when, bad ? "DIFFERS" : "agrees");
+  fflush(stdout);
+  return bad;
+}
+
+static int local_accumulation(void) {
+  static float pa[NUM_VARS][MAX_COUNT], pb[NUM_VARS][MAX_COUNT];
+  cuoptimOptimizer_t a = accumulating(pa, 1), b = accumulating(pb, 0);
+  int failed = 0;
+  for (int s = 0; s < 7; s++) { /* applied at iterations 2 and 5; 6 is a micro-step */
+    accumulating_step(a, s);
+    accumulating_step(b, s);
+  }
+  int64_t reduced[3] = {cuoptim_comm_reductions(a, 0), cuoptim_comm_reductions(a, 1), cuoptim_comm_reductions(b, 0)};
+  /* Gradients: step 2 (applied), 3 and 4 (the accumulators are the same on every rank after
+   * step 2), 5 (applied); accumulators: step 2; every micro-step: all 7. */
+  int64_t want[3] = {world > 1 ? 4 : 0, world > 1 ? 1 : 0, world > 1 ? 7 : 0};
+  printf("rank %d: local_accumulation: reductions: gradients %lld, accumulators %lld; every micro-step: %lld\n", rank,
+         (long long)reduced[0], (long long)reduced[1], (long long)reduced[2]);
+  for (int i = 0; i < 3; i++) failed |= reduced[i] != want[i];
+  failed |= compare_accumulating(a, pa, b, pb, "after 7 steps") != 0;
+  /* Mid-cycle the ranks' accumulators are parts: no checkpoint of them. */
+  cuoptimStatus_t saved = cuoptimSave(a, "/nonexistent-dir/partial.safetensors");
+  show("cuoptimSave mid-cycle", saved);
+  failed |= world > 1 ? saved != CUOPTIM_STATUS_INVALID_STATE : saved != CUOPTIM_STATUS_IO_ERROR;
+  /* A written accumulator: the ranks' sum is the value written. */
+  int count = 0;
+  must("cuoptimGetWeightCount", cuoptimGetWeightCount(a, &count));
+  for (int w = 0; w < count; w++) {
+    cuoptimWeightInfo_t info;
+    must("cuoptimGetWeightInfo", cuoptimGetWeightInfo(a, w, &info));
+    if (!strstr(info.name, "accumulator")) continue;
+    double values[MAX_COUNT];
+    for (size_t i = 0; i < info.count; i++) values[i] = 0.5 + 0.25 * (double)i;
+    must("cuoptimSetWeights", cuoptimSetWeights(a, w, values, info.count));
+    must("cuoptimSetWeights", cuoptimSetWeights(b, w, values, info.count));
+  }
+  for (int s = 7; s < 9; s++) { /* a micro-step, then the applied step at iteration 8 */
+    accumulating_step(a, s);
+    accumulating_step(b, s);
+  }
+  failed |= compare_accumulating(a, pa, b, pb, "after writing the accumulators and 2 more steps") != 0;
+  saved = cuoptimSave(a, "/nonexistent-dir/applied.safetensors");
+  show("cuoptimSave after an applied step", saved);
+  failed |= saved != CUOPTIM_STATUS_IO_ERROR; /* refused by the file system only */
+  float all[64][NUM_VARS][MAX_COUNT];
+  if (world <= 64) {
+    MPI_Gather(pa, NUM_VARS * MAX_COUNT, MPI_FLOAT, all, NUM_VARS * MAX_COUNT, MPI_FLOAT, 0, MPI_COMM_WORLD);
+    for (int r = 1; rank == 0 && r < world; r++) {
+      int same = memcmp(all[r], all[0], sizeof pa) == 0;
+      printf("rank 0: local_accumulation: rank %d's parameters %s rank 0's\n", r, same ? "are bit for bit" : "DIFFER from");
+      failed |= !same;
+    }
+  }
+  cuoptimDestroy(a);
+  cuoptimDestroy(b);
+  printf("rank %d: local_accumulation: %s\n", rank, failed ? "FAILED" : "passed");
+  fflush(stdout);
+  return failed;
+}
+
 static int huge_gradient(void) {
   int failed = huge_gradient_in((size_t)25 << 20); /* one bucket */
   return huge_gradient_in(16) | failed;           /* the small gradient fills a bucket of its own */
@@ -431,6 +559,8 @@ int main(int argc, char **argv) {
     status = sums();
   } else if (is("huge_gradient")) {
     status = huge_gradient();
+  } else if (is("local_accumulation")) {
+    status = local_accumulation();
   } else if (is("timeout_first_step") || is("timeout_later_step")) {
     rig_t g;
     setup(&g, 1);
