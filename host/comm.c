@@ -424,6 +424,18 @@ cuoptimStatus_t cuoptim_comm_sum_accumulator(cuoptimOptimizer_t opt, const float
   return status;
 }
 
+cuoptimStatus_t cuoptim_comm_check_capture(const cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller) {
+  /* Summing the ranks' parts is a one-time change of what the accumulators hold, which a graph
+   * replayed many times cannot hold. */
+  if (cuoptim_comm_accumulators_partial(opt) && opt->ops->capturing(opt, stream))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: this step is captured in a CUDA graph while each rank's gradient accumulators hold its "
+                         "own part of the sum (options.accumulate_locally): capture a step that follows an applied "
+                         "step (iterations a multiple of gradient_accumulation_steps)",
+                         caller);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, cuoptimStepKind kind,
                                         const char *caller) {
   cuoptimComm *c = opt->comm;
@@ -443,15 +455,6 @@ cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t 
   /* A micro-step with local accumulators: nothing to reduce. */
   if (kind == CUOPTIM_STEP_LOCAL) return status;
   /* A step that may apply: the accumulators' sums first (Keras's accumulator), then its gradients. */
-  /* Summing them is a one-time change of what they hold, which a graph replayed many times cannot
-   * hold. */
-  if (status == CUOPTIM_STATUS_SUCCESS && opt->accumulators == CUOPTIM_ACCUMULATORS_PARTIAL &&
-      opt->ops->capturing(opt, stream))
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
-                         "%s: this step is captured in a CUDA graph while each rank's gradient accumulators hold its "
-                         "own part of the sum (options.accumulate_locally): capture a step that follows an applied "
-                         "step (iterations a multiple of gradient_accumulation_steps)",
-                         caller);
   if (status == CUOPTIM_STATUS_SUCCESS && opt->accumulators == CUOPTIM_ACCUMULATORS_PARTIAL) {
     status = c->ops->reduce_accumulators(opt, stream);
     if (status == CUOPTIM_STATUS_SUCCESS) {

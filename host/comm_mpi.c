@@ -66,43 +66,6 @@ static void free_mpi(MpiComm *m) {
   free(m);
 }
 
-static cuoptimStatus_t mpi_attach(cuoptimOptimizer_t opt, cuoptimComm *c, const void *handle, const char *caller) {
-  int initialized = 0, finalized = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  if (!initialized || finalized)
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE, "%s: MPI is %s: call MPI_Init first", caller,
-                         finalized ? "finalized" : "not initialized");
-  MPI_Comm given = *(const MPI_Comm *)handle;
-  if (given == MPI_COMM_NULL)
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: *communicator is MPI_COMM_NULL", caller);
-  MpiComm *m = calloc(1, sizeof *m);
-  if (!m) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
-  m->comm = MPI_COMM_NULL;
-  m->half = MPI_DATATYPE_NULL;
-  m->sum_float16 = m->sum_bfloat16 = MPI_OP_NULL;
-  /* Errors come back as codes (cuoptim turns them into statuses), not as an abort. */
-  int code = MPI_Comm_dup(given, &m->comm);
-  if (code == MPI_SUCCESS) code = MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN);
-  if (code == MPI_SUCCESS) code = MPI_Comm_rank(m->comm, &c->rank);
-  if (code == MPI_SUCCESS) code = MPI_Comm_size(m->comm, &c->world);
-  if (code == MPI_SUCCESS) code = MPI_Type_contiguous(2, MPI_BYTE, &m->half);
-  if (code == MPI_SUCCESS) code = MPI_Type_commit(&m->half);
-  if (code == MPI_SUCCESS) code = MPI_Op_create(sum_float16, 1, &m->sum_float16);
-  if (code == MPI_SUCCESS) code = MPI_Op_create(sum_bfloat16, 1, &m->sum_bfloat16);
-  if (code == MPI_SUCCESS) {
-    m->counts = calloc((size_t)c->world, sizeof *m->counts);
-    m->displs = calloc((size_t)c->world, sizeof *m->displs);
-  }
-  if (code != MPI_SUCCESS || !m->counts || !m->displs) {
-    free_mpi(m);
-    if (code != MPI_SUCCESS) return mpi_fail(code, caller);
-    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
-  }
-  c->impl = m;
-  return CUOPTIM_STATUS_SUCCESS;
-}
-
 static void mpi_detach(cuoptimOptimizer_t opt, cuoptimComm *c) {
   MpiComm *m = c->impl;
   if (!m) return;
@@ -121,9 +84,10 @@ static double now_seconds(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* Waits for `n` requests, at most options.timeout_seconds (0: forever). */
-static cuoptimStatus_t wait_all(cuoptimOptimizer_t opt, int n, MPI_Request *requests, const char *stage) {
-  double timeout = opt->comm->options.timeout_seconds;
+/* Waits for `n` requests, at most `timeout` seconds (0: forever); past it TIMEOUT, naming `caller`
+ * and `stage`, the requests left pending. */
+static cuoptimStatus_t wait_requests(double timeout, int n, MPI_Request *requests, const char *caller,
+                                     const char *stage) {
   if (timeout == 0.0) {
     int code = MPI_Waitall(n, requests, MPI_STATUSES_IGNORE);
     return code == MPI_SUCCESS ? CUOPTIM_STATUS_SUCCESS : mpi_fail(code, stage);
@@ -136,12 +100,69 @@ static cuoptimStatus_t wait_all(cuoptimOptimizer_t opt, int n, MPI_Request *requ
     if (done) return CUOPTIM_STATUS_SUCCESS;
     if (now_seconds() > deadline)
       return cuoptim_error(CUOPTIM_STATUS_TIMEOUT,
-                           "cuoptimApplyGradients: %s: the other ranks did not join within %g s (rank %d of %d); "
-                           "the communicator must be aborted",
-                           stage, timeout, opt->comm->rank, opt->comm->world);
+                           "%s: %s: the other ranks did not join within %g s; the communicator must be aborted", caller,
+                           stage, timeout);
     struct timespec pause = {0, 20000}; /* 20 us: progress without a busy core */
     nanosleep(&pause, NULL);
   }
+}
+
+/* Waits for `n` requests of a step, at most options.timeout_seconds (0: forever). */
+static cuoptimStatus_t wait_all(cuoptimOptimizer_t opt, int n, MPI_Request *requests, const char *stage) {
+  cuoptimStatus_t status = wait_requests(opt->comm->options.timeout_seconds, n, requests, "cuoptimApplyGradients", stage);
+  if (status == CUOPTIM_STATUS_TIMEOUT) {
+    char message[1024]; /* the last-error text is rewritten: copied first */
+    snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
+    return cuoptim_error(CUOPTIM_STATUS_TIMEOUT, "%s (rank %d of %d)", message, opt->comm->rank, opt->comm->world);
+  }
+  return status;
+}
+
+static cuoptimStatus_t mpi_attach(cuoptimOptimizer_t opt, cuoptimComm *c, const void *handle, const char *caller) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE, "%s: MPI is %s: call MPI_Init first", caller,
+                         finalized ? "finalized" : "not initialized");
+  MPI_Comm given = *(const MPI_Comm *)handle;
+  if (given == MPI_COMM_NULL)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: *communicator is MPI_COMM_NULL", caller);
+  MpiComm *m = calloc(1, sizeof *m);
+  if (!m) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  m->comm = MPI_COMM_NULL;
+  m->half = MPI_DATATYPE_NULL;
+  m->sum_float16 = m->sum_bfloat16 = MPI_OP_NULL;
+  /* Errors come back as codes (cuoptim turns them into statuses), not as an abort. */
+  /* The duplicate is a collective: waited for at most options.timeout_seconds, as a step's. */
+  MPI_Request request = MPI_REQUEST_NULL;
+  int code = MPI_Comm_idup(given, &m->comm, &request);
+  if (code == MPI_SUCCESS) {
+    cuoptimStatus_t status = wait_requests(c->options.timeout_seconds, 1, &request, caller, "MPI_Comm_idup");
+    if (status == CUOPTIM_STATUS_TIMEOUT) return status; /* m stays: MPI may still write m->comm */
+    if (status != CUOPTIM_STATUS_SUCCESS) {
+      free_mpi(m);
+      return status;
+    }
+  }
+  if (code == MPI_SUCCESS) code = MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN);
+  if (code == MPI_SUCCESS) code = MPI_Comm_rank(m->comm, &c->rank);
+  if (code == MPI_SUCCESS) code = MPI_Comm_size(m->comm, &c->world);
+  if (code == MPI_SUCCESS) code = MPI_Type_contiguous(2, MPI_BYTE, &m->half);
+  if (code == MPI_SUCCESS) code = MPI_Type_commit(&m->half);
+  if (code == MPI_SUCCESS) code = MPI_Op_create(sum_float16, 1, &m->sum_float16);
+  if (code == MPI_SUCCESS) code = MPI_Op_create(sum_bfloat16, 1, &m->sum_bfloat16);
+  if (code == MPI_SUCCESS) {
+    m->counts = calloc((size_t)c->world, sizeof *m->counts);
+    m->displs = calloc((size_t)c->world, sizeof *m->displs);
+  }
+  if (code != MPI_SUCCESS || !m->counts || !m->displs) {
+    free_mpi(m);
+    if (code != MPI_SUCCESS) return mpi_fail(code, caller);
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  }
+  c->impl = m;
+  return CUOPTIM_STATUS_SUCCESS;
 }
 
 static cuoptimStatus_t mpi_allgather_host(cuoptimOptimizer_t opt, const void *send, void *recv, size_t bytes,

@@ -226,6 +226,39 @@ static cuoptimStatus_t reserve_exchange(NcclComm *m, size_t bytes, const char *s
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+static double now_seconds(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Waits for the exchange stream, at most options.timeout_seconds (0: forever), polling NCCL's
+ * asynchronous error meanwhile (a peer gone ends the wait with its text). Past the deadline: TIMEOUT,
+ * the exchange still enqueued (the caller must abort the communicator). */
+static cuoptimStatus_t wait_exchange(cuoptimOptimizer_t opt, const char *caller, const char *stage) {
+  NcclComm *m = nccl_of(opt);
+  double timeout = opt->comm->options.timeout_seconds;
+  if (timeout == 0.0) {
+    cudaError_t err = cudaStreamSynchronize(m->exchange_stream);
+    return err == cudaSuccess ? CUOPTIM_STATUS_SUCCESS : cuda_fail(err, caller, stage);
+  }
+  double deadline = now_seconds() + timeout;
+  for (;;) {
+    cudaError_t err = cudaStreamQuery(m->exchange_stream);
+    if (err == cudaSuccess) return CUOPTIM_STATUS_SUCCESS;
+    if (err != cudaErrorNotReady) return cuda_fail(err, caller, stage);
+    (void)cudaGetLastError();
+    CUOPTIM_CHECK(check_async(m->comm, caller));
+    if (now_seconds() > deadline)
+      return cuoptim_error(CUOPTIM_STATUS_TIMEOUT,
+                           "%s: %s: the other ranks did not join within %g s (rank %d of %d); the communicator must "
+                           "be aborted (ncclCommAbort)",
+                           caller, stage, timeout, opt->comm->rank, opt->comm->world);
+    struct timespec pause = {0, 20000}; /* 20 us */
+    nanosleep(&pause, NULL);
+  }
+}
+
 static cuoptimStatus_t nccl_allgather_host(cuoptimOptimizer_t opt, const void *send, void *recv, size_t bytes,
                                            const char *stage) {
   static const char *caller = "cuoptimApplyGradients";
@@ -246,8 +279,7 @@ static cuoptimStatus_t nccl_allgather_host(cuoptimOptimizer_t opt, const void *s
                     "ncclAllGather (the variable table check)");
   if (status == CUOPTIM_STATUS_SUCCESS) {
     err = cudaMemcpyAsync(recv, m->exchange, bytes * (size_t)c->world, cudaMemcpyDeviceToHost, m->exchange_stream);
-    if (err == cudaSuccess) err = cudaStreamSynchronize(m->exchange_stream);
-    if (err != cudaSuccess) status = cuda_fail(err, caller, stage);
+    status = err == cudaSuccess ? wait_exchange(opt, caller, stage) : cuda_fail(err, caller, stage);
   }
   if (status == CUOPTIM_STATUS_SUCCESS) status = check_async(m->comm, caller);
   leave_device(&scope);

@@ -225,6 +225,8 @@ int cuoptim_comm_accumulators_partial(const cuoptimOptimizer_t opt);
  * order. */
 cuoptimStatus_t cuoptim_comm_sum_accumulator(cuoptimOptimizer_t opt, const float *mine, size_t count, float *sum,
                                              const char *caller);
+/* Refuses (INVALID_STATE) to capture a step while the accumulators are the ranks' parts. */
+cuoptimStatus_t cuoptim_comm_check_capture(const cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller);
 /* Test hook: steps that reduced gradients (accumulators = 0) or accumulators (1). */
 int64_t cuoptim_comm_reductions(const cuoptimOptimizer_t opt, int accumulators);
 

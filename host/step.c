@@ -123,6 +123,7 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   CUOPTIM_CHECK(cuoptim_arena_check_step(opt, caller));
   cuoptim_comm_prepare_step(opt);
   opt->step_kind = cuoptim_comm_step_kind(opt, stream);
+  CUOPTIM_CHECK(cuoptim_comm_check_capture(opt, stream, caller));
 
   range_push("cuoptim step");
   cuoptimStatus_t status = opt->ops->begin_step(opt, stream);

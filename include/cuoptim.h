@@ -406,7 +406,8 @@ typedef struct {
  * the step not taken, when the ranks' variable tables or options differ (first step) or when
  * they list different gradients (host backend); TIMEOUT (host backend: a collective waited
  * longer than options.timeout_seconds, naming the stage); INVALID_STATE (an earlier collective
- * timed out or failed); MPI_ERROR, NCCL_ERROR (an NCCL call failed, or NCCL reports an
+ * timed out or failed; a step captured in a CUDA graph while local accumulators hold the ranks'
+ * parts, mid-cycle: capture after an applied step); MPI_ERROR, NCCL_ERROR (an NCCL call failed, or NCCL reports an
  * asynchronous error of earlier work; the message carries NCCL's text); NOT_SUPPORTED (over MPI,
  * a gradient of 2^31 elements or more). */
 CUOPTIM_API cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t optimizer, int n,
@@ -615,12 +616,13 @@ typedef struct {
    * and gradient. A variable of fewer elements than ranks is the last rank's alone.
    * cuoptimSave/cuoptimLoad refuse sharded state for now. */
   int shard_state;
-  /* Host backend: how long a collective waits for the other ranks before the step fails with
+  /* Host backend: how long a collective waits for the other ranks before the step (or
+   * cuoptimSetCommunicator, whose duplicate of the communicator is one) fails with
    * CUOPTIM_STATUS_TIMEOUT, in seconds; 0 (default) waits forever. After a timeout the
    * communicator is in an unknown state: the optimizer refuses further steps (INVALID_STATE) and
    * the caller should abort (MPI_Abort). The CUDA backend enqueues its collectives and waits
-   * only at the first step, for the table comparison, without timeout: use
-   * cuoptimSynchronizeTimeout there. */
+   * only at the first step, for the table comparison: at most this long, then TIMEOUT (abort the
+   * NCCL communicator); for its later steps use cuoptimSynchronizeTimeout. */
   double timeout_seconds;
   /* With gradient accumulation, 1 (default): each rank accumulates its own gradients and they are
    * reduced once per applied step (see "Gradient accumulation" above); 0: reduced on every
@@ -653,7 +655,8 @@ CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options
  * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, a
  * communicator MPI or NCCL refuses, *communicator NULL for NCCL, an NCCL communicator on another
  * device or still initializing), INVALID_STATE (the state is built; MPI not initialized),
- * NOT_SUPPORTED (this build has no MPI or no NCCL),
+ * NOT_SUPPORTED (this build has no MPI or no NCCL), TIMEOUT (host backend: the other ranks did not
+ * join the duplicate within options.timeout_seconds; nothing attached, abort the communicator),
  * MPI_ERROR, NCCL_ERROR (NCCL reports the communicator failed; NCCL's text in the message),
  * CUDA_ERROR, ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t optimizer, const void *communicator,

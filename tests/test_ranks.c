@@ -604,6 +604,29 @@ static void expect_timeout(const char *scenario, int ranks, int stuck, const cha
   free_result(&r);
 }
 
+/* The last rank never attaches: the others' cuoptimSetCommunicator (its MPI_Comm_idup) fails with
+ * TIMEOUT after options.timeout_seconds, attaching nothing. */
+Test(ranks, a_rank_that_never_attaches_times_out_the_others, .timeout = TEST_LIMIT_SECONDS) {
+  run_result r = mpirun(3, CUOPTIM_MPI_FAULTS, "timeout_attach --timeout 1");
+  cr_expect_neq(r.status, 0, "the ranks abort: exit %d", r.status);
+  cr_expect(r.seconds < 30, "took %.1f s", r.seconds);
+  for (int k = 0; k < 2; k++) {
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "rank %d: cuoptimSetCommunicator: ", k);
+    const char *line = line_starting(r.out, prefix);
+    cr_expect(strstr(line, "CUOPTIM_STATUS_TIMEOUT") && strstr(line, "MPI_Comm_idup") && strstr(line, "within 1 s"),
+              "rank %d: \"%s\"\n%s%s", k, line, r.out, r.err);
+    snprintf(prefix, sizeof prefix, "rank %d: waited ", k);
+    double waited = -1;
+    line = line_starting(r.out, prefix);
+    cr_expect(sscanf(line + (line[0] ? strlen(prefix) : 0), "%lf", &waited) == 1 && waited >= 1.0 && waited < 10.0,
+              "rank %d: \"%s\"", k, line);
+    snprintf(prefix, sizeof prefix, "rank %d: after the timeout: rank 0 of 1", k);
+    cr_expect_eq(count_lines_starting(r.out, prefix), 1, "rank %d: still attached?\n%s", k, r.out);
+  }
+  free_result(&r);
+}
+
 Test(ranks, a_rank_that_never_steps_times_out_the_others, .timeout = TEST_LIMIT_SECONDS) {
   expect_timeout("timeout_first_step --timeout 1", 2, 1, "the variable table check");
   expect_timeout("timeout_later_step --timeout 1", 3, 2, "aggregate (gradient list check)");

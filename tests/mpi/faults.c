@@ -17,6 +17,8 @@
  *   gradient_dtype_differs                       in step 2 the last rank's gradient 0 is bfloat16
  *   timeout_first_step, timeout_later_step       the last rank never makes (its first, its second)
  *                                                step: the others time out, then abort
+ *   timeout_attach                               the last rank never calls cuoptimSetCommunicator:
+ *                                                the others' call (MPI_Comm_idup) times out
  *   world_of_one_is_plain                        (-np 1) a world of one is bit for bit no world
  *   sums                                         not a fault: for bucket sizes of 1 byte, 64 bytes
  *                                                and the default, CUOPTIM_REDUCE_SUM and _MEAN,
@@ -561,6 +563,31 @@ int main(int argc, char **argv) {
     status = huge_gradient();
   } else if (is("local_accumulation")) {
     status = local_accumulation();
+  } else if (is("timeout_attach")) {
+    if (rank == last && world > 1) {
+      printf("rank %d: never attaches\n", rank);
+      fflush(stdout);
+      for (;;) sleep(1); /* MPI_Abort of the others ends it */
+    }
+    rig_t g;
+    setup(&g, 0);
+    cuoptimCommOptions_t options;
+    must("cuoptimCommOptionsInit", cuoptimCommOptionsInit(&options));
+    options.timeout_seconds = timeout_seconds;
+    MPI_Comm comm = MPI_COMM_WORLD;
+    double start = now();
+    cuoptimStatus_t attached = show("cuoptimSetCommunicator", cuoptimSetCommunicator(g.opt, &comm, &options));
+    printf("rank %d: waited %.3f s\n", rank, now() - start);
+    /* Not attached: the optimizer is a single process still. */
+    int r = -1, n = -1;
+    must("cuoptimGetRank", cuoptimGetRank(g.opt, &r, &n));
+    printf("rank %d: after the timeout: rank %d of %d\n", rank, r, n);
+    fflush(stdout);
+    if (attached == CUOPTIM_STATUS_TIMEOUT) {
+      sleep(2); /* the others print too before the abort */
+      MPI_Abort(MPI_COMM_WORLD, 3);
+    }
+    cuoptimDestroy(g.opt);
   } else if (is("timeout_first_step") || is("timeout_later_step")) {
     rig_t g;
     setup(&g, 1);
