@@ -473,7 +473,7 @@ cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t 
 
 /* ---- sharded state ----------------------------------------------------------------------------- */
 
-int cuoptim_comm_sharded(const cuoptimOptimizer_t opt) {
+int cuoptim_comm_sharded(const struct cuoptimOptimizer *opt) {
   return opt->comm && opt->comm->options.shard_state && opt->comm->world > 1;
 }
 

@@ -240,7 +240,7 @@ cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t 
  * the same every run); after the update the parameters gathered. No-ops unless sharded. */
 cuoptimStatus_t cuoptim_comm_combine_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream);
 cuoptimStatus_t cuoptim_comm_end_step(cuoptimOptimizer_t opt, cuoptimStream_t stream);
-int cuoptim_comm_sharded(const cuoptimOptimizer_t opt);
+int cuoptim_comm_sharded(const struct cuoptimOptimizer *opt);
 /* Sharded state: Lamb's per-variable norms (tensors' lamb_w_sumsq, lamb_u_sumsq), which cover
  * this rank's shares, summed over the ranks in rank order (and, on the device, the trust ratio).
  * No-op unless sharded. */

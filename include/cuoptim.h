@@ -614,7 +614,9 @@ typedef struct {
    * buffer (the rest of that buffer then holds partial sums, not the gradient), 12 / N on the
    * host backend, which receives the share in a buffer of its own; besides the caller's parameter
    * and gradient. A variable of fewer elements than ranks is the last rank's alone.
-   * cuoptimSave/cuoptimLoad refuse sharded state for now. */
+   * cuoptimSave/cuoptimLoad of sharded state: each rank saves its own shares to its own file
+   * (pass each rank its own path), and loads only a file that the same rank of a world of the
+   * same size saved. */
   int shard_state;
   /* Host backend: how long a collective waits for the other ranks before the step (or
    * cuoptimSetCommunicator, whose duplicate of the communicator is one) fails with
@@ -761,8 +763,10 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t optimizer, int *ra
  * disk) leaves the file that was at `path` as it was; a failed save removes its temporary file
  * (after a crash one may remain, never read by cuoptimLoad). Only when the final fsync of the
  * directory fails is the new checkpoint already in place: IO_ERROR says so.
- * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty path), NOT_SUPPORTED (sharded state,
- * cuoptimSetCommunicator; two state entries with the same name, as Adagrad's or Ftrl's slot of a variable "x_gradient" and the gradient
+ * Sharded state (cuoptimCommOptions_t.shard_state): the file holds this rank's shares of the
+ * arrays (shape [its share's count]) and the metadata "shard_rank" and "shard_world"; every rank
+ * saves its own file, at a path of its own (not a collective).
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty path), NOT_SUPPORTED (two state entries with the same name, as Adagrad's or Ftrl's slot of a variable "x_gradient" and the gradient
  * accumulator of "x"; a header above safetensors' 100,000,000 bytes), INVALID_STATE (data-parallel
  * with local accumulators between applied steps: each rank holds only its part of them; see
  * "Gradient accumulation" of the data-parallel section), ALLOC_FAILED (host, pinned or
@@ -785,12 +789,13 @@ CUOPTIM_API cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t optimizer, const char
  * (not even building the state); only a CUDA error while the verified state is copied into place
  * can leave it partly replaced. The caller's parameters are not touched: restore them from the
  * caller's own checkpoint (a float16/bfloat16 parameter as its master rounded, as training left
- * it).
+ * it). Sharded state: this rank's file (see cuoptimSave); not a collective.
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty path, not a regular file, not a cuoptim
  * checkpoint, truncated or trailing bytes, a dtype, shape, size or offset that does not fit, a
  * tensor missing, unknown or twice, another optimizer or config, other variables, a CRC-32 that
- * does not match, a counter or scalar out of range), PARSE_ERROR (the header is not UTF-8 JSON),
- * NOT_SUPPORTED (sharded state; another format_version; two state entries with the same name, see
+ * does not match, a counter or scalar out of range, a sharded state's file of another rank or
+ * world, or one of sharded state into an optimizer whose state is not sharded and the reverse),
+ * PARSE_ERROR (the header is not UTF-8 JSON), NOT_SUPPORTED (another format_version; two state entries with the same name, see
  * cuoptimSave),
  * ALLOC_FAILED, CUDA_ERROR, IO_ERROR (the file cannot be opened or read); a keras_config that
  * cuoptimConfigFromKerasJSON refuses gives that call's status (PARSE_ERROR for text that is not

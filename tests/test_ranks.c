@@ -505,22 +505,36 @@ Test(ranks, a_missing_or_extra_variable_is_named_on_every_rank, .timeout = TEST_
 
 /* Checkpoints of sharded state are refused (NOT_SUPPORTED, before any file is touched) on every
  * rank, after a sharded step that works. */
-Test(ranks, checkpoints_of_sharded_state_are_refused, .timeout = TEST_LIMIT_SECONDS) {
-  run_result r = mpirun(2, CUOPTIM_MPI_FAULTS, "sharded_checkpoint");
-  cr_expect_eq(r.status, 0, "exit %d\n%s%s", r.status, r.out, r.err);
-  const char *calls[] = {"cuoptimSave", "cuoptimLoad"};
-  for (int k = 0; k < 2; k++) {
-    char prefix[64];
-    snprintf(prefix, sizeof prefix, "rank %d: step 1: ", k);
-    cr_expect(strstr(line_starting(r.out, prefix), "CUOPTIM_STATUS_SUCCESS") != NULL, "rank %d:\n%s", k, r.out);
-    for (int c = 0; c < 2; c++) {
-      snprintf(prefix, sizeof prefix, "rank %d: %s: ", k, calls[c]);
+/* Sharded state: each rank saves its shares to its own file; a resumed run ends bit for bit where
+ * the straight one does; a file is refused by another rank and by unsharded state. */
+Test(ranks, checkpoints_of_sharded_state_are_one_file_per_rank, .timeout = TEST_LIMIT_SECONDS) {
+  for (int ranks = 1; ranks <= 3; ranks++) {
+    run_result r = mpirun(ranks, CUOPTIM_MPI_FAULTS, "sharded_checkpoint");
+    cr_expect_eq(r.status, 0, "%d ranks: exit %d\n%s%s", ranks, r.status, r.out, r.err);
+    for (int k = 0; k < ranks; k++) {
+      char prefix[96];
+      const char *ok[] = {"cuoptimSave: CUOPTIM_STATUS_SUCCESS", "cuoptimLoad: CUOPTIM_STATUS_SUCCESS",
+                          "sharded resume: bit for bit the straight run"};
+      for (int c = 0; c < 3; c++) {
+        snprintf(prefix, sizeof prefix, "rank %d: %s", k, ok[c]);
+        cr_expect(strstr(r.out, prefix) != NULL, "%d ranks: no \"%s\"\n%s", ranks, prefix, r.out);
+      }
+      snprintf(prefix, sizeof prefix, "rank %d: cuoptimLoad of another rank's file: ", k);
       const char *line = line_starting(r.out, prefix);
-      cr_expect(strstr(line, "CUOPTIM_STATUS_NOT_SUPPORTED") != NULL && strstr(line, "sharded") != NULL,
-                "rank %d, %s: \"%s\"\n%s", k, calls[c], line, r.out);
+      if (ranks > 1)
+        cr_expect(strstr(line, "CUOPTIM_STATUS_INVALID_VALUE") && strstr(line, "each rank loads the file it saved"),
+                  "%d ranks, rank %d: \"%s\"", ranks, k, line);
+      snprintf(prefix, sizeof prefix, "rank %d: cuoptimLoad into unsharded state: ", k);
+      line = line_starting(r.out, prefix);
+      /* A world of one is not sharded: its file is whole state. */
+      if (ranks > 1)
+        cr_expect(strstr(line, "CUOPTIM_STATUS_INVALID_VALUE") && strstr(line, "not sharded"), "%d ranks, rank %d: \"%s\"",
+                  ranks, k, line);
+      else
+        cr_expect(strstr(line, "CUOPTIM_STATUS_SUCCESS") != NULL, "rank 0: \"%s\"", line);
     }
+    free_result(&r);
   }
-  free_result(&r);
 }
 
 Test(ranks, options_that_differ_are_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {

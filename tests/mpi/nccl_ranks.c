@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cuoptim.h"
 #include "nccl_bootstrap.h"
@@ -760,6 +761,54 @@ static void run_local_graph_scenario(const scenario_t *sc) {
   free_side(&graphed);
 }
 
+/* Sharded state on the CUDA backend: each rank saves its shares to a file of its own after two
+ * steps; a new optimizer given the parameters of then and the file ends two steps later with the
+ * bytes of the straight run. */
+static void run_sharded_checkpoint_scenario(const scenario_t *sc) {
+  char dir[64] = "/tmp/cuoptim-nccl-sharded-XXXXXX", path[128];
+  if (rank == 0 && !mkdtemp(dir)) fatal("mkdtemp", dir);
+  MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
+  snprintf(path, sizeof path, "%s/rank%d.safetensors", dir, rank);
+  side_t straight, resumed;
+  make_side(&straight, &sc->config, CUOPTIM_BACKEND_CUDA, sc->param_dtype, sc->grad_dtype, SIZES, device);
+  make_side(&resumed, &sc->config, CUOPTIM_BACKEND_CUDA, sc->param_dtype, sc->grad_dtype, SIZES, device);
+  set_communicator(sc, straight.opt);
+  set_communicator(sc, resumed.opt);
+  unsigned char *staging = malloc(staging_bytes());
+  if (!staging) fatal("malloc", "out of memory");
+  cuoptimGradient_t list[NUM_VARS];
+  for (int step = 0; step < 4; step++) {
+    if (step == 2) {
+      OK(cuoptimSave(straight.opt, path));
+      for (int k = 0; k < NUM_VARS; k++)
+        CUDA(cudaMemcpy(resumed.params[k], straight.params[k], SIZES[k] * dtype_bytes(sc->param_dtype),
+                        cudaMemcpyDeviceToDevice));
+      OK(cuoptimLoad(resumed.opt, path));
+    }
+    side_t *both[2] = {&straight, &resumed};
+    for (int i = 0; i < (step < 2 ? 1 : 2); i++) {
+      upload_rank_gradients(sc, both[i], step, staging, NULL);
+      OK(cuoptimApplyGradients(both[i]->opt, gradient_list(sc, both[i], step, list), list, NULL));
+      CUDA(cudaStreamSynchronize(NULL));
+    }
+  }
+  blob_t a = {0}, b = {0};
+  observe(&straight, sc->config.dynamic_loss_scale, &a);
+  observe(&resumed, sc->config.dynamic_loss_scale, &b);
+  size_t differing = 0;
+  for (size_t i = 0; i < a.size && i < b.size; i++) differing += a.bytes[i] != b.bytes[i];
+  EXPECT(a.size == b.size && differing == 0, "%s: the resumed run differs from the straight one in %zu of %zu bytes",
+         sc->label, differing, a.size);
+  free(a.bytes);
+  free(b.bytes);
+  free(staging);
+  free_side(&straight);
+  free_side(&resumed);
+  unlink(path);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) rmdir(dir);
+}
+
 /* The last rank registers a variable of another size, or passes other options: every rank's
  * first step fails with INVALID_VALUE naming it, and leaves the parameters as they were. */
 static void run_mismatch_scenario(int variable_mismatch) {
@@ -945,6 +994,12 @@ static void run_all(void) {
   sc = base("sharded: Adam, float32, mean, global_clipnorm: CUDA graph replays", adam);
   sc.shard = 1;
   run_graph_scenario(&sc, 5);
+
+  cuoptimConfig_t adam_half = adam_ema;
+  sc = base("sharded: checkpoint and resume, Adam, bfloat16 parameters, EMA", adam_half);
+  sc.param_dtype = CUOPTIM_BFLOAT16;
+  sc.shard = 1;
+  run_sharded_checkpoint_scenario(&sc);
 
   sc = base("sharded: Lamb, float32, mean, weight decay, 4 KiB buckets", lamb);
   sc.bucket_bytes = 4096;
