@@ -153,6 +153,7 @@ enum {
   ENTRY_BUCKET_BYTES,
   ENTRY_SHARD,
   ENTRY_ACCUMULATE_LOCALLY,
+  ENTRY_FAILED, /* the status with which this rank's first step failed before the exchange, or 0 */
   ENTRY_COUNT
 };
 static const char *const entry_names[ENTRY_COUNT] = {
@@ -160,7 +161,7 @@ static const char *const entry_names[ENTRY_COUNT] = {
     "number of variables",   "variable table",      "optimizer",
     "optimizer's config (its Keras JSON: hyperparameters, schedule, clipping, loss scaling; a hash)",
     "options->aggregate",    "options->reduce",     "options->bucket_bytes",
-    "options->shard_state",  "options->accumulate_locally"};
+    "options->shard_state",  "options->accumulate_locally", "first step"};
 
 /* A hash of the config's Keras JSON: the hyperparameters every rank must share. */
 static uint64_t config_hash(const cuoptimOptimizer_t opt) {
@@ -285,7 +286,24 @@ static cuoptimStatus_t name_differing_variable(cuoptimOptimizer_t opt, const uin
   return status;
 }
 
-static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, const char *caller) {
+/* A rank whose first step failed before the exchange (its state could not be built): every rank
+ * fails that step, naming it, instead of waiting for it. */
+static cuoptimStatus_t check_failures(const cuoptimOptimizer_t opt, const uint64_t *all, cuoptimStatus_t mine,
+                                      const char *caller) {
+  const cuoptimComm *c = opt->comm;
+  for (int r = 0; r < c->world; r++) {
+    uint64_t failed = all[(size_t)r * ENTRY_COUNT + ENTRY_FAILED];
+    if (failed == 0) continue;
+    if (r == c->rank) return mine; /* its own message stays */
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: rank %d's first step failed (%s) before the ranks compared their tables: no rank took "
+                         "the step (rank %d's message says why)",
+                         caller, r, cuoptimGetStatusString((cuoptimStatus_t)failed), r);
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, cuoptimStatus_t failed, const char *caller) {
   cuoptimComm *c = opt->comm;
   uint64_t entry[ENTRY_COUNT];
   uint64_t *hashes = malloc((size_t)(opt->num_variables ? opt->num_variables : 1) * sizeof *hashes);
@@ -298,7 +316,20 @@ static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, const char *caller) 
     return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
   }
   describe_rank(opt, entry, hashes);
+  entry[ENTRY_FAILED] = (uint64_t)failed;
+  char message[1024] = ""; /* a failed rank's own message, kept through the exchange */
+  if (failed != CUOPTIM_STATUS_SUCCESS) snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
   cuoptimStatus_t status = c->ops->allgather_host(opt, entry, all, sizeof entry, "the variable table check");
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    status = check_failures(opt, all, failed, caller);
+    if (status != CUOPTIM_STATUS_SUCCESS && status == failed) cuoptim_error(failed, "%s", message);
+    if (status != CUOPTIM_STATUS_SUCCESS) {
+      free(hashes);
+      free(all);
+      free(lengths);
+      return status;
+    }
+  }
   for (int r = 0; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++)
     lengths[r] = all[(size_t)r * ENTRY_COUNT + ENTRY_VARIABLES];
   for (int r = 0; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++) {
@@ -327,9 +358,19 @@ static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, const char *caller) 
 
 int cuoptim_comm_active(const cuoptimOptimizer_t opt) { return opt->comm != NULL; }
 
+cuoptimStatus_t cuoptim_comm_first_step_failed(cuoptimOptimizer_t opt, cuoptimStatus_t failed, const char *caller) {
+  cuoptimComm *c = opt->comm;
+  if (!c || c->tables_checked || c->broken || c->world == 1) return failed;
+  cuoptimStatus_t status = check_tables(opt, failed, caller);
+  if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
+    c->broken = 1;
+  c->tables_checked = 0; /* compared again at the next first step */
+  return failed;
+}
+
 cuoptimStatus_t cuoptim_comm_check_tables(cuoptimOptimizer_t opt, const char *caller) {
   if (!opt->comm || opt->comm->tables_checked) return CUOPTIM_STATUS_SUCCESS;
-  cuoptimStatus_t status = check_tables(opt, caller);
+  cuoptimStatus_t status = check_tables(opt, CUOPTIM_STATUS_SUCCESS, caller);
   if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
     opt->comm->broken = 1;
   return status;

@@ -250,6 +250,10 @@ void cuoptim_comm_assign_shares(cuoptimOptimizer_t opt);
 /* The first-step comparison of the ranks' variable tables, once (before the first collective that
  * moves gradients: the first step or the first bucket a mark starts). */
 cuoptimStatus_t cuoptim_comm_check_tables(cuoptimOptimizer_t opt, const char *caller);
+/* A rank's first step failed before the table comparison (`failed`, its message set): it still
+ * takes part in the comparison, so that the other ranks fail that step too instead of waiting.
+ * Returns `failed`, the message kept. */
+cuoptimStatus_t cuoptim_comm_first_step_failed(cuoptimOptimizer_t opt, cuoptimStatus_t failed, const char *caller);
 /* Whether a step has communication to do (an aggregate NVTX range is worth opening). */
 int cuoptim_comm_active(const cuoptimOptimizer_t opt);
 /* Gradient arena (host/gradient_arena.c). Built with the state; released by cuoptimDestroy. */

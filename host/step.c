@@ -118,15 +118,18 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   CUOPTIM_REQUIRE_NOT_NULL(caller, grads);
   if (opt->num_variables == 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: the optimizer has no variables (cuoptimAddVariable)", caller);
-  CUOPTIM_CHECK(bind_gradients(opt, n, grads, caller));
-  CUOPTIM_CHECK(cuoptim_build(opt, caller, &stream));
-  CUOPTIM_CHECK(cuoptim_arena_check_step(opt, caller));
+  /* A rank whose first step fails here still joins the ranks' first comparison, so that they fail
+   * with it rather than wait for it. */
+  cuoptimStatus_t status = bind_gradients(opt, n, grads, caller);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_build(opt, caller, &stream);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_arena_check_step(opt, caller);
+  if (status != CUOPTIM_STATUS_SUCCESS) return cuoptim_comm_first_step_failed(opt, status, caller);
   cuoptim_comm_prepare_step(opt);
   opt->step_kind = cuoptim_comm_step_kind(opt, stream);
   CUOPTIM_CHECK(cuoptim_comm_check_capture(opt, stream, caller));
 
   range_push("cuoptim step");
-  cuoptimStatus_t status = opt->ops->begin_step(opt, stream);
+  status = opt->ops->begin_step(opt, stream);
   if (status != CUOPTIM_STATUS_SUCCESS) {
     range_pop();
     return status;

@@ -407,7 +407,9 @@ typedef struct {
  * they list different gradients (host backend); TIMEOUT (host backend: a collective waited
  * longer than options.timeout_seconds, naming the stage); INVALID_STATE (an earlier collective
  * timed out or failed; a step captured in a CUDA graph while local accumulators hold the ranks'
- * parts, mid-cycle: capture after an applied step); MPI_ERROR, NCCL_ERROR (an NCCL call failed, or NCCL reports an
+ * parts, mid-cycle: capture after an applied step; another rank's first step failed before the
+ * ranks compared their tables, naming it: a rank whose first step fails on its own arguments or
+ * in building its state still joins that comparison, so no rank waits for it); MPI_ERROR, NCCL_ERROR (an NCCL call failed, or NCCL reports an
  * asynchronous error of earlier work; the message carries NCCL's text); NOT_SUPPORTED (over MPI,
  * a gradient of 2^31 elements or more). */
 CUOPTIM_API cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t optimizer, int n,

@@ -618,6 +618,32 @@ static void expect_timeout(const char *scenario, int ranks, int stuck, const cha
   free_result(&r);
 }
 
+/* The last rank's first step fails before the ranks compare their tables: the others fail it too,
+ * naming that rank, instead of waiting for it. */
+Test(ranks, a_first_step_that_fails_on_one_rank_fails_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
+  const char *scenarios[] = {"state_fails", "bad_first_gradient"};
+  const char *own[] = {"CUOPTIM_STATUS_ALLOC_FAILED", "CUOPTIM_STATUS_INVALID_VALUE"};
+  for (int i = 0; i < 2; i++) {
+    run_result r = mpirun(3, CUOPTIM_MPI_FAULTS, scenarios[i]);
+    cr_expect_eq(r.status, 0, "%s: exit %d\n%s%s", scenarios[i], r.status, r.out, r.err);
+    for (int k = 0; k < 3; k++) {
+      char prefix[64];
+      snprintf(prefix, sizeof prefix, "rank %d: step 1: ", k);
+      const char *line = line_starting(r.out, prefix);
+      if (k == 2)
+        cr_expect(strstr(line, own[i]) != NULL, "%s, rank 2: \"%s\"", scenarios[i], line);
+      else
+        cr_expect(strstr(line, "CUOPTIM_STATUS_INVALID_STATE") && strstr(line, "rank 2's first step failed"),
+                  "%s, rank %d: \"%s\"", scenarios[i], k, line);
+      if (i == 1) {
+        snprintf(prefix, sizeof prefix, "rank %d: step 2: CUOPTIM_STATUS_SUCCESS", k);
+        cr_expect_eq(count_lines_starting(r.out, prefix), 1, "%s, rank %d: step 2\n%s", scenarios[i], k, r.out);
+      }
+    }
+    free_result(&r);
+  }
+}
+
 /* The last rank never attaches: the others' cuoptimSetCommunicator (its MPI_Comm_idup) fails with
  * TIMEOUT after options.timeout_seconds, attaching nothing. */
 Test(ranks, a_rank_that_never_attaches_times_out_the_others, .timeout = TEST_LIMIT_SECONDS) {

@@ -21,6 +21,13 @@
  *   gradient_dtype_differs                       in step 2 the last rank's gradient 0 is bfloat16
  *   timeout_first_step, timeout_later_step       the last rank never makes (its first, its second)
  *                                                step: the others time out, then abort
+ *   state_fails                                  the last rank's state cannot be built (a variable of
+ *                                                2^40 elements): its first step fails with
+ *                                                ALLOC_FAILED, the others' with INVALID_STATE
+ *                                                naming it, none waits
+ *   bad_first_gradient                           the last rank's first step lists an unknown
+ *                                                variable: INVALID_VALUE there, INVALID_STATE on
+ *                                                the others; the next step works everywhere
  *   timeout_attach                               the last rank never calls cuoptimSetCommunicator:
  *                                                the others' call (MPI_Comm_idup) times out
  *   world_of_one_is_plain                        (-np 1) a world of one is bit for bit no world
@@ -130,6 +137,7 @@ static void setup(rig_t *g, int attach) {
     cuoptimDtype_t dtype = CUOPTIM_FLOAT32;
     if (odd && v == 1 && is("name_differs")) name = "dense/bias_other";
     if (odd && v == 1 && is("count_differs")) count = 4;
+    if (odd && v == 1 && is("state_fails")) count = (size_t)1 << 40; /* 8 TiB of state: not allocated */
     if (odd && v == 1 && is("dtype_differs")) dtype = CUOPTIM_BFLOAT16;
     cuoptimVariable_t handle;
     must("cuoptimAddVariable", cuoptimAddVariable(g->opt, name, g->params[v], dtype, count, &handle));
@@ -165,6 +173,7 @@ static cuoptimStatus_t step(rig_t *g, int s) {
     pairs[n].grad = g->grads[v];
     pairs[n].dtype = CUOPTIM_FLOAT32;
     if (odd && v == 0 && is("gradients_differ")) pairs[n].grad = NULL;
+    if (rank == last && world > 1 && s == 1 && v == 0 && is("bad_first_gradient")) pairs[n].variable = 99;
     if (odd && v == 0 && is("gradient_dtype_differs")) {
       for (int i = 0; i < MAX_COUNT; i++) g->half_grad[i] = 0x3f80; /* bfloat16 1.0 */
       pairs[n].grad = g->half_grad;
@@ -622,6 +631,12 @@ int main(int argc, char **argv) {
     status = huge_gradient();
   } else if (is("local_accumulation")) {
     status = local_accumulation();
+  } else if (is("state_fails") || is("bad_first_gradient")) {
+    rig_t g;
+    setup(&g, 1);
+    show("step 1", step(&g, 1));
+    if (is("bad_first_gradient")) show("step 2", step(&g, 2));
+    cuoptimDestroy(g.opt);
   } else if (is("timeout_attach")) {
     if (rank == last && world > 1) {
       printf("rank %d: never attaches\n", rank);
