@@ -1213,7 +1213,7 @@ int cuoptim_case_run_with(const cuoptimCase *c, cuoptimBackend_t backend, const 
   memset(&b, 0, sizeof b);
   b.backend = backend;
   int rc = 0;
-  cuoptimStatus_t st = cuoptimCreate(&opt, &c->config, backend, 0);
+  cuoptimStatus_t st = cuoptimCreate(&opt, &c->config, backend, options ? options->device : 0);
   if (st != CUOPTIM_STATUS_SUCCESS) {
     rc = library_failed(st, NULL, error, error_size);
     goto done;

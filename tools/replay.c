@@ -43,6 +43,7 @@ static const char *program = "cuoptim-replay";
 typedef struct {
   int mpi; /* MPI was initialized: this process is one rank of the launcher's world */
   int rank, world;
+  int device; /* --backend cuda: this rank's CUDA device */
 #ifdef CUOPTIM_REPLAY_NCCL
   int have_nccl; /* --backend cuda: the NCCL communicator of the ranks, made from MPI */
   ncclComm_t nccl;
@@ -66,7 +67,7 @@ static void usage(FILE *out) {
           "  --rtol X          relative tolerance of --check (default 1e-5)\n"
           "  --atol Y          absolute tolerance of --check (default 1e-6);\n"
           "                    a value passes when |got - want| <= atol + rtol * |want|\n"
-          "  --backend B       host (default) or cuda (device 0)\n"
+          "  --backend B       host (default) or cuda (device 0; with ranks, see below)\n"
           "  --shard           with ranks: shard the optimizer state across them (ZeRO-1)\n"
           "  --no-aggregate    with ranks: no reduction (options.aggregate = 0), each rank applies its\n"
           "                    own gradients as if already reduced: the ranks' results differ unless\n"
@@ -86,8 +87,9 @@ static void usage(FILE *out) {
           "ranks; a case without rank_steps runs its steps with R = 1) and the gradients are averaged\n"
           "over the ranks before each step. Rank 0 prints the result; the ranks compare theirs bit for\n"
           "bit (with --check, a \"ranks:\" line says whether they agree). The host backend reduces\n"
-          "over MPI; --backend cuda over NCCL, with a communicator made from MPI and every rank on\n"
-          "device 0 (the emulated device, or one GPU with NCCL 2.30+ and NCCL_MULTI_RANK_GPU_ENABLE=1).\n"
+          "over MPI; --backend cuda over NCCL, with a communicator made from MPI: each rank on a GPU of\n"
+          "its own where its host has as many as it has ranks, else every rank on device 0 (the emulated\n"
+          "device, or one GPU with NCCL 2.30+ and NCCL_MULTI_RANK_GPU_ENABLE=1).\n"
           "\n"
           "Exit status: 0 done (within tolerance), 1 beyond tolerance (or the ranks' results differ),\n"
           "2 bad usage or input, or a backend or feature that cannot run here, 3 the library failed on\n"
@@ -323,16 +325,25 @@ static const void *communicator_for(cuoptimBackend_t backend, char *why, size_t 
 #endif
 #ifdef CUOPTIM_REPLAY_NCCL
   if (backend == CUOPTIM_BACKEND_CUDA) {
-    /* Every rank on device 0, where the case runs: the emulated device, or one GPU with NCCL
-     * 2.30+ (NCCL_MULTI_RANK_GPU_ENABLE=1). */
+    /* One GPU per rank where the host has enough for its ranks; else every rank on device 0:
+     * the emulated device, or one GPU with NCCL 2.30+ (NCCL_MULTI_RANK_GPU_ENABLE=1). */
     if (!ranks.have_nccl) {
       char err[512];
       nccl_bootstrap_info_t where = {0, 0, 0, 0};
-      if (nccl_bootstrap_from_mpi(&ranks.nccl, MPI_COMM_WORLD, 0, &where, err, sizeof err) != 0) {
+      int devices = 0, local_ranks = 1;
+      MPI_Comm local;
+      if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, ranks.rank, MPI_INFO_NULL, &local) == MPI_SUCCESS) {
+        MPI_Comm_size(local, &local_ranks);
+        MPI_Comm_free(&local);
+      }
+      if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
+      if (nccl_bootstrap_from_mpi(&ranks.nccl, MPI_COMM_WORLD, devices >= local_ranks ? -1 : 0, &where, err,
+                                  sizeof err) != 0) {
         snprintf(why, size, "--backend cuda with ranks: %.200s", err);
         return NULL;
       }
       ranks.have_nccl = 1;
+      ranks.device = where.device;
     }
     return &ranks.nccl;
   }
@@ -472,6 +483,7 @@ static int plan_run(const cuoptimCase *c, const options_t *o, cuoptimCaseRunOpti
   run->comm_options.shard_state = o->shard;
   run->comm_options.accumulate_locally = !o->every_micro_step;
   run->comm_options.timeout_seconds = o->timeout;
+  run->device = ranks.device;
   return EXIT_PASS;
 }
 
