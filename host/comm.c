@@ -136,7 +136,10 @@ static uint64_t variable_hash(const cuoptimVariableRec *v) {
   uint64_t count = v->count, dtype = (uint64_t)v->dtype;
   uint64_t h = fnv1a(FNV_OFFSET, v->name, strlen(v->name) + 1);
   h = fnv1a(h, &count, sizeof count);
-  return fnv1a(h, &dtype, sizeof dtype);
+  h = fnv1a(h, &dtype, sizeof dtype);
+  uint64_t rank = (uint64_t)v->rank;
+  h = fnv1a(h, &rank, sizeof rank);
+  return fnv1a(h, v->dims, (size_t)v->rank * sizeof v->dims[0]);
 }
 
 /* What every rank tells the others at the first step: everything that must agree. */
@@ -204,11 +207,16 @@ typedef struct {
   char name[CUOPTIM_MAX_NAME];
   uint64_t count, dtype;
   uint64_t present; /* 0: the rank has fewer variables */
+  int64_t rank, dims[CUOPTIM_MAX_DIMS];
 } variable_record;
 
 static void describe_variable(char *out, size_t size, const variable_record *v) {
-  snprintf(out, size, "\"%s\" (%llu %s)", v->name, (unsigned long long)v->count,
-           cuoptim_dtype_name((cuoptimDtype_t)v->dtype));
+  char shape[CUOPTIM_MAX_DIMS * 22 + 3] = "[";
+  for (int64_t d = 0; d < v->rank && d < CUOPTIM_MAX_DIMS; d++)
+    snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%lld", d ? ", " : "", (long long)v->dims[d]);
+  snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "]");
+  snprintf(out, size, "\"%s\" (%llu %s, shape %s)", v->name, (unsigned long long)v->count,
+           cuoptim_dtype_name((cuoptimDtype_t)v->dtype), shape);
 }
 
 /* The first position `k` where rank `r`'s table differs from rank 0's (a variable with another
@@ -257,11 +265,13 @@ static cuoptimStatus_t name_differing_variable(cuoptimOptimizer_t opt, const uin
       record.count = v->count;
       record.dtype = (uint64_t)v->dtype;
       record.present = 1;
+      record.rank = v->rank;
+      for (int d = 0; d < v->rank; d++) record.dims[d] = v->dims[d];
     }
     status = c->ops->allgather_host(opt, &record, records, sizeof record, "the variable table check");
   }
   if (status == CUOPTIM_STATUS_SUCCESS) {
-    char first[CUOPTIM_MAX_NAME + 64], other[CUOPTIM_MAX_NAME + 64];
+    char first[CUOPTIM_MAX_NAME + CUOPTIM_MAX_DIMS * 22 + 64], other[CUOPTIM_MAX_NAME + CUOPTIM_MAX_DIMS * 22 + 64];
     describe_variable(first, sizeof first, &records[0]);
     describe_variable(other, sizeof other, &records[r]);
     static const char *const hint = "every rank must register the same variables, in the same order";

@@ -80,6 +80,8 @@ typedef struct cuoptimVariableRec {
   void *param;          /* caller's buffer, pointer of the backend */
   cuoptimDtype_t dtype;
   size_t count;
+  int rank;             /* the shape, row-major as Keras stores it: count = the dims' product */
+  int64_t dims[CUOPTIM_MAX_DIMS];
   int use_weight_decay; /* weight_decay set and not excluded */
   /* The elements this rank updates and keeps state for: all of them, or with sharded state its
    * share [local_offset, local_offset + local_count) (cuoptim_comm_share). local_param is

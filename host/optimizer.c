@@ -195,9 +195,66 @@ static int add_size(size_t *total, size_t bytes) {
   return 1;
 }
 
+static cuoptimStatus_t add_variable(cuoptimOptimizer_t opt, const char *name, void *param, cuoptimDtype_t dtype,
+                                    size_t count, int rank, const int64_t *dims, cuoptimVariable_t *variable,
+                                    const char *caller);
+
+/* The element count of a shape, checked: rank 0..CUOPTIM_MAX_DIMS, every dimension >= 1, the
+ * product at most 2^40 (so it cannot overflow). */
+static cuoptimStatus_t shape_count(int rank, const int64_t *dims, const char *caller, size_t *count) {
+  if (rank < 0 || rank > CUOPTIM_MAX_DIMS)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: rank = %d: must be 0 to %d", caller, rank,
+                         CUOPTIM_MAX_DIMS);
+  if (rank > 0 && !dims) return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, "%s: dims is NULL (rank %d)", caller, rank);
+  size_t product = 1;
+  for (int d = 0; d < rank; d++) {
+    if (dims[d] < 1)
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: dims[%d] = %lld: every dimension must be >= 1", caller, d,
+                           (long long)dims[d]);
+    if ((uint64_t)dims[d] > MAX_VARIABLE_COUNT / product)
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                           "%s: dims[%d] = %lld: the shape holds more than 2^40 elements (the most a variable has)",
+                           caller, d, (long long)dims[d]);
+    product *= (size_t)dims[d];
+  }
+  *count = product;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, void *param, cuoptimDtype_t dtype,
                                    size_t count, cuoptimVariable_t *variable) {
-  static const char *caller = "cuoptimAddVariable";
+  int64_t dims[1] = {(int64_t)count};
+  return add_variable(opt, name, param, dtype, count, 1, dims, variable, "cuoptimAddVariable");
+}
+
+cuoptimStatus_t cuoptimAddVariableWithShape(cuoptimOptimizer_t opt, const char *name, void *param,
+                                            cuoptimDtype_t dtype, int rank, const int64_t *dims,
+                                            cuoptimVariable_t *variable) {
+  static const char *caller = "cuoptimAddVariableWithShape";
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  size_t count = 0;
+  CUOPTIM_CHECK(shape_count(rank, dims, caller, &count));
+  return add_variable(opt, name, param, dtype, count, rank, dims, variable, caller);
+}
+
+cuoptimStatus_t cuoptimGetVariableShape(cuoptimOptimizer_t opt, cuoptimVariable_t variable, int *rank,
+                                        int64_t dims[CUOPTIM_MAX_DIMS]) {
+  static const char *caller = "cuoptimGetVariableShape";
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, rank);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, dims);
+  if (variable < 0 || variable >= opt->num_variables)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: variable = %d: no such variable (%d registered)", caller,
+                         (int)variable, opt->num_variables);
+  const cuoptimVariableRec *v = &opt->variables[variable];
+  *rank = v->rank;
+  for (int d = 0; d < CUOPTIM_MAX_DIMS; d++) dims[d] = d < v->rank ? v->dims[d] : 0;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t add_variable(cuoptimOptimizer_t opt, const char *name, void *param, cuoptimDtype_t dtype,
+                                    size_t count, int rank, const int64_t *dims, cuoptimVariable_t *variable,
+                                    const char *caller) {
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, name);
   CUOPTIM_REQUIRE_NOT_NULL(caller, param);
@@ -249,6 +306,8 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
   v->param = param;
   v->dtype = dtype;
   v->count = count;
+  v->rank = rank;
+  for (int d = 0; d < rank; d++) v->dims[d] = dims[d];
   v->use_weight_decay = applies;
   memset(&opt->step_grads[opt->num_variables], 0, sizeof *opt->step_grads);
   opt->name_index[name_slot(opt->name_index, opt->name_index_size, opt->variables, name)] = opt->num_variables + 1;

@@ -331,6 +331,27 @@ CUOPTIM_API cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t optimizer, con
                                                cuoptimDtype_t dtype, size_t count,
                                                cuoptimVariable_t *variable);
 
+/* The most dimensions a variable's shape has (cuoptimAddVariableWithShape). */
+#define CUOPTIM_MAX_DIMS 16
+
+/* cuoptimAddVariable with the variable's shape: `rank` dimensions dims[0..rank-1], row-major as
+ * Keras stores them (the last dimension varies fastest); the element count is their product.
+ * rank 0 is a scalar (one element; dims may be NULL). cuoptimAddVariable(count) registers the
+ * shape [count]. Optimizers that treat a variable by its shape (factored or matrix updates)
+ * read it; the others see only the count. On a data-parallel run the ranks also compare the
+ * shapes at the first step. Everything else is as cuoptimAddVariable.
+ * Statuses: those of cuoptimAddVariable, and INVALID_VALUE (rank below 0 or above
+ * CUOPTIM_MAX_DIMS, a dimension below 1, more than 2^40 elements), NULL_POINTER (dims NULL with
+ * rank > 0). */
+CUOPTIM_API cuoptimStatus_t cuoptimAddVariableWithShape(cuoptimOptimizer_t optimizer, const char *name, void *param,
+                                                        cuoptimDtype_t dtype, int rank, const int64_t *dims,
+                                                        cuoptimVariable_t *variable);
+
+/* The shape of `variable`: *rank and dims[0..*rank-1], the rest of dims[] set to 0.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (unknown variable). */
+CUOPTIM_API cuoptimStatus_t cuoptimGetVariableShape(cuoptimOptimizer_t optimizer, cuoptimVariable_t variable, int *rank,
+                                                    int64_t dims[CUOPTIM_MAX_DIMS]);
+
 /* The number of registered variables. Statuses: SUCCESS, NULL_POINTER. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetVariableCount(cuoptimOptimizer_t optimizer, int *count);
 

@@ -479,28 +479,31 @@ static void expect_every_rank_fails_step_1(const char *scenario, int ranks, cons
 
 Test(ranks, a_variable_name_that_differs_is_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   expect_every_rank_fails_step_1("name_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE",
-                                 "variable 1 is \"dense/bias\" (3 float32) on rank 0",
-                                 "\"dense/bias_other\" (3 float32) on rank 2");
-  expect_every_rank_fails_step_1("name_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE", "\"dense/bias\" (3 float32) on rank 0",
-                                 "\"dense/bias_other\" (3 float32) on rank 1");
+                                 "variable 1 is \"dense/bias\" (3 float32, shape [3]) on rank 0",
+                                 "\"dense/bias_other\" (3 float32, shape [3]) on rank 2");
+  expect_every_rank_fails_step_1("name_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE", "\"dense/bias\" (3 float32, shape [3]) on rank 0",
+                                 "\"dense/bias_other\" (3 float32, shape [3]) on rank 1");
 }
 
-Test(ranks, a_variable_count_or_dtype_that_differs_is_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
+Test(ranks, a_variable_count_shape_or_dtype_that_differs_is_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   expect_every_rank_fails_step_1("count_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE",
-                                 "variable 1 is \"dense/bias\" (3 float32) on rank 0",
-                                 "\"dense/bias\" (4 float32) on rank 2");
+                                 "variable 1 is \"dense/bias\" (3 float32, shape [3]) on rank 0",
+                                 "\"dense/bias\" (4 float32, shape [4]) on rank 2");
+  expect_every_rank_fails_step_1("shape_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE",
+                                 "variable 0 is \"dense/kernel\" (12 float32, shape [12]) on rank 0",
+                                 "\"dense/kernel\" (12 float32, shape [3, 4]) on rank 1");
   expect_every_rank_fails_step_1("dtype_differs", 4, "CUOPTIM_STATUS_INVALID_VALUE",
-                                 "variable 1 is \"dense/bias\" (3 float32) on rank 0",
-                                 "\"dense/bias\" (3 bfloat16) on rank 3");
+                                 "variable 1 is \"dense/bias\" (3 float32, shape [3]) on rank 0",
+                                 "\"dense/bias\" (3 bfloat16, shape [3]) on rank 3");
 }
 
 Test(ranks, a_missing_or_extra_variable_is_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   /* Rank 2 registers kernel and embedding only: its variable 1 is the embedding. */
   expect_every_rank_fails_step_1("variable_missing", 3, "CUOPTIM_STATUS_INVALID_VALUE",
-                                 "variable 1 is \"dense/bias\" (3 float32) on rank 0",
-                                 "\"embedding\" (10 float32) on rank 2");
+                                 "variable 1 is \"dense/bias\" (3 float32, shape [3]) on rank 0",
+                                 "\"embedding\" (10 float32, shape [10]) on rank 2");
   expect_every_rank_fails_step_1("extra_variable", 2, "CUOPTIM_STATUS_INVALID_VALUE",
-                                 "variable 3 is \"extra\" (5 float32) on rank 1", "rank 0 has 3 variables");
+                                 "variable 3 is \"extra\" (5 float32, shape [5]) on rank 1", "rank 0 has 3 variables");
 }
 
 /* Checkpoints of sharded state are refused (NOT_SUPPORTED, before any file is touched) on every

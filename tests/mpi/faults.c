@@ -6,6 +6,7 @@
  *
  * Scenarios (argv[1]):
  *   name_differs, count_differs, dtype_differs   the last rank's variable 1 differs
+ *   shape_differs                                the last rank's variable 0 is a 3 x 4 matrix
  *   variable_missing                             the last rank does not register variable 1
  *   extra_variable                               the last rank registers a fourth variable
  *   bucket_differs, reduce_differs, aggregate_differs, accumulate_locally_differs
@@ -140,7 +141,12 @@ static void setup(rig_t *g, int attach) {
     if (odd && v == 1 && is("state_fails")) count = (size_t)1 << 40; /* 8 TiB of state: not allocated */
     if (odd && v == 1 && is("dtype_differs")) dtype = CUOPTIM_BFLOAT16;
     cuoptimVariable_t handle;
-    must("cuoptimAddVariable", cuoptimAddVariable(g->opt, name, g->params[v], dtype, count, &handle));
+    if (odd && v == 0 && is("shape_differs")) { /* the same 12 elements as a 3 x 4 matrix */
+      const int64_t matrix[2] = {3, 4};
+      must("cuoptimAddVariableWithShape", cuoptimAddVariableWithShape(g->opt, name, g->params[v], dtype, 2, matrix, &handle));
+    } else {
+      must("cuoptimAddVariable", cuoptimAddVariable(g->opt, name, g->params[v], dtype, count, &handle));
+    }
     g->index[v] = (int)handle;
     g->num_vars++;
   }
