@@ -616,6 +616,21 @@ static void run_arena_scenario(const scenario_t *sc) {
   free_side(&plain);
 }
 
+/* One step of `s` (its gradient list of `step`) captured on `stream` and instantiated. */
+static cudaGraphExec_t capture_step(const scenario_t *sc, side_t *s, int step, cudaStream_t stream, cudaGraph_t *graph) {
+  cuoptimGradient_t list[NUM_VARS];
+  cudaGraphExec_t exec = NULL;
+  CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  cuoptimStatus_t captured = cuoptimApplyGradients(s->opt, gradient_list(sc, s, step, list), list, stream);
+  char message[1024];
+  snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
+  cudaError_t ended = cudaStreamEndCapture(stream, graph);
+  if (captured != CUOPTIM_STATUS_SUCCESS) fatal("cuoptimApplyGradients under stream capture", message);
+  CUDA(ended);
+  CUDA(cudaGraphInstantiate(&exec, *graph, 0));
+  return exec;
+}
+
 /* One step of `graphed` captured (its all-reduce included) and replayed, beside eager steps of an
  * identical optimizer on the same communicator: the same bytes, on every rank. */
 static void run_graph_scenario(const scenario_t *sc, int replays) {
@@ -639,14 +654,7 @@ static void run_graph_scenario(const scenario_t *sc, int replays) {
   }
   cudaGraph_t graph = NULL;
   cudaGraphExec_t exec = NULL;
-  CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  cuoptimStatus_t captured = cuoptimApplyGradients(graphed.opt, gradient_list(sc, &graphed, 1, list), list, stream);
-  char message[1024];
-  snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
-  cudaError_t ended = cudaStreamEndCapture(stream, &graph);
-  if (captured != CUOPTIM_STATUS_SUCCESS) fatal("cuoptimApplyGradients under stream capture", message);
-  CUDA(ended);
-  CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  exec = capture_step(sc, &graphed, 1, stream, &graph);
   for (int step = 1; step <= replays; step++) {
     upload_rank_gradients(sc, &eager, step, staging, stream);
     OK(cuoptimApplyGradients(eager.opt, gradient_list(sc, &eager, step, list), list, stream));
@@ -724,14 +732,7 @@ static void run_local_graph_scenario(const scenario_t *sc) {
       OK(cuoptimApplyGradients(both[i]->opt, gradient_list(sc, both[i], step, list), list, stream));
       CUDA(cudaStreamSynchronize(stream));
     }
-  CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  cuoptimStatus_t captured = cuoptimApplyGradients(graphed.opt, gradient_list(sc, &graphed, 0, list), list, stream);
-  char message[1024];
-  snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
-  cudaError_t ended = cudaStreamEndCapture(stream, &graph);
-  if (captured != CUOPTIM_STATUS_SUCCESS) fatal("cuoptimApplyGradients under stream capture", message);
-  CUDA(ended);
-  CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  exec = capture_step(sc, &graphed, 0, stream, &graph);
   const int replays = 2 * k + 1;
   for (int step = 2 * k; step < 2 * k + replays; step++) {
     upload_rank_gradients(sc, &eager, step, staging, stream);
