@@ -154,6 +154,10 @@ CUOPTIM_HD void cuoptim_prologue_begin(const cuoptimPrologueParams *q, const cuo
   s->nadam_one_minus_beta_1 = 1.0f - p->beta_1;
   s->nadam_one_minus_beta_2 = 1.0f - p->beta_2;
 
+  /* ScheduleFreeAdamW: the warmup of the learning rate, the averaging weight. */
+  s->sf_lr = p->sf_has_warmup ? s->lr * cuoptim_minf(t / p->sf_warmup_steps, 1.0f) : s->lr;
+  s->sf_weight = 1.0f / t;
+
   /* Ftrl (§2.11): l2 + beta / (2 lr). */
   s->ftrl_l2 = p->l2 + p->ftrl_beta / (2.0f * s->lr);
 

@@ -69,7 +69,7 @@ static void usage(FILE *out) {
       "\n"
       "optimizer (Keras's defaults unless told):\n"
       "  --optimizer NAME        SGD, RMSprop, Adagrad, Adadelta, Adam, AdamW, Adamax, Nadam, Lion, Lamb,\n"
-      "                          Ftrl (any case; default Adam)\n"
+      "                          Ftrl, ScheduleFreeAdamW (any case; default Adam)\n"
       "  --keras-json FILE       the optimizer as json.dumps(keras.optimizers.serialize(opt)) wrote it;\n"
       "                          the options below change it further\n"
       "  --lr X                  learning rate (a schedule's initial one)\n"

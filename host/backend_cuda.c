@@ -505,7 +505,8 @@ static cuoptimStatus_t cuda_check_build_stream(cuoptimOptimizer_t opt, cuoptimSt
 static cuoptimStatus_t launch_build(cuoptimOptimizer_t opt, CudaBackend *b, const cuoptimStream_t *stream) {
   static const char *what = "cuoptim: initialising the optimizer state";
   cudaStream_t target = stream ? (cudaStream_t)*stream : b->own;
-  cudaError_t err = (cudaError_t)cuoptim_launch_build(&b->step, cuoptim_slot_initial_value(&opt->config, 0), target);
+  cudaError_t err = (cudaError_t)cuoptim_launch_build(&b->step, cuoptim_slot_initial_value(&opt->config, 0),
+                                                    cuoptim_slot_copies_variable(&opt->config, 0), target);
   if (err != cudaSuccess) return cuda_fail(err, what);
   if (!stream) {
     err = cudaStreamSynchronize(target);

@@ -72,6 +72,9 @@ int cuoptim_slot_layout(const cuoptimConfig_t *config, cuoptimSlotLayout *layout
 /* Initial value of slot `slot` (Adagrad's and Ftrl's accumulators start at
  * initial_accumulator_value, everything else at 0). */
 float cuoptim_slot_initial_value(const cuoptimConfig_t *config, int slot);
+/* Whether slot `slot` starts as a copy of the variable (ScheduleFreeAdamW's momentum), not as
+ * cuoptim_slot_initial_value. */
+int cuoptim_slot_copies_variable(const cuoptimConfig_t *config, int slot);
 
 /* ---- the optimizer object -------------------------------------------------------------------- */
 

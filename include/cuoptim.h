@@ -3,8 +3,8 @@
  *
  * cuoptim performs the optimizer step of neural-network training with the exact numerics of
  * Keras 3 (tf.keras.optimizers): SGD, RMSprop, Adagrad, Adadelta, Adam, AdamW, Adamax, Nadam,
- * Lion, Lamb and Ftrl, with learning-rate schedules, clipping, decoupled weight decay, EMA,
- * gradient accumulation and loss scaling. The host owns its parameter and gradient buffers;
+ * Lion, Lamb, Ftrl and ScheduleFreeAdamW, with learning-rate schedules, clipping, decoupled weight
+ * decay, EMA, gradient accumulation and loss scaling. The host owns its parameter and gradient buffers;
  * cuoptim owns the optimizer state.
  *
  * Two backends run the same step:
@@ -114,8 +114,16 @@ typedef enum {
   CUOPTIM_LION = 8,
   CUOPTIM_LAMB = 9,
   CUOPTIM_FTRL = 10,
+  CUOPTIM_SCHEDULE_FREE_ADAMW = 11,
   CUOPTIM_OPTIMIZER_COUNT
 } cuoptimOptimizerKind_t;
+/* CUOPTIM_SCHEDULE_FREE_ADAMW is keras.optimizers.ScheduleFreeAdamW: the variable is Keras's y, its
+ * "momentum" slot the sequence z (it starts as the variable), "velocity" Adam's second moment;
+ * the averaged point x that Schedule-Free evaluates is (y - (1 - beta_1) z) / beta_1. Keras on
+ * JAX's CPU backend divides an array by a scalar (here by 1 - beta_2^t and by beta_1) as a
+ * multiplication by the scalar's float32 reciprocal; cuoptim divides, as Keras's other backends
+ * do, so its results differ from JAX's by a few float32 ulps (at most 1.4e-6 absolute, 1.3e-5
+ * relative on the reference cases). */
 
 /* The Keras class name ("SGD", "RMSprop", "Adam", ...) or NULL for an unknown kind. */
 CUOPTIM_API const char *cuoptimOptimizerName(cuoptimOptimizerKind_t kind);
@@ -197,9 +205,10 @@ typedef struct {
   int64_t gradient_accumulation_steps;  /* 0 = None, else >= 2 (any int64, as Keras's int) */
 
   /* Per optimizer; defaults per kind from cuoptimConfigInit. */
-  double beta_1;   /* Adam, AdamW, Adamax, Nadam, Lamb 0.9; Lion 0.9 */
-  double beta_2;   /* Adam, AdamW, Adamax, Nadam, Lamb 0.999; Lion 0.99 */
-  double epsilon;  /* 1e-7 (RMSprop, Adagrad, Adadelta, Adam*, Nadam, Lamb) */
+  double beta_1;   /* Adam, AdamW, Adamax, Nadam, Lamb, ScheduleFreeAdamW 0.9; Lion 0.9 */
+  double beta_2;   /* Adam, AdamW, Adamax, Nadam, Lamb, ScheduleFreeAdamW 0.999; Lion 0.99 */
+  double epsilon;  /* 1e-7 (RMSprop, Adagrad, Adadelta, Adam*, Nadam, Lamb); ScheduleFreeAdamW 1e-8 */
+  double warmup_steps; /* ScheduleFreeAdamW 0: the learning rate rises linearly over these steps */
   double rho;      /* RMSprop 0.9, Adadelta 0.95 */
   double momentum; /* SGD 0.0 (must lie in [0, 1]), RMSprop 0.0 */
   int nesterov;    /* SGD */

@@ -122,7 +122,8 @@ Test(api, version_macro_equals_library_version) {
 
 Test(api, optimizer_names_are_keras_class_names) {
   static const char *const names[CUOPTIM_OPTIMIZER_COUNT] = {
-      "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Lion", "Lamb", "Ftrl"};
+      "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Lion", "Lamb", "Ftrl",
+      "ScheduleFreeAdamW"};
   for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++) {
     const char *name = cuoptimOptimizerName((cuoptimOptimizerKind_t)k);
     cr_assert_not_null(name, "kind %d", k);
@@ -190,14 +191,16 @@ Test(api, config_init_unknown_kind) {
  * test_optimizer_auto_naming: "adam", "sgd", "adam_w"; the others from real Keras 3.15.1). */
 Test(api, config_init_gives_keras_defaults) {
   static const char *const names[CUOPTIM_OPTIMIZER_COUNT] = {
-      "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl"};
+      "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl",
+      "schedule_free_adam_w"};
   for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++) {
     cuoptimConfig_t c = test_config((cuoptimOptimizerKind_t)k);
     const char *kn = cuoptimOptimizerName((cuoptimOptimizerKind_t)k);
     cr_assert_eq(c.kind, (cuoptimOptimizerKind_t)k);
     cr_assert_str_eq(c.name, names[k], "%s name", kn);
     cr_assert_eq(c.learning_rate.kind, CUOPTIM_SCHEDULE_CONSTANT, "%s", kn);
-    cr_assert_eq(c.learning_rate.initial_learning_rate, k == CUOPTIM_SGD ? 0.01 : 0.001, "%s learning rate", kn);
+    cr_assert_eq(c.learning_rate.initial_learning_rate,
+                 k == CUOPTIM_SGD ? 0.01 : k == CUOPTIM_SCHEDULE_FREE_ADAMW ? 0.0025 : 0.001, "%s learning rate", kn);
     if (k == CUOPTIM_ADAMW)
       cr_assert_eq(c.weight_decay, 0.004);
     else
@@ -211,7 +214,8 @@ Test(api, config_init_gives_keras_defaults) {
     cr_assert_eq(c.gradient_accumulation_steps, 0);
     cr_assert_eq(c.beta_1, 0.9, "%s beta_1", kn);
     cr_assert_eq(c.beta_2, k == CUOPTIM_LION ? 0.99 : 0.999, "%s beta_2", kn);
-    cr_assert_eq(c.epsilon, 1e-7, "%s epsilon", kn);
+    cr_assert_eq(c.epsilon, k == CUOPTIM_SCHEDULE_FREE_ADAMW ? 1e-8 : 1e-7, "%s epsilon", kn);
+    cr_assert_eq(c.warmup_steps, 0.0, "%s warmup_steps", kn);
     if (k == CUOPTIM_RMSPROP) cr_assert_eq(c.rho, 0.9);
     if (k == CUOPTIM_ADADELTA) cr_assert_eq(c.rho, 0.95);
     cr_assert_eq(c.momentum, 0.0);
