@@ -377,6 +377,224 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep
   }
 }
 
+/* ---- update, specialized: the step configuration's flags as compile-time constants ---------- */
+
+/* An instance is named by SPEC = KIND | features << 8 (one template argument, so that a launch
+ * macro's argument list holds it). Its flags are those of cuoptim_update_features: the rules get
+ * a copy of the parameters whose flag fields are constants, so the inline rules fold to the
+ * configured path, and the loop carries no flag, no NULL test and no dtype switch. */
+template <int SPEC>
+struct FixedSpec {
+  static constexpr int kind = SPEC & 0xff;
+  static constexpr unsigned features = (unsigned)SPEC >> 8;
+  static constexpr bool global_clip = (features & CUOPTIM_UPDATE_GLOBAL_CLIP) != 0;
+  static constexpr bool master = (features & CUOPTIM_UPDATE_MASTER) != 0;
+  static constexpr bool momentum = (features & CUOPTIM_UPDATE_MOMENTUM) != 0;
+  /* Slots the rule reads and writes (the optional ones are off in a fixed instance). */
+  static constexpr int slots = kind == CUOPTIM_SGD       ? (momentum ? 1 : 0)
+                               : kind == CUOPTIM_RMSPROP ? 1
+                               : kind == CUOPTIM_ADAGRAD || kind == CUOPTIM_LION ? 1
+                                                                                 : 2;
+};
+
+template <int SPEC>
+__device__ __forceinline__ cuoptimRuleParams fixed_params(const cuoptimRuleParams &p) {
+  typedef FixedSpec<SPEC> F;
+  cuoptimRuleParams q = p;
+  q.kind = F::kind;
+  q.clip = F::global_clip ? CUOPTIM_CLIP_GLOBAL_NORM : CUOPTIM_CLIP_NONE;
+  q.has_loss_scale_factor = 0;
+  q.dynamic_loss_scale = 0;
+  q.use_ema = 0;
+  q.mean_over_ranks = 0;
+  q.accumulation_steps = 0;
+  q.nesterov = 0;
+  q.centered = 0;
+  q.amsgrad = 0;
+  q.has_momentum = F::momentum;
+  return q;
+}
+
+/* A pointer the optimizer cannot see through: the chunk's base pointers stay as computed, so each
+ * access is base + 32-bit offset (one IMAD.WIDE) instead of the whole 64-bit index rebuilt from
+ * the chunk start and the offset, shared between the buffers (ptxas's choice without this). */
+template <typename T>
+__device__ __forceinline__ T *opaque(T *p) {
+#ifndef CUOPTIM_EMULATED_DEVICE
+  asm("" : "+l"(p));
+#endif
+  return p;
+}
+
+/* The same for a loop's offset: each access stays base + offset (one IMAD.WIDE per buffer)
+ * rather than becoming a 64-bit pointer stepped by two adds per buffer. */
+__device__ __forceinline__ uint32_t opaque_offset(uint32_t i) {
+#ifndef CUOPTIM_EMULATED_DEVICE
+  asm("" : "+r"(i));
+#endif
+  return i;
+}
+
+/* Four elements of a dtype known at compile time, at a 32-bit offset from a chunk's start. */
+template <int DT>
+__device__ __forceinline__ void load4t(const void *base, uint32_t i, float out[4]) {
+  load4(base, DT, i, out);
+}
+
+template <int DT>
+__device__ __forceinline__ void store4t(void *base, uint32_t i, const float in[4]) {
+  store4(base, DT, i, in);
+}
+
+/* The buffers of one chunk, at its first element (DT: the parameters' and the gradient's dtype). */
+template <int SPEC, int DT>
+struct FixedChunk {
+  const void *grad;
+  float *w;   /* the float32 working copy: the parameters, or the master */
+  void *half; /* the master's half copy (DT != float32) */
+  float *s0, *s1;
+};
+
+/* Four consecutive elements of every buffer the rule touches. */
+struct FixedVectors {
+  float g[4], w[4], a0[4], a1[4];
+};
+
+/* The same buffers at element i of the chunk. */
+template <int SPEC, int DT>
+__device__ __forceinline__ FixedChunk<SPEC, DT> fixed_at(const FixedChunk<SPEC, DT> &c, uint32_t i) {
+  typedef FixedSpec<SPEC> F;
+  FixedChunk<SPEC, DT> e;
+  e.grad = (const char *)c.grad + (size_t)i * (DT == CUOPTIM_FLOAT32 ? 4 : 2);
+  e.w = c.w + i;
+  e.half = (char *)c.half + (size_t)i * 2;
+  e.s0 = F::slots > 0 ? c.s0 + i : NULL;
+  e.s1 = F::slots > 1 ? c.s1 + i : NULL;
+  return e;
+}
+
+template <int SPEC, int DT>
+__device__ __forceinline__ void fixed_load(const FixedChunk<SPEC, DT> &c, uint32_t i, FixedVectors &x) {
+  typedef FixedSpec<SPEC> F;
+  load4t<DT>(c.grad, i, x.g);
+  load4f(c.w, i, x.w);
+  if (F::slots > 0) load4f(c.s0, i, x.a0);
+  if (F::slots > 1) load4f(c.s1, i, x.a1);
+}
+
+template <int SPEC, bool DECAY>
+__device__ __forceinline__ void fixed_apply(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
+                                            FixedVectors &x) {
+  const cuoptimTensorScalars t = {}; /* read by no fixed rule (clipnorm and Lamb are generic) */
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    float s2 = 0.0f, acc = 0.0f; /* no amsgrad, no accumulation */
+    cuoptim_update_element(&q, &s, &t, DECAY, x.g[k], &x.w[k], &x.a0[k], &x.a1[k], &s2, &acc);
+  }
+}
+
+template <int SPEC, int DT>
+__device__ __forceinline__ void fixed_store(const FixedChunk<SPEC, DT> &c, uint32_t i, const FixedVectors &x) {
+  typedef FixedSpec<SPEC> F;
+  store4f(c.w, i, x.w);
+  if (DT != CUOPTIM_FLOAT32) store4t<DT>(c.half, i, x.w);
+  if (F::slots > 0) store4f(c.s0, i, x.a0);
+  if (F::slots > 1) store4f(c.s1, i, x.a1);
+}
+
+/* One chunk of one variable with a gradient (DECAY: the variable's weight decay). Offsets inside
+ * the chunk are 32-bit. A whole, vectorizable chunk runs a two-deep software pipeline: the loads
+ * of the next 4 elements are in flight while these are computed (8 elements, 128 bytes for Adam,
+ * per thread); the last chunk of a variable, and unaligned buffers, a plain loop and a scalar
+ * tail. */
+template <int SPEC, int DT, bool DECAY>
+__device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
+                                            const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g,
+                                            uint64_t begin, uint32_t n) {
+  typedef FixedSpec<SPEC> F;
+  const size_t bytes = DT == CUOPTIM_FLOAT32 ? 4 : 2; /* of a parameter and a gradient element */
+  FixedChunk<SPEC, DT> c;
+  c.grad = opaque((const char *)g.grad + begin * bytes);
+  c.w = opaque((DT == CUOPTIM_FLOAT32 ? (float *)v.param : v.master) + begin);
+  c.half = opaque((char *)v.param + begin * bytes);
+  c.s0 = F::slots > 0 ? opaque(v.slots[0] + begin) : NULL;
+  c.s1 = F::slots > 1 ? opaque(v.slots[1] + begin) : NULL;
+  const uint32_t stride = 4 * CUOPTIM_BLOCK;
+  uint32_t vector_end = 0;
+  if (vectorizable(v, g)) {
+    vector_end = n / 4 * 4;
+    if (n == CUOPTIM_CHUNK) {
+      /* CUOPTIM_CHUNK / stride steps per thread, an even number: two per iteration, at one
+       * address per buffer and a constant offset (the loop's cost shared by 8 elements). */
+#pragma unroll 1
+      for (uint32_t i = 4 * threadIdx.x; i < CUOPTIM_CHUNK; i += 2 * stride) {
+        const FixedChunk<SPEC, DT> e = fixed_at(c, opaque_offset(i));
+        FixedVectors a, b;
+        fixed_load(e, 0, a);
+        fixed_apply<SPEC, DECAY>(q, s, a);
+        fixed_store(e, 0, a);
+        fixed_load(e, stride, b);
+        fixed_apply<SPEC, DECAY>(q, s, b);
+        fixed_store(e, stride, b);
+      }
+      return;
+    }
+#pragma unroll 1
+    for (uint32_t i = 4 * threadIdx.x; i < vector_end; i += stride) {
+      FixedVectors x;
+      fixed_load(c, i, x);
+      fixed_apply<SPEC, DECAY>(q, s, x);
+      fixed_store(c, i, x);
+    }
+  }
+  for (uint32_t i = vector_end + threadIdx.x; i < n; i += CUOPTIM_BLOCK) {
+    float wi = c.w[i], a0 = F::slots > 0 ? c.s0[i] : 0.0f, a1 = F::slots > 1 ? c.s1[i] : 0.0f, a2 = 0.0f, acc = 0.0f;
+    const cuoptimTensorScalars t = {};
+    cuoptim_update_element(&q, &s, &t, DECAY, load_scalar(c.grad, DT, i), &wi, &a0, &a1, &a2, &acc);
+    c.w[i] = wi;
+    if (DT != CUOPTIM_FLOAT32) store_scalar(c.half, DT, i, wi);
+    if (F::slots > 0) c.s0[i] = a0;
+    if (F::slots > 1) c.s1[i] = a1;
+  }
+}
+
+template <int SPEC, int DT>
+__device__ __forceinline__ void fixed_chunk_decay(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
+                                                  const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g,
+                                                  uint64_t begin, uint32_t n) {
+  if (v.use_weight_decay)
+    fixed_chunk<SPEC, DT, true>(q, s, v, g, begin, n);
+  else
+    fixed_chunk<SPEC, DT, false>(q, s, v, g, begin, n);
+}
+
+/* The configurations of cuoptim_update_features with CUOPTIM_UPDATE_FIXED: no skip, no
+ * micro-step, no EMA, so a variable without a gradient is left as it is. */
+/* Five blocks of CUOPTIM_BLOCK threads per SM: at most 48 registers a thread. */
+#define FIXED_MIN_BLOCKS 1
+
+template <int SPEC>
+__global__ void __launch_bounds__(CUOPTIM_BLOCK, FIXED_MIN_BLOCKS) update_fixed_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+  typedef FixedSpec<SPEC> F;
+  __shared__ cuoptimStepScalars shared_scalars;
+  /* The chunk's descriptors are loaded while thread 0 fetches the scalars. */
+  const cuoptimChunk c = step.chunks[blockIdx.x];
+  const cuoptimDeviceVariable v = step.variables[c.variable];
+  const cuoptimDeviceGradient g = step.grads[c.variable];
+  load_scalars(&shared_scalars, step.scalars);
+  if (g.grad == NULL) return;
+  const cuoptimStepScalars s = shared_scalars;
+  const cuoptimRuleParams q = fixed_params<SPEC>(p);
+  const uint64_t begin = (uint64_t)c.chunk * CUOPTIM_CHUNK;
+  const uint32_t n = (uint32_t)(begin + CUOPTIM_CHUNK < v.count ? CUOPTIM_CHUNK : v.count - begin);
+  if (!F::master || v.param_dtype == CUOPTIM_FLOAT32)
+    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT32>(q, s, v, g, begin, n);
+  else if (v.param_dtype == CUOPTIM_FLOAT16)
+    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT16>(q, s, v, g, begin, n);
+  else
+    fixed_chunk_decay<SPEC, CUOPTIM_BFLOAT16>(q, s, v, g, begin, n);
+}
+
 /* ---- Lamb: pass 1 (moments, norms), ratio, pass 2 (apply, EMA) ---------------------------- */
 
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
@@ -555,9 +773,59 @@ extern "C" int cuoptim_launch_lamb_pass2(const cuoptimDeviceStep *step, const cu
   return (int)cudaGetLastError();
 }
 
+template <int KIND>
+static void launch_fixed_kind(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, cudaStream_t stream) {
+  const unsigned f = step->features & (CUOPTIM_UPDATE_GLOBAL_CLIP | CUOPTIM_UPDATE_MASTER | CUOPTIM_UPDATE_MOMENTUM);
+#define FIXED_CASE(features)                                                                                  \
+  case (features):                                                                                            \
+    CUOPTIM_LAUNCH(update_fixed_kernel<KIND | (int)(features) << 8>, chunk_grid(step), CUOPTIM_BLOCK, stream, \
+                   *step, *p);                                                                                \
+    break;
+  switch (f) {
+    FIXED_CASE(0)
+    FIXED_CASE(CUOPTIM_UPDATE_GLOBAL_CLIP)
+    FIXED_CASE(CUOPTIM_UPDATE_MASTER)
+    default: launch_update_kind<KIND>(step, p, stream); break;
+  }
+}
+
+/* SGD's instances with momentum too. */
+static void launch_fixed_sgd(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, cudaStream_t stream) {
+  const int KIND = CUOPTIM_SGD;
+  const unsigned f = step->features & (CUOPTIM_UPDATE_GLOBAL_CLIP | CUOPTIM_UPDATE_MASTER | CUOPTIM_UPDATE_MOMENTUM);
+  switch (f) {
+    FIXED_CASE(0)
+    FIXED_CASE(CUOPTIM_UPDATE_GLOBAL_CLIP)
+    FIXED_CASE(CUOPTIM_UPDATE_MASTER)
+    FIXED_CASE(CUOPTIM_UPDATE_MOMENTUM)
+    FIXED_CASE(CUOPTIM_UPDATE_MOMENTUM | CUOPTIM_UPDATE_GLOBAL_CLIP)
+    FIXED_CASE(CUOPTIM_UPDATE_MOMENTUM | CUOPTIM_UPDATE_MASTER)
+    default: launch_update_kind<CUOPTIM_SGD>(step, p, stream); break;
+  }
+#undef FIXED_CASE
+}
+
+/* A step whose features name a fixed instance (cuoptim_update_features). */
+static bool launch_fixed(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, cudaStream_t st) {
+  if (!(step->features & CUOPTIM_UPDATE_FIXED)) return false;
+  switch (p->kind) {
+    case CUOPTIM_SGD: launch_fixed_sgd(step, p, st); return true;
+    case CUOPTIM_RMSPROP: launch_fixed_kind<CUOPTIM_RMSPROP>(step, p, st); return true;
+    case CUOPTIM_ADAGRAD: launch_fixed_kind<CUOPTIM_ADAGRAD>(step, p, st); return true;
+    case CUOPTIM_ADADELTA: launch_fixed_kind<CUOPTIM_ADADELTA>(step, p, st); return true;
+    case CUOPTIM_ADAM:
+    case CUOPTIM_ADAMW: launch_fixed_kind<CUOPTIM_ADAM>(step, p, st); return true;
+    case CUOPTIM_ADAMAX: launch_fixed_kind<CUOPTIM_ADAMAX>(step, p, st); return true;
+    case CUOPTIM_NADAM: launch_fixed_kind<CUOPTIM_NADAM>(step, p, st); return true;
+    case CUOPTIM_LION: launch_fixed_kind<CUOPTIM_LION>(step, p, st); return true;
+    default: return false; /* Lamb (two passes), Ftrl (its power's branches are the rule's) */
+  }
+}
+
 extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
   RETURN_IF_NO_CHUNKS(step);
   cudaStream_t st = (cudaStream_t)stream;
+  if (launch_fixed(step, p, st)) return (int)cudaGetLastError();
   switch (p->kind) {
     case CUOPTIM_SGD: launch_update_kind<CUOPTIM_SGD>(step, p, st); break;
     case CUOPTIM_RMSPROP: launch_update_kind<CUOPTIM_RMSPROP>(step, p, st); break;

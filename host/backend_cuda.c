@@ -63,6 +63,7 @@ typedef struct {
   cuoptimChunkPartial *partials;    /* device */
   cuoptimPrologueParams *prologue;  /* device */
   cuoptimDeviceGradient *uploaded;  /* host: what the device table holds */
+  int any_half_variable;            /* some variable has half parameters (and a float32 master) */
   cuoptimGradientBatch *batch;      /* host scratch of the scatter launch */
 } CudaBackend;
 
@@ -394,6 +395,7 @@ static int64_t chunks_of(size_t count) { return (int64_t)((count + CUOPTIM_CHUNK
 /* Tables: variables, chunk list, prologue constants; then the build kernel fills the slots. */
 static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   free_tables(b); /* a retry after a failed build starts clean */
+  b->any_half_variable = 0;
   int n = opt->num_variables;
   int64_t total_chunks = 0;
   for (int k = 0; k < n; k++) total_chunks += chunks_of(opt->variables[k].local_count);
@@ -423,6 +425,7 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
     d->param_dtype = v->dtype;
     d->use_weight_decay = v->use_weight_decay;
     d->first_chunk = next;
+    if (v->dtype != CUOPTIM_FLOAT32) b->any_half_variable = 1;
     for (int64_t c = 0; c < chunks_of(v->local_count); c++) {
       chunks[next].variable = k;
       chunks[next].chunk = (int32_t)c;
@@ -526,6 +529,11 @@ static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStre
    * (a replay may change it behind our back). */
   int capturing = b->capturing;
   cudaError_t err = cudaSuccess;
+  /* The update instance reads each gradient in its variable's dtype (cuoptim_update_features). */
+  int gradients_match = 1;
+  for (int j = 0; j < n; j++)
+    if (opt->step_grads[j].grad && opt->step_grads[j].dtype != opt->variables[j].dtype) gradients_match = 0;
+  b->step.features = cuoptim_update_features(&opt->prologue.rule, b->any_half_variable, gradients_match);
   int k = 0;
   while (k < n) {
     const cuoptimStepGradient *g = &opt->step_grads[k];
