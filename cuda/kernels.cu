@@ -1,20 +1,25 @@
 /*
- * kernels.cu — the fused step on the GPU, one launch per stage for every variable.
+ * kernels.cu — the fused step on the GPU: per step two launches (prologue, update), three with an
+ * inspect pass, Lamb's two passes in place of the update.
  *
  * Work is a list of chunks (variable, chunk index) built at registration; one thread block
  * handles one chunk of CUOPTIM_CHUNK elements. Each element is updated by the same functions
  * the host backend calls (rules.h); per-step scalars come from device memory (prologue.h), so a
  * step needs no host read and can be captured in a CUDA graph.
  *
- *   inspect   sums of squares of the gradient entering clipping, per chunk; non-finite flag
- *   prologue  per-variable sums in chunk order (one warp per variable, many blocks), then one
- *             block: learning rate, bias corrections, global sum,
- *             clip scales, skip decision
- *   update    unscale, accumulate, clip, weight decay, rule, EMA, master -> half copy
- *             (Lamb: pass 1 moments + norms, per-variable trust ratio, pass 2 apply)
- *   finish    iterations, loss scale, Nadam's u_product
+ *   inspect   sums of squares of the gradient entering clipping, per chunk; non-finite flag;
+ *             the block of each variable's last chunk adds the variable's (a counter per
+ *             variable), in chunk order
+ *   prologue  one block: learning rate, bias corrections (only those the rule reads), global
+ *             sum, clip scales, skip decision; then the state's advance (iterations, loss scale,
+ *             Nadam's u_product), which nothing later in the step reads
+ *   update    unscale, accumulate, clip, weight decay, rule, EMA, master -> half copy: an
+ *             instance compiled for the step's features where one fits (cuda/launch.h), else the
+ *             generic kernel (Lamb: pass 1 moments + norms, per-variable trust ratio in the
+ *             last block, pass 2 apply)
  *
- * Deterministic: partial sums go to fixed slots and are added in a fixed order; no float atomics.
+ * Deterministic: partial sums go to fixed slots and are added in a fixed order; no float atomics
+ * (the per-variable counters are integers and decide only who adds, not in which order).
  * Loads are 16-byte vectors where every buffer of the variable is 16-byte aligned (4 elements at
  * a time), scalar otherwise and for the tail.
  */
@@ -162,6 +167,82 @@ __device__ __forceinline__ ChunkRange chunk_range(const cuoptimDeviceVariable &v
   return r;
 }
 
+/* ---- per-variable sums: the last chunk of a variable adds its chunks' partials --------------- */
+
+/* Fixed-order warp sum (the same tree every run). */
+__device__ __forceinline__ double warp_sum(double x) {
+  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_down_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+/* A partial another block wrote in this launch: read at L2, past this SM's L1. */
+__device__ __forceinline__ cuoptimChunkPartial load_partial(const cuoptimChunkPartial *p) {
+#ifdef CUOPTIM_EMULATED_DEVICE
+  return *p;
+#else
+  cuoptimChunkPartial out;
+  out.a = __ldcg(&p->a);
+  out.b = __ldcg(&p->b);
+  out.nonfinite = __ldcg(&p->nonfinite);
+  out.reserved = 0;
+  return out;
+#endif
+}
+
+/* Variable k's sums of its chunks' partials, by one warp: lanes over the chunks in order, then a
+ * fixed tree — the same additions in the same order whichever block runs it, so the result is
+ * that of a separate reduction launch, bit for bit. lamb = 0: the gradient's sums and non-finite
+ * flags (then the clip denominator); lamb = 1: Lamb's two sums and its trust ratio. */
+__device__ void reduce_variable(const cuoptimDeviceStep &step, int32_t k, int lamb) {
+  const int lane = threadIdx.x % 32;
+  int64_t first = step.variables[k].first_chunk;
+  int64_t last = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
+  double a = 0.0, b = 0.0;
+  int nonfinite = 0;
+  for (int64_t j = first + lane; j < last; j += 32) {
+    const cuoptimChunkPartial partial = load_partial(&step.partials[j]);
+    a += partial.a;
+    b += partial.b;
+    nonfinite |= partial.nonfinite;
+  }
+  a = warp_sum(a);
+  b = warp_sum(b);
+  nonfinite = __any_sync(0xffffffffu, nonfinite);
+  if (lane != 0) return;
+  cuoptimTensorScalars *t = &step.tensors[k];
+  if (lamb) {
+    t->lamb_w_sumsq = a;
+    t->lamb_u_sumsq = b;
+    t->lamb_ratio = cuoptim_lamb_ratio(a, b);
+  } else {
+    t->grad_sumsq = a;
+    t->nonfinite = nonfinite;
+    cuoptim_prologue_tensor(step.prologue, t);
+  }
+}
+
+/* After a block's thread 0 wrote its chunk's partial: the block that completes a variable's last
+ * chunk (a counter per variable, reset by that block for the next launch) forms the variable's
+ * sums. Deterministic: which block that is varies, the additions do not. With fold = 0 (some
+ * variable has no chunk here: a separate launch writes every variable) nothing happens. */
+__device__ __forceinline__ void reduce_when_last(const cuoptimDeviceStep &step, int32_t k, int lamb, int fold) {
+  __shared__ int last;
+  if (!fold) return;
+  if (threadIdx.x == 0) {
+    int64_t first = step.variables[k].first_chunk;
+    int64_t end = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
+    __threadfence(); /* this block's partial before its count */
+    unsigned done = atomicAdd(&step.chunks_done[k], 1u) + 1;
+    last = done == (unsigned)(end - first);
+    if (last) {
+      step.chunks_done[k] = 0;
+      __threadfence(); /* the other blocks' partials after their counts */
+    }
+  }
+  __syncthreads();
+  if (last && threadIdx.x < 32) reduce_variable(step, k, lamb);
+}
+
 /* ---- inspect ------------------------------------------------------------------------------ */
 
 __device__ __forceinline__ void inspect_element(const cuoptimRuleParams &p, float loss_scale, float raw, float acc,
@@ -171,7 +252,8 @@ __device__ __forceinline__ void inspect_element(const cuoptimRuleParams &p, floa
   sumsq += (double)x * (double)x;
 }
 
-__global__ void __launch_bounds__(CUOPTIM_BLOCK) inspect_gradients_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) inspect_gradients_kernel(cuoptimDeviceStep step, cuoptimRuleParams p,
+                                                                          int fold) {
   __shared__ double shared[CUOPTIM_BLOCK];
   const cuoptimChunk c = step.chunks[blockIdx.x];
   const cuoptimDeviceVariable v = step.variables[c.variable];
@@ -202,57 +284,38 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) inspect_gradients_kernel(cuopti
     step.partials[blockIdx.x].a = total;
     step.partials[blockIdx.x].nonfinite = any;
   }
+  reduce_when_last(step, c.variable, 0, fold);
 }
 
 /* ---- prologue ----------------------------------------------------------------------------- */
 
-/* Fixed-order warp sum (the same tree every run). */
-__device__ __forceinline__ double warp_sum(double x) {
-  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_down_sync(0xffffffffu, x, offset);
-  return x;
-}
-
-/* Per variable, the sums of its chunks' partials, in many blocks: one warp per variable, lanes
- * over its chunks, then a fixed tree — deterministic, and 10,000 variables cost one wave instead
- * of one block's serial walk; a 2^28-element variable (32,768 chunks) costs 1,024 loads per lane.
- * lamb = 0: gradient sums and non-finite flags (then the clip denominator); lamb = 1: Lamb's two
- * sums and its trust ratio. */
+/* Per variable, the sums of its chunks' partials in a launch of their own (reduce_variable: one
+ * warp per variable): where some variable has no chunk on this rank (sharded state), so that no
+ * chunk's block would write its sums. */
 #define REDUCE_WARPS_PER_BLOCK (CUOPTIM_BLOCK / 32)
 
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) reduce_variables_kernel(cuoptimDeviceStep step, int lamb) {
-  const int lane = threadIdx.x % 32;
   const int k = blockIdx.x * REDUCE_WARPS_PER_BLOCK + threadIdx.x / 32;
   if (k >= step.num_variables) return; /* whole warps leave together */
-  int64_t first = step.variables[k].first_chunk;
-  int64_t last = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
-  double a = 0.0, b = 0.0;
-  int nonfinite = 0;
-  for (int64_t j = first + lane; j < last; j += 32) {
-    a += step.partials[j].a;
-    b += step.partials[j].b;
-    nonfinite |= step.partials[j].nonfinite;
-  }
-  a = warp_sum(a);
-  b = warp_sum(b);
-  nonfinite = __any_sync(0xffffffffu, nonfinite);
-  if (lane != 0) return;
-  cuoptimTensorScalars *t = &step.tensors[k];
-  if (lamb) {
-    t->lamb_w_sumsq = a;
-    t->lamb_u_sumsq = b;
-    t->lamb_ratio = cuoptim_lamb_ratio(a, b);
-  } else {
-    t->grad_sumsq = a;
-    t->nonfinite = nonfinite;
-    cuoptim_prologue_tensor(step.prologue, t);
-  }
+  reduce_variable(step, k, lamb);
 }
 
 /* One block: the per-step scalars; after an inspect pass also the global sum of squares (each
- * thread a fixed stride of variables, then a fixed tree) and the non-finite decision. */
+ * thread a fixed stride of variables, then a fixed tree) and the non-finite decision. Then it
+ * advances the persistent state (Keras's iterations, the loss scale, Nadam's u_product): every
+ * later kernel of the step reads the step scalars, none the state, so the finish needs no launch
+ * of its own. */
+__device__ void prologue_scalars(const cuoptimDeviceStep &step, int inspected, double total, int nonfinite) {
+  const cuoptimPrologueParams *q = step.prologue;
+  cuoptimStepScalars scalars = {}; /* fields the configured rule reads none of stay 0 */
+  cuoptim_prologue_begin(q, step.state, &scalars);
+  if (inspected) cuoptim_prologue_totals(q, total, nonfinite, &scalars);
+  *step.scalars = scalars;
+  cuoptim_finish_step(q, &scalars, step.state);
+}
+
 __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(cuoptimDeviceStep step, int inspected) {
   __shared__ double shared[PROLOGUE_THREADS];
-  const cuoptimPrologueParams *q = step.prologue;
   double total = 0.0;
   int nonfinite = 0;
   if (inspected) {
@@ -264,10 +327,17 @@ __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(cuoptimDevic
     total = block_sum(mine, shared);
     nonfinite = __syncthreads_or(nonfinite);
   }
-  if (threadIdx.x == 0) {
-    cuoptim_prologue_begin(q, step.state, step.scalars);
-    if (inspected) cuoptim_prologue_totals(q, total, nonfinite, step.scalars);
-  }
+  if (threadIdx.x == 0) prologue_scalars(step, inspected, total, nonfinite);
+}
+
+/* Without an inspect pass the prologue is the step's first kernel: it also carries the gradient
+ * table's changed entries (the scatter launch's argument), so a step that uploads them, every
+ * replay of a captured one included, costs no launch more. Nothing here reads the table. */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) prologue_upload_kernel(cuoptimDeviceStep step,
+                                                                       const cuoptimGradientBatch batch) {
+  cuoptimDeviceGradient *table = (cuoptimDeviceGradient *)step.grads; /* the backend's own table */
+  for (int i = threadIdx.x; i < batch.count; i += blockDim.x) table[batch.first + i] = batch.entries[i];
+  if (threadIdx.x == 0) prologue_scalars(step, 0, 0.0, 0);
 }
 
 /* ---- update ------------------------------------------------------------------------------- */
@@ -597,7 +667,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK, FIXED_MIN_BLOCKS) update_fixed_
 
 /* ---- Lamb: pass 1 (moments, norms), ratio, pass 2 (apply, EMA) ---------------------------- */
 
-__global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDeviceStep step, cuoptimRuleParams p, int fold) {
   __shared__ cuoptimStepScalars s;
   __shared__ double shared[CUOPTIM_BLOCK];
   load_scalars(&s, step.scalars);
@@ -628,6 +698,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDevice
     step.partials[blockIdx.x].b = b;
     step.partials[blockIdx.x].nonfinite = 0;
   }
+  reduce_when_last(step, c.variable, 1, fold);
 }
 
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass2_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
@@ -651,11 +722,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass2_kernel(cuoptimDevice
   }
 }
 
-/* ---- finish, finalize, build -------------------------------------------------------------- */
-
-__global__ void finish_kernel(cuoptimDeviceStep step) {
-  cuoptim_finish_step(step.prologue, step.scalars, step.state);
-}
+/* ---- finalize, build, combine ------------------------------------------------------------- */
 
 /* Sharded state: every rank's per-variable inspect sums ([rank][variable], gathered by the
  * communicator) added in rank order, so every rank forms the same totals, the same every run;
@@ -740,15 +807,22 @@ static dim3 variable_grid(const cuoptimDeviceStep *step) {
 /* The chunks' sums, then each variable's (so that sharded state can combine them across ranks
  * before the prologue). A variable with no chunk here sums to 0. */
 extern "C" int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
+  const int fold = step->every_variable_has_chunks;
   if (step->num_chunks > 0)
-    CUOPTIM_LAUNCH(inspect_gradients_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p);
-  if (step->num_variables > 0)
+    CUOPTIM_LAUNCH(inspect_gradients_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p, fold);
+  if (!fold && step->num_variables > 0)
     CUOPTIM_LAUNCH(reduce_variables_kernel, variable_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, 0);
   return (int)cudaGetLastError();
 }
 
-extern "C" int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, void *stream) {
-  CUOPTIM_LAUNCH(prologue_kernel, 1, inspected ? PROLOGUE_THREADS : 32, (cudaStream_t)stream, *step, inspected);
+extern "C" int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, const cuoptimGradientBatch *batch,
+                                       void *stream) {
+  if (batch && !inspected)
+    CUOPTIM_LAUNCH(prologue_upload_kernel, 1, CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *batch);
+  else if (batch)
+    return (int)cudaErrorInvalidValue; /* the inspect pass read the table before */
+  else
+    CUOPTIM_LAUNCH(prologue_kernel, 1, inspected ? PROLOGUE_THREADS : 32, (cudaStream_t)stream, *step, inspected);
   return (int)cudaGetLastError();
 }
 
@@ -760,9 +834,10 @@ static void launch_update_kind(const cuoptimDeviceStep *step, const cuoptimRuleP
 /* Lamb's pass 1 (moments; each variable's two norms over this rank's elements; a variable with no
  * chunk here sums to 0) and pass 2, apart so that sharded state can combine the norms between. */
 extern "C" int cuoptim_launch_lamb_pass1(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
+  const int fold = step->every_variable_has_chunks;
   if (step->num_chunks > 0)
-    CUOPTIM_LAUNCH(lamb_pass1_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p);
-  if (step->num_variables > 0)
+    CUOPTIM_LAUNCH(lamb_pass1_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p, fold);
+  if (!fold && step->num_variables > 0)
     CUOPTIM_LAUNCH(reduce_variables_kernel, variable_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, 1);
   return (int)cudaGetLastError();
 }
@@ -843,11 +918,6 @@ extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuopti
       break;
     default: return (int)cudaErrorInvalidValue;
   }
-  return (int)cudaGetLastError();
-}
-
-extern "C" int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream) {
-  CUOPTIM_LAUNCH(finish_kernel, 1, 1, (cudaStream_t)stream, *step);
   return (int)cudaGetLastError();
 }
 

@@ -61,9 +61,14 @@ typedef struct cuoptimDeviceStep {
   cuoptimStepScalars *scalars;
   cuoptimTensorScalars *tensors;
   const cuoptimPrologueParams *prologue; /* device copy */
+  uint32_t *chunks_done; /* per variable: chunks whose partial is written in this launch (0 between) */
   int32_t num_variables;
   uint32_t features;   /* this step's cuoptim_update_features: which update instance runs */
   int64_t num_chunks;
+  /* 1: the block of a variable's last chunk forms its sums (inspect, Lamb pass 1); 0 (a variable
+   * has no chunk on this rank): a reduction launch of its own does, for every variable */
+  int32_t every_variable_has_chunks;
+  int32_t reserved;
 } cuoptimDeviceStep;
 
 /* The update kernel is compiled for a few common step configurations with their flags as
@@ -115,11 +120,16 @@ typedef struct cuoptimGradientBatch {
   cuoptimDeviceGradient entries[CUOPTIM_GRADIENT_BATCH];
 } cuoptimGradientBatch;
 
-/* Each returns cudaGetLastError() after the launch, as an int (cudaError_t). */
+/* Each returns cudaGetLastError() after the launch, as an int (cudaError_t).
+ * inspect: the chunks' sums and each variable's (one launch); prologue: the step scalars, then the
+ * persistent state advanced (Keras's finish: no launch of its own); update: the update kernel (Lamb:
+ * pass 1 with the per-variable norms, pass 2). */
 int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream);
-int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, void *stream);
+/* batch (only without an inspect pass, the prologue being the step's first kernel): gradient-table
+ * entries written before the scalars, as cuoptim_launch_scatter_gradients would; NULL: none. */
+int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, const cuoptimGradientBatch *batch,
+                            void *stream);
 int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream);
-int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream);
 /* Lamb's update in two halves (cuoptim_launch_update runs both): pass 1 and the per-variable
  * norms, then pass 2; sharded state combines the norms across ranks between them
  * (cuoptim_launch_combine_lamb: rank-ordered sums of gathered[r * num_variables + k], then the
