@@ -6,13 +6,16 @@ For each kernel named on the command line (a regular expression over mangled nam
 update kernel: registers, spills, and each vector loop's instructions per iteration.
 
 A loop is the code between a backward branch and its target. A vector loop is one that loads
-128-bit or 64-bit words (LDG.E.128 / LDG.E.64): 4 elements per thread per iteration (the kernels
-mark them #pragma unroll 1). Its instructions per iteration are counted along the path one
-iteration executes when no division or square root needs its slow path: at a conditional branch
-whose one side calls a slow-path subroutine (CALL.REL to __cuda_*slowpath), the other side is
-taken; any other conditional branch inside the loop is a flag branch (counted and reported; its
-taken side is followed, so a loop with flag branches has no single executed count and its figure
-is marked '~'). BSSY/BSYNC (convergence barriers around the slow paths) are executed and counted.
+128-bit or 64-bit words (LDG.E.128 / LDG.E.64); its elements per iteration (per thread) are 4 for
+the generic kernel and, for a fixed instance, 4 times its vector loads over the buffers the rule
+loads per 4 elements (gradient, working copy, slots), so a loop that handles two vectors of each
+buffer counts 8. Its instructions per iteration are counted along the path one iteration executes
+when no division or square root needs its slow path: at a conditional branch whose one side calls
+a slow-path subroutine (CALL.REL to __cuda_*slowpath), the other side is taken; any other
+conditional branch inside the loop is counted as a branch (a flag, or a data-dependent one such
+as a NaN test) and its taken side is followed, so such a loop has no single executed count: its
+figure is marked '~', and 'static' gives every instruction of the loop outside the slow-path
+calls' blocks. BSSY/BSYNC (convergence barriers around the slow paths) are executed and counted.
 Static analysis of the compiler's output; no GPU ran it.
 """
 import re
@@ -109,7 +112,16 @@ def analyse(func):
                     i = target
                 continue
             i += 1
-        result.append({"static": tail - head + 1, "path": count, "flag_branches": flags})
+        cold, block = 0, []
+        for j in range(head, tail + 1):
+            if (j in starts or (j > head and opcode(instrs[j - 1][1]) == "BRA")) and block:
+                cold += len(block) if any("slowpath" in t for t in block) else 0
+                block = []
+            block.append(instrs[j][1])
+        cold += len(block) if any("slowpath" in t for t in block) else 0
+        vector_loads = sum(1 for _, t in body if re.match(r"LDG\.E\.(128|64)\b", opcode(t)))
+        result.append({"static": tail - head + 1 - cold, "path": count, "flag_branches": flags,
+                       "vector_loads": vector_loads})
     return result
 
 
@@ -141,12 +153,18 @@ def spills(path):
 
 KINDS = {0: "SGD", 1: "RMSprop", 2: "Adagrad", 3: "Adadelta", 4: "Adam/AdamW", 6: "Adamax", 7: "Nadam", 8: "Lion",
          9: "Lamb", 10: "Ftrl"}
+# Buffers a fixed instance loads per 4 elements: gradient, working copy, the rule's slots.
+FIXED_LOADS = {0: 2, 1: 3, 2: 3, 3: 4, 4: 4, 6: 4, 7: 4, 8: 3}
+
+
+def spec_of(name):
+    m = re.match(r"_Z\d+(\w+?)ILi(\d+)EE", name)
+    return (m.group(1), int(m.group(2))) if m else (None, None)
 
 
 def pretty(name):
-    m = re.match(r"_Z\d+(\w+?)ILi(\d+)EE", name)
-    if m:
-        kernel, spec = m.group(1), int(m.group(2))
+    kernel, spec = spec_of(name)
+    if kernel:
         kind = KINDS.get(spec & 0xFF, str(spec & 0xFF))
         if kernel == "update_kernel":
             return f"update generic {kind}"
@@ -157,20 +175,45 @@ def pretty(name):
     return m.group(1) if m else name
 
 
+def elements(name, loop):
+    kernel, spec = spec_of(name)
+    if kernel != "update_fixed_kernel":
+        return 4
+    loads = FIXED_LOADS.get(spec & 0xFF, 4) + (1 if spec & 0xFF == 0 and (spec >> 8) & 8 else 0)
+    return max(4, 4 * loop["vector_loads"] // loads)
+
+
+def describe(name, loops):
+    """Loops grouped by elements per iteration: the fewest and most instructions per iteration
+    (a fixed instance has one loop per body: dtype x weight decay on/off, the most being a
+    decaying one), per element, and the branches."""
+    groups = {}
+    for loop in loops:
+        groups.setdefault(elements(name, loop), []).append(loop)
+    parts = []
+    for e in sorted(groups, reverse=True):
+        ls = groups[e]
+        low, high = min(l["path"] for l in ls), max(l["path"] for l in ls)
+        branches = max(l["flag_branches"] for l in ls)
+        mark = "~" if branches else ""
+        counts = f"{low}" if low == high else f"{low}-{high}"
+        per = f"{low / e:.2f}" if low == high else f"{low / e:.2f}-{high / e:.2f}"
+        text = f"{len(ls)}x {e} el/it: {mark}{counts} instr = {mark}{per}/el"
+        if branches:
+            text += f", {branches} br, static {max(l['static'] for l in ls)}"
+        parts.append(text)
+    return "; ".join(parts) or "-"
+
+
 def main():
     dis, res, ptxas = sys.argv[1:4]
-    pattern = re.compile(sys.argv[4] if len(sys.argv) > 4 else r"update|lamb|inspect|prologue")
+    pattern = re.compile(sys.argv[4] if len(sys.argv) > 4 else r"update|lamb_pass|inspect_grad")
     funcs, regs, sp = parse_functions(dis), resources(res), spills(ptxas)
-    print(f"{'kernel':44} {'regs':>4} {'spill B':>7}  vector loops: instructions per iteration (4 elements) "
-          "and per element, flag branches")
+    print(f"{'kernel':40} {'regs':>4} {'spill':>5}  vector loops: count x elements per iteration (per thread): "
+          "instructions per iteration = per element; br: other branches, static: the loop's instructions")
     for name in sorted(funcs, key=pretty):
-        if not pattern.search(name):
-            continue
-        loops = analyse(funcs[name])
-        text = "; ".join(
-            f"{'~' if l['flag_branches'] else ''}{l['path']} ({l['path'] / 4:.2f}/elt), {l['flag_branches']} flag br"
-            for l in loops) or "-"
-        print(f"{pretty(name):44} {regs.get(name, -1):4d} {sp.get(name, -1):7d}  {text}")
+        if pattern.search(name):
+            print(f"{pretty(name):40} {regs.get(name, -1):4d} {sp.get(name, -1):5d}  {describe(name, analyse(funcs[name]))}")
 
 
 if __name__ == "__main__":
