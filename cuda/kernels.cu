@@ -1,20 +1,25 @@
 /*
- * kernels.cu — the fused step on the GPU, one launch per stage for every variable.
+ * kernels.cu — the fused step on the GPU: per step two launches (prologue, update), three with an
+ * inspect pass, Lamb's two passes in place of the update.
  *
  * Work is a list of chunks (variable, chunk index) built at registration; one thread block
  * handles one chunk of CUOPTIM_CHUNK elements. Each element is updated by the same functions
  * the host backend calls (rules.h); per-step scalars come from device memory (prologue.h), so a
  * step needs no host read and can be captured in a CUDA graph.
  *
- *   inspect   sums of squares of the gradient entering clipping, per chunk; non-finite flag
- *   prologue  per-variable sums in chunk order (one warp per variable, many blocks), then one
- *             block: learning rate, bias corrections, global sum,
- *             clip scales, skip decision
- *   update    unscale, accumulate, clip, weight decay, rule, EMA, master -> half copy
- *             (Lamb: pass 1 moments + norms, per-variable trust ratio, pass 2 apply)
- *   finish    iterations, loss scale, Nadam's u_product
+ *   inspect   sums of squares of the gradient entering clipping, per chunk; non-finite flag;
+ *             the block of each variable's last chunk adds the variable's (a counter per
+ *             variable), in chunk order
+ *   prologue  one block: learning rate, bias corrections (only those the rule reads), global
+ *             sum, clip scales, skip decision; then the state's advance (iterations, loss scale,
+ *             Nadam's u_product), which nothing later in the step reads
+ *   update    unscale, accumulate, clip, weight decay, rule, EMA, master -> half copy: an
+ *             instance compiled for the step's features where one fits (cuda/launch.h), else the
+ *             generic kernel (Lamb: pass 1 moments + norms, per-variable trust ratio in the
+ *             last block, pass 2 apply)
  *
- * Deterministic: partial sums go to fixed slots and are added in a fixed order; no float atomics.
+ * Deterministic: partial sums go to fixed slots and are added in a fixed order; no float atomics
+ * (the per-variable counters are integers and decide only who adds, not in which order).
  * Loads are 16-byte vectors where every buffer of the variable is 16-byte aligned (4 elements at
  * a time), scalar otherwise and for the tail.
  */
@@ -162,6 +167,82 @@ __device__ __forceinline__ ChunkRange chunk_range(const cuoptimDeviceVariable &v
   return r;
 }
 
+/* ---- per-variable sums: the last chunk of a variable adds its chunks' partials --------------- */
+
+/* Fixed-order warp sum (the same tree every run). */
+__device__ __forceinline__ double warp_sum(double x) {
+  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_down_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+/* A partial another block wrote in this launch: read at L2, past this SM's L1. */
+__device__ __forceinline__ cuoptimChunkPartial load_partial(const cuoptimChunkPartial *p) {
+#ifdef CUOPTIM_EMULATED_DEVICE
+  return *p;
+#else
+  cuoptimChunkPartial out;
+  out.a = __ldcg(&p->a);
+  out.b = __ldcg(&p->b);
+  out.nonfinite = __ldcg(&p->nonfinite);
+  out.reserved = 0;
+  return out;
+#endif
+}
+
+/* Variable k's sums of its chunks' partials, by one warp: lanes over the chunks in order, then a
+ * fixed tree — the same additions in the same order whichever block runs it, so the result is
+ * that of a separate reduction launch, bit for bit. lamb = 0: the gradient's sums and non-finite
+ * flags (then the clip denominator); lamb = 1: Lamb's two sums and its trust ratio. */
+__device__ void reduce_variable(const cuoptimDeviceStep &step, int32_t k, int lamb) {
+  const int lane = threadIdx.x % 32;
+  int64_t first = step.variables[k].first_chunk;
+  int64_t last = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
+  double a = 0.0, b = 0.0;
+  int nonfinite = 0;
+  for (int64_t j = first + lane; j < last; j += 32) {
+    const cuoptimChunkPartial partial = load_partial(&step.partials[j]);
+    a += partial.a;
+    b += partial.b;
+    nonfinite |= partial.nonfinite;
+  }
+  a = warp_sum(a);
+  b = warp_sum(b);
+  nonfinite = __any_sync(0xffffffffu, nonfinite);
+  if (lane != 0) return;
+  cuoptimTensorScalars *t = &step.tensors[k];
+  if (lamb) {
+    t->lamb_w_sumsq = a;
+    t->lamb_u_sumsq = b;
+    t->lamb_ratio = cuoptim_lamb_ratio(a, b);
+  } else {
+    t->grad_sumsq = a;
+    t->nonfinite = nonfinite;
+    cuoptim_prologue_tensor(step.prologue, t);
+  }
+}
+
+/* After a block's thread 0 wrote its chunk's partial: the block that completes a variable's last
+ * chunk (a counter per variable, reset by that block for the next launch) forms the variable's
+ * sums. Deterministic: which block that is varies, the additions do not. With fold = 0 (some
+ * variable has no chunk here: a separate launch writes every variable) nothing happens. */
+__device__ __forceinline__ void reduce_when_last(const cuoptimDeviceStep &step, int32_t k, int lamb, int fold) {
+  __shared__ int last;
+  if (!fold) return;
+  if (threadIdx.x == 0) {
+    int64_t first = step.variables[k].first_chunk;
+    int64_t end = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
+    __threadfence(); /* this block's partial before its count */
+    unsigned done = atomicAdd(&step.chunks_done[k], 1u) + 1;
+    last = done == (unsigned)(end - first);
+    if (last) {
+      step.chunks_done[k] = 0;
+      __threadfence(); /* the other blocks' partials after their counts */
+    }
+  }
+  __syncthreads();
+  if (last && threadIdx.x < 32) reduce_variable(step, k, lamb);
+}
+
 /* ---- inspect ------------------------------------------------------------------------------ */
 
 __device__ __forceinline__ void inspect_element(const cuoptimRuleParams &p, float loss_scale, float raw, float acc,
@@ -171,7 +252,8 @@ __device__ __forceinline__ void inspect_element(const cuoptimRuleParams &p, floa
   sumsq += (double)x * (double)x;
 }
 
-__global__ void __launch_bounds__(CUOPTIM_BLOCK) inspect_gradients_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) inspect_gradients_kernel(cuoptimDeviceStep step, cuoptimRuleParams p,
+                                                                          int fold) {
   __shared__ double shared[CUOPTIM_BLOCK];
   const cuoptimChunk c = step.chunks[blockIdx.x];
   const cuoptimDeviceVariable v = step.variables[c.variable];
@@ -202,57 +284,38 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) inspect_gradients_kernel(cuopti
     step.partials[blockIdx.x].a = total;
     step.partials[blockIdx.x].nonfinite = any;
   }
+  reduce_when_last(step, c.variable, 0, fold);
 }
 
 /* ---- prologue ----------------------------------------------------------------------------- */
 
-/* Fixed-order warp sum (the same tree every run). */
-__device__ __forceinline__ double warp_sum(double x) {
-  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_down_sync(0xffffffffu, x, offset);
-  return x;
-}
-
-/* Per variable, the sums of its chunks' partials, in many blocks: one warp per variable, lanes
- * over its chunks, then a fixed tree — deterministic, and 10,000 variables cost one wave instead
- * of one block's serial walk; a 2^28-element variable (32,768 chunks) costs 1,024 loads per lane.
- * lamb = 0: gradient sums and non-finite flags (then the clip denominator); lamb = 1: Lamb's two
- * sums and its trust ratio. */
+/* Per variable, the sums of its chunks' partials in a launch of their own (reduce_variable: one
+ * warp per variable): where some variable has no chunk on this rank (sharded state), so that no
+ * chunk's block would write its sums. */
 #define REDUCE_WARPS_PER_BLOCK (CUOPTIM_BLOCK / 32)
 
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) reduce_variables_kernel(cuoptimDeviceStep step, int lamb) {
-  const int lane = threadIdx.x % 32;
   const int k = blockIdx.x * REDUCE_WARPS_PER_BLOCK + threadIdx.x / 32;
   if (k >= step.num_variables) return; /* whole warps leave together */
-  int64_t first = step.variables[k].first_chunk;
-  int64_t last = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
-  double a = 0.0, b = 0.0;
-  int nonfinite = 0;
-  for (int64_t j = first + lane; j < last; j += 32) {
-    a += step.partials[j].a;
-    b += step.partials[j].b;
-    nonfinite |= step.partials[j].nonfinite;
-  }
-  a = warp_sum(a);
-  b = warp_sum(b);
-  nonfinite = __any_sync(0xffffffffu, nonfinite);
-  if (lane != 0) return;
-  cuoptimTensorScalars *t = &step.tensors[k];
-  if (lamb) {
-    t->lamb_w_sumsq = a;
-    t->lamb_u_sumsq = b;
-    t->lamb_ratio = cuoptim_lamb_ratio(a, b);
-  } else {
-    t->grad_sumsq = a;
-    t->nonfinite = nonfinite;
-    cuoptim_prologue_tensor(step.prologue, t);
-  }
+  reduce_variable(step, k, lamb);
 }
 
 /* One block: the per-step scalars; after an inspect pass also the global sum of squares (each
- * thread a fixed stride of variables, then a fixed tree) and the non-finite decision. */
+ * thread a fixed stride of variables, then a fixed tree) and the non-finite decision. Then it
+ * advances the persistent state (Keras's iterations, the loss scale, Nadam's u_product): every
+ * later kernel of the step reads the step scalars, none the state, so the finish needs no launch
+ * of its own. */
+__device__ void prologue_scalars(const cuoptimDeviceStep &step, int inspected, double total, int nonfinite) {
+  const cuoptimPrologueParams *q = step.prologue;
+  cuoptimStepScalars scalars = {}; /* fields the configured rule reads none of stay 0 */
+  cuoptim_prologue_begin(q, step.state, &scalars);
+  if (inspected) cuoptim_prologue_totals(q, total, nonfinite, &scalars);
+  *step.scalars = scalars;
+  cuoptim_finish_step(q, &scalars, step.state);
+}
+
 __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(cuoptimDeviceStep step, int inspected) {
   __shared__ double shared[PROLOGUE_THREADS];
-  const cuoptimPrologueParams *q = step.prologue;
   double total = 0.0;
   int nonfinite = 0;
   if (inspected) {
@@ -264,10 +327,17 @@ __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(cuoptimDevic
     total = block_sum(mine, shared);
     nonfinite = __syncthreads_or(nonfinite);
   }
-  if (threadIdx.x == 0) {
-    cuoptim_prologue_begin(q, step.state, step.scalars);
-    if (inspected) cuoptim_prologue_totals(q, total, nonfinite, step.scalars);
-  }
+  if (threadIdx.x == 0) prologue_scalars(step, inspected, total, nonfinite);
+}
+
+/* Without an inspect pass the prologue is the step's first kernel: it also carries the gradient
+ * table's changed entries (the scatter launch's argument), so a step that uploads them, every
+ * replay of a captured one included, costs no launch more. Nothing here reads the table. */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) prologue_upload_kernel(cuoptimDeviceStep step,
+                                                                       const cuoptimGradientBatch batch) {
+  cuoptimDeviceGradient *table = (cuoptimDeviceGradient *)step.grads; /* the backend's own table */
+  for (int i = threadIdx.x; i < batch.count; i += blockDim.x) table[batch.first + i] = batch.entries[i];
+  if (threadIdx.x == 0) prologue_scalars(step, 0, 0.0, 0);
 }
 
 /* ---- update ------------------------------------------------------------------------------- */
@@ -377,9 +447,227 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep
   }
 }
 
+/* ---- update, specialized: the step configuration's flags as compile-time constants ---------- */
+
+/* An instance is named by SPEC = KIND | features << 8 (one template argument, so that a launch
+ * macro's argument list holds it). Its flags are those of cuoptim_update_features: the rules get
+ * a copy of the parameters whose flag fields are constants, so the inline rules fold to the
+ * configured path, and the loop carries no flag, no NULL test and no dtype switch. */
+template <int SPEC>
+struct FixedSpec {
+  static constexpr int kind = SPEC & 0xff;
+  static constexpr unsigned features = (unsigned)SPEC >> 8;
+  static constexpr bool global_clip = (features & CUOPTIM_UPDATE_GLOBAL_CLIP) != 0;
+  static constexpr bool master = (features & CUOPTIM_UPDATE_MASTER) != 0;
+  static constexpr bool momentum = (features & CUOPTIM_UPDATE_MOMENTUM) != 0;
+  /* Slots the rule reads and writes (the optional ones are off in a fixed instance). */
+  static constexpr int slots = kind == CUOPTIM_SGD       ? (momentum ? 1 : 0)
+                               : kind == CUOPTIM_RMSPROP ? 1
+                               : kind == CUOPTIM_ADAGRAD || kind == CUOPTIM_LION ? 1
+                                                                                 : 2;
+};
+
+template <int SPEC>
+__device__ __forceinline__ cuoptimRuleParams fixed_params(const cuoptimRuleParams &p) {
+  typedef FixedSpec<SPEC> F;
+  cuoptimRuleParams q = p;
+  q.kind = F::kind;
+  q.clip = F::global_clip ? CUOPTIM_CLIP_GLOBAL_NORM : CUOPTIM_CLIP_NONE;
+  q.has_loss_scale_factor = 0;
+  q.dynamic_loss_scale = 0;
+  q.use_ema = 0;
+  q.mean_over_ranks = 0;
+  q.accumulation_steps = 0;
+  q.nesterov = 0;
+  q.centered = 0;
+  q.amsgrad = 0;
+  q.has_momentum = F::momentum;
+  return q;
+}
+
+/* A pointer the optimizer cannot see through: the chunk's base pointers stay as computed, so each
+ * access is base + 32-bit offset (one IMAD.WIDE) instead of the whole 64-bit index rebuilt from
+ * the chunk start and the offset, shared between the buffers (ptxas's choice without this). */
+template <typename T>
+__device__ __forceinline__ T *opaque(T *p) {
+#ifndef CUOPTIM_EMULATED_DEVICE
+  asm("" : "+l"(p));
+#endif
+  return p;
+}
+
+/* The same for a loop's offset: each access stays base + offset (one IMAD.WIDE per buffer)
+ * rather than becoming a 64-bit pointer stepped by two adds per buffer. */
+__device__ __forceinline__ uint32_t opaque_offset(uint32_t i) {
+#ifndef CUOPTIM_EMULATED_DEVICE
+  asm("" : "+r"(i));
+#endif
+  return i;
+}
+
+/* Four elements of a dtype known at compile time, at a 32-bit offset from a chunk's start. */
+template <int DT>
+__device__ __forceinline__ void load4t(const void *base, uint32_t i, float out[4]) {
+  load4(base, DT, i, out);
+}
+
+template <int DT>
+__device__ __forceinline__ void store4t(void *base, uint32_t i, const float in[4]) {
+  store4(base, DT, i, in);
+}
+
+/* The buffers of one chunk, at its first element (DT: the parameters' and the gradient's dtype). */
+template <int SPEC, int DT>
+struct FixedChunk {
+  const void *grad;
+  float *w;   /* the float32 working copy: the parameters, or the master */
+  void *half; /* the master's half copy (DT != float32) */
+  float *s0, *s1;
+};
+
+/* Four consecutive elements of every buffer the rule touches. */
+struct FixedVectors {
+  float g[4], w[4], a0[4], a1[4];
+};
+
+/* The same buffers at element i of the chunk. */
+template <int SPEC, int DT>
+__device__ __forceinline__ FixedChunk<SPEC, DT> fixed_at(const FixedChunk<SPEC, DT> &c, uint32_t i) {
+  typedef FixedSpec<SPEC> F;
+  FixedChunk<SPEC, DT> e;
+  e.grad = (const char *)c.grad + (size_t)i * (DT == CUOPTIM_FLOAT32 ? 4 : 2);
+  e.w = c.w + i;
+  e.half = (char *)c.half + (size_t)i * 2;
+  e.s0 = F::slots > 0 ? c.s0 + i : NULL;
+  e.s1 = F::slots > 1 ? c.s1 + i : NULL;
+  return e;
+}
+
+template <int SPEC, int DT>
+__device__ __forceinline__ void fixed_load(const FixedChunk<SPEC, DT> &c, uint32_t i, FixedVectors &x) {
+  typedef FixedSpec<SPEC> F;
+  load4t<DT>(c.grad, i, x.g);
+  load4f(c.w, i, x.w);
+  if (F::slots > 0) load4f(c.s0, i, x.a0);
+  if (F::slots > 1) load4f(c.s1, i, x.a1);
+}
+
+template <int SPEC, bool DECAY>
+__device__ __forceinline__ void fixed_apply(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
+                                            FixedVectors &x) {
+  const cuoptimTensorScalars t = {}; /* read by no fixed rule (clipnorm and Lamb are generic) */
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    float s2 = 0.0f, acc = 0.0f; /* no amsgrad, no accumulation */
+    cuoptim_update_element(&q, &s, &t, DECAY, x.g[k], &x.w[k], &x.a0[k], &x.a1[k], &s2, &acc);
+  }
+}
+
+template <int SPEC, int DT>
+__device__ __forceinline__ void fixed_store(const FixedChunk<SPEC, DT> &c, uint32_t i, const FixedVectors &x) {
+  typedef FixedSpec<SPEC> F;
+  store4f(c.w, i, x.w);
+  if (DT != CUOPTIM_FLOAT32) store4t<DT>(c.half, i, x.w);
+  if (F::slots > 0) store4f(c.s0, i, x.a0);
+  if (F::slots > 1) store4f(c.s1, i, x.a1);
+}
+
+/* One chunk of one variable with a gradient (DECAY: the variable's weight decay). Offsets inside
+ * the chunk are 32-bit. A whole, vectorizable chunk runs a two-deep software pipeline: the loads
+ * of the next 4 elements are in flight while these are computed (8 elements, 128 bytes for Adam,
+ * per thread); the last chunk of a variable, and unaligned buffers, a plain loop and a scalar
+ * tail. */
+template <int SPEC, int DT, bool DECAY>
+__device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
+                                            const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g,
+                                            uint64_t begin, uint32_t n) {
+  typedef FixedSpec<SPEC> F;
+  const size_t bytes = DT == CUOPTIM_FLOAT32 ? 4 : 2; /* of a parameter and a gradient element */
+  FixedChunk<SPEC, DT> c;
+  c.grad = opaque((const char *)g.grad + begin * bytes);
+  c.w = opaque((DT == CUOPTIM_FLOAT32 ? (float *)v.param : v.master) + begin);
+  c.half = opaque((char *)v.param + begin * bytes);
+  c.s0 = F::slots > 0 ? opaque(v.slots[0] + begin) : NULL;
+  c.s1 = F::slots > 1 ? opaque(v.slots[1] + begin) : NULL;
+  const uint32_t stride = 4 * CUOPTIM_BLOCK;
+  uint32_t vector_end = 0;
+  if (vectorizable(v, g)) {
+    vector_end = n / 4 * 4;
+    if (n == CUOPTIM_CHUNK) {
+      /* CUOPTIM_CHUNK / stride steps per thread, an even number: two per iteration, at one
+       * address per buffer and a constant offset (the loop's cost shared by 8 elements). */
+#pragma unroll 1
+      for (uint32_t i = 4 * threadIdx.x; i < CUOPTIM_CHUNK; i += 2 * stride) {
+        const FixedChunk<SPEC, DT> e = fixed_at(c, opaque_offset(i));
+        FixedVectors a, b;
+        fixed_load(e, 0, a);
+        fixed_apply<SPEC, DECAY>(q, s, a);
+        fixed_store(e, 0, a);
+        fixed_load(e, stride, b);
+        fixed_apply<SPEC, DECAY>(q, s, b);
+        fixed_store(e, stride, b);
+      }
+      return;
+    }
+#pragma unroll 1
+    for (uint32_t i = 4 * threadIdx.x; i < vector_end; i += stride) {
+      FixedVectors x;
+      fixed_load(c, i, x);
+      fixed_apply<SPEC, DECAY>(q, s, x);
+      fixed_store(c, i, x);
+    }
+  }
+  for (uint32_t i = vector_end + threadIdx.x; i < n; i += CUOPTIM_BLOCK) {
+    float wi = c.w[i], a0 = F::slots > 0 ? c.s0[i] : 0.0f, a1 = F::slots > 1 ? c.s1[i] : 0.0f, a2 = 0.0f, acc = 0.0f;
+    const cuoptimTensorScalars t = {};
+    cuoptim_update_element(&q, &s, &t, DECAY, load_scalar(c.grad, DT, i), &wi, &a0, &a1, &a2, &acc);
+    c.w[i] = wi;
+    if (DT != CUOPTIM_FLOAT32) store_scalar(c.half, DT, i, wi);
+    if (F::slots > 0) c.s0[i] = a0;
+    if (F::slots > 1) c.s1[i] = a1;
+  }
+}
+
+template <int SPEC, int DT>
+__device__ __forceinline__ void fixed_chunk_decay(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
+                                                  const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g,
+                                                  uint64_t begin, uint32_t n) {
+  if (v.use_weight_decay)
+    fixed_chunk<SPEC, DT, true>(q, s, v, g, begin, n);
+  else
+    fixed_chunk<SPEC, DT, false>(q, s, v, g, begin, n);
+}
+
+/* The configurations of cuoptim_update_features with CUOPTIM_UPDATE_FIXED: no skip, no
+ * micro-step, no EMA, so a variable without a gradient is left as it is. */
+/* Five blocks of CUOPTIM_BLOCK threads per SM: at most 48 registers a thread. */
+#define FIXED_MIN_BLOCKS 1
+
+template <int SPEC>
+__global__ void __launch_bounds__(CUOPTIM_BLOCK, FIXED_MIN_BLOCKS) update_fixed_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+  typedef FixedSpec<SPEC> F;
+  __shared__ cuoptimStepScalars shared_scalars;
+  /* The chunk's descriptors are loaded while thread 0 fetches the scalars. */
+  const cuoptimChunk c = step.chunks[blockIdx.x];
+  const cuoptimDeviceVariable v = step.variables[c.variable];
+  const cuoptimDeviceGradient g = step.grads[c.variable];
+  load_scalars(&shared_scalars, step.scalars);
+  if (g.grad == NULL) return;
+  const cuoptimStepScalars s = shared_scalars;
+  const cuoptimRuleParams q = fixed_params<SPEC>(p);
+  const uint64_t begin = (uint64_t)c.chunk * CUOPTIM_CHUNK;
+  const uint32_t n = (uint32_t)(begin + CUOPTIM_CHUNK < v.count ? CUOPTIM_CHUNK : v.count - begin);
+  if (!F::master || v.param_dtype == CUOPTIM_FLOAT32)
+    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT32>(q, s, v, g, begin, n);
+  else if (v.param_dtype == CUOPTIM_FLOAT16)
+    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT16>(q, s, v, g, begin, n);
+  else
+    fixed_chunk_decay<SPEC, CUOPTIM_BFLOAT16>(q, s, v, g, begin, n);
+}
+
 /* ---- Lamb: pass 1 (moments, norms), ratio, pass 2 (apply, EMA) ---------------------------- */
 
-__global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDeviceStep step, cuoptimRuleParams p, int fold) {
   __shared__ cuoptimStepScalars s;
   __shared__ double shared[CUOPTIM_BLOCK];
   load_scalars(&s, step.scalars);
@@ -410,6 +698,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDevice
     step.partials[blockIdx.x].b = b;
     step.partials[blockIdx.x].nonfinite = 0;
   }
+  reduce_when_last(step, c.variable, 1, fold);
 }
 
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass2_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
@@ -433,11 +722,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass2_kernel(cuoptimDevice
   }
 }
 
-/* ---- finish, finalize, build -------------------------------------------------------------- */
-
-__global__ void finish_kernel(cuoptimDeviceStep step) {
-  cuoptim_finish_step(step.prologue, step.scalars, step.state);
-}
+/* ---- finalize, build, combine ------------------------------------------------------------- */
 
 /* Sharded state: every rank's per-variable inspect sums ([rank][variable], gathered by the
  * communicator) added in rank order, so every rank forms the same totals, the same every run;
@@ -525,15 +810,22 @@ static dim3 variable_grid(const cuoptimDeviceStep *step) {
 /* The chunks' sums, then each variable's (so that sharded state can combine them across ranks
  * before the prologue). A variable with no chunk here sums to 0. */
 extern "C" int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
+  const int fold = step->every_variable_has_chunks;
   if (step->num_chunks > 0)
-    CUOPTIM_LAUNCH(inspect_gradients_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p);
-  if (step->num_variables > 0)
+    CUOPTIM_LAUNCH(inspect_gradients_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p, fold);
+  if (!fold && step->num_variables > 0)
     CUOPTIM_LAUNCH(reduce_variables_kernel, variable_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, 0);
   return (int)cudaGetLastError();
 }
 
-extern "C" int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, void *stream) {
-  CUOPTIM_LAUNCH(prologue_kernel, 1, inspected ? PROLOGUE_THREADS : 32, (cudaStream_t)stream, *step, inspected);
+extern "C" int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, const cuoptimGradientBatch *batch,
+                                       void *stream) {
+  if (batch && !inspected)
+    CUOPTIM_LAUNCH(prologue_upload_kernel, 1, CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *batch);
+  else if (batch)
+    return (int)cudaErrorInvalidValue; /* the inspect pass read the table before */
+  else
+    CUOPTIM_LAUNCH(prologue_kernel, 1, inspected ? PROLOGUE_THREADS : 32, (cudaStream_t)stream, *step, inspected);
   return (int)cudaGetLastError();
 }
 
@@ -545,9 +837,10 @@ static void launch_update_kind(const cuoptimDeviceStep *step, const cuoptimRuleP
 /* Lamb's pass 1 (moments; each variable's two norms over this rank's elements; a variable with no
  * chunk here sums to 0) and pass 2, apart so that sharded state can combine the norms between. */
 extern "C" int cuoptim_launch_lamb_pass1(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
+  const int fold = step->every_variable_has_chunks;
   if (step->num_chunks > 0)
-    CUOPTIM_LAUNCH(lamb_pass1_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p);
-  if (step->num_variables > 0)
+    CUOPTIM_LAUNCH(lamb_pass1_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *p, fold);
+  if (!fold && step->num_variables > 0)
     CUOPTIM_LAUNCH(reduce_variables_kernel, variable_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, 1);
   return (int)cudaGetLastError();
 }
@@ -558,9 +851,59 @@ extern "C" int cuoptim_launch_lamb_pass2(const cuoptimDeviceStep *step, const cu
   return (int)cudaGetLastError();
 }
 
+template <int KIND>
+static void launch_fixed_kind(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, cudaStream_t stream) {
+  const unsigned f = step->features & (CUOPTIM_UPDATE_GLOBAL_CLIP | CUOPTIM_UPDATE_MASTER | CUOPTIM_UPDATE_MOMENTUM);
+#define FIXED_CASE(features)                                                                                  \
+  case (features):                                                                                            \
+    CUOPTIM_LAUNCH(update_fixed_kernel<KIND | (int)(features) << 8>, chunk_grid(step), CUOPTIM_BLOCK, stream, \
+                   *step, *p);                                                                                \
+    break;
+  switch (f) {
+    FIXED_CASE(0)
+    FIXED_CASE(CUOPTIM_UPDATE_GLOBAL_CLIP)
+    FIXED_CASE(CUOPTIM_UPDATE_MASTER)
+    default: launch_update_kind<KIND>(step, p, stream); break;
+  }
+}
+
+/* SGD's instances with momentum too. */
+static void launch_fixed_sgd(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, cudaStream_t stream) {
+  const int KIND = CUOPTIM_SGD;
+  const unsigned f = step->features & (CUOPTIM_UPDATE_GLOBAL_CLIP | CUOPTIM_UPDATE_MASTER | CUOPTIM_UPDATE_MOMENTUM);
+  switch (f) {
+    FIXED_CASE(0)
+    FIXED_CASE(CUOPTIM_UPDATE_GLOBAL_CLIP)
+    FIXED_CASE(CUOPTIM_UPDATE_MASTER)
+    FIXED_CASE(CUOPTIM_UPDATE_MOMENTUM)
+    FIXED_CASE(CUOPTIM_UPDATE_MOMENTUM | CUOPTIM_UPDATE_GLOBAL_CLIP)
+    FIXED_CASE(CUOPTIM_UPDATE_MOMENTUM | CUOPTIM_UPDATE_MASTER)
+    default: launch_update_kind<CUOPTIM_SGD>(step, p, stream); break;
+  }
+#undef FIXED_CASE
+}
+
+/* A step whose features name a fixed instance (cuoptim_update_features). */
+static bool launch_fixed(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, cudaStream_t st) {
+  if (!(step->features & CUOPTIM_UPDATE_FIXED)) return false;
+  switch (p->kind) {
+    case CUOPTIM_SGD: launch_fixed_sgd(step, p, st); return true;
+    case CUOPTIM_RMSPROP: launch_fixed_kind<CUOPTIM_RMSPROP>(step, p, st); return true;
+    case CUOPTIM_ADAGRAD: launch_fixed_kind<CUOPTIM_ADAGRAD>(step, p, st); return true;
+    case CUOPTIM_ADADELTA: launch_fixed_kind<CUOPTIM_ADADELTA>(step, p, st); return true;
+    case CUOPTIM_ADAM:
+    case CUOPTIM_ADAMW: launch_fixed_kind<CUOPTIM_ADAM>(step, p, st); return true;
+    case CUOPTIM_ADAMAX: launch_fixed_kind<CUOPTIM_ADAMAX>(step, p, st); return true;
+    case CUOPTIM_NADAM: launch_fixed_kind<CUOPTIM_NADAM>(step, p, st); return true;
+    case CUOPTIM_LION: launch_fixed_kind<CUOPTIM_LION>(step, p, st); return true;
+    default: return false; /* Lamb (two passes), Ftrl (its power's branches are the rule's) */
+  }
+}
+
 extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream) {
   RETURN_IF_NO_CHUNKS(step);
   cudaStream_t st = (cudaStream_t)stream;
+  if (launch_fixed(step, p, st)) return (int)cudaGetLastError();
   switch (p->kind) {
     case CUOPTIM_SGD: launch_update_kind<CUOPTIM_SGD>(step, p, st); break;
     case CUOPTIM_RMSPROP: launch_update_kind<CUOPTIM_RMSPROP>(step, p, st); break;
@@ -579,11 +922,6 @@ extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuopti
       break;
     default: return (int)cudaErrorInvalidValue;
   }
-  return (int)cudaGetLastError();
-}
-
-extern "C" int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream) {
-  CUOPTIM_LAUNCH(finish_kernel, 1, 1, (cudaStream_t)stream, *step);
   return (int)cudaGetLastError();
 }
 

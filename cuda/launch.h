@@ -61,10 +61,54 @@ typedef struct cuoptimDeviceStep {
   cuoptimStepScalars *scalars;
   cuoptimTensorScalars *tensors;
   const cuoptimPrologueParams *prologue; /* device copy */
+  uint32_t *chunks_done; /* per variable: chunks whose partial is written in this launch (0 between) */
   int32_t num_variables;
-  int32_t reserved;
+  uint32_t features;   /* this step's cuoptim_update_features: which update instance runs */
   int64_t num_chunks;
+  /* 1: the block of a variable's last chunk forms its sums (inspect, Lamb pass 1); 0 (a variable
+   * has no chunk on this rank): a reduction launch of its own does, for every variable */
+  int32_t every_variable_has_chunks;
+  int32_t reserved;
 } cuoptimDeviceStep;
+
+/* The update kernel is compiled for a few common step configurations with their flags as
+ * compile-time constants, and once generic (every flag read at run time). The features of a step
+ * name its instance; CUOPTIM_UPDATE_FIXED is set only when one fits:
+ *   FIXED        no clip or global_clipnorm; no loss scaling, loss_scale_factor, data-parallel
+ *                mean, accumulation or EMA; the rule's options off (amsgrad, nesterov, centered,
+ *                RMSprop's momentum); SGD with or without momentum. Weight decay is read per
+ *                variable (and chunk), outside the loop.
+ *   GLOBAL_CLIP  global_clipnorm (the gradient times the prologue's scale)
+ *   MASTER       some variable has half parameters (with a float32 master); each variable's
+ *                gradients then have its parameters' dtype (float32 ones float32); without
+ *                MASTER every parameter and gradient is float32
+ *   MOMENTUM     SGD with momentum (not nesterov)
+ * Instances (cuda/kernels.cu): every kind but Lamb and Ftrl, plain, GLOBAL_CLIP and MASTER (SGD
+ * each also with MOMENTUM); any other step (MASTER with GLOBAL_CLIP included) runs the generic
+ * kernel, which gives the same bits. */
+enum {
+  CUOPTIM_UPDATE_FIXED = 1u << 0,
+  CUOPTIM_UPDATE_GLOBAL_CLIP = 1u << 1,
+  CUOPTIM_UPDATE_MASTER = 1u << 2,
+  CUOPTIM_UPDATE_MOMENTUM = 1u << 3
+};
+
+/* The features of a step: the rule's constants, whether some variable has half parameters, and
+ * whether every gradient of the step has the dtype that the MASTER (or float32) instance reads. */
+static inline uint32_t cuoptim_update_features(const cuoptimRuleParams *p, int any_half_variable,
+                                               int gradients_match) {
+  if (p->kind == CUOPTIM_LAMB || !gradients_match) return 0;
+  if (p->clip != CUOPTIM_CLIP_NONE && p->clip != CUOPTIM_CLIP_GLOBAL_NORM) return 0;
+  if (p->dynamic_loss_scale || p->has_loss_scale_factor || p->mean_over_ranks || p->accumulation_steps ||
+      p->use_ema || p->amsgrad || p->nesterov || p->centered)
+    return 0;
+  if (p->has_momentum && p->kind != CUOPTIM_SGD) return 0;
+  uint32_t f = CUOPTIM_UPDATE_FIXED;
+  if (p->clip == CUOPTIM_CLIP_GLOBAL_NORM) f |= CUOPTIM_UPDATE_GLOBAL_CLIP;
+  if (any_half_variable) f |= CUOPTIM_UPDATE_MASTER;
+  if (p->has_momentum) f |= CUOPTIM_UPDATE_MOMENTUM;
+  return f;
+}
 
 /* Gradient-table entries one scatter launch carries in its argument (16 bytes each; kernel
  * arguments up to 32 KB need CUDA 12.1 and a Volta or newer GPU). */
@@ -76,11 +120,16 @@ typedef struct cuoptimGradientBatch {
   cuoptimDeviceGradient entries[CUOPTIM_GRADIENT_BATCH];
 } cuoptimGradientBatch;
 
-/* Each returns cudaGetLastError() after the launch, as an int (cudaError_t). */
+/* Each returns cudaGetLastError() after the launch, as an int (cudaError_t).
+ * inspect: the chunks' sums and each variable's (one launch); prologue: the step scalars, then the
+ * persistent state advanced (Keras's finish: no launch of its own); update: the update kernel (Lamb:
+ * pass 1 with the per-variable norms, pass 2). */
 int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream);
-int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, void *stream);
+/* batch (only without an inspect pass, the prologue being the step's first kernel): gradient-table
+ * entries written before the scalars, as cuoptim_launch_scatter_gradients would; NULL: none. */
+int cuoptim_launch_prologue(const cuoptimDeviceStep *step, int inspected, const cuoptimGradientBatch *batch,
+                            void *stream);
 int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream);
-int cuoptim_launch_finish(const cuoptimDeviceStep *step, void *stream);
 /* Lamb's update in two halves (cuoptim_launch_update runs both): pass 1 and the per-variable
  * norms, then pass 2; sharded state combines the norms across ranks between them
  * (cuoptim_launch_combine_lamb: rank-ordered sums of gathered[r * num_variables + k], then the

@@ -137,29 +137,36 @@ CUOPTIM_HD void cuoptim_prologue_begin(const cuoptimPrologueParams *q, const cuo
   s->loss_scale = state->loss_scale;
   s->global_clip_scale = 1.0f;
 
-  /* Bias corrections: ops.power(float32(beta), float32(t)). */
+  /* Only what the configured rule reads (its other fields keep what they held): the double-
+   * precision pow calls cost the step's fixed time on the device. */
+  const int k = p->kind;
   float t = (float)(it + 1);
-  s->beta_1_power = cuoptim_powf(p->beta_1, t);
-  s->beta_2_power = cuoptim_powf(p->beta_2, t);
-  s->one_minus_beta_1_power = 1.0f - s->beta_1_power;
-  s->one_minus_beta_2_power = 1.0f - s->beta_2_power;
-  s->adam_alpha = s->lr * sqrtf(s->one_minus_beta_2_power) / s->one_minus_beta_1_power;
+  if (k == CUOPTIM_ADAM || k == CUOPTIM_ADAMW || k == CUOPTIM_ADAMAX || k == CUOPTIM_NADAM || k == CUOPTIM_LAMB) {
+    /* Bias corrections: ops.power(float32(beta), float32(t)). */
+    s->beta_1_power = cuoptim_powf(p->beta_1, t);
+    s->beta_2_power = cuoptim_powf(p->beta_2, t);
+    s->one_minus_beta_1_power = 1.0f - s->beta_1_power;
+    s->one_minus_beta_2_power = 1.0f - s->beta_2_power;
+    s->adam_alpha = s->lr * sqrtf(s->one_minus_beta_2_power) / s->one_minus_beta_1_power;
+  }
 
-  /* Nadam (§2.8): u_product advances before the per-variable updates. */
-  float decay_t = cuoptim_powf(q->nadam_decay, t);
-  s->nadam_u_t = p->beta_1 * (1.0f - 0.5f * decay_t);
-  s->nadam_u_t1 = p->beta_1 * (1.0f - 0.5f * cuoptim_powf(q->nadam_decay, (float)(it + 2)));
-  s->nadam_u_product = (state->u_product * p->beta_1) * (1.0f - 0.5f * decay_t);
-  s->nadam_u_product_t1 = s->nadam_u_product * s->nadam_u_t1;
-  s->nadam_one_minus_beta_1 = 1.0f - p->beta_1;
-  s->nadam_one_minus_beta_2 = 1.0f - p->beta_2;
+  if (k == CUOPTIM_NADAM) {
+    /* Nadam (§2.8): u_product advances before the per-variable updates. */
+    float decay_t = cuoptim_powf(q->nadam_decay, t);
+    s->nadam_u_t = p->beta_1 * (1.0f - 0.5f * decay_t);
+    s->nadam_u_t1 = p->beta_1 * (1.0f - 0.5f * cuoptim_powf(q->nadam_decay, (float)(it + 2)));
+    s->nadam_u_product = (state->u_product * p->beta_1) * (1.0f - 0.5f * decay_t);
+    s->nadam_u_product_t1 = s->nadam_u_product * s->nadam_u_t1;
+    s->nadam_one_minus_beta_1 = 1.0f - p->beta_1;
+    s->nadam_one_minus_beta_2 = 1.0f - p->beta_2;
+  }
 
   /* ScheduleFreeAdamW: the warmup of the learning rate, the averaging weight. */
   s->sf_lr = p->sf_has_warmup ? s->lr * cuoptim_minf(t / p->sf_warmup_steps, 1.0f) : s->lr;
   s->sf_weight = 1.0f / t;
 
   /* Ftrl (§2.11): l2 + beta / (2 lr). */
-  s->ftrl_l2 = p->l2 + p->ftrl_beta / (2.0f * s->lr);
+  if (k == CUOPTIM_FTRL) s->ftrl_l2 = p->l2 + p->ftrl_beta / (2.0f * s->lr);
 
   /* EMA (§1.6): momentum 0 on the first step. */
   s->ema_momentum = it != 0 ? p->ema_momentum : 0.0f;

@@ -30,6 +30,11 @@ long cuoptim_emu_device_synchronize_calls(void);
  * cudaMemcpy and cudaMemset (the legacy default stream, and so every blocking stream). */
 long cuoptim_emu_implicit_synchronizations(void);
 
+/* Kernels run so far whose launch named them starting with `prefix` (NULL: every kernel): each
+ * eager launch once it runs, each kernel of a graph at every replay. Names are the kernel
+ * expressions as the launch wrote them ("update_kernel<KIND>", "prologue_kernel"). */
+long cuoptim_emu_kernels_run(const char *prefix);
+
 /* What cudaDeviceGetAttribute(cudaDevAttrMemoryPoolsSupported) answers (1 at start): 0 makes the
  * device one without stream-ordered allocation. */
 void cuoptim_emu_set_memory_pools_supported(int supported);

@@ -74,6 +74,15 @@ inline T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
   return out;
 }
 
+/* Blocks run one after another: an atomic is a plain read-modify-write, a fence orders nothing
+ * that is not already in order. */
+inline unsigned atomicAdd(unsigned *address, unsigned value) {
+  unsigned old = *address;
+  *address = old + value;
+  return old;
+}
+inline void __threadfence(void) {}
+
 using std::isfinite;
 
 /* A launch: arguments converted to the kernel's parameter types now (as <<<>>> does), the body

@@ -38,6 +38,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "control.h"
@@ -997,6 +998,21 @@ static void run_block(BlockRun *run, dim3 grid, dim3 block, unsigned block_x) {
   }
 }
 
+/* Kernels run so far, by the name the launch gave (the kernel's expression as written). */
+static long kernels_run = 0;
+static std::map<std::string, long> &kernels_run_by_name() {
+  static std::map<std::string, long> map;
+  return map;
+}
+
+extern "C" long cuoptim_emu_kernels_run(const char *prefix) {
+  if (!prefix) return kernels_run;
+  long n = 0;
+  for (const auto &entry : kernels_run_by_name())
+    if (entry.first.compare(0, strlen(prefix), prefix) == 0) n += entry.second;
+  return n;
+}
+
 void cuoptim_emu_launch_body(dim3 grid, dim3 block, cudaStream_t stream, const char *name,
                              std::function<void()> body) {
   if (grid.x == 0 || grid.y != 1 || grid.z != 1 || block.x == 0 || block.x > MAX_THREADS || block.y != 1 ||
@@ -1006,6 +1022,8 @@ void cuoptim_emu_launch_body(dim3 grid, dim3 block, cudaStream_t stream, const c
   }
   /* A failed enqueue (an invalidated capture) is already the last error, as for a launch. */
   (void)enqueue(stream, [grid, block, name, body = std::move(body)] {
+    kernels_run++;
+    kernels_run_by_name()[name]++;
     BlockRun *run = block_run();
     run->kernel = name;
     run->body = &body;

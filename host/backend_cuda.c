@@ -1,7 +1,8 @@
 /* CUOPTIM_BACKEND_CUDA: the stages as fused kernels (cuda/kernels.cu) on the caller's stream.
  *
  * Tables are built once (cuoptim_build): one entry per variable, a chunk list, the prologue's
- * constants. A step launches inspect (when needed), prologue, update and finish; the only
+ * constants. A step launches inspect (when needed), prologue (which also advances the state: no
+ * finish stage) and update; the only
  * per-step upload is the gradient table, and only for entries whose pointer or dtype changed since
  * the last step — done by a kernel whose argument carries the new entries, so it is captured by
  * value in a CUDA graph and needs no host synchronization.
@@ -62,8 +63,11 @@ typedef struct {
   cuoptimChunk *chunks;             /* device */
   cuoptimChunkPartial *partials;    /* device */
   cuoptimPrologueParams *prologue;  /* device */
+  uint32_t *chunks_done;            /* device, per variable (the inspect and Lamb reductions) */
   cuoptimDeviceGradient *uploaded;  /* host: what the device table holds */
+  int any_half_variable;            /* some variable has half parameters (and a float32 master) */
   cuoptimGradientBatch *batch;      /* host scratch of the scatter launch */
+  int batch_pending;                /* *batch is this step's last table upload, for the prologue */
 } CudaBackend;
 
 static CudaBackend *data_of(cuoptimOptimizer_t opt) { return (CudaBackend *)opt->backend_data; }
@@ -134,7 +138,7 @@ static void forget_completed(WorkMarks *m) {
   m->count -= low;
 }
 
-/* Marks to start with: 16 steps of four stages before the oldest are looked at again. */
+/* Marks to start with: some twenty steps of three stages before the oldest are looked at again. */
 #define FIRST_MARK_CAPACITY 64
 
 /* Twice the slots, the marks kept in order at the start. */
@@ -272,6 +276,8 @@ static void free_tables(CudaBackend *b) {
   device_free(b, b->chunks);
   device_free(b, b->partials);
   device_free(b, b->prologue);
+  device_free(b, b->chunks_done);
+  b->chunks_done = NULL;
   b->variables = NULL;
   b->grads = NULL;
   b->chunks = NULL;
@@ -394,6 +400,7 @@ static int64_t chunks_of(size_t count) { return (int64_t)((count + CUOPTIM_CHUNK
 /* Tables: variables, chunk list, prologue constants; then the build kernel fills the slots. */
 static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   free_tables(b); /* a retry after a failed build starts clean */
+  b->any_half_variable = 0;
   int n = opt->num_variables;
   int64_t total_chunks = 0;
   for (int k = 0; k < n; k++) total_chunks += chunks_of(opt->variables[k].local_count);
@@ -411,6 +418,7 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
     return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: out of host memory");
   }
   int64_t next = 0;
+  int every_variable_has_chunks = 1;
   for (int k = 0; k < n; k++) {
     const cuoptimVariableRec *v = &opt->variables[k];
     cuoptimDeviceVariable *d = &variables[k];
@@ -423,6 +431,8 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
     d->param_dtype = v->dtype;
     d->use_weight_decay = v->use_weight_decay;
     d->first_chunk = next;
+    if (v->dtype != CUOPTIM_FLOAT32) b->any_half_variable = 1;
+    if (chunks_of(v->local_count) == 0) every_variable_has_chunks = 0; /* sharded: none on this rank */
     for (int64_t c = 0; c < chunks_of(v->local_count); c++) {
       chunks[next].variable = k;
       chunks[next].chunk = (int32_t)c;
@@ -439,6 +449,8 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->chunks, partial_count * sizeof *chunks);
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->partials, partial_count * sizeof(cuoptimChunkPartial));
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->prologue, sizeof(cuoptimPrologueParams));
+  if (err == cudaSuccess) err = device_malloc(b, (void **)&b->chunks_done, table_count * sizeof(uint32_t));
+  if (err == cudaSuccess) err = cudaMemsetAsync(b->chunks_done, 0, table_count * sizeof(uint32_t), own);
   if (err == cudaSuccess)
     err = cudaMemcpyAsync(b->variables, variables, table_count * sizeof *variables, cudaMemcpyHostToDevice, own);
   if (err == cudaSuccess) err = cudaMemsetAsync(b->grads, 0, table_count * sizeof(cuoptimDeviceGradient), own);
@@ -462,6 +474,8 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   step->scalars = opt->scalars;
   step->tensors = opt->tensors;
   step->prologue = b->prologue;
+  step->chunks_done = b->chunks_done;
+  step->every_variable_has_chunks = every_variable_has_chunks;
   step->num_variables = n;
   step->num_chunks = total_chunks;
   return CUOPTIM_STATUS_SUCCESS;
@@ -534,6 +548,24 @@ static cuoptimStatus_t cuda_build(cuoptimOptimizer_t opt, const cuoptimStream_t 
 /* What the host mirror holds for an entry whose device value is unknown. */
 #define UNKNOWN_GRADIENT ((const void *)1)
 
+/* The device does not hold what the mirror says for the entries of b->batch (a launch that carried
+ * them failed, or never came). */
+static void forget_pending_batch(CudaBackend *b) {
+  const cuoptimGradientBatch *batch = b->batch;
+  for (int j = batch->first; j < batch->first + batch->count; j++) b->uploaded[j].grad = UNKNOWN_GRADIENT;
+  b->batch_pending = 0;
+}
+
+static cuoptimStatus_t launch_pending_batch(CudaBackend *b, cuoptimStream_t stream) {
+  cudaError_t err = (cudaError_t)cuoptim_launch_scatter_gradients(b->grads, b->batch, stream);
+  if (err != cudaSuccess) {
+    forget_pending_batch(b);
+    return cuda_fail(err, "cuoptimApplyGradients: uploading the gradient table");
+  }
+  b->batch_pending = 0;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   CudaBackend *b = data_of(opt);
   int n = opt->num_variables;
@@ -541,7 +573,11 @@ static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStre
    * replay, whatever eager steps did in between), and the mirror forgets what the device holds
    * (a replay may change it behind our back). */
   int capturing = b->capturing;
-  cudaError_t err = cudaSuccess;
+  /* The update instance reads each gradient in its variable's dtype (cuoptim_update_features). */
+  int gradients_match = 1;
+  for (int j = 0; j < n; j++)
+    if (opt->step_grads[j].grad && opt->step_grads[j].dtype != opt->variables[j].dtype) gradients_match = 0;
+  b->step.features = cuoptim_update_features(&opt->prologue.rule, b->any_half_variable, gradients_match);
   int k = 0;
   while (k < n) {
     const cuoptimStepGradient *g = &opt->step_grads[k];
@@ -551,6 +587,7 @@ static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStre
       continue;
     }
     cuoptimGradientBatch *batch = b->batch;
+    if (b->batch_pending) CUOPTIM_CHECK(launch_pending_batch(b, stream));
     batch->first = k;
     batch->count = 0;
     while (k < n && batch->count < CUOPTIM_GRADIENT_BATCH) {
@@ -562,12 +599,11 @@ static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStre
       if (capturing) b->uploaded[k].grad = UNKNOWN_GRADIENT;
       k++;
     }
-    err = (cudaError_t)cuoptim_launch_scatter_gradients(b->grads, batch, stream);
-    if (err != cudaSuccess) {
-      for (int j = batch->first; j < batch->first + batch->count; j++) b->uploaded[j].grad = UNKNOWN_GRADIENT;
-      return cuda_fail(err, "cuoptimApplyGradients: uploading the gradient table");
-    }
+    b->batch_pending = 1;
+    /* The last batch of a step without an inspect pass rides on the prologue's argument (nothing
+     * before the prologue reads the table); any other is launched now. */
   }
+  if (b->batch_pending && cuoptim_needs_inspect(opt)) CUOPTIM_CHECK(launch_pending_batch(b, stream));
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -609,6 +645,7 @@ static cuoptimStatus_t record_replay(CudaBackend *b, cuoptimStream_t stream, con
 
 static cuoptimStatus_t cuda_end_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, cuoptimStatus_t status) {
   CudaBackend *b = data_of(opt);
+  if (b->batch_pending) forget_pending_batch(b); /* the step failed before its prologue */
   if (status == CUOPTIM_STATUS_SUCCESS && b->capturing)
     status = record_replay(b, stream, "cuoptimApplyGradients: cudaEventRecordWithFlags");
   leave_device(&b->guard);
@@ -626,8 +663,15 @@ static cuoptimStatus_t cuda_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stre
 }
 
 static cuoptimStatus_t cuda_prologue(cuoptimOptimizer_t opt, int inspected, cuoptimStream_t stream) {
-  return launched(cuoptim_launch_prologue(&data_of(opt)->step, inspected, stream),
-                  "cuoptimApplyGradients: prologue kernel");
+  CudaBackend *b = data_of(opt);
+  int err = cuoptim_launch_prologue(&b->step, inspected, b->batch_pending ? b->batch : NULL, stream);
+  if (b->batch_pending) {
+    if (err == cudaSuccess)
+      b->batch_pending = 0;
+    else
+      forget_pending_batch(b);
+  }
+  return launched(err, "cuoptimApplyGradients: prologue kernel");
 }
 
 static cuoptimStatus_t cuda_update(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
@@ -642,10 +686,6 @@ static cuoptimStatus_t cuda_update(cuoptimOptimizer_t opt, cuoptimStream_t strea
   }
   return launched(cuoptim_launch_update(&data_of(opt)->step, &opt->prologue.rule, stream),
                   "cuoptimApplyGradients: update kernel");
-}
-
-static cuoptimStatus_t cuda_finish(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
-  return launched(cuoptim_launch_finish(&data_of(opt)->step, stream), "cuoptimApplyGradients: finish kernel");
 }
 
 /* Ordered and marked like a step (captured: like a captured step). */
@@ -827,7 +867,7 @@ static const cuoptimBackendOps cuda_backend = {
     .inspect = cuda_inspect,
     .prologue = cuda_prologue,
     .update = cuda_update,
-    .finish = cuda_finish,
+    .finish = NULL, /* the prologue kernel advances the state */
     .finalize = cuda_finalize,
     .synchronize = cuda_synchronize,
     .transfer_begin = cuda_transfer_begin,

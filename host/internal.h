@@ -390,6 +390,7 @@ struct cuoptimBackendOps {
   cuoptimStatus_t (*inspect)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   cuoptimStatus_t (*prologue)(cuoptimOptimizer_t opt, int inspected, cuoptimStream_t stream);
   cuoptimStatus_t (*update)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* NULL: the prologue advances the state (the CUDA backend's prologue kernel), no finish stage. */
   cuoptimStatus_t (*finish)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   /* After each stage of a step is enqueued, under the stage's name (a string that lives forever):
    * what `query` names while the stage runs. */

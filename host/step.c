@@ -145,7 +145,9 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
     status = run_stage("aggregate", cuoptim_comm_combine_inspect, opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("prologue", run_prologue, opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("update", opt->ops->update, opt, stream);
-  if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("finish", opt->ops->finish, opt, stream);
+  /* A backend without a finish stage advances the state in its prologue. */
+  if (status == CUOPTIM_STATUS_SUCCESS && opt->ops->finish)
+    status = run_stage("finish", opt->ops->finish, opt, stream);
   /* Sharded state: every rank's share of the parameters gathered. */
   if (status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt))
     status = run_stage("aggregate", cuoptim_comm_end_step, opt, stream);

@@ -47,6 +47,9 @@
 
 #include "cuoptim.h"
 #include "testutil.h"
+#ifdef CUOPTIM_TEST_EMULATED_DEVICE
+#include "control.h" /* which update kernels ran */
+#endif
 
 /* ---- checks ------------------------------------------------------------------------------------ */
 
@@ -1223,6 +1226,120 @@ Test(cuda_mixed_precision, float16_params_bfloat16_grads) { NEED_GPU(); check_mi
 Test(cuda_mixed_precision, bfloat16_params_float32_grads) { NEED_GPU(); check_mixed(CUOPTIM_BFLOAT16, CUOPTIM_FLOAT32); }
 Test(cuda_mixed_precision, bfloat16_params_float16_grads) { NEED_GPU(); check_mixed(CUOPTIM_BFLOAT16, CUOPTIM_FLOAT16); }
 Test(cuda_mixed_precision, bfloat16_params_bfloat16_grads) { NEED_GPU(); check_mixed(CUOPTIM_BFLOAT16, CUOPTIM_BFLOAT16); }
+
+/* ---- the update instances compiled for common configurations ---------------------------------------- */
+
+/* Steps without clipnorm, clipvalue, loss scaling, accumulation, EMA or the rules' options run an
+ * update instance whose flags are compile-time constants (cuda/launch.h, cuoptim_update_features):
+ * plain (weight decay read per variable), global_clipnorm, half parameters with masters (each
+ * gradient in its variable's dtype), SGD with momentum. The standard problem has whole 8192-element
+ * chunks, partial ones, buffers off 16-byte alignment (the scalar path) and tails; "bias$" takes
+ * two variables out of weight decay. On the emulated device the instance is checked by name and
+ * the result bit for bit (the arithmetic is the host's); on a GPU within the tolerance (Adam's
+ * square root and division are IEEE on both sides, but 16-bit parameters may round a master at a
+ * boundary either way, as check_mixed says). */
+static void check_fixed_instance(cuoptimConfig_t *c, cuoptimDtype_t dtype, const char *instance, const char *label) {
+  problem_t p = standard_problem();
+  p.param_dtype = p.grad_dtype = dtype;
+  p.exclude = "bias$";
+  c->learning_rate.initial_learning_rate = 0.01;
+#ifdef CUOPTIM_TEST_EMULATED_DEVICE
+  long fixed = cuoptim_emu_kernels_run(instance), generic = cuoptim_emu_kernels_run("update_kernel");
+  check_matches_host(c, &p, MATCH_BITWISE, label);
+  cr_expect_eq(cuoptim_emu_kernels_run(instance) - fixed, p.steps, "%s: %ld steps ran %s, want %d", label,
+               cuoptim_emu_kernels_run(instance) - fixed, instance, p.steps);
+  cr_expect_eq(cuoptim_emu_kernels_run("update_kernel"), generic, "%s: the generic update kernel ran", label);
+#else
+  (void)instance;
+  check_matches_host(c, &p, dtype == CUOPTIM_FLOAT32 && c->kind != CUOPTIM_ADAM && c->kind != CUOPTIM_ADAMW, label);
+#endif
+}
+
+#define FIXED_PLAIN "update_fixed_kernel<KIND | (int)(0) << 8>"
+#define FIXED_GLOBAL_CLIP "update_fixed_kernel<KIND | (int)(CUOPTIM_UPDATE_GLOBAL_CLIP) << 8>"
+#define FIXED_MASTER "update_fixed_kernel<KIND | (int)(CUOPTIM_UPDATE_MASTER) << 8>"
+#define FIXED_MOMENTUM "update_fixed_kernel<KIND | (int)(CUOPTIM_UPDATE_MOMENTUM) << 8>"
+#define FIXED_MOMENTUM_MASTER "update_fixed_kernel<KIND | (int)(CUOPTIM_UPDATE_MOMENTUM | CUOPTIM_UPDATE_MASTER) << 8>"
+
+Test(cuda_fixed_update, adam_plain) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  check_fixed_instance(&c, CUOPTIM_FLOAT32, FIXED_PLAIN, "Adam, plain instance");
+}
+
+Test(cuda_fixed_update, adamw_weight_decay_per_variable) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAMW);
+  c.weight_decay = 0.05;
+  check_fixed_instance(&c, CUOPTIM_FLOAT32, FIXED_PLAIN, "AdamW, plain instance");
+}
+
+Test(cuda_fixed_update, adamw_global_clipnorm) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAMW);
+  c.weight_decay = 0.05;
+  c.global_clipnorm = 5.0;
+  check_fixed_instance(&c, CUOPTIM_FLOAT32, FIXED_GLOBAL_CLIP, "AdamW global_clipnorm instance");
+}
+
+Test(cuda_fixed_update, adamw_float16_masters) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAMW);
+  c.weight_decay = 0.05;
+  check_fixed_instance(&c, CUOPTIM_FLOAT16, FIXED_MASTER, "AdamW, float16 parameters, master instance");
+}
+
+Test(cuda_fixed_update, adam_bfloat16_masters) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  check_fixed_instance(&c, CUOPTIM_BFLOAT16, FIXED_MASTER, "Adam, bfloat16 parameters, master instance");
+}
+
+Test(cuda_fixed_update, sgd_momentum_weight_decay) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  c.weight_decay = 0.01;
+  check_fixed_instance(&c, CUOPTIM_FLOAT32, FIXED_MOMENTUM, "SGD momentum, plain instance");
+}
+
+Test(cuda_fixed_update, sgd_momentum_bfloat16_masters) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_SGD);
+  c.momentum = 0.9;
+  check_fixed_instance(&c, CUOPTIM_BFLOAT16, FIXED_MOMENTUM_MASTER, "SGD momentum, bfloat16 master instance");
+}
+
+/* Every other kind with an instance, plain and with half masters. */
+Test(cuda_fixed_update, every_kind_plain_and_float16_masters) {
+  NEED_GPU();
+  static const cuoptimOptimizerKind_t kinds[] = {CUOPTIM_SGD,    CUOPTIM_RMSPROP, CUOPTIM_ADAGRAD, CUOPTIM_ADADELTA,
+                                                 CUOPTIM_ADAMAX, CUOPTIM_NADAM,   CUOPTIM_LION};
+  for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+    char label[96];
+    cuoptimConfig_t c = test_config(kinds[k]);
+    snprintf(label, sizeof label, "%s, plain instance", cuoptimOptimizerName(kinds[k]));
+    check_fixed_instance(&c, CUOPTIM_FLOAT32, FIXED_PLAIN, label);
+    c = test_config(kinds[k]);
+    snprintf(label, sizeof label, "%s, float16 master instance", cuoptimOptimizerName(kinds[k]));
+    check_fixed_instance(&c, CUOPTIM_FLOAT16, FIXED_MASTER, label);
+  }
+}
+
+/* Gradients of another dtype than their variable's: the generic kernel, the same result. */
+Test(cuda_fixed_update, float32_params_float16_grads_run_the_generic_kernel) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  problem_t p = standard_problem();
+  p.grad_dtype = CUOPTIM_FLOAT16;
+#ifdef CUOPTIM_TEST_EMULATED_DEVICE
+  long generic = cuoptim_emu_kernels_run("update_kernel");
+  check_matches_host(&c, &p, MATCH_BITWISE, "Adam, float16 gradients of float32 parameters");
+  cr_expect_eq(cuoptim_emu_kernels_run("update_kernel") - generic, p.steps);
+#else
+  check_matches_host(&c, &p, MATCH_CLOSE, "Adam, float16 gradients of float32 parameters");
+#endif
+}
 
 /* ---- determinism ------------------------------------------------------------------------------------ */
 

@@ -1,0 +1,173 @@
+/*
+ * test_cuda_launches.c — kernel launches per step of the CUDA backend, counted by the emulated
+ * device (emu/control.h: cuoptim_emu_kernels_run), eagerly and in a CUDA graph's replay; only in
+ * the emulated build. The fixed cost of a step is mostly its launches: plain Adam takes two
+ * (prologue, which also advances the state, and update), an inspect pass one more (its
+ * per-variable sums formed by the block of each variable's last chunk), Lamb its two passes.
+ *
+ * A step that uploads the gradient table (the first, one whose pointers changed, and every step
+ * once a step was captured, since a replay rewrites the table) adds that upload: in a plain step
+ * the table rides on the prologue's argument; after an inspect pass it is a launch of its own
+ * ahead of it.
+ */
+#include <criterion/criterion.h>
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "control.h"
+#include "cuoptim.h"
+#include "testutil.h"
+
+TestSuite(cuda_launches);
+
+/* Two variables: one of several whole chunks and a tail, one small. */
+#define BIG 20000
+#define SMALL 37
+
+typedef struct {
+  cuoptimOptimizer_t opt;
+  float *w[2], *g[2];
+  cuoptimGradient_t grads[2];
+  cudaStream_t stream;
+} rig_t;
+
+static void rig_make(rig_t *r, const cuoptimConfig_t *c) {
+  test_require_backend(CUOPTIM_BACKEND_CUDA);
+  memset(r, 0, sizeof *r);
+  OK(cuoptimCreate(&r->opt, c, CUOPTIM_BACKEND_CUDA, 0));
+  CUDA_OK(cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking));
+  static const size_t counts[2] = {BIG, SMALL};
+  static float values[BIG];
+  for (int i = 0; i < BIG; i++) values[i] = 0.001f * (float)(i % 97) - 0.05f;
+  for (int k = 0; k < 2; k++) {
+    r->w[k] = test_mem_from(CUOPTIM_BACKEND_CUDA, values, counts[k]);
+    r->g[k] = test_mem_from(CUOPTIM_BACKEND_CUDA, values, counts[k]);
+    cuoptimVariable_t v;
+    OK(cuoptimAddVariable(r->opt, k ? "dense/bias" : "dense/kernel", r->w[k], CUOPTIM_FLOAT32, counts[k], &v));
+    r->grads[k] = (cuoptimGradient_t){v, r->g[k], CUOPTIM_FLOAT32};
+  }
+}
+
+static void rig_free(rig_t *r) {
+  OK(cuoptimDestroy(r->opt));
+  for (int k = 0; k < 2; k++) {
+    test_mem_free(CUOPTIM_BACKEND_CUDA, r->w[k]);
+    test_mem_free(CUOPTIM_BACKEND_CUDA, r->g[k]);
+  }
+  CUDA_OK(cudaStreamDestroy(r->stream));
+}
+
+/* Kernels run by one eager step, once the table is on the device (the second step). */
+static long eager_launches(const cuoptimConfig_t *c) {
+  rig_t r;
+  rig_make(&r, c);
+  OK(cuoptimApplyGradients(r.opt, 2, r.grads, r.stream)); /* builds the state, uploads the table */
+  OK(cuoptimSynchronize(r.opt));
+  long before = cuoptim_emu_kernels_run(NULL);
+  OK(cuoptimApplyGradients(r.opt, 2, r.grads, r.stream));
+  OK(cuoptimSynchronize(r.opt));
+  long launches = cuoptim_emu_kernels_run(NULL) - before;
+  int64_t iterations = -1;
+  OK(cuoptimGetIterations(r.opt, &iterations));
+  cr_expect_eq(iterations, 2, "the state advanced: iterations %lld", (long long)iterations);
+  rig_free(&r);
+  return launches;
+}
+
+/* Kernels run by one replay of a captured step. */
+static long graph_launches(const cuoptimConfig_t *c) {
+  rig_t r;
+  rig_make(&r, c);
+  OK(cuoptimApplyGradients(r.opt, 2, r.grads, r.stream));
+  OK(cuoptimSynchronize(r.opt));
+  cudaGraph_t graph = NULL;
+  cudaGraphExec_t exec = NULL;
+  CUDA_OK(cudaStreamBeginCapture(r.stream, cudaStreamCaptureModeGlobal));
+  cuoptimStatus_t captured = cuoptimApplyGradients(r.opt, 2, r.grads, r.stream);
+  CUDA_OK(cudaStreamEndCapture(r.stream, &graph));
+  OK(captured);
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  long before = cuoptim_emu_kernels_run(NULL);
+  CUDA_OK(cudaGraphLaunch(exec, r.stream));
+  CUDA_OK(cudaStreamSynchronize(r.stream));
+  long launches = cuoptim_emu_kernels_run(NULL) - before;
+  CUDA_OK(cudaGraphLaunch(exec, r.stream));
+  CUDA_OK(cudaStreamSynchronize(r.stream));
+  cr_expect_eq(cuoptim_emu_kernels_run(NULL) - before, 2 * launches, "every replay runs the same kernels");
+  int64_t iterations = -1;
+  OK(cuoptimGetIterations(r.opt, &iterations));
+  cr_expect_eq(iterations, 3, "one eager step and two replays: iterations %lld", (long long)iterations);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  rig_free(&r);
+  return launches;
+}
+
+static void expect_launches(const cuoptimConfig_t *c, long eager, long graph, const char *label) {
+  long got = eager_launches(c);
+  cr_expect_eq(got, eager, "%s: %ld kernels per eager step, want %ld", label, got, eager);
+  got = graph_launches(c);
+  cr_expect_eq(got, graph, "%s: %ld kernels per graph replay, want %ld", label, got, graph);
+}
+
+Test(cuda_launches, adam_takes_two) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  expect_launches(&c, 2, 2, "Adam");
+}
+
+Test(cuda_launches, adamw_takes_two) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAMW);
+  c.weight_decay = 0.01;
+  expect_launches(&c, 2, 2, "AdamW");
+}
+
+Test(cuda_launches, adam_with_global_clipnorm_takes_three) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  c.global_clipnorm = 1.0;
+  expect_launches(&c, 3, 4, "Adam global_clipnorm");
+}
+
+Test(cuda_launches, adam_with_clipnorm_takes_three) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  c.clipnorm = 1.0;
+  expect_launches(&c, 3, 4, "Adam clipnorm");
+}
+
+Test(cuda_launches, adam_with_a_dynamic_loss_scale_takes_three) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  c.dynamic_loss_scale = 1;
+  expect_launches(&c, 3, 4, "Adam dynamic loss scale");
+}
+
+Test(cuda_launches, nadam_with_ema_takes_two) {
+  cuoptimConfig_t c = test_config(CUOPTIM_NADAM);
+  c.use_ema = 1;
+  expect_launches(&c, 2, 2, "Nadam EMA");
+}
+
+Test(cuda_launches, lamb_takes_three) {
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
+  expect_launches(&c, 3, 3, "Lamb");
+}
+
+Test(cuda_launches, lamb_with_global_clipnorm_takes_four) {
+  cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
+  c.global_clipnorm = 1.0;
+  expect_launches(&c, 4, 5, "Lamb global_clipnorm");
+}
+
+/* The first step builds the state (one launch) and uploads the table: on the prologue's argument
+ * in a plain step. */
+Test(cuda_launches, first_adam_step_builds_and_takes_two) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  rig_t r;
+  rig_make(&r, &c);
+  long before = cuoptim_emu_kernels_run(NULL), builds = cuoptim_emu_kernels_run("build_kernel");
+  OK(cuoptimApplyGradients(r.opt, 2, r.grads, r.stream));
+  OK(cuoptimSynchronize(r.opt));
+  cr_expect_eq(cuoptim_emu_kernels_run("build_kernel") - builds, 1);
+  cr_expect_eq(cuoptim_emu_kernels_run(NULL) - before, 3, "build, prologue, update: %ld kernels",
+               cuoptim_emu_kernels_run(NULL) - before);
+  rig_free(&r);
+}
