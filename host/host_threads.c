@@ -162,7 +162,7 @@ cuoptimStatus_t cuoptim_host_threads_from_environment(const char *caller, int *t
   char *end = NULL;
   errno = 0;
   long n = strtol(text, &end, 10);
-  if (errno || end == text || *end || n < 1 || n > CUOPTIM_HOST_MAX_THREADS)
+  if (*text < '0' || *text > '9' || errno || *end || n < 1 || n > CUOPTIM_HOST_MAX_THREADS)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
                          "%s: environment variable CUOPTIM_HOST_THREADS = \"%.40s\": must be a whole number from 1 "
                          "to %d (the host backend's threads; unset or empty: one per CPU the process may run on)",
