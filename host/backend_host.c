@@ -1,15 +1,101 @@
-/* CUOPTIM_BACKEND_HOST: every stage as plain C loops over host memory, calling the same
- * per-element functions (cuda/rules.h, cuda/prologue.h) as the CUDA kernels. The reference
- * implementation. */
+/* CUOPTIM_BACKEND_HOST: every stage as C loops over host memory, calling the same per-element
+ * functions (cuda/rules.h, cuda/prologue.h) as the CUDA kernels. The reference implementation,
+ * written to run at the memory-bandwidth limit:
+ *
+ *   - Work is cut into blocks of BLOCK elements of a variable (of this rank's share), grouped into
+ *     batches of at least BLOCK elements (many small variables share a batch); the threads of
+ *     host/host_threads.c take batches one at a time. What a block computes never depends on the
+ *     thread that runs it, nor on how many there are.
+ *   - A block is processed CHUNK elements at a time, in phases over the chunk: load the gradient
+ *     into float32, prepare it (cuoptim_prepare_gradient: unscale, accumulate, clip), then the rule
+ *     (cuoptim_update_element with the preparation switched off: exactly weight decay and the
+ *     rule), then the half-precision copy of the parameter. Each element goes through the same
+ *     float32 operations in the same order as one call of cuoptim_update_element would: the
+ *     results are those of the element functions, bit for bit.
+ *   - Each phase's loop is generated for constant flags: a local copy of cuoptimRuleParams whose
+ *     flags are compile-time constants lets the compiler drop the rules' branches, so the loops
+ *     have no call and no branch on the configuration in them, and vectorize.
+ *   - Sums of squares (the inspect pass's, Lamb's two norms) are taken in double per block, in a
+ *     fixed order: element i of a block goes to lane i % LANES, the lanes are added as a tree
+ *     ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), and the blocks' sums are added in block
+ *     order, starting from 0. So a variable's sum depends on its values alone (and, sharded, on
+ *     its share), never on the number of threads.
+ */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
-static cuoptimStatus_t host_init(cuoptimOptimizer_t opt) { return CUOPTIM_STATUS_SUCCESS; }
+/* Elements per block: each thread's unit of work, and the unit of the sums. A block's Adam
+ * working set (g, w, m, v: 1 MiB) stays in a core's L2. */
+#define BLOCK ((size_t)1 << 16)
+/* Elements per phase: the chunk's float32 gradient (2 KiB) stays in L1 between phases. A
+ * multiple of LANES, so that the lanes of the sums line up across chunks. */
+#define CHUNK 512
+#define LANES 8
+/* A stage with fewer elements than this runs on the calling thread alone: waking the pool's
+ * threads costs about as much as that work. */
+#define PARALLEL_MIN_ELEMENTS ((size_t)1 << 17)
 
-static cuoptimStatus_t host_release(cuoptimOptimizer_t opt) { return CUOPTIM_STATUS_SUCCESS; }
+#define HOST_INLINE static inline __attribute__((always_inline))
+/* On the functions that hold the generated loops: every call inside, down to rules.h's element
+ * functions, inlined, whatever the compiler's size limits, so the flags fold and the loops have
+ * no call left (which is what lets them vectorize). */
+#define HOST_FLATTEN __attribute__((flatten))
+
+/* Caller buffers may have any alignment: a type with alignment 1 makes every access an unaligned
+ * load or store (free on x86-64 for vector loads), and may_alias lets it read any buffer. */
+typedef float host_f32 __attribute__((aligned(1), may_alias));
+typedef uint16_t host_u16 __attribute__((aligned(1), may_alias));
+
+/* The blocks, laid out when the state is built (the variables and their shares are fixed then). */
+typedef struct {
+  int threads; /* CUOPTIM_HOST_THREADS, read by cuoptimCreate */
+  size_t num_blocks, num_batches;
+  int32_t *block_variable;     /* per block: the variable */
+  uint32_t *block_number;      /* per block: its number within the variable (at most 2^24) */
+  size_t *variable_block;      /* num_variables + 1: the blocks of variable k are [vb[k], vb[k + 1]) */
+  size_t *batch_block;         /* num_batches + 1: batch b is the blocks [bb[b], bb[b + 1]) */
+  double *block_sums;          /* 2 per block: the inspect pass's (one), Lamb's w and u */
+  unsigned char *block_nonfinite; /* per block: the inspect pass saw inf or NaN */
+} HostData;
+
+static HostData *host_data(cuoptimOptimizer_t opt) { return (HostData *)opt->backend_data; }
+
+static void free_blocks(HostData *h) {
+  free(h->block_variable);
+  free(h->block_number);
+  free(h->variable_block);
+  free(h->batch_block);
+  free(h->block_sums);
+  free(h->block_nonfinite);
+  int threads = h->threads;
+  memset(h, 0, sizeof *h);
+  h->threads = threads;
+}
+
+static cuoptimStatus_t host_init(cuoptimOptimizer_t opt) {
+  int threads = 1;
+  CUOPTIM_CHECK(cuoptim_host_threads_from_environment("cuoptimCreate", &threads));
+  HostData *h = calloc(1, sizeof *h);
+  if (!h) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimCreate: out of host memory");
+  h->threads = threads;
+  opt->backend_data = h;
+  cuoptim_log(CUOPTIM_LOG_INFO, "host backend: %d thread%s", threads, threads == 1 ? "" : "s");
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t host_release(cuoptimOptimizer_t opt) {
+  HostData *h = host_data(opt);
+  if (h) {
+    free_blocks(h);
+    free(h);
+    opt->backend_data = NULL;
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
 
 static cuoptimStatus_t host_check_pointer(cuoptimOptimizer_t opt, const void *ptr, cuoptimDtype_t dtype,
                                           const char *caller,
@@ -31,36 +117,603 @@ static cuoptimStatus_t host_copy(cuoptimOptimizer_t opt, void *dst, const void *
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-/* Caller buffers may have any alignment: their elements are copied, never dereferenced in place. */
-static float load_element(const void *buffer, cuoptimDtype_t dtype, size_t i) {
+/* ---- elements in and out -------------------------------------------------------------------- */
+
+/* Elements [begin, begin + n) of a caller's buffer, as float32. */
+static void load_chunk(const void *buffer, cuoptimDtype_t dtype, size_t begin, size_t n, float *restrict out) {
   if (dtype == CUOPTIM_FLOAT32) {
-    float value;
-    memcpy(&value, (const char *)buffer + i * sizeof value, sizeof value);
-    return value;
+    const host_f32 *x = (const host_f32 *)buffer + begin;
+    for (size_t i = 0; i < n; i++) out[i] = x[i];
+  } else if (dtype == CUOPTIM_FLOAT16) {
+    const host_u16 *x = (const host_u16 *)buffer + begin;
+    for (size_t i = 0; i < n; i++) out[i] = cuoptim_half_to_float(x[i]);
+  } else {
+    const host_u16 *x = (const host_u16 *)buffer + begin;
+    for (size_t i = 0; i < n; i++) out[i] = cuoptim_bfloat16_to_float(x[i]);
   }
-  uint16_t bits;
-  memcpy(&bits, (const char *)buffer + i * sizeof bits, sizeof bits);
-  return dtype == CUOPTIM_FLOAT16 ? cuoptim_half_to_float(bits) : cuoptim_bfloat16_to_float(bits);
 }
 
-static void store_element(void *buffer, cuoptimDtype_t dtype, size_t i, float value) {
-  if (dtype == CUOPTIM_FLOAT32) {
-    memcpy((char *)buffer + i * sizeof value, &value, sizeof value);
+/* A half-precision parameter's elements [begin, begin + n) from its float32 master. */
+static void store_half_chunk(void *buffer, cuoptimDtype_t dtype, size_t begin, size_t n, const float *restrict in) {
+  host_u16 *x = (host_u16 *)buffer + begin;
+  if (dtype == CUOPTIM_FLOAT16)
+    for (size_t i = 0; i < n; i++) x[i] = cuoptim_float_to_half(in[i]);
+  else
+    for (size_t i = 0; i < n; i++) x[i] = cuoptim_float_to_bfloat16(in[i]);
+}
+
+/* The float32 values the rules update, from element `begin` on: the master of a half variable, or
+ * the caller's float32 parameter. */
+static host_f32 *working(const cuoptimVariableRec *v, size_t begin) {
+  return v->master ? (host_f32 *)v->master + begin : (host_f32 *)v->local_param + begin;
+}
+
+/* After the rules wrote the working values of [begin, begin + n): the half parameter's copy. */
+static void store_working_half(const cuoptimVariableRec *v, size_t begin, size_t n) {
+  if (v->master) store_half_chunk(v->local_param, v->dtype, begin, n, v->master + begin);
+}
+
+/* ---- sums of squares in the fixed order (see the top) ----------------------------------------- */
+
+/* Adds x[i]^2 to lane i % LANES; x starts at a multiple of LANES within its block. */
+static inline void sum_squares(const float *restrict x, size_t n, double *restrict lane) {
+  double l0 = lane[0], l1 = lane[1], l2 = lane[2], l3 = lane[3], l4 = lane[4], l5 = lane[5], l6 = lane[6],
+         l7 = lane[7];
+  size_t i = 0;
+  for (; i + LANES <= n; i += LANES) {
+    l0 += (double)x[i] * (double)x[i];
+    l1 += (double)x[i + 1] * (double)x[i + 1];
+    l2 += (double)x[i + 2] * (double)x[i + 2];
+    l3 += (double)x[i + 3] * (double)x[i + 3];
+    l4 += (double)x[i + 4] * (double)x[i + 4];
+    l5 += (double)x[i + 5] * (double)x[i + 5];
+    l6 += (double)x[i + 6] * (double)x[i + 6];
+    l7 += (double)x[i + 7] * (double)x[i + 7];
+  }
+  lane[0] = l0, lane[1] = l1, lane[2] = l2, lane[3] = l3, lane[4] = l4, lane[5] = l5, lane[6] = l6, lane[7] = l7;
+  for (; i < n; i++) lane[i % LANES] += (double)x[i] * (double)x[i];
+}
+
+static inline double sum_lanes(const double *lane) {
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+/* ---- the phases, generated for constant flags ------------------------------------------------ */
+
+/* The flags the preparation of a gradient tests (cuoptim_prepare_gradient). */
+typedef struct {
+  int mean, dynamic, factor, accumulate, clip;
+} PrepareFlags;
+
+static PrepareFlags prepare_flags(const cuoptimRuleParams *p) {
+  PrepareFlags f = {p->mean_over_ranks != 0, p->dynamic_loss_scale != 0, p->has_loss_scale_factor != 0,
+                    p->accumulation_steps != 0, p->clip};
+  return f;
+}
+
+/* Params whose flags are the constants given. rules.h tests accumulation_steps for zero only (the
+ * division uses accumulation_steps_f), so 1 stands for "on". */
+HOST_INLINE void set_prepare_flags(cuoptimRuleParams *p, const int mean, const int dynamic, const int factor,
+                                   const int accumulate, const int clip) {
+  p->mean_over_ranks = mean;
+  p->dynamic_loss_scale = dynamic;
+  p->has_loss_scale_factor = factor;
+  p->accumulation_steps = accumulate;
+  p->clip = clip;
+}
+
+/* An update step: g[i] becomes the gradient the rule sees (acc: the accumulator, or NULL). */
+HOST_INLINE void prepare_loop(const cuoptimRuleParams *p_in, const cuoptimStepScalars *s_in,
+                              const cuoptimTensorScalars *t_in, float *restrict g, float *restrict acc, size_t n,
+                              const int mean, const int dynamic, const int factor, const int accumulate,
+                              const int clip) {
+  cuoptimRuleParams p = *p_in;
+  cuoptimStepScalars s = *s_in;
+  cuoptimTensorScalars t = *t_in;
+  set_prepare_flags(&p, mean, dynamic, factor, accumulate, clip);
+  s.apply_update = 1;
+  for (size_t i = 0; i < n; i++) {
+    float a = accumulate ? acc[i] : 0.0f, x = 0.0f;
+    cuoptim_prepare_gradient(&p, &s, &t, g[i], &a, &x);
+    g[i] = x;
+    if (accumulate) acc[i] = a;
+  }
+}
+
+/* An accumulation micro-step: only the accumulator changes. */
+HOST_INLINE void accumulate_loop(const cuoptimRuleParams *p_in, const cuoptimStepScalars *s_in,
+                                 const cuoptimTensorScalars *t_in, const float *restrict g, float *restrict acc,
+                                 size_t n, const int mean, const int dynamic, const int factor) {
+  cuoptimRuleParams p = *p_in;
+  cuoptimStepScalars s = *s_in;
+  cuoptimTensorScalars t = *t_in;
+  set_prepare_flags(&p, mean, dynamic, factor, 1, CUOPTIM_CLIP_NONE);
+  s.apply_update = 0;
+  for (size_t i = 0; i < n; i++) {
+    float a = acc[i], x = 0.0f;
+    cuoptim_prepare_gradient(&p, &s, &t, g[i], &a, &x);
+    acc[i] = a;
+  }
+}
+
+/* The inspect pass's gradient (before clipping), in place. */
+HOST_INLINE void inspect_loop(const cuoptimRuleParams *p_in, float loss_scale, float *restrict g,
+                              const float *restrict acc, size_t n, const int mean, const int dynamic, const int factor,
+                              const int accumulate) {
+  cuoptimRuleParams p = *p_in;
+  set_prepare_flags(&p, mean, dynamic, factor, accumulate, CUOPTIM_CLIP_NONE);
+  for (size_t i = 0; i < n; i++) g[i] = cuoptim_inspect_gradient(&p, loss_scale, g[i], accumulate ? acc[i] : 0.0f);
+}
+
+/* The dispatch from runtime flags to the loops above: each level turns one flag into a constant. */
+#define PREPARE_ARGS p, s, t, g, acc, n
+#define PREPARE_PARAMS                                                                                   \
+  const cuoptimRuleParams *p, const cuoptimStepScalars *s, const cuoptimTensorScalars *t, float *restrict g, \
+      float *restrict acc, size_t n
+
+HOST_INLINE void prepare_clip(PREPARE_PARAMS, const int m, const int d, const int f, const int a, int clip) {
+  switch (clip) {
+    case CUOPTIM_CLIP_NORM: prepare_loop(PREPARE_ARGS, m, d, f, a, CUOPTIM_CLIP_NORM); break;
+    case CUOPTIM_CLIP_GLOBAL_NORM: prepare_loop(PREPARE_ARGS, m, d, f, a, CUOPTIM_CLIP_GLOBAL_NORM); break;
+    case CUOPTIM_CLIP_VALUE: prepare_loop(PREPARE_ARGS, m, d, f, a, CUOPTIM_CLIP_VALUE); break;
+    default: prepare_loop(PREPARE_ARGS, m, d, f, a, CUOPTIM_CLIP_NONE); break;
+  }
+}
+HOST_INLINE void prepare_accumulate(PREPARE_PARAMS, const int m, const int d, const int f, PrepareFlags r) {
+  if (r.accumulate)
+    prepare_clip(PREPARE_ARGS, m, d, f, 1, r.clip);
+  else
+    prepare_clip(PREPARE_ARGS, m, d, f, 0, r.clip);
+}
+HOST_INLINE void prepare_factor(PREPARE_PARAMS, const int m, const int d, PrepareFlags r) {
+  if (r.factor)
+    prepare_accumulate(PREPARE_ARGS, m, d, 1, r);
+  else
+    prepare_accumulate(PREPARE_ARGS, m, d, 0, r);
+}
+HOST_INLINE void prepare_dynamic(PREPARE_PARAMS, const int m, PrepareFlags r) {
+  if (r.dynamic)
+    prepare_factor(PREPARE_ARGS, m, 1, r);
+  else
+    prepare_factor(PREPARE_ARGS, m, 0, r);
+}
+/* The gradient of an update step, in place (micro = 0), or the accumulation of a micro-step. */
+HOST_FLATTEN static void prepare_chunk(PREPARE_PARAMS, PrepareFlags r, int micro) {
+  if (micro) {
+    int key = r.mean | r.dynamic << 1 | r.factor << 2;
+    switch (key) {
+#define ACCUMULATE_CASE(k) \
+  case k: accumulate_loop(p, s, t, g, acc, n, (k) & 1, (k) >> 1 & 1, (k) >> 2 & 1); break;
+      ACCUMULATE_CASE(0) ACCUMULATE_CASE(1) ACCUMULATE_CASE(2) ACCUMULATE_CASE(3)
+      ACCUMULATE_CASE(4) ACCUMULATE_CASE(5) ACCUMULATE_CASE(6) ACCUMULATE_CASE(7)
+#undef ACCUMULATE_CASE
+    }
     return;
   }
-  uint16_t bits = dtype == CUOPTIM_FLOAT16 ? cuoptim_float_to_half(value) : cuoptim_float_to_bfloat16(value);
-  memcpy((char *)buffer + i * sizeof bits, &bits, sizeof bits);
+  if (!r.mean && !r.dynamic && !r.factor && !r.accumulate && r.clip == CUOPTIM_CLIP_NONE) return;
+  if (r.mean)
+    prepare_dynamic(PREPARE_ARGS, 1, r);
+  else
+    prepare_dynamic(PREPARE_ARGS, 0, r);
 }
 
-/* The float32 value the rules update: the master of a half variable, or the caller's float32. */
-static float load_working(const cuoptimVariableRec *v, size_t i) {
-  return v->master ? v->master[i] : load_element(v->local_param, CUOPTIM_FLOAT32, i);
+HOST_FLATTEN static void inspect_chunk(const cuoptimRuleParams *p, float loss_scale, float *restrict g, const float *restrict acc,
+                          size_t n, PrepareFlags r) {
+  int key = r.mean | r.dynamic << 1 | r.factor << 2 | r.accumulate << 3;
+  switch (key) {
+#define INSPECT_CASE(k) \
+  case k: inspect_loop(p, loss_scale, g, acc, n, (k) & 1, (k) >> 1 & 1, (k) >> 2 & 1, (k) >> 3 & 1); break;
+    INSPECT_CASE(1) INSPECT_CASE(2) INSPECT_CASE(3) INSPECT_CASE(4) INSPECT_CASE(5)
+    INSPECT_CASE(6) INSPECT_CASE(7) INSPECT_CASE(8) INSPECT_CASE(9) INSPECT_CASE(10) INSPECT_CASE(11)
+    INSPECT_CASE(12) INSPECT_CASE(13) INSPECT_CASE(14) INSPECT_CASE(15)
+#undef INSPECT_CASE
+    default: break; /* no flag: the raw gradient itself */
+  }
 }
 
-/* Stores the updated value: into the master and the half parameter, or the caller's float32. */
-static void store_working(const cuoptimVariableRec *v, size_t i, float value) {
-  if (v->master) v->master[i] = value;
-  store_element(v->local_param, v->dtype, i, value);
+/* The rules, one loop per optimizer and per value of the flags its rule tests. */
+typedef enum {
+  RULE_GENERIC = -1, /* none of the loops below fits: element by element, as written in rules.h */
+  RULE_SGD,
+  RULE_SGD_MOMENTUM,
+  RULE_SGD_NESTEROV,
+  RULE_RMSPROP,
+  RULE_RMSPROP_MOMENTUM,
+  RULE_RMSPROP_CENTERED,
+  RULE_RMSPROP_CENTERED_MOMENTUM,
+  RULE_ADAGRAD,
+  RULE_ADADELTA,
+  RULE_ADAM,
+  RULE_ADAM_AMSGRAD,
+  RULE_ADAMAX,
+  RULE_NADAM,
+  RULE_LION,
+  RULE_FTRL,        /* any learning_rate_power: a double pow per element */
+  RULE_FTRL_SQRT,   /* learning_rate_power -0.5 */
+  RULE_FTRL_POWER0, /* learning_rate_power 0 */
+  RULE_SCHEDULE_FREE_ADAMW,
+} RuleVariant;
+
+static RuleVariant rule_variant(const cuoptimRuleParams *p) {
+  switch (p->kind) {
+    case CUOPTIM_SGD:
+      if (!p->has_momentum) return RULE_SGD;
+      return p->nesterov ? RULE_SGD_NESTEROV : RULE_SGD_MOMENTUM;
+    case CUOPTIM_RMSPROP:
+      if (p->centered) return p->has_momentum ? RULE_RMSPROP_CENTERED_MOMENTUM : RULE_RMSPROP_CENTERED;
+      return p->has_momentum ? RULE_RMSPROP_MOMENTUM : RULE_RMSPROP;
+    case CUOPTIM_ADAGRAD: return RULE_ADAGRAD;
+    case CUOPTIM_ADADELTA: return RULE_ADADELTA;
+    case CUOPTIM_ADAM:
+    case CUOPTIM_ADAMW: return p->amsgrad ? RULE_ADAM_AMSGRAD : RULE_ADAM;
+    case CUOPTIM_ADAMAX: return RULE_ADAMAX;
+    case CUOPTIM_NADAM: return RULE_NADAM;
+    case CUOPTIM_LION: return RULE_LION;
+    case CUOPTIM_FTRL:
+      if (p->lr_power_neg == 0.5f) return RULE_FTRL_SQRT;
+      return p->lr_power_neg == 0.0f ? RULE_FTRL_POWER0 : RULE_FTRL;
+    case CUOPTIM_SCHEDULE_FREE_ADAMW: return RULE_SCHEDULE_FREE_ADAMW;
+    default: return RULE_GENERIC;
+  }
+}
+
+/* Which of s0..s2 the rule of a variant reads and writes (bit j: s_j). */
+static unsigned rule_slots(RuleVariant r) {
+  switch (r) {
+    case RULE_SGD: return 0;
+    case RULE_SGD_MOMENTUM:
+    case RULE_SGD_NESTEROV:
+    case RULE_ADAGRAD:
+    case RULE_LION: return 1;
+    case RULE_RMSPROP: return 1;
+    case RULE_RMSPROP_MOMENTUM: return 3;
+    case RULE_RMSPROP_CENTERED: return 5;
+    case RULE_RMSPROP_CENTERED_MOMENTUM: return 7;
+    case RULE_ADAM_AMSGRAD: return 7;
+    default: return 3; /* Adadelta, Adam, Adamax, Nadam, Ftrl, ScheduleFreeAdamW */
+  }
+}
+
+/* Weight decay and the rule over a chunk whose gradient is prepared: cuoptim_update_element with
+ * the preparation switched off (every flag cuoptim_prepare_gradient tests is 0, so it passes the
+ * gradient through), the rule's own flags constants. */
+HOST_INLINE void rule_loop(const cuoptimRuleParams *p_in, const cuoptimStepScalars *s_in,
+                           const cuoptimTensorScalars *t_in, const float *restrict g, host_f32 *restrict w,
+                           float *restrict s0, float *restrict s1, float *restrict s2, size_t n, const RuleVariant r,
+                           const int decay) {
+  cuoptimRuleParams p = *p_in;
+  cuoptimStepScalars s = *s_in;
+  cuoptimTensorScalars t = *t_in;
+  set_prepare_flags(&p, 0, 0, 0, 0, CUOPTIM_CLIP_NONE);
+  switch (r) {
+    case RULE_SGD: p.kind = CUOPTIM_SGD, p.has_momentum = 0, p.nesterov = 0; break;
+    case RULE_SGD_MOMENTUM: p.kind = CUOPTIM_SGD, p.has_momentum = 1, p.nesterov = 0; break;
+    case RULE_SGD_NESTEROV: p.kind = CUOPTIM_SGD, p.has_momentum = 1, p.nesterov = 1; break;
+    case RULE_RMSPROP: p.kind = CUOPTIM_RMSPROP, p.centered = 0, p.has_momentum = 0; break;
+    case RULE_RMSPROP_MOMENTUM: p.kind = CUOPTIM_RMSPROP, p.centered = 0, p.has_momentum = 1; break;
+    case RULE_RMSPROP_CENTERED: p.kind = CUOPTIM_RMSPROP, p.centered = 1, p.has_momentum = 0; break;
+    case RULE_RMSPROP_CENTERED_MOMENTUM: p.kind = CUOPTIM_RMSPROP, p.centered = 1, p.has_momentum = 1; break;
+    case RULE_ADAGRAD: p.kind = CUOPTIM_ADAGRAD; break;
+    case RULE_ADADELTA: p.kind = CUOPTIM_ADADELTA; break;
+    /* Adam and AdamW share cuoptim_rule_adam (AdamW's difference is the weight decay). */
+    case RULE_ADAM: p.kind = CUOPTIM_ADAM, p.amsgrad = 0; break;
+    case RULE_ADAM_AMSGRAD: p.kind = CUOPTIM_ADAM, p.amsgrad = 1; break;
+    case RULE_ADAMAX: p.kind = CUOPTIM_ADAMAX; break;
+    case RULE_NADAM: p.kind = CUOPTIM_NADAM; break;
+    case RULE_LION: p.kind = CUOPTIM_LION; break;
+    case RULE_FTRL: p.kind = CUOPTIM_FTRL; break;
+    case RULE_FTRL_SQRT: p.kind = CUOPTIM_FTRL, p.lr_power_neg = 0.5f; break;
+    case RULE_FTRL_POWER0: p.kind = CUOPTIM_FTRL, p.lr_power_neg = 0.0f; break;
+    case RULE_SCHEDULE_FREE_ADAMW: p.kind = CUOPTIM_SCHEDULE_FREE_ADAMW; break;
+    default: break;
+  }
+  const unsigned used = rule_slots(r);
+  for (size_t i = 0; i < n; i++) {
+    float x = w[i], m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, acc = 0.0f;
+    if (used & 1) m0 = s0[i];
+    if (used & 2) m1 = s1[i];
+    if (used & 4) m2 = s2[i];
+    cuoptim_update_element(&p, &s, &t, decay, g[i], &x, &m0, &m1, &m2, &acc);
+    w[i] = x;
+    if (used & 1) s0[i] = m0;
+    if (used & 2) s1[i] = m1;
+    if (used & 4) s2[i] = m2;
+  }
+}
+
+#define RULE_PARAMS                                                                                          \
+  const cuoptimRuleParams *p, const cuoptimStepScalars *s, const cuoptimTensorScalars *t, const float *restrict g, \
+      host_f32 *restrict w, float *restrict s0, float *restrict s1, float *restrict s2, size_t n
+#define RULE_ARGS p, s, t, g, w, s0, s1, s2, n
+
+HOST_INLINE void rule_decay(RULE_PARAMS, const RuleVariant r, int decay) {
+  if (decay)
+    rule_loop(RULE_ARGS, r, 1);
+  else
+    rule_loop(RULE_ARGS, r, 0);
+}
+
+HOST_FLATTEN static void rule_chunk(RULE_PARAMS, RuleVariant r, int decay) {
+  switch (r) {
+#define RULE_CASE(v) \
+  case v: rule_decay(RULE_ARGS, v, decay); break;
+    RULE_CASE(RULE_SGD) RULE_CASE(RULE_SGD_MOMENTUM) RULE_CASE(RULE_SGD_NESTEROV) RULE_CASE(RULE_RMSPROP)
+    RULE_CASE(RULE_RMSPROP_MOMENTUM) RULE_CASE(RULE_RMSPROP_CENTERED) RULE_CASE(RULE_RMSPROP_CENTERED_MOMENTUM)
+    RULE_CASE(RULE_ADAGRAD) RULE_CASE(RULE_ADADELTA) RULE_CASE(RULE_ADAM) RULE_CASE(RULE_ADAM_AMSGRAD)
+    RULE_CASE(RULE_ADAMAX) RULE_CASE(RULE_NADAM) RULE_CASE(RULE_LION) RULE_CASE(RULE_FTRL)
+    RULE_CASE(RULE_FTRL_SQRT) RULE_CASE(RULE_FTRL_POWER0) RULE_CASE(RULE_SCHEDULE_FREE_ADAMW)
+#undef RULE_CASE
+    default: break;
+  }
+}
+
+/* Lamb pass 1 over a prepared chunk: moments; wd[i] and u[i] get the decayed variable and the
+ * update direction whose squares the trust ratio sums. */
+HOST_INLINE void lamb1_loop(const cuoptimRuleParams *p_in, const cuoptimStepScalars *s_in,
+                            const cuoptimTensorScalars *t_in, const float *restrict g, const host_f32 *restrict w,
+                            float *restrict m, float *restrict v, float *restrict wd, float *restrict u, size_t n,
+                            const int decay) {
+  cuoptimRuleParams p = *p_in;
+  cuoptimStepScalars s = *s_in;
+  cuoptimTensorScalars t = *t_in;
+  set_prepare_flags(&p, 0, 0, 0, 0, CUOPTIM_CLIP_NONE);
+  for (size_t i = 0; i < n; i++) {
+    float m0 = m[i], m1 = v[i], acc = 0.0f, decayed = 0.0f, update = 0.0f;
+    cuoptim_lamb_pass1_element(&p, &s, &t, decay, g[i], w[i], &m0, &m1, &acc, &decayed, &update);
+    m[i] = m0;
+    v[i] = m1;
+    wd[i] = decayed;
+    u[i] = update;
+  }
+}
+
+HOST_INLINE void lamb2_loop(const cuoptimRuleParams *p_in, const cuoptimStepScalars *s_in,
+                            const cuoptimTensorScalars *t_in, host_f32 *restrict w, const float *restrict m,
+                            const float *restrict v, size_t n, const int decay) {
+  cuoptimRuleParams p = *p_in;
+  cuoptimStepScalars s = *s_in;
+  cuoptimTensorScalars t = *t_in;
+  for (size_t i = 0; i < n; i++) w[i] = cuoptim_lamb_pass2_element(&p, &s, &t, decay, w[i], m[i], v[i]);
+}
+
+HOST_INLINE void ema_loop(const cuoptimStepScalars *s_in, host_f32 *restrict w, float *restrict average, size_t n,
+                          const int overwrite) {
+  cuoptimStepScalars s = *s_in;
+  s.ema_overwrite = overwrite;
+  for (size_t i = 0; i < n; i++) {
+    float x = w[i], a = average[i];
+    cuoptim_ema_element(&s, &x, &a);
+    average[i] = a;
+    if (overwrite) w[i] = x;
+  }
+}
+
+/* ---- the stages, block by block --------------------------------------------------------------- */
+
+typedef enum { STAGE_INSPECT, STAGE_UPDATE, STAGE_LAMB1, STAGE_LAMB2, STAGE_EMA, STAGE_FINALIZE } StageKind;
+
+typedef struct {
+  cuoptimOptimizer_t opt;
+  const HostData *h;
+  StageKind kind;
+  cuoptimRuleParams p;     /* copies: the loops read them, never the optimizer's memory */
+  cuoptimStepScalars s;
+  float loss_scale;        /* the inspect pass's */
+  PrepareFlags flags;
+  RuleVariant rule;
+  int micro;               /* an accumulation micro-step */
+  atomic_size_t next_batch;
+} Stage;
+
+/* Element by element, as the element functions of rules.h are written: for a configuration none
+ * of the generated loops covers (a slot the rule reads is missing). */
+static float load_element(const void *buffer, cuoptimDtype_t dtype, size_t i) {
+  float x;
+  load_chunk(buffer, dtype, i, 1, &x);
+  return x;
+}
+
+static void update_generic(const Stage *st, cuoptimVariableRec *v, const cuoptimStepGradient *g,
+                           const cuoptimTensorScalars *t, size_t begin, size_t n) {
+  float unused[3] = {0, 0, 0}, acc_unused = 0;
+  for (size_t i = begin; i < begin + n; i++) {
+    float *s0 = v->slots[0] ? &v->slots[0][i] : &unused[0];
+    float *s1 = v->slots[1] ? &v->slots[1][i] : &unused[1];
+    float *s2 = v->slots[2] ? &v->slots[2][i] : &unused[2];
+    float *acc = v->accumulator ? &v->accumulator[i] : &acc_unused;
+    float w = *working(v, i);
+    if (cuoptim_update_element(&st->p, &st->s, t, v->use_weight_decay, load_element(g->grad, g->dtype, i), &w, s0,
+                               s1, s2, acc)) {
+      *working(v, i) = w;
+      store_working_half(v, i, 1);
+    }
+  }
+}
+
+static void inspect_block(const Stage *st, size_t block, const cuoptimVariableRec *v, const cuoptimStepGradient *g,
+                          size_t begin, size_t n) {
+  double lane[LANES] = {0};
+  int nonfinite = 0;
+  float x[CHUNK];
+  for (size_t c = begin; c < begin + n; c += CHUNK) {
+    size_t m = begin + n - c < CHUNK ? begin + n - c : CHUNK;
+    load_chunk(g->grad, g->dtype, c, m, x);
+    for (size_t i = 0; i < m; i++) nonfinite |= !isfinite(x[i]);
+    inspect_chunk(&st->p, st->loss_scale, x, v->accumulator ? v->accumulator + c : NULL, m, st->flags);
+    sum_squares(x, m, lane);
+  }
+  st->h->block_sums[2 * block] = sum_lanes(lane);
+  st->h->block_nonfinite[block] = (unsigned char)nonfinite;
+}
+
+static void update_block(const Stage *st, cuoptimVariableRec *v, const cuoptimStepGradient *g,
+                         const cuoptimTensorScalars *t, size_t begin, size_t n) {
+  unsigned used = st->rule == RULE_GENERIC ? 8 : rule_slots(st->rule);
+  for (int j = 0; j < 3; j++)
+    if ((used >> j & 1) && !v->slots[j]) used = 8;
+  if (used == 8 || (st->flags.accumulate && !v->accumulator)) {
+    update_generic(st, v, g, t, begin, n);
+    return;
+  }
+  float x[CHUNK];
+  for (size_t c = begin; c < begin + n; c += CHUNK) {
+    size_t m = begin + n - c < CHUNK ? begin + n - c : CHUNK;
+    load_chunk(g->grad, g->dtype, c, m, x);
+    prepare_chunk(&st->p, &st->s, t, x, v->accumulator ? v->accumulator + c : NULL, m, st->flags, st->micro);
+    if (st->micro) continue;
+    rule_chunk(&st->p, &st->s, t, x, working(v, c), v->slots[0] ? v->slots[0] + c : NULL,
+               v->slots[1] ? v->slots[1] + c : NULL, v->slots[2] ? v->slots[2] + c : NULL, m, st->rule,
+               v->use_weight_decay);
+    store_working_half(v, c, m);
+  }
+}
+
+static void lamb1_block(const Stage *st, size_t block, cuoptimVariableRec *v, const cuoptimStepGradient *g,
+                        const cuoptimTensorScalars *t, size_t begin, size_t n) {
+  double w_lane[LANES] = {0}, u_lane[LANES] = {0};
+  float x[CHUNK], wd[CHUNK], u[CHUNK];
+  for (size_t c = begin; c < begin + n; c += CHUNK) {
+    size_t m = begin + n - c < CHUNK ? begin + n - c : CHUNK;
+    load_chunk(g->grad, g->dtype, c, m, x);
+    prepare_chunk(&st->p, &st->s, t, x, v->accumulator ? v->accumulator + c : NULL, m, st->flags, st->micro);
+    if (st->micro) continue;
+    if (v->use_weight_decay)
+      lamb1_loop(&st->p, &st->s, t, x, working(v, c), v->slots[0] + c, v->slots[1] + c, wd, u, m, 1);
+    else
+      lamb1_loop(&st->p, &st->s, t, x, working(v, c), v->slots[0] + c, v->slots[1] + c, wd, u, m, 0);
+    sum_squares(wd, m, w_lane);
+    sum_squares(u, m, u_lane);
+  }
+  st->h->block_sums[2 * block] = sum_lanes(w_lane);
+  st->h->block_sums[2 * block + 1] = sum_lanes(u_lane);
+}
+
+static void lamb2_block(const Stage *st, cuoptimVariableRec *v, const cuoptimTensorScalars *t, size_t begin,
+                        size_t n) {
+  for (size_t c = begin; c < begin + n; c += CHUNK) {
+    size_t m = begin + n - c < CHUNK ? begin + n - c : CHUNK;
+    if (v->use_weight_decay)
+      lamb2_loop(&st->p, &st->s, t, working(v, c), v->slots[0] + c, v->slots[1] + c, m, 1);
+    else
+      lamb2_loop(&st->p, &st->s, t, working(v, c), v->slots[0] + c, v->slots[1] + c, m, 0);
+    store_working_half(v, c, m);
+  }
+}
+
+/* EMA of every variable; a half parameter is written from its master in any case (also without
+ * overwrite), as the element-wise version always stored the working value back. */
+static void ema_block(const Stage *st, cuoptimVariableRec *v, size_t begin, size_t n) {
+  for (size_t c = begin; c < begin + n; c += CHUNK) {
+    size_t m = begin + n - c < CHUNK ? begin + n - c : CHUNK;
+    if (st->s.ema_overwrite)
+      ema_loop(&st->s, working(v, c), v->average + c, m, 1);
+    else
+      ema_loop(&st->s, working(v, c), v->average + c, m, 0);
+    store_working_half(v, c, m);
+  }
+}
+
+static void finalize_block(cuoptimVariableRec *v, size_t begin, size_t n) {
+  host_f32 *w = working(v, begin);
+  const float *a = v->average + begin;
+  for (size_t i = 0; i < n; i++) w[i] = a[i];
+  store_working_half(v, begin, n);
+}
+
+static void run_block(Stage *st, size_t block) {
+  cuoptimOptimizer_t opt = st->opt;
+  const HostData *h = st->h;
+  int k = h->block_variable[block];
+  cuoptimVariableRec *v = &opt->variables[k];
+  const cuoptimStepGradient *g = &opt->step_grads[k];
+  const cuoptimTensorScalars *t = &opt->tensors[k];
+  size_t begin = (size_t)h->block_number[block] * BLOCK;
+  size_t n = v->local_count - begin < BLOCK ? v->local_count - begin : BLOCK;
+  switch (st->kind) {
+    case STAGE_INSPECT:
+      if (g->grad) inspect_block(st, block, v, g, begin, n);
+      break;
+    case STAGE_UPDATE:
+      if (g->grad) update_block(st, v, g, t, begin, n);
+      break;
+    case STAGE_LAMB1:
+      if (g->grad) lamb1_block(st, block, v, g, t, begin, n);
+      break;
+    case STAGE_LAMB2:
+      if (g->grad) lamb2_block(st, v, t, begin, n);
+      break;
+    case STAGE_EMA: ema_block(st, v, begin, n); break;
+    case STAGE_FINALIZE: finalize_block(v, begin, n); break;
+  }
+}
+
+static void stage_task(void *context, int worker, int workers) {
+  Stage *st = context;
+  for (;;) {
+    size_t b = atomic_fetch_add_explicit(&st->next_batch, 1, memory_order_relaxed);
+    if (b >= st->h->num_batches) break;
+    for (size_t block = st->h->batch_block[b]; block < st->h->batch_block[b + 1]; block++) run_block(st, block);
+  }
+}
+
+/* Runs a stage over every block: on the pool's threads when it is large enough. `with_grad`: only
+ * variables with a gradient this step count towards the size. */
+static void run_stage(cuoptimOptimizer_t opt, Stage *st, int with_grad) {
+  const HostData *h = host_data(opt);
+  st->opt = opt;
+  st->h = h;
+  st->p = opt->prologue.rule;
+  st->s = *opt->scalars;
+  st->loss_scale = opt->state->loss_scale;
+  st->flags = prepare_flags(&st->p);
+  st->rule = rule_variant(&st->p);
+  st->micro = st->p.accumulation_steps && !st->s.apply_update;
+  atomic_init(&st->next_batch, 0);
+  size_t elements = 0;
+  for (int k = 0; k < opt->num_variables && elements < PARALLEL_MIN_ELEMENTS; k++)
+    if (!with_grad || opt->step_grads[k].grad) elements += opt->variables[k].local_count;
+  cuoptim_host_run(elements < PARALLEL_MIN_ELEMENTS ? 1 : h->threads, stage_task, st);
+}
+
+/* ---- the backend's calls ---------------------------------------------------------------------- */
+
+/* The blocks of every variable's share, and the batches: consecutive blocks until they hold at
+ * least BLOCK elements. */
+static cuoptimStatus_t layout_blocks(cuoptimOptimizer_t opt) {
+  HostData *h = host_data(opt);
+  free_blocks(h);
+  size_t blocks = 0;
+  for (int k = 0; k < opt->num_variables; k++) blocks += (opt->variables[k].local_count + BLOCK - 1) / BLOCK;
+  h->num_blocks = blocks;
+  size_t any = blocks ? blocks : 1;
+  h->block_variable = malloc(any * sizeof *h->block_variable);
+  h->block_number = malloc(any * sizeof *h->block_number);
+  h->variable_block = malloc(((size_t)opt->num_variables + 1) * sizeof *h->variable_block);
+  h->batch_block = malloc((any + 1) * sizeof *h->batch_block);
+  h->block_sums = calloc(2 * any, sizeof *h->block_sums);
+  h->block_nonfinite = calloc(any, 1);
+  if (!h->block_variable || !h->block_number || !h->variable_block || !h->batch_block || !h->block_sums ||
+      !h->block_nonfinite) {
+    free_blocks(h);
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: cannot allocate the host backend's table of %zu blocks",
+                         blocks);
+  }
+  size_t b = 0, batches = 0, in_batch = 0;
+  for (int k = 0; k < opt->num_variables; k++) {
+    h->variable_block[k] = b;
+    size_t count = opt->variables[k].local_count;
+    for (size_t start = 0; start < count; start += BLOCK, b++) {
+      h->block_variable[b] = k;
+      h->block_number[b] = (uint32_t)(start / BLOCK);
+      if (in_batch == 0) h->batch_block[batches++] = b;
+      in_batch += count - start < BLOCK ? count - start : BLOCK;
+      if (in_batch >= BLOCK) in_batch = 0;
+    }
+  }
+  h->variable_block[opt->num_variables] = b;
+  h->num_batches = batches;
+  h->batch_block[batches] = b;
+  return CUOPTIM_STATUS_SUCCESS;
 }
 
 static int host_capturing(cuoptimOptimizer_t opt, cuoptimStream_t stream) { return 0; }
@@ -70,14 +723,17 @@ static cuoptimStatus_t host_check_build_stream(cuoptimOptimizer_t opt, cuoptimSt
 }
 
 static cuoptimStatus_t host_build(cuoptimOptimizer_t opt, const cuoptimStream_t *stream) {
+  CUOPTIM_CHECK(layout_blocks(opt));
   for (int k = 0; k < opt->num_variables; k++) {
     cuoptimVariableRec *v = &opt->variables[k];
-    if (v->master)
-      for (size_t i = 0; i < v->local_count; i++) v->master[i] = load_element(v->local_param, v->dtype, i);
+    if (v->master) load_chunk(v->local_param, v->dtype, 0, v->local_count, v->master);
     for (int s = 0; s < opt->slots.count; s++) {
       if (!v->slots[s]) continue;
-      if (cuoptim_slot_copies_variable(&opt->config, s)) {
-        for (size_t i = 0; i < v->local_count; i++) v->slots[s][i] = load_working(v, i);
+      if (cuoptim_slot_copies_variable(&opt->config, s)) { /* the variable's float32 value */
+        if (v->master)
+          memcpy(v->slots[s], v->master, v->local_count * sizeof(float));
+        else
+          load_chunk(v->local_param, CUOPTIM_FLOAT32, 0, v->local_count, v->slots[s]);
         continue;
       }
       float initial = cuoptim_slot_initial_value(&opt->config, s);
@@ -100,23 +756,18 @@ static cuoptimStatus_t host_stage_enqueued(cuoptimOptimizer_t opt, const char *s
 }
 
 static cuoptimStatus_t host_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
-  const cuoptimRuleParams *p = &opt->prologue.rule;
-  float loss_scale = opt->state->loss_scale;
+  const HostData *h = host_data(opt);
+  Stage st = {.kind = STAGE_INSPECT};
+  run_stage(opt, &st, 1);
   for (int k = 0; k < opt->num_variables; k++) {
-    const cuoptimVariableRec *v = &opt->variables[k];
-    const cuoptimStepGradient *g = &opt->step_grads[k];
     cuoptimTensorScalars *t = &opt->tensors[k];
-    t->grad_sumsq = 0.0;
-    t->nonfinite = 0;
-    if (!g->grad) continue;
     double sumsq = 0.0;
     int nonfinite = 0;
-    for (size_t i = 0; i < v->local_count; i++) {
-      float raw = load_element(g->grad, g->dtype, i);
-      nonfinite |= !isfinite(raw);
-      float x = cuoptim_inspect_gradient(p, loss_scale, raw, v->accumulator ? v->accumulator[i] : 0.0f);
-      sumsq += (double)x * (double)x;
-    }
+    if (opt->step_grads[k].grad)
+      for (size_t b = h->variable_block[k]; b < h->variable_block[k + 1]; b++) {
+        sumsq += h->block_sums[2 * b];
+        nonfinite |= h->block_nonfinite[b];
+      }
     t->grad_sumsq = sumsq;
     t->nonfinite = nonfinite;
   }
@@ -137,78 +788,34 @@ static cuoptimStatus_t host_prologue(cuoptimOptimizer_t opt, int inspected, cuop
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-/* Every optimizer but Lamb: one pass. */
-static void update_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v, const cuoptimStepGradient *g,
-                            const cuoptimTensorScalars *t) {
-  const cuoptimRuleParams *p = &opt->prologue.rule;
-  const cuoptimStepScalars *s = opt->scalars;
-  float unused[3] = {0, 0, 0}, acc_unused = 0;
-  for (size_t i = 0; i < v->local_count; i++) {
-    float *s0 = v->slots[0] ? &v->slots[0][i] : &unused[0];
-    float *s1 = v->slots[1] ? &v->slots[1][i] : &unused[1];
-    float *s2 = v->slots[2] ? &v->slots[2][i] : &unused[2];
-    float *acc = v->accumulator ? &v->accumulator[i] : &acc_unused;
-    float raw = load_element(g->grad, g->dtype, i);
-    float w = load_working(v, i);
-    if (cuoptim_update_element(p, s, t, v->use_weight_decay, raw, &w, s0, s1, s2, acc)) store_working(v, i, w);
-  }
-}
-
-/* Lamb: pass 1 (moments, norms), the trust ratio, pass 2 (apply). */
-/* Lamb pass 1 (moments, this rank's part of the two norms) of one variable. */
-static void lamb_pass1(cuoptimOptimizer_t opt, cuoptimVariableRec *v, const cuoptimStepGradient *g,
-                       cuoptimTensorScalars *t) {
-  const cuoptimRuleParams *p = &opt->prologue.rule;
-  const cuoptimStepScalars *s = opt->scalars;
-  float acc_unused = 0;
-  double w_sumsq = 0.0, u_sumsq = 0.0;
-  for (size_t i = 0; i < v->local_count; i++) {
-    float *acc = v->accumulator ? &v->accumulator[i] : &acc_unused;
-    float w_decayed, update;
-    float raw = load_element(g->grad, g->dtype, i);
-    if (!cuoptim_lamb_pass1_element(p, s, t, v->use_weight_decay, raw, load_working(v, i), &v->slots[0][i], &v->slots[1][i], acc,
-                                    &w_decayed, &update))
-      continue;
-    w_sumsq += (double)w_decayed * (double)w_decayed;
-    u_sumsq += (double)update * (double)update;
-  }
-  t->lamb_w_sumsq = w_sumsq;
-  t->lamb_u_sumsq = u_sumsq;
-}
-
-/* Lamb pass 2 of one variable: the trust ratio of its (whole) norms, then the step. */
-static void lamb_pass2(cuoptimOptimizer_t opt, cuoptimVariableRec *v, cuoptimTensorScalars *t) {
-  const cuoptimRuleParams *p = &opt->prologue.rule;
-  const cuoptimStepScalars *s = opt->scalars;
-  t->lamb_ratio = cuoptim_lamb_ratio(t->lamb_w_sumsq, t->lamb_u_sumsq);
-  for (size_t i = 0; i < v->local_count; i++) {
-    store_working(v, i,
-                  cuoptim_lamb_pass2_element(p, s, t, v->use_weight_decay, load_working(v, i), v->slots[0][i],
-                                             v->slots[1][i]));
-  }
-}
-
-/* Lamb: pass 1 of every variable, then (sharded state) the norms' parts combined over the ranks,
- * then pass 2; an accumulation micro-step ends after pass 1. */
+/* Lamb: pass 1 of every variable (moments, this rank's part of the two norms), then (sharded
+ * state) the norms' parts combined over the ranks, the trust ratios, pass 2; an accumulation
+ * micro-step ends after pass 1. */
 static cuoptimStatus_t update_lamb(cuoptimOptimizer_t opt) {
+  const HostData *h = host_data(opt);
+  Stage pass1 = {.kind = STAGE_LAMB1};
+  run_stage(opt, &pass1, 1);
   for (int k = 0; k < opt->num_variables; k++) {
     cuoptimTensorScalars *t = &opt->tensors[k];
-    t->lamb_w_sumsq = t->lamb_u_sumsq = 0.0;
-    if (opt->step_grads[k].grad) lamb_pass1(opt, &opt->variables[k], &opt->step_grads[k], t);
+    double w_sumsq = 0.0, u_sumsq = 0.0;
+    if (opt->step_grads[k].grad)
+      for (size_t b = h->variable_block[k]; b < h->variable_block[k + 1]; b++) {
+        w_sumsq += h->block_sums[2 * b];
+        u_sumsq += h->block_sums[2 * b + 1];
+      }
+    t->lamb_w_sumsq = w_sumsq;
+    t->lamb_u_sumsq = u_sumsq;
   }
   if (!opt->scalars->apply_update) return CUOPTIM_STATUS_SUCCESS;
   CUOPTIM_CHECK(cuoptim_comm_combine_lamb(opt, NULL));
   for (int k = 0; k < opt->num_variables; k++)
-    if (opt->step_grads[k].grad) lamb_pass2(opt, &opt->variables[k], &opt->tensors[k]);
+    if (opt->step_grads[k].grad) {
+      cuoptimTensorScalars *t = &opt->tensors[k];
+      t->lamb_ratio = cuoptim_lamb_ratio(t->lamb_w_sumsq, t->lamb_u_sumsq);
+    }
+  Stage pass2 = {.kind = STAGE_LAMB2};
+  run_stage(opt, &pass2, 1);
   return CUOPTIM_STATUS_SUCCESS;
-}
-
-static void ema_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v) {
-  for (size_t i = 0; i < v->local_count; i++) {
-    float w = load_working(v, i);
-    cuoptim_ema_element(opt->scalars, &w, &v->average[i]);
-    store_working(v, i, w);
-  }
 }
 
 static cuoptimStatus_t host_update(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
@@ -216,12 +823,14 @@ static cuoptimStatus_t host_update(cuoptimOptimizer_t opt, cuoptimStream_t strea
   if (opt->config.kind == CUOPTIM_LAMB) {
     CUOPTIM_CHECK(update_lamb(opt));
   } else {
-    for (int k = 0; k < opt->num_variables; k++)
-      if (opt->step_grads[k].grad) update_variable(opt, &opt->variables[k], &opt->step_grads[k], &opt->tensors[k]);
+    Stage st = {.kind = STAGE_UPDATE};
+    run_stage(opt, &st, 1);
   }
   /* EMA after every update, for every variable (SEMANTICS.md §1.3). */
-  if (opt->config.use_ema)
-    for (int k = 0; k < opt->num_variables; k++) ema_variable(opt, &opt->variables[k]);
+  if (opt->config.use_ema) {
+    Stage st = {.kind = STAGE_EMA};
+    run_stage(opt, &st, 0);
+  }
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -231,10 +840,8 @@ static cuoptimStatus_t host_finish(cuoptimOptimizer_t opt, cuoptimStream_t strea
 }
 
 static cuoptimStatus_t host_finalize(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
-  for (int k = 0; k < opt->num_variables; k++) {
-    cuoptimVariableRec *v = &opt->variables[k];
-    for (size_t i = 0; i < v->local_count; i++) store_working(v, i, v->average[i]);
-  }
+  Stage st = {.kind = STAGE_FINALIZE};
+  run_stage(opt, &st, 0);
   return CUOPTIM_STATUS_SUCCESS;
 }
 

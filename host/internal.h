@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cuoptim.h"
 #include "pattern.h"
@@ -443,14 +444,79 @@ long cuoptim_checkpoint_fail_io_at(long n);
 #define CUOPTIM_CHECKPOINT_STAGING_BYTES ((size_t)4 << 20)
 void cuoptim_checkpoint_set_staging_bytes(size_t bytes);
 
+/* ---- the host backend's threads (host/host_threads.c) ------------------------------------------ */
+
+#define CUOPTIM_HOST_MAX_THREADS 1024
+/* A stage's work as each thread runs it: `worker` in [0, workers), 0 being the calling thread. */
+typedef void (*cuoptimHostTask)(void *context, int worker, int workers);
+/* Runs task on up to `threads` threads (the caller and threads of a pool shared by the process)
+ * and returns when all are done; on fewer when the pool is in use by another thread or the system
+ * refuses threads, so a task's results must not depend on `workers`. */
+void cuoptim_host_run(int threads, cuoptimHostTask task, void *context);
+/* One thread per CPU the process may run on (its affinity mask), at most CUOPTIM_HOST_MAX_THREADS. */
+int cuoptim_host_default_threads(void);
+/* The environment variable CUOPTIM_HOST_THREADS (1..CUOPTIM_HOST_MAX_THREADS), or the default when
+ * it is unset or empty; INVALID_VALUE naming it and `caller` otherwise. */
+cuoptimStatus_t cuoptim_host_threads_from_environment(const char *caller, int *threads);
+
 /* Whether the inspect pass is needed this step (clip by norm or loss-scale check). */
 int cuoptim_needs_inspect(const cuoptimOptimizer_t opt);
 
-/* Element conversion of parameters and gradients. */
-float cuoptim_half_to_float(uint16_t h);
-uint16_t cuoptim_float_to_half(float f);
-float cuoptim_bfloat16_to_float(uint16_t h);
-uint16_t cuoptim_float_to_bfloat16(float f);
+/* Element conversion of parameters and gradients: float16 / bfloat16 <-> float32, round to
+ * nearest even (as CUDA's __float2half_rn and __float2bfloat16_rn do). Inline, so that the host
+ * backend's loops over elements have no call in them. */
+static inline uint32_t cuoptim_float_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+
+static inline float cuoptim_bits_float(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static inline float cuoptim_bfloat16_to_float(uint16_t h) { return cuoptim_bits_float((uint32_t)h << 16); }
+
+static inline uint16_t cuoptim_float_to_bfloat16(float f) {
+  uint32_t u = cuoptim_float_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+static inline float cuoptim_half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exponent = (h >> 10) & 0x1fu;
+  uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0x1f) return cuoptim_bits_float(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent == 0) {
+    /* zero or subnormal: mantissa * 2^-24 */
+    float value = (float)mantissa * (1.0f / 16777216.0f);
+    return sign ? -value : value;
+  }
+  return cuoptim_bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+static inline uint16_t cuoptim_float_to_half(float f) {
+  uint32_t u = cuoptim_float_bits(f);
+  uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  uint32_t abs = u & 0x7fffffffu;
+  if (abs > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);          /* NaN */
+  if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);         /* rounds to inf */
+  if (abs < 0x38800000u) {                                          /* subnormal or zero */
+    /* value / 2^-24, rounded to nearest even, by adding a magic number in float arithmetic */
+    float value = cuoptim_bits_float(abs) * 16777216.0f; /* exact: scaling by a power of two */
+    uint32_t q = (uint32_t)value;
+    float rest = value - (float)q;
+    if (rest > 0.5f || (rest == 0.5f && (q & 1u))) q++;
+    return (uint16_t)(sign | q);
+  }
+  uint32_t rounded = abs + 0xfffu + ((abs >> 13) & 1u);
+  return (uint16_t)(sign | ((rounded - 0x38000000u) >> 13));
+}
+
 size_t cuoptim_dtype_size(cuoptimDtype_t dtype);
 const char *cuoptim_dtype_name(cuoptimDtype_t dtype);
 
