@@ -98,7 +98,7 @@ static const Field FIELDS[] = {
     FIELD(F_DOUBLE, learning_rate_power), FIELD(F_DOUBLE, l1_regularization_strength),
     FIELD(F_DOUBLE, l2_regularization_strength), FIELD(F_DOUBLE, l2_shrinkage_regularization_strength),
     FIELD(F_DOUBLE, beta), FIELD(F_INT, dynamic_loss_scale), FIELD(F_DOUBLE, initial_scale),
-    FIELD(F_INT64, dynamic_growth_steps), FIELD(F_NAME, loss_scale_name),
+    FIELD(F_INT64, dynamic_growth_steps), FIELD(F_NAME, loss_scale_name), FIELD(F_DOUBLE, warmup_steps),
 };
 
 /* Changes that keep every step finite with finite, small inputs. */
