@@ -376,11 +376,12 @@ __device__ void accumulate_chunk(const cuoptimRuleParams &p, const cuoptimStepSc
 template <int KIND>
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
-  load_scalars(&s, step.scalars);
-  if (s.skip) return;
+  /* The chunk's descriptors are loaded while thread 0 fetches the scalars. */
   const cuoptimChunk c = step.chunks[blockIdx.x];
   const cuoptimDeviceVariable v = step.variables[c.variable];
   const cuoptimDeviceGradient g = step.grads[c.variable];
+  load_scalars(&s, step.scalars);
+  if (s.skip) return;
   const int has_grad = g.grad != NULL;
   if (!has_grad && !p.use_ema) return;
   ChunkRange r = chunk_range(v, c.chunk);
@@ -667,28 +668,79 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK, FIXED_MIN_BLOCKS) update_fixed_
 
 /* ---- Lamb: pass 1 (moments, norms), ratio, pass 2 (apply, EMA) ---------------------------- */
 
+/* Pass 1 adds each thread's squares in the order of the scalar loop it replaced (thread t: elements
+ * t, t + 256, t + 512, ... of the chunk), so that the norms keep their bits: each 1024-element
+ * window is computed 4 elements a thread with vector loads, its decayed variables and update
+ * directions are put in shared memory, and every thread then adds its old elements from there. */
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDeviceStep step, cuoptimRuleParams p, int fold) {
   __shared__ cuoptimStepScalars s;
   __shared__ double shared[CUOPTIM_BLOCK];
-  load_scalars(&s, step.scalars);
-  if (s.skip) return;
+  __shared__ float window_w[4 * CUOPTIM_BLOCK], window_u[4 * CUOPTIM_BLOCK];
+  /* The chunk's descriptors are loaded while thread 0 fetches the scalars. */
   const cuoptimChunk c = step.chunks[blockIdx.x];
   const cuoptimDeviceVariable v = step.variables[c.variable];
   const cuoptimDeviceGradient g = step.grads[c.variable];
   const cuoptimTensorScalars t = step.tensors[c.variable];
+  load_scalars(&s, step.scalars);
+  if (s.skip) return; /* every block: the per-variable counters stay as they are */
   ChunkRange r = chunk_range(v, c.chunk);
   const float *w = working(v);
+  float *s0p = v.slots[0], *s1p = v.slots[1], *accp = v.accumulator;
   double w_sumsq = 0.0, u_sumsq = 0.0;
   if (g.grad) {
-    for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-      float acc_unused = 0.0f, w_decayed, update;
-      float *acc = v.accumulator ? &v.accumulator[i] : &acc_unused;
+    uint64_t vector_end = r.begin;
+    if (vectorizable(v, g)) {
+      vector_end = r.begin + (r.end - r.begin) / 4 * 4;
+      for (uint64_t base = r.begin; base < vector_end; base += 4 * CUOPTIM_BLOCK) {
+        const uint64_t i = base + 4 * threadIdx.x;
+        float wd[4] = {0, 0, 0, 0}, up[4] = {0, 0, 0, 0};
+        if (i < vector_end) {
+          float gv[4], wv[4], m[4], u[4], ac[4] = {0, 0, 0, 0};
+          load4(g.grad, g.dtype, i, gv);
+          load4f(w, i, wv);
+          load4f(s0p, i, m);
+          load4f(s1p, i, u);
+          if (accp) load4f(accp, i, ac);
+#pragma unroll
+          for (int k = 0; k < 4; k++)
+            if (!cuoptim_lamb_pass1_element(&p, &s, &t, v.use_weight_decay, gv[k], wv[k], &m[k], &u[k], &ac[k], &wd[k],
+                                            &up[k]))
+              wd[k] = up[k] = 0.0f; /* a micro-step: adds +0 to the norms, as adding nothing does */
+          if (s.apply_update) {
+            store4f(s0p, i, m);
+            store4f(s1p, i, u);
+          }
+          if (accp) store4f(accp, i, ac);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+          window_w[4 * threadIdx.x + k] = wd[k];
+          window_u[4 * threadIdx.x + k] = up[k];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          const uint32_t e = threadIdx.x + j * CUOPTIM_BLOCK;
+          if (base + e < vector_end) {
+            w_sumsq += (double)window_w[e] * (double)window_w[e];
+            u_sumsq += (double)window_u[e] * (double)window_u[e];
+          }
+        }
+        __syncthreads();
+      }
+    }
+    /* The tail in the scalar loop's thread order too: element x to thread (x - begin) % 256. */
+    const uint32_t shift = (uint32_t)((vector_end - r.begin) % CUOPTIM_BLOCK);
+    const uint64_t tail = vector_end + (threadIdx.x + CUOPTIM_BLOCK - shift) % CUOPTIM_BLOCK;
+    for (uint64_t i = tail; i < r.end; i += CUOPTIM_BLOCK) {
+      float acc = accp ? accp[i] : 0.0f, w_decayed, update;
       float raw = load_scalar(g.grad, g.dtype, i);
-      if (cuoptim_lamb_pass1_element(&p, &s, &t, v.use_weight_decay, raw, w[i], &v.slots[0][i], &v.slots[1][i], acc,
-                                     &w_decayed, &update)) {
+      if (cuoptim_lamb_pass1_element(&p, &s, &t, v.use_weight_decay, raw, w[i], &s0p[i], &s1p[i], &acc, &w_decayed,
+                                     &update)) {
         w_sumsq += (double)w_decayed * (double)w_decayed;
         u_sumsq += (double)update * (double)update;
       }
+      if (accp) accp[i] = acc;
     }
   }
   double a = block_sum(w_sumsq, shared);
@@ -701,24 +753,52 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDevice
   reduce_when_last(step, c.variable, 1, fold);
 }
 
+/* One element of pass 2: the trust-ratio step (when the variable has a gradient), then EMA. */
+__device__ __forceinline__ void lamb_pass2_one(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
+                                               const cuoptimTensorScalars &t, int use_wd, int update, float &w,
+                                               float m, float u, float &avg) {
+  if (update) w = cuoptim_lamb_pass2_element(&p, &s, &t, use_wd, w, m, u);
+  if (p.use_ema) cuoptim_ema_element(&s, &w, &avg);
+}
+
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass2_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
-  load_scalars(&s, step.scalars);
-  if (s.skip) return;
   const cuoptimChunk c = step.chunks[blockIdx.x];
   const cuoptimDeviceVariable v = step.variables[c.variable];
   const cuoptimDeviceGradient g = step.grads[c.variable];
   const cuoptimTensorScalars t = step.tensors[c.variable];
+  load_scalars(&s, step.scalars);
+  if (s.skip) return;
   const int update = g.grad != NULL && s.apply_update;
   if (!update && !p.use_ema) return;
   ChunkRange r = chunk_range(v, c.chunk);
   float *w = working(v);
-  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-    float wi = w[i];
-    if (update) wi = cuoptim_lamb_pass2_element(&p, &s, &t, v.use_weight_decay, wi, v.slots[0][i], v.slots[1][i]);
-    if (p.use_ema) cuoptim_ema_element(&s, &wi, &v.average[i]);
+  const float *s0p = v.slots[0], *s1p = v.slots[1];
+  float *avgp = v.average;
+  uint64_t vector_end = r.begin;
+  if (aligned_for(v.param, v.param_dtype)) {
+    vector_end = r.begin + (r.end - r.begin) / 4 * 4;
+    for (uint64_t i = r.begin + 4 * threadIdx.x; i < vector_end; i += 4 * blockDim.x) {
+      float wv[4], m[4] = {0, 0, 0, 0}, u[4] = {0, 0, 0, 0}, av[4] = {0, 0, 0, 0};
+      load4f(w, i, wv);
+      if (update) {
+        load4f(s0p, i, m);
+        load4f(s1p, i, u);
+      }
+      if (avgp) load4f(avgp, i, av);
+#pragma unroll
+      for (int k = 0; k < 4; k++) lamb_pass2_one(p, s, t, v.use_weight_decay, update, wv[k], m[k], u[k], av[k]);
+      store4f(w, i, wv);
+      if (v.master) store4(v.param, v.param_dtype, i, wv);
+      if (avgp) store4f(avgp, i, av);
+    }
+  }
+  for (uint64_t i = vector_end + threadIdx.x; i < r.end; i += blockDim.x) {
+    float wi = w[i], av = avgp ? avgp[i] : 0.0f;
+    lamb_pass2_one(p, s, t, v.use_weight_decay, update, wi, update ? s0p[i] : 0.0f, update ? s1p[i] : 0.0f, av);
     w[i] = wi;
     if (v.master) store_scalar(v.param, v.param_dtype, i, wi);
+    if (avgp) avgp[i] = av;
   }
 }
 
