@@ -342,6 +342,31 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) prologue_upload_kernel(cuoptimD
 
 /* ---- update ------------------------------------------------------------------------------- */
 
+/* The threads that go through one chunk: the block, or one warp of a block of packed small
+ * variables (cuoptimWorkItem). */
+struct Lanes {
+  uint32_t first; /* this thread's index among them */
+  uint32_t count;
+};
+
+/* This block's (this warp's, when packed) chunk of the update; false: nothing for this warp. */
+__device__ __forceinline__ bool update_unit(const cuoptimDeviceStep &step, cuoptimChunk &c, Lanes &lanes) {
+  const cuoptimWorkItem it = step.items[blockIdx.x];
+  if (it.variables == 1) {
+    c.variable = it.variable;
+    c.chunk = it.chunk;
+    lanes.first = threadIdx.x;
+    lanes.count = CUOPTIM_BLOCK;
+    return true;
+  }
+  const int32_t warp = (int32_t)(threadIdx.x / 32);
+  c.variable = it.variable + (warp < it.variables ? warp : 0); /* a warp with none: a valid index */
+  c.chunk = 0;
+  lanes.first = threadIdx.x % 32;
+  lanes.count = 32;
+  return warp < it.variables;
+}
+
 /* One element of a variable with or without a gradient: the update (when it has one), then EMA. */
 template <int KIND>
 __device__ __forceinline__ void update_one(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
@@ -356,10 +381,11 @@ __device__ __forceinline__ void update_one(const cuoptimRuleParams &p, const cuo
 /* A gradient-accumulation micro-step touches only the accumulator (12 B per element, PERF.md)
  * and, with EMA, the variable and its average. */
 __device__ void accumulate_chunk(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
-                                 const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g, ChunkRange r) {
+                                 const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g, ChunkRange r,
+                                 Lanes lanes) {
   float *w = working(v);
   const cuoptimTensorScalars unused = {};
-  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+  for (uint64_t i = r.begin + lanes.first; i < r.end; i += lanes.count) {
     if (g.grad) {
       float ignored;
       cuoptim_prepare_gradient(&p, &s, &unused, load_scalar(g.grad, g.dtype, i), &v.accumulator[i], &ignored);
@@ -376,8 +402,10 @@ __device__ void accumulate_chunk(const cuoptimRuleParams &p, const cuoptimStepSc
 template <int KIND>
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
-  /* The chunk's descriptors are loaded while thread 0 fetches the scalars. */
+  /* The chunk's descriptors are loaded while thread 0 fetches the scalars. A block a chunk (the
+   * packed items are the fixed instances': here they cost registers, 60 -> 85 for Adam). */
   const cuoptimChunk c = step.chunks[blockIdx.x];
+  const Lanes lanes = {threadIdx.x, CUOPTIM_BLOCK};
   const cuoptimDeviceVariable v = step.variables[c.variable];
   const cuoptimDeviceGradient g = step.grads[c.variable];
   load_scalars(&s, step.scalars);
@@ -386,7 +414,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep
   if (!has_grad && !p.use_ema) return;
   ChunkRange r = chunk_range(v, c.chunk);
   if (p.accumulation_steps && !s.apply_update) {
-    accumulate_chunk(p, s, v, g, r);
+    accumulate_chunk(p, s, v, g, r, lanes);
     return;
   }
   const cuoptimTensorScalars t = step.tensors[c.variable];
@@ -398,7 +426,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep
   uint64_t vector_end = r.begin;
   if (vectorizable(v, g)) {
     vector_end = r.begin + (r.end - r.begin) / 4 * 4;
-    for (uint64_t i = r.begin + 4 * threadIdx.x; i < vector_end; i += 4 * blockDim.x) {
+    for (uint64_t i = r.begin + 4 * lanes.first; i < vector_end; i += 4 * lanes.count) {
       float gv[4] = {0, 0, 0, 0}, wv[4], a0[4] = {0, 0, 0, 0}, a1[4] = {0, 0, 0, 0}, a2[4] = {0, 0, 0, 0};
       float ac[4] = {0, 0, 0, 0}, av[4] = {0, 0, 0, 0};
       if (has_grad) load4(g.grad, g.dtype, i, gv);
@@ -427,7 +455,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep
       if (avgp) store4f(avgp, i, av);
     }
   }
-  for (uint64_t i = vector_end + threadIdx.x; i < r.end; i += blockDim.x) {
+  for (uint64_t i = vector_end + lanes.first; i < r.end; i += lanes.count) {
     float gi = has_grad ? load_scalar(g.grad, g.dtype, i) : 0.0f;
     float wi = w[i];
     float a0 = s0p && has_grad ? s0p[i] : 0.0f, a1 = s1p && has_grad ? s1p[i] : 0.0f;
@@ -581,7 +609,7 @@ __device__ __forceinline__ void fixed_store(const FixedChunk<SPEC, DT> &c, uint3
 template <int SPEC, int DT, bool DECAY>
 __device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
                                             const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g,
-                                            uint64_t begin, uint32_t n) {
+                                            uint64_t begin, uint32_t n, Lanes lanes) {
   typedef FixedSpec<SPEC> F;
   const size_t bytes = DT == CUOPTIM_FLOAT32 ? 4 : 2; /* of a parameter and a gradient element */
   FixedChunk<SPEC, DT> c;
@@ -594,7 +622,7 @@ __device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cu
   uint32_t vector_end = 0;
   if (vectorizable(v, g)) {
     vector_end = n / 4 * 4;
-    if (n == CUOPTIM_CHUNK) {
+    if (n == CUOPTIM_CHUNK) { /* a whole chunk: the block's (packed variables are smaller) */
       /* CUOPTIM_CHUNK / stride steps per thread, an even number: two per iteration, at one
        * address per buffer and a constant offset (the loop's cost shared by 8 elements). */
 #pragma unroll 1
@@ -611,14 +639,14 @@ __device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cu
       return;
     }
 #pragma unroll 1
-    for (uint32_t i = 4 * threadIdx.x; i < vector_end; i += stride) {
+    for (uint32_t i = 4 * lanes.first; i < vector_end; i += 4 * lanes.count) {
       FixedVectors x;
       fixed_load(c, i, x);
       fixed_apply<SPEC, DECAY>(q, s, x);
       fixed_store(c, i, x);
     }
   }
-  for (uint32_t i = vector_end + threadIdx.x; i < n; i += CUOPTIM_BLOCK) {
+  for (uint32_t i = vector_end + lanes.first; i < n; i += lanes.count) {
     float wi = c.w[i], a0 = F::slots > 0 ? c.s0[i] : 0.0f, a1 = F::slots > 1 ? c.s1[i] : 0.0f, a2 = 0.0f, acc = 0.0f;
     const cuoptimTensorScalars t = {};
     cuoptim_update_element(&q, &s, &t, DECAY, load_scalar(c.grad, DT, i), &wi, &a0, &a1, &a2, &acc);
@@ -632,11 +660,11 @@ __device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cu
 template <int SPEC, int DT>
 __device__ __forceinline__ void fixed_chunk_decay(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
                                                   const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g,
-                                                  uint64_t begin, uint32_t n) {
+                                                  uint64_t begin, uint32_t n, Lanes lanes) {
   if (v.use_weight_decay)
-    fixed_chunk<SPEC, DT, true>(q, s, v, g, begin, n);
+    fixed_chunk<SPEC, DT, true>(q, s, v, g, begin, n, lanes);
   else
-    fixed_chunk<SPEC, DT, false>(q, s, v, g, begin, n);
+    fixed_chunk<SPEC, DT, false>(q, s, v, g, begin, n, lanes);
 }
 
 /* The configurations of cuoptim_update_features with CUOPTIM_UPDATE_FIXED: no skip, no
@@ -649,21 +677,23 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK, FIXED_MIN_BLOCKS) update_fixed_
   typedef FixedSpec<SPEC> F;
   __shared__ cuoptimStepScalars shared_scalars;
   /* The chunk's descriptors are loaded while thread 0 fetches the scalars. */
-  const cuoptimChunk c = step.chunks[blockIdx.x];
+  cuoptimChunk c;
+  Lanes lanes;
+  const bool mine = update_unit(step, c, lanes);
   const cuoptimDeviceVariable v = step.variables[c.variable];
   const cuoptimDeviceGradient g = step.grads[c.variable];
   load_scalars(&shared_scalars, step.scalars);
-  if (g.grad == NULL) return;
+  if (!mine || g.grad == NULL) return;
   const cuoptimStepScalars s = shared_scalars;
   const cuoptimRuleParams q = fixed_params<SPEC>(p);
   const uint64_t begin = (uint64_t)c.chunk * CUOPTIM_CHUNK;
   const uint32_t n = (uint32_t)(begin + CUOPTIM_CHUNK < v.count ? CUOPTIM_CHUNK : v.count - begin);
   if (!F::master || v.param_dtype == CUOPTIM_FLOAT32)
-    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT32>(q, s, v, g, begin, n);
+    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT32>(q, s, v, g, begin, n, lanes);
   else if (v.param_dtype == CUOPTIM_FLOAT16)
-    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT16>(q, s, v, g, begin, n);
+    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT16>(q, s, v, g, begin, n, lanes);
   else
-    fixed_chunk_decay<SPEC, CUOPTIM_BFLOAT16>(q, s, v, g, begin, n);
+    fixed_chunk_decay<SPEC, CUOPTIM_BFLOAT16>(q, s, v, g, begin, n, lanes);
 }
 
 /* ---- Lamb: pass 1 (moments, norms), ratio, pass 2 (apply, EMA) ---------------------------- */
@@ -873,6 +903,7 @@ __global__ void scatter_gradients_kernel(cuoptimDeviceGradient *table, const cuo
 /* ---- launchers ---------------------------------------------------------------------------- */
 
 static dim3 chunk_grid(const cuoptimDeviceStep *step) { return dim3((unsigned)step->num_chunks); }
+static dim3 update_grid(const cuoptimDeviceStep *step) { return dim3((unsigned)step->num_items); }
 
 /* An optimizer without variables has no chunk: nothing to launch (a grid of 0 is an error). */
 #define RETURN_IF_NO_CHUNKS(step) \
@@ -933,7 +964,7 @@ static void launch_fixed_kind(const cuoptimDeviceStep *step, const cuoptimRulePa
   const unsigned f = step->features & (CUOPTIM_UPDATE_GLOBAL_CLIP | CUOPTIM_UPDATE_MASTER | CUOPTIM_UPDATE_MOMENTUM);
 #define FIXED_CASE(features)                                                                                  \
   case (features):                                                                                            \
-    CUOPTIM_LAUNCH(update_fixed_kernel<KIND | (int)(features) << 8>, chunk_grid(step), CUOPTIM_BLOCK, stream, \
+    CUOPTIM_LAUNCH(update_fixed_kernel<KIND | (int)(features) << 8>, update_grid(step), CUOPTIM_BLOCK, stream, \
                    *step, *p);                                                                                \
     break;
   switch (f) {
