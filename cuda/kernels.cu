@@ -882,17 +882,20 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) finalize_kernel(cuoptimDeviceSt
   }
 }
 
-__global__ void __launch_bounds__(CUOPTIM_BLOCK) build_kernel(cuoptimDeviceStep step, float slot0_initial) {
+/* slot0_copies_variable: ScheduleFreeAdamW's momentum starts as the variable (its float32 value). */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) build_kernel(cuoptimDeviceStep step, float slot0_initial,
+                                                              int slot0_copies_variable) {
   const cuoptimChunk c = step.chunks[blockIdx.x];
   const cuoptimDeviceVariable v = step.variables[c.variable];
   ChunkRange r = chunk_range(v, c.chunk);
   for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-    if (v.slots[0]) v.slots[0][i] = slot0_initial;
+    float working = load_scalar(v.param, v.param_dtype, i);
+    if (v.master) v.master[i] = working;
+    if (v.slots[0]) v.slots[0][i] = slot0_copies_variable ? working : slot0_initial;
     if (v.slots[1]) v.slots[1][i] = 0.0f;
     if (v.slots[2]) v.slots[2][i] = 0.0f;
     if (v.average) v.average[i] = 0.0f;
     if (v.accumulator) v.accumulator[i] = 0.0f;
-    if (v.master) v.master[i] = load_scalar(v.param, v.param_dtype, i);
   }
 }
 
@@ -1023,6 +1026,7 @@ extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuopti
     case CUOPTIM_NADAM: launch_update_kind<CUOPTIM_NADAM>(step, p, st); break;
     case CUOPTIM_LION: launch_update_kind<CUOPTIM_LION>(step, p, st); break;
     case CUOPTIM_FTRL: launch_update_kind<CUOPTIM_FTRL>(step, p, st); break;
+    case CUOPTIM_SCHEDULE_FREE_ADAMW: launch_update_kind<CUOPTIM_SCHEDULE_FREE_ADAMW>(step, p, st); break;
     case CUOPTIM_LAMB:
       cuoptim_launch_lamb_pass1(step, p, stream);
       cuoptim_launch_lamb_pass2(step, p, stream);
@@ -1056,9 +1060,11 @@ extern "C" int cuoptim_launch_finalize(const cuoptimDeviceStep *step, void *stre
   return (int)cudaGetLastError();
 }
 
-extern "C" int cuoptim_launch_build(const cuoptimDeviceStep *step, float slot0_initial, void *stream) {
+extern "C" int cuoptim_launch_build(const cuoptimDeviceStep *step, float slot0_initial, int slot0_copies_variable,
+                                    void *stream) {
   RETURN_IF_NO_CHUNKS(step);
-  CUOPTIM_LAUNCH(build_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, slot0_initial);
+  CUOPTIM_LAUNCH(build_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, slot0_initial,
+                 slot0_copies_variable);
   return (int)cudaGetLastError();
 }
 

@@ -166,7 +166,7 @@ int cuoptim_launch_finalize(const cuoptimDeviceStep *step, void *stream);
 /* Writes batch->entries into table[first ...] (the batch travels as the kernel's argument). */
 int cuoptim_launch_scatter_gradients(cuoptimDeviceGradient *table, const cuoptimGradientBatch *batch, void *stream);
 /* Build: fill slots with their initial values and masters from the half parameters. */
-int cuoptim_launch_build(const cuoptimDeviceStep *step, float slot0_initial, void *stream);
+int cuoptim_launch_build(const cuoptimDeviceStep *step, float slot0_initial, int slot0_copies_variable, void *stream);
 
 #ifdef __cplusplus
 }

@@ -141,7 +141,8 @@ CUOPTIM_HD void cuoptim_prologue_begin(const cuoptimPrologueParams *q, const cuo
    * precision pow calls cost the step's fixed time on the device. */
   const int k = p->kind;
   float t = (float)(it + 1);
-  if (k == CUOPTIM_ADAM || k == CUOPTIM_ADAMW || k == CUOPTIM_ADAMAX || k == CUOPTIM_NADAM || k == CUOPTIM_LAMB) {
+  if (k == CUOPTIM_ADAM || k == CUOPTIM_ADAMW || k == CUOPTIM_ADAMAX || k == CUOPTIM_NADAM || k == CUOPTIM_LAMB ||
+      k == CUOPTIM_SCHEDULE_FREE_ADAMW) {
     /* Bias corrections: ops.power(float32(beta), float32(t)). */
     s->beta_1_power = cuoptim_powf(p->beta_1, t);
     s->beta_2_power = cuoptim_powf(p->beta_2, t);
@@ -157,8 +158,17 @@ CUOPTIM_HD void cuoptim_prologue_begin(const cuoptimPrologueParams *q, const cuo
     s->nadam_u_t1 = p->beta_1 * (1.0f - 0.5f * cuoptim_powf(q->nadam_decay, (float)(it + 2)));
     s->nadam_u_product = (state->u_product * p->beta_1) * (1.0f - 0.5f * decay_t);
     s->nadam_u_product_t1 = s->nadam_u_product * s->nadam_u_t1;
+  }
+  if (k == CUOPTIM_NADAM || k == CUOPTIM_SCHEDULE_FREE_ADAMW) {
+    /* (1 - float32 beta) in float32: Nadam's and ScheduleFreeAdamW's. */
     s->nadam_one_minus_beta_1 = 1.0f - p->beta_1;
     s->nadam_one_minus_beta_2 = 1.0f - p->beta_2;
+  }
+
+  /* ScheduleFreeAdamW: the warmup of the learning rate, the averaging weight. */
+  if (k == CUOPTIM_SCHEDULE_FREE_ADAMW) {
+    s->sf_lr = p->sf_has_warmup ? s->lr * cuoptim_minf(t / p->sf_warmup_steps, 1.0f) : s->lr;
+    s->sf_weight = 1.0f / t;
   }
 
   /* Ftrl (§2.11): l2 + beta / (2 lr). */

@@ -59,6 +59,8 @@ typedef struct cuoptimRuleParams {
   float momentum;
   float lr_power_neg;       /* Ftrl: float32(-learning_rate_power) */
   float l1, l2, two_l2_shrinkage, ftrl_beta;
+  int32_t sf_has_warmup;    /* ScheduleFreeAdamW: warmup_steps > 0 */
+  float sf_warmup_steps;    /* float32(warmup_steps) */
 } cuoptimRuleParams;
 
 /* Persistent scalar state, device-resident on the CUDA backend (Keras's scalar variables). */
@@ -87,6 +89,8 @@ typedef struct cuoptimStepScalars {
   float nadam_u_t, nadam_u_t1, nadam_u_product, nadam_u_product_t1;
   float nadam_one_minus_beta_1, nadam_one_minus_beta_2; /* (1 - float32 beta) in float32 */
   float ftrl_l2;         /* l2 + beta / (2 lr) */
+  float sf_lr;           /* ScheduleFreeAdamW: lr * min(t / warmup_steps, 1) */
+  float sf_weight;       /* ScheduleFreeAdamW: 1 / t, the averaging weight */
 } cuoptimStepScalars;
 
 /* Per variable and step. Sums are accumulated in double in a fixed order (deterministic). */
@@ -329,6 +333,24 @@ CUOPTIM_HD void cuoptim_rule_ftrl(const cuoptimRuleParams *p, const cuoptimStepS
 }
 
 
+/* ScheduleFreeAdamW (keras/src/optimizers/schedule_free_adamw.py). s0 = momentum (the sequence z the gradient steps act on), s1 = velocity;
+ * w is the variable y, the interpolation of z and the average x: x is recovered from y and the old
+ * z, moves towards the new z by the weight 1 / t, and y is formed again. The (1 - beta) factors are
+ * float32 subtractions (Keras casts beta to float32 first): nadam_one_minus_beta_1/2. */
+CUOPTIM_HD void cuoptim_rule_schedule_free_adamw(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
+                                                 float *w, float *s0, float *s1) {
+  float one_minus_beta_1 = s->nadam_one_minus_beta_1;
+  float z_old = *s0;
+  float v = *s1 + (g * g - *s1) * s->nadam_one_minus_beta_2;
+  *s1 = v;
+  float denom = cuoptim_sqrtf(v / s->one_minus_beta_2_power) + p->epsilon;
+  float z = z_old - (s->sf_lr * g) / denom;
+  *s0 = z;
+  float x_old = (*w - one_minus_beta_1 * z_old) / p->beta_1;
+  float x_new = (1.0f - s->sf_weight) * x_old + s->sf_weight * z;
+  *w = one_minus_beta_1 * z + p->beta_1 * x_new;
+}
+
 /* ---- one element of the update stage: everything after the inspect pass ---------------------- */
 
 /* The gradient of one element as the optimizer rule sees it, or 0 when this is an accumulation
@@ -369,6 +391,7 @@ CUOPTIM_HD void cuoptim_rule(const cuoptimRuleParams *p, const cuoptimStepScalar
     case CUOPTIM_NADAM: cuoptim_rule_nadam(p, s, g, w, s0, s1); break;
     case CUOPTIM_LION: cuoptim_rule_lion(p, s, g, w, s0); break;
     case CUOPTIM_FTRL: cuoptim_rule_ftrl(p, s, g, w, s0, s1); break;
+    case CUOPTIM_SCHEDULE_FREE_ADAMW: cuoptim_rule_schedule_free_adamw(p, s, g, w, s0, s1); break;
     default: break;
   }
 }

@@ -42,16 +42,17 @@ static int read_exactly(FILE *file, void *data, size_t bytes, const char *path) 
   return 0;
 }
 
-static int optimizer_path(char *buffer, size_t capacity, const char *path) {
-  if (snprintf(buffer, capacity, "%s.optimizer", path) >= (int)capacity)
-    return mlp_fail("checkpoint %s: the path is too long", path);
+static int optimizer_path(char *buffer, size_t capacity, const char *path, int shard_rank) {
+  int n = shard_rank < 0 ? snprintf(buffer, capacity, "%s.optimizer", path)
+                         : snprintf(buffer, capacity, "%s.optimizer.rank%d", path, shard_rank);
+  if (n >= (int)capacity) return mlp_fail("checkpoint %s: the path is too long", path);
   return 0;
 }
 
 int checkpoint_save(const char *path, const checkpoint_identity_t *identity, const checkpoint_position_t *position,
-                    const float *params, size_t count, cuoptimOptimizer_t optimizer) {
+                    const float *params, size_t count, cuoptimOptimizer_t optimizer, int shard_rank) {
   /* The optimizer first: a program file is only ever beside the state it was saved with. */
-  if (checkpoint_save_optimizer(path, optimizer)) return -1;
+  if (checkpoint_save_optimizer(path, optimizer, shard_rank)) return -1;
   output_t out;
   if (output_open(&out, path)) return -1;
   uint64_t n = count;
@@ -115,17 +116,17 @@ int checkpoint_load_program(const char *path, const checkpoint_identity_t *ident
 /* The optimizer's whole state, its float32 masters included, in one safetensors file written
  * crash-safely by cuoptim (cuoptimSave); cuoptimLoad checks it against the optimizer before it
  * changes anything. */
-int checkpoint_save_optimizer(const char *path, cuoptimOptimizer_t optimizer) {
+int checkpoint_save_optimizer(const char *path, cuoptimOptimizer_t optimizer, int shard_rank) {
   char state_path[4112];
-  if (optimizer_path(state_path, sizeof state_path, path)) return -1;
+  if (optimizer_path(state_path, sizeof state_path, path, shard_rank)) return -1;
   if (cuoptimSave(optimizer, state_path) != CUOPTIM_STATUS_SUCCESS)
     return mlp_fail("checkpoint %s: %s", state_path, cuoptimGetLastErrorMessage());
   return 0;
 }
 
-int checkpoint_load_optimizer(const char *path, cuoptimOptimizer_t optimizer) {
+int checkpoint_load_optimizer(const char *path, cuoptimOptimizer_t optimizer, int shard_rank) {
   char state_path[4112];
-  if (optimizer_path(state_path, sizeof state_path, path)) return -1;
+  if (optimizer_path(state_path, sizeof state_path, path, shard_rank)) return -1;
   if (cuoptimLoad(optimizer, state_path) != CUOPTIM_STATUS_SUCCESS)
     return mlp_fail("--resume %s: %s", state_path, cuoptimGetLastErrorMessage());
   return 0;

@@ -10,6 +10,8 @@
  *   PATH.optimizer  the optimizer's whole state, float32 masters of 16-bit parameters
  *                   included: a cuoptim checkpoint (cuoptimSave, safetensors), which
  *                   checkpoint_save_optimizer and checkpoint_load_optimizer write and read.
+ *   PATH.optimizer.rankR  instead, with sharded optimizer state (ZeRO-1): rank R's shares of it,
+ *                   one file per rank (shard_rank = R; -1 elsewhere), each written by its rank.
  *
  * Each file is written under a temporary name and then renamed, so that a run stopped while
  * writing leaves the previous checkpoint whole. The files are in the machine's byte order.
@@ -44,7 +46,7 @@ typedef struct {
 
 /* Writes PATH (identity, position, `count` parameters) and PATH.optimizer. */
 int checkpoint_save(const char *path, const checkpoint_identity_t *identity, const checkpoint_position_t *position,
-                    const float *params, size_t count, cuoptimOptimizer_t optimizer);
+                    const float *params, size_t count, cuoptimOptimizer_t optimizer, int shard_rank);
 
 /* Reads PATH: refuses a file whose identity differs from *identity (naming what differs) or
  * whose parameter count is not `count`; fills *position and params. */
@@ -54,7 +56,7 @@ int checkpoint_load_program(const char *path, const checkpoint_identity_t *ident
 /* The optimizer's state to or from PATH.optimizer. Loading needs every variable registered (and
  * its weight-decay exclusions set) first; cuoptimLoad checks the file against the optimizer and
  * changes nothing when it does not fit. */
-int checkpoint_save_optimizer(const char *path, cuoptimOptimizer_t optimizer);
-int checkpoint_load_optimizer(const char *path, cuoptimOptimizer_t optimizer);
+int checkpoint_save_optimizer(const char *path, cuoptimOptimizer_t optimizer, int shard_rank);
+int checkpoint_load_optimizer(const char *path, cuoptimOptimizer_t optimizer, int shard_rank);
 
 #endif /* CHECKPOINT_H */

@@ -69,7 +69,7 @@ static void usage(FILE *out) {
       "\n"
       "optimizer (Keras's defaults unless told):\n"
       "  --optimizer NAME        SGD, RMSprop, Adagrad, Adadelta, Adam, AdamW, Adamax, Nadam, Lion, Lamb,\n"
-      "                          Ftrl (any case; default Adam)\n"
+      "                          Ftrl, ScheduleFreeAdamW (any case; default Adam)\n"
       "  --keras-json FILE       the optimizer as json.dumps(keras.optimizers.serialize(opt)) wrote it;\n"
       "                          the options below change it further\n"
       "  --lr X                  learning rate (a schedule's initial one)\n"
@@ -101,7 +101,8 @@ static void usage(FILE *out) {
       "  --hidden N,N,... (64,64)  hidden layer sizes\n"
       "  --points N (5000)  --classes K (5)  --noise X (0.03)  --test-fraction X (0.2)\n"
       "  --device auto|host|cuda (auto: the GPU when there is one)   --gpu N (device ordinal, 0)\n"
-      "  --checkpoint PATH       write PATH and PATH.optimizer at the end, and every\n"
+      "  --checkpoint PATH       write PATH and PATH.optimizer (with --shard-state one\n"
+      "                          PATH.optimizer.rankR per rank) at the end, and every\n"
       "  --checkpoint-every N    N batches\n"
       "  --resume PATH           continue the run that wrote PATH (same data, model, batch size and\n"
       "                          optimizer); --epochs is the total, counted from the first run\n"
@@ -416,9 +417,6 @@ static int parse_options(int argc, char **argv, options_t *o) {
   }
   if (optind < argc) return mlp_fail("%s: unexpected argument (see --help)", argv[optind]);
   if (o->checkpoint_every && !o->checkpoint) return mlp_fail("--checkpoint-every needs --checkpoint PATH");
-  if (o->shard_state && (o->checkpoint || o->resume))
-    return mlp_fail("%s with --shard-state: cuoptim cannot save or load sharded optimizer state yet (drop one of them)",
-                    o->checkpoint ? "--checkpoint" : "--resume");
   return 0;
 }
 
@@ -712,13 +710,16 @@ static int use_gradient_arena(trainer_t *t) {
   return 0;
 }
 
+/* Sharded optimizer state: this rank's file of it (checkpoint.h); -1: one file, rank 0's. */
+static int shard_rank(const trainer_t *t) { return t->options.shard_state ? t->world.rank : -1; }
+
 static int setup_variables(trainer_t *t) {
   const options_t *o = &t->options;
   if (o->gradient_arena && cuoptimEnableGradientArena(t->optimizer) != CUOPTIM_STATUS_SUCCESS)
     return mlp_fail("%s", cuoptimGetLastErrorMessage());
   if (register_variables(t)) return -1;
   if (o->gradient_arena && use_gradient_arena(t)) return -1;
-  if (o->resume && checkpoint_load_optimizer(o->resume, t->optimizer)) return -1;
+  if (o->resume && checkpoint_load_optimizer(o->resume, t->optimizer, shard_rank(t))) return -1;
   return 0;
 }
 
@@ -738,9 +739,14 @@ static void teardown(trainer_t *t) {
   mlp_free_dataset(&t->data);
 }
 
+/* Rank 0 writes the program's part and the optimizer's state; with sharded state every other rank
+ * writes its shares of the state. Every rank calls it; returns the rank's own status. */
 static int save_checkpoint(trainer_t *t) {
+  if (!t->leader)
+    return t->options.shard_state ? checkpoint_save_optimizer(t->options.checkpoint, t->optimizer, shard_rank(t)) : 0;
   if (t->backend->get_params(t->model, t->params)) return -1;
-  return checkpoint_save(t->options.checkpoint, &t->identity, &t->position, t->params, t->num_params, t->optimizer);
+  return checkpoint_save(t->options.checkpoint, &t->identity, &t->position, t->params, t->num_params, t->optimizer,
+                         shard_rank(t));
 }
 
 /* The loss scale the caller multiplies its loss by (Keras's scale_loss): the dynamic scale, the
@@ -922,7 +928,7 @@ static int train(trainer_t *t) {
       if (!status && o->checkpoint_every && t->position.global_step % o->checkpoint_every == 0) {
         t->train_seconds += now_seconds() - started;
         status = collect_running(t);
-        if (!status && t->leader) status = save_checkpoint(t);
+        if (!status) status = agree(t, save_checkpoint(t));
         started = now_seconds();
       }
       if (!status) draw_progress_bar(t, epoch);
@@ -981,7 +987,7 @@ static int check_ranks_agree(trainer_t *t, unsigned long long mine) {
 /* The EMA (when kept) replaces the parameters, as Keras's fit does at its end; then the final
  * parameters are evaluated on both splits (by rank 0: every rank holds the same). */
 static int finish(trainer_t *t) {
-  if (agree(t, t->options.checkpoint && t->leader ? save_checkpoint(t) : 0)) return -1;
+  if (agree(t, t->options.checkpoint ? save_checkpoint(t) : 0)) return -1;
   if (cuoptimFinalizeVariableValues(t->optimizer, t->backend->stream(t->model)) != CUOPTIM_STATUS_SUCCESS) {
     mlp_fail("%s", cuoptimGetLastErrorMessage());
     return fail_collectively(t);

@@ -507,6 +507,21 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* Whether `stream` is capturing; a stream that cannot say counts as capturing (the caller then
+ * takes the path that holds either way). */
+static int cuda_capturing(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  DeviceGuard guard;
+  if (enter_device(opt, &guard) != CUOPTIM_STATUS_SUCCESS) return 1;
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t err = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
+  leave_device(&guard);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 1;
+  }
+  return capture != cudaStreamCaptureStatusNone;
+}
+
 /* A graph cannot hold what building does (allocations, host waits, work that must run once). */
 static cuoptimStatus_t cuda_check_build_stream(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller) {
   DeviceGuard guard;
@@ -530,7 +545,8 @@ static cuoptimStatus_t cuda_check_build_stream(cuoptimOptimizer_t opt, cuoptimSt
 static cuoptimStatus_t launch_build(cuoptimOptimizer_t opt, CudaBackend *b, const cuoptimStream_t *stream) {
   static const char *what = "cuoptim: initialising the optimizer state";
   cudaStream_t target = stream ? (cudaStream_t)*stream : b->own;
-  cudaError_t err = (cudaError_t)cuoptim_launch_build(&b->step, cuoptim_slot_initial_value(&opt->config, 0), target);
+  cudaError_t err = (cudaError_t)cuoptim_launch_build(&b->step, cuoptim_slot_initial_value(&opt->config, 0),
+                                                    cuoptim_slot_copies_variable(&opt->config, 0), target);
   if (err != cudaSuccess) return cuda_fail(err, what);
   if (!stream) {
     err = cudaStreamSynchronize(target);
@@ -861,6 +877,7 @@ const cuoptimDeviceStep *cuoptim_cuda_device_step(cuoptimOptimizer_t opt) { retu
 
 static const cuoptimBackendOps cuda_backend = {
     .name = "cuda",
+    .capturing = cuda_capturing,
     .init = cuda_init,
     .release = cuda_release,
     .check_pointer = cuda_check_pointer,

@@ -63,6 +63,8 @@ static void store_working(const cuoptimVariableRec *v, size_t i, float value) {
   store_element(v->local_param, v->dtype, i, value);
 }
 
+static int host_capturing(cuoptimOptimizer_t opt, cuoptimStream_t stream) { return 0; }
+
 static cuoptimStatus_t host_check_build_stream(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller) {
   return CUOPTIM_STATUS_SUCCESS; /* streams mean nothing here */
 }
@@ -70,13 +72,17 @@ static cuoptimStatus_t host_check_build_stream(cuoptimOptimizer_t opt, cuoptimSt
 static cuoptimStatus_t host_build(cuoptimOptimizer_t opt, const cuoptimStream_t *stream) {
   for (int k = 0; k < opt->num_variables; k++) {
     cuoptimVariableRec *v = &opt->variables[k];
+    if (v->master)
+      for (size_t i = 0; i < v->local_count; i++) v->master[i] = load_element(v->local_param, v->dtype, i);
     for (int s = 0; s < opt->slots.count; s++) {
       if (!v->slots[s]) continue;
+      if (cuoptim_slot_copies_variable(&opt->config, s)) {
+        for (size_t i = 0; i < v->local_count; i++) v->slots[s][i] = load_working(v, i);
+        continue;
+      }
       float initial = cuoptim_slot_initial_value(&opt->config, s);
       for (size_t i = 0; i < v->local_count; i++) v->slots[s][i] = initial;
     }
-    if (v->master)
-      for (size_t i = 0; i < v->local_count; i++) v->master[i] = load_element(v->local_param, v->dtype, i);
   }
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -272,6 +278,8 @@ static cuoptimStatus_t host_query(cuoptimOptimizer_t opt, int *complete, char *i
 
 const cuoptimBackendOps cuoptim_host_backend = {
     .name = "host",
+    .state_in_host_memory = 1,
+    .capturing = host_capturing,
     .init = host_init,
     .release = host_release,
     .check_pointer = host_check_pointer,

@@ -179,6 +179,15 @@ static int is_outer(const cuoptimWeightEntry *e) {
 /* Every tensor of the optimizer's checkpoint, in file order, from the state list (described, not
  * necessarily built). Two entries with the same name (Keras allows it: Adagrad's `x_gradient`
  * accumulator and the gradient accumulator of `x`) cannot both be stored by name. */
+/* The elements of a variable's arrays this rank keeps (all of them unless sharded), known before
+ * the state is built. */
+static size_t share_count(const struct cuoptimOptimizer *opt, const cuoptimVariableRec *v) {
+  if (!cuoptim_comm_sharded(opt)) return v->count;
+  size_t offset, length;
+  cuoptim_comm_share(v->count, opt->comm->world, opt->comm->rank, &offset, &length);
+  return length;
+}
+
 static cuoptimStatus_t plan_build(cuoptimOptimizer_t opt, const char *caller, const char *path, Plan *plan) {
   memset(plan, 0, sizeof *plan);
   CUOPTIM_CHECK(cuoptim_describe_weights(opt));
@@ -209,7 +218,8 @@ static cuoptimStatus_t plan_build(cuoptimOptimizer_t opt, const char *caller, co
     t->variable = -1;
     t->integer = e->info.is_integer;
     t->scalar = e->kind != CUOPTIM_WEIGHT_BUFFER;
-    t->count = e->info.count;
+    /* Sharded state: this rank's share of each array (a file per rank). */
+    t->count = t->scalar ? e->info.count : share_count(opt, &opt->variables[e->variable]);
   }
   for (int v = 0; v < opt->num_variables; v++) {
     const cuoptimVariableRec *var = &opt->variables[v];
@@ -220,7 +230,7 @@ static cuoptimStatus_t plan_build(cuoptimOptimizer_t opt, const char *caller, co
     own += OWN_NAME_BYTES;
     t->index = -1;
     t->variable = v;
-    t->count = var->count;
+    t->count = share_count(opt, var);
   }
   /* The counters first, so that every 8-byte value is aligned in the file (the data starts at a
    * multiple of 8), as safetensors' own writer orders by alignment. */
@@ -400,6 +410,12 @@ static char *header_text(const struct cuoptimOptimizer *opt, const Plan *plan, c
            cJSON_AddStringToObject(meta, "cuoptim_version", version) &&
            cJSON_AddStringToObject(meta, "keras_config", config) && cJSON_AddStringToObject(meta, "variables", variables) &&
            cJSON_AddStringToObject(meta, "crc32", crcs);
+  char rank[16], world[16];
+  if (ok && cuoptim_comm_sharded(opt)) {
+    snprintf(rank, sizeof rank, "%d", opt->comm->rank);
+    snprintf(world, sizeof world, "%d", opt->comm->world);
+    ok = cJSON_AddStringToObject(meta, "shard_rank", rank) && cJSON_AddStringToObject(meta, "shard_world", world);
+  }
   for (int i = 0; ok && i < plan->count; i++) {
     const Tensor *t = &plan->tensors[i];
     char shape[40], offsets[64];
@@ -641,17 +657,18 @@ static cuoptimStatus_t check_arguments(const cuoptimOptimizer_t opt, const char 
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, path);
   if (path[0] == '\0') return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: path is empty", caller);
-  if (cuoptim_comm_sharded(opt))
-    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
-                         "%s: the optimizer's state is sharded across ranks: checkpoints of sharded state are not "
-                         "available yet",
-                         caller);
   return CUOPTIM_STATUS_SUCCESS;
 }
 
 cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t opt, const char *path) {
   static const char *caller = "cuoptimSave";
   CUOPTIM_CHECK(check_arguments(opt, path, caller));
+  if (cuoptim_comm_accumulators_partial(opt))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: between applied steps each rank's gradient accumulators hold only its own part of the "
+                         "sum (options.accumulate_locally): save after a step that applies (iterations a multiple of "
+                         "gradient_accumulation_steps)",
+                         caller);
   Plan plan;
   CUOPTIM_CHECK(plan_build(opt, caller, path, &plan));
   char *config = NULL, *temp = temporary_path(path);
@@ -1024,6 +1041,37 @@ static cuoptimStatus_t read_crcs(Loader *l, const char *text) {
 }
 
 /* safetensors requires every metadata value to be a string. */
+/* A sharded state's file holds one rank's shares: it loads into the same rank of a world of the
+ * same size, sharded, and only there. */
+static cuoptimStatus_t check_shard(const Loader *l, const cJSON *meta) {
+  const cJSON *rank = cJSON_GetObjectItemCaseSensitive(meta, "shard_rank");
+  const cJSON *world = cJSON_GetObjectItemCaseSensitive(meta, "shard_world");
+  int sharded = cuoptim_comm_sharded(l->opt);
+  if (!rank && !world) {
+    if (!sharded) return CUOPTIM_STATUS_SUCCESS;
+    return refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
+                  "the checkpoint holds whole (unsharded) state; this optimizer's state is sharded (rank %d of %d): "
+                  "load it into an optimizer without options.shard_state",
+                  l->opt->comm->rank, l->opt->comm->world);
+  }
+  if (!rank || !world)
+    return refuse(l, CUOPTIM_STATUS_INVALID_VALUE, "__metadata__ has one of shard_rank and shard_world, not both");
+  if (!sharded)
+    return refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
+                  "the checkpoint holds rank %.20s of %.20s's share of sharded state; this optimizer's state is not "
+                  "sharded",
+                  rank->valuestring, world->valuestring);
+  char mine[16], ours[16];
+  snprintf(mine, sizeof mine, "%d", l->opt->comm->rank);
+  snprintf(ours, sizeof ours, "%d", l->opt->comm->world);
+  if (strcmp(rank->valuestring, mine) != 0 || strcmp(world->valuestring, ours) != 0)
+    return refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
+                  "the checkpoint holds rank %.20s of %.20s's share of sharded state; this is rank %s of %s: each rank "
+                  "loads the file it saved, in a world of the same size",
+                  rank->valuestring, world->valuestring, mine, ours);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 static cuoptimStatus_t check_metadata(Loader *l, const cJSON *meta) {
   if (!cJSON_IsObject(meta))
     return refuse(l, CUOPTIM_STATUS_INVALID_VALUE, "the header has no \"__metadata__\" object: not a cuoptim checkpoint");
@@ -1048,6 +1096,7 @@ static cuoptimStatus_t check_metadata(Loader *l, const cJSON *meta) {
   if (!crcs || !metadata_string(l, meta, "cuoptim_version", &status)) return status;
   CUOPTIM_CHECK(check_config(l, config->valuestring));
   CUOPTIM_CHECK(check_variables(l, variables->valuestring));
+  CUOPTIM_CHECK(check_shard(l, meta));
   return read_crcs(l, crcs->valuestring);
 }
 
@@ -1195,6 +1244,9 @@ static cuoptimStatus_t install_state(Loader *l, cuoptimTransfer *t) {
   CUOPTIM_CHECK(opt->ops->transfer_wait(opt, t));
   opt->outer_iterations = s.outer_iterations;
   opt->outer_learning_rate = s.outer_learning_rate;
+  cuoptim_note_iterations(opt, s.state.iterations);
+  /* Every rank loaded the same accumulators. */
+  if (cuoptim_comm_accumulates_locally(opt)) opt->accumulators = CUOPTIM_ACCUMULATORS_REPLICATED;
   /* As cuoptimSetLearningRate: the config reports the loaded value, kept as given when it is the
    * same float32. */
   double *configured = &opt->config.learning_rate.initial_learning_rate;

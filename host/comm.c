@@ -20,6 +20,7 @@ cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options) {
   options->bucket_bytes = DEFAULT_BUCKET_BYTES;
   options->shard_state = 0;
   options->timeout_seconds = 0.0;
+  options->accumulate_locally = 1;
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -35,6 +36,9 @@ static cuoptimStatus_t validate_options(const cuoptimCommOptions_t *o, const cha
   if (o->shard_state != 0 && o->shard_state != 1)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: options->shard_state = %d: must be 0 or 1", caller,
                          o->shard_state);
+  if (o->accumulate_locally != 0 && o->accumulate_locally != 1)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: options->accumulate_locally = %d: must be 0 or 1", caller,
+                         o->accumulate_locally);
   if (!(o->timeout_seconds >= 0.0) || isinf(o->timeout_seconds))
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
                          "%s: options->timeout_seconds = %g: must be finite and >= 0 (0 waits forever)", caller,
@@ -132,7 +136,10 @@ static uint64_t variable_hash(const cuoptimVariableRec *v) {
   uint64_t count = v->count, dtype = (uint64_t)v->dtype;
   uint64_t h = fnv1a(FNV_OFFSET, v->name, strlen(v->name) + 1);
   h = fnv1a(h, &count, sizeof count);
-  return fnv1a(h, &dtype, sizeof dtype);
+  h = fnv1a(h, &dtype, sizeof dtype);
+  uint64_t rank = (uint64_t)v->rank;
+  h = fnv1a(h, &rank, sizeof rank);
+  return fnv1a(h, v->dims, (size_t)v->rank * sizeof v->dims[0]);
 }
 
 /* What every rank tells the others at the first step: everything that must agree. */
@@ -148,6 +155,8 @@ enum {
   ENTRY_REDUCE,
   ENTRY_BUCKET_BYTES,
   ENTRY_SHARD,
+  ENTRY_ACCUMULATE_LOCALLY,
+  ENTRY_FAILED, /* the status with which this rank's first step failed before the exchange, or 0 */
   ENTRY_COUNT
 };
 static const char *const entry_names[ENTRY_COUNT] = {
@@ -155,7 +164,7 @@ static const char *const entry_names[ENTRY_COUNT] = {
     "number of variables",   "variable table",      "optimizer",
     "optimizer's config (its Keras JSON: hyperparameters, schedule, clipping, loss scaling; a hash)",
     "options->aggregate",    "options->reduce",     "options->bucket_bytes",
-    "options->shard_state"};
+    "options->shard_state",  "options->accumulate_locally", "first step"};
 
 /* A hash of the config's Keras JSON: the hyperparameters every rank must share. */
 static uint64_t config_hash(const cuoptimOptimizer_t opt) {
@@ -189,6 +198,7 @@ static void describe_rank(const cuoptimOptimizer_t opt, uint64_t *entry, uint64_
   entry[ENTRY_REDUCE] = (uint64_t)c->options.reduce;
   entry[ENTRY_BUCKET_BYTES] = (uint64_t)c->options.bucket_bytes;
   entry[ENTRY_SHARD] = (uint64_t)c->options.shard_state;
+  entry[ENTRY_ACCUMULATE_LOCALLY] = (uint64_t)c->options.accumulate_locally;
 }
 
 /* One rank's variable at one position of its table, as the others are told when the tables
@@ -197,11 +207,16 @@ typedef struct {
   char name[CUOPTIM_MAX_NAME];
   uint64_t count, dtype;
   uint64_t present; /* 0: the rank has fewer variables */
+  int64_t rank, dims[CUOPTIM_MAX_DIMS];
 } variable_record;
 
 static void describe_variable(char *out, size_t size, const variable_record *v) {
-  snprintf(out, size, "\"%s\" (%llu %s)", v->name, (unsigned long long)v->count,
-           cuoptim_dtype_name((cuoptimDtype_t)v->dtype));
+  char shape[CUOPTIM_MAX_DIMS * 22 + 3] = "[";
+  for (int64_t d = 0; d < v->rank && d < CUOPTIM_MAX_DIMS; d++)
+    snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%lld", d ? ", " : "", (long long)v->dims[d]);
+  snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "]");
+  snprintf(out, size, "\"%s\" (%llu %s, shape %s)", v->name, (unsigned long long)v->count,
+           cuoptim_dtype_name((cuoptimDtype_t)v->dtype), shape);
 }
 
 /* The first position `k` where rank `r`'s table differs from rank 0's (a variable with another
@@ -250,11 +265,13 @@ static cuoptimStatus_t name_differing_variable(cuoptimOptimizer_t opt, const uin
       record.count = v->count;
       record.dtype = (uint64_t)v->dtype;
       record.present = 1;
+      record.rank = v->rank;
+      for (int d = 0; d < v->rank; d++) record.dims[d] = v->dims[d];
     }
     status = c->ops->allgather_host(opt, &record, records, sizeof record, "the variable table check");
   }
   if (status == CUOPTIM_STATUS_SUCCESS) {
-    char first[CUOPTIM_MAX_NAME + 64], other[CUOPTIM_MAX_NAME + 64];
+    char first[CUOPTIM_MAX_NAME + CUOPTIM_MAX_DIMS * 22 + 64], other[CUOPTIM_MAX_NAME + CUOPTIM_MAX_DIMS * 22 + 64];
     describe_variable(first, sizeof first, &records[0]);
     describe_variable(other, sizeof other, &records[r]);
     static const char *const hint = "every rank must register the same variables, in the same order";
@@ -279,7 +296,24 @@ static cuoptimStatus_t name_differing_variable(cuoptimOptimizer_t opt, const uin
   return status;
 }
 
-static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, const char *caller) {
+/* A rank whose first step failed before the exchange (its state could not be built): every rank
+ * fails that step, naming it, instead of waiting for it. */
+static cuoptimStatus_t check_failures(const cuoptimOptimizer_t opt, const uint64_t *all, cuoptimStatus_t mine,
+                                      const char *caller) {
+  const cuoptimComm *c = opt->comm;
+  for (int r = 0; r < c->world; r++) {
+    uint64_t failed = all[(size_t)r * ENTRY_COUNT + ENTRY_FAILED];
+    if (failed == 0) continue;
+    if (r == c->rank) return mine; /* its own message stays */
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: rank %d's first step failed (%s) before the ranks compared their tables: no rank took "
+                         "the step (rank %d's message says why)",
+                         caller, r, cuoptimGetStatusString((cuoptimStatus_t)failed), r);
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, cuoptimStatus_t failed, const char *caller) {
   cuoptimComm *c = opt->comm;
   uint64_t entry[ENTRY_COUNT];
   uint64_t *hashes = malloc((size_t)(opt->num_variables ? opt->num_variables : 1) * sizeof *hashes);
@@ -292,7 +326,20 @@ static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, const char *caller) 
     return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
   }
   describe_rank(opt, entry, hashes);
+  entry[ENTRY_FAILED] = (uint64_t)failed;
+  char message[1024] = ""; /* a failed rank's own message, kept through the exchange */
+  if (failed != CUOPTIM_STATUS_SUCCESS) snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
   cuoptimStatus_t status = c->ops->allgather_host(opt, entry, all, sizeof entry, "the variable table check");
+  if (status == CUOPTIM_STATUS_SUCCESS) {
+    status = check_failures(opt, all, failed, caller);
+    if (status != CUOPTIM_STATUS_SUCCESS && status == failed) cuoptim_error(failed, "%s", message);
+    if (status != CUOPTIM_STATUS_SUCCESS) {
+      free(hashes);
+      free(all);
+      free(lengths);
+      return status;
+    }
+  }
   for (int r = 0; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++)
     lengths[r] = all[(size_t)r * ENTRY_COUNT + ENTRY_VARIABLES];
   for (int r = 0; status == CUOPTIM_STATUS_SUCCESS && r < c->world; r++) {
@@ -321,9 +368,19 @@ static cuoptimStatus_t check_tables(cuoptimOptimizer_t opt, const char *caller) 
 
 int cuoptim_comm_active(const cuoptimOptimizer_t opt) { return opt->comm != NULL; }
 
+cuoptimStatus_t cuoptim_comm_first_step_failed(cuoptimOptimizer_t opt, cuoptimStatus_t failed, const char *caller) {
+  cuoptimComm *c = opt->comm;
+  if (!c || c->tables_checked || c->broken || c->world == 1) return failed;
+  cuoptimStatus_t status = check_tables(opt, failed, caller);
+  if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
+    c->broken = 1;
+  c->tables_checked = 0; /* compared again at the next first step */
+  return failed;
+}
+
 cuoptimStatus_t cuoptim_comm_check_tables(cuoptimOptimizer_t opt, const char *caller) {
   if (!opt->comm || opt->comm->tables_checked) return CUOPTIM_STATUS_SUCCESS;
-  cuoptimStatus_t status = check_tables(opt, caller);
+  cuoptimStatus_t status = check_tables(opt, CUOPTIM_STATUS_SUCCESS, caller);
   if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
     opt->comm->broken = 1;
   return status;
@@ -333,7 +390,105 @@ cuoptimStatus_t cuoptim_comm_check_tables(cuoptimOptimizer_t opt, const char *ca
 const cuoptimCommOps *const cuoptim_nccl_comm = NULL;
 #endif
 
-cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller) {
+/* ---- gradient accumulation with local accumulators ---------------------------------------- */
+
+int cuoptim_comm_accumulates_locally(const cuoptimOptimizer_t opt) {
+  const cuoptimComm *c = opt->comm;
+  return c && c->options.aggregate && c->options.accumulate_locally && c->world > 1 && !c->options.shard_state &&
+         opt->prologue.rule.accumulation_steps > 0;
+}
+
+/* The raw counter the step about to be enqueued on `stream` will read, when the host knows it:
+ * in host memory on the host backend; on the CUDA backend the count of the steps it enqueued,
+ * unless a micro-step may be skipped on the device (dynamic loss scaling), the count was lost (a
+ * captured step, a failed step) or this step is being captured (its replays come unseen). */
+static int counter_known(const cuoptimOptimizer_t opt, cuoptimStream_t stream, int64_t *iterations) {
+  if (opt->ops->state_in_host_memory) {
+    *iterations = opt->state->iterations;
+    return 1;
+  }
+  if (opt->prologue.rule.dynamic_loss_scale || !opt->iterations_known || opt->ops->capturing(opt, stream)) return 0;
+  *iterations = opt->enqueued_iterations;
+  return 1;
+}
+
+cuoptimStepKind cuoptim_comm_step_kind(const cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  if (!cuoptim_comm_accumulates_locally(opt)) return CUOPTIM_STEP_PLAIN;
+  int64_t iterations = 0;
+  if (!counter_known(opt, stream, &iterations)) return CUOPTIM_STEP_UNSURE;
+  /* Keras: a step applies when (iterations + 1) % gradient_accumulation_steps == 0. */
+  if ((iterations + 1) % opt->prologue.rule.accumulation_steps == 0) return CUOPTIM_STEP_APPLY;
+  /* Accumulators that are the same on every rank (after a step that was not sure, a read, a
+   * state write) stay so until the cycle ends: this micro-step reduces its gradients. */
+  return opt->accumulators == CUOPTIM_ACCUMULATORS_REPLICATED ? CUOPTIM_STEP_UNSURE : CUOPTIM_STEP_LOCAL;
+}
+
+void cuoptim_comm_end_accumulation(cuoptimOptimizer_t opt, cuoptimStepKind kind, cuoptimStream_t stream,
+                                   cuoptimStatus_t status) {
+  if (kind == CUOPTIM_STEP_PLAIN) return;
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    opt->iterations_known = 0; /* the device may or may not have counted it */
+    return;
+  }
+  if (opt->ops->capturing(opt, stream))
+    opt->iterations_known = 0;
+  else
+    opt->enqueued_iterations++;
+  if (kind == CUOPTIM_STEP_LOCAL) {
+    opt->accumulators = CUOPTIM_ACCUMULATORS_PARTIAL;
+  } else if (kind == CUOPTIM_STEP_APPLY) {
+    /* Applied: the accumulators of the variables it updated are zero on every rank. Those of
+     * variables without a gradient, and all of them when a LossScaleOptimizer skipped the step
+     * (host backend), keep the sums the step reduced them to: the same on every rank too. */
+    int skipped = opt->ops->state_in_host_memory && opt->scalars->skip, all_updated = 1;
+    for (int k = 0; k < opt->num_variables; k++) all_updated &= opt->step_grads[k].grad != NULL;
+    opt->accumulators = skipped || !all_updated ? CUOPTIM_ACCUMULATORS_REPLICATED : CUOPTIM_ACCUMULATORS_ZERO;
+  } else {
+    opt->accumulators = CUOPTIM_ACCUMULATORS_REPLICATED;
+  }
+}
+
+void cuoptim_note_iterations(cuoptimOptimizer_t opt, int64_t iterations) {
+  opt->enqueued_iterations = iterations;
+  opt->iterations_known = 1;
+}
+
+int cuoptim_comm_accumulators_partial(const cuoptimOptimizer_t opt) {
+  return cuoptim_comm_accumulates_locally(opt) && opt->accumulators == CUOPTIM_ACCUMULATORS_PARTIAL;
+}
+
+cuoptimStatus_t cuoptim_comm_sum_accumulator(cuoptimOptimizer_t opt, const float *mine, size_t count, float *sum,
+                                             const char *caller) {
+  const cuoptimComm *c = opt->comm;
+  float *all = count <= SIZE_MAX / sizeof *all / (size_t)c->world ? malloc(count * sizeof *all * (size_t)c->world)
+                                                                  : NULL;
+  if (!all) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimStatus_t status = c->ops->allgather_host(opt, mine, all, count * sizeof *all, "summing the ranks' accumulators");
+  for (size_t i = 0; status == CUOPTIM_STATUS_SUCCESS && i < count; i++) {
+    float x = all[i];
+    for (int r = 1; r < c->world; r++) x += all[(size_t)r * count + i]; /* rank order: the same on every rank */
+    sum[i] = x;
+  }
+  free(all);
+  if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
+    opt->comm->broken = 1;
+  return status;
+}
+
+cuoptimStatus_t cuoptim_comm_check_capture(const cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller) {
+  /* Summing the ranks' parts is a one-time change of what the accumulators hold, which a graph
+   * replayed many times cannot hold. */
+  if (cuoptim_comm_accumulators_partial(opt) && opt->ops->capturing(opt, stream))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: this step is captured in a CUDA graph while each rank's gradient accumulators hold its "
+                         "own part of the sum (options.accumulate_locally): capture a step that follows an applied "
+                         "step (iterations a multiple of gradient_accumulation_steps)",
+                         caller);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, cuoptimStepKind kind,
+                                        const char *caller) {
   cuoptimComm *c = opt->comm;
   if (!c) return CUOPTIM_STATUS_SUCCESS;
   if (c->broken)
@@ -347,8 +502,20 @@ cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t 
   /* Gradient arena: the buckets the marks have not started, in their fixed order, before any
    * other collective, so every rank issues the same sequence. */
   if (status == CUOPTIM_STATUS_SUCCESS && opt->grad_arena) status = cuoptim_arena_start_all(opt, stream);
+  c->local_step = kind == CUOPTIM_STEP_LOCAL;
+  /* A micro-step with local accumulators: nothing to reduce. */
+  if (kind == CUOPTIM_STEP_LOCAL) return status;
+  /* A step that may apply: the accumulators' sums first (Keras's accumulator), then its gradients. */
+  if (status == CUOPTIM_STATUS_SUCCESS && opt->accumulators == CUOPTIM_ACCUMULATORS_PARTIAL) {
+    status = c->ops->reduce_accumulators(opt, stream);
+    if (status == CUOPTIM_STATUS_SUCCESS) {
+      c->accumulator_reductions++;
+      opt->accumulators = CUOPTIM_ACCUMULATORS_REPLICATED;
+    }
+  }
   if (status == CUOPTIM_STATUS_SUCCESS && c->options.aggregate && c->world > 1) {
     status = c->ops->aggregate(opt, stream);
+    if (status == CUOPTIM_STATUS_SUCCESS) c->gradient_reductions++;
   }
   if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
     c->broken = 1;
@@ -357,7 +524,7 @@ cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t 
 
 /* ---- sharded state ----------------------------------------------------------------------------- */
 
-int cuoptim_comm_sharded(const cuoptimOptimizer_t opt) {
+int cuoptim_comm_sharded(const struct cuoptimOptimizer *opt) {
   return opt->comm && opt->comm->options.shard_state && opt->comm->world > 1;
 }
 
@@ -391,9 +558,9 @@ typedef struct {
 } InspectPartial;
 
 cuoptimStatus_t cuoptim_comm_combine_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
-  if (!cuoptim_comm_sharded(opt)) return CUOPTIM_STATUS_SUCCESS;
+  if (!cuoptim_comm_sharded(opt) && !(opt->comm && opt->comm->local_step)) return CUOPTIM_STATUS_SUCCESS;
   const cuoptimComm *c = opt->comm;
-  if (c->ops->combine_inspect) {
+  if (c->ops->combine_inspect && cuoptim_comm_sharded(opt)) {
     cuoptimStatus_t status = c->ops->combine_inspect(opt, stream);
     if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
       opt->comm->broken = 1;
@@ -433,6 +600,11 @@ cuoptimStatus_t cuoptim_comm_combine_inspect(cuoptimOptimizer_t opt, cuoptimStre
   free(mine);
   free(all);
   return status;
+}
+
+int64_t cuoptim_comm_reductions(const cuoptimOptimizer_t opt, int accumulators) {
+  if (!opt->comm) return 0;
+  return accumulators ? opt->comm->accumulator_reductions : opt->comm->gradient_reductions;
 }
 
 cuoptimStatus_t cuoptim_comm_end_step(cuoptimOptimizer_t opt, cuoptimStream_t stream) {

@@ -66,43 +66,6 @@ static void free_mpi(MpiComm *m) {
   free(m);
 }
 
-static cuoptimStatus_t mpi_attach(cuoptimOptimizer_t opt, cuoptimComm *c, const void *handle, const char *caller) {
-  int initialized = 0, finalized = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  if (!initialized || finalized)
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE, "%s: MPI is %s: call MPI_Init first", caller,
-                         finalized ? "finalized" : "not initialized");
-  MPI_Comm given = *(const MPI_Comm *)handle;
-  if (given == MPI_COMM_NULL)
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: *communicator is MPI_COMM_NULL", caller);
-  MpiComm *m = calloc(1, sizeof *m);
-  if (!m) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
-  m->comm = MPI_COMM_NULL;
-  m->half = MPI_DATATYPE_NULL;
-  m->sum_float16 = m->sum_bfloat16 = MPI_OP_NULL;
-  /* Errors come back as codes (cuoptim turns them into statuses), not as an abort. */
-  int code = MPI_Comm_dup(given, &m->comm);
-  if (code == MPI_SUCCESS) code = MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN);
-  if (code == MPI_SUCCESS) code = MPI_Comm_rank(m->comm, &c->rank);
-  if (code == MPI_SUCCESS) code = MPI_Comm_size(m->comm, &c->world);
-  if (code == MPI_SUCCESS) code = MPI_Type_contiguous(2, MPI_BYTE, &m->half);
-  if (code == MPI_SUCCESS) code = MPI_Type_commit(&m->half);
-  if (code == MPI_SUCCESS) code = MPI_Op_create(sum_float16, 1, &m->sum_float16);
-  if (code == MPI_SUCCESS) code = MPI_Op_create(sum_bfloat16, 1, &m->sum_bfloat16);
-  if (code == MPI_SUCCESS) {
-    m->counts = calloc((size_t)c->world, sizeof *m->counts);
-    m->displs = calloc((size_t)c->world, sizeof *m->displs);
-  }
-  if (code != MPI_SUCCESS || !m->counts || !m->displs) {
-    free_mpi(m);
-    if (code != MPI_SUCCESS) return mpi_fail(code, caller);
-    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
-  }
-  c->impl = m;
-  return CUOPTIM_STATUS_SUCCESS;
-}
-
 static void mpi_detach(cuoptimOptimizer_t opt, cuoptimComm *c) {
   MpiComm *m = c->impl;
   if (!m) return;
@@ -121,9 +84,10 @@ static double now_seconds(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* Waits for `n` requests, at most options.timeout_seconds (0: forever). */
-static cuoptimStatus_t wait_all(cuoptimOptimizer_t opt, int n, MPI_Request *requests, const char *stage) {
-  double timeout = opt->comm->options.timeout_seconds;
+/* Waits for `n` requests, at most `timeout` seconds (0: forever); past it TIMEOUT, naming `caller`
+ * and `stage`, the requests left pending. */
+static cuoptimStatus_t wait_requests(double timeout, int n, MPI_Request *requests, const char *caller,
+                                     const char *stage) {
   if (timeout == 0.0) {
     int code = MPI_Waitall(n, requests, MPI_STATUSES_IGNORE);
     return code == MPI_SUCCESS ? CUOPTIM_STATUS_SUCCESS : mpi_fail(code, stage);
@@ -136,12 +100,69 @@ static cuoptimStatus_t wait_all(cuoptimOptimizer_t opt, int n, MPI_Request *requ
     if (done) return CUOPTIM_STATUS_SUCCESS;
     if (now_seconds() > deadline)
       return cuoptim_error(CUOPTIM_STATUS_TIMEOUT,
-                           "cuoptimApplyGradients: %s: the other ranks did not join within %g s (rank %d of %d); "
-                           "the communicator must be aborted",
-                           stage, timeout, opt->comm->rank, opt->comm->world);
+                           "%s: %s: the other ranks did not join within %g s; the communicator must be aborted", caller,
+                           stage, timeout);
     struct timespec pause = {0, 20000}; /* 20 us: progress without a busy core */
     nanosleep(&pause, NULL);
   }
+}
+
+/* Waits for `n` requests of a step, at most options.timeout_seconds (0: forever). */
+static cuoptimStatus_t wait_all(cuoptimOptimizer_t opt, int n, MPI_Request *requests, const char *stage) {
+  cuoptimStatus_t status = wait_requests(opt->comm->options.timeout_seconds, n, requests, "cuoptimApplyGradients", stage);
+  if (status == CUOPTIM_STATUS_TIMEOUT) {
+    char message[1024]; /* the last-error text is rewritten: copied first */
+    snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
+    return cuoptim_error(CUOPTIM_STATUS_TIMEOUT, "%s (rank %d of %d)", message, opt->comm->rank, opt->comm->world);
+  }
+  return status;
+}
+
+static cuoptimStatus_t mpi_attach(cuoptimOptimizer_t opt, cuoptimComm *c, const void *handle, const char *caller) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE, "%s: MPI is %s: call MPI_Init first", caller,
+                         finalized ? "finalized" : "not initialized");
+  MPI_Comm given = *(const MPI_Comm *)handle;
+  if (given == MPI_COMM_NULL)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: *communicator is MPI_COMM_NULL", caller);
+  MpiComm *m = calloc(1, sizeof *m);
+  if (!m) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  m->comm = MPI_COMM_NULL;
+  m->half = MPI_DATATYPE_NULL;
+  m->sum_float16 = m->sum_bfloat16 = MPI_OP_NULL;
+  /* Errors come back as codes (cuoptim turns them into statuses), not as an abort. */
+  /* The duplicate is a collective: waited for at most options.timeout_seconds, as a step's. */
+  MPI_Request request = MPI_REQUEST_NULL;
+  int code = MPI_Comm_idup(given, &m->comm, &request);
+  if (code == MPI_SUCCESS) {
+    cuoptimStatus_t status = wait_requests(c->options.timeout_seconds, 1, &request, caller, "MPI_Comm_idup");
+    if (status == CUOPTIM_STATUS_TIMEOUT) return status; /* m stays: MPI may still write m->comm */
+    if (status != CUOPTIM_STATUS_SUCCESS) {
+      free_mpi(m);
+      return status;
+    }
+  }
+  if (code == MPI_SUCCESS) code = MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN);
+  if (code == MPI_SUCCESS) code = MPI_Comm_rank(m->comm, &c->rank);
+  if (code == MPI_SUCCESS) code = MPI_Comm_size(m->comm, &c->world);
+  if (code == MPI_SUCCESS) code = MPI_Type_contiguous(2, MPI_BYTE, &m->half);
+  if (code == MPI_SUCCESS) code = MPI_Type_commit(&m->half);
+  if (code == MPI_SUCCESS) code = MPI_Op_create(sum_float16, 1, &m->sum_float16);
+  if (code == MPI_SUCCESS) code = MPI_Op_create(sum_bfloat16, 1, &m->sum_bfloat16);
+  if (code == MPI_SUCCESS) {
+    m->counts = calloc((size_t)c->world, sizeof *m->counts);
+    m->displs = calloc((size_t)c->world, sizeof *m->displs);
+  }
+  if (code != MPI_SUCCESS || !m->counts || !m->displs) {
+    free_mpi(m);
+    if (code != MPI_SUCCESS) return mpi_fail(code, caller);
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  }
+  c->impl = m;
+  return CUOPTIM_STATUS_SUCCESS;
 }
 
 static cuoptimStatus_t mpi_allgather_host(cuoptimOptimizer_t opt, const void *send, void *recv, size_t bytes,
@@ -218,20 +239,32 @@ static cuoptimStatus_t reserve_shares(cuoptimOptimizer_t opt) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-/* One bucket, variables [first, last): reduce-scatter every gradient into this rank's shares;
- * then, unsharded, all-gather the sums back into the gradient buffers, or, sharded, point the
- * step's gradients at the shares. */
-static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last) {
+/* What a bucket sums for variable k: the step's gradient as listed, or (local accumulation) the
+ * accumulator; NULL when there is nothing. */
+static void *bucket_buffer(cuoptimOptimizer_t opt, int k, int accumulators, cuoptimDtype_t *dtype) {
+  if (accumulators) {
+    *dtype = CUOPTIM_FLOAT32;
+    return opt->variables[k].accumulator;
+  }
+  *dtype = opt->step_grads[k].dtype;
+  return opt->step_grads[k].grad ? (void *)(uintptr_t)opt->step_grads[k].listed : NULL;
+}
+
+/* One bucket, variables [first, last): reduce-scatter every gradient (or accumulator) into this
+ * rank's shares; then, unsharded, all-gather the sums back into the buffers, or, sharded, point
+ * the step's gradients at the shares. */
+static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last, int accumulators) {
   MpiComm *m = mpi_of(opt);
   const cuoptimComm *c = opt->comm;
   int sharded = cuoptim_comm_sharded(opt);
   int n = 0;
   size_t scratch_bytes = 0;
   for (int k = first; k < last; k++) {
-    if (!opt->step_grads[k].grad) continue;
+    cuoptimDtype_t dtype;
+    if (!bucket_buffer(opt, k, accumulators, &dtype)) continue;
     size_t offset, length;
     cuoptim_comm_share(opt->variables[k].count, c->world, c->rank, &offset, &length);
-    scratch_bytes += length * cuoptim_dtype_size(opt->step_grads[k].dtype);
+    scratch_bytes += length * cuoptim_dtype_size(dtype);
     n++;
   }
   if (n == 0) return CUOPTIM_STATUS_SUCCESS;
@@ -241,19 +274,20 @@ static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last
     char *share = m->scratch;
     int issued = 0;
     for (int k = first; k < last; k++) {
-      const cuoptimStepGradient *g = &opt->step_grads[k];
-      if (!g->grad) continue;
+      cuoptimDtype_t dtype;
+      void *buffer = bucket_buffer(opt, k, accumulators, &dtype);
+      if (!buffer) continue;
       if (sharded) share = m->shares + m->share_offsets[k];
       fill_shares(opt, opt->variables[k].count);
       MPI_Datatype type;
       MPI_Op op;
-      element_type(m, g->dtype, &type, &op);
-      int code = pass == 0 ? MPI_Ireduce_scatter(g->listed, share, m->counts, type, op, m->comm, &m->requests[issued])
-                           : MPI_Iallgatherv(share, m->counts[c->rank], type, (void *)g->listed, m->counts, m->displs,
-                                             type, m->comm, &m->requests[issued]);
+      element_type(m, dtype, &type, &op);
+      int code = pass == 0 ? MPI_Ireduce_scatter(buffer, share, m->counts, type, op, m->comm, &m->requests[issued])
+                           : MPI_Iallgatherv(share, m->counts[c->rank], type, buffer, m->counts, m->displs, type,
+                                             m->comm, &m->requests[issued]);
       if (code != MPI_SUCCESS) return mpi_fail(code, stage);
       issued++;
-      share += (size_t)m->counts[c->rank] * cuoptim_dtype_size(g->dtype);
+      share += (size_t)m->counts[c->rank] * cuoptim_dtype_size(dtype);
     }
     CUOPTIM_CHECK(wait_all(opt, issued, m->requests, stage));
   }
@@ -261,6 +295,28 @@ static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last
     for (int k = first; k < last; k++)
       if (opt->step_grads[k].grad) opt->step_grads[k].grad = m->shares + m->share_offsets[k];
   return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Every variable's buffer summed, in buckets of about options.bucket_bytes. */
+static cuoptimStatus_t reduce_in_buckets(cuoptimOptimizer_t opt, int accumulators) {
+  size_t bucket = opt->comm->options.bucket_bytes, filled = 0;
+  int first = 0;
+  for (int k = 0; k < opt->num_variables; k++) {
+    cuoptimDtype_t dtype;
+    if (bucket_buffer(opt, k, accumulators, &dtype)) filled += opt->variables[k].count * cuoptim_dtype_size(dtype);
+    if (filled >= bucket || k + 1 == opt->num_variables) {
+      CUOPTIM_CHECK(reduce_bucket(opt, first, k + 1, accumulators));
+      first = k + 1;
+      filled = 0;
+    }
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Local accumulation: the accumulators' sums, on every rank. */
+static cuoptimStatus_t mpi_reduce_accumulators(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  for (int k = 0; k < opt->num_variables; k++) CUOPTIM_CHECK(check_countable(opt->variables[k].count));
+  return reduce_in_buckets(opt, 1);
 }
 
 /* Sharded state: each rank updated its share of every parameter; all of them gathered in place,
@@ -431,17 +487,7 @@ static cuoptimStatus_t mpi_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t str
     if (opt->step_grads[k].grad) CUOPTIM_CHECK(check_countable(opt->variables[k].count));
   if (opt->grad_arena) return finish_arena(opt, stream);
   if (cuoptim_comm_sharded(opt)) CUOPTIM_CHECK(reserve_shares(opt));
-  size_t bucket = opt->comm->options.bucket_bytes, filled = 0;
-  int first = 0;
-  for (int k = 0; k < opt->num_variables; k++) {
-    if (opt->step_grads[k].grad) filled += opt->variables[k].count * cuoptim_dtype_size(opt->step_grads[k].dtype);
-    if (filled >= bucket || k + 1 == opt->num_variables) {
-      CUOPTIM_CHECK(reduce_bucket(opt, first, k + 1));
-      first = k + 1;
-      filled = 0;
-    }
-  }
-  return CUOPTIM_STATUS_SUCCESS;
+  return reduce_in_buckets(opt, 0);
 }
 
 static size_t mpi_buffer_bytes(cuoptimOptimizer_t opt) {
@@ -460,6 +506,7 @@ static const cuoptimCommOps mpi_comm = {
     .allgather_host = mpi_allgather_host,
     .allgather_shares_host = mpi_allgather_shares_host,
     .aggregate = mpi_aggregate,
+    .reduce_accumulators = mpi_reduce_accumulators,
     .gather_parameters = mpi_gather_parameters,
     .start_bucket = mpi_start_bucket,
     .buffer_bytes = mpi_buffer_bytes,

@@ -226,6 +226,39 @@ static cuoptimStatus_t reserve_exchange(NcclComm *m, size_t bytes, const char *s
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+static double now_seconds(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Waits for the exchange stream, at most options.timeout_seconds (0: forever), polling NCCL's
+ * asynchronous error meanwhile (a peer gone ends the wait with its text). Past the deadline: TIMEOUT,
+ * the exchange still enqueued (the caller must abort the communicator). */
+static cuoptimStatus_t wait_exchange(cuoptimOptimizer_t opt, const char *caller, const char *stage) {
+  NcclComm *m = nccl_of(opt);
+  double timeout = opt->comm->options.timeout_seconds;
+  if (timeout == 0.0) {
+    cudaError_t err = cudaStreamSynchronize(m->exchange_stream);
+    return err == cudaSuccess ? CUOPTIM_STATUS_SUCCESS : cuda_fail(err, caller, stage);
+  }
+  double deadline = now_seconds() + timeout;
+  for (;;) {
+    cudaError_t err = cudaStreamQuery(m->exchange_stream);
+    if (err == cudaSuccess) return CUOPTIM_STATUS_SUCCESS;
+    if (err != cudaErrorNotReady) return cuda_fail(err, caller, stage);
+    (void)cudaGetLastError();
+    CUOPTIM_CHECK(check_async(m->comm, caller));
+    if (now_seconds() > deadline)
+      return cuoptim_error(CUOPTIM_STATUS_TIMEOUT,
+                           "%s: %s: the other ranks did not join within %g s (rank %d of %d); the communicator must "
+                           "be aborted (ncclCommAbort)",
+                           caller, stage, timeout, opt->comm->rank, opt->comm->world);
+    struct timespec pause = {0, 20000}; /* 20 us */
+    nanosleep(&pause, NULL);
+  }
+}
+
 static cuoptimStatus_t nccl_allgather_host(cuoptimOptimizer_t opt, const void *send, void *recv, size_t bytes,
                                            const char *stage) {
   static const char *caller = "cuoptimApplyGradients";
@@ -246,8 +279,7 @@ static cuoptimStatus_t nccl_allgather_host(cuoptimOptimizer_t opt, const void *s
                     "ncclAllGather (the variable table check)");
   if (status == CUOPTIM_STATUS_SUCCESS) {
     err = cudaMemcpyAsync(recv, m->exchange, bytes * (size_t)c->world, cudaMemcpyDeviceToHost, m->exchange_stream);
-    if (err == cudaSuccess) err = cudaStreamSynchronize(m->exchange_stream);
-    if (err != cudaSuccess) status = cuda_fail(err, caller, stage);
+    status = err == cudaSuccess ? wait_exchange(opt, caller, stage) : cuda_fail(err, caller, stage);
   }
   if (status == CUOPTIM_STATUS_SUCCESS) status = check_async(m->comm, caller);
   leave_device(&scope);
@@ -292,10 +324,13 @@ static cuoptimStatus_t issue(cuoptimOptimizer_t opt, int k, void *gradient, cuop
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-/* One NCCL group: the calls of one pass for the gradients of variables [first, last): the step's
- * listed ones, or (arena) every variable's arena region. The group is ended even after a failed
- * call, so that NCCL's group state stays balanced. */
-static cuoptimStatus_t run_pass(cuoptimOptimizer_t opt, int first, int last, int pass, int arena,
+/* What a bucket sums: the step's listed gradients, every variable's arena region, or (local
+ * accumulation) every variable's accumulator. */
+enum { SOURCE_STEP, SOURCE_ARENA, SOURCE_ACCUMULATORS };
+
+/* One NCCL group: the calls of one pass for the buffers of variables [first, last) that `source`
+ * names. The group is ended even after a failed call, so that NCCL's group state stays balanced. */
+static cuoptimStatus_t run_pass(cuoptimOptimizer_t opt, int first, int last, int pass, int source,
                                 cuoptimStream_t stream) {
   static const char *caller = "cuoptimApplyGradients";
   ncclComm_t comm = nccl_of(opt)->comm;
@@ -304,8 +339,10 @@ static cuoptimStatus_t run_pass(cuoptimOptimizer_t opt, int first, int last, int
   cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
   for (int k = first; k < last && status == CUOPTIM_STATUS_SUCCESS; k++) {
     const cuoptimStepGradient *g = &opt->step_grads[k];
-    if (arena)
+    if (source == SOURCE_ARENA)
       status = issue(opt, k, opt->variables[k].arena_grad, opt->variables[k].dtype, pass, stream);
+    else if (source == SOURCE_ACCUMULATORS)
+      status = issue(opt, k, opt->variables[k].accumulator, CUOPTIM_FLOAT32, pass, stream);
     else if (g->grad)
       status = issue(opt, k, (void *)(uintptr_t)g->listed, g->dtype, pass, stream);
   }
@@ -315,15 +352,15 @@ static cuoptimStatus_t run_pass(cuoptimOptimizer_t opt, int first, int last, int
                                                           : "aggregate: ncclGroupEnd (all-gather and broadcast)");
 }
 
-static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last, int arena, cuoptimStream_t stream) {
-  int any = arena;
+static cuoptimStatus_t reduce_bucket(cuoptimOptimizer_t opt, int first, int last, int source, cuoptimStream_t stream) {
+  int any = source != SOURCE_STEP;
   for (int k = first; k < last; k++) any |= opt->step_grads[k].grad != NULL;
   if (!any) return CUOPTIM_STATUS_SUCCESS;
-  CUOPTIM_CHECK(run_pass(opt, first, last, PASS_REDUCE, arena, stream));
+  CUOPTIM_CHECK(run_pass(opt, first, last, PASS_REDUCE, source, stream));
   /* Sharded state: each rank updates from its own share of the sums, where the reduce-scatter put
    * it (cuoptim_comm_prepare_step pointed the step there); nothing to spread. */
   if (cuoptim_comm_sharded(opt)) return CUOPTIM_STATUS_SUCCESS;
-  return run_pass(opt, first, last, PASS_SPREAD, arena, stream);
+  return run_pass(opt, first, last, PASS_SPREAD, source, stream);
 }
 
 /* Every rank must list the same non-NULL gradients: unlike MPI's, this path cannot compare the
@@ -384,7 +421,7 @@ static cuoptimStatus_t nccl_mark(cuoptimOptimizer_t opt, int variable, cuoptimSt
 static cuoptimStatus_t nccl_start_bucket(cuoptimOptimizer_t opt, int b, cuoptimStream_t stream) {
   static const char *caller = "cuoptimMarkGradientReady";
   int first = opt->bucket_first[b], last = opt->bucket_first[b + 1];
-  if (is_capturing(stream)) return reduce_bucket(opt, first, last, 1, stream);
+  if (is_capturing(stream)) return reduce_bucket(opt, first, last, SOURCE_ARENA, stream);
   DeviceScope scope;
   CUOPTIM_CHECK(enter_device(opt->device, &scope, caller));
   NcclComm *m = nccl_of(opt);
@@ -397,7 +434,7 @@ static cuoptimStatus_t nccl_start_bucket(cuoptimOptimizer_t opt, int b, cuoptimS
       if (m->has_mark[k]) err = cudaStreamWaitEvent(m->bucket_stream, m->marked[k], 0);
     if (err != cudaSuccess) status = cuda_fail(err, caller, "ordering a bucket after its marks");
   }
-  if (status == CUOPTIM_STATUS_SUCCESS) status = reduce_bucket(opt, first, last, 1, m->bucket_stream);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = reduce_bucket(opt, first, last, SOURCE_ARENA, m->bucket_stream);
   if (status == CUOPTIM_STATUS_SUCCESS) {
     err = cudaEventRecord(m->bucket_done[b], m->bucket_stream);
     if (err != cudaSuccess) status = cuda_fail(err, caller, "cudaEventRecord");
@@ -427,20 +464,34 @@ static cuoptimStatus_t finish_arena(cuoptimOptimizer_t opt, cuoptimStream_t stre
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-static cuoptimStatus_t nccl_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
-  if (opt->grad_arena) return finish_arena(opt, stream);
+/* The step's gradients or every accumulator, in buckets of about options.bucket_bytes. */
+static cuoptimStatus_t reduce_in_buckets(cuoptimOptimizer_t opt, int source, cuoptimStream_t stream) {
   size_t bucket = opt->comm->options.bucket_bytes, filled = 0;
   int first = 0;
   for (int k = 0; k < opt->num_variables; k++) {
     const cuoptimStepGradient *g = &opt->step_grads[k];
-    if (g->grad) filled += opt->variables[k].count * cuoptim_dtype_size(g->dtype);
+    if (source == SOURCE_ACCUMULATORS)
+      filled += opt->variables[k].count * sizeof(float);
+    else if (g->grad)
+      filled += opt->variables[k].count * cuoptim_dtype_size(g->dtype);
     if (filled >= bucket || k + 1 == opt->num_variables) {
-      CUOPTIM_CHECK(reduce_bucket(opt, first, k + 1, 0, stream));
+      CUOPTIM_CHECK(reduce_bucket(opt, first, k + 1, source, stream));
       first = k + 1;
       filled = 0;
     }
   }
   return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t nccl_aggregate(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  if (opt->grad_arena) return finish_arena(opt, stream);
+  return reduce_in_buckets(opt, SOURCE_STEP, stream);
+}
+
+/* Local accumulation: the accumulators summed in place on the step's stream, before its
+ * gradients (the same calls as theirs: every rank ends with the same bytes). */
+static cuoptimStatus_t nccl_reduce_accumulators(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  return reduce_in_buckets(opt, SOURCE_ACCUMULATORS, stream);
 }
 
 /* ---- sharded state ------------------------------------------------------------------------- */
@@ -579,6 +630,7 @@ static const cuoptimCommOps nccl_comm = {
     .allgather_host = nccl_allgather_host,
     .allgather_shares_host = nccl_allgather_shares_host,
     .aggregate = nccl_aggregate,
+    .reduce_accumulators = nccl_reduce_accumulators,
     .gather_parameters = nccl_gather_parameters,
     .start_bucket = nccl_start_bucket,
     .mark = nccl_mark,

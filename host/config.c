@@ -6,10 +6,12 @@
 #include "internal.h"
 
 static const char *const optimizer_class_names[CUOPTIM_OPTIMIZER_COUNT] = {
-    "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Lion", "Lamb", "Ftrl"};
+    "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Lion", "Lamb", "Ftrl",
+    "ScheduleFreeAdamW"};
 /* Keras's auto_name of each class (snake case of the class name). */
 static const char *const optimizer_default_names[CUOPTIM_OPTIMIZER_COUNT] = {
-    "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl"};
+    "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl",
+    "schedule_free_adam_w"};
 
 const char *cuoptimOptimizerName(cuoptimOptimizerKind_t kind) {
   if ((int)kind < 0 || kind >= CUOPTIM_OPTIMIZER_COUNT) return NULL;
@@ -52,7 +54,7 @@ cuoptimStatus_t cuoptimConfigInit(cuoptimConfig_t *config, cuoptimOptimizerKind_
   c.kind = kind;
   snprintf(c.name, sizeof c.name, "%s", optimizer_default_names[kind]);
   cuoptimScheduleInit(&c.learning_rate, CUOPTIM_SCHEDULE_CONSTANT);
-  c.learning_rate.initial_learning_rate = kind == CUOPTIM_SGD ? 0.01 : 0.001;
+  c.learning_rate.initial_learning_rate = kind == CUOPTIM_SGD ? 0.01 : kind == CUOPTIM_SCHEDULE_FREE_ADAMW ? 0.0025 : 0.001;
   c.weight_decay = kind == CUOPTIM_ADAMW ? 0.004 : CUOPTIM_NONE;
   c.clipnorm = c.clipvalue = c.global_clipnorm = CUOPTIM_NONE;
   c.use_ema = 0;
@@ -62,7 +64,8 @@ cuoptimStatus_t cuoptimConfigInit(cuoptimConfig_t *config, cuoptimOptimizerKind_
   c.gradient_accumulation_steps = 0;
   c.beta_1 = 0.9;
   c.beta_2 = kind == CUOPTIM_LION ? 0.99 : 0.999;
-  c.epsilon = 1e-7;
+  c.epsilon = kind == CUOPTIM_SCHEDULE_FREE_ADAMW ? 1e-8 : 1e-7;
+  c.warmup_steps = 0;
   c.rho = kind == CUOPTIM_ADADELTA ? 0.95 : 0.9;
   c.momentum = 0.0;
   c.initial_accumulator_value = 0.1;
@@ -351,6 +354,13 @@ static cuoptimStatus_t validate_rule(const cuoptimConfig_t *c, const char *calle
         return INVALID("%s: config->beta_1 = %g: must be between (0, 1]", caller, c->beta_1);
       return validate_beta(c->beta_2, caller, CONFIG_FIELD(beta_2), "1 - beta_2");
     case CUOPTIM_FTRL: return validate_ftrl(c, caller);
+    case CUOPTIM_SCHEDULE_FREE_ADAMW:
+      /* Keras checks none of them; the step needs them finite, and divides by beta_1. */
+      CUOPTIM_CHECK(require_float32(c->beta_1, caller, CONFIG_FIELD(beta_1)));
+      CUOPTIM_CHECK(require_float32_nonzero(c->beta_1, caller, CONFIG_FIELD(beta_1)));
+      CUOPTIM_CHECK(require_float32(c->beta_2, caller, CONFIG_FIELD(beta_2)));
+      CUOPTIM_CHECK(require_float32(c->epsilon, caller, CONFIG_FIELD(epsilon)));
+      return require_float32(c->warmup_steps, caller, CONFIG_FIELD(warmup_steps));
     default: return CUOPTIM_STATUS_SUCCESS;
   }
 }
@@ -459,6 +469,8 @@ void cuoptim_prologue_params_init(const cuoptimConfig_t *c, cuoptimPrologueParam
   p->l2 = (float)c->l2_regularization_strength;
   p->two_l2_shrinkage = (float)(2.0 * c->l2_shrinkage_regularization_strength);
   p->ftrl_beta = (float)c->beta;
+  p->sf_has_warmup = c->kind == CUOPTIM_SCHEDULE_FREE_ADAMW && c->warmup_steps > 0; /* Keras: a Python test */
+  p->sf_warmup_steps = p->sf_has_warmup ? (float)c->warmup_steps : 1.0f;
   schedule_params_init(&c->learning_rate, &q->schedule);
   q->ema_overwrite_frequency = c->use_ema ? c->ema_overwrite_frequency : 0;
   q->dynamic_growth_steps = c->dynamic_growth_steps;
@@ -494,6 +506,7 @@ int cuoptim_slot_layout(const cuoptimConfig_t *c, cuoptimSlotLayout *layout) {
       break;
     case CUOPTIM_NADAM:
     case CUOPTIM_LAMB:
+    case CUOPTIM_SCHEDULE_FREE_ADAMW:
       names[n++] = "momentum";
       names[n++] = "velocity";
       break;
@@ -519,6 +532,10 @@ int cuoptim_slot_layout(const cuoptimConfig_t *c, cuoptimSlotLayout *layout) {
   }
   layout->count = n;
   return n;
+}
+
+int cuoptim_slot_copies_variable(const cuoptimConfig_t *c, int slot) {
+  return c->kind == CUOPTIM_SCHEDULE_FREE_ADAMW && slot == 0; /* its momentum starts as the variable */
 }
 
 float cuoptim_slot_initial_value(const cuoptimConfig_t *c, int slot) {

@@ -113,7 +113,9 @@ cuoptimStatus_t cuoptimGetGradientBuffer(cuoptimOptimizer_t opt, cuoptimVariable
 /* Starts, in their fixed order, every bucket that may start now. */
 static cuoptimStatus_t start_ready_buckets(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   const cuoptimComm *c = opt->comm;
-  int communicates = c && c->options.aggregate && c->world > 1 && c->ops->start_bucket;
+  /* A micro-step with local accumulators reduces nothing (cuoptim_comm_step_kind). */
+  int communicates = c && c->options.aggregate && c->world > 1 && c->ops->start_bucket &&
+                     cuoptim_comm_step_kind(opt, stream) != CUOPTIM_STEP_LOCAL;
   if (communicates && opt->next_bucket >= 0 && opt->bucket_pending[opt->next_bucket] == 0)
     CUOPTIM_CHECK(cuoptim_comm_check_tables(opt, "cuoptimMarkGradientReady"));
   while (opt->next_bucket >= 0 && opt->bucket_pending[opt->next_bucket] == 0) {
@@ -143,7 +145,8 @@ cuoptimStatus_t cuoptimMarkGradientReady(cuoptimOptimizer_t opt, cuoptimVariable
                          "%s: variable = %d (\"%s\") is already marked ready for this step", caller, (int)variable,
                          opt->variables[variable].name);
   const cuoptimComm *c = opt->comm;
-  if (c && c->options.aggregate && c->world > 1 && c->ops->mark) {
+  if (c && c->options.aggregate && c->world > 1 && c->ops->mark &&
+      cuoptim_comm_step_kind(opt, stream) != CUOPTIM_STEP_LOCAL) {
     cuoptimStatus_t status = c->ops->mark(opt, variable, stream);
     if (status != CUOPTIM_STATUS_SUCCESS) return status;
   }

@@ -72,6 +72,9 @@ int cuoptim_slot_layout(const cuoptimConfig_t *config, cuoptimSlotLayout *layout
 /* Initial value of slot `slot` (Adagrad's and Ftrl's accumulators start at
  * initial_accumulator_value, everything else at 0). */
 float cuoptim_slot_initial_value(const cuoptimConfig_t *config, int slot);
+/* Whether slot `slot` starts as a copy of the variable (ScheduleFreeAdamW's momentum), not as
+ * cuoptim_slot_initial_value. */
+int cuoptim_slot_copies_variable(const cuoptimConfig_t *config, int slot);
 
 /* ---- the optimizer object -------------------------------------------------------------------- */
 
@@ -80,6 +83,8 @@ typedef struct cuoptimVariableRec {
   void *param;          /* caller's buffer, pointer of the backend */
   cuoptimDtype_t dtype;
   size_t count;
+  int rank;             /* the shape, row-major as Keras stores it: count = the dims' product */
+  int64_t dims[CUOPTIM_MAX_DIMS];
   int use_weight_decay; /* weight_decay set and not excluded */
   /* The elements this rank updates and keeps state for: all of them, or with sharded state its
    * share [local_offset, local_offset + local_count) (cuoptim_comm_share). local_param is
@@ -168,6 +173,10 @@ typedef struct cuoptimCommOps {
   cuoptimStatus_t (*combine_inspect)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   /* Sharded state: cuoptim_comm_combine_lamb on the library's own terms (NULL: through host memory). */
   cuoptimStatus_t (*combine_lamb)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* Local accumulation, on a step that may apply: every variable's accumulator (float32, all
+   * `count` elements) summed across the ranks in place, as `aggregate` sums gradients (every rank
+   * ends with the same bytes), on `stream`. */
+  cuoptimStatus_t (*reduce_accumulators)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   /* Bytes of the buffers the communicator holds for gradients. */
   size_t (*buffer_bytes)(cuoptimOptimizer_t opt);
   /* An error the library found after its calls returned (NCCL's ncclCommGetAsyncError: a failed
@@ -183,18 +192,60 @@ struct cuoptimComm {
   int rank, world;
   int tables_checked; /* the ranks' variable tables were compared and agree */
   int broken;         /* a collective timed out or failed: no further step may communicate */
+  int local_step;     /* the step in progress is a micro-step with local accumulators */
+  int64_t gradient_reductions, accumulator_reductions; /* steps that reduced them (a test hook) */
   void *impl;         /* the library's own state */
 };
 
-/* The data-parallel stage of a step, before inspect: the first-step table check, then the
- * backend's aggregate when options.aggregate. No-op without communicator. */
-cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller);
+/* Gradient accumulation with local accumulators (cuoptim.h, "Gradient accumulation"): what a step
+ * communicates. */
+typedef enum {
+  CUOPTIM_STEP_PLAIN,  /* no local accumulation: the gradients are reduced (when aggregating) */
+  CUOPTIM_STEP_LOCAL,  /* a micro-step, known on the host: nothing is reduced */
+  CUOPTIM_STEP_APPLY,  /* the step that applies, known on the host: accumulators, then gradients */
+  CUOPTIM_STEP_UNSURE  /* not known (or replicated accumulators): accumulators once, then gradients */
+} cuoptimStepKind;
+
+/* What the accumulators hold, across the ranks, with local accumulation. */
+enum {
+  CUOPTIM_ACCUMULATORS_ZERO,       /* zero on every rank (built, or after an applied step) */
+  CUOPTIM_ACCUMULATORS_PARTIAL,    /* each rank its own part: Keras's accumulator is their sum */
+  CUOPTIM_ACCUMULATORS_REPLICATED  /* the same on every rank: Keras's accumulator */
+};
+
+/* Whether this optimizer accumulates locally (options.accumulate_locally, unsharded, aggregating,
+ * a world > 1, gradient_accumulation_steps). */
+int cuoptim_comm_accumulates_locally(const cuoptimOptimizer_t opt);
+/* The kind of the step about to be enqueued on `stream` (or about to be marked ready). */
+cuoptimStepKind cuoptim_comm_step_kind(const cuoptimOptimizer_t opt, cuoptimStream_t stream);
+/* After a step of `kind` (status: the step's): the accumulators' state and the counter the host
+ * keeps. */
+void cuoptim_comm_end_accumulation(cuoptimOptimizer_t opt, cuoptimStepKind kind, cuoptimStream_t stream,
+                                   cuoptimStatus_t status);
+/* The raw counter was set to `iterations` (SetWeights, Load, the build): the host knows it again. */
+void cuoptim_note_iterations(cuoptimOptimizer_t opt, int64_t iterations);
+/* Whether the accumulators hold each rank's own part (state reads must sum them). */
+int cuoptim_comm_accumulators_partial(const cuoptimOptimizer_t opt);
+/* Blocking, every rank: `sum` = the sum over the ranks of their `mine` (count float32), in rank
+ * order. */
+cuoptimStatus_t cuoptim_comm_sum_accumulator(cuoptimOptimizer_t opt, const float *mine, size_t count, float *sum,
+                                             const char *caller);
+/* Refuses (INVALID_STATE) to capture a step while the accumulators are the ranks' parts. */
+cuoptimStatus_t cuoptim_comm_check_capture(const cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller);
+/* Test hook: steps that reduced gradients (accumulators = 0) or accumulators (1). */
+int64_t cuoptim_comm_reductions(const cuoptimOptimizer_t opt, int accumulators);
+
+/* The data-parallel stage of a step of `kind`, before inspect: the first-step table check, then
+ * the accumulators' and the gradients' reduction when the step needs them. No-op without
+ * communicator. */
+cuoptimStatus_t cuoptim_comm_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, cuoptimStepKind kind,
+                                        const char *caller);
 /* Sharded state: the per-variable sums of squares and non-finite flags of the inspect pass, which
  * cover this rank's shares, combined over the ranks in rank order (the same bytes on every rank,
  * the same every run); after the update the parameters gathered. No-ops unless sharded. */
 cuoptimStatus_t cuoptim_comm_combine_inspect(cuoptimOptimizer_t opt, cuoptimStream_t stream);
 cuoptimStatus_t cuoptim_comm_end_step(cuoptimOptimizer_t opt, cuoptimStream_t stream);
-int cuoptim_comm_sharded(const cuoptimOptimizer_t opt);
+int cuoptim_comm_sharded(const struct cuoptimOptimizer *opt);
 /* Sharded state: Lamb's per-variable norms (tensors' lamb_w_sumsq, lamb_u_sumsq), which cover
  * this rank's shares, summed over the ranks in rank order (and, on the device, the trust ratio).
  * No-op unless sharded. */
@@ -204,6 +255,10 @@ void cuoptim_comm_assign_shares(cuoptimOptimizer_t opt);
 /* The first-step comparison of the ranks' variable tables, once (before the first collective that
  * moves gradients: the first step or the first bucket a mark starts). */
 cuoptimStatus_t cuoptim_comm_check_tables(cuoptimOptimizer_t opt, const char *caller);
+/* A rank's first step failed before the table comparison (`failed`, its message set): it still
+ * takes part in the comparison, so that the other ranks fail that step too instead of waiting.
+ * Returns `failed`, the message kept. */
+cuoptimStatus_t cuoptim_comm_first_step_failed(cuoptimOptimizer_t opt, cuoptimStatus_t failed, const char *caller);
 /* Whether a step has communication to do (an aggregate NVTX range is worth opening). */
 int cuoptim_comm_active(const cuoptimOptimizer_t opt);
 /* Gradient arena (host/gradient_arena.c). Built with the state; released by cuoptimDestroy. */
@@ -291,6 +346,13 @@ struct cuoptimOptimizer {
   unsigned char *ready;   /* per variable */
   int next_bucket;        /* the next bucket to start, counting down; -1 when all have started */
 
+  /* Local accumulation (host/comm.c): what the accumulators hold (CUOPTIM_ACCUMULATORS_*), and the
+   * raw counter as the host counts the steps it enqueues (CUDA backend), when it knows it. */
+  int accumulators;
+  cuoptimStepKind step_kind; /* the step in progress */
+  int iterations_known;
+  int64_t enqueued_iterations;
+
   cuoptimStepGradient *step_grads; /* host array, num_variables */
   uint32_t bind_round;             /* counts cuoptimApplyGradients calls, for duplicate detection */
 };
@@ -298,6 +360,9 @@ struct cuoptimOptimizer {
 /* What a backend provides. Every function returns a status and sets the message on failure. */
 struct cuoptimBackendOps {
   const char *name;
+  int state_in_host_memory; /* opt->state and opt->scalars are host memory, current when a stage returns */
+  /* Whether `stream` is capturing a CUDA graph (0 on the host backend). */
+  int (*capturing)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
   cuoptimStatus_t (*init)(cuoptimOptimizer_t opt);
   /* Waits for the optimizer's work, then frees what init made. */
   cuoptimStatus_t (*release)(cuoptimOptimizer_t opt);

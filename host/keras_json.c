@@ -121,6 +121,13 @@ static const field_t FTRL_FIELDS[] = {
     CFG("beta", FT_NUMBER, beta),
 };
 
+static const field_t SCHEDULE_FREE_ADAMW_FIELDS[] = {
+    CFG("beta_1", FT_NUMBER, beta_1),
+    CFG("beta_2", FT_NUMBER, beta_2),
+    CFG("epsilon", FT_NUMBER, epsilon),
+    CFG("warmup_steps", FT_STEPS, warmup_steps),
+};
+
 typedef struct {
   const char *class_name;   /* Keras class name */
   const char *default_name; /* Keras's auto_name(class_name) */
@@ -141,6 +148,8 @@ static const optimizer_class_t OPTIMIZER_CLASSES[CUOPTIM_OPTIMIZER_COUNT] = {
     [CUOPTIM_LION] = {"Lion", "lion", LION_FIELDS, COUNT_OF(LION_FIELDS)},
     [CUOPTIM_LAMB] = {"Lamb", "lamb", BETAS_EPSILON_FIELDS, COUNT_OF(BETAS_EPSILON_FIELDS)},
     [CUOPTIM_FTRL] = {"Ftrl", "ftrl", FTRL_FIELDS, COUNT_OF(FTRL_FIELDS)},
+    [CUOPTIM_SCHEDULE_FREE_ADAMW] = {"ScheduleFreeAdamW", "schedule_free_adam_w", SCHEDULE_FREE_ADAMW_FIELDS,
+                                     COUNT_OF(SCHEDULE_FREE_ADAMW_FIELDS)},
 };
 
 /* Each schedule's get_config, in its order (ExponentialDecay and InverseTimeDecay share theirs). */

@@ -75,6 +75,7 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
     cuoptimDestroy(opt);
     return status;
   }
+  cuoptim_note_iterations(opt, 0); /* a new optimizer's counter */
   *optimizer = opt;
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -194,9 +195,66 @@ static int add_size(size_t *total, size_t bytes) {
   return 1;
 }
 
+static cuoptimStatus_t add_variable(cuoptimOptimizer_t opt, const char *name, void *param, cuoptimDtype_t dtype,
+                                    size_t count, int rank, const int64_t *dims, cuoptimVariable_t *variable,
+                                    const char *caller);
+
+/* The element count of a shape, checked: rank 0..CUOPTIM_MAX_DIMS, every dimension >= 1, the
+ * product at most 2^40 (so it cannot overflow). */
+static cuoptimStatus_t shape_count(int rank, const int64_t *dims, const char *caller, size_t *count) {
+  if (rank < 0 || rank > CUOPTIM_MAX_DIMS)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: rank = %d: must be 0 to %d", caller, rank,
+                         CUOPTIM_MAX_DIMS);
+  if (rank > 0 && !dims) return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, "%s: dims is NULL (rank %d)", caller, rank);
+  size_t product = 1;
+  for (int d = 0; d < rank; d++) {
+    if (dims[d] < 1)
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: dims[%d] = %lld: every dimension must be >= 1", caller, d,
+                           (long long)dims[d]);
+    if ((uint64_t)dims[d] > MAX_VARIABLE_COUNT / product)
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                           "%s: dims[%d] = %lld: the shape holds more than 2^40 elements (the most a variable has)",
+                           caller, d, (long long)dims[d]);
+    product *= (size_t)dims[d];
+  }
+  *count = product;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, void *param, cuoptimDtype_t dtype,
                                    size_t count, cuoptimVariable_t *variable) {
-  static const char *caller = "cuoptimAddVariable";
+  int64_t dims[1] = {(int64_t)count};
+  return add_variable(opt, name, param, dtype, count, 1, dims, variable, "cuoptimAddVariable");
+}
+
+cuoptimStatus_t cuoptimAddVariableWithShape(cuoptimOptimizer_t opt, const char *name, void *param,
+                                            cuoptimDtype_t dtype, int rank, const int64_t *dims,
+                                            cuoptimVariable_t *variable) {
+  static const char *caller = "cuoptimAddVariableWithShape";
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  size_t count = 0;
+  CUOPTIM_CHECK(shape_count(rank, dims, caller, &count));
+  return add_variable(opt, name, param, dtype, count, rank, dims, variable, caller);
+}
+
+cuoptimStatus_t cuoptimGetVariableShape(cuoptimOptimizer_t opt, cuoptimVariable_t variable, int *rank,
+                                        int64_t dims[CUOPTIM_MAX_DIMS]) {
+  static const char *caller = "cuoptimGetVariableShape";
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, rank);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, dims);
+  if (variable < 0 || variable >= opt->num_variables)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: variable = %d: no such variable (%d registered)", caller,
+                         (int)variable, opt->num_variables);
+  const cuoptimVariableRec *v = &opt->variables[variable];
+  *rank = v->rank;
+  for (int d = 0; d < CUOPTIM_MAX_DIMS; d++) dims[d] = d < v->rank ? v->dims[d] : 0;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t add_variable(cuoptimOptimizer_t opt, const char *name, void *param, cuoptimDtype_t dtype,
+                                    size_t count, int rank, const int64_t *dims, cuoptimVariable_t *variable,
+                                    const char *caller) {
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, name);
   CUOPTIM_REQUIRE_NOT_NULL(caller, param);
@@ -248,6 +306,8 @@ cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, voi
   v->param = param;
   v->dtype = dtype;
   v->count = count;
+  v->rank = rank;
+  for (int d = 0; d < rank; d++) v->dims[d] = dims[d];
   v->use_weight_decay = applies;
   memset(&opt->step_grads[opt->num_variables], 0, sizeof *opt->step_grads);
   opt->name_index[name_slot(opt->name_index, opt->name_index_size, opt->variables, name)] = opt->num_variables + 1;
@@ -630,11 +690,38 @@ static cuoptimStatus_t transfer_buffer(cuoptimOptimizer_t opt, float *buffer, co
   return status;
 }
 
+/* Local accumulation between applied steps: Keras's accumulator is the sum of the ranks' (a
+ * collective). */
+static cuoptimStatus_t get_partial_accumulator(cuoptimOptimizer_t opt, const cuoptimVariableRec *v, double *values,
+                                               const char *caller) {
+  float *mine = malloc((v->count ? v->count : 1) * sizeof *mine);
+  if (!mine) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimStatus_t status = opt->ops->download(opt, mine, v->accumulator, v->count * sizeof *mine);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_comm_sum_accumulator(opt, mine, v->count, mine, caller);
+  for (size_t i = 0; status == CUOPTIM_STATUS_SUCCESS && i < v->count; i++) values[i] = mine[i];
+  free(mine);
+  return status;
+}
+
+/* Local accumulation between applied steps: rank 0 keeps the values, the others zeros, so that
+ * the ranks' sum is the value. */
+static cuoptimStatus_t set_partial_accumulator(cuoptimOptimizer_t opt, const cuoptimVariableRec *v,
+                                               const double *values, const char *caller) {
+  if (opt->comm->rank == 0) return transfer_buffer(opt, v->accumulator, values, NULL, v->count, caller);
+  double *zeros = calloc(v->count ? v->count : 1, sizeof *zeros);
+  if (!zeros) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimStatus_t status = transfer_buffer(opt, v->accumulator, zeros, NULL, v->count, caller);
+  free(zeros);
+  return status;
+}
+
 /* A buffer entry into `values` (its full count): this rank's part, and with sharded state every
  * other rank's, gathered (a collective: every rank makes the same call). */
 static cuoptimStatus_t get_buffer(cuoptimOptimizer_t opt, const cuoptimWeightEntry *entry, double *values,
                                   const char *caller) {
   const cuoptimVariableRec *v = &opt->variables[entry->variable];
+  if (entry->buffer == &v->accumulator && cuoptim_comm_accumulators_partial(opt))
+    return get_partial_accumulator(opt, v, values, caller);
   if (!cuoptim_comm_sharded(opt)) return transfer_buffer(opt, *entry->buffer, NULL, values, v->count, caller);
   float *full = malloc(v->count * sizeof *full);
   if (!full) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
@@ -710,7 +797,12 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
   CUOPTIM_CHECK(cuoptim_build(opt, caller, NULL));
   if (entry->kind == CUOPTIM_WEIGHT_BUFFER) {
     const cuoptimVariableRec *v = &opt->variables[entry->variable];
-    return transfer_buffer(opt, *entry->buffer, values + v->local_offset, NULL, v->local_count, caller);
+    int accumulator = entry->buffer == &v->accumulator;
+    if (accumulator && cuoptim_comm_accumulators_partial(opt)) return set_partial_accumulator(opt, v, values, caller);
+    CUOPTIM_CHECK(transfer_buffer(opt, *entry->buffer, values + v->local_offset, NULL, v->local_count, caller));
+    /* The same values on every rank: this accumulator is replicated, the others still zero. */
+    if (accumulator && cuoptim_comm_accumulates_locally(opt)) opt->accumulators = CUOPTIM_ACCUMULATORS_REPLICATED;
+    return CUOPTIM_STATUS_SUCCESS;
   }
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
@@ -725,6 +817,7 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
     default: return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: unknown entry kind", caller);
   }
   CUOPTIM_CHECK(write_state(opt, &state));
+  if (entry->kind == CUOPTIM_WEIGHT_ITERATION) cuoptim_note_iterations(opt, state.iterations);
   if (entry->kind == CUOPTIM_WEIGHT_LEARNING_RATE) opt->config.learning_rate.initial_learning_rate = state.learning_rate;
   return CUOPTIM_STATUS_SUCCESS;
 }

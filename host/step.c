@@ -94,7 +94,14 @@ static cuoptimStatus_t run_stage(const char *name, cuoptimStatus_t (*stage)(cuop
 
 /* The data-parallel stage: the table check, the arena's buckets, the gradients' reduction. */
 static cuoptimStatus_t aggregate_stage(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
-  return cuoptim_comm_begin_step(opt, stream, "cuoptimApplyGradients");
+  return cuoptim_comm_begin_step(opt, stream, opt->step_kind, "cuoptimApplyGradients");
+}
+
+/* The inspect pass's sums and flags cover a part of the gradients: a shard's, or (a micro-step
+ * with local accumulators and a LossScaleOptimizer) one rank's, whose non-finite flags every rank
+ * must see to skip the same micro-steps. */
+static int combines_inspect(const cuoptimOptimizer_t opt) {
+  return cuoptim_comm_sharded(opt) || (opt->step_kind == CUOPTIM_STEP_LOCAL && opt->prologue.rule.dynamic_loss_scale);
 }
 
 /* The prologue reads the inspect pass's sums only when it ran. */
@@ -111,13 +118,18 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   CUOPTIM_REQUIRE_NOT_NULL(caller, grads);
   if (opt->num_variables == 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: the optimizer has no variables (cuoptimAddVariable)", caller);
-  CUOPTIM_CHECK(bind_gradients(opt, n, grads, caller));
-  CUOPTIM_CHECK(cuoptim_build(opt, caller, &stream));
-  CUOPTIM_CHECK(cuoptim_arena_check_step(opt, caller));
+  /* A rank whose first step fails here still joins the ranks' first comparison, so that they fail
+   * with it rather than wait for it. */
+  cuoptimStatus_t status = bind_gradients(opt, n, grads, caller);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_build(opt, caller, &stream);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_arena_check_step(opt, caller);
+  if (status != CUOPTIM_STATUS_SUCCESS) return cuoptim_comm_first_step_failed(opt, status, caller);
   cuoptim_comm_prepare_step(opt);
+  opt->step_kind = cuoptim_comm_step_kind(opt, stream);
+  CUOPTIM_CHECK(cuoptim_comm_check_capture(opt, stream, caller));
 
   range_push("cuoptim step");
-  cuoptimStatus_t status = opt->ops->begin_step(opt, stream);
+  status = opt->ops->begin_step(opt, stream);
   if (status != CUOPTIM_STATUS_SUCCESS) {
     range_pop();
     return status;
@@ -128,8 +140,8 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   if (status == CUOPTIM_STATUS_SUCCESS) cuoptim_arena_end_step(opt);
   int inspected = cuoptim_needs_inspect(opt);
   if (inspected && status == CUOPTIM_STATUS_SUCCESS) status = run_stage("inspect", opt->ops->inspect, opt, stream);
-  /* Sharded state: the shards' partial sums combined into every variable's (the aggregate range). */
-  if (inspected && status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt))
+  /* The parts' sums and flags combined into every variable's (the aggregate range). */
+  if (inspected && status == CUOPTIM_STATUS_SUCCESS && combines_inspect(opt))
     status = run_stage("aggregate", cuoptim_comm_combine_inspect, opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("prologue", run_prologue, opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS) status = run_stage("update", opt->ops->update, opt, stream);
@@ -140,6 +152,7 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   if (status == CUOPTIM_STATUS_SUCCESS && cuoptim_comm_sharded(opt))
     status = run_stage("aggregate", cuoptim_comm_end_step, opt, stream);
   status = opt->ops->end_step(opt, stream, status);
+  cuoptim_comm_end_accumulation(opt, opt->step_kind, stream, status);
   range_pop();
   return status;
 }

@@ -3,8 +3,8 @@
  *
  * cuoptim performs the optimizer step of neural-network training with the exact numerics of
  * Keras 3 (tf.keras.optimizers): SGD, RMSprop, Adagrad, Adadelta, Adam, AdamW, Adamax, Nadam,
- * Lion, Lamb and Ftrl, with learning-rate schedules, clipping, decoupled weight decay, EMA,
- * gradient accumulation and loss scaling. The host owns its parameter and gradient buffers;
+ * Lion, Lamb, Ftrl and ScheduleFreeAdamW, with learning-rate schedules, clipping, decoupled weight
+ * decay, EMA, gradient accumulation and loss scaling. The host owns its parameter and gradient buffers;
  * cuoptim owns the optimizer state.
  *
  * Two backends run the same step:
@@ -114,8 +114,16 @@ typedef enum {
   CUOPTIM_LION = 8,
   CUOPTIM_LAMB = 9,
   CUOPTIM_FTRL = 10,
+  CUOPTIM_SCHEDULE_FREE_ADAMW = 11,
   CUOPTIM_OPTIMIZER_COUNT
 } cuoptimOptimizerKind_t;
+/* CUOPTIM_SCHEDULE_FREE_ADAMW is keras.optimizers.ScheduleFreeAdamW: the variable is Keras's y, its
+ * "momentum" slot the sequence z (it starts as the variable), "velocity" Adam's second moment;
+ * the averaged point x that Schedule-Free evaluates is (y - (1 - beta_1) z) / beta_1. Keras on
+ * JAX's CPU backend divides an array by a scalar (here by 1 - beta_2^t and by beta_1) as a
+ * multiplication by the scalar's float32 reciprocal; cuoptim divides, as Keras's other backends
+ * do, so its results differ from JAX's by a few float32 ulps (at most 1.4e-6 absolute, 1.3e-5
+ * relative on the reference cases). */
 
 /* The Keras class name ("SGD", "RMSprop", "Adam", ...) or NULL for an unknown kind. */
 CUOPTIM_API const char *cuoptimOptimizerName(cuoptimOptimizerKind_t kind);
@@ -197,9 +205,10 @@ typedef struct {
   int64_t gradient_accumulation_steps;  /* 0 = None, else >= 2 (any int64, as Keras's int) */
 
   /* Per optimizer; defaults per kind from cuoptimConfigInit. */
-  double beta_1;   /* Adam, AdamW, Adamax, Nadam, Lamb 0.9; Lion 0.9 */
-  double beta_2;   /* Adam, AdamW, Adamax, Nadam, Lamb 0.999; Lion 0.99 */
-  double epsilon;  /* 1e-7 (RMSprop, Adagrad, Adadelta, Adam*, Nadam, Lamb) */
+  double beta_1;   /* Adam, AdamW, Adamax, Nadam, Lamb, ScheduleFreeAdamW 0.9; Lion 0.9 */
+  double beta_2;   /* Adam, AdamW, Adamax, Nadam, Lamb, ScheduleFreeAdamW 0.999; Lion 0.99 */
+  double epsilon;  /* 1e-7 (RMSprop, Adagrad, Adadelta, Adam*, Nadam, Lamb); ScheduleFreeAdamW 1e-8 */
+  double warmup_steps; /* ScheduleFreeAdamW 0: the learning rate rises linearly over these steps */
   double rho;      /* RMSprop 0.9, Adadelta 0.95 */
   double momentum; /* SGD 0.0 (must lie in [0, 1]), RMSprop 0.0 */
   int nesterov;    /* SGD */
@@ -331,6 +340,27 @@ CUOPTIM_API cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t optimizer, con
                                                cuoptimDtype_t dtype, size_t count,
                                                cuoptimVariable_t *variable);
 
+/* The most dimensions a variable's shape has (cuoptimAddVariableWithShape). */
+#define CUOPTIM_MAX_DIMS 16
+
+/* cuoptimAddVariable with the variable's shape: `rank` dimensions dims[0..rank-1], row-major as
+ * Keras stores them (the last dimension varies fastest); the element count is their product.
+ * rank 0 is a scalar (one element; dims may be NULL). cuoptimAddVariable(count) registers the
+ * shape [count]. Optimizers that treat a variable by its shape (factored or matrix updates)
+ * read it; the others see only the count. On a data-parallel run the ranks also compare the
+ * shapes at the first step. Everything else is as cuoptimAddVariable.
+ * Statuses: those of cuoptimAddVariable, and INVALID_VALUE (rank below 0 or above
+ * CUOPTIM_MAX_DIMS, a dimension below 1, more than 2^40 elements), NULL_POINTER (dims NULL with
+ * rank > 0). */
+CUOPTIM_API cuoptimStatus_t cuoptimAddVariableWithShape(cuoptimOptimizer_t optimizer, const char *name, void *param,
+                                                        cuoptimDtype_t dtype, int rank, const int64_t *dims,
+                                                        cuoptimVariable_t *variable);
+
+/* The shape of `variable`: *rank and dims[0..*rank-1], the rest of dims[] set to 0.
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (unknown variable). */
+CUOPTIM_API cuoptimStatus_t cuoptimGetVariableShape(cuoptimOptimizer_t optimizer, cuoptimVariable_t variable, int *rank,
+                                                    int64_t dims[CUOPTIM_MAX_DIMS]);
+
 /* The number of registered variables. Statuses: SUCCESS, NULL_POINTER. */
 CUOPTIM_API cuoptimStatus_t cuoptimGetVariableCount(cuoptimOptimizer_t optimizer, int *count);
 
@@ -406,7 +436,10 @@ typedef struct {
  * the step not taken, when the ranks' variable tables or options differ (first step) or when
  * they list different gradients (host backend); TIMEOUT (host backend: a collective waited
  * longer than options.timeout_seconds, naming the stage); INVALID_STATE (an earlier collective
- * timed out or failed); MPI_ERROR, NCCL_ERROR (an NCCL call failed, or NCCL reports an
+ * timed out or failed; a step captured in a CUDA graph while local accumulators hold the ranks'
+ * parts, mid-cycle: capture after an applied step; another rank's first step failed before the
+ * ranks compared their tables, naming it: a rank whose first step fails on its own arguments or
+ * in building its state still joins that comparison, so no rank waits for it); MPI_ERROR, NCCL_ERROR (an NCCL call failed, or NCCL reports an
  * asynchronous error of earlier work; the message carries NCCL's text); NOT_SUPPORTED (over MPI,
  * a gradient of 2^31 elements or more). */
 CUOPTIM_API cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t optimizer, int n,
@@ -539,9 +572,34 @@ CUOPTIM_API cuoptimStatus_t cuoptimSynchronizeTimeout(cuoptimOptimizer_t optimiz
  * one rank and copied to the others, so every rank holds the same bytes whatever reduction order
  * the library picks. The caller's gradient buffers are overwritten with the sums (unscaled).
  *
- * Gradient accumulation: the gradients of every micro-step are reduced (the accumulators stay
- * identical on every rank). The result equals the single-process run on the mean gradients
- * within float32 rounding of the sum.
+ * Gradient accumulation (gradient_accumulation_steps k): by default (options.accumulate_locally)
+ * the gradients are reduced once per applied step, not on every micro-step. On a micro-step each
+ * rank adds its own gradient (unscaled, and with CUOPTIM_REDUCE_MEAN times float32(1 / world)) to
+ * its own accumulators and nothing is communicated; on the step that applies, the accumulators
+ * and that step's gradients are reduced, and the update reads their sums. Keras's accumulator is
+ * then the sum over the ranks of theirs, and the result equals the single-process run on the mean
+ * gradients within float32 rounding (the sums are added in another order: not bit for bit).
+ * Which step applies must be known on the host when the step is enqueued:
+ *   - the host backend always knows it (its counter is in host memory);
+ *   - the CUDA backend counts the steps it enqueues: that count is lost when a step is captured
+ *     in a CUDA graph (its replays are not seen) and set again by cuoptimSetWeights of the
+ *     iteration counter or cuoptimLoad; with a LossScaleOptimizer (dynamic loss scaling) a
+ *     micro-step may be skipped on the device, so the CUDA backend never knows it there;
+ *   - where it is not known, a step reduces its gradients as with accumulate_locally = 0, after
+ *     the accumulators were reduced once (so they are the same on every rank again), until the
+ *     next applied step.
+ * With a LossScaleOptimizer the host backend exchanges each micro-step's non-finite flags (a few
+ * bytes per variable), so that every rank skips the same micro-steps. Sharded state always
+ * reduce-scatters every micro-step into the accumulators' shares (ZeRO-1 keeps 1 / N of them).
+ * Between applied steps, with local accumulators, reading an accumulator entry with
+ * cuoptimGetWeights is a collective call (every rank makes it, in the same order): it sums the
+ * accumulators across the ranks, which then hold the same values; cuoptimSetWeights of an
+ * accumulator then keeps the values on rank 0 and zeros on the others (every rank passes the same
+ * values, as always); cuoptimSave refuses (INVALID_STATE) until the next applied step.
+ * On micro-steps with local accumulators the ranks do not compare their gradient lists.
+ * options.accumulate_locally = 0: every micro-step's gradients are reduced, the accumulators stay
+ * identical on every rank, and the result is bit for bit the single-process run on the ranks'
+ * mean gradients wherever the sums are exact.
  *
  * Every rank must list the same non-NULL gradients, with the same dtypes, in every step. The host
  * backend checks it (one small exchange per step); the CUDA backend cannot without a host read,
@@ -588,18 +646,26 @@ typedef struct {
    * buffer (the rest of that buffer then holds partial sums, not the gradient), 12 / N on the
    * host backend, which receives the share in a buffer of its own; besides the caller's parameter
    * and gradient. A variable of fewer elements than ranks is the last rank's alone.
-   * cuoptimSave/cuoptimLoad refuse sharded state for now. */
+   * cuoptimSave/cuoptimLoad of sharded state: each rank saves its own shares to its own file
+   * (pass each rank its own path), and loads only a file that the same rank of a world of the
+   * same size saved. */
   int shard_state;
-  /* Host backend: how long a collective waits for the other ranks before the step fails with
+  /* Host backend: how long a collective waits for the other ranks before the step (or
+   * cuoptimSetCommunicator, whose duplicate of the communicator is one) fails with
    * CUOPTIM_STATUS_TIMEOUT, in seconds; 0 (default) waits forever. After a timeout the
    * communicator is in an unknown state: the optimizer refuses further steps (INVALID_STATE) and
    * the caller should abort (MPI_Abort). The CUDA backend enqueues its collectives and waits
-   * only at the first step, for the table comparison, without timeout: use
-   * cuoptimSynchronizeTimeout there. */
+   * only at the first step, for the table comparison: at most this long, then TIMEOUT (abort the
+   * NCCL communicator); for its later steps use cuoptimSynchronizeTimeout. */
   double timeout_seconds;
+  /* With gradient accumulation, 1 (default): each rank accumulates its own gradients and they are
+   * reduced once per applied step (see "Gradient accumulation" above); 0: reduced on every
+   * micro-step. */
+  int accumulate_locally;
 } cuoptimCommOptions_t;
 
-/* Fills the defaults: aggregate 1, CUOPTIM_REDUCE_MEAN, 25 MiB buckets, no sharding, no timeout.
+/* Fills the defaults: aggregate 1, CUOPTIM_REDUCE_MEAN, 25 MiB buckets, no sharding, no timeout,
+ * accumulate_locally 1.
  * Statuses: SUCCESS, NULL_POINTER. */
 CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options);
 
@@ -623,7 +689,8 @@ CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options
  * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, a
  * communicator MPI or NCCL refuses, *communicator NULL for NCCL, an NCCL communicator on another
  * device or still initializing), INVALID_STATE (the state is built; MPI not initialized),
- * NOT_SUPPORTED (this build has no MPI or no NCCL),
+ * NOT_SUPPORTED (this build has no MPI or no NCCL), TIMEOUT (host backend: the other ranks did not
+ * join the duplicate within options.timeout_seconds; nothing attached, abort the communicator),
  * MPI_ERROR, NCCL_ERROR (NCCL reports the communicator failed; NCCL's text in the message),
  * CUDA_ERROR, ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t optimizer, const void *communicator,
@@ -728,9 +795,13 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t optimizer, int *ra
  * disk) leaves the file that was at `path` as it was; a failed save removes its temporary file
  * (after a crash one may remain, never read by cuoptimLoad). Only when the final fsync of the
  * directory fails is the new checkpoint already in place: IO_ERROR says so.
- * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty path), NOT_SUPPORTED (sharded state,
- * cuoptimSetCommunicator; two state entries with the same name, as Adagrad's or Ftrl's slot of a variable "x_gradient" and the gradient
- * accumulator of "x"; a header above safetensors' 100,000,000 bytes), ALLOC_FAILED (host, pinned or
+ * Sharded state (cuoptimCommOptions_t.shard_state): the file holds this rank's shares of the
+ * arrays (shape [its share's count]) and the metadata "shard_rank" and "shard_world"; every rank
+ * saves its own file, at a path of its own (not a collective).
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty path), NOT_SUPPORTED (two state entries with the same name, as Adagrad's or Ftrl's slot of a variable "x_gradient" and the gradient
+ * accumulator of "x"; a header above safetensors' 100,000,000 bytes), INVALID_STATE (data-parallel
+ * with local accumulators between applied steps: each rank holds only its part of them; see
+ * "Gradient accumulation" of the data-parallel section), ALLOC_FAILED (host, pinned or
  * device memory), CUDA_ERROR, IO_ERROR (creating, writing, syncing or renaming the file; the
  * message names the file and the reason). */
 CUOPTIM_API cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t optimizer, const char *path);
@@ -750,12 +821,13 @@ CUOPTIM_API cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t optimizer, const char
  * (not even building the state); only a CUDA error while the verified state is copied into place
  * can leave it partly replaced. The caller's parameters are not touched: restore them from the
  * caller's own checkpoint (a float16/bfloat16 parameter as its master rounded, as training left
- * it).
+ * it). Sharded state: this rank's file (see cuoptimSave); not a collective.
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty path, not a regular file, not a cuoptim
  * checkpoint, truncated or trailing bytes, a dtype, shape, size or offset that does not fit, a
  * tensor missing, unknown or twice, another optimizer or config, other variables, a CRC-32 that
- * does not match, a counter or scalar out of range), PARSE_ERROR (the header is not UTF-8 JSON),
- * NOT_SUPPORTED (sharded state; another format_version; two state entries with the same name, see
+ * does not match, a counter or scalar out of range, a sharded state's file of another rank or
+ * world, or one of sharded state into an optimizer whose state is not sharded and the reverse),
+ * PARSE_ERROR (the header is not UTF-8 JSON), NOT_SUPPORTED (another format_version; two state entries with the same name, see
  * cuoptimSave),
  * ALLOC_FAILED, CUDA_ERROR, IO_ERROR (the file cannot be opened or read); a keras_config that
  * cuoptimConfigFromKerasJSON refuses gives that call's status (PARSE_ERROR for text that is not

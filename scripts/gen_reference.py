@@ -449,7 +449,7 @@ def lr(c, default, lo=None, hi=None):
 _DEFAULTS = [("sgd", "SGD"), ("rmsprop", "RMSprop"), ("adagrad", "Adagrad"),
              ("adadelta", "Adadelta"), ("adam", "Adam"), ("adamw", "AdamW"),
              ("adamax", "Adamax"), ("nadam", "Nadam"), ("lion", "Lion"), ("lamb", "Lamb"),
-             ("ftrl", "Ftrl")]
+             ("ftrl", "Ftrl"), ("schedule_free_adamw", "ScheduleFreeAdamW")]
 
 
 def _make_defaults(cls_name):
@@ -1189,6 +1189,44 @@ def _(c):
             "with overwrite, accumulation 2 and some None gradients.", ["bias$"])
 
 
+@case("schedule_free_adamw_warmup")
+def _(c):
+    c.data(steps=12)
+    return (O.ScheduleFreeAdamW(learning_rate=lr(c, 0.02), beta_1=c.h(0.8, 0.5, 0.95),
+                                beta_2=c.h(0.99, 0.9, 0.999), epsilon=c.h(1e-6, 1e-8, 1e-4, log=True),
+                                warmup_steps=c.hint(5, 2, 8)),
+            "ScheduleFreeAdamW with warmup_steps and non-default betas and epsilon.")
+
+
+@case("schedule_free_adamw_wd_clip_ema")
+def _(c):
+    c.data(steps=12, need_bias=True, null_frac=0.1)
+    return (O.ScheduleFreeAdamW(learning_rate=lr(c, 0.01), weight_decay=c.h(0.05, 0.005, 0.2),
+                                clipnorm=c.clipnorm(), use_ema=True, ema_momentum=c.h(0.9, 0.5, 0.99)),
+            "ScheduleFreeAdamW with weight decay ('bias$' excluded), clipnorm, EMA and some None "
+            "gradients.", ["bias$"])
+
+
+@case("schedule_free_adamw_schedule_accum")
+def _(c):
+    c.data(steps=13)
+    s = S.ExponentialDecay(lr(c, 0.02), decay_steps=c.hint(3, 2, 5), decay_rate=c.h(0.8, 0.5, 0.95))
+    return (O.ScheduleFreeAdamW(learning_rate=s, global_clipnorm=c.h(1.0, 0.3, 3.0), warmup_steps=3,
+                                gradient_accumulation_steps=2),
+            "ScheduleFreeAdamW with an ExponentialDecay schedule, warmup, global_clipnorm and "
+            "accumulation 2.")
+
+
+@case("lso_schedule_free_adamw_nonfinite")
+def _(c):
+    c.data(steps=12, steps_range=(12, 16), lso_scaled=True, nonfinite={3: "inf", 7: "nan"})
+    inner = O.ScheduleFreeAdamW(learning_rate=lr(c, 0.01), warmup_steps=4)
+    return (O.LossScaleOptimizer(inner, initial_scale=c.hchoice(1024.0, [256.0, 4096.0]),
+                                 dynamic_growth_steps=c.hint(3, 2, 4)),
+            "LossScaleOptimizer(ScheduleFreeAdamW): skipped steps do not advance the step the "
+            "warmup and the averaging weight count.")
+
+
 @case("lamb_combo")
 def _(c):
     c.data(steps=13, need_bias=True)
@@ -1342,6 +1380,15 @@ def _(c):
     c.ranks(2)
     return (O.Lamb(learning_rate=lr(c, 0.02), gradient_accumulation_steps=3),
             "2 ranks: Lamb with gradient accumulation 3.")
+
+
+@case("ranks_schedule_free_adamw_accum2_r3")
+def _(c):
+    c.data(steps=10, names=RANK_VARS)
+    c.ranks(3)
+    return (O.ScheduleFreeAdamW(learning_rate=lr(c, 0.01), warmup_steps=2, weight_decay=0.01,
+                                gradient_accumulation_steps=2),
+            "3 ranks: ScheduleFreeAdamW with warmup, weight decay and gradient accumulation 2.")
 
 
 @case("ranks_ftrl_l1_l2_r3")

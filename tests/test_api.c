@@ -122,7 +122,8 @@ Test(api, version_macro_equals_library_version) {
 
 Test(api, optimizer_names_are_keras_class_names) {
   static const char *const names[CUOPTIM_OPTIMIZER_COUNT] = {
-      "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Lion", "Lamb", "Ftrl"};
+      "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Lion", "Lamb", "Ftrl",
+      "ScheduleFreeAdamW"};
   for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++) {
     const char *name = cuoptimOptimizerName((cuoptimOptimizerKind_t)k);
     cr_assert_not_null(name, "kind %d", k);
@@ -190,14 +191,16 @@ Test(api, config_init_unknown_kind) {
  * test_optimizer_auto_naming: "adam", "sgd", "adam_w"; the others from real Keras 3.15.1). */
 Test(api, config_init_gives_keras_defaults) {
   static const char *const names[CUOPTIM_OPTIMIZER_COUNT] = {
-      "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl"};
+      "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl",
+      "schedule_free_adam_w"};
   for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++) {
     cuoptimConfig_t c = test_config((cuoptimOptimizerKind_t)k);
     const char *kn = cuoptimOptimizerName((cuoptimOptimizerKind_t)k);
     cr_assert_eq(c.kind, (cuoptimOptimizerKind_t)k);
     cr_assert_str_eq(c.name, names[k], "%s name", kn);
     cr_assert_eq(c.learning_rate.kind, CUOPTIM_SCHEDULE_CONSTANT, "%s", kn);
-    cr_assert_eq(c.learning_rate.initial_learning_rate, k == CUOPTIM_SGD ? 0.01 : 0.001, "%s learning rate", kn);
+    cr_assert_eq(c.learning_rate.initial_learning_rate,
+                 k == CUOPTIM_SGD ? 0.01 : k == CUOPTIM_SCHEDULE_FREE_ADAMW ? 0.0025 : 0.001, "%s learning rate", kn);
     if (k == CUOPTIM_ADAMW)
       cr_assert_eq(c.weight_decay, 0.004);
     else
@@ -211,7 +214,8 @@ Test(api, config_init_gives_keras_defaults) {
     cr_assert_eq(c.gradient_accumulation_steps, 0);
     cr_assert_eq(c.beta_1, 0.9, "%s beta_1", kn);
     cr_assert_eq(c.beta_2, k == CUOPTIM_LION ? 0.99 : 0.999, "%s beta_2", kn);
-    cr_assert_eq(c.epsilon, 1e-7, "%s epsilon", kn);
+    cr_assert_eq(c.epsilon, k == CUOPTIM_SCHEDULE_FREE_ADAMW ? 1e-8 : 1e-7, "%s epsilon", kn);
+    cr_assert_eq(c.warmup_steps, 0.0, "%s warmup_steps", kn);
     if (k == CUOPTIM_RMSPROP) cr_assert_eq(c.rho, 0.9);
     if (k == CUOPTIM_ADADELTA) cr_assert_eq(c.rho, 0.95);
     cr_assert_eq(c.momentum, 0.0);
@@ -576,6 +580,83 @@ Test(api, add_variable_bad_values) {
   OK(cuoptimAddVariable(opt, "u", PARAM + 8, CUOPTIM_BFLOAT16, 2, &var));
   cr_assert_eq(var, 2);
   cr_assert_eq(variable_count(opt), 3);
+  OK(cuoptimDestroy(opt));
+}
+
+/* Shapes: registered row-major, read back as given; the count is their product; cuoptimAddVariable
+ * is the shape [count]. */
+Test(api, add_variable_with_shape_keeps_the_shape) {
+  cuoptimOptimizer_t opt = create_kind(CUOPTIM_ADAM);
+  const int64_t matrix[2] = {3, 5}, tensor[3] = {2, 1, 7};
+  cuoptimVariable_t a = -1, b = -1, c = -1, d = -1;
+  static float buffer[64];
+  OK(cuoptimAddVariableWithShape(opt, "kernel", buffer, CUOPTIM_FLOAT32, 2, matrix, &a));
+  OK(cuoptimAddVariableWithShape(opt, "conv", buffer + 16, CUOPTIM_FLOAT16, 3, tensor, &b));
+  OK(cuoptimAddVariableWithShape(opt, "scale", buffer + 40, CUOPTIM_FLOAT32, 0, NULL, &c));
+  OK(cuoptimAddVariable(opt, "bias", buffer + 48, CUOPTIM_FLOAT32, 5, &d));
+  cr_assert(a == 0 && b == 1 && c == 2 && d == 3);
+  const int want_rank[4] = {2, 3, 0, 1};
+  const int64_t want_dims[4][3] = {{3, 5}, {2, 1, 7}, {0}, {5}};
+  const size_t want_count[4] = {15, 14, 1, 5};
+  for (int v = 0; v < 4; v++) {
+    int rank = -1;
+    int64_t dims[CUOPTIM_MAX_DIMS];
+    memset(dims, 0x5a, sizeof dims);
+    OK(cuoptimGetVariableShape(opt, v, &rank, dims));
+    cr_expect_eq(rank, want_rank[v], "variable %d: rank %d", v, rank);
+    for (int k = 0; k < CUOPTIM_MAX_DIMS; k++)
+      cr_expect_eq(dims[k], k < rank ? want_dims[v][k] : 0, "variable %d: dims[%d] = %lld", v, k, (long long)dims[k]);
+  }
+  /* The state sizes follow the counts. */
+  int count = 0;
+  OK(cuoptimGetWeightCount(opt, &count));
+  size_t seen[4] = {0};
+  for (int w = 0; w < count; w++) {
+    cuoptimWeightInfo_t info;
+    OK(cuoptimGetWeightInfo(opt, w, &info));
+    for (int v = 0; v < 4; v++)
+      if (strstr(info.name, v == 0 ? "kernel_" : v == 1 ? "conv_" : v == 2 ? "scale_" : "bias_") == info.name)
+        seen[v] = info.count;
+  }
+  for (int v = 0; v < 4; v++) cr_expect_eq(seen[v], want_count[v], "variable %d: slots of %zu elements", v, seen[v]);
+  OK(cuoptimDestroy(opt));
+}
+
+Test(api, add_variable_with_shape_bad_values) {
+  cuoptimOptimizer_t opt = create_kind(CUOPTIM_ADAM);
+  cuoptimVariable_t var = 77;
+  const int64_t good[2] = {2, 2};
+  const int64_t zero[2] = {2, 0}, negative[2] = {-3, 2}, huge[3] = {(int64_t)1 << 20, (int64_t)1 << 20, 2};
+  int64_t many[CUOPTIM_MAX_DIMS + 1];
+  for (int k = 0; k <= CUOPTIM_MAX_DIMS; k++) many[k] = 1;
+  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimAddVariableWithShape", "optimizer",
+              cuoptimAddVariableWithShape(NULL, "w", PARAM, CUOPTIM_FLOAT32, 2, good, &var));
+  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimAddVariableWithShape", "dims",
+              cuoptimAddVariableWithShape(opt, "w", PARAM, CUOPTIM_FLOAT32, 2, NULL, &var));
+  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimAddVariableWithShape", "name",
+              cuoptimAddVariableWithShape(opt, NULL, PARAM, CUOPTIM_FLOAT32, 2, good, &var));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimAddVariableWithShape", "rank",
+              cuoptimAddVariableWithShape(opt, "w", PARAM, CUOPTIM_FLOAT32, -1, good, &var));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimAddVariableWithShape", "rank",
+              cuoptimAddVariableWithShape(opt, "w", PARAM, CUOPTIM_FLOAT32, CUOPTIM_MAX_DIMS + 1, many, &var));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimAddVariableWithShape", "dims",
+              cuoptimAddVariableWithShape(opt, "w", PARAM, CUOPTIM_FLOAT32, 2, zero, &var));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimAddVariableWithShape", "dims",
+              cuoptimAddVariableWithShape(opt, "w", PARAM, CUOPTIM_FLOAT32, 2, negative, &var));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimAddVariableWithShape", "dims",
+              cuoptimAddVariableWithShape(opt, "w", PARAM, CUOPTIM_FLOAT32, 3, huge, &var));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimAddVariableWithShape", "dtype",
+              cuoptimAddVariableWithShape(opt, "w", PARAM, (cuoptimDtype_t)9, 2, good, &var));
+  cr_assert_eq(var, 77, "a failed call wrote *variable");
+  cr_assert_eq(variable_count(opt), 0, "failed calls registered a variable");
+  OK(cuoptimAddVariableWithShape(opt, "w", PARAM, CUOPTIM_FLOAT32, CUOPTIM_MAX_DIMS, many, &var));
+  int rank = 0;
+  int64_t dims[CUOPTIM_MAX_DIMS];
+  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimGetVariableShape", "optimizer", cuoptimGetVariableShape(NULL, 0, &rank, dims));
+  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimGetVariableShape", "rank", cuoptimGetVariableShape(opt, 0, NULL, dims));
+  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimGetVariableShape", "dims", cuoptimGetVariableShape(opt, 0, &rank, NULL));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimGetVariableShape", "variable", cuoptimGetVariableShape(opt, 1, &rank, dims));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimGetVariableShape", "variable", cuoptimGetVariableShape(opt, -1, &rank, dims));
   OK(cuoptimDestroy(opt));
 }
 

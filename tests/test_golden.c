@@ -1134,6 +1134,111 @@ BOTH_BACKENDS(ftrl_golden_rows_match_keras_float32, ftrl_golden_rows_f32)
 BOTH_BACKENDS(ftrl_clip_norm_matches_keras, ftrl_clip_norm)
 BOTH_BACKENDS(ftrl_clip_value_matches_keras, ftrl_clip_value)
 
+/* ---- ScheduleFreeAdamW (schedule_free_adamw_test.py) ----------------------------------------------
+ * Keras's test asserts directions only (the step moves the variable, warmup shrinks it, ten steps
+ * of a positive gradient lower it, an excluded variable keeps its value); here each protocol is
+ * also compared with real Keras 3.15.1's float32 values. */
+
+static const float SFADAMW_SINGLE_F32[4] = {0.5f, 1.5f, 2.5f, 3.5f};
+static const float SFADAMW_GOLDEN_F32[5][10] = {
+    {0.997500002f, 0.997500002f, 0.997500002f, 0.997500002f, 0.997500002f, 0.997500002f, 0.997500002f, 0.997500002f,
+     0.997500002f, 0.997500002f},
+    {0.995565653f, 0.995558441f, 0.99555707f, 0.995556533f, 0.995556355f, 0.995556176f, 0.995556176f, 0.995556056f,
+     0.995556056f, 0.995556056f},
+    {0.993816674f, 0.993805289f, 0.993803084f, 0.99380219f, 0.993801951f, 0.993801713f, 0.993801594f, 0.993801475f,
+     0.993801415f, 0.993801415f},
+    {0.992158532f, 0.992144048f, 0.992141306f, 0.992140293f, 0.992139876f, 0.992139578f, 0.992139518f, 0.992139399f,
+     0.99213928f, 0.99213922f},
+    {0.990555048f, 0.990538239f, 0.990535021f, 0.990533948f, 0.990533412f, 0.990533113f, 0.990532994f, 0.990532935f,
+     0.990532756f, 0.990532696f}};
+static const float SFADAMW_CLIPNORM_F32[2] = {0.997500002f, 1.99749994f};
+static const float SFADAMW_CLIPVALUE_F32[2] = {0.997500002f, 1.99749994f};
+
+static void sfadamw_single_step(cuoptimBackend_t b) {
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SCHEDULE_FREE_ADAMW, 0.5);
+  run_single_step(b, &c, SFADAMW_SINGLE_F32, F32_RTOL, F32_ATOL);
+}
+static void sfadamw_golden_rows(cuoptimBackend_t b) {
+  cuoptimConfig_t c = test_config(CUOPTIM_SCHEDULE_FREE_ADAMW);
+  run_golden_rows(b, &c, SFADAMW_GOLDEN_F32, F32_RTOL, F32_ATOL);
+}
+static void sfadamw_clip_norm(cuoptimBackend_t b) { run_clip(b, CUOPTIM_SCHEDULE_FREE_ADAMW, 0, SFADAMW_CLIPNORM_F32); }
+static void sfadamw_clip_value(cuoptimBackend_t b) { run_clip(b, CUOPTIM_SCHEDULE_FREE_ADAMW, 1, SFADAMW_CLIPVALUE_F32); }
+
+/* test_warmup: one step of g = 1 at learning_rate 0.5, warmup_steps 0 and 10; the warmed-up step
+ * is a tenth. */
+static void sfadamw_warmup(cuoptimBackend_t b) {
+  test_require_backend(b);
+  static const float w0[3] = {1.0f, 2.0f, 3.0f}, g[3] = {1.0f, 1.0f, 1.0f};
+  static const float want[2][3] = {{0.5f, 1.5f, 2.5f}, {0.949999988f, 1.95000005f, 2.95000005f}};
+  float diff[2][3];
+  for (int k = 0; k < 2; k++) {
+    cuoptimConfig_t c = test_config_lr(CUOPTIM_SCHEDULE_FREE_ADAMW, 0.5);
+    c.warmup_steps = k ? 10 : 0;
+    test_rig_t r;
+    test_rig_init(&r, &c, b);
+    test_rig_add(&r, "variable", w0, 3);
+    rig_apply1(&r, g);
+    float got[3];
+    test_rig_get(&r, 0, got);
+    expect_close(got, want[k], 3, F32_RTOL, F32_ATOL, k ? "ScheduleFreeAdamW warmup_steps=10" : "warmup_steps=0");
+    for (int i = 0; i < 3; i++) diff[k][i] = fabsf(got[i] - w0[i]);
+    test_rig_destroy(&r);
+  }
+  for (int i = 0; i < 3; i++) cr_expect_lt(diff[1][i], diff[0][i], "element %d: the warmed-up step is not smaller", i);
+}
+
+/* test_multiple_steps: ten steps of g = 0.1 at learning_rate 0.01 lower every element; the
+ * variable, the momentum (z) and the velocity as Keras has them. */
+static void sfadamw_multiple_steps(cuoptimBackend_t b) {
+  test_require_backend(b);
+  static const float w0[3] = {1.0f, 2.0f, 3.0f}, g[3] = {0.1f, 0.1f, 0.1f};
+  static const float want_w[3] = {0.940500081f, 1.9405005f, 2.94050074f};
+  static const float want_z[3] = {0.900000036f, 1.9000001f, 2.9000001f};
+  static const float want_v[3] = {9.95499286e-05f, 9.95499286e-05f, 9.95499286e-05f};
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SCHEDULE_FREE_ADAMW, 0.01);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "variable", w0, 3);
+  for (int s = 0; s < 10; s++) rig_apply1(&r, g);
+  float got[3], z[3], v[3];
+  test_rig_get(&r, 0, got);
+  rig_weight(&r, "variable_momentum", z, 3);
+  rig_weight(&r, "variable_velocity", v, 3);
+  expect_close(got, want_w, 3, F32_RTOL, F32_ATOL, "ScheduleFreeAdamW after 10 steps");
+  expect_close(z, want_z, 3, F32_RTOL, F32_ATOL, "its momentum (z)");
+  expect_close(v, want_v, 3, F32_RTOL, 1e-12, "its velocity");
+  for (int i = 0; i < 3; i++) cr_expect_lt(got[i], w0[i]);
+  test_rig_destroy(&r);
+}
+
+/* test_weight_decay: zero gradients, lr 1, weight_decay 0.004; "exclude" keeps 2.0. */
+static void sfadamw_weight_decay_exclusion(cuoptimBackend_t b) {
+  test_require_backend(b);
+  static const float two = 2.0f, zero = 0.0f;
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SCHEDULE_FREE_ADAMW, 1.0);
+  c.weight_decay = 0.004;
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  OK(cuoptimExcludeFromWeightDecay(r.opt, "exclude"));
+  test_rig_add(&r, "variable", &two, 1);
+  test_rig_add(&r, "exclude", &two, 1);
+  const float *grads[2] = {&zero, &zero};
+  rig_apply(&r, grads);
+  float got = 0.0f;
+  test_rig_get(&r, 1, &got);
+  cr_expect(fabsf(got - 2.0f) <= 1e-6f, "the excluded variable moved to %.9g", got);
+  test_rig_destroy(&r);
+}
+
+BOTH_BACKENDS(schedule_free_adamw_single_step_matches_keras_float32, sfadamw_single_step)
+BOTH_BACKENDS(schedule_free_adamw_golden_rows_match_keras_float32, sfadamw_golden_rows)
+BOTH_BACKENDS(schedule_free_adamw_clip_norm_matches_keras, sfadamw_clip_norm)
+BOTH_BACKENDS(schedule_free_adamw_clip_value_matches_keras, sfadamw_clip_value)
+BOTH_BACKENDS(schedule_free_adamw_warmup_matches_keras, sfadamw_warmup)
+BOTH_BACKENDS(schedule_free_adamw_multiple_steps_match_keras, sfadamw_multiple_steps)
+BOTH_BACKENDS(schedule_free_adamw_weight_decay_excludes_by_name, sfadamw_weight_decay_exclusion)
+
 /* =================================================================================================
  * Beyond Keras's tests: six steps of mixed-sign gradients on 8 elements, every optimizer with its
  * Keras defaults and learning_rate=0.1, against real Keras 3.15.1 float32 values (the golden rows

@@ -304,7 +304,8 @@ Test(ranks, replay_sharded_equals_unsharded, .timeout = TEST_LIMIT_SECONDS) {
     char args[4400];
     snprintf(args, sizeof args, "--state --shard --timeout " COLLECTIVE_TIMEOUT " '%s'", list[i].path);
     run_result sharded = mpirun(list[i].ranks, CUOPTIM_REPLAY_PATH, args);
-    snprintf(args, sizeof args, "--state --timeout " COLLECTIVE_TIMEOUT " '%s'", list[i].path);
+    /* Sharded state reduces every micro-step's gradients (into the accumulators' shares). */
+    snprintf(args, sizeof args, "--state --reduce-every-micro-step --timeout " COLLECTIVE_TIMEOUT " '%s'", list[i].path);
     run_result plain = mpirun(list[i].ranks, CUOPTIM_REPLAY_PATH, args);
     cr_expect_eq(sharded.status, 0, "%s --shard: exit %d\n%s", list[i].name, sharded.status, sharded.err);
     cr_expect_eq(plain.status, 0, "%s: exit %d\n%s", list[i].name, plain.status, plain.err);
@@ -319,9 +320,9 @@ Test(ranks, replay_sharded_equals_unsharded, .timeout = TEST_LIMIT_SECONDS) {
  * Every single-process case split over R ranks (tests/mpi/split_cases.c says how)
  * ------------------------------------------------------------------------------------------- */
 
-static void split_cases_on(int ranks) {
-  char args[4200], summary[64];
-  snprintf(args, sizeof args, "--timeout " COLLECTIVE_TIMEOUT " '%s'", test_data_path("cases"));
+static void split_cases_with(int ranks, const char *options) {
+  char args[4300], summary[64];
+  snprintf(args, sizeof args, "%s --timeout " COLLECTIVE_TIMEOUT " '%s'", options, test_data_path("cases"));
   run_result r = mpirun_checking(ranks, CUOPTIM_MPI_SPLIT_CASES, args, 0);
   cr_log_info("%d ranks: %.1f s: %s", ranks, r.seconds, line_starting(r.out, "split_cases:"));
   snprintf(summary, sizeof summary, "split_cases: %d ranks: ", ranks);
@@ -333,6 +334,18 @@ static void split_cases_on(int ranks) {
   cr_expect_eq(failed, 0, "%s\n%s", line, r.err);
   cr_expect(split >= 100, "only %d single-process cases split: %s", split, line);
   free_result(&r);
+}
+
+/* Local accumulators (the default): cases with gradient accumulation within tolerance, the
+ * others bit for bit. */
+static void split_cases_on(int ranks) { split_cases_with(ranks, ""); }
+
+/* Every micro-step reduced: bit for bit, accumulation too. */
+Test(ranks, every_case_split_over_2_ranks_reducing_every_micro_step, .timeout = TEST_LIMIT_SECONDS) {
+  split_cases_with(2, "--reduce-every-micro-step");
+}
+Test(ranks, every_case_split_over_3_ranks_reducing_every_micro_step, .timeout = TEST_LIMIT_SECONDS) {
+  split_cases_with(3, "--reduce-every-micro-step");
 }
 
 Test(ranks, every_case_split_over_1_rank, .timeout = TEST_LIMIT_SECONDS) { split_cases_on(1); }
@@ -351,6 +364,22 @@ Test(ranks, every_case_split_sharded_equals_unsharded, .timeout = TEST_LIMIT_SEC
 /* ---------------------------------------------------------------------------------------------
  * The aggregate itself: buckets, reduce ops, dtypes (tests/mpi/faults.c "sums")
  * ------------------------------------------------------------------------------------------- */
+
+/* Gradient accumulation with local accumulators (tests/mpi/faults.c "local_accumulation"): the
+ * gradients reduced once per applied step, within float32 rounding of every micro-step reduced,
+ * the ranks bit for bit alike, mid-cycle reads and writes and checkpoints as documented. */
+Test(ranks, local_accumulation_reduces_once_per_applied_step, .timeout = TEST_LIMIT_SECONDS) {
+  for (int ranks = 1; ranks <= 4; ranks++) {
+    run_result r = mpirun(ranks, CUOPTIM_MPI_FAULTS, "local_accumulation");
+    cr_expect_eq(r.status, 0, "%d ranks: exit %d\n%s%s", ranks, r.status, r.out, r.err);
+    for (int k = 0; k < ranks; k++) {
+      char line[96];
+      snprintf(line, sizeof line, "rank %d: local_accumulation: passed", k);
+      cr_expect(strstr(r.out, line) != NULL, "%d ranks: no \"%s\":\n%s", ranks, line, r.out);
+    }
+    free_result(&r);
+  }
+}
 
 Test(ranks, sums_are_exact_over_buckets_reduce_ops_and_dtypes, .timeout = TEST_LIMIT_SECONDS) {
   for (int ranks = 2; ranks <= 4; ranks++) {
@@ -450,48 +479,65 @@ static void expect_every_rank_fails_step_1(const char *scenario, int ranks, cons
 
 Test(ranks, a_variable_name_that_differs_is_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   expect_every_rank_fails_step_1("name_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE",
-                                 "variable 1 is \"dense/bias\" (3 float32) on rank 0",
-                                 "\"dense/bias_other\" (3 float32) on rank 2");
-  expect_every_rank_fails_step_1("name_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE", "\"dense/bias\" (3 float32) on rank 0",
-                                 "\"dense/bias_other\" (3 float32) on rank 1");
+                                 "variable 1 is \"dense/bias\" (3 float32, shape [3]) on rank 0",
+                                 "\"dense/bias_other\" (3 float32, shape [3]) on rank 2");
+  expect_every_rank_fails_step_1("name_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE", "\"dense/bias\" (3 float32, shape [3]) on rank 0",
+                                 "\"dense/bias_other\" (3 float32, shape [3]) on rank 1");
 }
 
-Test(ranks, a_variable_count_or_dtype_that_differs_is_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
+Test(ranks, a_variable_count_shape_or_dtype_that_differs_is_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   expect_every_rank_fails_step_1("count_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE",
-                                 "variable 1 is \"dense/bias\" (3 float32) on rank 0",
-                                 "\"dense/bias\" (4 float32) on rank 2");
+                                 "variable 1 is \"dense/bias\" (3 float32, shape [3]) on rank 0",
+                                 "\"dense/bias\" (4 float32, shape [4]) on rank 2");
+  expect_every_rank_fails_step_1("shape_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE",
+                                 "variable 0 is \"dense/kernel\" (12 float32, shape [12]) on rank 0",
+                                 "\"dense/kernel\" (12 float32, shape [3, 4]) on rank 1");
   expect_every_rank_fails_step_1("dtype_differs", 4, "CUOPTIM_STATUS_INVALID_VALUE",
-                                 "variable 1 is \"dense/bias\" (3 float32) on rank 0",
-                                 "\"dense/bias\" (3 bfloat16) on rank 3");
+                                 "variable 1 is \"dense/bias\" (3 float32, shape [3]) on rank 0",
+                                 "\"dense/bias\" (3 bfloat16, shape [3]) on rank 3");
 }
 
 Test(ranks, a_missing_or_extra_variable_is_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
   /* Rank 2 registers kernel and embedding only: its variable 1 is the embedding. */
   expect_every_rank_fails_step_1("variable_missing", 3, "CUOPTIM_STATUS_INVALID_VALUE",
-                                 "variable 1 is \"dense/bias\" (3 float32) on rank 0",
-                                 "\"embedding\" (10 float32) on rank 2");
+                                 "variable 1 is \"dense/bias\" (3 float32, shape [3]) on rank 0",
+                                 "\"embedding\" (10 float32, shape [10]) on rank 2");
   expect_every_rank_fails_step_1("extra_variable", 2, "CUOPTIM_STATUS_INVALID_VALUE",
-                                 "variable 3 is \"extra\" (5 float32) on rank 1", "rank 0 has 3 variables");
+                                 "variable 3 is \"extra\" (5 float32, shape [5]) on rank 1", "rank 0 has 3 variables");
 }
 
 /* Checkpoints of sharded state are refused (NOT_SUPPORTED, before any file is touched) on every
  * rank, after a sharded step that works. */
-Test(ranks, checkpoints_of_sharded_state_are_refused, .timeout = TEST_LIMIT_SECONDS) {
-  run_result r = mpirun(2, CUOPTIM_MPI_FAULTS, "sharded_checkpoint");
-  cr_expect_eq(r.status, 0, "exit %d\n%s%s", r.status, r.out, r.err);
-  const char *calls[] = {"cuoptimSave", "cuoptimLoad"};
-  for (int k = 0; k < 2; k++) {
-    char prefix[64];
-    snprintf(prefix, sizeof prefix, "rank %d: step 1: ", k);
-    cr_expect(strstr(line_starting(r.out, prefix), "CUOPTIM_STATUS_SUCCESS") != NULL, "rank %d:\n%s", k, r.out);
-    for (int c = 0; c < 2; c++) {
-      snprintf(prefix, sizeof prefix, "rank %d: %s: ", k, calls[c]);
+/* Sharded state: each rank saves its shares to its own file; a resumed run ends bit for bit where
+ * the straight one does; a file is refused by another rank and by unsharded state. */
+Test(ranks, checkpoints_of_sharded_state_are_one_file_per_rank, .timeout = TEST_LIMIT_SECONDS) {
+  for (int ranks = 1; ranks <= 3; ranks++) {
+    run_result r = mpirun(ranks, CUOPTIM_MPI_FAULTS, "sharded_checkpoint");
+    cr_expect_eq(r.status, 0, "%d ranks: exit %d\n%s%s", ranks, r.status, r.out, r.err);
+    for (int k = 0; k < ranks; k++) {
+      char prefix[96];
+      const char *ok[] = {"cuoptimSave: CUOPTIM_STATUS_SUCCESS", "cuoptimLoad: CUOPTIM_STATUS_SUCCESS",
+                          "sharded resume: bit for bit the straight run"};
+      for (int c = 0; c < 3; c++) {
+        snprintf(prefix, sizeof prefix, "rank %d: %s", k, ok[c]);
+        cr_expect(strstr(r.out, prefix) != NULL, "%d ranks: no \"%s\"\n%s", ranks, prefix, r.out);
+      }
+      snprintf(prefix, sizeof prefix, "rank %d: cuoptimLoad of another rank's file: ", k);
       const char *line = line_starting(r.out, prefix);
-      cr_expect(strstr(line, "CUOPTIM_STATUS_NOT_SUPPORTED") != NULL && strstr(line, "sharded") != NULL,
-                "rank %d, %s: \"%s\"\n%s", k, calls[c], line, r.out);
+      if (ranks > 1)
+        cr_expect(strstr(line, "CUOPTIM_STATUS_INVALID_VALUE") && strstr(line, "each rank loads the file it saved"),
+                  "%d ranks, rank %d: \"%s\"", ranks, k, line);
+      snprintf(prefix, sizeof prefix, "rank %d: cuoptimLoad into unsharded state: ", k);
+      line = line_starting(r.out, prefix);
+      /* A world of one is not sharded: its file is whole state. */
+      if (ranks > 1)
+        cr_expect(strstr(line, "CUOPTIM_STATUS_INVALID_VALUE") && strstr(line, "not sharded"), "%d ranks, rank %d: \"%s\"",
+                  ranks, k, line);
+      else
+        cr_expect(strstr(line, "CUOPTIM_STATUS_SUCCESS") != NULL, "rank 0: \"%s\"", line);
     }
+    free_result(&r);
   }
-  free_result(&r);
 }
 
 Test(ranks, options_that_differ_are_named_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
@@ -500,6 +546,8 @@ Test(ranks, options_that_differ_are_named_on_every_rank, .timeout = TEST_LIMIT_S
   expect_every_rank_fails_step_1("reduce_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE", "options->reduce", "rank 2 has 1");
   expect_every_rank_fails_step_1("aggregate_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE", "options->aggregate",
                                  "rank 1 has 0");
+  expect_every_rank_fails_step_1("accumulate_locally_differs", 2, "CUOPTIM_STATUS_INVALID_VALUE",
+                                 "options->accumulate_locally", "rank 1 has 0");
   /* A hyperparameter (SGD's momentum) that differs: the configs' Keras JSON differ. */
   expect_every_rank_fails_step_1("config_differs", 3, "CUOPTIM_STATUS_INVALID_VALUE", "optimizer's config",
                                  "rank 2 has");
@@ -570,6 +618,55 @@ static void expect_timeout(const char *scenario, int ranks, int stuck, const cha
   char prefix[64];
   snprintf(prefix, sizeof prefix, "rank %d: stops before step %d", ranks - 1, stuck);
   cr_expect_eq(count_lines_starting(r.out, prefix), 1, "%s\n%s", scenario, r.out);
+  free_result(&r);
+}
+
+/* The last rank's first step fails before the ranks compare their tables: the others fail it too,
+ * naming that rank, instead of waiting for it. */
+Test(ranks, a_first_step_that_fails_on_one_rank_fails_on_every_rank, .timeout = TEST_LIMIT_SECONDS) {
+  const char *scenarios[] = {"state_fails", "bad_first_gradient"};
+  const char *own[] = {"CUOPTIM_STATUS_ALLOC_FAILED", "CUOPTIM_STATUS_INVALID_VALUE"};
+  for (int i = 0; i < 2; i++) {
+    run_result r = mpirun(3, CUOPTIM_MPI_FAULTS, scenarios[i]);
+    cr_expect_eq(r.status, 0, "%s: exit %d\n%s%s", scenarios[i], r.status, r.out, r.err);
+    for (int k = 0; k < 3; k++) {
+      char prefix[64];
+      snprintf(prefix, sizeof prefix, "rank %d: step 1: ", k);
+      const char *line = line_starting(r.out, prefix);
+      if (k == 2)
+        cr_expect(strstr(line, own[i]) != NULL, "%s, rank 2: \"%s\"", scenarios[i], line);
+      else
+        cr_expect(strstr(line, "CUOPTIM_STATUS_INVALID_STATE") && strstr(line, "rank 2's first step failed"),
+                  "%s, rank %d: \"%s\"", scenarios[i], k, line);
+      if (i == 1) {
+        snprintf(prefix, sizeof prefix, "rank %d: step 2: CUOPTIM_STATUS_SUCCESS", k);
+        cr_expect_eq(count_lines_starting(r.out, prefix), 1, "%s, rank %d: step 2\n%s", scenarios[i], k, r.out);
+      }
+    }
+    free_result(&r);
+  }
+}
+
+/* The last rank never attaches: the others' cuoptimSetCommunicator (its MPI_Comm_idup) fails with
+ * TIMEOUT after options.timeout_seconds, attaching nothing. */
+Test(ranks, a_rank_that_never_attaches_times_out_the_others, .timeout = TEST_LIMIT_SECONDS) {
+  run_result r = mpirun(3, CUOPTIM_MPI_FAULTS, "timeout_attach --timeout 1");
+  cr_expect_neq(r.status, 0, "the ranks abort: exit %d", r.status);
+  cr_expect(r.seconds < 30, "took %.1f s", r.seconds);
+  for (int k = 0; k < 2; k++) {
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "rank %d: cuoptimSetCommunicator: ", k);
+    const char *line = line_starting(r.out, prefix);
+    cr_expect(strstr(line, "CUOPTIM_STATUS_TIMEOUT") && strstr(line, "MPI_Comm_idup") && strstr(line, "within 1 s"),
+              "rank %d: \"%s\"\n%s%s", k, line, r.out, r.err);
+    snprintf(prefix, sizeof prefix, "rank %d: waited ", k);
+    double waited = -1;
+    line = line_starting(r.out, prefix);
+    cr_expect(sscanf(line + (line[0] ? strlen(prefix) : 0), "%lf", &waited) == 1 && waited >= 1.0 && waited < 10.0,
+              "rank %d: \"%s\"", k, line);
+    snprintf(prefix, sizeof prefix, "rank %d: after the timeout: rank 0 of 1", k);
+    cr_expect_eq(count_lines_starting(r.out, prefix), 1, "rank %d: still attached?\n%s", k, r.out);
+  }
   free_result(&r);
 }
 
@@ -748,7 +845,7 @@ Test(ranks, options_init_and_get_rank_check_their_arguments) {
   memset(&o, 0x5a, sizeof o);
   OK(cuoptimCommOptionsInit(&o));
   cr_expect(o.aggregate == 1 && o.reduce == CUOPTIM_REDUCE_MEAN && o.bucket_bytes == (size_t)25 << 20 &&
-            o.shard_state == 0 && o.timeout_seconds == 0.0);
+            o.shard_state == 0 && o.timeout_seconds == 0.0 && o.accumulate_locally == 1);
   float param[4] = {1, 2, 3, 4};
   cuoptimOptimizer_t opt = host_optimizer(param);
   int rank = 7, world = 7;
@@ -793,6 +890,8 @@ Test(ranks, set_communicator_checks_its_arguments) {
   EXPECT_BAD(reduce = (cuoptimReduceOp_t)2, CUOPTIM_STATUS_INVALID_VALUE, "options->reduce = 2");
   EXPECT_BAD(bucket_bytes = 0, CUOPTIM_STATUS_INVALID_VALUE, "options->bucket_bytes = 0");
   EXPECT_BAD(shard_state = 2, CUOPTIM_STATUS_INVALID_VALUE, "options->shard_state = 2");
+  EXPECT_BAD(accumulate_locally = 2, CUOPTIM_STATUS_INVALID_VALUE, "options->accumulate_locally = 2");
+  EXPECT_BAD(accumulate_locally = -1, CUOPTIM_STATUS_INVALID_VALUE, "options->accumulate_locally = -1");
   EXPECT_BAD(timeout_seconds = -1, CUOPTIM_STATUS_INVALID_VALUE, "options->timeout_seconds = -1");
   EXPECT_BAD(timeout_seconds = NAN, CUOPTIM_STATUS_INVALID_VALUE, "options->timeout_seconds");
   EXPECT_BAD(timeout_seconds = INFINITY, CUOPTIM_STATUS_INVALID_VALUE, "options->timeout_seconds = inf");

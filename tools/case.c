@@ -1213,7 +1213,7 @@ int cuoptim_case_run_with(const cuoptimCase *c, cuoptimBackend_t backend, const 
   memset(&b, 0, sizeof b);
   b.backend = backend;
   int rc = 0;
-  cuoptimStatus_t st = cuoptimCreate(&opt, &c->config, backend, 0);
+  cuoptimStatus_t st = cuoptimCreate(&opt, &c->config, backend, options ? options->device : 0);
   if (st != CUOPTIM_STATUS_SUCCESS) {
     rc = library_failed(st, NULL, error, error_size);
     goto done;
@@ -1222,7 +1222,8 @@ int cuoptim_case_run_with(const cuoptimCase *c, cuoptimBackend_t backend, const 
   if (rc != 0) goto done;
   for (int v = 0; v < c->num_variables; v++) {
     cuoptimVariable_t handle = -1;
-    st = cuoptimAddVariable(opt, c->variables[v].name, b.params[v], CUOPTIM_FLOAT32, c->variables[v].count, &handle);
+    st = cuoptimAddVariableWithShape(opt, c->variables[v].name, b.params[v], CUOPTIM_FLOAT32, c->variables[v].ndim,
+                                     c->variables[v].shape, &handle);
     if (st != CUOPTIM_STATUS_SUCCESS) {
       char where[64];
       snprintf(where, sizeof where, "variables[%d]", v);

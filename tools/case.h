@@ -110,6 +110,8 @@ typedef struct {
    * call is collective: every rank of the communicator runs the case together. */
   const void *communicator;
   cuoptimCommOptions_t comm_options;
+  /* The CUDA device of the run (the backend's and the buffers'; the caller makes it current). */
+  int device;
 } cuoptimCaseRunOptions;
 
 /* cuoptim_case_run with `options` (NULL: as cuoptim_case_run). The gradients of each step are

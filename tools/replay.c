@@ -43,6 +43,7 @@ static const char *program = "cuoptim-replay";
 typedef struct {
   int mpi; /* MPI was initialized: this process is one rank of the launcher's world */
   int rank, world;
+  int device; /* --backend cuda: this rank's CUDA device */
 #ifdef CUOPTIM_REPLAY_NCCL
   int have_nccl; /* --backend cuda: the NCCL communicator of the ranks, made from MPI */
   ncclComm_t nccl;
@@ -55,7 +56,7 @@ static ranks_t ranks = {.mpi = 0, .rank = 0, .world = 1};
 static void usage(FILE *out) {
   fprintf(out,
           "usage: %s [--check] [--rtol X] [--atol Y] [--backend host|cuda] [--state] [--quiet]\n"
-          "       [--shard] [--no-aggregate] [--timeout S] CASE.json\n"
+          "       [--shard] [--no-aggregate] [--reduce-every-micro-step] [--timeout S] CASE.json\n"
           "       mpirun -np R %s [options] CASE.json\n"
           "\n"
           "Applies the optimizer steps of a case file (format \"" CUOPTIM_CASE_FORMAT "\") with cuoptim.\n"
@@ -66,11 +67,15 @@ static void usage(FILE *out) {
           "  --rtol X          relative tolerance of --check (default 1e-5)\n"
           "  --atol Y          absolute tolerance of --check (default 1e-6);\n"
           "                    a value passes when |got - want| <= atol + rtol * |want|\n"
-          "  --backend B       host (default) or cuda (device 0)\n"
+          "  --backend B       host (default) or cuda (device 0; with ranks, see below)\n"
           "  --shard           with ranks: shard the optimizer state across them (ZeRO-1)\n"
           "  --no-aggregate    with ranks: no reduction (options.aggregate = 0), each rank applies its\n"
           "                    own gradients as if already reduced: the ranks' results differ unless\n"
           "                    their gradients are equal\n"
+          "  --reduce-every-micro-step\n"
+          "                    with ranks and gradient accumulation: reduce the gradients of every\n"
+          "                    micro-step (options.accumulate_locally = 0) instead of each rank\n"
+          "                    accumulating its own and the sums once per applied step\n"
           "  --timeout S       with ranks: seconds a collective waits for the other ranks before the\n"
           "                    step fails (default 0: forever)\n"
           "  --state           without --check, also print the optimizer state (\"optimizer_variables\",\n"
@@ -82,8 +87,9 @@ static void usage(FILE *out) {
           "ranks; a case without rank_steps runs its steps with R = 1) and the gradients are averaged\n"
           "over the ranks before each step. Rank 0 prints the result; the ranks compare theirs bit for\n"
           "bit (with --check, a \"ranks:\" line says whether they agree). The host backend reduces\n"
-          "over MPI; --backend cuda over NCCL, with a communicator made from MPI and every rank on\n"
-          "device 0 (the emulated device, or one GPU with NCCL 2.30+ and NCCL_MULTI_RANK_GPU_ENABLE=1).\n"
+          "over MPI; --backend cuda over NCCL, with a communicator made from MPI: each rank on a GPU of\n"
+          "its own where its host has as many as it has ranks, else every rank on device 0 (the emulated\n"
+          "device, or one GPU with NCCL 2.30+ and NCCL_MULTI_RANK_GPU_ENABLE=1).\n"
           "\n"
           "Exit status: 0 done (within tolerance), 1 beyond tolerance (or the ranks' results differ),\n"
           "2 bad usage or input, or a backend or feature that cannot run here, 3 the library failed on\n"
@@ -319,16 +325,25 @@ static const void *communicator_for(cuoptimBackend_t backend, char *why, size_t 
 #endif
 #ifdef CUOPTIM_REPLAY_NCCL
   if (backend == CUOPTIM_BACKEND_CUDA) {
-    /* Every rank on device 0, where the case runs: the emulated device, or one GPU with NCCL
-     * 2.30+ (NCCL_MULTI_RANK_GPU_ENABLE=1). */
+    /* One GPU per rank where the host has enough for its ranks; else every rank on device 0:
+     * the emulated device, or one GPU with NCCL 2.30+ (NCCL_MULTI_RANK_GPU_ENABLE=1). */
     if (!ranks.have_nccl) {
       char err[512];
       nccl_bootstrap_info_t where = {0, 0, 0, 0};
-      if (nccl_bootstrap_from_mpi(&ranks.nccl, MPI_COMM_WORLD, 0, &where, err, sizeof err) != 0) {
+      int devices = 0, local_ranks = 1;
+      MPI_Comm local;
+      if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, ranks.rank, MPI_INFO_NULL, &local) == MPI_SUCCESS) {
+        MPI_Comm_size(local, &local_ranks);
+        MPI_Comm_free(&local);
+      }
+      if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
+      if (nccl_bootstrap_from_mpi(&ranks.nccl, MPI_COMM_WORLD, devices >= local_ranks ? -1 : 0, &where, err,
+                                  sizeof err) != 0) {
         snprintf(why, size, "--backend cuda with ranks: %.200s", err);
         return NULL;
       }
       ranks.have_nccl = 1;
+      ranks.device = where.device;
     }
     return &ranks.nccl;
   }
@@ -347,7 +362,7 @@ static const void *communicator_for(cuoptimBackend_t backend, char *why, size_t 
  * ------------------------------------------------------------------------------------------- */
 
 typedef struct {
-  int check, quiet, state, shard, no_aggregate;
+  int check, quiet, state, shard, no_aggregate, every_micro_step;
   double rtol, atol, timeout;
   cuoptimBackend_t backend;
   const char *path;
@@ -391,6 +406,8 @@ static int parse_options(int argc, char **argv, options_t *o) {
       o->shard = 1;
     } else if (strcmp(arg, "--no-aggregate") == 0) {
       o->no_aggregate = 1;
+    } else if (strcmp(arg, "--reduce-every-micro-step") == 0) {
+      o->every_micro_step = 1;
     } else if (strcmp(name, "--rtol") == 0) {
       if (parse_tolerance(value, &o->rtol) != 0) return bad_usage("--rtol: %s is not a finite number >= 0", value);
     } else if (strcmp(name, "--atol") == 0) {
@@ -416,9 +433,9 @@ static int parse_options(int argc, char **argv, options_t *o) {
     report("no case file given (see --help)");
     return EXIT_INPUT;
   }
-  if ((o->shard || o->no_aggregate) && !ranks.mpi) {
+  if ((o->shard || o->no_aggregate || o->every_micro_step) && !ranks.mpi) {
     report("%s: it concerns the ranks of a data-parallel run: start cuoptim-replay under mpirun",
-           o->shard ? "--shard" : "--no-aggregate");
+           o->shard ? "--shard" : o->no_aggregate ? "--no-aggregate" : "--reduce-every-micro-step");
     return EXIT_INPUT;
   }
   return -1;
@@ -464,7 +481,9 @@ static int plan_run(const cuoptimCase *c, const options_t *o, cuoptimCaseRunOpti
   run->comm_options.reduce = CUOPTIM_REDUCE_MEAN;
   run->comm_options.aggregate = !o->no_aggregate;
   run->comm_options.shard_state = o->shard;
+  run->comm_options.accumulate_locally = !o->every_micro_step;
   run->comm_options.timeout_seconds = o->timeout;
+  run->device = ranks.device;
   return EXIT_PASS;
 }
 
@@ -562,7 +581,7 @@ static int run_and_print(const cuoptimCase *c, const options_t *o, const cuoptim
 }
 
 static int replay(int argc, char **argv) {
-  options_t o = {0, 0, 0, 0, 0, 1e-5, 1e-6, 0.0, CUOPTIM_BACKEND_HOST, NULL};
+  options_t o = {0, 0, 0, 0, 0, 0, 1e-5, 1e-6, 0.0, CUOPTIM_BACKEND_HOST, NULL};
   int status = parse_options(argc, argv, &o);
   if (status >= 0) return status; /* the same arguments on every rank: the same verdict */
 

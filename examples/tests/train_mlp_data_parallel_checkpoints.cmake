@@ -1,7 +1,8 @@
 # Checkpoints under mpirun: rank 0 writes them, every rank loads them. A 2-rank run stopped inside
 # the second epoch and resumed on 2 ranks ends bit for bit where the straight 2-rank run ends.
-# --checkpoint and --resume with --shard-state are refused (cuoptim cannot save sharded state),
-# with one message (rank 0's) and nothing trained; --shard-state without mpirun is refused too.
+# With --shard-state every rank writes its own shares of the optimizer's state and a resumed sharded
+# run ends bit for bit where the straight one does; a whole-state checkpoint does not resume a
+# sharded run (one message, rank 0's, nothing trained); --shard-state without mpirun is refused.
 # Usage: as train_mlp_data_parallel.cmake.
 include(${CMAKE_CURRENT_LIST_DIR}/train_mlp_mpi.cmake)
 file(REMOVE_RECURSE ${WORK})
@@ -32,13 +33,25 @@ function(expect_refused what expected)
   message("${what}: refused: ${messages}")
 endfunction()
 set(mpi ${MPIEXEC} ${NP_FLAG} 2 ${MPIEXEC_PREFLAGS} ${TRAIN_MLP})
-expect_refused("--checkpoint with --shard-state" "--checkpoint with --shard-state: cuoptim cannot save"
-               ${mpi} ${common} --shard-state --checkpoint ${WORK}/sharded)
-expect_refused("--resume with --shard-state" "--resume with --shard-state"
-               ${mpi} ${common} --shard-state --resume ${WORK}/ckpt)
 expect_refused("--shard-state without mpirun" "--shard-state: only in a data-parallel run"
                ${TRAIN_MLP} ${common} --shard-state)
-if(EXISTS ${WORK}/sharded OR EXISTS ${WORK}/sharded.optimizer)
-  message(FATAL_ERROR "a refused run wrote a checkpoint")
+
+# Sharded optimizer state: every rank writes its shares (ckpt.optimizer.rankR), rank 0 the program's
+# part; the resumed sharded run ends bit for bit where the straight sharded run ends.
+run_train_mlp(sharded_straight RANKS 2 ARGS ${common} --shard-state)
+run_train_mlp(sharded_stopped RANKS 2 ARGS ${common} --shard-state --max-steps 200 --checkpoint ${WORK}/sharded
+              --checkpoint-every 70)
+foreach(file sharded sharded.optimizer.rank0 sharded.optimizer.rank1)
+  if(NOT EXISTS ${WORK}/${file})
+    message(FATAL_ERROR "no ${WORK}/${file} after the stopped sharded run")
+  endif()
+endforeach()
+if(EXISTS ${WORK}/sharded.optimizer)
+  message(FATAL_ERROR "a sharded run wrote a whole-state file")
 endif()
-message("resumed exactly on 2 ranks; sharded checkpoints refused")
+run_train_mlp(sharded_resumed RANKS 2 ARGS ${common} --shard-state --resume ${WORK}/sharded)
+expect_equal("${sharded_straight}" "${sharded_resumed}" "the straight sharded run and the resumed one")
+# The whole-state checkpoint does not load into sharded state, nor the reverse.
+expect_refused("--resume of whole state with --shard-state" "ckpt.optimizer.rank0"
+               ${mpi} ${common} --shard-state --resume ${WORK}/ckpt)
+message("resumed exactly on 2 ranks, sharded and not")

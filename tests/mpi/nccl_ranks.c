@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cuoptim.h"
 #include "nccl_bootstrap.h"
@@ -194,7 +195,19 @@ typedef struct {
   int inf_step;    /* the step in which the last rank's gradient of INF_VARIABLE holds an inf; -1: none */
   ncclComm_t *comm; /* NULL: the one from nccl_bootstrap_from_mpi */
   int shard;        /* sharded optimizer state: each rank's gradient buffers hold only its share's sums */
+  int every_micro_step; /* gradient accumulation: options.accumulate_locally = 0 */
+  /* Local accumulators: the gradient and accumulator reductions the steps must make (-1: not
+   * checked). The gradient buffers then hold sums on the reducing steps only, unchecked. */
+  int64_t gradient_reductions, accumulator_reductions;
 } scenario_t;
+
+/* Test hook of the library (host/comm.c): steps that reduced gradients or accumulators. */
+int64_t cuoptim_comm_reductions(const struct cuoptimOptimizer *opt, int accumulators);
+
+/* Whether the scenario's optimizer accumulates locally (the gradients are not summed every step). */
+static int accumulates_locally(const scenario_t *sc) {
+  return sc->config.gradient_accumulation_steps > 0 && !sc->every_micro_step && !sc->shard && world > 1;
+}
 #define NULL_VARIABLE 2
 
 /* What every rank has after the all-reduce (the sum in the gradient's type, in rank order), and
@@ -498,10 +511,19 @@ static void set_communicator(const scenario_t *sc, cuoptimOptimizer_t opt) {
   options.reduce = sc->reduce;
   options.bucket_bytes = sc->bucket_bytes;
   options.shard_state = sc->shard;
+  options.accumulate_locally = !sc->every_micro_step;
   OK(cuoptimSetCommunicator(opt, sc->comm ? sc->comm : &comm, &options));
   int r = -1, n = -1;
   OK(cuoptimGetRank(opt, &r, &n));
   EXPECT(r == rank && n == world, "%s: cuoptimGetRank gives rank %d of %d, want %d of %d", sc->label, r, n, rank, world);
+}
+
+static void check_reductions(const scenario_t *sc, cuoptimOptimizer_t opt) {
+  if (!accumulates_locally(sc) || sc->gradient_reductions < 0) return;
+  int64_t gradients = cuoptim_comm_reductions(opt, 0), accumulators = cuoptim_comm_reductions(opt, 1);
+  EXPECT(gradients == sc->gradient_reductions && accumulators == sc->accumulator_reductions,
+         "%s: %lld steps reduced gradients and %lld accumulators, want %lld and %lld", sc->label, (long long)gradients,
+         (long long)accumulators, (long long)sc->gradient_reductions, (long long)sc->accumulator_reductions);
 }
 
 static void run_scenario(const scenario_t *sc) {
@@ -521,11 +543,12 @@ static void run_scenario(const scenario_t *sc) {
     upload_rank_gradients(sc, &cuda, step, staging, stream);
     OK(cuoptimApplyGradients(cuda.opt, gradient_list(sc, &cuda, step, list), list, stream));
     CUDA(cudaStreamSynchronize(stream));
-    if (!sc->shard) check_summed_gradients(sc, &cuda, step, &observed);
+    if (!sc->shard && !accumulates_locally(sc)) check_summed_gradients(sc, &cuda, step, &observed);
     upload_reference_gradients(sc, &ref, step);
     OK(cuoptimApplyGradients(ref.opt, gradient_list(sc, &ref, step, list), list, NULL));
   }
   compare_with_reference(sc, &cuda, &ref);
+  check_reductions(sc, cuda.opt);
   observe(&cuda, sc->config.dynamic_loss_scale, &observed);
   compare_across_ranks(sc->label, &observed);
   free(observed.bytes);
@@ -582,6 +605,7 @@ static void run_arena_scenario(const scenario_t *sc) {
   EXPECT(a.size == b.size && differing == 0, "%s: the gradient arena and the caller's buffers differ in %zu of %zu bytes",
          sc->label, differing, a.size);
   compare_across_ranks(sc->label, &b);
+  check_reductions(sc, arena.opt);
   free(a.bytes);
   free(b.bytes);
   free(staging);
@@ -590,6 +614,21 @@ static void run_arena_scenario(const scenario_t *sc) {
   for (int k = 0; k < NUM_VARS; k++) arena.grads[k] = own[k];
   free_side(&arena);
   free_side(&plain);
+}
+
+/* One step of `s` (its gradient list of `step`) captured on `stream` and instantiated. */
+static cudaGraphExec_t capture_step(const scenario_t *sc, side_t *s, int step, cudaStream_t stream, cudaGraph_t *graph) {
+  cuoptimGradient_t list[NUM_VARS];
+  cudaGraphExec_t exec = NULL;
+  CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  cuoptimStatus_t captured = cuoptimApplyGradients(s->opt, gradient_list(sc, s, step, list), list, stream);
+  char message[1024];
+  snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
+  cudaError_t ended = cudaStreamEndCapture(stream, graph);
+  if (captured != CUOPTIM_STATUS_SUCCESS) fatal("cuoptimApplyGradients under stream capture", message);
+  CUDA(ended);
+  CUDA(cudaGraphInstantiate(&exec, *graph, 0));
+  return exec;
 }
 
 /* One step of `graphed` captured (its all-reduce included) and replayed, beside eager steps of an
@@ -615,14 +654,7 @@ static void run_graph_scenario(const scenario_t *sc, int replays) {
   }
   cudaGraph_t graph = NULL;
   cudaGraphExec_t exec = NULL;
-  CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  cuoptimStatus_t captured = cuoptimApplyGradients(graphed.opt, gradient_list(sc, &graphed, 1, list), list, stream);
-  char message[1024];
-  snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
-  cudaError_t ended = cudaStreamEndCapture(stream, &graph);
-  if (captured != CUOPTIM_STATUS_SUCCESS) fatal("cuoptimApplyGradients under stream capture", message);
-  CUDA(ended);
-  CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  exec = capture_step(sc, &graphed, 1, stream, &graph);
   for (int step = 1; step <= replays; step++) {
     upload_rank_gradients(sc, &eager, step, staging, stream);
     OK(cuoptimApplyGradients(eager.opt, gradient_list(sc, &eager, step, list), list, stream));
@@ -651,6 +683,131 @@ static void run_graph_scenario(const scenario_t *sc, int replays) {
   CUDA(cudaStreamDestroy(stream));
   free_side(&eager);
   free_side(&graphed);
+}
+
+/* Local accumulators and a captured step: refused while the accumulators are the ranks' parts
+ * (mid-cycle), captured after an applied step, whose replays then reduce every step (the host
+ * cannot count them): within float32 rounding of an optimizer that reduces every micro-step,
+ * the same bytes on every rank. */
+static void run_local_graph_scenario(const scenario_t *sc) {
+  scenario_t every = *sc;
+  every.every_micro_step = 1;
+  side_t eager, graphed;
+  make_side(&eager, &sc->config, CUOPTIM_BACKEND_CUDA, sc->param_dtype, sc->grad_dtype, SIZES, device);
+  make_side(&graphed, &sc->config, CUOPTIM_BACKEND_CUDA, sc->param_dtype, sc->grad_dtype, SIZES, device);
+  set_communicator(&every, eager.opt);
+  set_communicator(sc, graphed.opt);
+  cudaStream_t stream;
+  CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  unsigned char *staging = malloc(staging_bytes());
+  if (!staging) fatal("malloc", "out of memory");
+  cuoptimGradient_t list[NUM_VARS];
+  side_t *both[2] = {&eager, &graphed};
+  const int k = (int)sc->config.gradient_accumulation_steps;
+  for (int step = 0; step < k + 1; step++) /* ends one micro-step into the second cycle */
+    for (int i = 0; i < 2; i++) {
+      upload_rank_gradients(sc, both[i], step, staging, stream);
+      OK(cuoptimApplyGradients(both[i]->opt, gradient_list(sc, both[i], step, list), list, stream));
+      CUDA(cudaStreamSynchronize(stream));
+    }
+  cudaGraph_t graph = NULL;
+  cudaGraphExec_t exec = NULL;
+  if (world > 1) {
+    CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    cuoptimStatus_t refused = cuoptimApplyGradients(graphed.opt, gradient_list(sc, &graphed, k + 1, list), list, stream);
+    char message[512];
+    snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
+    cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+    EXPECT(refused == CUOPTIM_STATUS_INVALID_STATE && strstr(message, "accumulators"),
+           "%s: a capture mid-cycle returned %s (%s), want INVALID_STATE", sc->label, cuoptimGetStatusString(refused),
+           message);
+    if (ended == cudaSuccess && graph) CUDA(cudaGraphDestroy(graph));
+    graph = NULL;
+    (void)cudaGetLastError();
+  }
+  /* To the end of the cycle, eagerly; then capture. */
+  for (int step = k + 1; step < 2 * k; step++)
+    for (int i = 0; i < 2; i++) {
+      upload_rank_gradients(sc, both[i], step, staging, stream);
+      OK(cuoptimApplyGradients(both[i]->opt, gradient_list(sc, both[i], step, list), list, stream));
+      CUDA(cudaStreamSynchronize(stream));
+    }
+  exec = capture_step(sc, &graphed, 0, stream, &graph);
+  const int replays = 2 * k + 1;
+  for (int step = 2 * k; step < 2 * k + replays; step++) {
+    upload_rank_gradients(sc, &eager, step, staging, stream);
+    OK(cuoptimApplyGradients(eager.opt, gradient_list(sc, &eager, step, list), list, stream));
+    CUDA(cudaStreamSynchronize(stream));
+    upload_rank_gradients(sc, &graphed, step, staging, stream);
+    CUDA(cudaGraphLaunch(exec, stream));
+    CUDA(cudaStreamSynchronize(stream));
+  }
+  /* Eager steps after the replays: the host no longer knows the counter; still right. */
+  for (int step = 2 * k + replays; step < 2 * k + replays + 2; step++)
+    for (int i = 0; i < 2; i++) {
+      upload_rank_gradients(sc, both[i], step, staging, stream);
+      OK(cuoptimApplyGradients(both[i]->opt, gradient_list(sc, both[i], step, list), list, stream));
+      CUDA(cudaStreamSynchronize(stream));
+    }
+  compare_with_reference(sc, &graphed, &eager);
+  blob_t b = {0};
+  observe(&graphed, sc->config.dynamic_loss_scale, &b);
+  compare_across_ranks(sc->label, &b);
+  free(b.bytes);
+  CUDA(cudaGraphExecDestroy(exec));
+  CUDA(cudaGraphDestroy(graph));
+  free(staging);
+  CUDA(cudaStreamDestroy(stream));
+  free_side(&eager);
+  free_side(&graphed);
+}
+
+/* Sharded state on the CUDA backend: each rank saves its shares to a file of its own after two
+ * steps; a new optimizer given the parameters of then and the file ends two steps later with the
+ * bytes of the straight run. */
+static void run_sharded_checkpoint_scenario(const scenario_t *sc) {
+  char dir[64] = "/tmp/cuoptim-nccl-sharded-XXXXXX", path[128];
+  if (rank == 0 && !mkdtemp(dir)) fatal("mkdtemp", dir);
+  MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
+  snprintf(path, sizeof path, "%s/rank%d.safetensors", dir, rank);
+  side_t straight, resumed;
+  make_side(&straight, &sc->config, CUOPTIM_BACKEND_CUDA, sc->param_dtype, sc->grad_dtype, SIZES, device);
+  make_side(&resumed, &sc->config, CUOPTIM_BACKEND_CUDA, sc->param_dtype, sc->grad_dtype, SIZES, device);
+  set_communicator(sc, straight.opt);
+  set_communicator(sc, resumed.opt);
+  unsigned char *staging = malloc(staging_bytes());
+  if (!staging) fatal("malloc", "out of memory");
+  cuoptimGradient_t list[NUM_VARS];
+  for (int step = 0; step < 4; step++) {
+    if (step == 2) {
+      OK(cuoptimSave(straight.opt, path));
+      for (int k = 0; k < NUM_VARS; k++)
+        CUDA(cudaMemcpy(resumed.params[k], straight.params[k], SIZES[k] * dtype_bytes(sc->param_dtype),
+                        cudaMemcpyDeviceToDevice));
+      OK(cuoptimLoad(resumed.opt, path));
+    }
+    side_t *both[2] = {&straight, &resumed};
+    for (int i = 0; i < (step < 2 ? 1 : 2); i++) {
+      upload_rank_gradients(sc, both[i], step, staging, NULL);
+      OK(cuoptimApplyGradients(both[i]->opt, gradient_list(sc, both[i], step, list), list, NULL));
+      CUDA(cudaStreamSynchronize(NULL));
+    }
+  }
+  blob_t a = {0}, b = {0};
+  observe(&straight, sc->config.dynamic_loss_scale, &a);
+  observe(&resumed, sc->config.dynamic_loss_scale, &b);
+  size_t differing = 0;
+  for (size_t i = 0; i < a.size && i < b.size; i++) differing += a.bytes[i] != b.bytes[i];
+  EXPECT(a.size == b.size && differing == 0, "%s: the resumed run differs from the straight one in %zu of %zu bytes",
+         sc->label, differing, a.size);
+  free(a.bytes);
+  free(b.bytes);
+  free(staging);
+  free_side(&straight);
+  free_side(&resumed);
+  unlink(path);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) rmdir(dir);
 }
 
 /* The last rank registers a variable of another size, or passes other options: every rank's
@@ -710,6 +867,7 @@ static scenario_t base(const char *label, cuoptimConfig_t config) {
   sc.param_dtype = sc.grad_dtype = CUOPTIM_FLOAT32;
   sc.steps = 4;
   sc.null_step = sc.inf_step = -1;
+  sc.gradient_reductions = sc.accumulator_reductions = -1;
   return sc;
 }
 
@@ -727,10 +885,43 @@ static void run_all(void) {
   sc.null_step = 1;
   run_scenario(&sc);
 
-  sc = base("SGD momentum, bfloat16, mean, exact, gradient accumulation 2", sgd);
+  sc = base("SGD momentum, bfloat16, mean, exact, gradient accumulation 2, every micro-step reduced", sgd);
   sc.config.gradient_accumulation_steps = 2;
   sc.param_dtype = sc.grad_dtype = CUOPTIM_BFLOAT16;
   sc.exact = sc.bitwise = 1;
+  sc.every_micro_step = 1;
+  run_scenario(&sc);
+
+  /* Local accumulators: each rank accumulates its own gradients, the step that applies reduces
+   * the accumulators and its gradients (within float32 rounding of the reference). */
+  /* (float32 gradients: the reference sums them in float32 as the accumulators do; bfloat16 ones
+   * it would sum in bfloat16 every step, which local accumulators do only in the applied step.) */
+  sc = base("local accumulation: SGD momentum, bfloat16 parameters, float32 gradients, accumulation 2", sgd);
+  sc.config.gradient_accumulation_steps = 2;
+  sc.param_dtype = CUOPTIM_BFLOAT16;
+  sc.steps = 6;
+  sc.gradient_reductions = sc.accumulator_reductions = 3;
+  run_scenario(&sc);
+
+  /* epsilon 1e-3: where the ranks' gradients cancel, the sums' rounding in another order leaves a
+   * residue of ~1e-9 that Adam with epsilon 1e-7 would turn into a step of lr / 100. */
+  cuoptimConfig_t adam_accumulating = config_of(CUOPTIM_ADAM, 0.01);
+  adam_accumulating.epsilon = 1e-3;
+  adam_accumulating.global_clipnorm = 1.0;
+  adam_accumulating.gradient_accumulation_steps = 3;
+  sc = base("local accumulation: Adam, float32, global_clipnorm, accumulation 3, one bucket per variable", adam_accumulating);
+  sc.bucket_bytes = 1;
+  sc.steps = 8; /* ends mid-cycle: the state read sums the ranks' accumulators */
+  sc.gradient_reductions = sc.accumulator_reductions = 2;
+  run_scenario(&sc);
+
+  /* A variable without a gradient in the applied step 2: its accumulator keeps the ranks' sum, so
+   * the micro-steps 3 and 4 reduce their gradients. */
+  sc = base("local accumulation: Adam, float32, accumulation 3, a NULL gradient in the applied step", adam_accumulating);
+  sc.steps = 7;
+  sc.null_step = 2;
+  sc.gradient_reductions = 4;
+  sc.accumulator_reductions = 1;
   run_scenario(&sc);
 
   sc = base("SGD momentum, float32, mean, exact, non-blocking communicator", sgd);
@@ -805,10 +996,24 @@ static void run_all(void) {
   sc.shard = 1;
   run_graph_scenario(&sc, 5);
 
+  cuoptimConfig_t adam_half = adam_ema;
+  sc = base("sharded: checkpoint and resume, Adam, bfloat16 parameters, EMA", adam_half);
+  sc.param_dtype = CUOPTIM_BFLOAT16;
+  sc.shard = 1;
+  run_sharded_checkpoint_scenario(&sc);
+
   sc = base("sharded: Lamb, float32, mean, weight decay, 4 KiB buckets", lamb);
   sc.bucket_bytes = 4096;
   sc.shard = 1;
   run_scenario(&sc);
+
+  sc = base("arena, local accumulation: Adam, float32, global_clipnorm, accumulation 3", adam_accumulating);
+  sc.steps = 7;
+  sc.gradient_reductions = sc.accumulator_reductions = 2;
+  run_arena_scenario(&sc);
+
+  sc = base("local accumulation: Adam, float32, global_clipnorm, accumulation 3: CUDA graph", adam_accumulating);
+  run_local_graph_scenario(&sc);
 
   /* The gradient arena, buckets started by the marks. */
   sc = base("arena: Adam, float32, mean, global_clipnorm, 256-byte buckets", adam);
