@@ -249,7 +249,7 @@ static int list_rank_cases(rank_case **out) {
 Test(ranks, rank_cases_cover_every_optimizer_and_feature) {
   rank_case *list = NULL;
   int n = list_rank_cases(&list);
-  int kinds[CUOPTIM_FTRL + 1] = {0}, ranks[5] = {0}, lso = 0, clip = 0, lsf = 0, accumulation = 0, null = 0,
+  int kinds[CUOPTIM_OPTIMIZER_COUNT] = {0}, ranks[5] = {0}, lso = 0, clip = 0, lsf = 0, accumulation = 0, null = 0,
       nonfinite_lso = 0;
   for (int i = 0; i < n; i++) {
     cr_assert(list[i].ranks >= 1 && list[i].ranks <= 4, "%s: %d ranks", list[i].name, list[i].ranks);
