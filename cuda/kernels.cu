@@ -342,6 +342,31 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) prologue_upload_kernel(cuoptimD
 
 /* ---- update ------------------------------------------------------------------------------- */
 
+/* The threads that go through one chunk: the block, or one warp of a block of packed small
+ * variables (cuoptimWorkItem). */
+struct Lanes {
+  uint32_t first; /* this thread's index among them */
+  uint32_t count;
+};
+
+/* This block's (this warp's, when packed) chunk of the update; false: nothing for this warp. */
+__device__ __forceinline__ bool update_unit(const cuoptimDeviceStep &step, cuoptimChunk &c, Lanes &lanes) {
+  const cuoptimWorkItem it = step.items[blockIdx.x];
+  if (it.variables == 1) {
+    c.variable = it.variable;
+    c.chunk = it.chunk;
+    lanes.first = threadIdx.x;
+    lanes.count = CUOPTIM_BLOCK;
+    return true;
+  }
+  const int32_t warp = (int32_t)(threadIdx.x / 32);
+  c.variable = it.variable + (warp < it.variables ? warp : 0); /* a warp with none: a valid index */
+  c.chunk = 0;
+  lanes.first = threadIdx.x % 32;
+  lanes.count = 32;
+  return warp < it.variables;
+}
+
 /* One element of a variable with or without a gradient: the update (when it has one), then EMA. */
 template <int KIND>
 __device__ __forceinline__ void update_one(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
@@ -356,10 +381,11 @@ __device__ __forceinline__ void update_one(const cuoptimRuleParams &p, const cuo
 /* A gradient-accumulation micro-step touches only the accumulator (12 B per element, PERF.md)
  * and, with EMA, the variable and its average. */
 __device__ void accumulate_chunk(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
-                                 const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g, ChunkRange r) {
+                                 const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g, ChunkRange r,
+                                 Lanes lanes) {
   float *w = working(v);
   const cuoptimTensorScalars unused = {};
-  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+  for (uint64_t i = r.begin + lanes.first; i < r.end; i += lanes.count) {
     if (g.grad) {
       float ignored;
       cuoptim_prepare_gradient(&p, &s, &unused, load_scalar(g.grad, g.dtype, i), &v.accumulator[i], &ignored);
@@ -376,16 +402,19 @@ __device__ void accumulate_chunk(const cuoptimRuleParams &p, const cuoptimStepSc
 template <int KIND>
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
-  load_scalars(&s, step.scalars);
-  if (s.skip) return;
+  /* The chunk's descriptors are loaded while thread 0 fetches the scalars. A block a chunk (the
+   * packed items are the fixed instances': here they cost registers, 60 -> 85 for Adam). */
   const cuoptimChunk c = step.chunks[blockIdx.x];
+  const Lanes lanes = {threadIdx.x, CUOPTIM_BLOCK};
   const cuoptimDeviceVariable v = step.variables[c.variable];
   const cuoptimDeviceGradient g = step.grads[c.variable];
+  load_scalars(&s, step.scalars);
+  if (s.skip) return;
   const int has_grad = g.grad != NULL;
   if (!has_grad && !p.use_ema) return;
   ChunkRange r = chunk_range(v, c.chunk);
   if (p.accumulation_steps && !s.apply_update) {
-    accumulate_chunk(p, s, v, g, r);
+    accumulate_chunk(p, s, v, g, r, lanes);
     return;
   }
   const cuoptimTensorScalars t = step.tensors[c.variable];
@@ -397,7 +426,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep
   uint64_t vector_end = r.begin;
   if (vectorizable(v, g)) {
     vector_end = r.begin + (r.end - r.begin) / 4 * 4;
-    for (uint64_t i = r.begin + 4 * threadIdx.x; i < vector_end; i += 4 * blockDim.x) {
+    for (uint64_t i = r.begin + 4 * lanes.first; i < vector_end; i += 4 * lanes.count) {
       float gv[4] = {0, 0, 0, 0}, wv[4], a0[4] = {0, 0, 0, 0}, a1[4] = {0, 0, 0, 0}, a2[4] = {0, 0, 0, 0};
       float ac[4] = {0, 0, 0, 0}, av[4] = {0, 0, 0, 0};
       if (has_grad) load4(g.grad, g.dtype, i, gv);
@@ -426,7 +455,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep
       if (avgp) store4f(avgp, i, av);
     }
   }
-  for (uint64_t i = vector_end + threadIdx.x; i < r.end; i += blockDim.x) {
+  for (uint64_t i = vector_end + lanes.first; i < r.end; i += lanes.count) {
     float gi = has_grad ? load_scalar(g.grad, g.dtype, i) : 0.0f;
     float wi = w[i];
     float a0 = s0p && has_grad ? s0p[i] : 0.0f, a1 = s1p && has_grad ? s1p[i] : 0.0f;
@@ -580,7 +609,7 @@ __device__ __forceinline__ void fixed_store(const FixedChunk<SPEC, DT> &c, uint3
 template <int SPEC, int DT, bool DECAY>
 __device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
                                             const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g,
-                                            uint64_t begin, uint32_t n) {
+                                            uint64_t begin, uint32_t n, Lanes lanes) {
   typedef FixedSpec<SPEC> F;
   const size_t bytes = DT == CUOPTIM_FLOAT32 ? 4 : 2; /* of a parameter and a gradient element */
   FixedChunk<SPEC, DT> c;
@@ -593,7 +622,7 @@ __device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cu
   uint32_t vector_end = 0;
   if (vectorizable(v, g)) {
     vector_end = n / 4 * 4;
-    if (n == CUOPTIM_CHUNK) {
+    if (n == CUOPTIM_CHUNK) { /* a whole chunk: the block's (packed variables are smaller) */
       /* CUOPTIM_CHUNK / stride steps per thread, an even number: two per iteration, at one
        * address per buffer and a constant offset (the loop's cost shared by 8 elements). */
 #pragma unroll 1
@@ -610,14 +639,14 @@ __device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cu
       return;
     }
 #pragma unroll 1
-    for (uint32_t i = 4 * threadIdx.x; i < vector_end; i += stride) {
+    for (uint32_t i = 4 * lanes.first; i < vector_end; i += 4 * lanes.count) {
       FixedVectors x;
       fixed_load(c, i, x);
       fixed_apply<SPEC, DECAY>(q, s, x);
       fixed_store(c, i, x);
     }
   }
-  for (uint32_t i = vector_end + threadIdx.x; i < n; i += CUOPTIM_BLOCK) {
+  for (uint32_t i = vector_end + lanes.first; i < n; i += lanes.count) {
     float wi = c.w[i], a0 = F::slots > 0 ? c.s0[i] : 0.0f, a1 = F::slots > 1 ? c.s1[i] : 0.0f, a2 = 0.0f, acc = 0.0f;
     const cuoptimTensorScalars t = {};
     cuoptim_update_element(&q, &s, &t, DECAY, load_scalar(c.grad, DT, i), &wi, &a0, &a1, &a2, &acc);
@@ -631,11 +660,11 @@ __device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cu
 template <int SPEC, int DT>
 __device__ __forceinline__ void fixed_chunk_decay(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
                                                   const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g,
-                                                  uint64_t begin, uint32_t n) {
+                                                  uint64_t begin, uint32_t n, Lanes lanes) {
   if (v.use_weight_decay)
-    fixed_chunk<SPEC, DT, true>(q, s, v, g, begin, n);
+    fixed_chunk<SPEC, DT, true>(q, s, v, g, begin, n, lanes);
   else
-    fixed_chunk<SPEC, DT, false>(q, s, v, g, begin, n);
+    fixed_chunk<SPEC, DT, false>(q, s, v, g, begin, n, lanes);
 }
 
 /* The configurations of cuoptim_update_features with CUOPTIM_UPDATE_FIXED: no skip, no
@@ -648,47 +677,100 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK, FIXED_MIN_BLOCKS) update_fixed_
   typedef FixedSpec<SPEC> F;
   __shared__ cuoptimStepScalars shared_scalars;
   /* The chunk's descriptors are loaded while thread 0 fetches the scalars. */
-  const cuoptimChunk c = step.chunks[blockIdx.x];
+  cuoptimChunk c;
+  Lanes lanes;
+  const bool mine = update_unit(step, c, lanes);
   const cuoptimDeviceVariable v = step.variables[c.variable];
   const cuoptimDeviceGradient g = step.grads[c.variable];
   load_scalars(&shared_scalars, step.scalars);
-  if (g.grad == NULL) return;
+  if (!mine || g.grad == NULL) return;
   const cuoptimStepScalars s = shared_scalars;
   const cuoptimRuleParams q = fixed_params<SPEC>(p);
   const uint64_t begin = (uint64_t)c.chunk * CUOPTIM_CHUNK;
   const uint32_t n = (uint32_t)(begin + CUOPTIM_CHUNK < v.count ? CUOPTIM_CHUNK : v.count - begin);
   if (!F::master || v.param_dtype == CUOPTIM_FLOAT32)
-    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT32>(q, s, v, g, begin, n);
+    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT32>(q, s, v, g, begin, n, lanes);
   else if (v.param_dtype == CUOPTIM_FLOAT16)
-    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT16>(q, s, v, g, begin, n);
+    fixed_chunk_decay<SPEC, CUOPTIM_FLOAT16>(q, s, v, g, begin, n, lanes);
   else
-    fixed_chunk_decay<SPEC, CUOPTIM_BFLOAT16>(q, s, v, g, begin, n);
+    fixed_chunk_decay<SPEC, CUOPTIM_BFLOAT16>(q, s, v, g, begin, n, lanes);
 }
 
 /* ---- Lamb: pass 1 (moments, norms), ratio, pass 2 (apply, EMA) ---------------------------- */
 
+/* Pass 1 adds each thread's squares in the order of the scalar loop it replaced (thread t: elements
+ * t, t + 256, t + 512, ... of the chunk), so that the norms keep their bits: each 1024-element
+ * window is computed 4 elements a thread with vector loads, its decayed variables and update
+ * directions are put in shared memory, and every thread then adds its old elements from there. */
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDeviceStep step, cuoptimRuleParams p, int fold) {
   __shared__ cuoptimStepScalars s;
   __shared__ double shared[CUOPTIM_BLOCK];
-  load_scalars(&s, step.scalars);
-  if (s.skip) return;
+  __shared__ float window_w[4 * CUOPTIM_BLOCK], window_u[4 * CUOPTIM_BLOCK];
+  /* The chunk's descriptors are loaded while thread 0 fetches the scalars. */
   const cuoptimChunk c = step.chunks[blockIdx.x];
   const cuoptimDeviceVariable v = step.variables[c.variable];
   const cuoptimDeviceGradient g = step.grads[c.variable];
   const cuoptimTensorScalars t = step.tensors[c.variable];
+  load_scalars(&s, step.scalars);
+  if (s.skip) return; /* every block: the per-variable counters stay as they are */
   ChunkRange r = chunk_range(v, c.chunk);
   const float *w = working(v);
+  float *s0p = v.slots[0], *s1p = v.slots[1], *accp = v.accumulator;
   double w_sumsq = 0.0, u_sumsq = 0.0;
   if (g.grad) {
-    for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-      float acc_unused = 0.0f, w_decayed, update;
-      float *acc = v.accumulator ? &v.accumulator[i] : &acc_unused;
+    uint64_t vector_end = r.begin;
+    if (vectorizable(v, g)) {
+      vector_end = r.begin + (r.end - r.begin) / 4 * 4;
+      for (uint64_t base = r.begin; base < vector_end; base += 4 * CUOPTIM_BLOCK) {
+        const uint64_t i = base + 4 * threadIdx.x;
+        float wd[4] = {0, 0, 0, 0}, up[4] = {0, 0, 0, 0};
+        if (i < vector_end) {
+          float gv[4], wv[4], m[4], u[4], ac[4] = {0, 0, 0, 0};
+          load4(g.grad, g.dtype, i, gv);
+          load4f(w, i, wv);
+          load4f(s0p, i, m);
+          load4f(s1p, i, u);
+          if (accp) load4f(accp, i, ac);
+#pragma unroll
+          for (int k = 0; k < 4; k++)
+            if (!cuoptim_lamb_pass1_element(&p, &s, &t, v.use_weight_decay, gv[k], wv[k], &m[k], &u[k], &ac[k], &wd[k],
+                                            &up[k]))
+              wd[k] = up[k] = 0.0f; /* a micro-step: adds +0 to the norms, as adding nothing does */
+          if (s.apply_update) {
+            store4f(s0p, i, m);
+            store4f(s1p, i, u);
+          }
+          if (accp) store4f(accp, i, ac);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+          window_w[4 * threadIdx.x + k] = wd[k];
+          window_u[4 * threadIdx.x + k] = up[k];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          const uint32_t e = threadIdx.x + j * CUOPTIM_BLOCK;
+          if (base + e < vector_end) {
+            w_sumsq += (double)window_w[e] * (double)window_w[e];
+            u_sumsq += (double)window_u[e] * (double)window_u[e];
+          }
+        }
+        __syncthreads();
+      }
+    }
+    /* The tail in the scalar loop's thread order too: element x to thread (x - begin) % 256. */
+    const uint32_t shift = (uint32_t)((vector_end - r.begin) % CUOPTIM_BLOCK);
+    const uint64_t tail = vector_end + (threadIdx.x + CUOPTIM_BLOCK - shift) % CUOPTIM_BLOCK;
+    for (uint64_t i = tail; i < r.end; i += CUOPTIM_BLOCK) {
+      float acc = accp ? accp[i] : 0.0f, w_decayed, update;
       float raw = load_scalar(g.grad, g.dtype, i);
-      if (cuoptim_lamb_pass1_element(&p, &s, &t, v.use_weight_decay, raw, w[i], &v.slots[0][i], &v.slots[1][i], acc,
-                                     &w_decayed, &update)) {
+      if (cuoptim_lamb_pass1_element(&p, &s, &t, v.use_weight_decay, raw, w[i], &s0p[i], &s1p[i], &acc, &w_decayed,
+                                     &update)) {
         w_sumsq += (double)w_decayed * (double)w_decayed;
         u_sumsq += (double)update * (double)update;
       }
+      if (accp) accp[i] = acc;
     }
   }
   double a = block_sum(w_sumsq, shared);
@@ -701,24 +783,52 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass1_kernel(cuoptimDevice
   reduce_when_last(step, c.variable, 1, fold);
 }
 
+/* One element of pass 2: the trust-ratio step (when the variable has a gradient), then EMA. */
+__device__ __forceinline__ void lamb_pass2_one(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
+                                               const cuoptimTensorScalars &t, int use_wd, int update, float &w,
+                                               float m, float u, float &avg) {
+  if (update) w = cuoptim_lamb_pass2_element(&p, &s, &t, use_wd, w, m, u);
+  if (p.use_ema) cuoptim_ema_element(&s, &w, &avg);
+}
+
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass2_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
-  load_scalars(&s, step.scalars);
-  if (s.skip) return;
   const cuoptimChunk c = step.chunks[blockIdx.x];
   const cuoptimDeviceVariable v = step.variables[c.variable];
   const cuoptimDeviceGradient g = step.grads[c.variable];
   const cuoptimTensorScalars t = step.tensors[c.variable];
+  load_scalars(&s, step.scalars);
+  if (s.skip) return;
   const int update = g.grad != NULL && s.apply_update;
   if (!update && !p.use_ema) return;
   ChunkRange r = chunk_range(v, c.chunk);
   float *w = working(v);
-  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-    float wi = w[i];
-    if (update) wi = cuoptim_lamb_pass2_element(&p, &s, &t, v.use_weight_decay, wi, v.slots[0][i], v.slots[1][i]);
-    if (p.use_ema) cuoptim_ema_element(&s, &wi, &v.average[i]);
+  const float *s0p = v.slots[0], *s1p = v.slots[1];
+  float *avgp = v.average;
+  uint64_t vector_end = r.begin;
+  if (aligned_for(v.param, v.param_dtype)) {
+    vector_end = r.begin + (r.end - r.begin) / 4 * 4;
+    for (uint64_t i = r.begin + 4 * threadIdx.x; i < vector_end; i += 4 * blockDim.x) {
+      float wv[4], m[4] = {0, 0, 0, 0}, u[4] = {0, 0, 0, 0}, av[4] = {0, 0, 0, 0};
+      load4f(w, i, wv);
+      if (update) {
+        load4f(s0p, i, m);
+        load4f(s1p, i, u);
+      }
+      if (avgp) load4f(avgp, i, av);
+#pragma unroll
+      for (int k = 0; k < 4; k++) lamb_pass2_one(p, s, t, v.use_weight_decay, update, wv[k], m[k], u[k], av[k]);
+      store4f(w, i, wv);
+      if (v.master) store4(v.param, v.param_dtype, i, wv);
+      if (avgp) store4f(avgp, i, av);
+    }
+  }
+  for (uint64_t i = vector_end + threadIdx.x; i < r.end; i += blockDim.x) {
+    float wi = w[i], av = avgp ? avgp[i] : 0.0f;
+    lamb_pass2_one(p, s, t, v.use_weight_decay, update, wi, update ? s0p[i] : 0.0f, update ? s1p[i] : 0.0f, av);
     w[i] = wi;
     if (v.master) store_scalar(v.param, v.param_dtype, i, wi);
+    if (avgp) avgp[i] = av;
   }
 }
 
@@ -796,6 +906,7 @@ __global__ void scatter_gradients_kernel(cuoptimDeviceGradient *table, const cuo
 /* ---- launchers ---------------------------------------------------------------------------- */
 
 static dim3 chunk_grid(const cuoptimDeviceStep *step) { return dim3((unsigned)step->num_chunks); }
+static dim3 update_grid(const cuoptimDeviceStep *step) { return dim3((unsigned)step->num_items); }
 
 /* An optimizer without variables has no chunk: nothing to launch (a grid of 0 is an error). */
 #define RETURN_IF_NO_CHUNKS(step) \
@@ -856,7 +967,7 @@ static void launch_fixed_kind(const cuoptimDeviceStep *step, const cuoptimRulePa
   const unsigned f = step->features & (CUOPTIM_UPDATE_GLOBAL_CLIP | CUOPTIM_UPDATE_MASTER | CUOPTIM_UPDATE_MOMENTUM);
 #define FIXED_CASE(features)                                                                                  \
   case (features):                                                                                            \
-    CUOPTIM_LAUNCH(update_fixed_kernel<KIND | (int)(features) << 8>, chunk_grid(step), CUOPTIM_BLOCK, stream, \
+    CUOPTIM_LAUNCH(update_fixed_kernel<KIND | (int)(features) << 8>, update_grid(step), CUOPTIM_BLOCK, stream, \
                    *step, *p);                                                                                \
     break;
   switch (f) {

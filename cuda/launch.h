@@ -44,6 +44,21 @@ typedef struct cuoptimChunk {
   int32_t chunk;
 } cuoptimChunk;
 
+/* One block of the fixed update instances: chunk `chunk` of variable `variable` (variables = 1),
+ * or the single chunks of the small variables variable ... variable + variables - 1, one warp
+ * each (small tensors packed several to a block: a block per bias would leave most of it idle).
+ * The generic update kernel, inspect and Lamb take a chunk a block (cuoptimChunk). */
+typedef struct cuoptimWorkItem {
+  int32_t variable;
+  int32_t chunk;
+  int32_t variables;
+  int32_t reserved;
+} cuoptimWorkItem;
+
+/* Packed: consecutive variables of at most CUOPTIM_PACK_COUNT elements, one a warp. */
+#define CUOPTIM_PACK_COUNT 1024
+#define CUOPTIM_PACK_VARIABLES (CUOPTIM_BLOCK / 32)
+
 /* Partial sums of one chunk, reduced per variable in chunk order (deterministic). */
 typedef struct cuoptimChunkPartial {
   double a, b;
@@ -68,7 +83,8 @@ typedef struct cuoptimDeviceStep {
   /* 1: the block of a variable's last chunk forms its sums (inspect, Lamb pass 1); 0 (a variable
    * has no chunk on this rank): a reduction launch of its own does, for every variable */
   int32_t every_variable_has_chunks;
-  int32_t reserved;
+  int32_t num_items;
+  const cuoptimWorkItem *items; /* the fixed update instances' blocks */
 } cuoptimDeviceStep;
 
 /* The update kernel is compiled for a few common step configurations with their flags as

@@ -61,6 +61,7 @@ typedef struct {
   cuoptimDeviceVariable *variables; /* device */
   cuoptimDeviceGradient *grads;     /* device */
   cuoptimChunk *chunks;             /* device */
+  cuoptimWorkItem *items;           /* device: the fixed update instances' blocks */
   cuoptimChunkPartial *partials;    /* device */
   cuoptimPrologueParams *prologue;  /* device */
   uint32_t *chunks_done;            /* device, per variable (the inspect and Lamb reductions) */
@@ -274,6 +275,8 @@ static void free_tables(CudaBackend *b) {
   device_free(b, b->variables);
   device_free(b, b->grads);
   device_free(b, b->chunks);
+  device_free(b, b->items);
+  b->items = NULL;
   device_free(b, b->partials);
   device_free(b, b->prologue);
   device_free(b, b->chunks_done);
@@ -411,10 +414,12 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   size_t table_count = n > 0 ? (size_t)n : 1; /* a build with no variable still gets valid tables */
   cuoptimDeviceVariable *variables = calloc(table_count, sizeof *variables);
   cuoptimChunk *chunks = malloc((size_t)(total_chunks ? total_chunks : 1) * sizeof *chunks);
+  cuoptimWorkItem *items = malloc((size_t)(total_chunks ? total_chunks : 1) * sizeof *items);
   b->uploaded = calloc(table_count, sizeof *b->uploaded);
-  if (!variables || !chunks || !b->uploaded) {
+  if (!variables || !chunks || !items || !b->uploaded) {
     free(variables);
     free(chunks);
+    free(items);
     return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: out of host memory");
   }
   int64_t next = 0;
@@ -439,6 +444,21 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
       next++;
     }
   }
+  /* The fixed update instances' blocks: a chunk each, but runs of small variables a warp each. */
+  int32_t num_items = 0;
+  for (int k = 0; k < n;) {
+    size_t count = opt->variables[k].local_count;
+    if (count == 0 || count > CUOPTIM_PACK_COUNT) {
+      for (int64_t c = 0; c < chunks_of(count); c++) items[num_items++] = (cuoptimWorkItem){k, (int32_t)c, 1, 0};
+      k++;
+      continue;
+    }
+    int first = k;
+    while (k < n && k - first < CUOPTIM_PACK_VARIABLES && opt->variables[k].local_count > 0 &&
+           opt->variables[k].local_count <= CUOPTIM_PACK_COUNT)
+      k++;
+    items[num_items++] = (cuoptimWorkItem){first, 0, k - first, 0};
+  }
   /* Allocated, filled and waited for on the optimizer's stream, which holds nothing else: the
    * host arrays can go, and any stream can use the tables. */
   cudaError_t err = cudaSuccess;
@@ -447,6 +467,7 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->variables, table_count * sizeof *variables);
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->grads, table_count * sizeof(cuoptimDeviceGradient));
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->chunks, partial_count * sizeof *chunks);
+  if (err == cudaSuccess) err = device_malloc(b, (void **)&b->items, partial_count * sizeof *items);
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->partials, partial_count * sizeof(cuoptimChunkPartial));
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->prologue, sizeof(cuoptimPrologueParams));
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->chunks_done, table_count * sizeof(uint32_t));
@@ -456,6 +477,8 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   if (err == cudaSuccess) err = cudaMemsetAsync(b->grads, 0, table_count * sizeof(cuoptimDeviceGradient), own);
   if (err == cudaSuccess)
     err = cudaMemcpyAsync(b->chunks, chunks, (size_t)total_chunks * sizeof *chunks, cudaMemcpyHostToDevice, own);
+  if (err == cudaSuccess)
+    err = cudaMemcpyAsync(b->items, items, (size_t)num_items * sizeof *items, cudaMemcpyHostToDevice, own);
   if (err == cudaSuccess) err = cudaMemsetAsync(b->partials, 0, partial_count * sizeof(cuoptimChunkPartial), own);
   if (err == cudaSuccess)
     err = cudaMemcpyAsync(b->prologue, &opt->prologue, sizeof(cuoptimPrologueParams), cudaMemcpyHostToDevice, own);
@@ -463,6 +486,7 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   if (err == cudaSuccess) err = waited;
   free(variables);
   free(chunks);
+  free(items);
   if (err != cudaSuccess) return cuda_fail(err, "cuoptim: building the device tables");
 
   cuoptimDeviceStep *step = &b->step;
@@ -478,6 +502,8 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   step->every_variable_has_chunks = every_variable_has_chunks;
   step->num_variables = n;
   step->num_chunks = total_chunks;
+  step->items = b->items;
+  step->num_items = num_items;
   return CUOPTIM_STATUS_SUCCESS;
 }
 

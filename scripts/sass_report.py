@@ -5,7 +5,8 @@ Input: nvdisasm -c output of one cubin, cuobjdump -res-usage output, ptxas -v ou
 For each kernel named on the command line (a regular expression over mangled names), or every
 update kernel: registers, spills, and each vector loop's instructions per iteration.
 
-A loop is the code between a backward branch and its target. A vector loop is one that loads
+A loop is the code between a backward branch and its target (innermost loops only). A vector
+loop is one that loads
 128-bit or 64-bit words (LDG.E.128 / LDG.E.64); its elements per iteration (per thread) are 4 for
 the generic kernel and, for a fixed instance, 4 times its vector loads over the buffers the rule
 loads per 4 elements (gradient, working copy, slots), so a loop that handles two vectors of each
@@ -72,6 +73,8 @@ def analyse(func):
         if head <= i:
             loops.append((head, i))
     result, starts = [], set(labels.values())
+    # Innermost loops only: one that holds another loop is a loop over chunks, not over elements.
+    loops = [(h, t) for h, t in loops if not any(h <= h2 and t2 < t for h2, t2 in loops if (h2, t2) != (h, t))]
     for head, tail in loops:
         body = instrs[head:tail + 1]
         if not any(re.match(r"LDG\.E\.(128|64)\b", opcode(t)) for _, t in body):

@@ -329,7 +329,7 @@ Test(cuda_graph, replay_with_gradient_accumulation_matches_eager) {
   check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, (1 + REPLAYS) / 2, 0.0f, "Adam + gradient accumulation 2");
 }
 
-/* Nadam's u_product lives on the device and advances in the finish kernel. */
+/* Nadam's u_product lives on the device and advances in the prologue kernel. */
 Test(cuda_graph, replay_nadam_matches_eager) {
   NEED_GPU();
   cuoptimConfig_t c = test_config(CUOPTIM_NADAM);

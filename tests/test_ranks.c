@@ -301,7 +301,7 @@ Test(ranks, replay_sharded_equals_unsharded, .timeout = TEST_LIMIT_SECONDS) {
   int n = list_rank_cases(&list);
   cr_assert(n > 0);
   for (int i = 0; i < n; i++) {
-    char args[4500];
+    char args[4608]; /* the longest option string and a path of up to 4352 bytes */
     snprintf(args, sizeof args, "--state --shard --timeout " COLLECTIVE_TIMEOUT " '%s'", list[i].path);
     run_result sharded = mpirun(list[i].ranks, CUOPTIM_REPLAY_PATH, args);
     /* Sharded state reduces every micro-step's gradients (into the accumulators' shares). */
