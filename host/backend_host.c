@@ -156,7 +156,7 @@ static void store_working_half(const cuoptimVariableRec *v, size_t begin, size_t
 /* ---- sums of squares in the fixed order (see the top) ----------------------------------------- */
 
 /* Adds x[i]^2 to lane i % LANES; x starts at a multiple of LANES within its block. */
-static inline void sum_squares(const float *restrict x, size_t n, double *restrict lane) {
+static inline void sum_squares(const host_f32 *restrict x, size_t n, double *restrict lane) {
   double l0 = lane[0], l1 = lane[1], l2 = lane[2], l3 = lane[3], l4 = lane[4], l5 = lane[5], l6 = lane[6],
          l7 = lane[7];
   size_t i = 0;
@@ -202,10 +202,11 @@ HOST_INLINE void set_prepare_flags(cuoptimRuleParams *p, const int mean, const i
   p->clip = clip;
 }
 
-/* An update step: g[i] becomes the gradient the rule sees (acc: the accumulator, or NULL). */
+/* An update step: out[i] becomes the gradient the rule sees of in[i], the raw one (acc: the
+ * accumulator, or NULL). in and out may be the same buffer. */
 HOST_INLINE void prepare_loop(const cuoptimRuleParams *p_in, const cuoptimStepScalars *s_in,
-                              const cuoptimTensorScalars *t_in, float *restrict g, float *restrict acc, size_t n,
-                              const int mean, const int dynamic, const int factor, const int accumulate,
+                              const cuoptimTensorScalars *t_in, const host_f32 *in, float *out, float *restrict acc,
+                              size_t n, const int mean, const int dynamic, const int factor, const int accumulate,
                               const int clip) {
   cuoptimRuleParams p = *p_in;
   cuoptimStepScalars s = *s_in;
@@ -214,15 +215,15 @@ HOST_INLINE void prepare_loop(const cuoptimRuleParams *p_in, const cuoptimStepSc
   s.apply_update = 1;
   for (size_t i = 0; i < n; i++) {
     float a = accumulate ? acc[i] : 0.0f, x = 0.0f;
-    cuoptim_prepare_gradient(&p, &s, &t, g[i], &a, &x);
-    g[i] = x;
+    cuoptim_prepare_gradient(&p, &s, &t, in[i], &a, &x);
+    out[i] = x;
     if (accumulate) acc[i] = a;
   }
 }
 
 /* An accumulation micro-step: only the accumulator changes. */
 HOST_INLINE void accumulate_loop(const cuoptimRuleParams *p_in, const cuoptimStepScalars *s_in,
-                                 const cuoptimTensorScalars *t_in, const float *restrict g, float *restrict acc,
+                                 const cuoptimTensorScalars *t_in, const host_f32 *restrict in, float *restrict acc,
                                  size_t n, const int mean, const int dynamic, const int factor) {
   cuoptimRuleParams p = *p_in;
   cuoptimStepScalars s = *s_in;
@@ -231,25 +232,26 @@ HOST_INLINE void accumulate_loop(const cuoptimRuleParams *p_in, const cuoptimSte
   s.apply_update = 0;
   for (size_t i = 0; i < n; i++) {
     float a = acc[i], x = 0.0f;
-    cuoptim_prepare_gradient(&p, &s, &t, g[i], &a, &x);
+    cuoptim_prepare_gradient(&p, &s, &t, in[i], &a, &x);
     acc[i] = a;
   }
 }
 
-/* The inspect pass's gradient (before clipping), in place. */
-HOST_INLINE void inspect_loop(const cuoptimRuleParams *p_in, float loss_scale, float *restrict g,
+/* The gradient the inspect pass measures (before clipping) of raw gradient in[i]; in and out may
+ * be the same buffer. */
+HOST_INLINE void inspect_loop(const cuoptimRuleParams *p_in, float loss_scale, const host_f32 *in, float *out,
                               const float *restrict acc, size_t n, const int mean, const int dynamic, const int factor,
                               const int accumulate) {
   cuoptimRuleParams p = *p_in;
   set_prepare_flags(&p, mean, dynamic, factor, accumulate, CUOPTIM_CLIP_NONE);
-  for (size_t i = 0; i < n; i++) g[i] = cuoptim_inspect_gradient(&p, loss_scale, g[i], accumulate ? acc[i] : 0.0f);
+  for (size_t i = 0; i < n; i++) out[i] = cuoptim_inspect_gradient(&p, loss_scale, in[i], accumulate ? acc[i] : 0.0f);
 }
 
 /* The dispatch from runtime flags to the loops above: each level turns one flag into a constant. */
-#define PREPARE_ARGS p, s, t, g, acc, n
-#define PREPARE_PARAMS                                                                                   \
-  const cuoptimRuleParams *p, const cuoptimStepScalars *s, const cuoptimTensorScalars *t, float *restrict g, \
-      float *restrict acc, size_t n
+#define PREPARE_ARGS p, s, t, in, out, acc, n
+#define PREPARE_PARAMS                                                                                      \
+  const cuoptimRuleParams *p, const cuoptimStepScalars *s, const cuoptimTensorScalars *t, const host_f32 *in, \
+      float *out, float *restrict acc, size_t n
 
 HOST_INLINE void prepare_clip(PREPARE_PARAMS, const int m, const int d, const int f, const int a, int clip) {
   switch (clip) {
@@ -277,37 +279,38 @@ HOST_INLINE void prepare_dynamic(PREPARE_PARAMS, const int m, PrepareFlags r) {
   else
     prepare_factor(PREPARE_ARGS, m, 0, r);
 }
-/* The gradient of an update step, in place (micro = 0), or the accumulation of a micro-step. */
+/* The gradient of an update step into out (micro = 0), or the accumulation of a micro-step.
+ * Called only when some flag is set (needs_prepare). */
 HOST_FLATTEN static void prepare_chunk(PREPARE_PARAMS, PrepareFlags r, int micro) {
   if (micro) {
     int key = r.mean | r.dynamic << 1 | r.factor << 2;
     switch (key) {
 #define ACCUMULATE_CASE(k) \
-  case k: accumulate_loop(p, s, t, g, acc, n, (k) & 1, (k) >> 1 & 1, (k) >> 2 & 1); break;
+  case k: accumulate_loop(p, s, t, in, acc, n, (k) & 1, (k) >> 1 & 1, (k) >> 2 & 1); break;
       ACCUMULATE_CASE(0) ACCUMULATE_CASE(1) ACCUMULATE_CASE(2) ACCUMULATE_CASE(3)
       ACCUMULATE_CASE(4) ACCUMULATE_CASE(5) ACCUMULATE_CASE(6) ACCUMULATE_CASE(7)
 #undef ACCUMULATE_CASE
     }
     return;
   }
-  if (!r.mean && !r.dynamic && !r.factor && !r.accumulate && r.clip == CUOPTIM_CLIP_NONE) return;
   if (r.mean)
     prepare_dynamic(PREPARE_ARGS, 1, r);
   else
     prepare_dynamic(PREPARE_ARGS, 0, r);
 }
 
-HOST_FLATTEN static void inspect_chunk(const cuoptimRuleParams *p, float loss_scale, float *restrict g, const float *restrict acc,
-                          size_t n, PrepareFlags r) {
+/* Called only when some flag is set (needs_inspect_transform). */
+HOST_FLATTEN static void inspect_chunk(const cuoptimRuleParams *p, float loss_scale, const host_f32 *in, float *out,
+                                       const float *restrict acc, size_t n, PrepareFlags r) {
   int key = r.mean | r.dynamic << 1 | r.factor << 2 | r.accumulate << 3;
   switch (key) {
 #define INSPECT_CASE(k) \
-  case k: inspect_loop(p, loss_scale, g, acc, n, (k) & 1, (k) >> 1 & 1, (k) >> 2 & 1, (k) >> 3 & 1); break;
+  case k: inspect_loop(p, loss_scale, in, out, acc, n, (k) & 1, (k) >> 1 & 1, (k) >> 2 & 1, (k) >> 3 & 1); break;
     INSPECT_CASE(1) INSPECT_CASE(2) INSPECT_CASE(3) INSPECT_CASE(4) INSPECT_CASE(5)
     INSPECT_CASE(6) INSPECT_CASE(7) INSPECT_CASE(8) INSPECT_CASE(9) INSPECT_CASE(10) INSPECT_CASE(11)
     INSPECT_CASE(12) INSPECT_CASE(13) INSPECT_CASE(14) INSPECT_CASE(15)
 #undef INSPECT_CASE
-    default: break; /* no flag: the raw gradient itself */
+    default: break;
   }
 }
 
@@ -378,7 +381,7 @@ static unsigned rule_slots(RuleVariant r) {
  * the preparation switched off (every flag cuoptim_prepare_gradient tests is 0, so it passes the
  * gradient through), the rule's own flags constants. */
 HOST_INLINE void rule_loop(const cuoptimRuleParams *p_in, const cuoptimStepScalars *s_in,
-                           const cuoptimTensorScalars *t_in, const float *restrict g, host_f32 *restrict w,
+                           const cuoptimTensorScalars *t_in, const host_f32 *restrict g, host_f32 *restrict w,
                            float *restrict s0, float *restrict s1, float *restrict s2, size_t n, const RuleVariant r,
                            const int decay) {
   cuoptimRuleParams p = *p_in;
@@ -422,8 +425,9 @@ HOST_INLINE void rule_loop(const cuoptimRuleParams *p_in, const cuoptimStepScala
 }
 
 #define RULE_PARAMS                                                                                          \
-  const cuoptimRuleParams *p, const cuoptimStepScalars *s, const cuoptimTensorScalars *t, const float *restrict g, \
-      host_f32 *restrict w, float *restrict s0, float *restrict s1, float *restrict s2, size_t n
+  const cuoptimRuleParams *p, const cuoptimStepScalars *s, const cuoptimTensorScalars *t,                  \
+      const host_f32 *restrict g, host_f32 *restrict w, float *restrict s0, float *restrict s1, float *restrict s2, \
+      size_t n
 #define RULE_ARGS p, s, t, g, w, s0, s1, s2, n
 
 HOST_INLINE void rule_decay(RULE_PARAMS, const RuleVariant r, int decay) {
@@ -450,7 +454,7 @@ HOST_FLATTEN static void rule_chunk(RULE_PARAMS, RuleVariant r, int decay) {
 /* Lamb pass 1 over a prepared chunk: moments; wd[i] and u[i] get the decayed variable and the
  * update direction whose squares the trust ratio sums. */
 HOST_INLINE void lamb1_loop(const cuoptimRuleParams *p_in, const cuoptimStepScalars *s_in,
-                            const cuoptimTensorScalars *t_in, const float *restrict g, const host_f32 *restrict w,
+                            const cuoptimTensorScalars *t_in, const host_f32 *restrict g, const host_f32 *restrict w,
                             float *restrict m, float *restrict v, float *restrict wd, float *restrict u, size_t n,
                             const int decay) {
   cuoptimRuleParams p = *p_in;
@@ -502,6 +506,8 @@ typedef struct {
   PrepareFlags flags;
   RuleVariant rule;
   int micro;               /* an accumulation micro-step */
+  int prepare;             /* the gradient goes through prepare_chunk (a flag is set, or micro) */
+  int transform;           /* the inspect pass's gradient is not the raw one */
   atomic_size_t next_batch;
 } Stage;
 
@@ -530,6 +536,14 @@ static void update_generic(const Stage *st, cuoptimVariableRec *v, const cuoptim
   }
 }
 
+/* A chunk of the raw gradient: the caller's float32 elements where they are, or a half gradient
+ * converted into buffer. */
+static const host_f32 *raw_chunk(const cuoptimStepGradient *g, size_t begin, size_t n, float *buffer) {
+  if (g->dtype == CUOPTIM_FLOAT32) return (const host_f32 *)g->grad + begin;
+  load_chunk(g->grad, g->dtype, begin, n, buffer);
+  return buffer;
+}
+
 static void inspect_block(const Stage *st, size_t block, const cuoptimVariableRec *v, const cuoptimStepGradient *g,
                           size_t begin, size_t n) {
   double lane[LANES] = {0};
@@ -537,10 +551,13 @@ static void inspect_block(const Stage *st, size_t block, const cuoptimVariableRe
   float x[CHUNK];
   for (size_t c = begin; c < begin + n; c += CHUNK) {
     size_t m = begin + n - c < CHUNK ? begin + n - c : CHUNK;
-    load_chunk(g->grad, g->dtype, c, m, x);
-    for (size_t i = 0; i < m; i++) nonfinite |= !isfinite(x[i]);
-    inspect_chunk(&st->p, st->loss_scale, x, v->accumulator ? v->accumulator + c : NULL, m, st->flags);
-    sum_squares(x, m, lane);
+    const host_f32 *raw = raw_chunk(g, c, m, x);
+    for (size_t i = 0; i < m; i++) nonfinite |= !isfinite(raw[i]);
+    if (st->transform) {
+      inspect_chunk(&st->p, st->loss_scale, raw, x, v->accumulator ? v->accumulator + c : NULL, m, st->flags);
+      raw = x;
+    }
+    sum_squares(raw, m, lane);
   }
   st->h->block_sums[2 * block] = sum_lanes(lane);
   st->h->block_nonfinite[block] = (unsigned char)nonfinite;
@@ -558,10 +575,13 @@ static void update_block(const Stage *st, cuoptimVariableRec *v, const cuoptimSt
   float x[CHUNK];
   for (size_t c = begin; c < begin + n; c += CHUNK) {
     size_t m = begin + n - c < CHUNK ? begin + n - c : CHUNK;
-    load_chunk(g->grad, g->dtype, c, m, x);
-    prepare_chunk(&st->p, &st->s, t, x, v->accumulator ? v->accumulator + c : NULL, m, st->flags, st->micro);
-    if (st->micro) continue;
-    rule_chunk(&st->p, &st->s, t, x, working(v, c), v->slots[0] ? v->slots[0] + c : NULL,
+    const host_f32 *grad = raw_chunk(g, c, m, x);
+    if (st->prepare) {
+      prepare_chunk(&st->p, &st->s, t, grad, x, v->accumulator ? v->accumulator + c : NULL, m, st->flags, st->micro);
+      if (st->micro) continue;
+      grad = x;
+    }
+    rule_chunk(&st->p, &st->s, t, grad, working(v, c), v->slots[0] ? v->slots[0] + c : NULL,
                v->slots[1] ? v->slots[1] + c : NULL, v->slots[2] ? v->slots[2] + c : NULL, m, st->rule,
                v->use_weight_decay);
     store_working_half(v, c, m);
@@ -574,13 +594,16 @@ static void lamb1_block(const Stage *st, size_t block, cuoptimVariableRec *v, co
   float x[CHUNK], wd[CHUNK], u[CHUNK];
   for (size_t c = begin; c < begin + n; c += CHUNK) {
     size_t m = begin + n - c < CHUNK ? begin + n - c : CHUNK;
-    load_chunk(g->grad, g->dtype, c, m, x);
-    prepare_chunk(&st->p, &st->s, t, x, v->accumulator ? v->accumulator + c : NULL, m, st->flags, st->micro);
-    if (st->micro) continue;
+    const host_f32 *grad = raw_chunk(g, c, m, x);
+    if (st->prepare) {
+      prepare_chunk(&st->p, &st->s, t, grad, x, v->accumulator ? v->accumulator + c : NULL, m, st->flags, st->micro);
+      if (st->micro) continue;
+      grad = x;
+    }
     if (v->use_weight_decay)
-      lamb1_loop(&st->p, &st->s, t, x, working(v, c), v->slots[0] + c, v->slots[1] + c, wd, u, m, 1);
+      lamb1_loop(&st->p, &st->s, t, grad, working(v, c), v->slots[0] + c, v->slots[1] + c, wd, u, m, 1);
     else
-      lamb1_loop(&st->p, &st->s, t, x, working(v, c), v->slots[0] + c, v->slots[1] + c, wd, u, m, 0);
+      lamb1_loop(&st->p, &st->s, t, grad, working(v, c), v->slots[0] + c, v->slots[1] + c, wd, u, m, 0);
     sum_squares(wd, m, w_lane);
     sum_squares(u, m, u_lane);
   }
@@ -668,6 +691,8 @@ static void run_stage(cuoptimOptimizer_t opt, Stage *st, int with_grad) {
   st->flags = prepare_flags(&st->p);
   st->rule = rule_variant(&st->p);
   st->micro = st->p.accumulation_steps && !st->s.apply_update;
+  st->transform = st->flags.mean || st->flags.dynamic || st->flags.factor || st->flags.accumulate;
+  st->prepare = st->micro || st->transform || st->flags.clip != CUOPTIM_CLIP_NONE;
   atomic_init(&st->next_batch, 0);
   size_t elements = 0;
   for (int k = 0; k < opt->num_variables && elements < PARALLEL_MIN_ELEMENTS; k++)

@@ -8,8 +8,20 @@
  * cuoptim owns the optimizer state.
  *
  * Two backends run the same step:
- *   CUOPTIM_BACKEND_HOST  host pointers, plain C loops: the reference implementation.
+ *   CUOPTIM_BACKEND_HOST  host pointers, C loops on the CPU: the reference implementation.
  *   CUOPTIM_BACKEND_CUDA  device pointers, fused CUDA kernels on the caller's stream.
+ *
+ * The host backend's threads: each stage of a step is shared by a pool of threads of the process
+ * (the calling thread among them). Their number is the environment variable CUOPTIM_HOST_THREADS,
+ * a whole number from 1 to 1024, read by cuoptimCreate for that optimizer; unset or empty, one per
+ * CPU the process may run on (its affinity mask, so `taskset` and MPI's binding count). Threads
+ * sleep between stages; a step smaller than about 131,072 elements runs on the calling thread
+ * alone. Results are the same bits for every thread count: the elements are cut into fixed blocks
+ * of 65,536 per variable, and sums of squares (the norms of clipnorm and global_clipnorm, Lamb's
+ * trust ratio) are taken in double in a fixed order: element i of a block in lane i % 8, the eight
+ * lanes added as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), the blocks of a variable in
+ * order. Optimizers stepped at the same time from different threads share the pool: one of them
+ * then runs its stage on its calling thread alone.
  *
  * Conventions
  *   - Every call returns a cuoptimStatus_t. On failure cuoptimGetLastErrorMessage() returns a
@@ -296,7 +308,9 @@ typedef int32_t cuoptimVariable_t;
  * CUDA device ordinal for CUOPTIM_BACKEND_CUDA (ignored by the host backend). CUDA backend: creates
  * the optimizer's stream and events, allocates and uploads the scalar state on that stream and
  * waits for that stream only.
- * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE, NOT_SUPPORTED (a backend this build lacks),
+ * Host backend: reads CUOPTIM_HOST_THREADS (the threads of its steps, see the top of this file).
+ * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (also CUOPTIM_HOST_THREADS set to anything but a
+ * whole number from 1 to 1024, on the host backend), NOT_SUPPORTED (a backend this build lacks),
  * NO_DEVICE, CUDA_ERROR, ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig_t *config,
                                           cuoptimBackend_t backend, int device);
