@@ -87,7 +87,7 @@ static int schedules_equal(const cuoptimSchedule_t *a, const cuoptimSchedule_t *
 }
 
 /* Every field is listed below; a new one must be added there (and here). */
-_Static_assert(sizeof(cuoptimConfig_t) == 1736 || sizeof(void *) != 8,
+_Static_assert(sizeof(cuoptimConfig_t) == 1744 || sizeof(void *) != 8,
                "cuoptimConfig_t changed: compare the new fields in fuzz_configs_equal");
 
 int fuzz_configs_equal(const cuoptimConfig_t *a, const cuoptimConfig_t *b, int as_written, char *why,
@@ -110,6 +110,7 @@ int fuzz_configs_equal(const cuoptimConfig_t *a, const cuoptimConfig_t *b, int a
   SAME_NUMBER(beta_1);
   SAME_NUMBER(beta_2);
   SAME_NUMBER(epsilon);
+  SAME_NUMBER(warmup_steps);
   SAME_NUMBER(rho);
   SAME_NUMBER(momentum);
   SAME_INT(nesterov);
