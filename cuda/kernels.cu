@@ -601,11 +601,13 @@ __device__ __forceinline__ void fixed_store(const FixedChunk<SPEC, DT> &c, uint3
   if (F::slots > 1) store4f(c.s1, i, x.a1);
 }
 
-/* One chunk of one variable with a gradient (DECAY: the variable's weight decay). Offsets inside
- * the chunk are 32-bit. A whole, vectorizable chunk runs a two-deep software pipeline: the loads
- * of the next 4 elements are in flight while these are computed (8 elements, 128 bytes for Adam,
- * per thread); the last chunk of a variable, and unaligned buffers, a plain loop and a scalar
- * tail. */
+/* One chunk of one variable with a gradient (DECAY: the variable's weight decay), by `lanes`.
+ * Offsets inside the chunk are 32-bit. A whole, vectorizable chunk takes two vectors of 4
+ * elements an iteration, one after the other (the loop's cost shared by 8 elements); keeping the
+ * next vector's loads in flight during this one's math (a two-deep pipeline) needs 56 to 66
+ * registers for Adam or spills at 48, the IEEE division's and square root's slow-path calls
+ * pinning registers (bench/results/sass-report.md). The last chunk of a variable, a packed small
+ * variable and unaligned buffers: a vector loop and a scalar tail. */
 template <int SPEC, int DT, bool DECAY>
 __device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
                                             const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g,
@@ -669,11 +671,8 @@ __device__ __forceinline__ void fixed_chunk_decay(const cuoptimRuleParams &q, co
 
 /* The configurations of cuoptim_update_features with CUOPTIM_UPDATE_FIXED: no skip, no
  * micro-step, no EMA, so a variable without a gradient is left as it is. */
-/* Five blocks of CUOPTIM_BLOCK threads per SM: at most 48 registers a thread. */
-#define FIXED_MIN_BLOCKS 1
-
 template <int SPEC>
-__global__ void __launch_bounds__(CUOPTIM_BLOCK, FIXED_MIN_BLOCKS) update_fixed_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) update_fixed_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   typedef FixedSpec<SPEC> F;
   __shared__ cuoptimStepScalars shared_scalars;
   /* The chunk's descriptors are loaded while thread 0 fetches the scalars. */
