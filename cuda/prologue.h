@@ -161,8 +161,8 @@ CUOPTIM_HD void cuoptim_prologue_begin(const cuoptimPrologueParams *q, const cuo
   }
   if (k == CUOPTIM_NADAM || k == CUOPTIM_SCHEDULE_FREE_ADAMW) {
     /* (1 - float32 beta) in float32: Nadam's and ScheduleFreeAdamW's. */
-    s->nadam_one_minus_beta_1 = 1.0f - p->beta_1;
-    s->nadam_one_minus_beta_2 = 1.0f - p->beta_2;
+    s->one_minus_beta_1_f32 = 1.0f - p->beta_1;
+    s->one_minus_beta_2_f32 = 1.0f - p->beta_2;
   }
 
   /* ScheduleFreeAdamW: the warmup of the learning rate, the averaging weight. */

@@ -87,7 +87,7 @@ typedef struct cuoptimStepScalars {
   float adam_alpha;      /* lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) */
   float one_minus_beta_1_power, one_minus_beta_2_power;
   float nadam_u_t, nadam_u_t1, nadam_u_product, nadam_u_product_t1;
-  float nadam_one_minus_beta_1, nadam_one_minus_beta_2; /* (1 - float32 beta) in float32 */
+  float one_minus_beta_1_f32, one_minus_beta_2_f32; /* (1 - float32 beta) in float32: Nadam, ScheduleFreeAdamW */
   float ftrl_l2;         /* l2 + beta / (2 lr) */
   float sf_lr;           /* ScheduleFreeAdamW: lr * min(t / warmup_steps, 1) */
   float sf_weight;       /* ScheduleFreeAdamW: 1 / t, the averaging weight */
@@ -257,8 +257,8 @@ CUOPTIM_HD void cuoptim_rule_adamax(const cuoptimRuleParams *p, const cuoptimSte
 /* §2.8 Nadam. s0 = momentum, s1 = velocity; u_product comes from the prologue. */
 CUOPTIM_HD void cuoptim_rule_nadam(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
                                    float *w, float *s0, float *s1) {
-  float m = *s0 + (g - *s0) * s->nadam_one_minus_beta_1;
-  float v = *s1 + (g * g - *s1) * s->nadam_one_minus_beta_2;
+  float m = *s0 + (g - *s0) * s->one_minus_beta_1_f32;
+  float v = *s1 + (g * g - *s1) * s->one_minus_beta_2_f32;
   *s0 = m;
   *s1 = v;
   float m_hat = (s->nadam_u_t1 * m) / (1.0f - s->nadam_u_product_t1) +
@@ -336,12 +336,12 @@ CUOPTIM_HD void cuoptim_rule_ftrl(const cuoptimRuleParams *p, const cuoptimStepS
 /* ScheduleFreeAdamW (keras/src/optimizers/schedule_free_adamw.py). s0 = momentum (the sequence z the gradient steps act on), s1 = velocity;
  * w is the variable y, the interpolation of z and the average x: x is recovered from y and the old
  * z, moves towards the new z by the weight 1 / t, and y is formed again. The (1 - beta) factors are
- * float32 subtractions (Keras casts beta to float32 first): nadam_one_minus_beta_1/2. */
+ * float32 subtractions (Keras casts beta to float32 first): one_minus_beta_1_f32 and _2_f32. */
 CUOPTIM_HD void cuoptim_rule_schedule_free_adamw(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
                                                  float *w, float *s0, float *s1) {
-  float one_minus_beta_1 = s->nadam_one_minus_beta_1;
+  float one_minus_beta_1 = s->one_minus_beta_1_f32;
   float z_old = *s0;
-  float v = *s1 + (g * g - *s1) * s->nadam_one_minus_beta_2;
+  float v = *s1 + (g * g - *s1) * s->one_minus_beta_2_f32;
   *s1 = v;
   float denom = cuoptim_sqrtf(v / s->one_minus_beta_2_power) + p->epsilon;
   float z = z_old - (s->sf_lr * g) / denom;

@@ -374,8 +374,7 @@ cuoptimStatus_t cuoptim_comm_first_step_failed(cuoptimOptimizer_t opt, cuoptimSt
   cuoptimStatus_t status = check_tables(opt, failed, caller);
   if (status == CUOPTIM_STATUS_TIMEOUT || status == CUOPTIM_STATUS_MPI_ERROR || status == CUOPTIM_STATUS_NCCL_ERROR)
     c->broken = 1;
-  c->tables_checked = 0; /* compared again at the next first step */
-  return failed;
+  return failed; /* the tables stay unchecked: the next first step compares them again */
 }
 
 cuoptimStatus_t cuoptim_comm_check_tables(cuoptimOptimizer_t opt, const char *caller) {

@@ -128,30 +128,27 @@ def analyse(func):
     return result
 
 
-def resources(path):
-    regs, name = {}, None
-    with open(path) as f:
-        for line in f:
-            m = re.match(r"\s*Function (\S+):", line)
-            if m:
-                name = m.group(1)
-            m = re.search(r"REG:(\d+)", line)
-            if m and name:
-                regs[name] = int(m.group(1))
-    return regs
-
-
-def spills(path):
+def per_function(path, function_re, value_re):
+    """{function: the sum of value_re's groups} from a listing where a line matching function_re
+    names the function the following lines are about."""
     out, name = {}, None
     with open(path) as f:
         for line in f:
-            m = re.search(r"Function properties for (\S+)", line)
+            m = re.search(function_re, line)
             if m:
                 name = m.group(1)
-            m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+            m = re.search(value_re, line)
             if m and name:
-                out[name] = int(m.group(1)) + int(m.group(2))
+                out[name] = sum(int(g) for g in m.groups())
     return out
+
+
+def resources(path):
+    return per_function(path, r"^\s*Function (\S+):", r"REG:(\d+)")
+
+
+def spills(path):
+    return per_function(path, r"Function properties for (\S+)", r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 KINDS = {0: "SGD", 1: "RMSprop", 2: "Adagrad", 3: "Adadelta", 4: "Adam/AdamW", 6: "Adamax", 7: "Nadam", 8: "Lion",
