@@ -331,8 +331,8 @@ __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(cuoptimDevic
 }
 
 /* Without an inspect pass the prologue is the step's first kernel: it also carries the gradient
- * table's changed entries (the scatter launch's argument), so a step that uploads them, every
- * replay of a captured one included, costs no launch more. Nothing here reads the table. */
+ * table's changed entries (the scatter launch's argument), so a step that uploads them costs no
+ * launch more. Nothing here reads the table. */
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) prologue_upload_kernel(cuoptimDeviceStep step,
                                                                        const cuoptimGradientBatch batch) {
   cuoptimDeviceGradient *table = (cuoptimDeviceGradient *)step.grads; /* the backend's own table */

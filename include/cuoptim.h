@@ -440,7 +440,12 @@ typedef struct {
  * finalize, the latest replay of a captured step); the host waits for nothing, except on the
  * first step, which builds the state: it allocates and uploads it on the optimizer's stream and
  * waits for that stream. A captured step waits for nothing: the stream its graph is launched on
- * orders it.
+ * orders it. A captured step reads a gradient table written once, on the optimizer's stream, while
+ * it is captured (the graph waits for that write): its replays upload nothing, and eager steps keep
+ * uploading only the entries whose pointer or dtype changed. That table (16 bytes per variable on
+ * the device) is kept until cuoptimDestroy, one for each distinct set of gradient pointers
+ * captured; a capture right after another one (no eager step between) with other pointers writes
+ * the eager table from its graph instead, and eager steps then upload every entry.
  * Parameters and gradients must stay valid until the step completes, and, on the CUDA backend,
  * be aligned to their element size. Host backend: done when it returns.
  * Statuses: SUCCESS, NULL_POINTER (grads with n > 0), INVALID_VALUE (unknown variable, a variable
