@@ -837,19 +837,26 @@ static cuoptimStatus_t cuda_update(cuoptimOptimizer_t opt, cuoptimStream_t strea
                   "cuoptimApplyGradients: update kernel");
 }
 
-/* Ordered and marked like a step (captured: like a captured step). */
-static cuoptimStatus_t cuda_finalize(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
-  static const char *caller = "cuoptimFinalizeVariableValues";
-  CudaBackend *b = data_of(opt);
-  DeviceGuard guard;
-  CUOPTIM_CHECK(enter_device(opt, &guard));
+/* Work outside a step on the optimizer's buffers (finalize, the averaged weights) is ordered and
+ * marked like a step (captured: like a captured step). begin: enters the device and, eager, waits
+ * on the GPU for the optimizer's work on other streams; *capturing says which. */
+static cuoptimStatus_t begin_outside_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller,
+                                          DeviceGuard *guard, int *capturing) {
+  CUOPTIM_CHECK(enter_device(opt, guard));
   enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   cudaError_t err = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
   cuoptimStatus_t status = err == cudaSuccess ? CUOPTIM_STATUS_SUCCESS : cuda_fail(err, caller);
-  int capturing = capture != cudaStreamCaptureStatusNone;
-  if (status == CUOPTIM_STATUS_SUCCESS && !capturing) status = wait_for_optimizer_work(b, (cudaStream_t)stream, caller);
-  if (status == CUOPTIM_STATUS_SUCCESS)
-    status = launched(cuoptim_launch_finalize(&b->step, stream), "cuoptimFinalizeVariableValues: kernel");
+  *capturing = capture != cudaStreamCaptureStatusNone;
+  if (status == CUOPTIM_STATUS_SUCCESS && !*capturing)
+    status = wait_for_optimizer_work(data_of(opt), (cudaStream_t)stream, caller);
+  if (status != CUOPTIM_STATUS_SUCCESS) leave_device(guard);
+  return status;
+}
+
+/* end: after the launch (`status`), the mark or the replay's record; leaves the device. */
+static cuoptimStatus_t end_outside_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller,
+                                        const DeviceGuard *guard, int capturing, cuoptimStatus_t status) {
+  CudaBackend *b = data_of(opt);
   if (status == CUOPTIM_STATUS_SUCCESS) {
     if (capturing) {
       b->ever_captured = 1;
@@ -858,8 +865,29 @@ static cuoptimStatus_t cuda_finalize(cuoptimOptimizer_t opt, cuoptimStream_t str
       status = record_mark(b, caller, 0, stream, caller);
     }
   }
-  leave_device(&guard);
+  leave_device(guard);
   return status;
+}
+
+static cuoptimStatus_t cuda_finalize(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimFinalizeVariableValues";
+  DeviceGuard guard;
+  int capturing = 0;
+  CUOPTIM_CHECK(begin_outside_step(opt, stream, caller, &guard, &capturing));
+  cuoptimStatus_t status =
+      launched(cuoptim_launch_finalize(&data_of(opt)->step, stream), "cuoptimFinalizeVariableValues: kernel");
+  return end_outside_step(opt, stream, caller, &guard, capturing, status);
+}
+
+static cuoptimStatus_t cuda_averaged_weights(cuoptimOptimizer_t opt, int k, void *out, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimScheduleFreeAveragedWeights";
+  DeviceGuard guard;
+  int capturing = 0;
+  CUOPTIM_CHECK(begin_outside_step(opt, stream, caller, &guard, &capturing));
+  int err = cuoptim_launch_schedule_free_average(&data_of(opt)->step, &opt->prologue.rule, k,
+                                                 opt->variables[k].local_count, out, stream);
+  cuoptimStatus_t status = launched(err, "cuoptimScheduleFreeAveragedWeights: kernel");
+  return end_outside_step(opt, stream, caller, &guard, capturing, status);
 }
 
 static cuoptimStatus_t cuda_synchronize(cuoptimOptimizer_t opt) {
@@ -1018,6 +1046,7 @@ static const cuoptimBackendOps cuda_backend = {
     .update = cuda_update,
     .finish = NULL, /* the prologue kernel advances the state */
     .finalize = cuda_finalize,
+    .averaged_weights = cuda_averaged_weights,
     .synchronize = cuda_synchronize,
     .transfer_begin = cuda_transfer_begin,
     .transfer_copy = cuda_transfer_copy,

@@ -398,6 +398,9 @@ struct cuoptimBackendOps {
   cuoptimStatus_t (*stage_enqueued)(cuoptimOptimizer_t opt, const char *stage, cuoptimStream_t stream);
   /* EMA swap of cuoptimFinalizeVariableValues. */
   cuoptimStatus_t (*finalize)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* cuoptimScheduleFreeAveragedWeights: variable k's averaged weights into `out` (its dtype), on
+   * `stream` like finalize. The state is built and not sharded. */
+  cuoptimStatus_t (*averaged_weights)(cuoptimOptimizer_t opt, int k, void *out, cuoptimStream_t stream);
   /* Waits for every piece of work the optimizer enqueued (cuoptimSynchronize), and nothing else. */
   cuoptimStatus_t (*synchronize)(cuoptimOptimizer_t opt);
   /* Checkpoint copies. transfer_begin allocates t->staging (staging_bytes of host memory) and,

@@ -834,6 +834,27 @@ cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t opt, cuoptimStr
   return opt->ops->stage_enqueued(opt, "gathering the shards after cuoptimFinalizeVariableValues", stream);
 }
 
+cuoptimStatus_t cuoptimScheduleFreeAveragedWeights(cuoptimOptimizer_t opt, cuoptimVariable_t variable, void *out,
+                                                   cuoptimStream_t stream) {
+  static const char *caller = "cuoptimScheduleFreeAveragedWeights";
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, out);
+  CUOPTIM_CHECK(check_variable(opt, variable, caller, "variable"));
+  if (opt->config.kind != CUOPTIM_SCHEDULE_FREE_ADAMW)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: optimizer is %s: only ScheduleFreeAdamW keeps averaged weights apart from the variables",
+                         caller, cuoptimOptimizerName(opt->config.kind));
+  if (cuoptim_comm_sharded(opt))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: the state is sharded (options.shard_state): this rank holds only its share of the "
+                         "sequence z, and the averaged weights need all of it",
+                         caller);
+  const cuoptimVariableRec *v = &opt->variables[variable];
+  CUOPTIM_CHECK(opt->ops->check_pointer(opt, out, v->dtype, caller, "out"));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller, &stream));
+  return opt->ops->averaged_weights(opt, variable, out, stream);
+}
+
 cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t opt) {
   CUOPTIM_REQUIRE_OPTIMIZER("cuoptimSynchronize", opt);
   return opt->ops->synchronize(opt);

@@ -553,6 +553,26 @@ CUOPTIM_API cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t optimizer, int 
  * CUDA graph), ALLOC_FAILED (building the state), CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t optimizer, cuoptimStream_t stream);
 
+/* ScheduleFreeAdamW: writes the averaged weights x = (y - (1 - beta_1) z) / beta_1 of `variable`
+ * (y its float32 value: the master of a half-precision variable; z its "momentum" slot), the
+ * point Schedule-Free evaluates, into `out`: the variable's element count, in its dtype, rounded
+ * to nearest even from float32. The variable and the state stay as they are, so training goes on
+ * from y; to evaluate, read the model's weights from `out` (or copy them in and back out: an
+ * in-place switch to x and back would not return y bit for bit). Keras 3.15.1 has no call for x;
+ * this is its formula, the x_old of Keras's step. After t steps x is the average of z after each
+ * of them. Before the first step z = y, and x is y within rounding.
+ * `out`: host memory on the host backend (done when it returns); device memory aligned to the
+ * element size on the CUDA backend, enqueued on `stream` after the optimizer's work on other
+ * streams (a GPU-side wait), returning without waiting, like a step (captured in a graph, it is
+ * ordered by the stream the graph is launched on). It builds the state when no step has (as
+ * cuoptimFinalizeVariableValues). One launch per call.
+ * Statuses: SUCCESS, NULL_POINTER (optimizer, out), INVALID_VALUE (no such variable; an optimizer
+ * other than ScheduleFreeAdamW; `out` not a pointer the backend can write, or misaligned),
+ * INVALID_STATE (sharded state: a rank holds only its share of z; building on a stream capturing a
+ * CUDA graph), ALLOC_FAILED (building the state), CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimScheduleFreeAveragedWeights(cuoptimOptimizer_t optimizer, cuoptimVariable_t variable,
+                                                               void *out, cuoptimStream_t stream);
+
 /* Waits for the optimizer's enqueued work (CUDA backend; see Conventions): its steps, finalize,
  * the build of its state, its copies, and the latest replay of a graph that captured one of its
  * steps; not for other work on those streams enqueued after it, nor for other streams. Returns at
