@@ -469,9 +469,20 @@ cuoptimStatus_t cuoptim_multi_iterations(cuoptimOptimizer_t opt, int64_t *iterat
 
 #define OWN_ENTRIES 2 /* iteration, learning_rate */
 
+/* Each sub-optimizer's entries, counted without building its state (a call that fails its
+ * argument checks builds nothing); *total the MultiOptimizer's. */
+static cuoptimStatus_t count_entries(struct cuoptimMulti *m, int *total) {
+  int sum = OWN_ENTRIES;
+  for (int k = 0; k < m->num_optimizers; k++) {
+    CUOPTIM_CHECK(cuoptim_describe_weights(m->optimizers[k]));
+    sum += m->optimizers[k]->num_weights;
+  }
+  *total = sum;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 /* Builds every sub-optimizer (Keras's MultiOptimizer.build builds them all at once). */
-static cuoptimStatus_t build_all(struct cuoptimMulti *m, const char *caller, int *total) {
-  (void)caller;
+static cuoptimStatus_t build_all(struct cuoptimMulti *m, int *total) {
   int sum = OWN_ENTRIES;
   for (int k = 0; k < m->num_optimizers; k++) {
     int count = 0;
@@ -479,40 +490,34 @@ static cuoptimStatus_t build_all(struct cuoptimMulti *m, const char *caller, int
     sum += count;
   }
   m->built = 1;
-  if (total) *total = sum;
+  *total = sum;
   return CUOPTIM_STATUS_SUCCESS;
 }
 
 /* Entry `index` of the MultiOptimizer: its own (*sub = -1, *local = index) or sub-optimizer *sub's
- * entry *local. */
+ * entry *local. Builds nothing. */
 static cuoptimStatus_t locate_entry(struct cuoptimMulti *m, int index, const char *caller, int *sub, int *local) {
   int total = 0;
-  CUOPTIM_CHECK(build_all(m, caller, &total));
+  CUOPTIM_CHECK(count_entries(m, &total));
   if (index < 0 || index >= total)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: index = %d: the optimizer has %d state entries", caller,
                          index, total);
-  if (index < OWN_ENTRIES) {
-    *sub = -1;
-    *local = index;
-    return CUOPTIM_STATUS_SUCCESS;
-  }
-  int rest = index - OWN_ENTRIES;
-  for (int k = 0; k < m->num_optimizers; k++) {
-    int count = 0;
-    CUOPTIM_CHECK(cuoptimGetWeightCount(m->optimizers[k], &count));
+  *sub = -1;
+  *local = index;
+  for (int k = 0, rest = index - OWN_ENTRIES; rest >= 0 && k < m->num_optimizers; k++) {
+    int count = m->optimizers[k]->num_weights;
     if (rest < count) {
       *sub = k;
       *local = rest;
-      return CUOPTIM_STATUS_SUCCESS;
     }
     rest -= count;
   }
-  return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: index = %d: not found", caller, index);
+  return CUOPTIM_STATUS_SUCCESS;
 }
 
 cuoptimStatus_t cuoptim_multi_weight_count(cuoptimOptimizer_t opt, int *count) {
   CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetWeightCount", count);
-  return build_all(opt->multi, "cuoptimGetWeightCount", count);
+  return build_all(opt->multi, count);
 }
 
 static void own_info(int local, cuoptimWeightInfo_t *info) {
@@ -527,9 +532,23 @@ cuoptimStatus_t cuoptim_multi_weight_info(cuoptimOptimizer_t opt, int index, cuo
   CUOPTIM_REQUIRE_NOT_NULL(caller, info);
   int sub = -1, local = 0;
   CUOPTIM_CHECK(locate_entry(opt->multi, index, caller, &sub, &local));
+  int total = 0;
+  CUOPTIM_CHECK(build_all(opt->multi, &total));
   if (sub >= 0) return cuoptimGetWeightInfo(opt->multi->optimizers[sub], local, info);
   own_info(local, info);
   return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* locate_entry, and for the MultiOptimizer's own scalars the count (a sub-optimizer checks its
+ * own); then the state built. */
+static cuoptimStatus_t locate_values(struct cuoptimMulti *m, int index, size_t count, const char *caller, int *sub,
+                                     int *local) {
+  CUOPTIM_CHECK(locate_entry(m, index, caller, sub, local));
+  if (*sub < 0 && count != 1)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: count = %zu: entry \"%s\" has 1 element", caller, count,
+                         *local == 0 ? "iteration" : "learning_rate");
+  int total = 0;
+  return build_all(m, &total);
 }
 
 cuoptimStatus_t cuoptim_multi_get_weights(cuoptimOptimizer_t opt, int index, double *values, size_t count) {
@@ -537,11 +556,8 @@ cuoptimStatus_t cuoptim_multi_get_weights(cuoptimOptimizer_t opt, int index, dou
   struct cuoptimMulti *m = opt->multi;
   CUOPTIM_REQUIRE_NOT_NULL(caller, values);
   int sub = -1, local = 0;
-  CUOPTIM_CHECK(locate_entry(m, index, caller, &sub, &local));
+  CUOPTIM_CHECK(locate_values(m, index, count, caller, &sub, &local));
   if (sub >= 0) return cuoptimGetWeights(m->optimizers[sub], local, values, count);
-  if (count != 1)
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: count = %zu: entry \"%s\" has 1 element", caller, count,
-                         local == 0 ? "iteration" : "learning_rate");
   values[0] = local == 0 ? (double)m->iterations : (double)m->learning_rate;
   return CUOPTIM_STATUS_SUCCESS;
 }
@@ -551,12 +567,9 @@ cuoptimStatus_t cuoptim_multi_set_weights(cuoptimOptimizer_t opt, int index, con
   struct cuoptimMulti *m = opt->multi;
   CUOPTIM_REQUIRE_NOT_NULL(caller, values);
   int sub = -1, local = 0;
-  CUOPTIM_CHECK(locate_entry(m, index, caller, &sub, &local));
+  CUOPTIM_CHECK(locate_values(m, index, count, caller, &sub, &local));
   if (sub >= 0) return cuoptimSetWeights(m->optimizers[sub], local, values, count);
   const char *name = local == 0 ? "iteration" : "learning_rate";
-  if (count != 1)
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: count = %zu: entry \"%s\" has 1 element", caller, count,
-                         name);
   double x = values[0];
   if (local == 0) {
     if (!(x >= 0 && x <= 9.0e15 && floor(x) == x))

@@ -681,6 +681,11 @@ Test(multi, to_keras_json_and_sub_optimizer_calls_reject_bad_input) {
   /* Steps: bad pairs are refused before any sub-optimizer runs. */
   expect_error(cuoptimApplyGradients(opt, 1, NULL, NULL), CUOPTIM_STATUS_NULL_POINTER, "grads");
   expect_error(cuoptimApplyGradients(opt, -1, NULL, NULL), CUOPTIM_STATUS_INVALID_VALUE, "n = -1");
+  /* A state call that fails its checks builds nothing: variables may still be added. */
+  double value = 0;
+  expect_error(cuoptimGetWeights(opt, 99, &value, 1), CUOPTIM_STATUS_INVALID_VALUE, "index = 99");
+  expect_error(cuoptimGetWeights(opt, 0, &value, 2), CUOPTIM_STATUS_INVALID_VALUE, "count = 2");
+  expect_error(cuoptimSetWeights(opt, 1, &value, 0), CUOPTIM_STATUS_INVALID_VALUE, "count = 0");
   float w[1] = {1}, g[1] = {1};
   OK(cuoptimAddVariable(opt, "dense_1/k", w, CUOPTIM_FLOAT32, 1, &v));
   cuoptimGradient_t twice[2] = {{v, g, CUOPTIM_FLOAT32}, {v, g, CUOPTIM_FLOAT32}};
