@@ -87,7 +87,8 @@ static cuoptimStatus_t compile_fullmatch(const char *pattern, int index, const c
   free(wrapped);
   if (status == CUOPTIM_STATUS_INVALID_VALUE)
     return cuoptim_error(status, "%s: config->patterns[%d] = \"%.64s\": %s", caller, index, pattern, why);
-  if (status != CUOPTIM_STATUS_SUCCESS) return cuoptim_error(status, "%s: compiling config->patterns[%d]: %s", caller, index, why);
+  if (status != CUOPTIM_STATUS_SUCCESS)
+    return cuoptim_error(status, "%s: compiling config->patterns[%d]: %s", caller, index, why);
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -117,9 +118,11 @@ static cuoptimStatus_t check_patterns(const cuoptimMultiConfig_t *config, const 
   for (int i = 0; i < config->num_patterns; i++) {
     const char *p = config->patterns[i];
     if (p == NULL) return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, "%s: config->patterns[%d] is NULL", caller, i);
-    if (p[0] == '\0') return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: config->patterns[%d] is empty", caller, i);
+    if (p[0] == '\0')
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: config->patterns[%d] is empty", caller, i);
     if (strlen(p) > 16384)
-      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: config->patterns[%d]: longer than 16384 bytes", caller, i);
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: config->patterns[%d]: longer than 16384 bytes", caller,
+                           i);
     if (cuoptim_invalid_utf8_offset(p) >= 0)
       return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: config->patterns[%d]: not valid UTF-8", caller, i);
     for (int j = 0; j < i; j++)
@@ -439,7 +442,8 @@ cuoptimStatus_t cuoptim_multi_apply(cuoptimOptimizer_t opt, int n, const cuoptim
   if (n == 0) return CUOPTIM_STATUS_SUCCESS; /* Keras returns early, iterations unchanged */
   CUOPTIM_REQUIRE_NOT_NULL(caller, grads);
   if (m->num_variables == 0)
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: the optimizer has no variables (cuoptimAddVariable)", caller);
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: the optimizer has no variables (cuoptimAddVariable)",
+                         caller);
   cuoptimOptimizer_t first = m->optimizers[0];
   if (first->ops->capturing(first, stream))
     return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,

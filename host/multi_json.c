@@ -343,7 +343,8 @@ static cuoptimStatus_t refuse_wrapped_multi(span_t root) {
   if (config && read_members(*config, "config", &c) == CUOPTIM_STATUS_SUCCESS) {
     const span_t *inner = find_member(&c, "inner_optimizer");
     char cls[CUOPTIM_MAX_NAME] = "";
-    if (inner && *skip_space(inner->begin) == '{') (void)class_name_of(*inner, "config.inner_optimizer", cls, sizeof cls);
+    if (inner && *skip_space(inner->begin) == '{')
+      (void)class_name_of(*inner, "config.inner_optimizer", cls, sizeof cls);
     if (strcmp(cls, "MultiOptimizer") == 0)
       status = cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
                              FROM_JSON ": config.inner_optimizer: a MultiOptimizer inside a LossScaleOptimizer is not "
@@ -437,7 +438,8 @@ static cuoptimStatus_t append_sub(buffer_t *b, cuoptimOptimizer_t sub) {
 static cuoptimStatus_t write_multi(const struct cuoptimOptimizer *opt, buffer_t *b) {
   const struct cuoptimMulti *m = opt->multi;
   append(b, "{\"module\": \"keras.optimizers\", \"class_name\": \"MultiOptimizer\", \"config\": {\"optimizer_map\": "
-            "{\"module\": \"keras.optimizers\", \"class_name\": \"OptimizerMap\", \"config\": {\"default_optimizer\": ");
+            "{\"module\": \"keras.optimizers\", \"class_name\": \"OptimizerMap\", \"config\": "
+            "{\"default_optimizer\": ");
   CUOPTIM_CHECK(append_sub(b, m->optimizers[m->default_optimizer]));
   append(b, ", \"optimizer_map\": {");
   for (int i = 0; i < m->num_patterns; i++) {

@@ -941,8 +941,8 @@ CUOPTIM_API cuoptimStatus_t cuoptimMultiConfigInit(cuoptimMultiConfig_t *config)
  * anything is created. Statuses: SUCCESS, NULL_POINTER (optimizer, config, config->optimizers,
  * config->patterns or config->pattern_optimizer with num_patterns > 0, a pattern), INVALID_VALUE
  * (a count out of range, an index out of range, sub-optimizers out of Keras's order or unused,
- * a duplicate, empty or refused pattern, a sub-config that is a LossScaleOptimizer or invalid,
- * loss_scale_factor, name), and those of cuoptimCreate. */
+ * a duplicate, empty or refused pattern, an invalid sub-config, loss_scale_factor, name),
+ * NOT_SUPPORTED (a sub-config that is a LossScaleOptimizer), and those of cuoptimCreate. */
 CUOPTIM_API cuoptimStatus_t cuoptimCreateMulti(cuoptimOptimizer_t *optimizer, const cuoptimMultiConfig_t *config,
                                                cuoptimBackend_t backend, int device);
 
