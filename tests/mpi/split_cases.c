@@ -6,7 +6,8 @@
  * A case with rank_steps for R ranks: rank r applies rank_steps[.][r]; the reference is the
  * single-process run of its steps (gradients on an exact-sum grid: the mean is exactly those
  * steps, see scripts/gen_reference.py). A case with rank_steps for another number of ranks is
- * skipped. A case with only single-process steps is split, per gradient element g:
+ * skipped, and so is a MultiOptimizer case (no communicator). A case with only single-process
+ * steps is split, per gradient element g:
  * - a target sum x with float32(x * float32(1/R)) == g when one exists: x = R g for R = 1, 2, 4
  *   (exact: a power of two), the float32 nearest 3 g or a neighbour for R = 3 (which some g lack);
  * - rank r gets the bits of x's 24-bit significand at the positions b with b % R == r, with x's
@@ -337,8 +338,8 @@ int main(int argc, char **argv) {
       t.failed++;
     } else if (c.has_rank_steps && c.num_ranks == world && c.has_steps) {
       if (check_rank_case(&c, entries[i]->d_name, &base, &t) == EXIT_SKIP) status = EXIT_SKIP;
-    } else if (c.has_rank_steps || !c.has_steps) {
-      t.skipped++;
+    } else if (c.has_rank_steps || !c.has_steps || c.multi) {
+      t.skipped++; /* a MultiOptimizer takes no communicator (cuoptimSetCommunicator refuses it) */
     } else if (check_split_case(&c, entries[i]->d_name, &base, &t) == EXIT_SKIP) {
       status = EXIT_SKIP;
     }
