@@ -40,6 +40,8 @@ static const refusal REFUSALS[] = {
     {"cuoptimSetCommunicator", "data-parallel training of a MultiOptimizer is not supported"},
     {"cuoptimSave", "checkpoints of a MultiOptimizer are not supported"},
     {"cuoptimLoad", "checkpoints of a MultiOptimizer are not supported"},
+    {"cuoptimScheduleFreeAveragedWeights", "ask the ScheduleFreeAdamW sub-optimizer (cuoptimGetSubOptimizer) with "
+                                           "the variable's index there (cuoptimGetVariableOptimizer)"},
 };
 
 cuoptimStatus_t cuoptim_multi_refuse(const char *caller) {

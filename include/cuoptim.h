@@ -925,8 +925,9 @@ CUOPTIM_API cuoptimStatus_t cuoptimLoad(cuoptimOptimizer_t optimizer, const char
  * cuoptimGetSubOptimizer), cuoptimGetLearningRate and cuoptimSetLearningRate (as Keras raises
  * AttributeError: use the sub-optimizers'), cuoptimGetLossScale, cuoptimExcludeFromWeightDecay
  * (call it on a sub-optimizer, before the first step), cuoptimSetCommunicator (data-parallel
- * training of a MultiOptimizer is not supported), the gradient arena calls, cuoptimSave and
- * cuoptimLoad.
+ * training of a MultiOptimizer is not supported), the gradient arena calls, cuoptimSave,
+ * cuoptimLoad and cuoptimScheduleFreeAveragedWeights (ask the sub-optimizer, with the variable's
+ * index there from cuoptimGetVariableOptimizer).
  *
  * A sub-optimizer's handle (cuoptimGetSubOptimizer) is Keras's `optimizer.optimizers[i]`: it
  * answers every query of a plain optimizer (its iterations, learning rate, config, state), takes

@@ -406,6 +406,20 @@ Test(multi, learning_rate_is_the_sub_optimizers_as_keras) {
   OK(cuoptimDestroy(opt));
 }
 
+/* ScheduleFreeAdamW's averaged weights belong to its sub-optimizer: the MultiOptimizer refuses the
+ * call and says where to ask. */
+Test(multi, schedule_free_averaged_weights_are_asked_of_the_sub_optimizer) {
+  cuoptimConfig_t subs[2] = {config_of(CUOPTIM_SCHEDULE_FREE_ADAMW, 0.1), config_of(CUOPTIM_SGD, 0.01)};
+  const char *keys[] = {"sf/.*"};
+  const int uses[] = {0};
+  cuoptimOptimizer_t opt = NULL;
+  OK(try_create(&opt, subs, 2, keys, uses, 1, 1, CUOPTIM_NONE, CUOPTIM_BACKEND_HOST));
+  float out[4];
+  expect_error(cuoptimScheduleFreeAveragedWeights(opt, 0, out, NULL), CUOPTIM_STATUS_NOT_SUPPORTED,
+               "cuoptimGetVariableOptimizer");
+  OK(cuoptimDestroy(opt));
+}
+
 /* test_swap_ema_weights_with_multi_optimizer: finalize swaps in the averages of the EMA
  * sub-optimizer's variables only. */
 MULTI_TEST(finalize_uses_ema_of_its_sub_optimizer_only_as_keras) {
