@@ -3,7 +3,7 @@
  *
  * cuoptim performs the optimizer step of neural-network training with the exact numerics of
  * Keras 3 (tf.keras.optimizers): SGD, RMSprop, Adagrad, Adadelta, Adam, AdamW, Adamax, Nadam,
- * Lion, Lamb, Ftrl and ScheduleFreeAdamW, with learning-rate schedules, clipping, decoupled weight
+ * Lion, Lamb, Ftrl, ScheduleFreeAdamW and Muon, with learning-rate schedules, clipping, decoupled weight
  * decay, EMA, gradient accumulation and loss scaling. The host owns its parameter and gradient buffers;
  * cuoptim owns the optimizer state.
  *
@@ -127,6 +127,7 @@ typedef enum {
   CUOPTIM_LAMB = 9,
   CUOPTIM_FTRL = 10,
   CUOPTIM_SCHEDULE_FREE_ADAMW = 11,
+  CUOPTIM_MUON = 13,
   CUOPTIM_OPTIMIZER_COUNT
 } cuoptimOptimizerKind_t;
 /* CUOPTIM_SCHEDULE_FREE_ADAMW is keras.optimizers.ScheduleFreeAdamW: the variable is Keras's y, its
@@ -136,6 +137,28 @@ typedef enum {
  * multiplication by the scalar's float32 reciprocal; cuoptim divides, as Keras's other backends
  * do, so its results differ from JAX's by a few float32 ulps (at most 1.4e-6 absolute, 1.3e-5
  * relative on the reference cases). */
+/* CUOPTIM_MUON is keras.optimizers.Muon. Each variable takes one of two paths, decided when it is
+ * added (cuoptimAddVariable), as Keras's _should_use_adamw decides:
+ *   - the AdamW path for a variable whose shape is not of rank 2, or, with exclude_embeddings,
+ *     whose lower-cased name contains "embedding", or whose name one of exclude_layers finds
+ *     (each pattern searched on its own, as Python's re.search): Adam's moments ("momentum",
+ *     "velocity") with the learning rate times adam_lr_ratio, adam_beta_1/2, epsilon, and decay
+ *     by adam_weight_decay;
+ *   - the Muon path for the other (2-D) variables: "momentum" only, m += g + m (momentum - 1),
+ *     the direction g + momentum m (nesterov) or m, orthogonalized by ns_steps Newton-Schulz
+ *     iterations (X / (||X||_F + 1e-7), transposed when rows > columns, then X = a X + (b A +
+ *     c A A) X with A = X X^T), the step lr * X scaled by sqrt(max(rows, columns)) * rms_rate
+ *     (rms_rate NONE: unscaled), and decay by weight_decay.
+ * Decay uses the learning rate itself (not times adam_lr_ratio), skips the variables that
+ * cuoptimExcludeFromWeightDecay excludes, and applies on each path when its own rate is set.
+ * The state (cuoptimGetWeights) is Keras's: per variable "momentum", then "velocity" for the AdamW
+ * path's variables only. Precision: the element-wise parts round as Keras does; the Frobenius
+ * norm is summed in double in a fixed order, and the matrix products are float32 sums whose order
+ * the matrix library picks (plain loops in order on the host backend, cuBLAS on the CUDA backend,
+ * XLA's own in Keras), so Muon-path variables match Keras within float32 rounding of sums, not bit
+ * for bit: at most a few 1e-7 absolute on the reference cases, whose tolerances tests/data
+ * states. Sharded state (cuoptimCommOptions_t.shard_state) is refused for Muon: a Newton-Schulz
+ * iteration needs every element of its matrix. */
 
 /* The Keras class name ("SGD", "RMSprop", "Adam", ...) or NULL for an unknown kind. */
 CUOPTIM_API const char *cuoptimOptimizerName(cuoptimOptimizerKind_t kind);
@@ -171,6 +194,8 @@ typedef enum {
 /* bytes, NUL included, of a state entry's name: "<variable name>_<slot>" (cuoptimWeightInfo_t) */
 #define CUOPTIM_MAX_WEIGHT_NAME (CUOPTIM_MAX_NAME + 32)
 #define CUOPTIM_MAX_BOUNDARIES 64   /* PiecewiseConstantDecay boundaries */
+#define CUOPTIM_MAX_EXCLUDE_LAYERS 8 /* Muon's exclude_layers patterns */
+#define CUOPTIM_MUON_MAX_NS_STEPS 1000 /* Muon's ns_steps */
 
 /* A learning rate: a constant or a schedule evaluated at Keras's raw `_iterations` counter
  * (before this step's increment). Fields not used by `kind` are ignored. All computation happens
@@ -206,7 +231,8 @@ typedef struct {
   cuoptimSchedule_t learning_rate;
 
   /* Base optimizer (SEMANTICS.md §1). */
-  double weight_decay;      /* decoupled, w -= w * wd * lr before the update; NONE = off */
+  double weight_decay;      /* decoupled, w -= w * wd * lr before the update; NONE = off
+                               (default NONE; AdamW and Muon 0.004) */
   double clipnorm;          /* per variable; NONE = off (0 also disables) */
   double clipvalue;         /* NONE = off */
   double global_clipnorm;   /* NONE = off (0 also disables); at most one clip option is set */
@@ -219,11 +245,11 @@ typedef struct {
   /* Per optimizer; defaults per kind from cuoptimConfigInit. */
   double beta_1;   /* Adam, AdamW, Adamax, Nadam, Lamb, ScheduleFreeAdamW 0.9; Lion 0.9 */
   double beta_2;   /* Adam, AdamW, Adamax, Nadam, Lamb, ScheduleFreeAdamW 0.999; Lion 0.99 */
-  double epsilon;  /* 1e-7 (RMSprop, Adagrad, Adadelta, Adam*, Nadam, Lamb); ScheduleFreeAdamW 1e-8 */
+  double epsilon;  /* 1e-7 (RMSprop, Adagrad, Adadelta, Adam*, Nadam, Lamb, Muon); ScheduleFreeAdamW 1e-8 */
   double warmup_steps; /* ScheduleFreeAdamW 0: the learning rate rises linearly over these steps */
   double rho;      /* RMSprop 0.9, Adadelta 0.95 */
-  double momentum; /* SGD 0.0 (must lie in [0, 1]), RMSprop 0.0 */
-  int nesterov;    /* SGD */
+  double momentum; /* SGD 0.0 (must lie in [0, 1]), RMSprop 0.0, Muon 0.95 */
+  int nesterov;    /* SGD 0, Muon 1 */
   int centered;    /* RMSprop */
   int amsgrad;     /* Adam, AdamW */
   double initial_accumulator_value;          /* Adagrad, Ftrl 0.1 */
@@ -232,6 +258,23 @@ typedef struct {
   double l2_regularization_strength;         /* Ftrl 0.0 */
   double l2_shrinkage_regularization_strength; /* Ftrl 0.0 */
   double beta;                               /* Ftrl 0.0 */
+
+  /* Muon (see CUOPTIM_MUON); defaults from cuoptimConfigInit(CUOPTIM_MUON). Muon also reads
+   * epsilon (1e-7, the AdamW path's), momentum (0.95, any finite value), nesterov (1) and
+   * weight_decay (0.004, the Muon path's; NONE = no decay there). */
+  double adam_beta_1;       /* 0.9, finite; the AdamW path's beta_1 */
+  double adam_beta_2;       /* 0.999, finite */
+  double adam_weight_decay; /* 0.004; NONE = no decay on the AdamW path */
+  double adam_lr_ratio;     /* 1.0, finite: the AdamW path's learning rate is lr * adam_lr_ratio */
+  double muon_a, muon_b, muon_c; /* 3.4445, -4.7750, 2.0315, finite: the Newton-Schulz coefficients */
+  int64_t ns_steps;         /* 5, in [0, CUOPTIM_MUON_MAX_NS_STEPS]: Newton-Schulz iterations */
+  double rms_rate;          /* 0.2, finite; NONE = Keras's None (no sqrt(max(rows, cols)) scaling) */
+  int exclude_embeddings;   /* 1: names containing "embedding" (lower-cased) take the AdamW path */
+  int num_exclude_layers;   /* 0 .. CUOPTIM_MAX_EXCLUDE_LAYERS patterns in exclude_layers */
+  /* Keras's exclude_layers: Python `re` patterns (the syntax, limits and refusals of
+   * cuoptimExcludeFromWeightDecay, each pattern compiled on its own), NUL-terminated, 0 to
+   * CUOPTIM_MAX_NAME - 1 bytes each; a name that one of them finds takes the AdamW path. */
+  char exclude_layers[CUOPTIM_MAX_EXCLUDE_LAYERS][CUOPTIM_MAX_NAME];
 
   /* Dynamic loss scaling, keras.optimizers.LossScaleOptimizer (SEMANTICS.md §4). When set, the
    * gradients passed in are the scaled ones: a step whose gradients hold a non-finite value is
