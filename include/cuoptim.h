@@ -152,13 +152,18 @@ typedef enum {
  * Decay uses the learning rate itself (not times adam_lr_ratio), skips the variables that
  * cuoptimExcludeFromWeightDecay excludes, and applies on each path when its own rate is set.
  * The state (cuoptimGetWeights) is Keras's: per variable "momentum", then "velocity" for the AdamW
- * path's variables only. Precision: the element-wise parts round as Keras does; the Frobenius
- * norm is summed in double in a fixed order, and the matrix products are float32 sums whose order
- * the matrix library picks (plain loops in order on the host backend, cuBLAS on the CUDA backend,
- * XLA's own in Keras), so Muon-path variables match Keras within float32 rounding of sums, not bit
- * for bit: at most a few 1e-7 absolute on the reference cases, whose tolerances tests/data
- * states. Sharded state (cuoptimCommOptions_t.shard_state) is refused for Muon: a Newton-Schulz
- * iteration needs every element of its matrix. */
+ * path's variables only. "embedding" is searched in the name with its ASCII letters lower-cased
+ * (Python's str.lower maps no other character to one of them). A variable added without a shape
+ * (cuoptimAddVariable) has rank 1: the AdamW path.
+ * Precision: the element-wise parts round as Keras does; the Frobenius norm is summed in double
+ * in a fixed order; the matrix products of Newton-Schulz are plain loops on the host, each sum in
+ * double rounded once, where Keras's XLA sums in float32 in an order of its own. So Muon-path
+ * variables match Keras within float32 rounding of those sums, not bit for bit: at most 2.4e-7
+ * absolute on the reference cases, within the default tolerances (rtol 1e-5, atol 1e-6).
+ * Backends: the host backend only for now; cuoptimCreate refuses CUOPTIM_MUON on the CUDA
+ * backend (NOT_SUPPORTED). Sharded state (cuoptimCommOptions_t.shard_state) is refused for Muon
+ * (cuoptimSetCommunicator: INVALID_VALUE): a Newton-Schulz iteration needs every element of its
+ * matrix. */
 
 /* The Keras class name ("SGD", "RMSprop", "Adam", ...) or NULL for an unknown kind. */
 CUOPTIM_API const char *cuoptimOptimizerName(cuoptimOptimizerKind_t kind);
@@ -353,7 +358,8 @@ typedef int32_t cuoptimVariable_t;
  * waits for that stream only.
  * Host backend: reads CUOPTIM_HOST_THREADS (the threads of its steps, see the top of this file).
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (also CUOPTIM_HOST_THREADS set to anything but a
- * whole number from 1 to 1024, on the host backend), NOT_SUPPORTED (a backend this build lacks),
+ * whole number from 1 to 1024, on the host backend), NOT_SUPPORTED (a backend this build lacks;
+ * CUOPTIM_MUON on the CUDA backend),
  * NO_DEVICE, CUDA_ERROR, ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig_t *config,
                                           cuoptimBackend_t backend, int device);
@@ -390,8 +396,8 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t optimizer, cuopt
  * (cuoptimExcludeFromWeightDecay).
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty or long or duplicate name, count 0 or
  * above 2^40, unknown dtype, a host pointer given to the CUDA backend, more than 2^29
- * variables, a state above 2^60 bytes, a search of the name by the exclusion patterns that
- * exceeds its limits or meets a name that is not UTF-8), INVALID_STATE (the state is built),
+ * variables, a state above 2^60 bytes, a search of the name by the exclusion patterns, or by
+ * Muon's exclude_layers (2-D variables), that exceeds its limits or meets a name that is not UTF-8), INVALID_STATE (the state is built),
  * ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t optimizer, const char *name, void *param,
                                                cuoptimDtype_t dtype, size_t count,
@@ -743,7 +749,7 @@ CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options
  * The NCCL communicator must be on the optimizer's device and, if it is non-blocking
  * (config.blocking = 0), initialized (ncclCommGetAsyncError gives ncclSuccess). The rank and the
  * world are NCCL's (ncclCommUserRank, ncclCommCount). cuoptim never destroys it.
- * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, a
+ * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, shard_state with Muon, a
  * communicator MPI or NCCL refuses, *communicator NULL for NCCL, an NCCL communicator on another
  * device or still initializing), INVALID_STATE (the state is built; MPI not initialized),
  * NOT_SUPPORTED (this build has no MPI or no NCCL), TIMEOUT (host backend: the other ranks did not

@@ -2037,6 +2037,7 @@ Test(golden, muon_config_round_trips) {
 }
 
 Test(golden_cuda, muon_cuda_backend_refuses) {
+  test_require_backend(CUOPTIM_BACKEND_CUDA);
   cuoptimConfig_t c = test_config(CUOPTIM_MUON);
   cuoptimOptimizer_t opt = NULL;
   cr_expect_eq(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0), CUOPTIM_STATUS_NOT_SUPPORTED, "%s",
