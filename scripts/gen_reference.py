@@ -1452,6 +1452,15 @@ def _(c):
             "3 ranks: ScheduleFreeAdamW with warmup, weight decay and gradient accumulation 2.")
 
 
+@case("ranks_muon_accum2_r2")
+def _(c):
+    c.data(steps=10, names=RANK_VARS)
+    c.ranks(2)
+    return (O.Muon(learning_rate=lr(c, 0.02), gradient_accumulation_steps=2, clipnorm=c.clipnorm()),
+            "2 ranks: Muon (a tall 4x3 kernel on the Muon path; bias, embedding and gamma on the "
+            "AdamW path) with clipnorm and gradient accumulation 2.")
+
+
 @case("ranks_ftrl_l1_l2_r3")
 def _(c):
     c.data(steps=8, names=RANK_VARS)
