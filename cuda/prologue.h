@@ -142,13 +142,15 @@ CUOPTIM_HD void cuoptim_prologue_begin(const cuoptimPrologueParams *q, const cuo
   const int k = p->kind;
   float t = (float)(it + 1);
   if (k == CUOPTIM_ADAM || k == CUOPTIM_ADAMW || k == CUOPTIM_ADAMAX || k == CUOPTIM_NADAM || k == CUOPTIM_LAMB ||
-      k == CUOPTIM_SCHEDULE_FREE_ADAMW) {
+      k == CUOPTIM_SCHEDULE_FREE_ADAMW || k == CUOPTIM_MUON) {
     /* Bias corrections: ops.power(float32(beta), float32(t)). */
     s->beta_1_power = cuoptim_powf(p->beta_1, t);
     s->beta_2_power = cuoptim_powf(p->beta_2, t);
     s->one_minus_beta_1_power = 1.0f - s->beta_1_power;
     s->one_minus_beta_2_power = 1.0f - s->beta_2_power;
-    s->adam_alpha = s->lr * sqrtf(s->one_minus_beta_2_power) / s->one_minus_beta_1_power;
+    /* Muon's AdamW path: its learning rate is lr * adam_lr_ratio (float32). */
+    float lr = k == CUOPTIM_MUON ? s->lr * p->muon_adam_lr_ratio : s->lr;
+    s->adam_alpha = lr * sqrtf(s->one_minus_beta_2_power) / s->one_minus_beta_1_power;
   }
 
   if (k == CUOPTIM_NADAM) {

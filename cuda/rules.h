@@ -61,6 +61,16 @@ typedef struct cuoptimRuleParams {
   float l1, l2, two_l2_shrinkage, ftrl_beta;
   int32_t sf_has_warmup;    /* ScheduleFreeAdamW: warmup_steps > 0 */
   float sf_warmup_steps;    /* float32(warmup_steps) */
+  /* Muon. Its AdamW path is the element-wise rule: beta_1, beta_2, one_minus_beta_* and
+   * weight_decay hold adam_beta_1, adam_beta_2 and adam_weight_decay there (has_weight_decay: it
+   * is set); the Muon path reads these. */
+  int32_t muon_has_weight_decay; /* weight_decay is not None */
+  int32_t muon_has_rms_rate;     /* rms_rate is not None */
+  int32_t muon_ns_steps;
+  float muon_weight_decay;       /* float32(weight_decay) */
+  float muon_momentum_minus_1;   /* float32(momentum - 1) formed in double */
+  float muon_adam_lr_ratio, muon_rms_rate;
+  float muon_a, muon_b, muon_c;
 } cuoptimRuleParams;
 
 /* Persistent scalar state, device-resident on the CUDA backend (Keras's scalar variables). */
@@ -102,6 +112,7 @@ typedef struct cuoptimTensorScalars {
   float clip_denominator; /* clipnorm: max(||g||, clipnorm) */
   float lamb_ratio;      /* Lamb trust ratio */
   int32_t reserved;
+  double muon_sumsq;     /* Muon path: ||direction||_F^2 before Newton-Schulz */
 } cuoptimTensorScalars;
 
 /* ---- precision helpers ----------------------------------------------------------------------- */
@@ -358,6 +369,28 @@ CUOPTIM_HD void cuoptim_rule_schedule_free_adamw(const cuoptimRuleParams *p, con
   *w = one_minus_beta_1 * z + p->beta_1 * x_new;
 }
 
+/* Muon path (keras/src/optimizers/muon.py, _muon_update_step), before Newton-Schulz: the momentum
+ * m += g + m (momentum - 1), and the direction Newton-Schulz orthogonalizes: g + momentum m
+ * (nesterov) or m. s0 = momentum. */
+CUOPTIM_HD float cuoptim_rule_muon_momentum(const cuoptimRuleParams *p, float g, float *s0) {
+  float m = *s0 + (g + *s0 * p->muon_momentum_minus_1);
+  *s0 = m;
+  return p->nesterov ? g + p->momentum * m : m;
+}
+
+/* The denominator Newton-Schulz divides the direction by: ||X||_F + 1e-7, the norm from its sum of
+ * squares (summed in double, then float32 as Keras's norm). */
+CUOPTIM_HD float cuoptim_muon_norm_denominator(double sumsq) { return cuoptim_sqrtf((float)sumsq) + 1e-7f; }
+
+/* Muon's lr_adjust(lr * x): times sqrt(max(rows, columns)) (sqrt_dim, a float32 square root of the
+ * integer) and rms_rate, unless rms_rate is None. */
+CUOPTIM_HD float cuoptim_muon_apply(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float sqrt_dim, float w,
+                                    float x) {
+  float step = s->lr * x;
+  if (p->muon_has_rms_rate) step = (step * sqrt_dim) * p->muon_rms_rate;
+  return w - step;
+}
+
 /* ---- one element of the update stage: everything after the inspect pass ---------------------- */
 
 /* The gradient of one element as the optimizer rule sees it, or 0 when this is an accumulation
@@ -393,7 +426,10 @@ CUOPTIM_HD void cuoptim_rule(const cuoptimRuleParams *p, const cuoptimStepScalar
     case CUOPTIM_ADAGRAD: cuoptim_rule_adagrad(p, s, g, w, s0); break;
     case CUOPTIM_ADADELTA: cuoptim_rule_adadelta(p, s, g, w, s0, s1); break;
     case CUOPTIM_ADAM:
-    case CUOPTIM_ADAMW: cuoptim_rule_adam(p, s, g, w, s0, s1, s2); break;
+    case CUOPTIM_ADAMW:
+    case CUOPTIM_MUON: /* its AdamW path; the Muon path is cuoptim_muon_pass1_element */
+      cuoptim_rule_adam(p, s, g, w, s0, s1, s2);
+      break;
     case CUOPTIM_ADAMAX: cuoptim_rule_adamax(p, s, g, w, s0, s1); break;
     case CUOPTIM_NADAM: cuoptim_rule_nadam(p, s, g, w, s0, s1); break;
     case CUOPTIM_LION: cuoptim_rule_lion(p, s, g, w, s0); break;
@@ -434,6 +470,18 @@ CUOPTIM_HD float cuoptim_lamb_pass2_element(const cuoptimRuleParams *p, const cu
                                             float m, float v) {
   float w_decayed = use_weight_decay ? cuoptim_weight_decay(w, p->weight_decay, s->lr) : w;
   return cuoptim_rule_lamb_apply(s, t, w_decayed, cuoptim_rule_lamb_direction(p, s, m, v));
+}
+
+/* Muon path, pass 1, one element: prepare, weight decay (weight_decay, not adam_weight_decay),
+ * momentum; gives the direction Newton-Schulz reads. Returns 0 on a micro-step. */
+CUOPTIM_HD int cuoptim_muon_pass1_element(const cuoptimRuleParams *p, const cuoptimStepScalars *s,
+                                          const cuoptimTensorScalars *t, int use_weight_decay, float g_raw, float *w,
+                                          float *s0, float *acc, float *direction) {
+  float g;
+  if (!cuoptim_prepare_gradient(p, s, t, g_raw, acc, &g)) return 0;
+  if (use_weight_decay) *w = cuoptim_weight_decay(*w, p->muon_weight_decay, s->lr);
+  *direction = cuoptim_rule_muon_momentum(p, g, s0);
+  return 1;
 }
 
 /* EMA stage, one element (every variable, with or without a gradient this step). */

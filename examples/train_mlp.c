@@ -148,7 +148,8 @@ static int parse_int(const char *option, const char *text, int min, int max, int
 
 static int parse_kind(const char *name, cuoptimOptimizerKind_t *kind) {
   for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++)
-    if (strcasecmp(name, cuoptimOptimizerName((cuoptimOptimizerKind_t)k)) == 0) {
+    if (cuoptimOptimizerName((cuoptimOptimizerKind_t)k) &&
+        strcasecmp(name, cuoptimOptimizerName((cuoptimOptimizerKind_t)k)) == 0) {
       *kind = (cuoptimOptimizerKind_t)k;
       return 0;
     }

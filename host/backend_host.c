@@ -60,6 +60,7 @@ typedef struct {
   size_t *batch_block;         /* num_batches + 1: batch b is the blocks [bb[b], bb[b + 1]) */
   double *block_sums;          /* 2 per block: the inspect pass's (one), Lamb's w and u */
   unsigned char *block_nonfinite; /* per block: the inspect pass saw inf or NaN */
+  float *muon_scratch;         /* Muon: X, Y (r x c) and A, B (r x r) of the largest matrix */
 } HostData;
 
 static HostData *host_data(cuoptimOptimizer_t opt) { return (HostData *)opt->backend_data; }
@@ -71,6 +72,7 @@ static void free_blocks(HostData *h) {
   free(h->batch_block);
   free(h->block_sums);
   free(h->block_nonfinite);
+  free(h->muon_scratch);
   int threads = h->threads;
   memset(h, 0, sizeof *h);
   h->threads = threads;
@@ -356,6 +358,7 @@ static RuleVariant rule_variant(const cuoptimRuleParams *p) {
       if (p->lr_power_neg == 0.5f) return RULE_FTRL_SQRT;
       return p->lr_power_neg == 0.0f ? RULE_FTRL_POWER0 : RULE_FTRL;
     case CUOPTIM_SCHEDULE_FREE_ADAMW: return RULE_SCHEDULE_FREE_ADAMW;
+    case CUOPTIM_MUON: return RULE_ADAM; /* its AdamW path (no amsgrad); the matrices: update_muon */
     default: return RULE_GENERIC;
   }
 }
@@ -657,7 +660,7 @@ static void run_block(Stage *st, size_t block) {
       if (g->grad) inspect_block(st, block, v, g, begin, n);
       break;
     case STAGE_UPDATE:
-      if (g->grad) update_block(st, v, g, t, begin, n);
+      if (g->grad && !v->muon_matrix) update_block(st, v, g, t, begin, n);
       break;
     case STAGE_LAMB1:
       if (g->grad) lamb1_block(st, block, v, g, t, begin, n);
@@ -747,8 +750,28 @@ static cuoptimStatus_t host_check_build_stream(cuoptimOptimizer_t opt, cuoptimSt
   return CUOPTIM_STATUS_SUCCESS; /* streams mean nothing here */
 }
 
+/* Muon: one scratch area for the Newton-Schulz buffers of the largest matrix (they run one after
+ * the other). */
+static cuoptimStatus_t allocate_muon_scratch(cuoptimOptimizer_t opt) {
+  size_t most = 0;
+  for (int k = 0; k < opt->num_variables; k++) {
+    if (!opt->variables[k].muon_matrix) continue;
+    cuoptimMuonShape m = cuoptim_muon_shape(&opt->variables[k]);
+    size_t floats = 2 * (size_t)(m.r * m.c) + 2 * (size_t)(m.r * m.r);
+    if (floats > most) most = floats;
+  }
+  if (most == 0) return CUOPTIM_STATUS_SUCCESS;
+  HostData *h = host_data(opt);
+  h->muon_scratch = malloc(most * sizeof(float));
+  if (!h->muon_scratch)
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: cannot allocate %zu floats for Muon's Newton-Schulz",
+                         most);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 static cuoptimStatus_t host_build(cuoptimOptimizer_t opt, const cuoptimStream_t *stream) {
   CUOPTIM_CHECK(layout_blocks(opt));
+  CUOPTIM_CHECK(allocate_muon_scratch(opt));
   for (int k = 0; k < opt->num_variables; k++) {
     cuoptimVariableRec *v = &opt->variables[k];
     if (v->master) load_chunk(v->local_param, v->dtype, 0, v->local_count, v->master);
@@ -813,6 +836,53 @@ static cuoptimStatus_t host_prologue(cuoptimOptimizer_t opt, int inspected, cuop
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* Muon, pass 1 of one matrix: prepare, decay, momentum; the direction into x in X's layout.
+ * Returns 0 on an accumulation micro-step. */
+static int muon_pass1(const cuoptimOptimizer_t opt, cuoptimVariableRec *v, const cuoptimStepGradient *g,
+                      const cuoptimTensorScalars *t, const cuoptimMuonShape *m, float *x) {
+  const cuoptimRuleParams *p = &opt->prologue.rule;
+  const cuoptimStepScalars *s = opt->scalars;
+  float acc_unused = 0.0f;
+  int applied = 1;
+  for (size_t i = 0; i < v->local_count; i++) {
+    float w = *working(v, i), direction = 0.0f;
+    float *acc = v->accumulator ? &v->accumulator[i] : &acc_unused;
+    applied = cuoptim_muon_pass1_element(p, s, t, v->use_weight_decay, load_element(g->grad, g->dtype, i), &w,
+                                         &v->slots[0][i], acc, &direction);
+    if (!applied) continue;
+    *working(v, i) = w;
+    x[cuoptim_muon_index(m, i)] = direction;
+  }
+  return applied;
+}
+
+/* Muon, one matrix: pass 1, the Frobenius norm (the fixed order of the top of this file, over X),
+ * Newton-Schulz, and w -= lr_adjust(lr * X). */
+static void update_muon_matrix(cuoptimOptimizer_t opt, int k, float *scratch) {
+  cuoptimVariableRec *v = &opt->variables[k];
+  const cuoptimTensorScalars *t = &opt->tensors[k];
+  cuoptimMuonShape m = cuoptim_muon_shape(v);
+  size_t n = (size_t)(m.r * m.c);
+  float *x = scratch, *y = x + n, *a_mat = y + n, *b_mat = a_mat + (size_t)(m.r * m.r);
+  if (!muon_pass1(opt, v, &opt->step_grads[k], t, &m, x)) return;
+  double lane[LANES] = {0};
+  for (size_t c = 0; c < n; c += BLOCK) sum_squares(x + c, n - c < BLOCK ? n - c : BLOCK, lane);
+  float denominator = cuoptim_muon_norm_denominator(sum_lanes(lane));
+  for (size_t i = 0; i < n; i++) x[i] = x[i] / denominator;
+  const float *u = cuoptim_host_newton_schulz(&opt->prologue.rule, x, y, a_mat, b_mat, m.r, m.c);
+  float sqrt_dim = cuoptim_sqrtf((float)m.c);
+  for (size_t i = 0; i < v->local_count; i++)
+    *working(v, i) =
+        cuoptim_muon_apply(&opt->prologue.rule, opt->scalars, sqrt_dim, *working(v, i), u[cuoptim_muon_index(&m, i)]);
+  store_working_half(v, 0, v->local_count);
+}
+
+static void update_muon(cuoptimOptimizer_t opt) {
+  for (int k = 0; k < opt->num_variables; k++)
+    if (opt->variables[k].muon_matrix && opt->step_grads[k].grad)
+      update_muon_matrix(opt, k, host_data(opt)->muon_scratch);
+}
+
 /* Lamb: pass 1 of every variable (moments, this rank's part of the two norms), then (sharded
  * state) the norms' parts combined over the ranks, the trust ratios, pass 2; an accumulation
  * micro-step ends after pass 1. */
@@ -850,6 +920,7 @@ static cuoptimStatus_t host_update(cuoptimOptimizer_t opt, cuoptimStream_t strea
   } else {
     Stage st = {.kind = STAGE_UPDATE};
     run_stage(opt, &st, 1);
+    if (opt->config.kind == CUOPTIM_MUON) update_muon(opt); /* the AdamW path's variables ran above */
   }
   /* EMA after every update, for every variable (SEMANTICS.md §1.3). */
   if (opt->config.use_ema) {

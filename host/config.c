@@ -5,16 +5,21 @@
 
 #include "internal.h"
 
+/* Indexed by kind; a value below CUOPTIM_OPTIMIZER_COUNT without a name is not a kind. */
 static const char *const optimizer_class_names[CUOPTIM_OPTIMIZER_COUNT] = {
     "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Lion", "Lamb", "Ftrl",
-    "ScheduleFreeAdamW"};
+    "ScheduleFreeAdamW", [CUOPTIM_MUON] = "Muon"};
 /* Keras's auto_name of each class (snake case of the class name). */
 static const char *const optimizer_default_names[CUOPTIM_OPTIMIZER_COUNT] = {
     "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl",
-    "schedule_free_adam_w"};
+    "schedule_free_adam_w", [CUOPTIM_MUON] = "muon"};
+
+int cuoptim_kind_is_valid(int kind) {
+  return kind >= 0 && kind < CUOPTIM_OPTIMIZER_COUNT && optimizer_class_names[kind] != NULL;
+}
 
 const char *cuoptimOptimizerName(cuoptimOptimizerKind_t kind) {
-  if ((int)kind < 0 || kind >= CUOPTIM_OPTIMIZER_COUNT) return NULL;
+  if (!cuoptim_kind_is_valid((int)kind)) return NULL;
   return optimizer_class_names[kind];
 }
 
@@ -46,7 +51,7 @@ cuoptimStatus_t cuoptimScheduleInit(cuoptimSchedule_t *schedule, cuoptimSchedule
 
 cuoptimStatus_t cuoptimConfigInit(cuoptimConfig_t *config, cuoptimOptimizerKind_t kind) {
   CUOPTIM_REQUIRE_NOT_NULL("cuoptimConfigInit", config);
-  if ((int)kind < 0 || kind >= CUOPTIM_OPTIMIZER_COUNT)
+  if (!cuoptim_kind_is_valid((int)kind))
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
                          "cuoptimConfigInit: kind = %d is not a cuoptimOptimizerKind_t", (int)kind);
   cuoptimConfig_t c;
@@ -55,7 +60,7 @@ cuoptimStatus_t cuoptimConfigInit(cuoptimConfig_t *config, cuoptimOptimizerKind_
   snprintf(c.name, sizeof c.name, "%s", optimizer_default_names[kind]);
   cuoptimScheduleInit(&c.learning_rate, CUOPTIM_SCHEDULE_CONSTANT);
   c.learning_rate.initial_learning_rate = kind == CUOPTIM_SGD ? 0.01 : kind == CUOPTIM_SCHEDULE_FREE_ADAMW ? 0.0025 : 0.001;
-  c.weight_decay = kind == CUOPTIM_ADAMW ? 0.004 : CUOPTIM_NONE;
+  c.weight_decay = kind == CUOPTIM_ADAMW || kind == CUOPTIM_MUON ? 0.004 : CUOPTIM_NONE;
   c.clipnorm = c.clipvalue = c.global_clipnorm = CUOPTIM_NONE;
   c.use_ema = 0;
   c.ema_momentum = 0.99;
@@ -67,7 +72,18 @@ cuoptimStatus_t cuoptimConfigInit(cuoptimConfig_t *config, cuoptimOptimizerKind_
   c.epsilon = kind == CUOPTIM_SCHEDULE_FREE_ADAMW ? 1e-8 : 1e-7;
   c.warmup_steps = 0;
   c.rho = kind == CUOPTIM_ADADELTA ? 0.95 : 0.9;
-  c.momentum = 0.0;
+  c.momentum = kind == CUOPTIM_MUON ? 0.95 : 0.0;
+  c.nesterov = kind == CUOPTIM_MUON;
+  c.adam_beta_1 = 0.9;
+  c.adam_beta_2 = 0.999;
+  c.adam_weight_decay = 0.004;
+  c.adam_lr_ratio = 1.0;
+  c.muon_a = 3.4445;
+  c.muon_b = -4.7750;
+  c.muon_c = 2.0315;
+  c.ns_steps = 5;
+  c.rms_rate = 0.2;
+  c.exclude_embeddings = 1;
   c.initial_accumulator_value = 0.1;
   c.learning_rate_power = -0.5;
   c.dynamic_loss_scale = 0;
@@ -320,6 +336,52 @@ static cuoptimStatus_t validate_ftrl(const cuoptimConfig_t *c, const char *calle
   return require_float32(c->beta, caller, CONFIG_FIELD(beta));
 }
 
+/* Muon's exclude_layers: a count in range, each pattern NUL-terminated UTF-8 that compiles as
+ * Python's re.search would (each on its own). */
+static cuoptimStatus_t validate_exclude_layers(const cuoptimConfig_t *c, const char *caller) {
+  if (c->num_exclude_layers < 0 || c->num_exclude_layers > CUOPTIM_MAX_EXCLUDE_LAYERS)
+    return INVALID("%s: config->num_exclude_layers = %d: must lie in [0, %d]", caller, c->num_exclude_layers,
+                   CUOPTIM_MAX_EXCLUDE_LAYERS);
+  for (int i = 0; i < c->num_exclude_layers; i++) {
+    const char *text = c->exclude_layers[i];
+    if (!has_nul(text, CUOPTIM_MAX_NAME))
+      return INVALID("%s: config->exclude_layers[%d] is not NUL-terminated", caller, i);
+    if (cuoptim_invalid_utf8_offset(text) >= 0)
+      return INVALID("%s: config->exclude_layers[%d] is not valid UTF-8", caller, i);
+    cuoptimPattern *pattern = NULL;
+    char why[256];
+    long position = -1;
+    cuoptimStatus_t status = cuoptim_pattern_compile(text, &pattern, why, sizeof why, &position);
+    if (status != CUOPTIM_STATUS_SUCCESS)
+      return cuoptim_error(status, "%s: config->exclude_layers[%d] = \"%s\": %s (position %ld)", caller, i, text,
+                           why, position);
+    cuoptim_pattern_free(pattern);
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Muon: Keras checks nothing; every number reaches the step as a float32. */
+static cuoptimStatus_t validate_muon(const cuoptimConfig_t *c, const char *caller) {
+  CUOPTIM_CHECK(validate_beta(c->adam_beta_1, caller, CONFIG_FIELD(adam_beta_1), "1 - adam_beta_1"));
+  CUOPTIM_CHECK(validate_beta(c->adam_beta_2, caller, CONFIG_FIELD(adam_beta_2), "1 - adam_beta_2"));
+  CUOPTIM_CHECK(require_float32(c->epsilon, caller, CONFIG_FIELD(epsilon)));
+  if (!CUOPTIM_IS_NONE(c->adam_weight_decay))
+    CUOPTIM_CHECK(require_float32(c->adam_weight_decay, caller, CONFIG_FIELD(adam_weight_decay)));
+  CUOPTIM_CHECK(require_float32(c->adam_lr_ratio, caller, CONFIG_FIELD(adam_lr_ratio)));
+  CUOPTIM_CHECK(require_float32(c->muon_a, caller, CONFIG_FIELD(muon_a)));
+  CUOPTIM_CHECK(require_float32(c->muon_b, caller, CONFIG_FIELD(muon_b)));
+  CUOPTIM_CHECK(require_float32(c->muon_c, caller, CONFIG_FIELD(muon_c)));
+  CUOPTIM_CHECK(validate_beta(c->momentum, caller, CONFIG_FIELD(momentum), "momentum - 1"));
+  if (!CUOPTIM_IS_NONE(c->rms_rate)) CUOPTIM_CHECK(require_float32(c->rms_rate, caller, CONFIG_FIELD(rms_rate)));
+  if (c->ns_steps < 0 || c->ns_steps > CUOPTIM_MUON_MAX_NS_STEPS)
+    return INVALID("%s: config->ns_steps = %lld: must lie in [0, %d]", caller, (long long)c->ns_steps,
+                   CUOPTIM_MUON_MAX_NS_STEPS);
+  if (!is_flag(c->nesterov)) return INVALID("%s: config->nesterov = %d: must be 0 or 1", caller, c->nesterov);
+  if (!is_flag(c->exclude_embeddings))
+    return INVALID("%s: config->exclude_embeddings = %d: must be 0 or 1", caller, c->exclude_embeddings);
+  return validate_exclude_layers(c, caller);
+}
+
 /* Per optimizer: the checks Keras's constructors make, and float32 finiteness of the fields the
  * kind uses (the others are ignored, and not written to JSON). */
 static cuoptimStatus_t validate_rule(const cuoptimConfig_t *c, const char *caller) {
@@ -361,6 +423,7 @@ static cuoptimStatus_t validate_rule(const cuoptimConfig_t *c, const char *calle
       CUOPTIM_CHECK(require_float32(c->beta_2, caller, CONFIG_FIELD(beta_2)));
       CUOPTIM_CHECK(require_float32(c->epsilon, caller, CONFIG_FIELD(epsilon)));
       return require_float32(c->warmup_steps, caller, CONFIG_FIELD(warmup_steps));
+    case CUOPTIM_MUON: return validate_muon(c, caller);
     default: return CUOPTIM_STATUS_SUCCESS;
   }
 }
@@ -386,7 +449,7 @@ static cuoptimStatus_t validate_loss_scale(const cuoptimConfig_t *c, const char 
 cuoptimStatus_t cuoptim_validate_config(const cuoptimConfig_t *config, const char *caller) {
   CUOPTIM_REQUIRE_NOT_NULL(caller, config);
   const cuoptimConfig_t *c = config;
-  if ((int)c->kind < 0 || c->kind >= CUOPTIM_OPTIMIZER_COUNT)
+  if (!cuoptim_kind_is_valid((int)c->kind))
     return INVALID("%s: config->kind = %d is not a cuoptimOptimizerKind_t", caller, (int)c->kind);
   if (!has_nul(c->name, sizeof c->name)) return INVALID("%s: config->name is not NUL-terminated", caller);
   if (!has_nul(c->loss_scale_name, sizeof c->loss_scale_name))
@@ -434,6 +497,28 @@ static int clip_kind(const cuoptimConfig_t *c) {
   return CUOPTIM_CLIP_NONE;
 }
 
+/* Muon: its AdamW path runs the element-wise Adam rule, so the fields that rule reads take the
+ * adam_ values; the Muon path's own constants go to the muon_ fields. */
+static void muon_params_init(const cuoptimConfig_t *c, cuoptimRuleParams *p) {
+  p->muon_has_weight_decay = !CUOPTIM_IS_NONE(c->weight_decay);
+  p->muon_weight_decay = p->muon_has_weight_decay ? (float)c->weight_decay : 0.0f;
+  p->has_weight_decay = !CUOPTIM_IS_NONE(c->adam_weight_decay);
+  p->weight_decay = p->has_weight_decay ? (float)c->adam_weight_decay : 0.0f;
+  p->beta_1 = (float)c->adam_beta_1;
+  p->beta_2 = (float)c->adam_beta_2;
+  p->one_minus_beta_1 = (float)(1.0 - c->adam_beta_1);
+  p->one_minus_beta_2 = (float)(1.0 - c->adam_beta_2);
+  p->amsgrad = 0;
+  p->muon_momentum_minus_1 = (float)(c->momentum - 1.0);
+  p->muon_adam_lr_ratio = (float)c->adam_lr_ratio;
+  p->muon_has_rms_rate = !CUOPTIM_IS_NONE(c->rms_rate);
+  p->muon_rms_rate = p->muon_has_rms_rate ? (float)c->rms_rate : 1.0f;
+  p->muon_a = (float)c->muon_a;
+  p->muon_b = (float)c->muon_b;
+  p->muon_c = (float)c->muon_c;
+  p->muon_ns_steps = (int32_t)c->ns_steps;
+}
+
 void cuoptim_prologue_params_init(const cuoptimConfig_t *c, cuoptimPrologueParams *q) {
   memset(q, 0, sizeof *q);
   cuoptimRuleParams *p = &q->rule;
@@ -471,6 +556,7 @@ void cuoptim_prologue_params_init(const cuoptimConfig_t *c, cuoptimPrologueParam
   p->ftrl_beta = (float)c->beta;
   p->sf_has_warmup = c->kind == CUOPTIM_SCHEDULE_FREE_ADAMW && c->warmup_steps > 0; /* Keras: a Python test */
   p->sf_warmup_steps = p->sf_has_warmup ? (float)c->warmup_steps : 1.0f;
+  if (c->kind == CUOPTIM_MUON) muon_params_init(c, p);
   schedule_params_init(&c->learning_rate, &q->schedule);
   q->ema_overwrite_frequency = c->use_ema ? c->ema_overwrite_frequency : 0;
   q->dynamic_growth_steps = c->dynamic_growth_steps;
@@ -507,6 +593,7 @@ int cuoptim_slot_layout(const cuoptimConfig_t *c, cuoptimSlotLayout *layout) {
     case CUOPTIM_NADAM:
     case CUOPTIM_LAMB:
     case CUOPTIM_SCHEDULE_FREE_ADAMW:
+    case CUOPTIM_MUON: /* velocity: the AdamW path's variables only (cuoptim_variable_has_slot) */
       names[n++] = "momentum";
       names[n++] = "velocity";
       break;

@@ -109,6 +109,11 @@ float cuoptim_slot_initial_value(const cuoptimConfig_t *config, int slot);
 /* Whether slot `slot` starts as a copy of the variable (ScheduleFreeAdamW's momentum), not as
  * cuoptim_slot_initial_value. */
 int cuoptim_slot_copies_variable(const cuoptimConfig_t *config, int slot);
+/* Whether a kind value names an optimizer (values below CUOPTIM_OPTIMIZER_COUNT may be unused). */
+int cuoptim_kind_is_valid(int kind);
+/* Whether a variable has slot `slot` (present in the layout; Muon's velocity only on the AdamW
+ * path, muon_matrix 0) (host/optimizer.c). */
+int cuoptim_variable_has_slot(const struct cuoptimOptimizer *opt, int muon_matrix, int slot);
 
 /* ---- the optimizer object -------------------------------------------------------------------- */
 
@@ -119,7 +124,8 @@ typedef struct cuoptimVariableRec {
   size_t count;
   int rank;             /* the shape, row-major as Keras stores it: count = the dims' product */
   int64_t dims[CUOPTIM_MAX_DIMS];
-  int use_weight_decay; /* weight_decay set and not excluded */
+  int use_weight_decay; /* weight_decay set and not excluded (Muon: its path's rate) */
+  int muon_matrix;      /* Muon: takes the Newton-Schulz path (0: the AdamW path; other kinds 0) */
   /* The elements this rank updates and keeps state for: all of them, or with sharded state its
    * share [local_offset, local_offset + local_count) (cuoptim_comm_share). local_param is
    * param + local_offset elements. Set when the state is built. */
@@ -133,6 +139,37 @@ typedef struct cuoptimVariableRec {
   float *average;       /* EMA */
   float *accumulator;   /* gradient accumulation */
 } cuoptimVariableRec;
+
+/* A Muon-path matrix as Newton-Schulz sees it: the variable is rows x cols (row-major); the
+ * iteration works on the r x c matrix X with r <= c, X = the variable's direction, or its
+ * transpose when rows > cols (tall). */
+typedef struct cuoptimMuonShape {
+  int64_t rows, cols, r, c;
+  int tall;
+} cuoptimMuonShape;
+
+static inline cuoptimMuonShape cuoptim_muon_shape(const cuoptimVariableRec *v) {
+  cuoptimMuonShape m;
+  m.rows = v->dims[0];
+  m.cols = v->dims[1];
+  m.tall = m.rows > m.cols;
+  m.r = m.tall ? m.cols : m.rows;
+  m.c = m.tall ? m.rows : m.cols;
+  return m;
+}
+
+/* Element i of the variable's row-major order in X's row-major order. */
+static inline size_t cuoptim_muon_index(const cuoptimMuonShape *m, size_t i) {
+  if (!m->tall) return i;
+  size_t row = i / (size_t)m->cols, col = i % (size_t)m->cols;
+  return col * (size_t)m->rows + row;
+}
+
+/* Muon's Newton-Schulz iteration on the host (host/newton_schulz.c): p->muon_ns_steps iterations
+ * on the r x c matrix x (already normalized), y another r x c buffer, a_mat and b_mat r x r
+ * buffers; returns the buffer that holds the result (x or y). */
+float *cuoptim_host_newton_schulz(const cuoptimRuleParams *p, float *x, float *y, float *a_mat, float *b_mat,
+                                  int64_t r, int64_t c);
 
 /* One entry of the Keras-ordered optimizer state (cuoptimGetWeights). */
 typedef enum {
@@ -351,6 +388,8 @@ struct cuoptimOptimizer {
   char **excludes;
   char *exclude_joined;
   cuoptimPattern *exclude_pattern;
+  int num_muon_excludes;   /* Muon's exclude_layers, compiled */
+  cuoptimPattern *muon_excludes[CUOPTIM_MAX_EXCLUDE_LAYERS];
 
   int built;               /* arenas allocated, state initialised (first step or state access) */
   void *arena;             /* one allocation: every float buffer cuoptim owns, 256-byte regions */

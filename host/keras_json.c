@@ -49,7 +49,9 @@ typedef enum {
   FT_NAME,           /* char[CUOPTIM_MAX_NAME]; None <-> "" or the default (see the readers) */
   FT_LEARNING_RATE,  /* cuoptimSchedule_t: a number or a serialized schedule */
   FT_BOUNDARIES,     /* cuoptimSchedule_t boundaries[num_boundaries] */
-  FT_VALUES          /* cuoptimSchedule_t values[num_boundaries + 1] */
+  FT_VALUES,         /* cuoptimSchedule_t values[num_boundaries + 1] */
+  FT_INT64,          /* int64_t, an integer (never None) */
+  FT_PATTERNS        /* Muon's exclude_layers: a list of strings <-> cuoptimConfig_t's array */
 } field_type_t;
 
 typedef struct {
@@ -128,6 +130,24 @@ static const field_t SCHEDULE_FREE_ADAMW_FIELDS[] = {
     CFG("warmup_steps", FT_STEPS, warmup_steps),
 };
 
+/* Muon.get_config's additions, in its order. */
+static const field_t MUON_FIELDS[] = {
+    CFG("adam_beta_1", FT_NUMBER, adam_beta_1),
+    CFG("adam_beta_2", FT_NUMBER, adam_beta_2),
+    CFG("epsilon", FT_NUMBER, epsilon),
+    CFG("exclude_layers", FT_PATTERNS, exclude_layers),
+    CFG("muon_a", FT_NUMBER, muon_a),
+    CFG("muon_b", FT_NUMBER, muon_b),
+    CFG("muon_c", FT_NUMBER, muon_c),
+    CFG("adam_lr_ratio", FT_STEPS, adam_lr_ratio), /* Keras's default is the int 1 */
+    CFG("momentum", FT_NUMBER, momentum),
+    CFG("ns_steps", FT_INT64, ns_steps),
+    CFG("nesterov", FT_BOOL, nesterov),
+    CFG("exclude_embeddings", FT_BOOL, exclude_embeddings),
+    CFG("adam_weight_decay", FT_NUMBER_OR_NONE, adam_weight_decay),
+    CFG("rms_rate", FT_NUMBER_OR_NONE, rms_rate),
+};
+
 typedef struct {
   const char *class_name;   /* Keras class name */
   const char *default_name; /* Keras's auto_name(class_name) */
@@ -150,6 +170,7 @@ static const optimizer_class_t OPTIMIZER_CLASSES[CUOPTIM_OPTIMIZER_COUNT] = {
     [CUOPTIM_FTRL] = {"Ftrl", "ftrl", FTRL_FIELDS, COUNT_OF(FTRL_FIELDS)},
     [CUOPTIM_SCHEDULE_FREE_ADAMW] = {"ScheduleFreeAdamW", "schedule_free_adam_w", SCHEDULE_FREE_ADAMW_FIELDS,
                                      COUNT_OF(SCHEDULE_FREE_ADAMW_FIELDS)},
+    [CUOPTIM_MUON] = {"Muon", "muon", MUON_FIELDS, COUNT_OF(MUON_FIELDS)},
 };
 
 /* Each schedule's get_config, in its order (ExponentialDecay and InverseTimeDecay share theirs). */
@@ -515,6 +536,29 @@ static cuoptimStatus_t read_number_array(const cJSON *item, const char *path, do
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* Muon's exclude_layers: a list of at most CUOPTIM_MAX_EXCLUDE_LAYERS strings (Keras writes [] for
+ * None), each shorter than CUOPTIM_MAX_NAME bytes; the config's validation compiles them. */
+static cuoptimStatus_t read_patterns(const cJSON *item, const char *path, cuoptimConfig_t *cfg) {
+  if (!cJSON_IsArray(item)) return type_error(path, "a list of strings", item);
+  int n = cJSON_GetArraySize(item);
+  if (n > CUOPTIM_MAX_EXCLUDE_LAYERS)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: %d patterns; at most %d are supported", path,
+                         n, CUOPTIM_MAX_EXCLUDE_LAYERS);
+  int i = 0;
+  for (const cJSON *e = item->child; e != NULL; e = e->next, i++) {
+    char element[PATH_MAX_LEN];
+    snprintf(element, sizeof element, "%s[%d]", path, i);
+    if (!cJSON_IsString(e) || e->valuestring == NULL) return type_error(element, "a string", e);
+    size_t length = strlen(e->valuestring);
+    if (length >= CUOPTIM_MAX_NAME)
+      return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, FROM_JSON ": %s: the pattern is %zu bytes long; at most %d fit",
+                           element, length, CUOPTIM_MAX_NAME - 1);
+    memcpy(cfg->exclude_layers[i], e->valuestring, length + 1);
+  }
+  cfg->num_exclude_layers = n;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 static cuoptimStatus_t parse_learning_rate(cuoptimSchedule_t *schedule, const cJSON *item, const char *path);
 
 /* Applies one key of a config dict. `base` is the cuoptimConfig_t or cuoptimSchedule_t the offsets
@@ -558,6 +602,11 @@ static cuoptimStatus_t apply_field(void *base, const field_t *field, const cJSON
       cuoptimSchedule_t *s = (cuoptimSchedule_t *)base;
       return read_number_array(item, path, s->values, CUOPTIM_MAX_BOUNDARIES + 1, num_values);
     }
+    case FT_INT64:
+      if (!cJSON_IsNumber(item)) return type_error(path, "an integer", item);
+      return read_integer(item, path, (int64_t *)p);
+    case FT_PATTERNS:
+      return read_patterns(item, path, (cuoptimConfig_t *)base);
   }
   return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, FROM_JSON ": %s: unhandled field type %d", path,
                        (int)field->type);
@@ -767,7 +816,7 @@ static cuoptimStatus_t parse_learning_rate(cuoptimSchedule_t *schedule, const cJ
 static int find_optimizer_class(const char *name) {
   /* keras.optimizers.deserialize matches built-in class names case-insensitively. */
   for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++) {
-    if (strcasecmp(OPTIMIZER_CLASSES[k].class_name, name) == 0) return k;
+    if (OPTIMIZER_CLASSES[k].class_name && strcasecmp(OPTIMIZER_CLASSES[k].class_name, name) == 0) return k;
   }
   return -1;
 }
@@ -1236,6 +1285,19 @@ static void put_field(text_t *t, const void *base, const field_t *f, const char 
       put(t, "]");
       break;
     }
+    case FT_INT64:
+      put_int64(t, *(const int64_t *)p);
+      break;
+    case FT_PATTERNS: {
+      const cuoptimConfig_t *c = (const cuoptimConfig_t *)base;
+      put(t, "[");
+      for (int i = 0; i < c->num_exclude_layers; i++) {
+        if (i > 0) put(t, ", ");
+        put_string(t, c->exclude_layers[i]);
+      }
+      put(t, "]");
+      break;
+    }
   }
 }
 
@@ -1305,7 +1367,7 @@ CUOPTIM_API cuoptimStatus_t cuoptimConfigToKerasJSON(const cuoptimConfig_t *conf
   cuoptimStatus_t st = cuoptim_validate_config(config, TO_JSON);
   if (st != CUOPTIM_STATUS_SUCCESS) return st;
   /* Validation guarantees these; checked again because they index the tables. */
-  if ((int)config->kind < 0 || config->kind >= CUOPTIM_OPTIMIZER_COUNT || (int)config->learning_rate.kind < 0 ||
+  if (!cuoptim_kind_is_valid((int)config->kind) || (int)config->learning_rate.kind < 0 ||
       (int)config->learning_rate.kind >= NUM_SCHEDULE_CLASSES ||
       (config->learning_rate.kind == CUOPTIM_SCHEDULE_PIECEWISE_CONSTANT &&
        (config->learning_rate.num_boundaries < 0 || config->learning_rate.num_boundaries > CUOPTIM_MAX_BOUNDARIES))) {

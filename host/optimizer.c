@@ -1,5 +1,6 @@
 /* The optimizer handle: creation, variables, weight-decay exclusion, building the state (one
  * arena), the Keras-ordered state list, and the scalar getters. Backend-independent. */
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,26 @@ static cuoptimStatus_t allocate_scalars(cuoptimOptimizer_t opt) {
   return opt->ops->upload(opt, opt->state, &initial, sizeof initial);
 }
 
+static void free_muon_excludes(cuoptimOptimizer_t opt) {
+  for (int i = 0; i < opt->num_muon_excludes; i++) cuoptim_pattern_free(opt->muon_excludes[i]);
+  opt->num_muon_excludes = 0;
+}
+
+/* Muon's exclude_layers, each compiled on its own (Keras searches them one by one). */
+static cuoptimStatus_t compile_muon_excludes(cuoptimOptimizer_t opt, const char *caller) {
+  if (opt->config.kind != CUOPTIM_MUON) return CUOPTIM_STATUS_SUCCESS;
+  for (int i = 0; i < opt->config.num_exclude_layers; i++) {
+    char why[256];
+    long position = -1;
+    cuoptimStatus_t status =
+        cuoptim_pattern_compile(opt->config.exclude_layers[i], &opt->muon_excludes[i], why, sizeof why, &position);
+    if (status != CUOPTIM_STATUS_SUCCESS)
+      return cuoptim_error(status, "%s: config->exclude_layers[%d]: %s", caller, i, why);
+    opt->num_muon_excludes = i + 1;
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig_t *config, cuoptimBackend_t backend,
                               int device) {
   static const char *caller = "cuoptimCreate";
@@ -53,6 +74,11 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
                          "%s: backend = CUOPTIM_BACKEND_CUDA: this build of cuoptim has no CUDA backend (built with "
                          "CUOPTIM_WITH_CUDA=OFF); use CUOPTIM_BACKEND_HOST",
                          caller);
+  if (backend == CUOPTIM_BACKEND_CUDA && config->kind == CUOPTIM_MUON)
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
+                         "%s: config->kind = CUOPTIM_MUON: the CUDA backend has no Newton-Schulz stage yet; use "
+                         "CUOPTIM_BACKEND_HOST",
+                         caller);
   if (backend == CUOPTIM_BACKEND_CUDA && device < 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: device = %d: must be a CUDA device ordinal >= 0", caller,
                          device);
@@ -65,8 +91,10 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
   opt->ops = ops;
   cuoptim_prologue_params_init(config, &opt->prologue);
   cuoptim_slot_layout(config, &opt->slots);
-  cuoptimStatus_t status = ops->init(opt);
+  cuoptimStatus_t status = compile_muon_excludes(opt, caller);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = ops->init(opt);
   if (status != CUOPTIM_STATUS_SUCCESS) {
+    free_muon_excludes(opt);
     free(opt);
     return status;
   }
@@ -94,6 +122,7 @@ cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
   if (opt->scalar_block) opt->ops->free(opt, opt->scalar_block);
   cuoptimStatus_t status = opt->ops->release(opt);
   cuoptim_pattern_free(opt->exclude_pattern);
+  free_muon_excludes(opt);
   free(opt->exclude_joined);
   for (int i = 0; i < opt->num_excludes; i++) free(opt->excludes[i]);
   free(opt->excludes);
@@ -117,9 +146,10 @@ cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t opt, cuoptimConfig_t *config
  * Only asked when weight decay is set, as Keras only searches then. A search that exceeds the
  * limits is INVALID_VALUE: it has no answer, and "not excluded" would be a guess. */
 static cuoptimStatus_t weight_decay_applies(const cuoptimOptimizer_t opt, cuoptimPattern *pattern, const char *joined,
-                                            const char *name, const char *caller, const char *argument,
-                                            int *applies) {
-  *applies = opt->prologue.rule.has_weight_decay;
+                                            const char *name, int muon_matrix, const char *caller,
+                                            const char *argument, int *applies) {
+  /* Muon: each path has its own rate (weight_decay, adam_weight_decay). */
+  *applies = muon_matrix ? opt->prologue.rule.muon_has_weight_decay : opt->prologue.rule.has_weight_decay;
   if (!*applies || !pattern) return CUOPTIM_STATUS_SUCCESS;
   char why[256];
   int found = 0;
@@ -129,6 +159,38 @@ static cuoptimStatus_t weight_decay_applies(const cuoptimOptimizer_t opt, cuopti
                          "%s: %s: searching variable name \"%s\" with the weight-decay exclusion regex \"%.300s\": %s",
                          caller, argument, name, joined, why);
   *applies = !found;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Whether Python's `needle in haystack.lower()` holds, for an ASCII needle: only ASCII letters are
+ * lowered (no other character lowers to an ASCII letter of "embedding"). */
+static int contains_lowered(const char *haystack, const char *needle) {
+  size_t n = strlen(needle);
+  for (const char *h = haystack; *h; h++) {
+    size_t i = 0;
+    while (i < n && h[i] && tolower((unsigned char)h[i]) == needle[i]) i++;
+    if (i == n) return 1;
+  }
+  return 0;
+}
+
+/* Muon's _should_use_adamw, negated: a 2-D variable that neither exclude_embeddings nor an
+ * exclude_layers pattern sends to the AdamW path. 0 for every other optimizer. */
+static cuoptimStatus_t muon_takes_matrix_path(const cuoptimOptimizer_t opt, const char *name, int rank,
+                                              const char *caller, int *matrix) {
+  *matrix = 0;
+  if (opt->config.kind != CUOPTIM_MUON || rank != 2) return CUOPTIM_STATUS_SUCCESS;
+  if (opt->config.exclude_embeddings && contains_lowered(name, "embedding")) return CUOPTIM_STATUS_SUCCESS;
+  for (int i = 0; i < opt->num_muon_excludes; i++) {
+    char why[256];
+    int found = 0;
+    cuoptimStatus_t status = cuoptim_pattern_search(opt->muon_excludes[i], name, &found, why, sizeof why);
+    if (status != CUOPTIM_STATUS_SUCCESS)
+      return cuoptim_error(status, "%s: name: searching variable name \"%s\" with exclude_layers[%d] \"%.300s\": %s",
+                           caller, name, i, opt->config.exclude_layers[i], why);
+    if (found) return CUOPTIM_STATUS_SUCCESS;
+  }
+  *matrix = 1;
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -178,18 +240,24 @@ static size_t aligned_bytes(size_t count) {
   return (bytes + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
 }
 
+int cuoptim_variable_has_slot(const struct cuoptimOptimizer *opt, int muon_matrix, int slot) {
+  if (!opt->slots.present[slot]) return 0;
+  return !(opt->config.kind == CUOPTIM_MUON && muon_matrix && slot == 1); /* velocity: the AdamW path's */
+}
+
 /* The float buffers the optimizer owns for a variable of `dtype`: master, slots, EMA, accumulator. */
-static int owned_buffers(const struct cuoptimOptimizer *opt, cuoptimDtype_t dtype) {
+static int owned_buffers(const struct cuoptimOptimizer *opt, cuoptimDtype_t dtype, int muon_matrix) {
   int buffers = dtype != CUOPTIM_FLOAT32;
-  for (int s = 0; s < opt->slots.count; s++) buffers += opt->slots.present[s];
+  for (int s = 0; s < opt->slots.count; s++) buffers += cuoptim_variable_has_slot(opt, muon_matrix, s);
   buffers += opt->prologue.rule.use_ema != 0;
   buffers += opt->prologue.rule.accumulation_steps != 0;
   return buffers;
 }
 
 /* Arena bytes of one variable of `count` elements (count <= 2^40, so no overflow). */
-static size_t variable_state_bytes(const struct cuoptimOptimizer *opt, cuoptimDtype_t dtype, size_t count) {
-  return (size_t)owned_buffers(opt, dtype) * aligned_bytes(count) + sizeof(cuoptimTensorScalars);
+static size_t variable_state_bytes(const struct cuoptimOptimizer *opt, cuoptimDtype_t dtype, size_t count,
+                                   int muon_matrix) {
+  return (size_t)owned_buffers(opt, dtype, muon_matrix) * aligned_bytes(count) + sizeof(cuoptimTensorScalars);
 }
 
 /* *total += bytes; 0 when the sum would not fit. */
@@ -292,7 +360,9 @@ static cuoptimStatus_t add_variable(cuoptimOptimizer_t opt, const char *name, vo
                          existing);
   if (opt->num_variables >= MAX_VARIABLES)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: too many variables (at most %d)", caller, MAX_VARIABLES);
-  size_t state_bytes = variable_state_bytes(opt, dtype, count);
+  int muon_matrix = 0;
+  CUOPTIM_CHECK(muon_takes_matrix_path(opt, name, rank, caller, &muon_matrix));
+  size_t state_bytes = variable_state_bytes(opt, dtype, count, muon_matrix);
   if (state_bytes > MAX_STATE_BYTES - opt->state_bytes)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
                          "%s: count = %zu: the optimizer state of all variables would exceed 2^60 bytes (%zu bytes "
@@ -300,7 +370,8 @@ static cuoptimStatus_t add_variable(cuoptimOptimizer_t opt, const char *name, vo
                          caller, count, opt->state_bytes, state_bytes);
   CUOPTIM_CHECK(opt->ops->check_pointer(opt, param, dtype, caller, "param"));
   int applies = 0;
-  CUOPTIM_CHECK(weight_decay_applies(opt, opt->exclude_pattern, opt->exclude_joined, name, caller, "name", &applies));
+  CUOPTIM_CHECK(weight_decay_applies(opt, opt->exclude_pattern, opt->exclude_joined, name, muon_matrix, caller, "name",
+                                     &applies));
   if (!reserve_name(opt)) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
 
   if (opt->num_variables == opt->variable_capacity) {
@@ -321,6 +392,7 @@ static cuoptimStatus_t add_variable(cuoptimOptimizer_t opt, const char *name, vo
   v->rank = rank;
   for (int d = 0; d < rank; d++) v->dims[d] = dims[d];
   v->use_weight_decay = applies;
+  v->muon_matrix = muon_matrix;
   memset(&opt->step_grads[opt->num_variables], 0, sizeof *opt->step_grads);
   opt->name_index[name_slot(opt->name_index, opt->name_index_size, opt->variables, name)] = opt->num_variables + 1;
   opt->state_bytes += state_bytes;
@@ -420,7 +492,8 @@ cuoptimStatus_t cuoptimExcludeFromWeightDecay(cuoptimOptimizer_t opt, const char
   int *applies = malloc(((size_t)opt->num_variables + 1) * sizeof *applies);
   if (!applies) status = cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
   for (int i = 0; status == CUOPTIM_STATUS_SUCCESS && i < opt->num_variables; i++)
-    status = weight_decay_applies(opt, pattern, joined, opt->variables[i].name, caller, "regex", &applies[i]);
+    status = weight_decay_applies(opt, pattern, joined, opt->variables[i].name, opt->variables[i].muon_matrix, caller,
+                                  "regex", &applies[i]);
   if (status == CUOPTIM_STATUS_SUCCESS) status = install_exclusion(opt, regex, joined, pattern, applies, caller);
   if (status != CUOPTIM_STATUS_SUCCESS) {
     cuoptim_pattern_free(pattern);
@@ -465,7 +538,7 @@ static int layout_arena(cuoptimOptimizer_t opt, char *base, size_t *bytes) {
     cuoptimVariableRec *v = &opt->variables[i];
     if (v->dtype != CUOPTIM_FLOAT32) PLACE(v->master, v->local_count);
     for (int s = 0; s < opt->slots.count; s++)
-      if (opt->slots.present[s]) PLACE(v->slots[s], v->local_count);
+      if (cuoptim_variable_has_slot(opt, v->muon_matrix, s)) PLACE(v->slots[s], v->local_count);
     if (p->use_ema) PLACE(v->average, v->local_count);
     if (p->accumulation_steps) PLACE(v->accumulator, v->local_count);
   }
@@ -534,7 +607,7 @@ static cuoptimStatus_t describe_weights(cuoptimOptimizer_t opt) {
   for (int group = 0; group < 3; group++)
     for (int i = 0; i < n; i++)
       for (int s = 0; s < opt->slots.count; s++)
-        if (opt->slots.present[s] && opt->slots.group[s] == group)
+        if (cuoptim_variable_has_slot(opt, opt->variables[i].muon_matrix, s) && opt->slots.group[s] == group)
           add_buffer_weight(opt, &opt->variables[i], &opt->variables[i].slots[s], opt->slots.names[s]);
   /* Nadam's u_product is an unnamed backend.Variable: Keras calls it "variable". */
   if (c->kind == CUOPTIM_NADAM && n > 0) add_scalar_weight(opt, CUOPTIM_WEIGHT_U_PRODUCT, 0, "variable");

@@ -3,7 +3,7 @@
  *
  * cuoptim performs the optimizer step of neural-network training with the exact numerics of
  * Keras 3 (tf.keras.optimizers): SGD, RMSprop, Adagrad, Adadelta, Adam, AdamW, Adamax, Nadam,
- * Lion, Lamb, Ftrl and ScheduleFreeAdamW, with learning-rate schedules, clipping, decoupled weight
+ * Lion, Lamb, Ftrl, ScheduleFreeAdamW and Muon, with learning-rate schedules, clipping, decoupled weight
  * decay, EMA, gradient accumulation and loss scaling. The host owns its parameter and gradient buffers;
  * cuoptim owns the optimizer state.
  *
@@ -127,6 +127,7 @@ typedef enum {
   CUOPTIM_LAMB = 9,
   CUOPTIM_FTRL = 10,
   CUOPTIM_SCHEDULE_FREE_ADAMW = 11,
+  CUOPTIM_MUON = 13,
   CUOPTIM_OPTIMIZER_COUNT
 } cuoptimOptimizerKind_t;
 /* CUOPTIM_SCHEDULE_FREE_ADAMW is keras.optimizers.ScheduleFreeAdamW: the variable is Keras's y, its
@@ -136,6 +137,33 @@ typedef enum {
  * multiplication by the scalar's float32 reciprocal; cuoptim divides, as Keras's other backends
  * do, so its results differ from JAX's by a few float32 ulps (at most 1.4e-6 absolute, 1.3e-5
  * relative on the reference cases). */
+/* CUOPTIM_MUON is keras.optimizers.Muon. Each variable takes one of two paths, decided when it is
+ * added (cuoptimAddVariable), as Keras's _should_use_adamw decides:
+ *   - the AdamW path for a variable whose shape is not of rank 2, or, with exclude_embeddings,
+ *     whose lower-cased name contains "embedding", or whose name one of exclude_layers finds
+ *     (each pattern searched on its own, as Python's re.search): Adam's moments ("momentum",
+ *     "velocity") with the learning rate times adam_lr_ratio, adam_beta_1/2, epsilon, and decay
+ *     by adam_weight_decay;
+ *   - the Muon path for the other (2-D) variables: "momentum" only, m += g + m (momentum - 1),
+ *     the direction g + momentum m (nesterov) or m, orthogonalized by ns_steps Newton-Schulz
+ *     iterations (X / (||X||_F + 1e-7), transposed when rows > columns, then X = a X + (b A +
+ *     c A A) X with A = X X^T), the step lr * X scaled by sqrt(max(rows, columns)) * rms_rate
+ *     (rms_rate NONE: unscaled), and decay by weight_decay.
+ * Decay uses the learning rate itself (not times adam_lr_ratio), skips the variables that
+ * cuoptimExcludeFromWeightDecay excludes, and applies on each path when its own rate is set.
+ * The state (cuoptimGetWeights) is Keras's: per variable "momentum", then "velocity" for the AdamW
+ * path's variables only. "embedding" is searched in the name with its ASCII letters lower-cased
+ * (Python's str.lower maps no other character to one of them). A variable added without a shape
+ * (cuoptimAddVariable) has rank 1: the AdamW path.
+ * Precision: the element-wise parts round as Keras does; the Frobenius norm is summed in double
+ * in a fixed order; the matrix products of Newton-Schulz are plain loops on the host, each sum in
+ * double rounded once, where Keras's XLA sums in float32 in an order of its own. So Muon-path
+ * variables match Keras within float32 rounding of those sums, not bit for bit: at most 2.4e-7
+ * absolute on the reference cases, within the default tolerances (rtol 1e-5, atol 1e-6).
+ * Backends: the host backend only for now; cuoptimCreate refuses CUOPTIM_MUON on the CUDA
+ * backend (NOT_SUPPORTED). Sharded state (cuoptimCommOptions_t.shard_state) is refused for Muon
+ * (cuoptimSetCommunicator: INVALID_VALUE): a Newton-Schulz iteration needs every element of its
+ * matrix. */
 
 /* The Keras class name ("SGD", "RMSprop", "Adam", ...) or NULL for an unknown kind. */
 CUOPTIM_API const char *cuoptimOptimizerName(cuoptimOptimizerKind_t kind);
@@ -171,6 +199,8 @@ typedef enum {
 /* bytes, NUL included, of a state entry's name: "<variable name>_<slot>" (cuoptimWeightInfo_t) */
 #define CUOPTIM_MAX_WEIGHT_NAME (CUOPTIM_MAX_NAME + 32)
 #define CUOPTIM_MAX_BOUNDARIES 64   /* PiecewiseConstantDecay boundaries */
+#define CUOPTIM_MAX_EXCLUDE_LAYERS 8 /* Muon's exclude_layers patterns */
+#define CUOPTIM_MUON_MAX_NS_STEPS 1000 /* Muon's ns_steps */
 
 /* A learning rate: a constant or a schedule evaluated at Keras's raw `_iterations` counter
  * (before this step's increment). Fields not used by `kind` are ignored. All computation happens
@@ -206,7 +236,8 @@ typedef struct {
   cuoptimSchedule_t learning_rate;
 
   /* Base optimizer (SEMANTICS.md §1). */
-  double weight_decay;      /* decoupled, w -= w * wd * lr before the update; NONE = off */
+  double weight_decay;      /* decoupled, w -= w * wd * lr before the update; NONE = off
+                               (default NONE; AdamW and Muon 0.004) */
   double clipnorm;          /* per variable; NONE = off (0 also disables) */
   double clipvalue;         /* NONE = off */
   double global_clipnorm;   /* NONE = off (0 also disables); at most one clip option is set */
@@ -219,11 +250,11 @@ typedef struct {
   /* Per optimizer; defaults per kind from cuoptimConfigInit. */
   double beta_1;   /* Adam, AdamW, Adamax, Nadam, Lamb, ScheduleFreeAdamW 0.9; Lion 0.9 */
   double beta_2;   /* Adam, AdamW, Adamax, Nadam, Lamb, ScheduleFreeAdamW 0.999; Lion 0.99 */
-  double epsilon;  /* 1e-7 (RMSprop, Adagrad, Adadelta, Adam*, Nadam, Lamb); ScheduleFreeAdamW 1e-8 */
+  double epsilon;  /* 1e-7 (RMSprop, Adagrad, Adadelta, Adam*, Nadam, Lamb, Muon); ScheduleFreeAdamW 1e-8 */
   double warmup_steps; /* ScheduleFreeAdamW 0: the learning rate rises linearly over these steps */
   double rho;      /* RMSprop 0.9, Adadelta 0.95 */
-  double momentum; /* SGD 0.0 (must lie in [0, 1]), RMSprop 0.0 */
-  int nesterov;    /* SGD */
+  double momentum; /* SGD 0.0 (must lie in [0, 1]), RMSprop 0.0, Muon 0.95 */
+  int nesterov;    /* SGD 0, Muon 1 */
   int centered;    /* RMSprop */
   int amsgrad;     /* Adam, AdamW */
   double initial_accumulator_value;          /* Adagrad, Ftrl 0.1 */
@@ -232,6 +263,23 @@ typedef struct {
   double l2_regularization_strength;         /* Ftrl 0.0 */
   double l2_shrinkage_regularization_strength; /* Ftrl 0.0 */
   double beta;                               /* Ftrl 0.0 */
+
+  /* Muon (see CUOPTIM_MUON); defaults from cuoptimConfigInit(CUOPTIM_MUON). Muon also reads
+   * epsilon (1e-7, the AdamW path's), momentum (0.95, any finite value), nesterov (1) and
+   * weight_decay (0.004, the Muon path's; NONE = no decay there). */
+  double adam_beta_1;       /* 0.9, finite; the AdamW path's beta_1 */
+  double adam_beta_2;       /* 0.999, finite */
+  double adam_weight_decay; /* 0.004; NONE = no decay on the AdamW path */
+  double adam_lr_ratio;     /* 1.0, finite: the AdamW path's learning rate is lr * adam_lr_ratio */
+  double muon_a, muon_b, muon_c; /* 3.4445, -4.7750, 2.0315, finite: the Newton-Schulz coefficients */
+  int64_t ns_steps;         /* 5, in [0, CUOPTIM_MUON_MAX_NS_STEPS]: Newton-Schulz iterations */
+  double rms_rate;          /* 0.2, finite; NONE = Keras's None (no sqrt(max(rows, cols)) scaling) */
+  int exclude_embeddings;   /* 1: names containing "embedding" (lower-cased) take the AdamW path */
+  int num_exclude_layers;   /* 0 .. CUOPTIM_MAX_EXCLUDE_LAYERS patterns in exclude_layers */
+  /* Keras's exclude_layers: Python `re` patterns (the syntax, limits and refusals of
+   * cuoptimExcludeFromWeightDecay, each pattern compiled on its own), NUL-terminated, 0 to
+   * CUOPTIM_MAX_NAME - 1 bytes each; a name that one of them finds takes the AdamW path. */
+  char exclude_layers[CUOPTIM_MAX_EXCLUDE_LAYERS][CUOPTIM_MAX_NAME];
 
   /* Dynamic loss scaling, keras.optimizers.LossScaleOptimizer (SEMANTICS.md §4). When set, the
    * gradients passed in are the scaled ones: a step whose gradients hold a non-finite value is
@@ -310,7 +358,8 @@ typedef int32_t cuoptimVariable_t;
  * waits for that stream only.
  * Host backend: reads CUOPTIM_HOST_THREADS (the threads of its steps, see the top of this file).
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (also CUOPTIM_HOST_THREADS set to anything but a
- * whole number from 1 to 1024, on the host backend), NOT_SUPPORTED (a backend this build lacks),
+ * whole number from 1 to 1024, on the host backend), NOT_SUPPORTED (a backend this build lacks;
+ * CUOPTIM_MUON on the CUDA backend),
  * NO_DEVICE, CUDA_ERROR, ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig_t *config,
                                           cuoptimBackend_t backend, int device);
@@ -347,8 +396,8 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetConfig(cuoptimOptimizer_t optimizer, cuopt
  * (cuoptimExcludeFromWeightDecay).
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (empty or long or duplicate name, count 0 or
  * above 2^40, unknown dtype, a host pointer given to the CUDA backend, more than 2^29
- * variables, a state above 2^60 bytes, a search of the name by the exclusion patterns that
- * exceeds its limits or meets a name that is not UTF-8), INVALID_STATE (the state is built),
+ * variables, a state above 2^60 bytes, a search of the name by the exclusion patterns, or by
+ * Muon's exclude_layers (2-D variables), that exceeds its limits or meets a name that is not UTF-8), INVALID_STATE (the state is built),
  * ALLOC_FAILED, CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t optimizer, const char *name, void *param,
                                                cuoptimDtype_t dtype, size_t count,
@@ -725,7 +774,7 @@ CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options
  * The NCCL communicator must be on the optimizer's device and, if it is non-blocking
  * (config.blocking = 0), initialized (ncclCommGetAsyncError gives ncclSuccess). The rank and the
  * world are NCCL's (ncclCommUserRank, ncclCommCount). cuoptim never destroys it.
- * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, a
+ * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, shard_state with Muon, a
  * communicator MPI or NCCL refuses, *communicator NULL for NCCL, an NCCL communicator on another
  * device or still initializing), INVALID_STATE (the state is built; MPI not initialized),
  * NOT_SUPPORTED (this build has no MPI or no NCCL), TIMEOUT (host backend: the other ranks did not

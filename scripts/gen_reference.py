@@ -1296,6 +1296,67 @@ def _(c):
 
 # 11. Data-parallel ranks: rank_steps, with steps = their mean ------------------------------------
 # Small variables and few steps: cuoptim-replay runs each of these under mpirun in CI.
+# Muon: 2-D variables take the Newton-Schulz path, the others (rank 1 and 3, names containing
+# "embedding", names an exclude_layers pattern finds) the AdamW path. A wide matrix of over 1,000
+# elements, a tall one, a square one.
+MUON_VARS = [("dense_kernel", (31, 33)), ("dense_bias", (33,)), ("proj_kernel", (12, 5)),
+             ("token_embedding", (7, 5)), ("conv_kernel", (3, 2, 4)), ("output_dense_kernel", (6, 6))]
+MUON_SMALL_VARS = [("dense_kernel", (6, 9)), ("proj_kernel", (8, 3)), ("dense_bias", (9,))]
+
+
+@case("muon_defaults")
+def _(c):
+    c.data(steps=12, names=MUON_VARS)
+    return (O.Muon(exclude_layers=["output_dense"]),
+            "Muon with its defaults and exclude_layers=['output_dense']: a 31x33 (wide) and a 12x5 "
+            "(tall) matrix on the Muon path; the bias (rank 1), the conv kernel (rank 3), the "
+            "embedding and the excluded output_dense kernel on the AdamW path.")
+
+
+@case("muon_hyperparameters")
+def _(c):
+    c.data(steps=11, names=MUON_VARS, grad_exp=(-4.0, 2.0))
+    return (O.Muon(learning_rate=lr(c, 0.01), adam_beta_1=c.h(0.8, 0.5, 0.95),
+                   adam_beta_2=c.h(0.99, 0.9, 0.9999), adam_weight_decay=c.h(0.01, 0.001, 0.1),
+                   epsilon=c.h(1e-6, 1e-8, 1e-4, log=True), weight_decay=c.h(0.02, 0.001, 0.1),
+                   muon_a=c.h(3.0, 2.5, 3.5), muon_b=c.h(-4.0, -4.8, -3.0), muon_c=c.h(1.8, 1.5, 2.1),
+                   adam_lr_ratio=c.h(0.5, 0.1, 2.0), momentum=c.h(0.9, 0.5, 0.99), ns_steps=3,
+                   nesterov=False, rms_rate=None, exclude_embeddings=False),
+            "Muon with every hyperparameter changed: nesterov False, rms_rate None, ns_steps 3, "
+            "exclude_embeddings False (the embedding takes the Muon path), gradients over six "
+            "decades of scale.")
+
+
+@case("muon_clip_ema_accum")
+def _(c):
+    c.data(steps=14, names=MUON_SMALL_VARS, null_frac=0.1)
+    return (O.Muon(learning_rate=lr(c, 0.02), clipnorm=c.clipnorm(), use_ema=True,
+                   ema_momentum=c.h(0.9, 0.5, 0.99), gradient_accumulation_steps=2,
+                   rms_rate=c.h(0.3, 0.1, 0.5)),
+            "Muon with clipnorm, EMA, gradient accumulation 2, some None gradients and weight "
+            "decay with 'bias$' excluded.", ["bias$"])
+
+
+@case("muon_schedule_global_clip")
+def _(c):
+    c.data(steps=12, names=MUON_SMALL_VARS)
+    s = S.CosineDecay(lr(c, 0.05), decay_steps=c.hint(10, 5, 15), alpha=c.h(0.1, 0.0, 0.3))
+    return (O.Muon(learning_rate=s, global_clipnorm=c.global_clipnorm(), ns_steps=c.hint(4, 2, 6)),
+            "Muon with a CosineDecay schedule (weight decay reads it too), global_clipnorm and "
+            "ns_steps 4.")
+
+
+@case("lso_muon_nonfinite")
+def _(c):
+    c.data(steps=12, steps_range=(12, 16), names=MUON_SMALL_VARS, lso_scaled=True,
+           nonfinite={3: "inf", 8: "nan"})
+    inner = O.Muon(learning_rate=lr(c, 0.01))
+    return (O.LossScaleOptimizer(inner, initial_scale=c.hchoice(1024.0, [256.0, 4096.0]),
+                                 dynamic_growth_steps=c.hint(3, 2, 4)),
+            "LossScaleOptimizer(Muon): skipped steps change neither the momentum nor the AdamW "
+            "path's moments.")
+
+
 RANK_VARS = [("dense_kernel", (4, 3)), ("dense_bias", (3,)), ("embedding", (5, 2)),
              ("norm_gamma", (2,))]
 
@@ -1389,6 +1450,15 @@ def _(c):
     return (O.ScheduleFreeAdamW(learning_rate=lr(c, 0.01), warmup_steps=2, weight_decay=0.01,
                                 gradient_accumulation_steps=2),
             "3 ranks: ScheduleFreeAdamW with warmup, weight decay and gradient accumulation 2.")
+
+
+@case("ranks_muon_accum2_r2")
+def _(c):
+    c.data(steps=10, names=RANK_VARS)
+    c.ranks(2)
+    return (O.Muon(learning_rate=lr(c, 0.02), gradient_accumulation_steps=2, clipnorm=c.clipnorm()),
+            "2 ranks: Muon (a tall 4x3 kernel on the Muon path; bias, embedding and gamma on the "
+            "AdamW path) with clipnorm and gradient accumulation 2.")
 
 
 @case("ranks_ftrl_l1_l2_r3")

@@ -123,9 +123,13 @@ Test(api, version_macro_equals_library_version) {
 Test(api, optimizer_names_are_keras_class_names) {
   static const char *const names[CUOPTIM_OPTIMIZER_COUNT] = {
       "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Lion", "Lamb", "Ftrl",
-      "ScheduleFreeAdamW"};
+      "ScheduleFreeAdamW", [CUOPTIM_MUON] = "Muon"};
   for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++) {
     const char *name = cuoptimOptimizerName((cuoptimOptimizerKind_t)k);
+    if (!names[k]) { /* a value no kind has (yet) */
+      cr_assert_null(name, "kind %d", k);
+      continue;
+    }
     cr_assert_not_null(name, "kind %d", k);
     cr_assert_str_eq(name, names[k]);
   }
@@ -176,8 +180,8 @@ Test(api, config_init_null_config) {
 }
 
 Test(api, config_init_unknown_kind) {
-  static const int kinds[] = {-1, CUOPTIM_OPTIMIZER_COUNT, 99};
-  for (size_t i = 0; i < 3; i++) {
+  static const int kinds[] = {-1, CUOPTIM_OPTIMIZER_COUNT, 99, 12};
+  for (size_t i = 0; i < 4; i++) {
     cuoptimConfig_t c;
     memset(&c, 0xab, sizeof c);
     cuoptimConfig_t copy = c;
@@ -192,8 +196,9 @@ Test(api, config_init_unknown_kind) {
 Test(api, config_init_gives_keras_defaults) {
   static const char *const names[CUOPTIM_OPTIMIZER_COUNT] = {
       "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl",
-      "schedule_free_adam_w"};
+      "schedule_free_adam_w", [CUOPTIM_MUON] = "muon"};
   for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++) {
+    if (!names[k]) continue;
     cuoptimConfig_t c = test_config((cuoptimOptimizerKind_t)k);
     const char *kn = cuoptimOptimizerName((cuoptimOptimizerKind_t)k);
     cr_assert_eq(c.kind, (cuoptimOptimizerKind_t)k);
@@ -201,7 +206,7 @@ Test(api, config_init_gives_keras_defaults) {
     cr_assert_eq(c.learning_rate.kind, CUOPTIM_SCHEDULE_CONSTANT, "%s", kn);
     cr_assert_eq(c.learning_rate.initial_learning_rate,
                  k == CUOPTIM_SGD ? 0.01 : k == CUOPTIM_SCHEDULE_FREE_ADAMW ? 0.0025 : 0.001, "%s learning rate", kn);
-    if (k == CUOPTIM_ADAMW)
+    if (k == CUOPTIM_ADAMW || k == CUOPTIM_MUON)
       cr_assert_eq(c.weight_decay, 0.004);
     else
       cr_assert(CUOPTIM_IS_NONE(c.weight_decay), "%s weight_decay", kn);
@@ -218,8 +223,20 @@ Test(api, config_init_gives_keras_defaults) {
     cr_assert_eq(c.warmup_steps, 0.0, "%s warmup_steps", kn);
     if (k == CUOPTIM_RMSPROP) cr_assert_eq(c.rho, 0.9);
     if (k == CUOPTIM_ADADELTA) cr_assert_eq(c.rho, 0.95);
-    cr_assert_eq(c.momentum, 0.0);
-    cr_assert_eq(c.nesterov, 0);
+    cr_assert_eq(c.momentum, k == CUOPTIM_MUON ? 0.95 : 0.0);
+    cr_assert_eq(c.nesterov, k == CUOPTIM_MUON);
+    /* Muon's own fields (keras/src/optimizers/muon.py), the same for every kind. */
+    cr_assert_eq(c.adam_beta_1, 0.9);
+    cr_assert_eq(c.adam_beta_2, 0.999);
+    cr_assert_eq(c.adam_weight_decay, 0.004);
+    cr_assert_eq(c.adam_lr_ratio, 1.0);
+    cr_assert_eq(c.muon_a, 3.4445);
+    cr_assert_eq(c.muon_b, -4.7750);
+    cr_assert_eq(c.muon_c, 2.0315);
+    cr_assert_eq(c.ns_steps, 5);
+    cr_assert_eq(c.rms_rate, 0.2);
+    cr_assert_eq(c.exclude_embeddings, 1);
+    cr_assert_eq(c.num_exclude_layers, 0);
     cr_assert_eq(c.centered, 0);
     cr_assert_eq(c.amsgrad, 0);
     cr_assert_eq(c.initial_accumulator_value, 0.1);
@@ -1918,4 +1935,96 @@ static void accumulation_above_int32(cuoptimBackend_t backend) {
 Test(api, create_accepts_gradient_accumulation_steps_above_int32) {
   accumulation_above_int32(CUOPTIM_BACKEND_HOST);
   if (test_has_gpu()) accumulation_above_int32(CUOPTIM_BACKEND_CUDA);
+}
+
+/* Muon's fields: each bad value refused by cuoptimConfigValidate and cuoptimCreate, the message
+ * naming the field. */
+typedef struct {
+  const char *what;
+  void (*spoil)(cuoptimConfig_t *c);
+  const char *field;
+} muon_bad_t;
+
+static void muon_adam_beta_1_nan(cuoptimConfig_t *c) { c->adam_beta_1 = NAN; }
+static void muon_adam_beta_2_huge(cuoptimConfig_t *c) { c->adam_beta_2 = 1e39; }
+static void muon_adam_weight_decay_inf(cuoptimConfig_t *c) { c->adam_weight_decay = INFINITY; }
+static void muon_adam_lr_ratio_nan(cuoptimConfig_t *c) { c->adam_lr_ratio = NAN; }
+static void muon_a_inf(cuoptimConfig_t *c) { c->muon_a = INFINITY; }
+static void muon_b_huge(cuoptimConfig_t *c) { c->muon_b = -1e40; }
+static void muon_c_nan(cuoptimConfig_t *c) { c->muon_c = NAN; }
+static void muon_momentum_inf(cuoptimConfig_t *c) { c->momentum = INFINITY; }
+static void muon_ns_steps_negative(cuoptimConfig_t *c) { c->ns_steps = -1; }
+static void muon_ns_steps_huge(cuoptimConfig_t *c) { c->ns_steps = CUOPTIM_MUON_MAX_NS_STEPS + 1; }
+static void muon_rms_rate_inf(cuoptimConfig_t *c) { c->rms_rate = INFINITY; }
+static void muon_nesterov_two(cuoptimConfig_t *c) { c->nesterov = 2; }
+static void muon_exclude_embeddings_two(cuoptimConfig_t *c) { c->exclude_embeddings = -1; }
+static void muon_epsilon_nan(cuoptimConfig_t *c) { c->epsilon = NAN; }
+static void muon_num_exclude_layers_negative(cuoptimConfig_t *c) { c->num_exclude_layers = -1; }
+static void muon_num_exclude_layers_huge(cuoptimConfig_t *c) { c->num_exclude_layers = CUOPTIM_MAX_EXCLUDE_LAYERS + 1; }
+static void muon_exclude_layers_bad_regex(cuoptimConfig_t *c) {
+  c->num_exclude_layers = 2;
+  snprintf(c->exclude_layers[0], CUOPTIM_MAX_NAME, "ok");
+  snprintf(c->exclude_layers[1], CUOPTIM_MAX_NAME, "a(");
+}
+static void muon_exclude_layers_unterminated(cuoptimConfig_t *c) {
+  c->num_exclude_layers = 1;
+  memset(c->exclude_layers[0], 'a', CUOPTIM_MAX_NAME);
+}
+static void muon_exclude_layers_not_utf8(cuoptimConfig_t *c) {
+  c->num_exclude_layers = 1;
+  snprintf(c->exclude_layers[0], CUOPTIM_MAX_NAME, "\xff");
+}
+
+Test(api, muon_config_rejects_each_bad_field) {
+  static const muon_bad_t cases[] = {
+      {"adam_beta_1 NaN", muon_adam_beta_1_nan, "adam_beta_1"},
+      {"adam_beta_2 1e39", muon_adam_beta_2_huge, "adam_beta_2"},
+      {"adam_weight_decay inf", muon_adam_weight_decay_inf, "adam_weight_decay"},
+      {"adam_lr_ratio NaN", muon_adam_lr_ratio_nan, "adam_lr_ratio"},
+      {"muon_a inf", muon_a_inf, "muon_a"},
+      {"muon_b -1e40", muon_b_huge, "muon_b"},
+      {"muon_c NaN", muon_c_nan, "muon_c"},
+      {"momentum inf", muon_momentum_inf, "momentum"},
+      {"ns_steps -1", muon_ns_steps_negative, "ns_steps"},
+      {"ns_steps too many", muon_ns_steps_huge, "ns_steps"},
+      {"rms_rate inf", muon_rms_rate_inf, "rms_rate"},
+      {"nesterov 2", muon_nesterov_two, "nesterov"},
+      {"exclude_embeddings -1", muon_exclude_embeddings_two, "exclude_embeddings"},
+      {"epsilon NaN", muon_epsilon_nan, "epsilon"},
+      {"num_exclude_layers -1", muon_num_exclude_layers_negative, "num_exclude_layers"},
+      {"num_exclude_layers 9", muon_num_exclude_layers_huge, "num_exclude_layers"},
+      {"exclude_layers \"a(\"", muon_exclude_layers_bad_regex, "exclude_layers[1]"},
+      {"exclude_layers unterminated", muon_exclude_layers_unterminated, "exclude_layers[0]"},
+      {"exclude_layers not UTF-8", muon_exclude_layers_not_utf8, "exclude_layers[0]"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+    cases[i].spoil(&c);
+    EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimConfigValidate", cases[i].field, cuoptimConfigValidate(&c));
+    cuoptimOptimizer_t opt = NULL;
+    EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimCreate", cases[i].field,
+                cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
+    cr_assert_null(opt, "%s", cases[i].what);
+  }
+  /* None is accepted where Keras takes it. */
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  c.rms_rate = CUOPTIM_NONE;
+  c.adam_weight_decay = CUOPTIM_NONE;
+  c.weight_decay = CUOPTIM_NONE;
+  c.ns_steps = 0;
+  OK(cuoptimConfigValidate(&c));
+}
+
+/* Muon's state needs whole matrices: sharding it is refused. */
+Test(api, muon_refuses_sharded_state) {
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
+  cuoptimCommOptions_t options;
+  OK(cuoptimCommOptionsInit(&options));
+  options.shard_state = 1;
+  int comm = 0; /* never read: the options are refused first */
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetCommunicator", "shard_state",
+              cuoptimSetCommunicator(opt, &comm, &options));
+  cuoptimDestroy(opt);
 }

@@ -1884,3 +1884,204 @@ BOTH_BACKENDS(loss_scale_optimizer_iterations_update_matches_keras, lso_iteratio
  * inner optimizer's loss_scale_factor to None; cuoptim's contract rejects the combination, which
  * test_api.c checks), test_finite_step_with_overwrite (overwrite_with_gradient), and the
  * constructor-argument and serialization tests (Python API; the JSON side is tested elsewhere). */
+
+/* ---- Muon (muon_test.py) ---------------------------------------------------------------------
+ * Keras's tests call update_step, zeropower_via_newtonschulz5, _apply_weight_decay and lr_adjust
+ * directly, with loose tolerances; here each goes through a whole step (whose other parts are
+ * made neutral) and is compared with real Keras 3.15.1's float32 values of that step. The
+ * Newton-Schulz products sum in another order than XLA's: MUON_RTOL and MUON_ATOL allow for it.
+ * The CUDA backend refuses Muon (cuoptim.h), which muon_cuda_backend_refuses checks. */
+
+#define MUON_RTOL 1e-5
+#define MUON_ATOL 1e-6
+
+typedef struct {
+  const char *name;
+  int rank;
+  int64_t dims[2];
+  float value[8];
+  float grad[8];
+} muon_var_t;
+
+static size_t muon_count(const muon_var_t *v) {
+  size_t n = 1;
+  for (int d = 0; d < v->rank; d++) n *= (size_t)v->dims[d];
+  return n;
+}
+
+/* One step of Muon on the host backend over `n` variables; their values after it in v[].value. */
+static cuoptimOptimizer_t muon_step(const cuoptimConfig_t *c, muon_var_t *v, int n) {
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, c, CUOPTIM_BACKEND_HOST, 0));
+  cuoptimGradient_t grads[4];
+  for (int i = 0; i < n; i++) {
+    cuoptimVariable_t id;
+    OK(cuoptimAddVariableWithShape(opt, v[i].name, v[i].value, CUOPTIM_FLOAT32, v[i].rank, v[i].dims, &id));
+    grads[i] = (cuoptimGradient_t){.variable = id, .grad = v[i].grad, .dtype = CUOPTIM_FLOAT32};
+  }
+  OK(cuoptimApplyGradients(opt, n, grads, NULL));
+  return opt;
+}
+
+static void muon_expect(const muon_var_t *v, const float *want, const char *what) {
+  expect_close(v->value, want, muon_count(v), MUON_RTOL, MUON_ATOL, what);
+}
+
+/* test_Newton_Schulz: from w = 0 with lr 1, no momentum lookahead (nesterov False), no
+ * rms_rate scaling and no decay, the step is minus the orthogonalized gradient. */
+Test(golden, muon_newton_schulz_matches_keras) {
+  static const float want[4] = {0.4419020414352417f, -0.6455919742584229f, -0.7281589508056641f,
+                                -0.29695582389831543f};
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_MUON, 1.0);
+  c.nesterov = 0;
+  c.rms_rate = CUOPTIM_NONE;
+  c.weight_decay = CUOPTIM_NONE;
+  muon_var_t v = {"w", 2, {2, 2}, {0, 0, 0, 0}, {0.2499f, 0.9105f, 0.2655f, 0.8824f}};
+  cuoptimDestroy(muon_step(&c, &v, 1));
+  muon_expect(&v, want, "minus Newton-Schulz of the gradient");
+}
+
+/* test_muon_single_step: lr 0.5, weight_decay 0. */
+Test(golden, muon_single_step_matches_keras) {
+  static const float want[4] = {0.988774836063385f, 1.8870526552200317f, 2.8734278678894043f, 3.9703502655029297f};
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_MUON, 0.5);
+  c.weight_decay = 0.0;
+  muon_var_t v = {"w", 2, {2, 2}, {1, 2, 3, 4}, {1, 6, 7, 2}};
+  cuoptimDestroy(muon_step(&c, &v, 1));
+  muon_expect(&v, want, "Muon single step");
+}
+
+/* test_adamw_single_step: a rank-1 variable takes the AdamW path (adam_weight_decay 0.004 here,
+ * as Keras's apply has it; update_step alone gives 0.5, 1.5, 2.5, 3.5). */
+Test(golden, muon_adamw_single_step_matches_keras) {
+  static const float want[4] = {0.4980049729347229f, 1.4960036277770996f, 2.4940035343170166f, 3.492004156112671f};
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_MUON, 0.5);
+  muon_var_t v = {"test_vars", 1, {4, 0}, {1, 2, 3, 4}, {1, 6, 7, 2}};
+  cuoptimDestroy(muon_step(&c, &v, 1));
+  muon_expect(&v, want, "Muon's AdamW path, one step");
+  c.adam_weight_decay = CUOPTIM_NONE;
+  muon_var_t u = {"test_vars", 1, {4, 0}, {1, 2, 3, 4}, {1, 6, 7, 2}};
+  static const float no_decay[4] = {0.5f, 1.5f, 2.5f, 3.5f};
+  cuoptimDestroy(muon_step(&c, &u, 1));
+  expect_close(u.value, no_decay, 4, 1e-4, 1e-4, "without decay (Keras's update_step)");
+}
+
+/* Whether `name` has a velocity slot: the AdamW path's mark. */
+static int muon_has_velocity(cuoptimOptimizer_t opt, const char *name) {
+  char slot[CUOPTIM_MAX_WEIGHT_NAME];
+  snprintf(slot, sizeof slot, "%s_velocity", name);
+  return test_weight_index(opt, slot) >= 0;
+}
+
+/* test_should_use_adamw: exclude_layers ["var"] finds "variable"; an embedding's weights and
+ * non-2-D variables take the AdamW path; a Dense kernel takes Muon's. The state is Keras's:
+ * a momentum for every variable, a velocity for the AdamW path's only, interleaved. */
+Test(golden, muon_should_use_adamw_matches_keras) {
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  c.num_exclude_layers = 1;
+  snprintf(c.exclude_layers[0], sizeof c.exclude_layers[0], "var");
+  muon_var_t v[4] = {{"variable", 2, {2, 2}, {1, 2, 3, 4}, {1, 1, 1, 1}},
+                     {"embedding/embeddings", 2, {2, 2}, {1, 2, 3, 4}, {1, 1, 1, 1}},
+                     {"dense/kernel", 2, {2, 2}, {1, 2, 3, 4}, {1, 1, 1, 1}},
+                     {"dense/bias", 1, {2, 0}, {1, 2}, {1, 1}}};
+  cuoptimOptimizer_t opt = muon_step(&c, v, 4);
+  cr_expect(muon_has_velocity(opt, "variable"), "exclude_layers [\"var\"] sends \"variable\" to AdamW");
+  cr_expect(muon_has_velocity(opt, "embedding/embeddings"), "an embedding takes the AdamW path");
+  cr_expect(!muon_has_velocity(opt, "dense/kernel"), "a Dense kernel takes the Muon path");
+  cr_expect(muon_has_velocity(opt, "dense/bias"), "a rank-1 variable takes the AdamW path");
+  static const char *const order[] = {"iteration", "learning_rate", "variable_momentum", "variable_velocity",
+                                      "embedding/embeddings_momentum", "embedding/embeddings_velocity",
+                                      "dense/kernel_momentum", "dense/bias_momentum", "dense/bias_velocity"};
+  int count = 0;
+  OK(cuoptimGetWeightCount(opt, &count));
+  cr_assert_eq(count, 9, "%d state entries", count);
+  for (int i = 0; i < count; i++) {
+    cuoptimWeightInfo_t info;
+    OK(cuoptimGetWeightInfo(opt, i, &info));
+    cr_expect_str_eq(info.name, order[i], "entry %d", i);
+  }
+  cuoptimDestroy(opt);
+  c.num_exclude_layers = 0;
+  muon_var_t plain = {"variable", 2, {2, 2}, {1, 2, 3, 4}, {1, 1, 1, 1}};
+  opt = muon_step(&c, &plain, 1);
+  cr_expect(!muon_has_velocity(opt, "variable"), "without exclude_layers \"variable\" takes the Muon path");
+  cuoptimDestroy(opt);
+}
+
+/* test_clip_norm and test_clip_value: the clipped gradient [100, 100] -> sqrt(2)/2 (clipnorm 1) or
+ * 1 (clipvalue 1), seen in the AdamW path's first momentum, (1 - 0.9) times it. */
+Test(golden, muon_clip_matches_keras) {
+  for (int value = 0; value < 2; value++) {
+    cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+    if (value)
+      c.clipvalue = 1.0;
+    else
+      c.clipnorm = 1.0;
+    muon_var_t v = {"w", 1, {2, 0}, {1, 2}, {100, 100}};
+    cuoptimOptimizer_t opt = muon_step(&c, &v, 1);
+    float m[2];
+    rig_weight(&(test_rig_t){.opt = opt, .backend = CUOPTIM_BACKEND_HOST}, "w_momentum", m, 2);
+    float clipped = value ? 1.0f : 0.707106769f, want = (float)(1.0 - 0.9) * clipped;
+    const float wants[2] = {want, want};
+    expect_close(m, wants, 2, 1e-6, 1e-7, value ? "clipvalue" : "clipnorm");
+    cuoptimDestroy(opt);
+  }
+}
+
+/* test_muon_weight_decay and test_adamw_weight_decay: zero gradients at lr 1 leave only the decay,
+ * weight_decay on the Muon path, adam_weight_decay on the AdamW path (a scalar here). */
+Test(golden, muon_weight_decay_per_path_matches_keras) {
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_MUON, 1.0);
+  c.weight_decay = 0.01;
+  c.adam_weight_decay = 0.02;
+  muon_var_t v[2] = {{"matrix", 2, {2, 2}, {1, 2, 3, 4}, {0, 0, 0, 0}}, {"scalar", 0, {0, 0}, {2}, {0}}};
+  cuoptimDestroy(muon_step(&c, v, 2));
+  float want_m[4], want_s = 2.0f - 2.0f * 0.02f * 1.0f;
+  for (int i = 0; i < 4; i++) want_m[i] = (float)(i + 1) - (float)(i + 1) * 0.01f * 1.0f;
+  muon_expect(&v[0], want_m, "weight_decay on the Muon path");
+  muon_expect(&v[1], &want_s, "adam_weight_decay on the AdamW path");
+}
+
+/* test_lr_adjust_none and test_lr_adjust_2d: on a 4 x 2 matrix rms_rate 0.2 scales the step by
+ * sqrt(4) * 0.2; rms_rate None leaves it. */
+Test(golden, muon_lr_adjust_matches_keras) {
+  static const float want[2][8] = {
+      {1.0455352067947388f, 0.952151358127594f, 1.012046456336975f, 0.960229754447937f, 0.9785576462745667f,
+       0.9683080911636353f, 0.9450688362121582f, 0.976386547088623f},
+      {1.0182141065597534f, 0.9808605313301086f, 1.0048185586929321f, 0.9840918779373169f, 0.9914230704307556f,
+       0.9873232245445251f, 0.9780275225639343f, 0.9905546307563782f}};
+  for (int k = 0; k < 2; k++) {
+    cuoptimConfig_t c = test_config_lr(CUOPTIM_MUON, 0.1);
+    c.weight_decay = CUOPTIM_NONE;
+    c.rms_rate = k ? 0.2 : CUOPTIM_NONE;
+    muon_var_t v = {"w", 2, {4, 2}, {1, 1, 1, 1, 1, 1, 1, 1}, {0}};
+    for (int i = 0; i < 8; i++) v.grad[i] = (float)i * 0.1f + 0.05f;
+    cuoptimDestroy(muon_step(&c, &v, 1));
+    muon_expect(&v, want[k], k ? "rms_rate 0.2" : "rms_rate None");
+  }
+}
+
+/* test_config: Muon(learning_rate=0.5, epsilon=1e-5) survives the Keras JSON round trip. */
+Test(golden, muon_config_round_trips) {
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_MUON, 0.5), back;
+  c.epsilon = 1e-5;
+  c.num_exclude_layers = 2;
+  snprintf(c.exclude_layers[0], sizeof c.exclude_layers[0], "last");
+  snprintf(c.exclude_layers[1], sizeof c.exclude_layers[1], "^head/");
+  char text[8192];
+  OK(cuoptimConfigToKerasJSON(&c, text, sizeof text, NULL));
+  cr_expect(strstr(text, "\"class_name\": \"Muon\"") != NULL, "%s", text);
+  cr_expect(strstr(text, "\"exclude_layers\": [\"last\", \"^head/\"]") != NULL, "%s", text);
+  OK(cuoptimConfigFromKerasJSON(&back, text));
+  cr_expect_eq(memcmp(&c, &back, sizeof c), 0, "config -> JSON -> config changed it: %s", text);
+}
+
+Test(golden_cuda, muon_cuda_backend_refuses) {
+  test_require_backend(CUOPTIM_BACKEND_CUDA);
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  cuoptimOptimizer_t opt = NULL;
+  cr_expect_eq(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0), CUOPTIM_STATUS_NOT_SUPPORTED, "%s",
+               cuoptimGetLastErrorMessage());
+  cr_expect(strstr(cuoptimGetLastErrorMessage(), "CUOPTIM_MUON") != NULL, "%s", cuoptimGetLastErrorMessage());
+  cr_expect_null(opt);
+}

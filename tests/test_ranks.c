@@ -262,7 +262,9 @@ Test(ranks, rank_cases_cover_every_optimizer_and_feature) {
     null += list[i].null_gradient;
     nonfinite_lso += list[i].nonfinite && list[i].lso;
   }
-  for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++) cr_expect(kinds[k] > 0, "no rank case for optimizer kind %d", k);
+  for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++)
+    if (cuoptimOptimizerName((cuoptimOptimizerKind_t)k)) /* a value no kind has is skipped */
+      cr_expect(kinds[k] > 0, "no rank case for optimizer kind %d", k);
   for (int r = 2; r <= 4; r++) cr_expect(ranks[r] > 0, "no rank case for %d ranks", r);
   cr_expect(lso > 0 && clip > 0 && lsf > 0 && accumulation > 0 && null > 0 && nonfinite_lso > 0,
             "rank cases: %d LossScaleOptimizer, %d clipping, %d loss_scale_factor, %d accumulation, %d with None "
@@ -301,6 +303,7 @@ Test(ranks, replay_sharded_equals_unsharded, .timeout = TEST_LIMIT_SECONDS) {
   int n = list_rank_cases(&list);
   cr_assert(n > 0);
   for (int i = 0; i < n; i++) {
+    if (list[i].kind == CUOPTIM_MUON) continue; /* Muon refuses sharded state (include/cuoptim.h) */
     char args[4608]; /* the longest option string and a path of up to 4352 bytes */
     snprintf(args, sizeof args, "--state --shard --timeout " COLLECTIVE_TIMEOUT " '%s'", list[i].path);
     run_result sharded = mpirun(list[i].ranks, CUOPTIM_REPLAY_PATH, args);

@@ -148,7 +148,9 @@ static void set_field(cuoptimConfig_t *c, const Field *f, double value, Input *i
 }
 
 static void read_config(Input *in, int tame, cuoptimConfig_t *c) {
-  cuoptimConfigInit(c, (cuoptimOptimizerKind_t)(take(in) % CUOPTIM_OPTIMIZER_COUNT));
+  cuoptimOptimizerKind_t kind = (cuoptimOptimizerKind_t)(take(in) % CUOPTIM_OPTIMIZER_COUNT);
+  if (!cuoptimOptimizerName(kind)) kind = CUOPTIM_ADAM; /* a value no kind has */
+  cuoptimConfigInit(c, kind);
   for (unsigned k = take(in) % 8; k > 0; k--) {
     if (tame) {
       const Change *change = &TAME_CHANGES[take(in) % COUNT_OF(TAME_CHANGES)];

@@ -336,6 +336,8 @@ int main(int argc, char **argv) {
     if (!loaded) fprintf(stderr, "FAIL: %s (rank %d): %s\n", entries[i]->d_name, rank, error);
     if (any_rank(!loaded)) {
       t.failed++;
+    } else if (base.comm_options.shard_state && c.config.kind == CUOPTIM_MUON) {
+      t.skipped++; /* Muon refuses sharded state (include/cuoptim.h) */
     } else if (c.has_rank_steps && c.num_ranks == world && c.has_steps) {
       if (check_rank_case(&c, entries[i]->d_name, &base, &t) == EXIT_SKIP) status = EXIT_SKIP;
     } else if (c.has_rank_steps || !c.has_steps || c.multi) {
