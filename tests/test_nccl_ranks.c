@@ -16,6 +16,7 @@
  * skips.
  */
 #include <criterion/criterion.h>
+#include <criterion/logging.h>
 #include <cuda_runtime_api.h>
 #include <dirent.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "case.h"
 #include "cuoptim.h"
 #include "testutil.h"
 
@@ -106,23 +108,44 @@ static int replay_over_nccl(int ranks, const char *flags, const char *path, char
 }
 #endif
 
+#if defined(CUOPTIM_TEST_NCCL_RANKS) && defined(CUOPTIM_TEST_EMULATED_DEVICE)
+/* Whether the CUDA backend refuses the case's optimizer (an optimizer it has no stages for yet,
+ * include/cuoptim.h): asked of the library itself, so only that refusal is let through. */
+static int cuda_backend_refuses(const char *path) {
+  cuoptimCase c;
+  char error[2048];
+  cr_assert_eq(cuoptim_case_load(path, &c, error, sizeof error), 0, "%s: %s", path, error);
+  cuoptimOptimizer_t opt = NULL;
+  cuoptimStatus_t st = cuoptimCreate(&opt, &c.config, CUOPTIM_BACKEND_CUDA, 0);
+  if (st == CUOPTIM_STATUS_SUCCESS) OK(cuoptimDestroy(opt));
+  cuoptim_case_free(&c);
+  return st == CUOPTIM_STATUS_NOT_SUPPORTED;
+}
+#endif
+
 /* Every rank case of tests/data (Keras on the mean gradients) replayed on the CUDA backend over
  * NCCL, unsharded and sharded: PASS within the replay's tolerance, every rank's result bit for bit
- * rank 0's. On the emulated device only: on GPUs the cases of 4 ranks need 4 GPUs (or NCCL 2.30+
- * to put several ranks on one). */
+ * rank 0's; a case whose optimizer the CUDA backend refuses is counted apart. On the emulated
+ * device only: on GPUs the cases of 4 ranks need 4 GPUs (or NCCL 2.30+ to put several ranks on
+ * one). */
 Test(nccl_ranks, every_rank_case_replays_over_nccl, .timeout = 1800) {
 #if !defined(CUOPTIM_TEST_NCCL_RANKS) || !defined(CUOPTIM_TEST_EMULATED_DEVICE)
   cr_skip("the replay over NCCL needs a GPU per rank (or NCCL 2.30+): tested on the emulated device");
 #else
   DIR *dir = opendir(test_data_path("cases"));
   cr_assert_not_null(dir);
-  int replayed = 0;
+  int replayed = 0, refused = 0;
   for (struct dirent *e; (e = readdir(dir)) != NULL;) {
     int ranks = 0;
     const char *suffix = strrchr(e->d_name, '_');
     if (strncmp(e->d_name, "ranks_", 6) != 0 || !suffix || sscanf(suffix, "_r%d.json", &ranks) != 1) continue;
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", test_data_path("cases"), e->d_name);
+    if (cuda_backend_refuses(path)) {
+      cr_log_info("%s: the CUDA backend refuses its optimizer", e->d_name);
+      refused++;
+      continue;
+    }
     static char output[1 << 16];
     for (int shard = 0; shard < 2; shard++) {
       int status = replay_over_nccl(ranks, shard ? "--shard" : "", path, output, sizeof output);
@@ -132,7 +155,7 @@ Test(nccl_ranks, every_rank_case_replays_over_nccl, .timeout = 1800) {
     }
   }
   closedir(dir);
-  cr_expect(replayed >= 20, "only %d replays", replayed);
+  cr_expect(replayed >= 20, "only %d replays (%d cases refused)", replayed, refused);
 #endif
 }
 
