@@ -1442,6 +1442,14 @@ def _(c):
             "3 ranks: ScheduleFreeAdamW with warmup, weight decay and gradient accumulation 2.")
 
 
+@case("ranks_adafactor_clip_r2")
+def _(c):
+    c.data(steps=9, names=RANK_VARS)
+    c.ranks(2)
+    return (O.Adafactor(learning_rate=lr(c, 0.05), clipnorm=c.clipnorm(), weight_decay=0.01),
+            "2 ranks: Adafactor (rank-1 and rank-2 variables) with clipnorm and weight decay.")
+
+
 @case("ranks_ftrl_l1_l2_r3")
 def _(c):
     c.data(steps=8, names=RANK_VARS)

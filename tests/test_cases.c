@@ -113,6 +113,12 @@ static void report_finish(report_t *r, const char *what, int total) {
   free(r->text);
 }
 
+/* The CUDA backend has no Adafactor kernels yet: cuoptimCreate refuses the kind (NOT_SUPPORTED),
+ * which these suites count as refused, not as failed. */
+static int refused_on(const cuoptimCase *c, cuoptimBackend_t backend, int rc) {
+  return backend == CUOPTIM_BACKEND_CUDA && c->config.kind == CUOPTIM_ADAFACTOR && rc == CUOPTIM_STATUS_NOT_SUPPORTED;
+}
+
 /* Replays every case on `backend`; with state_only, compares only the optimizer state. */
 static void check_all_cases(cuoptimBackend_t backend, int state_only, const char *what) {
   case_list list = list_cases();
@@ -137,6 +143,10 @@ static void check_all_cases(cuoptimBackend_t backend, int state_only, const char
     }
     cuoptimCaseResult r;
     int rc = cuoptim_case_run(&c, backend, &r, error, sizeof error);
+    if (refused_on(&c, backend, rc)) {
+      cuoptim_case_free(&c);
+      continue;
+    }
     if (rc != 0) {
       report.count++;
       report_add(&report, "  %s: run failed (%s): %s", list.names[i],
@@ -207,6 +217,11 @@ Test(cases, host_and_cuda_agree) {
       continue;
     }
     rc = cuoptim_case_run(&c, CUOPTIM_BACKEND_CUDA, &cuda, error, sizeof error);
+    if (refused_on(&c, CUOPTIM_BACKEND_CUDA, rc)) {
+      cuoptim_case_result_free(&host);
+      cuoptim_case_free(&c);
+      continue;
+    }
     if (rc != 0) {
       report.count++;
       report_add(&report, "  %s: CUDA run failed: %s", list.names[i], error);

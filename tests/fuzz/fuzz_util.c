@@ -87,7 +87,7 @@ static int schedules_equal(const cuoptimSchedule_t *a, const cuoptimSchedule_t *
 }
 
 /* Every field is listed below; a new one must be added there (and here). */
-_Static_assert(sizeof(cuoptimConfig_t) == 1744 || sizeof(void *) != 8,
+_Static_assert(sizeof(cuoptimConfig_t) == 1776 || sizeof(void *) != 8,
                "cuoptimConfig_t changed: compare the new fields in fuzz_configs_equal");
 
 int fuzz_configs_equal(const cuoptimConfig_t *a, const cuoptimConfig_t *b, int as_written, char *why,
@@ -122,6 +122,11 @@ int fuzz_configs_equal(const cuoptimConfig_t *a, const cuoptimConfig_t *b, int a
   SAME_NUMBER(l2_regularization_strength);
   SAME_NUMBER(l2_shrinkage_regularization_strength);
   SAME_NUMBER(beta);
+  SAME_NUMBER(beta_2_decay);
+  SAME_NUMBER(epsilon_1);
+  SAME_NUMBER(epsilon_2);
+  SAME_NUMBER(clip_threshold);
+  SAME_INT(relative_step);
   SAME_INT(dynamic_loss_scale);
   SAME_NUMBER(initial_scale);
   SAME_INT(dynamic_growth_steps);
