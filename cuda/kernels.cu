@@ -331,8 +331,8 @@ __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(cuoptimDevic
 }
 
 /* Without an inspect pass the prologue is the step's first kernel: it also carries the gradient
- * table's changed entries (the scatter launch's argument), so a step that uploads them, every
- * replay of a captured one included, costs no launch more. Nothing here reads the table. */
+ * table's changed entries (the scatter launch's argument), so a step that uploads them costs no
+ * launch more. Nothing here reads the table. */
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) prologue_upload_kernel(cuoptimDeviceStep step,
                                                                        const cuoptimGradientBatch batch) {
   cuoptimDeviceGradient *table = (cuoptimDeviceGradient *)step.grads; /* the backend's own table */
@@ -881,6 +881,15 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) finalize_kernel(cuoptimDeviceSt
   }
 }
 
+/* ScheduleFreeAdamW's averaged weights of variable k, in its parameters' dtype, into `out`. */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) schedule_free_average_kernel(cuoptimDeviceStep step, int32_t k,
+                                                                             cuoptimRuleParams p, void *out) {
+  const cuoptimDeviceVariable v = step.variables[k];
+  const float *w = working(v);
+  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < v.count; i += (uint64_t)gridDim.x * blockDim.x)
+    store_scalar(out, v.param_dtype, i, cuoptim_schedule_free_average(&p, w[i], v.slots[0][i]));
+}
+
 /* slot0_copies_variable: ScheduleFreeAdamW's momentum starts as the variable (its float32 value). */
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) build_kernel(cuoptimDeviceStep step, float slot0_initial,
                                                               int slot0_copies_variable) {
@@ -1056,6 +1065,19 @@ extern "C" int cuoptim_launch_combine_shards(const cuoptimDeviceStep *step, cons
 extern "C" int cuoptim_launch_finalize(const cuoptimDeviceStep *step, void *stream) {
   RETURN_IF_NO_CHUNKS(step);
   CUOPTIM_LAUNCH(finalize_kernel, chunk_grid(step), CUOPTIM_BLOCK, (cudaStream_t)stream, *step);
+  return (int)cudaGetLastError();
+}
+
+/* Enough blocks for every element of the variable, at most AVERAGE_BLOCKS (a grid-stride loop). */
+#define AVERAGE_BLOCKS 1024
+
+extern "C" int cuoptim_launch_schedule_free_average(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, int k,
+                                                    uint64_t count, void *out, void *stream) {
+  if (count == 0) return (int)cudaSuccess;
+  uint64_t blocks = (count + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK;
+  if (blocks > AVERAGE_BLOCKS) blocks = AVERAGE_BLOCKS;
+  CUOPTIM_LAUNCH(schedule_free_average_kernel, dim3((unsigned)blocks), CUOPTIM_BLOCK, (cudaStream_t)stream, *step,
+                 (int32_t)k, *p, out);
   return (int)cudaGetLastError();
 }
 

@@ -163,6 +163,9 @@ const cuoptimDeviceStep *cuoptim_cuda_device_step(struct cuoptimOptimizer *opt);
 int cuoptim_launch_combine_shards(const cuoptimDeviceStep *step, const cuoptimTensorScalars *gathered, int world,
                                   void *stream);
 int cuoptim_launch_finalize(const cuoptimDeviceStep *step, void *stream);
+/* ScheduleFreeAdamW's averaged weights of variable k (count elements) into out, in its dtype. */
+int cuoptim_launch_schedule_free_average(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, int k,
+                                         uint64_t count, void *out, void *stream);
 /* Writes batch->entries into table[first ...] (the batch travels as the kernel's argument). */
 int cuoptim_launch_scatter_gradients(cuoptimDeviceGradient *table, const cuoptimGradientBatch *batch, void *stream);
 /* Build: fill slots with their initial values and masters from the half parameters. */

@@ -337,6 +337,13 @@ CUOPTIM_HD void cuoptim_rule_ftrl(const cuoptimRuleParams *p, const cuoptimStepS
 }
 
 
+/* ScheduleFreeAdamW's averaged point x, the weights Schedule-Free evaluates, from the variable y
+ * and the sequence z (slot s0): x = (y - (1 - beta_1) z) / beta_1, as Keras's step recovers x_old
+ * (1 - beta_1 a float32 subtraction: Keras casts beta_1 to float32 first). */
+CUOPTIM_HD float cuoptim_schedule_free_average(const cuoptimRuleParams *p, float y, float z) {
+  return (y - (1.0f - p->beta_1) * z) / p->beta_1;
+}
+
 /* ScheduleFreeAdamW (keras/src/optimizers/schedule_free_adamw.py). s0 = momentum (the sequence z the gradient steps act on), s1 = velocity;
  * w is the variable y, the interpolation of z and the average x: x is recovered from y and the old
  * z, moves towards the new z by the weight 1 / t, and y is formed again. The (1 - beta) factors are
@@ -350,7 +357,7 @@ CUOPTIM_HD void cuoptim_rule_schedule_free_adamw(const cuoptimRuleParams *p, con
   float denom = cuoptim_sqrtf(v / s->one_minus_beta_2_power) + p->epsilon;
   float z = z_old - (s->sf_lr * g) / denom;
   *s0 = z;
-  float x_old = (*w - one_minus_beta_1 * z_old) / p->beta_1;
+  float x_old = cuoptim_schedule_free_average(p, *w, z_old);
   float x_new = (1.0f - s->sf_weight) * x_old + s->sf_weight * z;
   *w = one_minus_beta_1 * z + p->beta_1 * x_new;
 }

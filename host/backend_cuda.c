@@ -4,8 +4,9 @@
  * constants. A step launches inspect (when needed), prologue (which also advances the state: no
  * finish stage) and update; the only
  * per-step upload is the gradient table, and only for entries whose pointer or dtype changed since
- * the last step — done by a kernel whose argument carries the new entries, so it is captured by
- * value in a CUDA graph and needs no host synchronization.
+ * the last step — done by a kernel whose argument carries the new entries, so it needs no host
+ * synchronization. A captured step reads a gradient table of its own instead (CaptureTable),
+ * written once when the step is captured: its replays upload nothing, and eager steps keep theirs.
  *
  * Waits: never for the whole device, only for the optimizer's own work. The optimizer owns a
  * non-blocking stream (`own`) for its copies, allocations and frees (stream-ordered where the
@@ -46,12 +47,26 @@ typedef struct {
   int capacity, first, count;
 } WorkMarks;
 
+/* The gradient table that a captured step reads instead of the eager one: written once, on the
+ * optimizer's stream, while the step is captured; the graph waits for that write through an
+ * external event node, so its replays carry no upload, and the eager table stays what eager steps
+ * wrote. Captures with the same entries share one. Kept until the tables go (cuoptimDestroy), since
+ * a graph may replay until then: 16 bytes per variable for each distinct set of gradient pointers
+ * captured. */
+typedef struct CaptureTable {
+  cuoptimDeviceGradient *device;
+  cuoptimDeviceGradient *image; /* host: what `device` holds (num_variables entries) */
+  cudaEvent_t written;          /* recorded on the optimizer's stream after the write */
+  struct CaptureTable *next;
+} CaptureTable;
+
 typedef struct {
   DeviceGuard guard;                /* the caller's device during a step */
   cudaStream_t own;                 /* the optimizer's stream: its copies, allocations and frees */
   int stream_ordered_memory;        /* cudaMallocAsync/cudaFreeAsync on `own`; else cudaMalloc/cudaFree */
-  int ever_captured;                /* a graph may replay: always upload the gradient table (a
-                                       replay rewrites it), and wait for replay_done */
+  int ever_captured;                /* a graph may replay: wait for replay_done */
+  int replays_write_table;          /* a graph scatters into `grads` (its capture had no table of
+                                       its own): eager steps upload every entry */
   int capturing;                    /* the step in progress is being captured */
   WorkMarks marks;
   cuoptimStream_t last_stream;      /* the stream of the newest mark */
@@ -69,6 +84,9 @@ typedef struct {
   int any_half_variable;            /* some variable has half parameters (and a float32 master) */
   cuoptimGradientBatch *batch;      /* host scratch of the scatter launch */
   int batch_pending;                /* *batch is this step's last table upload, for the prologue */
+  CaptureTable *capture_tables;     /* written by captures, newest first */
+  CaptureTable *spare;              /* allocated, not written: the next capture's (a capture cannot
+                                       allocate); NULL when memory was short */
 } CudaBackend;
 
 static CudaBackend *data_of(cuoptimOptimizer_t opt) { return (CudaBackend *)opt->backend_data; }
@@ -271,7 +289,41 @@ static cuoptimStatus_t cuda_init(cuoptimOptimizer_t opt) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+static void free_capture_table(CudaBackend *b, CaptureTable *t) {
+  if (!t) return;
+  device_free(b, t->device);
+  if (t->written) cudaEventDestroy(t->written);
+  free(t->image);
+  free(t);
+}
+
+/* A table for a later capture, or NULL when host or device memory is short (that capture then
+ * scatters into the eager table from its graph, as a fallback). */
+static CaptureTable *new_capture_table(CudaBackend *b, int num_variables) {
+  size_t count = num_variables > 0 ? (size_t)num_variables : 1;
+  CaptureTable *t = calloc(1, sizeof *t);
+  if (t) t->image = calloc(count, sizeof *t->image);
+  if (!t || !t->image || device_malloc(b, (void **)&t->device, count * sizeof *t->device) != cudaSuccess ||
+      cudaEventCreateWithFlags(&t->written, cudaEventDisableTiming) != cudaSuccess) {
+    (void)cudaGetLastError(); /* a shortage here is not the step's error */
+    free_capture_table(b, t);
+    return NULL;
+  }
+  return t;
+}
+
+static void free_capture_tables(CudaBackend *b) {
+  while (b->capture_tables) {
+    CaptureTable *next = b->capture_tables->next;
+    free_capture_table(b, b->capture_tables);
+    b->capture_tables = next;
+  }
+  free_capture_table(b, b->spare);
+  b->spare = NULL;
+}
+
 static void free_tables(CudaBackend *b) {
+  free_capture_tables(b);
   device_free(b, b->variables);
   device_free(b, b->grads);
   device_free(b, b->chunks);
@@ -504,6 +556,7 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   step->num_chunks = total_chunks;
   step->items = b->items;
   step->num_items = num_items;
+  b->spare = new_capture_table(b, n);
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -592,22 +645,88 @@ static cuoptimStatus_t launch_pending_batch(CudaBackend *b, cuoptimStream_t stre
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* The device table's entry for a step's gradient. */
+static cuoptimDeviceGradient table_entry(const cuoptimStepGradient *g) {
+  cuoptimDeviceGradient e;
+  e.grad = g->grad;
+  e.dtype = g->grad ? (int32_t)g->dtype : 0;
+  e.reserved = 0;
+  return e;
+}
+
+static int capture_table_matches(const CaptureTable *t, cuoptimOptimizer_t opt) {
+  for (int k = 0; k < opt->num_variables; k++) {
+    cuoptimDeviceGradient e = table_entry(&opt->step_grads[k]);
+    if (t->image[k].grad != e.grad || t->image[k].dtype != e.dtype) return 0;
+  }
+  return 1;
+}
+
+/* Writes t->image into t->device on the optimizer's stream (which is never captured), in batches
+ * carried by the scatter kernel's argument, and records t->written after them. */
+static cudaError_t write_capture_table(CudaBackend *b, CaptureTable *t, int num_variables) {
+  cuoptimGradientBatch *batch = b->batch; /* no batch is pending while a step is captured */
+  for (int first = 0; first < num_variables; first += CUOPTIM_GRADIENT_BATCH) {
+    int count = num_variables - first < CUOPTIM_GRADIENT_BATCH ? num_variables - first : CUOPTIM_GRADIENT_BATCH;
+    batch->first = first;
+    batch->count = count;
+    memcpy(batch->entries, t->image + first, (size_t)count * sizeof *batch->entries);
+    cudaError_t err = (cudaError_t)cuoptim_launch_scatter_gradients(t->device, batch, b->own);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaEventRecord(t->written, b->own);
+}
+
+/* A captured step reads a table of its own (CaptureTable): one an earlier capture wrote with the
+ * same entries, else the spare, written now. The capturing stream waits for the write through an
+ * external event node, so each replay of the graph waits for that one write (long complete). *used
+ * is 0 when there is neither (the caller then uploads into the eager table, from the graph). */
+static cuoptimStatus_t read_capture_table(cuoptimOptimizer_t opt, cuoptimStream_t stream, int *used) {
+  static const char *what = "cuoptimApplyGradients: writing the captured step's gradient table";
+  CudaBackend *b = data_of(opt);
+  int n = opt->num_variables;
+  *used = 0;
+  CaptureTable *t = b->capture_tables;
+  while (t && !capture_table_matches(t, opt)) t = t->next;
+  if (!t && b->spare) {
+    t = b->spare;
+    for (int k = 0; k < n; k++) t->image[k] = table_entry(&opt->step_grads[k]);
+    cudaError_t err = write_capture_table(b, t, n);
+    if (err != cudaSuccess) return cuda_fail(err, what); /* the spare stays one: written again next time */
+    b->spare = NULL;
+    t->next = b->capture_tables;
+    b->capture_tables = t;
+  }
+  if (!t) return CUOPTIM_STATUS_SUCCESS;
+  cudaError_t err = cudaStreamWaitEvent((cudaStream_t)stream, t->written, cudaEventWaitExternal);
+  if (err != cudaSuccess) return cuda_fail(err, what);
+  b->step.grads = t->device;
+  *used = 1;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   CudaBackend *b = data_of(opt);
   int n = opt->num_variables;
-  /* Inside a stream capture the whole table is uploaded (the graph must restore it on every
-   * replay, whatever eager steps did in between), and the mirror forgets what the device holds
-   * (a replay may change it behind our back). */
-  int capturing = b->capturing;
   /* The update instance reads each gradient in its variable's dtype (cuoptim_update_features). */
   int gradients_match = 1;
   for (int j = 0; j < n; j++)
     if (opt->step_grads[j].grad && opt->step_grads[j].dtype != opt->variables[j].dtype) gradients_match = 0;
   b->step.features = cuoptim_update_features(&opt->prologue.rule, b->any_half_variable, gradients_match);
+  /* Without a table of its own, a captured step uploads the whole eager table from its graph (every
+   * replay must restore it, whatever eager steps did in between), and the mirror forgets what the
+   * device holds (a replay may change it behind our back). */
+  int capturing = b->capturing;
+  if (capturing && n > 0) {
+    int used = 0;
+    CUOPTIM_CHECK(read_capture_table(opt, stream, &used));
+    if (used) return CUOPTIM_STATUS_SUCCESS;
+    b->replays_write_table = 1;
+  }
   int k = 0;
   while (k < n) {
     const cuoptimStepGradient *g = &opt->step_grads[k];
-    if (!b->ever_captured && b->uploaded[k].grad == g->grad &&
+    if (!b->replays_write_table && b->uploaded[k].grad == g->grad &&
         (g->grad == NULL || b->uploaded[k].dtype == (int32_t)g->dtype)) {
       k++;
       continue;
@@ -618,9 +737,7 @@ static cuoptimStatus_t upload_gradient_table(cuoptimOptimizer_t opt, cuoptimStre
     batch->count = 0;
     while (k < n && batch->count < CUOPTIM_GRADIENT_BATCH) {
       cuoptimDeviceGradient *e = &batch->entries[batch->count++];
-      e->grad = opt->step_grads[k].grad;
-      e->dtype = opt->step_grads[k].grad ? (int32_t)opt->step_grads[k].dtype : 0;
-      e->reserved = 0;
+      *e = table_entry(&opt->step_grads[k]);
       b->uploaded[k] = *e;
       if (capturing) b->uploaded[k].grad = UNKNOWN_GRADIENT;
       k++;
@@ -647,9 +764,14 @@ static cuoptimStatus_t cuda_begin_step(cuoptimOptimizer_t opt, cuoptimStream_t s
    * the stream its graph is launched on). */
   if (status == CUOPTIM_STATUS_SUCCESS && !b->capturing)
     status = wait_for_optimizer_work(b, (cudaStream_t)stream, "cuoptimApplyGradients: cudaStreamWaitEvent");
+  /* The next capture's table, allocated here since a capture cannot allocate. */
+  if (status == CUOPTIM_STATUS_SUCCESS && !b->capturing && !b->spare) b->spare = new_capture_table(b, opt->num_variables);
   if (status == CUOPTIM_STATUS_SUCCESS) status = upload_gradient_table(opt, stream);
   if (status == CUOPTIM_STATUS_SUCCESS && !b->capturing) b->steps++;
-  if (status != CUOPTIM_STATUS_SUCCESS) leave_device(&b->guard);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    b->step.grads = b->grads;
+    leave_device(&b->guard);
+  }
   return status;
 }
 
@@ -674,6 +796,7 @@ static cuoptimStatus_t cuda_end_step(cuoptimOptimizer_t opt, cuoptimStream_t str
   if (b->batch_pending) forget_pending_batch(b); /* the step failed before its prologue */
   if (status == CUOPTIM_STATUS_SUCCESS && b->capturing)
     status = record_replay(b, stream, "cuoptimApplyGradients: cudaEventRecordWithFlags");
+  b->step.grads = b->grads; /* a captured step's own table served this step alone */
   leave_device(&b->guard);
   return status;
 }
@@ -714,19 +837,26 @@ static cuoptimStatus_t cuda_update(cuoptimOptimizer_t opt, cuoptimStream_t strea
                   "cuoptimApplyGradients: update kernel");
 }
 
-/* Ordered and marked like a step (captured: like a captured step). */
-static cuoptimStatus_t cuda_finalize(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
-  static const char *caller = "cuoptimFinalizeVariableValues";
-  CudaBackend *b = data_of(opt);
-  DeviceGuard guard;
-  CUOPTIM_CHECK(enter_device(opt, &guard));
+/* Work outside a step on the optimizer's buffers (finalize, the averaged weights) is ordered and
+ * marked like a step (captured: like a captured step). begin: enters the device and, eager, waits
+ * on the GPU for the optimizer's work on other streams; *capturing says which. */
+static cuoptimStatus_t begin_outside_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller,
+                                          DeviceGuard *guard, int *capturing) {
+  CUOPTIM_CHECK(enter_device(opt, guard));
   enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   cudaError_t err = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
   cuoptimStatus_t status = err == cudaSuccess ? CUOPTIM_STATUS_SUCCESS : cuda_fail(err, caller);
-  int capturing = capture != cudaStreamCaptureStatusNone;
-  if (status == CUOPTIM_STATUS_SUCCESS && !capturing) status = wait_for_optimizer_work(b, (cudaStream_t)stream, caller);
-  if (status == CUOPTIM_STATUS_SUCCESS)
-    status = launched(cuoptim_launch_finalize(&b->step, stream), "cuoptimFinalizeVariableValues: kernel");
+  *capturing = capture != cudaStreamCaptureStatusNone;
+  if (status == CUOPTIM_STATUS_SUCCESS && !*capturing)
+    status = wait_for_optimizer_work(data_of(opt), (cudaStream_t)stream, caller);
+  if (status != CUOPTIM_STATUS_SUCCESS) leave_device(guard);
+  return status;
+}
+
+/* end: after the launch (`status`), the mark or the replay's record; leaves the device. */
+static cuoptimStatus_t end_outside_step(cuoptimOptimizer_t opt, cuoptimStream_t stream, const char *caller,
+                                        const DeviceGuard *guard, int capturing, cuoptimStatus_t status) {
+  CudaBackend *b = data_of(opt);
   if (status == CUOPTIM_STATUS_SUCCESS) {
     if (capturing) {
       b->ever_captured = 1;
@@ -735,8 +865,29 @@ static cuoptimStatus_t cuda_finalize(cuoptimOptimizer_t opt, cuoptimStream_t str
       status = record_mark(b, caller, 0, stream, caller);
     }
   }
-  leave_device(&guard);
+  leave_device(guard);
   return status;
+}
+
+static cuoptimStatus_t cuda_finalize(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimFinalizeVariableValues";
+  DeviceGuard guard;
+  int capturing = 0;
+  CUOPTIM_CHECK(begin_outside_step(opt, stream, caller, &guard, &capturing));
+  cuoptimStatus_t status =
+      launched(cuoptim_launch_finalize(&data_of(opt)->step, stream), "cuoptimFinalizeVariableValues: kernel");
+  return end_outside_step(opt, stream, caller, &guard, capturing, status);
+}
+
+static cuoptimStatus_t cuda_averaged_weights(cuoptimOptimizer_t opt, int k, void *out, cuoptimStream_t stream) {
+  static const char *caller = "cuoptimScheduleFreeAveragedWeights";
+  DeviceGuard guard;
+  int capturing = 0;
+  CUOPTIM_CHECK(begin_outside_step(opt, stream, caller, &guard, &capturing));
+  int err = cuoptim_launch_schedule_free_average(&data_of(opt)->step, &opt->prologue.rule, k,
+                                                 opt->variables[k].local_count, out, stream);
+  cuoptimStatus_t status = launched(err, "cuoptimScheduleFreeAveragedWeights: kernel");
+  return end_outside_step(opt, stream, caller, &guard, capturing, status);
 }
 
 static cuoptimStatus_t cuda_synchronize(cuoptimOptimizer_t opt) {
@@ -895,6 +1046,7 @@ static const cuoptimBackendOps cuda_backend = {
     .update = cuda_update,
     .finish = NULL, /* the prologue kernel advances the state */
     .finalize = cuda_finalize,
+    .averaged_weights = cuda_averaged_weights,
     .synchronize = cuda_synchronize,
     .transfer_begin = cuda_transfer_begin,
     .transfer_copy = cuda_transfer_copy,

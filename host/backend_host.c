@@ -953,6 +953,23 @@ static cuoptimStatus_t host_finalize(cuoptimOptimizer_t opt, cuoptimStream_t str
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* Half-precision variables: formed in float32 a piece at a time, then rounded into `out`. */
+#define AVERAGE_PIECE 1024
+
+static cuoptimStatus_t host_averaged_weights(cuoptimOptimizer_t opt, int k, void *out, cuoptimStream_t stream) {
+  const cuoptimVariableRec *v = &opt->variables[k];
+  const host_f32 *y = working(v, 0);
+  const float *z = v->slots[0];
+  float piece[AVERAGE_PIECE];
+  for (size_t c = 0; c < v->local_count; c += AVERAGE_PIECE) {
+    size_t n = v->local_count - c < AVERAGE_PIECE ? v->local_count - c : AVERAGE_PIECE;
+    host_f32 *x = v->dtype == CUOPTIM_FLOAT32 ? (host_f32 *)out + c : piece;
+    for (size_t i = 0; i < n; i++) x[i] = cuoptim_schedule_free_average(&opt->prologue.rule, y[c + i], z[c + i]);
+    if (v->dtype != CUOPTIM_FLOAT32) store_half_chunk(out, v->dtype, c, n, piece);
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 static cuoptimStatus_t host_synchronize(cuoptimOptimizer_t opt) { return CUOPTIM_STATUS_SUCCESS; }
 
 /* ---- checkpoint copies: plain memory, done when they return ----------------------------------- */
@@ -1012,6 +1029,7 @@ const cuoptimBackendOps cuoptim_host_backend = {
     .update = host_update,
     .finish = host_finish,
     .finalize = host_finalize,
+    .averaged_weights = host_averaged_weights,
     .synchronize = host_synchronize,
     .transfer_begin = host_transfer_begin,
     .transfer_copy = host_transfer_copy,

@@ -105,6 +105,13 @@ cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t opt, const void *commu
 }
 
 cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t opt, int *rank, int *world) {
+  if (opt && opt->multi) {
+    CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetRank", rank);
+    CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetRank", world);
+    *rank = 0;
+    *world = 1;
+    return CUOPTIM_STATUS_SUCCESS;
+  }
   CUOPTIM_REQUIRE_OPTIMIZER("cuoptimGetRank", opt);
   CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetRank", rank);
   CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetRank", world);
@@ -114,6 +121,7 @@ cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t opt, int *rank, int *world) {
 }
 
 cuoptimStatus_t cuoptimGetStateBytes(cuoptimOptimizer_t opt, size_t *bytes) {
+  if (opt && opt->multi) return cuoptim_multi_state_bytes(opt, bytes);
   CUOPTIM_REQUIRE_OPTIMIZER("cuoptimGetStateBytes", opt);
   CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetStateBytes", bytes);
   *bytes = (opt->built ? opt->arena_bytes : 0) +

@@ -40,12 +40,45 @@ void cuoptim_log(int level, const char *fmt, ...) __attribute__((format(printf, 
       return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, "%s: %s is NULL", caller, #ptr);   \
   } while (0)
 
-/* The public calls name their handle argument `optimizer`. */
+/* The public calls name their handle argument `optimizer`. A MultiOptimizer handle is refused
+ * here (NOT_SUPPORTED): the calls that work on one dispatch to host/multi.c before this check. */
 #define CUOPTIM_REQUIRE_OPTIMIZER(caller, opt)                                                  \
   do {                                                                                          \
     if ((opt) == NULL)                                                                          \
       return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, "%s: optimizer is NULL", caller);       \
+    if ((opt)->multi != NULL) return cuoptim_multi_refuse(caller);                              \
   } while (0)
+
+/* ---- MultiOptimizer (host/multi.c) ---------------------------------------------------------- */
+
+/* NOT_SUPPORTED for a call that has no meaning on a MultiOptimizer handle, saying why. */
+cuoptimStatus_t cuoptim_multi_refuse(const char *caller);
+/* Whether cuoptimAddVariable may register a variable on `opt` (1 unless it is a sub-optimizer
+ * and its MultiOptimizer is not the one registering). */
+int cuoptim_multi_may_add(const struct cuoptimOptimizer *opt);
+cuoptimStatus_t cuoptim_multi_destroy(struct cuoptimOptimizer *opt);
+cuoptimStatus_t cuoptim_multi_add_variable(struct cuoptimOptimizer *opt, const char *name, void *param,
+                                           cuoptimDtype_t dtype, int rank, const int64_t *dims,
+                                           cuoptimVariable_t *variable);
+cuoptimStatus_t cuoptim_multi_variable_shape(struct cuoptimOptimizer *opt, cuoptimVariable_t variable, int *rank,
+                                             int64_t *dims);
+cuoptimStatus_t cuoptim_multi_variable_count(struct cuoptimOptimizer *opt, int *count);
+cuoptimStatus_t cuoptim_multi_uses_weight_decay(struct cuoptimOptimizer *opt, cuoptimVariable_t variable, int *uses);
+cuoptimStatus_t cuoptim_multi_apply(struct cuoptimOptimizer *opt, int n, const cuoptimGradient_t *grads,
+                                    cuoptimStream_t stream);
+cuoptimStatus_t cuoptim_multi_iterations(struct cuoptimOptimizer *opt, int64_t *iterations);
+cuoptimStatus_t cuoptim_multi_weight_count(struct cuoptimOptimizer *opt, int *count);
+cuoptimStatus_t cuoptim_multi_weight_info(struct cuoptimOptimizer *opt, int index, cuoptimWeightInfo_t *info);
+cuoptimStatus_t cuoptim_multi_get_weights(struct cuoptimOptimizer *opt, int index, double *values, size_t count);
+cuoptimStatus_t cuoptim_multi_set_weights(struct cuoptimOptimizer *opt, int index, const double *values, size_t count);
+cuoptimStatus_t cuoptim_multi_finalize(struct cuoptimOptimizer *opt, cuoptimStream_t stream);
+cuoptimStatus_t cuoptim_multi_synchronize(struct cuoptimOptimizer *opt, int64_t timeout_ms);
+cuoptimStatus_t cuoptim_multi_state_bytes(struct cuoptimOptimizer *opt, size_t *bytes);
+
+/* For host/multi.c (host/keras_json.c): Python's repr of a float, and a string as json.dumps
+ * writes it (ASCII only, NUL-terminated, malloc'ed; NULL when out of memory; s valid UTF-8). */
+void cuoptim_python_float_repr(double x, char out[40]);
+char *cuoptim_json_string(const char *s);
 
 /* ---- config (host/config.c) ----------------------------------------------------------------- */
 
@@ -364,6 +397,11 @@ struct cuoptimOptimizer {
 
   cuoptimStepGradient *step_grads; /* host array, num_variables */
   uint32_t bind_round;             /* counts cuoptimApplyGradients calls, for duplicate detection */
+
+  /* MultiOptimizer (host/multi.c): a MultiOptimizer handle has `multi` set and none of the fields
+   * above but config.name, backend and device; a sub-optimizer has `parent` set. */
+  struct cuoptimMulti *multi;
+  cuoptimOptimizer_t parent;
 };
 
 /* What a backend provides. Every function returns a status and sets the message on failure. */
@@ -406,6 +444,9 @@ struct cuoptimBackendOps {
   cuoptimStatus_t (*stage_enqueued)(cuoptimOptimizer_t opt, const char *stage, cuoptimStream_t stream);
   /* EMA swap of cuoptimFinalizeVariableValues. */
   cuoptimStatus_t (*finalize)(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+  /* cuoptimScheduleFreeAveragedWeights: variable k's averaged weights into `out` (its dtype), on
+   * `stream` like finalize. The state is built and not sharded. */
+  cuoptimStatus_t (*averaged_weights)(cuoptimOptimizer_t opt, int k, void *out, cuoptimStream_t stream);
   /* Waits for every piece of work the optimizer enqueued (cuoptimSynchronize), and nothing else. */
   cuoptimStatus_t (*synchronize)(cuoptimOptimizer_t opt);
   /* Checkpoint copies. transfer_begin allocates t->staging (staging_bytes of host memory) and,

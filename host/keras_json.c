@@ -1335,3 +1335,20 @@ CUOPTIM_API cuoptimStatus_t cuoptimConfigToKerasJSON(const cuoptimConfig_t *conf
   buffer[out.len] = '\0';
   return CUOPTIM_STATUS_SUCCESS;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * For the MultiOptimizer's JSON (host/multi.c): the same writers.
+ * ------------------------------------------------------------------------------------------- */
+
+void cuoptim_python_float_repr(double x, char out[40]) { format_python_float(x, out); }
+
+char *cuoptim_json_string(const char *s) {
+  text_t count = {NULL, 0};
+  put_string(&count, s);
+  char *out = malloc(count.len + 1);
+  if (out == NULL) return NULL;
+  text_t t = {out, 0};
+  put_string(&t, s);
+  out[t.len] = '\0';
+  return out;
+}

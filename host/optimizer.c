@@ -87,6 +87,10 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
 
 cuoptimStatus_t cuoptimDestroy(cuoptimOptimizer_t opt) {
   if (!opt) return CUOPTIM_STATUS_SUCCESS;
+  if (opt->parent)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "cuoptimDestroy: optimizer is a sub-optimizer of a MultiOptimizer: destroy the MultiOptimizer");
+  if (opt->multi) return cuoptim_multi_destroy(opt);
   /* The communicator's buffers may be in use by enqueued steps. */
   if (opt->comm && opt->built) (void)opt->ops->synchronize(opt);
   cuoptim_comm_release(opt);
@@ -237,6 +241,7 @@ static cuoptimStatus_t shape_count(int rank, const int64_t *dims, const char *ca
 cuoptimStatus_t cuoptimAddVariable(cuoptimOptimizer_t opt, const char *name, void *param, cuoptimDtype_t dtype,
                                    size_t count, cuoptimVariable_t *variable) {
   int64_t dims[1] = {(int64_t)count};
+  if (opt && opt->multi) return cuoptim_multi_add_variable(opt, name, param, dtype, 1, dims, variable);
   return add_variable(opt, name, param, dtype, count, 1, dims, variable, "cuoptimAddVariable");
 }
 
@@ -244,6 +249,7 @@ cuoptimStatus_t cuoptimAddVariableWithShape(cuoptimOptimizer_t opt, const char *
                                             cuoptimDtype_t dtype, int rank, const int64_t *dims,
                                             cuoptimVariable_t *variable) {
   static const char *caller = "cuoptimAddVariableWithShape";
+  if (opt && opt->multi) return cuoptim_multi_add_variable(opt, name, param, dtype, rank, dims, variable);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   size_t count = 0;
   CUOPTIM_CHECK(shape_count(rank, dims, caller, &count));
@@ -253,6 +259,7 @@ cuoptimStatus_t cuoptimAddVariableWithShape(cuoptimOptimizer_t opt, const char *
 cuoptimStatus_t cuoptimGetVariableShape(cuoptimOptimizer_t opt, cuoptimVariable_t variable, int *rank,
                                         int64_t dims[CUOPTIM_MAX_DIMS]) {
   static const char *caller = "cuoptimGetVariableShape";
+  if (opt && opt->multi) return cuoptim_multi_variable_shape(opt, variable, rank, dims);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, rank);
   CUOPTIM_REQUIRE_NOT_NULL(caller, dims);
@@ -269,6 +276,11 @@ static cuoptimStatus_t add_variable(cuoptimOptimizer_t opt, const char *name, vo
                                     size_t count, int rank, const int64_t *dims, cuoptimVariable_t *variable,
                                     const char *caller) {
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  if (!cuoptim_multi_may_add(opt))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: optimizer is a sub-optimizer of a MultiOptimizer: register the variable on the "
+                         "MultiOptimizer, which routes it by name",
+                         caller);
   CUOPTIM_REQUIRE_NOT_NULL(caller, name);
   CUOPTIM_REQUIRE_NOT_NULL(caller, param);
   CUOPTIM_REQUIRE_NOT_NULL(caller, variable);
@@ -330,6 +342,7 @@ static cuoptimStatus_t add_variable(cuoptimOptimizer_t opt, const char *name, vo
 }
 
 cuoptimStatus_t cuoptimGetVariableCount(cuoptimOptimizer_t opt, int *count) {
+  if (opt && opt->multi) return cuoptim_multi_variable_count(opt, count);
   CUOPTIM_REQUIRE_OPTIMIZER("cuoptimGetVariableCount", opt);
   CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetVariableCount", count);
   *count = opt->num_variables;
@@ -440,6 +453,7 @@ static cuoptimStatus_t check_variable(const cuoptimOptimizer_t opt, cuoptimVaria
 
 cuoptimStatus_t cuoptimUsesWeightDecay(cuoptimOptimizer_t opt, cuoptimVariable_t variable, int *uses) {
   static const char *caller = "cuoptimUsesWeightDecay";
+  if (opt && opt->multi) return cuoptim_multi_uses_weight_decay(opt, variable, uses);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, uses);
   CUOPTIM_CHECK(check_variable(opt, variable, caller, "variable"));
@@ -606,6 +620,7 @@ static cuoptimStatus_t write_state(cuoptimOptimizer_t opt, const cuoptimScalarSt
 
 cuoptimStatus_t cuoptimGetIterations(cuoptimOptimizer_t opt, int64_t *iterations) {
   static const char *caller = "cuoptimGetIterations";
+  if (opt && opt->multi) return cuoptim_multi_iterations(opt, iterations);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, iterations);
   cuoptimScalarState state;
@@ -658,6 +673,7 @@ cuoptimStatus_t cuoptimGetLossScale(cuoptimOptimizer_t opt, float *scale) {
 
 cuoptimStatus_t cuoptimGetWeightCount(cuoptimOptimizer_t opt, int *count) {
   static const char *caller = "cuoptimGetWeightCount";
+  if (opt && opt->multi) return cuoptim_multi_weight_count(opt, count);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, count);
   CUOPTIM_CHECK(cuoptim_build(opt, caller, NULL));
@@ -678,6 +694,7 @@ static cuoptimStatus_t find_weight(cuoptimOptimizer_t opt, int index, const char
 
 cuoptimStatus_t cuoptimGetWeightInfo(cuoptimOptimizer_t opt, int index, cuoptimWeightInfo_t *info) {
   static const char *caller = "cuoptimGetWeightInfo";
+  if (opt && opt->multi) return cuoptim_multi_weight_info(opt, index, info);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, info);
   cuoptimWeightEntry *entry = NULL;
@@ -766,6 +783,7 @@ static cuoptimStatus_t get_buffer(cuoptimOptimizer_t opt, const cuoptimWeightEnt
 
 cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *values, size_t count) {
   static const char *caller = "cuoptimGetWeights";
+  if (opt && opt->multi) return cuoptim_multi_get_weights(opt, index, values, count);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, values);
   cuoptimWeightEntry *entry = NULL;
@@ -820,6 +838,7 @@ static cuoptimStatus_t check_weight_values(const cuoptimWeightEntry *entry, cons
 
 cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const double *values, size_t count) {
   static const char *caller = "cuoptimSetWeights";
+  if (opt && opt->multi) return cuoptim_multi_set_weights(opt, index, values, count);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   CUOPTIM_REQUIRE_NOT_NULL(caller, values);
   cuoptimWeightEntry *entry = NULL;
@@ -858,6 +877,7 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
 
 cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   static const char *caller = "cuoptimFinalizeVariableValues";
+  if (opt && opt->multi) return cuoptim_multi_finalize(opt, stream);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   if (!opt->config.use_ema || opt->num_variables == 0) return CUOPTIM_STATUS_SUCCESS;
   CUOPTIM_CHECK(cuoptim_build(opt, caller, &stream));
@@ -868,7 +888,29 @@ cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t opt, cuoptimStr
   return opt->ops->stage_enqueued(opt, "gathering the shards after cuoptimFinalizeVariableValues", stream);
 }
 
+cuoptimStatus_t cuoptimScheduleFreeAveragedWeights(cuoptimOptimizer_t opt, cuoptimVariable_t variable, void *out,
+                                                   cuoptimStream_t stream) {
+  static const char *caller = "cuoptimScheduleFreeAveragedWeights";
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  CUOPTIM_REQUIRE_NOT_NULL(caller, out);
+  CUOPTIM_CHECK(check_variable(opt, variable, caller, "variable"));
+  if (opt->config.kind != CUOPTIM_SCHEDULE_FREE_ADAMW)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: optimizer is %s: only ScheduleFreeAdamW keeps averaged weights apart from the variables",
+                         caller, cuoptimOptimizerName(opt->config.kind));
+  if (cuoptim_comm_sharded(opt))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: the state is sharded (options.shard_state): this rank holds only its share of the "
+                         "sequence z, and the averaged weights need all of it",
+                         caller);
+  const cuoptimVariableRec *v = &opt->variables[variable];
+  CUOPTIM_CHECK(opt->ops->check_pointer(opt, out, v->dtype, caller, "out"));
+  CUOPTIM_CHECK(cuoptim_build(opt, caller, &stream));
+  return opt->ops->averaged_weights(opt, variable, out, stream);
+}
+
 cuoptimStatus_t cuoptimSynchronize(cuoptimOptimizer_t opt) {
+  if (opt && opt->multi) return cuoptim_multi_synchronize(opt, -1);
   CUOPTIM_REQUIRE_OPTIMIZER("cuoptimSynchronize", opt);
   return opt->ops->synchronize(opt);
 }
@@ -920,10 +962,11 @@ static cuoptimStatus_t query_in_flight(cuoptimOptimizer_t opt, int *complete, ch
 
 cuoptimStatus_t cuoptimSynchronizeTimeout(cuoptimOptimizer_t opt, int64_t timeout_ms) {
   static const char *caller = "cuoptimSynchronizeTimeout";
-  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   if (timeout_ms < 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: timeout_ms = %lld: must be >= 0", caller,
                          (long long)timeout_ms);
+  if (opt && opt->multi) return cuoptim_multi_synchronize(opt, timeout_ms);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   const int64_t deadline = deadline_after(monotonic_ns(), timeout_ms);
   char in_flight[256];
   for (int64_t pause = POLL_FIRST_NS;; pause = pause * 2 < POLL_LONGEST_NS ? pause * 2 : POLL_LONGEST_NS) {

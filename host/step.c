@@ -112,6 +112,7 @@ static cuoptimStatus_t run_prologue(cuoptimOptimizer_t opt, cuoptimStream_t stre
 cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuoptimGradient_t *grads,
                                       cuoptimStream_t stream) {
   static const char *caller = "cuoptimApplyGradients";
+  if (opt && opt->multi) return cuoptim_multi_apply(opt, n, grads, stream);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
   if (n < 0) return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: n = %d: must be >= 0", caller, n);
   if (n == 0) return CUOPTIM_STATUS_SUCCESS; /* Keras returns early, iterations unchanged */
@@ -159,7 +160,8 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
 
 cuoptimStatus_t cuoptimMinimize(cuoptimOptimizer_t opt, cuoptimGradientFn grad_fn, void *user, cuoptimStream_t stream) {
   static const char *caller = "cuoptimMinimize";
-  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  /* A MultiOptimizer steps through cuoptimApplyGradients too. */
+  if (opt == NULL) return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, "%s: optimizer is NULL", caller);
   CUOPTIM_REQUIRE_NOT_NULL(caller, grad_fn);
   int n = -1;
   const cuoptimGradient_t *grads = NULL;

@@ -465,7 +465,12 @@ typedef struct {
  * finalize, the latest replay of a captured step); the host waits for nothing, except on the
  * first step, which builds the state: it allocates and uploads it on the optimizer's stream and
  * waits for that stream. A captured step waits for nothing: the stream its graph is launched on
- * orders it.
+ * orders it. A captured step reads a gradient table written once, on the optimizer's stream, while
+ * it is captured (the graph waits for that write): its replays upload nothing, and eager steps keep
+ * uploading only the entries whose pointer or dtype changed. That table (16 bytes per variable on
+ * the device) is kept until cuoptimDestroy, one for each distinct set of gradient pointers
+ * captured; a capture right after another one (no eager step between) with other pointers writes
+ * the eager table from its graph instead, and eager steps then upload every entry.
  * Parameters and gradients must stay valid until the step completes, and, on the CUDA backend,
  * be aligned to their element size. Host backend: done when it returns.
  * Statuses: SUCCESS, NULL_POINTER (grads with n > 0), INVALID_VALUE (unknown variable, a variable
@@ -572,6 +577,26 @@ CUOPTIM_API cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t optimizer, int 
  * Statuses: SUCCESS, NULL_POINTER, INVALID_STATE (it would build the state on a stream capturing a
  * CUDA graph), ALLOC_FAILED (building the state), CUDA_ERROR. */
 CUOPTIM_API cuoptimStatus_t cuoptimFinalizeVariableValues(cuoptimOptimizer_t optimizer, cuoptimStream_t stream);
+
+/* ScheduleFreeAdamW: writes the averaged weights x = (y - (1 - beta_1) z) / beta_1 of `variable`
+ * (y its float32 value: the master of a half-precision variable; z its "momentum" slot), the
+ * point Schedule-Free evaluates, into `out`: the variable's element count, in its dtype, rounded
+ * to nearest even from float32. The variable and the state stay as they are, so training goes on
+ * from y; to evaluate, read the model's weights from `out` (or copy them in and back out: an
+ * in-place switch to x and back would not return y bit for bit). Keras 3.15.1 has no call for x;
+ * this is its formula, the x_old of Keras's step. After t steps x is the average of z after each
+ * of them. Before the first step z = y, and x is y within rounding.
+ * `out`: host memory on the host backend (done when it returns); device memory aligned to the
+ * element size on the CUDA backend, enqueued on `stream` after the optimizer's work on other
+ * streams (a GPU-side wait), returning without waiting, like a step (captured in a graph, it is
+ * ordered by the stream the graph is launched on). It builds the state when no step has (as
+ * cuoptimFinalizeVariableValues). One launch per call.
+ * Statuses: SUCCESS, NULL_POINTER (optimizer, out), INVALID_VALUE (no such variable; an optimizer
+ * other than ScheduleFreeAdamW; `out` not a pointer the backend can write, or misaligned),
+ * INVALID_STATE (sharded state: a rank holds only its share of z; building on a stream capturing a
+ * CUDA graph), ALLOC_FAILED (building the state), CUDA_ERROR. */
+CUOPTIM_API cuoptimStatus_t cuoptimScheduleFreeAveragedWeights(cuoptimOptimizer_t optimizer, cuoptimVariable_t variable,
+                                                               void *out, cuoptimStream_t stream);
 
 /* Waits for the optimizer's enqueued work (CUDA backend; see Conventions): its steps, finalize,
  * the build of its state, its copies, and the latest replay of a graph that captured one of its
@@ -872,6 +897,137 @@ CUOPTIM_API cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t optimizer, const char
  * cuoptimConfigFromKerasJSON refuses gives that call's status (PARSE_ERROR for text that is not
  * JSON). */
 CUOPTIM_API cuoptimStatus_t cuoptimLoad(cuoptimOptimizer_t optimizer, const char *path);
+
+/* ---------------------------------------------------------------------------------------------
+ * MultiOptimizer: keras.optimizers.MultiOptimizer with an OptimizerMap
+ *
+ * One handle (the same cuoptimOptimizer_t) drives several sub-optimizers, each with its own
+ * config (hyperparameters, schedule, EMA, accumulation, clipping), its own iterations and its own
+ * state; each variable belongs to exactly one of them, chosen by its name when it is registered:
+ *   1. a pattern equal to the name (exact key match) picks its sub-optimizer;
+ *   2. else every pattern is tried with Python's re.fullmatch: one match picks its sub-optimizer,
+ *      more than one is an error (INVALID_VALUE, as Keras's "Multiple optimizers assigned to
+ *      variable"), none gives the default sub-optimizer.
+ * Patterns are Python 3.11 `re` expressions with the syntax, refusals and limits of
+ * cuoptimExcludeFromWeightDecay; re.fullmatch(p, name) is run as re.search(r"\A(?:p)\Z", name),
+ * with leading global flags such as "(?i)" moved before the \A. Limit: under a global (?x), a
+ * pattern must not end in a comment that a newline would close.
+ *
+ * A step (cuoptimApplyGradients, cuoptimMinimize) splits the gradients by sub-optimizer and runs
+ * one step of each sub-optimizer that received gradients: one launch set (its fused stages) per
+ * sub-optimizer, in the sub-optimizers' order, all on the caller's stream; then the
+ * MultiOptimizer's own iteration counter (on the host) advances by one. Keras passes every
+ * variable's gradient (None for none): here unlisted variables are None. As in Keras, a
+ * sub-optimizer that has variables but receives only None fails the step ("No gradients
+ * provided for any variable."): INVALID_VALUE, before any sub-optimizer is stepped. A failure
+ * inside a sub-optimizer's step (CUDA_ERROR, ALLOC_FAILED) leaves the sub-optimizers before it
+ * stepped and the counter unchanged.
+ *
+ * loss_scale_factor of the MultiOptimizer replaces every sub-optimizer's (NONE too), as Keras's
+ * constructor sets it on each.
+ *
+ * What each call means on a MultiOptimizer handle:
+ *   cuoptimAddVariable(WithShape)   routed by name (above); the index is the MultiOptimizer's
+ *                                   (0, 1, 2, ...). Refused once the state is built (first step or
+ *                                   state access) and on a sub-optimizer's handle.
+ *   cuoptimGetVariableCount/Shape, cuoptimUsesWeightDecay   the variable's, as registered.
+ *   cuoptimApplyGradients, cuoptimMinimize   as above. CUDA backend: a step on a stream that is
+ *                                   capturing a CUDA graph is refused (INVALID_STATE): the
+ *                                   MultiOptimizer's counter lives on the host.
+ *   cuoptimGetIterations            the MultiOptimizer's own counter (Keras `iterations`).
+ *   cuoptimGetWeightCount/Info, cuoptimGetWeights/SetWeights   Keras's `variables` order: the
+ *                                   MultiOptimizer's "iteration" (a counter) and "learning_rate"
+ *                                   (Keras creates it with 0.0 and never uses it), then every
+ *                                   sub-optimizer's entries in its order, as that sub-optimizer
+ *                                   lists them (so names such as "iteration" repeat; the index
+ *                                   tells them apart). A sub-optimizer without variables lists
+ *                                   its iteration and learning_rate only.
+ *   cuoptimFinalizeVariableValues   each sub-optimizer's (EMA ones overwrite their variables).
+ *   cuoptimSynchronize(Timeout), cuoptimGetStateBytes, cuoptimGetRank (0 of 1)   over all.
+ *   cuoptimToKerasJSON              the MultiOptimizer's Keras JSON.
+ *   cuoptimDestroy                  the MultiOptimizer and its sub-optimizers.
+ * Refused with NOT_SUPPORTED and a message: cuoptimGetConfig (there is no single config: use
+ * cuoptimGetSubOptimizer), cuoptimGetLearningRate and cuoptimSetLearningRate (as Keras raises
+ * AttributeError: use the sub-optimizers'), cuoptimGetLossScale, cuoptimExcludeFromWeightDecay
+ * (call it on a sub-optimizer, before the first step), cuoptimSetCommunicator (data-parallel
+ * training of a MultiOptimizer is not supported), the gradient arena calls, cuoptimSave and
+ * cuoptimLoad.
+ *
+ * A sub-optimizer's handle (cuoptimGetSubOptimizer) is Keras's `optimizer.optimizers[i]`: it
+ * answers every query of a plain optimizer (its iterations, learning rate, config, state), takes
+ * cuoptimSetLearningRate and cuoptimExcludeFromWeightDecay, and could be stepped alone; it
+ * belongs to the MultiOptimizer: cuoptimDestroy and cuoptimAddVariable(WithShape) refuse it
+ * (INVALID_VALUE), and it lives until the MultiOptimizer is destroyed.
+ * Not supported: a LossScaleOptimizer inside a MultiOptimizer (Keras refuses it), a
+ * MultiOptimizer inside a MultiOptimizer (Keras refuses it) or inside a LossScaleOptimizer.
+ * ------------------------------------------------------------------------------------------- */
+
+#define CUOPTIM_MAX_SUB_OPTIMIZERS 64 /* sub-optimizers of one MultiOptimizer */
+#define CUOPTIM_MAX_PATTERNS 256      /* OptimizerMap keys of one MultiOptimizer */
+
+typedef struct {
+  /* The sub-optimizers, 1 .. CUOPTIM_MAX_SUB_OPTIMIZERS, in Keras's `optimizers` order: each in
+   * the order of its first appearance in pattern_optimizer, the default last unless a pattern
+   * uses it; every one is used by a pattern or is the default. No LossScaleOptimizer
+   * (dynamic_loss_scale 0). */
+  int num_optimizers;
+  const cuoptimConfig_t *optimizers;
+  /* The OptimizerMap's keys, 0 .. CUOPTIM_MAX_PATTERNS, distinct non-empty UTF-8 strings of at
+   * most 16384 bytes, and for each the index of its sub-optimizer. */
+  int num_patterns;
+  const char *const *patterns;
+  const int *pattern_optimizer;
+  int default_optimizer;     /* index of the OptimizerMap's default_optimizer */
+  double loss_scale_factor;  /* NONE (default) or > 0; replaces every sub-optimizer's */
+  char name[CUOPTIM_MAX_NAME]; /* Keras `name`; default "multi_optimizer" ("" also means it) */
+} cuoptimMultiConfig_t;
+
+/* Zeroes *config and sets loss_scale_factor NONE, default_optimizer 0, name "multi_optimizer".
+ * Statuses: SUCCESS, NULL_POINTER. */
+CUOPTIM_API cuoptimStatus_t cuoptimMultiConfigInit(cuoptimMultiConfig_t *config);
+
+/* Creates a MultiOptimizer on `backend` (device as cuoptimCreate): every sub-config is validated
+ * (cuoptimConfigValidate, after loss_scale_factor was replaced) and every pattern compiled before
+ * anything is created. Statuses: SUCCESS, NULL_POINTER (optimizer, config, config->optimizers,
+ * config->patterns or config->pattern_optimizer with num_patterns > 0, a pattern), INVALID_VALUE
+ * (a count out of range, an index out of range, sub-optimizers out of Keras's order or unused,
+ * a duplicate, empty or refused pattern, an invalid sub-config, loss_scale_factor, name),
+ * NOT_SUPPORTED (a sub-config that is a LossScaleOptimizer), and those of cuoptimCreate. */
+CUOPTIM_API cuoptimStatus_t cuoptimCreateMulti(cuoptimOptimizer_t *optimizer, const cuoptimMultiConfig_t *config,
+                                               cuoptimBackend_t backend, int device);
+
+/* Creates an optimizer from the output of `json.dumps(keras.optimizers.serialize(opt))`: any
+ * optimizer cuoptimConfigFromKerasJSON reads (then as cuoptimCreate of that config), or a
+ * MultiOptimizer with its OptimizerMap (Keras 3.15: config {"optimizer_map", "loss_scale_factor",
+ * "name"}; the map's config {"default_optimizer", "optimizer_map": {key: optimizer} or null}),
+ * each key its own sub-optimizer (a deserialized map shares none), the default last. Keys repeat
+ * as in Python (the last one counts). Statuses: SUCCESS, NULL_POINTER, PARSE_ERROR (not JSON),
+ * INVALID_VALUE (unknown class or key, wrong type, a sub-optimizer cuoptimConfigFromKerasJSON
+ * refuses: the message names its place), NOT_SUPPORTED (a LossScaleOptimizer inside the map,
+ * a MultiOptimizer inside a LossScaleOptimizer or the map), and those of cuoptimCreateMulti. */
+CUOPTIM_API cuoptimStatus_t cuoptimCreateFromKerasJSON(cuoptimOptimizer_t *optimizer, const char *json,
+                                                       cuoptimBackend_t backend, int device);
+
+/* The optimizer's Keras JSON (a plain optimizer: cuoptimConfigToKerasJSON of its config, with the
+ * learning rate it has now; a MultiOptimizer: keras.optimizers.serialize's text, every sub-
+ * optimizer written in full under each key that uses it). Buffer and *length as
+ * cuoptimConfigToKerasJSON. Statuses: SUCCESS, NULL_POINTER (optimizer), INVALID_VALUE (small
+ * buffer), ALLOC_FAILED. */
+CUOPTIM_API cuoptimStatus_t cuoptimToKerasJSON(cuoptimOptimizer_t optimizer, char *buffer, size_t capacity,
+                                               size_t *length);
+
+/* The number of sub-optimizers (0 for a plain optimizer). Statuses: SUCCESS, NULL_POINTER. */
+CUOPTIM_API cuoptimStatus_t cuoptimGetSubOptimizerCount(cuoptimOptimizer_t optimizer, int *count);
+
+/* Sub-optimizer `index` of a MultiOptimizer (see above for what it may do). Statuses: SUCCESS,
+ * NULL_POINTER, INVALID_VALUE (not a MultiOptimizer, index out of range). */
+CUOPTIM_API cuoptimStatus_t cuoptimGetSubOptimizer(cuoptimOptimizer_t optimizer, int index, cuoptimOptimizer_t *sub);
+
+/* Which sub-optimizer `variable` of a MultiOptimizer belongs to (*index) and its index there
+ * (*sub_variable, optional). Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (not a
+ * MultiOptimizer, unknown variable). */
+CUOPTIM_API cuoptimStatus_t cuoptimGetVariableOptimizer(cuoptimOptimizer_t optimizer, cuoptimVariable_t variable,
+                                                        int *index, cuoptimVariable_t *sub_variable);
 
 #ifdef __cplusplus
 }

@@ -1504,6 +1504,77 @@ def _(c):
             "4 ranks: Adam with EMA, clipvalue and None gradients.")
 
 
+# MultiOptimizer (keras.optimizers.MultiOptimizer with an OptimizerMap) ------------------------
+# Variables are routed by name: an exact key first, else re.fullmatch over the keys, else the
+# default. Keras raises when a sub-optimizer's variables all get None in one step, so None
+# gradients here go to a sub-optimizer that keeps another gradient in that step.
+
+def _multi(default, mapping, **kw):
+    return O.MultiOptimizer(O.OptimizerMap(default_optimizer=default, optimizer_map=mapping), **kw)
+
+
+def _null_keeping_one(c, var_names, steps):
+    """None for the variables var_names at the given steps (their sub-optimizer keeps others)."""
+    names = [n for n, _, _ in c.vars]
+    for s in steps:
+        for n in var_names:
+            c.grads[s][names.index(n)] = None
+
+
+@case("multi_adam_dense_sgd_default")
+def _(c):
+    c.data(steps=12, names=[("dense_kernel", (31, 33)), ("dense_bias", (33,)), ("embedding", (7, 5)),
+                            ("norm_gamma", (3,))])
+    _null_keeping_one(c, ["dense_bias"], [2, 5])
+    return (_multi(O.SGD(learning_rate=lr(c, 0.05), momentum=c.h(0.9, 0.5, 0.95)),
+                   {"dense.*": O.Adam(learning_rate=lr(c, 0.01))}),
+            "MultiOptimizer: Adam for 'dense.*' (re.fullmatch), SGD with momentum the default; "
+            "dense_bias has no gradient at steps 2 and 5.")
+
+
+@case("multi_three_ema_accum")
+def _(c):
+    c.data(steps=12, names=[("dense_kernel", (31, 33)), ("dense_bias", (33,)), ("embedding", (7, 5)),
+                            ("conv_kernel", (3, 3, 2, 4)), ("norm_gamma", (3,)), ("norm_bias", (1,))])
+    _null_keeping_one(c, ["norm_bias"], [3])
+    return (_multi(O.RMSprop(learning_rate=lr(c, 0.01), rho=c.h(0.9, 0.8, 0.95), centered=True),
+                   {"dense_kernel": O.Adam(learning_rate=lr(c, 0.01), use_ema=True,
+                                           ema_momentum=c.h(0.9, 0.5, 0.99)),
+                    "embedding|conv_.*": O.SGD(learning_rate=lr(c, 0.05), momentum=0.9, nesterov=True,
+                                               gradient_accumulation_steps=3),
+                    "norm_.*": O.Lion(learning_rate=lr(c, 0.001), clipnorm=c.h(1.0, 0.5, 2.0))}),
+            "MultiOptimizer, four sub-optimizers: Adam with EMA for the exact key 'dense_kernel', SGD "
+            "nesterov with gradient_accumulation_steps=3 for 'embedding|conv_.*', Lion with clipnorm for "
+            "'norm_.*', centered RMSprop the default (dense_bias); norm_bias has no gradient at step 3.")
+
+
+@case("multi_loss_scale_factor")
+def _(c):
+    c.data(steps=11, names=[("dense_kernel", (31, 33)), ("embedding", (7, 5)), ("norm_gamma", (3,))],
+           grad_mult=8.0)
+    return (_multi(O.Adagrad(learning_rate=lr(c, 0.05), loss_scale_factor=2.0),
+                   {"^dense_.*": O.AdamW(learning_rate=lr(c, 0.01), weight_decay=c.h(0.01, 0.001, 0.1),
+                                         loss_scale_factor=3.0),
+                    "emb.*": O.Nadam(learning_rate=lr(c, 0.01))},
+                   loss_scale_factor=8.0),
+            "MultiOptimizer with loss_scale_factor=8 at the top, replacing the sub-optimizers' own "
+            "(3, 2 and None); gradients are given pre-scaled by 8: AdamW with weight decay for '^dense_.*', "
+            "Nadam for 'emb.*', Adagrad the default.")
+
+
+@case("multi_schedule_unused_sub")
+def _(c):
+    c.data(steps=10, names=[("dense_kernel", (31, 33)), ("norm_gamma", (3,)), ("norm_bias", (1,))])
+    _null_keeping_one(c, ["norm_bias"], [0, 4])
+    sched = S.ExponentialDecay(lr(c, 0.01), decay_steps=3, decay_rate=0.7)
+    return (_multi(O.Adamax(learning_rate=lr(c, 0.01)),
+                   {"norm_.*": O.Adam(learning_rate=sched, amsgrad=True),
+                    "conv_.*": O.Adadelta(learning_rate=1.0)}),
+            "MultiOptimizer: Adam amsgrad with an ExponentialDecay schedule for 'norm_.*', Adadelta for "
+            "'conv_.*' that no variable matches (never built: only its iteration and learning_rate), "
+            "Adamax the default; norm_bias has no gradient at steps 0 and 4.")
+
+
 # ----------------------------------------------------------------------------------------------
 # Running a case through Keras
 # ----------------------------------------------------------------------------------------------
@@ -1514,6 +1585,12 @@ def is_lso(opt):
 
 def inner_of(opt):
     return opt.inner_optimizer if is_lso(opt) else opt
+
+
+def uses_ema(opt):
+    if isinstance(opt, O.MultiOptimizer):
+        return any(o.use_ema for o in opt.optimizers)
+    return inner_of(opt).use_ema
 
 
 def make_variables(var_specs):
@@ -1575,7 +1652,7 @@ def collect_expected(opt, variables):
         "optimizer_variables": [(v.name, list(v.shape), np.asarray(v.numpy()).ravel())
                                 for v in opt.variables],
     }
-    if inner_of(opt).use_ema:
+    if uses_ema(opt):
         opt.finalize_variable_values(variables)
         exp["finalized_variables"] = [np.asarray(v.numpy()).ravel() for v in variables]
     return exp

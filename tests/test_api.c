@@ -1543,6 +1543,29 @@ Test(api, synchronize_timeout_on_the_host_backend_succeeds_at_once) {
   OK(cuoptimDestroy(a.opt));
 }
 
+/* Bad input of cuoptimScheduleFreeAveragedWeights, each refused with the argument named and the
+ * state unchanged: an Adam optimizer has no averaged weights. */
+Test(api, schedule_free_averaged_weights_rejects_bad_input) {
+  float out[8];
+  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimScheduleFreeAveragedWeights", "optimizer",
+              cuoptimScheduleFreeAveragedWeights(NULL, 0, out, NULL));
+  adam2_t a;
+  adam2_init(&a);
+  apply_both(&a);
+  snapshot_t before;
+  take_snapshot(&a, &before);
+  EXPECT_FAIL(CUOPTIM_STATUS_NULL_POINTER, "cuoptimScheduleFreeAveragedWeights", "out",
+              cuoptimScheduleFreeAveragedWeights(a.opt, 0, NULL, NULL));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimScheduleFreeAveragedWeights", "variable = 7",
+              cuoptimScheduleFreeAveragedWeights(a.opt, 7, out, NULL));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimScheduleFreeAveragedWeights", "variable = -1",
+              cuoptimScheduleFreeAveragedWeights(a.opt, -1, out, NULL));
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimScheduleFreeAveragedWeights", "only ScheduleFreeAdamW",
+              cuoptimScheduleFreeAveragedWeights(a.opt, 0, out, NULL));
+  expect_unchanged(&a, &before, "cuoptimScheduleFreeAveragedWeights refused");
+  OK(cuoptimDestroy(a.opt));
+}
+
 Test(api, finalize_without_ema_changes_nothing) {
   adam2_t a;
   adam2_init(&a);

@@ -426,68 +426,131 @@ Test(cuda_graph, capturing_the_first_step_fails_cleanly_and_leaves_the_optimizer
   CUDA_OK(cudaStreamDestroy(stream));
 }
 
+/* Two float32 sides of one config, each with gradient pools P (its own `grads`: step-1 values)
+ * and Q (step-2 values), for steps that switch pointers between eager steps and replays; each
+ * has taken its first step, on P. */
+typedef struct {
+  cudaStream_t stream;
+  side_t eager, graphed;
+  unsigned char *q_eager, *q_graphed;
+} two_pools_t;
+
+static void make_two_pools(two_pools_t *t, const cuoptimConfig_t *cfg) {
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaStreamCreateWithFlags(&t->stream, cudaStreamNonBlocking));
+  make_side(&t->eager, cfg, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32);
+  make_side(&t->graphed, cfg, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32);
+  const size_t bytes = t->eager.pool * sizeof(float);
+  unsigned char *staging = NULL;
+  CUDA_OK(cudaMalloc((void **)&t->q_eager, bytes));
+  CUDA_OK(cudaMalloc((void **)&t->q_graphed, bytes));
+  CUDA_OK(cudaMallocHost((void **)&staging, bytes));
+  memset(staging, 0, bytes);
+  fill_gradients(staging, &t->eager, 1);
+  CUDA_OK(cudaMemcpy(t->eager.grads, staging, bytes, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(t->graphed.grads, staging, bytes, cudaMemcpyHostToDevice));
+  fill_gradients(staging, &t->eager, 2);
+  CUDA_OK(cudaMemcpy(t->q_eager, staging, bytes, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(t->q_graphed, staging, bytes, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaFreeHost(staging));
+  OK(apply(&t->eager, t->stream)); /* the first step builds the state: eager on both sides */
+  OK(apply(&t->graphed, t->stream));
+}
+
+/* Both sides take a last step on pool Q; then their state must be the same bits. */
+static void expect_pools_identical(two_pools_t *t, const cuoptimConfig_t *cfg, int64_t iterations, const char *what) {
+  OK(apply_from(&t->eager, t->q_eager, t->stream));
+  OK(apply_from(&t->graphed, t->q_graphed, t->stream));
+  CUDA_OK(cudaStreamSynchronize(t->stream));
+  snapshot_t want, got;
+  take_snapshot(&t->eager, cfg, &want);
+  take_snapshot(&t->graphed, cfg, &got);
+  cr_expect_eq(want.iterations, iterations, "%s: iterations %lld", what, (long long)want.iterations);
+  expect_identical(&got, &want, what);
+  free_snapshot(&want);
+  free_snapshot(&got);
+}
+
+static void free_two_pools(two_pools_t *t) {
+  CUDA_OK(cudaFree(t->q_eager));
+  CUDA_OK(cudaFree(t->q_graphed));
+  free_side(&t->eager);
+  free_side(&t->graphed);
+  CUDA_OK(cudaStreamDestroy(t->stream));
+}
+
 /* Graph replays and eager steps with OTHER gradient pointers on the same optimizer: the graph was
- * captured with pool P; eager steps use pool Q. A replay rewrites the device's gradient table with
- * P's pointers, so the eager step after it must upload Q's again — the same sequence run eagerly
- * (P, then Q, P, Q, ...) must give identical bits. */
+ * captured with pool P; eager steps use pool Q. A replay reads P's pointers from the table written
+ * when it was captured, the eager steps Q's from theirs — the same sequence run eagerly (P, then
+ * Q, P, Q, ...) must give identical bits. */
 Test(cuda_graph, replays_interleaved_with_eager_steps_on_other_pointers_match_eager) {
   NEED_GPU();
   cuoptimConfig_t cfg = test_config(CUOPTIM_ADAM);
   cfg.learning_rate.initial_learning_rate = 0.01;
-  CUDA_OK(cudaSetDevice(0));
-  cudaStream_t stream = NULL;
-  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  side_t eager, graphed;
-  make_side(&eager, &cfg, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32);
-  make_side(&graphed, &cfg, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32);
-  const size_t bytes = eager.pool * sizeof(float);
-  unsigned char *q_eager = NULL, *q_graphed = NULL, *staging = NULL;
-  CUDA_OK(cudaMalloc((void **)&q_eager, bytes));
-  CUDA_OK(cudaMalloc((void **)&q_graphed, bytes));
-  CUDA_OK(cudaMallocHost((void **)&staging, bytes));
-  memset(staging, 0, bytes);
-  fill_gradients(staging, &eager, 1); /* pool P: step-1 values */
-  CUDA_OK(cudaMemcpy(eager.grads, staging, bytes, cudaMemcpyHostToDevice));
-  CUDA_OK(cudaMemcpy(graphed.grads, staging, bytes, cudaMemcpyHostToDevice));
-  fill_gradients(staging, &eager, 2); /* pool Q: step-2 values */
-  CUDA_OK(cudaMemcpy(q_eager, staging, bytes, cudaMemcpyHostToDevice));
-  CUDA_OK(cudaMemcpy(q_graphed, staging, bytes, cudaMemcpyHostToDevice));
-
-  OK(apply(&eager, stream));
-  OK(apply(&graphed, stream));
+  two_pools_t t;
+  make_two_pools(&t, &cfg);
+  cudaStream_t stream = t.stream;
+  side_t *eager = &t.eager, *graphed = &t.graphed;
+  unsigned char *q_eager = t.q_eager, *q_graphed = t.q_graphed;
   cudaGraph_t graph = NULL;
   cudaGraphExec_t exec = NULL;
   CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  cuoptimStatus_t captured = apply(&graphed, stream);
+  cuoptimStatus_t captured = apply(graphed, stream);
   cudaError_t ended = cudaStreamEndCapture(stream, &graph);
   OK(captured);
   CUDA_OK(ended);
   CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
   for (int round = 0; round < 3; round++) {
-    OK(apply_from(&eager, q_eager, stream));
-    OK(apply(&eager, stream));
-    OK(apply_from(&graphed, q_graphed, stream));
+    OK(apply_from(eager, q_eager, stream));
+    OK(apply(eager, stream));
+    OK(apply_from(graphed, q_graphed, stream));
     CUDA_OK(cudaGraphLaunch(exec, stream));
   }
-  OK(apply_from(&eager, q_eager, stream));
-  OK(apply_from(&graphed, q_graphed, stream));
-  CUDA_OK(cudaStreamSynchronize(stream));
-
-  snapshot_t want, got;
-  take_snapshot(&eager, &cfg, &want);
-  take_snapshot(&graphed, &cfg, &got);
-  cr_expect_eq(want.iterations, 8);
-  expect_identical(&got, &want, "replays interleaved with eager steps on other pointers");
-  free_snapshot(&want);
-  free_snapshot(&got);
+  expect_pools_identical(&t, &cfg, 8, "replays interleaved with eager steps on other pointers");
   CUDA_OK(cudaGraphExecDestroy(exec));
   CUDA_OK(cudaGraphDestroy(graph));
-  CUDA_OK(cudaFreeHost(staging));
-  CUDA_OK(cudaFree(q_eager));
-  CUDA_OK(cudaFree(q_graphed));
-  free_side(&eager);
-  free_side(&graphed);
-  CUDA_OK(cudaStreamDestroy(stream));
+  free_two_pools(&t);
+}
+
+/* Two captures in a row, on pools P and Q, with no eager step between: the first takes the table
+ * the optimizer holds ready for a capture, the second finds none (a capture cannot allocate) and
+ * writes the eager table from its graph instead, after which eager steps upload every entry. The
+ * replays of both, interleaved with eager steps on P, must give the bits of the same sequence run
+ * eagerly. */
+Test(cuda_graph, back_to_back_captures_on_other_pointers_match_eager) {
+  NEED_GPU();
+  cuoptimConfig_t cfg = test_config(CUOPTIM_ADAM);
+  cfg.learning_rate.initial_learning_rate = 0.01;
+  cfg.clipnorm = 1.0;
+  two_pools_t t;
+  make_two_pools(&t, &cfg);
+  cudaStream_t stream = t.stream;
+  side_t *eager = &t.eager, *graphed = &t.graphed;
+  unsigned char *q_eager = t.q_eager, *q_graphed = t.q_graphed;
+  cudaGraph_t graphs[2] = {NULL, NULL};
+  cudaGraphExec_t execs[2] = {NULL, NULL};
+  for (int g = 0; g < 2; g++) {
+    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    cuoptimStatus_t captured = g == 0 ? apply(graphed, stream) : apply_from(graphed, q_graphed, stream);
+    cudaError_t ended = cudaStreamEndCapture(stream, &graphs[g]);
+    OK(captured);
+    CUDA_OK(ended);
+    CUDA_OK(cudaGraphInstantiate(&execs[g], graphs[g], 0));
+  }
+  for (int round = 0; round < 2; round++) {
+    OK(apply_from(eager, q_eager, stream));
+    OK(apply(eager, stream));
+    OK(apply(eager, stream));
+    CUDA_OK(cudaGraphLaunch(execs[1], stream));
+    OK(apply(graphed, stream));
+    CUDA_OK(cudaGraphLaunch(execs[0], stream));
+  }
+  expect_pools_identical(&t, &cfg, 8, "back-to-back captures on other pointers, replays among eager steps");
+  for (int g = 0; g < 2; g++) {
+    CUDA_OK(cudaGraphExecDestroy(execs[g]));
+    CUDA_OK(cudaGraphDestroy(graphs[g]));
+  }
+  free_two_pools(&t);
 }
 
 /* ---- many variables: the captured gradient-table upload spans several scatter launches ------------- */

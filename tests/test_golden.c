@@ -1231,6 +1231,46 @@ static void sfadamw_weight_decay_exclusion(cuoptimBackend_t b) {
   test_rig_destroy(&r);
 }
 
+/* cuoptimScheduleFreeAveragedWeights: x, Keras's formula from y and z (the same float32 operations,
+ * so the same bits), is the average of z after each step (x_t = mean(z_1 .. z_t): the averaging
+ * weight is 1 / t), and reading it changes neither the variable nor the next step. */
+static void sfadamw_averaged_weights(cuoptimBackend_t b) {
+  test_require_backend(b);
+  enum { N = 5, STEPS = 7 };
+  static const float w0[N] = {1.0f, -2.0f, 0.5f, 3.0f, -0.25f};
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_SCHEDULE_FREE_ADAMW, 0.05);
+  test_rig_t r;
+  test_rig_init(&r, &c, b);
+  test_rig_add(&r, "variable", w0, N);
+  double z_sum[N] = {0};
+  float y[N], z[N];
+  for (int s = 0; s < STEPS; s++) {
+    float g[N];
+    for (int i = 0; i < N; i++) g[i] = 0.1f * (float)(i + 1) * (float)(s % 3 - 1) + 0.05f;
+    rig_apply1(&r, g);
+    rig_weight(&r, "variable_momentum", z, N);
+    for (int i = 0; i < N; i++) z_sum[i] += z[i];
+  }
+  test_rig_get(&r, 0, y);
+  float *out = test_mem_alloc(b, N * sizeof(float));
+  OK(cuoptimScheduleFreeAveragedWeights(r.opt, 0, out, NULL));
+  OK(cuoptimSynchronize(r.opt));
+  float x[N], y_after[N];
+  test_mem_download(b, x, out, sizeof x);
+  test_rig_get(&r, 0, y_after);
+  const float beta_1 = (float)c.beta_1;
+  for (int i = 0; i < N; i++) {
+    float formula = (y[i] - (1.0f - beta_1) * z[i]) / beta_1;
+    cr_expect_eq(x[i], formula, "element %d: x = %.9g, Keras's formula %.9g", i, x[i], formula);
+    double mean = z_sum[i] / STEPS;
+    cr_expect(fabs(x[i] - mean) <= 1e-6 + 1e-5 * fabs(mean), "element %d: x = %.9g, the mean of z %.9g", i, x[i], mean);
+    cr_expect_eq(y_after[i], y[i], "element %d: the variable changed", i);
+  }
+  test_mem_free(b, out);
+  test_rig_destroy(&r);
+}
+
+BOTH_BACKENDS(schedule_free_adamw_averaged_weights_are_the_mean_of_z, sfadamw_averaged_weights)
 BOTH_BACKENDS(schedule_free_adamw_single_step_matches_keras_float32, sfadamw_single_step)
 BOTH_BACKENDS(schedule_free_adamw_golden_rows_match_keras_float32, sfadamw_golden_rows)
 BOTH_BACKENDS(schedule_free_adamw_clip_norm_matches_keras, sfadamw_clip_norm)

@@ -860,6 +860,34 @@ static char *optimizer_text(const char *text, char *error, size_t size) {
 }
 
 /* `text` is the file, `root` what cJSON made of it. */
+/* The case's optimizer: a plain one's config, or a MultiOptimizer, which a scratch host
+ * optimizer judges (and says whether any sub-optimizer uses EMA). */
+static cuoptimStatus_t load_optimizer(cuoptimCase *c) {
+  cuoptimStatus_t st = cuoptimConfigFromKerasJSON(&c->config, c->optimizer_json);
+  if (st == CUOPTIM_STATUS_SUCCESS || strstr(c->optimizer_json, "\"MultiOptimizer\"") == NULL) return st;
+  cuoptimOptimizer_t judge = NULL;
+  st = cuoptimCreateFromKerasJSON(&judge, c->optimizer_json, CUOPTIM_BACKEND_HOST, 0);
+  if (st != CUOPTIM_STATUS_SUCCESS) return st;
+  memset(&c->config, 0, sizeof c->config);
+  c->multi = 1;
+  int subs = 0;
+  (void)cuoptimGetSubOptimizerCount(judge, &subs);
+  for (int k = 0; k < subs; k++) {
+    cuoptimOptimizer_t sub = NULL;
+    cuoptimConfig_t config;
+    if (cuoptimGetSubOptimizer(judge, k, &sub) == CUOPTIM_STATUS_SUCCESS &&
+        cuoptimGetConfig(sub, &config) == CUOPTIM_STATUS_SUCCESS && config.use_ema)
+      c->config.use_ema = 1;
+  }
+  cuoptimDestroy(judge);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static int exclude_given(const cJSON *root) {
+  const cJSON *exclude = cJSON_GetObjectItemCaseSensitive(root, "exclude_from_weight_decay");
+  return exclude != NULL && !cJSON_IsNull(exclude) && !(cJSON_IsArray(exclude) && cJSON_GetArraySize(exclude) == 0);
+}
+
 static int load_root(cuoptimCase *c, const cJSON *root, const char *text, char *error, size_t size) {
   static const char *const keys[] = {"format", "source", "description", "optimizer", "exclude_from_weight_decay",
                                      "variables", "steps", "rank_steps", "expected", NULL};
@@ -880,9 +908,11 @@ static int load_root(cuoptimCase *c, const cJSON *root, const char *text, char *
   if (!cJSON_IsObject(opt)) return set_error(error, size, "optimizer: expected an object, got %s", type_name(opt));
   c->optimizer_json = optimizer_text(text, error, size);
   if (c->optimizer_json == NULL) return -1;
-  cuoptimStatus_t st = cuoptimConfigFromKerasJSON(&c->config, c->optimizer_json);
+  cuoptimStatus_t st = load_optimizer(c);
   if (st != CUOPTIM_STATUS_SUCCESS)
     return set_error(error, size, "optimizer: %s (%s)", cuoptimGetLastErrorMessage(), cuoptimGetStatusString(st));
+  if (c->multi && exclude_given(root))
+    return set_error(error, size, "exclude_from_weight_decay: not supported with a MultiOptimizer");
 
   const cJSON *exclude = cJSON_GetObjectItemCaseSensitive(root, "exclude_from_weight_decay");
   if (exclude != NULL && load_exclusions(c, exclude, error, size) != 0) return -1;
@@ -1213,7 +1243,9 @@ int cuoptim_case_run_with(const cuoptimCase *c, cuoptimBackend_t backend, const 
   memset(&b, 0, sizeof b);
   b.backend = backend;
   int rc = 0;
-  cuoptimStatus_t st = cuoptimCreate(&opt, &c->config, backend, options ? options->device : 0);
+  int device = options ? options->device : 0;
+  cuoptimStatus_t st = c->multi ? cuoptimCreateFromKerasJSON(&opt, c->optimizer_json, backend, device)
+                                : cuoptimCreate(&opt, &c->config, backend, device);
   if (st != CUOPTIM_STATUS_SUCCESS) {
     rc = library_failed(st, NULL, error, error_size);
     goto done;

@@ -38,7 +38,9 @@ typedef struct {
   char *source;          /* "" when absent */
   char *description;     /* "" when absent */
   char *optimizer_json;  /* the "optimizer" object, byte for byte as the file writes it */
-  cuoptimConfig_t config; /* cuoptimConfigFromKerasJSON(optimizer_json) */
+  cuoptimConfig_t config; /* cuoptimConfigFromKerasJSON(optimizer_json); for a MultiOptimizer only
+                             use_ema is set: whether any sub-optimizer uses EMA */
+  int multi;              /* optimizer_json is a MultiOptimizer (cuoptimCreateFromKerasJSON) */
 
   int num_exclude;
   char **exclude; /* exclude_from_weight_decay regexes */
