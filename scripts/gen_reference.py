@@ -1548,6 +1548,15 @@ def _(c):
             "'norm_.*', centered RMSprop the default (dense_bias); norm_bias has no gradient at step 3.")
 
 
+@case("multi_adafactor_kernels")
+def _(c):
+    c.data(steps=10, names=[("dense_kernel", (31, 33)), ("dense_bias", (33,)), ("cube_kernel", (3, 4, 6))])
+    return (_multi(O.Adam(learning_rate=lr(c, 0.01)),
+                   {".*kernel": O.Adafactor(learning_rate=lr(c, 0.02))}),
+            "MultiOptimizer: Adafactor for the matrices and the rank-3 kernel ('.*kernel'), Adam the "
+            "default (the bias).")
+
+
 @case("multi_loss_scale_factor")
 def _(c):
     c.data(steps=11, names=[("dense_kernel", (31, 33)), ("embedding", (7, 5)), ("norm_gamma", (3,))],
