@@ -173,6 +173,13 @@ CUOPTIM_HD void cuoptim_prologue_begin(const cuoptimPrologueParams *q, const cuo
     s->sf_weight = 1.0f / t;
   }
 
+  /* Adafactor: the relative step size's cap and beta_2 of step t (ops.power of float32 t). */
+  if (k == CUOPTIM_ADAFACTOR) {
+    s->af_rho = cuoptim_minf(s->lr, 1.0f / sqrtf(t));
+    s->af_beta_2 = 1.0f - cuoptim_powf(t, p->af_beta_2_decay);
+    s->af_one_minus_beta_2 = 1.0f - s->af_beta_2;
+  }
+
   /* Ftrl (§2.11): l2 + beta / (2 lr). */
   if (k == CUOPTIM_FTRL) s->ftrl_l2 = p->l2 + p->ftrl_beta / (2.0f * s->lr);
 

@@ -71,6 +71,7 @@ typedef struct cuoptimRuleParams {
   float muon_momentum_minus_1;   /* float32(momentum - 1) formed in double */
   float muon_adam_lr_ratio, muon_rms_rate;
   float muon_a, muon_b, muon_c;
+  float af_beta_2_decay, af_epsilon_1, af_epsilon_2, af_clip_threshold; /* Adafactor, float32 */
 } cuoptimRuleParams;
 
 /* Persistent scalar state, device-resident on the CUDA backend (Keras's scalar variables). */
@@ -101,6 +102,9 @@ typedef struct cuoptimStepScalars {
   float ftrl_l2;         /* l2 + beta / (2 lr) */
   float sf_lr;           /* ScheduleFreeAdamW: lr * min(t / warmup_steps, 1) */
   float sf_weight;       /* ScheduleFreeAdamW: 1 / t, the averaging weight */
+  float af_rho;          /* Adafactor: min(lr, 1 / sqrt(t)) */
+  float af_beta_2;       /* Adafactor: 1 - t^beta_2_decay */
+  float af_one_minus_beta_2; /* Adafactor: 1 - af_beta_2, in float32 */
 } cuoptimStepScalars;
 
 /* Per variable and step. Sums are accumulated in double in a fixed order (deterministic). */
@@ -390,6 +394,38 @@ CUOPTIM_HD float cuoptim_muon_apply(const cuoptimRuleParams *p, const cuoptimSte
   if (p->muon_has_rms_rate) step = (step * sqrt_dim) * p->muon_rms_rate;
   return w - step;
 }
+
+/* Adafactor (keras/src/optimizers/adafactor.py). Each Keras op is one float32 operation; the
+ * per-variable means and RMS values come from reductions (host/backend_host.c) and arrive here as
+ * float32 scalars. */
+
+/* g^2 + epsilon_1: what the second moments average. */
+CUOPTIM_HD float cuoptim_adafactor_regulated(const cuoptimRuleParams *p, float g) { return g * g + p->af_epsilon_1; }
+
+/* One factored accumulator element (r or c) from the mean of g^2 + epsilon_1 along its axis, or the
+ * full velocity of a variable of rank < 2 from g^2 + epsilon_1 itself. */
+CUOPTIM_HD float cuoptim_adafactor_moment(const cuoptimStepScalars *s, float old, float mean) {
+  return s->af_beta_2 * old + s->af_one_minus_beta_2 * mean;
+}
+
+/* The velocity of a factored element: (r / mean(r over the row axis)) * c. */
+CUOPTIM_HD float cuoptim_adafactor_velocity(float r, float r_mean, float c) { return (r / r_mean) * c; }
+
+/* The unclipped update g / sqrt(v). */
+CUOPTIM_HD float cuoptim_adafactor_direction(float g, float v) { return g / cuoptim_sqrtf(v); }
+
+/* alpha_t = max(epsilon_2, RMS(w)) * rho_t, from the variable's mean square. */
+CUOPTIM_HD float cuoptim_adafactor_alpha(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float w_mean_square) {
+  return cuoptim_maxf(p->af_epsilon_2, cuoptim_sqrtf(w_mean_square)) * s->af_rho;
+}
+
+/* The clip denominator max(1, RMS(u) / clip_threshold), from the update's mean square. */
+CUOPTIM_HD float cuoptim_adafactor_clip(const cuoptimRuleParams *p, float u_mean_square) {
+  return cuoptim_maxf(1.0f, cuoptim_sqrtf(u_mean_square) / p->af_clip_threshold);
+}
+
+/* The step: w - alpha_t * (u / clip). */
+CUOPTIM_HD float cuoptim_adafactor_apply(float w, float u, float clip, float alpha) { return w - alpha * (u / clip); }
 
 /* ---- one element of the update stage: everything after the inspect pass ---------------------- */
 

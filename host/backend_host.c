@@ -775,6 +775,8 @@ static cuoptimStatus_t host_build(cuoptimOptimizer_t opt, const cuoptimStream_t 
   for (int k = 0; k < opt->num_variables; k++) {
     cuoptimVariableRec *v = &opt->variables[k];
     if (v->master) load_chunk(v->local_param, v->dtype, 0, v->local_count, v->master);
+    for (int j = 0; j < 2; j++)
+      if (v->factored[j]) memset(v->factored[j], 0, cuoptim_factored_count(v, j) * sizeof(float));
     for (int s = 0; s < opt->slots.count; s++) {
       if (!v->slots[s]) continue;
       if (cuoptim_slot_copies_variable(&opt->config, s)) { /* the variable's float32 value */
@@ -913,10 +915,91 @@ static cuoptimStatus_t update_lamb(cuoptimOptimizer_t opt) {
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+/* ---- Adafactor: the rule needs whole-variable reductions between its element steps ----------- */
+
+/* The float32 mean of n float32 values x[i * stride], summed in double in index order (Keras: a
+ * float32 sum divided by the float32 count). */
+static float strided_mean(const float *x, size_t n, size_t stride) {
+  double sum = 0.0;
+  for (size_t i = 0; i < n; i++) sum += (double)x[i * stride];
+  return (float)sum / (float)n;
+}
+
+static float mean_square(const host_f32 *x, size_t n) {
+  double sum = 0.0;
+  for (size_t i = 0; i < n; i++) sum += (double)x[i] * (double)x[i];
+  return (float)sum / (float)n;
+}
+
+/* The velocity of a variable of rank >= 2 from the prepared gradient g: r and c from the row and
+ * column means of g^2 + epsilon_1 (reg, scratch of the variable's size), then v = (r / mean(r)) c. */
+static void adafactor_factored_velocity(const cuoptimRuleParams *p, const cuoptimStepScalars *s,
+                                        cuoptimVariableRec *v, const float *g, float *reg) {
+  size_t cols = (size_t)v->dims[v->rank - 1], rows = (size_t)v->dims[v->rank - 2];
+  size_t batches = v->count / (rows * cols);
+  float *r = v->factored[0], *c = v->factored[1], *vel = v->slots[0];
+  for (size_t i = 0; i < v->count; i++) reg[i] = cuoptim_adafactor_regulated(p, g[i]);
+  for (size_t b = 0; b < batches; b++) {
+    const float *block = reg + b * rows * cols;
+    float *rb = r + b * rows, *cb = c + b * cols;
+    for (size_t i = 0; i < rows; i++) rb[i] = cuoptim_adafactor_moment(s, rb[i], strided_mean(block + i * cols, cols, 1));
+    for (size_t j = 0; j < cols; j++) cb[j] = cuoptim_adafactor_moment(s, cb[j], strided_mean(block + j, rows, cols));
+    float r_mean = strided_mean(rb, rows, 1);
+    for (size_t i = 0; i < rows; i++)
+      for (size_t j = 0; j < cols; j++)
+        vel[(b * rows + i) * cols + j] = cuoptim_adafactor_velocity(rb[i], r_mean, cb[j]);
+  }
+}
+
+/* One variable's Adafactor step; g (scratch) gets the prepared gradient, then the update u.
+ * Returns 0 on an accumulation micro-step. */
+static int adafactor_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v, const cuoptimStepGradient *grad,
+                              const cuoptimTensorScalars *t, float *g, float *reg) {
+  const cuoptimRuleParams *p = &opt->prologue.rule;
+  const cuoptimStepScalars *s = opt->scalars;
+  float unused = 0.0f;
+  size_t n = v->local_count;
+  int applied = 1; /* the same for every element: whether this is a micro-step */
+  for (size_t i = 0; i < n; i++)
+    applied = cuoptim_prepare_gradient(p, s, t, load_element(grad->grad, grad->dtype, i),
+                                       v->accumulator ? &v->accumulator[i] : &unused, &g[i]);
+  if (!applied) return 0;
+  host_f32 *w = working(v, 0);
+  if (v->use_weight_decay)
+    for (size_t i = 0; i < n; i++) w[i] = cuoptim_weight_decay(w[i], p->weight_decay, s->lr);
+  float alpha = cuoptim_adafactor_alpha(p, s, mean_square(w, n));
+  if (v->rank >= 2)
+    adafactor_factored_velocity(p, s, v, g, reg);
+  else
+    for (size_t i = 0; i < n; i++)
+      v->slots[0][i] = cuoptim_adafactor_moment(s, v->slots[0][i], cuoptim_adafactor_regulated(p, g[i]));
+  for (size_t i = 0; i < n; i++) g[i] = cuoptim_adafactor_direction(g[i], v->slots[0][i]);
+  float clip = cuoptim_adafactor_clip(p, mean_square(g, n));
+  for (size_t i = 0; i < n; i++) w[i] = cuoptim_adafactor_apply(w[i], g[i], clip, alpha);
+  store_working_half(v, 0, n);
+  return 1;
+}
+
+/* Adafactor, variable by variable on the calling thread (state is never sharded). */
+static cuoptimStatus_t update_adafactor(cuoptimOptimizer_t opt) {
+  size_t most = 1;
+  for (int k = 0; k < opt->num_variables; k++)
+    if (opt->variables[k].local_count > most) most = opt->variables[k].local_count;
+  float *g = malloc(2 * most * sizeof *g);
+  if (!g) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
+  for (int k = 0; k < opt->num_variables; k++)
+    if (opt->step_grads[k].grad)
+      adafactor_variable(opt, &opt->variables[k], &opt->step_grads[k], &opt->tensors[k], g, g + most);
+  free(g);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 static cuoptimStatus_t host_update(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
   if (opt->scalars->skip) return CUOPTIM_STATUS_SUCCESS;
   if (opt->config.kind == CUOPTIM_LAMB) {
     CUOPTIM_CHECK(update_lamb(opt));
+  } else if (opt->config.kind == CUOPTIM_ADAFACTOR) {
+    CUOPTIM_CHECK(update_adafactor(opt));
   } else {
     Stage st = {.kind = STAGE_UPDATE};
     run_stage(opt, &st, 1);

@@ -172,6 +172,14 @@ static int number_of_masters(const struct cuoptimOptimizer *opt) {
   return masters;
 }
 
+/* Adafactor's r and c, which Keras names after the variable: stored as "<variable>_row" and
+ * "<variable>_column" so that each has a name of its own. */
+static int number_of_factored(const struct cuoptimOptimizer *opt) {
+  int factored = 0;
+  for (int i = 0; i < opt->num_weights; i++) factored += opt->weights[i].kind == CUOPTIM_WEIGHT_FACTORED;
+  return factored;
+}
+
 static int is_outer(const cuoptimWeightEntry *e) {
   return e->kind == CUOPTIM_WEIGHT_OUTER_ITERATION || e->kind == CUOPTIM_WEIGHT_OUTER_LEARNING_RATE;
 }
@@ -195,7 +203,7 @@ static cuoptimStatus_t plan_build(cuoptimOptimizer_t opt, const char *caller, co
   plan->tensors = calloc((size_t)count, sizeof *plan->tensors);
   plan->by_name = malloc((size_t)count * sizeof *plan->by_name);
   plan->by_offset = malloc((size_t)count * sizeof *plan->by_offset);
-  plan->own_names = malloc(((size_t)masters + 2) * OWN_NAME_BYTES);
+  plan->own_names = malloc(((size_t)masters + (size_t)number_of_factored(opt) + 2) * OWN_NAME_BYTES);
   if (!plan->tensors || !plan->by_name || !plan->by_offset || !plan->own_names) {
     plan_free(plan);
     return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
@@ -213,13 +221,20 @@ static cuoptimStatus_t plan_build(cuoptimOptimizer_t opt, const char *caller, co
       t->name = own;
       own += OWN_NAME_BYTES;
     }
+    if (e->kind == CUOPTIM_WEIGHT_FACTORED) { /* r, then c, of each variable */
+      int column = i > 0 && opt->weights[i - 1].kind == CUOPTIM_WEIGHT_FACTORED &&
+                   opt->weights[i - 1].variable == e->variable;
+      snprintf(own, OWN_NAME_BYTES, "%s%s", e->info.name, column ? "_column" : "_row");
+      t->name = own;
+      own += OWN_NAME_BYTES;
+    }
     t->entry = e;
     t->index = i;
     t->variable = -1;
     t->integer = e->info.is_integer;
-    t->scalar = e->kind != CUOPTIM_WEIGHT_BUFFER;
+    t->scalar = e->kind != CUOPTIM_WEIGHT_BUFFER && e->kind != CUOPTIM_WEIGHT_FACTORED;
     /* Sharded state: this rank's share of each array (a file per rank). */
-    t->count = t->scalar ? e->info.count : share_count(opt, &opt->variables[e->variable]);
+    t->count = e->kind == CUOPTIM_WEIGHT_BUFFER ? share_count(opt, &opt->variables[e->variable]) : e->info.count;
   }
   for (int v = 0; v < opt->num_variables; v++) {
     const cuoptimVariableRec *var = &opt->variables[v];
@@ -279,7 +294,8 @@ static void scalar_bytes(const struct cuoptimOptimizer *opt, const cuoptimScalar
     case CUOPTIM_WEIGHT_LOSS_SCALE: value = state->loss_scale; break;
     case CUOPTIM_WEIGHT_U_PRODUCT: value = state->u_product; break;
     case CUOPTIM_WEIGHT_OUTER_LEARNING_RATE: value = opt->outer_learning_rate; break;
-    case CUOPTIM_WEIGHT_BUFFER: break;
+    case CUOPTIM_WEIGHT_BUFFER:
+    case CUOPTIM_WEIGHT_FACTORED: break;
   }
   memset(out, 0, 8);
   if (kind == CUOPTIM_WEIGHT_ITERATION || kind == CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER ||
@@ -328,7 +344,8 @@ static void apply_scalar(Scalars *s, const Tensor *t) {
     case CUOPTIM_WEIGHT_LOSS_SCALE: s->state.loss_scale = value; break;
     case CUOPTIM_WEIGHT_U_PRODUCT: s->state.u_product = value; break;
     case CUOPTIM_WEIGHT_OUTER_LEARNING_RATE: s->outer_learning_rate = value; break;
-    case CUOPTIM_WEIGHT_BUFFER: break;
+    case CUOPTIM_WEIGHT_BUFFER:
+    case CUOPTIM_WEIGHT_FACTORED: break;
   }
 }
 

@@ -77,6 +77,11 @@ cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t opt, const void *commu
   }
   CUOPTIM_REQUIRE_NOT_NULL(caller, options);
   CUOPTIM_CHECK(validate_options(options, caller));
+  if (options->shard_state && opt->config.kind == CUOPTIM_ADAFACTOR)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: options->shard_state = 1: Adafactor's row and column accumulators reduce across a whole "
+                         "variable, which a share of its elements does not hold; use shard_state = 0",
+                         caller);
   const cuoptimCommOps *ops = opt->backend == CUOPTIM_BACKEND_CUDA ? cuoptim_nccl_comm : cuoptim_mpi_comm;
   if (options->shard_state && opt->config.kind == CUOPTIM_MUON)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,

@@ -8,11 +8,11 @@
 /* Indexed by kind; a value below CUOPTIM_OPTIMIZER_COUNT without a name is not a kind. */
 static const char *const optimizer_class_names[CUOPTIM_OPTIMIZER_COUNT] = {
     "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Lion", "Lamb", "Ftrl",
-    "ScheduleFreeAdamW", [CUOPTIM_MUON] = "Muon"};
+    "ScheduleFreeAdamW", "Adafactor", "Muon"};
 /* Keras's auto_name of each class (snake case of the class name). */
 static const char *const optimizer_default_names[CUOPTIM_OPTIMIZER_COUNT] = {
     "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl",
-    "schedule_free_adam_w", [CUOPTIM_MUON] = "muon"};
+    "schedule_free_adam_w", "adafactor", "muon"};
 
 int cuoptim_kind_is_valid(int kind) {
   return kind >= 0 && kind < CUOPTIM_OPTIMIZER_COUNT && optimizer_class_names[kind] != NULL;
@@ -86,6 +86,11 @@ cuoptimStatus_t cuoptimConfigInit(cuoptimConfig_t *config, cuoptimOptimizerKind_
   c.exclude_embeddings = 1;
   c.initial_accumulator_value = 0.1;
   c.learning_rate_power = -0.5;
+  c.beta_2_decay = -0.8;
+  c.epsilon_1 = 1e-30;
+  c.epsilon_2 = 1e-3;
+  c.clip_threshold = 1.0;
+  c.relative_step = 1;
   c.dynamic_loss_scale = 0;
   c.initial_scale = 32768.0;
   c.dynamic_growth_steps = 2000;
@@ -382,6 +387,17 @@ static cuoptimStatus_t validate_muon(const cuoptimConfig_t *c, const char *calle
   return validate_exclude_layers(c, caller);
 }
 
+/* Adafactor: Keras checks none of them; the step needs them finite in float32. */
+static cuoptimStatus_t validate_adafactor(const cuoptimConfig_t *c, const char *caller) {
+  CUOPTIM_CHECK(require_float32(c->beta_2_decay, caller, CONFIG_FIELD(beta_2_decay)));
+  CUOPTIM_CHECK(require_float32(c->epsilon_1, caller, CONFIG_FIELD(epsilon_1)));
+  CUOPTIM_CHECK(require_float32(c->epsilon_2, caller, CONFIG_FIELD(epsilon_2)));
+  CUOPTIM_CHECK(require_float32(c->clip_threshold, caller, CONFIG_FIELD(clip_threshold)));
+  if (!is_flag(c->relative_step))
+    return INVALID("%s: config->relative_step = %d: must be 0 or 1", caller, c->relative_step);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 /* Per optimizer: the checks Keras's constructors make, and float32 finiteness of the fields the
  * kind uses (the others are ignored, and not written to JSON). */
 static cuoptimStatus_t validate_rule(const cuoptimConfig_t *c, const char *caller) {
@@ -423,6 +439,7 @@ static cuoptimStatus_t validate_rule(const cuoptimConfig_t *c, const char *calle
       CUOPTIM_CHECK(require_float32(c->beta_2, caller, CONFIG_FIELD(beta_2)));
       CUOPTIM_CHECK(require_float32(c->epsilon, caller, CONFIG_FIELD(epsilon)));
       return require_float32(c->warmup_steps, caller, CONFIG_FIELD(warmup_steps));
+    case CUOPTIM_ADAFACTOR: return validate_adafactor(c, caller);
     case CUOPTIM_MUON: return validate_muon(c, caller);
     default: return CUOPTIM_STATUS_SUCCESS;
   }
@@ -557,6 +574,10 @@ void cuoptim_prologue_params_init(const cuoptimConfig_t *c, cuoptimPrologueParam
   p->sf_has_warmup = c->kind == CUOPTIM_SCHEDULE_FREE_ADAMW && c->warmup_steps > 0; /* Keras: a Python test */
   p->sf_warmup_steps = p->sf_has_warmup ? (float)c->warmup_steps : 1.0f;
   if (c->kind == CUOPTIM_MUON) muon_params_init(c, p);
+  p->af_beta_2_decay = (float)c->beta_2_decay;
+  p->af_epsilon_1 = (float)c->epsilon_1;
+  p->af_epsilon_2 = (float)c->epsilon_2;
+  p->af_clip_threshold = (float)c->clip_threshold;
   schedule_params_init(&c->learning_rate, &q->schedule);
   q->ema_overwrite_frequency = c->use_ema ? c->ema_overwrite_frequency : 0;
   q->dynamic_growth_steps = c->dynamic_growth_steps;
@@ -598,6 +619,7 @@ int cuoptim_slot_layout(const cuoptimConfig_t *c, cuoptimSlotLayout *layout) {
       names[n++] = "velocity";
       break;
     case CUOPTIM_LION: names[n++] = "momentum"; break;
+    case CUOPTIM_ADAFACTOR: names[n++] = "velocity"; break; /* r and c: cuoptimVariableRec.factored */
     case CUOPTIM_FTRL:
       names[n++] = "accumulator";
       names[n++] = "linear";

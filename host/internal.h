@@ -138,6 +138,9 @@ typedef struct cuoptimVariableRec {
   float *slots[3];
   float *average;       /* EMA */
   float *accumulator;   /* gradient accumulation */
+  /* Adafactor's row and column accumulators r and c (cuoptim_factored_count elements each; one
+   * placeholder element below rank 2), NULL for the other kinds. */
+  float *factored[2];
 } cuoptimVariableRec;
 
 /* A Muon-path matrix as Newton-Schulz sees it: the variable is rows x cols (row-major); the
@@ -171,6 +174,10 @@ static inline size_t cuoptim_muon_index(const cuoptimMuonShape *m, size_t i) {
 float *cuoptim_host_newton_schulz(const cuoptimRuleParams *p, float *x, float *y, float *a_mat, float *b_mat,
                                   int64_t r, int64_t c);
 
+/* Adafactor: the elements of r (which = 0: the shape without the last dimension) or c (which = 1:
+ * without the second-last); 1 for a variable of rank < 2 (Keras's scalar placeholder). */
+size_t cuoptim_factored_count(const cuoptimVariableRec *v, int which);
+
 /* One entry of the Keras-ordered optimizer state (cuoptimGetWeights). */
 typedef enum {
   CUOPTIM_WEIGHT_ITERATION,
@@ -180,7 +187,8 @@ typedef enum {
   CUOPTIM_WEIGHT_U_PRODUCT,
   CUOPTIM_WEIGHT_OUTER_ITERATION,     /* LossScaleOptimizer's own `iteration` (Keras never steps it) */
   CUOPTIM_WEIGHT_OUTER_LEARNING_RATE, /* LossScaleOptimizer's own `learning_rate` (0.0) */
-  CUOPTIM_WEIGHT_BUFFER /* a float32 array of the backend: slot, average or accumulator */
+  CUOPTIM_WEIGHT_BUFFER, /* a float32 array of the backend: slot, average or accumulator */
+  CUOPTIM_WEIGHT_FACTORED /* Adafactor's r or c: a float32 array of info.count elements, never sharded */
 } cuoptimWeightKind;
 
 typedef struct cuoptimWeightEntry {

@@ -148,6 +148,14 @@ static const field_t MUON_FIELDS[] = {
     CFG("rms_rate", FT_NUMBER_OR_NONE, rms_rate),
 };
 
+static const field_t ADAFACTOR_FIELDS[] = {
+    CFG("beta_2_decay", FT_NUMBER, beta_2_decay),
+    CFG("epsilon_1", FT_NUMBER, epsilon_1),
+    CFG("epsilon_2", FT_NUMBER, epsilon_2),
+    CFG("clip_threshold", FT_NUMBER, clip_threshold),
+    CFG("relative_step", FT_BOOL, relative_step),
+};
+
 typedef struct {
   const char *class_name;   /* Keras class name */
   const char *default_name; /* Keras's auto_name(class_name) */
@@ -170,6 +178,7 @@ static const optimizer_class_t OPTIMIZER_CLASSES[CUOPTIM_OPTIMIZER_COUNT] = {
     [CUOPTIM_FTRL] = {"Ftrl", "ftrl", FTRL_FIELDS, COUNT_OF(FTRL_FIELDS)},
     [CUOPTIM_SCHEDULE_FREE_ADAMW] = {"ScheduleFreeAdamW", "schedule_free_adam_w", SCHEDULE_FREE_ADAMW_FIELDS,
                                      COUNT_OF(SCHEDULE_FREE_ADAMW_FIELDS)},
+    [CUOPTIM_ADAFACTOR] = {"Adafactor", "adafactor", ADAFACTOR_FIELDS, COUNT_OF(ADAFACTOR_FIELDS)},
     [CUOPTIM_MUON] = {"Muon", "muon", MUON_FIELDS, COUNT_OF(MUON_FIELDS)},
 };
 

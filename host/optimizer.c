@@ -79,6 +79,11 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
                          "%s: config->kind = CUOPTIM_MUON: the CUDA backend has no Newton-Schulz stage yet; use "
                          "CUOPTIM_BACKEND_HOST",
                          caller);
+  if (backend == CUOPTIM_BACKEND_CUDA && config->kind == CUOPTIM_ADAFACTOR)
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
+                         "%s: config->kind = CUOPTIM_ADAFACTOR: the CUDA backend has no Adafactor kernels yet (its "
+                         "row, column and RMS reductions); use CUOPTIM_BACKEND_HOST",
+                         caller);
   if (backend == CUOPTIM_BACKEND_CUDA && device < 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: device = %d: must be a CUDA device ordinal >= 0", caller,
                          device);
@@ -254,10 +259,19 @@ static int owned_buffers(const struct cuoptimOptimizer *opt, cuoptimDtype_t dtyp
   return buffers;
 }
 
-/* Arena bytes of one variable of `count` elements (count <= 2^40, so no overflow). */
+/* Arena bytes of one variable of `count` elements (count <= 2^40, so no overflow); Adafactor's r
+ * and c hold at most `count` elements each. */
 static size_t variable_state_bytes(const struct cuoptimOptimizer *opt, cuoptimDtype_t dtype, size_t count,
                                    int muon_matrix) {
-  return (size_t)owned_buffers(opt, dtype, muon_matrix) * aligned_bytes(count) + sizeof(cuoptimTensorScalars);
+  int factored = opt->config.kind == CUOPTIM_ADAFACTOR ? 2 : 0;
+  return (size_t)(owned_buffers(opt, dtype, muon_matrix) + factored) * aligned_bytes(count) +
+         sizeof(cuoptimTensorScalars);
+}
+
+size_t cuoptim_factored_count(const cuoptimVariableRec *v, int which) {
+  if (v->rank < 2) return 1;
+  int64_t dropped = v->dims[which == 0 ? v->rank - 1 : v->rank - 2];
+  return v->count / (size_t)dropped;
 }
 
 /* *total += bytes; 0 when the sum would not fit. */
@@ -541,6 +555,8 @@ static int layout_arena(cuoptimOptimizer_t opt, char *base, size_t *bytes) {
       if (cuoptim_variable_has_slot(opt, v->muon_matrix, s)) PLACE(v->slots[s], v->local_count);
     if (p->use_ema) PLACE(v->average, v->local_count);
     if (p->accumulation_steps) PLACE(v->accumulator, v->local_count);
+    if (p->kind == CUOPTIM_ADAFACTOR)
+      for (int j = 0; j < 2; j++) PLACE(v->factored[j], cuoptim_factored_count(v, j));
   }
 #undef PLACE
   /* The per-variable scalars after the buffers. */
@@ -571,6 +587,14 @@ static void add_buffer_weight(cuoptimOptimizer_t opt, cuoptimVariableRec *v, flo
   w->variable = (int)(v - opt->variables);
   /* Fits: a name has at most CUOPTIM_MAX_NAME - 1 bytes, a suffix at most 21 ("accumulated_delta_var"). */
   snprintf(w->info.name, sizeof w->info.name, "%.*s_%.24s", CUOPTIM_MAX_NAME - 1, v->name, suffix);
+}
+
+/* Adafactor's r or c of variable v: Keras names both after the variable itself. */
+static void add_factored_weight(cuoptimOptimizer_t opt, cuoptimVariableRec *v, int which) {
+  cuoptimWeightEntry *w = add_weight(opt, CUOPTIM_WEIGHT_FACTORED, cuoptim_factored_count(v, which), 0);
+  w->buffer = &v->factored[which];
+  w->variable = (int)(v - opt->variables);
+  snprintf(w->info.name, sizeof w->info.name, "%s", v->name);
 }
 
 /* The state in Keras's `optimizer.variables` order (tests/data/README.md has the observed table),
@@ -605,10 +629,16 @@ static cuoptimStatus_t describe_weights(cuoptimOptimizer_t opt) {
     for (int i = 0; i < n; i++)
       add_buffer_weight(opt, &opt->variables[i], &opt->variables[i].accumulator, "gradient_accumulator");
   for (int group = 0; group < 3; group++)
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+      /* Adafactor: r, c, then the velocity, per variable. Keras's placeholders for rank < 2 are
+       * not in a LossScaleOptimizer's list (observed in Keras 3.15.1, tests/data/cases). */
+      int listed = opt->variables[i].rank >= 2 || !c->dynamic_loss_scale;
+      if (c->kind == CUOPTIM_ADAFACTOR && group == 0 && listed)
+        for (int j = 0; j < 2; j++) add_factored_weight(opt, &opt->variables[i], j);
       for (int s = 0; s < opt->slots.count; s++)
         if (cuoptim_variable_has_slot(opt, opt->variables[i].muon_matrix, s) && opt->slots.group[s] == group)
           add_buffer_weight(opt, &opt->variables[i], &opt->variables[i].slots[s], opt->slots.names[s]);
+    }
   /* Nadam's u_product is an unnamed backend.Variable: Keras calls it "variable". */
   if (c->kind == CUOPTIM_NADAM && n > 0) add_scalar_weight(opt, CUOPTIM_WEIGHT_U_PRODUCT, 0, "variable");
   return CUOPTIM_STATUS_SUCCESS;
@@ -619,6 +649,7 @@ static void forget_layout(cuoptimOptimizer_t opt) {
     cuoptimVariableRec *v = &opt->variables[i];
     v->master = v->average = v->accumulator = NULL;
     v->slots[0] = v->slots[1] = v->slots[2] = NULL;
+    v->factored[0] = v->factored[1] = NULL;
   }
   opt->tensors = NULL;
 }
@@ -834,6 +865,8 @@ cuoptimStatus_t cuoptimGetWeights(cuoptimOptimizer_t opt, int index, double *val
   CUOPTIM_CHECK(check_count(entry, count, caller));
   CUOPTIM_CHECK(cuoptim_build(opt, caller, NULL));
   if (entry->kind == CUOPTIM_WEIGHT_BUFFER) return get_buffer(opt, entry, values, caller);
+  if (entry->kind == CUOPTIM_WEIGHT_FACTORED)
+    return transfer_buffer(opt, *entry->buffer, NULL, values, entry->info.count, caller);
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
   switch (entry->kind) {
@@ -860,7 +893,7 @@ static int fits_float(double x) { return !isfinite(x) || isfinite((float)x); }
 static cuoptimStatus_t check_weight_values(const cuoptimWeightEntry *entry, const double *values, size_t count,
                                            const char *caller) {
   const char *name = entry->info.name;
-  if (entry->kind == CUOPTIM_WEIGHT_BUFFER) {
+  if (entry->kind == CUOPTIM_WEIGHT_BUFFER || entry->kind == CUOPTIM_WEIGHT_FACTORED) {
     for (size_t i = 0; i < count; i++)
       if (!fits_float(values[i]))
         return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
@@ -896,6 +929,8 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
     if (accumulator && cuoptim_comm_accumulates_locally(opt)) opt->accumulators = CUOPTIM_ACCUMULATORS_REPLICATED;
     return CUOPTIM_STATUS_SUCCESS;
   }
+  if (entry->kind == CUOPTIM_WEIGHT_FACTORED)
+    return transfer_buffer(opt, *entry->buffer, values, NULL, entry->info.count, caller);
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
   switch (entry->kind) {

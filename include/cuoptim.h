@@ -3,7 +3,7 @@
  *
  * cuoptim performs the optimizer step of neural-network training with the exact numerics of
  * Keras 3 (tf.keras.optimizers): SGD, RMSprop, Adagrad, Adadelta, Adam, AdamW, Adamax, Nadam,
- * Lion, Lamb, Ftrl, ScheduleFreeAdamW and Muon, with learning-rate schedules, clipping, decoupled weight
+ * Lion, Lamb, Ftrl, ScheduleFreeAdamW, Adafactor and Muon, with learning-rate schedules, clipping, decoupled weight
  * decay, EMA, gradient accumulation and loss scaling. The host owns its parameter and gradient buffers;
  * cuoptim owns the optimizer state.
  *
@@ -127,6 +127,7 @@ typedef enum {
   CUOPTIM_LAMB = 9,
   CUOPTIM_FTRL = 10,
   CUOPTIM_SCHEDULE_FREE_ADAMW = 11,
+  CUOPTIM_ADAFACTOR = 12,
   CUOPTIM_MUON = 13,
   CUOPTIM_OPTIMIZER_COUNT
 } cuoptimOptimizerKind_t;
@@ -164,6 +165,23 @@ typedef enum {
  * backend (NOT_SUPPORTED). Sharded state (cuoptimCommOptions_t.shard_state) is refused for Muon
  * (cuoptimSetCommunicator: INVALID_VALUE): a Newton-Schulz iteration needs every element of its
  * matrix. */
+
+/* CUOPTIM_ADAFACTOR is keras.optimizers.Adafactor. Its state per variable is Keras's, in Keras's
+ * order: for a variable of rank >= 2 the row accumulator r (the shape without the last dimension),
+ * the column accumulator c (the shape without the second-last dimension), both named as the
+ * variable itself, then "velocity" (the variable's shape: Keras keeps the full second moment
+ * v = r / mean(r) x c); for a variable of rank < 2 two scalar placeholders (always 0, named as the
+ * variable; absent with dynamic_loss_scale, as from a LossScaleOptimizer's list) and the full
+ * "velocity". A variable registered without a shape has rank 1. Each step
+ * needs per-variable reductions (the variable's RMS for the relative step size, the row and column
+ * means of g^2 + epsilon_1, the mean of r, the RMS of the update for clip_threshold); they are
+ * taken in double in a fixed order, where Keras on JAX sums in float32 in XLA's order, so results
+ * differ from Keras's by a few float32 ulps (see README for the largest errors on the reference
+ * cases). Supported on the host backend only: on the CUDA backend cuoptimCreate returns
+ * NOT_SUPPORTED. Sharded state (cuoptimCommOptions_t.shard_state) is refused with INVALID_VALUE:
+ * the factored accumulators reduce across rows and columns, which a flat share of the elements
+ * does not hold. A checkpoint (cuoptimSave) stores r and c as "<variable>_row" and
+ * "<variable>_column" (Keras gives both the variable's own name). */
 
 /* The Keras class name ("SGD", "RMSprop", "Adam", ...) or NULL for an unknown kind. */
 CUOPTIM_API const char *cuoptimOptimizerName(cuoptimOptimizerKind_t kind);
@@ -250,7 +268,7 @@ typedef struct {
   /* Per optimizer; defaults per kind from cuoptimConfigInit. */
   double beta_1;   /* Adam, AdamW, Adamax, Nadam, Lamb, ScheduleFreeAdamW 0.9; Lion 0.9 */
   double beta_2;   /* Adam, AdamW, Adamax, Nadam, Lamb, ScheduleFreeAdamW 0.999; Lion 0.99 */
-  double epsilon;  /* 1e-7 (RMSprop, Adagrad, Adadelta, Adam*, Nadam, Lamb, Muon); ScheduleFreeAdamW 1e-8 */
+  double epsilon;  /* 1e-7 (RMSprop, Adagrad, Adadelta, Adam*, Nadam, Lamb, Muon); ScheduleFreeAdamW 1e-8 (Adafactor: epsilon_1, epsilon_2) */
   double warmup_steps; /* ScheduleFreeAdamW 0: the learning rate rises linearly over these steps */
   double rho;      /* RMSprop 0.9, Adadelta 0.95 */
   double momentum; /* SGD 0.0 (must lie in [0, 1]), RMSprop 0.0, Muon 0.95 */
@@ -263,6 +281,13 @@ typedef struct {
   double l2_regularization_strength;         /* Ftrl 0.0 */
   double l2_shrinkage_regularization_strength; /* Ftrl 0.0 */
   double beta;                               /* Ftrl 0.0 */
+  double beta_2_decay;   /* Adafactor -0.8: beta_2 of step t is 1 - t^beta_2_decay; finite */
+  double epsilon_1;      /* Adafactor 1e-30: added to g^2; finite in float32 */
+  double epsilon_2;      /* Adafactor 1e-3: the least relative step size max(epsilon_2, RMS(w)); finite */
+  double clip_threshold; /* Adafactor 1.0: the update's RMS is clipped to it; finite */
+  int relative_step;     /* Adafactor 1: 0 or 1; with a constant learning rate, lr = min(lr, 1/sqrt(t)).
+                            Keras also takes that minimum in rho_t unconditionally, so the value
+                            changes no result (kept for Keras's get_config round trip) */
 
   /* Muon (see CUOPTIM_MUON); defaults from cuoptimConfigInit(CUOPTIM_MUON). Muon also reads
    * epsilon (1e-7, the AdamW path's), momentum (0.95, any finite value), nesterov (1) and

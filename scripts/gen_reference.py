@@ -449,7 +449,8 @@ def lr(c, default, lo=None, hi=None):
 _DEFAULTS = [("sgd", "SGD"), ("rmsprop", "RMSprop"), ("adagrad", "Adagrad"),
              ("adadelta", "Adadelta"), ("adam", "Adam"), ("adamw", "AdamW"),
              ("adamax", "Adamax"), ("nadam", "Nadam"), ("lion", "Lion"), ("lamb", "Lamb"),
-             ("ftrl", "Ftrl"), ("schedule_free_adamw", "ScheduleFreeAdamW")]
+             ("ftrl", "Ftrl"), ("schedule_free_adamw", "ScheduleFreeAdamW"),
+             ("adafactor", "Adafactor")]
 
 
 def _make_defaults(cls_name):
@@ -1227,6 +1228,56 @@ def _(c):
             "warmup and the averaging weight count.")
 
 
+# Adafactor factors the last two dimensions: ranks 1 to 3, a matrix taller than wide (over 1,000
+# elements), one wider than tall.
+ADAFACTOR_VARS = [("tall_kernel", (48, 25)), ("wide_kernel", (5, 9)), ("cube_kernel", (3, 4, 6)),
+                  ("dense_bias", (9,))]
+
+
+@case("adafactor_hyperparameters")
+def _(c):
+    c.data(steps=12, names=ADAFACTOR_VARS, grad_exp=(-4.0, 1.5))
+    return (O.Adafactor(learning_rate=lr(c, 0.05), beta_2_decay=c.h(-0.6, -0.9, -0.3),
+                        epsilon_1=c.h(1e-20, 1e-30, 1e-10, log=True), epsilon_2=c.h(0.01, 1e-4, 0.1, log=True),
+                        clip_threshold=c.h(0.5, 0.2, 2.0)),
+            "Adafactor with non-default beta_2_decay, epsilons and clip_threshold; ranks 1 to 3, "
+            "tall and wide matrices, gradients over five decades.")
+
+
+@case("adafactor_absolute_step")
+def _(c):
+    c.data(steps=11, names=ADAFACTOR_VARS)
+    return (O.Adafactor(learning_rate=lr(c, 0.02), relative_step=False),
+            "Adafactor with relative_step=False (rho_t still takes min(lr, 1/sqrt(t))).")
+
+
+@case("adafactor_wd_clip_ema_accum")
+def _(c):
+    c.data(steps=14, names=ADAFACTOR_VARS, null_frac=0.1)
+    return (O.Adafactor(learning_rate=lr(c, 0.03), weight_decay=c.h(0.05, 0.005, 0.2), clipnorm=c.clipnorm(),
+                        use_ema=True, ema_momentum=c.h(0.9, 0.5, 0.99), gradient_accumulation_steps=2),
+            "Adafactor with weight decay ('bias$' excluded), clipnorm, EMA, accumulation 2 and some "
+            "None gradients.", ["bias$"])
+
+
+@case("adafactor_schedule_global_clip")
+def _(c):
+    c.data(steps=12)
+    s = S.ExponentialDecay(lr(c, 0.05), decay_steps=c.hint(3, 2, 5), decay_rate=c.h(0.8, 0.5, 0.95))
+    return (O.Adafactor(learning_rate=s, global_clipnorm=c.h(1.0, 0.3, 3.0)),
+            "Adafactor with an ExponentialDecay schedule and global_clipnorm (Keras's variables, "
+            "ranks 1, 2 and 4).")
+
+
+@case("lso_adafactor_nonfinite")
+def _(c):
+    c.data(steps=12, steps_range=(12, 16), names=ADAFACTOR_VARS, lso_scaled=True, nonfinite={3: "inf", 7: "nan"})
+    inner = O.Adafactor(learning_rate=lr(c, 0.02))
+    return (O.LossScaleOptimizer(inner, initial_scale=c.hchoice(1024.0, [256.0, 4096.0]),
+                                 dynamic_growth_steps=c.hint(3, 2, 4)),
+            "LossScaleOptimizer(Adafactor): skipped steps do not advance Adafactor's step count.")
+
+
 @case("lamb_combo")
 def _(c):
     c.data(steps=13, need_bias=True)
@@ -1461,6 +1512,14 @@ def _(c):
             "AdamW path) with clipnorm and gradient accumulation 2.")
 
 
+@case("ranks_adafactor_clip_r2")
+def _(c):
+    c.data(steps=9, names=RANK_VARS)
+    c.ranks(2)
+    return (O.Adafactor(learning_rate=lr(c, 0.05), clipnorm=c.clipnorm(), weight_decay=0.01),
+            "2 ranks: Adafactor (rank-1 and rank-2 variables) with clipnorm and weight decay.")
+
+
 @case("ranks_ftrl_l1_l2_r3")
 def _(c):
     c.data(steps=8, names=RANK_VARS)
@@ -1557,6 +1616,15 @@ def _(c):
             "MultiOptimizer, four sub-optimizers: Adam with EMA for the exact key 'dense_kernel', SGD "
             "nesterov with gradient_accumulation_steps=3 for 'embedding|conv_.*', Lion with clipnorm for "
             "'norm_.*', centered RMSprop the default (dense_bias); norm_bias has no gradient at step 3.")
+
+
+@case("multi_adafactor_kernels")
+def _(c):
+    c.data(steps=10, names=[("dense_kernel", (31, 33)), ("dense_bias", (33,)), ("cube_kernel", (3, 4, 6))])
+    return (_multi(O.Adam(learning_rate=lr(c, 0.01)),
+                   {".*kernel": O.Adafactor(learning_rate=lr(c, 0.02))}),
+            "MultiOptimizer: Adafactor for the matrices and the rank-3 kernel ('.*kernel'), Adam the "
+            "default (the bias).")
 
 
 @case("multi_loss_scale_factor")

@@ -123,7 +123,7 @@ Test(api, version_macro_equals_library_version) {
 Test(api, optimizer_names_are_keras_class_names) {
   static const char *const names[CUOPTIM_OPTIMIZER_COUNT] = {
       "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Lion", "Lamb", "Ftrl",
-      "ScheduleFreeAdamW", [CUOPTIM_MUON] = "Muon"};
+      "ScheduleFreeAdamW", "Adafactor", "Muon"};
   for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++) {
     const char *name = cuoptimOptimizerName((cuoptimOptimizerKind_t)k);
     if (!names[k]) { /* a value no kind has (yet) */
@@ -180,7 +180,7 @@ Test(api, config_init_null_config) {
 }
 
 Test(api, config_init_unknown_kind) {
-  static const int kinds[] = {-1, CUOPTIM_OPTIMIZER_COUNT, 99, 12};
+  static const int kinds[] = {-1, CUOPTIM_OPTIMIZER_COUNT, 99, INT32_MIN};
   for (size_t i = 0; i < 4; i++) {
     cuoptimConfig_t c;
     memset(&c, 0xab, sizeof c);
@@ -196,7 +196,7 @@ Test(api, config_init_unknown_kind) {
 Test(api, config_init_gives_keras_defaults) {
   static const char *const names[CUOPTIM_OPTIMIZER_COUNT] = {
       "sgd", "rm_sprop", "adagrad", "adadelta", "adam", "adam_w", "adamax", "nadam", "lion", "lamb", "ftrl",
-      "schedule_free_adam_w", [CUOPTIM_MUON] = "muon"};
+      "schedule_free_adam_w", "adafactor", "muon"};
   for (int k = 0; k < CUOPTIM_OPTIMIZER_COUNT; k++) {
     if (!names[k]) continue;
     cuoptimConfig_t c = test_config((cuoptimOptimizerKind_t)k);
@@ -248,6 +248,11 @@ Test(api, config_init_gives_keras_defaults) {
     cr_assert_eq(c.dynamic_loss_scale, 0);
     cr_assert_eq(c.initial_scale, 32768.0);
     cr_assert_eq(c.dynamic_growth_steps, 2000);
+    cr_assert_eq(c.beta_2_decay, -0.8, "%s beta_2_decay", kn);
+    cr_assert_eq(c.epsilon_1, 1e-30, "%s epsilon_1", kn);
+    cr_assert_eq(c.epsilon_2, 1e-3, "%s epsilon_2", kn);
+    cr_assert_eq(c.clip_threshold, 1.0, "%s clip_threshold", kn);
+    cr_assert_eq(c.relative_step, 1, "%s relative_step", kn);
     OK(cuoptimConfigValidate(&c));
   }
 }
@@ -296,6 +301,7 @@ static void sgd_momentum_negative(cuoptimConfig_t *c) { c->momentum = -1.0; }
 static void sgd_momentum_above_one(cuoptimConfig_t *c) { c->momentum = 2.0; }
 static void sgd_momentum_nan(cuoptimConfig_t *c) { c->momentum = NAN; }
 static void sgd_nesterov_two(cuoptimConfig_t *c) { c->nesterov = 2; }
+static void adafactor_relative_step_two(cuoptimConfig_t *c) { c->relative_step = 2; }
 static void lion_beta_1_zero(cuoptimConfig_t *c) { c->beta_1 = 0.0; }
 static void lion_beta_1_above_one(cuoptimConfig_t *c) { c->beta_1 = 1.1; }
 static void lion_beta_1_negative(cuoptimConfig_t *c) { c->beta_1 = -0.1; }
@@ -372,6 +378,7 @@ static const invalid_case INVALID_CASES[] = {
     {"SGD(momentum=2.0)", CUOPTIM_SGD, sgd_momentum_above_one, "momentum"},
     {"SGD(momentum=nan)", CUOPTIM_SGD, sgd_momentum_nan, "momentum"},
     {"SGD(nesterov=2)", CUOPTIM_SGD, sgd_nesterov_two, "nesterov"},
+    {"Adafactor(relative_step=2)", CUOPTIM_ADAFACTOR, adafactor_relative_step_two, "relative_step"},
     {"Lion(beta_1=0.0)", CUOPTIM_LION, lion_beta_1_zero, "beta_1"},
     {"Lion(beta_1=1.1)", CUOPTIM_LION, lion_beta_1_above_one, "beta_1"},
     {"Lion(beta_1=-0.1)", CUOPTIM_LION, lion_beta_1_negative, "beta_1"},
@@ -1785,7 +1792,16 @@ static void piecewise_value_above_float32(cuoptimConfig_t *c) {
   c->learning_rate.values[1] = 1e39;
 }
 
+static void adafactor_beta_2_decay_nan(cuoptimConfig_t *c) { c->beta_2_decay = NAN; }
+static void adafactor_epsilon_1_above_float32(cuoptimConfig_t *c) { c->epsilon_1 = 1e39; }
+static void adafactor_epsilon_2_inf(cuoptimConfig_t *c) { c->epsilon_2 = INFINITY; }
+static void adafactor_clip_threshold_nan(cuoptimConfig_t *c) { c->clip_threshold = NAN; }
+
 static const invalid_case FLOAT32_CASES[] = {
+    {"Adafactor(beta_2_decay=nan)", CUOPTIM_ADAFACTOR, adafactor_beta_2_decay_nan, "beta_2_decay"},
+    {"Adafactor(epsilon_1=1e39)", CUOPTIM_ADAFACTOR, adafactor_epsilon_1_above_float32, "epsilon_1"},
+    {"Adafactor(epsilon_2=inf)", CUOPTIM_ADAFACTOR, adafactor_epsilon_2_inf, "epsilon_2"},
+    {"Adafactor(clip_threshold=nan)", CUOPTIM_ADAFACTOR, adafactor_clip_threshold_nan, "clip_threshold"},
     {"SGD(learning_rate=1e39)", CUOPTIM_SGD, lr_above_float32, "initial_learning_rate"},
     {"SGD(clipnorm=1e39)", CUOPTIM_SGD, clipnorm_above_float32, "clipnorm"},
     {"SGD(clipnorm=1e-50)", CUOPTIM_SGD, clipnorm_rounds_to_zero, "clipnorm"},
@@ -2027,4 +2043,12 @@ Test(api, muon_refuses_sharded_state) {
   EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetCommunicator", "shard_state",
               cuoptimSetCommunicator(opt, &comm, &options));
   cuoptimDestroy(opt);
+}
+
+/* Adafactor runs on the host backend only: the CUDA backend refuses the kind at create. */
+Test(api, create_refuses_adafactor_on_the_cuda_backend) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
+  cuoptimOptimizer_t opt = NULL;
+  EXPECT_FAIL(CUOPTIM_STATUS_NOT_SUPPORTED, "cuoptimCreate", "CUDA", cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
+  cr_assert_null(opt);
 }

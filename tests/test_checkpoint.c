@@ -160,6 +160,16 @@ static Setup setup_ftrl(void) {
   return s;
 }
 
+/* Adafactor: its row and column entries (here the scalar placeholders of rank-1 variables, which
+ * Keras names after the variable) are stored as "<variable>_row" and "<variable>_column". */
+static Setup setup_adafactor(void) {
+  Setup s = {.label = "Adafactor", .inf_steps = {-1, -1}};
+  s.config = test_config_lr(CUOPTIM_ADAFACTOR, 0.01);
+  s.config.use_ema = 1;
+  s.config.gradient_accumulation_steps = 2;
+  return s;
+}
+
 /* Adam with weight decay and an exclusion, EMA, under a dynamic loss scale: every kind of tensor
  * (I64 counters, the LossScaleOptimizer's own entries, masters). */
 static Setup setup_adam_everything(void) {
@@ -406,6 +416,7 @@ Test(checkpoint, round_trip_restores_every_entry_and_master) {
   round_trip(setup_adamw, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_BFLOAT16);
   round_trip(setup_nadam_loss_scale, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT32);
   round_trip(setup_ftrl, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16);
+  round_trip(setup_adafactor, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_BFLOAT16);
 }
 
 Test(checkpoint_cuda, round_trip_restores_every_entry_and_master) {

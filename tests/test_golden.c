@@ -1279,6 +1279,115 @@ BOTH_BACKENDS(schedule_free_adamw_warmup_matches_keras, sfadamw_warmup)
 BOTH_BACKENDS(schedule_free_adamw_multiple_steps_match_keras, sfadamw_multiple_steps)
 BOTH_BACKENDS(schedule_free_adamw_weight_decay_excludes_by_name, sfadamw_weight_decay_exclusion)
 
+/* ---- Adafactor (adafactor_test.py) -------------------------------------------------------------
+ * Keras's tests with its 4-digit values (rtol = atol = 1e-4, the golden rows 5e-4) and real Keras
+ * 3.15.1's float32 values. The CUDA backend refuses Adafactor (cuoptimCreate: NOT_SUPPORTED), which
+ * the golden_cuda tests check. */
+
+static const float ADAFACTOR_SINGLE_KERAS[4] = {-0.3693f, 0.6307f, 1.6307f, 2.6307f};
+static const float ADAFACTOR_SINGLE_F32[4] = {-0.369306445f, 0.630693555f, 1.63069355f, 2.63069344f};
+static const float ADAFACTOR_SINGLE_2D_KERAS[4] = {0.7007f, -0.0081f, 1.2492f, 3.4407f};
+static const float ADAFACTOR_SINGLE_2D_F32[4] = {0.700654507f, -0.00807094574f, 1.24921131f, 3.44073105f};
+static const float ADAFACTOR_GOLDEN_KERAS[5][10] = {
+    {0.55f, 0.55f, 0.55f, 0.55f, 0.55f, 0.55f, 0.55f, 0.55f, 0.55f, 0.55f},
+    {0.3031f, 0.3026f, 0.3025f, 0.3024f, 0.3024f, 0.3024f, 0.3024f, 0.3024f, 0.3024f, 0.3024f},
+    {0.1671f, 0.1665f, 0.1663f, 0.1663f, 0.1663f, 0.1663f, 0.1663f, 0.1663f, 0.1663f, 0.1663f},
+    {0.0923f, 0.0916f, 0.0915f, 0.0914f, 0.0914f, 0.0914f, 0.0914f, 0.0914f, 0.0914f, 0.0914f},
+    {0.0554f, 0.0548f, 0.0546f, 0.0546f, 0.0546f, 0.0546f, 0.0546f, 0.0545f, 0.0545f, 0.0545f}};
+static const float ADAFACTOR_GOLDEN_F32[5][10] = {
+    {0.550000012f, 0.550000012f, 0.550000012f, 0.550000012f, 0.550000012f, 0.550000012f, 0.550000012f, 0.550000012f,
+     0.550000012f, 0.550000012f},
+    {0.303092897f, 0.302567184f, 0.302469492f, 0.302435279f, 0.302419394f, 0.302410781f, 0.302405596f, 0.302402258f,
+     0.302399933f, 0.302398264f},
+    {0.167098269f, 0.166456833f, 0.166337654f, 0.166295946f, 0.166276574f, 0.166266069f, 0.166259751f, 0.166255683f,
+     0.166252851f, 0.166250795f},
+    {0.092268452f, 0.0915923715f, 0.0914667696f, 0.0914228261f, 0.091402404f, 0.0913913324f, 0.0913846791f,
+     0.0913803875f, 0.0913773999f, 0.0913752466f},
+    {0.0554497167f, 0.0547630414f, 0.0546354726f, 0.0545908436f, 0.0545700975f, 0.0545588583f, 0.0545521006f,
+     0.054547742f, 0.0545447059f, 0.0545425192f}};
+static const float ADAFACTOR_CLIP_F32[2] = {0.998418868f, 1.99841881f}; /* clipnorm=1 and clipvalue=1 alike */
+
+/* The golden-test optimizer of adafactor_test.py. */
+static cuoptimConfig_t adafactor_golden_config(void) {
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAFACTOR, 0.5);
+  c.beta_2_decay = -0.65;
+  c.epsilon_1 = 1e-15;
+  c.epsilon_2 = 1e-4;
+  c.clip_threshold = 0.9;
+  c.relative_step = 0;
+  return c;
+}
+
+static void adafactor_single_step_1d(cuoptimBackend_t b) {
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAFACTOR, 0.5);
+  run_single_step(b, &c, ADAFACTOR_SINGLE_KERAS, 1e-4, 1e-4);
+  run_single_step(b, &c, ADAFACTOR_SINGLE_F32, F32_RTOL, F32_ATOL);
+}
+
+/* test_single_step_2d: the factored path, w = [[1, 2], [3, 4]], g = [[1, 6], [7, 2]]; also the
+ * row and column accumulators and the velocity as Keras has them. */
+static void adafactor_single_step_2d(cuoptimBackend_t b) {
+  test_require_backend(b);
+  static const float w0[4] = {1, 2, 3, 4}, g[4] = {1, 6, 7, 2};
+  static const float want_r[2] = {18.5f, 26.5f}, want_c[2] = {25.0f, 20.0f};
+  static const float want_v[4] = {20.5555553f, 16.4444447f, 29.4444447f, 23.5555553f};
+  static const int64_t dims[2] = {2, 2};
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_ADAFACTOR, 0.5);
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, b, 0));
+  float w[4];
+  memcpy(w, w0, sizeof w);
+  cuoptimVariable_t v;
+  OK(cuoptimAddVariableWithShape(opt, "variable", w, CUOPTIM_FLOAT32, 2, dims, &v));
+  cuoptimGradient_t grad = {.variable = v, .grad = g, .dtype = CUOPTIM_FLOAT32};
+  OK(cuoptimApplyGradients(opt, 1, &grad, NULL));
+  expect_close(w, ADAFACTOR_SINGLE_2D_KERAS, 4, 1e-4, 1e-4, "Adafactor 2-D step (Keras's 4 digits)");
+  expect_close(w, ADAFACTOR_SINGLE_2D_F32, 4, F32_RTOL, F32_ATOL, "Adafactor 2-D step");
+  /* iteration, learning_rate, r, c, velocity */
+  int count = 0;
+  OK(cuoptimGetWeightCount(opt, &count));
+  cr_assert_eq(count, 5);
+  const float *want[3] = {want_r, want_c, want_v};
+  static const char *const what[3] = {"r", "c", "velocity"};
+  for (int k = 0; k < 3; k++) {
+    cuoptimWeightInfo_t info;
+    OK(cuoptimGetWeightInfo(opt, 2 + k, &info));
+    cr_assert_str_eq(info.name, k == 2 ? "variable_velocity" : "variable");
+    double values[4];
+    float got[4];
+    OK(cuoptimGetWeights(opt, 2 + k, values, info.count));
+    for (size_t i = 0; i < info.count; i++) got[i] = (float)values[i];
+    expect_close(got, want[k], info.count, F32_RTOL, F32_ATOL, what[k]);
+  }
+  OK(cuoptimDestroy(opt));
+}
+
+static void adafactor_golden_rows(cuoptimBackend_t b) {
+  cuoptimConfig_t c = adafactor_golden_config();
+  run_golden_rows(b, &c, ADAFACTOR_GOLDEN_KERAS, 5e-4, 5e-4);
+  run_golden_rows(b, &c, ADAFACTOR_GOLDEN_F32, F32_RTOL, F32_ATOL);
+}
+static void adafactor_weight_decay(cuoptimBackend_t b) { run_weight_decay(b, CUOPTIM_ADAFACTOR); }
+static void adafactor_clip_norm(cuoptimBackend_t b) { run_clip(b, CUOPTIM_ADAFACTOR, 0, ADAFACTOR_CLIP_F32); }
+static void adafactor_clip_value(cuoptimBackend_t b) { run_clip(b, CUOPTIM_ADAFACTOR, 1, ADAFACTOR_CLIP_F32); }
+
+/* On the host backend the protocol; on the CUDA backend the refusal. */
+#define ADAFACTOR_TEST(test_name, fn)                                                              \
+  Test(golden, test_name) { fn(CUOPTIM_BACKEND_HOST); }                                            \
+  Test(golden_cuda, test_name) {                                                                   \
+    test_require_backend(CUOPTIM_BACKEND_CUDA);                                                    \
+    cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);                                            \
+    cuoptimOptimizer_t opt = NULL;                                                                 \
+    cr_assert_eq(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0), CUOPTIM_STATUS_NOT_SUPPORTED); \
+  }
+
+ADAFACTOR_TEST(adafactor_single_step_1d_matches_keras, adafactor_single_step_1d)
+ADAFACTOR_TEST(adafactor_single_step_2d_matches_keras, adafactor_single_step_2d)
+ADAFACTOR_TEST(adafactor_golden_rows_match_keras, adafactor_golden_rows)
+ADAFACTOR_TEST(adafactor_weight_decay_matches_keras, adafactor_weight_decay)
+ADAFACTOR_TEST(adafactor_clip_norm_matches_keras, adafactor_clip_norm)
+ADAFACTOR_TEST(adafactor_clip_value_matches_keras, adafactor_clip_value)
+
 /* =================================================================================================
  * Beyond Keras's tests: six steps of mixed-sign gradients on 8 elements, every optimizer with its
  * Keras defaults and learning_rate=0.1, against real Keras 3.15.1 float32 values (the golden rows

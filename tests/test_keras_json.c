@@ -111,6 +111,14 @@ static const char KERAS_DEFAULT_LAMB[] =
     ", \"gradient_accumulation_steps\": null, \"beta_1\": 0.9, \"beta_2\": 0.999"
     ", \"epsilon\": 1e-07}, \"registered_name\": null}";
 
+/* keras.optimizers.serialize(keras.optimizers.Adafactor()), Keras 3.15.1 */
+static const char KERAS_DEFAULT_ADAFACTOR[] =
+    "{\"module\": \"keras.optimizers\", \"class_name\": \"Adafactor\", \"config\": {\"name\": \"adafactor\""
+    ", \"learning_rate\": 0.0010000000474974513, \"weight_decay\": null, \"clipnorm\": null"
+    ", \"global_clipnorm\": null, \"clipvalue\": null, \"use_ema\": false, \"ema_momentum\": 0.99"
+    ", \"ema_overwrite_frequency\": null, \"loss_scale_factor\": null"
+    ", \"gradient_accumulation_steps\": null, \"beta_2_decay\": -0.8, \"epsilon_1\": 1e-30"
+    ", \"epsilon_2\": 0.001, \"clip_threshold\": 1.0, \"relative_step\": true}, \"registered_name\": null}";
 static const char KERAS_DEFAULT_FTRL[] =
     "{\"module\": \"keras.optimizers\", \"class_name\": \"Ftrl\", \"config\": {\"name\": \"ftrl\""
     ", \"learning_rate\": 0.0010000000474974513, \"weight_decay\": null, \"clipnorm\": null"
@@ -505,7 +513,15 @@ static void expect_config_equal(const cuoptimConfig_t *a, const cuoptimConfig_t 
     EXPECT_SAME_D(beta_1);
     EXPECT_SAME_D(beta_2);
   }
-  if (all || (k != CUOPTIM_SGD && k != CUOPTIM_LION && k != CUOPTIM_FTRL)) EXPECT_SAME_D(epsilon);
+  if (all || (k != CUOPTIM_SGD && k != CUOPTIM_LION && k != CUOPTIM_FTRL && k != CUOPTIM_ADAFACTOR))
+    EXPECT_SAME_D(epsilon);
+  if (all || k == CUOPTIM_ADAFACTOR) {
+    EXPECT_SAME_D(beta_2_decay);
+    EXPECT_SAME_D(epsilon_1);
+    EXPECT_SAME_D(epsilon_2);
+    EXPECT_SAME_D(clip_threshold);
+    EXPECT_SAME_I(relative_step);
+  }
   if (all || k == CUOPTIM_RMSPROP || k == CUOPTIM_ADADELTA) EXPECT_SAME_D(rho);
   if (all || k == CUOPTIM_SGD || k == CUOPTIM_RMSPROP) EXPECT_SAME_D(momentum);
   if (all || k == CUOPTIM_SGD) EXPECT_SAME_I(nesterov);
@@ -538,14 +554,15 @@ static const keras_default_t KERAS_DEFAULTS[] = {
     {CUOPTIM_ADAM, KERAS_DEFAULT_ADAM},       {CUOPTIM_ADAMW, KERAS_DEFAULT_ADAMW},
     {CUOPTIM_ADAMAX, KERAS_DEFAULT_ADAMAX},   {CUOPTIM_NADAM, KERAS_DEFAULT_NADAM},
     {CUOPTIM_LION, KERAS_DEFAULT_LION},       {CUOPTIM_LAMB, KERAS_DEFAULT_LAMB},
-    {CUOPTIM_FTRL, KERAS_DEFAULT_FTRL},       {CUOPTIM_MUON, KERAS_DEFAULT_MUON},
+    {CUOPTIM_FTRL, KERAS_DEFAULT_FTRL},       {CUOPTIM_ADAFACTOR, KERAS_DEFAULT_ADAFACTOR},
+    {CUOPTIM_MUON, KERAS_DEFAULT_MUON},
 };
 #define NUM_KERAS_DEFAULTS (sizeof KERAS_DEFAULTS / sizeof KERAS_DEFAULTS[0])
 
 static const char *const ALL_KERAS_TEXTS[] = {
     KERAS_DEFAULT_SGD,  KERAS_DEFAULT_RMSPROP, KERAS_DEFAULT_ADAGRAD, KERAS_DEFAULT_ADADELTA, KERAS_DEFAULT_ADAM,
     KERAS_DEFAULT_ADAMW, KERAS_DEFAULT_ADAMAX, KERAS_DEFAULT_NADAM,   KERAS_DEFAULT_LION,     KERAS_DEFAULT_LAMB,
-    KERAS_DEFAULT_FTRL, KERAS_DEFAULT_LSO_ADAM, KERAS_SGD,            KERAS_RMS,              KERAS_ADAGRAD,
+    KERAS_DEFAULT_FTRL, KERAS_DEFAULT_ADAFACTOR, KERAS_DEFAULT_LSO_ADAM, KERAS_SGD,            KERAS_RMS,              KERAS_ADAGRAD,
     KERAS_ADADELTA,     KERAS_ADAM,            KERAS_ADAMW,           KERAS_ADAMAX,           KERAS_NADAM,
     KERAS_LION,         KERAS_LAMB,            KERAS_FTRL,            KERAS_S_PIECE,          KERAS_S_POLY,
     KERAS_S_INV,        KERAS_S_COS,           KERAS_S_COSW,          KERAS_S_COSR,           KERAS_LSO,
@@ -880,6 +897,11 @@ static cuoptimConfig_t busy_config(cuoptimOptimizerKind_t kind, cuoptimScheduleK
   c.l2_regularization_strength = 0.2;
   c.l2_shrinkage_regularization_strength = 0.3;
   c.beta = 0.4;
+  c.beta_2_decay = -0.65;
+  c.epsilon_1 = 1e-15;
+  c.epsilon_2 = 1e-4;
+  c.clip_threshold = 0.9;
+  c.relative_step = variant;
   if (variant) {
     c.dynamic_loss_scale = 1;
     c.initial_scale = 512.0;
@@ -1140,8 +1162,8 @@ Test(keras_json, from_json_rejects_json_that_is_not_an_object) {
 }
 
 Test(keras_json, from_json_rejects_unknown_class) {
-  expect_edit_error(KERAS_DEFAULT_ADAM, "\"class_name\": \"Adam\"", "\"class_name\": \"Adafactor\"",
-                    CUOPTIM_STATUS_INVALID_VALUE, "class_name: unknown optimizer class \"Adafactor\"");
+  expect_edit_error(KERAS_DEFAULT_ADAM, "\"class_name\": \"Adam\"", "\"class_name\": \"Shampoo\"",
+                    CUOPTIM_STATUS_INVALID_VALUE, "class_name: unknown optimizer class \"Shampoo\"");
   expect_edit_error(KERAS_DEFAULT_ADAM, "\"class_name\": \"Adam\"", "\"class_name\": \"MyOptimizer\"",
                     CUOPTIM_STATUS_INVALID_VALUE, "\"MyOptimizer\"");
   expect_parse_error("{\"class_name\": \"ExponentialDecay\", \"config\": {}}", CUOPTIM_STATUS_INVALID_VALUE,

@@ -87,7 +87,7 @@ static int schedules_equal(const cuoptimSchedule_t *a, const cuoptimSchedule_t *
 }
 
 /* Every field is listed below; a new one must be added there (and here). */
-_Static_assert(sizeof(cuoptimConfig_t) == 2848 || sizeof(void *) != 8,
+_Static_assert(sizeof(cuoptimConfig_t) == 2888 || sizeof(void *) != 8,
                "cuoptimConfig_t changed: compare the new fields in fuzz_configs_equal");
 
 static int muon_fields_equal(const cuoptimConfig_t *a, const cuoptimConfig_t *b, char *why, size_t why_size) {
@@ -141,6 +141,11 @@ int fuzz_configs_equal(const cuoptimConfig_t *a, const cuoptimConfig_t *b, int a
   SAME_NUMBER(beta);
   /* Muon's fields travel in its JSON only. */
   if (a->kind == CUOPTIM_MUON && !muon_fields_equal(a, b, why, why_size)) return 0;
+  SAME_NUMBER(beta_2_decay);
+  SAME_NUMBER(epsilon_1);
+  SAME_NUMBER(epsilon_2);
+  SAME_NUMBER(clip_threshold);
+  SAME_INT(relative_step);
   SAME_INT(dynamic_loss_scale);
   SAME_NUMBER(initial_scale);
   SAME_INT(dynamic_growth_steps);

@@ -6,8 +6,7 @@
  * A case with rank_steps for R ranks: rank r applies rank_steps[.][r]; the reference is the
  * single-process run of its steps (gradients on an exact-sum grid: the mean is exactly those
  * steps, see scripts/gen_reference.py). A case with rank_steps for another number of ranks is
- * skipped, and so is a MultiOptimizer case (no communicator). A case with only single-process
- * steps is split, per gradient element g:
+ * skipped. A case with only single-process steps is split, per gradient element g:
  * - a target sum x with float32(x * float32(1/R)) == g when one exists: x = R g for R = 1, 2, 4
  *   (exact: a power of two), the float32 nearest 3 g or a neighbour for R = 3 (which some g lack);
  * - rank r gets the bits of x's 24-bit significand at the positions b with b % R == r, with x's
@@ -46,6 +45,9 @@
 #include "case.h"
 
 #define EXIT_SKIP 77
+/* run_and_compare: this case's optimizer refuses the options (Adafactor with sharded state, a
+ * MultiOptimizer with any communicator); the other cases go on. */
+#define CASE_REFUSED 3
 #define DEFAULT_RTOL 1e-5
 #define DEFAULT_ATOL 1e-6
 
@@ -199,6 +201,16 @@ static int run_and_compare(const cuoptimCase *c, const char *name, const cuoptim
   int bitwise = !(c->config.gradient_accumulation_steps > 0 && base->comm_options.accumulate_locally &&
                   !base->comm_options.shard_state && world > 1);
   int rc = cuoptim_case_run_with(c, CUOPTIM_BACKEND_HOST, &ranked, &got, error, sizeof error);
+  /* Adafactor's factored state and Muon's matrices are never sharded, a MultiOptimizer never
+   * data-parallel (cuoptimSetCommunicator refuses them). */
+  int refused = (rc == CUOPTIM_STATUS_INVALID_VALUE && base->comm_options.shard_state && !c->multi &&
+                 (c->config.kind == CUOPTIM_ADAFACTOR || c->config.kind == CUOPTIM_MUON)) ||
+                (rc == CUOPTIM_STATUS_NOT_SUPPORTED && c->multi);
+  if (refused) {
+    if (rank == 0) printf("REFUSED: %s: %s\n", name, error);
+    fflush(stdout);
+    return CASE_REFUSED;
+  }
   if (rc == CUOPTIM_STATUS_NOT_SUPPORTED) {
     if (rank == 0) printf("SKIP: %s: %s\n", name, error);
     fflush(stdout);
@@ -255,7 +267,7 @@ static int run_and_compare(const cuoptimCase *c, const char *name, const cuoptim
 }
 
 typedef struct {
-  int split, ranked, skipped, failed, exact;
+  int split, ranked, skipped, refused, failed, exact;
   size_t not_exact_elements;
 } totals_t;
 
@@ -272,7 +284,9 @@ static int check_split_case(const cuoptimCase *c, const char *name, const cuopti
              world);
   int rc = run_and_compare(c, name, base, sp.mine, sp.mean, c->num_steps, sp.not_exact == 0,
                            problem[0] ? problem : NULL);
-  if (rc != EXIT_SKIP) {
+  if (rc == CASE_REFUSED) {
+    t->refused++;
+  } else if (rc != EXIT_SKIP) {
     t->split++;
     t->failed += rc;
     t->exact += sp.not_exact == 0;
@@ -287,7 +301,9 @@ static int check_rank_case(const cuoptimCase *c, const char *name, const cuoptim
   const char *problem = c->num_rank_steps != c->num_steps ? "rank_steps and steps have different lengths" : NULL;
   int steps = c->num_rank_steps < c->num_steps ? c->num_rank_steps : c->num_steps;
   int rc = run_and_compare(c, name, base, c->rank_steps[rank], c->steps, steps, 1, problem);
-  if (rc != EXIT_SKIP) {
+  if (rc == CASE_REFUSED) {
+    t->refused++;
+  } else if (rc != EXIT_SKIP) {
     t->ranked++;
     t->failed += rc;
   }
@@ -326,7 +342,7 @@ int main(int argc, char **argv) {
     MPI_Finalize();
     return 2;
   }
-  totals_t t = {0, 0, 0, 0, 0, 0};
+  totals_t t = {0, 0, 0, 0, 0, 0, 0};
   int status = 0;
   for (int i = 0; i < n && status != EXIT_SKIP; i++) {
     char path[4096], error[2048];
@@ -336,12 +352,10 @@ int main(int argc, char **argv) {
     if (!loaded) fprintf(stderr, "FAIL: %s (rank %d): %s\n", entries[i]->d_name, rank, error);
     if (any_rank(!loaded)) {
       t.failed++;
-    } else if (base.comm_options.shard_state && c.config.kind == CUOPTIM_MUON) {
-      t.skipped++; /* Muon refuses sharded state (include/cuoptim.h) */
     } else if (c.has_rank_steps && c.num_ranks == world && c.has_steps) {
       if (check_rank_case(&c, entries[i]->d_name, &base, &t) == EXIT_SKIP) status = EXIT_SKIP;
-    } else if (c.has_rank_steps || !c.has_steps || c.multi) {
-      t.skipped++; /* a MultiOptimizer takes no communicator (cuoptimSetCommunicator refuses it) */
+    } else if (c.has_rank_steps || !c.has_steps) {
+      t.skipped++;
     } else if (check_split_case(&c, entries[i]->d_name, &base, &t) == EXIT_SKIP) {
       status = EXIT_SKIP;
     }
@@ -354,8 +368,9 @@ int main(int argc, char **argv) {
     if (rank == 0)
       printf("split_cases: %d ranks: %d cases, %d failed: %d split (the mean is the case's gradient bit for bit in %d; "
              "%zu elements an ulp away in the others), %d from their rank_steps, %d rank cases for another world "
-             "skipped\n",
-             world, t.split + t.ranked, t.failed, t.split, t.exact, t.not_exact_elements, t.ranked, t.skipped);
+             "skipped, %d refused by their optimizer\n",
+             world, t.split + t.ranked, t.failed, t.split, t.exact, t.not_exact_elements, t.ranked, t.skipped,
+             t.refused);
   }
   fflush(stdout);
   MPI_Finalize();
