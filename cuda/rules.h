@@ -116,7 +116,6 @@ typedef struct cuoptimTensorScalars {
   float clip_denominator; /* clipnorm: max(||g||, clipnorm) */
   float lamb_ratio;      /* Lamb trust ratio */
   int32_t reserved;
-  double muon_sumsq;     /* Muon path: ||direction||_F^2 before Newton-Schulz */
 } cuoptimTensorScalars;
 
 /* ---- precision helpers ----------------------------------------------------------------------- */

@@ -60,7 +60,8 @@ typedef struct {
   size_t *batch_block;         /* num_batches + 1: batch b is the blocks [bb[b], bb[b + 1]) */
   double *block_sums;          /* 2 per block: the inspect pass's (one), Lamb's w and u */
   unsigned char *block_nonfinite; /* per block: the inspect pass saw inf or NaN */
-  float *muon_scratch;         /* Muon: X, Y (r x c) and A, B (r x r) of the largest matrix */
+  float *scratch;              /* Muon: X, Y (r x c) and A, B (r x r) of the largest matrix;
+                                  Adafactor: g and g^2 + epsilon_1 of the largest variable */
 } HostData;
 
 static HostData *host_data(cuoptimOptimizer_t opt) { return (HostData *)opt->backend_data; }
@@ -72,7 +73,7 @@ static void free_blocks(HostData *h) {
   free(h->batch_block);
   free(h->block_sums);
   free(h->block_nonfinite);
-  free(h->muon_scratch);
+  free(h->scratch);
   int threads = h->threads;
   memset(h, 0, sizeof *h);
   h->threads = threads;
@@ -750,28 +751,35 @@ static cuoptimStatus_t host_check_build_stream(cuoptimOptimizer_t opt, cuoptimSt
   return CUOPTIM_STATUS_SUCCESS; /* streams mean nothing here */
 }
 
-/* Muon: one scratch area for the Newton-Schulz buffers of the largest matrix (they run one after
- * the other). */
-static cuoptimStatus_t allocate_muon_scratch(cuoptimOptimizer_t opt) {
+/* The scratch floats one variable's update needs: Muon's Newton-Schulz buffers for a matrix,
+ * Adafactor's two gradient-sized ones; 0 for the element-wise rules. */
+static size_t scratch_floats(const cuoptimOptimizer_t opt, const cuoptimVariableRec *v) {
+  if (v->muon_matrix) {
+    cuoptimMuonShape m = cuoptim_muon_shape(v);
+    return 2 * (size_t)(m.r * m.c) + 2 * (size_t)(m.r * m.r);
+  }
+  return opt->config.kind == CUOPTIM_ADAFACTOR ? 2 * v->local_count : 0;
+}
+
+/* One scratch area for the largest variable (the updates that need it run one after the other),
+ * allocated once, so a step allocates nothing. */
+static cuoptimStatus_t allocate_scratch(cuoptimOptimizer_t opt) {
   size_t most = 0;
   for (int k = 0; k < opt->num_variables; k++) {
-    if (!opt->variables[k].muon_matrix) continue;
-    cuoptimMuonShape m = cuoptim_muon_shape(&opt->variables[k]);
-    size_t floats = 2 * (size_t)(m.r * m.c) + 2 * (size_t)(m.r * m.r);
+    size_t floats = scratch_floats(opt, &opt->variables[k]);
     if (floats > most) most = floats;
   }
   if (most == 0) return CUOPTIM_STATUS_SUCCESS;
   HostData *h = host_data(opt);
-  h->muon_scratch = malloc(most * sizeof(float));
-  if (!h->muon_scratch)
-    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: cannot allocate %zu floats for Muon's Newton-Schulz",
-                         most);
+  h->scratch = malloc(most * sizeof(float));
+  if (!h->scratch)
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: cannot allocate %zu floats of update scratch", most);
   return CUOPTIM_STATUS_SUCCESS;
 }
 
 static cuoptimStatus_t host_build(cuoptimOptimizer_t opt, const cuoptimStream_t *stream) {
   CUOPTIM_CHECK(layout_blocks(opt));
-  CUOPTIM_CHECK(allocate_muon_scratch(opt));
+  CUOPTIM_CHECK(allocate_scratch(opt));
   for (int k = 0; k < opt->num_variables; k++) {
     cuoptimVariableRec *v = &opt->variables[k];
     if (v->master) load_chunk(v->local_param, v->dtype, 0, v->local_count, v->master);
@@ -882,7 +890,7 @@ static void update_muon_matrix(cuoptimOptimizer_t opt, int k, float *scratch) {
 static void update_muon(cuoptimOptimizer_t opt) {
   for (int k = 0; k < opt->num_variables; k++)
     if (opt->variables[k].muon_matrix && opt->step_grads[k].grad)
-      update_muon_matrix(opt, k, host_data(opt)->muon_scratch);
+      update_muon_matrix(opt, k, host_data(opt)->scratch);
 }
 
 /* Lamb: pass 1 of every variable (moments, this rank's part of the two norms), then (sharded
@@ -925,10 +933,11 @@ static float strided_mean(const float *x, size_t n, size_t stride) {
   return (float)sum / (float)n;
 }
 
+/* The float32 mean of the squares, their sum in the fixed lane/block order of the top. */
 static float mean_square(const host_f32 *x, size_t n) {
-  double sum = 0.0;
-  for (size_t i = 0; i < n; i++) sum += (double)x[i] * (double)x[i];
-  return (float)sum / (float)n;
+  double lane[LANES] = {0};
+  for (size_t c = 0; c < n; c += BLOCK) sum_squares(x + c, n - c < BLOCK ? n - c : BLOCK, lane);
+  return (float)sum_lanes(lane) / (float)n;
 }
 
 /* The velocity of a variable of rank >= 2 from the prepared gradient g: r and c from the row and
@@ -980,18 +989,14 @@ static int adafactor_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v, con
   return 1;
 }
 
-/* Adafactor, variable by variable on the calling thread (state is never sharded). */
-static cuoptimStatus_t update_adafactor(cuoptimOptimizer_t opt) {
-  size_t most = 1;
-  for (int k = 0; k < opt->num_variables; k++)
-    if (opt->variables[k].local_count > most) most = opt->variables[k].local_count;
-  float *g = malloc(2 * most * sizeof *g);
-  if (!g) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptimApplyGradients: out of host memory");
-  for (int k = 0; k < opt->num_variables; k++)
-    if (opt->step_grads[k].grad)
-      adafactor_variable(opt, &opt->variables[k], &opt->step_grads[k], &opt->tensors[k], g, g + most);
-  free(g);
-  return CUOPTIM_STATUS_SUCCESS;
+/* Adafactor, variable by variable on the calling thread (state is never sharded), in the scratch
+ * area of the build. */
+static void update_adafactor(cuoptimOptimizer_t opt) {
+  float *g = host_data(opt)->scratch;
+  for (int k = 0; k < opt->num_variables; k++) {
+    cuoptimVariableRec *v = &opt->variables[k];
+    if (opt->step_grads[k].grad) adafactor_variable(opt, v, &opt->step_grads[k], &opt->tensors[k], g, g + v->local_count);
+  }
 }
 
 static cuoptimStatus_t host_update(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
@@ -999,7 +1004,7 @@ static cuoptimStatus_t host_update(cuoptimOptimizer_t opt, cuoptimStream_t strea
   if (opt->config.kind == CUOPTIM_LAMB) {
     CUOPTIM_CHECK(update_lamb(opt));
   } else if (opt->config.kind == CUOPTIM_ADAFACTOR) {
-    CUOPTIM_CHECK(update_adafactor(opt));
+    update_adafactor(opt);
   } else {
     Stage st = {.kind = STAGE_UPDATE};
     run_stage(opt, &st, 1);
