@@ -57,7 +57,8 @@ typedef struct {
   cuoptimOptimizerKind_t kind;
   double momentum; /* SGD's momentum; < 0 keeps Keras's default */
   int amsgrad;
-  int slots;       /* float32 state arrays per parameter with Keras's defaults */
+  int slots;       /* float32 state arrays per parameter with Keras's defaults (Adafactor and Muon:
+                      the most a variable has; their byte model goes by each tensor's shape) */
   int lamb;        /* two passes: w, m and v are read again in pass 2 */
   int in_all;
 } OptSpec;
@@ -77,6 +78,9 @@ static const OptSpec kOptimizers[] = {
     {"lamb", CUOPTIM_LAMB, -1.0, 0, 2, 1, 1},
     {"ftrl", CUOPTIM_FTRL, -1.0, 0, 2, 0, 1},
     {"adam_amsgrad", CUOPTIM_ADAM, -1.0, 1, 3, 0, 0},
+    {"schedule_free_adamw", CUOPTIM_SCHEDULE_FREE_ADAMW, -1.0, 0, 2, 0, 1},
+    {"adafactor", CUOPTIM_ADAFACTOR, -1.0, 0, 1, 0, 0},
+    {"muon", CUOPTIM_MUON, -1.0, 0, 2, 0, 0},
 };
 #define NUM_OPTIMIZERS ((int)(sizeof kOptimizers / sizeof kOptimizers[0]))
 
@@ -119,7 +123,9 @@ typedef struct {
   int skipped;
   char message[TEXT];
   double bytes_per_param, bytes_per_step;
-  int slots_measured; /* from cuoptim's state list; -1 when unknown */
+  double newton_schulz_flops;     /* per step (Muon), beside the bytes */
+  double state_floats_model;      /* float32 state elements the byte model assumes */
+  double state_floats_measured;   /* from cuoptim's state list; -1 when unknown */
   Stats eager_ms, eager_host_us;
   int graph_ok;
   char capture_mode[16];
@@ -230,20 +236,6 @@ static size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
 
 static double gib(size_t bytes) { return (double)bytes / (double)((size_t)1 << 30); }
 
-/* Bytes moved per parameter by one step, PERF.md's byte model: each input read once, each output
- * written once. The float32 working copy (the parameter, or the fp32 master of a bfloat16
- * parameter) is read and written; a bfloat16 parameter is only written (cuoptim updates the master
- * and writes the half copy in the same pass); each float32 slot is read and written; Lamb's second
- * pass reads w, m and v again; global clipping adds one read of the gradient (the inspect pass). */
-static double bytes_per_param(const OptSpec *o, int bf16, int clip) {
-  double grad = bf16 ? 2.0 : 4.0;
-  double param = bf16 ? 4.0 + 4.0 + 2.0 : 4.0 + 4.0;
-  double bytes = grad + param + 8.0 * o->slots;
-  if (o->lamb) bytes += 12.0;
-  if (clip) bytes += grad;
-  return bytes;
-}
-
 static double gbps_of(double bytes, double ms) { return ms > 0 ? bytes / (ms * 1e-3) / 1e9 : NAN; }
 
 /* ---- tensor mixes ----------------------------------------------------------------------------- */
@@ -251,6 +243,8 @@ static double gbps_of(double bytes, double ms) { return ms > 0 ? bytes / (ms * 1
 typedef struct {
   char name[64];
   size_t count;
+  int rank;       /* 1 or 2 (Keras's shape: a bias or norm, a kernel or embedding table) */
+  int64_t dims[2];
   size_t offset; /* elements from the start of the slab */
 } Tensor;
 
@@ -263,7 +257,55 @@ typedef struct {
   char description[512];
 } Mix;
 
-static void mix_add(Mix *m, const char *name, size_t count) {
+/* Whether Muon puts a tensor on its Newton-Schulz path (include/cuoptim.h, CUOPTIM_MUON: rank 2,
+ * and, with Keras's default exclude_embeddings, no "embedding" in the name). */
+static int muon_matrix(const Tensor *t) { return t->rank == 2 && !strstr(t->name, "embedding"); }
+
+/* The float32 state elements cuoptim holds for one tensor, from Keras's state layout: `slots`
+ * arrays of the tensor's size; Adafactor's velocity plus, for rank >= 2, its row and column
+ * accumulators; Muon's momentum on its matrix path, momentum and velocity on its AdamW path. */
+static double state_floats(const OptSpec *o, const Tensor *t) {
+  double n = (double)t->count;
+  if (o->kind == CUOPTIM_ADAFACTOR)
+    return t->rank >= 2 ? n + (double)(t->dims[0] + t->dims[1]) : n;
+  if (o->kind == CUOPTIM_MUON) return muon_matrix(t) ? n : 2.0 * n;
+  return n * o->slots;
+}
+
+/* Bytes moved by one step on one tensor, PERF.md's byte model: each input read once, each output
+ * written once. The float32 working copy (the parameter, or the fp32 master of a bfloat16
+ * parameter) is read and written; a bfloat16 parameter is only written (cuoptim updates the master
+ * and writes the half copy in the same pass); each float32 slot is read and written; Lamb's second
+ * pass reads w, m and v again; global clipping adds one read of the gradient (the inspect pass).
+ * Adafactor on rank >= 2: the full velocity is only written (it is r / mean(r) x c), r and c are
+ * read and written; Muon's matrices: momentum read and written, plus the Newton-Schulz products,
+ * which are counted in floating-point operations (newton_schulz_flops), not bytes. */
+static double tensor_bytes(const OptSpec *o, const Tensor *t, int bf16, int clip) {
+  double n = (double)t->count;
+  double grad = bf16 ? 2.0 : 4.0;
+  double param = bf16 ? 4.0 + 4.0 + 2.0 : 4.0 + 4.0;
+  double bytes = (grad + param) * n;
+  if (o->kind == CUOPTIM_ADAFACTOR && t->rank >= 2)
+    bytes += 4.0 * n + 8.0 * (double)(t->dims[0] + t->dims[1]);
+  else
+    bytes += 8.0 * state_floats(o, t);
+  if (o->lamb) bytes += 12.0 * n;
+  if (clip) bytes += grad * n;
+  return bytes;
+}
+
+/* Floating-point operations of Muon's Newton-Schulz iterations on one tensor (0 off its matrix
+ * path): per iteration, with X of r x c (r <= c), A = X X^T (2 r^2 c), B = b A + c A A (2 r^3),
+ * X = a X + B X (2 r^2 c); Keras's default of 5 iterations. */
+static double newton_schulz_flops(const OptSpec *o, const Tensor *t) {
+  if (o->kind != CUOPTIM_MUON || !muon_matrix(t)) return 0.0;
+  double r = (double)(t->dims[0] < t->dims[1] ? t->dims[0] : t->dims[1]);
+  double c = (double)(t->dims[0] < t->dims[1] ? t->dims[1] : t->dims[0]);
+  return 5.0 * (4.0 * r * r * c + 2.0 * r * r * r);
+}
+
+static void mix_add_shaped(Mix *m, const char *name, int rank, size_t rows, size_t cols) {
+  size_t count = rank == 2 ? rows * cols : rows;
   if (m->n == m->capacity) {
     m->capacity = m->capacity ? 2 * m->capacity : 64;
     m->t = (Tensor *)realloc(m->t, (size_t)m->capacity * sizeof *m->t);
@@ -272,7 +314,15 @@ static void mix_add(Mix *m, const char *name, size_t count) {
   Tensor *t = &m->t[m->n++];
   snprintf(t->name, sizeof t->name, "%s", name);
   t->count = count;
+  t->rank = rank;
+  t->dims[0] = (int64_t)rows;
+  t->dims[1] = rank == 2 ? (int64_t)cols : 1;
   m->total += count;
+}
+
+static void mix_add(Mix *m, const char *name, size_t count) { mix_add_shaped(m, name, 1, count, 1); }
+static void mix_add_matrix(Mix *m, const char *name, size_t rows, size_t cols) {
+  mix_add_shaped(m, name, 2, rows, cols);
 }
 
 /* big: one tensor of 2^28 elements. transformer: GPT-2-XL shapes (vocabulary 50257, width 1600,
@@ -289,16 +339,21 @@ static void build_mix(Mix *m, const char *name, int quick, int layers) {
     size_t vocab = quick ? 1000 : 50257, d = quick ? 64 : 1600, context = quick ? 64 : 1024;
     int blocks = quick ? 2 : layers;
     m->layers = blocks;
-    mix_add(m, "wte.embeddings", vocab * d);
-    mix_add(m, "wpe.embeddings", context * d);
+    mix_add_matrix(m, "wte.embeddings", vocab, d);
+    mix_add_matrix(m, "wpe.embeddings", context, d);
     for (int l = 0; l < blocks; l++) {
       static const char *const parts[] = {"ln_1.gamma", "ln_1.beta", "attn.c_attn.kernel", "attn.c_attn.bias",
                                           "attn.c_proj.kernel", "attn.c_proj.bias", "ln_2.gamma", "ln_2.beta",
                                           "mlp.c_fc.kernel", "mlp.c_fc.bias", "mlp.c_proj.kernel", "mlp.c_proj.bias"};
-      const size_t counts[] = {d, d, d * 3 * d, 3 * d, d * d, d, d, d, d * 4 * d, 4 * d, 4 * d * d, d};
+      /* Keras's shapes: a Dense kernel is (inputs, outputs); biases and norms are vectors. */
+      const size_t rows[] = {d, d, d, 3 * d, d, d, d, d, d, 4 * d, 4 * d, d};
+      const size_t cols[] = {0, 0, 3 * d, 0, d, 0, 0, 0, 4 * d, 0, d, 0};
       for (int k = 0; k < 12; k++) {
         snprintf(label, sizeof label, "h%d.%s", l, parts[k]);
-        mix_add(m, label, counts[k]);
+        if (cols[k])
+          mix_add_matrix(m, label, rows[k], cols[k]);
+        else
+          mix_add(m, label, rows[k]);
       }
     }
     mix_add(m, "ln_f.gamma", d);
@@ -541,7 +596,9 @@ static int sample_finite(const void *slab, const Tensor *t, int bf16) {
 
 /* Float32 state elements per parameter according to cuoptim's own state list (a check of the
  * byte model's slot count): every entry but the scalars, over the parameter count. */
-static int measured_slots(cuoptimOptimizer_t opt, size_t total) {
+/* The float32 state elements in cuoptim's state list (arrays of more than one element: counters,
+ * the learning rate and Adafactor's scalar placeholders aside). */
+static double measured_state_floats(cuoptimOptimizer_t opt) {
   int count = 0;
   CUOPTIM_OK(cuoptimGetWeightCount(opt, &count));
   size_t elements = 0;
@@ -550,17 +607,17 @@ static int measured_slots(cuoptimOptimizer_t opt, size_t total) {
     CUOPTIM_OK(cuoptimGetWeightInfo(opt, i, &info));
     if (info.count > 1 && !info.is_integer) elements += info.count;
   }
-  return elements % total == 0 ? (int)(elements / total) : -1;
+  return (double)elements;
 }
 
 static void print_row(const Result *r, const CopyResult *copy) {
   if (r->skipped) {
-    printf("  %-13s skipped: %s\n", r->spec->name, r->message);
+    printf("  %-19s skipped: %s\n", r->spec->name, r->message);
     return;
   }
   double floor_ms = r->bytes_per_step / (copy->gbps * 1e9) * 1e3;
   double eager_gbps = gbps_of(r->bytes_per_step, r->eager_ms.median);
-  printf("  %-13s %4.0f %8.3f | %9.3f %9.3f %9.3f %8.1f %6.1f%% %6.2f |", r->spec->name, r->bytes_per_param,
+  printf("  %-19s %4.0f %8.3f | %9.3f %9.3f %9.3f %8.1f %6.1f%% %6.2f |", r->spec->name, r->bytes_per_param,
          r->bytes_per_step / 1e9, r->eager_ms.median, r->eager_ms.min, r->eager_ms.max, eager_gbps,
          100.0 * eager_gbps / copy->gbps, r->eager_ms.median / floor_ms);
   if (r->graph_ok) {
@@ -573,8 +630,11 @@ static void print_row(const Result *r, const CopyResult *copy) {
   printf(" %9.1f %7.2f", r->eager_host_us.median, r->graph_ok ? r->graph_host_us : NAN);
   if (r->iterations != r->iterations_expected || !r->finite) printf("  CHECK FAILED");
   printf("\n");
-  if (r->capture_notes[0]) printf("  %-13s graph capture: %s\n", "", r->capture_notes);
-  if (r->message[0]) printf("  %-13s note: %s\n", "", r->message);
+  if (r->newton_schulz_flops > 0)
+    printf("  %-19s Newton-Schulz: %.3f GFLOP a step (5 iterations), %.2f TFLOP/s at the eager median\n", "",
+           r->newton_schulz_flops / 1e9, r->newton_schulz_flops / (r->eager_ms.median * 1e-3) / 1e12);
+  if (r->capture_notes[0]) printf("  %-19s graph capture: %s\n", "", r->capture_notes);
+  if (r->message[0]) printf("  %-19s note: %s\n", "", r->message);
   fflush(stdout);
 }
 
@@ -587,14 +647,18 @@ static void run_optimizer(const OptSpec *o, const Mix *m, void *params, void *gr
   memset(r, 0, sizeof *r);
   r->spec = o;
   r->keras_class = cuoptimOptimizerName(o->kind);
-  r->slots_measured = -1;
+  r->state_floats_measured = -1;
   r->finite = 1;
-  r->bytes_per_param = bytes_per_param(o, bf16, !isnan(g_opt.global_clipnorm));
-  r->bytes_per_step = r->bytes_per_param * (double)m->total;
-
   /* cuoptim's arena: each slot (and the fp32 master of a bfloat16 parameter) per variable. */
   size_t arena = 0;
-  for (int i = 0; i < m->n; i++) arena += round_up(m->t[i].count * 4, 256) * (size_t)(o->slots + (bf16 ? 1 : 0));
+  for (int i = 0; i < m->n; i++) {
+    const Tensor *t = &m->t[i];
+    r->bytes_per_step += tensor_bytes(o, t, bf16, !isnan(g_opt.global_clipnorm));
+    r->newton_schulz_flops += newton_schulz_flops(o, t);
+    r->state_floats_model += state_floats(o, t);
+    arena += round_up((size_t)state_floats(o, t) * 4, 256) + (bf16 ? round_up(t->count * 4, 256) : 0);
+  }
+  r->bytes_per_param = r->bytes_per_step / (double)m->total;
   size_t free_bytes = 0, total_bytes = 0;
   CUDA_OK(cudaMemGetInfo(&free_bytes, &total_bytes));
   if (arena + MEMORY_MARGIN > free_bytes) {
@@ -622,18 +686,18 @@ static void run_optimizer(const OptSpec *o, const Mix *m, void *params, void *gr
   if (!grads) fatal(EXIT_FAILED, "out of host memory");
   for (int i = 0; i < m->n; i++) {
     cuoptimVariable_t v = 0;
-    CUOPTIM_OK(cuoptimAddVariable(opt, m->t[i].name, (unsigned char *)params + m->t[i].offset * element, dtype,
-                                  m->t[i].count, &v));
+    CUOPTIM_OK(cuoptimAddVariableWithShape(opt, m->t[i].name, (unsigned char *)params + m->t[i].offset * element,
+                                           dtype, m->t[i].rank, m->t[i].dims, &v));
     grads[i].variable = v;
     grads[i].grad = (const unsigned char *)grads_slab + m->t[i].offset * element;
     grads[i].dtype = dtype;
   }
   /* Builds the state (allocation, initial values) before anything is timed. */
-  r->slots_measured = measured_slots(opt, m->total);
-  if (r->slots_measured != o->slots)
+  r->state_floats_measured = measured_state_floats(opt);
+  if (r->state_floats_measured != r->state_floats_model)
     snprintf(r->message, sizeof r->message,
-             "cuoptim holds %d float32 state arrays per parameter, the byte model assumes %d", r->slots_measured,
-             o->slots);
+             "cuoptim holds %.0f float32 state elements, the byte model assumes %.0f", r->state_floats_measured,
+             r->state_floats_model);
 
   const int steps = g_opt.steps;
   for (int i = 0; i < g_opt.warmup; i++) CUOPTIM_OK(cuoptimApplyGradients(opt, m->n, grads, (cuoptimStream_t)stream));
@@ -714,7 +778,7 @@ static void print_mix_header(const MixReport *mr) {
   printf("\nmix %s: %s\n  %d tensors, %zu elements, %s params and grads; copy bandwidth %.1f GB/s\n", mr->name,
          mr->description, mr->tensors, mr->elements, g_opt.bf16 ? "bfloat16 (fp32 master and state)" : "float32",
          c->gbps);
-  printf("  %-13s %4s %8s | %9s %9s %9s %8s %7s %6s | %9s %8s %7s %6s | %9s %7s\n", "optimizer", "B/p", "GB/step",
+  printf("  %-19s %4s %8s | %9s %9s %9s %8s %7s %6s | %9s %8s %7s %6s | %9s %7s\n", "optimizer", "B/p", "GB/step",
          "eager ms", "min", "max", "GB/s", "%copy", "xfloor", "graph ms", "GB/s", "%copy", "xfloor", "host us", "launch");
   fflush(stdout);
 }
@@ -932,8 +996,8 @@ static void write_json(const char *path) {
         fputs("}", f);
         continue;
       }
-      fprintf(f, ", \"slots_model\": %d, \"slots_measured\": %d,\n       \"eager\": ", x->spec->slots,
-              x->slots_measured);
+      fprintf(f, ", \"state_floats_model\": %.0f, \"state_floats_measured\": %.0f, \"newton_schulz_flops\": %.0f,"
+              "\n       \"eager\": ", x->state_floats_model, x->state_floats_measured, x->newton_schulz_flops);
       json_timing(f, &x->eager_ms, x->bytes_per_step, copy_gbps);
       fputs(",\n       \"eager_host_us\": ", f);
       json_stats(f, &x->eager_host_us);
@@ -1022,7 +1086,8 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: cuoptim-bench [options]\n"
           "  --optimizer LIST   sgd, sgd_momentum, rmsprop, adagrad, adadelta, adam, adamw, adamax, nadam,\n"
-          "                     lion, lamb, ftrl, adam_amsgrad (not in all), or all; comma-separated (all)\n"
+          "                     lion, lamb, ftrl, adam_amsgrad (not in all), schedule_free_adamw, adafactor\n"
+          "                     (not in all), muon (not in all), or all; comma-separated (all)\n"
           "  --mix LIST         big, transformer, many, or all; comma-separated (all)\n"
           "  --steps N          timed steps and timed graph replays (30; 20 with --quick)\n"
           "  --warmup N         eager warm-up steps (5; 2 with --quick)\n"

@@ -18,6 +18,7 @@
  * reads both JSON files and prints the ratios.
  */
 #define _GNU_SOURCE
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
@@ -32,7 +33,8 @@ typedef struct {
   const char *name;
   cuoptimOptimizerKind_t kind;
   int bytes; /* PERF.md byte model, float32, per parameter */
-  int variant; /* 0 plain, 1 sgd momentum, 2 amsgrad, 3 global_clipnorm, 4 bf16 params and grads */
+  int variant; /* 0 plain, 1 sgd momentum, 2 amsgrad, 3 global_clipnorm, 4 bf16 params and grads,
+                 5 square matrices (each tensor registered as side x side: Adafactor factors it) */
 } Optimizer;
 
 static const Optimizer optimizers[] = {
@@ -44,6 +46,9 @@ static const Optimizer optimizers[] = {
     {"lamb", CUOPTIM_LAMB, 40, 0},         {"ftrl", CUOPTIM_FTRL, 28, 0},
     {"adam_amsgrad", CUOPTIM_ADAM, 36, 2}, {"adam_gclip", CUOPTIM_ADAM, 32, 3},
     {"adam_bf16", CUOPTIM_ADAM, 28, 4},
+    {"schedule_free_adamw", CUOPTIM_SCHEDULE_FREE_ADAMW, 28, 0},
+    /* w, g read; w and the full velocity written; r and c (2 side floats) not counted */
+    {"adafactor", CUOPTIM_ADAFACTOR, 16, 5},
 };
 #define NUM_OPTIMIZERS ((int)(sizeof optimizers / sizeof optimizers[0]))
 
@@ -224,7 +229,11 @@ static Row run(const Optimizer *o, const Mix *mix, int threads, int steps, int w
     fill(p, bf16, mix->elements, (uint64_t)k << 32, 0.01f, 0.1f);
     fill(g, bf16, mix->elements, ((uint64_t)k << 32) ^ 0x9e3779b97f4a7c15ull, 1e-3f, 1e-2f);
     cuoptimVariable_t v;
-    if (cuoptimAddVariable(opt, name, p, dtype, mix->elements, &v)) die("cuoptimAddVariable");
+    int64_t side = (int64_t)sqrt((double)mix->elements), square[2] = {side, side};
+    if (o->variant == 5 && (size_t)(side * side) != mix->elements) die("a mix of tensors that are not square");
+    if (o->variant == 5 ? cuoptimAddVariableWithShape(opt, name, p, dtype, 2, square, &v)
+                        : cuoptimAddVariable(opt, name, p, dtype, mix->elements, &v))
+      die("cuoptimAddVariable");
     grads[k] = (cuoptimGradient_t){v, g, dtype};
   }
   double *times = calloc((size_t)steps, sizeof *times);
@@ -283,7 +292,8 @@ static void usage(FILE *f) {
           "                          [--warmup N] [--quick] [--json OUT.json]\n"
           "  --threads LIST    comma-separated counts and/or \"all\" (the library's default) [1,all]\n"
           "  --optimizer LIST  sgd sgd_momentum rmsprop adagrad adadelta adam adamw adamax nadam lion\n"
-          "                    lamb ftrl adam_amsgrad adam_gclip adam_bf16, or all [all]\n"
+          "                    lamb ftrl adam_amsgrad adam_gclip adam_bf16 schedule_free_adamw adafactor,\n"
+          "                    or all [all]\n"
           "  --mix LIST        big (2^24), many (10000 x 4096), cached (2^18), or all [all]\n"
           "  --steps N         timed steps (20), --warmup N untimed steps before them (3)\n"
           "  --quick           tiny sizes and 3 steps: a smoke test, not a measurement\n");
@@ -375,7 +385,7 @@ int main(int argc, char **argv) {
   int num_rows = 0;
   for (int c = 0; c < num_counts; c++) {
     printf("\nthreads %s%d%s\n", counts[c] ? "" : "all (", counts[c] ? counts[c] : cpus, counts[c] ? "" : ")");
-    printf("%-13s %-7s %11s %4s | %9s %9s %9s | %7s %6s | %8s %9s\n", "optimizer", "mix", "params", "B/p",
+    printf("%-19s %-7s %11s %4s | %9s %9s %9s | %7s %6s | %8s %9s\n", "optimizer", "mix", "params", "B/p",
            "median ms", "min", "max", "GB/s", "%copy", "ns/param", "many/big");
     for (int m = 0; m < NUM_MIXES; m++) {
       if (!in_list(mix_list, mixes[m].name)) continue;
@@ -387,7 +397,7 @@ int main(int argc, char **argv) {
           if (strcmp(mixes[m].name, "many") == 0 && strcmp(rows[j].mix, "big") == 0 &&
               strcmp(rows[j].optimizer, r.optimizer) == 0 && rows[j].threads == r.threads)
             r.many_over_big = r.per_param_ns / rows[j].per_param_ns;
-        printf("%-13s %-7s %11zu %4d | %9.3f %9.3f %9.3f | %7.2f %5.1f%% | %8.3f", r.optimizer, r.mix, r.params,
+        printf("%-19s %-7s %11zu %4d | %9.3f %9.3f %9.3f | %7.2f %5.1f%% | %8.3f", r.optimizer, r.mix, r.params,
                r.bytes, r.ms.median, r.ms.min, r.ms.max, r.gbs, r.pct_copy, r.per_param_ns);
         if (r.many_over_big > 0)
           printf(" %9.2f\n", r.many_over_big);
