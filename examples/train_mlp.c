@@ -620,10 +620,14 @@ static int register_variables(trainer_t *t) {
       char layer[32] = "dense";
       if (l) snprintf(layer, sizeof layer, "dense_%d", l);
       snprintf(name, sizeof name, "%s/%s", layer, which ? "bias" : "kernel");
-      size_t count = which ? mlp_bias_count(&t->shape, l) : mlp_kernel_count(&t->shape, l);
+      /* Keras's shapes: a Dense kernel is [inputs, outputs], its bias [outputs]; the optimizers
+       * that treat a variable by its shape (Adafactor, Muon) see the kernels as matrices. */
+      int64_t dims[2] = {t->shape.sizes[l], t->shape.sizes[l + 1]};
+      int rank = which ? 1 : 2;
+      if (which) dims[0] = (int64_t)mlp_bias_count(&t->shape, l);
       cuoptimVariable_t v;
-      if (cuoptimAddVariable(t->optimizer, name, t->backend->param(t->model, l, which), t->options.dtype, count, &v) !=
-          CUOPTIM_STATUS_SUCCESS)
+      if (cuoptimAddVariableWithShape(t->optimizer, name, t->backend->param(t->model, l, which), t->options.dtype,
+                                      rank, dims, &v) != CUOPTIM_STATUS_SUCCESS)
         return mlp_fail("%s", cuoptimGetLastErrorMessage());
       cuoptimGradient_t g = {v, t->backend->grad(t->model, l, which), t->options.dtype};
       t->grads[t->num_grads++] = g;

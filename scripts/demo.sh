@@ -73,6 +73,9 @@ runs=(
   "Lion       0.001  0.001  "
   "Lamb       0.003  0.001  "
   "Ftrl       0.05   0.001  --set initial_accumulator_value=1e-5"
+  "ScheduleFreeAdamW 0.003 0.001 "
+  "Adafactor  0.1    0.001  "
+  "Muon       0.01   0.001  "
 )
 # Ftrl computes each weight from its accumulators; with Keras's initial_accumulator_value of 0.1
 # the first steps set every weight near 0, which leaves a ReLU network without a gradient.
@@ -99,7 +102,7 @@ for run in "${runs[@]}"; do
   [ "$lr" != "$keras_lr" ] && shown_lr="$lr (Keras $keras_lr)"
   echo "$name,$name lr $lr" >> "$out/data/mlp/labels.csv"
   results+=("$name|$shown_lr|$(field loss)|$(field test_loss)|$(field test_accuracy)|$(field ms_per_step)|$(field device)|${extra//--set /}")
-  printf '  %-9s test accuracy %5.1f%%  (%s s so far)\n' "$name" \
+  printf '  %-17s test accuracy %5.1f%%  (%s s so far)\n' "$name" \
     "$(awk -v a="$(field test_accuracy)" 'BEGIN { print 100 * a }')" "$(elapsed)"
 done
 
@@ -139,12 +142,12 @@ pictures=$("$venv/bin/python" scripts/plot_demo.py "$out/data" "$out")
 
 echo
 echo "MLP 2-64-64-5 on 5 interleaved spirals (4000 training, 1000 held-out points), $epochs epochs, batch 32:"
-printf '%-9s  %-20s  %10s  %9s  %13s  %13s  %-6s  %s\n' optimizer "learning rate" "final loss" "test loss" \
+printf '%-17s  %-20s  %10s  %9s  %13s  %13s  %-6s  %s\n' optimizer "learning rate" "final loss" "test loss" \
   "test accuracy" "time per step" device "other settings"
 failed=()
 for r in "${results[@]}"; do
   IFS='|' read -r name lr loss test_loss accuracy ms dev other <<< "$r"
-  printf '%-9s  %-20s  %10.4f  %9.4f  %12.1f%%  %10.3f ms  %-6s  %s\n' "$name" "$lr" "$loss" "$test_loss" \
+  printf '%-17s  %-20s  %10.4f  %9.4f  %12.1f%%  %10.3f ms  %-6s  %s\n' "$name" "$lr" "$loss" "$test_loss" \
     "$(awk -v a="$accuracy" 'BEGIN { print 100 * a }')" "$ms" "$dev" "$other" | sed 's/ *$//'
   awk -v a="$accuracy" 'BEGIN { exit !(a < 0.5) }' && failed+=("$name")
 done

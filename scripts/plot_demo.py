@@ -20,14 +20,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-# Twelve colours told apart at a glance (tab10 plus two), the same optimizer the same colour in
+# Fifteen colours told apart at a glance (tab10 plus five), the same optimizer the same colour in
 # every picture; line styles separate the families further.
 COLOURS = {
     "SGD": "#1f77b4", "SGD+momentum": "#17becf", "RMSprop": "#ff7f0e", "Adagrad": "#2ca02c",
     "Adadelta": "#98df8a", "Adam": "#d62728", "AdamW": "#9467bd", "Adamax": "#8c564b",
     "Nadam": "#e377c2", "Lion": "#7f7f7f", "Lamb": "#bcbd22", "Ftrl": "#000000",
+    "ScheduleFreeAdamW": "#ff9896", "Adafactor": "#aec7e8", "Muon": "#c5b0d5",
 }
-STYLES = {"SGD": "-", "SGD+momentum": "--", "Adagrad": "-.", "Adadelta": ":", "Ftrl": "-."}
+STYLES = {"SGD": "-", "SGD+momentum": "--", "Adagrad": "-.", "Adadelta": ":", "Ftrl": "-.",
+          "ScheduleFreeAdamW": "--", "Adafactor": "--", "Muon": ":"}
 
 
 def read_rows(path):
