@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "multi.h"
 
 #define DEFAULT_BUCKET_BYTES ((size_t)25 << 20)
 #define TABLE_MAGIC 0x63756f7074696d31ull /* "cuoptim1": a rank that is not cuoptim's fails it */
@@ -62,20 +63,10 @@ static void set_world_scale(cuoptimOptimizer_t opt) {
   opt->prologue.rule.inv_world = mean ? (float)(1.0 / (double)c->world) : 1.0f;
 }
 
-cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t opt, const void *communicator,
-                                       const cuoptimCommOptions_t *options) {
-  static const char *caller = "cuoptimSetCommunicator";
-  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
-  if (opt->built)
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
-                         "%s: the optimizer state is built: set the communicator before the first step or state access",
-                         caller);
-  if (!communicator) {
-    cuoptim_comm_release(opt);
-    set_world_scale(opt);
-    return CUOPTIM_STATUS_SUCCESS;
-  }
-  CUOPTIM_REQUIRE_NOT_NULL(caller, options);
+/* Checks `options` for `opt` and attaches `communicator` into a new cuoptimComm (*out); changes
+ * nothing of `opt`'s own (install_comm does). */
+static cuoptimStatus_t attach_comm(cuoptimOptimizer_t opt, const void *communicator,
+                                   const cuoptimCommOptions_t *options, const char *caller, cuoptimComm **out) {
   CUOPTIM_CHECK(validate_options(options, caller));
   if (options->shard_state && opt->config.kind == CUOPTIM_ADAFACTOR)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
@@ -103,20 +94,79 @@ cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t opt, const void *commu
     free(comm);
     return status;
   }
-  cuoptim_comm_release(opt); /* the new one replaces the old, once it is attached */
+  *out = comm;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* `comm` (attached, or NULL: none) replaces `opt`'s communicator. */
+static void install_comm(cuoptimOptimizer_t opt, cuoptimComm *comm) {
+  cuoptim_comm_release(opt);
   opt->comm = comm;
   set_world_scale(opt);
+}
+
+/* A MultiOptimizer's communicator is its sub-optimizers': each attaches `communicator` (a
+ * duplicate of its own on MPI), in their order, on every rank alike; they are installed only once
+ * all are attached, so a failure leaves every sub-optimizer as it was. The error names the
+ * sub-optimizer that failed. */
+static cuoptimStatus_t set_multi_communicator(cuoptimOptimizer_t opt, const void *communicator,
+                                              const cuoptimCommOptions_t *options, const char *caller) {
+  struct cuoptimMulti *m = opt->multi;
+  int built = m->built;
+  for (int k = 0; k < m->num_optimizers; k++) built |= m->optimizers[k]->built;
+  if (built)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: the optimizer state is built: set the communicator before the first step or state access",
+                         caller);
+  if (!communicator) {
+    for (int k = 0; k < m->num_optimizers; k++) install_comm(m->optimizers[k], NULL);
+    return CUOPTIM_STATUS_SUCCESS;
+  }
+  CUOPTIM_REQUIRE_NOT_NULL(caller, options);
+  cuoptimComm **attached = calloc((size_t)m->num_optimizers, sizeof *attached);
+  if (!attached) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  int k = 0;
+  for (; k < m->num_optimizers && status == CUOPTIM_STATUS_SUCCESS; k++)
+    status = attach_comm(m->optimizers[k], communicator, options, caller, &attached[k]);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    char why[1024];
+    snprintf(why, sizeof why, "%s", cuoptimGetLastErrorMessage());
+    for (int j = 0; j < k - 1; j++) {
+      attached[j]->ops->detach(m->optimizers[j], attached[j]);
+      free(attached[j]);
+    }
+    free(attached);
+    return cuoptim_error(status, "%s (sub-optimizer %d, %s)", why, k - 1,
+                         cuoptimOptimizerName(m->optimizers[k - 1]->config.kind));
+  }
+  for (k = 0; k < m->num_optimizers; k++) install_comm(m->optimizers[k], attached[k]);
+  free(attached);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t opt, const void *communicator,
+                                       const cuoptimCommOptions_t *options) {
+  static const char *caller = "cuoptimSetCommunicator";
+  if (opt && opt->multi) return set_multi_communicator(opt, communicator, options, caller);
+  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  if (opt->built)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: the optimizer state is built: set the communicator before the first step or state access",
+                         caller);
+  if (!communicator) {
+    install_comm(opt, NULL);
+    return CUOPTIM_STATUS_SUCCESS;
+  }
+  CUOPTIM_REQUIRE_NOT_NULL(caller, options);
+  cuoptimComm *comm = NULL;
+  CUOPTIM_CHECK(attach_comm(opt, communicator, options, caller, &comm));
+  install_comm(opt, comm); /* the new one replaces the old, once it is attached */
   return CUOPTIM_STATUS_SUCCESS;
 }
 
 cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t opt, int *rank, int *world) {
-  if (opt && opt->multi) {
-    CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetRank", rank);
-    CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetRank", world);
-    *rank = 0;
-    *world = 1;
-    return CUOPTIM_STATUS_SUCCESS;
-  }
+  if (opt && opt->multi) return cuoptimGetRank(opt->multi->optimizers[0], rank, world); /* all attach alike */
   CUOPTIM_REQUIRE_OPTIMIZER("cuoptimGetRank", opt);
   CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetRank", rank);
   CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetRank", world);

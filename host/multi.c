@@ -37,7 +37,6 @@ static const refusal REFUSALS[] = {
                          "or write its Keras JSON (cuoptimToKerasJSON)"},
     {"cuoptimExcludeFromWeightDecay", "exclusions belong to a sub-optimizer: call it on cuoptimGetSubOptimizer's "
                                       "handle before the first step"},
-    {"cuoptimSetCommunicator", "data-parallel training of a MultiOptimizer is not supported"},
     {"cuoptimSave", "checkpoints of a MultiOptimizer are not supported"},
     {"cuoptimLoad", "checkpoints of a MultiOptimizer are not supported"},
     {"cuoptimScheduleFreeAveragedWeights", "ask the ScheduleFreeAdamW sub-optimizer (cuoptimGetSubOptimizer) with "

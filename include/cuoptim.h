@@ -992,14 +992,25 @@ CUOPTIM_API cuoptimStatus_t cuoptimLoad(cuoptimOptimizer_t optimizer, const char
  *                                   tells them apart). A sub-optimizer without variables lists
  *                                   its iteration and learning_rate only.
  *   cuoptimFinalizeVariableValues   each sub-optimizer's (EMA ones overwrite their variables).
- *   cuoptimSynchronize(Timeout), cuoptimGetStateBytes, cuoptimGetRank (0 of 1)   over all.
+ *   cuoptimSetCommunicator          data-parallel training: every sub-optimizer attaches the
+ *                                   communicator with the same options (each its own duplicate of
+ *                                   an MPI communicator), so each one's gradients are reduced in
+ *                                   its own step, as a plain optimizer's. All or none: on failure
+ *                                   every sub-optimizer keeps what it had, and the message names the
+ *                                   sub-optimizer that failed (options->shard_state with a Muon or
+ *                                   Adafactor sub-optimizer is refused). Every rank must give, in
+ *                                   each step, gradients for the same variables, so that the same
+ *                                   sub-optimizers step on every rank (a sub-optimizer that one
+ *                                   rank steps and another does not waits for it, up to
+ *                                   options->timeout_seconds on the host backend).
+ *   cuoptimGetRank                  the sub-optimizers' rank and world.
+ *   cuoptimSynchronize(Timeout), cuoptimGetStateBytes   over all.
  *   cuoptimToKerasJSON              the MultiOptimizer's Keras JSON.
  *   cuoptimDestroy                  the MultiOptimizer and its sub-optimizers.
  * Refused with NOT_SUPPORTED and a message: cuoptimGetConfig (there is no single config: use
  * cuoptimGetSubOptimizer), cuoptimGetLearningRate and cuoptimSetLearningRate (as Keras raises
  * AttributeError: use the sub-optimizers'), cuoptimGetLossScale, cuoptimExcludeFromWeightDecay
- * (call it on a sub-optimizer, before the first step), cuoptimSetCommunicator (data-parallel
- * training of a MultiOptimizer is not supported), the gradient arena calls, cuoptimSave,
+ * (call it on a sub-optimizer, before the first step), the gradient arena calls, cuoptimSave,
  * cuoptimLoad and cuoptimScheduleFreeAveragedWeights (ask the sub-optimizer, with the variable's
  * index there from cuoptimGetVariableOptimizer).
  *

@@ -688,7 +688,9 @@ Test(multi, to_keras_json_and_sub_optimizer_calls_reject_bad_input) {
   expect_error(cuoptimSave(opt, "/tmp/x"), CUOPTIM_STATUS_NOT_SUPPORTED, "checkpoints");
   cuoptimCommOptions_t options;
   OK(cuoptimCommOptionsInit(&options));
-  expect_error(cuoptimSetCommunicator(opt, NULL, &options), CUOPTIM_STATUS_NOT_SUPPORTED, "data-parallel");
+  int not_a_communicator = 0;
+  expect_error(cuoptimSetCommunicator(opt, &not_a_communicator, NULL), CUOPTIM_STATUS_NULL_POINTER, "options");
+  OK(cuoptimSetCommunicator(opt, NULL, &options)); /* none: every sub-optimizer detached */
   expect_error(cuoptimEnableGradientArena(opt), CUOPTIM_STATUS_NOT_SUPPORTED, "cuoptimEnableGradientArena");
   float scale = 0;
   expect_error(cuoptimGetLossScale(opt, &scale), CUOPTIM_STATUS_NOT_SUPPORTED, "cuoptimGetLossScale");
@@ -712,6 +714,7 @@ Test(multi, to_keras_json_and_sub_optimizer_calls_reject_bad_input) {
   cr_expect(w[0] == 1.0f);
   OK(cuoptimApplyGradients(opt, 1, twice, NULL));
   cr_expect_eq(iterations_of(opt), 1);
+  expect_error(cuoptimSetCommunicator(opt, NULL, &options), CUOPTIM_STATUS_INVALID_STATE, "state is built");
   int rank = -1, world = -1;
   OK(cuoptimGetRank(opt, &rank, &world));
   cr_expect(rank == 0 && world == 1);

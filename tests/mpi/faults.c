@@ -53,6 +53,13 @@
  *                                                for bit, reading an accumulator mid-cycle gives
  *                                                the ranks' sum, cuoptimSave waits for the cycle's
  *                                                end, and a written accumulator holds
+ *   multi                                        not a fault: a MultiOptimizer (Adam for
+ *                                                "dense/kernel", SGD with momentum for the rest)
+ *                                                attached to the world, unsharded and sharded,
+ *                                                steps bit for bit as its two optimizers attached
+ *                                                on their own, every rank alike; with a Muon
+ *                                                sub-optimizer shard_state is refused, naming it,
+ *                                                and nothing is attached
  * Options: --timeout S (default 0: wait forever).
  */
 #include <math.h>
@@ -615,6 +622,144 @@ static int sharded_checkpoint(void) {
   return same ? 0 : 1;
 }
 
+/* ---- multi: a MultiOptimizer over the world ----------------------------------------------- */
+
+typedef struct {
+  cuoptimOptimizer_t opt;
+  float params[NUM_VARS][MAX_COUNT];
+} multi_rig_t;
+
+static void multi_configs(cuoptimConfig_t configs[2], cuoptimOptimizerKind_t first) {
+  must("cuoptimConfigInit", cuoptimConfigInit(&configs[0], first));
+  must("cuoptimConfigInit", cuoptimConfigInit(&configs[1], CUOPTIM_SGD));
+  configs[1].momentum = 0.5;
+}
+
+static void attach(cuoptimOptimizer_t opt, int shard) {
+  cuoptimCommOptions_t options;
+  must("cuoptimCommOptionsInit", cuoptimCommOptionsInit(&options));
+  options.timeout_seconds = timeout_seconds;
+  options.shard_state = shard;
+  MPI_Comm comm = MPI_COMM_WORLD;
+  must("cuoptimSetCommunicator", cuoptimSetCommunicator(opt, &comm, &options));
+}
+
+static void multi_params(float params[NUM_VARS][MAX_COUNT]) {
+  for (int v = 0; v < NUM_VARS; v++)
+    for (int i = 0; i < MAX_COUNT; i++) params[v][i] = 0.25f * (float)(i + 1) - (float)v;
+}
+
+/* Gradients that differ between the ranks, steps and variables. */
+static float multi_grad(int s, int v, int i) { return (float)(rank + 1) * (float)(i + 1) / 8.0f - (float)(s * v) / 4.0f; }
+
+/* The MultiOptimizer: "dense/kernel" to sub-optimizer 0, the rest to the default, 1. */
+static void multi_setup(multi_rig_t *g, cuoptimOptimizerKind_t first) {
+  cuoptimConfig_t configs[2];
+  multi_configs(configs, first);
+  cuoptimMultiConfig_t multi;
+  must("cuoptimMultiConfigInit", cuoptimMultiConfigInit(&multi));
+  static const char *const patterns[] = {"dense/kernel"};
+  static const int pattern_optimizer[] = {0};
+  multi.num_optimizers = 2;
+  multi.optimizers = configs;
+  multi.num_patterns = 1;
+  multi.patterns = patterns;
+  multi.pattern_optimizer = pattern_optimizer;
+  multi.default_optimizer = 1;
+  must("cuoptimCreateMulti", cuoptimCreateMulti(&g->opt, &multi, CUOPTIM_BACKEND_HOST, 0));
+  multi_params(g->params);
+  for (int v = 0; v < NUM_VARS; v++) {
+    cuoptimVariable_t handle;
+    must("cuoptimAddVariable", cuoptimAddVariable(g->opt, names[v], g->params[v], CUOPTIM_FLOAT32, counts[v], &handle));
+  }
+}
+
+/* Steps 1..3 of the MultiOptimizer, and of its two optimizers on their own (each attached to
+ * the world) on a copy of the same parameters; 1 when they are the same bit for bit. */
+static int multi_matches_parts(int shard) {
+  multi_rig_t m;
+  multi_setup(&m, CUOPTIM_ADAM);
+  attach(m.opt, shard);
+  int r = -1, n = -1;
+  must("cuoptimGetRank", cuoptimGetRank(m.opt, &r, &n));
+  int ranked = r == rank && n == world;
+  cuoptimConfig_t configs[2];
+  multi_configs(configs, CUOPTIM_ADAM);
+  cuoptimOptimizer_t parts[2];
+  float params[NUM_VARS][MAX_COUNT];
+  multi_params(params);
+  cuoptimVariable_t handles[NUM_VARS];
+  for (int k = 0; k < 2; k++) {
+    must("cuoptimCreate", cuoptimCreate(&parts[k], &configs[k], CUOPTIM_BACKEND_HOST, 0));
+    for (int v = 0; v < NUM_VARS; v++)
+      if ((v == 0) == (k == 0))
+        must("cuoptimAddVariable",
+             cuoptimAddVariable(parts[k], names[v], params[v], CUOPTIM_FLOAT32, counts[v], &handles[v]));
+    attach(parts[k], shard);
+  }
+  static float grads[NUM_VARS][MAX_COUNT];
+  for (int s = 1; s <= 3; s++) {
+    cuoptimGradient_t all[NUM_VARS], rest[NUM_VARS - 1];
+    for (int v = 0; v < NUM_VARS; v++) {
+      for (int i = 0; i < MAX_COUNT; i++) grads[v][i] = multi_grad(s, v, i);
+      all[v] = (cuoptimGradient_t){(cuoptimVariable_t)v, grads[v], CUOPTIM_FLOAT32};
+      if (v > 0) rest[v - 1] = (cuoptimGradient_t){handles[v], grads[v], CUOPTIM_FLOAT32};
+    }
+    must("cuoptimApplyGradients (multi)", cuoptimApplyGradients(m.opt, NUM_VARS, all, NULL));
+    /* The aggregate left the ranks' sums in the gradient buffers: the same gradients again. */
+    for (int v = 0; v < NUM_VARS; v++)
+      for (int i = 0; i < MAX_COUNT; i++) grads[v][i] = multi_grad(s, v, i);
+    cuoptimGradient_t kernel = {handles[0], grads[0], CUOPTIM_FLOAT32};
+    must("cuoptimApplyGradients (Adam)", cuoptimApplyGradients(parts[0], 1, &kernel, NULL));
+    must("cuoptimApplyGradients (SGD)", cuoptimApplyGradients(parts[1], NUM_VARS - 1, rest, NULL));
+  }
+  /* The MultiOptimizer's state: its own two entries, then each sub-optimizer's. */
+  static double whole[4096], a[4096], b[4096];
+  size_t n_whole = 0, n_a = 0, n_b = 0;
+  state_of(m.opt, whole, 4096, &n_whole);
+  state_of(parts[0], a, 4096, &n_a);
+  state_of(parts[1], b, 4096, &n_b);
+  int same_state = n_whole == 2 + n_a + n_b && memcmp(whole + 2, a, n_a * sizeof *a) == 0 &&
+                   memcmp(whole + 2 + n_a, b, n_b * sizeof *b) == 0;
+  int same_params = memcmp(m.params, params, sizeof params) == 0;
+  /* Every rank holds rank 0's parameters (the gradients, which differ, were reduced). */
+  float first[NUM_VARS][MAX_COUNT];
+  memcpy(first, m.params, sizeof first);
+  MPI_Bcast(first, NUM_VARS * MAX_COUNT, MPI_FLOAT, 0, MPI_COMM_WORLD);
+  int alike = memcmp(first, m.params, sizeof first) == 0;
+  printf("rank %d: multi%s: rank %d of %d, parameters %s, state %s, ranks %s\n", rank, shard ? " sharded" : "", r, n,
+         same_params ? "the same" : "DIFFER", same_state ? "the same" : "DIFFERS", alike ? "alike" : "DIFFER");
+  fflush(stdout);
+  for (int k = 0; k < 2; k++) cuoptimDestroy(parts[k]);
+  cuoptimDestroy(m.opt);
+  return ranked && same_params && same_state && alike;
+}
+
+/* shard_state with a Muon sub-optimizer: refused naming it, nothing attached (rank 0 of 1). */
+static int multi_refuses_sharded_muon(void) {
+  multi_rig_t m;
+  multi_setup(&m, CUOPTIM_MUON);
+  cuoptimCommOptions_t options;
+  must("cuoptimCommOptionsInit", cuoptimCommOptionsInit(&options));
+  options.shard_state = 1;
+  MPI_Comm comm = MPI_COMM_WORLD;
+  cuoptimStatus_t status = show("cuoptimSetCommunicator (Muon, sharded)", cuoptimSetCommunicator(m.opt, &comm, &options));
+  int named = strstr(cuoptimGetLastErrorMessage(), "sub-optimizer 0, Muon") != NULL;
+  int r = -1, n = -1;
+  must("cuoptimGetRank", cuoptimGetRank(m.opt, &r, &n));
+  cuoptimDestroy(m.opt);
+  return status == CUOPTIM_STATUS_INVALID_VALUE && named && r == 0 && n == 1;
+}
+
+static int multi(void) {
+  int ok = multi_matches_parts(0);
+  ok &= multi_matches_parts(1);
+  ok &= multi_refuses_sharded_muon();
+  printf("rank %d: multi: %s\n", rank, ok ? "passed" : "FAILED");
+  fflush(stdout);
+  return ok ? 0 : 1;
+}
+
 static int huge_gradient(void) {
   int failed = huge_gradient_in((size_t)25 << 20); /* one bucket */
   return huge_gradient_in(16) | failed;           /* the small gradient fills a bucket of its own */
@@ -637,6 +782,8 @@ int main(int argc, char **argv) {
     status = huge_gradient();
   } else if (is("local_accumulation")) {
     status = local_accumulation();
+  } else if (is("multi")) {
+    status = multi();
   } else if (is("state_fails") || is("bad_first_gradient")) {
     rig_t g;
     setup(&g, 1);

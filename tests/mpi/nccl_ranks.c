@@ -16,6 +16,8 @@
  *     gradient buffers (which receive the sums) gathered to rank 0 must be identical bytes;
  *   - a step captured in a CUDA graph (its all-reduce included) and replayed gives the bytes of
  *     eager steps;
+ *   - a MultiOptimizer attached to the world (each sub-optimizer reducing its own gradients),
+ *     unsharded and sharded, against a host MultiOptimizer given the reduced gradients;
  *   - ranks that register different variables, or pass different options, get INVALID_VALUE at
  *     the first step on every rank, and nothing changes.
  * Variables of 1, 2, 3, 5, 97, 1000 and 4099 elements: smaller than N (only a tail), not
@@ -284,15 +286,11 @@ static void from_backend(cuoptimBackend_t backend, void *dst, const void *src, s
     memcpy(dst, src, bytes);
 }
 
-/* `sizes` may differ from SIZES (the table mismatch check). */
-static void make_side(side_t *s, const cuoptimConfig_t *config, cuoptimBackend_t backend, cuoptimDtype_t param_dtype,
-                      cuoptimDtype_t grad_dtype, const size_t *sizes, int device) {
-  memset(s, 0, sizeof *s);
-  s->backend = backend;
-  s->param_dtype = param_dtype;
-  s->grad_dtype = grad_dtype;
-  OK(cuoptimCreate(&s->opt, config, backend, backend == CUOPTIM_BACKEND_CUDA ? device : 0));
-  OK(cuoptimExcludeFromWeightDecay(s->opt, "bias$"));
+/* The variables of s->opt (created): parameters on s->backend, gradient buffers beside them.
+ * `sizes` may differ from SIZES (the table mismatch check). */
+static void add_variables(side_t *s, const size_t *sizes) {
+  cuoptimDtype_t param_dtype = s->param_dtype;
+  cuoptimBackend_t backend = s->backend;
   for (int k = 0; k < NUM_VARS; k++) {
     size_t pbytes = sizes[k] * dtype_bytes(param_dtype);
     unsigned char *image = malloc(pbytes);
@@ -305,6 +303,38 @@ static void make_side(side_t *s, const cuoptimConfig_t *config, cuoptimBackend_t
     cuoptimVariable_t v;
     OK(cuoptimAddVariable(s->opt, NAMES[k], s->params[k], param_dtype, sizes[k], &v));
   }
+}
+
+static void make_side(side_t *s, const cuoptimConfig_t *config, cuoptimBackend_t backend, cuoptimDtype_t param_dtype,
+                      cuoptimDtype_t grad_dtype, const size_t *sizes, int device) {
+  memset(s, 0, sizeof *s);
+  s->backend = backend;
+  s->param_dtype = param_dtype;
+  s->grad_dtype = grad_dtype;
+  OK(cuoptimCreate(&s->opt, config, backend, backend == CUOPTIM_BACKEND_CUDA ? device : 0));
+  OK(cuoptimExcludeFromWeightDecay(s->opt, "bias$"));
+  add_variables(s, sizes);
+}
+
+/* A MultiOptimizer side: configs[0] for "dense/kernel", configs[1] (the default) for the rest. */
+static void make_multi_side(side_t *s, const cuoptimConfig_t configs[2], cuoptimBackend_t backend,
+                            cuoptimDtype_t grad_dtype, int device) {
+  memset(s, 0, sizeof *s);
+  s->backend = backend;
+  s->param_dtype = CUOPTIM_FLOAT32;
+  s->grad_dtype = grad_dtype;
+  static const char *const patterns[] = {"dense/kernel"};
+  static const int pattern_optimizer[] = {0};
+  cuoptimMultiConfig_t multi;
+  OK(cuoptimMultiConfigInit(&multi));
+  multi.num_optimizers = 2;
+  multi.optimizers = configs;
+  multi.num_patterns = 1;
+  multi.patterns = patterns;
+  multi.pattern_optimizer = pattern_optimizer;
+  multi.default_optimizer = 1;
+  OK(cuoptimCreateMulti(&s->opt, &multi, backend, backend == CUOPTIM_BACKEND_CUDA ? device : 0));
+  add_variables(s, SIZES);
 }
 
 static void free_side(side_t *s) {
@@ -554,6 +584,37 @@ static void run_scenario(const scenario_t *sc) {
   free(observed.bytes);
   free(staging);
   for (int i = 0; i < 2; i++) CUDA(cudaStreamDestroy(streams[i]));
+  free_side(&cuda);
+  free_side(&ref);
+}
+
+/* A MultiOptimizer on the CUDA backend attached to the world: each sub-optimizer reduces its own
+ * gradients; against a host MultiOptimizer stepped with the reduced gradients, and across ranks. */
+static void run_multi_scenario(const scenario_t *sc, const cuoptimConfig_t configs[2]) {
+  side_t cuda, ref;
+  make_multi_side(&cuda, configs, CUOPTIM_BACKEND_CUDA, sc->grad_dtype, device);
+  make_multi_side(&ref, configs, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT32, device);
+  set_communicator(sc, cuda.opt);
+  cudaStream_t stream;
+  CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  unsigned char *staging = malloc(staging_bytes());
+  if (!staging) fatal("malloc", "out of memory");
+  blob_t observed = {0};
+  cuoptimGradient_t list[NUM_VARS];
+  for (int step = 0; step < sc->steps; step++) {
+    upload_rank_gradients(sc, &cuda, step, staging, stream);
+    OK(cuoptimApplyGradients(cuda.opt, gradient_list(sc, &cuda, step, list), list, stream));
+    CUDA(cudaStreamSynchronize(stream));
+    if (!sc->shard) check_summed_gradients(sc, &cuda, step, &observed);
+    upload_reference_gradients(sc, &ref, step);
+    OK(cuoptimApplyGradients(ref.opt, gradient_list(sc, &ref, step, list), list, NULL));
+  }
+  compare_with_reference(sc, &cuda, &ref);
+  observe(&cuda, 0, &observed);
+  compare_across_ranks(sc->label, &observed);
+  free(observed.bytes);
+  free(staging);
+  CUDA(cudaStreamDestroy(stream));
   free_side(&cuda);
   free_side(&ref);
 }
@@ -1026,6 +1087,17 @@ static void run_all(void) {
   sc.inf_step = 2;
   sc.shard = 1;
   run_arena_scenario(&sc);
+
+  /* A MultiOptimizer: Adam for the kernel, SGD with momentum for the rest; exact gradients, so
+   * the gradient buffers hold known sums and SGD's variables match the reference bit for bit. */
+  cuoptimConfig_t parts[2] = {config_of(CUOPTIM_ADAM, 0.01), sgd};
+  sc = base("MultiOptimizer (Adam, SGD momentum), float32, mean, exact, a NULL gradient in step 1", parts[1]);
+  sc.exact = 1;
+  sc.null_step = 1;
+  run_multi_scenario(&sc, parts);
+  sc.label = "sharded: MultiOptimizer (Adam, SGD momentum), float32, mean, exact, a NULL gradient in step 1";
+  sc.shard = 1;
+  run_multi_scenario(&sc, parts);
 
   if (world > 1) {
     run_mismatch_scenario(1);
