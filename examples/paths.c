@@ -25,7 +25,7 @@
 
 #include <cuoptim.h>
 
-enum { NUM_RUNS = 12, GRID = 121 };
+enum { NUM_RUNS = 15, GRID = 121 };
 
 typedef struct {
   const char *label;
@@ -38,6 +38,8 @@ static const run_t runs[NUM_RUNS] = {
     {"Adagrad", CUOPTIM_ADAGRAD, 0.0}, {"Adadelta", CUOPTIM_ADADELTA, 0.0}, {"Adam", CUOPTIM_ADAM, 0.0},
     {"AdamW", CUOPTIM_ADAMW, 0.0},   {"Adamax", CUOPTIM_ADAMAX, 0.0},    {"Nadam", CUOPTIM_NADAM, 0.0},
     {"Lion", CUOPTIM_LION, 0.0},     {"Lamb", CUOPTIM_LAMB, 0.0},        {"Ftrl", CUOPTIM_FTRL, 0.0},
+    {"ScheduleFreeAdamW", CUOPTIM_SCHEDULE_FREE_ADAMW, 0.0}, {"Adafactor", CUOPTIM_ADAFACTOR, 0.0},
+    {"Muon", CUOPTIM_MUON, 0.0},
 };
 
 typedef struct {
@@ -82,20 +84,22 @@ static void beale_gradient(double x, double y, double *gx, double *gy) {
  * stable for the gradient-proportional ones (SGD), and for the others one whose step is a small
  * fraction of the plotted range (Adam's step is about lr, Lion's exactly lr per coordinate, Lamb's
  * about lr times the norm of (x, y), Adagrad's and Ftrl's shrink as squared gradients add up,
- * Adadelta's starts near sqrt(epsilon) times lr). */
+ * Adadelta's starts near sqrt(epsilon) times lr, Adafactor's is about lr times the RMS of (x, y),
+ * Muon's lr times 0.2 sqrt(2): it sees (x, y) as a 1 x 2 matrix, whose orthogonalized direction
+ * has length about 1). */
 static const problem_t problems[] = {
     {"quadratic", "Ill-conditioned quadratic 0.05 x^2 + 2.5 y^2", quadratic, quadratic_gradient, -4.5, 1.2, 0, 0, -5,
      5, -2, 2, 200,
-     /* SGD  SGD+m  RMSprop Adagrad Adadelta Adam AdamW Adamax Nadam Lion  Lamb  Ftrl */
-     {0.38, 0.02, 0.1, 1.0, 10.0, 0.1, 0.1, 0.1, 0.1, 0.02, 0.03, 1.0}},
+     /* SGD  SGD+m  RMSprop Adagrad Adadelta Adam AdamW Adamax Nadam Lion  Lamb  Ftrl  SF-AdamW Adafactor Muon */
+     {0.38, 0.02, 0.1, 1.0, 10.0, 0.1, 0.1, 0.1, 0.1, 0.02, 0.03, 1.0, 0.1, 0.03, 0.2}},
     {"rosenbrock", "Rosenbrock (1 - x)^2 + 100 (y - x^2)^2", rosenbrock, rosenbrock_gradient, -1.2, 1.0, 1, 1, -2,
      2, -1, 3, 1000,
-     {1e-3, 1e-4, 0.01, 0.3, 5.0, 0.02, 0.02, 0.02, 0.02, 0.005, 0.01, 0.3}},
+     {1e-3, 1e-4, 0.01, 0.3, 5.0, 0.02, 0.02, 0.02, 0.02, 0.005, 0.01, 0.3, 0.02, 0.01, 0.02}},
     {"saddle", "Saddle x^2 + y^4/4 - y^2/2 (minima at y = +-1)", saddle, saddle_gradient, 2.0, 1e-6, 0, 1, -2.5, 2.5,
      -1.5, 1.5, 150,
-     {0.1, 0.01, 0.05, 0.5, 10.0, 0.05, 0.05, 0.05, 0.05, 0.01, 0.02, 0.5}},
+     {0.1, 0.01, 0.05, 0.5, 10.0, 0.05, 0.05, 0.05, 0.05, 0.01, 0.02, 0.5, 0.05, 0.02, 0.1}},
     {"beale", "Beale's function", beale, beale_gradient, 1.0, 1.6, 3, 0.5, -0.5, 4.5, -1.5, 2.0, 300,
-     {1e-3, 2e-4, 0.05, 0.5, 10.0, 0.05, 0.05, 0.05, 0.05, 0.01, 0.01, 0.5}},
+     {1e-3, 2e-4, 0.05, 0.5, 10.0, 0.05, 0.05, 0.05, 0.05, 0.01, 0.01, 0.5, 0.05, 0.02, 0.1}},
 };
 #define NUM_PROBLEMS ((int)(sizeof problems / sizeof problems[0]))
 
@@ -120,7 +124,12 @@ static int run_path(const problem_t *p, int r, int steps, FILE *csv, double *fin
   if (runs[r].kind == CUOPTIM_SGD) config.momentum = runs[r].momentum;
   CHECK(cuoptimCreate(&opt, &config, CUOPTIM_BACKEND_HOST, 0));
   cuoptimVariable_t var;
-  CHECK(cuoptimAddVariable(opt, "xy", xy, CUOPTIM_FLOAT32, 2, &var));
+  /* Muon orthogonalizes matrices only: (x, y) is a 1 x 2 one for it. */
+  const int64_t row[2] = {1, 2};
+  if (runs[r].kind == CUOPTIM_MUON)
+    CHECK(cuoptimAddVariableWithShape(opt, "xy", xy, CUOPTIM_FLOAT32, 2, row, &var));
+  else
+    CHECK(cuoptimAddVariable(opt, "xy", xy, CUOPTIM_FLOAT32, 2, &var));
   for (int step = 0;; step++) {
     fprintf(csv, "%s,%g,%d,%.9g,%.9g,%.9g\n", runs[r].label, lr, step, xy[0], xy[1], p->loss(xy[0], xy[1]));
     if (step == steps) break;
@@ -171,7 +180,7 @@ static int run_problem(const problem_t *p, const char *dir, int steps, int quiet
     double end[2];
     status = run_path(p, r, steps, csv, end);
     if (!status && !quiet)
-      printf("  %-13s lr %-7g final loss %-12.5g distance to the minimum %.4g\n", runs[r].label, p->lr[r], p->loss(end[0], end[1]), hypot(end[0] - p->minimum_x, end[1] - p->minimum_y));
+      printf("  %-17s lr %-7g final loss %-12.5g distance to the minimum %.4g\n", runs[r].label, p->lr[r], p->loss(end[0], end[1]), hypot(end[0] - p->minimum_x, end[1] - p->minimum_y));
   }
   if (fclose(csv) != 0) status = -1;
   return status ? status : write_surface(p, dir);

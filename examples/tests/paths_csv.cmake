@@ -8,7 +8,8 @@ if(NOT rc EQUAL 0)
   message(FATAL_ERROR "paths exited with ${rc}")
 endif()
 set(problems quadratic rosenbrock saddle beale)
-set(optimizers SGD SGD+momentum RMSprop Adagrad Adadelta Adam AdamW Adamax Nadam Lion Lamb Ftrl)
+set(optimizers SGD SGD+momentum RMSprop Adagrad Adadelta Adam AdamW Adamax Nadam Lion Lamb Ftrl ScheduleFreeAdamW
+               Adafactor Muon)
 
 file(STRINGS ${WORK}/functions.csv rows)
 list(GET rows 0 header)
@@ -24,8 +25,8 @@ foreach(problem ${problems})
     message(FATAL_ERROR "${problem}.csv: header '${header}'")
   endif()
   list(LENGTH rows count)
-  if(NOT count EQUAL 373) # 12 optimizers x 31 rows + the header
-    message(FATAL_ERROR "${problem}.csv: ${count} lines, expected 373")
+  if(NOT count EQUAL 466) # 15 optimizers x 31 rows + the header
+    message(FATAL_ERROR "${problem}.csv: ${count} lines, expected 466")
   endif()
   foreach(optimizer ${optimizers})
     string(REPLACE "+" "\\+" pattern "${optimizer}")
