@@ -12,7 +12,14 @@ root=$(pwd)
 build=${1:-build-gpu-bundle}
 out=${2:-${OUT:-$root/gpu-results}}
 mkdir -p "$out"
-export LD_LIBRARY_PATH="$root/$build/lib:${LD_LIBRARY_PATH:-}"
+# The bundle's libraries first; then the CUDA toolkit's (cuBLAS and NCCL are not in the bundle:
+# too large) and those of Python's nvidia-* wheels, where the machine has its CUDA libraries so.
+cuda_libs=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib \
+         $(python3 -c 'import glob, site; print(" ".join(d for p in site.getsitepackages() for d in sorted(glob.glob(p + "/nvidia/*/lib"))))' 2>/dev/null); do
+  [ -d "$d" ] && cuda_libs="$cuda_libs:$d"
+done
+export LD_LIBRARY_PATH="$root/$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}$cuda_libs"
 export CUOPTIM_TEST_DATA="$root/tests/data"
 export CUOPTIM_REPLAY="$root/$build/cuoptim-replay"
 for d in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer; do [ -d "$d" ] && export PATH="$PATH:$d"; done

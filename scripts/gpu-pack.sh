@@ -23,12 +23,13 @@ for bin in "$build"/test_* "$build"/cuoptim-replay "$build"/cuoptim-bench; do
 done
 cp "${binaries[@]}" "$bundle/"
 strip --strip-debug "$bundle"/test_* "$bundle"/cuoptim-* 2>/dev/null || true
-# Libraries outside glibc and the CUDA driver/runtime, which the GPU image already has (NCCL too:
-# it comes with the CUDA install, /usr/local/cuda/lib, and at 200 MB would not fit the bundle).
+# Libraries outside glibc and the CUDA driver/runtime, which the GPU image already has (NCCL and
+# cuBLAS too: they come with the CUDA install, and at 200 MB and more would not fit the bundle;
+# gpu-check.sh looks for them in the toolkit's and Python's nvidia-* directories).
 for bin in "${binaries[@]}"; do
   ldd "$bin" | awk '/=> \// {print $3}'
 done | sort -u |
-  grep -vE '/(libc|libm|libdl|libpthread|librt|libresolv|libutil|libnss_[a-z]*|libgcc_s|libstdc\+\+|ld-linux[^/]*|libcuda|libcudart|libnccl)\.so' |
+  grep -vE '/(libc|libm|libdl|libpthread|librt|libresolv|libutil|libnss_[a-z]*|libgcc_s|libstdc\+\+|ld-linux[^/]*|libcuda|libcudart|libnccl|libcublas|libcublasLt)\.so' |
   while read -r lib; do cp -L "$lib" "$bundle/lib/"; done
 ls "$bundle" "$bundle/lib"
 du -sh "$bundle"
