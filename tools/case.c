@@ -861,9 +861,10 @@ static char *optimizer_text(const char *text, char *error, size_t size) {
 
 /* `text` is the file, `root` what cJSON made of it. */
 /* The case's optimizer: a plain one's config, or a MultiOptimizer, which a scratch host
- * optimizer judges (and says whether any sub-optimizer uses EMA). */
+ * optimizer judges (and says whether any sub-optimizer uses EMA or accumulates gradients). */
 static cuoptimStatus_t load_optimizer(cuoptimCase *c) {
   cuoptimStatus_t st = cuoptimConfigFromKerasJSON(&c->config, c->optimizer_json);
+  if (st == CUOPTIM_STATUS_SUCCESS) c->kinds = 1u << c->config.kind;
   if (st == CUOPTIM_STATUS_SUCCESS || strstr(c->optimizer_json, "\"MultiOptimizer\"") == NULL) return st;
   cuoptimOptimizer_t judge = NULL;
   st = cuoptimCreateFromKerasJSON(&judge, c->optimizer_json, CUOPTIM_BACKEND_HOST, 0);
@@ -876,8 +877,12 @@ static cuoptimStatus_t load_optimizer(cuoptimCase *c) {
     cuoptimOptimizer_t sub = NULL;
     cuoptimConfig_t config;
     if (cuoptimGetSubOptimizer(judge, k, &sub) == CUOPTIM_STATUS_SUCCESS &&
-        cuoptimGetConfig(sub, &config) == CUOPTIM_STATUS_SUCCESS && config.use_ema)
-      c->config.use_ema = 1;
+        cuoptimGetConfig(sub, &config) == CUOPTIM_STATUS_SUCCESS) {
+      c->kinds |= 1u << config.kind;
+      if (config.use_ema) c->config.use_ema = 1;
+      if (config.gradient_accumulation_steps > c->config.gradient_accumulation_steps)
+        c->config.gradient_accumulation_steps = config.gradient_accumulation_steps;
+    }
   }
   cuoptimDestroy(judge);
   return CUOPTIM_STATUS_SUCCESS;

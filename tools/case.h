@@ -39,8 +39,10 @@ typedef struct {
   char *description;     /* "" when absent */
   char *optimizer_json;  /* the "optimizer" object, byte for byte as the file writes it */
   cuoptimConfig_t config; /* cuoptimConfigFromKerasJSON(optimizer_json); for a MultiOptimizer only
-                             use_ema is set: whether any sub-optimizer uses EMA */
+                             use_ema (whether any sub-optimizer uses EMA) and
+                             gradient_accumulation_steps (the largest of its sub-optimizers') */
   int multi;              /* optimizer_json is a MultiOptimizer (cuoptimCreateFromKerasJSON) */
+  unsigned kinds;         /* bit k set: the optimizer, or one of a MultiOptimizer's, is of kind k */
 
   int num_exclude;
   char **exclude; /* exclude_from_weight_decay regexes */
