@@ -150,6 +150,13 @@ cuoptimStatus_t cuoptimSetCommunicator(cuoptimOptimizer_t opt, const void *commu
   static const char *caller = "cuoptimSetCommunicator";
   if (opt && opt->multi) return set_multi_communicator(opt, communicator, options, caller);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  /* The sub-optimizers of a MultiOptimizer attach together or not at all: one attached alone
+   * would reduce its gradients while the others step on each rank's own. */
+  if (opt->parent)
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
+                         "%s: optimizer is a sub-optimizer of a MultiOptimizer: set the communicator on the "
+                         "MultiOptimizer, which attaches every sub-optimizer",
+                         caller);
   if (opt->built)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
                          "%s: the optimizer state is built: set the communicator before the first step or state access",

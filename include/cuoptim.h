@@ -799,8 +799,10 @@ CUOPTIM_API cuoptimStatus_t cuoptimCommOptionsInit(cuoptimCommOptions_t *options
  * The NCCL communicator must be on the optimizer's device and, if it is non-blocking
  * (config.blocking = 0), initialized (ncclCommGetAsyncError gives ncclSuccess). The rank and the
  * world are NCCL's (ncclCommUserRank, ncclCommCount). cuoptim never destroys it.
- * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, shard_state with Muon, a
- * communicator MPI or NCCL refuses, *communicator NULL for NCCL, an NCCL communicator on another
+ * A MultiOptimizer attaches every sub-optimizer (see MultiOptimizer below); a sub-optimizer's own
+ * handle is refused (INVALID_VALUE).
+ * Statuses: SUCCESS, NULL_POINTER (options), INVALID_VALUE (an option out of range, shard_state with
+ * Muon or Adafactor, a sub-optimizer's handle, a communicator MPI or NCCL refuses, *communicator NULL for NCCL, an NCCL communicator on another
  * device or still initializing), INVALID_STATE (the state is built; MPI not initialized),
  * NOT_SUPPORTED (this build has no MPI or no NCCL), TIMEOUT (host backend: the other ranks did not
  * join the duplicate within options.timeout_seconds; nothing attached, abort the communicator),
@@ -1017,8 +1019,9 @@ CUOPTIM_API cuoptimStatus_t cuoptimLoad(cuoptimOptimizer_t optimizer, const char
  * A sub-optimizer's handle (cuoptimGetSubOptimizer) is Keras's `optimizer.optimizers[i]`: it
  * answers every query of a plain optimizer (its iterations, learning rate, config, state), takes
  * cuoptimSetLearningRate and cuoptimExcludeFromWeightDecay, and could be stepped alone; it
- * belongs to the MultiOptimizer: cuoptimDestroy and cuoptimAddVariable(WithShape) refuse it
- * (INVALID_VALUE), and it lives until the MultiOptimizer is destroyed.
+ * belongs to the MultiOptimizer: cuoptimDestroy, cuoptimAddVariable(WithShape) and
+ * cuoptimSetCommunicator refuse it (INVALID_VALUE), and it lives until the MultiOptimizer is
+ * destroyed.
  * Not supported: a LossScaleOptimizer inside a MultiOptimizer (Keras refuses it), a
  * MultiOptimizer inside a MultiOptimizer (Keras refuses it) or inside a LossScaleOptimizer.
  * ------------------------------------------------------------------------------------------- */

@@ -949,6 +949,30 @@ Test(ranks, set_communicator_checks_its_arguments) {
                 "the optimizer state is built");
   OK(cuoptimDestroy(built));
 
+  /* A MultiOptimizer's sub-optimizer: refused (the MultiOptimizer attaches all of them). */
+  cuoptimConfig_t subs[2];
+  OK(cuoptimConfigInit(&subs[0], CUOPTIM_SGD));
+  OK(cuoptimConfigInit(&subs[1], CUOPTIM_ADAM));
+  const char *patterns[] = {"kernel"};
+  const int pattern_optimizer[] = {0};
+  cuoptimMultiConfig_t mc;
+  OK(cuoptimMultiConfigInit(&mc));
+  mc.num_optimizers = 2;
+  mc.optimizers = subs;
+  mc.num_patterns = 1;
+  mc.patterns = patterns;
+  mc.pattern_optimizer = pattern_optimizer;
+  mc.default_optimizer = 1;
+  cuoptimOptimizer_t multi = NULL, sub = NULL;
+  OK(cuoptimCreateMulti(&multi, &mc, CUOPTIM_BACKEND_HOST, 0));
+  OK(cuoptimGetSubOptimizer(multi, 1, &sub));
+  expect_status(cuoptimSetCommunicator(sub, &comm, &o), CUOPTIM_STATUS_INVALID_VALUE, "a sub-optimizer",
+                "set the communicator on the MultiOptimizer");
+  expect_single_process(sub);
+  OK(cuoptimSetCommunicator(multi, &comm, &o));
+  expect_single_process(multi);
+  OK(cuoptimDestroy(multi));
+
   MPI_Finalize();
   cuoptimOptimizer_t late = host_optimizer(param);
   expect_status(cuoptimSetCommunicator(late, &comm, &o), CUOPTIM_STATUS_INVALID_STATE, "after MPI_Finalize",
