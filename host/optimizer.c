@@ -587,6 +587,10 @@ static void add_buffer_weight(cuoptimOptimizer_t opt, cuoptimVariableRec *v, flo
   w->variable = (int)(v - opt->variables);
   /* Fits: a name has at most CUOPTIM_MAX_NAME - 1 bytes, a suffix at most 21 ("accumulated_delta_var"). */
   snprintf(w->info.name, sizeof w->info.name, "%.*s_%.24s", CUOPTIM_MAX_NAME - 1, v->name, suffix);
+  /* Keras names a slot after its variable's path with '/' made '_' ("dense/kernel" ->
+   * "dense_kernel_momentum"): a name given as a path gives Keras's slot names. */
+  for (char *c = w->info.name; *c != '\0'; c++)
+    if (*c == '/') *c = '_';
 }
 
 /* Adafactor's r or c of variable v: Keras names both after the variable itself. */

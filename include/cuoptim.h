@@ -577,7 +577,9 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetLossScale(cuoptimOptimizer_t optimizer, fl
  * learning rate only), the EMA averages of every variable, the gradient accumulators of every
  * variable, each optimizer's slots interleaved per variable (m0, v0, m1, v1, ..., then optional
  * slots such as velocity_hat0, velocity_hat1, ...), and Nadam's u_product (named "variable", as
- * Keras names it). Slot names are "<variable name>_<slot>". Half-precision variables' fp32 master
+ * Keras names it). Slot names are "<variable name>_<slot>" with every '/' of the name made '_', as
+ * Keras makes them from a variable's path ("dense/kernel" gives "dense_kernel_momentum"); Adafactor's
+ * factored accumulators carry the variable's name itself. Half-precision variables' fp32 master
  * copies are not Keras state and are not listed.
  * ------------------------------------------------------------------------------------------- */
 typedef struct {

@@ -1351,6 +1351,29 @@ Test(api, weight_count_and_info_bad_input) {
   OK(cuoptimDestroy(a.opt));
 }
 
+/* A name given as a Keras path: its slots are named as Keras names them ('/' made '_'). */
+Test(api, slot_names_of_a_path_are_kerass) {
+  cuoptimConfig_t config;
+  OK(cuoptimConfigInit(&config, CUOPTIM_ADAM));
+  config.use_ema = 1;
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &config, CUOPTIM_BACKEND_HOST, 0));
+  float param[2] = {1, 2};
+  int index = -1;
+  OK(cuoptimAddVariable(opt, "dense/kernel", param, CUOPTIM_FLOAT32, 2, &index));
+  static const char *const names[5] = {"iteration", "learning_rate", "dense_kernel_average", "dense_kernel_momentum",
+                                       "dense_kernel_velocity"};
+  int count = 0;
+  OK(cuoptimGetWeightCount(opt, &count));
+  cr_assert_eq(count, 5);
+  for (int i = 0; i < count; i++) {
+    cuoptimWeightInfo_t info;
+    OK(cuoptimGetWeightInfo(opt, i, &info));
+    cr_expect_str_eq(info.name, names[i]);
+  }
+  OK(cuoptimDestroy(opt));
+}
+
 Test(api, get_weights_bad_input) {
   adam2_t a;
   adam2_init(&a);

@@ -890,42 +890,42 @@ static Bytes copy_bytes(Bytes b, size_t size) {
 }
 
 /* The changes (the saved state: LossScaleOptimizer(Adam), EMA, float16 "dense/kernel"). */
-static void wrong_dtype(Parsed *p) { set_field(p, "dense/kernel_momentum", "dtype", cJSON_CreateString("F16")); }
-static void same_size_dtype(Parsed *p) { set_field(p, "dense/kernel_momentum", "dtype", cJSON_CreateString("I32")); }
+static void wrong_dtype(Parsed *p) { set_field(p, "dense_kernel_momentum", "dtype", cJSON_CreateString("F16")); }
+static void same_size_dtype(Parsed *p) { set_field(p, "dense_kernel_momentum", "dtype", cJSON_CreateString("I32")); }
 static void wrong_counter_dtype(Parsed *p) { set_field(p, "iteration", "dtype", cJSON_CreateString("F64")); }
 static void wrong_shape(Parsed *p) {
   cJSON *shape = cJSON_CreateArray();
   cJSON_AddItemToArray(shape, cJSON_CreateNumber(4100));
-  set_field(p, "dense/kernel_velocity", "shape", shape);
+  set_field(p, "dense_kernel_velocity", "shape", shape);
 }
 static void two_dimensional_shape(Parsed *p) {
   cJSON *shape = cJSON_CreateArray();
   cJSON_AddItemToArray(shape, cJSON_CreateNumber(1));
   cJSON_AddItemToArray(shape, cJSON_CreateNumber(4099));
-  set_field(p, "dense/kernel_velocity", "shape", shape);
+  set_field(p, "dense_kernel_velocity", "shape", shape);
 }
 static void scalar_as_array(Parsed *p) {
   cJSON *shape = cJSON_CreateArray();
   cJSON_AddItemToArray(shape, cJSON_CreateNumber(1));
   set_field(p, "dynamic_scale", "shape", shape);
 }
-static void missing_tensor(Parsed *p) { cJSON_DeleteItemFromObjectCaseSensitive(p->root, "norm/gamma_average"); }
+static void missing_tensor(Parsed *p) { cJSON_DeleteItemFromObjectCaseSensitive(p->root, "norm_gamma_average"); }
 static void missing_master(Parsed *p) { cJSON_DeleteItemFromObjectCaseSensitive(p->root, "dense/kernel/master"); }
 static void extra_tensor(Parsed *p) {
-  cJSON *t = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(p->root, "dense/bias_momentum"), 1);
+  cJSON *t = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(p->root, "dense_bias_momentum"), 1);
   cJSON_AddItemToObject(p->root, "dense/bias_extra", t);
 }
 static void tensor_twice(Parsed *p) {
-  cJSON *t = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(p->root, "dense/bias_momentum"), 1);
-  cJSON_AddItemToObject(p->root, "dense/bias_momentum", t);
+  cJSON *t = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(p->root, "dense_bias_momentum"), 1);
+  cJSON_AddItemToObject(p->root, "dense_bias_momentum", t);
 }
 static void metadata_twice(Parsed *p) {
   cJSON_AddItemToObject(p->root, "__metadata__", cJSON_Duplicate(metadata_of(p), 1));
 }
 static void overlapping_offsets(Parsed *p) {
   size_t b, e;
-  tensor_offsets(p, "dense/bias_momentum", &b, &e);
-  set_offsets(p, "dense/bias_velocity", (double)b, (double)e);
+  tensor_offsets(p, "dense_bias_momentum", &b, &e);
+  set_offsets(p, "dense_bias_velocity", (double)b, (double)e);
 }
 static void offsets_out_of_range(Parsed *p) {
   size_t b, e;
@@ -934,12 +934,12 @@ static void offsets_out_of_range(Parsed *p) {
 }
 static void offsets_reversed(Parsed *p) {
   size_t b, e;
-  tensor_offsets(p, "dense/bias_velocity", &b, &e);
-  set_offsets(p, "dense/bias_velocity", (double)e, (double)b);
+  tensor_offsets(p, "dense_bias_velocity", &b, &e);
+  set_offsets(p, "dense_bias_velocity", (double)e, (double)b);
 }
-static void offsets_not_integers(Parsed *p) { set_offsets(p, "dense/bias_velocity", 0.5, 28.5); }
-static void offsets_negative(Parsed *p) { set_offsets(p, "dense/bias_velocity", -28, 0); }
-static void offsets_beyond_2_53(Parsed *p) { set_offsets(p, "dense/bias_velocity", 1e300, 1e300 + 28); }
+static void offsets_not_integers(Parsed *p) { set_offsets(p, "dense_bias_velocity", 0.5, 28.5); }
+static void offsets_negative(Parsed *p) { set_offsets(p, "dense_bias_velocity", -28, 0); }
+static void offsets_beyond_2_53(Parsed *p) { set_offsets(p, "dense_bias_velocity", 1e300, 1e300 + 28); }
 static void offsets_missing(Parsed *p) {
   cJSON_DeleteItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(p->root, "iteration"), "data_offsets");
 }
@@ -982,7 +982,7 @@ static void variable_dropped(Parsed *p) {
 static void variable_table_not_array(Parsed *p) { set_metadata(p, "variables", "{}"); }
 static void crc_wrong(Parsed *p) {
   cJSON *crcs = metadata_json(p, "crc32");
-  cJSON_ReplaceItemInObjectCaseSensitive(crcs, "embedding/embeddings_velocity", cJSON_CreateString("00000000"));
+  cJSON_ReplaceItemInObjectCaseSensitive(crcs, "embedding_embeddings_velocity", cJSON_CreateString("00000000"));
   put_metadata_json(p, "crc32", crcs);
 }
 static void crc_missing(Parsed *p) {
@@ -1120,7 +1120,7 @@ static void refuses_every_kind_of_bad_file(cuoptimBackend_t backend) {
 
   /* Tensors that do not fit. */
   expect_refused_change(&t, good, wrong_dtype, CUOPTIM_STATUS_INVALID_VALUE,
-                        "tensor \"dense/kernel_momentum\" has dtype F16", "a float16 slot");
+                        "tensor \"dense_kernel_momentum\" has dtype F16", "a float16 slot");
   expect_refused_change(&t, good, same_size_dtype, CUOPTIM_STATUS_INVALID_VALUE, "has dtype I32",
                         "an int32 slot of the same size");
   expect_refused_change(&t, good, wrong_counter_dtype, CUOPTIM_STATUS_INVALID_VALUE,
@@ -1131,7 +1131,7 @@ static void refuses_every_kind_of_bad_file(cuoptimBackend_t backend) {
                         "a 2-D shape");
   expect_refused_change(&t, good, scalar_as_array, CUOPTIM_STATUS_INVALID_VALUE, "the optimizer's is []",
                         "a scalar of shape [1]");
-  expect_refused_change(&t, good, missing_tensor, CUOPTIM_STATUS_INVALID_VALUE, "tensor \"norm/gamma_average\" is missing",
+  expect_refused_change(&t, good, missing_tensor, CUOPTIM_STATUS_INVALID_VALUE, "tensor \"norm_gamma_average\" is missing",
                         "an average missing");
   expect_refused_change(&t, good, missing_master, CUOPTIM_STATUS_INVALID_VALUE, "\"dense/kernel/master\" is missing",
                         "a master missing");
@@ -1186,7 +1186,7 @@ static void refuses_every_kind_of_bad_file(cuoptimBackend_t backend) {
 
   /* Data. */
   expect_refused_change(&t, good, crc_wrong, CUOPTIM_STATUS_INVALID_VALUE,
-                        "tensor \"embedding/embeddings_velocity\": its data has CRC-32", "a wrong CRC");
+                        "tensor \"embedding_embeddings_velocity\": its data has CRC-32", "a wrong CRC");
   expect_refused_change(&t, good, corrupted_data, CUOPTIM_STATUS_INVALID_VALUE,
                         "tensor \"dense/kernel/master\": its data has CRC-32", "a flipped bit in a master");
   expect_refused_change(&t, good, negative_iteration, CUOPTIM_STATUS_INVALID_VALUE,

@@ -442,7 +442,7 @@ MULTI_TEST(finalize_uses_ema_of_its_sub_optimizer_only_as_keras) {
   cr_assert_eq(count, 7);
   cuoptimWeightInfo_t info;
   OK(cuoptimGetWeightInfo(v.opt, 4, &info));
-  cr_expect_str_eq(info.name, "seq/dense_1/kernel_average");
+  cr_expect_str_eq(info.name, "seq_dense_1_kernel_average");
   const double ema[2] = {9.0, 9.0};
   OK(cuoptimSetWeights(v.opt, 4, ema, 2));
   OK(cuoptimFinalizeVariableValues(v.opt, NULL));
