@@ -955,14 +955,9 @@ Test(ranks, set_communicator_checks_its_arguments) {
   OK(cuoptimConfigInit(&subs[1], CUOPTIM_ADAM));
   const char *patterns[] = {"kernel"};
   const int pattern_optimizer[] = {0};
-  cuoptimMultiConfig_t mc;
-  OK(cuoptimMultiConfigInit(&mc));
-  mc.num_optimizers = 2;
-  mc.optimizers = subs;
-  mc.num_patterns = 1;
-  mc.patterns = patterns;
-  mc.pattern_optimizer = pattern_optimizer;
-  mc.default_optimizer = 1;
+  const cuoptimMultiConfig_t mc = {.num_optimizers = 2, .optimizers = subs, .num_patterns = 1, .patterns = patterns,
+                                   .pattern_optimizer = pattern_optimizer, .default_optimizer = 1,
+                                   .loss_scale_factor = CUOPTIM_NONE}; /* the name "": Keras's default */
   cuoptimOptimizer_t multi = NULL, sub = NULL;
   OK(cuoptimCreateMulti(&multi, &mc, CUOPTIM_BACKEND_HOST, 0));
   OK(cuoptimGetSubOptimizer(multi, 1, &sub));
