@@ -879,7 +879,8 @@ static void update_muon_matrix(cuoptimOptimizer_t opt, int k, float *scratch) {
   for (size_t c = 0; c < n; c += BLOCK) sum_squares(x + c, n - c < BLOCK ? n - c : BLOCK, lane);
   float denominator = cuoptim_muon_norm_denominator(sum_lanes(lane));
   for (size_t i = 0; i < n; i++) x[i] = x[i] / denominator;
-  const float *u = cuoptim_host_newton_schulz(&opt->prologue.rule, x, y, a_mat, b_mat, m.r, m.c);
+  const float *u = cuoptim_host_newton_schulz(&opt->prologue.rule, x, y, a_mat, b_mat, m.r, m.c,
+                                              host_data(opt)->threads);
   float sqrt_dim = cuoptim_sqrtf((float)m.c);
   for (size_t i = 0; i < v->local_count; i++)
     *working(v, i) =

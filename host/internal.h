@@ -170,9 +170,10 @@ static inline size_t cuoptim_muon_index(const cuoptimMuonShape *m, size_t i) {
 
 /* Muon's Newton-Schulz iteration on the host (host/newton_schulz.c): p->muon_ns_steps iterations
  * on the r x c matrix x (already normalized), y another r x c buffer, a_mat and b_mat r x r
- * buffers; returns the buffer that holds the result (x or y). */
+ * buffers, on up to `threads` threads (the result does not depend on them); returns the buffer
+ * that holds the result (x or y). */
 float *cuoptim_host_newton_schulz(const cuoptimRuleParams *p, float *x, float *y, float *a_mat, float *b_mat,
-                                  int64_t r, int64_t c);
+                                  int64_t r, int64_t c, int threads);
 
 /* Adafactor: the elements of r (which = 0: the shape without the last dimension) or c (which = 1:
  * without the second-last); 1 for a variable of rank < 2 (Keras's scalar placeholder). */

@@ -440,6 +440,57 @@ Test(host_backend, results_do_not_depend_on_the_thread_count, .timeout = 600) {
     }
 }
 
+/* Muon's Newton-Schulz products large enough to share their rows among threads (a wide and a
+ * tall matrix, which Muon transposes): the same bits with 1, 2 and 3 threads. */
+static void muon_run(int threads, float *wide, float *tall) {
+  static const int64_t wide_dims[2] = {160, 200}, tall_dims[2] = {240, 130};
+  const size_t nw = 160 * 200, nt = 240 * 130;
+  for (size_t i = 0; i < nw; i++) wide[i] = random_value(i, 0.01f, 0.1f);
+  for (size_t i = 0; i < nt; i++) tall[i] = random_value(((uint64_t)1 << 40) + i, 0.01f, 0.1f);
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  char text[16];
+  snprintf(text, sizeof text, "%d", threads);
+  setenv("CUOPTIM_HOST_THREADS", text, 1);
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
+  unsetenv("CUOPTIM_HOST_THREADS");
+  cuoptimVariable_t v;
+  OK(cuoptimAddVariableWithShape(opt, "wide", wide, CUOPTIM_FLOAT32, 2, wide_dims, &v));
+  OK(cuoptimAddVariableWithShape(opt, "tall", tall, CUOPTIM_FLOAT32, 2, tall_dims, &v));
+  float *gw = malloc(nw * sizeof *gw), *gt = malloc(nt * sizeof *gt);
+  cr_assert(gw && gt);
+  for (int s = 0; s < 2; s++) {
+    for (size_t i = 0; i < nw; i++) gw[i] = random_value(((uint64_t)(s + 2) << 40) + i, 1e-3f, 2e-2f);
+    for (size_t i = 0; i < nt; i++) gt[i] = random_value(((uint64_t)(s + 4) << 40) + i, 1e-3f, 2e-2f);
+    cuoptimGradient_t grads[2] = {{0, gw, CUOPTIM_FLOAT32}, {1, gt, CUOPTIM_FLOAT32}};
+    OK(cuoptimApplyGradients(opt, 2, grads, NULL));
+  }
+  free(gw);
+  free(gt);
+  OK(cuoptimDestroy(opt));
+}
+
+Test(host_backend, muon_matrices_do_not_depend_on_the_thread_count, .timeout = 600) {
+  const size_t nw = 160 * 200, nt = 240 * 130;
+  float *wide[3], *tall[3];
+  for (int t = 0; t < 3; t++) {
+    wide[t] = malloc(nw * sizeof(float));
+    tall[t] = malloc(nt * sizeof(float));
+    cr_assert(wide[t] && tall[t]);
+    muon_run(t + 1, wide[t], tall[t]);
+  }
+  for (int t = 1; t < 3; t++) {
+    cr_expect(memcmp(wide[0], wide[t], nw * sizeof(float)) == 0, "the wide matrix differs with %d threads", t + 1);
+    cr_expect(memcmp(tall[0], tall[t], nt * sizeof(float)) == 0, "the tall matrix differs with %d threads", t + 1);
+  }
+  cr_expect(wide[0][0] != random_value(0, 0.01f, 0.1f) && tall[0][0] != random_value((uint64_t)1 << 40, 0.01f, 0.1f),
+            "the steps moved nothing");
+  for (int t = 0; t < 3; t++) {
+    free(wide[t]);
+    free(tall[t]);
+  }
+}
+
 /* ---- the order of the sums --------------------------------------------------------------------- */
 
 /* include/cuoptim.h documents it: element i of a block of 65,536 goes to lane i % 8, the lanes are
