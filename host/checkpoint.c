@@ -7,6 +7,11 @@
  * against the optimizer, reads every byte into a scratch copy in backend memory while checking
  * each tensor's CRC-32, and replaces the state only once all of it is known good, so a bad file
  * or a failed read changes nothing.
+ *
+ * A MultiOptimizer's file is one plan over several parts: its own two scalars and each
+ * sub-optimizer's tensors under "optimizers/<k>/". Every sub-optimizer lives on the same backend
+ * and device, so the first one's transfer copies them all, once the others' work is complete;
+ * Load checks every part before it builds or replaces any.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -128,7 +133,7 @@ typedef struct {
   Scalars scalars;                /* Save: read from the backend; Load: the loaded values */
 } Part;
 
-/* The MultiOptimizer's own entries, stored as the LossScaleOptimizer's are (outer scalars). */
+/* The MultiOptimizer's own entries: outer scalars, as the LossScaleOptimizer's, but unprefixed. */
 static const cuoptimWeightEntry MULTI_ENTRIES[2] = {
     {.info = {.name = "iteration", .count = 1, .is_integer = 1}, .kind = CUOPTIM_WEIGHT_OUTER_ITERATION},
     {.info = {.name = "learning_rate", .count = 1}, .kind = CUOPTIM_WEIGHT_OUTER_LEARNING_RATE},

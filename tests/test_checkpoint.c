@@ -15,6 +15,12 @@
  *   values out of range, empty, missing, a directory) and bad arguments are refused with a status
  *   and a message naming the file and the reason, and the optimizer is compared before and after:
  *   every state entry, master, parameter and scalar unchanged, an unbuilt optimizer still unbuilt.
+ * - MultiOptimizer: its counter and every sub-optimizer's state in one file (AdamW saved mid-way
+ *   through gradient accumulation, SGD with EMA, Nadam; masters), resumed bit for bit on both
+ *   backends and moved between them; the names and metadata documented; a plain optimizer's file
+ *   and a MultiOptimizer's refused into each other, another layout (fewer sub-optimizers, another
+ *   kind, routing or shape) and a corrupted file refused with every sub-optimizer unchanged; bad
+ *   arguments; a sub-optimizer's own checkpoint.
  * - Python: tests/check_safetensors.py opens a checkpoint with the `safetensors` package and checks
  *   names, shapes, dtypes, values, metadata and CRCs against a JSON dump written here; the file
  *   rewritten by safetensors.numpy.save_file (tensors in its own order) loads back.
