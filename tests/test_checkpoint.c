@@ -97,6 +97,7 @@ static void other_files(const char *keep, char *out, size_t capacity) {
 /* ---- the training problem ------------------------------------------------------------------------ */
 
 #define MAX_VARS 4
+#define RUN_VARS 6 /* the most variables of a run: the MultiOptimizer's */
 #define STEPS 9
 #define SAVE_AT 4
 
@@ -116,11 +117,12 @@ typedef struct {
   Setup setup;
   cuoptimOptimizer_t opt;
   int n;
-  const char *names[MAX_VARS];
-  size_t count[MAX_VARS];
-  cuoptimDtype_t dtype[MAX_VARS];
-  void *param[MAX_VARS]; /* backend memory */
-  float *grad[MAX_VARS]; /* backend memory, float32 */
+  int none_on_odd;        /* the variable without a gradient on odd steps */
+  const char *names[RUN_VARS];
+  size_t count[RUN_VARS];
+  cuoptimDtype_t dtype[RUN_VARS];
+  void *param[RUN_VARS]; /* backend memory */
+  float *grad[RUN_VARS]; /* backend memory, float32 */
 } Run;
 
 /* AdamW with every feature that keeps state, a warm-up cosine schedule (no learning-rate entry). */
@@ -191,16 +193,12 @@ static Setup setup_adam_everything(void) {
 
 static float initial_value(int k, size_t i) { return test_pseudo_random(11, 500 + (uint64_t)k, i); }
 
-/* Creates the optimizer and its variables: variable 1 float32, the others `dtype`; parameters from
- * `params` (host bytes, one array per variable) or the initial values. */
-static void run_init_with(Run *r, const Setup *s, cuoptimBackend_t backend, cuoptimDtype_t dtype,
-                          unsigned char *const *params, int num_vars, const char *const *names, const size_t *sizes) {
-  memset(r, 0, sizeof *r);
-  r->backend = backend;
-  r->setup = *s;
-  OK(cuoptimCreate(&r->opt, &s->config, backend, 0));
-  if (s->exclude) OK(cuoptimExcludeFromWeightDecay(r->opt, s->exclude));
-  if (s->learning_rate > 0) OK(cuoptimSetLearningRate(r->opt, s->learning_rate));
+/* Registers the variables on r->opt: variable 1 float32, the others `dtype`, variable 0 of shape
+ * `dims0` ([rows, columns]; NULL: a vector); parameters from `params` (host bytes, one array per
+ * variable) or the initial values. */
+static void run_add_variables(Run *r, cuoptimDtype_t dtype, unsigned char *const *params, int num_vars,
+                              const char *const *names, const size_t *sizes, const int64_t *dims0) {
+  cuoptimBackend_t backend = r->backend;
   r->n = num_vars;
   for (int k = 0; k < num_vars; k++) {
     r->names[k] = names[k];
@@ -217,9 +215,25 @@ static void run_init_with(Run *r, const Setup *s, cuoptimBackend_t backend, cuop
     test_mem_upload(backend, r->param[k], host, bytes);
     free(host);
     r->grad[k] = test_mem_alloc(backend, sizes[k] * sizeof(float));
+    int64_t vector[1] = {(int64_t)sizes[k]};
     cuoptimVariable_t index = -1;
-    OK(cuoptimAddVariable(r->opt, names[k], r->param[k], r->dtype[k], sizes[k], &index));
+    OK(cuoptimAddVariableWithShape(r->opt, names[k], r->param[k], r->dtype[k], k == 0 && dims0 ? 2 : 1,
+                                   k == 0 && dims0 ? dims0 : vector, &index));
+    cr_assert_eq(index, k);
   }
+}
+
+/* Creates the optimizer and its variables (run_add_variables). */
+static void run_init_with(Run *r, const Setup *s, cuoptimBackend_t backend, cuoptimDtype_t dtype,
+                          unsigned char *const *params, int num_vars, const char *const *names, const size_t *sizes) {
+  memset(r, 0, sizeof *r);
+  r->backend = backend;
+  r->setup = *s;
+  r->none_on_odd = 2;
+  OK(cuoptimCreate(&r->opt, &s->config, backend, 0));
+  if (s->exclude) OK(cuoptimExcludeFromWeightDecay(r->opt, s->exclude));
+  if (s->learning_rate > 0) OK(cuoptimSetLearningRate(r->opt, s->learning_rate));
+  run_add_variables(r, dtype, params, num_vars, names, sizes, NULL);
 }
 
 static void run_init(Run *r, const Setup *s, cuoptimBackend_t backend, cuoptimDtype_t dtype,
@@ -236,12 +250,12 @@ static void run_destroy(Run *r) {
   memset(r, 0, sizeof *r);
 }
 
-/* Step `step`: every variable gets a gradient but variable 2 on odd steps (Keras's None). */
+/* Step `step`: every variable gets a gradient but r->none_on_odd on odd steps (Keras's None). */
 static void run_step(Run *r, int step) {
-  cuoptimGradient_t list[MAX_VARS];
+  cuoptimGradient_t list[RUN_VARS];
   int n = 0;
   for (int k = 0; k < r->n; k++) {
-    if (k == 2 && step % 2 == 1) continue;
+    if (k == r->none_on_odd && step % 2 == 1) continue;
     float *g = malloc(r->count[k] * sizeof *g);
     cr_assert_not_null(g);
     for (size_t i = 0; i < r->count[k]; i++) g[i] = test_pseudo_random(77, (uint64_t)(k * 100 + step), i);
@@ -274,10 +288,48 @@ static void free_params(unsigned char **params, int n) {
 
 /* ---- everything a caller can observe, bit for bit ------------------------------------------------ */
 
+/* Every state entry in Keras's order (cuoptimGetWeightInfo/cuoptimGetWeights). */
 typedef struct {
-  int built, num_weights, n;
+  int count;
   cuoptimWeightInfo_t *info;
   double **values;
+} Entries;
+
+static void entries_read(cuoptimOptimizer_t opt, Entries *e) {
+  OK(cuoptimGetWeightCount(opt, &e->count));
+  e->info = calloc((size_t)e->count, sizeof *e->info);
+  e->values = calloc((size_t)e->count, sizeof *e->values);
+  for (int i = 0; i < e->count; i++) {
+    OK(cuoptimGetWeightInfo(opt, i, &e->info[i]));
+    e->values[i] = malloc(e->info[i].count * sizeof(double));
+    OK(cuoptimGetWeights(opt, i, e->values[i], e->info[i].count));
+  }
+}
+
+static void entries_free(Entries *e) {
+  for (int i = 0; i < e->count; i++) free(e->values[i]);
+  free(e->values);
+  free(e->info);
+  memset(e, 0, sizeof *e);
+}
+
+static int same_bits(const void *a, const void *b, size_t bytes) { return memcmp(a, b, bytes) == 0; }
+
+static void entries_assert_equal(const Entries *got, const Entries *want, const char *what) {
+  cr_assert_eq(got->count, want->count, "%s: %d state entries, expected %d", what, got->count, want->count);
+  for (int i = 0; i < got->count; i++) {
+    cr_assert_str_eq(got->info[i].name, want->info[i].name, "%s: entry %d", what, i);
+    cr_assert_eq(got->info[i].count, want->info[i].count, "%s: entry %d (%s) count", what, i, got->info[i].name);
+    for (size_t j = 0; j < got->info[i].count; j++)
+      cr_assert(same_bits(&got->values[i][j], &want->values[i][j], sizeof(double)),
+                "%s: entry %d \"%s\"[%zu] = %.9g, expected %.9g", what, i, got->info[i].name, j, got->values[i][j],
+                want->values[i][j]);
+  }
+}
+
+typedef struct {
+  int built, n;
+  Entries entries;
   unsigned char *params[MAX_VARS];
   size_t param_bytes[MAX_VARS];
   float *masters[MAX_VARS];
@@ -309,14 +361,7 @@ static void snapshot_take(Run *r, Snapshot *s) {
     test_mem_download(r->backend, s->params[k], r->param[k], s->param_bytes[k]);
   }
   if (!s->built) return; /* reading the state would build it */
-  OK(cuoptimGetWeightCount(opt, &s->num_weights));
-  s->info = calloc((size_t)s->num_weights, sizeof *s->info);
-  s->values = calloc((size_t)s->num_weights, sizeof *s->values);
-  for (int i = 0; i < s->num_weights; i++) {
-    OK(cuoptimGetWeightInfo(opt, i, &s->info[i]));
-    s->values[i] = malloc(s->info[i].count * sizeof(double));
-    OK(cuoptimGetWeights(opt, i, s->values[i], s->info[i].count));
-  }
+  entries_read(opt, &s->entries);
   for (int k = 0; k < r->n; k++) {
     if (!opt->variables[k].master) continue;
     s->master_count[k] = r->count[k];
@@ -326,17 +371,13 @@ static void snapshot_take(Run *r, Snapshot *s) {
 }
 
 static void snapshot_free(Snapshot *s) {
-  for (int i = 0; i < s->num_weights; i++) free(s->values[i]);
-  free(s->values);
-  free(s->info);
+  entries_free(&s->entries);
   for (int k = 0; k < MAX_VARS; k++) {
     free(s->params[k]);
     free(s->masters[k]);
   }
   memset(s, 0, sizeof *s);
 }
-
-static int same_bits(const void *a, const void *b, size_t bytes) { return memcmp(a, b, bytes) == 0; }
 
 /* Bit for bit equal, or the assertion names what differs. With `params` 0 the caller's
  * parameters are not compared (a load never touches them, but they need not agree). */
@@ -354,16 +395,7 @@ static void snapshot_assert_equal(const Snapshot *got, const Snapshot *want, int
   cr_assert_eq(got->outer_iterations, want->outer_iterations, "%s: outer iteration", what);
   cr_assert(same_bits(&got->outer_learning_rate, &want->outer_learning_rate, sizeof(float)),
             "%s: outer learning rate", what);
-  cr_assert_eq(got->num_weights, want->num_weights, "%s: %d state entries, expected %d", what, got->num_weights,
-               want->num_weights);
-  for (int i = 0; i < got->num_weights; i++) {
-    cr_assert_str_eq(got->info[i].name, want->info[i].name, "%s: entry %d", what, i);
-    cr_assert_eq(got->info[i].count, want->info[i].count, "%s: entry %s count", what, got->info[i].name);
-    for (size_t j = 0; j < got->info[i].count; j++)
-      cr_assert(same_bits(&got->values[i][j], &want->values[i][j], sizeof(double)),
-                "%s: entry \"%s\"[%zu] = %.9g, expected %.9g", what, got->info[i].name, j, got->values[i][j],
-                want->values[i][j]);
-  }
+  entries_assert_equal(&got->entries, &want->entries, what);
   for (int k = 0; k < got->n; k++) {
     cr_assert_eq(got->master_count[k], want->master_count[k], "%s: master of variable %d", what, k);
     for (size_t j = 0; j < got->master_count[k]; j++)
@@ -1521,14 +1553,6 @@ static const char *const MULTI_NAMES[MULTI_VARS] = {"dense/kernel", "embedding/e
                                                     "dense/bias",   "embedding/pos",        "head/w"};
 static const size_t MULTI_SIZES[MULTI_VARS] = {29 * 141, 33, 333, 7, 5, 1};
 
-typedef struct {
-  cuoptimBackend_t backend;
-  cuoptimOptimizer_t opt;
-  cuoptimDtype_t dtype[MULTI_VARS];
-  void *param[MULTI_VARS];
-  float *grad[MULTI_VARS];
-} MultiRun;
-
 static cuoptimConfig_t multi_sub_config(const MultiLayout *layout, int k) {
   if (k == 0) {
     cuoptimConfig_t c = setup_adamw().config;
@@ -1550,12 +1574,13 @@ static cuoptimConfig_t multi_sub_config(const MultiLayout *layout, int k) {
   return c;
 }
 
-/* The MultiOptimizer and its variables (parameters from `params`, host bytes, or the initial
- * values); variables 1 and 3 float32, the others `dtype`. */
-static void multi_init(MultiRun *r, const MultiLayout *layout, cuoptimBackend_t backend, cuoptimDtype_t dtype,
+/* The MultiOptimizer and its variables (run_add_variables: "dense/kernel" a 29 x 141 matrix). */
+static void multi_init(Run *r, const MultiLayout *layout, cuoptimBackend_t backend, cuoptimDtype_t dtype,
                        unsigned char *const *params) {
   memset(r, 0, sizeof *r);
   r->backend = backend;
+  r->setup = (Setup){.label = "MultiOptimizer", .inf_steps = {-1, -1}};
+  r->none_on_odd = 4; /* "embedding/pos": the SGD still has "embedding/embeddings" */
   cuoptimConfig_t subs[MULTI_SUBS];
   for (int k = 0; k < layout->num_subs; k++) subs[k] = multi_sub_config(layout, k);
   const char *keys[2] = {"dense/.*", layout->embedding_key};
@@ -1574,83 +1599,25 @@ static void multi_init(MultiRun *r, const MultiLayout *layout, cuoptimBackend_t 
     OK(cuoptimGetSubOptimizer(r->opt, 1, &sgd));
     OK(cuoptimSetLearningRate(sgd, 0.04));
   }
-  for (int k = 0; k < MULTI_VARS; k++) {
-    r->dtype[k] = k == 1 || k == 3 ? CUOPTIM_FLOAT32 : dtype;
-    size_t bytes = MULTI_SIZES[k] * test_dtype_bytes(r->dtype[k]);
-    unsigned char *host = malloc(bytes);
-    cr_assert_not_null(host);
-    if (params)
-      memcpy(host, params[k], bytes);
-    else
-      for (size_t i = 0; i < MULTI_SIZES[k]; i++) test_store_element(host, r->dtype[k], i, initial_value(k, i));
-    r->param[k] = test_mem_alloc(backend, bytes);
-    test_mem_upload(backend, r->param[k], host, bytes);
-    free(host);
-    r->grad[k] = test_mem_alloc(backend, MULTI_SIZES[k] * sizeof(float));
-    int64_t dims[2] = {29, 141};
-    if (layout->transposed) dims[0] = 141, dims[1] = 29;
-    if (k != 0) dims[0] = (int64_t)MULTI_SIZES[k];
-    cuoptimVariable_t index = -1;
-    OK(cuoptimAddVariableWithShape(r->opt, MULTI_NAMES[k], r->param[k], r->dtype[k], k == 0 ? 2 : 1, dims, &index));
-    cr_assert_eq(index, k);
-  }
-}
-
-static void multi_destroy(MultiRun *r) {
-  OK(cuoptimDestroy(r->opt));
-  for (int k = 0; k < MULTI_VARS; k++) {
-    test_mem_free(r->backend, r->param[k]);
-    test_mem_free(r->backend, r->grad[k]);
-  }
-  memset(r, 0, sizeof *r);
-}
-
-/* Step `step`: every variable has a gradient but "embedding/pos" on odd steps (Keras's None). */
-static void multi_step(MultiRun *r, int step) {
-  cuoptimGradient_t list[MULTI_VARS];
-  int n = 0;
-  for (int k = 0; k < MULTI_VARS; k++) {
-    if (k == 4 && step % 2 == 1) continue;
-    float *g = malloc(MULTI_SIZES[k] * sizeof *g);
-    cr_assert_not_null(g);
-    for (size_t i = 0; i < MULTI_SIZES[k]; i++) g[i] = test_pseudo_random(78, (uint64_t)(k * 100 + step), i);
-    test_mem_upload(r->backend, r->grad[k], g, MULTI_SIZES[k] * sizeof *g);
-    free(g);
-    list[n++] = (cuoptimGradient_t){.variable = k, .grad = r->grad[k], .dtype = CUOPTIM_FLOAT32};
-  }
-  OK(cuoptimApplyGradients(r->opt, n, list, NULL));
-}
-
-static void multi_steps(MultiRun *r, int from, int to) {
-  for (int step = from; step < to; step++) multi_step(r, step);
-}
-
-static void multi_params(MultiRun *r, unsigned char **params) {
-  OK(cuoptimSynchronize(r->opt));
-  for (int k = 0; k < MULTI_VARS; k++) {
-    size_t bytes = MULTI_SIZES[k] * test_dtype_bytes(r->dtype[k]);
-    params[k] = malloc(bytes);
-    cr_assert_not_null(params[k]);
-    test_mem_download(r->backend, params[k], r->param[k], bytes);
-  }
+  static const int64_t matrix[2] = {29, 141}, transposed[2] = {141, 29};
+  run_add_variables(r, dtype, params, MULTI_VARS, MULTI_NAMES, MULTI_SIZES, layout->transposed ? transposed : matrix);
 }
 
 /* Everything a caller can observe of a MultiOptimizer: its counter, every state entry in Keras's
  * order (every sub-optimizer's), each sub-optimizer's learning rate and whether it is built, the
  * masters and the parameters. */
 typedef struct {
-  int built[MULTI_SUBS], num_weights, num_subs;
+  int built[MULTI_SUBS], num_subs;
   int64_t iterations;
   float learning_rate[MULTI_SUBS];
   double config_learning_rate[MULTI_SUBS];
-  cuoptimWeightInfo_t *info;
-  double **values;
+  Entries entries;
   unsigned char *params[MULTI_VARS];
   size_t param_bytes[MULTI_VARS];
   float *masters[MULTI_VARS];
 } MultiSnapshot;
 
-static void multi_snapshot(MultiRun *r, MultiSnapshot *s) {
+static void multi_snapshot(Run *r, MultiSnapshot *s) {
   memset(s, 0, sizeof *s);
   cuoptimOptimizer_t opt = r->opt;
   OK(cuoptimSynchronize(opt));
@@ -1673,14 +1640,7 @@ static void multi_snapshot(MultiRun *r, MultiSnapshot *s) {
     test_mem_download(r->backend, s->params[k], r->param[k], s->param_bytes[k]);
   }
   if (!built) return; /* reading the state would build it */
-  OK(cuoptimGetWeightCount(opt, &s->num_weights));
-  s->info = calloc((size_t)s->num_weights, sizeof *s->info);
-  s->values = calloc((size_t)s->num_weights, sizeof *s->values);
-  for (int i = 0; i < s->num_weights; i++) {
-    OK(cuoptimGetWeightInfo(opt, i, &s->info[i]));
-    s->values[i] = malloc(s->info[i].count * sizeof(double));
-    OK(cuoptimGetWeights(opt, i, s->values[i], s->info[i].count));
-  }
+  entries_read(opt, &s->entries);
   for (int k = 0; k < MULTI_VARS; k++) {
     int which = -1;
     cuoptimVariable_t index = -1;
@@ -1694,9 +1654,7 @@ static void multi_snapshot(MultiRun *r, MultiSnapshot *s) {
 }
 
 static void multi_snapshot_free(MultiSnapshot *s) {
-  for (int i = 0; i < s->num_weights; i++) free(s->values[i]);
-  free(s->values);
-  free(s->info);
+  entries_free(&s->entries);
   for (int k = 0; k < MULTI_VARS; k++) {
     free(s->params[k]);
     free(s->masters[k]);
@@ -1717,16 +1675,7 @@ static void multi_assert_equal(const MultiSnapshot *got, const MultiSnapshot *wa
     cr_assert(same_bits(&got->config_learning_rate[k], &want->config_learning_rate[k], sizeof(double)),
               "%s: sub-optimizer %d config learning rate", what, k);
   }
-  cr_assert_eq(got->num_weights, want->num_weights, "%s: %d state entries, expected %d", what, got->num_weights,
-               want->num_weights);
-  for (int i = 0; i < got->num_weights; i++) {
-    cr_assert_str_eq(got->info[i].name, want->info[i].name, "%s: entry %d", what, i);
-    cr_assert_eq(got->info[i].count, want->info[i].count, "%s: entry %d (%s) count", what, i, got->info[i].name);
-    for (size_t j = 0; j < got->info[i].count; j++)
-      cr_assert(same_bits(&got->values[i][j], &want->values[i][j], sizeof(double)),
-                "%s: entry %d \"%s\"[%zu] = %.9g, expected %.9g", what, i, got->info[i].name, j, got->values[i][j],
-                want->values[i][j]);
-  }
+  entries_assert_equal(&got->entries, &want->entries, what);
   for (int k = 0; k < MULTI_VARS; k++) {
     cr_assert_eq(got->masters[k] != NULL, want->masters[k] != NULL, "%s: master of variable %d", what, k);
     if (got->masters[k])
@@ -1746,22 +1695,22 @@ static void multi_resume(cuoptimBackend_t backend, cuoptimDtype_t dtype) {
   char what[160];
   snprintf(what, sizeof what, "MultiOptimizer, %s, %s backend: resumed at step %d of %d", dtype_label(dtype),
            test_backend_name(backend), SAVE_AT, STEPS);
-  MultiRun straight, first, second;
+  Run straight, first, second;
   multi_init(&straight, &MULTI_LAYOUT, backend, dtype, NULL);
-  multi_steps(&straight, 0, STEPS);
+  run_steps(&straight, 0, STEPS);
   MultiSnapshot want, went_on, got;
   multi_snapshot(&straight, &want);
-  multi_destroy(&straight);
+  run_destroy(&straight);
 
   multi_init(&first, &MULTI_LAYOUT, backend, dtype, NULL);
-  multi_steps(&first, 0, SAVE_AT);
+  run_steps(&first, 0, SAVE_AT);
   const char *path = path_of("multi.safetensors");
   OK(cuoptimSave(first.opt, path));
   unsigned char *params[MULTI_VARS];
-  multi_params(&first, params);
-  multi_steps(&first, SAVE_AT, STEPS);
+  run_params(&first, params);
+  run_steps(&first, SAVE_AT, STEPS);
   multi_snapshot(&first, &went_on);
-  multi_destroy(&first);
+  run_destroy(&first);
   multi_assert_equal(&went_on, &want, 1, what);
 
   multi_init(&second, &MULTI_LAYOUT, backend, dtype, params);
@@ -1769,9 +1718,9 @@ static void multi_resume(cuoptimBackend_t backend, cuoptimDtype_t dtype) {
   int64_t iterations = -1;
   OK(cuoptimGetIterations(second.opt, &iterations));
   cr_assert_eq(iterations, SAVE_AT, "the MultiOptimizer's counter is loaded");
-  multi_steps(&second, SAVE_AT, STEPS);
+  run_steps(&second, SAVE_AT, STEPS);
   multi_snapshot(&second, &got);
-  multi_destroy(&second);
+  run_destroy(&second);
   multi_assert_equal(&got, &want, 1, what);
   char others[256];
   other_files("multi.safetensors", others, sizeof others);
@@ -1793,15 +1742,15 @@ Test(checkpoint_cuda, multi_optimizer_resume_bfloat16) { multi_resume(CUOPTIM_BA
 static void multi_round_trip(cuoptimBackend_t from, cuoptimBackend_t to, cuoptimDtype_t dtype) {
   test_require_backend(from);
   test_require_backend(to);
-  MultiRun a, b;
+  Run a, b;
   multi_init(&a, &MULTI_LAYOUT, from, dtype, NULL);
-  multi_steps(&a, 0, SAVE_AT);
+  run_steps(&a, 0, SAVE_AT);
   MultiSnapshot before, after;
   multi_snapshot(&a, &before);
   const char *path = path_of("multi.safetensors");
   OK(cuoptimSave(a.opt, path));
   unsigned char *params[MULTI_VARS];
-  multi_params(&a, params);
+  run_params(&a, params);
   multi_init(&b, &MULTI_LAYOUT, to, dtype, params);
   OK(cuoptimLoad(b.opt, path));
   multi_snapshot(&b, &after);
@@ -1812,8 +1761,8 @@ static void multi_round_trip(cuoptimBackend_t from, cuoptimBackend_t to, cuoptim
   free_params(params, MULTI_VARS);
   multi_snapshot_free(&before);
   multi_snapshot_free(&after);
-  multi_destroy(&a);
-  multi_destroy(&b);
+  run_destroy(&a);
+  run_destroy(&b);
 }
 
 Test(checkpoint, multi_optimizer_round_trip_through_a_small_staging_buffer) {
@@ -1830,9 +1779,9 @@ Test(checkpoint_cuda, multi_optimizer_checkpoints_move_between_backends) {
 /* The names and metadata the header documents: the MultiOptimizer's own entries unprefixed, each
  * sub-optimizer's under "optimizers/<k>/", a layout and every sub-optimizer's config and table. */
 Test(checkpoint, multi_optimizer_names_its_tensors_by_sub_optimizer) {
-  MultiRun a;
+  Run a;
   multi_init(&a, &MULTI_LAYOUT, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16, NULL);
-  multi_steps(&a, 0, 2);
+  run_steps(&a, 0, 2);
   const char *path = path_of("multi.safetensors");
   OK(cuoptimSave(a.opt, path));
   Bytes b = read_bytes(path);
@@ -1862,7 +1811,7 @@ Test(checkpoint, multi_optimizer_names_its_tensors_by_sub_optimizer) {
   cr_expect(cJSON_IsString(class_name) && strcmp(class_name->valuestring, "MultiOptimizer") == 0);
   cJSON_Delete(config);
   parsed_free(&p);
-  multi_destroy(&a);
+  run_destroy(&a);
 }
 
 /* `call` refused with `status` and a message holding `needle`. */
@@ -1878,9 +1827,9 @@ static void expect_refusal(cuoptimStatus_t got, cuoptimStatus_t status, const ch
 static void expect_multi_refuses(const MultiLayout *layout, const char *path, cuoptimStatus_t status,
                                  const char *needle, const char *what) {
   for (int stepped = 0; stepped <= 1; stepped++) {
-    MultiRun r;
+    Run r;
     multi_init(&r, layout, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16, NULL);
-    if (stepped) multi_steps(&r, 0, 3);
+    if (stepped) run_steps(&r, 0, 3);
     MultiSnapshot before, after;
     multi_snapshot(&r, &before);
     expect_refusal(cuoptimLoad(r.opt, path), status, needle, what);
@@ -1890,17 +1839,17 @@ static void expect_multi_refuses(const MultiLayout *layout, const char *path, cu
     multi_assert_equal(&after, &before, 1, what);
     multi_snapshot_free(&before);
     multi_snapshot_free(&after);
-    multi_destroy(&r);
+    run_destroy(&r);
   }
 }
 
 static const char *save_multi(const MultiLayout *layout, const char *file) {
-  MultiRun a;
+  Run a;
   multi_init(&a, layout, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16, NULL);
-  multi_steps(&a, 0, SAVE_AT);
+  run_steps(&a, 0, SAVE_AT);
   const char *path = path_of(file);
   OK(cuoptimSave(a.opt, path));
-  multi_destroy(&a);
+  run_destroy(&a);
   return path;
 }
 
@@ -1970,7 +1919,7 @@ Test(checkpoint, multi_optimizer_load_of_a_corrupted_file_changes_nothing) {
 
 /* NULL handle or path, empty path: refused before any file is touched. */
 Test(checkpoint, multi_optimizer_save_and_load_reject_bad_arguments) {
-  MultiRun r;
+  Run r;
   multi_init(&r, &MULTI_LAYOUT, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT32, NULL);
   const char *path = path_of("multi.safetensors");
   expect_refusal(cuoptimSave(NULL, path), CUOPTIM_STATUS_NULL_POINTER, "cuoptimSave: optimizer is NULL", "Save(NULL)");
@@ -1987,15 +1936,15 @@ Test(checkpoint, multi_optimizer_save_and_load_reject_bad_arguments) {
   char others[256];
   other_files("", others, sizeof others);
   cr_assert_str_eq(others, "", "files left: %s", others);
-  multi_destroy(&r);
+  run_destroy(&r);
 }
 
 /* A sub-optimizer's handle saves and loads its own state as a plain optimizer does; its file is a
  * plain optimizer's to the MultiOptimizer, and the MultiOptimizer's is not its. */
 Test(checkpoint, a_sub_optimizer_checkpoints_its_own_state) {
-  MultiRun a, b;
+  Run a, b;
   multi_init(&a, &MULTI_LAYOUT, CUOPTIM_BACKEND_HOST, CUOPTIM_BFLOAT16, NULL);
-  multi_steps(&a, 0, SAVE_AT);
+  run_steps(&a, 0, SAVE_AT);
   cuoptimOptimizer_t sub_a = NULL, sub_b = NULL;
   OK(cuoptimGetSubOptimizer(a.opt, 1, &sub_a));
   const char *path = path_of("sub.safetensors");
@@ -2021,6 +1970,6 @@ Test(checkpoint, a_sub_optimizer_checkpoints_its_own_state) {
   OK(cuoptimSave(a.opt, multi_path));
   expect_refusal(cuoptimLoad(sub_b, multi_path), CUOPTIM_STATUS_INVALID_VALUE, "state of a MultiOptimizer",
                  "a MultiOptimizer's file into a sub-optimizer");
-  multi_destroy(&a);
-  multi_destroy(&b);
+  run_destroy(&a);
+  run_destroy(&b);
 }

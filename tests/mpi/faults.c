@@ -583,10 +583,23 @@ static void state_of(cuoptimOptimizer_t opt, double *values, size_t capacity, si
   }
 }
 
+/* A directory every rank shares (`dir` a mkdtemp template of 64 bytes at most), made by rank 0. */
+static void shared_directory(char dir[64]) {
+  if (rank == 0 && !mkdtemp(dir)) MPI_Abort(MPI_COMM_WORLD, 4);
+  MPI_Bcast(dir, 64, MPI_CHAR, 0, MPI_COMM_WORLD);
+}
+
+/* Every rank removes its file `mine`; rank 0 the directory, once every file is gone. */
+static void remove_shared_directory(const char *dir, const char *mine) {
+  MPI_Barrier(MPI_COMM_WORLD);
+  unlink(mine);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) rmdir(dir);
+}
+
 static int sharded_checkpoint(void) {
   char dir[64] = "/tmp/cuoptim-sharded-XXXXXX";
-  if (rank == 0 && !mkdtemp(dir)) MPI_Abort(MPI_COMM_WORLD, 4);
-  MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
+  shared_directory(dir);
   char mine[128], other[128];
   snprintf(mine, sizeof mine, "%s/state.rank%d.safetensors", dir, rank);
   snprintf(other, sizeof other, "%s/state.rank%d.safetensors", dir, (rank + 1) % world);
@@ -617,10 +630,7 @@ static int sharded_checkpoint(void) {
   cuoptimDestroy(whole.opt);
   cuoptimDestroy(resumed.opt);
   cuoptimDestroy(straight.opt);
-  MPI_Barrier(MPI_COMM_WORLD);
-  unlink(mine);
-  MPI_Barrier(MPI_COMM_WORLD);
-  if (rank == 0) rmdir(dir);
+  remove_shared_directory(dir, mine);
   return same ? 0 : 1;
 }
 
@@ -769,8 +779,7 @@ static void multi_step(multi_rig_t *g, int s) {
  * parameters of step 2 and the file: steps 3 and 4 end bit for bit where the straight run does. */
 static int multi_checkpoint(int shard) {
   char dir[64] = "/tmp/cuoptim-multi-XXXXXX";
-  if (rank == 0 && !mkdtemp(dir)) MPI_Abort(MPI_COMM_WORLD, 4);
-  MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
+  shared_directory(dir);
   char mine[128];
   snprintf(mine, sizeof mine, "%s/multi.rank%d.safetensors", dir, rank);
   multi_rig_t straight, resumed;
@@ -799,10 +808,7 @@ static int multi_checkpoint(int shard) {
   fflush(stdout);
   cuoptimDestroy(resumed.opt);
   cuoptimDestroy(straight.opt);
-  MPI_Barrier(MPI_COMM_WORLD);
-  unlink(mine);
-  MPI_Barrier(MPI_COMM_WORLD);
-  if (rank == 0) rmdir(dir);
+  remove_shared_directory(dir, mine);
   return same;
 }
 
