@@ -7,6 +7,11 @@
  * against the optimizer, reads every byte into a scratch copy in backend memory while checking
  * each tensor's CRC-32, and replaces the state only once all of it is known good, so a bad file
  * or a failed read changes nothing.
+ *
+ * A MultiOptimizer's file is one plan over several parts: its own two scalars and each
+ * sub-optimizer's tensors under "optimizers/<k>/". Every sub-optimizer lives on the same backend
+ * and device, so the first one's transfer copies them all, once the others' work is complete;
+ * Load checks every part before it builds or replaces any.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +27,7 @@
 #include <cjson/cJSON.h>
 
 #include "internal.h"
+#include "multi.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "checkpoints hold tensors in the host's byte order, which safetensors requires to be little-endian"
@@ -105,13 +111,39 @@ static uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n) {
 
 /* ---- the tensors of a checkpoint ---------------------------------------------------------------- */
 
-/* Room for a name the plan makes: the prefixed outer entries and the masters. */
-#define OWN_NAME_BYTES (CUOPTIM_MAX_WEIGHT_NAME + sizeof OUTER_PREFIX)
+/* A MultiOptimizer's checkpoint stores sub-optimizer k's tensors under "optimizers/<k>/". */
+#define SUB_PREFIX "optimizers/"
+#define PART_PREFIX_BYTES 24
+/* Room for a name the plan makes: the prefixed outer entries, the masters, a sub-optimizer's. */
+#define OWN_NAME_BYTES (PART_PREFIX_BYTES + sizeof OUTER_PREFIX + CUOPTIM_MAX_WEIGHT_NAME + sizeof "_column")
+
+/* The scalar state and the LossScaleOptimizer's own two values (a MultiOptimizer's own two), as a
+ * checkpoint reads and sets them. */
+typedef struct {
+  cuoptimScalarState state;
+  int64_t outer_iterations;
+  float outer_learning_rate;
+} Scalars;
+
+/* The optimizers whose state a checkpoint holds: a plain optimizer alone; or a MultiOptimizer
+ * (part 0: its own "iteration" and "learning_rate") and each of its sub-optimizers (part k + 1). */
+typedef struct {
+  cuoptimOptimizer_t opt;
+  char prefix[PART_PREFIX_BYTES]; /* of its tensors' names */
+  Scalars scalars;                /* Save: read from the backend; Load: the loaded values */
+} Part;
+
+/* The MultiOptimizer's own entries: outer scalars, as the LossScaleOptimizer's, but unprefixed. */
+static const cuoptimWeightEntry MULTI_ENTRIES[2] = {
+    {.info = {.name = "iteration", .count = 1, .is_integer = 1}, .kind = CUOPTIM_WEIGHT_OUTER_ITERATION},
+    {.info = {.name = "learning_rate", .count = 1}, .kind = CUOPTIM_WEIGHT_OUTER_LEARNING_RATE},
+};
 
 typedef struct {
   const char *name;                /* the entry's own name, or one in the plan's own_names */
   const cuoptimWeightEntry *entry; /* NULL: the master of variables[variable] */
-  int index;                       /* the entry's position in the state list, or -1 */
+  int index;                       /* the entry's position in its part's state list, or -1 */
+  int part;                        /* whose: an index into the plan's parts */
   int variable;
   int integer;                     /* I64, else F32 */
   int scalar;                      /* shape [], else [count] */
@@ -124,8 +156,11 @@ typedef struct {
 } Tensor;
 
 typedef struct {
+  int num_parts;
+  Part *parts;
+  cuoptimOptimizer_t io; /* whose backend copies the data: the optimizer, or the first sub-optimizer */
   int count;
-  Tensor *tensors;   /* the state list's order, then the masters in variable order */
+  Tensor *tensors;   /* per part: the state list's order, then the masters in variable order */
   Tensor **by_name;  /* sorted by name */
   Tensor **by_offset;
   char *own_names;   /* OWN_NAME_BYTES each */
@@ -133,6 +168,7 @@ typedef struct {
 } Plan;
 
 static void plan_free(Plan *plan) {
+  free(plan->parts);
   free(plan->own_names);
   free(plan->tensors);
   free(plan->by_name);
@@ -184,9 +220,6 @@ static int is_outer(const cuoptimWeightEntry *e) {
   return e->kind == CUOPTIM_WEIGHT_OUTER_ITERATION || e->kind == CUOPTIM_WEIGHT_OUTER_LEARNING_RATE;
 }
 
-/* Every tensor of the optimizer's checkpoint, in file order, from the state list (described, not
- * necessarily built). Two entries with the same name (Keras allows it: Adagrad's `x_gradient`
- * accumulator and the gradient accumulator of `x`) cannot both be stored by name. */
 /* The elements of a variable's arrays this rank keeps (all of them unless sharded), known before
  * the state is built. */
 static size_t share_count(const struct cuoptimOptimizer *opt, const cuoptimVariableRec *v) {
@@ -196,40 +229,80 @@ static size_t share_count(const struct cuoptimOptimizer *opt, const cuoptimVaria
   return length;
 }
 
-static cuoptimStatus_t plan_build(cuoptimOptimizer_t opt, const char *caller, const char *path, Plan *plan) {
-  memset(plan, 0, sizeof *plan);
-  CUOPTIM_CHECK(cuoptim_describe_weights(opt));
-  int masters = number_of_masters(opt), count = opt->num_weights + masters;
-  plan->tensors = calloc((size_t)count, sizeof *plan->tensors);
-  plan->by_name = malloc((size_t)count * sizeof *plan->by_name);
-  plan->by_offset = malloc((size_t)count * sizeof *plan->by_offset);
-  plan->own_names = malloc(((size_t)masters + (size_t)number_of_factored(opt) + 2) * OWN_NAME_BYTES);
-  if (!plan->tensors || !plan->by_name || !plan->by_offset || !plan->own_names) {
-    plan_free(plan);
-    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+/* The parts of `opt`'s checkpoint (plan->parts), each described (not necessarily built). */
+static cuoptimStatus_t plan_parts(cuoptimOptimizer_t opt, const char *caller, Plan *plan) {
+  const struct cuoptimMulti *m = opt->multi;
+  plan->num_parts = m ? m->num_optimizers + 1 : 1;
+  plan->parts = calloc((size_t)plan->num_parts, sizeof *plan->parts);
+  if (!plan->parts) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  plan->parts[0].opt = opt;
+  plan->io = m ? m->optimizers[0] : opt;
+  for (int k = 1; k < plan->num_parts; k++) {
+    plan->parts[k].opt = m->optimizers[k - 1];
+    snprintf(plan->parts[k].prefix, sizeof plan->parts[k].prefix, SUB_PREFIX "%d/", k - 1);
   }
-  plan->count = count;
-  size_t offset = 0;
-  int n = 0;
-  char *own = plan->own_names;
-  for (int i = 0; i < opt->num_weights; i++, n++) {
-    const cuoptimWeightEntry *e = &opt->weights[i];
-    Tensor *t = &plan->tensors[n];
-    t->name = e->info.name;
-    if (is_outer(e)) { /* at most two */
-      snprintf(own, OWN_NAME_BYTES, OUTER_PREFIX "%s", e->info.name);
-      t->name = own;
-      own += OWN_NAME_BYTES;
+  for (int k = 0; k < plan->num_parts; k++)
+    if (!plan->parts[k].opt->multi) CUOPTIM_CHECK(cuoptim_describe_weights(plan->parts[k].opt));
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The tensors of part `p` and the names the plan makes for them. */
+static void part_counts(const Plan *plan, int p, int *tensors, int *names) {
+  const Part *part = &plan->parts[p];
+  if (part->opt->multi) {
+    *tensors = 2;
+    *names = 0;
+    return;
+  }
+  int masters = number_of_masters(part->opt);
+  *tensors = part->opt->num_weights + masters;
+  *names = part->prefix[0] ? *tensors : masters + number_of_factored(part->opt) + 2;
+}
+
+/* t->name: the entry's own name, or `pre` name `suffix` under the part's prefix in the next of
+ * the plan's own names. */
+static void name_tensor(Tensor *t, const Part *part, const char *pre, const char *name, const char *suffix,
+                        char **own) {
+  if (!part->prefix[0] && !pre[0] && !suffix[0]) {
+    t->name = name;
+    return;
+  }
+  snprintf(*own, OWN_NAME_BYTES, "%s%s%s%s", part->prefix, pre, name, suffix);
+  t->name = *own;
+  *own += OWN_NAME_BYTES;
+}
+
+/* Part `p`'s tensors from tensors[*n] on. */
+static void plan_part(Plan *plan, int p, int *n, char **own) {
+  const Part *part = &plan->parts[p];
+  const struct cuoptimOptimizer *opt = part->opt;
+  if (opt->multi) {
+    for (int i = 0; i < 2; i++) {
+      Tensor *t = &plan->tensors[(*n)++];
+      t->name = MULTI_ENTRIES[i].info.name;
+      t->entry = &MULTI_ENTRIES[i];
+      t->index = i;
+      t->part = p;
+      t->variable = -1;
+      t->integer = MULTI_ENTRIES[i].info.is_integer;
+      t->scalar = 1;
+      t->count = 1;
     }
+    return;
+  }
+  for (int i = 0; i < opt->num_weights; i++) {
+    const cuoptimWeightEntry *e = &opt->weights[i];
+    Tensor *t = &plan->tensors[(*n)++];
+    const char *suffix = "";
     if (e->kind == CUOPTIM_WEIGHT_FACTORED) { /* r, then c, of each variable */
       int column = i > 0 && opt->weights[i - 1].kind == CUOPTIM_WEIGHT_FACTORED &&
                    opt->weights[i - 1].variable == e->variable;
-      snprintf(own, OWN_NAME_BYTES, "%s%s", e->info.name, column ? "_column" : "_row");
-      t->name = own;
-      own += OWN_NAME_BYTES;
+      suffix = column ? "_column" : "_row";
     }
+    name_tensor(t, part, is_outer(e) ? OUTER_PREFIX : "", e->info.name, suffix, own);
     t->entry = e;
     t->index = i;
+    t->part = p;
     t->variable = -1;
     t->integer = e->info.is_integer;
     t->scalar = e->kind != CUOPTIM_WEIGHT_BUFFER && e->kind != CUOPTIM_WEIGHT_FACTORED;
@@ -239,16 +312,47 @@ static cuoptimStatus_t plan_build(cuoptimOptimizer_t opt, const char *caller, co
   for (int v = 0; v < opt->num_variables; v++) {
     const cuoptimVariableRec *var = &opt->variables[v];
     if (var->dtype == CUOPTIM_FLOAT32) continue;
-    Tensor *t = &plan->tensors[n++];
-    snprintf(own, OWN_NAME_BYTES, "%s" MASTER_SUFFIX, var->name);
-    t->name = own;
-    own += OWN_NAME_BYTES;
+    Tensor *t = &plan->tensors[(*n)++];
+    name_tensor(t, part, "", var->name, MASTER_SUFFIX, own);
     t->index = -1;
+    t->part = p;
     t->variable = v;
     t->count = share_count(opt, var);
   }
+}
+
+/* Every tensor of the optimizer's checkpoint, in file order, from the state lists (described, not
+ * necessarily built). Two entries with the same name (Keras allows it: Adagrad's `x_gradient`
+ * accumulator and the gradient accumulator of `x`) cannot both be stored by name. */
+static cuoptimStatus_t plan_build(cuoptimOptimizer_t opt, const char *caller, const char *path, Plan *plan) {
+  memset(plan, 0, sizeof *plan);
+  cuoptimStatus_t status = plan_parts(opt, caller, plan);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    plan_free(plan);
+    return status;
+  }
+  int count = 0, names = 0;
+  for (int p = 0; p < plan->num_parts; p++) {
+    int tensors = 0, own = 0;
+    part_counts(plan, p, &tensors, &own);
+    count += tensors;
+    names += own;
+  }
+  plan->tensors = calloc((size_t)count, sizeof *plan->tensors);
+  plan->by_name = malloc((size_t)count * sizeof *plan->by_name);
+  plan->by_offset = malloc((size_t)count * sizeof *plan->by_offset);
+  plan->own_names = malloc(((size_t)names + 1) * OWN_NAME_BYTES);
+  if (!plan->tensors || !plan->by_name || !plan->by_offset || !plan->own_names) {
+    plan_free(plan);
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  }
+  plan->count = count;
+  int n = 0;
+  char *own = plan->own_names;
+  for (int p = 0; p < plan->num_parts; p++) plan_part(plan, p, &n, &own);
   /* The counters first, so that every 8-byte value is aligned in the file (the data starts at a
    * multiple of 8), as safetensors' own writer orders by alignment. */
+  size_t offset = 0;
   for (int pass = 1; pass >= 0; pass--)
     for (int i = 0; i < count; i++) {
       Tensor *t = &plan->tensors[i];
@@ -267,7 +371,7 @@ static cuoptimStatus_t plan_build(cuoptimOptimizer_t opt, const char *caller, co
   for (int i = 1; i < count; i++) {
     const Tensor *a = plan->by_name[i - 1], *b = plan->by_name[i];
     if (strcmp(a->name, b->name) == 0) {
-      cuoptimStatus_t status = cuoptim_error(
+      status = cuoptim_error(
           CUOPTIM_STATUS_NOT_SUPPORTED,
           "%s: \"%.300s\": state entries %d and %d are both named \"%s\" (Keras names a slot \"<variable>_<slot>\", "
           "and two such names meet); a checkpoint stores each tensor under its own name: rename one variable",
@@ -282,18 +386,17 @@ static cuoptimStatus_t plan_build(cuoptimOptimizer_t opt, const char *caller, co
 
 /* ---- scalar values ------------------------------------------------------------------------------ */
 
-static void scalar_bytes(const struct cuoptimOptimizer *opt, const cuoptimScalarState *state, cuoptimWeightKind kind,
-                         unsigned char out[8]) {
+static void scalar_bytes(const Scalars *s, cuoptimWeightKind kind, unsigned char out[8]) {
   int64_t counter = 0;
   float value = 0.0f;
   switch (kind) {
-    case CUOPTIM_WEIGHT_ITERATION: counter = state->iterations; break;
-    case CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER: counter = state->loss_scale_counter; break;
-    case CUOPTIM_WEIGHT_OUTER_ITERATION: counter = opt->outer_iterations; break;
-    case CUOPTIM_WEIGHT_LEARNING_RATE: value = state->learning_rate; break;
-    case CUOPTIM_WEIGHT_LOSS_SCALE: value = state->loss_scale; break;
-    case CUOPTIM_WEIGHT_U_PRODUCT: value = state->u_product; break;
-    case CUOPTIM_WEIGHT_OUTER_LEARNING_RATE: value = opt->outer_learning_rate; break;
+    case CUOPTIM_WEIGHT_ITERATION: counter = s->state.iterations; break;
+    case CUOPTIM_WEIGHT_LOSS_SCALE_COUNTER: counter = s->state.loss_scale_counter; break;
+    case CUOPTIM_WEIGHT_OUTER_ITERATION: counter = s->outer_iterations; break;
+    case CUOPTIM_WEIGHT_LEARNING_RATE: value = s->state.learning_rate; break;
+    case CUOPTIM_WEIGHT_LOSS_SCALE: value = s->state.loss_scale; break;
+    case CUOPTIM_WEIGHT_U_PRODUCT: value = s->state.u_product; break;
+    case CUOPTIM_WEIGHT_OUTER_LEARNING_RATE: value = s->outer_learning_rate; break;
     case CUOPTIM_WEIGHT_BUFFER:
     case CUOPTIM_WEIGHT_FACTORED: break;
   }
@@ -324,13 +427,6 @@ static cuoptimStatus_t check_scalar(const Tensor *t, const char *caller, const c
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-/* The scalar state and the LossScaleOptimizer's own two values, as a checkpoint sets them. */
-typedef struct {
-  cuoptimScalarState state;
-  int64_t outer_iterations;
-  float outer_learning_rate;
-} Scalars;
-
 static void apply_scalar(Scalars *s, const Tensor *t) {
   int64_t counter;
   float value;
@@ -350,34 +446,11 @@ static void apply_scalar(Scalars *s, const Tensor *t) {
 }
 
 /* The backend buffer a built optimizer keeps the tensor in (arrays only). */
-static void *tensor_buffer(const struct cuoptimOptimizer *opt, const Tensor *t) {
-  return t->entry ? (void *)*t->entry->buffer : (void *)opt->variables[t->variable].master;
+static void *tensor_buffer(const Plan *plan, const Tensor *t) {
+  return t->entry ? (void *)*t->entry->buffer : (void *)plan->parts[t->part].opt->variables[t->variable].master;
 }
 
 /* ---- the metadata --------------------------------------------------------------------------------- */
-
-/* Every config's Keras JSON fits (64 boundaries and three names of 127 bytes escaped take under
- * 8 KiB), so no size query, which would leave a message behind a successful call, is needed. */
-#define CONFIG_TEXT_BYTES 16384
-
-/* cuoptimConfigToKerasJSON's text (malloc'd). */
-static cuoptimStatus_t config_text(const cuoptimConfig_t *config, const char *caller, char **text) {
-  size_t length = 0;
-  *text = malloc(CONFIG_TEXT_BYTES);
-  if (!*text) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
-  cuoptimStatus_t status = cuoptimConfigToKerasJSON(config, *text, CONFIG_TEXT_BYTES, &length);
-  if (status == CUOPTIM_STATUS_INVALID_VALUE && length >= CONFIG_TEXT_BYTES) {
-    char *larger = realloc(*text, length + 1);
-    if (larger) *text = larger;
-    status = larger ? cuoptimConfigToKerasJSON(config, *text, length + 1, NULL)
-                    : cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
-  }
-  if (status != CUOPTIM_STATUS_SUCCESS) {
-    free(*text);
-    *text = NULL;
-  }
-  return status;
-}
 
 /* The variable table: [{"name", "dtype", "count", "weight_decay"}, ...] in registration order. */
 static char *variables_text(const struct cuoptimOptimizer *opt) {
@@ -415,22 +488,90 @@ static char *crc_text(const Plan *plan) {
   return text;
 }
 
+/* A MultiOptimizer's layout: {"sub_optimizers", "name", "patterns", "pattern_optimizer",
+ * "default_optimizer", "variables": [{"name", "optimizer", "shape"}, ...] in its variables' order}
+ * (NULL: out of memory). */
+static cJSON *multi_layout(const struct cuoptimOptimizer *opt) {
+  const struct cuoptimMulti *m = opt->multi;
+  cJSON *layout = cJSON_CreateObject();
+  cJSON *patterns = cJSON_AddArrayToObject(layout, "patterns");
+  cJSON *uses = cJSON_AddArrayToObject(layout, "pattern_optimizer");
+  int ok = patterns && uses && cJSON_AddNumberToObject(layout, "sub_optimizers", m->num_optimizers) &&
+           cJSON_AddStringToObject(layout, "name", opt->config.name) &&
+           cJSON_AddNumberToObject(layout, "default_optimizer", m->default_optimizer);
+  for (int i = 0; ok && i < m->num_patterns; i++)
+    ok = cJSON_AddItemToArray(patterns, cJSON_CreateString(m->patterns[i])) &&
+         cJSON_AddItemToArray(uses, cJSON_CreateNumber(m->pattern_optimizer[i]));
+  cJSON *table = ok ? cJSON_AddArrayToObject(layout, "variables") : NULL;
+  ok = table != NULL;
+  for (int i = 0; ok && i < m->num_variables; i++) {
+    const cuoptimVariableRec *v = &m->optimizers[m->routes[i].optimizer]->variables[m->routes[i].index];
+    cJSON *row = cJSON_CreateObject();
+    ok = row && cJSON_AddItemToArray(table, row);
+    if (!ok) {
+      cJSON_Delete(row);
+      break;
+    }
+    cJSON *shape = cJSON_AddArrayToObject(row, "shape");
+    ok = shape && cJSON_AddStringToObject(row, "name", v->name) &&
+         cJSON_AddNumberToObject(row, "optimizer", m->routes[i].optimizer);
+    for (int d = 0; ok && d < v->rank; d++) ok = cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)v->dims[d]));
+  }
+  if (!ok) {
+    cJSON_Delete(layout);
+    return NULL;
+  }
+  return layout;
+}
+
+/* The metadata that says whose state the file holds: a plain optimizer's "keras_config" and
+ * "variables"; a MultiOptimizer's "keras_config" (its own), "multi_optimizer" (its layout) and
+ * each sub-optimizer's "optimizers/<k>/keras_config" and "optimizers/<k>/variables". */
+static int add_owner_metadata(cJSON *meta, const Plan *plan, const char *config) {
+  int ok = cJSON_AddStringToObject(meta, "keras_config", config) != NULL;
+  const struct cuoptimOptimizer *opt = plan->parts[0].opt;
+  if (!opt->multi) {
+    char *variables = variables_text(opt);
+    ok = ok && variables && cJSON_AddStringToObject(meta, "variables", variables);
+    free(variables);
+    return ok;
+  }
+  cJSON *layout = multi_layout(opt);
+  char *text = layout ? cJSON_PrintUnformatted(layout) : NULL;
+  ok = ok && text && cJSON_AddStringToObject(meta, "multi_optimizer", text);
+  cJSON_Delete(layout);
+  free(text);
+  for (int p = 1; ok && p < plan->num_parts; p++) {
+    const Part *part = &plan->parts[p];
+    char key[PART_PREFIX_BYTES + 16], *sub_config = NULL, *variables = variables_text(part->opt);
+    ok = variables && cuoptim_config_json_text(&part->opt->config, "cuoptimSave", &sub_config) == CUOPTIM_STATUS_SUCCESS;
+    snprintf(key, sizeof key, "%skeras_config", part->prefix);
+    ok = ok && cJSON_AddStringToObject(meta, key, sub_config);
+    snprintf(key, sizeof key, "%svariables", part->prefix);
+    ok = ok && cJSON_AddStringToObject(meta, key, variables);
+    free(sub_config);
+    free(variables);
+  }
+  return ok;
+}
+
 /* The whole header, padded with spaces to a multiple of 8 bytes (malloc'd; NULL: out of memory). */
-static char *header_text(const struct cuoptimOptimizer *opt, const Plan *plan, const char *config, size_t *length) {
+static char *header_text(const Plan *plan, const char *config, size_t *length) {
   char version[32];
   snprintf(version, sizeof version, "%d.%d.%d", CUOPTIM_VERSION_MAJOR, CUOPTIM_VERSION_MINOR, CUOPTIM_VERSION_PATCH);
-  char *variables = variables_text(opt), *crcs = crc_text(plan);
+  char *crcs = crc_text(plan);
   cJSON *root = cJSON_CreateObject();
   cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
-  int ok = variables && crcs && meta && cJSON_AddStringToObject(meta, "format", FORMAT_NAME) &&
+  int ok = crcs && meta && cJSON_AddStringToObject(meta, "format", FORMAT_NAME) &&
            cJSON_AddStringToObject(meta, "format_version", FORMAT_VERSION) &&
-           cJSON_AddStringToObject(meta, "cuoptim_version", version) &&
-           cJSON_AddStringToObject(meta, "keras_config", config) && cJSON_AddStringToObject(meta, "variables", variables) &&
+           cJSON_AddStringToObject(meta, "cuoptim_version", version) && add_owner_metadata(meta, plan, config) &&
            cJSON_AddStringToObject(meta, "crc32", crcs);
+  /* Every sub-optimizer of a MultiOptimizer attaches the same communicator: the first speaks for all. */
+  const struct cuoptimOptimizer *io = plan->io;
   char rank[16], world[16];
-  if (ok && cuoptim_comm_sharded(opt)) {
-    snprintf(rank, sizeof rank, "%d", opt->comm->rank);
-    snprintf(world, sizeof world, "%d", opt->comm->world);
+  if (ok && cuoptim_comm_sharded(io)) {
+    snprintf(rank, sizeof rank, "%d", io->comm->rank);
+    snprintf(world, sizeof world, "%d", io->comm->world);
     ok = cJSON_AddStringToObject(meta, "shard_rank", rank) && cJSON_AddStringToObject(meta, "shard_world", world);
   }
   for (int i = 0; ok && i < plan->count; i++) {
@@ -444,7 +585,6 @@ static char *header_text(const struct cuoptimOptimizer *opt, const Plan *plan, c
   }
   char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
   cJSON_Delete(root);
-  free(variables);
   free(crcs);
   if (!text) return NULL;
   size_t used = strlen(text), padded = (used + 7) / 8 * 8;
@@ -552,7 +692,7 @@ static cuoptimStatus_t write_header(Writer *w, const char *header, size_t length
 }
 
 /* The data of every tensor, after a header of `header_length` bytes. */
-static cuoptimStatus_t write_data(Writer *w, const cuoptimScalarState *state, size_t header_length) {
+static cuoptimStatus_t write_data(Writer *w, size_t header_length) {
   off_t position = (off_t)(8 + header_length);
   for (int k = 0; k < w->plan->count; k++) {
     Tensor *t = w->plan->by_offset[k];
@@ -560,10 +700,10 @@ static cuoptimStatus_t write_data(Writer *w, const cuoptimScalarState *state, si
     t->crc = 0;
     if (t->scalar) {
       unsigned char value[8];
-      scalar_bytes(w->opt, state, t->entry->kind, value);
+      scalar_bytes(&w->plan->parts[t->part].scalars, t->entry->kind, value);
       CUOPTIM_CHECK(writer_append(w, i, value, t->bytes, 0, &position));
     } else {
-      CUOPTIM_CHECK(writer_append(w, i, tensor_buffer(w->opt, t), t->bytes, 1, &position));
+      CUOPTIM_CHECK(writer_append(w, i, tensor_buffer(w->plan, t), t->bytes, 1, &position));
     }
   }
   return writer_flush(w, &position);
@@ -599,9 +739,9 @@ static int sync_directory(const char *path) {
 }
 
 /* Writes the temporary file, then renames it over `path`. The temporary file is removed on failure. */
-static cuoptimStatus_t write_file(Writer *w, const cuoptimScalarState *state, const char *config) {
+static cuoptimStatus_t write_file(Writer *w, const char *config) {
   size_t length = 0, final_length = 0;
-  char *header = header_text(w->opt, w->plan, config, &length);
+  char *header = header_text(w->plan, config, &length);
   if (!header) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", w->caller);
   if (length > MAX_HEADER_BYTES) {
     free(header);
@@ -620,11 +760,11 @@ static cuoptimStatus_t write_file(Writer *w, const cuoptimScalarState *state, co
   }
   /* The header first with CRCs still unknown: fixed-width, so the final one has the same length. */
   cuoptimStatus_t status = write_header(w, header, length);
-  if (status == CUOPTIM_STATUS_SUCCESS) status = write_data(w, state, length);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = write_data(w, length);
   free(header);
   header = NULL;
   if (status == CUOPTIM_STATUS_SUCCESS) {
-    header = header_text(w->opt, w->plan, config, &final_length);
+    header = header_text(w->plan, config, &final_length);
     if (!header) status = cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", w->caller);
     else if (final_length != length)
       status = cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: the header changed length (%zu, then %zu bytes)",
@@ -654,12 +794,55 @@ static cuoptimStatus_t write_file(Writer *w, const cuoptimScalarState *state, co
   return CUOPTIM_STATUS_SUCCESS;
 }
 
-/* The scalar state, through the staging buffer (ordered after the last step, as every copy). */
-static cuoptimStatus_t read_scalar_state(cuoptimOptimizer_t opt, cuoptimTransfer *t, cuoptimScalarState *state) {
-  CUOPTIM_CHECK(opt->ops->transfer_copy(opt, t, t->staging, opt->state, sizeof *state, CUOPTIM_COPY_TO_HOST));
-  CUOPTIM_CHECK(opt->ops->transfer_wait(opt, t));
+/* The scalar state of `opt`, through the staging buffer of `io`'s transfer (ordered after the
+ * last step, as every copy). */
+static cuoptimStatus_t read_scalar_state(cuoptimOptimizer_t io, cuoptimTransfer *t, const struct cuoptimOptimizer *opt,
+                                         cuoptimScalarState *state) {
+  CUOPTIM_CHECK(io->ops->transfer_copy(io, t, t->staging, opt->state, sizeof *state, CUOPTIM_COPY_TO_HOST));
+  CUOPTIM_CHECK(io->ops->transfer_wait(io, t));
   memcpy(state, t->staging, sizeof *state);
   return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Every part's scalars as the optimizers hold them now. */
+static cuoptimStatus_t read_scalars(Plan *plan, cuoptimTransfer *t) {
+  for (int p = 0; p < plan->num_parts; p++) {
+    Part *part = &plan->parts[p];
+    const struct cuoptimOptimizer *opt = part->opt;
+    if (opt->multi) {
+      part->scalars.outer_iterations = opt->multi->iterations;
+      part->scalars.outer_learning_rate = opt->multi->learning_rate;
+      continue;
+    }
+    CUOPTIM_CHECK(read_scalar_state(plan->io, t, opt, &part->scalars.state));
+    part->scalars.outer_iterations = opt->outer_iterations;
+    part->scalars.outer_learning_rate = opt->outer_learning_rate;
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Builds every part's state (Keras's MultiOptimizer.build builds every sub-optimizer). */
+static cuoptimStatus_t build_parts(const Plan *plan, const char *caller) {
+  for (int p = 0; p < plan->num_parts; p++)
+    if (!plan->parts[p].opt->multi) CUOPTIM_CHECK(cuoptim_build(plan->parts[p].opt, caller, NULL));
+  if (plan->parts[0].opt->multi) plan->parts[0].opt->multi->built = 1;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The copies run on `io`'s transfer, which waits for `io`'s own work only: the other
+ * sub-optimizers' work is waited for here. */
+static cuoptimStatus_t wait_for_other_parts(const Plan *plan) {
+  for (int p = 0; p < plan->num_parts; p++) {
+    cuoptimOptimizer_t opt = plan->parts[p].opt;
+    if (!opt->multi && opt != plan->io) CUOPTIM_CHECK(opt->ops->synchronize(opt));
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The Keras JSON of the optimizer, or of the MultiOptimizer (malloc'd). */
+static cuoptimStatus_t owner_cuoptim_config_json_text(const struct cuoptimOptimizer *opt, const char *caller, char **text) {
+  if (opt->multi) return cuoptim_multi_json_text((cuoptimOptimizer_t)opt, caller, text);
+  return cuoptim_config_json_text(&opt->config, caller, text);
 }
 
 static char *temporary_path(const char *path) {
@@ -671,43 +854,56 @@ static char *temporary_path(const char *path) {
 
 /* What cuoptimSave and cuoptimLoad both refuse before they touch a file. */
 static cuoptimStatus_t check_arguments(const cuoptimOptimizer_t opt, const char *path, const char *caller) {
-  CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  if (!opt) return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, "%s: optimizer is NULL", caller);
   CUOPTIM_REQUIRE_NOT_NULL(caller, path);
   if (path[0] == '\0') return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: path is empty", caller);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* Data-parallel with local accumulators between applied steps: each rank holds only its part. */
+static cuoptimStatus_t check_accumulators(const cuoptimOptimizer_t opt, const char *caller) {
+  const struct cuoptimMulti *m = opt->multi;
+  for (int k = 0; k < (m ? m->num_optimizers : 1); k++) {
+    const cuoptimOptimizer_t sub = m ? m->optimizers[k] : opt;
+    if (!cuoptim_comm_accumulators_partial(sub)) continue;
+    char which[48] = "";
+    if (m) snprintf(which, sizeof which, " of sub-optimizer %d", k);
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "%s: between applied steps each rank's gradient accumulators%s hold only its own part of the "
+                         "sum (options.accumulate_locally): save after a step that applies (iterations a multiple of "
+                         "gradient_accumulation_steps)",
+                         caller, which);
+  }
   return CUOPTIM_STATUS_SUCCESS;
 }
 
 cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t opt, const char *path) {
   static const char *caller = "cuoptimSave";
   CUOPTIM_CHECK(check_arguments(opt, path, caller));
-  if (cuoptim_comm_accumulators_partial(opt))
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
-                         "%s: between applied steps each rank's gradient accumulators hold only its own part of the "
-                         "sum (options.accumulate_locally): save after a step that applies (iterations a multiple of "
-                         "gradient_accumulation_steps)",
-                         caller);
+  CUOPTIM_CHECK(check_accumulators(opt, caller));
   Plan plan;
   CUOPTIM_CHECK(plan_build(opt, caller, path, &plan));
+  cuoptimOptimizer_t io = plan.io;
   char *config = NULL, *temp = temporary_path(path);
   cuoptimStatus_t status = temp ? CUOPTIM_STATUS_SUCCESS
                                 : cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
-  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_build(opt, caller, NULL);
-  if (status == CUOPTIM_STATUS_SUCCESS) status = config_text(&opt->config, caller, &config);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = build_parts(&plan, caller);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = owner_cuoptim_config_json_text(opt, caller, &config);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = wait_for_other_parts(&plan);
   cuoptimTransfer transfer;
   memset(&transfer, 0, sizeof transfer);
   int began = 0;
   if (status == CUOPTIM_STATUS_SUCCESS) {
     began = 1;
-    status = opt->ops->transfer_begin(opt, staging_bytes(), 0, &transfer);
+    status = io->ops->transfer_begin(io, staging_bytes(), 0, &transfer);
   }
-  cuoptimScalarState state;
-  if (status == CUOPTIM_STATUS_SUCCESS) status = read_scalar_state(opt, &transfer, &state);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = read_scalars(&plan, &transfer);
   if (status == CUOPTIM_STATUS_SUCCESS) {
     Writer *w = calloc(1, sizeof *w);
     if (!w) {
       status = cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
     } else {
-      w->opt = opt;
+      w->opt = io;
       w->transfer = &transfer;
       w->plan = &plan;
       w->caller = caller;
@@ -715,11 +911,11 @@ cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t opt, const char *path) {
       w->temp = temp;
       w->fd = -1;
       w->capacity = staging_bytes();
-      status = write_file(w, &state, config);
+      status = write_file(w, config);
       free(w);
     }
   }
-  if (began) opt->ops->transfer_end(opt, &transfer);
+  if (began) io->ops->transfer_end(io, &transfer);
   free(config);
   free(temp);
   plan_free(&plan);
@@ -905,7 +1101,7 @@ static int json_difference(const cJSON *a, const cJSON *b, char *path, size_t ca
 }
 
 /* Names the first field where the file's Keras config (text) differs from the optimizer's. */
-static cuoptimStatus_t refuse_config(const Loader *l, const char *file_text, const char *own_text) {
+static cuoptimStatus_t refuse_config(const Loader *l, const char *who, const char *file_text, const char *own_text) {
   cJSON *a = cJSON_Parse(file_text), *b = cJSON_Parse(own_text);
   char path[256] = "", in_file[120], in_optimizer[120];
   const cJSON *x = NULL, *y = NULL;
@@ -914,10 +1110,10 @@ static cuoptimStatus_t refuse_config(const Loader *l, const char *file_text, con
     item_text(x, in_file, sizeof in_file);
     item_text(y, in_optimizer, sizeof in_optimizer);
     status = refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
-                    "the optimizer's Keras config differs from the file's at %s: %s in the file, %s in the optimizer",
-                    path[0] ? path : "the top", in_file, in_optimizer);
+                    "%sthe optimizer's Keras config differs from the file's at %s: %s in the file, %s in the optimizer",
+                    who, path[0] ? path : "the top", in_file, in_optimizer);
   } else {
-    status = refuse(l, CUOPTIM_STATUS_INVALID_VALUE, "the optimizer's Keras config differs from the file's");
+    status = refuse(l, CUOPTIM_STATUS_INVALID_VALUE, "%sthe optimizer's Keras config differs from the file's", who);
   }
   cJSON_Delete(a);
   cJSON_Delete(b);
@@ -933,48 +1129,51 @@ static const char *optimizer_title(const cuoptimConfig_t *c, char *text, size_t 
   return text;
 }
 
-/* The file's Keras config must be the optimizer's own, but for a constant learning rate's value,
- * which is state (the `learning_rate` tensor, as cuoptimSetLearningRate changes it). */
-static cuoptimStatus_t check_config(const Loader *l, const char *text) {
+/* The file's Keras config (metadata `key`) must be `opt`'s own, but for a constant learning rate's
+ * value, which is state (the `learning_rate` tensor, as cuoptimSetLearningRate changes it). `who`
+ * names a sub-optimizer in messages ("" for a plain optimizer). */
+static cuoptimStatus_t check_config(const Loader *l, const struct cuoptimOptimizer *opt, const char *who,
+                                    const char *key, const char *text) {
   cuoptimConfig_t file_config;
   cuoptimStatus_t status = cuoptimConfigFromKerasJSON(&file_config, text);
   if (status != CUOPTIM_STATUS_SUCCESS) {
     char why[768];
     snprintf(why, sizeof why, "%s", cuoptimGetLastErrorMessage());
-    return refuse(l, status, "__metadata__ keras_config: %s", why);
+    return refuse(l, status, "__metadata__ %s: %s", key, why);
   }
-  const cuoptimConfig_t *own = &l->opt->config;
+  const cuoptimConfig_t *own = &opt->config;
   if (file_config.kind != own->kind || file_config.dynamic_loss_scale != own->dynamic_loss_scale) {
     char a[64], b[64];
-    return refuse(l, CUOPTIM_STATUS_INVALID_VALUE, "the file holds the state of %s, this optimizer is %s",
+    return refuse(l, CUOPTIM_STATUS_INVALID_VALUE, "%sthe file holds the state of %s, this optimizer is %s", who,
                   optimizer_title(&file_config, a, sizeof a), optimizer_title(own, b, sizeof b));
   }
   if (file_config.learning_rate.kind == CUOPTIM_SCHEDULE_CONSTANT &&
       own->learning_rate.kind == CUOPTIM_SCHEDULE_CONSTANT)
     file_config.learning_rate.initial_learning_rate = own->learning_rate.initial_learning_rate;
   char *file_text = NULL, *own_text = NULL;
-  status = config_text(&file_config, l->caller, &file_text);
-  if (status == CUOPTIM_STATUS_SUCCESS) status = config_text(own, l->caller, &own_text);
-  if (status == CUOPTIM_STATUS_SUCCESS && strcmp(file_text, own_text) != 0) status = refuse_config(l, file_text, own_text);
+  status = cuoptim_config_json_text(&file_config, l->caller, &file_text);
+  if (status == CUOPTIM_STATUS_SUCCESS) status = cuoptim_config_json_text(own, l->caller, &own_text);
+  if (status == CUOPTIM_STATUS_SUCCESS && strcmp(file_text, own_text) != 0)
+    status = refuse_config(l, who, file_text, own_text);
   free(file_text);
   free(own_text);
   return status;
 }
 
-static cuoptimStatus_t refuse_variable(const Loader *l, int i, const char *why) {
-  return refuse(l, CUOPTIM_STATUS_INVALID_VALUE, "__metadata__ variables[%d]: %s", i, why);
+static cuoptimStatus_t refuse_variable(const Loader *l, const char *key, int i, const char *why) {
+  return refuse(l, CUOPTIM_STATUS_INVALID_VALUE, "__metadata__ %s[%d]: %s", key, i, why);
 }
 
 /* The file's variable table must list the optimizer's variables: names, dtypes, counts, weight
  * decay, in registration order. */
-static cuoptimStatus_t check_variables(const Loader *l, const char *text) {
+static cuoptimStatus_t check_variables(const Loader *l, const struct cuoptimOptimizer *opt, const char *key,
+                                       const char *text) {
   cJSON *table = cJSON_Parse(text);
   cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
   if (!cJSON_IsArray(table)) {
     cJSON_Delete(table);
-    return refuse(l, CUOPTIM_STATUS_INVALID_VALUE, "__metadata__ variables is not a JSON array of variables");
+    return refuse(l, CUOPTIM_STATUS_INVALID_VALUE, "__metadata__ %s is not a JSON array of variables", key);
   }
-  const struct cuoptimOptimizer *opt = l->opt;
   int i = 0;
   char why[600];
   for (const cJSON *row = table->child; row && status == CUOPTIM_STATUS_SUCCESS; row = row->next, i++) {
@@ -984,13 +1183,13 @@ static cuoptimStatus_t check_variables(const Loader *l, const char *text) {
     const cJSON *decay = cJSON_GetObjectItemCaseSensitive(row, "weight_decay");
     double elements = 0;
     if (!cJSON_IsString(name) || !cJSON_IsString(dtype) || !json_index(count, &elements) || !cJSON_IsBool(decay)) {
-      status = refuse_variable(l, i, "not {\"name\": string, \"dtype\": string, \"count\": integer, \"weight_decay\": bool}");
+      status = refuse_variable(l, key, i, "not {\"name\": string, \"dtype\": string, \"count\": integer, \"weight_decay\": bool}");
       break;
     }
     if (i >= opt->num_variables) {
       snprintf(why, sizeof why, "\"%.200s\": the optimizer has only %d variables, the file %d", name->valuestring,
                opt->num_variables, cJSON_GetArraySize(table));
-      status = refuse_variable(l, i, why);
+      status = refuse_variable(l, key, i, why);
       break;
     }
     const cuoptimVariableRec *v = &opt->variables[i];
@@ -1006,12 +1205,12 @@ static cuoptimStatus_t check_variables(const Loader *l, const char *text) {
                v->name, v->use_weight_decay ? "optimizer" : "file", v->use_weight_decay ? "file" : "optimizer");
     else
       continue;
-    status = refuse_variable(l, i, why);
+    status = refuse_variable(l, key, i, why);
   }
   if (status == CUOPTIM_STATUS_SUCCESS && i < opt->num_variables)
     status = refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
-                    "__metadata__ variables: the file has %d variables, the optimizer %d (\"%s\" is not in the file)", i,
-                    opt->num_variables, opt->variables[i].name);
+                    "__metadata__ %s: the file has %d variables, the optimizer %d (\"%s\" is not in the file)", key,
+                    i, opt->num_variables, opt->variables[i].name);
   cJSON_Delete(table);
   return status;
 }
@@ -1057,19 +1256,19 @@ static cuoptimStatus_t read_crcs(Loader *l, const char *text) {
   return status;
 }
 
-/* safetensors requires every metadata value to be a string. */
 /* A sharded state's file holds one rank's shares: it loads into the same rank of a world of the
- * same size, sharded, and only there. */
+ * same size, sharded, and only there. A MultiOptimizer's sub-optimizers all attach alike. */
 static cuoptimStatus_t check_shard(const Loader *l, const cJSON *meta) {
   const cJSON *rank = cJSON_GetObjectItemCaseSensitive(meta, "shard_rank");
   const cJSON *world = cJSON_GetObjectItemCaseSensitive(meta, "shard_world");
-  int sharded = cuoptim_comm_sharded(l->opt);
+  const struct cuoptimOptimizer *io = l->plan.io;
+  int sharded = cuoptim_comm_sharded(io);
   if (!rank && !world) {
     if (!sharded) return CUOPTIM_STATUS_SUCCESS;
     return refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
                   "the checkpoint holds whole (unsharded) state; this optimizer's state is sharded (rank %d of %d): "
                   "load it into an optimizer without options.shard_state",
-                  l->opt->comm->rank, l->opt->comm->world);
+                  io->comm->rank, io->comm->world);
   }
   if (!rank || !world)
     return refuse(l, CUOPTIM_STATUS_INVALID_VALUE, "__metadata__ has one of shard_rank and shard_world, not both");
@@ -1079,13 +1278,87 @@ static cuoptimStatus_t check_shard(const Loader *l, const cJSON *meta) {
                   "sharded",
                   rank->valuestring, world->valuestring);
   char mine[16], ours[16];
-  snprintf(mine, sizeof mine, "%d", l->opt->comm->rank);
-  snprintf(ours, sizeof ours, "%d", l->opt->comm->world);
+  snprintf(mine, sizeof mine, "%d", io->comm->rank);
+  snprintf(ours, sizeof ours, "%d", io->comm->world);
   if (strcmp(rank->valuestring, mine) != 0 || strcmp(world->valuestring, ours) != 0)
     return refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
                   "the checkpoint holds rank %.20s of %.20s's share of sharded state; this is rank %s of %s: each rank "
                   "loads the file it saved, in a world of the same size",
                   rank->valuestring, world->valuestring, mine, ours);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* A plain optimizer's file loads into a plain optimizer, a MultiOptimizer's into a MultiOptimizer. */
+static cuoptimStatus_t check_owner(const Loader *l, const cJSON *layout) {
+  const struct cuoptimOptimizer *opt = l->opt;
+  if (!opt->multi && layout) {
+    char title[64];
+    return refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
+                  "the file holds the state of a MultiOptimizer (__metadata__ multi_optimizer), this optimizer is a "
+                  "plain %s: load it with a MultiOptimizer handle (cuoptimCreateMulti)",
+                  optimizer_title(&opt->config, title, sizeof title));
+  }
+  if (opt->multi && !layout)
+    return refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
+                  "the file holds the state of a plain optimizer (no __metadata__ multi_optimizer), this optimizer is "
+                  "a MultiOptimizer of %d sub-optimizers (a sub-optimizer's own checkpoint loads into that "
+                  "sub-optimizer's handle, cuoptimGetSubOptimizer)",
+                  opt->multi->num_optimizers);
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* A MultiOptimizer's file: the same sub-optimizers, map and variables (names, routing, shapes). */
+static cuoptimStatus_t check_multi_layout(const Loader *l, const char *text) {
+  cJSON *file = cJSON_Parse(text), *own = multi_layout(l->opt);
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  const cJSON *count = cJSON_GetObjectItemCaseSensitive(file, "sub_optimizers");
+  char path[256] = "", in_file[120], in_optimizer[120];
+  const cJSON *x = NULL, *y = NULL;
+  if (!own) {
+    status = refuse(l, CUOPTIM_STATUS_ALLOC_FAILED, "out of host memory");
+  } else if (!cJSON_IsObject(file) || !cJSON_IsNumber(count)) {
+    status = refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
+                    "__metadata__ multi_optimizer is not a JSON object with \"sub_optimizers\"");
+  } else if (count->valuedouble != (double)l->opt->multi->num_optimizers) {
+    status = refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
+                    "the file holds a MultiOptimizer of %.0f sub-optimizers, this one has %d", count->valuedouble,
+                    l->opt->multi->num_optimizers);
+  } else if (json_difference(file, own, path, sizeof path, &x, &y)) {
+    item_text(x, in_file, sizeof in_file);
+    item_text(y, in_optimizer, sizeof in_optimizer);
+    status = refuse(l, CUOPTIM_STATUS_INVALID_VALUE,
+                    "the MultiOptimizer's layout (map and variables: names, sub-optimizers, shapes) differs from the "
+                    "file's at __metadata__ multi_optimizer%s: %s in the file, %s in the optimizer",
+                    path, in_file, in_optimizer);
+  }
+  cJSON_Delete(file);
+  cJSON_Delete(own);
+  return status;
+}
+
+/* Each part's config and variables against the file's. */
+static cuoptimStatus_t check_owner_metadata(Loader *l, const cJSON *meta, const cJSON *layout,
+                                            const cJSON *config) {
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  if (!layout) {
+    const cJSON *variables = metadata_string(l, meta, "variables", &status);
+    if (!variables) return status;
+    CUOPTIM_CHECK(check_config(l, l->opt, "", "keras_config", config->valuestring));
+    return check_variables(l, l->opt, "variables", variables->valuestring);
+  }
+  CUOPTIM_CHECK(check_multi_layout(l, layout->valuestring));
+  for (int p = 1; p < l->plan.num_parts; p++) {
+    const Part *part = &l->plan.parts[p];
+    char config_key[PART_PREFIX_BYTES + 16], variables_key[PART_PREFIX_BYTES + 16], who[48];
+    snprintf(config_key, sizeof config_key, "%skeras_config", part->prefix);
+    snprintf(variables_key, sizeof variables_key, "%svariables", part->prefix);
+    snprintf(who, sizeof who, "sub-optimizer %d: ", p - 1);
+    const cJSON *sub_config = metadata_string(l, meta, config_key, &status);
+    const cJSON *variables = sub_config ? metadata_string(l, meta, variables_key, &status) : NULL;
+    if (!variables) return status;
+    CUOPTIM_CHECK(check_config(l, part->opt, who, config_key, sub_config->valuestring));
+    CUOPTIM_CHECK(check_variables(l, part->opt, variables_key, variables->valuestring));
+  }
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -1107,12 +1380,12 @@ static cuoptimStatus_t check_metadata(Loader *l, const cJSON *meta) {
     return refuse(l, CUOPTIM_STATUS_NOT_SUPPORTED,
                   "__metadata__ format_version is \"%.100s\": this cuoptim reads format_version " FORMAT_VERSION,
                   version->valuestring);
+  const cJSON *layout = cJSON_GetObjectItemCaseSensitive(meta, "multi_optimizer");
+  CUOPTIM_CHECK(check_owner(l, layout));
   const cJSON *config = metadata_string(l, meta, "keras_config", &status);
-  const cJSON *variables = config ? metadata_string(l, meta, "variables", &status) : NULL;
-  const cJSON *crcs = variables ? metadata_string(l, meta, "crc32", &status) : NULL;
+  const cJSON *crcs = config ? metadata_string(l, meta, "crc32", &status) : NULL;
   if (!crcs || !metadata_string(l, meta, "cuoptim_version", &status)) return status;
-  CUOPTIM_CHECK(check_config(l, config->valuestring));
-  CUOPTIM_CHECK(check_variables(l, variables->valuestring));
+  CUOPTIM_CHECK(check_owner_metadata(l, meta, layout, config));
   CUOPTIM_CHECK(check_shard(l, meta));
   return read_crcs(l, crcs->valuestring);
 }
@@ -1207,7 +1480,7 @@ static cuoptimStatus_t check_tensors(Loader *l) {
 /* Reads the data in file order into the scratch copy, through the staging buffer, computing each
  * tensor's CRC and keeping the scalars' bytes. */
 static cuoptimStatus_t read_data(Loader *l, cuoptimTransfer *t, size_t capacity) {
-  cuoptimOptimizer_t opt = l->opt;
+  cuoptimOptimizer_t opt = l->plan.io;
   Plan *plan = &l->plan;
   const unsigned char *staging = t->staging;
   int k = 0;
@@ -1244,31 +1517,45 @@ static cuoptimStatus_t check_data(const Loader *l) {
 
 /* Replaces the state with the verified copy: arrays from the scratch copy, then the scalars. */
 static cuoptimStatus_t install_state(Loader *l, cuoptimTransfer *t) {
-  cuoptimOptimizer_t opt = l->opt;
-  CUOPTIM_CHECK(cuoptim_build(opt, l->caller, NULL));
-  Scalars s = {.outer_iterations = opt->outer_iterations, .outer_learning_rate = opt->outer_learning_rate};
-  CUOPTIM_CHECK(read_scalar_state(opt, t, &s.state));
-  for (int i = 0; i < l->plan.count; i++) {
-    const Tensor *x = &l->plan.tensors[i];
+  Plan *plan = &l->plan;
+  cuoptimOptimizer_t io = plan->io;
+  CUOPTIM_CHECK(build_parts(plan, l->caller));
+  CUOPTIM_CHECK(read_scalars(plan, t));
+  for (int i = 0; i < plan->count; i++) {
+    const Tensor *x = &plan->tensors[i];
     if (x->scalar)
-      apply_scalar(&s, x);
+      apply_scalar(&plan->parts[x->part].scalars, x);
     else
-      CUOPTIM_CHECK(opt->ops->transfer_copy(opt, t, tensor_buffer(opt, x), (const char *)t->scratch + x->offset,
-                                            x->bytes, CUOPTIM_COPY_WITHIN_BACKEND));
+      CUOPTIM_CHECK(io->ops->transfer_copy(io, t, tensor_buffer(plan, x), (const char *)t->scratch + x->offset,
+                                           x->bytes, CUOPTIM_COPY_WITHIN_BACKEND));
   }
-  memcpy(t->staging, &s.state, sizeof s.state);
-  CUOPTIM_CHECK(opt->ops->transfer_copy(opt, t, opt->state, t->staging, sizeof s.state, CUOPTIM_COPY_TO_BACKEND));
-  CUOPTIM_CHECK(opt->ops->transfer_wait(opt, t));
-  opt->outer_iterations = s.outer_iterations;
-  opt->outer_learning_rate = s.outer_learning_rate;
-  cuoptim_note_iterations(opt, s.state.iterations);
-  /* Every rank loaded the same accumulators. */
-  if (cuoptim_comm_accumulates_locally(opt)) opt->accumulators = CUOPTIM_ACCUMULATORS_REPLICATED;
-  /* As cuoptimSetLearningRate: the config reports the loaded value, kept as given when it is the
-   * same float32. */
-  double *configured = &opt->config.learning_rate.initial_learning_rate;
-  if (opt->config.learning_rate.kind == CUOPTIM_SCHEDULE_CONSTANT && (float)*configured != s.state.learning_rate)
-    *configured = (double)s.state.learning_rate;
+  for (int p = 0; p < plan->num_parts; p++) {
+    const Part *part = &plan->parts[p];
+    if (part->opt->multi) continue;
+    memcpy(t->staging, &part->scalars.state, sizeof part->scalars.state);
+    CUOPTIM_CHECK(io->ops->transfer_copy(io, t, part->opt->state, t->staging, sizeof part->scalars.state,
+                                         CUOPTIM_COPY_TO_BACKEND));
+    CUOPTIM_CHECK(io->ops->transfer_wait(io, t)); /* before the staging buffer is written again */
+  }
+  for (int p = 0; p < plan->num_parts; p++) {
+    const Scalars *s = &plan->parts[p].scalars;
+    cuoptimOptimizer_t opt = plan->parts[p].opt;
+    if (opt->multi) {
+      opt->multi->iterations = s->outer_iterations;
+      opt->multi->learning_rate = s->outer_learning_rate;
+      continue;
+    }
+    opt->outer_iterations = s->outer_iterations;
+    opt->outer_learning_rate = s->outer_learning_rate;
+    cuoptim_note_iterations(opt, s->state.iterations);
+    /* Every rank loaded the same accumulators. */
+    if (cuoptim_comm_accumulates_locally(opt)) opt->accumulators = CUOPTIM_ACCUMULATORS_REPLICATED;
+    /* As cuoptimSetLearningRate: the config reports the loaded value, kept as given when it is the
+     * same float32. */
+    double *configured = &opt->config.learning_rate.initial_learning_rate;
+    if (opt->config.learning_rate.kind == CUOPTIM_SCHEDULE_CONSTANT && (float)*configured != s->state.learning_rate)
+      *configured = (double)s->state.learning_rate;
+  }
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -1289,14 +1576,16 @@ cuoptimStatus_t cuoptimLoad(cuoptimOptimizer_t opt, const char *path) {
   memset(&transfer, 0, sizeof transfer);
   int began = 0;
   size_t capacity = staging_bytes();
+  cuoptimOptimizer_t io = l.plan.io;
+  if (status == CUOPTIM_STATUS_SUCCESS) status = wait_for_other_parts(&l.plan);
   if (status == CUOPTIM_STATUS_SUCCESS) {
     began = 1;
-    status = opt->ops->transfer_begin(opt, capacity, l.plan.data_bytes, &transfer);
+    status = io->ops->transfer_begin(io, capacity, l.plan.data_bytes, &transfer);
   }
   if (status == CUOPTIM_STATUS_SUCCESS) status = read_data(&l, &transfer, capacity);
   if (status == CUOPTIM_STATUS_SUCCESS) status = check_data(&l);
   if (status == CUOPTIM_STATUS_SUCCESS) status = install_state(&l, &transfer);
-  if (began) opt->ops->transfer_end(opt, &transfer);
+  if (began) io->ops->transfer_end(io, &transfer);
   if (l.file) fclose(l.file);
   cJSON_Delete(l.root);
   free(l.header);

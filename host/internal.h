@@ -74,11 +74,16 @@ cuoptimStatus_t cuoptim_multi_set_weights(struct cuoptimOptimizer *opt, int inde
 cuoptimStatus_t cuoptim_multi_finalize(struct cuoptimOptimizer *opt, cuoptimStream_t stream);
 cuoptimStatus_t cuoptim_multi_synchronize(struct cuoptimOptimizer *opt, int64_t timeout_ms);
 cuoptimStatus_t cuoptim_multi_state_bytes(struct cuoptimOptimizer *opt, size_t *bytes);
+/* The MultiOptimizer's Keras JSON, as cuoptimToKerasJSON writes it (malloc'd; host/multi_json.c). */
+cuoptimStatus_t cuoptim_multi_json_text(struct cuoptimOptimizer *opt, const char *caller, char **text);
 
 /* For host/multi.c (host/keras_json.c): Python's repr of a float, and a string as json.dumps
  * writes it (ASCII only, NUL-terminated, malloc'ed; NULL when out of memory; s valid UTF-8). */
 void cuoptim_python_float_repr(double x, char out[40]);
 char *cuoptim_json_string(const char *s);
+/* cuoptimConfigToKerasJSON's text (malloc'd), without a size query that would leave a message
+ * behind a successful call (host/keras_json.c). */
+cuoptimStatus_t cuoptim_config_json_text(const cuoptimConfig_t *config, const char *caller, char **text);
 
 /* ---- config (host/config.c) ----------------------------------------------------------------- */
 

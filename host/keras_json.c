@@ -1414,3 +1414,25 @@ char *cuoptim_json_string(const char *s) {
   out[t.len] = '\0';
   return out;
 }
+
+/* Every config's Keras JSON fits (64 boundaries and three names of 127 bytes escaped take under
+ * 8 KiB), so no size query, which would leave a message behind a successful call, is needed. */
+#define CONFIG_TEXT_BYTES 16384
+
+cuoptimStatus_t cuoptim_config_json_text(const cuoptimConfig_t *config, const char *caller, char **text) {
+  size_t length = 0;
+  *text = malloc(CONFIG_TEXT_BYTES);
+  if (!*text) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  cuoptimStatus_t status = cuoptimConfigToKerasJSON(config, *text, CONFIG_TEXT_BYTES, &length);
+  if (status == CUOPTIM_STATUS_INVALID_VALUE && length >= CONFIG_TEXT_BYTES) {
+    char *larger = realloc(*text, length + 1);
+    if (larger) *text = larger;
+    status = larger ? cuoptimConfigToKerasJSON(config, *text, length + 1, NULL)
+                    : cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  }
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    free(*text);
+    *text = NULL;
+  }
+  return status;
+}

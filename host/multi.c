@@ -37,8 +37,6 @@ static const refusal REFUSALS[] = {
                          "or write its Keras JSON (cuoptimToKerasJSON)"},
     {"cuoptimExcludeFromWeightDecay", "exclusions belong to a sub-optimizer: call it on cuoptimGetSubOptimizer's "
                                       "handle before the first step"},
-    {"cuoptimSave", "checkpoints of a MultiOptimizer are not supported"},
-    {"cuoptimLoad", "checkpoints of a MultiOptimizer are not supported"},
     {"cuoptimScheduleFreeAveragedWeights", "ask the ScheduleFreeAdamW sub-optimizer (cuoptimGetSubOptimizer) with "
                                            "the variable's index there (cuoptimGetVariableOptimizer)"},
 };

@@ -423,16 +423,13 @@ static void append_owned(buffer_t *b, char *s) {
 }
 
 static cuoptimStatus_t append_sub(buffer_t *b, cuoptimOptimizer_t sub) {
-  size_t length = 0;
   cuoptimConfig_t config;
+  char *text = NULL;
   CUOPTIM_CHECK(cuoptimGetConfig(sub, &config));
-  (void)cuoptimConfigToKerasJSON(&config, NULL, 0, &length);
-  char *text = malloc(length + 1);
-  if (!text) return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, TO_JSON ": out of host memory");
-  cuoptimStatus_t status = cuoptimConfigToKerasJSON(&config, text, length + 1, NULL);
-  if (status == CUOPTIM_STATUS_SUCCESS) append(b, text);
+  CUOPTIM_CHECK(cuoptim_config_json_text(&config, TO_JSON, &text));
+  append(b, text);
   free(text);
-  return status;
+  return CUOPTIM_STATUS_SUCCESS;
 }
 
 static cuoptimStatus_t write_multi(const struct cuoptimOptimizer *opt, buffer_t *b) {
@@ -458,6 +455,19 @@ static cuoptimStatus_t write_multi(const struct cuoptimOptimizer *opt, buffer_t 
   return CUOPTIM_STATUS_SUCCESS;
 }
 
+cuoptimStatus_t cuoptim_multi_json_text(cuoptimOptimizer_t opt, const char *caller, char **text) {
+  buffer_t b = {NULL, 0, 0, 0};
+  cuoptimStatus_t status = write_multi(opt, &b);
+  if (status == CUOPTIM_STATUS_SUCCESS && b.failed)
+    status = cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "%s: out of host memory", caller);
+  if (status != CUOPTIM_STATUS_SUCCESS) {
+    free(b.data);
+    b.data = NULL;
+  }
+  *text = b.data;
+  return status;
+}
+
 cuoptimStatus_t cuoptimToKerasJSON(cuoptimOptimizer_t opt, char *buffer, size_t capacity, size_t *length) {
   if (!opt) return cuoptim_error(CUOPTIM_STATUS_NULL_POINTER, TO_JSON ": optimizer is NULL");
   if (!opt->multi) {
@@ -465,19 +475,18 @@ cuoptimStatus_t cuoptimToKerasJSON(cuoptimOptimizer_t opt, char *buffer, size_t 
     CUOPTIM_CHECK(cuoptimGetConfig(opt, &config));
     return cuoptimConfigToKerasJSON(&config, buffer, capacity, length);
   }
-  buffer_t b = {NULL, 0, 0, 0};
-  cuoptimStatus_t status = write_multi(opt, &b);
-  if (status == CUOPTIM_STATUS_SUCCESS && b.failed)
-    status = cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, TO_JSON ": out of host memory");
+  char *text = NULL;
+  cuoptimStatus_t status = cuoptim_multi_json_text(opt, TO_JSON, &text);
   if (status == CUOPTIM_STATUS_SUCCESS) {
-    if (length) *length = b.len;
-    if (buffer == NULL || capacity < b.len + 1)
+    size_t used = strlen(text);
+    if (length) *length = used;
+    if (buffer == NULL || capacity < used + 1)
       status = cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE,
-                             TO_JSON ": capacity = %zu: the text needs %zu bytes (NUL included)%s", capacity, b.len + 1,
+                             TO_JSON ": capacity = %zu: the text needs %zu bytes (NUL included)%s", capacity, used + 1,
                              buffer == NULL ? " and buffer is NULL" : "");
     else
-      memcpy(buffer, b.data, b.len + 1);
+      memcpy(buffer, text, used + 1);
   }
-  free(b.data);
+  free(text);
   return status;
 }

@@ -891,11 +891,31 @@ CUOPTIM_API cuoptimStatus_t cuoptimGetRank(cuoptimOptimizer_t optimizer, int *ra
  * A tool that rewrites the file must keep the metadata and update "crc32"; the tensors may then
  * come in any order.
  *
+ * A MultiOptimizer's checkpoint (cuoptimCreateMulti) is one file of the same format: its own
+ * "iteration" (I64) and "learning_rate" under those names, then sub-optimizer k's tensors, each
+ * named as in sub-optimizer k's own checkpoint with the prefix "optimizers/<k>/" (k = 0, 1, ... in
+ * Keras's `optimizers` order: "optimizers/0/iteration", "optimizers/1/dense_kernel_momentum",
+ * "optimizers/1/dense/kernel/master"). Its metadata has, instead of "variables":
+ *   "keras_config"               the MultiOptimizer's Keras JSON (cuoptimToKerasJSON)
+ *   "multi_optimizer"            JSON object: {"sub_optimizers": count, "name", "patterns": [keys],
+ *                                "pattern_optimizer": [each key's sub-optimizer],
+ *                                "default_optimizer", "variables": [{"name", "optimizer" (its
+ *                                sub-optimizer), "shape"}, ...] in the MultiOptimizer's order}
+ *   "optimizers/<k>/keras_config", "optimizers/<k>/variables"   sub-optimizer k's, as a plain
+ *                                optimizer's "keras_config" and "variables"
+ * cuoptimLoad on a MultiOptimizer checks all of it against the MultiOptimizer (the number of
+ * sub-optimizers, the map, every variable's name, sub-optimizer and shape, then each
+ * sub-optimizer's config and variables as for a plain optimizer) and every tensor of every
+ * sub-optimizer before any sub-optimizer changes; a plain optimizer's file (a sub-optimizer's own
+ * too) does not load into a MultiOptimizer, nor a MultiOptimizer's into a plain optimizer.
+ *
  * Resuming: cuoptimSave after step k, then, in a fresh optimizer created with the same config,
  * the same variables (same names, dtypes, counts, same order) and the same weight-decay
  * exclusions, with the caller's parameters restored as they were at step k, cuoptimLoad and the
  * steps after k give bit for bit the parameters and state of training straight through, on
- * either backend (a checkpoint saved by one backend loads into the other).
+ * either backend (a checkpoint saved by one backend loads into the other). A MultiOptimizer
+ * resumes alike when created with the same sub-optimizer configs and map, its sub-optimizers given
+ * the same exclusions and its variables registered in the same order.
  *
  * Both calls use one host staging buffer of 4 MiB (pinned memory on the CUDA backend), whatever
  * the state's size, and, on the CUDA backend, copy on a stream of their own that waits for the
@@ -943,7 +963,9 @@ CUOPTIM_API cuoptimStatus_t cuoptimSave(cuoptimOptimizer_t optimizer, const char
  * checkpoint, truncated or trailing bytes, a dtype, shape, size or offset that does not fit, a
  * tensor missing, unknown or twice, another optimizer or config, other variables, a CRC-32 that
  * does not match, a counter or scalar out of range, a sharded state's file of another rank or
- * world, or one of sharded state into an optimizer whose state is not sharded and the reverse),
+ * world, or one of sharded state into an optimizer whose state is not sharded and the reverse, a
+ * plain optimizer's file into a MultiOptimizer and the reverse, another MultiOptimizer layout:
+ * other sub-optimizers, map, variables, routing or shapes),
  * PARSE_ERROR (the header is not UTF-8 JSON), NOT_SUPPORTED (another format_version; two state entries with the same name, see
  * cuoptimSave),
  * ALLOC_FAILED, CUDA_ERROR, IO_ERROR (the file cannot be opened or read); a keras_config that
@@ -1010,17 +1032,26 @@ CUOPTIM_API cuoptimStatus_t cuoptimLoad(cuoptimOptimizer_t optimizer, const char
  *   cuoptimGetRank                  the sub-optimizers' rank and world.
  *   cuoptimSynchronize(Timeout), cuoptimGetStateBytes   over all.
  *   cuoptimToKerasJSON              the MultiOptimizer's Keras JSON.
+ *   cuoptimSave, cuoptimLoad        the MultiOptimizer's counter and every sub-optimizer's state
+ *                                   in one file ("Checkpoints": names under "optimizers/<k>/",
+ *                                   the layout in the metadata); with a communicator as for a
+ *                                   plain optimizer (sharded state: a file per rank). Both build
+ *                                   every sub-optimizer's state (no more variables after them)
+ *                                   and first wait for every sub-optimizer's work, as
+ *                                   cuoptimSynchronize does.
  *   cuoptimDestroy                  the MultiOptimizer and its sub-optimizers.
  * Refused with NOT_SUPPORTED and a message: cuoptimGetConfig (there is no single config: use
  * cuoptimGetSubOptimizer), cuoptimGetLearningRate and cuoptimSetLearningRate (as Keras raises
  * AttributeError: use the sub-optimizers'), cuoptimGetLossScale, cuoptimExcludeFromWeightDecay
- * (call it on a sub-optimizer, before the first step), the gradient arena calls, cuoptimSave,
- * cuoptimLoad and cuoptimScheduleFreeAveragedWeights (ask the sub-optimizer, with the variable's
- * index there from cuoptimGetVariableOptimizer).
+ * (call it on a sub-optimizer, before the first step), the gradient arena calls and
+ * cuoptimScheduleFreeAveragedWeights (ask the sub-optimizer, with the variable's index there from
+ * cuoptimGetVariableOptimizer).
  *
  * A sub-optimizer's handle (cuoptimGetSubOptimizer) is Keras's `optimizer.optimizers[i]`: it
  * answers every query of a plain optimizer (its iterations, learning rate, config, state), takes
- * cuoptimSetLearningRate and cuoptimExcludeFromWeightDecay, and could be stepped alone; it
+ * cuoptimSetLearningRate and cuoptimExcludeFromWeightDecay, and could be stepped alone; its
+ * cuoptimSave and cuoptimLoad are a plain optimizer's (its own state alone, not the
+ * MultiOptimizer's counter; such a file loads into that sub-optimizer's handle only); it
  * belongs to the MultiOptimizer: cuoptimDestroy, cuoptimAddVariable(WithShape) and
  * cuoptimSetCommunicator refuse it (INVALID_VALUE), and it lives until the MultiOptimizer is
  * destroyed.

@@ -15,6 +15,12 @@
  *   values out of range, empty, missing, a directory) and bad arguments are refused with a status
  *   and a message naming the file and the reason, and the optimizer is compared before and after:
  *   every state entry, master, parameter and scalar unchanged, an unbuilt optimizer still unbuilt.
+ * - MultiOptimizer: its counter and every sub-optimizer's state in one file (AdamW saved mid-way
+ *   through gradient accumulation, SGD with EMA, Nadam; masters), resumed bit for bit on both
+ *   backends and moved between them; the names and metadata documented; a plain optimizer's file
+ *   and a MultiOptimizer's refused into each other, another layout (fewer sub-optimizers, another
+ *   kind, routing or shape) and a corrupted file refused with every sub-optimizer unchanged; bad
+ *   arguments; a sub-optimizer's own checkpoint.
  * - Python: tests/check_safetensors.py opens a checkpoint with the `safetensors` package and checks
  *   names, shapes, dtypes, values, metadata and CRCs against a JSON dump written here; the file
  *   rewritten by safetensors.numpy.save_file (tensors in its own order) loads back.
@@ -91,6 +97,7 @@ static void other_files(const char *keep, char *out, size_t capacity) {
 /* ---- the training problem ------------------------------------------------------------------------ */
 
 #define MAX_VARS 4
+#define RUN_VARS 6 /* the most variables of a run: the MultiOptimizer's */
 #define STEPS 9
 #define SAVE_AT 4
 
@@ -110,11 +117,12 @@ typedef struct {
   Setup setup;
   cuoptimOptimizer_t opt;
   int n;
-  const char *names[MAX_VARS];
-  size_t count[MAX_VARS];
-  cuoptimDtype_t dtype[MAX_VARS];
-  void *param[MAX_VARS]; /* backend memory */
-  float *grad[MAX_VARS]; /* backend memory, float32 */
+  int none_on_odd;        /* the variable without a gradient on odd steps */
+  const char *names[RUN_VARS];
+  size_t count[RUN_VARS];
+  cuoptimDtype_t dtype[RUN_VARS];
+  void *param[RUN_VARS]; /* backend memory */
+  float *grad[RUN_VARS]; /* backend memory, float32 */
 } Run;
 
 /* AdamW with every feature that keeps state, a warm-up cosine schedule (no learning-rate entry). */
@@ -185,16 +193,12 @@ static Setup setup_adam_everything(void) {
 
 static float initial_value(int k, size_t i) { return test_pseudo_random(11, 500 + (uint64_t)k, i); }
 
-/* Creates the optimizer and its variables: variable 1 float32, the others `dtype`; parameters from
- * `params` (host bytes, one array per variable) or the initial values. */
-static void run_init_with(Run *r, const Setup *s, cuoptimBackend_t backend, cuoptimDtype_t dtype,
-                          unsigned char *const *params, int num_vars, const char *const *names, const size_t *sizes) {
-  memset(r, 0, sizeof *r);
-  r->backend = backend;
-  r->setup = *s;
-  OK(cuoptimCreate(&r->opt, &s->config, backend, 0));
-  if (s->exclude) OK(cuoptimExcludeFromWeightDecay(r->opt, s->exclude));
-  if (s->learning_rate > 0) OK(cuoptimSetLearningRate(r->opt, s->learning_rate));
+/* Registers the variables on r->opt: variable 1 float32, the others `dtype`, variable 0 of shape
+ * `dims0` ([rows, columns]; NULL: a vector); parameters from `params` (host bytes, one array per
+ * variable) or the initial values. */
+static void run_add_variables(Run *r, cuoptimDtype_t dtype, unsigned char *const *params, int num_vars,
+                              const char *const *names, const size_t *sizes, const int64_t *dims0) {
+  cuoptimBackend_t backend = r->backend;
   r->n = num_vars;
   for (int k = 0; k < num_vars; k++) {
     r->names[k] = names[k];
@@ -211,9 +215,25 @@ static void run_init_with(Run *r, const Setup *s, cuoptimBackend_t backend, cuop
     test_mem_upload(backend, r->param[k], host, bytes);
     free(host);
     r->grad[k] = test_mem_alloc(backend, sizes[k] * sizeof(float));
+    int64_t vector[1] = {(int64_t)sizes[k]};
     cuoptimVariable_t index = -1;
-    OK(cuoptimAddVariable(r->opt, names[k], r->param[k], r->dtype[k], sizes[k], &index));
+    OK(cuoptimAddVariableWithShape(r->opt, names[k], r->param[k], r->dtype[k], k == 0 && dims0 ? 2 : 1,
+                                   k == 0 && dims0 ? dims0 : vector, &index));
+    cr_assert_eq(index, k);
   }
+}
+
+/* Creates the optimizer and its variables (run_add_variables). */
+static void run_init_with(Run *r, const Setup *s, cuoptimBackend_t backend, cuoptimDtype_t dtype,
+                          unsigned char *const *params, int num_vars, const char *const *names, const size_t *sizes) {
+  memset(r, 0, sizeof *r);
+  r->backend = backend;
+  r->setup = *s;
+  r->none_on_odd = 2;
+  OK(cuoptimCreate(&r->opt, &s->config, backend, 0));
+  if (s->exclude) OK(cuoptimExcludeFromWeightDecay(r->opt, s->exclude));
+  if (s->learning_rate > 0) OK(cuoptimSetLearningRate(r->opt, s->learning_rate));
+  run_add_variables(r, dtype, params, num_vars, names, sizes, NULL);
 }
 
 static void run_init(Run *r, const Setup *s, cuoptimBackend_t backend, cuoptimDtype_t dtype,
@@ -230,12 +250,12 @@ static void run_destroy(Run *r) {
   memset(r, 0, sizeof *r);
 }
 
-/* Step `step`: every variable gets a gradient but variable 2 on odd steps (Keras's None). */
+/* Step `step`: every variable gets a gradient but r->none_on_odd on odd steps (Keras's None). */
 static void run_step(Run *r, int step) {
-  cuoptimGradient_t list[MAX_VARS];
+  cuoptimGradient_t list[RUN_VARS];
   int n = 0;
   for (int k = 0; k < r->n; k++) {
-    if (k == 2 && step % 2 == 1) continue;
+    if (k == r->none_on_odd && step % 2 == 1) continue;
     float *g = malloc(r->count[k] * sizeof *g);
     cr_assert_not_null(g);
     for (size_t i = 0; i < r->count[k]; i++) g[i] = test_pseudo_random(77, (uint64_t)(k * 100 + step), i);
@@ -268,10 +288,48 @@ static void free_params(unsigned char **params, int n) {
 
 /* ---- everything a caller can observe, bit for bit ------------------------------------------------ */
 
+/* Every state entry in Keras's order (cuoptimGetWeightInfo/cuoptimGetWeights). */
 typedef struct {
-  int built, num_weights, n;
+  int count;
   cuoptimWeightInfo_t *info;
   double **values;
+} Entries;
+
+static void entries_read(cuoptimOptimizer_t opt, Entries *e) {
+  OK(cuoptimGetWeightCount(opt, &e->count));
+  e->info = calloc((size_t)e->count, sizeof *e->info);
+  e->values = calloc((size_t)e->count, sizeof *e->values);
+  for (int i = 0; i < e->count; i++) {
+    OK(cuoptimGetWeightInfo(opt, i, &e->info[i]));
+    e->values[i] = malloc(e->info[i].count * sizeof(double));
+    OK(cuoptimGetWeights(opt, i, e->values[i], e->info[i].count));
+  }
+}
+
+static void entries_free(Entries *e) {
+  for (int i = 0; i < e->count; i++) free(e->values[i]);
+  free(e->values);
+  free(e->info);
+  memset(e, 0, sizeof *e);
+}
+
+static int same_bits(const void *a, const void *b, size_t bytes) { return memcmp(a, b, bytes) == 0; }
+
+static void entries_assert_equal(const Entries *got, const Entries *want, const char *what) {
+  cr_assert_eq(got->count, want->count, "%s: %d state entries, expected %d", what, got->count, want->count);
+  for (int i = 0; i < got->count; i++) {
+    cr_assert_str_eq(got->info[i].name, want->info[i].name, "%s: entry %d", what, i);
+    cr_assert_eq(got->info[i].count, want->info[i].count, "%s: entry %d (%s) count", what, i, got->info[i].name);
+    for (size_t j = 0; j < got->info[i].count; j++)
+      cr_assert(same_bits(&got->values[i][j], &want->values[i][j], sizeof(double)),
+                "%s: entry %d \"%s\"[%zu] = %.9g, expected %.9g", what, i, got->info[i].name, j, got->values[i][j],
+                want->values[i][j]);
+  }
+}
+
+typedef struct {
+  int built, n;
+  Entries entries;
   unsigned char *params[MAX_VARS];
   size_t param_bytes[MAX_VARS];
   float *masters[MAX_VARS];
@@ -303,14 +361,7 @@ static void snapshot_take(Run *r, Snapshot *s) {
     test_mem_download(r->backend, s->params[k], r->param[k], s->param_bytes[k]);
   }
   if (!s->built) return; /* reading the state would build it */
-  OK(cuoptimGetWeightCount(opt, &s->num_weights));
-  s->info = calloc((size_t)s->num_weights, sizeof *s->info);
-  s->values = calloc((size_t)s->num_weights, sizeof *s->values);
-  for (int i = 0; i < s->num_weights; i++) {
-    OK(cuoptimGetWeightInfo(opt, i, &s->info[i]));
-    s->values[i] = malloc(s->info[i].count * sizeof(double));
-    OK(cuoptimGetWeights(opt, i, s->values[i], s->info[i].count));
-  }
+  entries_read(opt, &s->entries);
   for (int k = 0; k < r->n; k++) {
     if (!opt->variables[k].master) continue;
     s->master_count[k] = r->count[k];
@@ -320,17 +371,13 @@ static void snapshot_take(Run *r, Snapshot *s) {
 }
 
 static void snapshot_free(Snapshot *s) {
-  for (int i = 0; i < s->num_weights; i++) free(s->values[i]);
-  free(s->values);
-  free(s->info);
+  entries_free(&s->entries);
   for (int k = 0; k < MAX_VARS; k++) {
     free(s->params[k]);
     free(s->masters[k]);
   }
   memset(s, 0, sizeof *s);
 }
-
-static int same_bits(const void *a, const void *b, size_t bytes) { return memcmp(a, b, bytes) == 0; }
 
 /* Bit for bit equal, or the assertion names what differs. With `params` 0 the caller's
  * parameters are not compared (a load never touches them, but they need not agree). */
@@ -348,16 +395,7 @@ static void snapshot_assert_equal(const Snapshot *got, const Snapshot *want, int
   cr_assert_eq(got->outer_iterations, want->outer_iterations, "%s: outer iteration", what);
   cr_assert(same_bits(&got->outer_learning_rate, &want->outer_learning_rate, sizeof(float)),
             "%s: outer learning rate", what);
-  cr_assert_eq(got->num_weights, want->num_weights, "%s: %d state entries, expected %d", what, got->num_weights,
-               want->num_weights);
-  for (int i = 0; i < got->num_weights; i++) {
-    cr_assert_str_eq(got->info[i].name, want->info[i].name, "%s: entry %d", what, i);
-    cr_assert_eq(got->info[i].count, want->info[i].count, "%s: entry %s count", what, got->info[i].name);
-    for (size_t j = 0; j < got->info[i].count; j++)
-      cr_assert(same_bits(&got->values[i][j], &want->values[i][j], sizeof(double)),
-                "%s: entry \"%s\"[%zu] = %.9g, expected %.9g", what, got->info[i].name, j, got->values[i][j],
-                want->values[i][j]);
-  }
+  entries_assert_equal(&got->entries, &want->entries, what);
   for (int k = 0; k < got->n; k++) {
     cr_assert_eq(got->master_count[k], want->master_count[k], "%s: master of variable %d", what, k);
     for (size_t j = 0; j < got->master_count[k]; j++)
@@ -1491,4 +1529,447 @@ Test(checkpoint, python_safetensors_reads_names_shapes_and_values_and_its_rewrit
   free_params(params, MAX_VARS);
   run_destroy(&fresh);
   run_destroy(&r);
+}
+
+/* ---- a MultiOptimizer's checkpoint --------------------------------------------------------------- */
+
+/* Three sub-optimizers, each with state of its own kind: AdamW ("dense/.*": amsgrad, weight decay,
+ * a schedule, gradient accumulation saved mid-cycle), SGD ("embedding/.*": momentum, EMA with
+ * overwrite, a learning rate set by cuoptimSetLearningRate) and the default Nadam (u_product,
+ * clipnorm); the variables interleaved across them, half precision ones with masters. */
+#define MULTI_VARS 6
+#define MULTI_SUBS 3
+
+typedef struct {
+  int num_subs;                 /* 3, or 2 without the SGD (its variables go to the default) */
+  cuoptimOptimizerKind_t sub_1; /* CUOPTIM_SGD, or another kind */
+  const char *embedding_key;    /* the SGD's key */
+  int transposed;               /* "dense/kernel" registered as [141, 29] rather than [29, 141] */
+} MultiLayout;
+
+static const MultiLayout MULTI_LAYOUT = {MULTI_SUBS, CUOPTIM_SGD, "embedding/.*", 0};
+
+static const char *const MULTI_NAMES[MULTI_VARS] = {"dense/kernel", "embedding/embeddings", "norm/gamma",
+                                                    "dense/bias",   "embedding/pos",        "head/w"};
+static const size_t MULTI_SIZES[MULTI_VARS] = {29 * 141, 33, 333, 7, 5, 1};
+
+static cuoptimConfig_t multi_sub_config(const MultiLayout *layout, int k) {
+  if (k == 0) {
+    cuoptimConfig_t c = setup_adamw().config;
+    c.use_ema = 0;
+    return c;
+  }
+  if (k == 1 && layout->num_subs == MULTI_SUBS) {
+    cuoptimConfig_t c = test_config_lr(layout->sub_1, 0.05);
+    if (layout->sub_1 == CUOPTIM_SGD) {
+      c.momentum = 0.9;
+      c.nesterov = 1;
+    }
+    c.use_ema = 1;
+    c.ema_overwrite_frequency = 3;
+    return c;
+  }
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_NADAM, 0.003);
+  c.clipnorm = 0.5;
+  return c;
+}
+
+/* The MultiOptimizer and its variables (run_add_variables: "dense/kernel" a 29 x 141 matrix). */
+static void multi_init(Run *r, const MultiLayout *layout, cuoptimBackend_t backend, cuoptimDtype_t dtype,
+                       unsigned char *const *params) {
+  memset(r, 0, sizeof *r);
+  r->backend = backend;
+  r->setup = (Setup){.label = "MultiOptimizer", .inf_steps = {-1, -1}};
+  r->none_on_odd = 4; /* "embedding/pos": the SGD still has "embedding/embeddings" */
+  cuoptimConfig_t subs[MULTI_SUBS];
+  for (int k = 0; k < layout->num_subs; k++) subs[k] = multi_sub_config(layout, k);
+  const char *keys[2] = {"dense/.*", layout->embedding_key};
+  const int uses[2] = {0, 1};
+  cuoptimMultiConfig_t m;
+  OK(cuoptimMultiConfigInit(&m));
+  m.num_optimizers = layout->num_subs;
+  m.optimizers = subs;
+  m.num_patterns = layout->num_subs == MULTI_SUBS ? 2 : 1;
+  m.patterns = keys;
+  m.pattern_optimizer = uses;
+  m.default_optimizer = layout->num_subs - 1;
+  OK(cuoptimCreateMulti(&r->opt, &m, backend, 0));
+  if (layout->num_subs == MULTI_SUBS) {
+    cuoptimOptimizer_t sgd = NULL;
+    OK(cuoptimGetSubOptimizer(r->opt, 1, &sgd));
+    OK(cuoptimSetLearningRate(sgd, 0.04));
+  }
+  static const int64_t matrix[2] = {29, 141}, transposed[2] = {141, 29};
+  run_add_variables(r, dtype, params, MULTI_VARS, MULTI_NAMES, MULTI_SIZES, layout->transposed ? transposed : matrix);
+}
+
+/* Everything a caller can observe of a MultiOptimizer: its counter, every state entry in Keras's
+ * order (every sub-optimizer's), each sub-optimizer's learning rate and whether it is built, the
+ * masters and the parameters. */
+typedef struct {
+  int built[MULTI_SUBS], num_subs;
+  int64_t iterations;
+  float learning_rate[MULTI_SUBS];
+  double config_learning_rate[MULTI_SUBS];
+  Entries entries;
+  unsigned char *params[MULTI_VARS];
+  size_t param_bytes[MULTI_VARS];
+  float *masters[MULTI_VARS];
+} MultiSnapshot;
+
+static void multi_snapshot(Run *r, MultiSnapshot *s) {
+  memset(s, 0, sizeof *s);
+  cuoptimOptimizer_t opt = r->opt;
+  OK(cuoptimSynchronize(opt));
+  OK(cuoptimGetSubOptimizerCount(opt, &s->num_subs));
+  OK(cuoptimGetIterations(opt, &s->iterations));
+  int built = 1;
+  for (int k = 0; k < s->num_subs; k++) {
+    cuoptimOptimizer_t sub = NULL;
+    OK(cuoptimGetSubOptimizer(opt, k, &sub));
+    s->built[k] = sub->built;
+    built = built && sub->built;
+    OK(cuoptimGetLearningRate(sub, &s->learning_rate[k]));
+    cuoptimConfig_t config;
+    OK(cuoptimGetConfig(sub, &config));
+    s->config_learning_rate[k] = config.learning_rate.initial_learning_rate;
+  }
+  for (int k = 0; k < MULTI_VARS; k++) {
+    s->param_bytes[k] = MULTI_SIZES[k] * test_dtype_bytes(r->dtype[k]);
+    s->params[k] = malloc(s->param_bytes[k]);
+    test_mem_download(r->backend, s->params[k], r->param[k], s->param_bytes[k]);
+  }
+  if (!built) return; /* reading the state would build it */
+  entries_read(opt, &s->entries);
+  for (int k = 0; k < MULTI_VARS; k++) {
+    int which = -1;
+    cuoptimVariable_t index = -1;
+    cuoptimOptimizer_t sub = NULL;
+    OK(cuoptimGetVariableOptimizer(opt, k, &which, &index));
+    OK(cuoptimGetSubOptimizer(opt, which, &sub));
+    if (!sub->variables[index].master) continue;
+    s->masters[k] = malloc(MULTI_SIZES[k] * sizeof(float));
+    test_mem_download(r->backend, s->masters[k], sub->variables[index].master, MULTI_SIZES[k] * sizeof(float));
+  }
+}
+
+static void multi_snapshot_free(MultiSnapshot *s) {
+  entries_free(&s->entries);
+  for (int k = 0; k < MULTI_VARS; k++) {
+    free(s->params[k]);
+    free(s->masters[k]);
+  }
+  memset(s, 0, sizeof *s);
+}
+
+static void multi_assert_equal(const MultiSnapshot *got, const MultiSnapshot *want, int params, const char *what) {
+  cr_assert_eq(got->num_subs, want->num_subs, "%s: sub-optimizers", what);
+  cr_assert_eq(got->iterations, want->iterations, "%s: iterations %lld, expected %lld", what,
+               (long long)got->iterations, (long long)want->iterations);
+  for (int k = 0; k < got->num_subs; k++) {
+    cr_assert_eq(got->built[k], want->built[k], "%s: sub-optimizer %d built %d, expected %d", what, k, got->built[k],
+                 want->built[k]);
+    cr_assert(same_bits(&got->learning_rate[k], &want->learning_rate[k], sizeof(float)),
+              "%s: sub-optimizer %d learning rate %.9g, expected %.9g", what, k, (double)got->learning_rate[k],
+              (double)want->learning_rate[k]);
+    cr_assert(same_bits(&got->config_learning_rate[k], &want->config_learning_rate[k], sizeof(double)),
+              "%s: sub-optimizer %d config learning rate", what, k);
+  }
+  entries_assert_equal(&got->entries, &want->entries, what);
+  for (int k = 0; k < MULTI_VARS; k++) {
+    cr_assert_eq(got->masters[k] != NULL, want->masters[k] != NULL, "%s: master of variable %d", what, k);
+    if (got->masters[k])
+      cr_assert(same_bits(got->masters[k], want->masters[k], MULTI_SIZES[k] * sizeof(float)),
+                "%s: master of \"%s\" differs", what, MULTI_NAMES[k]);
+    if (params)
+      cr_assert(same_bits(got->params[k], want->params[k], got->param_bytes[k]), "%s: parameters of \"%s\" differ",
+                what, MULTI_NAMES[k]);
+  }
+}
+
+/* Saved at SAVE_AT (the AdamW mid-cycle of its 3 accumulation steps, the SGD's EMA between
+ * overwrites), loaded into a fresh MultiOptimizer built the same way, trained on: bit for bit the
+ * run straight through; and the saving run, going on, too. */
+static void multi_resume(cuoptimBackend_t backend, cuoptimDtype_t dtype) {
+  test_require_backend(backend);
+  char what[160];
+  snprintf(what, sizeof what, "MultiOptimizer, %s, %s backend: resumed at step %d of %d", dtype_label(dtype),
+           test_backend_name(backend), SAVE_AT, STEPS);
+  Run straight, first, second;
+  multi_init(&straight, &MULTI_LAYOUT, backend, dtype, NULL);
+  run_steps(&straight, 0, STEPS);
+  MultiSnapshot want, went_on, got;
+  multi_snapshot(&straight, &want);
+  run_destroy(&straight);
+
+  multi_init(&first, &MULTI_LAYOUT, backend, dtype, NULL);
+  run_steps(&first, 0, SAVE_AT);
+  const char *path = path_of("multi.safetensors");
+  OK(cuoptimSave(first.opt, path));
+  unsigned char *params[MULTI_VARS];
+  run_params(&first, params);
+  run_steps(&first, SAVE_AT, STEPS);
+  multi_snapshot(&first, &went_on);
+  run_destroy(&first);
+  multi_assert_equal(&went_on, &want, 1, what);
+
+  multi_init(&second, &MULTI_LAYOUT, backend, dtype, params);
+  OK(cuoptimLoad(second.opt, path));
+  int64_t iterations = -1;
+  OK(cuoptimGetIterations(second.opt, &iterations));
+  cr_assert_eq(iterations, SAVE_AT, "the MultiOptimizer's counter is loaded");
+  run_steps(&second, SAVE_AT, STEPS);
+  multi_snapshot(&second, &got);
+  run_destroy(&second);
+  multi_assert_equal(&got, &want, 1, what);
+  char others[256];
+  other_files("multi.safetensors", others, sizeof others);
+  cr_assert_str_eq(others, "", "files left beside the checkpoint: %s", others);
+  free_params(params, MULTI_VARS);
+  multi_snapshot_free(&want);
+  multi_snapshot_free(&went_on);
+  multi_snapshot_free(&got);
+}
+
+Test(checkpoint, multi_optimizer_resume_float32) { multi_resume(CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT32); }
+Test(checkpoint, multi_optimizer_resume_float16) { multi_resume(CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16); }
+Test(checkpoint, multi_optimizer_resume_bfloat16) { multi_resume(CUOPTIM_BACKEND_HOST, CUOPTIM_BFLOAT16); }
+Test(checkpoint_cuda, multi_optimizer_resume_float32) { multi_resume(CUOPTIM_BACKEND_CUDA, CUOPTIM_FLOAT32); }
+Test(checkpoint_cuda, multi_optimizer_resume_float16) { multi_resume(CUOPTIM_BACKEND_CUDA, CUOPTIM_FLOAT16); }
+Test(checkpoint_cuda, multi_optimizer_resume_bfloat16) { multi_resume(CUOPTIM_BACKEND_CUDA, CUOPTIM_BFLOAT16); }
+
+/* Saved by `from`, loaded by `to`: the loaded state is the saved one, bit for bit. */
+static void multi_round_trip(cuoptimBackend_t from, cuoptimBackend_t to, cuoptimDtype_t dtype) {
+  test_require_backend(from);
+  test_require_backend(to);
+  Run a, b;
+  multi_init(&a, &MULTI_LAYOUT, from, dtype, NULL);
+  run_steps(&a, 0, SAVE_AT);
+  MultiSnapshot before, after;
+  multi_snapshot(&a, &before);
+  const char *path = path_of("multi.safetensors");
+  OK(cuoptimSave(a.opt, path));
+  unsigned char *params[MULTI_VARS];
+  run_params(&a, params);
+  multi_init(&b, &MULTI_LAYOUT, to, dtype, params);
+  OK(cuoptimLoad(b.opt, path));
+  multi_snapshot(&b, &after);
+  char what[160];
+  snprintf(what, sizeof what, "MultiOptimizer %s saved on %s, loaded on %s", dtype_label(dtype),
+           test_backend_name(from), test_backend_name(to));
+  multi_assert_equal(&after, &before, 1, what);
+  free_params(params, MULTI_VARS);
+  multi_snapshot_free(&before);
+  multi_snapshot_free(&after);
+  run_destroy(&a);
+  run_destroy(&b);
+}
+
+Test(checkpoint, multi_optimizer_round_trip_through_a_small_staging_buffer) {
+  cuoptim_checkpoint_set_staging_bytes(100);
+  multi_round_trip(CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16);
+  cuoptim_checkpoint_set_staging_bytes(0);
+}
+
+Test(checkpoint_cuda, multi_optimizer_checkpoints_move_between_backends) {
+  multi_round_trip(CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_CUDA, CUOPTIM_BFLOAT16);
+  multi_round_trip(CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16);
+}
+
+/* The names and metadata the header documents: the MultiOptimizer's own entries unprefixed, each
+ * sub-optimizer's under "optimizers/<k>/", a layout and every sub-optimizer's config and table. */
+Test(checkpoint, multi_optimizer_names_its_tensors_by_sub_optimizer) {
+  Run a;
+  multi_init(&a, &MULTI_LAYOUT, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16, NULL);
+  run_steps(&a, 0, 2);
+  const char *path = path_of("multi.safetensors");
+  OK(cuoptimSave(a.opt, path));
+  Bytes b = read_bytes(path);
+  Parsed p = parse_bytes(b);
+  free(b.bytes);
+  static const char *const names[] = {"iteration",
+                                      "learning_rate",
+                                      "optimizers/0/iteration",
+                                      "optimizers/0/dense_kernel_momentum",
+                                      "optimizers/0/dense_kernel_velocity_hat",
+                                      "optimizers/0/dense/kernel/master",
+                                      "optimizers/1/learning_rate",
+                                      "optimizers/1/embedding_pos_momentum",
+                                      "optimizers/1/embedding_pos_average",
+                                      "optimizers/2/variable",
+                                      "optimizers/2/norm/gamma/master"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    cr_expect_not_null(cJSON_GetObjectItemCaseSensitive(p.root, names[i]), "no tensor \"%s\"", names[i]);
+  cJSON *meta = metadata_of(&p);
+  static const char *const keys[] = {"multi_optimizer",          "keras_config",           "crc32",
+                                     "optimizers/0/keras_config", "optimizers/2/variables", "optimizers/1/variables"};
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+    cr_expect_not_null(cJSON_GetObjectItemCaseSensitive(meta, keys[i]), "no metadata \"%s\"", keys[i]);
+  cr_expect_null(cJSON_GetObjectItemCaseSensitive(meta, "variables"));
+  cJSON *config = metadata_json(&p, "keras_config");
+  cJSON *class_name = cJSON_GetObjectItemCaseSensitive(config, "class_name");
+  cr_expect(cJSON_IsString(class_name) && strcmp(class_name->valuestring, "MultiOptimizer") == 0);
+  cJSON_Delete(config);
+  parsed_free(&p);
+  run_destroy(&a);
+}
+
+/* `call` refused with `status` and a message holding `needle`. */
+static void expect_refusal(cuoptimStatus_t got, cuoptimStatus_t status, const char *needle, const char *what) {
+  cr_assert_eq(got, status, "%s: status %s, expected %s: %s", what, cuoptimGetStatusString(got),
+               cuoptimGetStatusString(status), cuoptimGetLastErrorMessage());
+  cr_assert(strstr(cuoptimGetLastErrorMessage(), needle) != NULL, "%s: the message \"%s\" lacks \"%s\"", what,
+            cuoptimGetLastErrorMessage(), needle);
+}
+
+/* A MultiOptimizer refuses `path` (status, a message naming the file and holding `needle`) and
+ * changes nothing, stepped or not built yet. */
+static void expect_multi_refuses(const MultiLayout *layout, const char *path, cuoptimStatus_t status,
+                                 const char *needle, const char *what) {
+  for (int stepped = 0; stepped <= 1; stepped++) {
+    Run r;
+    multi_init(&r, layout, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16, NULL);
+    if (stepped) run_steps(&r, 0, 3);
+    MultiSnapshot before, after;
+    multi_snapshot(&r, &before);
+    expect_refusal(cuoptimLoad(r.opt, path), status, needle, what);
+    cr_assert(strstr(cuoptimGetLastErrorMessage(), path) != NULL, "%s: the message \"%s\" names no file", what,
+              cuoptimGetLastErrorMessage());
+    multi_snapshot(&r, &after);
+    multi_assert_equal(&after, &before, 1, what);
+    multi_snapshot_free(&before);
+    multi_snapshot_free(&after);
+    run_destroy(&r);
+  }
+}
+
+static const char *save_multi(const MultiLayout *layout, const char *file) {
+  Run a;
+  multi_init(&a, layout, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16, NULL);
+  run_steps(&a, 0, SAVE_AT);
+  const char *path = path_of(file);
+  OK(cuoptimSave(a.opt, path));
+  run_destroy(&a);
+  return path;
+}
+
+/* A plain optimizer's file and a MultiOptimizer's do not load into each other. */
+Test(checkpoint, multi_optimizer_and_plain_files_do_not_mix) {
+  Setup setup = setup_adamw();
+  Run plain;
+  run_init(&plain, &setup, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16, NULL);
+  run_steps(&plain, 0, 2);
+  const char *plain_path = path_of("plain.safetensors");
+  OK(cuoptimSave(plain.opt, plain_path));
+  expect_multi_refuses(&MULTI_LAYOUT, plain_path, CUOPTIM_STATUS_INVALID_VALUE, "state of a plain optimizer",
+                       "a plain optimizer's file into a MultiOptimizer");
+
+  const char *multi_path = save_multi(&MULTI_LAYOUT, "multi.safetensors");
+  Snapshot before, after;
+  snapshot_take(&plain, &before);
+  expect_refusal(cuoptimLoad(plain.opt, multi_path), CUOPTIM_STATUS_INVALID_VALUE, "state of a MultiOptimizer",
+                 "a MultiOptimizer's file into a plain optimizer");
+  snapshot_take(&plain, &after);
+  snapshot_assert_equal(&after, &before, 1, "a plain optimizer after refusing a MultiOptimizer's file");
+  snapshot_free(&before);
+  snapshot_free(&after);
+  run_destroy(&plain);
+}
+
+/* A file of another MultiOptimizer layout is refused, and says where the layouts part. */
+Test(checkpoint, multi_optimizer_refuses_another_layout) {
+  const char *path = save_multi(&MULTI_LAYOUT, "multi.safetensors");
+  MultiLayout fewer = MULTI_LAYOUT, kind = MULTI_LAYOUT, routing = MULTI_LAYOUT, shape = MULTI_LAYOUT;
+  fewer.num_subs = 2;
+  kind.sub_1 = CUOPTIM_ADAM;
+  routing.embedding_key = "embedding/emb.*"; /* "embedding/pos" goes to the default */
+  shape.transposed = 1;
+  expect_multi_refuses(&fewer, path, CUOPTIM_STATUS_INVALID_VALUE, "MultiOptimizer of 3 sub-optimizers, this one has 2",
+                       "fewer sub-optimizers");
+  expect_multi_refuses(&kind, path, CUOPTIM_STATUS_INVALID_VALUE,
+                       "sub-optimizer 1: the file holds the state of SGD, this optimizer is Adam",
+                       "another kind of sub-optimizer");
+  expect_multi_refuses(&routing, path, CUOPTIM_STATUS_INVALID_VALUE, "multi_optimizer.patterns[1]",
+                       "another routing of the variables");
+  expect_multi_refuses(&shape, path, CUOPTIM_STATUS_INVALID_VALUE, "multi_optimizer.variables[0].shape[0]: 29",
+                       "another shape");
+  /* The same layout in the other direction: a file of fewer sub-optimizers. */
+  const char *fewer_path = save_multi(&fewer, "fewer.safetensors");
+  expect_multi_refuses(&MULTI_LAYOUT, fewer_path, CUOPTIM_STATUS_INVALID_VALUE,
+                       "MultiOptimizer of 2 sub-optimizers, this one has 3", "more sub-optimizers");
+}
+
+/* All or nothing: a file whose last sub-optimizer's data is corrupted changes no sub-optimizer. */
+Test(checkpoint, multi_optimizer_load_of_a_corrupted_file_changes_nothing) {
+  const char *path = save_multi(&MULTI_LAYOUT, "multi.safetensors");
+  Bytes b = read_bytes(path);
+  Parsed p = parse_bytes(b);
+  free(b.bytes);
+  size_t begin = 0, end = 0;
+  tensor_offsets(&p, "optimizers/2/head_w_velocity", &begin, &end);
+  p.data[begin] ^= 0x40;
+  Bytes corrupted = assemble_parsed(&p);
+  const char *bad = path_of("corrupted.safetensors");
+  write_bytes(bad, corrupted.bytes, corrupted.size);
+  free(corrupted.bytes);
+  parsed_free(&p);
+  expect_multi_refuses(&MULTI_LAYOUT, bad, CUOPTIM_STATUS_INVALID_VALUE, "\"optimizers/2/head_w_velocity\": its data",
+                       "a corrupted sub-optimizer tensor");
+}
+
+/* NULL handle or path, empty path: refused before any file is touched. */
+Test(checkpoint, multi_optimizer_save_and_load_reject_bad_arguments) {
+  Run r;
+  multi_init(&r, &MULTI_LAYOUT, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT32, NULL);
+  const char *path = path_of("multi.safetensors");
+  expect_refusal(cuoptimSave(NULL, path), CUOPTIM_STATUS_NULL_POINTER, "cuoptimSave: optimizer is NULL", "Save(NULL)");
+  expect_refusal(cuoptimLoad(NULL, path), CUOPTIM_STATUS_NULL_POINTER, "cuoptimLoad: optimizer is NULL", "Load(NULL)");
+  expect_refusal(cuoptimSave(r.opt, NULL), CUOPTIM_STATUS_NULL_POINTER, "cuoptimSave: path", "Save(path NULL)");
+  expect_refusal(cuoptimLoad(r.opt, NULL), CUOPTIM_STATUS_NULL_POINTER, "cuoptimLoad: path", "Load(path NULL)");
+  expect_refusal(cuoptimSave(r.opt, ""), CUOPTIM_STATUS_INVALID_VALUE, "path is empty", "Save(\"\")");
+  expect_refusal(cuoptimLoad(r.opt, path), CUOPTIM_STATUS_IO_ERROR, "cannot open", "Load of a missing file");
+  for (int k = 0; k < MULTI_SUBS; k++) {
+    cuoptimOptimizer_t sub = NULL;
+    OK(cuoptimGetSubOptimizer(r.opt, k, &sub));
+    cr_assert(!sub->built, "a refused call builds nothing");
+  }
+  char others[256];
+  other_files("", others, sizeof others);
+  cr_assert_str_eq(others, "", "files left: %s", others);
+  run_destroy(&r);
+}
+
+/* A sub-optimizer's handle saves and loads its own state as a plain optimizer does; its file is a
+ * plain optimizer's to the MultiOptimizer, and the MultiOptimizer's is not its. */
+Test(checkpoint, a_sub_optimizer_checkpoints_its_own_state) {
+  Run a, b;
+  multi_init(&a, &MULTI_LAYOUT, CUOPTIM_BACKEND_HOST, CUOPTIM_BFLOAT16, NULL);
+  run_steps(&a, 0, SAVE_AT);
+  cuoptimOptimizer_t sub_a = NULL, sub_b = NULL;
+  OK(cuoptimGetSubOptimizer(a.opt, 1, &sub_a));
+  const char *path = path_of("sub.safetensors");
+  OK(cuoptimSave(sub_a, path));
+  multi_init(&b, &MULTI_LAYOUT, CUOPTIM_BACKEND_HOST, CUOPTIM_BFLOAT16, NULL);
+  expect_refusal(cuoptimLoad(b.opt, path), CUOPTIM_STATUS_INVALID_VALUE, "cuoptimGetSubOptimizer",
+                 "a sub-optimizer's file into its MultiOptimizer");
+  OK(cuoptimGetSubOptimizer(b.opt, 1, &sub_b));
+  OK(cuoptimLoad(sub_b, path));
+  int count = 0;
+  OK(cuoptimGetWeightCount(sub_a, &count));
+  for (int i = 0; i < count; i++) {
+    cuoptimWeightInfo_t info;
+    OK(cuoptimGetWeightInfo(sub_a, i, &info));
+    double *x = malloc(info.count * sizeof *x), *y = malloc(info.count * sizeof *y);
+    OK(cuoptimGetWeights(sub_a, i, x, info.count));
+    OK(cuoptimGetWeights(sub_b, i, y, info.count));
+    cr_assert(same_bits(x, y, info.count * sizeof *x), "entry %s of the sub-optimizer", info.name);
+    free(x);
+    free(y);
+  }
+  const char *multi_path = path_of("multi.safetensors");
+  OK(cuoptimSave(a.opt, multi_path));
+  expect_refusal(cuoptimLoad(sub_b, multi_path), CUOPTIM_STATUS_INVALID_VALUE, "state of a MultiOptimizer",
+                 "a MultiOptimizer's file into a sub-optimizer");
+  run_destroy(&a);
+  run_destroy(&b);
 }

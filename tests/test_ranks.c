@@ -392,15 +392,20 @@ Test(ranks, local_accumulation_reduces_once_per_applied_step, .timeout = TEST_LI
 
 /* A MultiOptimizer attached to the world (tests/mpi/faults.c "multi"): bit for bit its two
  * optimizers attached on their own, unsharded and sharded; a refused attach names the
- * sub-optimizer and attaches none. */
+ * sub-optimizer and attaches none; saved and loaded (a file per rank), unsharded and sharded, it
+ * resumes bit for bit. */
 Test(ranks, multi_optimizer_steps_as_its_sub_optimizers_over_the_world, .timeout = TEST_LIMIT_SECONDS) {
   for (int ranks = 1; ranks <= 3; ranks++) {
     run_result r = mpirun(ranks, CUOPTIM_MPI_FAULTS, "multi --timeout " COLLECTIVE_TIMEOUT);
     cr_expect_eq(r.status, 0, "%d ranks: exit %d\n%s%s", ranks, r.status, r.out, r.err);
     for (int k = 0; k < ranks; k++) {
-      char line[96];
-      snprintf(line, sizeof line, "rank %d: multi: passed", k);
-      cr_expect(strstr(r.out, line) != NULL, "%d ranks: no \"%s\":\n%s", ranks, line, r.out);
+      static const char *const passed[] = {"multi: passed", "multi resume: bit for bit the straight run",
+                                           "multi sharded resume: bit for bit the straight run"};
+      for (int c = 0; c < 3; c++) {
+        char line[96];
+        snprintf(line, sizeof line, "rank %d: %s", k, passed[c]);
+        cr_expect(strstr(r.out, line) != NULL, "%d ranks: no \"%s\":\n%s", ranks, line, r.out);
+      }
     }
     free_result(&r);
   }
@@ -531,8 +536,6 @@ Test(ranks, a_missing_or_extra_variable_is_named_on_every_rank, .timeout = TEST_
                                  "variable 3 is \"extra\" (5 float32, shape [5]) on rank 1", "rank 0 has 3 variables");
 }
 
-/* Checkpoints of sharded state are refused (NOT_SUPPORTED, before any file is touched) on every
- * rank, after a sharded step that works. */
 /* Sharded state: each rank saves its shares to its own file; a resumed run ends bit for bit where
  * the straight one does; a file is refused by another rank and by unsharded state. */
 Test(ranks, checkpoints_of_sharded_state_are_one_file_per_rank, .timeout = TEST_LIMIT_SECONDS) {

@@ -59,7 +59,9 @@
  *                                                steps bit for bit as its two optimizers attached
  *                                                on their own, every rank alike; with a Muon
  *                                                sub-optimizer shard_state is refused, naming it,
- *                                                and nothing is attached
+ *                                                and nothing is attached; saved after step 2 (a
+ *                                                file per rank) and loaded into a fresh one, it
+ *                                                resumes bit for bit, unsharded and sharded
  * Options: --timeout S (default 0: wait forever).
  */
 #include <math.h>
@@ -581,10 +583,23 @@ static void state_of(cuoptimOptimizer_t opt, double *values, size_t capacity, si
   }
 }
 
+/* A directory every rank shares (`dir` a mkdtemp template of 64 bytes at most), made by rank 0. */
+static void shared_directory(char dir[64]) {
+  if (rank == 0 && !mkdtemp(dir)) MPI_Abort(MPI_COMM_WORLD, 4);
+  MPI_Bcast(dir, 64, MPI_CHAR, 0, MPI_COMM_WORLD);
+}
+
+/* Every rank removes its file `mine`; rank 0 the directory, once every file is gone. */
+static void remove_shared_directory(const char *dir, const char *mine) {
+  MPI_Barrier(MPI_COMM_WORLD);
+  unlink(mine);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) rmdir(dir);
+}
+
 static int sharded_checkpoint(void) {
   char dir[64] = "/tmp/cuoptim-sharded-XXXXXX";
-  if (rank == 0 && !mkdtemp(dir)) MPI_Abort(MPI_COMM_WORLD, 4);
-  MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
+  shared_directory(dir);
   char mine[128], other[128];
   snprintf(mine, sizeof mine, "%s/state.rank%d.safetensors", dir, rank);
   snprintf(other, sizeof other, "%s/state.rank%d.safetensors", dir, (rank + 1) % world);
@@ -615,10 +630,7 @@ static int sharded_checkpoint(void) {
   cuoptimDestroy(whole.opt);
   cuoptimDestroy(resumed.opt);
   cuoptimDestroy(straight.opt);
-  MPI_Barrier(MPI_COMM_WORLD);
-  unlink(mine);
-  MPI_Barrier(MPI_COMM_WORLD);
-  if (rank == 0) rmdir(dir);
+  remove_shared_directory(dir, mine);
   return same ? 0 : 1;
 }
 
@@ -751,10 +763,61 @@ static int multi_refuses_sharded_muon(void) {
   return status == CUOPTIM_STATUS_INVALID_VALUE && named && r == 0 && n == 1;
 }
 
+/* One step of the MultiOptimizer: every variable's gradient. */
+static void multi_step(multi_rig_t *g, int s) {
+  static float grads[NUM_VARS][MAX_COUNT];
+  cuoptimGradient_t all[NUM_VARS];
+  for (int v = 0; v < NUM_VARS; v++) {
+    for (int i = 0; i < MAX_COUNT; i++) grads[v][i] = multi_grad(s, v, i);
+    all[v] = (cuoptimGradient_t){(cuoptimVariable_t)v, grads[v], CUOPTIM_FLOAT32};
+  }
+  must("cuoptimApplyGradients (multi)", cuoptimApplyGradients(g->opt, NUM_VARS, all, NULL));
+}
+
+/* The MultiOptimizer attached to the world, saved after step 2 (each rank to a file of its own,
+ * which with sharded state holds the rank's shares), then a fresh one attached alike, the
+ * parameters of step 2 and the file: steps 3 and 4 end bit for bit where the straight run does. */
+static int multi_checkpoint(int shard) {
+  char dir[64] = "/tmp/cuoptim-multi-XXXXXX";
+  shared_directory(dir);
+  char mine[128];
+  snprintf(mine, sizeof mine, "%s/multi.rank%d.safetensors", dir, rank);
+  multi_rig_t straight, resumed;
+  float saved[NUM_VARS][MAX_COUNT];
+  multi_setup(&straight, CUOPTIM_ADAM);
+  attach(straight.opt, shard);
+  for (int s = 1; s <= 4; s++) {
+    multi_step(&straight, s);
+    if (s != 2) continue;
+    show(shard ? "cuoptimSave (multi, sharded)" : "cuoptimSave (multi)", cuoptimSave(straight.opt, mine));
+    memcpy(saved, straight.params, sizeof saved);
+  }
+  multi_setup(&resumed, CUOPTIM_ADAM);
+  attach(resumed.opt, shard);
+  memcpy(resumed.params, saved, sizeof saved);
+  cuoptimStatus_t loaded =
+      show(shard ? "cuoptimLoad (multi, sharded)" : "cuoptimLoad (multi)", cuoptimLoad(resumed.opt, mine));
+  for (int s = 3; s <= 4; s++) multi_step(&resumed, s);
+  static double a[4096], b[4096];
+  size_t na = 0, nb = 0;
+  state_of(straight.opt, a, 4096, &na);
+  state_of(resumed.opt, b, 4096, &nb);
+  int same = loaded == CUOPTIM_STATUS_SUCCESS && na == nb && memcmp(a, b, na * sizeof *a) == 0 &&
+             memcmp(straight.params, resumed.params, sizeof straight.params) == 0;
+  printf("rank %d: multi%s resume: %s\n", rank, shard ? " sharded" : "", same ? "bit for bit the straight run" : "DIFFERS");
+  fflush(stdout);
+  cuoptimDestroy(resumed.opt);
+  cuoptimDestroy(straight.opt);
+  remove_shared_directory(dir, mine);
+  return same;
+}
+
 static int multi(void) {
   int ok = multi_matches_parts(0);
   ok &= multi_matches_parts(1);
   ok &= multi_refuses_sharded_muon();
+  ok &= multi_checkpoint(0);
+  ok &= multi_checkpoint(1);
   printf("rank %d: multi: %s\n", rank, ok ? "passed" : "FAILED");
   fflush(stdout);
   return ok ? 0 : 1;
