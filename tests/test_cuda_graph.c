@@ -366,17 +366,21 @@ Test(cuda_graph, replay_lamb_with_every_feature_matches_eager) {
 
 /* Muon: the fused stages and the cuBLAS products (their stream and workspace set per step) are
  * captured; each replay runs them all again. */
+static cuoptimConfig_t muon_config(void) {
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  c.exclude_embeddings = 0; /* embedding/embeddings: a matrix of MUON_SHAPES */
+  return c;
+}
+
 Test(cuda_graph, replay_muon_matches_eager) {
   NEED_GPU();
-  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
-  c.exclude_embeddings = 0;
+  cuoptimConfig_t c = muon_config();
   check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 0.0f, "Muon");
 }
 
 Test(cuda_graph, replay_muon_with_every_feature_matches_eager) {
   NEED_GPU();
-  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
-  c.exclude_embeddings = 0;
+  cuoptimConfig_t c = muon_config();
   set_cosine_warmup(&c);
   c.gradient_accumulation_steps = 2;
   c.clipnorm = 1.0;
@@ -389,8 +393,7 @@ Test(cuda_graph, replay_muon_with_every_feature_matches_eager) {
 
 Test(cuda_graph, replay_float16_muon_dynamic_loss_scale_matches_eager) {
   NEED_GPU();
-  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
-  c.exclude_embeddings = 0;
+  cuoptimConfig_t c = muon_config();
   c.dynamic_loss_scale = 1;
   c.initial_scale = 1024.0;
   c.dynamic_growth_steps = 2;
