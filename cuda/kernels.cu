@@ -1094,3 +1094,168 @@ extern "C" int cuoptim_launch_scatter_gradients(cuoptimDeviceGradient *table, co
   CUOPTIM_LAUNCH(scatter_gradients_kernel, 1, CUOPTIM_BLOCK, (cudaStream_t)stream, table, *batch);
   return (int)cudaGetLastError();
 }
+
+/* ---- Muon: the element-wise stages of its matrices (launch.h) ---------------------------------
+ * One launch per stage for every Muon matrix, a block per chunk of CUOPTIM_CHUNK elements (of the
+ * variable in its order, or of X: the same count). The matrix products between them are cuBLAS
+ * calls (host/backend_cuda.c). X's sums of squares follow rules.h's order (CUOPTIM_MUON_SEGMENT):
+ * a chunk is a segment, a thread a lane, block_sum the lanes' tree, the segments added in order by
+ * each block of the normalization, so the norm is the host backend's, bit for bit. */
+
+static_assert(CUOPTIM_MUON_SEGMENT == CUOPTIM_CHUNK && CUOPTIM_MUON_LANES == CUOPTIM_BLOCK,
+              "a Muon chunk is one segment of the norm's order, a thread one of its lanes");
+
+/* Element i of the variable's row-major order in X's row-major order (X is the transpose when the
+ * variable is tall). */
+__device__ __forceinline__ uint64_t muon_index(const cuoptimMuonMatrix &m, uint64_t i) {
+  if (!m.tall) return i;
+  uint64_t row = i / (uint64_t)m.cols, col = i % (uint64_t)m.cols;
+  return col * (uint64_t)m.rows + row;
+}
+
+/* Elements [begin, end) of chunk `chunk` of a buffer of n elements (empty past its end). */
+__device__ __forceinline__ ChunkRange muon_range(int32_t chunk, uint64_t n) {
+  ChunkRange r;
+  r.begin = (uint64_t)chunk * CUOPTIM_CHUNK;
+  r.end = r.begin + CUOPTIM_CHUNK < n ? r.begin + CUOPTIM_CHUNK : n;
+  if (r.begin > n) r.begin = r.end = n;
+  return r;
+}
+
+/* Prepare, weight decay, momentum; the direction into X. Nothing on a skipped step or for a
+ * matrix without a gradient; the accumulator alone on a micro-step (X then keeps what it held,
+ * and the apply stage writes nothing from it). */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) muon_momentum_kernel(cuoptimDeviceStep step, cuoptimMuonStep muon,
+                                                                      cuoptimRuleParams p) {
+  __shared__ cuoptimStepScalars s;
+  const cuoptimChunk c = muon.chunks[blockIdx.x];
+  const cuoptimMuonMatrix m = muon.matrices[c.variable];
+  const cuoptimDeviceVariable v = step.variables[m.variable];
+  const cuoptimDeviceGradient g = step.grads[m.variable];
+  load_scalars(&s, step.scalars);
+  if (s.skip || !g.grad) return;
+  const cuoptimTensorScalars t = step.tensors[m.variable];
+  ChunkRange r = chunk_range(v, c.chunk);
+  float *w = working(v);
+  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+    float wi = w[i], direction = 0.0f, unused = 0.0f;
+    float *acc = v.accumulator ? &v.accumulator[i] : &unused;
+    if (!cuoptim_muon_pass1_element(&p, &s, &t, v.use_weight_decay, load_scalar(g.grad, g.dtype, i), &wi,
+                                    &v.slots[0][i], acc, &direction))
+      continue;
+    w[i] = wi;
+    m.x[muon_index(m, i)] = direction;
+  }
+}
+
+/* The sum of squares of one segment of X, into its partial. */
+__global__ void __launch_bounds__(CUOPTIM_MUON_LANES) muon_norm_kernel(cuoptimMuonStep muon) {
+  __shared__ double shared[CUOPTIM_MUON_LANES];
+  const cuoptimChunk c = muon.chunks[blockIdx.x];
+  const cuoptimMuonMatrix m = muon.matrices[c.variable];
+  ChunkRange r = muon_range(c.chunk, (uint64_t)(m.r * m.c));
+  double lane = cuoptim_muon_lane_sumsq(m.x + r.begin, (int64_t)(r.end - r.begin), threadIdx.x);
+  double total = block_sum(lane, shared);
+  if (threadIdx.x == 0) muon.partials[blockIdx.x] = total;
+}
+
+/* X / (||X||_F + 1e-7): every block adds its matrix's partials in chunk order (the same additions
+ * in every block), then divides its chunk. */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) muon_normalize_kernel(cuoptimMuonStep muon) {
+  __shared__ float denominator;
+  const cuoptimChunk c = muon.chunks[blockIdx.x];
+  const cuoptimMuonMatrix m = muon.matrices[c.variable];
+  const uint64_t n = (uint64_t)(m.r * m.c);
+  if (threadIdx.x == 0) {
+    const int64_t chunks = (int64_t)((n + CUOPTIM_CHUNK - 1) / CUOPTIM_CHUNK);
+    double sumsq = 0.0;
+    for (int64_t j = m.first_chunk; j < m.first_chunk + chunks; j++) sumsq += muon.partials[j];
+    denominator = cuoptim_muon_norm_denominator(sumsq);
+  }
+  __syncthreads();
+  ChunkRange r = muon_range(c.chunk, n);
+  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) m.x[i] = m.x[i] / denominator;
+}
+
+/* Newton-Schulz iteration `iteration`, between A = X X^T and the products B += cA A, out += B X:
+ * cA = c A and B = b A (Keras's b * temp_a + (c * temp_a) @ temp_a) and out = a X, where the
+ * iteration reads X and writes Y (even iterations) or the other way round. */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) muon_scale_kernel(cuoptimMuonStep muon, float a, float b, float cc,
+                                                                   int32_t iteration) {
+  const cuoptimChunk c = muon.chunks[blockIdx.x];
+  const cuoptimMuonMatrix m = muon.matrices[c.variable];
+  const float *x = iteration % 2 ? m.y : m.x;
+  float *out = iteration % 2 ? m.x : m.y;
+  ChunkRange r = muon_range(c.chunk, (uint64_t)(m.r * m.c));
+  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) out[i] = a * x[i];
+  ChunkRange q = muon_range(c.chunk, (uint64_t)(m.r * m.r));
+  for (uint64_t i = q.begin + threadIdx.x; i < q.end; i += blockDim.x) {
+    m.ca[i] = cc * m.a[i];
+    m.b[i] = b * m.a[i];
+  }
+}
+
+/* w -= lr_adjust(lr X) for a matrix with a gradient on an update step, then EMA (every matrix),
+ * then the half copy of a changed variable. */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) muon_apply_kernel(cuoptimDeviceStep step, cuoptimMuonStep muon,
+                                                                   cuoptimRuleParams p) {
+  __shared__ cuoptimStepScalars s;
+  const cuoptimChunk c = muon.chunks[blockIdx.x];
+  const cuoptimMuonMatrix m = muon.matrices[c.variable];
+  const cuoptimDeviceVariable v = step.variables[m.variable];
+  const cuoptimDeviceGradient g = step.grads[m.variable];
+  load_scalars(&s, step.scalars);
+  if (s.skip) return;
+  const bool applied = g.grad != NULL && s.apply_update;
+  if (!applied && !p.use_ema) return;
+  const bool writes_variable = applied || (p.use_ema && s.ema_overwrite);
+  const float *u = muon.ns_steps % 2 ? m.y : m.x;
+  float *w = working(v);
+  ChunkRange r = chunk_range(v, c.chunk);
+  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+    float wi = w[i];
+    if (applied) wi = cuoptim_muon_apply(&p, &s, m.sqrt_dim, wi, u[muon_index(m, i)]);
+    if (p.use_ema) cuoptim_ema_element(&s, &wi, &v.average[i]);
+    if (writes_variable) {
+      w[i] = wi;
+      if (v.master) store_scalar(v.param, v.param_dtype, i, wi);
+    }
+  }
+}
+
+static dim3 muon_grid(const cuoptimMuonStep *muon) { return dim3((unsigned)muon->num_chunks); }
+
+extern "C" int cuoptim_launch_muon_adamw(const cuoptimDeviceStep *step, const cuoptimChunk *chunks, int64_t num_chunks,
+                                         const cuoptimRuleParams *p, void *stream) {
+  if (num_chunks == 0) return (int)cudaSuccess;
+  cuoptimDeviceStep adamw = *step;
+  adamw.chunks = chunks;
+  adamw.num_chunks = num_chunks;
+  launch_update_kind<CUOPTIM_ADAM>(&adamw, p, (cudaStream_t)stream);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_muon_prepare(const cuoptimDeviceStep *step, const cuoptimMuonStep *muon,
+                                           const cuoptimRuleParams *p, void *stream) {
+  if (muon->num_chunks == 0) return (int)cudaSuccess;
+  cudaStream_t st = (cudaStream_t)stream;
+  CUOPTIM_LAUNCH(muon_momentum_kernel, muon_grid(muon), CUOPTIM_BLOCK, st, *step, *muon, *p);
+  CUOPTIM_LAUNCH(muon_norm_kernel, muon_grid(muon), CUOPTIM_MUON_LANES, st, *muon);
+  CUOPTIM_LAUNCH(muon_normalize_kernel, muon_grid(muon), CUOPTIM_BLOCK, st, *muon);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_muon_scale(const cuoptimMuonStep *muon, const cuoptimRuleParams *p, int iteration,
+                                         void *stream) {
+  if (muon->num_chunks == 0) return (int)cudaSuccess;
+  CUOPTIM_LAUNCH(muon_scale_kernel, muon_grid(muon), CUOPTIM_BLOCK, (cudaStream_t)stream, *muon, p->muon_a, p->muon_b,
+                 p->muon_c, (int32_t)iteration);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int cuoptim_launch_muon_apply(const cuoptimDeviceStep *step, const cuoptimMuonStep *muon,
+                                         const cuoptimRuleParams *p, void *stream) {
+  if (muon->num_chunks == 0) return (int)cudaSuccess;
+  CUOPTIM_LAUNCH(muon_apply_kernel, muon_grid(muon), CUOPTIM_BLOCK, (cudaStream_t)stream, *step, *muon, *p);
+  return (int)cudaGetLastError();
+}

@@ -171,6 +171,48 @@ int cuoptim_launch_scatter_gradients(cuoptimDeviceGradient *table, const cuoptim
 /* Build: fill slots with their initial values and masters from the half parameters. */
 int cuoptim_launch_build(const cuoptimDeviceStep *step, float slot0_initial, int slot0_copies_variable, void *stream);
 
+/* ---- Muon (CUOPTIM_MUON): its matrices' Newton-Schulz path -------------------------------------
+ * A Muon-path variable (rows x cols) is worked on as X (r x c, r <= c: its direction, transposed
+ * when rows > cols), with Y (r x c) and A, cA, B (r x r) beside it; the matrix products run on
+ * cuBLAS (host/backend_cuda.c), the element-wise stages here, each one launch for every matrix. */
+typedef struct cuoptimMuonMatrix {
+  float *x, *y;       /* r x c, row-major: the iteration goes X -> Y -> X ... */
+  float *a, *ca, *b;  /* r x r: A = X X^T, cA = c A, B = b A + cA A */
+  int64_t rows, cols; /* the variable's shape */
+  int64_t r, c;
+  int64_t first_chunk; /* its first chunk in cuoptimMuonStep.chunks */
+  int32_t variable;
+  int32_t tall;        /* rows > cols: X is the transpose */
+  float sqrt_dim;      /* float32 sqrt(max(rows, cols)) */
+  int32_t reserved;
+} cuoptimMuonMatrix;
+
+/* The Muon kernels' work: chunks (variable = the matrix's index) of CUOPTIM_CHUNK elements of each
+ * matrix (of the variable's order, or of X's: the same count). */
+typedef struct cuoptimMuonStep {
+  const cuoptimMuonMatrix *matrices;
+  const cuoptimChunk *chunks;
+  double *partials;   /* per chunk: the sum of squares of its segment of X (rules.h's order) */
+  int64_t num_chunks;
+  int32_t num_matrices;
+  int32_t ns_steps;
+} cuoptimMuonStep;
+
+/* The AdamW path: the update kernel over `chunks` (the chunks of the variables off the matrix
+ * path), as Adam's rule. */
+int cuoptim_launch_muon_adamw(const cuoptimDeviceStep *step, const cuoptimChunk *chunks, int64_t num_chunks,
+                              const cuoptimRuleParams *p, void *stream);
+/* Before Newton-Schulz, three launches: the momentum (prepare, weight decay, m, the direction into
+ * X), X's sums of squares per chunk, X / (||X||_F + 1e-7). */
+int cuoptim_launch_muon_prepare(const cuoptimDeviceStep *step, const cuoptimMuonStep *muon,
+                                const cuoptimRuleParams *p, void *stream);
+/* Iteration `iteration` of Newton-Schulz, after A = X X^T: cA = c A, B = b A, and a X into the
+ * iteration's output (the products add to B and to it). */
+int cuoptim_launch_muon_scale(const cuoptimMuonStep *muon, const cuoptimRuleParams *p, int iteration, void *stream);
+/* After Newton-Schulz: w -= lr_adjust(lr X), EMA, the half copy. */
+int cuoptim_launch_muon_apply(const cuoptimDeviceStep *step, const cuoptimMuonStep *muon,
+                              const cuoptimRuleParams *p, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -385,6 +385,22 @@ CUOPTIM_HD float cuoptim_rule_muon_momentum(const cuoptimRuleParams *p, float g,
  * squares (summed in double, then float32 as Keras's norm). */
 CUOPTIM_HD float cuoptim_muon_norm_denominator(double sumsq) { return cuoptim_sqrtf((float)sumsq) + 1e-7f; }
 
+/* Muon's sum of squares of X (r x c, row-major), in one fixed order that both backends follow:
+ * X in segments of CUOPTIM_MUON_SEGMENT elements; in a segment element j goes to lane
+ * j % CUOPTIM_MUON_LANES, each lane sums its squares in double in ascending order, and the lanes
+ * are added as a halving tree (lane t += lane t + w for w = LANES / 2, ..., 1: a CUDA block's
+ * tree over its threads); the segments' sums are added in ascending order, from 0. The host
+ * backend and the CUDA kernels then form the same norm, bit for bit. */
+#define CUOPTIM_MUON_SEGMENT 8192
+#define CUOPTIM_MUON_LANES 256
+
+/* Lane `lane` of a segment of n elements. */
+CUOPTIM_HD double cuoptim_muon_lane_sumsq(const float *segment, int64_t n, int64_t lane) {
+  double sum = 0.0;
+  for (int64_t j = lane; j < n; j += CUOPTIM_MUON_LANES) sum += (double)segment[j] * (double)segment[j];
+  return sum;
+}
+
 /* Muon's lr_adjust(lr * x): times sqrt(max(rows, columns)) (sqrt_dim, a float32 square root of the
  * integer) and rms_rate, unless rms_rate is None. */
 CUOPTIM_HD float cuoptim_muon_apply(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float sqrt_dim, float w,

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include "internal.h"
@@ -87,7 +88,10 @@ typedef struct {
   CaptureTable *capture_tables;     /* written by captures, newest first */
   CaptureTable *spare;              /* allocated, not written: the next capture's (a capture cannot
                                        allocate); NULL when memory was short */
+  struct CudaMuon *muon;            /* Muon's matrices and cuBLAS (NULL for the other kinds) */
 } CudaBackend;
+
+static void free_muon(CudaBackend *b);
 
 static CudaBackend *data_of(cuoptimOptimizer_t opt) { return (CudaBackend *)opt->backend_data; }
 
@@ -324,6 +328,7 @@ static void free_capture_tables(CudaBackend *b) {
 
 static void free_tables(CudaBackend *b) {
   free_capture_tables(b);
+  free_muon(b);
   device_free(b, b->variables);
   device_free(b, b->grads);
   device_free(b, b->chunks);
@@ -611,11 +616,14 @@ static cuoptimStatus_t launch_build(cuoptimOptimizer_t opt, CudaBackend *b, cons
   return status;
 }
 
+static cuoptimStatus_t build_muon(cuoptimOptimizer_t opt, CudaBackend *b);
+
 static cuoptimStatus_t cuda_build(cuoptimOptimizer_t opt, const cuoptimStream_t *stream) {
   CudaBackend *b = data_of(opt);
   DeviceGuard guard;
   CUOPTIM_CHECK(enter_device(opt, &guard));
   cuoptimStatus_t status = build_tables(opt, b);
+  if (status == CUOPTIM_STATUS_SUCCESS && opt->config.kind == CUOPTIM_MUON) status = build_muon(opt, b);
   if (status == CUOPTIM_STATUS_SUCCESS) status = launch_build(opt, b, stream);
   if (status != CUOPTIM_STATUS_SUCCESS) free_tables(b);
   leave_device(&guard);
@@ -823,7 +831,10 @@ static cuoptimStatus_t cuda_prologue(cuoptimOptimizer_t opt, int inspected, cuop
   return launched(err, "cuoptimApplyGradients: prologue kernel");
 }
 
+static cuoptimStatus_t muon_update(cuoptimOptimizer_t opt, cuoptimStream_t stream);
+
 static cuoptimStatus_t cuda_update(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  if (opt->config.kind == CUOPTIM_MUON) return muon_update(opt, stream);
   if (opt->config.kind == CUOPTIM_LAMB && cuoptim_comm_sharded(opt)) {
     /* Sharded: each rank's part of Lamb's norms, combined across the ranks before pass 2. */
     const cuoptimDeviceStep *step = &data_of(opt)->step;
@@ -1022,6 +1033,260 @@ static void cuda_transfer_end(cuoptimOptimizer_t opt, cuoptimTransfer *t) {
     leave_device(&guard);
   }
   memset(t, 0, sizeof *t);
+}
+
+/* ---- Muon: the matrices' Newton-Schulz products on cuBLAS -------------------------------------
+ * Built with the tables: each Muon matrix gets X, Y (r x c) and A, cA, B (r x r) in one device
+ * area, the matrices of one shape side by side so that one strided-batched product covers them;
+ * the kernels' matrix table and chunk list; the chunk list of the AdamW path's variables (the
+ * update kernel runs only those); a cuBLAS handle, made here when some matrix exists, with a
+ * workspace of the optimizer's (cublasSetWorkspace: a captured step then allocates nothing).
+ * Products are cublasSgemmStridedBatched in float32 with CUBLAS_DEFAULT_MATH, which never uses
+ * TF32 (CUBLAS_TF32_TENSOR_OP_MATH would). A step: the AdamW path's update, the prepare stages,
+ * ns_steps x (a product per shape, the scale kernel, two products per shape), the apply kernel. */
+
+/* The workspace cuBLAS recommends for Hopper (4 MiB serve earlier architectures). */
+#define MUON_CUBLAS_WORKSPACE ((size_t)32 << 20)
+/* Each region of the work area starts at a multiple of 64 floats (256 bytes). */
+#define MUON_ALIGN 64
+
+/* The matrices of one shape, consecutive in the table and in the work area. */
+typedef struct {
+  int count;
+  int r, c;
+  float *x, *y, *a, *ca, *b; /* the first matrix's; matrix i at + i r c (x, y) or + i r r */
+} MuonGroup;
+
+typedef struct CudaMuon {
+  cublasHandle_t handle;     /* NULL without a matrix */
+  void *workspace;           /* device, MUON_CUBLAS_WORKSPACE bytes */
+  float *work;               /* device: every matrix's X, Y, A, cA, B */
+  cuoptimMuonMatrix *matrices; /* device */
+  cuoptimChunk *chunks;      /* device: the matrices' chunks */
+  double *partials;          /* device: per chunk */
+  cuoptimChunk *adamw_chunks; /* device: the chunks of the AdamW path's variables */
+  int64_t num_adamw_chunks;
+  cuoptimMuonStep step;      /* device pointers the Muon kernels read */
+  MuonGroup *groups;         /* host */
+  int num_groups;
+} CudaMuon;
+
+static cuoptimStatus_t cublas_fail(cublasStatus_t status, const char *what) {
+  return cuoptim_error(status == CUBLAS_STATUS_ALLOC_FAILED ? CUOPTIM_STATUS_ALLOC_FAILED : CUOPTIM_STATUS_CUDA_ERROR,
+                       "%s: %s (cuBLAS status %d)", what, cublasGetStatusString(status), (int)status);
+}
+
+#define CUBLAS_CHECK(call, what)                                         \
+  do {                                                                   \
+    cublasStatus_t status_ = (call);                                     \
+    if (status_ != CUBLAS_STATUS_SUCCESS) return cublas_fail(status_, what); \
+  } while (0)
+
+static void free_muon(CudaBackend *b) {
+  CudaMuon *mu = b->muon;
+  if (!mu) return;
+  /* cuBLAS documents that releasing a handle synchronizes the device: only when the tables go. */
+  if (mu->handle) cublasDestroy(mu->handle);
+  device_free(b, mu->workspace);
+  device_free(b, mu->work);
+  device_free(b, mu->matrices);
+  device_free(b, mu->chunks);
+  device_free(b, mu->partials);
+  device_free(b, mu->adamw_chunks);
+  free(mu->groups);
+  free(mu);
+  b->muon = NULL;
+}
+
+static size_t muon_aligned(size_t floats) { return (floats + MUON_ALIGN - 1) / MUON_ALIGN * MUON_ALIGN; }
+
+/* The matrices' shapes in groups (first appearance order); group_of[k]: variable k's, -1 off the
+ * matrix path. Refuses a matrix whose dimensions cuBLAS's int arguments cannot hold. */
+static cuoptimStatus_t group_muon_matrices(cuoptimOptimizer_t opt, CudaMuon *mu, int *group_of) {
+  for (int k = 0; k < opt->num_variables; k++) group_of[k] = -1;
+  for (int k = 0; k < opt->num_variables; k++) {
+    const cuoptimVariableRec *v = &opt->variables[k];
+    if (!v->muon_matrix) continue;
+    cuoptimMuonShape m = cuoptim_muon_shape(v);
+    if (m.c > INT32_MAX)
+      return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
+                           "cuoptim: variable \"%s\" (%lld x %lld): a Muon matrix's dimensions must fit cuBLAS's int "
+                           "arguments on the CUDA backend",
+                           v->name, (long long)m.rows, (long long)m.cols);
+    int g = 0;
+    while (g < mu->num_groups && (mu->groups[g].r != m.r || mu->groups[g].c != m.c)) g++;
+    if (g == mu->num_groups) {
+      mu->groups[g] = (MuonGroup){0, (int)m.r, (int)m.c, NULL, NULL, NULL, NULL, NULL};
+      mu->num_groups++;
+    }
+    mu->groups[g].count++;
+    group_of[k] = g;
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The work area's regions: per group X, Y, A, cA, B of all its matrices. Returns the floats. */
+static size_t layout_muon_work(CudaMuon *mu, float *base) {
+  size_t at = 0;
+  for (int g = 0; g < mu->num_groups; g++) {
+    MuonGroup *gr = &mu->groups[g];
+    size_t xy = muon_aligned((size_t)gr->count * (size_t)gr->r * (size_t)gr->c);
+    size_t sq = muon_aligned((size_t)gr->count * (size_t)gr->r * (size_t)gr->r);
+    float **regions[5] = {&gr->x, &gr->y, &gr->a, &gr->ca, &gr->b};
+    for (int i = 0; i < 5; i++) {
+      *regions[i] = base ? base + at : NULL;
+      at += i < 2 ? xy : sq;
+    }
+  }
+  return at;
+}
+
+/* The host tables: the matrices in group order, their chunks, the AdamW path's chunks. */
+static void fill_muon_tables(cuoptimOptimizer_t opt, const CudaMuon *mu, const int *group_of,
+                             cuoptimMuonMatrix *matrices, cuoptimChunk *chunks, cuoptimChunk *adamw) {
+  int32_t next_matrix = 0;
+  int64_t next_chunk = 0, next_adamw = 0;
+  for (int g = 0; g < mu->num_groups; g++) {
+    const MuonGroup *gr = &mu->groups[g];
+    int index = 0; /* within the group */
+    for (int k = 0; k < opt->num_variables; k++) {
+      if (group_of[k] != g) continue;
+      cuoptimMuonShape m = cuoptim_muon_shape(&opt->variables[k]);
+      size_t xy = (size_t)index * (size_t)(m.r * m.c), sq = (size_t)index * (size_t)(m.r * m.r);
+      cuoptimMuonMatrix *d = &matrices[next_matrix];
+      *d = (cuoptimMuonMatrix){gr->x + xy, gr->y + xy, gr->a + sq, gr->ca + sq, gr->b + sq, m.rows, m.cols, m.r, m.c,
+                               next_chunk, k, m.tall, cuoptim_sqrtf((float)m.c), 0};
+      for (int64_t c = 0; c < chunks_of(opt->variables[k].local_count); c++)
+        chunks[next_chunk++] = (cuoptimChunk){next_matrix, (int32_t)c};
+      next_matrix++;
+      index++;
+    }
+  }
+  for (int k = 0; k < opt->num_variables; k++)
+    if (group_of[k] < 0)
+      for (int64_t c = 0; c < chunks_of(opt->variables[k].local_count); c++) adamw[next_adamw++] = (cuoptimChunk){k, (int32_t)c};
+}
+
+static cuoptimStatus_t build_muon(cuoptimOptimizer_t opt, CudaBackend *b) {
+  static const char *what = "cuoptim: building Muon's matrix tables";
+  CudaMuon *mu = calloc(1, sizeof *mu);
+  int n = opt->num_variables;
+  int *group_of = malloc((size_t)(n > 0 ? n : 1) * sizeof *group_of);
+  if (mu) mu->groups = malloc((size_t)(n > 0 ? n : 1) * sizeof *mu->groups);
+  if (!mu || !group_of || !mu->groups) {
+    if (mu) free(mu->groups);
+    free(mu);
+    free(group_of);
+    return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: out of host memory");
+  }
+  b->muon = mu;
+  cuoptimStatus_t status = group_muon_matrices(opt, mu, group_of);
+  int32_t num_matrices = 0;
+  int64_t num_chunks = 0, num_adamw = 0;
+  for (int k = 0; k < n; k++) {
+    int64_t chunks = chunks_of(opt->variables[k].local_count);
+    if (group_of[k] >= 0) num_matrices++, num_chunks += chunks;
+    else num_adamw += chunks;
+  }
+  cuoptimMuonMatrix *matrices = malloc((size_t)(num_matrices ? num_matrices : 1) * sizeof *matrices);
+  cuoptimChunk *chunks = malloc((size_t)(num_chunks ? num_chunks : 1) * sizeof *chunks);
+  cuoptimChunk *adamw = malloc((size_t)(num_adamw ? num_adamw : 1) * sizeof *adamw);
+  if (status == CUOPTIM_STATUS_SUCCESS && (!matrices || !chunks || !adamw))
+    status = cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: out of host memory");
+  cudaError_t err = cudaSuccess;
+  if (status == CUOPTIM_STATUS_SUCCESS && num_matrices > 0) {
+    err = device_malloc(b, (void **)&mu->work, layout_muon_work(mu, NULL) * sizeof(float));
+    if (err == cudaSuccess) err = cudaMemsetAsync(mu->work, 0, layout_muon_work(mu, NULL) * sizeof(float), b->own);
+    if (err == cudaSuccess) err = device_malloc(b, &mu->workspace, MUON_CUBLAS_WORKSPACE);
+    if (err == cudaSuccess) err = device_malloc(b, (void **)&mu->matrices, (size_t)num_matrices * sizeof *matrices);
+    if (err == cudaSuccess) err = device_malloc(b, (void **)&mu->chunks, (size_t)num_chunks * sizeof *chunks);
+    if (err == cudaSuccess) err = device_malloc(b, (void **)&mu->partials, (size_t)num_chunks * sizeof(double));
+  }
+  if (status == CUOPTIM_STATUS_SUCCESS && err == cudaSuccess && num_adamw > 0)
+    err = device_malloc(b, (void **)&mu->adamw_chunks, (size_t)num_adamw * sizeof *adamw);
+  if (status == CUOPTIM_STATUS_SUCCESS && err == cudaSuccess) {
+    layout_muon_work(mu, mu->work);
+    fill_muon_tables(opt, mu, group_of, matrices, chunks, adamw);
+    if (num_matrices > 0)
+      err = cudaMemcpyAsync(mu->matrices, matrices, (size_t)num_matrices * sizeof *matrices, cudaMemcpyHostToDevice,
+                            b->own);
+    if (err == cudaSuccess && num_matrices > 0)
+      err = cudaMemcpyAsync(mu->chunks, chunks, (size_t)num_chunks * sizeof *chunks, cudaMemcpyHostToDevice, b->own);
+    if (err == cudaSuccess && num_adamw > 0)
+      err = cudaMemcpyAsync(mu->adamw_chunks, adamw, (size_t)num_adamw * sizeof *adamw, cudaMemcpyHostToDevice, b->own);
+    cudaError_t waited = cudaStreamSynchronize(b->own); /* the copies read the host arrays */
+    if (err == cudaSuccess) err = waited;
+  }
+  free(matrices);
+  free(chunks);
+  free(adamw);
+  free(group_of);
+  if (status == CUOPTIM_STATUS_SUCCESS && err != cudaSuccess) status = cuda_fail(err, what);
+  if (status != CUOPTIM_STATUS_SUCCESS) return status;
+  mu->num_adamw_chunks = num_adamw;
+  mu->step = (cuoptimMuonStep){mu->matrices, mu->chunks, mu->partials, num_chunks, num_matrices,
+                               opt->prologue.rule.muon_ns_steps};
+  if (num_matrices == 0) return CUOPTIM_STATUS_SUCCESS;
+  CUBLAS_CHECK(cublasCreate(&mu->handle), "cuoptim: cublasCreate (Muon's Newton-Schulz products)");
+  CUBLAS_CHECK(cublasSetMathMode(mu->handle, CUBLAS_DEFAULT_MATH), "cuoptim: cublasSetMathMode");
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* The products of one shape's matrices: C = op(A) B (+ C with accumulate), column-major as cuBLAS
+ * reads the row-major buffers (a row-major M is the column-major M^T). */
+static cuoptimStatus_t muon_gemm(const CudaMuon *mu, const MuonGroup *g, cublasOperation_t op_a, int m, int n, int k,
+                                 const float *a, int lda, long long stride_a, const float *b, int ldb,
+                                 long long stride_b, int accumulate, float *c, int ldc, long long stride_c) {
+  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  CUBLAS_CHECK(cublasSgemmStridedBatched(mu->handle, op_a, CUBLAS_OP_N, m, n, k, &one, a, lda, stride_a, b, ldb,
+                                         stride_b, &beta, c, ldc, stride_c, g->count),
+               "cuoptimApplyGradients: cublasSgemmStridedBatched (Muon's Newton-Schulz)");
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+/* One Newton-Schulz iteration of every matrix: A = X X^T (row-major A[j][i] = sum_k X[i][k]
+ * X[j][k], the column-major (X^T)^T X^T), the scale kernel, B += cA A, out += B X. */
+static cuoptimStatus_t muon_iteration(cuoptimOptimizer_t opt, const CudaMuon *mu, int iteration,
+                                      cuoptimStream_t stream) {
+  for (int i = 0; i < mu->num_groups; i++) {
+    const MuonGroup *g = &mu->groups[i];
+    const float *x = iteration % 2 ? g->y : g->x;
+    long long rc = (long long)g->r * g->c, rr = (long long)g->r * g->r;
+    CUOPTIM_CHECK(muon_gemm(mu, g, CUBLAS_OP_T, g->r, g->r, g->c, x, g->c, rc, x, g->c, rc, 0, g->a, g->r, rr));
+  }
+  CUOPTIM_CHECK(launched(cuoptim_launch_muon_scale(&mu->step, &opt->prologue.rule, iteration, stream),
+                         "cuoptimApplyGradients: Muon scale kernel"));
+  for (int i = 0; i < mu->num_groups; i++) {
+    const MuonGroup *g = &mu->groups[i];
+    long long rr = (long long)g->r * g->r;
+    CUOPTIM_CHECK(muon_gemm(mu, g, CUBLAS_OP_N, g->r, g->r, g->r, g->a, g->r, rr, g->ca, g->r, rr, 1, g->b, g->r, rr));
+  }
+  for (int i = 0; i < mu->num_groups; i++) {
+    const MuonGroup *g = &mu->groups[i];
+    const float *x = iteration % 2 ? g->y : g->x;
+    float *out = iteration % 2 ? g->x : g->y;
+    long long rc = (long long)g->r * g->c, rr = (long long)g->r * g->r;
+    CUOPTIM_CHECK(muon_gemm(mu, g, CUBLAS_OP_N, g->c, g->r, g->r, x, g->c, rc, g->b, g->r, rr, 1, out, g->c, rc));
+  }
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+static cuoptimStatus_t muon_update(cuoptimOptimizer_t opt, cuoptimStream_t stream) {
+  CudaBackend *b = data_of(opt);
+  const CudaMuon *mu = b->muon;
+  const cuoptimRuleParams *p = &opt->prologue.rule;
+  CUOPTIM_CHECK(launched(cuoptim_launch_muon_adamw(&b->step, mu->adamw_chunks, mu->num_adamw_chunks, p, stream),
+                         "cuoptimApplyGradients: update kernel (Muon's AdamW path)"));
+  if (mu->step.num_matrices == 0) return CUOPTIM_STATUS_SUCCESS;
+  CUOPTIM_CHECK(launched(cuoptim_launch_muon_prepare(&b->step, &mu->step, p, stream),
+                         "cuoptimApplyGradients: Muon momentum and norm kernels"));
+  /* cublasSetStream drops the workspace: set again after it. */
+  CUBLAS_CHECK(cublasSetStream(mu->handle, (cudaStream_t)stream), "cuoptimApplyGradients: cublasSetStream");
+  CUBLAS_CHECK(cublasSetWorkspace(mu->handle, mu->workspace, MUON_CUBLAS_WORKSPACE),
+               "cuoptimApplyGradients: cublasSetWorkspace");
+  for (int iteration = 0; iteration < p->muon_ns_steps; iteration++)
+    CUOPTIM_CHECK(muon_iteration(opt, mu, iteration, stream));
+  return launched(cuoptim_launch_muon_apply(&b->step, &mu->step, p, stream), "cuoptimApplyGradients: Muon apply kernel");
 }
 
 const cuoptimDeviceStep *cuoptim_cuda_device_step(cuoptimOptimizer_t opt) { return &data_of(opt)->step; }

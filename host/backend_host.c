@@ -866,7 +866,22 @@ static int muon_pass1(const cuoptimOptimizer_t opt, cuoptimVariableRec *v, const
   return applied;
 }
 
-/* Muon, one matrix: pass 1, the Frobenius norm (the fixed order of the top of this file, over X),
+/* The sum of squares of X's n elements in the order of cuda/rules.h (CUOPTIM_MUON_SEGMENT), the
+ * CUDA backend's. */
+static double muon_sumsq(const float *x, size_t n) {
+  double total = 0.0;
+  for (size_t start = 0; start < n; start += CUOPTIM_MUON_SEGMENT) {
+    int64_t m = (int64_t)(n - start < CUOPTIM_MUON_SEGMENT ? n - start : CUOPTIM_MUON_SEGMENT);
+    double lane[CUOPTIM_MUON_LANES];
+    for (int t = 0; t < CUOPTIM_MUON_LANES; t++) lane[t] = cuoptim_muon_lane_sumsq(x + start, m, t);
+    for (int width = CUOPTIM_MUON_LANES / 2; width > 0; width /= 2)
+      for (int t = 0; t < width; t++) lane[t] += lane[t + width];
+    total += lane[0];
+  }
+  return total;
+}
+
+/* Muon, one matrix: pass 1, the Frobenius norm (muon_sumsq, over X),
  * Newton-Schulz, and w -= lr_adjust(lr * X). */
 static void update_muon_matrix(cuoptimOptimizer_t opt, int k, float *scratch) {
   cuoptimVariableRec *v = &opt->variables[k];
@@ -875,9 +890,7 @@ static void update_muon_matrix(cuoptimOptimizer_t opt, int k, float *scratch) {
   size_t n = (size_t)(m.r * m.c);
   float *x = scratch, *y = x + n, *a_mat = y + n, *b_mat = a_mat + (size_t)(m.r * m.r);
   if (!muon_pass1(opt, v, &opt->step_grads[k], t, &m, x)) return;
-  double lane[LANES] = {0};
-  for (size_t c = 0; c < n; c += BLOCK) sum_squares(x + c, n - c < BLOCK ? n - c : BLOCK, lane);
-  float denominator = cuoptim_muon_norm_denominator(sum_lanes(lane));
+  float denominator = cuoptim_muon_norm_denominator(muon_sumsq(x, n));
   for (size_t i = 0; i < n; i++) x[i] = x[i] / denominator;
   const float *u = cuoptim_host_newton_schulz(&opt->prologue.rule, x, y, a_mat, b_mat, m.r, m.c,
                                               host_data(opt)->threads);

@@ -157,14 +157,26 @@ typedef enum {
  * (Python's str.lower maps no other character to one of them). A variable added without a shape
  * (cuoptimAddVariable) has rank 1: the AdamW path.
  * Precision: the element-wise parts round as Keras does; the Frobenius norm is summed in double
- * in a fixed order; the matrix products of Newton-Schulz are plain loops on the host, each sum in
- * double rounded once, where Keras's XLA sums in float32 in an order of its own. So Muon-path
- * variables match Keras within float32 rounding of those sums, not bit for bit: at most 2.4e-7
- * absolute on the reference cases, within the default tolerances (rtol 1e-5, atol 1e-6).
- * Backends: the host backend only for now; cuoptimCreate refuses CUOPTIM_MUON on the CUDA
- * backend (NOT_SUPPORTED). Sharded state (cuoptimCommOptions_t.shard_state) is refused for Muon
- * (cuoptimSetCommunicator: INVALID_VALUE): a Newton-Schulz iteration needs every element of its
- * matrix. */
+ * in one fixed order, the same on both backends; the matrix products of Newton-Schulz are plain
+ * loops on the host, each sum in double rounded once, where Keras's XLA sums in float32 in an
+ * order of its own. So Muon-path variables match Keras within float32 rounding of those sums, not
+ * bit for bit: at most 2.4e-7 absolute on the reference cases, within the default tolerances
+ * (rtol 1e-5, atol 1e-6).
+ * The CUDA backend runs the element-wise parts as fused kernels (one launch per stage for every
+ * matrix: momentum, norm, normalization, one scale kernel per iteration, apply; the AdamW path's
+ * variables in the update kernel) and the products on cuBLAS (cublasSgemmStridedBatched, float32,
+ * CUBLAS_DEFAULT_MATH, so never TF32; three calls per iteration for each distinct matrix shape):
+ * 6 + ns_steps kernels and 3 ns_steps products per shape a step (one kernel more with an inspect
+ * pass), no host synchronization, capturable in a CUDA graph. cuBLAS sums each product in float32
+ * in an order of its own, so on a GPU Muon-path results differ from the host backend's by a few
+ * float32 ulps of the orthogonalized step (the same tolerances hold against Keras); the element-wise
+ * parts and the norm are the host's, bit for bit. Memory: per matrix (r x c, r <= c) 2 r c + 3 r^2
+ * floats of work buffers, plus a 32 MiB cuBLAS workspace, allocated when the state is built. The
+ * cuBLAS handle is made then and released by cuoptimDestroy; cuBLAS documents that releasing a
+ * handle synchronizes the device, so cuoptimDestroy of such an optimizer waits for the whole
+ * device. A matrix whose dimensions exceed INT32_MAX is refused there (NOT_SUPPORTED).
+ * Sharded state (cuoptimCommOptions_t.shard_state) is refused for Muon (cuoptimSetCommunicator:
+ * INVALID_VALUE): a Newton-Schulz iteration needs every element of its matrix. */
 
 /* CUOPTIM_ADAFACTOR is keras.optimizers.Adafactor. Its state per variable is Keras's, in Keras's
  * order: for a variable of rank >= 2 the row accumulator r (the shape without the last dimension),

@@ -2040,10 +2040,13 @@ Test(api, muon_config_rejects_each_bad_field) {
     cuoptimConfig_t c = test_config(CUOPTIM_MUON);
     cases[i].spoil(&c);
     EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimConfigValidate", cases[i].field, cuoptimConfigValidate(&c));
-    cuoptimOptimizer_t opt = NULL;
-    EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimCreate", cases[i].field,
-                cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
-    cr_assert_null(opt, "%s", cases[i].what);
+    for (int b = 0; b < 2; b++) { /* the CUDA backend validates the same, where a GPU is present */
+      cuoptimBackend_t backend = b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST;
+      if (b && !test_has_gpu()) continue;
+      cuoptimOptimizer_t opt = NULL;
+      EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimCreate", cases[i].field, cuoptimCreate(&opt, &c, backend, 0));
+      cr_assert_null(opt, "%s", cases[i].what);
+    }
   }
   /* None is accepted where Keras takes it. */
   cuoptimConfig_t c = test_config(CUOPTIM_MUON);
@@ -2054,18 +2057,22 @@ Test(api, muon_config_rejects_each_bad_field) {
   OK(cuoptimConfigValidate(&c));
 }
 
-/* Muon's state needs whole matrices: sharding it is refused. */
+/* Muon's state needs whole matrices: sharding it is refused, on either backend. */
 Test(api, muon_refuses_sharded_state) {
-  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
-  cuoptimOptimizer_t opt = NULL;
-  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
-  cuoptimCommOptions_t options;
-  OK(cuoptimCommOptionsInit(&options));
-  options.shard_state = 1;
-  int comm = 0; /* never read: the options are refused first */
-  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetCommunicator", "shard_state",
-              cuoptimSetCommunicator(opt, &comm, &options));
-  cuoptimDestroy(opt);
+  for (int b = 0; b < 2; b++) {
+    cuoptimBackend_t backend = b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST;
+    if (b && !test_has_gpu()) continue;
+    cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+    cuoptimOptimizer_t opt = NULL;
+    OK(cuoptimCreate(&opt, &c, backend, 0));
+    cuoptimCommOptions_t options;
+    OK(cuoptimCommOptionsInit(&options));
+    options.shard_state = 1;
+    int comm = 0; /* never read: the options are refused first */
+    EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetCommunicator", "shard_state",
+                cuoptimSetCommunicator(opt, &comm, &options));
+    cuoptimDestroy(opt);
+  }
 }
 
 /* Adafactor runs on the host backend only: the CUDA backend refuses the kind at create. */

@@ -114,6 +114,7 @@ typedef struct {
   int inf_step, nan_step;    /* the step whose gradients hold +inf / NaN, or -1 */
   int finalize;              /* cuoptimFinalizeVariableValues after the steps (read before and after) */
   int default_stream;        /* the legacy default stream instead of a created non-blocking stream */
+  const int64_t (*shapes)[2]; /* NULL, or per variable rows x cols (rows 0: registered without a shape) */
 } problem_t;
 
 static const size_t STANDARD_SIZES[5] = {1, 3, 4095, 65537, 100001};
@@ -322,7 +323,11 @@ static void run_problem(const cuoptimConfig_t *cfg, cuoptimBackend_t backend, co
     char name[64];
     name_of(pb, k, name, sizeof name);
     cuoptimVariable_t variable = -1;
-    OK(cuoptimAddVariable(opt, name, param_pool + start[k] * pes, pb->param_dtype, pb->sizes[k], &variable));
+    if (pb->shapes && pb->shapes[k][0] > 0)
+      OK(cuoptimAddVariableWithShape(opt, name, param_pool + start[k] * pes, pb->param_dtype, 2, pb->shapes[k],
+                                     &variable));
+    else
+      OK(cuoptimAddVariable(opt, name, param_pool + start[k] * pes, pb->param_dtype, pb->sizes[k], &variable));
     cr_assert_eq(variable, k, "variable %d registered as %d", k, (int)variable);
   }
 
@@ -714,6 +719,86 @@ Test(cuda_optimizers, ftrl_learning_rate_power_zero_matches_host) {
 }
 
 /* ---- every feature --------------------------------------------------------------------------------- */
+
+/* Muon: matrices wide (70 x 300), tall (300 x 70: transposed, the same shape for Newton-Schulz,
+ * so one batched product covers both), tall and almost square (130 x 129), a row (1 x 5) and a
+ * matrix of several chunks (97 x 211); a vector, an embedding and a variable registered without a
+ * shape take the AdamW path. The element-wise stages are the host's functions and the norm sums
+ * in the host's order; the emulated device's products sum as the host's do (emu/cublas.cc), so
+ * there the results are the host's bit for bit; a GPU's cuBLAS sums in its own float32 order. */
+#define MUON_VARS 8
+static const int64_t MUON_SHAPES[MUON_VARS][2] = {{70, 300}, {300, 70}, {130, 129}, {1, 5},
+                                                   {97, 211}, {0, 0},    {50, 12},   {0, 0}};
+static const size_t MUON_SIZES[MUON_VARS] = {21000, 21000, 16770, 5, 20467, 4095, 600, 3};
+static const char *const MUON_NAMES[MUON_VARS] = {"dense/kernel", "proj/kernel", "mlp/kernel", "row/kernel",
+                                                  "out/kernel",   "dense/bias",  "embedding/embeddings", "scale"};
+#ifdef CUOPTIM_TEST_EMULATED_DEVICE
+#define MUON_MATCH MATCH_BITWISE
+#else
+#define MUON_MATCH MATCH_CLOSE
+#endif
+
+static problem_t muon_problem(void) {
+  problem_t p = standard_problem();
+  p.num_vars = MUON_VARS;
+  p.sizes = MUON_SIZES;
+  p.names = MUON_NAMES;
+  p.shapes = MUON_SHAPES;
+  return p;
+}
+
+Test(cuda_optimizers, muon_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  problem_t p = muon_problem();
+  check_matches_host(&c, &p, MUON_MATCH, "Muon");
+}
+
+Test(cuda_optimizers, muon_options_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config_lr(CUOPTIM_MUON, 0.02);
+  c.nesterov = 0;
+  c.rms_rate = CUOPTIM_NONE;
+  c.ns_steps = 4;
+  c.weight_decay = 0.1;
+  c.adam_lr_ratio = 0.5;
+  problem_t p = muon_problem();
+  p.exclude = "out/";
+  check_matches_host(&c, &p, MUON_MATCH, "Muon nesterov False, rms_rate None, ns_steps 4, exclusion");
+}
+
+Test(cuda_features, muon_clipnorm_ema_accumulation_partial_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  c.clipnorm = 1.0;
+  c.use_ema = 1;
+  c.ema_overwrite_frequency = 3;
+  c.gradient_accumulation_steps = 2;
+  problem_t p = muon_problem();
+  p.steps = 7;
+  p.partial = 1;
+  p.finalize = 1;
+  check_matches_host(&c, &p, MUON_MATCH, "Muon clipnorm + EMA + accumulation, partial gradients");
+}
+
+Test(cuda_features, muon_float16_masters_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  c.global_clipnorm = 2.0;
+  problem_t p = muon_problem();
+  p.param_dtype = p.grad_dtype = CUOPTIM_FLOAT16;
+  check_matches_host(&c, &p, MUON_MATCH, "Muon float16 with masters, global_clipnorm");
+}
+
+Test(cuda_features, muon_dynamic_loss_scale_skips_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  c.dynamic_loss_scale = 1;
+  problem_t p = muon_problem();
+  p.inf_step = 2;
+  p.nan_step = 4;
+  check_matches_host(&c, &p, MUON_MATCH, "Muon under a dynamic loss scale, non-finite steps skipped");
+}
 
 Test(cuda_features, clipnorm_adam_matches_host) {
   NEED_GPU();

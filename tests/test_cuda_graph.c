@@ -47,6 +47,10 @@ static const size_t SIZES[NUM_VARS] = {1, 3, 4095, 65537, 100001};
 static const char *const NAMES[NUM_VARS] = {"dense/bias", "dense/kernel", "conv/bias", "conv/kernel",
                                             "embedding/embeddings"};
 static const float GRAD_FACTOR[NUM_VARS] = {1.0f, 0.3f, 1.0f, 0.001f, 1.0f};
+/* Muon's shapes of the same variables (rows x cols; 0: none, the AdamW path): a column, a tall
+ * matrix (transposed for Newton-Schulz), a row, and a wide matrix of several chunks (with
+ * exclude_embeddings off, the embedding's name does not send it to the AdamW path). */
+static const int64_t MUON_SHAPES[NUM_VARS][2] = {{0, 0}, {3, 1}, {65, 63}, {1, 65537}, {11, 9091}};
 /* Seed of test_pseudo_random for every value of the problem. */
 #define SEED 0x5eed
 
@@ -97,8 +101,11 @@ static void make_side(side_t *s, const cuoptimConfig_t *cfg, cuoptimDtype_t para
   OK(cuoptimExcludeFromWeightDecay(s->opt, "bias$"));
   for (int k = 0; k < NUM_VARS; k++) {
     cuoptimVariable_t v;
-    OK(cuoptimAddVariable(s->opt, NAMES[k], s->params + s->start[k] * test_dtype_bytes(param_dtype), param_dtype,
-                          SIZES[k], &v));
+    void *param = s->params + s->start[k] * test_dtype_bytes(param_dtype);
+    if (cfg->kind == CUOPTIM_MUON && MUON_SHAPES[k][0] > 0)
+      OK(cuoptimAddVariableWithShape(s->opt, NAMES[k], param, param_dtype, 2, MUON_SHAPES[k], &v));
+    else
+      OK(cuoptimAddVariable(s->opt, NAMES[k], param, param_dtype, SIZES[k], &v));
   }
 }
 
@@ -355,6 +362,42 @@ Test(cuda_graph, replay_lamb_with_every_feature_matches_eager) {
   c.ema_overwrite_frequency = 3;
   check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, (1 + REPLAYS) / 2, 0.0f,
                      "Lamb + schedule + accumulation + global_clipnorm + weight decay + EMA");
+}
+
+/* Muon: the fused stages and the cuBLAS products (their stream and workspace set per step) are
+ * captured; each replay runs them all again. */
+static cuoptimConfig_t muon_config(void) {
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  c.exclude_embeddings = 0; /* embedding/embeddings: a matrix of MUON_SHAPES */
+  return c;
+}
+
+Test(cuda_graph, replay_muon_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = muon_config();
+  check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 0.0f, "Muon");
+}
+
+Test(cuda_graph, replay_muon_with_every_feature_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = muon_config();
+  set_cosine_warmup(&c);
+  c.gradient_accumulation_steps = 2;
+  c.clipnorm = 1.0;
+  c.use_ema = 1;
+  c.ema_momentum = 0.9;
+  c.ema_overwrite_frequency = 3;
+  check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, (1 + REPLAYS) / 2, 0.0f,
+                     "Muon + schedule + accumulation + clipnorm + EMA");
+}
+
+Test(cuda_graph, replay_float16_muon_dynamic_loss_scale_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = muon_config();
+  c.dynamic_loss_scale = 1;
+  c.initial_scale = 1024.0;
+  c.dynamic_growth_steps = 2;
+  check_graph_replay(&c, CUOPTIM_FLOAT16, CUOPTIM_FLOAT16, 1 + REPLAYS, 16384.0f, "Muon float16 + dynamic loss scale");
 }
 
 /* The usual mixed-precision loop: float16 parameters (fp32 masters inside), float16 gradients,

@@ -10,6 +10,10 @@
  * launch of its own ahead of it. A captured step reads a table written when it was captured, so a
  * replay runs the eager step's kernels and no upload, and eager steps after a capture upload only
  * what changed, as before it.
+ *
+ * Muon adds its matrices' stages (muon_takes_...): momentum, norm, normalization, one scale kernel
+ * per Newton-Schulz iteration and the apply, beside the update kernel of its AdamW path; and three
+ * cuBLAS products per iteration and shape of matrix (counted by the emulated cuBLAS).
  */
 #include <criterion/criterion.h>
 #include <cuda_runtime_api.h>
@@ -17,6 +21,7 @@
 #include <string.h>
 
 #include "control.h"
+#include "cublas_emu.h"
 #include "cuoptim.h"
 #include "testutil.h"
 
@@ -45,7 +50,11 @@ static void rig_make(rig_t *r, const cuoptimConfig_t *c) {
     r->w[k] = test_mem_from(CUOPTIM_BACKEND_CUDA, values, counts[k]);
     r->g[k] = test_mem_from(CUOPTIM_BACKEND_CUDA, values, counts[k]);
     cuoptimVariable_t v;
-    OK(cuoptimAddVariable(r->opt, k ? "dense/bias" : "dense/kernel", r->w[k], CUOPTIM_FLOAT32, counts[k], &v));
+    static const int64_t kernel_shape[2] = {100, BIG / 100}; /* Muon: its matrix path */
+    if (c->kind == CUOPTIM_MUON && k == 0)
+      OK(cuoptimAddVariableWithShape(r->opt, "dense/kernel", r->w[k], CUOPTIM_FLOAT32, 2, kernel_shape, &v));
+    else
+      OK(cuoptimAddVariable(r->opt, k ? "dense/bias" : "dense/kernel", r->w[k], CUOPTIM_FLOAT32, counts[k], &v));
     r->grads[k] = (cuoptimGradient_t){v, r->g[k], CUOPTIM_FLOAT32};
   }
 }
@@ -59,16 +68,20 @@ static void rig_free(rig_t *r) {
   CUDA_OK(cudaStreamDestroy(r->stream));
 }
 
+/* cuBLAS products (Muon's) of the step the last eager_launches or graph_launches counted. */
+static long step_products;
+
 /* Kernels run by one eager step, once the table is on the device (the second step). */
 static long eager_launches(const cuoptimConfig_t *c) {
   rig_t r;
   rig_make(&r, c);
   OK(cuoptimApplyGradients(r.opt, 2, r.grads, r.stream)); /* builds the state, uploads the table */
   OK(cuoptimSynchronize(r.opt));
-  long before = cuoptim_emu_kernels_run(NULL);
+  long before = cuoptim_emu_kernels_run(NULL), products = cuoptim_emu_cublas_calls();
   OK(cuoptimApplyGradients(r.opt, 2, r.grads, r.stream));
   OK(cuoptimSynchronize(r.opt));
   long launches = cuoptim_emu_kernels_run(NULL) - before;
+  step_products = cuoptim_emu_cublas_calls() - products;
   int64_t iterations = -1;
   OK(cuoptimGetIterations(r.opt, &iterations));
   cr_expect_eq(iterations, 2, "the state advanced: iterations %lld", (long long)iterations);
@@ -89,10 +102,11 @@ static long graph_launches(const cuoptimConfig_t *c) {
   CUDA_OK(cudaStreamEndCapture(r.stream, &graph));
   OK(captured);
   CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-  long before = cuoptim_emu_kernels_run(NULL);
+  long before = cuoptim_emu_kernels_run(NULL), products = cuoptim_emu_cublas_calls();
   CUDA_OK(cudaGraphLaunch(exec, r.stream));
   CUDA_OK(cudaStreamSynchronize(r.stream));
   long launches = cuoptim_emu_kernels_run(NULL) - before;
+  step_products = cuoptim_emu_cublas_calls() - products;
   CUDA_OK(cudaGraphLaunch(exec, r.stream));
   CUDA_OK(cudaStreamSynchronize(r.stream));
   cr_expect_eq(cuoptim_emu_kernels_run(NULL) - before, 2 * launches, "every replay runs the same kernels");
@@ -157,6 +171,27 @@ Test(cuda_launches, lamb_with_global_clipnorm_takes_four) {
   cuoptimConfig_t c = test_config(CUOPTIM_LAMB);
   c.global_clipnorm = 1.0;
   expect_launches(&c, 4, "Lamb global_clipnorm");
+}
+
+/* Muon, one matrix (100 x 200) and a vector: the prologue, the update kernel on the AdamW path's
+ * variables, momentum, norm and normalization, a scale kernel per Newton-Schulz iteration, the
+ * apply: 6 + ns_steps kernels; and three cuBLAS products per iteration for each shape of matrix
+ * (A = X X^T, B += cA A, Y += B X; one strided-batched call covers the matrices of a shape). */
+static void expect_muon(const cuoptimConfig_t *c, long launches, long products, const char *label) {
+  expect_launches(c, launches, label);
+  long got = step_products; /* of the replay */
+  cr_expect_eq(got, products, "%s: %ld cuBLAS products per graph replay, want %ld", label, got, products);
+  (void)eager_launches(c);
+  got = step_products;
+  cr_expect_eq(got, products, "%s: %ld cuBLAS products per eager step, want %ld", label, got, products);
+}
+
+Test(cuda_launches, muon_takes_six_kernels_and_ns_steps_scales_and_three_products_each) {
+  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+  expect_muon(&c, 6 + 5, 3 * 5, "Muon ns_steps 5");
+  c.ns_steps = 2;
+  c.clipnorm = 1.0; /* an inspect pass: one kernel more */
+  expect_muon(&c, 1 + 6 + 2, 3 * 2, "Muon ns_steps 2 clipnorm");
 }
 
 /* The first step builds the state (one launch) and uploads the table: on the prologue's argument

@@ -1284,7 +1284,6 @@ static void unaligned_buffers(cuoptimBackend_t b) {
   void *wo = mem + 2 * (bytes + 16) + 1, *go = mem + 3 * (bytes + 16) + 3; /* not 4-byte aligned */
   for (int kind = 0; kind < CUOPTIM_OPTIMIZER_COUNT; kind++) {
     if (!cuoptimOptimizerName((cuoptimOptimizerKind_t)kind)) continue;     /* a value no kind has */
-    if (kind == CUOPTIM_MUON && b == CUOPTIM_BACKEND_CUDA) continue;     /* refused there (cuoptim.h) */
     cuoptimConfig_t c = test_config_lr((cuoptimOptimizerKind_t)kind, 0.1);
     c.use_ema = 1;
     if (kind == CUOPTIM_ADAM) c.global_clipnorm = 0.5; /* the inspect pass reads the gradient too */
@@ -1531,33 +1530,59 @@ static void python_pattern_reaches_the_step(cuoptimBackend_t b) {
 }
 BOTH_BACKENDS(python_pattern_reaches_the_step, python_pattern_reaches_the_step)
 
-/* ---- Muon with the shared machinery: state copy, checkpoint, half precision (host backend) ----- */
+/* ---- Muon with the shared machinery: state copy, checkpoint, half precision ------------------- */
 
 #define MUON_ROWS 3
 #define MUON_COLS 5
 #define MUON_N (MUON_ROWS * MUON_COLS)
 
 typedef struct {
+  cuoptimBackend_t backend;
   cuoptimOptimizer_t opt;
-  float matrix[MUON_N], bias[MUON_COLS];
+  float *d_matrix, *d_bias, *d_g, *d_gb; /* the backend's memory */
+  float matrix[MUON_N], bias[MUON_COLS]; /* host copies (muon_model_read) */
 } muon_model_t;
 
-static void muon_model_init(muon_model_t *m, const cuoptimConfig_t *c, const float *matrix, const float *bias) {
+static void muon_model_init(muon_model_t *m, cuoptimBackend_t backend, const cuoptimConfig_t *c, const float *matrix,
+                            const float *bias) {
+  m->backend = backend;
   memcpy(m->matrix, matrix, sizeof m->matrix);
   memcpy(m->bias, bias, sizeof m->bias);
-  OK(cuoptimCreate(&m->opt, c, CUOPTIM_BACKEND_HOST, 0));
+  m->d_matrix = test_mem_from(backend, matrix, MUON_N);
+  m->d_bias = test_mem_from(backend, bias, MUON_COLS);
+  m->d_g = test_mem_alloc(backend, MUON_N * sizeof(float));
+  m->d_gb = test_mem_alloc(backend, MUON_COLS * sizeof(float));
+  OK(cuoptimCreate(&m->opt, c, backend, 0));
   const int64_t dims[2] = {MUON_ROWS, MUON_COLS}, bias_dims[1] = {MUON_COLS};
   cuoptimVariable_t v;
-  OK(cuoptimAddVariableWithShape(m->opt, "dense/kernel", m->matrix, CUOPTIM_FLOAT32, 2, dims, &v));
-  OK(cuoptimAddVariableWithShape(m->opt, "dense/bias", m->bias, CUOPTIM_FLOAT32, 1, bias_dims, &v));
+  OK(cuoptimAddVariableWithShape(m->opt, "dense/kernel", m->d_matrix, CUOPTIM_FLOAT32, 2, dims, &v));
+  OK(cuoptimAddVariableWithShape(m->opt, "dense/bias", m->d_bias, CUOPTIM_FLOAT32, 1, bias_dims, &v));
 }
 
 static void muon_model_step(muon_model_t *m, int step) {
   float g[MUON_N], gb[MUON_COLS];
   for (int i = 0; i < MUON_N; i++) g[i] = test_pseudo_random(41, (uint64_t)step, (uint64_t)i) - 0.5f;
   for (int i = 0; i < MUON_COLS; i++) gb[i] = test_pseudo_random(43, (uint64_t)step, (uint64_t)i) - 0.5f;
-  cuoptimGradient_t grads[2] = {{.variable = 0, .grad = g}, {.variable = 1, .grad = gb}};
+  OK(cuoptimSynchronize(m->opt)); /* the previous step has read the gradient buffers */
+  test_mem_upload(m->backend, m->d_g, g, sizeof g);
+  test_mem_upload(m->backend, m->d_gb, gb, sizeof gb);
+  cuoptimGradient_t grads[2] = {{.variable = 0, .grad = m->d_g}, {.variable = 1, .grad = m->d_gb}};
   OK(cuoptimApplyGradients(m->opt, 2, grads, NULL));
+}
+
+/* The parameters into m->matrix and m->bias. */
+static void muon_model_read(muon_model_t *m) {
+  OK(cuoptimSynchronize(m->opt));
+  test_mem_download(m->backend, m->matrix, m->d_matrix, sizeof m->matrix);
+  test_mem_download(m->backend, m->bias, m->d_bias, sizeof m->bias);
+}
+
+static void muon_model_free(muon_model_t *m) {
+  OK(cuoptimDestroy(m->opt));
+  test_mem_free(m->backend, m->d_matrix);
+  test_mem_free(m->backend, m->d_bias);
+  test_mem_free(m->backend, m->d_g);
+  test_mem_free(m->backend, m->d_gb);
 }
 
 static cuoptimConfig_t muon_feature_config(void) {
@@ -1570,21 +1595,23 @@ static cuoptimConfig_t muon_feature_config(void) {
 
 /* The state copied with Get/SetWeights, or saved and loaded, after 4 steps: the next 4 give the
  * same bits as training straight through. */
-Test(features, muon_state_copy_and_checkpoint_resume_bitwise) {
+static void muon_state_copy_and_checkpoint_resume(cuoptimBackend_t backend) {
+  test_require_backend(backend);
   cuoptimConfig_t c = muon_feature_config();
   float w0[MUON_N], b0[MUON_COLS];
   for (int i = 0; i < MUON_N; i++) w0[i] = test_pseudo_random(40, 0, (uint64_t)i);
   for (int i = 0; i < MUON_COLS; i++) b0[i] = test_pseudo_random(42, 0, (uint64_t)i);
   muon_model_t a, copy, loaded;
-  muon_model_init(&a, &c, w0, b0);
+  muon_model_init(&a, backend, &c, w0, b0);
   for (int s = 0; s < 4; s++) muon_model_step(&a, s);
+  muon_model_read(&a);
   char path[] = "/tmp/cuoptim_muon_XXXXXX";
   int fd = mkstemp(path);
   cr_assert(fd >= 0);
   close(fd);
   OK(cuoptimSave(a.opt, path));
-  muon_model_init(&copy, &c, a.matrix, a.bias);
-  muon_model_init(&loaded, &c, a.matrix, a.bias);
+  muon_model_init(&copy, backend, &c, a.matrix, a.bias);
+  muon_model_init(&loaded, backend, &c, a.matrix, a.bias);
   int count = 0, count_copy = 0;
   OK(cuoptimGetWeightCount(a.opt, &count));
   OK(cuoptimGetWeightCount(copy.opt, &count_copy));
@@ -1604,6 +1631,9 @@ Test(features, muon_state_copy_and_checkpoint_resume_bitwise) {
     muon_model_step(&copy, s);
     muon_model_step(&loaded, s);
   }
+  muon_model_read(&a);
+  muon_model_read(&copy);
+  muon_model_read(&loaded);
   cr_expect_eq(memcmp(a.matrix, copy.matrix, sizeof a.matrix), 0, "Get/SetWeights copy: the matrix differs");
   cr_expect_eq(memcmp(a.bias, copy.bias, sizeof a.bias), 0, "Get/SetWeights copy: the bias differs");
   cr_expect_eq(memcmp(a.matrix, loaded.matrix, sizeof a.matrix), 0, "checkpoint: the matrix differs");
@@ -1611,14 +1641,16 @@ Test(features, muon_state_copy_and_checkpoint_resume_bitwise) {
   int changed = 0;
   for (int i = 0; i < MUON_N; i++) changed += a.matrix[i] != w0[i];
   cr_expect_eq(changed, MUON_N, "the Muon path left %d elements unchanged", MUON_N - changed);
-  cuoptimDestroy(a.opt);
-  cuoptimDestroy(copy.opt);
-  cuoptimDestroy(loaded.opt);
+  muon_model_free(&a);
+  muon_model_free(&copy);
+  muon_model_free(&loaded);
 }
+BOTH_BACKENDS(muon_state_copy_and_checkpoint_resume_bitwise, muon_state_copy_and_checkpoint_resume)
 
 /* A bfloat16 matrix takes the Muon path on its float32 master: from the same (bfloat16-exact) start
  * and gradients the master is the float32 run's value, so the parameter is that value rounded. */
-Test(features, muon_bfloat16_matrix_uses_its_master) {
+static void muon_bfloat16_matrix(cuoptimBackend_t backend) {
+  test_require_backend(backend);
   cuoptimConfig_t c = test_config_lr(CUOPTIM_MUON, 0.05);
   uint16_t w[MUON_N];
   float w32[MUON_N];
@@ -1626,13 +1658,16 @@ Test(features, muon_bfloat16_matrix_uses_its_master) {
     w[i] = test_to_bfloat16(test_pseudo_random(44, 0, (uint64_t)i));
     w32[i] = test_from_bfloat16(w[i]);
   }
+  uint16_t *dw = test_mem_alloc(backend, sizeof w), *dgh = test_mem_alloc(backend, sizeof w);
+  float *dw32 = test_mem_from(backend, w32, MUON_N), *dg = test_mem_alloc(backend, sizeof w32);
+  test_mem_upload(backend, dw, w, sizeof w);
   cuoptimOptimizer_t half = NULL, full = NULL;
-  OK(cuoptimCreate(&half, &c, CUOPTIM_BACKEND_HOST, 0));
-  OK(cuoptimCreate(&full, &c, CUOPTIM_BACKEND_HOST, 0));
+  OK(cuoptimCreate(&half, &c, backend, 0));
+  OK(cuoptimCreate(&full, &c, backend, 0));
   const int64_t dims[2] = {MUON_ROWS, MUON_COLS};
   cuoptimVariable_t v;
-  OK(cuoptimAddVariableWithShape(half, "kernel", w, CUOPTIM_BFLOAT16, 2, dims, &v));
-  OK(cuoptimAddVariableWithShape(full, "kernel", w32, CUOPTIM_FLOAT32, 2, dims, &v));
+  OK(cuoptimAddVariableWithShape(half, "kernel", dw, CUOPTIM_BFLOAT16, 2, dims, &v));
+  OK(cuoptimAddVariableWithShape(full, "kernel", dw32, CUOPTIM_FLOAT32, 2, dims, &v));
   for (int s = 0; s < 3; s++) {
     float g[MUON_N];
     uint16_t gh[MUON_N];
@@ -1640,13 +1675,26 @@ Test(features, muon_bfloat16_matrix_uses_its_master) {
       gh[i] = test_to_bfloat16(test_pseudo_random(45, (uint64_t)s, (uint64_t)i) - 0.5f);
       g[i] = test_from_bfloat16(gh[i]);
     }
-    cuoptimGradient_t gb = {.variable = 0, .grad = gh, .dtype = CUOPTIM_BFLOAT16};
-    cuoptimGradient_t gf = {.variable = 0, .grad = g, .dtype = CUOPTIM_FLOAT32};
+    OK(cuoptimSynchronize(half));
+    OK(cuoptimSynchronize(full));
+    test_mem_upload(backend, dgh, gh, sizeof gh);
+    test_mem_upload(backend, dg, g, sizeof g);
+    cuoptimGradient_t gb = {.variable = 0, .grad = dgh, .dtype = CUOPTIM_BFLOAT16};
+    cuoptimGradient_t gf = {.variable = 0, .grad = dg, .dtype = CUOPTIM_FLOAT32};
     OK(cuoptimApplyGradients(half, 1, &gb, NULL));
     OK(cuoptimApplyGradients(full, 1, &gf, NULL));
   }
+  OK(cuoptimSynchronize(half));
+  OK(cuoptimSynchronize(full));
+  test_mem_download(backend, w, dw, sizeof w);
+  test_mem_download(backend, w32, dw32, sizeof w32);
   for (int i = 0; i < MUON_N; i++)
     cr_expect_eq(w[i], test_to_bfloat16(w32[i]), "element %d: the bfloat16 parameter is not the master rounded", i);
   cuoptimDestroy(half);
   cuoptimDestroy(full);
+  test_mem_free(backend, dw);
+  test_mem_free(backend, dgh);
+  test_mem_free(backend, dw32);
+  test_mem_free(backend, dg);
 }
+BOTH_BACKENDS(muon_bfloat16_matrix_uses_its_master, muon_bfloat16_matrix)
