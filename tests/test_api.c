@@ -2045,10 +2045,18 @@ Test(api, muon_refuses_sharded_state) {
   cuoptimDestroy(opt);
 }
 
-/* Adafactor runs on the host backend only: the CUDA backend refuses the kind at create. */
-Test(api, create_refuses_adafactor_on_the_cuda_backend) {
+/* Adafactor runs on both backends; Muon on the host only: the CUDA backend refuses the kind at
+ * create, naming it. */
+Test(api, create_accepts_adafactor_and_refuses_muon_on_the_cuda_backend) {
+  test_require_backend(CUOPTIM_BACKEND_CUDA);
   cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
   cuoptimOptimizer_t opt = NULL;
-  EXPECT_FAIL(CUOPTIM_STATUS_NOT_SUPPORTED, "cuoptimCreate", "CUDA", cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
+  cr_assert_not_null(opt);
+  OK(cuoptimDestroy(opt));
+  opt = NULL;
+  c = test_config(CUOPTIM_MUON);
+  EXPECT_FAIL(CUOPTIM_STATUS_NOT_SUPPORTED, "cuoptimCreate", "CUOPTIM_MUON",
+              cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
   cr_assert_null(opt);
 }

@@ -113,13 +113,12 @@ static void report_finish(report_t *r, const char *what, int total) {
   free(r->text);
 }
 
-/* The CUDA backend has no Adafactor or Muon stages yet: cuoptimCreate refuses those kinds
- * (NOT_SUPPORTED), also as a MultiOptimizer's sub-optimizer; these suites count such a case as
- * refused, not as failed, and only with that status. */
+/* The CUDA backend has no Muon stages yet: cuoptimCreate refuses the kind (NOT_SUPPORTED), also
+ * as a MultiOptimizer's sub-optimizer; these suites count such a case as refused, not as failed,
+ * and only with that status. */
 static int cuda_refuses(const cuoptimCase *c, cuoptimBackend_t backend, int rc) {
-  int host_only = c->multi ? strstr(c->optimizer_json, "\"class_name\": \"Adafactor\"") != NULL ||
-                                 strstr(c->optimizer_json, "\"class_name\": \"Muon\"") != NULL
-                           : c->config.kind == CUOPTIM_ADAFACTOR || c->config.kind == CUOPTIM_MUON;
+  int host_only = c->multi ? strstr(c->optimizer_json, "\"class_name\": \"Muon\"") != NULL
+                           : c->config.kind == CUOPTIM_MUON;
   return backend == CUOPTIM_BACKEND_CUDA && host_only && rc == CUOPTIM_STATUS_NOT_SUPPORTED;
 }
 

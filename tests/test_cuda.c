@@ -114,6 +114,8 @@ typedef struct {
   int inf_step, nan_step;    /* the step whose gradients hold +inf / NaN, or -1 */
   int finalize;              /* cuoptimFinalizeVariableValues after the steps (read before and after) */
   int default_stream;        /* the legacy default stream instead of a created non-blocking stream */
+  const int *ranks;          /* NULL: every variable of rank 1 (cuoptimAddVariable) */
+  const int64_t (*dims)[3];  /* with ranks: each variable's shape (cuoptimAddVariableWithShape) */
 } problem_t;
 
 static const size_t STANDARD_SIZES[5] = {1, 3, 4095, 65537, 100001};
@@ -322,7 +324,11 @@ static void run_problem(const cuoptimConfig_t *cfg, cuoptimBackend_t backend, co
     char name[64];
     name_of(pb, k, name, sizeof name);
     cuoptimVariable_t variable = -1;
-    OK(cuoptimAddVariable(opt, name, param_pool + start[k] * pes, pb->param_dtype, pb->sizes[k], &variable));
+    if (pb->ranks)
+      OK(cuoptimAddVariableWithShape(opt, name, param_pool + start[k] * pes, pb->param_dtype, pb->ranks[k],
+                                     pb->dims[k], &variable));
+    else
+      OK(cuoptimAddVariable(opt, name, param_pool + start[k] * pes, pb->param_dtype, pb->sizes[k], &variable));
     cr_assert_eq(variable, k, "variable %d registered as %d", k, (int)variable);
   }
 
@@ -927,11 +933,10 @@ Test(cuda_features, loss_scale_factor_sgd_momentum_matches_host) {
 /* LossScaleOptimizer, initial scale 1024, growth every 2 good steps; step 1 holds +inf (middle of
  * conv/kernel), step 4 NaN (last element of embedding/embeddings). Scale: 1024 -> (s1 skip) 512 ->
  * (s2, s3 good) 1024 -> (s4 skip) 512 -> (s5 good, counter 1). Four steps applied. */
-static void check_dynamic_loss_scale(cuoptimConfig_t *c, int bitwise, const char *label) {
+static void check_dynamic_loss_scale_of(cuoptimConfig_t *c, problem_t p, int bitwise, const char *label) {
   c->dynamic_loss_scale = 1;
   c->initial_scale = 1024.0;
   c->dynamic_growth_steps = 2;
-  problem_t p = standard_problem();
   p.inf_step = 1;
   p.nan_step = 4;
   NEED_GPU();
@@ -953,6 +958,10 @@ static void check_dynamic_loss_scale(cuoptimConfig_t *c, int bitwise, const char
   if (bitwise) compare_results(&cuda, &host, MATCH_BITWISE, label);
   free_result(&host);
   free_result(&cuda);
+}
+
+static void check_dynamic_loss_scale(cuoptimConfig_t *c, int bitwise, const char *label) {
+  check_dynamic_loss_scale_of(c, standard_problem(), bitwise, label);
 }
 
 Test(cuda_features, dynamic_loss_scale_adam_skips_inf_and_nan_steps) {
@@ -1341,6 +1350,138 @@ Test(cuda_fixed_update, float32_params_float16_grads_run_the_generic_kernel) {
 #endif
 }
 
+/* ---- Adafactor ---------------------------------------------------------------------------------------
+ * The standard sizes with shapes: [1] and [3] (a full velocity), [3, 35, 39] (three factored
+ * matrices), [65537, 1] (a single column: r holds every element's mean) and [11, 9091] (wide). The
+ * CUDA stages take the host's reductions in the host's order (cuda/rules.h), so the emulated device
+ * gives the host's bits; on a GPU within the tolerance (the prologue's beta_2_t goes through pow in
+ * double, libdevice's against glibc's). */
+static const int ADAFACTOR_RANKS[5] = {1, 1, 3, 2, 2};
+static const int64_t ADAFACTOR_DIMS[5][3] = {{1}, {3}, {3, 35, 39}, {65537, 1}, {11, 9091}};
+
+#ifdef CUOPTIM_TEST_EMULATED_DEVICE
+#define ADAFACTOR_MATCH MATCH_BITWISE
+#else
+#define ADAFACTOR_MATCH MATCH_CLOSE
+#endif
+
+static problem_t adafactor_problem(void) {
+  problem_t p = standard_problem();
+  p.ranks = ADAFACTOR_RANKS;
+  p.dims = ADAFACTOR_DIMS;
+  return p;
+}
+
+static cuoptimConfig_t adafactor_config(void) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
+  c.learning_rate.initial_learning_rate = 0.01;
+  return c;
+}
+
+Test(cuda_optimizers, adafactor_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  problem_t p = adafactor_problem();
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor");
+}
+
+Test(cuda_optimizers, adafactor_hyperparameters_match_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  c.beta_2_decay = -0.6;
+  c.epsilon_1 = 1e-20;
+  c.epsilon_2 = 1e-2;
+  c.clip_threshold = 0.5;
+  c.relative_step = 0;
+  problem_t p = adafactor_problem();
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor beta_2_decay, epsilons, clip_threshold");
+}
+
+Test(cuda_features, adafactor_clipnorm_weight_decay_with_exclusion_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  c.clipnorm = 1.0;
+  c.weight_decay = 0.1;
+  problem_t p = adafactor_problem();
+  p.exclude = "bias$";
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor clipnorm + weight_decay excluding bias$");
+}
+
+Test(cuda_features, adafactor_ema_overwrite_finalize_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  c.use_ema = 1;
+  c.ema_momentum = 0.9;
+  c.ema_overwrite_frequency = 4;
+  problem_t p = adafactor_problem();
+  p.finalize = 1;
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor EMA overwrite every 4 + finalize");
+}
+
+Test(cuda_features, adafactor_gradient_accumulation_clipvalue_ema_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  c.gradient_accumulation_steps = 3;
+  c.clipvalue = 0.5;
+  c.use_ema = 1;
+  problem_t p = adafactor_problem();
+  p.steps = 7; /* ends on a micro-step: the accumulators are compared non-zero */
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor gradient_accumulation_steps 3 + clipvalue + EMA");
+}
+
+Test(cuda_features, adafactor_partial_gradients_global_clipnorm_loss_scale_factor_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  c.global_clipnorm = 5.0;
+  c.loss_scale_factor = 3.0;
+  c.use_ema = 1;
+  problem_t p = adafactor_problem();
+  p.partial = 1;
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor partial gradients + global_clipnorm + loss_scale_factor");
+}
+
+Test(cuda_features, adafactor_schedule_cosine_restarts_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = schedule_config(CUOPTIM_ADAFACTOR, CUOPTIM_SCHEDULE_COSINE_RESTARTS);
+  problem_t p = adafactor_problem();
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor CosineDecayRestarts");
+}
+
+Test(cuda_features, adafactor_dynamic_loss_scale_skips_inf_and_nan_steps) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  check_dynamic_loss_scale_of(&c, adafactor_problem(), ADAFACTOR_MATCH, "Adafactor dynamic loss scale");
+}
+
+/* Half parameters with float32 masters, gradients of either 16-bit type or float32. */
+static void check_adafactor_mixed(cuoptimDtype_t param_dtype, cuoptimDtype_t grad_dtype) {
+  char label[128];
+  snprintf(label, sizeof label, "Adafactor, %s parameters, %s gradients", dtype_text(param_dtype),
+           dtype_text(grad_dtype));
+  cuoptimConfig_t c = adafactor_config();
+  c.clipnorm = 1.0;
+  c.use_ema = 1;
+  c.ema_overwrite_frequency = 3;
+  problem_t p = adafactor_problem();
+  p.param_dtype = param_dtype;
+  p.grad_dtype = grad_dtype;
+  p.offset = -1; /* buffers off 16-byte alignment too */
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, label);
+}
+
+Test(cuda_mixed_precision, adafactor_float16_params_float16_grads) {
+  NEED_GPU();
+  check_adafactor_mixed(CUOPTIM_FLOAT16, CUOPTIM_FLOAT16);
+}
+Test(cuda_mixed_precision, adafactor_bfloat16_params_float32_grads) {
+  NEED_GPU();
+  check_adafactor_mixed(CUOPTIM_BFLOAT16, CUOPTIM_FLOAT32);
+}
+Test(cuda_mixed_precision, adafactor_float32_params_bfloat16_grads) {
+  NEED_GPU();
+  check_adafactor_mixed(CUOPTIM_FLOAT32, CUOPTIM_BFLOAT16);
+}
+
 /* ---- determinism ------------------------------------------------------------------------------------ */
 
 /* global_clipnorm and Lamb reduce across elements (per-chunk partial sums, then per variable and
@@ -1410,6 +1551,26 @@ Test(cuda_many_tensors, hundred_thousand_tensors_adam_global_clipnorm_match_host
 }
 
 /* ---- bad input ---------------------------------------------------------------------------------------- */
+
+/* Adafactor's factored state is never sharded, on the CUDA backend as on the host: the options are
+ * refused before the communicator is looked at, naming shard_state. */
+Test(cuda_bad_input, adafactor_refuses_shard_state) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
+  cuoptimCommOptions_t options;
+  OK(cuoptimCommOptionsInit(&options));
+  options.shard_state = 1;
+  int comm = 0; /* never read */
+  cuoptimStatus_t status = cuoptimSetCommunicator(opt, &comm, &options);
+  cr_expect_eq(status, CUOPTIM_STATUS_INVALID_VALUE, "status %d (%s), want INVALID_VALUE", (int)status,
+               cuoptimGetStatusString(status));
+  const char *message = cuoptimGetLastErrorMessage();
+  cr_expect(strstr(message, "cuoptimSetCommunicator") && strstr(message, "shard_state"),
+            "the message should name the call and the option: \"%s\"", message);
+  OK(cuoptimDestroy(opt));
+}
 
 Test(cuda_bad_input, add_variable_rejects_host_pointer) {
   NEED_GPU();
