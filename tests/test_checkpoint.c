@@ -103,6 +103,7 @@ typedef struct {
   const char *exclude;      /* weight-decay exclusion, or NULL */
   double learning_rate;     /* > 0: cuoptimSetLearningRate before the first step */
   int inf_steps[2];         /* steps whose gradient holds +inf (skipped with dynamic loss scaling) */
+  int shaped;               /* dense/kernel [4099, 1] and norm/gamma [9, 37] (else every variable rank 1) */
 } Setup;
 
 typedef struct {
@@ -170,6 +171,19 @@ static Setup setup_adafactor(void) {
   return s;
 }
 
+/* Adafactor with factored variables (real r and c), clipnorm, weight decay and a dynamic loss scale. */
+static Setup setup_adafactor_factored(void) {
+  Setup s = {.label = "Adafactor (factored)", .exclude = "bias$", .inf_steps = {2, -1}, .shaped = 1};
+  s.config = test_config_lr(CUOPTIM_ADAFACTOR, 0.01);
+  s.config.clipnorm = 1.0;
+  s.config.weight_decay = 0.01;
+  s.config.use_ema = 1;
+  s.config.dynamic_loss_scale = 1;
+  s.config.initial_scale = 4.0;
+  s.config.dynamic_growth_steps = 2;
+  return s;
+}
+
 /* Adam with weight decay and an exclusion, EMA, under a dynamic loss scale: every kind of tensor
  * (I64 counters, the LossScaleOptimizer's own entries, masters). */
 static Setup setup_adam_everything(void) {
@@ -212,7 +226,11 @@ static void run_init_with(Run *r, const Setup *s, cuoptimBackend_t backend, cuop
     free(host);
     r->grad[k] = test_mem_alloc(backend, sizes[k] * sizeof(float));
     cuoptimVariable_t index = -1;
-    OK(cuoptimAddVariable(r->opt, names[k], r->param[k], r->dtype[k], sizes[k], &index));
+    static const int64_t shapes[MAX_VARS][2] = {{4099, 1}, {7}, {1}, {9, 37}};
+    if (s->shaped && num_vars == MAX_VARS && (k == 0 || k == 3))
+      OK(cuoptimAddVariableWithShape(r->opt, names[k], r->param[k], r->dtype[k], 2, shapes[k], &index));
+    else
+      OK(cuoptimAddVariable(r->opt, names[k], r->param[k], r->dtype[k], sizes[k], &index));
   }
 }
 
@@ -417,16 +435,21 @@ Test(checkpoint, round_trip_restores_every_entry_and_master) {
   round_trip(setup_nadam_loss_scale, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT32);
   round_trip(setup_ftrl, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16);
   round_trip(setup_adafactor, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_BFLOAT16);
+  round_trip(setup_adafactor_factored, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16);
 }
 
 Test(checkpoint_cuda, round_trip_restores_every_entry_and_master) {
   round_trip(setup_adam_everything, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_CUDA, CUOPTIM_FLOAT16);
   round_trip(setup_adamw, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_CUDA, CUOPTIM_BFLOAT16);
+  round_trip(setup_adafactor, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_CUDA, CUOPTIM_BFLOAT16);
+  round_trip(setup_adafactor_factored, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_CUDA, CUOPTIM_FLOAT32);
 }
 
 Test(checkpoint_cuda, checkpoints_move_between_backends) {
   round_trip(setup_adam_everything, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_CUDA, CUOPTIM_BFLOAT16);
   round_trip(setup_nadam_loss_scale, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16);
+  round_trip(setup_adafactor_factored, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_CUDA, CUOPTIM_BFLOAT16);
+  round_trip(setup_adafactor_factored, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16);
 }
 
 /* A staging buffer much smaller than the state: tensors split across many chunks, several small
@@ -547,6 +570,8 @@ RESUME_TESTS(setup_adamw, adamw_amsgrad_ema_accumulation_schedule)
 RESUME_TESTS(setup_nadam_loss_scale, nadam_dynamic_loss_scale)
 RESUME_TESTS(setup_ftrl, ftrl_ema_accumulation)
 RESUME_TESTS(setup_adam_everything, adam_weight_decay_ema_loss_scale)
+RESUME_TESTS(setup_adafactor, adafactor_ema_accumulation)
+RESUME_TESTS(setup_adafactor_factored, adafactor_factored_clipnorm_weight_decay_loss_scale)
 
 /* ---- crash safety ---------------------------------------------------------------------------------- */
 

@@ -1453,6 +1453,97 @@ Test(cuda_features, adafactor_dynamic_loss_scale_skips_inf_and_nan_steps) {
   check_dynamic_loss_scale_of(&c, adafactor_problem(), ADAFACTOR_MATCH, "Adafactor dynamic loss scale");
 }
 
+/* The state in Keras's order moves between backends: three host steps, every entry (r, c and
+ * velocity included) read with cuoptimGetWeights and written into a CUDA optimizer with
+ * cuoptimSetWeights, then three more steps on each give the same parameters and state. */
+Test(cuda_features, adafactor_state_set_from_the_host_continues_as_the_host) {
+  NEED_GPU();
+  enum { ROWS = 33, COLS = 70, BIAS = 50, STEPS = 6 };
+  static const int64_t matrix[2] = {ROWS, COLS}, vector[1] = {BIAS};
+  static const size_t counts[2] = {ROWS * COLS, BIAS};
+  cuoptimConfig_t c = adafactor_config();
+  c.weight_decay = 0.01;
+  cuoptimOptimizer_t opt[2] = {NULL, NULL};
+  float *param[2][2], *grad[2][2], *values = malloc(ROWS * COLS * sizeof *values);
+  cr_assert(values);
+  for (int b = 0; b < 2; b++) {
+    cuoptimBackend_t backend = b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST;
+    OK(cuoptimCreate(&opt[b], &c, backend, 0));
+    for (int k = 0; k < 2; k++) {
+      for (size_t i = 0; i < counts[k]; i++) values[i] = test_pseudo_random(5, (uint64_t)k, i);
+      param[b][k] = test_mem_from(backend, values, counts[k]);
+      grad[b][k] = test_mem_alloc(backend, counts[k] * sizeof(float));
+      cuoptimVariable_t v;
+      OK(cuoptimAddVariableWithShape(opt[b], k ? "dense/bias" : "dense/kernel", param[b][k], CUOPTIM_FLOAT32, 2 - k,
+                                     k ? vector : matrix, &v));
+    }
+  }
+  for (int step = 0; step < STEPS; step++) {
+    if (step == STEPS / 2) { /* the CUDA optimizer takes the host's parameters and state */
+      int count = 0;
+      OK(cuoptimGetWeightCount(opt[0], &count));
+      for (int i = 0; i < count; i++) {
+        cuoptimWeightInfo_t info;
+        OK(cuoptimGetWeightInfo(opt[0], i, &info));
+        double *state = malloc(info.count * sizeof *state);
+        cr_assert(state);
+        OK(cuoptimGetWeights(opt[0], i, state, info.count));
+        OK(cuoptimSetWeights(opt[1], i, state, info.count));
+        free(state);
+      }
+      for (int k = 0; k < 2; k++) {
+        test_mem_download(CUOPTIM_BACKEND_HOST, values, param[0][k], counts[k] * sizeof(float));
+        test_mem_upload(CUOPTIM_BACKEND_CUDA, param[1][k], values, counts[k] * sizeof(float));
+      }
+    }
+    for (int b = step < STEPS / 2 ? 0 : 1; b >= 0; b--) {
+      cuoptimBackend_t backend = b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST;
+      cuoptimGradient_t list[2];
+      for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < counts[k]; i++) values[i] = test_pseudo_random(6, (uint64_t)(k * 16 + step), i);
+        test_mem_upload(backend, grad[b][k], values, counts[k] * sizeof(float));
+        list[k] = (cuoptimGradient_t){k, grad[b][k], CUOPTIM_FLOAT32};
+      }
+      OK(cuoptimApplyGradients(opt[b], 2, list, NULL));
+      OK(cuoptimSynchronize(opt[b]));
+    }
+  }
+  float *other = malloc(ROWS * COLS * sizeof *other);
+  cr_assert(other);
+  for (int k = 0; k < 2; k++) {
+    test_mem_download(CUOPTIM_BACKEND_HOST, values, param[0][k], counts[k] * sizeof(float));
+    test_mem_download(CUOPTIM_BACKEND_CUDA, other, param[1][k], counts[k] * sizeof(float));
+    size_t differ = 0;
+    for (size_t i = 0; i < counts[k]; i++) differ += !close_enough(other[i], values[i], RTOL, PARAM_ATOL);
+    cr_expect_eq(differ, 0, "variable %d: %zu parameters differ from the host's", k, differ);
+  }
+  int count = 0;
+  OK(cuoptimGetWeightCount(opt[1], &count));
+  cr_expect_eq(count, 8, "iteration, learning_rate, then r, c, velocity of each variable: %d entries", count);
+  for (int i = 0; i < count; i++) {
+    cuoptimWeightInfo_t info;
+    OK(cuoptimGetWeightInfo(opt[1], i, &info));
+    double *a = malloc(info.count * sizeof *a), *b = malloc(info.count * sizeof *b);
+    cr_assert(a && b);
+    OK(cuoptimGetWeights(opt[0], i, a, info.count));
+    OK(cuoptimGetWeights(opt[1], i, b, info.count));
+    size_t differ = 0;
+    for (size_t j = 0; j < info.count; j++) differ += !close_enough(b[j], a[j], RTOL, 1e-7 * fabs(a[j]) + 1e-30);
+    cr_expect_eq(differ, 0, "entry %d (%s): %zu values differ from the host's", i, info.name, differ);
+    free(a);
+    free(b);
+  }
+  for (int b = 0; b < 2; b++) {
+    OK(cuoptimDestroy(opt[b]));
+    for (int k = 0; k < 2; k++) {
+      test_mem_free(b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST, param[b][k]);
+      test_mem_free(b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST, grad[b][k]);
+    }
+  }
+  free(values);
+  free(other);
+}
+
 /* Half parameters with float32 masters, gradients of either 16-bit type or float32. */
 static void check_adafactor_mixed(cuoptimDtype_t param_dtype, cuoptimDtype_t grad_dtype) {
   char label[128];
