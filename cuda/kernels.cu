@@ -413,24 +413,39 @@ __device__ void accumulate_chunk(const cuoptimRuleParams &p, const cuoptimStepSc
   }
 }
 
+/* What a block of a chunk-a-block update starts with: its chunk's descriptors (loaded while
+ * thread 0 fetches the scalars into *s) and range. False when the block is done: a skipped step, a
+ * variable without gradient or EMA, or an accumulation micro-step (accumulated here). */
+__device__ __forceinline__ bool begin_update_chunk(const cuoptimDeviceStep &step, const cuoptimRuleParams &p,
+                                                   cuoptimStepScalars *s, cuoptimChunk &c, cuoptimDeviceVariable &v,
+                                                   cuoptimDeviceGradient &g, ChunkRange &r) {
+  c = step.chunks[blockIdx.x];
+  v = step.variables[c.variable];
+  g = step.grads[c.variable];
+  load_scalars(s, step.scalars);
+  if (s->skip) return false;
+  if (g.grad == NULL && !p.use_ema) return false;
+  r = chunk_range(v, c.chunk);
+  if (p.accumulation_steps && !s->apply_update) {
+    const Lanes lanes = {threadIdx.x, CUOPTIM_BLOCK};
+    accumulate_chunk(p, *s, v, g, r, lanes);
+    return false;
+  }
+  return true;
+}
+
+/* A block a chunk (the packed items are the fixed instances': here they cost registers, 60 -> 85
+ * for Adam). */
 template <int KIND>
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
-  /* The chunk's descriptors are loaded while thread 0 fetches the scalars. A block a chunk (the
-   * packed items are the fixed instances': here they cost registers, 60 -> 85 for Adam). */
-  const cuoptimChunk c = step.chunks[blockIdx.x];
+  cuoptimChunk c;
+  cuoptimDeviceVariable v;
+  cuoptimDeviceGradient g;
+  ChunkRange r;
+  if (!begin_update_chunk(step, p, &s, c, v, g, r)) return;
   const Lanes lanes = {threadIdx.x, CUOPTIM_BLOCK};
-  const cuoptimDeviceVariable v = step.variables[c.variable];
-  const cuoptimDeviceGradient g = step.grads[c.variable];
-  load_scalars(&s, step.scalars);
-  if (s.skip) return;
   const int has_grad = g.grad != NULL;
-  if (!has_grad && !p.use_ema) return;
-  ChunkRange r = chunk_range(v, c.chunk);
-  if (p.accumulation_steps && !s.apply_update) {
-    accumulate_chunk(p, s, v, g, r, lanes);
-    return;
-  }
   const cuoptimTensorScalars t = step.tensors[c.variable];
   float *w = working(v);
   float *s0p = v.slots[0], *s1p = v.slots[1], *s2p = v.slots[2], *accp = v.accumulator, *avgp = v.average;
@@ -957,19 +972,13 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) adafactor_rms_kernel(cuoptimDev
  * decay, w - alpha_t (u / clip)), then EMA; a micro-step only accumulates (and EMA). */
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) adafactor_apply_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
-  const cuoptimChunk c = step.chunks[blockIdx.x];
+  cuoptimChunk c;
+  cuoptimDeviceVariable v;
+  cuoptimDeviceGradient g;
+  ChunkRange r;
+  if (!begin_update_chunk(step, p, &s, c, v, g, r)) return;
   const Lanes lanes = {threadIdx.x, CUOPTIM_BLOCK};
-  const cuoptimDeviceVariable v = step.variables[c.variable];
-  const cuoptimDeviceGradient g = step.grads[c.variable];
-  load_scalars(&s, step.scalars);
-  if (s.skip) return;
   const int has_grad = g.grad != NULL;
-  if (!has_grad && !p.use_ema) return;
-  const ChunkRange r = chunk_range(v, c.chunk);
-  if (p.accumulation_steps && !s.apply_update) {
-    accumulate_chunk(p, s, v, g, r, lanes);
-    return;
-  }
   const cuoptimTensorScalars t = step.tensors[c.variable];
   float *w = working(v);
   const bool writes_variable = has_grad || s.ema_overwrite;

@@ -2031,11 +2031,11 @@ Test(api, muon_config_rejects_each_bad_field) {
   OK(cuoptimConfigValidate(&c));
 }
 
-/* Muon's state needs whole matrices: sharding it is refused. */
-Test(api, muon_refuses_sharded_state) {
-  cuoptimConfig_t c = test_config(CUOPTIM_MUON);
+/* options.shard_state refused for `kind` on `backend`, naming the option. */
+static void expect_sharded_state_refused(cuoptimOptimizerKind_t kind, cuoptimBackend_t backend) {
+  cuoptimConfig_t c = test_config(kind);
   cuoptimOptimizer_t opt = NULL;
-  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_HOST, 0));
+  OK(cuoptimCreate(&opt, &c, backend, 0));
   cuoptimCommOptions_t options;
   OK(cuoptimCommOptionsInit(&options));
   options.shard_state = 1;
@@ -2043,6 +2043,15 @@ Test(api, muon_refuses_sharded_state) {
   EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetCommunicator", "shard_state",
               cuoptimSetCommunicator(opt, &comm, &options));
   cuoptimDestroy(opt);
+}
+
+/* Muon's state needs whole matrices: sharding it is refused. */
+Test(api, muon_refuses_sharded_state) { expect_sharded_state_refused(CUOPTIM_MUON, CUOPTIM_BACKEND_HOST); }
+
+/* Adafactor's row and column accumulators need whole variables: refused on both backends. */
+Test(api, adafactor_refuses_sharded_state) {
+  expect_sharded_state_refused(CUOPTIM_ADAFACTOR, CUOPTIM_BACKEND_HOST);
+  if (test_has_gpu()) expect_sharded_state_refused(CUOPTIM_ADAFACTOR, CUOPTIM_BACKEND_CUDA);
 }
 
 /* Adafactor runs on both backends; Muon on the host only: the CUDA backend refuses the kind at

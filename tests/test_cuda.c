@@ -1643,26 +1643,6 @@ Test(cuda_many_tensors, hundred_thousand_tensors_adam_global_clipnorm_match_host
 
 /* ---- bad input ---------------------------------------------------------------------------------------- */
 
-/* Adafactor's factored state is never sharded, on the CUDA backend as on the host: the options are
- * refused before the communicator is looked at, naming shard_state. */
-Test(cuda_bad_input, adafactor_refuses_shard_state) {
-  NEED_GPU();
-  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
-  cuoptimOptimizer_t opt = NULL;
-  OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
-  cuoptimCommOptions_t options;
-  OK(cuoptimCommOptionsInit(&options));
-  options.shard_state = 1;
-  int comm = 0; /* never read */
-  cuoptimStatus_t status = cuoptimSetCommunicator(opt, &comm, &options);
-  cr_expect_eq(status, CUOPTIM_STATUS_INVALID_VALUE, "status %d (%s), want INVALID_VALUE", (int)status,
-               cuoptimGetStatusString(status));
-  const char *message = cuoptimGetLastErrorMessage();
-  cr_expect(strstr(message, "cuoptimSetCommunicator") && strstr(message, "shard_state"),
-            "the message should name the call and the option: \"%s\"", message);
-  OK(cuoptimDestroy(opt));
-}
-
 Test(cuda_bad_input, add_variable_rejects_host_pointer) {
   NEED_GPU();
   cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
