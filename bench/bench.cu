@@ -79,7 +79,7 @@ static const OptSpec kOptimizers[] = {
     {"ftrl", CUOPTIM_FTRL, -1.0, 0, 2, 0, 1},
     {"adam_amsgrad", CUOPTIM_ADAM, -1.0, 1, 3, 0, 0},
     {"schedule_free_adamw", CUOPTIM_SCHEDULE_FREE_ADAMW, -1.0, 0, 2, 0, 1},
-    {"adafactor", CUOPTIM_ADAFACTOR, -1.0, 0, 1, 0, 0},
+    {"adafactor", CUOPTIM_ADAFACTOR, -1.0, 0, 1, 0, 1},
     {"muon", CUOPTIM_MUON, -1.0, 0, 2, 0, 1},
 };
 #define NUM_OPTIMIZERS ((int)(sizeof kOptimizers / sizeof kOptimizers[0]))
@@ -1086,8 +1086,8 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: cuoptim-bench [options]\n"
           "  --optimizer LIST   sgd, sgd_momentum, rmsprop, adagrad, adadelta, adam, adamw, adamax, nadam,\n"
-          "                     lion, lamb, ftrl, adam_amsgrad (not in all), schedule_free_adamw, adafactor\n"
-          "                     (not in all), muon, or all; comma-separated (all)\n"
+          "                     lion, lamb, ftrl, adam_amsgrad (not in all), schedule_free_adamw, adafactor,\n"
+          "                     muon, or all; comma-separated (all)\n"
           "  --mix LIST         big, transformer, many, or all; comma-separated (all)\n"
           "  --steps N          timed steps and timed graph replays (30; 20 with --quick)\n"
           "  --warmup N         eager warm-up steps (5; 2 with --quick)\n"

@@ -1,6 +1,7 @@
 /*
  * kernels.cu — the fused step on the GPU: per step two launches (prologue, update), three with an
- * inspect pass, Lamb's two passes in place of the update.
+ * inspect pass, Lamb's two passes in place of the update, Adafactor's three stages (four launches
+ * a step, five with an inspect pass).
  *
  * Work is a list of chunks (variable, chunk index) built at registration; one thread block
  * handles one chunk of CUOPTIM_CHUNK elements. Each element is updated by the same functions
@@ -17,6 +18,19 @@
  *             instance compiled for the step's features where one fits (cuda/launch.h), else the
  *             generic kernel (Lamb: pass 1 moments + norms, per-variable trust ratio in the
  *             last block, pass 2 apply)
+ *   Adafactor in place of the update, three launches, each for every variable (SEMANTICS.md
+ *             §2.12), its reductions in the host backend's fixed order (cuda/rules.h):
+ *     moments   a thread per row of each factored variable (r from the row's mean of
+ *               g^2 + epsilon_1, summed in index order), a thread per column (c), or the full
+ *               velocity of a variable of rank < 2 element-wise (a block per cuoptimAdafactorItem)
+ *     RMS       CUOPTIM_LANES threads per variable, each a lane of the host's mean squares of the
+ *               decayed variable and of the update g / sqrt(v), the factored velocity
+ *               (r / mean(r)) c formed and stored on the way; alpha_t and the clip denominator
+ *               into the variable's cuoptimTensorScalars
+ *     apply     a block per chunk: prepare (the accumulator written back), weight decay,
+ *               w - alpha_t (u / clip), EMA, master -> half copy
+ *             The RMS stage's lanes run in sequence over a variable (the host's order of
+ *             addition), so its time grows with the largest variable, not with the GPU's width.
  *
  * Deterministic: partial sums go to fixed slots and are added in a fixed order; no float atomics
  * (the per-variable counters are integers and decide only who adds, not in which order).
@@ -399,24 +413,39 @@ __device__ void accumulate_chunk(const cuoptimRuleParams &p, const cuoptimStepSc
   }
 }
 
+/* What a block of a chunk-a-block update starts with: its chunk's descriptors (loaded while
+ * thread 0 fetches the scalars into *s) and range. False when the block is done: a skipped step, a
+ * variable without gradient or EMA, or an accumulation micro-step (accumulated here). */
+__device__ __forceinline__ bool begin_update_chunk(const cuoptimDeviceStep &step, const cuoptimRuleParams &p,
+                                                   cuoptimStepScalars *s, cuoptimChunk &c, cuoptimDeviceVariable &v,
+                                                   cuoptimDeviceGradient &g, ChunkRange &r) {
+  c = step.chunks[blockIdx.x];
+  v = step.variables[c.variable];
+  g = step.grads[c.variable];
+  load_scalars(s, step.scalars);
+  if (s->skip) return false;
+  if (g.grad == NULL && !p.use_ema) return false;
+  r = chunk_range(v, c.chunk);
+  if (p.accumulation_steps && !s->apply_update) {
+    const Lanes lanes = {threadIdx.x, CUOPTIM_BLOCK};
+    accumulate_chunk(p, *s, v, g, r, lanes);
+    return false;
+  }
+  return true;
+}
+
+/* A block a chunk (the packed items are the fixed instances': here they cost registers, 60 -> 85
+ * for Adam). */
 template <int KIND>
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) update_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
-  /* The chunk's descriptors are loaded while thread 0 fetches the scalars. A block a chunk (the
-   * packed items are the fixed instances': here they cost registers, 60 -> 85 for Adam). */
-  const cuoptimChunk c = step.chunks[blockIdx.x];
+  cuoptimChunk c;
+  cuoptimDeviceVariable v;
+  cuoptimDeviceGradient g;
+  ChunkRange r;
+  if (!begin_update_chunk(step, p, &s, c, v, g, r)) return;
   const Lanes lanes = {threadIdx.x, CUOPTIM_BLOCK};
-  const cuoptimDeviceVariable v = step.variables[c.variable];
-  const cuoptimDeviceGradient g = step.grads[c.variable];
-  load_scalars(&s, step.scalars);
-  if (s.skip) return;
   const int has_grad = g.grad != NULL;
-  if (!has_grad && !p.use_ema) return;
-  ChunkRange r = chunk_range(v, c.chunk);
-  if (p.accumulation_steps && !s.apply_update) {
-    accumulate_chunk(p, s, v, g, r, lanes);
-    return;
-  }
   const cuoptimTensorScalars t = step.tensors[c.variable];
   float *w = working(v);
   float *s0p = v.slots[0], *s1p = v.slots[1], *s2p = v.slots[2], *accp = v.accumulator, *avgp = v.average;
@@ -831,6 +860,144 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) lamb_pass2_kernel(cuoptimDevice
   }
 }
 
+/* ---- Adafactor: moments, RMS, apply --------------------------------------------------------
+ * Its rule needs whole-variable reductions between element steps (SEMANTICS.md §2.12), taken in
+ * the host backend's fixed order (cuda/rules.h), so that the GPU's results are the host's bit for
+ * bit. The prepared gradient is formed again from the raw one wherever a stage needs it (the
+ * accumulator is written back only by the apply stage), and the variable is read decayed (only
+ * the apply stage writes it), so no stage needs a gradient-sized scratch buffer. */
+
+/* g^2 + epsilon_1 of element i of an update step. */
+__device__ __forceinline__ float adafactor_regulated_at(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
+                                                        const cuoptimTensorScalars &t, const cuoptimDeviceVariable &v,
+                                                        const cuoptimDeviceGradient &g, uint64_t i) {
+  const float acc = v.accumulator ? v.accumulator[i] : 0.0f;
+  return cuoptim_adafactor_regulated(&p, cuoptim_adafactor_gradient(&p, &s, &t, load_scalar(g.grad, g.dtype, i), acc));
+}
+
+/* Moments: a thread per row of a factored variable (r = beta_2 r + (1 - beta_2) mean(g^2 + eps_1)
+ * along the row, summed in index order), a thread per column (c, the same down the column:
+ * neighbouring threads read neighbouring elements), or the full velocity element-wise. */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) adafactor_moments_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+  __shared__ cuoptimStepScalars s;
+  const cuoptimAdafactorItem it = step.af_items[blockIdx.x];
+  const cuoptimDeviceVariable v = step.variables[it.variable];
+  const cuoptimDeviceGradient g = step.grads[it.variable];
+  const cuoptimTensorScalars t = step.tensors[it.variable];
+  load_scalars(&s, step.scalars);
+  if (s.skip || !s.apply_update || g.grad == NULL) return;
+  if (it.axis == CUOPTIM_AF_FULL) {
+    const uint64_t end = it.first + CUOPTIM_CHUNK < v.count ? it.first + CUOPTIM_CHUNK : v.count;
+    for (uint64_t i = it.first + threadIdx.x; i < end; i += blockDim.x)
+      v.slots[0][i] = cuoptim_adafactor_moment(&s, v.slots[0][i], adafactor_regulated_at(p, s, t, v, g, i));
+    return;
+  }
+  const uint64_t rows = (uint64_t)v.rows, cols = (uint64_t)v.cols, batches = v.count / (rows * cols);
+  const uint64_t line = (uint64_t)it.first + threadIdx.x;
+  double sum = 0.0;
+  if (it.axis == CUOPTIM_AF_ROWS) {
+    if (line >= batches * rows) return;
+    for (uint64_t j = 0; j < cols; j++) sum += (double)adafactor_regulated_at(p, s, t, v, g, line * cols + j);
+    v.factored[0][line] = cuoptim_adafactor_moment(&s, v.factored[0][line], cuoptim_mean_of_sum(sum, cols));
+  } else {
+    if (line >= batches * cols) return;
+    const uint64_t base = line / cols * rows * cols + line % cols;
+    for (uint64_t i = 0; i < rows; i++) sum += (double)adafactor_regulated_at(p, s, t, v, g, base + i * cols);
+    v.factored[1][line] = cuoptim_adafactor_moment(&s, v.factored[1][line], cuoptim_mean_of_sum(sum, rows));
+  }
+}
+
+/* One lane of variable k's two mean squares: elements lane, lane + LANES, ... in index order, as
+ * the host's lanes take them: the decayed variable (for RMS(w)) and the update g / sqrt(v) (for
+ * RMS(u)). A factored variable's velocity (r / mean(r)) c is formed here and stored, each batch's
+ * mean(r) once per lane. */
+__device__ void adafactor_lane_sums(const cuoptimDeviceStep &step, const cuoptimRuleParams &p,
+                                    const cuoptimStepScalars &s, int32_t k, uint32_t lane, double &w_sumsq,
+                                    double &u_sumsq) {
+  const cuoptimDeviceVariable v = step.variables[k];
+  const cuoptimDeviceGradient g = step.grads[k];
+  const cuoptimTensorScalars t = step.tensors[k];
+  const float *w = working(v);
+  float *velocity = v.slots[0];
+  const uint64_t rows = (uint64_t)v.rows, cols = (uint64_t)v.cols;
+  uint64_t batch = UINT64_MAX;
+  float r_mean = 0.0f;
+  for (uint64_t i = lane; i < v.count; i += CUOPTIM_LANES) {
+    const float decayed = cuoptim_adafactor_decayed(&p, &s, v.use_weight_decay, w[i]);
+    w_sumsq += (double)decayed * (double)decayed;
+    const float acc = v.accumulator ? v.accumulator[i] : 0.0f;
+    const float gi = cuoptim_adafactor_gradient(&p, &s, &t, load_scalar(g.grad, g.dtype, i), acc);
+    float vi;
+    if (v.factored[0]) {
+      const uint64_t b = i / (rows * cols), row = i / cols % rows, col = i % cols;
+      if (b != batch) {
+        batch = b;
+        r_mean = cuoptim_strided_mean(v.factored[0] + b * rows, rows, 1);
+      }
+      vi = cuoptim_adafactor_velocity(v.factored[0][b * rows + row], r_mean, v.factored[1][b * cols + col]);
+      velocity[i] = vi;
+    } else {
+      vi = velocity[i];
+    }
+    const float u = cuoptim_adafactor_direction(gi, vi);
+    u_sumsq += (double)u * (double)u;
+  }
+}
+
+/* RMS: CUOPTIM_LANES threads per variable (a block holds CUOPTIM_BLOCK / LANES variables), each a
+ * lane of the two sums; the first of them adds the lanes and writes the variable's alpha_t and
+ * clip denominator. */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) adafactor_rms_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+  __shared__ cuoptimStepScalars s;
+  __shared__ double w_lanes[CUOPTIM_BLOCK], u_lanes[CUOPTIM_BLOCK];
+  load_scalars(&s, step.scalars);
+  if (s.skip || !s.apply_update) return; /* the whole block */
+  const uint64_t thread = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int32_t k = (int32_t)(thread / CUOPTIM_LANES);
+  const uint32_t lane = (uint32_t)(thread % CUOPTIM_LANES);
+  const bool active = k < step.num_variables && step.grads[k].grad != NULL;
+  double w_sumsq = 0.0, u_sumsq = 0.0;
+  if (active) adafactor_lane_sums(step, p, s, k, lane, w_sumsq, u_sumsq);
+  w_lanes[threadIdx.x] = w_sumsq;
+  u_lanes[threadIdx.x] = u_sumsq;
+  __syncthreads();
+  if (!active || lane != 0) return;
+  const uint64_t n = step.variables[k].count;
+  cuoptimTensorScalars *t = &step.tensors[k];
+  t->af_alpha = cuoptim_adafactor_alpha(&p, &s, cuoptim_mean_of_sum(cuoptim_lane_total(&w_lanes[threadIdx.x]), n));
+  t->af_clip = cuoptim_adafactor_clip(&p, cuoptim_mean_of_sum(cuoptim_lane_total(&u_lanes[threadIdx.x]), n));
+}
+
+/* Apply: a chunk a block, every variable: the step (prepare, writing the accumulator back, weight
+ * decay, w - alpha_t (u / clip)), then EMA; a micro-step only accumulates (and EMA). */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) adafactor_apply_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
+  __shared__ cuoptimStepScalars s;
+  cuoptimChunk c;
+  cuoptimDeviceVariable v;
+  cuoptimDeviceGradient g;
+  ChunkRange r;
+  if (!begin_update_chunk(step, p, &s, c, v, g, r)) return;
+  const Lanes lanes = {threadIdx.x, CUOPTIM_BLOCK};
+  const int has_grad = g.grad != NULL;
+  const cuoptimTensorScalars t = step.tensors[c.variable];
+  float *w = working(v);
+  const bool writes_variable = has_grad || s.ema_overwrite;
+  for (uint64_t i = r.begin + lanes.first; i < r.end; i += lanes.count) {
+    float wi = w[i];
+    if (has_grad) {
+      float acc = v.accumulator ? v.accumulator[i] : 0.0f;
+      cuoptim_adafactor_apply_element(&p, &s, &t, v.use_weight_decay, load_scalar(g.grad, g.dtype, i), v.slots[0][i],
+                                      &wi, &acc);
+      if (v.accumulator) v.accumulator[i] = acc;
+    }
+    if (p.use_ema) cuoptim_ema_element(&s, &wi, &v.average[i]);
+    if (writes_variable) {
+      w[i] = wi;
+      if (v.master) store_scalar(v.param, v.param_dtype, i, wi);
+    }
+  }
+}
+
 /* ---- finalize, build, combine ------------------------------------------------------------- */
 
 /* Sharded state: every rank's per-variable inspect sums ([rank][variable], gathered by the
@@ -904,6 +1071,8 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) build_kernel(cuoptimDeviceStep 
     if (v.slots[2]) v.slots[2][i] = 0.0f;
     if (v.average) v.average[i] = 0.0f;
     if (v.accumulator) v.accumulator[i] = 0.0f;
+    if (v.factored[0] && i < v.count / (uint64_t)v.cols) v.factored[0][i] = 0.0f;
+    if (v.factored[1] && i < v.count / (uint64_t)v.rows) v.factored[1][i] = 0.0f;
   }
 }
 
@@ -1002,6 +1171,17 @@ static void launch_fixed_sgd(const cuoptimDeviceStep *step, const cuoptimRulePar
 #undef FIXED_CASE
 }
 
+/* Adafactor's three stages, each one launch for every variable: moments (a block per item of
+ * step->af_items), RMS (CUOPTIM_LANES threads per variable), apply (a block per chunk). */
+static void launch_adafactor(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, cudaStream_t stream) {
+  if (step->num_af_items > 0)
+    CUOPTIM_LAUNCH(adafactor_moments_kernel, dim3((unsigned)step->num_af_items), CUOPTIM_BLOCK, stream, *step, *p);
+  const unsigned rms_blocks =
+      (unsigned)(((uint64_t)step->num_variables * CUOPTIM_LANES + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK);
+  CUOPTIM_LAUNCH(adafactor_rms_kernel, dim3(rms_blocks), CUOPTIM_BLOCK, stream, *step, *p);
+  CUOPTIM_LAUNCH(adafactor_apply_kernel, chunk_grid(step), CUOPTIM_BLOCK, stream, *step, *p);
+}
+
 /* A step whose features name a fixed instance (cuoptim_update_features). */
 static bool launch_fixed(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, cudaStream_t st) {
   if (!(step->features & CUOPTIM_UPDATE_FIXED)) return false;
@@ -1039,6 +1219,7 @@ extern "C" int cuoptim_launch_update(const cuoptimDeviceStep *step, const cuopti
       cuoptim_launch_lamb_pass1(step, p, stream);
       cuoptim_launch_lamb_pass2(step, p, stream);
       break;
+    case CUOPTIM_ADAFACTOR: launch_adafactor(step, p, st); break;
     default: return (int)cudaErrorInvalidValue;
   }
   return (int)cudaGetLastError();

@@ -29,6 +29,10 @@ typedef struct cuoptimDeviceVariable {
   int32_t param_dtype;
   int32_t use_weight_decay;
   int64_t first_chunk; /* index of its first chunk in the chunk list */
+  /* Adafactor, rank >= 2: r and c (cuoptimVariableRec.factored) and the last two dimensions; NULL
+   * and 0 otherwise (a full velocity) */
+  float *factored[2];
+  int64_t rows, cols;
 } cuoptimDeviceVariable;
 
 /* This step's gradient of one variable; re-uploaded only when the caller's pointers change. */
@@ -66,6 +70,17 @@ typedef struct cuoptimChunkPartial {
   int32_t reserved;
 } cuoptimChunkPartial;
 
+/* One block of Adafactor's moments stage: CUOPTIM_BLOCK rows (r's elements, a thread each) or
+ * columns (c's) of a factored variable from line `first` on, or the CUOPTIM_CHUNK elements from
+ * `first` on of a variable with a full velocity. */
+enum { CUOPTIM_AF_ROWS = 0, CUOPTIM_AF_COLUMNS = 1, CUOPTIM_AF_FULL = 2 };
+
+typedef struct cuoptimAdafactorItem {
+  int32_t variable;
+  int32_t axis; /* CUOPTIM_AF_* */
+  int64_t first;
+} cuoptimAdafactorItem;
+
 /* Everything a step's kernels read, device pointers. */
 typedef struct cuoptimDeviceStep {
   const cuoptimDeviceVariable *variables;
@@ -85,6 +100,8 @@ typedef struct cuoptimDeviceStep {
   int32_t every_variable_has_chunks;
   int32_t num_items;
   const cuoptimWorkItem *items; /* the fixed update instances' blocks */
+  int32_t num_af_items;
+  const cuoptimAdafactorItem *af_items; /* Adafactor's moments stage blocks (NULL for other kinds) */
 } cuoptimDeviceStep;
 
 /* The update kernel is compiled for a few common step configurations with their flags as
@@ -139,7 +156,7 @@ typedef struct cuoptimGradientBatch {
 /* Each returns cudaGetLastError() after the launch, as an int (cudaError_t).
  * inspect: the chunks' sums and each variable's (one launch); prologue: the step scalars, then the
  * persistent state advanced (Keras's finish: no launch of its own); update: the update kernel (Lamb:
- * pass 1 with the per-variable norms, pass 2). */
+ * pass 1 with the per-variable norms, pass 2; Adafactor: its moments, RMS and apply stages). */
 int cuoptim_launch_inspect(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, void *stream);
 /* batch (only without an inspect pass, the prologue being the step's first kernel): gradient-table
  * entries written before the scalars, as cuoptim_launch_scatter_gradients would; NULL: none. */

@@ -115,6 +115,8 @@ typedef struct cuoptimTensorScalars {
   int32_t nonfinite;     /* raw gradient holds inf or NaN (inspect) */
   float clip_denominator; /* clipnorm: max(||g||, clipnorm) */
   float lamb_ratio;      /* Lamb trust ratio */
+  float af_alpha;        /* Adafactor: alpha_t = max(epsilon_2, RMS(w)) * rho_t (CUDA: the RMS stage) */
+  float af_clip;         /* Adafactor: max(1, RMS(u) / clip_threshold) (CUDA: the RMS stage) */
   int32_t reserved;
 } cuoptimTensorScalars;
 
@@ -411,8 +413,27 @@ CUOPTIM_HD float cuoptim_muon_apply(const cuoptimRuleParams *p, const cuoptimSte
 }
 
 /* Adafactor (keras/src/optimizers/adafactor.py). Each Keras op is one float32 operation; the
- * per-variable means and RMS values come from reductions (host/backend_host.c) and arrive here as
- * float32 scalars. */
+ * per-variable means and RMS values are reductions in a fixed order, the same on the host
+ * (host/backend_host.c) and on the GPU (cuda/kernels.cu), and arrive here as float32 scalars.
+ *
+ * The fixed order: a mean is the sum of its float32 values in double, in index order from 0,
+ * rounded to float32 and divided by the float32 count (Keras: a float32 sum over the float32
+ * count); a mean square adds each (double)x^2 to lane i % CUOPTIM_LANES in index order (each lane
+ * from 0), then the lanes as the tree of cuoptim_lane_total. */
+#define CUOPTIM_LANES 8
+
+CUOPTIM_HD double cuoptim_lane_total(const double *lane) {
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+CUOPTIM_HD float cuoptim_mean_of_sum(double sum, uint64_t n) { return (float)sum / (float)n; }
+
+/* The float32 mean of x[0], x[stride], ... x[(n - 1) stride] in the fixed order. */
+CUOPTIM_HD float cuoptim_strided_mean(const float *x, uint64_t n, uint64_t stride) {
+  double sum = 0.0;
+  for (uint64_t i = 0; i < n; i++) sum += (double)x[i * stride];
+  return cuoptim_mean_of_sum(sum, n);
+}
 
 /* g^2 + epsilon_1: what the second moments average. */
 CUOPTIM_HD float cuoptim_adafactor_regulated(const cuoptimRuleParams *p, float g) { return g * g + p->af_epsilon_1; }
@@ -441,6 +462,12 @@ CUOPTIM_HD float cuoptim_adafactor_clip(const cuoptimRuleParams *p, float u_mean
 
 /* The step: w - alpha_t * (u / clip). */
 CUOPTIM_HD float cuoptim_adafactor_apply(float w, float u, float clip, float alpha) { return w - alpha * (u / clip); }
+
+/* The variable as RMS(w) and the step see it: after weight decay (SEMANTICS.md §1.5). */
+CUOPTIM_HD float cuoptim_adafactor_decayed(const cuoptimRuleParams *p, const cuoptimStepScalars *s, int use_weight_decay,
+                                           float w) {
+  return use_weight_decay ? cuoptim_weight_decay(w, p->weight_decay, s->lr) : w;
+}
 
 /* ---- one element of the update stage: everything after the inspect pass ---------------------- */
 
@@ -532,6 +559,29 @@ CUOPTIM_HD int cuoptim_muon_pass1_element(const cuoptimRuleParams *p, const cuop
   if (!cuoptim_prepare_gradient(p, s, t, g_raw, acc, &g)) return 0;
   if (use_weight_decay) *w = cuoptim_weight_decay(*w, p->muon_weight_decay, s->lr);
   *direction = cuoptim_rule_muon_momentum(p, g, s0);
+  return 1;
+}
+
+/* Adafactor on an update step: the prepared gradient with the accumulator only read. The CUDA
+ * reductions form it again from the raw gradient wherever they need it; the apply stage alone
+ * writes the accumulator back (cuoptim_adafactor_apply_element). */
+CUOPTIM_HD float cuoptim_adafactor_gradient(const cuoptimRuleParams *p, const cuoptimStepScalars *s,
+                                            const cuoptimTensorScalars *t, float g_raw, float acc) {
+  float g = 0.0f;
+  cuoptim_prepare_gradient(p, s, t, g_raw, &acc, &g);
+  return g;
+}
+
+/* Adafactor's apply stage, one element with a gradient, once the velocity v and the variable's
+ * alpha_t and clip (t) are known: prepare, weight decay, w - alpha_t * (g / sqrt(v)) / clip.
+ * Returns 0 on an accumulation micro-step (only *acc changed). */
+CUOPTIM_HD int cuoptim_adafactor_apply_element(const cuoptimRuleParams *p, const cuoptimStepScalars *s,
+                                               const cuoptimTensorScalars *t, int use_weight_decay, float g_raw,
+                                               float v, float *w, float *acc) {
+  float g;
+  if (!cuoptim_prepare_gradient(p, s, t, g_raw, acc, &g)) return 0;
+  float decayed = cuoptim_adafactor_decayed(p, s, use_weight_decay, *w);
+  *w = cuoptim_adafactor_apply(decayed, cuoptim_adafactor_direction(g, v), t->af_clip, t->af_alpha);
   return 1;
 }
 

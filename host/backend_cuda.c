@@ -78,6 +78,7 @@ typedef struct {
   cuoptimDeviceGradient *grads;     /* device */
   cuoptimChunk *chunks;             /* device */
   cuoptimWorkItem *items;           /* device: the fixed update instances' blocks */
+  cuoptimAdafactorItem *af_items;   /* device: Adafactor's moments stage blocks (NULL for other kinds) */
   cuoptimChunkPartial *partials;    /* device */
   cuoptimPrologueParams *prologue;  /* device */
   uint32_t *chunks_done;            /* device, per variable (the inspect and Lamb reductions) */
@@ -334,6 +335,8 @@ static void free_tables(CudaBackend *b) {
   device_free(b, b->chunks);
   device_free(b, b->items);
   b->items = NULL;
+  device_free(b, b->af_items);
+  b->af_items = NULL;
   device_free(b, b->partials);
   device_free(b, b->prologue);
   device_free(b, b->chunks_done);
@@ -457,6 +460,25 @@ static cuoptimStatus_t cuda_download(cuoptimOptimizer_t opt, void *dst, const vo
 
 static int64_t chunks_of(size_t count) { return (int64_t)((count + CUOPTIM_CHUNK - 1) / CUOPTIM_CHUNK); }
 
+static int64_t blocks_of(uint64_t lines) { return (int64_t)((lines + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK); }
+
+/* Adafactor's moments stage blocks of variable v (table NULL: only counted): its rows, then its
+ * columns (rank >= 2), or its chunks (a full velocity). Returns the count. */
+static int64_t adafactor_items(const cuoptimVariableRec *v, int32_t k, cuoptimAdafactorItem *table) {
+  int64_t n = 0;
+  if (v->rank < 2) {
+    for (int64_t c = 0; c < chunks_of(v->local_count); c++, n++)
+      if (table) table[n] = (cuoptimAdafactorItem){k, CUOPTIM_AF_FULL, c * CUOPTIM_CHUNK};
+    return n;
+  }
+  for (int axis = CUOPTIM_AF_ROWS; axis <= CUOPTIM_AF_COLUMNS; axis++) {
+    uint64_t lines = cuoptim_factored_count(v, axis);
+    for (int64_t j = 0; j < blocks_of(lines); j++, n++)
+      if (table) table[n] = (cuoptimAdafactorItem){k, axis, j * CUOPTIM_BLOCK};
+  }
+  return n;
+}
+
 /* Tables: variables, chunk list, prologue constants; then the build kernel fills the slots. */
 static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   free_tables(b); /* a retry after a failed build starts clean */
@@ -468,17 +490,29 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
     return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED, "cuoptim: %lld chunks of %d elements: more than a grid holds",
                          (long long)total_chunks, CUOPTIM_CHUNK);
 
+  const int adafactor = opt->config.kind == CUOPTIM_ADAFACTOR;
+  int64_t num_af_items = 0;
+  for (int k = 0; adafactor && k < n; k++) num_af_items += adafactor_items(&opt->variables[k], k, NULL);
+  if (num_af_items > INT32_MAX)
+    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
+                         "cuoptim: %lld blocks of Adafactor's row and column means: more than a grid holds",
+                         (long long)num_af_items);
+
   size_t table_count = n > 0 ? (size_t)n : 1; /* a build with no variable still gets valid tables */
   cuoptimDeviceVariable *variables = calloc(table_count, sizeof *variables);
   cuoptimChunk *chunks = malloc((size_t)(total_chunks ? total_chunks : 1) * sizeof *chunks);
   cuoptimWorkItem *items = malloc((size_t)(total_chunks ? total_chunks : 1) * sizeof *items);
+  cuoptimAdafactorItem *af_items = malloc((size_t)(num_af_items ? num_af_items : 1) * sizeof *af_items);
   b->uploaded = calloc(table_count, sizeof *b->uploaded);
-  if (!variables || !chunks || !items || !b->uploaded) {
+  if (!variables || !chunks || !items || !af_items || !b->uploaded) {
     free(variables);
     free(chunks);
     free(items);
+    free(af_items);
     return cuoptim_error(CUOPTIM_STATUS_ALLOC_FAILED, "cuoptim: out of host memory");
   }
+  for (int k = 0, next_item = 0; adafactor && k < n; k++)
+    next_item += (int)adafactor_items(&opt->variables[k], k, af_items + next_item);
   int64_t next = 0;
   int every_variable_has_chunks = 1;
   for (int k = 0; k < n; k++) {
@@ -493,6 +527,12 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
     d->param_dtype = v->dtype;
     d->use_weight_decay = v->use_weight_decay;
     d->first_chunk = next;
+    if (adafactor && v->rank >= 2) {
+      d->factored[0] = v->factored[0];
+      d->factored[1] = v->factored[1];
+      d->rows = v->dims[v->rank - 2];
+      d->cols = v->dims[v->rank - 1];
+    }
     if (v->dtype != CUOPTIM_FLOAT32) b->any_half_variable = 1;
     if (chunks_of(v->local_count) == 0) every_variable_has_chunks = 0; /* sharded: none on this rank */
     for (int64_t c = 0; c < chunks_of(v->local_count); c++) {
@@ -525,6 +565,8 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->grads, table_count * sizeof(cuoptimDeviceGradient));
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->chunks, partial_count * sizeof *chunks);
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->items, partial_count * sizeof *items);
+  if (err == cudaSuccess && adafactor)
+    err = device_malloc(b, (void **)&b->af_items, (size_t)(num_af_items ? num_af_items : 1) * sizeof *af_items);
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->partials, partial_count * sizeof(cuoptimChunkPartial));
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->prologue, sizeof(cuoptimPrologueParams));
   if (err == cudaSuccess) err = device_malloc(b, (void **)&b->chunks_done, table_count * sizeof(uint32_t));
@@ -536,6 +578,9 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
     err = cudaMemcpyAsync(b->chunks, chunks, (size_t)total_chunks * sizeof *chunks, cudaMemcpyHostToDevice, own);
   if (err == cudaSuccess)
     err = cudaMemcpyAsync(b->items, items, (size_t)num_items * sizeof *items, cudaMemcpyHostToDevice, own);
+  if (err == cudaSuccess && num_af_items > 0)
+    err = cudaMemcpyAsync(b->af_items, af_items, (size_t)num_af_items * sizeof *af_items, cudaMemcpyHostToDevice,
+                          own);
   if (err == cudaSuccess) err = cudaMemsetAsync(b->partials, 0, partial_count * sizeof(cuoptimChunkPartial), own);
   if (err == cudaSuccess)
     err = cudaMemcpyAsync(b->prologue, &opt->prologue, sizeof(cuoptimPrologueParams), cudaMemcpyHostToDevice, own);
@@ -544,6 +589,7 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   free(variables);
   free(chunks);
   free(items);
+  free(af_items);
   if (err != cudaSuccess) return cuda_fail(err, "cuoptim: building the device tables");
 
   cuoptimDeviceStep *step = &b->step;
@@ -561,6 +607,8 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   step->num_chunks = total_chunks;
   step->items = b->items;
   step->num_items = num_items;
+  step->af_items = b->af_items;
+  step->num_af_items = (int32_t)num_af_items;
   b->spare = new_capture_table(b, n);
   return CUOPTIM_STATUS_SUCCESS;
 }

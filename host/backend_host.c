@@ -34,7 +34,7 @@
 /* Elements per phase: the chunk's float32 gradient (2 KiB) stays in L1 between phases. A
  * multiple of LANES, so that the lanes of the sums line up across chunks. */
 #define CHUNK 512
-#define LANES 8
+#define LANES CUOPTIM_LANES
 /* A stage with fewer elements than this runs on the calling thread alone: waking the pool's
  * threads costs about as much as that work. */
 #define PARALLEL_MIN_ELEMENTS ((size_t)1 << 17)
@@ -177,9 +177,7 @@ static inline void sum_squares(const host_f32 *restrict x, size_t n, double *res
   for (; i < n; i++) lane[i % LANES] += (double)x[i] * (double)x[i];
 }
 
-static inline double sum_lanes(const double *lane) {
-  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-}
+static inline double sum_lanes(const double *lane) { return cuoptim_lane_total(lane); }
 
 /* ---- the phases, generated for constant flags ------------------------------------------------ */
 
@@ -939,19 +937,12 @@ static cuoptimStatus_t update_lamb(cuoptimOptimizer_t opt) {
 
 /* ---- Adafactor: the rule needs whole-variable reductions between its element steps ----------- */
 
-/* The float32 mean of n float32 values x[i * stride], summed in double in index order (Keras: a
- * float32 sum divided by the float32 count). */
-static float strided_mean(const float *x, size_t n, size_t stride) {
-  double sum = 0.0;
-  for (size_t i = 0; i < n; i++) sum += (double)x[i * stride];
-  return (float)sum / (float)n;
-}
-
-/* The float32 mean of the squares, their sum in the fixed lane/block order of the top. */
+/* The float32 mean of the squares: element i to lane i % LANES across the whole variable (BLOCK is
+ * a multiple of LANES), the lanes' tree, as cuda/rules.h fixes it. */
 static float mean_square(const host_f32 *x, size_t n) {
   double lane[LANES] = {0};
   for (size_t c = 0; c < n; c += BLOCK) sum_squares(x + c, n - c < BLOCK ? n - c : BLOCK, lane);
-  return (float)sum_lanes(lane) / (float)n;
+  return cuoptim_mean_of_sum(sum_lanes(lane), n);
 }
 
 /* The velocity of a variable of rank >= 2 from the prepared gradient g: r and c from the row and
@@ -965,9 +956,11 @@ static void adafactor_factored_velocity(const cuoptimRuleParams *p, const cuopti
   for (size_t b = 0; b < batches; b++) {
     const float *block = reg + b * rows * cols;
     float *rb = r + b * rows, *cb = c + b * cols;
-    for (size_t i = 0; i < rows; i++) rb[i] = cuoptim_adafactor_moment(s, rb[i], strided_mean(block + i * cols, cols, 1));
-    for (size_t j = 0; j < cols; j++) cb[j] = cuoptim_adafactor_moment(s, cb[j], strided_mean(block + j, rows, cols));
-    float r_mean = strided_mean(rb, rows, 1);
+    for (size_t i = 0; i < rows; i++)
+      rb[i] = cuoptim_adafactor_moment(s, rb[i], cuoptim_strided_mean(block + i * cols, cols, 1));
+    for (size_t j = 0; j < cols; j++)
+      cb[j] = cuoptim_adafactor_moment(s, cb[j], cuoptim_strided_mean(block + j, rows, cols));
+    float r_mean = cuoptim_strided_mean(rb, rows, 1);
     for (size_t i = 0; i < rows; i++)
       for (size_t j = 0; j < cols; j++)
         vel[(b * rows + i) * cols + j] = cuoptim_adafactor_velocity(rb[i], r_mean, cb[j]);
@@ -989,7 +982,7 @@ static int adafactor_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v, con
   if (!applied) return 0;
   host_f32 *w = working(v, 0);
   if (v->use_weight_decay)
-    for (size_t i = 0; i < n; i++) w[i] = cuoptim_weight_decay(w[i], p->weight_decay, s->lr);
+    for (size_t i = 0; i < n; i++) w[i] = cuoptim_adafactor_decayed(p, s, 1, w[i]);
   float alpha = cuoptim_adafactor_alpha(p, s, mean_square(w, n));
   if (v->rank >= 2)
     adafactor_factored_velocity(p, s, v, g, reg);

@@ -74,11 +74,6 @@ cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig
                          "%s: backend = CUOPTIM_BACKEND_CUDA: this build of cuoptim has no CUDA backend (built with "
                          "CUOPTIM_WITH_CUDA=OFF); use CUOPTIM_BACKEND_HOST",
                          caller);
-  if (backend == CUOPTIM_BACKEND_CUDA && config->kind == CUOPTIM_ADAFACTOR)
-    return cuoptim_error(CUOPTIM_STATUS_NOT_SUPPORTED,
-                         "%s: config->kind = CUOPTIM_ADAFACTOR: the CUDA backend has no Adafactor kernels yet (its "
-                         "row, column and RMS reductions); use CUOPTIM_BACKEND_HOST",
-                         caller);
   if (backend == CUOPTIM_BACKEND_CUDA && device < 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: device = %d: must be a CUDA device ordinal >= 0", caller,
                          device);

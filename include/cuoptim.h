@@ -189,8 +189,16 @@ typedef enum {
  * means of g^2 + epsilon_1, the mean of r, the RMS of the update for clip_threshold); they are
  * taken in double in a fixed order, where Keras on JAX sums in float32 in XLA's order, so results
  * differ from Keras's by a few float32 ulps (see README for the largest errors on the reference
- * cases). Supported on the host backend only: on the CUDA backend cuoptimCreate returns
- * NOT_SUPPORTED. Sharded state (cuoptimCommOptions_t.shard_state) is refused with INVALID_VALUE:
+ * cases). Both backends take the same reductions in the same order (a mean: the values summed in
+ * double in index order; a mean square: element i in lane i % 8 of the variable, the lanes added
+ * as above), so the CUDA backend gives the host backend's results, bit for bit on the emulated
+ * device. On the CUDA backend a step is four launches (five with an inspect pass, for clipnorm,
+ * global_clipnorm or a dynamic loss scale), each for every variable at once: the prologue, then
+ * moments (a thread per row and per column of each factored variable: r and c; a variable of rank
+ * < 2 element-wise), RMS (eight threads per variable: the mean squares of the decayed variable and
+ * of the update, the factored velocity formed on the way) and apply (the step, accumulation, EMA,
+ * the half-precision copy). The RMS stage adds each lane of a variable in sequence, as the host
+ * does, so its time grows with the largest variable. Sharded state (cuoptimCommOptions_t.shard_state) is refused with INVALID_VALUE:
  * the factored accumulators reduce across rows and columns, which a flat share of the elements
  * does not hold. A checkpoint (cuoptimSave) stores r and c as "<variable>_row" and
  * "<variable>_column" (Keras gives both the variable's own name). */
@@ -395,8 +403,7 @@ typedef int32_t cuoptimVariable_t;
  * waits for that stream only.
  * Host backend: reads CUOPTIM_HOST_THREADS (the threads of its steps, see the top of this file).
  * Statuses: SUCCESS, NULL_POINTER, INVALID_VALUE (also CUOPTIM_HOST_THREADS set to anything but a
- * whole number from 1 to 1024, on the host backend), NOT_SUPPORTED (a backend this build lacks;
- * CUOPTIM_MUON on the CUDA backend),
+ * whole number from 1 to 1024, on the host backend), NOT_SUPPORTED (a backend this build lacks),
  * NO_DEVICE, CUDA_ERROR, ALLOC_FAILED. */
 CUOPTIM_API cuoptimStatus_t cuoptimCreate(cuoptimOptimizer_t *optimizer, const cuoptimConfig_t *config,
                                           cuoptimBackend_t backend, int device);

@@ -2057,28 +2057,41 @@ Test(api, muon_config_rejects_each_bad_field) {
   OK(cuoptimConfigValidate(&c));
 }
 
-/* Muon's state needs whole matrices: sharding it is refused, on either backend. */
-Test(api, muon_refuses_sharded_state) {
-  for (int b = 0; b < 2; b++) {
-    cuoptimBackend_t backend = b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST;
-    if (b && !test_has_gpu()) continue;
-    cuoptimConfig_t c = test_config(CUOPTIM_MUON);
-    cuoptimOptimizer_t opt = NULL;
-    OK(cuoptimCreate(&opt, &c, backend, 0));
-    cuoptimCommOptions_t options;
-    OK(cuoptimCommOptionsInit(&options));
-    options.shard_state = 1;
-    int comm = 0; /* never read: the options are refused first */
-    EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetCommunicator", "shard_state",
-                cuoptimSetCommunicator(opt, &comm, &options));
-    cuoptimDestroy(opt);
-  }
+/* options.shard_state refused for `kind` on `backend`, naming the option. */
+static void expect_sharded_state_refused(cuoptimOptimizerKind_t kind, cuoptimBackend_t backend) {
+  cuoptimConfig_t c = test_config(kind);
+  cuoptimOptimizer_t opt = NULL;
+  OK(cuoptimCreate(&opt, &c, backend, 0));
+  cuoptimCommOptions_t options;
+  OK(cuoptimCommOptionsInit(&options));
+  options.shard_state = 1;
+  int comm = 0; /* never read: the options are refused first */
+  EXPECT_FAIL(CUOPTIM_STATUS_INVALID_VALUE, "cuoptimSetCommunicator", "shard_state",
+              cuoptimSetCommunicator(opt, &comm, &options));
+  cuoptimDestroy(opt);
 }
 
-/* Adafactor runs on the host backend only: the CUDA backend refuses the kind at create. */
-Test(api, create_refuses_adafactor_on_the_cuda_backend) {
-  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
-  cuoptimOptimizer_t opt = NULL;
-  EXPECT_FAIL(CUOPTIM_STATUS_NOT_SUPPORTED, "cuoptimCreate", "CUDA", cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
-  cr_assert_null(opt);
+/* Muon's state needs whole matrices: sharding it is refused, on both backends. */
+Test(api, muon_refuses_sharded_state) {
+  expect_sharded_state_refused(CUOPTIM_MUON, CUOPTIM_BACKEND_HOST);
+  if (test_has_gpu()) expect_sharded_state_refused(CUOPTIM_MUON, CUOPTIM_BACKEND_CUDA);
+}
+
+/* Adafactor's row and column accumulators need whole variables: refused on both backends. */
+Test(api, adafactor_refuses_sharded_state) {
+  expect_sharded_state_refused(CUOPTIM_ADAFACTOR, CUOPTIM_BACKEND_HOST);
+  if (test_has_gpu()) expect_sharded_state_refused(CUOPTIM_ADAFACTOR, CUOPTIM_BACKEND_CUDA);
+}
+
+/* Every kind runs on the CUDA backend, Adafactor and Muon too. */
+Test(api, create_accepts_adafactor_and_muon_on_the_cuda_backend) {
+  test_require_backend(CUOPTIM_BACKEND_CUDA);
+  static const cuoptimOptimizerKind_t kinds[] = {CUOPTIM_ADAFACTOR, CUOPTIM_MUON};
+  for (int k = 0; k < 2; k++) {
+    cuoptimConfig_t c = test_config(kinds[k]);
+    cuoptimOptimizer_t opt = NULL;
+    OK(cuoptimCreate(&opt, &c, CUOPTIM_BACKEND_CUDA, 0));
+    cr_assert_not_null(opt);
+    OK(cuoptimDestroy(opt));
+  }
 }

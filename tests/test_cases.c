@@ -113,17 +113,7 @@ static void report_finish(report_t *r, const char *what, int total) {
   free(r->text);
 }
 
-/* The CUDA backend has no Adafactor stage yet: cuoptimCreate refuses that kind (NOT_SUPPORTED),
- * also as a MultiOptimizer's sub-optimizer; these suites count such a case as refused, not as
- * failed, and only with that status. */
-static int cuda_refuses(const cuoptimCase *c, cuoptimBackend_t backend, int rc) {
-  int host_only = c->multi ? strstr(c->optimizer_json, "\"class_name\": \"Adafactor\"") != NULL
-                           : c->config.kind == CUOPTIM_ADAFACTOR;
-  return backend == CUOPTIM_BACKEND_CUDA && host_only && rc == CUOPTIM_STATUS_NOT_SUPPORTED;
-}
-
 /* Replays every case on `backend`; with state_only, compares only the optimizer state. */
-
 static void check_all_cases(cuoptimBackend_t backend, int state_only, const char *what) {
   case_list list = list_cases();
   cr_assert(list.n > 0, "no cases in %s", test_data_path("cases"));
@@ -147,10 +137,6 @@ static void check_all_cases(cuoptimBackend_t backend, int state_only, const char
     }
     cuoptimCaseResult r;
     int rc = cuoptim_case_run(&c, backend, &r, error, sizeof error);
-    if (cuda_refuses(&c, backend, rc)) {
-      cuoptim_case_free(&c);
-      continue;
-    }
     if (rc != 0) {
       report.count++;
       report_add(&report, "  %s: run failed (%s): %s", list.names[i],
@@ -221,11 +207,6 @@ Test(cases, host_and_cuda_agree) {
       continue;
     }
     rc = cuoptim_case_run(&c, CUOPTIM_BACKEND_CUDA, &cuda, error, sizeof error);
-    if (cuda_refuses(&c, CUOPTIM_BACKEND_CUDA, rc)) {
-      cuoptim_case_result_free(&host);
-      cuoptim_case_free(&c);
-      continue;
-    }
     if (rc != 0) {
       report.count++;
       report_add(&report, "  %s: CUDA run failed: %s", list.names[i], error);

@@ -110,6 +110,7 @@ typedef struct {
   const char *exclude;      /* weight-decay exclusion, or NULL */
   double learning_rate;     /* > 0: cuoptimSetLearningRate before the first step */
   int inf_steps[2];         /* steps whose gradient holds +inf (skipped with dynamic loss scaling) */
+  int shaped;               /* dense/kernel [4099, 1] and norm/gamma [9, 37] (else every variable rank 1) */
 } Setup;
 
 typedef struct {
@@ -178,6 +179,19 @@ static Setup setup_adafactor(void) {
   return s;
 }
 
+/* Adafactor with factored variables (real r and c), clipnorm, weight decay and a dynamic loss scale. */
+static Setup setup_adafactor_factored(void) {
+  Setup s = {.label = "Adafactor (factored)", .exclude = "bias$", .inf_steps = {2, -1}, .shaped = 1};
+  s.config = test_config_lr(CUOPTIM_ADAFACTOR, 0.01);
+  s.config.clipnorm = 1.0;
+  s.config.weight_decay = 0.01;
+  s.config.use_ema = 1;
+  s.config.dynamic_loss_scale = 1;
+  s.config.initial_scale = 4.0;
+  s.config.dynamic_growth_steps = 2;
+  return s;
+}
+
 /* Adam with weight decay and an exclusion, EMA, under a dynamic loss scale: every kind of tensor
  * (I64 counters, the LossScaleOptimizer's own entries, masters). */
 static Setup setup_adam_everything(void) {
@@ -194,7 +208,7 @@ static Setup setup_adam_everything(void) {
 static float initial_value(int k, size_t i) { return test_pseudo_random(11, 500 + (uint64_t)k, i); }
 
 /* Registers the variables on r->opt: variable 1 float32, the others `dtype`, variable 0 of shape
- * `dims0` ([rows, columns]; NULL: a vector); parameters from `params` (host bytes, one array per
+ * `dims0` ([rows, columns]; NULL: a vector, or the shaped setup's); parameters from `params` (host bytes, one array per
  * variable) or the initial values. */
 static void run_add_variables(Run *r, cuoptimDtype_t dtype, unsigned char *const *params, int num_vars,
                               const char *const *names, const size_t *sizes, const int64_t *dims0) {
@@ -217,8 +231,18 @@ static void run_add_variables(Run *r, cuoptimDtype_t dtype, unsigned char *const
     r->grad[k] = test_mem_alloc(backend, sizes[k] * sizeof(float));
     int64_t vector[1] = {(int64_t)sizes[k]};
     cuoptimVariable_t index = -1;
-    OK(cuoptimAddVariableWithShape(r->opt, names[k], r->param[k], r->dtype[k], k == 0 && dims0 ? 2 : 1,
-                                   k == 0 && dims0 ? dims0 : vector, &index));
+    /* Adafactor's shaped setup factors dense/kernel [4099, 1] and norm/gamma [9, 37]. */
+    static const int64_t shapes[MAX_VARS][2] = {{4099, 1}, {7}, {1}, {9, 37}};
+    const int64_t *dims = vector;
+    int rank = 1;
+    if (k == 0 && dims0) {
+      rank = 2;
+      dims = dims0;
+    } else if (r->setup.shaped && num_vars == MAX_VARS && (k == 0 || k == 3)) {
+      rank = 2;
+      dims = shapes[k];
+    }
+    OK(cuoptimAddVariableWithShape(r->opt, names[k], r->param[k], r->dtype[k], rank, dims, &index));
     cr_assert_eq(index, k);
   }
 }
@@ -455,16 +479,21 @@ Test(checkpoint, round_trip_restores_every_entry_and_master) {
   round_trip(setup_nadam_loss_scale, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT32);
   round_trip(setup_ftrl, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16);
   round_trip(setup_adafactor, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_BFLOAT16);
+  round_trip(setup_adafactor_factored, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16);
 }
 
 Test(checkpoint_cuda, round_trip_restores_every_entry_and_master) {
   round_trip(setup_adam_everything, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_CUDA, CUOPTIM_FLOAT16);
   round_trip(setup_adamw, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_CUDA, CUOPTIM_BFLOAT16);
+  round_trip(setup_adafactor, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_CUDA, CUOPTIM_BFLOAT16);
+  round_trip(setup_adafactor_factored, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_CUDA, CUOPTIM_FLOAT32);
 }
 
 Test(checkpoint_cuda, checkpoints_move_between_backends) {
   round_trip(setup_adam_everything, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_CUDA, CUOPTIM_BFLOAT16);
   round_trip(setup_nadam_loss_scale, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16);
+  round_trip(setup_adafactor_factored, CUOPTIM_BACKEND_HOST, CUOPTIM_BACKEND_CUDA, CUOPTIM_BFLOAT16);
+  round_trip(setup_adafactor_factored, CUOPTIM_BACKEND_CUDA, CUOPTIM_BACKEND_HOST, CUOPTIM_FLOAT16);
 }
 
 /* A staging buffer much smaller than the state: tensors split across many chunks, several small
@@ -585,6 +614,8 @@ RESUME_TESTS(setup_adamw, adamw_amsgrad_ema_accumulation_schedule)
 RESUME_TESTS(setup_nadam_loss_scale, nadam_dynamic_loss_scale)
 RESUME_TESTS(setup_ftrl, ftrl_ema_accumulation)
 RESUME_TESTS(setup_adam_everything, adam_weight_decay_ema_loss_scale)
+RESUME_TESTS(setup_adafactor, adafactor_ema_accumulation)
+RESUME_TESTS(setup_adafactor_factored, adafactor_factored_clipnorm_weight_decay_loss_scale)
 
 /* ---- crash safety ---------------------------------------------------------------------------------- */
 

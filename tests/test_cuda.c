@@ -115,6 +115,8 @@ typedef struct {
   int finalize;              /* cuoptimFinalizeVariableValues after the steps (read before and after) */
   int default_stream;        /* the legacy default stream instead of a created non-blocking stream */
   const int64_t (*shapes)[2]; /* NULL, or per variable rows x cols (rows 0: registered without a shape) */
+  const int *ranks;          /* NULL: every variable of rank 1 (cuoptimAddVariable) */
+  const int64_t (*dims)[3];  /* with ranks: each variable's shape (cuoptimAddVariableWithShape) */
 } problem_t;
 
 static const size_t STANDARD_SIZES[5] = {1, 3, 4095, 65537, 100001};
@@ -326,6 +328,9 @@ static void run_problem(const cuoptimConfig_t *cfg, cuoptimBackend_t backend, co
     if (pb->shapes && pb->shapes[k][0] > 0)
       OK(cuoptimAddVariableWithShape(opt, name, param_pool + start[k] * pes, pb->param_dtype, 2, pb->shapes[k],
                                      &variable));
+    else if (pb->ranks)
+      OK(cuoptimAddVariableWithShape(opt, name, param_pool + start[k] * pes, pb->param_dtype, pb->ranks[k],
+                                     pb->dims[k], &variable));
     else
       OK(cuoptimAddVariable(opt, name, param_pool + start[k] * pes, pb->param_dtype, pb->sizes[k], &variable));
     cr_assert_eq(variable, k, "variable %d registered as %d", k, (int)variable);
@@ -1012,11 +1017,10 @@ Test(cuda_features, loss_scale_factor_sgd_momentum_matches_host) {
 /* LossScaleOptimizer, initial scale 1024, growth every 2 good steps; step 1 holds +inf (middle of
  * conv/kernel), step 4 NaN (last element of embedding/embeddings). Scale: 1024 -> (s1 skip) 512 ->
  * (s2, s3 good) 1024 -> (s4 skip) 512 -> (s5 good, counter 1). Four steps applied. */
-static void check_dynamic_loss_scale(cuoptimConfig_t *c, int bitwise, const char *label) {
+static void check_dynamic_loss_scale_of(cuoptimConfig_t *c, problem_t p, int bitwise, const char *label) {
   c->dynamic_loss_scale = 1;
   c->initial_scale = 1024.0;
   c->dynamic_growth_steps = 2;
-  problem_t p = standard_problem();
   p.inf_step = 1;
   p.nan_step = 4;
   NEED_GPU();
@@ -1038,6 +1042,10 @@ static void check_dynamic_loss_scale(cuoptimConfig_t *c, int bitwise, const char
   if (bitwise) compare_results(&cuda, &host, MATCH_BITWISE, label);
   free_result(&host);
   free_result(&cuda);
+}
+
+static void check_dynamic_loss_scale(cuoptimConfig_t *c, int bitwise, const char *label) {
+  check_dynamic_loss_scale_of(c, standard_problem(), bitwise, label);
 }
 
 Test(cuda_features, dynamic_loss_scale_adam_skips_inf_and_nan_steps) {
@@ -1424,6 +1432,229 @@ Test(cuda_fixed_update, float32_params_float16_grads_run_the_generic_kernel) {
 #else
   check_matches_host(&c, &p, MATCH_CLOSE, "Adam, float16 gradients of float32 parameters");
 #endif
+}
+
+/* ---- Adafactor ---------------------------------------------------------------------------------------
+ * The standard sizes with shapes: [1] and [3] (a full velocity), [3, 35, 39] (three factored
+ * matrices), [65537, 1] (a single column: r holds every element's mean) and [11, 9091] (wide). The
+ * CUDA stages take the host's reductions in the host's order (cuda/rules.h), so the emulated device
+ * gives the host's bits; on a GPU within the tolerance (the prologue's beta_2_t goes through pow in
+ * double, libdevice's against glibc's). */
+static const int ADAFACTOR_RANKS[5] = {1, 1, 3, 2, 2};
+static const int64_t ADAFACTOR_DIMS[5][3] = {{1}, {3}, {3, 35, 39}, {65537, 1}, {11, 9091}};
+
+#ifdef CUOPTIM_TEST_EMULATED_DEVICE
+#define ADAFACTOR_MATCH MATCH_BITWISE
+#else
+#define ADAFACTOR_MATCH MATCH_CLOSE
+#endif
+
+static problem_t adafactor_problem(void) {
+  problem_t p = standard_problem();
+  p.ranks = ADAFACTOR_RANKS;
+  p.dims = ADAFACTOR_DIMS;
+  return p;
+}
+
+static cuoptimConfig_t adafactor_config(void) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
+  c.learning_rate.initial_learning_rate = 0.01;
+  return c;
+}
+
+Test(cuda_optimizers, adafactor_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  problem_t p = adafactor_problem();
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor");
+}
+
+Test(cuda_optimizers, adafactor_hyperparameters_match_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  c.beta_2_decay = -0.6;
+  c.epsilon_1 = 1e-20;
+  c.epsilon_2 = 1e-2;
+  c.clip_threshold = 0.5;
+  c.relative_step = 0;
+  problem_t p = adafactor_problem();
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor beta_2_decay, epsilons, clip_threshold");
+}
+
+Test(cuda_features, adafactor_clipnorm_weight_decay_with_exclusion_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  c.clipnorm = 1.0;
+  c.weight_decay = 0.1;
+  problem_t p = adafactor_problem();
+  p.exclude = "bias$";
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor clipnorm + weight_decay excluding bias$");
+}
+
+Test(cuda_features, adafactor_ema_overwrite_finalize_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  c.use_ema = 1;
+  c.ema_momentum = 0.9;
+  c.ema_overwrite_frequency = 4;
+  problem_t p = adafactor_problem();
+  p.finalize = 1;
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor EMA overwrite every 4 + finalize");
+}
+
+Test(cuda_features, adafactor_gradient_accumulation_clipvalue_ema_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  c.gradient_accumulation_steps = 3;
+  c.clipvalue = 0.5;
+  c.use_ema = 1;
+  problem_t p = adafactor_problem();
+  p.steps = 7; /* ends on a micro-step: the accumulators are compared non-zero */
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor gradient_accumulation_steps 3 + clipvalue + EMA");
+}
+
+Test(cuda_features, adafactor_partial_gradients_global_clipnorm_loss_scale_factor_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  c.global_clipnorm = 5.0;
+  c.loss_scale_factor = 3.0;
+  c.use_ema = 1;
+  problem_t p = adafactor_problem();
+  p.partial = 1;
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor partial gradients + global_clipnorm + loss_scale_factor");
+}
+
+Test(cuda_features, adafactor_schedule_cosine_restarts_matches_host) {
+  NEED_GPU();
+  cuoptimConfig_t c = schedule_config(CUOPTIM_ADAFACTOR, CUOPTIM_SCHEDULE_COSINE_RESTARTS);
+  problem_t p = adafactor_problem();
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, "Adafactor CosineDecayRestarts");
+}
+
+Test(cuda_features, adafactor_dynamic_loss_scale_skips_inf_and_nan_steps) {
+  NEED_GPU();
+  cuoptimConfig_t c = adafactor_config();
+  check_dynamic_loss_scale_of(&c, adafactor_problem(), ADAFACTOR_MATCH, "Adafactor dynamic loss scale");
+}
+
+/* The state in Keras's order moves between backends: three host steps, every entry (r, c and
+ * velocity included) read with cuoptimGetWeights and written into a CUDA optimizer with
+ * cuoptimSetWeights, then three more steps on each give the same parameters and state. */
+Test(cuda_features, adafactor_state_set_from_the_host_continues_as_the_host) {
+  NEED_GPU();
+  enum { ROWS = 33, COLS = 70, BIAS = 50, STEPS = 6 };
+  static const int64_t matrix[2] = {ROWS, COLS}, vector[1] = {BIAS};
+  static const size_t counts[2] = {ROWS * COLS, BIAS};
+  cuoptimConfig_t c = adafactor_config();
+  c.weight_decay = 0.01;
+  cuoptimOptimizer_t opt[2] = {NULL, NULL};
+  float *param[2][2], *grad[2][2], *values = malloc(ROWS * COLS * sizeof *values);
+  cr_assert(values);
+  for (int b = 0; b < 2; b++) {
+    cuoptimBackend_t backend = b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST;
+    OK(cuoptimCreate(&opt[b], &c, backend, 0));
+    for (int k = 0; k < 2; k++) {
+      for (size_t i = 0; i < counts[k]; i++) values[i] = test_pseudo_random(5, (uint64_t)k, i);
+      param[b][k] = test_mem_from(backend, values, counts[k]);
+      grad[b][k] = test_mem_alloc(backend, counts[k] * sizeof(float));
+      cuoptimVariable_t v;
+      OK(cuoptimAddVariableWithShape(opt[b], k ? "dense/bias" : "dense/kernel", param[b][k], CUOPTIM_FLOAT32, 2 - k,
+                                     k ? vector : matrix, &v));
+    }
+  }
+  for (int step = 0; step < STEPS; step++) {
+    if (step == STEPS / 2) { /* the CUDA optimizer takes the host's parameters and state */
+      int count = 0;
+      OK(cuoptimGetWeightCount(opt[0], &count));
+      for (int i = 0; i < count; i++) {
+        cuoptimWeightInfo_t info;
+        OK(cuoptimGetWeightInfo(opt[0], i, &info));
+        double *state = malloc(info.count * sizeof *state);
+        cr_assert(state);
+        OK(cuoptimGetWeights(opt[0], i, state, info.count));
+        OK(cuoptimSetWeights(opt[1], i, state, info.count));
+        free(state);
+      }
+      for (int k = 0; k < 2; k++) {
+        test_mem_download(CUOPTIM_BACKEND_HOST, values, param[0][k], counts[k] * sizeof(float));
+        test_mem_upload(CUOPTIM_BACKEND_CUDA, param[1][k], values, counts[k] * sizeof(float));
+      }
+    }
+    for (int b = step < STEPS / 2 ? 0 : 1; b >= 0; b--) {
+      cuoptimBackend_t backend = b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST;
+      cuoptimGradient_t list[2];
+      for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < counts[k]; i++) values[i] = test_pseudo_random(6, (uint64_t)(k * 16 + step), i);
+        test_mem_upload(backend, grad[b][k], values, counts[k] * sizeof(float));
+        list[k] = (cuoptimGradient_t){k, grad[b][k], CUOPTIM_FLOAT32};
+      }
+      OK(cuoptimApplyGradients(opt[b], 2, list, NULL));
+      OK(cuoptimSynchronize(opt[b]));
+    }
+  }
+  float *other = malloc(ROWS * COLS * sizeof *other);
+  cr_assert(other);
+  for (int k = 0; k < 2; k++) {
+    test_mem_download(CUOPTIM_BACKEND_HOST, values, param[0][k], counts[k] * sizeof(float));
+    test_mem_download(CUOPTIM_BACKEND_CUDA, other, param[1][k], counts[k] * sizeof(float));
+    size_t differ = 0;
+    for (size_t i = 0; i < counts[k]; i++) differ += !close_enough(other[i], values[i], RTOL, PARAM_ATOL);
+    cr_expect_eq(differ, 0, "variable %d: %zu parameters differ from the host's", k, differ);
+  }
+  int count = 0;
+  OK(cuoptimGetWeightCount(opt[1], &count));
+  cr_expect_eq(count, 8, "iteration, learning_rate, then r, c, velocity of each variable: %d entries", count);
+  for (int i = 0; i < count; i++) {
+    cuoptimWeightInfo_t info;
+    OK(cuoptimGetWeightInfo(opt[1], i, &info));
+    double *a = malloc(info.count * sizeof *a), *b = malloc(info.count * sizeof *b);
+    cr_assert(a && b);
+    OK(cuoptimGetWeights(opt[0], i, a, info.count));
+    OK(cuoptimGetWeights(opt[1], i, b, info.count));
+    size_t differ = 0;
+    for (size_t j = 0; j < info.count; j++) differ += !close_enough(b[j], a[j], RTOL, 1e-7 * fabs(a[j]) + 1e-30);
+    cr_expect_eq(differ, 0, "entry %d (%s): %zu values differ from the host's", i, info.name, differ);
+    free(a);
+    free(b);
+  }
+  for (int b = 0; b < 2; b++) {
+    OK(cuoptimDestroy(opt[b]));
+    for (int k = 0; k < 2; k++) {
+      test_mem_free(b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST, param[b][k]);
+      test_mem_free(b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST, grad[b][k]);
+    }
+  }
+  free(values);
+  free(other);
+}
+
+/* Half parameters with float32 masters, gradients of either 16-bit type or float32. */
+static void check_adafactor_mixed(cuoptimDtype_t param_dtype, cuoptimDtype_t grad_dtype) {
+  char label[128];
+  snprintf(label, sizeof label, "Adafactor, %s parameters, %s gradients", dtype_text(param_dtype),
+           dtype_text(grad_dtype));
+  cuoptimConfig_t c = adafactor_config();
+  c.clipnorm = 1.0;
+  c.use_ema = 1;
+  c.ema_overwrite_frequency = 3;
+  problem_t p = adafactor_problem();
+  p.param_dtype = param_dtype;
+  p.grad_dtype = grad_dtype;
+  p.offset = -1; /* buffers off 16-byte alignment too */
+  check_matches_host(&c, &p, ADAFACTOR_MATCH, label);
+}
+
+Test(cuda_mixed_precision, adafactor_float16_params_float16_grads) {
+  NEED_GPU();
+  check_adafactor_mixed(CUOPTIM_FLOAT16, CUOPTIM_FLOAT16);
+}
+Test(cuda_mixed_precision, adafactor_bfloat16_params_float32_grads) {
+  NEED_GPU();
+  check_adafactor_mixed(CUOPTIM_BFLOAT16, CUOPTIM_FLOAT32);
+}
+Test(cuda_mixed_precision, adafactor_float32_params_bfloat16_grads) {
+  NEED_GPU();
+  check_adafactor_mixed(CUOPTIM_FLOAT32, CUOPTIM_BFLOAT16);
 }
 
 /* ---- determinism ------------------------------------------------------------------------------------ */

@@ -51,6 +51,10 @@ static const float GRAD_FACTOR[NUM_VARS] = {1.0f, 0.3f, 1.0f, 0.001f, 1.0f};
  * matrix (transposed for Newton-Schulz), a row, and a wide matrix of several chunks (with
  * exclude_embeddings off, the embedding's name does not send it to the AdamW path). */
 static const int64_t MUON_SHAPES[NUM_VARS][2] = {{0, 0}, {3, 1}, {65, 63}, {1, 65537}, {11, 9091}};
+/* Adafactor's variables have these shapes (the sizes above): full velocities, a batch of factored
+ * matrices, a single column, a wide matrix. */
+static const int RANKS[NUM_VARS] = {1, 1, 3, 2, 2};
+static const int64_t DIMS[NUM_VARS][3] = {{1}, {3}, {3, 35, 39}, {65537, 1}, {11, 9091}};
 /* Seed of test_pseudo_random for every value of the problem. */
 #define SEED 0x5eed
 
@@ -104,6 +108,8 @@ static void make_side(side_t *s, const cuoptimConfig_t *cfg, cuoptimDtype_t para
     void *param = s->params + s->start[k] * test_dtype_bytes(param_dtype);
     if (cfg->kind == CUOPTIM_MUON && MUON_SHAPES[k][0] > 0)
       OK(cuoptimAddVariableWithShape(s->opt, NAMES[k], param, param_dtype, 2, MUON_SHAPES[k], &v));
+    else if (cfg->kind == CUOPTIM_ADAFACTOR)
+      OK(cuoptimAddVariableWithShape(s->opt, NAMES[k], param, param_dtype, RANKS[k], DIMS[k], &v));
     else
       OK(cuoptimAddVariable(s->opt, NAMES[k], param, param_dtype, SIZES[k], &v));
   }
@@ -398,6 +404,37 @@ Test(cuda_graph, replay_float16_muon_dynamic_loss_scale_matches_eager) {
   c.initial_scale = 1024.0;
   c.dynamic_growth_steps = 2;
   check_graph_replay(&c, CUOPTIM_FLOAT16, CUOPTIM_FLOAT16, 1 + REPLAYS, 16384.0f, "Muon float16 + dynamic loss scale");
+}
+
+/* Adafactor: three kernels per update (moments, RMS, apply); its per-variable alpha_t and clip
+ * denominators are formed on the device each replay. */
+Test(cuda_graph, replay_adafactor_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
+  check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 0.0f, "Adafactor");
+}
+
+Test(cuda_graph, replay_bfloat16_adafactor_with_every_feature_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
+  set_cosine_warmup(&c);
+  c.gradient_accumulation_steps = 2;
+  c.clipnorm = 1.0;
+  c.weight_decay = 0.01;
+  c.use_ema = 1;
+  c.ema_momentum = 0.9;
+  c.ema_overwrite_frequency = 3;
+  check_graph_replay(&c, CUOPTIM_BFLOAT16, CUOPTIM_BFLOAT16, (1 + REPLAYS) / 2, 0.0f,
+                     "bfloat16 Adafactor + schedule + accumulation + clipnorm + weight decay + EMA");
+}
+
+Test(cuda_graph, replay_adafactor_dynamic_loss_scale_matches_eager) {
+  NEED_GPU();
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
+  c.dynamic_loss_scale = 1;
+  c.initial_scale = 1024.0;
+  c.dynamic_growth_steps = 2;
+  check_graph_replay(&c, CUOPTIM_FLOAT32, CUOPTIM_FLOAT32, 1 + REPLAYS, 16384.0f, "Adafactor + dynamic loss scale");
 }
 
 /* The usual mixed-precision loop: float16 parameters (fp32 masters inside), float16 gradients,

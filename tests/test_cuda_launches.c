@@ -3,7 +3,9 @@
  * device (emu/control.h: cuoptim_emu_kernels_run), eagerly and in a CUDA graph's replay; only in
  * the emulated build. The fixed cost of a step is mostly its launches: plain Adam takes two
  * (prologue, which also advances the state, and update), an inspect pass one more (its
- * per-variable sums formed by the block of each variable's last chunk), Lamb its two passes.
+ * per-variable sums formed by the block of each variable's last chunk), Lamb its two passes,
+ * Adafactor its three stages (moments, RMS, apply: four launches a step), each one launch for all
+ * of its variables.
  *
  * A step that uploads the gradient table (the first, and one whose pointers changed) adds that
  * upload: in a plain step the table rides on the prologue's argument; after an inspect pass it is a
@@ -50,8 +52,8 @@ static void rig_make(rig_t *r, const cuoptimConfig_t *c) {
     r->w[k] = test_mem_from(CUOPTIM_BACKEND_CUDA, values, counts[k]);
     r->g[k] = test_mem_from(CUOPTIM_BACKEND_CUDA, values, counts[k]);
     cuoptimVariable_t v;
-    static const int64_t kernel_shape[2] = {100, BIG / 100}; /* Muon: its matrix path */
-    if (c->kind == CUOPTIM_MUON && k == 0)
+    static const int64_t kernel_shape[2] = {100, BIG / 100}; /* Muon's matrix path; Adafactor factors it */
+    if (k == 0 && (c->kind == CUOPTIM_MUON || c->kind == CUOPTIM_ADAFACTOR))
       OK(cuoptimAddVariableWithShape(r->opt, "dense/kernel", r->w[k], CUOPTIM_FLOAT32, 2, kernel_shape, &v));
     else
       OK(cuoptimAddVariable(r->opt, k ? "dense/bias" : "dense/kernel", r->w[k], CUOPTIM_FLOAT32, counts[k], &v));
@@ -192,6 +194,32 @@ Test(cuda_launches, muon_takes_six_kernels_and_ns_steps_scales_and_three_product
   c.ns_steps = 2;
   c.clipnorm = 1.0; /* an inspect pass: one kernel more */
   expect_muon(&c, 1 + 6 + 2, 3 * 2, "Muon ns_steps 2 clipnorm");
+}
+
+/* A factored [100, 200] kernel and a bias with a full velocity: one launch of each stage for both. */
+Test(cuda_launches, adafactor_takes_four) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
+  static const char *const stages[3] = {"adafactor_moments_kernel", "adafactor_rms_kernel", "adafactor_apply_kernel"};
+  long before[3];
+  for (int i = 0; i < 3; i++) before[i] = cuoptim_emu_kernels_run(stages[i]);
+  expect_launches(&c, 4, "Adafactor");
+  /* eager_launches: two eager steps; graph_launches: one, then two replays (the capture runs nothing). */
+  for (int i = 0; i < 3; i++)
+    cr_expect_eq(cuoptim_emu_kernels_run(stages[i]) - before[i], 5, "%s ran %ld times, want 5 (once a step)",
+                 stages[i], cuoptim_emu_kernels_run(stages[i]) - before[i]);
+}
+
+Test(cuda_launches, adafactor_with_clipnorm_takes_five) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
+  c.clipnorm = 1.0;
+  expect_launches(&c, 5, "Adafactor clipnorm");
+}
+
+Test(cuda_launches, adafactor_with_weight_decay_and_ema_takes_four) {
+  cuoptimConfig_t c = test_config(CUOPTIM_ADAFACTOR);
+  c.weight_decay = 0.01;
+  c.use_ema = 1;
+  expect_launches(&c, 4, "Adafactor weight decay + EMA");
 }
 
 /* The first step builds the state (one launch) and uploads the table: on the prologue's argument

@@ -725,3 +725,57 @@ Test(multi, to_keras_json_and_sub_optimizer_calls_reject_bad_input) {
   expect_error(cuoptimSynchronizeTimeout(opt, -1), CUOPTIM_STATUS_INVALID_VALUE, "timeout_ms");
   OK(cuoptimDestroy(opt));
 }
+
+/* ---- an Adafactor sub-optimizer ---------------------------------------------------------------- */
+
+/* Adafactor for the kernels (one factored [4, 6], one of rank 1), Adam the bias: the Adafactor
+ * sub-optimizer steps its variables bit for bit as a plain Adafactor optimizer with those variables
+ * alone, on either backend. */
+MULTI_TEST(adafactor_sub_optimizer_steps_as_a_plain_adafactor) {
+  cuoptimConfig_t subs[2] = {config_of(CUOPTIM_ADAFACTOR, 0.02), config_of(CUOPTIM_ADAM, 0.01)};
+  static const char *const keys[1] = {".*kernel"};
+  static const int uses[1] = {0};
+  static const int64_t matrix[2] = {4, 6}, vector[1] = {5}, bias[1] = {6};
+  float init[24], grads[3][24];
+  for (int i = 0; i < 24; i++) {
+    init[i] = 0.1f * (float)(i % 7) - 0.3f;
+    for (int s = 0; s < 3; s++) grads[s][i] = 0.05f * (float)((i * (s + 3)) % 11) - 0.2f;
+  }
+  cuoptimOptimizer_t multi = NULL, plain = NULL;
+  OK(try_create(&multi, subs, 2, keys, uses, 1, 1, CUOPTIM_NONE, backend));
+  OK(cuoptimCreate(&plain, &subs[0], backend, 0));
+  float *mp[3], *pp[2], *g = test_mem_from(backend, init, 24);
+  const char *const names[3] = {"dense/kernel", "conv/kernel", "dense/bias"};
+  const int ranks[3] = {2, 1, 1};
+  const int64_t *dims[3] = {matrix, vector, bias};
+  for (int k = 0; k < 3; k++) {
+    cuoptimVariable_t index = -1;
+    mp[k] = test_mem_from(backend, init, 24);
+    OK(cuoptimAddVariableWithShape(multi, names[k], mp[k], CUOPTIM_FLOAT32, ranks[k], dims[k], &index));
+    if (k == 2) continue;
+    pp[k] = test_mem_from(backend, init, 24);
+    OK(cuoptimAddVariableWithShape(plain, names[k], pp[k], CUOPTIM_FLOAT32, ranks[k], dims[k], &index));
+  }
+  for (int s = 0; s < 3; s++) {
+    test_mem_upload(backend, g, grads[s], sizeof grads[s]);
+    cuoptimGradient_t pairs[3] = {{0, g, CUOPTIM_FLOAT32}, {1, g, CUOPTIM_FLOAT32}, {2, g, CUOPTIM_FLOAT32}};
+    OK(cuoptimApplyGradients(multi, 3, pairs, NULL));
+    OK(cuoptimApplyGradients(plain, 2, pairs, NULL));
+    OK(cuoptimSynchronize(multi));
+    OK(cuoptimSynchronize(plain));
+  }
+  for (int k = 0; k < 2; k++) {
+    float got[24], want[24];
+    test_mem_download(backend, got, mp[k], 24 * sizeof(float));
+    test_mem_download(backend, want, pp[k], 24 * sizeof(float));
+    cr_expect(memcmp(got, want, (size_t)(k ? 5 : 24) * sizeof(float)) == 0, "%s: the sub-optimizer's steps differ",
+              names[k]);
+    cr_expect(memcmp(got, init, (size_t)(k ? 5 : 24) * sizeof(float)) != 0, "%s did not move", names[k]);
+  }
+  cr_expect_eq(sub_iterations(multi, 0), 3);
+  OK(cuoptimDestroy(multi));
+  OK(cuoptimDestroy(plain));
+  for (int k = 0; k < 3; k++) test_mem_free(backend, mp[k]);
+  for (int k = 0; k < 2; k++) test_mem_free(backend, pp[k]);
+  test_mem_free(backend, g);
+}

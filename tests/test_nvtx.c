@@ -102,10 +102,10 @@ static void expect_events(const char *const *want, int n, const char *label) {
   cr_expect_eq(seen.foreign_domain, 0, "%s: a range outside the cuoptim domain", label);
 }
 
-/* Two steps of Adam with global_clipnorm (so the inspect stage runs) on one variable. */
-static void two_steps(cuoptimBackend_t backend) {
+/* Two steps of `kind` with global_clipnorm (so the inspect stage runs) on one variable. */
+static void two_steps(cuoptimBackend_t backend, cuoptimOptimizerKind_t kind) {
   test_require_backend(backend);
-  cuoptimConfig_t c = test_config(CUOPTIM_ADAM);
+  cuoptimConfig_t c = test_config(kind);
   c.global_clipnorm = 1.0;
   cuoptimOptimizer_t opt = NULL;
   OK(cuoptimCreate(&opt, &c, backend, 0));
@@ -126,9 +126,9 @@ static void two_steps(cuoptimBackend_t backend) {
 }
 
 /* The host backend advances the state in a finish stage; the CUDA backend's prologue kernel does
- * it (no launch, no range of its own). */
-static void check_ranges(cuoptimBackend_t backend) {
-  two_steps(backend);
+ * it (no launch, no range of its own). Adafactor's three kernels are its update stage. */
+static void check_ranges(cuoptimBackend_t backend, cuoptimOptimizerKind_t kind) {
+  two_steps(backend, kind);
   const char *label = test_backend_name(backend);
   cr_expect_eq(seen.domains, 1, "%s: domains created: %d", label, seen.domains);
   cr_expect_str_eq(seen.domain_name, "cuoptim", "%s: domain name", label);
@@ -143,9 +143,11 @@ static void check_ranges(cuoptimBackend_t backend) {
   cr_expect_eq(seen.max_depth, 2, "%s: nesting depth %d, want 2", label, seen.max_depth);
 }
 
-Test(nvtx, a_step_is_one_range_with_a_range_per_stage_host) { check_ranges(CUOPTIM_BACKEND_HOST); }
+Test(nvtx, a_step_is_one_range_with_a_range_per_stage_host) { check_ranges(CUOPTIM_BACKEND_HOST, CUOPTIM_ADAM); }
 
-Test(nvtx, a_step_is_one_range_with_a_range_per_stage_cuda) { check_ranges(CUOPTIM_BACKEND_CUDA); }
+Test(nvtx, a_step_is_one_range_with_a_range_per_stage_cuda) { check_ranges(CUOPTIM_BACKEND_CUDA, CUOPTIM_ADAM); }
+
+Test(nvtx, an_adafactor_step_has_the_same_ranges_cuda) { check_ranges(CUOPTIM_BACKEND_CUDA, CUOPTIM_ADAFACTOR); }
 
 /* A call refused for bad input opens no range, and the ranges stay balanced after it. */
 Test(nvtx, a_refused_step_opens_no_range) {
