@@ -42,7 +42,9 @@
  *     piece of it was ordered after on its stream (work the caller enqueued there before), never
  *     for other work on those streams or for other streams. On a device without stream-ordered
  *     memory pools (cudaDevAttrMemoryPoolsSupported 0) cuoptimCreate, the build of the state and
- *     cuoptimDestroy fall back to cudaMalloc and cudaFree, which synchronize the device.
+ *     cuoptimDestroy fall back to cudaMalloc and cudaFree, which synchronize the device. The one
+ *     other exception: cuoptimDestroy of a Muon optimizer with matrices releases its cuBLAS
+ *     handle, which cuBLAS documents as synchronizing the device (see CUOPTIM_MUON).
  */
 #ifndef CUOPTIM_H
 #define CUOPTIM_H
