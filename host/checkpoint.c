@@ -810,7 +810,7 @@ static cuoptimStatus_t read_scalars(Plan *plan, cuoptimTransfer *t) {
     Part *part = &plan->parts[p];
     const struct cuoptimOptimizer *opt = part->opt;
     if (opt->multi) {
-      part->scalars.outer_iterations = opt->multi->iterations;
+      CUOPTIM_CHECK(cuoptim_multi_count((cuoptimOptimizer_t)opt, "cuoptimSave", &part->scalars.outer_iterations));
       part->scalars.outer_learning_rate = opt->multi->learning_rate;
       continue;
     }
@@ -1532,16 +1532,21 @@ static cuoptimStatus_t install_state(Loader *l, cuoptimTransfer *t) {
   for (int p = 0; p < plan->num_parts; p++) {
     const Part *part = &plan->parts[p];
     if (part->opt->multi) continue;
+    /* A MultiOptimizer's count stays what it was when its sub-optimizer is loaded alone (a
+     * MultiOptimizer's file sets it below). */
+    int64_t old_raw = 0;
+    if (part->opt->parent) CUOPTIM_CHECK(cuoptim_raw_iterations(part->opt, "cuoptimLoad", &old_raw));
     memcpy(t->staging, &part->scalars.state, sizeof part->scalars.state);
     CUOPTIM_CHECK(io->ops->transfer_copy(io, t, part->opt->state, t->staging, sizeof part->scalars.state,
                                          CUOPTIM_COPY_TO_BACKEND));
     CUOPTIM_CHECK(io->ops->transfer_wait(io, t)); /* before the staging buffer is written again */
+    if (part->opt->parent) cuoptim_multi_sub_counter_moved(part->opt, old_raw, part->scalars.state.iterations);
   }
   for (int p = 0; p < plan->num_parts; p++) {
     const Scalars *s = &plan->parts[p].scalars;
     cuoptimOptimizer_t opt = plan->parts[p].opt;
     if (opt->multi) {
-      opt->multi->iterations = s->outer_iterations;
+      CUOPTIM_CHECK(cuoptim_multi_set_count(opt, s->outer_iterations, "cuoptimLoad"));
       opt->multi->learning_rate = s->outer_learning_rate;
       continue;
     }

@@ -67,6 +67,19 @@ cuoptimStatus_t cuoptim_multi_uses_weight_decay(struct cuoptimOptimizer *opt, cu
 cuoptimStatus_t cuoptim_multi_apply(struct cuoptimOptimizer *opt, int n, const cuoptimGradient_t *grads,
                                     cuoptimStream_t stream);
 cuoptimStatus_t cuoptim_multi_iterations(struct cuoptimOptimizer *opt, int64_t *iterations);
+/* The MultiOptimizer's step count (Keras's `iterations`; see struct cuoptimMulti), and setting it. */
+cuoptimStatus_t cuoptim_multi_count(struct cuoptimOptimizer *opt, const char *caller, int64_t *count);
+cuoptimStatus_t cuoptim_multi_set_count(struct cuoptimOptimizer *opt, int64_t count, const char *caller);
+/* A sub-optimizer's raw counter went from old_raw to new_raw other than by a step of its
+ * MultiOptimizer (set or loaded): the MultiOptimizer's count stays what it was. */
+void cuoptim_multi_sub_counter_moved(struct cuoptimOptimizer *sub, int64_t old_raw, int64_t new_raw);
+/* A step of a sub-optimizer's own handle (not one of its MultiOptimizer's): refused on a capturing
+ * stream; else stepped, and not counted as a MultiOptimizer step. */
+int cuoptim_multi_lone_step_of(const struct cuoptimOptimizer *opt);
+cuoptimStatus_t cuoptim_multi_lone_step(struct cuoptimOptimizer *sub, int n, const cuoptimGradient_t *grads,
+                                        cuoptimStream_t stream);
+/* The raw iteration counter of a plain optimizer's state (Keras's `_iterations`). */
+cuoptimStatus_t cuoptim_raw_iterations(struct cuoptimOptimizer *opt, const char *caller, int64_t *raw);
 cuoptimStatus_t cuoptim_multi_weight_count(struct cuoptimOptimizer *opt, int *count);
 cuoptimStatus_t cuoptim_multi_weight_info(struct cuoptimOptimizer *opt, int index, cuoptimWeightInfo_t *info);
 cuoptimStatus_t cuoptim_multi_get_weights(struct cuoptimOptimizer *opt, int index, double *values, size_t count);

@@ -443,29 +443,81 @@ cuoptimStatus_t cuoptim_multi_apply(cuoptimOptimizer_t opt, int n, const cuoptim
   if (m->num_variables == 0)
     return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: the optimizer has no variables (cuoptimAddVariable)",
                          caller);
-  cuoptimOptimizer_t first = m->optimizers[0];
-  if (first->ops->capturing(first, stream))
-    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
-                         "%s: stream is capturing a CUDA graph: a MultiOptimizer step cannot be captured (its "
-                         "iteration counter is kept on the host)",
-                         caller);
   CUOPTIM_CHECK(check_step(m, n, grads, caller));
   CUOPTIM_CHECK(group_gradients(m, n, grads, caller));
   m->built = 1;
+  /* Every sub-optimizer with variables steps (check_step): the witness's counter counts this step
+   * (a captured one on each replay), so the MultiOptimizer keeps no counter of its own. */
+  cuoptimStatus_t status = CUOPTIM_STATUS_SUCCESS;
+  m->stepping = 1;
   int start = 0;
-  for (int k = 0; k < m->num_optimizers; k++) {
+  for (int k = 0; k < m->num_optimizers && status == CUOPTIM_STATUS_SUCCESS; k++) {
     int count = m->given[k];
-    if (count > 0) CUOPTIM_CHECK(cuoptimApplyGradients(m->optimizers[k], count, m->scratch + start, stream));
+    if (count > 0) status = cuoptimApplyGradients(m->optimizers[k], count, m->scratch + start, stream);
     start += count;
   }
-  m->iterations++;
+  m->stepping = 0;
+  return status;
+}
+
+/* The first sub-optimizer with variables (which steps in every step), or -1. */
+static int witness_of(const struct cuoptimMulti *m) {
+  for (int k = 0; k < m->num_optimizers; k++)
+    if (m->optimizers[k]->num_variables > 0) return k;
+  return -1;
+}
+
+cuoptimStatus_t cuoptim_multi_count(cuoptimOptimizer_t opt, const char *caller, int64_t *count) {
+  struct cuoptimMulti *m = opt->multi;
+  int w = witness_of(m);
+  int64_t raw = 0;
+  if (w >= 0) CUOPTIM_CHECK(cuoptim_raw_iterations(m->optimizers[w], caller, &raw));
+  *count = m->iterations + (w >= 0 ? raw - m->witness_base : 0);
   return CUOPTIM_STATUS_SUCCESS;
+}
+
+cuoptimStatus_t cuoptim_multi_set_count(cuoptimOptimizer_t opt, int64_t count, const char *caller) {
+  struct cuoptimMulti *m = opt->multi;
+  int w = witness_of(m);
+  int64_t raw = 0;
+  if (w >= 0) CUOPTIM_CHECK(cuoptim_raw_iterations(m->optimizers[w], caller, &raw));
+  m->iterations = count;
+  m->witness_base = raw;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
+void cuoptim_multi_sub_counter_moved(cuoptimOptimizer_t sub, int64_t old_raw, int64_t new_raw) {
+  struct cuoptimMulti *m = sub->parent->multi;
+  int w = witness_of(m);
+  if (w < 0 || m->optimizers[w] != sub) return;
+  m->iterations += old_raw - m->witness_base; /* the count as it was */
+  m->witness_base = new_raw;
+}
+
+int cuoptim_multi_lone_step_of(const struct cuoptimOptimizer *opt) {
+  return opt->parent != NULL && !opt->parent->multi->stepping;
+}
+
+cuoptimStatus_t cuoptim_multi_lone_step(cuoptimOptimizer_t sub, int n, const cuoptimGradient_t *grads,
+                                        cuoptimStream_t stream) {
+  struct cuoptimMulti *m = sub->parent->multi;
+  if (sub->ops->capturing(sub, stream))
+    return cuoptim_error(CUOPTIM_STATUS_INVALID_STATE,
+                         "cuoptimApplyGradients: stream is capturing a CUDA graph: a sub-optimizer's own step "
+                         "cannot be captured (its MultiOptimizer's step count could not tell its replays from "
+                         "the MultiOptimizer's); capture the MultiOptimizer's step");
+  m->stepping = 1; /* this call steps it as any optimizer */
+  cuoptimStatus_t status = cuoptimApplyGradients(sub, n, grads, stream);
+  m->stepping = 0;
+  /* Not a MultiOptimizer step: if the witness stepped, the count must not move. */
+  int w = witness_of(m);
+  if (status == CUOPTIM_STATUS_SUCCESS && n > 0 && w >= 0 && m->optimizers[w] == sub) m->witness_base++;
+  return status;
 }
 
 cuoptimStatus_t cuoptim_multi_iterations(cuoptimOptimizer_t opt, int64_t *iterations) {
   CUOPTIM_REQUIRE_NOT_NULL("cuoptimGetIterations", iterations);
-  *iterations = opt->multi->iterations;
-  return CUOPTIM_STATUS_SUCCESS;
+  return cuoptim_multi_count(opt, "cuoptimGetIterations", iterations);
 }
 
 /* ---- the state, in Keras's `variables` order --------------------------------------------------- */
@@ -561,7 +613,9 @@ cuoptimStatus_t cuoptim_multi_get_weights(cuoptimOptimizer_t opt, int index, dou
   int sub = -1, local = 0;
   CUOPTIM_CHECK(locate_values(m, index, count, caller, &sub, &local));
   if (sub >= 0) return cuoptimGetWeights(m->optimizers[sub], local, values, count);
-  values[0] = local == 0 ? (double)m->iterations : (double)m->learning_rate;
+  int64_t iterations = 0;
+  if (local == 0) CUOPTIM_CHECK(cuoptim_multi_count(opt, caller, &iterations));
+  values[0] = local == 0 ? (double)iterations : (double)m->learning_rate;
   return CUOPTIM_STATUS_SUCCESS;
 }
 
@@ -578,7 +632,7 @@ cuoptimStatus_t cuoptim_multi_set_weights(cuoptimOptimizer_t opt, int index, con
     if (!(x >= 0 && x <= 9.0e15 && floor(x) == x))
       return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: values[0] = %g: \"%s\" is a counter (an integer >= 0)",
                            caller, x, name);
-    m->iterations = (int64_t)x;
+    CUOPTIM_CHECK(cuoptim_multi_set_count(opt, (int64_t)x, caller));
   } else {
     if (!isfinite((float)x))
       return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: values[0] = %g: \"%s\" must be finite in float32",

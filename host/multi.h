@@ -23,7 +23,13 @@ struct cuoptimMulti {
   double loss_scale_factor;
   int built;     /* a step or a state call happened: no more variables */
   int adding;    /* registering a variable on a sub-optimizer */
+  /* Keras's `iterations` of the MultiOptimizer, one per step. Every sub-optimizer with variables
+   * steps in every step (check_step), so the first of them (the witness) counts the steps, those
+   * a CUDA graph replays too: the count is iterations + (the witness's raw counter now -
+   * witness_base) (cuoptim_multi_count). */
   int64_t iterations;
+  int64_t witness_base;
+  int stepping; /* in cuoptim_multi_apply: a sub-optimizer's step is the MultiOptimizer's */
   float learning_rate; /* Keras's MultiOptimizer learning_rate variable (0.0, unused) */
   int num_variables, capacity;
   multi_route *routes;

@@ -686,6 +686,13 @@ static cuoptimStatus_t write_state(cuoptimOptimizer_t opt, const cuoptimScalarSt
   return opt->ops->upload(opt, opt->state, state, sizeof *state);
 }
 
+cuoptimStatus_t cuoptim_raw_iterations(cuoptimOptimizer_t opt, const char *caller, int64_t *raw) {
+  cuoptimScalarState state;
+  CUOPTIM_CHECK(read_state(opt, caller, &state));
+  *raw = state.iterations;
+  return CUOPTIM_STATUS_SUCCESS;
+}
+
 cuoptimStatus_t cuoptimGetIterations(cuoptimOptimizer_t opt, int64_t *iterations) {
   static const char *caller = "cuoptimGetIterations";
   if (opt && opt->multi) return cuoptim_multi_iterations(opt, iterations);
@@ -927,6 +934,7 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
     return transfer_buffer(opt, *entry->buffer, values, NULL, entry->info.count, caller);
   cuoptimScalarState state;
   CUOPTIM_CHECK(read_state(opt, caller, &state));
+  const int64_t old_iterations = state.iterations;
   switch (entry->kind) {
     case CUOPTIM_WEIGHT_ITERATION: state.iterations = (int64_t)values[0]; break;
     case CUOPTIM_WEIGHT_LEARNING_RATE: state.learning_rate = (float)values[0]; break;
@@ -938,7 +946,10 @@ cuoptimStatus_t cuoptimSetWeights(cuoptimOptimizer_t opt, int index, const doubl
     default: return cuoptim_error(CUOPTIM_STATUS_INTERNAL_ERROR, "%s: unknown entry kind", caller);
   }
   CUOPTIM_CHECK(write_state(opt, &state));
-  if (entry->kind == CUOPTIM_WEIGHT_ITERATION) cuoptim_note_iterations(opt, state.iterations);
+  if (entry->kind == CUOPTIM_WEIGHT_ITERATION) {
+    cuoptim_note_iterations(opt, state.iterations);
+    if (opt->parent) cuoptim_multi_sub_counter_moved(opt, old_iterations, state.iterations);
+  }
   if (entry->kind == CUOPTIM_WEIGHT_LEARNING_RATE) opt->config.learning_rate.initial_learning_rate = state.learning_rate;
   return CUOPTIM_STATUS_SUCCESS;
 }

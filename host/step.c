@@ -114,6 +114,7 @@ cuoptimStatus_t cuoptimApplyGradients(cuoptimOptimizer_t opt, int n, const cuopt
   static const char *caller = "cuoptimApplyGradients";
   if (opt && opt->multi) return cuoptim_multi_apply(opt, n, grads, stream);
   CUOPTIM_REQUIRE_OPTIMIZER(caller, opt);
+  if (cuoptim_multi_lone_step_of(opt)) return cuoptim_multi_lone_step(opt, n, grads, stream);
   if (n < 0) return cuoptim_error(CUOPTIM_STATUS_INVALID_VALUE, "%s: n = %d: must be >= 0", caller, n);
   if (n == 0) return CUOPTIM_STATUS_SUCCESS; /* Keras returns early, iterations unchanged */
   CUOPTIM_REQUIRE_NOT_NULL(caller, grads);

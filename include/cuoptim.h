@@ -1027,10 +1027,16 @@ CUOPTIM_API cuoptimStatus_t cuoptimLoad(cuoptimOptimizer_t optimizer, const char
  *                                   (0, 1, 2, ...). Refused once the state is built (first step or
  *                                   state access) and on a sub-optimizer's handle.
  *   cuoptimGetVariableCount/Shape, cuoptimUsesWeightDecay   the variable's, as registered.
- *   cuoptimApplyGradients, cuoptimMinimize   as above. CUDA backend: a step on a stream that is
- *                                   capturing a CUDA graph is refused (INVALID_STATE): the
- *                                   MultiOptimizer's counter lives on the host.
- *   cuoptimGetIterations            the MultiOptimizer's own counter (Keras `iterations`).
+ *   cuoptimApplyGradients, cuoptimMinimize   as above. CUDA backend: a step may be captured in a
+ *                                   CUDA graph (after the first, as for any optimizer); each replay
+ *                                   is a step of the MultiOptimizer and of its sub-optimizers. A
+ *                                   step of a sub-optimizer's own handle is not a MultiOptimizer
+ *                                   step, and is refused on a capturing stream (INVALID_STATE).
+ *   cuoptimGetIterations            the MultiOptimizer's own count of steps (Keras `iterations`):
+ *                                   every sub-optimizer with variables steps in every step, so
+ *                                   the count follows the first one's raw counter (replays
+ *                                   included); setting the MultiOptimizer's "iteration" entry sets
+ *                                   it, setting or loading a sub-optimizer's counter leaves it.
  *   cuoptimGetWeightCount/Info, cuoptimGetWeights/SetWeights   Keras's `variables` order: the
  *                                   MultiOptimizer's "iteration" (a counter) and "learning_rate"
  *                                   (Keras creates it with 0.0 and never uses it), then every

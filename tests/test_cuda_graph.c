@@ -726,3 +726,113 @@ Test(cuda_graph, replay_with_five_thousand_variables_matches_eager) {
   free_side(&graphed);
   CUDA_OK(cudaStreamDestroy(stream));
 }
+
+/* ---- a MultiOptimizer's step ------------------------------------------------------------------ */
+
+#define MULTI_COUNT 1000
+#define MULTI_BIAS 7
+
+typedef struct {
+  cuoptimOptimizer_t opt;
+  float *kernel, *bias, *grad_kernel, *grad_bias;
+} multi_side_t;
+
+/* SGD with momentum (the default, for "dense/bias") and Adam ("dense/kernel"), the same values
+ * and gradients on every side. */
+static void multi_side_make(multi_side_t *s, const float *kernel, const float *bias) {
+  cuoptimConfig_t subs[2] = {test_config(CUOPTIM_ADAM), test_config(CUOPTIM_SGD)};
+  subs[1].momentum = 0.9;
+  static const char *const patterns[] = {"dense/kernel"};
+  static const int uses[] = {0};
+  const cuoptimMultiConfig_t mc = {.num_optimizers = 2, .optimizers = subs, .num_patterns = 1, .patterns = patterns,
+                                   .pattern_optimizer = uses, .default_optimizer = 1,
+                                   .loss_scale_factor = CUOPTIM_NONE};
+  OK(cuoptimCreateMulti(&s->opt, &mc, CUOPTIM_BACKEND_CUDA, 0));
+  s->kernel = test_mem_from(CUOPTIM_BACKEND_CUDA, kernel, MULTI_COUNT);
+  s->bias = test_mem_from(CUOPTIM_BACKEND_CUDA, bias, MULTI_BIAS);
+  s->grad_kernel = test_mem_from(CUOPTIM_BACKEND_CUDA, kernel, MULTI_COUNT);
+  s->grad_bias = test_mem_from(CUOPTIM_BACKEND_CUDA, bias, MULTI_BIAS);
+  cuoptimVariable_t v;
+  OK(cuoptimAddVariable(s->opt, "dense/kernel", s->kernel, CUOPTIM_FLOAT32, MULTI_COUNT, &v));
+  OK(cuoptimAddVariable(s->opt, "dense/bias", s->bias, CUOPTIM_FLOAT32, MULTI_BIAS, &v));
+}
+
+static cuoptimStatus_t multi_side_step(multi_side_t *s, cudaStream_t stream) {
+  const cuoptimGradient_t grads[2] = {{0, s->grad_kernel, CUOPTIM_FLOAT32}, {1, s->grad_bias, CUOPTIM_FLOAT32}};
+  return cuoptimApplyGradients(s->opt, 2, grads, stream);
+}
+
+static void multi_side_free(multi_side_t *s) {
+  OK(cuoptimDestroy(s->opt));
+  test_mem_free(CUOPTIM_BACKEND_CUDA, s->kernel);
+  test_mem_free(CUOPTIM_BACKEND_CUDA, s->bias);
+  test_mem_free(CUOPTIM_BACKEND_CUDA, s->grad_kernel);
+  test_mem_free(CUOPTIM_BACKEND_CUDA, s->grad_bias);
+}
+
+static int64_t iterations_of(cuoptimOptimizer_t opt) {
+  int64_t n = -1;
+  OK(cuoptimGetIterations(opt, &n));
+  return n;
+}
+
+/* Captured once, replayed: each replay is a step of both sub-optimizers and of the
+ * MultiOptimizer (its count is its first sub-optimizer's steps), bit for bit the eager steps. A
+ * sub-optimizer's own step cannot be captured (the MultiOptimizer could not tell its replays). */
+Test(cuda_graph, replay_multi_optimizer_matches_eager) {
+  NEED_GPU();
+  float kernel[MULTI_COUNT], bias[MULTI_BIAS];
+  for (int i = 0; i < MULTI_COUNT; i++) kernel[i] = test_pseudo_random(SEED, 1, (uint64_t)i);
+  for (int i = 0; i < MULTI_BIAS; i++) bias[i] = test_pseudo_random(SEED, 2, (uint64_t)i);
+  CUDA_OK(cudaSetDevice(0));
+  cudaStream_t stream = NULL;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  multi_side_t eager, replayed;
+  multi_side_make(&eager, kernel, bias);
+  multi_side_make(&replayed, kernel, bias);
+  const int steps = 1 + REPLAYS;
+  for (int s = 0; s < steps; s++) OK(multi_side_step(&eager, stream));
+
+  OK(multi_side_step(&replayed, stream)); /* the first step builds the state: not capturable */
+  cudaGraph_t graph = NULL;
+  cudaGraphExec_t exec = NULL;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  OK(multi_side_step(&replayed, stream));
+  cuoptimOptimizer_t sub = NULL;
+  OK(cuoptimGetSubOptimizer(replayed.opt, 1, &sub));
+  const cuoptimGradient_t lone = {0, replayed.grad_bias, CUOPTIM_FLOAT32};
+  cuoptimStatus_t refused = cuoptimApplyGradients(sub, 1, &lone, stream);
+  char message[1024];
+  snprintf(message, sizeof message, "%s", cuoptimGetLastErrorMessage());
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  cr_expect_eq(refused, CUOPTIM_STATUS_INVALID_STATE, "a sub-optimizer's own step captured: status %d", (int)refused);
+  cr_expect(strstr(message, "sub-optimizer's own step") != NULL, "message: %s", message);
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int r = 0; r < REPLAYS; r++) CUDA_OK(cudaGraphLaunch(exec, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+
+  cr_expect_eq(iterations_of(replayed.opt), steps, "the MultiOptimizer's iterations after %d replays: %lld", REPLAYS,
+               (long long)iterations_of(replayed.opt));
+  cr_expect_eq(iterations_of(eager.opt), steps);
+  for (int k = 0; k < 2; k++) {
+    cuoptimOptimizer_t a = NULL, b = NULL;
+    OK(cuoptimGetSubOptimizer(eager.opt, k, &a));
+    OK(cuoptimGetSubOptimizer(replayed.opt, k, &b));
+    cr_expect_eq(iterations_of(a), iterations_of(b), "sub-optimizer %d's iterations", k);
+  }
+  float got[MULTI_COUNT], want[MULTI_COUNT];
+  OK(cuoptimSynchronize(eager.opt));
+  OK(cuoptimSynchronize(replayed.opt));
+  test_mem_download(CUOPTIM_BACKEND_CUDA, got, replayed.kernel, sizeof got);
+  test_mem_download(CUOPTIM_BACKEND_CUDA, want, eager.kernel, sizeof want);
+  cr_expect(memcmp(got, want, sizeof got) == 0, "dense/kernel (Adam): replays differ from eager steps");
+  cr_expect(memcmp(got, kernel, sizeof got) != 0, "dense/kernel did not move");
+  test_mem_download(CUOPTIM_BACKEND_CUDA, got, replayed.bias, MULTI_BIAS * sizeof(float));
+  test_mem_download(CUOPTIM_BACKEND_CUDA, want, eager.bias, MULTI_BIAS * sizeof(float));
+  cr_expect(memcmp(got, want, MULTI_BIAS * sizeof(float)) == 0, "dense/bias (SGD): replays differ from eager steps");
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  multi_side_free(&eager);
+  multi_side_free(&replayed);
+  CUDA_OK(cudaStreamDestroy(stream));
+}

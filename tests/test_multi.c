@@ -779,3 +779,67 @@ MULTI_TEST(adafactor_sub_optimizer_steps_as_a_plain_adafactor) {
   for (int k = 0; k < 2; k++) test_mem_free(backend, pp[k]);
   test_mem_free(backend, g);
 }
+
+/* Keras's `iterations` of the MultiOptimizer counts its steps, whatever is set on its parts: its
+ * own "iteration" entry, a sub-optimizer's (through either handle), a sub-optimizer's own step
+ * and a checkpoint (cuoptimSave/cuoptimLoad) leave it where Keras would. */
+MULTI_TEST(iterations_count_the_multi_optimizers_steps) {
+  cuoptimConfig_t subs[2] = {config_of(CUOPTIM_ADAM, 0.01), config_of(CUOPTIM_SGD, 0.1)};
+  subs[0].gradient_accumulation_steps = 2; /* its raw counter still advances every step */
+  const char *keys[] = {"kernel"};
+  const int uses[] = {0};
+  vars_t v = {backend, NULL, 0, {0}, {0}, {0}};
+  OK(try_create(&v.opt, subs, 2, keys, uses, 1, 1, CUOPTIM_NONE, backend));
+  const float w[3] = {1, 2, 3}, g[3] = {0.5f, -0.25f, 1};
+  add_var(&v, "kernel", w, 3);
+  add_var(&v, "bias", w, 3);
+  const float *grads[2] = {g, g};
+  cuoptimOptimizer_t adam = NULL, sgd = NULL;
+  OK(cuoptimGetSubOptimizer(v.opt, 0, &adam));
+  OK(cuoptimGetSubOptimizer(v.opt, 1, &sgd));
+  int64_t n = -1;
+  for (int s = 0; s < 3; s++) OK(try_step(&v, grads));
+  OK(cuoptimGetIterations(v.opt, &n));
+  cr_expect_eq(n, 3, "after 3 steps: %lld", (long long)n);
+  OK(cuoptimGetIterations(adam, &n));
+  cr_expect_eq(n, 1, "Adam with accumulation 2 after 3 steps: %lld", (long long)n);
+
+  const double ten = 10;
+  OK(cuoptimSetWeights(v.opt, 0, &ten, 1)); /* the MultiOptimizer's own "iteration" */
+  OK(try_step(&v, grads));
+  OK(cuoptimGetIterations(v.opt, &n));
+  cr_expect_eq(n, 11, "set to 10, then a step: %lld", (long long)n);
+
+  const double hundred = 100;
+  OK(cuoptimSetWeights(v.opt, 2, &hundred, 1)); /* Adam's "iteration", through the MultiOptimizer */
+  OK(cuoptimSetWeights(sgd, 0, &hundred, 1));   /* SGD's, through its own handle */
+  double values[1] = {-1};
+  OK(cuoptimGetWeights(v.opt, 0, values, 1));
+  cr_expect_eq(values[0], 11, "its parts' counters set: %g", values[0]);
+  OK(try_step(&v, grads));
+  OK(cuoptimGetIterations(v.opt, &n));
+  cr_expect_eq(n, 12, "a step after: %lld", (long long)n);
+
+  const float *adam_grads[1] = {g};
+  cuoptimGradient_t lone = {0, v.grad[0], CUOPTIM_FLOAT32};
+  test_mem_upload(backend, v.grad[0], adam_grads[0], 3 * sizeof(float));
+  OK(cuoptimApplyGradients(adam, 1, &lone, NULL)); /* a step of Adam alone */
+  OK(cuoptimGetIterations(v.opt, &n));
+  cr_expect_eq(n, 12, "a sub-optimizer's own step is not the MultiOptimizer's: %lld", (long long)n);
+  OK(cuoptimGetWeights(v.opt, 2, values, 1));
+  cr_expect_eq(values[0], 102, "Adam's raw counter: %g", values[0]);
+
+  char path[256];
+  snprintf(path, sizeof path, "%s/cuoptim-multi-iterations-%d.safetensors",
+           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)backend);
+  OK(cuoptimSave(v.opt, path));
+  OK(cuoptimSetWeights(v.opt, 0, &ten, 1));
+  OK(cuoptimLoad(v.opt, path));
+  OK(cuoptimGetIterations(v.opt, &n));
+  cr_expect_eq(n, 12, "loaded: %lld", (long long)n);
+  OK(try_step(&v, grads));
+  OK(cuoptimGetIterations(v.opt, &n));
+  cr_expect_eq(n, 13, "a step after the load: %lld", (long long)n);
+  remove(path);
+  vars_destroy(&v);
+}
