@@ -1289,9 +1289,7 @@ static_assert(CUOPTIM_MUON_SEGMENT == CUOPTIM_CHUNK && CUOPTIM_MUON_LANES == CUO
 /* Element i of the variable's row-major order in X's row-major order (X is the transpose when the
  * variable is tall). */
 __device__ __forceinline__ uint64_t muon_index(const cuoptimMuonMatrix &m, uint64_t i) {
-  if (!m.tall) return i;
-  uint64_t row = i / (uint64_t)m.cols, col = i % (uint64_t)m.cols;
-  return col * (uint64_t)m.rows + row;
+  return cuoptim_muon_x_index(m.tall, (uint64_t)m.rows, (uint64_t)m.cols, i);
 }
 
 /* Elements [begin, end) of chunk `chunk` of a buffer of n elements (empty past its end). */

@@ -403,6 +403,12 @@ CUOPTIM_HD double cuoptim_muon_lane_sumsq(const float *segment, int64_t n, int64
   return sum;
 }
 
+/* Element i (row-major) of a rows x cols Muon variable in X's row-major order: X is the variable,
+ * or its transpose when the variable is tall (rows > cols). */
+CUOPTIM_HD uint64_t cuoptim_muon_x_index(int tall, uint64_t rows, uint64_t cols, uint64_t i) {
+  return tall ? i % cols * rows + i / cols : i;
+}
+
 /* Muon's lr_adjust(lr * x): times sqrt(max(rows, columns)) (sqrt_dim, a float32 square root of the
  * integer) and rms_rate, unless rms_rate is None. */
 CUOPTIM_HD float cuoptim_muon_apply(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float sqrt_dim, float w,

@@ -177,8 +177,6 @@ static inline void sum_squares(const host_f32 *restrict x, size_t n, double *res
   for (; i < n; i++) lane[i % LANES] += (double)x[i] * (double)x[i];
 }
 
-static inline double sum_lanes(const double *lane) { return cuoptim_lane_total(lane); }
-
 /* ---- the phases, generated for constant flags ------------------------------------------------ */
 
 /* The flags the preparation of a gradient tests (cuoptim_prepare_gradient). */
@@ -561,7 +559,7 @@ static void inspect_block(const Stage *st, size_t block, const cuoptimVariableRe
     }
     sum_squares(raw, m, lane);
   }
-  st->h->block_sums[2 * block] = sum_lanes(lane);
+  st->h->block_sums[2 * block] = cuoptim_lane_total(lane);
   st->h->block_nonfinite[block] = (unsigned char)nonfinite;
 }
 
@@ -609,8 +607,8 @@ static void lamb1_block(const Stage *st, size_t block, cuoptimVariableRec *v, co
     sum_squares(wd, m, w_lane);
     sum_squares(u, m, u_lane);
   }
-  st->h->block_sums[2 * block] = sum_lanes(w_lane);
-  st->h->block_sums[2 * block + 1] = sum_lanes(u_lane);
+  st->h->block_sums[2 * block] = cuoptim_lane_total(w_lane);
+  st->h->block_sums[2 * block + 1] = cuoptim_lane_total(u_lane);
 }
 
 static void lamb2_block(const Stage *st, cuoptimVariableRec *v, const cuoptimTensorScalars *t, size_t begin,
@@ -942,7 +940,7 @@ static cuoptimStatus_t update_lamb(cuoptimOptimizer_t opt) {
 static float mean_square(const host_f32 *x, size_t n) {
   double lane[LANES] = {0};
   for (size_t c = 0; c < n; c += BLOCK) sum_squares(x + c, n - c < BLOCK ? n - c : BLOCK, lane);
-  return cuoptim_mean_of_sum(sum_lanes(lane), n);
+  return cuoptim_mean_of_sum(cuoptim_lane_total(lane), n);
 }
 
 /* The velocity of a variable of rank >= 2 from the prepared gradient g: r and c from the row and

@@ -181,9 +181,7 @@ static inline cuoptimMuonShape cuoptim_muon_shape(const cuoptimVariableRec *v) {
 
 /* Element i of the variable's row-major order in X's row-major order. */
 static inline size_t cuoptim_muon_index(const cuoptimMuonShape *m, size_t i) {
-  if (!m->tall) return i;
-  size_t row = i / (size_t)m->cols, col = i % (size_t)m->cols;
-  return col * (size_t)m->rows + row;
+  return (size_t)cuoptim_muon_x_index(m->tall, (uint64_t)m->rows, (uint64_t)m->cols, i);
 }
 
 /* Muon's Newton-Schulz iteration on the host (host/newton_schulz.c): p->muon_ns_steps iterations
