@@ -388,7 +388,7 @@ __device__ __forceinline__ void update_one(const cuoptimRuleParams &p, const cuo
                                            float &s0, float &s1, float &s2, float &acc, float &avg, int use_ema) {
   cuoptimRuleParams pk = p;
   pk.kind = KIND; /* lets the compiler drop the other rules */
-  if (has_grad) cuoptim_update_element(&pk, &s, &t, use_wd, g, &w, &s0, &s1, &s2, &acc);
+  if (has_grad) cuoptim_update_element(&pk, &s, &t, use_wd, g, &w, &s0, &s1, &s2, &acc, NULL);
   if (use_ema) cuoptim_ema_element(&s, &w, &avg);
 }
 
@@ -610,15 +610,18 @@ __device__ __forceinline__ void fixed_load(const FixedChunk<SPEC, DT> &c, uint32
   if (F::slots > 1) load4f(c.s1, i, x.a1);
 }
 
+/* The rule on 4 elements; f: the fast square roots and divisions (cuda/rules.h), or NULL for
+ * sqrtf and '/'. Returns false when f saw an operand outside the fast sequences' range. */
 template <int SPEC, bool DECAY>
-__device__ __forceinline__ void fixed_apply(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
-                                            FixedVectors &x) {
+__device__ __forceinline__ bool fixed_apply(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
+                                            FixedVectors &x, cuoptimFastMath *f) {
   const cuoptimTensorScalars t = {}; /* read by no fixed rule (clipnorm and Lamb are generic) */
 #pragma unroll
   for (int k = 0; k < 4; k++) {
     float s2 = 0.0f, acc = 0.0f; /* no amsgrad, no accumulation */
-    cuoptim_update_element(&q, &s, &t, DECAY, x.g[k], &x.w[k], &x.a0[k], &x.a1[k], &s2, &acc);
+    cuoptim_update_element(&q, &s, &t, DECAY, x.g[k], &x.w[k], &x.a0[k], &x.a1[k], &s2, &acc, f);
   }
+  return f == NULL || f->in_range;
 }
 
 template <int SPEC, int DT>
@@ -630,13 +633,39 @@ __device__ __forceinline__ void fixed_store(const FixedChunk<SPEC, DT> &c, uint3
   if (F::slots > 1) store4f(c.s1, i, x.a1);
 }
 
+/* Four elements at offset i of a chunk: loaded, the rule with sqrtf and '/', stored. */
+template <int SPEC, int DT, bool DECAY>
+__device__ __forceinline__ void fixed_vector_ieee(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
+                                                  const FixedChunk<SPEC, DT> &c, uint32_t i) {
+  FixedVectors x;
+  fixed_load(c, i, x);
+  fixed_apply<SPEC, DECAY>(q, s, x, NULL);
+  fixed_store(c, i, x);
+}
+
+/* Four elements at offset i of a chunk: loaded, the rule with the fast square roots and
+ * divisions (cuda/rules.h), stored, unless an operand was outside the fast sequences' range (a
+ * zero or tiny moment, a NaN): then nothing is stored and false returned, and the caller computes
+ * the four with sqrtf and '/' (fixed_vector_ieee) outside its loop, so that the slow subroutines'
+ * registers stay out of the loop. Either way the results are the IEEE ones. */
+template <int SPEC, int DT, bool DECAY>
+__device__ __forceinline__ bool fixed_vector_fast(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
+                                                  const FixedChunk<SPEC, DT> &c, uint32_t i) {
+  FixedVectors x;
+  cuoptimFastMath f = {1};
+  fixed_load(c, i, x);
+  if (!fixed_apply<SPEC, DECAY>(q, s, x, &f)) return false;
+  fixed_store(c, i, x);
+  return true;
+}
+
 /* One chunk of one variable with a gradient (DECAY: the variable's weight decay), by `lanes`.
  * Offsets inside the chunk are 32-bit. A whole, vectorizable chunk takes two vectors of 4
- * elements an iteration, one after the other (the loop's cost shared by 8 elements); keeping the
- * next vector's loads in flight during this one's math (a two-deep pipeline) needs 56 to 66
- * registers for Adam or spills at 48, the IEEE division's and square root's slow-path calls
- * pinning registers (bench/results/sass-report.md). The last chunk of a variable, a packed small
- * variable and unaligned buffers: a vector loop and a scalar tail. */
+ * elements an iteration, one after the other (the loop's cost shared by 8 elements). The loops
+ * run the fast square roots and divisions; a vector they send back leaves the loop, is computed
+ * with sqrtf and '/', and the loop goes on after it: the slow subroutines' calls, which pin
+ * registers, stay outside the loop (bench/results/sass-report.md). The last chunk of a variable,
+ * a packed small variable and unaligned buffers: a vector loop and a scalar tail (sqrtf, '/'). */
 template <int SPEC, int DT, bool DECAY>
 __device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cuoptimStepScalars &s,
                                             const cuoptimDeviceVariable &v, const cuoptimDeviceGradient &g,
@@ -656,31 +685,36 @@ __device__ __forceinline__ void fixed_chunk(const cuoptimRuleParams &q, const cu
     if (n == CUOPTIM_CHUNK) { /* a whole chunk: the block's (packed variables are smaller) */
       /* CUOPTIM_CHUNK / stride steps per thread, an even number: two per iteration, at one
        * address per buffer and a constant offset (the loop's cost shared by 8 elements). */
+      uint32_t i = 4 * threadIdx.x;
+      for (;;) {
+        uint32_t failed = 0; /* the offset of the vector sent back */
 #pragma unroll 1
-      for (uint32_t i = 4 * threadIdx.x; i < CUOPTIM_CHUNK; i += 2 * stride) {
+        for (; i < CUOPTIM_CHUNK; i += 2 * stride) {
+          const FixedChunk<SPEC, DT> e = fixed_at(c, opaque_offset(i));
+          if (!fixed_vector_fast<SPEC, DT, DECAY>(q, s, e, 0)) break;
+          if (!fixed_vector_fast<SPEC, DT, DECAY>(q, s, e, stride)) {
+            failed = stride;
+            break;
+          }
+        }
+        if (i >= CUOPTIM_CHUNK) return;
         const FixedChunk<SPEC, DT> e = fixed_at(c, opaque_offset(i));
-        FixedVectors a, b;
-        fixed_load(e, 0, a);
-        fixed_apply<SPEC, DECAY>(q, s, a);
-        fixed_store(e, 0, a);
-        fixed_load(e, stride, b);
-        fixed_apply<SPEC, DECAY>(q, s, b);
-        fixed_store(e, stride, b);
+        if (failed == 0) fixed_vector_ieee<SPEC, DT, DECAY>(q, s, e, 0);
+        fixed_vector_ieee<SPEC, DT, DECAY>(q, s, e, stride);
+        i += 2 * stride;
       }
-      return;
     }
-#pragma unroll 1
     for (uint32_t i = 4 * lanes.first; i < vector_end; i += 4 * lanes.count) {
-      FixedVectors x;
-      fixed_load(c, i, x);
-      fixed_apply<SPEC, DECAY>(q, s, x);
-      fixed_store(c, i, x);
+#pragma unroll 1
+      for (; i < vector_end; i += 4 * lanes.count)
+        if (!fixed_vector_fast<SPEC, DT, DECAY>(q, s, c, i)) break;
+      if (i < vector_end) fixed_vector_ieee<SPEC, DT, DECAY>(q, s, c, opaque_offset(i));
     }
   }
   for (uint32_t i = vector_end + lanes.first; i < n; i += lanes.count) {
     float wi = c.w[i], a0 = F::slots > 0 ? c.s0[i] : 0.0f, a1 = F::slots > 1 ? c.s1[i] : 0.0f, a2 = 0.0f, acc = 0.0f;
     const cuoptimTensorScalars t = {};
-    cuoptim_update_element(&q, &s, &t, DECAY, load_scalar(c.grad, DT, i), &wi, &a0, &a1, &a2, &acc);
+    cuoptim_update_element(&q, &s, &t, DECAY, load_scalar(c.grad, DT, i), &wi, &a0, &a1, &a2, &acc, NULL);
     c.w[i] = wi;
     if (DT != CUOPTIM_FLOAT32) store_scalar(c.half, DT, i, wi);
     if (F::slots > 0) c.s0[i] = a0;
@@ -1054,7 +1088,7 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) schedule_free_average_kernel(cu
   const cuoptimDeviceVariable v = step.variables[k];
   const float *w = working(v);
   for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < v.count; i += (uint64_t)gridDim.x * blockDim.x)
-    store_scalar(out, v.param_dtype, i, cuoptim_schedule_free_average(&p, w[i], v.slots[0][i]));
+    store_scalar(out, v.param_dtype, i, cuoptim_schedule_free_average(&p, w[i], v.slots[0][i], NULL));
 }
 
 /* slot0_copies_variable: ScheduleFreeAdamW's momentum starts as the variable (its float32 value). */
@@ -1078,6 +1112,59 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) build_kernel(cuoptimDeviceStep 
 
 __global__ void scatter_gradients_kernel(cuoptimDeviceGradient *table, const cuoptimGradientBatch batch) {
   for (int i = threadIdx.x; i < batch.count; i += blockDim.x) table[batch.first + i] = batch.entries[i];
+}
+
+/* ---- a check of the fixed kernels' square root and division on this device ---------------- */
+
+__device__ __forceinline__ float float_of_bits(uint32_t u) {
+  float x;
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+__device__ __forceinline__ uint32_t bits_of_float(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  return u;
+}
+
+/* A 32-bit mix of k (the SplitMix64 finalizer): divisors of every sign, exponent and significand. */
+__device__ __forceinline__ uint32_t check_divisor_bits(uint64_t k) {
+  k = (k ^ (k >> 30)) * 0xbf58476d1ce4e5b9ull;
+  k = (k ^ (k >> 27)) * 0x94d049bb133111ebull;
+  return (uint32_t)((k ^ (k >> 31)) >> 16);
+}
+
+/* For each 32-bit pattern x = first, first + 1, ...: where the fast square root's check passes, is
+ * its result sqrtf(x)? Where the fast division's check passes for x / b (b a mix of x's index, and
+ * the same significand at x's own exponent), is it x / b? Mismatches counted in mismatches[0]
+ * (square roots) and [1] (divisions). */
+__global__ void __launch_bounds__(CUOPTIM_BLOCK) check_fast_math_kernel(uint64_t first, uint64_t count,
+                                                                        unsigned *mismatches) {
+  const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+  unsigned sqrt_bad = 0, div_bad = 0;
+  for (uint64_t k = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; k < count; k += stride) {
+    const uint32_t xb = (uint32_t)(first + k);
+    const float x = float_of_bits(xb);
+    if (cuoptim_sqrt_in_range(x) && bits_of_float(cuoptim_sqrt_refine(x, cuoptim_rsqrt_approx(x))) != bits_of_float(sqrtf(x)))
+      sqrt_bad++;
+    const uint32_t mix = check_divisor_bits(first + k);
+    const float divisors[2] = {float_of_bits(mix), float_of_bits((mix & 0x807fffffu) | (xb & 0x7f800000u))};
+    for (int j = 0; j < 2; j++) {
+      const float b = divisors[j], q = cuoptim_div_refine(x, b, cuoptim_rcp_approx(b));
+      if (cuoptim_div_in_range(x, q) && bits_of_float(q) != bits_of_float(x / b)) div_bad++;
+    }
+  }
+  if (sqrt_bad) atomicAdd(&mismatches[0], sqrt_bad);
+  if (div_bad) atomicAdd(&mismatches[1], div_bad);
+}
+
+extern "C" int cuoptim_launch_check_fast_math(uint64_t first, uint64_t count, unsigned *mismatches, void *stream) {
+  if (count == 0) return (int)cudaSuccess;
+  const uint64_t blocks = (count + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK;
+  CUOPTIM_LAUNCH(check_fast_math_kernel, dim3((unsigned)(blocks < 4096 ? blocks : 4096)), CUOPTIM_BLOCK,
+                 (cudaStream_t)stream, first, count, mismatches);
+  return (int)cudaGetLastError();
 }
 
 /* ---- launchers ---------------------------------------------------------------------------- */

@@ -180,6 +180,10 @@ const cuoptimDeviceStep *cuoptim_cuda_device_step(struct cuoptimOptimizer *opt);
 int cuoptim_launch_combine_shards(const cuoptimDeviceStep *step, const cuoptimTensorScalars *gathered, int world,
                                   void *stream);
 int cuoptim_launch_finalize(const cuoptimDeviceStep *step, void *stream);
+/* Counts, over the 32-bit patterns first .. first + count - 1, where the fixed kernels' fast
+ * square root and division (cuda/rules.h) pass their checks and differ from sqrtf and '/' on this
+ * device: mismatches[0] square roots, [1] divisions (device memory, added to). For tests. */
+int cuoptim_launch_check_fast_math(uint64_t first, uint64_t count, unsigned *mismatches, void *stream);
 /* ScheduleFreeAdamW's averaged weights of variable k (count elements) into out, in its dtype. */
 int cuoptim_launch_schedule_free_average(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, int k,
                                          uint64_t count, void *out, void *stream);

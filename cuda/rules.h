@@ -20,11 +20,11 @@
 
 #ifdef __CUDACC__
 #define CUOPTIM_HD __host__ __device__ __forceinline__
-#include <math.h>
 #else
 #define CUOPTIM_HD static inline
-#include <math.h>
 #endif
+#include <float.h>
+#include <math.h>
 
 #include "cuoptim.h"
 
@@ -124,6 +124,86 @@ typedef struct cuoptimTensorScalars {
 
 CUOPTIM_HD float cuoptim_sqrtf(float x) { return sqrtf(x); }
 
+/* ---- the fixed update kernels' square root and division --------------------------------------
+ * On a GPU an IEEE float32 square root or division is a short sequence (an approximate reciprocal
+ * square root or reciprocal, refined by fused multiply-adds) behind a check of its operands, and a
+ * slow subroutine for operands the sequence cannot take; the compiler gives each one its own
+ * branch and convergence barrier, 4 to 5 instructions an operation on top of the sequence. The
+ * fixed update kernels (cuda/kernels.cu) run the same sequences with checks of their own instead:
+ * a rule given a cuoptimFastMath computes with them, each clearing in_range when its operands are
+ * outside the range where the sequence is exact, and the kernel computes the elements again with
+ * sqrtf and '/' when any of them did. So every result is the IEEE one, bit for bit; only the
+ * branches are fewer (one per 4 elements). The host backend and the generic kernels pass NULL:
+ * sqrtf and '/'. tests/test_fast_math.c checks the sequences and their ranges against sqrtf and
+ * '/'; the sequences are the instructions nvcc 13 emits for sqrtf and '/' from sm_80 to sm_120. */
+typedef struct cuoptimFastMath {
+  int in_range; /* 1 until an operand is out of the sequences' range */
+} cuoptimFastMath;
+
+/* sqrt(x) from y ~ 1/sqrt(x): s = x y and one correction s + (x - s^2) y / 2. With the GPU's
+ * rsqrt.approx.ftz.f32 this is the compiler's own sqrtf for x in [2^-101, FLT_MAX] (its check has
+ * that range too), so it is exact there as sqrtf is: from the hardware's approximation, not from
+ * any within PTX's bound (a few significands round the other way from one an ulp off). */
+CUOPTIM_HD float cuoptim_sqrt_refine(float x, float y) {
+  float s = x * y, half_y = 0.5f * y;
+  return fmaf(fmaf(-s, s, x), half_y, s);
+}
+
+/* a / b from r ~ 1/b: one Newton step on r, the quotient, its exact remainder and one correction
+ * (the compiler's own sequence for '/', whose check is an instruction of its own). Correctly
+ * rounded from any r within an ulp of 1/b (rcp.approx.ftz.f32's bound, subnormal results flushed)
+ * when |a| >= 2^-90 and the result's magnitude is at least 2^-100: no operand, reciprocal,
+ * quotient or remainder is then subnormal; a zero, subnormal, infinite or NaN operand gives a zero,
+ * infinite or NaN result (refused), and a quotient that overflows rounds to infinity as '/' does. */
+CUOPTIM_HD float cuoptim_div_refine(float a, float b, float r) {
+  float r1 = fmaf(r, fmaf(-b, r, 1.0f), r);
+  float q = a * r1;
+  return fmaf(r1, fmaf(-b, q, a), q);
+}
+
+/* The approximations: the GPU's (PTX rsqrt.approx.ftz.f32, rcp.approx.ftz.f32); elsewhere (the
+ * emulated device, tests) double precision rounded once, subnormal inputs and results flushed to
+ * zero as .ftz does. */
+CUOPTIM_HD float cuoptim_flush_subnormal(float x) { return fabsf(x) < FLT_MIN ? copysignf(0.0f, x) : x; }
+
+CUOPTIM_HD float cuoptim_rsqrt_approx(float x) {
+#ifdef __CUDA_ARCH__
+  float y;
+  asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return (float)(1.0 / sqrt((double)cuoptim_flush_subnormal(x)));
+#endif
+}
+
+CUOPTIM_HD float cuoptim_rcp_approx(float b) {
+#ifdef __CUDA_ARCH__
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(b));
+  return r;
+#else
+  return cuoptim_flush_subnormal((float)(1.0 / (double)cuoptim_flush_subnormal(b)));
+#endif
+}
+
+/* Whether the sequences above are correctly rounded for these operands (the ranges they give). */
+CUOPTIM_HD int cuoptim_sqrt_in_range(float x) { return (x >= 0x1p-101f) & (x <= FLT_MAX); }
+CUOPTIM_HD int cuoptim_div_in_range(float a, float q) { return (fabsf(a) >= 0x1p-90f) & (fabsf(q) >= 0x1p-100f); }
+
+/* sqrtf(x) and a / b, or with f the sequences (f->in_range cleared when they may not be exact). */
+CUOPTIM_HD float cuoptim_sqrt_op(cuoptimFastMath *f, float x) {
+  if (!f) return sqrtf(x);
+  f->in_range &= cuoptim_sqrt_in_range(x);
+  return cuoptim_sqrt_refine(x, cuoptim_rsqrt_approx(x));
+}
+
+CUOPTIM_HD float cuoptim_div_op(cuoptimFastMath *f, float a, float b) {
+  if (!f) return a / b;
+  float q = cuoptim_div_refine(a, b, cuoptim_rcp_approx(b));
+  f->in_range &= cuoptim_div_in_range(a, q);
+  return q;
+}
+
 /* float32 pow, cos and log, computed in double and rounded once: correctly rounded in all but
  * rare double-rounding cases, and the same on the host (glibc) and the device (CUDA's libdevice),
  * whose own powf/cosf/logf differ from each other by an ulp. Keras computes these in float32. */
@@ -207,7 +287,7 @@ CUOPTIM_HD void cuoptim_rule_sgd(const cuoptimRuleParams *p, const cuoptimStepSc
 
 /* §2.2 RMSprop. s0 = velocity, s1 = momentum, s2 = average_gradient (Keras's slot order). */
 CUOPTIM_HD void cuoptim_rule_rmsprop(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
-                                     float *w, float *s0, float *s1, float *s2) {
+                                     float *w, float *s0, float *s1, float *s2, cuoptimFastMath *f) {
   float v = p->rho * *s0 + p->one_minus_rho * (g * g);
   *s0 = v;
   float denominator;
@@ -218,7 +298,7 @@ CUOPTIM_HD void cuoptim_rule_rmsprop(const cuoptimRuleParams *p, const cuoptimSt
   } else {
     denominator = v + p->epsilon;
   }
-  float increment = (s->lr * g) / cuoptim_sqrtf(denominator);
+  float increment = cuoptim_div_op(f, s->lr * g, cuoptim_sqrt_op(f, denominator));
   if (p->has_momentum) {
     float mom = p->momentum * *s1 + increment;
     *s1 = mom;
@@ -230,25 +310,25 @@ CUOPTIM_HD void cuoptim_rule_rmsprop(const cuoptimRuleParams *p, const cuoptimSt
 
 /* §2.3 Adagrad. s0 = accumulator. */
 CUOPTIM_HD void cuoptim_rule_adagrad(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
-                                     float *w, float *s0) {
+                                     float *w, float *s0, cuoptimFastMath *f) {
   float acc = *s0 + g * g;
   *s0 = acc;
-  *w = *w - (s->lr * g) / cuoptim_sqrtf(acc + p->epsilon);
+  *w = *w - cuoptim_div_op(f, s->lr * g, cuoptim_sqrt_op(f, acc + p->epsilon));
 }
 
 /* §2.4 Adadelta. s0 = accumulated_grad, s1 = accumulated_delta_var. */
 CUOPTIM_HD void cuoptim_rule_adadelta(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
-                                      float *w, float *s0, float *s1) {
+                                      float *w, float *s0, float *s1, cuoptimFastMath *f) {
   float eg2 = p->rho * *s0 + p->one_minus_rho * (g * g);
   *s0 = eg2;
-  float delta = -((cuoptim_sqrtf(*s1 + p->epsilon) * g) / cuoptim_sqrtf(eg2 + p->epsilon));
+  float delta = -cuoptim_div_op(f, cuoptim_sqrt_op(f, *s1 + p->epsilon) * g, cuoptim_sqrt_op(f, eg2 + p->epsilon));
   *s1 = p->rho * *s1 + p->one_minus_rho * (delta * delta);
   *w = *w + s->lr * delta;
 }
 
 /* §2.5 Adam / §2.6 AdamW. s0 = momentum, s1 = velocity, s2 = velocity_hat (amsgrad). */
 CUOPTIM_HD void cuoptim_rule_adam(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
-                                  float *w, float *s0, float *s1, float *s2) {
+                                  float *w, float *s0, float *s1, float *s2, cuoptimFastMath *f) {
   float m = *s0 + (g - *s0) * p->one_minus_beta_1;
   float v = *s1 + (g * g - *s1) * p->one_minus_beta_2;
   *s0 = m;
@@ -257,30 +337,30 @@ CUOPTIM_HD void cuoptim_rule_adam(const cuoptimRuleParams *p, const cuoptimStepS
     v = cuoptim_maxf(*s2, v);
     *s2 = v;
   }
-  *w = *w - (m * s->adam_alpha) / (cuoptim_sqrtf(v) + p->epsilon);
+  *w = *w - cuoptim_div_op(f, m * s->adam_alpha, cuoptim_sqrt_op(f, v) + p->epsilon);
 }
 
 /* §2.7 Adamax. s0 = momentum (m), s1 = norm (u). */
 CUOPTIM_HD void cuoptim_rule_adamax(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
-                                    float *w, float *s0, float *s1) {
+                                    float *w, float *s0, float *s1, cuoptimFastMath *f) {
   float m = *s0 + (g - *s0) * p->one_minus_beta_1;
   float u = cuoptim_maxf(p->beta_2 * *s1, fabsf(g));
   *s0 = m;
   *s1 = u;
-  *w = *w - (s->lr * m) / (s->one_minus_beta_1_power * (u + p->epsilon));
+  *w = *w - cuoptim_div_op(f, s->lr * m, s->one_minus_beta_1_power * (u + p->epsilon));
 }
 
 /* §2.8 Nadam. s0 = momentum, s1 = velocity; u_product comes from the prologue. */
 CUOPTIM_HD void cuoptim_rule_nadam(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
-                                   float *w, float *s0, float *s1) {
+                                   float *w, float *s0, float *s1, cuoptimFastMath *f) {
   float m = *s0 + (g - *s0) * s->one_minus_beta_1_f32;
   float v = *s1 + (g * g - *s1) * s->one_minus_beta_2_f32;
   *s0 = m;
   *s1 = v;
-  float m_hat = (s->nadam_u_t1 * m) / (1.0f - s->nadam_u_product_t1) +
-                ((1.0f - s->nadam_u_t) * g) / (1.0f - s->nadam_u_product);
-  float v_hat = v / s->one_minus_beta_2_power;
-  *w = *w - (m_hat * s->lr) / (cuoptim_sqrtf(v_hat) + p->epsilon);
+  float m_hat = cuoptim_div_op(f, s->nadam_u_t1 * m, 1.0f - s->nadam_u_product_t1) +
+                cuoptim_div_op(f, (1.0f - s->nadam_u_t) * g, 1.0f - s->nadam_u_product);
+  float v_hat = cuoptim_div_op(f, v, s->one_minus_beta_2_power);
+  *w = *w - cuoptim_div_op(f, m_hat * s->lr, cuoptim_sqrt_op(f, v_hat) + p->epsilon);
 }
 
 /* §2.9 Lion. s0 = momentum. */
@@ -352,8 +432,8 @@ CUOPTIM_HD void cuoptim_rule_ftrl(const cuoptimRuleParams *p, const cuoptimStepS
 /* ScheduleFreeAdamW's averaged point x, the weights Schedule-Free evaluates, from the variable y
  * and the sequence z (slot s0): x = (y - (1 - beta_1) z) / beta_1, as Keras's step recovers x_old
  * (1 - beta_1 a float32 subtraction: Keras casts beta_1 to float32 first). */
-CUOPTIM_HD float cuoptim_schedule_free_average(const cuoptimRuleParams *p, float y, float z) {
-  return (y - (1.0f - p->beta_1) * z) / p->beta_1;
+CUOPTIM_HD float cuoptim_schedule_free_average(const cuoptimRuleParams *p, float y, float z, cuoptimFastMath *f) {
+  return cuoptim_div_op(f, y - (1.0f - p->beta_1) * z, p->beta_1);
 }
 
 /* ScheduleFreeAdamW (keras/src/optimizers/schedule_free_adamw.py). s0 = momentum (the sequence z the gradient steps act on), s1 = velocity;
@@ -361,15 +441,15 @@ CUOPTIM_HD float cuoptim_schedule_free_average(const cuoptimRuleParams *p, float
  * z, moves towards the new z by the weight 1 / t, and y is formed again. The (1 - beta) factors are
  * float32 subtractions (Keras casts beta to float32 first): one_minus_beta_1_f32 and _2_f32. */
 CUOPTIM_HD void cuoptim_rule_schedule_free_adamw(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g,
-                                                 float *w, float *s0, float *s1) {
+                                                 float *w, float *s0, float *s1, cuoptimFastMath *f) {
   float one_minus_beta_1 = s->one_minus_beta_1_f32;
   float z_old = *s0;
   float v = *s1 + (g * g - *s1) * s->one_minus_beta_2_f32;
   *s1 = v;
-  float denom = cuoptim_sqrtf(v / s->one_minus_beta_2_power) + p->epsilon;
-  float z = z_old - (s->sf_lr * g) / denom;
+  float denom = cuoptim_sqrt_op(f, cuoptim_div_op(f, v, s->one_minus_beta_2_power)) + p->epsilon;
+  float z = z_old - cuoptim_div_op(f, s->sf_lr * g, denom);
   *s0 = z;
-  float x_old = cuoptim_schedule_free_average(p, *w, z_old);
+  float x_old = cuoptim_schedule_free_average(p, *w, z_old, f);
   float x_new = (1.0f - s->sf_weight) * x_old + s->sf_weight * z;
   *w = one_minus_beta_1 * z + p->beta_1 * x_new;
 }
@@ -501,37 +581,38 @@ CUOPTIM_HD float cuoptim_inspect_gradient(const cuoptimRuleParams *p, float loss
   return cuoptim_accumulated(p, cuoptim_unscale(p, loss_scale, g_raw), acc);
 }
 
-/* The optimizer rule of every kind but Lamb on one element (weight decay already applied). */
+/* The optimizer rule of every kind but Lamb on one element (weight decay already applied); f: the
+ * fixed kernels' sequences for square roots and divisions, or NULL. */
 CUOPTIM_HD void cuoptim_rule(const cuoptimRuleParams *p, const cuoptimStepScalars *s, float g, float *w,
-                             float *s0, float *s1, float *s2) {
+                             float *s0, float *s1, float *s2, cuoptimFastMath *f) {
   switch (p->kind) {
     case CUOPTIM_SGD: cuoptim_rule_sgd(p, s, g, w, s0); break;
-    case CUOPTIM_RMSPROP: cuoptim_rule_rmsprop(p, s, g, w, s0, s1, s2); break;
-    case CUOPTIM_ADAGRAD: cuoptim_rule_adagrad(p, s, g, w, s0); break;
-    case CUOPTIM_ADADELTA: cuoptim_rule_adadelta(p, s, g, w, s0, s1); break;
+    case CUOPTIM_RMSPROP: cuoptim_rule_rmsprop(p, s, g, w, s0, s1, s2, f); break;
+    case CUOPTIM_ADAGRAD: cuoptim_rule_adagrad(p, s, g, w, s0, f); break;
+    case CUOPTIM_ADADELTA: cuoptim_rule_adadelta(p, s, g, w, s0, s1, f); break;
     case CUOPTIM_ADAM:
     case CUOPTIM_ADAMW:
     case CUOPTIM_MUON: /* its AdamW path; the Muon path is cuoptim_muon_pass1_element */
-      cuoptim_rule_adam(p, s, g, w, s0, s1, s2);
+      cuoptim_rule_adam(p, s, g, w, s0, s1, s2, f);
       break;
-    case CUOPTIM_ADAMAX: cuoptim_rule_adamax(p, s, g, w, s0, s1); break;
-    case CUOPTIM_NADAM: cuoptim_rule_nadam(p, s, g, w, s0, s1); break;
+    case CUOPTIM_ADAMAX: cuoptim_rule_adamax(p, s, g, w, s0, s1, f); break;
+    case CUOPTIM_NADAM: cuoptim_rule_nadam(p, s, g, w, s0, s1, f); break;
     case CUOPTIM_LION: cuoptim_rule_lion(p, s, g, w, s0); break;
     case CUOPTIM_FTRL: cuoptim_rule_ftrl(p, s, g, w, s0, s1); break;
-    case CUOPTIM_SCHEDULE_FREE_ADAMW: cuoptim_rule_schedule_free_adamw(p, s, g, w, s0, s1); break;
+    case CUOPTIM_SCHEDULE_FREE_ADAMW: cuoptim_rule_schedule_free_adamw(p, s, g, w, s0, s1, f); break;
     default: break;
   }
 }
 
-/* Update stage, one element with a gradient (not Lamb): prepare, weight decay, rule.
- * Returns 0 on an accumulation micro-step (only *acc changed). */
+/* Update stage, one element with a gradient (not Lamb): prepare, weight decay, rule (f as for
+ * cuoptim_rule). Returns 0 on an accumulation micro-step (only *acc changed). */
 CUOPTIM_HD int cuoptim_update_element(const cuoptimRuleParams *p, const cuoptimStepScalars *s,
                                       const cuoptimTensorScalars *t, int use_weight_decay, float g_raw,
-                                      float *w, float *s0, float *s1, float *s2, float *acc) {
+                                      float *w, float *s0, float *s1, float *s2, float *acc, cuoptimFastMath *f) {
   float g;
   if (!cuoptim_prepare_gradient(p, s, t, g_raw, acc, &g)) return 0;
   if (use_weight_decay) *w = cuoptim_weight_decay(*w, p->weight_decay, s->lr);
-  cuoptim_rule(p, s, g, w, s0, s1, s2);
+  cuoptim_rule(p, s, g, w, s0, s1, s2, f);
   return 1;
 }
 

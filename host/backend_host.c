@@ -416,7 +416,7 @@ HOST_INLINE void rule_loop(const cuoptimRuleParams *p_in, const cuoptimStepScala
     if (used & 1) m0 = s0[i];
     if (used & 2) m1 = s1[i];
     if (used & 4) m2 = s2[i];
-    cuoptim_update_element(&p, &s, &t, decay, g[i], &x, &m0, &m1, &m2, &acc);
+    cuoptim_update_element(&p, &s, &t, decay, g[i], &x, &m0, &m1, &m2, &acc, NULL);
     w[i] = x;
     if (used & 1) s0[i] = m0;
     if (used & 2) s1[i] = m1;
@@ -529,7 +529,7 @@ static void update_generic(const Stage *st, cuoptimVariableRec *v, const cuoptim
     float *acc = v->accumulator ? &v->accumulator[i] : &acc_unused;
     float w = *working(v, i);
     if (cuoptim_update_element(&st->p, &st->s, t, v->use_weight_decay, load_element(g->grad, g->dtype, i), &w, s0,
-                               s1, s2, acc)) {
+                               s1, s2, acc, NULL)) {
       *working(v, i) = w;
       store_working_half(v, i, 1);
     }
@@ -1045,7 +1045,7 @@ static cuoptimStatus_t host_averaged_weights(cuoptimOptimizer_t opt, int k, void
   for (size_t c = 0; c < v->local_count; c += AVERAGE_PIECE) {
     size_t n = v->local_count - c < AVERAGE_PIECE ? v->local_count - c : AVERAGE_PIECE;
     host_f32 *x = v->dtype == CUOPTIM_FLOAT32 ? (host_f32 *)out + c : piece;
-    for (size_t i = 0; i < n; i++) x[i] = cuoptim_schedule_free_average(&opt->prologue.rule, y[c + i], z[c + i]);
+    for (size_t i = 0; i < n; i++) x[i] = cuoptim_schedule_free_average(&opt->prologue.rule, y[c + i], z[c + i], NULL);
     if (v->dtype != CUOPTIM_FLOAT32) store_half_chunk(out, v->dtype, c, n, piece);
   }
   return CUOPTIM_STATUS_SUCCESS;

@@ -17,6 +17,9 @@ conditional branch inside the loop is counted as a branch (a flag, or a data-dep
 as a NaN test) and its taken side is followed, so such a loop has no single executed count: its
 figure is marked '~', and 'static' gives every instruction of the loop outside the slow-path
 calls' blocks. BSSY/BSYNC (convergence barriers around the slow paths) are executed and counted.
+A conditional branch out of the loop to code that calls a slow path (a fixed kernel sending a
+vector back to sqrtf and '/', cuda/rules.h) is counted and not taken; any other one out of the
+loop counts as a branch.
 Static analysis of the compiler's output; no GPU ran it.
 """
 import re
@@ -60,6 +63,29 @@ def is_conditional(text):
     return text.strip().startswith("@") and not re.match(r"@!?PT\s", text.strip())
 
 
+def leads_to_slow_path(instrs, labels, start):
+    """Whether the code from start on, following unconditional branches, calls a division or
+    square-root slow path before the function ends (EXIT or RET): the IEEE operations a fixed
+    kernel falls back to."""
+    seen, i = set(), start
+    while 0 <= i < len(instrs) and i not in seen:
+        seen.add(i)
+        text = instrs[i][1]
+        op = opcode(text)
+        if op.startswith("CALL") and "slowpath" in text:
+            return True
+        if op in ("EXIT", "RET") and not is_conditional(text):
+            return False
+        if op == "BRA" and not is_conditional(text):
+            m = TARGET.search(text)
+            if not m or m.group(1) not in labels:
+                return False
+            i = labels[m.group(1)]
+            continue
+        i += 1
+    return False
+
+
 def analyse(func):
     instrs, labels = func["instrs"], func["labels"]
     loops = []
@@ -94,6 +120,14 @@ def analyse(func):
                     break
                 if not is_conditional(text):
                     i = target
+                    continue
+                if not head <= target <= tail:
+                    # A branch out of the loop: to code that computes the elements again with
+                    # the IEEE operations (a slow path: the loop's path stays in the loop) or a
+                    # data-dependent exit (counted as a branch).
+                    if not leads_to_slow_path(instrs, labels, target):
+                        flags += 1
+                    i += 1
                     continue
                 # Which side calls a slow path? Look at the fall-through block.
                 j, slow_fall = i + 1, False

@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "cuoptim.h"
+#include "launch.h" /* the check of the fast square root and division */
 #include "testutil.h"
 #ifdef CUOPTIM_TEST_EMULATED_DEVICE
 #include "control.h" /* which update kernels ran */
@@ -117,6 +118,7 @@ typedef struct {
   const int64_t (*shapes)[2]; /* NULL, or per variable rows x cols (rows 0: registered without a shape) */
   const int *ranks;          /* NULL: every variable of rank 1 (cuoptimAddVariable) */
   const int64_t (*dims)[3];  /* with ranks: each variable's shape (cuoptimAddVariableWithShape) */
+  int edge_values;           /* some elements' gradients always 0, tiny, subnormal or large (edge_gradient) */
 } problem_t;
 
 static const size_t STANDARD_SIZES[5] = {1, 3, 4095, 65537, 100001};
@@ -156,9 +158,25 @@ static float param_value(const problem_t *pb, int k, size_t i) {
  * element, in the scalar tail of the update kernel). */
 static int inf_variable(const problem_t *pb) { return pb->num_vars > 3 ? 3 : 0; }
 
+/* With edge_values, the gradient of some elements at every step: 0 (whole 4-element vectors of
+ * zeros as well as lone ones), 1e-30 (its square is 0 in float32), a subnormal, or 1e15. Their
+ * square roots and divisions take operands outside the range of the fixed kernels' fast
+ * sequences (cuda/rules.h), so those elements are computed again with the IEEE operations, while
+ * their neighbours stay on the fast path. Returns 1 and *g for such an element. */
+static int edge_gradient(size_t i, float *g) {
+  if (i % 97 < 8 || i % 89 == 3) *g = 0.0f;
+  else if (i % 131 == 5) *g = 1e-30f;
+  else if (i % 173 == 7) *g = -1e-40f;
+  else if (i % 251 == 9) *g = 1e15f;
+  else return 0;
+  return 1;
+}
+
 static float grad_value(const problem_t *pb, int k, int step, size_t i) {
   if (step == pb->inf_step && k == inf_variable(pb) && i == pb->sizes[k] / 2) return INFINITY;
   if (step == pb->nan_step && k == pb->num_vars - 1 && i == pb->sizes[k] - 1) return NAN;
+  float edge;
+  if (pb->edge_values && edge_gradient(i, &edge)) return edge;
   return test_pseudo_random(pb->seed, ((uint64_t)k << 20) | (uint64_t)step, i) * GRAD_FACTOR[k % 5];
 }
 
@@ -724,6 +742,55 @@ Test(cuda_optimizers, ftrl_learning_rate_power_zero_matches_host) {
 }
 
 /* ---- every feature --------------------------------------------------------------------------------- */
+
+/* The fixed update kernels' fast square roots and divisions, and their way back to sqrtf and '/'
+ * (cuda/rules.h): gradients with zeros, tiny, subnormal and large elements among ordinary ones
+ * give the host's results. Bit for bit for the rules without a power in their scalars everywhere,
+ * and for all of them on the emulated device (the same libm on both sides). */
+#ifdef CUOPTIM_TEST_EMULATED_DEVICE
+#define EDGE_MATCH MATCH_BITWISE
+#else
+#define EDGE_MATCH MATCH_CLOSE
+#endif
+static void check_edge_values(cuoptimOptimizerKind_t kind, int bitwise, const char *label) {
+  cuoptimConfig_t c = test_config(kind);
+  problem_t p = standard_problem();
+  p.edge_values = 1;
+  check_matches_host(&c, &p, bitwise, label);
+}
+
+/* On this device the fast sequences are sqrtf and '/' wherever their checks pass: on a GPU every
+ * 32-bit pattern as a square root's operand and as a dividend (over two divisors each, one of
+ * every exponent, one at the dividend's); on the emulated device a sample (its approximations are
+ * the host's, which tests/test_fast_math.c covers). */
+Test(cuda_optimizers, fast_square_root_and_division_are_ieee_on_this_device) {
+  NEED_GPU();
+#ifdef CUOPTIM_TEST_EMULATED_DEVICE
+  const uint64_t first = 0x3e800000u, count = 1u << 18;
+#else
+  const uint64_t first = 0, count = 1ull << 32;
+#endif
+  unsigned *mismatches = NULL, found[2] = {1, 1};
+  cr_assert_eq(cudaMalloc((void **)&mismatches, sizeof found), cudaSuccess);
+  cr_assert_eq(cudaMemset(mismatches, 0, sizeof found), cudaSuccess);
+  cr_assert_eq(cuoptim_launch_check_fast_math(first, count, mismatches, NULL), (int)cudaSuccess);
+  cr_assert_eq(cudaMemcpy(found, mismatches, sizeof found, cudaMemcpyDeviceToHost), cudaSuccess);
+  cudaFree(mismatches);
+  cr_assert_eq(found[0], 0u, "%u square roots differ from sqrtf", found[0]);
+  cr_assert_eq(found[1], 0u, "%u quotients differ from '/'", found[1]);
+}
+
+Test(cuda_optimizers, fixed_kernels_fall_back_to_ieee_on_edge_values) {
+  NEED_GPU();
+  check_edge_values(CUOPTIM_RMSPROP, MATCH_BITWISE, "RMSprop, edge gradients");
+  check_edge_values(CUOPTIM_ADAGRAD, MATCH_BITWISE, "Adagrad, edge gradients");
+  check_edge_values(CUOPTIM_ADADELTA, MATCH_BITWISE, "Adadelta, edge gradients");
+  check_edge_values(CUOPTIM_ADAM, EDGE_MATCH, "Adam, edge gradients");
+  check_edge_values(CUOPTIM_ADAMW, EDGE_MATCH, "AdamW, edge gradients");
+  check_edge_values(CUOPTIM_ADAMAX, EDGE_MATCH, "Adamax, edge gradients");
+  check_edge_values(CUOPTIM_NADAM, EDGE_MATCH, "Nadam, edge gradients");
+  check_edge_values(CUOPTIM_SCHEDULE_FREE_ADAMW, EDGE_MATCH, "ScheduleFreeAdamW, edge gradients");
+}
 
 /* Muon: matrices wide (70 x 300), tall (300 x 70: transposed, the same shape for Newton-Schulz,
  * so one batched product covers both), tall and almost square (130 x 129), a row (1 x 5) and a

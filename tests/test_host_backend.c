@@ -266,7 +266,7 @@ static void reference_step(const Run *r, int k, const void *grad, Snapshot *s) {
           continue;
         s->w[i] = cuoptim_lamb_pass2_element(p, sc, t, v->use_weight_decay, s->w[i], *s0, *s1);
         store_param(s->param, v->dtype, i, s->w[i]);
-      } else if (cuoptim_update_element(p, sc, t, v->use_weight_decay, raw, &s->w[i], s0, s1, s2, acc)) {
+      } else if (cuoptim_update_element(p, sc, t, v->use_weight_decay, raw, &s->w[i], s0, s1, s2, acc, NULL)) {
         store_param(s->param, v->dtype, i, s->w[i]);
       }
     }

@@ -242,26 +242,26 @@ float test_pseudo_random(uint64_t seed, uint64_t stream, uint64_t i) {
   return (h & 1) ? -value : value;
 }
 
-static uint32_t float_bits(float f) {
+uint32_t test_float_bits(float f) {
   uint32_t u;
   memcpy(&u, &f, sizeof u);
   return u;
 }
 
-static float bits_float(uint32_t u) {
+float test_bits_float(uint32_t u) {
   float f;
   memcpy(&f, &u, sizeof f);
   return f;
 }
 
 uint16_t test_to_half(float f) {
-  uint32_t u = float_bits(f);
+  uint32_t u = test_float_bits(f);
   uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
   uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
   if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf */
   if (a < 0x38800000u) /* subnormal: a multiple of 2^-24, rounded to nearest even */
-    return (uint16_t)(sign | (uint16_t)nearbyintf(bits_float(a) * 16777216.0f));
+    return (uint16_t)(sign | (uint16_t)nearbyintf(test_bits_float(a) * 16777216.0f));
   a += 0xfffu + ((a >> 13) & 1u);
   return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
 }
@@ -269,22 +269,22 @@ uint16_t test_to_half(float f) {
 float test_from_half(uint16_t h) {
   uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
   uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
-  if (exponent == 0x1f) return bits_float(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent == 0x1f) return test_bits_float(sign | 0x7f800000u | (mantissa << 13));
   if (exponent == 0) {
     float v = (float)mantissa / 16777216.0f;
     return sign ? -v : v;
   }
-  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  return test_bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
 }
 
 uint16_t test_to_bfloat16(float f) {
-  uint32_t u = float_bits(f);
+  uint32_t u = test_float_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
   u += 0x7fffu + ((u >> 16) & 1u);
   return (uint16_t)(u >> 16);
 }
 
-float test_from_bfloat16(uint16_t h) { return bits_float((uint32_t)h << 16); }
+float test_from_bfloat16(uint16_t h) { return test_bits_float((uint32_t)h << 16); }
 
 size_t test_dtype_bytes(cuoptimDtype_t dtype) { return dtype == CUOPTIM_FLOAT32 ? 4 : 2; }
 

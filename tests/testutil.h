@@ -95,6 +95,10 @@ long test_first_mismatch(const float *got, const float *want, size_t n, double r
 uint64_t test_mix64(uint64_t x);
 float test_pseudo_random(uint64_t seed, uint64_t stream, uint64_t i);
 
+/* The bits of a float32 and the float32 of given bits. */
+uint32_t test_float_bits(float f);
+float test_bits_float(uint32_t u);
+
 /* float32 <-> float16 / bfloat16 bit patterns, rounding to nearest even (what __float2half_rn and
  * __float2bfloat16_rn do), NaN and overflow included. */
 uint16_t test_to_half(float f);
