@@ -2,10 +2,11 @@
  * rules.h — the per-element math of every optimizer, once, for the host backend and the kernels.
  *
  * Plain C99 marked CUOPTIM_HD: `__host__ __device__ __forceinline__` under nvcc, `static inline`
- * under a C compiler. Every formula follows ../shared/SEMANTICS.md (section given beside it) and
- * rounds exactly as Keras 3 does for float32 variables: each Keras op is one float32 operation
- * here, in Keras's order, and Python-float hyperparameters are combined in double and then rounded
- * (cuoptim_rule_params_init). Build with contraction off (-ffp-contract=off, nvcc -fmad=false).
+ * (always inlined, where the compiler has the attribute) under a C compiler. Every formula
+ * follows ../shared/SEMANTICS.md (section given beside it) and rounds exactly as Keras 3 does for
+ * float32 variables: each Keras op is one float32 operation here, in Keras's order, and
+ * Python-float hyperparameters are combined in double and then rounded (cuoptim_rule_params_init).
+ * Build with contraction off (-ffp-contract=off, nvcc -fmad=false).
  *
  * Three layers:
  *   cuoptimRuleParams   constant per optimizer (float32 casts of the config), by value;
@@ -20,6 +21,10 @@
 
 #ifdef __CUDACC__
 #define CUOPTIM_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+/* Always inlined, as under nvcc: the host backend's loops are vectorized only when the whole rule
+ * is inlined into them, and the compiler's size limits would otherwise decide per rule. */
+#define CUOPTIM_HD static inline __attribute__((always_inline))
 #else
 #define CUOPTIM_HD static inline
 #endif
