@@ -21,9 +21,11 @@
  *   Adafactor in place of the update, three launches, each for every variable (SEMANTICS.md
  *             §2.12), its reductions in the host backend's fixed order (cuda/rules.h):
  *     moments   a thread per row of each factored variable (r from the row's mean of
- *               g^2 + epsilon_1, summed in index order), a thread per column (c), or the full
- *               velocity of a variable of rank < 2 element-wise (a block per cuoptimAdafactorItem);
- *               the block that writes a variable's last rows forms each batch's mean(r), once
+ *               g^2 + epsilon_1, summed in index order; rows of AF_TILE elements or more read
+ *               a tile at a time through shared memory, coalesced), a thread per column (c), or
+ *               the full velocity of a variable of rank < 2 element-wise (a block per
+ *               cuoptimAdafactorItem); the block that writes a variable's last rows forms each
+ *               batch's mean(r), once
  *     RMS       a block per chunk, one segment of cuoptim_sumsq's order, of the mean squares of
  *               the decayed variable and of the update g / sqrt(v), the factored velocity
  *               (r / mean(r)) c formed and stored on the way; the block that completes a
@@ -918,10 +920,41 @@ __device__ void adafactor_row_means(const cuoptimDeviceVariable &v, uint64_t bat
   }
 }
 
+/* Columns per tile of the moments stage's row sums: a warp's width, so that a warp reads one
+ * row's 32 consecutive elements at a time. */
+#define AF_TILE 32
+
+/* The sum of g^2 + epsilon_1 along row first + threadIdx.x (of `lines` rows of `cols` elements),
+ * through shared memory: a tile of CUOPTIM_BLOCK rows x AF_TILE columns at a time, each warp
+ * reading AF_TILE consecutive elements of a row (coalesced), then each thread adding its row's
+ * part of the tile in column order: the additions of a thread walking its row alone, in the same
+ * order. */
+__device__ double adafactor_row_sum_tiled(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
+                                          const cuoptimTensorScalars &t, const cuoptimDeviceVariable &v,
+                                          const cuoptimDeviceGradient &g, uint64_t first, uint64_t lines,
+                                          uint64_t cols) {
+  __shared__ float tile[CUOPTIM_BLOCK][AF_TILE + 1]; /* + 1: each thread's row in banks of its own */
+  const uint32_t column = threadIdx.x % AF_TILE;
+  double sum = 0.0;
+  for (uint64_t j0 = 0; j0 < cols; j0 += AF_TILE) {
+    for (uint32_t k = threadIdx.x / AF_TILE; k < CUOPTIM_BLOCK; k += CUOPTIM_BLOCK / AF_TILE)
+      if (first + k < lines && j0 + column < cols)
+        tile[k][column] = adafactor_regulated_at(p, s, t, v, g, (first + k) * cols + j0 + column);
+    __syncthreads();
+    const uint64_t width = cols - j0 < AF_TILE ? cols - j0 : AF_TILE;
+    if (first + threadIdx.x < lines)
+      for (uint32_t j = 0; j < width; j++) sum += (double)tile[threadIdx.x][j];
+    __syncthreads();
+  }
+  return sum;
+}
+
 /* Moments: a thread per row of a factored variable (r = beta_2 r + (1 - beta_2) mean(g^2 + eps_1)
- * along the row, summed in index order), a thread per column (c, the same down the column:
- * neighbouring threads read neighbouring elements), or the full velocity element-wise. The block
- * that writes a variable's last rows (a counter per variable) then forms each batch's mean(r). */
+ * along the row, summed in index order; rows of a tile's width or more read through
+ * adafactor_row_sum_tiled, narrower ones by each thread alone), a thread per column (c, the same
+ * down the column: neighbouring threads read neighbouring elements), or the full velocity
+ * element-wise. The block that writes a variable's last rows (a counter per variable) then forms
+ * each batch's mean(r). */
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) adafactor_moments_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
   const cuoptimAdafactorItem it = step.af_items[blockIdx.x];
@@ -940,13 +973,17 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) adafactor_moments_kernel(cuopti
   const uint64_t line = (uint64_t)it.first + threadIdx.x;
   double sum = 0.0;
   if (it.axis == CUOPTIM_AF_ROWS) {
-    if (line < batches * rows) {
+    const uint64_t lines = batches * rows;
+    if (cols >= AF_TILE)
+      sum = adafactor_row_sum_tiled(p, s, t, v, g, it.first, lines, cols);
+    else if (line < lines)
       for (uint64_t j = 0; j < cols; j++) sum += (double)adafactor_regulated_at(p, s, t, v, g, line * cols + j);
+    if (line < lines) {
       v.factored[0][line] = cuoptim_adafactor_moment(&s, v.factored[0][line], cuoptim_mean_of_sum(sum, cols));
       __threadfence(); /* this row's r before the block's count */
     }
     /* The variable's row blocks: CUOPTIM_BLOCK lines each (cuoptimAdafactorItem). */
-    const unsigned row_blocks = (unsigned)((batches * rows + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK);
+    const unsigned row_blocks = (unsigned)((lines + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK);
     if (last_to_count(&step.chunks_done[it.variable], row_blocks)) adafactor_row_means(v, batches, rows);
   } else {
     if (line >= batches * cols) return;
@@ -974,7 +1011,8 @@ __device__ __forceinline__ void adafactor_lane_sums(const cuoptimRuleParams &p, 
     const float gi = cuoptim_adafactor_gradient(&p, &s, &t, load_scalar(g.grad, g.dtype, i), acc);
     float vi;
     if (v.factored[0]) {
-      const uint64_t b = i / (rows * cols), row = i / cols % rows, col = i % cols;
+      const uint64_t matrix = rows * cols, b = i / matrix, within = i - b * matrix, row = within / cols;
+      const uint64_t col = within - row * cols;
       vi = cuoptim_adafactor_velocity(v.factored[0][b * rows + row], v.row_means[b], v.factored[1][b * cols + col]);
       velocity[i] = vi;
     } else {

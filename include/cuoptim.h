@@ -194,15 +194,16 @@ typedef enum {
  * cases). Both backends take the same reductions in the same order (a mean: the values summed in
  * double in index order; a mean square: the squares summed in double as Muon's norm sums them,
  * the variable in segments of 8192 elements, element j of a segment in lane j % 256 in index
- * order, the lanes added as a halving tree (lane t + lane t + 128, ..., then + 1), the segments'
- * sums in order), so the CUDA backend gives the host backend's results, bit for bit on the
- * emulated device. On the CUDA backend a step is four launches (five with an inspect pass, for
- * clipnorm, global_clipnorm or a dynamic loss scale), each for every variable at once: the
+ * order, the lanes added as a halving tree (lane t += lane t + w for w = 128, 64, ..., 1), the
+ * segments' sums in order), so the CUDA backend gives the host backend's results, bit for bit on
+ * the emulated device. On the CUDA backend a step is four launches (five with an inspect pass,
+ * for clipnorm, global_clipnorm or a dynamic loss scale), each for every variable at once: the
  * prologue, then moments (a thread per row and per column of each factored variable: r and c,
- * then each batch's mean(r) once; a variable of rank < 2 element-wise), RMS (a block per segment:
- * the mean squares of the decayed variable and of the update, the factored velocity formed on the
- * way; the block that completes a variable adds its segments' sums) and apply (the step,
- * accumulation, EMA, the half-precision copy). Sharded state (cuoptimCommOptions_t.shard_state) is refused with INVALID_VALUE:
+ * rows of 32 elements or more read a tile at a time through shared memory, then each batch's
+ * mean(r) once; a variable of rank < 2 element-wise), RMS (a block per segment: the mean squares
+ * of the decayed variable and of the update, the factored velocity formed on the way; the block
+ * that completes a variable adds its segments' sums) and apply (the step, accumulation, EMA, the
+ * half-precision copy). Sharded state (cuoptimCommOptions_t.shard_state) is refused with INVALID_VALUE:
  * the factored accumulators reduce across rows and columns, which a flat share of the elements
  * does not hold. A checkpoint (cuoptimSave) stores r and c as "<variable>_row" and
  * "<variable>_column" (Keras gives both the variable's own name). */
