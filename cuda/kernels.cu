@@ -21,16 +21,20 @@
  *   Adafactor in place of the update, three launches, each for every variable (SEMANTICS.md
  *             §2.12), its reductions in the host backend's fixed order (cuda/rules.h):
  *     moments   a thread per row of each factored variable (r from the row's mean of
- *               g^2 + epsilon_1, summed in index order), a thread per column (c), or the full
- *               velocity of a variable of rank < 2 element-wise (a block per cuoptimAdafactorItem)
- *     RMS       CUOPTIM_LANES threads per variable, each a lane of the host's mean squares of the
- *               decayed variable and of the update g / sqrt(v), the factored velocity
- *               (r / mean(r)) c formed and stored on the way; alpha_t and the clip denominator
- *               into the variable's cuoptimTensorScalars
+ *               g^2 + epsilon_1, summed in index order; rows of AF_TILE elements or more read
+ *               a tile at a time through shared memory, coalesced), a thread per column (c), or
+ *               the full velocity of a variable of rank < 2 element-wise (a block per
+ *               cuoptimAdafactorItem); the block that writes a variable's last rows forms each
+ *               batch's mean(r), once
+ *     RMS       a block per chunk, one segment of cuoptim_sumsq's order, of the mean squares of
+ *               the decayed variable and of the update g / sqrt(v), the factored velocity
+ *               (r / mean(r)) c formed and stored on the way; the block that completes a
+ *               variable adds its chunks' sums in order and writes alpha_t and the clip
+ *               denominator into its cuoptimTensorScalars
  *     apply     a block per chunk: prepare (the accumulator written back), weight decay,
  *               w - alpha_t (u / clip), EMA, master -> half copy
- *             The RMS stage's lanes run in sequence over a variable (the host's order of
- *             addition), so its time grows with the largest variable, not with the GPU's width.
+ *             The moments stage's row and column sums and each batch's mean(r) run in sequence
+ *             (the host's order of addition), a thread each.
  *
  * Deterministic: partial sums go to fixed slots and are added in a fixed order; no float atomics
  * (the per-variable counters are integers and decide only who adds, not in which order).
@@ -170,6 +174,11 @@ __device__ double block_sum(double x, double *shared) {
   return total;
 }
 
+/* The sums of squares in rules.h's order (cuoptim_sumsq: Muon's norm, Adafactor's RMS) take a
+ * chunk a block: a chunk is one segment, a thread one of its lanes, block_sum the lanes' tree. */
+static_assert(CUOPTIM_SUMSQ_SEGMENT == CUOPTIM_CHUNK && CUOPTIM_SUMSQ_LANES == CUOPTIM_BLOCK,
+              "a chunk is one segment of the sums' order, a thread one of its lanes");
+
 struct ChunkRange {
   uint64_t begin, end;
 };
@@ -203,14 +212,41 @@ __device__ __forceinline__ cuoptimChunkPartial load_partial(const cuoptimChunkPa
 #endif
 }
 
+/* The chunks of variable k in the chunk list: [*first, *end). */
+__device__ __forceinline__ void variable_chunks(const cuoptimDeviceStep &step, int32_t k, int64_t *first,
+                                                int64_t *end) {
+  *first = step.variables[k].first_chunk;
+  *end = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
+}
+
+/* Whether this block is the last of `blocks` blocks to count at *counter in this launch (every
+ * thread of the block gets the answer). The block's writes come first: thread 0's, or those of
+ * threads that fenced them (__threadfence) before the call. The last block resets the counter for
+ * the next launch and then sees every other block's writes (read them past L1: __ldcg). Which
+ * block is last varies from run to run, so what it computes must not depend on it. */
+__device__ __forceinline__ bool last_to_count(uint32_t *counter, unsigned blocks) {
+  __shared__ int last;
+  __syncthreads(); /* every thread's writes before thread 0 counts */
+  if (threadIdx.x == 0) {
+    __threadfence(); /* the block's writes before its count */
+    last = atomicAdd(counter, 1u) + 1 == blocks;
+    if (last) {
+      *counter = 0;
+      __threadfence(); /* the other blocks' writes after their counts */
+    }
+  }
+  __syncthreads();
+  return last;
+}
+
 /* Variable k's sums of its chunks' partials, by one warp: lanes over the chunks in order, then a
  * fixed tree — the same additions in the same order whichever block runs it, so the result is
  * that of a separate reduction launch, bit for bit. lamb = 0: the gradient's sums and non-finite
  * flags (then the clip denominator); lamb = 1: Lamb's two sums and its trust ratio. */
 __device__ void reduce_variable(const cuoptimDeviceStep &step, int32_t k, int lamb) {
   const int lane = threadIdx.x % 32;
-  int64_t first = step.variables[k].first_chunk;
-  int64_t last = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
+  int64_t first, last;
+  variable_chunks(step, k, &first, &last);
   double a = 0.0, b = 0.0;
   int nonfinite = 0;
   for (int64_t j = first + lane; j < last; j += 32) {
@@ -240,21 +276,10 @@ __device__ void reduce_variable(const cuoptimDeviceStep &step, int32_t k, int la
  * sums. Deterministic: which block that is varies, the additions do not. With fold = 0 (some
  * variable has no chunk here: a separate launch writes every variable) nothing happens. */
 __device__ __forceinline__ void reduce_when_last(const cuoptimDeviceStep &step, int32_t k, int lamb, int fold) {
-  __shared__ int last;
   if (!fold) return;
-  if (threadIdx.x == 0) {
-    int64_t first = step.variables[k].first_chunk;
-    int64_t end = k + 1 < step.num_variables ? step.variables[k + 1].first_chunk : step.num_chunks;
-    __threadfence(); /* this block's partial before its count */
-    unsigned done = atomicAdd(&step.chunks_done[k], 1u) + 1;
-    last = done == (unsigned)(end - first);
-    if (last) {
-      step.chunks_done[k] = 0;
-      __threadfence(); /* the other blocks' partials after their counts */
-    }
-  }
-  __syncthreads();
-  if (last && threadIdx.x < 32) reduce_variable(step, k, lamb);
+  int64_t first, end;
+  variable_chunks(step, k, &first, &end);
+  if (last_to_count(&step.chunks_done[k], (unsigned)(end - first)) && threadIdx.x < 32) reduce_variable(step, k, lamb);
 }
 
 /* ---- inspect ------------------------------------------------------------------------------ */
@@ -909,9 +934,61 @@ __device__ __forceinline__ float adafactor_regulated_at(const cuoptimRuleParams 
   return cuoptim_adafactor_regulated(&p, cuoptim_adafactor_gradient(&p, &s, &t, load_scalar(g.grad, g.dtype, i), acc));
 }
 
+/* A float another block wrote in this launch: read at L2, past this SM's L1. */
+__device__ __forceinline__ float load_fresh(const float *p) {
+#ifdef CUOPTIM_EMULATED_DEVICE
+  return *p;
+#else
+  return __ldcg(p);
+#endif
+}
+
+/* Each batch's mean(r) of a factored variable, once the moments stage has written all its r: a
+ * thread per batch, r summed in index order (cuoptim_strided_mean's order), into v.row_means for
+ * the RMS stage. */
+__device__ void adafactor_row_means(const cuoptimDeviceVariable &v, uint64_t batches, uint64_t rows) {
+  for (uint64_t b = threadIdx.x; b < batches; b += blockDim.x) {
+    double sum = 0.0;
+    for (uint64_t i = 0; i < rows; i++) sum += (double)load_fresh(&v.factored[0][b * rows + i]);
+    v.row_means[b] = cuoptim_mean_of_sum(sum, rows);
+  }
+}
+
+/* Columns per tile of the moments stage's row sums: a warp's width, so that a warp reads one
+ * row's 32 consecutive elements at a time. */
+#define AF_TILE 32
+
+/* The sum of g^2 + epsilon_1 along row first + threadIdx.x (of `lines` rows of `cols` elements),
+ * through shared memory: a tile of CUOPTIM_BLOCK rows x AF_TILE columns at a time, each warp
+ * reading AF_TILE consecutive elements of a row (coalesced), then each thread adding its row's
+ * part of the tile in column order: the additions of a thread walking its row alone, in the same
+ * order. */
+__device__ double adafactor_row_sum_tiled(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
+                                          const cuoptimTensorScalars &t, const cuoptimDeviceVariable &v,
+                                          const cuoptimDeviceGradient &g, uint64_t first, uint64_t lines,
+                                          uint64_t cols) {
+  __shared__ float tile[CUOPTIM_BLOCK][AF_TILE + 1]; /* + 1: each thread's row in banks of its own */
+  const uint32_t column = threadIdx.x % AF_TILE;
+  double sum = 0.0;
+  for (uint64_t j0 = 0; j0 < cols; j0 += AF_TILE) {
+    for (uint32_t k = threadIdx.x / AF_TILE; k < CUOPTIM_BLOCK; k += CUOPTIM_BLOCK / AF_TILE)
+      if (first + k < lines && j0 + column < cols)
+        tile[k][column] = adafactor_regulated_at(p, s, t, v, g, (first + k) * cols + j0 + column);
+    __syncthreads();
+    const uint64_t width = cols - j0 < AF_TILE ? cols - j0 : AF_TILE;
+    if (first + threadIdx.x < lines)
+      for (uint32_t j = 0; j < width; j++) sum += (double)tile[threadIdx.x][j];
+    __syncthreads();
+  }
+  return sum;
+}
+
 /* Moments: a thread per row of a factored variable (r = beta_2 r + (1 - beta_2) mean(g^2 + eps_1)
- * along the row, summed in index order), a thread per column (c, the same down the column:
- * neighbouring threads read neighbouring elements), or the full velocity element-wise. */
+ * along the row, summed in index order; rows of a tile's width or more read through
+ * adafactor_row_sum_tiled, narrower ones by each thread alone), a thread per column (c, the same
+ * down the column: neighbouring threads read neighbouring elements), or the full velocity
+ * element-wise. The block that writes a variable's last rows (a counter per variable) then forms
+ * each batch's mean(r). */
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) adafactor_moments_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
   const cuoptimAdafactorItem it = step.af_items[blockIdx.x];
@@ -930,9 +1007,18 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) adafactor_moments_kernel(cuopti
   const uint64_t line = (uint64_t)it.first + threadIdx.x;
   double sum = 0.0;
   if (it.axis == CUOPTIM_AF_ROWS) {
-    if (line >= batches * rows) return;
-    for (uint64_t j = 0; j < cols; j++) sum += (double)adafactor_regulated_at(p, s, t, v, g, line * cols + j);
-    v.factored[0][line] = cuoptim_adafactor_moment(&s, v.factored[0][line], cuoptim_mean_of_sum(sum, cols));
+    const uint64_t lines = batches * rows;
+    if (cols >= AF_TILE)
+      sum = adafactor_row_sum_tiled(p, s, t, v, g, it.first, lines, cols);
+    else if (line < lines)
+      for (uint64_t j = 0; j < cols; j++) sum += (double)adafactor_regulated_at(p, s, t, v, g, line * cols + j);
+    if (line < lines) {
+      v.factored[0][line] = cuoptim_adafactor_moment(&s, v.factored[0][line], cuoptim_mean_of_sum(sum, cols));
+      __threadfence(); /* this row's r before the block's count */
+    }
+    /* The variable's row blocks: CUOPTIM_BLOCK lines each (cuoptimAdafactorItem). */
+    const unsigned row_blocks = (unsigned)((lines + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK);
+    if (last_to_count(&step.chunks_done[it.variable], row_blocks)) adafactor_row_means(v, batches, rows);
   } else {
     if (line >= batches * cols) return;
     const uint64_t base = line / cols * rows * cols + line % cols;
@@ -941,34 +1027,27 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) adafactor_moments_kernel(cuopti
   }
 }
 
-/* One lane of variable k's two mean squares: elements lane, lane + LANES, ... in index order, as
- * the host's lanes take them: the decayed variable (for RMS(w)) and the update g / sqrt(v) (for
- * RMS(u)). A factored variable's velocity (r / mean(r)) c is formed here and stored, each batch's
- * mean(r) once per lane. */
-__device__ void adafactor_lane_sums(const cuoptimDeviceStep &step, const cuoptimRuleParams &p,
-                                    const cuoptimStepScalars &s, int32_t k, uint32_t lane, double &w_sumsq,
-                                    double &u_sumsq) {
-  const cuoptimDeviceVariable v = step.variables[k];
-  const cuoptimDeviceGradient g = step.grads[k];
-  const cuoptimTensorScalars t = step.tensors[k];
+/* One lane of a chunk's two sums of squares: elements begin + lane, begin + lane + LANES, ... in
+ * ascending order (cuoptim_sumsq_lane's), of the decayed variable (for RMS(w)) and of the update
+ * g / sqrt(v) (for RMS(u)). A factored variable's velocity (r / mean(r)) c is formed here and
+ * stored. */
+__device__ __forceinline__ void adafactor_lane_sums(const cuoptimRuleParams &p, const cuoptimStepScalars &s,
+                                                    const cuoptimTensorScalars &t, const cuoptimDeviceVariable &v,
+                                                    const cuoptimDeviceGradient &g, ChunkRange r, double &w_sumsq,
+                                                    double &u_sumsq) {
   const float *w = working(v);
   float *velocity = v.slots[0];
   const uint64_t rows = (uint64_t)v.rows, cols = (uint64_t)v.cols;
-  uint64_t batch = UINT64_MAX;
-  float r_mean = 0.0f;
-  for (uint64_t i = lane; i < v.count; i += CUOPTIM_LANES) {
+  for (uint64_t i = r.begin + threadIdx.x; i < r.end; i += CUOPTIM_SUMSQ_LANES) {
     const float decayed = cuoptim_adafactor_decayed(&p, &s, v.use_weight_decay, w[i]);
     w_sumsq += (double)decayed * (double)decayed;
     const float acc = v.accumulator ? v.accumulator[i] : 0.0f;
     const float gi = cuoptim_adafactor_gradient(&p, &s, &t, load_scalar(g.grad, g.dtype, i), acc);
     float vi;
     if (v.factored[0]) {
-      const uint64_t b = i / (rows * cols), row = i / cols % rows, col = i % cols;
-      if (b != batch) {
-        batch = b;
-        r_mean = cuoptim_strided_mean(v.factored[0] + b * rows, rows, 1);
-      }
-      vi = cuoptim_adafactor_velocity(v.factored[0][b * rows + row], r_mean, v.factored[1][b * cols + col]);
+      const uint64_t matrix = rows * cols, b = i / matrix, within = i - b * matrix, row = within / cols;
+      const uint64_t col = within - row * cols;
+      vi = cuoptim_adafactor_velocity(v.factored[0][b * rows + row], v.row_means[b], v.factored[1][b * cols + col]);
       velocity[i] = vi;
     } else {
       vi = velocity[i];
@@ -978,28 +1057,39 @@ __device__ void adafactor_lane_sums(const cuoptimDeviceStep &step, const cuoptim
   }
 }
 
-/* RMS: CUOPTIM_LANES threads per variable (a block holds CUOPTIM_BLOCK / LANES variables), each a
- * lane of the two sums; the first of them adds the lanes and writes the variable's alpha_t and
- * clip denominator. */
+/* RMS: a block per chunk, the chunk one segment of cuoptim_sumsq's order (a thread a lane,
+ * block_sum the lanes' tree), its two sums into the chunk's partial; the block that completes a
+ * variable (a counter per variable) adds its chunks' partials in chunk order, as cuoptim_sumsq
+ * adds segments, and writes the variable's alpha_t and clip denominator. */
 __global__ void __launch_bounds__(CUOPTIM_BLOCK) adafactor_rms_kernel(cuoptimDeviceStep step, cuoptimRuleParams p) {
   __shared__ cuoptimStepScalars s;
-  __shared__ double w_lanes[CUOPTIM_BLOCK], u_lanes[CUOPTIM_BLOCK];
+  __shared__ double shared[CUOPTIM_BLOCK];
+  const cuoptimChunk c = step.chunks[blockIdx.x];
+  const cuoptimDeviceVariable v = step.variables[c.variable];
+  const cuoptimDeviceGradient g = step.grads[c.variable];
   load_scalars(&s, step.scalars);
-  if (s.skip || !s.apply_update) return; /* the whole block */
-  const uint64_t thread = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const int32_t k = (int32_t)(thread / CUOPTIM_LANES);
-  const uint32_t lane = (uint32_t)(thread % CUOPTIM_LANES);
-  const bool active = k < step.num_variables && step.grads[k].grad != NULL;
+  if (s.skip || !s.apply_update || g.grad == NULL) return; /* the whole block, and every block of the variable */
+  const cuoptimTensorScalars t = step.tensors[c.variable];
   double w_sumsq = 0.0, u_sumsq = 0.0;
-  if (active) adafactor_lane_sums(step, p, s, k, lane, w_sumsq, u_sumsq);
-  w_lanes[threadIdx.x] = w_sumsq;
-  u_lanes[threadIdx.x] = u_sumsq;
-  __syncthreads();
-  if (!active || lane != 0) return;
-  const uint64_t n = step.variables[k].count;
-  cuoptimTensorScalars *t = &step.tensors[k];
-  t->af_alpha = cuoptim_adafactor_alpha(&p, &s, cuoptim_mean_of_sum(cuoptim_lane_total(&w_lanes[threadIdx.x]), n));
-  t->af_clip = cuoptim_adafactor_clip(&p, cuoptim_mean_of_sum(cuoptim_lane_total(&u_lanes[threadIdx.x]), n));
+  adafactor_lane_sums(p, s, t, v, g, chunk_range(v, c.chunk), w_sumsq, u_sumsq);
+  const double w_total = block_sum(w_sumsq, shared);
+  const double u_total = block_sum(u_sumsq, shared);
+  if (threadIdx.x == 0) {
+    step.partials[blockIdx.x].a = w_total;
+    step.partials[blockIdx.x].b = u_total;
+  }
+  int64_t first, end;
+  variable_chunks(step, c.variable, &first, &end);
+  if (!last_to_count(&step.chunks_done[c.variable], (unsigned)(end - first)) || threadIdx.x != 0) return;
+  double w_sum = 0.0, u_sum = 0.0;
+  for (int64_t j = first; j < end; j++) {
+    const cuoptimChunkPartial partial = load_partial(&step.partials[j]);
+    w_sum += partial.a;
+    u_sum += partial.b;
+  }
+  cuoptimTensorScalars *out = &step.tensors[c.variable];
+  out->af_alpha = cuoptim_adafactor_alpha(&p, &s, cuoptim_mean_of_sum(w_sum, v.count));
+  out->af_clip = cuoptim_adafactor_clip(&p, cuoptim_mean_of_sum(u_sum, v.count));
 }
 
 /* Apply: a chunk a block, every variable: the step (prepare, writing the accumulator back, weight
@@ -1259,13 +1349,11 @@ static void launch_fixed_sgd(const cuoptimDeviceStep *step, const cuoptimRulePar
 }
 
 /* Adafactor's three stages, each one launch for every variable: moments (a block per item of
- * step->af_items), RMS (CUOPTIM_LANES threads per variable), apply (a block per chunk). */
+ * step->af_items, each batch's mean(r) at its end), RMS and apply (a block per chunk). */
 static void launch_adafactor(const cuoptimDeviceStep *step, const cuoptimRuleParams *p, cudaStream_t stream) {
   if (step->num_af_items > 0)
     CUOPTIM_LAUNCH(adafactor_moments_kernel, dim3((unsigned)step->num_af_items), CUOPTIM_BLOCK, stream, *step, *p);
-  const unsigned rms_blocks =
-      (unsigned)(((uint64_t)step->num_variables * CUOPTIM_LANES + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK);
-  CUOPTIM_LAUNCH(adafactor_rms_kernel, dim3(rms_blocks), CUOPTIM_BLOCK, stream, *step, *p);
+  CUOPTIM_LAUNCH(adafactor_rms_kernel, chunk_grid(step), CUOPTIM_BLOCK, stream, *step, *p);
   CUOPTIM_LAUNCH(adafactor_apply_kernel, chunk_grid(step), CUOPTIM_BLOCK, stream, *step, *p);
 }
 
@@ -1366,12 +1454,9 @@ extern "C" int cuoptim_launch_scatter_gradients(cuoptimDeviceGradient *table, co
 /* ---- Muon: the element-wise stages of its matrices (launch.h) ---------------------------------
  * One launch per stage for every Muon matrix, a block per chunk of CUOPTIM_CHUNK elements (of the
  * variable in its order, or of X: the same count). The matrix products between them are cuBLAS
- * calls (host/backend_cuda.c). X's sums of squares follow rules.h's order (CUOPTIM_MUON_SEGMENT):
+ * calls (host/backend_cuda.c). X's sums of squares follow rules.h's order (cuoptim_sumsq):
  * a chunk is a segment, a thread a lane, block_sum the lanes' tree, the segments added in order by
  * each block of the normalization, so the norm is the host backend's, bit for bit. */
-
-static_assert(CUOPTIM_MUON_SEGMENT == CUOPTIM_CHUNK && CUOPTIM_MUON_LANES == CUOPTIM_BLOCK,
-              "a Muon chunk is one segment of the norm's order, a thread one of its lanes");
 
 /* Element i of the variable's row-major order in X's row-major order (X is the transpose when the
  * variable is tall). */
@@ -1415,12 +1500,12 @@ __global__ void __launch_bounds__(CUOPTIM_BLOCK) muon_momentum_kernel(cuoptimDev
 }
 
 /* The sum of squares of one segment of X, into its partial. */
-__global__ void __launch_bounds__(CUOPTIM_MUON_LANES) muon_norm_kernel(cuoptimMuonStep muon) {
-  __shared__ double shared[CUOPTIM_MUON_LANES];
+__global__ void __launch_bounds__(CUOPTIM_SUMSQ_LANES) muon_norm_kernel(cuoptimMuonStep muon) {
+  __shared__ double shared[CUOPTIM_SUMSQ_LANES];
   const cuoptimChunk c = muon.chunks[blockIdx.x];
   const cuoptimMuonMatrix m = muon.matrices[c.variable];
   ChunkRange r = muon_range(c.chunk, (uint64_t)(m.r * m.c));
-  double lane = cuoptim_muon_lane_sumsq(m.x + r.begin, (int64_t)(r.end - r.begin), threadIdx.x);
+  double lane = cuoptim_sumsq_lane(m.x + r.begin, (int64_t)(r.end - r.begin), threadIdx.x);
   double total = block_sum(lane, shared);
   if (threadIdx.x == 0) muon.partials[blockIdx.x] = total;
 }
@@ -1506,7 +1591,7 @@ extern "C" int cuoptim_launch_muon_prepare(const cuoptimDeviceStep *step, const 
   if (muon->num_chunks == 0) return (int)cudaSuccess;
   cudaStream_t st = (cudaStream_t)stream;
   CUOPTIM_LAUNCH(muon_momentum_kernel, muon_grid(muon), CUOPTIM_BLOCK, st, *step, *muon, *p);
-  CUOPTIM_LAUNCH(muon_norm_kernel, muon_grid(muon), CUOPTIM_MUON_LANES, st, *muon);
+  CUOPTIM_LAUNCH(muon_norm_kernel, muon_grid(muon), CUOPTIM_SUMSQ_LANES, st, *muon);
   CUOPTIM_LAUNCH(muon_normalize_kernel, muon_grid(muon), CUOPTIM_BLOCK, st, *muon);
   return (int)cudaGetLastError();
 }

@@ -29,9 +29,11 @@ typedef struct cuoptimDeviceVariable {
   int32_t param_dtype;
   int32_t use_weight_decay;
   int64_t first_chunk; /* index of its first chunk in the chunk list */
-  /* Adafactor, rank >= 2: r and c (cuoptimVariableRec.factored) and the last two dimensions; NULL
-   * and 0 otherwise (a full velocity) */
+  /* Adafactor, rank >= 2: r and c (cuoptimVariableRec.factored), each batch's mean(r) of this
+   * step (count / (rows * cols) of them, the moments stage's for the RMS stage) and the last two
+   * dimensions; NULL and 0 otherwise (a full velocity) */
   float *factored[2];
+  float *row_means;
   int64_t rows, cols;
 } cuoptimDeviceVariable;
 
@@ -72,7 +74,8 @@ typedef struct cuoptimChunkPartial {
 
 /* One block of Adafactor's moments stage: CUOPTIM_BLOCK rows (r's elements, a thread each) or
  * columns (c's) of a factored variable from line `first` on, or the CUOPTIM_CHUNK elements from
- * `first` on of a variable with a full velocity. */
+ * `first` on of a variable with a full velocity. A variable's row blocks count themselves (its
+ * chunks_done), so that the last forms each batch's mean(r). */
 enum { CUOPTIM_AF_ROWS = 0, CUOPTIM_AF_COLUMNS = 1, CUOPTIM_AF_FULL = 2 };
 
 typedef struct cuoptimAdafactorItem {
@@ -91,7 +94,8 @@ typedef struct cuoptimDeviceStep {
   cuoptimStepScalars *scalars;
   cuoptimTensorScalars *tensors;
   const cuoptimPrologueParams *prologue; /* device copy */
-  uint32_t *chunks_done; /* per variable: chunks whose partial is written in this launch (0 between) */
+  uint32_t *chunks_done; /* per variable: blocks done in this launch, chunks (inspect, Lamb, Adafactor's
+                            RMS) or Adafactor's row blocks (0 between launches) */
   int32_t num_variables;
   uint32_t features;   /* this step's cuoptim_update_features: which update instance runs */
   int64_t num_chunks;

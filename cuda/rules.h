@@ -468,24 +468,42 @@ CUOPTIM_HD float cuoptim_rule_muon_momentum(const cuoptimRuleParams *p, float g,
   return p->nesterov ? g + p->momentum * m : m;
 }
 
-/* The denominator Newton-Schulz divides the direction by: ||X||_F + 1e-7, the norm from its sum of
- * squares (summed in double, then float32 as Keras's norm). */
+/* The denominator Newton-Schulz divides the direction by: ||X||_F + 1e-7, the norm from the sum of
+ * squares of X (r x c, row-major) in the order of cuoptim_sumsq below (in double, then float32 as
+ * Keras's norm). */
 CUOPTIM_HD float cuoptim_muon_norm_denominator(double sumsq) { return cuoptim_sqrtf((float)sumsq) + 1e-7f; }
 
-/* Muon's sum of squares of X (r x c, row-major), in one fixed order that both backends follow:
- * X in segments of CUOPTIM_MUON_SEGMENT elements; in a segment element j goes to lane
- * j % CUOPTIM_MUON_LANES, each lane sums its squares in double in ascending order, and the lanes
- * are added as a halving tree (lane t += lane t + w for w = LANES / 2, ..., 1: a CUDA block's
- * tree over its threads); the segments' sums are added in ascending order, from 0. The host
- * backend and the CUDA kernels then form the same norm, bit for bit. */
-#define CUOPTIM_MUON_SEGMENT 8192
-#define CUOPTIM_MUON_LANES 256
+/* ---- sums of squares in one fixed order: Muon's norm, Adafactor's two RMS values ----------------
+ * The sum of the squares of x[0], ..., x[n - 1], the same on the host and on the GPU: x in
+ * segments of CUOPTIM_SUMSQ_SEGMENT elements; in a segment element j goes to lane
+ * j % CUOPTIM_SUMSQ_LANES, each lane sums its squares in double in ascending order (from 0), and
+ * the lanes are added as a halving tree (lane t += lane t + w for w = LANES / 2, ..., 1: a CUDA
+ * block's tree over its threads); the segments' sums are added in ascending order, from 0. A GPU
+ * takes a segment a block, as many blocks as the variable has segments, and the host backend
+ * (cuoptim_sumsq) forms the same sum bit for bit. */
+#define CUOPTIM_SUMSQ_SEGMENT 8192
+#define CUOPTIM_SUMSQ_LANES 256
 
 /* Lane `lane` of a segment of n elements. */
-CUOPTIM_HD double cuoptim_muon_lane_sumsq(const float *segment, int64_t n, int64_t lane) {
+CUOPTIM_HD double cuoptim_sumsq_lane(const float *segment, int64_t n, int64_t lane) {
   double sum = 0.0;
-  for (int64_t j = lane; j < n; j += CUOPTIM_MUON_LANES) sum += (double)segment[j] * (double)segment[j];
+  for (int64_t j = lane; j < n; j += CUOPTIM_SUMSQ_LANES) sum += (double)segment[j] * (double)segment[j];
   return sum;
+}
+
+/* The whole sum in the fixed order, segment by segment (the host backend's; the kernels take a
+ * segment a block and add the segments' partials in order). */
+CUOPTIM_HD double cuoptim_sumsq(const float *x, uint64_t n) {
+  double total = 0.0;
+  for (uint64_t start = 0; start < n; start += CUOPTIM_SUMSQ_SEGMENT) {
+    const int64_t m = (int64_t)(n - start < CUOPTIM_SUMSQ_SEGMENT ? n - start : CUOPTIM_SUMSQ_SEGMENT);
+    double lane[CUOPTIM_SUMSQ_LANES];
+    for (int t = 0; t < CUOPTIM_SUMSQ_LANES; t++) lane[t] = cuoptim_sumsq_lane(x + start, m, t);
+    for (int width = CUOPTIM_SUMSQ_LANES / 2; width > 0; width /= 2)
+      for (int t = 0; t < width; t++) lane[t] += lane[t + width];
+    total += lane[0];
+  }
+  return total;
 }
 
 /* Element i (row-major) of a rows x cols Muon variable in X's row-major order: X is the variable,
@@ -509,14 +527,10 @@ CUOPTIM_HD float cuoptim_muon_apply(const cuoptimRuleParams *p, const cuoptimSte
  *
  * The fixed order: a mean is the sum of its float32 values in double, in index order from 0,
  * rounded to float32 and divided by the float32 count (Keras: a float32 sum over the float32
- * count); a mean square adds each (double)x^2 to lane i % CUOPTIM_LANES in index order (each lane
- * from 0), then the lanes as the tree of cuoptim_lane_total. */
-#define CUOPTIM_LANES 8
-
-CUOPTIM_HD double cuoptim_lane_total(const double *lane) {
-  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-}
-
+ * count); a mean square (of the decayed variable for RMS(w), of the update g / sqrt(v) for
+ * RMS(u)) is the sum of squares of the variable's elements in row-major order in the order of
+ * cuoptim_sumsq (segments of CUOPTIM_SUMSQ_SEGMENT, lanes of CUOPTIM_SUMSQ_LANES), then the same
+ * rounding and division. */
 CUOPTIM_HD float cuoptim_mean_of_sum(double sum, uint64_t n) { return (float)sum / (float)n; }
 
 /* The float32 mean of x[0], x[stride], ... x[(n - 1) stride] in the fixed order. */

@@ -79,9 +79,10 @@ typedef struct {
   cuoptimChunk *chunks;             /* device */
   cuoptimWorkItem *items;           /* device: the fixed update instances' blocks */
   cuoptimAdafactorItem *af_items;   /* device: Adafactor's moments stage blocks (NULL for other kinds) */
+  float *af_row_means;              /* device: Adafactor's per-batch mean(r) of every factored variable */
   cuoptimChunkPartial *partials;    /* device */
   cuoptimPrologueParams *prologue;  /* device */
-  uint32_t *chunks_done;            /* device, per variable (the inspect and Lamb reductions) */
+  uint32_t *chunks_done;            /* device, per variable (the inspect, Lamb and Adafactor counts) */
   cuoptimDeviceGradient *uploaded;  /* host: what the device table holds */
   int any_half_variable;            /* some variable has half parameters (and a float32 master) */
   cuoptimGradientBatch *batch;      /* host scratch of the scatter launch */
@@ -337,6 +338,8 @@ static void free_tables(CudaBackend *b) {
   b->items = NULL;
   device_free(b, b->af_items);
   b->af_items = NULL;
+  device_free(b, b->af_row_means);
+  b->af_row_means = NULL;
   device_free(b, b->partials);
   device_free(b, b->prologue);
   device_free(b, b->chunks_done);
@@ -462,6 +465,11 @@ static int64_t chunks_of(size_t count) { return (int64_t)((count + CUOPTIM_CHUNK
 
 static int64_t blocks_of(uint64_t lines) { return (int64_t)((lines + CUOPTIM_BLOCK - 1) / CUOPTIM_BLOCK); }
 
+/* The batches of a factored Adafactor variable: the matrices of its last two dimensions. */
+static size_t adafactor_batches(const cuoptimVariableRec *v) {
+  return v->local_count / (size_t)(v->dims[v->rank - 2] * v->dims[v->rank - 1]);
+}
+
 /* Adafactor's moments stage blocks of variable v (table NULL: only counted): its rows, then its
  * columns (rank >= 2), or its chunks (a full velocity). Returns the count. */
 static int64_t adafactor_items(const cuoptimVariableRec *v, int32_t k, cuoptimAdafactorItem *table) {
@@ -498,6 +506,16 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
                          "cuoptim: %lld blocks of Adafactor's row and column means: more than a grid holds",
                          (long long)num_af_items);
 
+  /* Each factored variable's batches of mean(r), in one device buffer the variables' table points
+   * into (so allocated first). */
+  size_t row_means = 0;
+  for (int k = 0; adafactor && k < n; k++)
+    if (opt->variables[k].rank >= 2) row_means += adafactor_batches(&opt->variables[k]);
+  if (row_means > 0) {
+    cudaError_t err = device_malloc(b, (void **)&b->af_row_means, row_means * sizeof(float));
+    if (err != cudaSuccess) return cuda_fail(err, "cuoptim: allocating Adafactor's row means");
+  }
+
   size_t table_count = n > 0 ? (size_t)n : 1; /* a build with no variable still gets valid tables */
   cuoptimDeviceVariable *variables = calloc(table_count, sizeof *variables);
   cuoptimChunk *chunks = malloc((size_t)(total_chunks ? total_chunks : 1) * sizeof *chunks);
@@ -513,6 +531,7 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
   }
   for (int k = 0, next_item = 0; adafactor && k < n; k++)
     next_item += (int)adafactor_items(&opt->variables[k], k, af_items + next_item);
+  size_t next_row_mean = 0;
   int64_t next = 0;
   int every_variable_has_chunks = 1;
   for (int k = 0; k < n; k++) {
@@ -532,6 +551,8 @@ static cuoptimStatus_t build_tables(cuoptimOptimizer_t opt, CudaBackend *b) {
       d->factored[1] = v->factored[1];
       d->rows = v->dims[v->rank - 2];
       d->cols = v->dims[v->rank - 1];
+      d->row_means = b->af_row_means + next_row_mean;
+      next_row_mean += adafactor_batches(v);
     }
     if (v->dtype != CUOPTIM_FLOAT32) b->any_half_variable = 1;
     if (chunks_of(v->local_count) == 0) every_variable_has_chunks = 0; /* sharded: none on this rank */

@@ -34,7 +34,7 @@
 /* Elements per phase: the chunk's float32 gradient (2 KiB) stays in L1 between phases. A
  * multiple of LANES, so that the lanes of the sums line up across chunks. */
 #define CHUNK 512
-#define LANES CUOPTIM_LANES
+#define LANES 8
 /* A stage with fewer elements than this runs on the calling thread alone: waking the pool's
  * threads costs about as much as that work. */
 #define PARALLEL_MIN_ELEMENTS ((size_t)1 << 17)
@@ -157,6 +157,11 @@ static void store_working_half(const cuoptimVariableRec *v, size_t begin, size_t
 }
 
 /* ---- sums of squares in the fixed order (see the top) ----------------------------------------- */
+
+/* The lanes' tree ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). */
+static inline double lane_total(const double *lane) {
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
 
 /* Adds x[i]^2 to lane i % LANES; x starts at a multiple of LANES within its block. */
 static inline void sum_squares(const host_f32 *restrict x, size_t n, double *restrict lane) {
@@ -559,7 +564,7 @@ static void inspect_block(const Stage *st, size_t block, const cuoptimVariableRe
     }
     sum_squares(raw, m, lane);
   }
-  st->h->block_sums[2 * block] = cuoptim_lane_total(lane);
+  st->h->block_sums[2 * block] = lane_total(lane);
   st->h->block_nonfinite[block] = (unsigned char)nonfinite;
 }
 
@@ -607,8 +612,8 @@ static void lamb1_block(const Stage *st, size_t block, cuoptimVariableRec *v, co
     sum_squares(wd, m, w_lane);
     sum_squares(u, m, u_lane);
   }
-  st->h->block_sums[2 * block] = cuoptim_lane_total(w_lane);
-  st->h->block_sums[2 * block + 1] = cuoptim_lane_total(u_lane);
+  st->h->block_sums[2 * block] = lane_total(w_lane);
+  st->h->block_sums[2 * block + 1] = lane_total(u_lane);
 }
 
 static void lamb2_block(const Stage *st, cuoptimVariableRec *v, const cuoptimTensorScalars *t, size_t begin,
@@ -862,22 +867,7 @@ static int muon_pass1(const cuoptimOptimizer_t opt, cuoptimVariableRec *v, const
   return applied;
 }
 
-/* The sum of squares of X's n elements in the order of cuda/rules.h (CUOPTIM_MUON_SEGMENT), the
- * CUDA backend's. */
-static double muon_sumsq(const float *x, size_t n) {
-  double total = 0.0;
-  for (size_t start = 0; start < n; start += CUOPTIM_MUON_SEGMENT) {
-    int64_t m = (int64_t)(n - start < CUOPTIM_MUON_SEGMENT ? n - start : CUOPTIM_MUON_SEGMENT);
-    double lane[CUOPTIM_MUON_LANES];
-    for (int t = 0; t < CUOPTIM_MUON_LANES; t++) lane[t] = cuoptim_muon_lane_sumsq(x + start, m, t);
-    for (int width = CUOPTIM_MUON_LANES / 2; width > 0; width /= 2)
-      for (int t = 0; t < width; t++) lane[t] += lane[t + width];
-    total += lane[0];
-  }
-  return total;
-}
-
-/* Muon, one matrix: pass 1, the Frobenius norm (muon_sumsq, over X),
+/* Muon, one matrix: pass 1, the Frobenius norm (over X, in cuoptim_sumsq's order, the kernels'),
  * Newton-Schulz, and w -= lr_adjust(lr * X). */
 static void update_muon_matrix(cuoptimOptimizer_t opt, int k, float *scratch) {
   cuoptimVariableRec *v = &opt->variables[k];
@@ -886,7 +876,7 @@ static void update_muon_matrix(cuoptimOptimizer_t opt, int k, float *scratch) {
   size_t n = (size_t)(m.r * m.c);
   float *x = scratch, *y = x + n, *a_mat = y + n, *b_mat = a_mat + (size_t)(m.r * m.r);
   if (!muon_pass1(opt, v, &opt->step_grads[k], t, &m, x)) return;
-  float denominator = cuoptim_muon_norm_denominator(muon_sumsq(x, n));
+  float denominator = cuoptim_muon_norm_denominator(cuoptim_sumsq(x, n));
   for (size_t i = 0; i < n; i++) x[i] = x[i] / denominator;
   const float *u = cuoptim_host_newton_schulz(&opt->prologue.rule, x, y, a_mat, b_mat, m.r, m.c,
                                               host_data(opt)->threads);
@@ -935,13 +925,9 @@ static cuoptimStatus_t update_lamb(cuoptimOptimizer_t opt) {
 
 /* ---- Adafactor: the rule needs whole-variable reductions between its element steps ----------- */
 
-/* The float32 mean of the squares: element i to lane i % LANES across the whole variable (BLOCK is
- * a multiple of LANES), the lanes' tree, as cuda/rules.h fixes it. */
-static float mean_square(const host_f32 *x, size_t n) {
-  double lane[LANES] = {0};
-  for (size_t c = 0; c < n; c += BLOCK) sum_squares(x + c, n - c < BLOCK ? n - c : BLOCK, lane);
-  return cuoptim_mean_of_sum(cuoptim_lane_total(lane), n);
-}
+/* The float32 mean of the squares in the order of cuda/rules.h (cuoptim_sumsq), the CUDA
+ * backend's. */
+static float mean_square(const float *x, size_t n) { return cuoptim_mean_of_sum(cuoptim_sumsq(x, n), n); }
 
 /* The velocity of a variable of rank >= 2 from the prepared gradient g: r and c from the row and
  * column means of g^2 + epsilon_1 (reg, scratch of the variable's size), then v = (r / mean(r)) c. */
@@ -981,7 +967,10 @@ static int adafactor_variable(cuoptimOptimizer_t opt, cuoptimVariableRec *v, con
   host_f32 *w = working(v, 0);
   if (v->use_weight_decay)
     for (size_t i = 0; i < n; i++) w[i] = cuoptim_adafactor_decayed(p, s, 1, w[i]);
-  float alpha = cuoptim_adafactor_alpha(p, s, mean_square(w, n));
+  /* RMS(w) from a copy in the scratch: the caller's buffer need not be float-aligned, and reg is
+   * free until the factored velocity's means. */
+  memcpy(reg, (const void *)w, n * sizeof *reg);
+  float alpha = cuoptim_adafactor_alpha(p, s, mean_square(reg, n));
   if (v->rank >= 2)
     adafactor_factored_velocity(p, s, v, g, reg);
   else

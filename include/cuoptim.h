@@ -192,15 +192,18 @@ typedef enum {
  * taken in double in a fixed order, where Keras on JAX sums in float32 in XLA's order, so results
  * differ from Keras's by a few float32 ulps (see README for the largest errors on the reference
  * cases). Both backends take the same reductions in the same order (a mean: the values summed in
- * double in index order; a mean square: element i in lane i % 8 of the variable, the lanes added
- * as above), so the CUDA backend gives the host backend's results, bit for bit on the emulated
- * device. On the CUDA backend a step is four launches (five with an inspect pass, for clipnorm,
- * global_clipnorm or a dynamic loss scale), each for every variable at once: the prologue, then
- * moments (a thread per row and per column of each factored variable: r and c; a variable of rank
- * < 2 element-wise), RMS (eight threads per variable: the mean squares of the decayed variable and
- * of the update, the factored velocity formed on the way) and apply (the step, accumulation, EMA,
- * the half-precision copy). The RMS stage adds each lane of a variable in sequence, as the host
- * does, so its time grows with the largest variable. Sharded state (cuoptimCommOptions_t.shard_state) is refused with INVALID_VALUE:
+ * double in index order; a mean square: the squares summed in double as Muon's norm sums them,
+ * the variable in segments of 8192 elements, element j of a segment in lane j % 256 in index
+ * order, the lanes added as a halving tree (lane t += lane t + w for w = 128, 64, ..., 1), the
+ * segments' sums in order), so the CUDA backend gives the host backend's results, bit for bit on
+ * the emulated device. On the CUDA backend a step is four launches (five with an inspect pass,
+ * for clipnorm, global_clipnorm or a dynamic loss scale), each for every variable at once: the
+ * prologue, then moments (a thread per row and per column of each factored variable: r and c,
+ * rows of 32 elements or more read a tile at a time through shared memory, then each batch's
+ * mean(r) once; a variable of rank < 2 element-wise), RMS (a block per segment: the mean squares
+ * of the decayed variable and of the update, the factored velocity formed on the way; the block
+ * that completes a variable adds its segments' sums) and apply (the step, accumulation, EMA, the
+ * half-precision copy). Sharded state (cuoptimCommOptions_t.shard_state) is refused with INVALID_VALUE:
  * the factored accumulators reduce across rows and columns, which a flat share of the elements
  * does not hold. A checkpoint (cuoptimSave) stores r and c as "<variable>_row" and
  * "<variable>_column" (Keras gives both the variable's own name). */

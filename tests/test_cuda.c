@@ -1604,6 +1604,96 @@ Test(cuda_features, adafactor_dynamic_loss_scale_skips_inf_and_nan_steps) {
   check_dynamic_loss_scale_of(&c, adafactor_problem(), ADAFACTOR_MATCH, "Adafactor dynamic loss scale");
 }
 
+/* RMS(w) on values whose float32 mean square depends on the order of addition: 2^30, 262143.9375
+ * and 24579 values near 1, whose squares are below half a double ulp of 2^60, so that each order
+ * loses a different share of them to rounding and the float32 sum falls on either side of the
+ * midpoint 2^60 + 2^36. Added element by element, or in eight lanes i % 8, RMS(w) is 6848573; in
+ * cuoptim_sumsq's order (cuda/rules.h: segments of 8192, lanes j % 256) 6848573.5, and alpha_t,
+ * and so every element's step, follows. Both backends take that order: one step (t = 1: beta_2_t
+ * is 0 and rho_t the learning rate, exactly, on the host and on a GPU) gives the same bits. */
+Test(cuda_optimizers, adafactor_rms_takes_the_host_order_where_the_order_decides_the_bits) {
+  NEED_GPU();
+  enum { N = 24581 };
+  float *init = malloc(N * sizeof *init), *grad = malloc(N * sizeof *grad);
+  float *out[2] = {malloc(N * sizeof(float)), malloc(N * sizeof(float))};
+  cr_assert(init && grad && out[0] && out[1]);
+  for (size_t i = 0; i < N; i++) {
+    init[i] = (0.75f + (float)(i % 7) * 0.125f) * 1.046875f;
+    grad[i] = test_pseudo_random(41, 0, i);
+  }
+  init[0] = 1073741824.0f;
+  init[1] = 262143.9375f;
+  cuoptimConfig_t c = adafactor_config();
+  for (int b = 0; b < 2; b++) {
+    test_rig_t rig;
+    test_rig_init(&rig, &c, b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST);
+    test_rig_add(&rig, "dense/kernel", init, N);
+    const float *grads[1] = {grad};
+    OK(test_rig_try_apply(&rig, grads));
+    test_rig_get(&rig, 0, out[b]);
+    test_rig_destroy(&rig);
+  }
+  long first = test_first_mismatch(out[1], out[0], N, 0.0, 0.0);
+  cr_expect_eq(first, -1, "element %ld: %.9g on the CUDA backend, %.9g on the host", first,
+               first >= 0 ? out[1][first] : 0.0, first >= 0 ? out[0][first] : 0.0);
+  free(init);
+  free(grad);
+  free(out[0]);
+  free(out[1]);
+}
+
+/* A row mean whose float32 value depends on the order of addition: row 0 of a [3, 40] kernel holds
+ * the gradients 2^30, 2^18 and 38 times 10, so that g^2 + epsilon_1 summed in index order stays
+ * on the float32 midpoint 2^60 + 2^36 (each 100 is below half a double ulp of 2^60 and is lost),
+ * which rounds to 2^60, while any order that adds the small ones first ends above it (2^60 + 2^37).
+ * The CUDA moments stage reads the row a tile of 32 columns at a time and must add it in index
+ * order, the host's: one step (t = 1: beta_2_t = 0, so r is the row mean itself) gives the same
+ * bits, parameters and r, c and velocity. */
+Test(cuda_optimizers, adafactor_row_means_take_the_host_order_where_the_order_decides_the_bits) {
+  NEED_GPU();
+  enum { ROWS = 3, COLS = 40, N = ROWS * COLS };
+  static const int64_t shape[2] = {ROWS, COLS};
+  float init[N], grad[N], out[2][N];
+  for (size_t i = 0; i < N; i++) {
+    init[i] = test_pseudo_random(43, 0, i);
+    grad[i] = i < COLS ? 10.0f : test_pseudo_random(43, 1, i);
+  }
+  grad[0] = 1073741824.0f;
+  grad[1] = 262144.0f;
+  cuoptimConfig_t c = adafactor_config();
+  cuoptimOptimizer_t opt[2] = {NULL, NULL};
+  for (int b = 0; b < 2; b++) {
+    cuoptimBackend_t backend = b ? CUOPTIM_BACKEND_CUDA : CUOPTIM_BACKEND_HOST;
+    OK(cuoptimCreate(&opt[b], &c, backend, 0));
+    float *param = test_mem_from(backend, init, N), *g = test_mem_from(backend, grad, N);
+    cuoptimVariable_t v;
+    OK(cuoptimAddVariableWithShape(opt[b], "dense/kernel", param, CUOPTIM_FLOAT32, 2, shape, &v));
+    cuoptimGradient_t list[1] = {{0, g, CUOPTIM_FLOAT32}};
+    OK(cuoptimApplyGradients(opt[b], 1, list, NULL));
+    OK(cuoptimSynchronize(opt[b]));
+    test_mem_download(backend, out[b], param, sizeof out[b]);
+    test_mem_free(backend, param);
+    test_mem_free(backend, g);
+  }
+  long first = test_first_mismatch(out[1], out[0], N, 0.0, 0.0);
+  cr_expect_eq(first, -1, "element %ld: %.9g on the CUDA backend, %.9g on the host", first,
+               first >= 0 ? out[1][first] : 0.0, first >= 0 ? out[0][first] : 0.0);
+  int count = 0;
+  OK(cuoptimGetWeightCount(opt[0], &count));
+  for (int i = 0; i < count; i++) {
+    cuoptimWeightInfo_t info;
+    OK(cuoptimGetWeightInfo(opt[0], i, &info));
+    double a[N], b[N];
+    cr_assert(info.count <= N);
+    OK(cuoptimGetWeights(opt[0], i, a, info.count));
+    OK(cuoptimGetWeights(opt[1], i, b, info.count));
+    size_t differ = 0;
+    for (size_t j = 0; j < info.count; j++) differ += memcmp(&a[j], &b[j], sizeof a[j]) != 0;
+    cr_expect_eq(differ, 0, "entry %d (%s): %zu values differ from the host's", i, info.name, differ);
+  }
+  for (int b = 0; b < 2; b++) OK(cuoptimDestroy(opt[b]));
+}
+
 /* The state in Keras's order moves between backends: three host steps, every entry (r, c and
  * velocity included) read with cuoptimGetWeights and written into a CUDA optimizer with
  * cuoptimSetWeights, then three more steps on each give the same parameters and state. */
