@@ -746,7 +746,8 @@ Test(cuda_optimizers, ftrl_learning_rate_power_zero_matches_host) {
 /* The fixed update kernels' fast square roots and divisions, and their way back to sqrtf and '/'
  * (cuda/rules.h): gradients with zeros, tiny, subnormal and large elements among ordinary ones
  * give the host's results. Bit for bit for the rules without a power in their scalars everywhere,
- * and for all of them on the emulated device (the same libm on both sides). */
+ * and for all of them on the emulated device (the same libm on both sides). ScheduleFreeAdamW has
+ * no fixed kernel: its generic kernel, with sqrtf and '/' throughout, faces the same values. */
 #ifdef CUOPTIM_TEST_EMULATED_DEVICE
 #define EDGE_MATCH MATCH_BITWISE
 #else
